@@ -1,0 +1,138 @@
+"""Channel Access environment for an instrument served on one host.
+
+Every temsims IOC is its own process with its own CA server port, because several
+servers sharing one UDP search port on a host are not all found by a client whose
+address list is a unicast address (only one of them receives the unicast search).
+The ports of one instrument are laid out from one base port::
+
+    base      stage IOC          base + 1  repeater and beacons
+    base + 2  TEM IOC            base + 4  ion column IOC
+    base + 6  bias supply IOC    base + 8  mass spectrometer IOC
+
+and a client lists all five server addresses in ``EPICS_CA_ADDR_LIST``. Everything
+is bound to and searched on loopback unless a host is given explicitly, so that no
+CA traffic (searches, beacons) ever leaves the machine.
+
+This module is shared by the IOCs, the devices and the tests; it knows PV *ports*,
+not PV names, and does no work on import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: IOC names in start order and their port offsets from the base port.
+IOC_PORT_OFFSETS: dict[str, int] = {
+    "stage": 0,
+    "tem": 2,
+    "column": 4,
+    "bias": 6,
+    "spectrometer": 8,
+}
+#: PV prefix of each IOC after the instrument prefix (``TEMSIMS:`` by default).
+PART_SUFFIXES: dict[str, str] = {
+    "stage": "STAGE:",
+    "tem": "TEM:",
+    "column": "FIB:",
+    "bias": "BIAS:",
+    "spectrometer": "MS:",
+}
+REPEATER_OFFSET = 1
+DEFAULT_BASE_PORT = 5064
+DEFAULT_HOST = "127.0.0.1"
+#: Large enough for a 1024 x 1024 float64 waveform plus CA headers.
+DEFAULT_MAX_ARRAY_BYTES = 2**24
+
+
+@dataclass(frozen=True)
+class CALayout:
+    """Ports and host of one instrument's Channel Access servers.
+
+    Parameters
+    ----------
+    base_port
+        Server port of the stage IOC; the others follow ``IOC_PORT_OFFSETS``.
+    host
+        Interface the servers bind and clients search (loopback by default).
+    """
+
+    base_port: int = DEFAULT_BASE_PORT
+    host: str = DEFAULT_HOST
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.base_port <= 65535 - 10:
+            raise ValueError(f"base_port must be in 1024..65525, got {self.base_port}")
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> CALayout:
+        """The layout named by ``TEMSIMS_CA_BASE_PORT``/``TEMSIMS_CA_HOST``, else defaults."""
+        environ = os.environ if environ is None else environ
+        return cls(
+            base_port=int(environ.get("TEMSIMS_CA_BASE_PORT", DEFAULT_BASE_PORT)),
+            host=environ.get("TEMSIMS_CA_HOST", DEFAULT_HOST),
+        )
+
+    @property
+    def repeater_port(self) -> int:
+        return self.base_port + REPEATER_OFFSET
+
+    def server_port(self, ioc: str) -> int:
+        """CA server port of the IOC called ``ioc`` (a key of ``IOC_PORT_OFFSETS``)."""
+        try:
+            return self.base_port + IOC_PORT_OFFSETS[ioc]
+        except KeyError:
+            raise ValueError(
+                f"unknown IOC {ioc!r}; expected one of {sorted(IOC_PORT_OFFSETS)}"
+            ) from None
+
+    def address_list(self) -> str:
+        """``EPICS_CA_ADDR_LIST`` naming every IOC of the instrument."""
+        return " ".join(f"{self.host}:{self.server_port(name)}" for name in IOC_PORT_OFFSETS)
+
+    def client_environment(self, max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES) -> dict[str, str]:
+        """Variables a CA client (ophyd, an IOC's own links) needs to find the instrument."""
+        return {
+            "EPICS_CA_ADDR_LIST": self.address_list(),
+            "EPICS_CA_AUTO_ADDR_LIST": "NO",
+            "EPICS_CA_SERVER_PORT": str(self.base_port),
+            "EPICS_CA_REPEATER_PORT": str(self.repeater_port),
+            "EPICS_CA_MAX_ARRAY_BYTES": str(max_array_bytes),
+            "TEMSIMS_CA_BASE_PORT": str(self.base_port),
+            "TEMSIMS_CA_HOST": self.host,
+        }
+
+    def server_environment(
+        self, ioc: str, max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES
+    ) -> dict[str, str]:
+        """Variables for the process serving IOC ``ioc``: its port, loopback beacons."""
+        env = self.client_environment(max_array_bytes)
+        env.update(
+            {
+                # caproto's server takes its UDP search port and first-choice TCP port
+                # from EPICS_CA_SERVER_PORT (EPICS_CAS_SERVER_PORT is the C server's).
+                "EPICS_CA_SERVER_PORT": str(self.server_port(ioc)),
+                "EPICS_CAS_SERVER_PORT": str(self.server_port(ioc)),
+                # Read by caproto at import: the server yields sooner under bursts of
+                # small requests (with TCP_NODELAY: ~14 ms instead of ~20 ms per point
+                # of a step scan, ../shared/reference/stack.md).
+                "CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC": "0.001",
+                "EPICS_CAS_INTF_ADDR_LIST": self.host,
+                "EPICS_CAS_BEACON_PORT": str(self.repeater_port),
+                "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+                "EPICS_CAS_BEACON_ADDR_LIST": self.host,
+            }
+        )
+        return env
+
+
+def apply_client_environment(layout: CALayout | None = None) -> CALayout:
+    """Export the client variables of ``layout`` into ``os.environ`` and return it.
+
+    Must run before the first CA context of the process is created (caproto and
+    pyepics read the environment once).
+    """
+    layout = CALayout.from_environment() if layout is None else layout
+    os.environ.update(layout.client_environment())
+    return layout

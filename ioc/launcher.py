@@ -1,0 +1,157 @@
+"""Start and stop the instrument's IOCs as subprocesses on loopback.
+
+Used by ``temsims ioc all``, by ``temsims demo`` when no IOC is running, and by
+the tests. Each IOC is its own process with its own CA port (see
+:mod:`temsims.channel_access`), preceded by a CA repeater bound to loopback; all
+are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
+
+ALL_IOCS: tuple[str, ...] = tuple(IOC_PORT_OFFSETS)
+#: IOCs that render the virtual specimen and so take ``--specimen``/``--seed``.
+SPECIMEN_IOCS = frozenset({"tem", "spectrometer"})
+
+
+class IOCStartError(RuntimeError):
+    """An IOC process exited or did not answer in time."""
+
+
+@dataclass
+class InstrumentProcesses:
+    """The IOC processes of one instrument.
+
+    Parameters
+    ----------
+    layout
+        CA ports and host.
+    instrument_prefix
+        PV prefix shared by every IOC (each adds its part suffix, e.g. ``STAGE:``).
+    specimen, seed
+        Virtual specimen for the IOCs that render it.
+    iocs
+        Which IOCs to run (default: all five).
+    log_dir
+        Where each process writes ``<name>.log`` (default: discard output).
+    extra_args
+        Per-IOC extra command-line arguments.
+    """
+
+    layout: CALayout = field(default_factory=CALayout)
+    instrument_prefix: str = "TEMSIMS:"
+    specimen: str = "li2co3-particles"
+    seed: int = 1
+    iocs: Sequence[str] = ALL_IOCS
+    log_dir: Path | None = None
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
+
+    def prefix(self, ioc: str) -> str:
+        return self.instrument_prefix + PART_SUFFIXES[ioc]
+
+    def command(self, ioc: str) -> list[str]:
+        cmd = [
+            sys.executable, "-m", f"temsims.ioc.{ioc}",
+            "--prefix", self.prefix(ioc),
+            "--instrument-prefix", self.instrument_prefix,
+            "--seed", str(self.seed),
+            "--specimen", self.specimen,
+        ]
+        return cmd + list(self.extra_args.get(ioc, []))
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by Popen
+        else:
+            out = subprocess.DEVNULL
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        if out is not subprocess.DEVNULL:
+            out.close()
+        return proc
+
+    def start(self, timeout: float = 30.0) -> InstrumentProcesses:
+        """Start the repeater and every IOC, and wait until each one answers."""
+        unknown = set(self.iocs) - set(ALL_IOCS)
+        if unknown:
+            raise ValueError(f"unknown IOC(s) {sorted(unknown)}; expected {ALL_IOCS}")
+        base_env = {**os.environ, **self.layout.client_environment()}
+        self.processes["repeater"] = self._spawn(
+            "repeater",
+            [sys.executable, "-c",
+             f"from caproto.sync.repeater import run; run(host={self.layout.host!r})"],
+            base_env,
+        )
+        for ioc in self.iocs:
+            env = {**base_env, **self.layout.server_environment(ioc)}
+            self.processes[ioc] = self._spawn(ioc, self.command(ioc), env)
+        try:
+            self.wait_ready(self.iocs, timeout=timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, iocs: Iterable[str], timeout: float = 30.0) -> None:
+        """Block until ``<prefix>UPTIME`` of each IOC answers over CA."""
+        from caproto.sync.client import read
+
+        os.environ.update(self.layout.client_environment())
+        deadline = time.monotonic() + timeout
+        for ioc in iocs:
+            pv = self.prefix(ioc) + "UPTIME"
+            while True:
+                proc = self.processes.get(ioc)
+                if proc is not None and proc.poll() is not None:
+                    raise IOCStartError(
+                        f"IOC {ioc!r} exited with code {proc.returncode} before answering"
+                        + (f"; see {self.log_dir / (ioc + '.log')}" if self.log_dir else "")
+                    )
+                try:
+                    read(pv, timeout=0.5)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise IOCStartError(f"IOC {ioc!r}: {pv} did not answer in {timeout} s")
+
+    def restart(self, ioc: str, timeout: float = 30.0) -> None:
+        """Stop one IOC and start it again (the others keep running)."""
+        self.stop_one(ioc)
+        env = {**os.environ, **self.layout.server_environment(ioc)}
+        self.processes[ioc] = self._spawn(ioc, self.command(ioc), env)
+        self.wait_ready([ioc], timeout=timeout)
+
+    def stop_one(self, ioc: str, timeout: float = 5.0) -> None:
+        proc = self.processes.pop(ioc, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop every process, IOCs first, by PID."""
+        for name in [n for n in self.processes if n != "repeater"] + ["repeater"]:
+            self.stop_one(name)
+
+    def __enter__(self) -> InstrumentProcesses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,18 @@
+"""Stage IOC (placeholder while the real one is written)."""
+from caproto.server import pvproperty
+
+from temsims.ioc.common import InstrumentIOC, run_instrument_ioc
+
+
+class StageIOC(InstrumentIOC):
+    """Stage."""
+
+    x = pvproperty(name="X", value=0.0, record="motor", precision=4)
+
+
+def main(argv=None):
+    run_instrument_ioc(StageIOC, ioc_name="stage", argv=argv)
+
+
+if __name__ == "__main__":
+    main()
