@@ -125,7 +125,9 @@ class InstrumentProcesses:
                     break
                 except TimeoutError:
                     if time.monotonic() > deadline:
-                        raise IOCStartError(f"IOC {ioc!r}: {pv} did not answer in {timeout} s")
+                        raise IOCStartError(
+                            f"IOC {ioc!r}: {pv} did not answer in {timeout} s"
+                        ) from None
 
     def restart(self, ioc: str, timeout: float = 30.0) -> None:
         """Stop one IOC and start it again (the others keep running)."""

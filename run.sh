@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up (once) and run temsims on a fresh machine.
+#   bash run.sh demo [temsims demo options]   the main job
+#   bash run.sh test [pytest options]         the test suite (what CI runs)
+# The virtual environment lives in .venv and is refreshed when pyproject.toml changes.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.temsims-installed
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
+        echo "run.sh: installing temsims and its dependencies into $VENV (first run: a few minutes)" >&2
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+        echo "$want" > "$STAMP"
+    fi
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+    demo)
+        setup
+        exec "$VENV/bin/temsims" demo "$@"
+        ;;
+    test)
+        setup
+        "$VENV/bin/ruff" check .
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: bash run.sh {demo|test} [options]" >&2
+        exit 2
+        ;;
+esac
