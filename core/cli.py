@@ -88,7 +88,9 @@ def cmd_ioc(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(describe_running(procs))
         print("Ctrl-C stops them.", flush=True)
         try:
-            while all(p.poll() is None for p in procs.processes.values()):
+            # The repeater may exit at once when one already listens: watch the IOCs.
+            iocs = [procs.processes[name] for name in procs.iocs]
+            while all(p.poll() is None for p in iocs):
                 time.sleep(0.5)
             print("temsims: an IOC exited; stopping the others", file=sys.stderr)
             return 1
