@@ -1,17 +1,291 @@
-"""Stage IOC (placeholder while the real one is written)."""
-from caproto.server import pvproperty
+"""Holder bias supply IOC (``BIAS:``): +/-4.5 kV on the sample, the first extraction electrode.
 
-from temsims.ioc.common import InstrumentIOC, run_instrument_ioc
+The supply ramps its output in real time at ``RAMP_RATE`` towards the setpoint while
+enabled and towards 0 V while disabled; ``VOLTAGE_RBV`` is updated at 20 Hz during a
+ramp and lands on the target at the time ``|dV| / RAMP_RATE`` after the ramp began.
+
+Interlock (enforced here, whatever a client does; ``docs/interlocks.md``): the output
+can only be enabled in SIMS geometry, i.e. the holder alpha tilt (``STAGE:A.RBV``)
+within 1 deg of -68 deg and the TEM objective lens off (``TEM:OBJ_RBV`` = Off), both
+followed over Channel Access; a disconnected peer counts as "not in SIMS geometry"
+(fail safe). Losing the geometry while enabled *trips* the supply: the output is
+switched off and discharged to 0 V at once (not ramped: the holder may be tilting
+towards the objective pole piece), ``ENABLE_RBV`` goes Off with a STATE/MAJOR alarm
+and ``STATUS`` says why. The trip is not latched: ENABLE On works again once the
+geometry is back. An arc (``FAULT`` = Arc) trips the same way and *is* latched: the
+supply refuses to enable until ``RESET``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any
+
+from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite
+
+from temsims.ioc.common import (
+    InstrumentIOC,
+    PeerMonitor,
+    SimsGeometry,
+    clear_alarm,
+    enum_value,
+    readback_pv,
+    require_range,
+    run_instrument_ioc,
+    setpoint_pv,
+    status_text,
+    write_if_changed,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Output range of the supply (V); puts beyond are refused.
+VOLTAGE_LIMIT_V = 4500.0
+#: Accepted ramp rates (V/s) and the default.
+RAMP_RATE_RANGE = (1.0, 10000.0)
+DEFAULT_RAMP_RATE = 1000.0
 
 
-class Stubbias(InstrumentIOC):
-    """Stage."""
+class BiasIOC(InstrumentIOC):
+    """Holder bias supply: setpoint, real-time ramp, output enable, arc fault, interlock.
 
-    x = pvproperty(name="X", value=0.0, record="motor", precision=4)
+    PVs (prefix ``<instrument>BIAS:``; units in EGU, limits in DRVL/DRVH)
+    ------------------------------------------------------------------
+    VOLTAGE (float, V, -4500..4500)
+        Setpoint; beyond the range or NaN is refused. While enabled the output ramps
+        to it, and a put with completion returns when the ramp has settled (or the
+        output was switched off); while disabled it is stored and returns at once.
+    VOLTAGE_RBV (float, V, read-only)
+        Output voltage: ramps to VOLTAGE while enabled, to 0 while disabled; 0 at
+        once on a trip. 20 Hz updates while ramping.
+    RAMP_RATE (float, V/s, 1..10000, default 1000)
+        Ramp rate; a change applies to a ramp in progress.
+    ENABLE (enum: Off, On)
+        Output enable. On is refused outside SIMS geometry, with a peer link down or
+        with a fault latched (put error, STATUS, WRITE/MAJOR alarm on ENABLE and
+        ENABLE_RBV). A put with completion returns when the output has settled.
+    ENABLE_RBV (enum: Off, On, read-only)
+        Output state; goes Off by itself on a trip (STATE/MAJOR alarm).
+    RAMPING (enum: Idle, Ramping, read-only)
+        Whether the output is moving.
+    STATUS (string, read-only)
+        "OK", the last refusal ("Refused: ...") or trip ("Tripped: ...").
+    FAULT (enum: OK, Arc)
+        Put Arc to simulate an arc: the supply trips and the fault stays latched
+        (FAULT reads Arc, STATE/MAJOR alarm) until RESET. Putting OK while latched
+        is refused.
+    RESET (enum: Idle, Reset)
+        Put Reset to clear a latched fault (the output stays off; enable again).
+        Reads back Idle.
+    INTERLOCK_RBV (enum: Blocked, Permit, read-only)
+        Whether SIMS geometry permits the output now (10 Hz and on peer updates).
+    INTERLOCK_REASON (string, read-only)
+        "OK", or why the geometry blocks the output now (as the column's).
+    UPTIME (float, s, read-only)
+        Seconds since the IOC started.
+    """
+
+    geometry = SimsGeometry()
+    #: Period of the output updates while ramping (s).
+    update_period_s = 0.05
+
+    voltage = setpoint_pv("VOLTAGE", 0.0, units="V", precision=1,
+                          lower_ctrl_limit=-VOLTAGE_LIMIT_V, upper_ctrl_limit=VOLTAGE_LIMIT_V,
+                          doc="Bias setpoint (V)")
+    voltage_rbv = readback_pv("VOLTAGE_RBV", 0.0, units="V", precision=1,
+                              doc="Bias output (V)")
+    ramp_rate = setpoint_pv("RAMP_RATE", DEFAULT_RAMP_RATE, units="V/s", precision=1,
+                            lower_ctrl_limit=RAMP_RATE_RANGE[0],
+                            upper_ctrl_limit=RAMP_RATE_RANGE[1], doc="Ramp rate (V/s)")
+    enable = setpoint_pv("ENABLE", "Off", dtype=ChannelType.ENUM, enum_strings=("Off", "On"),
+                         alarm_group="enable", doc="Output enable")
+    enable_rbv = readback_pv("ENABLE_RBV", "Off", dtype=ChannelType.ENUM,
+                             enum_strings=("Off", "On"), alarm_group="enable",
+                             doc="Output state")
+    ramping = readback_pv("RAMPING", "Idle", dtype=ChannelType.ENUM,
+                          enum_strings=("Idle", "Ramping"), doc="Output is ramping")
+    status = readback_pv("STATUS", "OK", dtype=ChannelType.STRING,
+                         doc="OK, last refusal or trip reason")
+    fault = setpoint_pv("FAULT", "OK", dtype=ChannelType.ENUM, enum_strings=("OK", "Arc"),
+                        doc="Put Arc to trip the supply (latched until RESET)")
+    reset = setpoint_pv("RESET", "Idle", dtype=ChannelType.ENUM,
+                        enum_strings=("Idle", "Reset"), doc="Put Reset to clear a fault")
+    interlock_rbv = readback_pv("INTERLOCK_RBV", "Blocked", dtype=ChannelType.ENUM,
+                                enum_strings=("Blocked", "Permit"),
+                                doc="SIMS geometry permits the output")
+    interlock_reason = readback_pv("INTERLOCK_REASON", "starting", dtype=ChannelType.STRING,
+                                   doc="Why SIMS geometry blocks the output now, or OK")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._alpha_pv, self._objective_pv = self.geometry.pv_names(self)
+        self.peers = PeerMonitor([self._alpha_pv, self._objective_pv],
+                                 on_update=self._peer_update)
+        self._target_v = 0.0
+        self._ramp_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._fault_latched = False
+
+    async def startup_hook(self, async_lib: Any) -> None:
+        """Start following the stage tilt and the objective lens."""
+        self.peers.start()
+        self._ramp_task = asyncio.get_running_loop().create_task(self._ramp_forever())
+
+    # ---- interlock -------------------------------------------------------------------
+    def geometry_blocker(self) -> str | None:
+        """Why the output may not be on now, or None."""
+        return self.geometry.blocker(
+            self.peers.values.get(self._alpha_pv), self.peers.values.get(self._objective_pv)
+        )
+
+    async def _check_geometry(self) -> None:
+        reason = self.geometry_blocker()
+        await write_if_changed(self.interlock_rbv, "Blocked" if reason else "Permit")
+        await write_if_changed(self.interlock_reason, reason or "OK")
+        if reason is not None and self.enable_rbv.value == "On":
+            logger.warning("bias trip: %s", reason)
+            await self._trip(status_text("Tripped", reason))
+
+    async def _peer_update(self, name: str, value: Any) -> None:
+        # Never raise: an exception here would end the PeerMonitor's task.
+        try:
+            await self._check_geometry()
+        except Exception:  # pragma: no cover - defensive
+            logger.exception("handling peer update %s=%r", name, value)
+
+    @interlock_rbv.scan(period=0.1)
+    async def interlock_rbv(self, instance, async_lib):
+        # Peer updates act at once; this also catches disconnections, which
+        # PeerMonitor records without calling back.
+        await self._check_geometry()
+
+    async def _trip(self, message: str) -> None:
+        """Switch the output off and discharge it to 0 V at once."""
+        self._target_v = 0.0
+        await self.voltage_rbv.write(0.0)
+        await write_if_changed(self.ramping, "Idle")
+        await self.enable.write("Off", verify_value=False)
+        await self.enable_rbv.write("Off", verify_value=False)
+        await self.enable_rbv.alarm.write(status=AlarmStatus.STATE,
+                                          severity=AlarmSeverity.MAJOR_ALARM)
+        await self.status.write(message, verify_value=False)
+        self._settled.set()
+
+    # ---- ramp ------------------------------------------------------------------------
+    def _retarget(self, target_v: float) -> None:
+        """Send the output towards ``target_v`` at RAMP_RATE (wakes the ramp task)."""
+        self._target_v = target_v
+        if self.voltage_rbv.value != target_v:
+            self._settled.clear()
+        self._wake.set()
+
+    async def _ramp_forever(self) -> None:
+        """The one task that moves VOLTAGE_RBV; sleeps until a new target wakes it.
+
+        Each step covers the time actually elapsed, so a ramp's duration does not
+        depend on how punctual the event loop is; the last step is timed to land on
+        the target. The target may change (new setpoint, disable, trip) at any step.
+        """
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.voltage_rbv.value != self._target_v:
+                await write_if_changed(self.ramping, "Ramping")
+                last = time.monotonic()
+                while (diff := self._target_v - self.voltage_rbv.value) != 0.0:
+                    await asyncio.sleep(min(self.update_period_s,
+                                            abs(diff) / float(self.ramp_rate.value)))
+                    now = time.monotonic()
+                    step = float(self.ramp_rate.value) * (now - last)
+                    last = now
+                    out = self.voltage_rbv.value
+                    diff = self._target_v - out
+                    if diff == 0.0:
+                        break  # a trip put the output on the target meanwhile
+                    new = (self._target_v if abs(diff) <= step
+                           else out + math.copysign(step, diff))
+                    await self.voltage_rbv.write(new)
+            await write_if_changed(self.ramping, "Idle")
+            # Re-checked after the await: a new target may have arrived (it set _wake).
+            if self.voltage_rbv.value == self._target_v:
+                self._settled.set()
+
+    async def _wait_settled(self) -> None:
+        await self._settled.wait()
+
+    # ---- putters ---------------------------------------------------------------------
+    @voltage.putter
+    async def voltage(self, instance, value):
+        value = require_range(value, -VOLTAGE_LIMIT_V, VOLTAGE_LIMIT_V, "VOLTAGE (V)")
+        # Publish the new setpoint now, not after the ramp (SkipWrite below).
+        await instance.write(value, verify_value=False)
+        await clear_alarm(instance)
+        if self.enable_rbv.value == "On":
+            self._retarget(value)
+            await self._wait_settled()
+        return SkipWrite
+
+    @ramp_rate.putter
+    async def ramp_rate(self, instance, value):
+        value = require_range(value, *RAMP_RATE_RANGE, "RAMP_RATE (V/s)")
+        await clear_alarm(instance)
+        return value
+
+    @enable.putter
+    async def enable(self, instance, value):
+        value = enum_value(instance, value)
+        if value == "On":
+            if self._fault_latched:
+                reason = "fault latched, RESET first"
+            else:
+                reason = self.geometry_blocker()
+            if reason is not None:
+                await self.status.write(status_text("Refused", reason), verify_value=False)
+                raise PermissionError(f"bias enable refused: {reason}")
+            await self.status.write("OK", verify_value=False)
+        await instance.write(value, verify_value=False)
+        await self.enable_rbv.write(value, verify_value=False)
+        await clear_alarm(instance)
+        self._retarget(float(self.voltage.value) if value == "On" else 0.0)
+        await self._wait_settled()
+        return SkipWrite
+
+    @fault.putter
+    async def fault(self, instance, value):
+        value = enum_value(instance, value)
+        if value == "Arc":
+            self._fault_latched = True
+            await instance.write("Arc", verify_value=False)
+            await instance.alarm.write(status=AlarmStatus.STATE,
+                                       severity=AlarmSeverity.MAJOR_ALARM)
+            logger.warning("bias trip: arc")
+            await self._trip("Tripped: arc; RESET to clear")
+            return SkipWrite
+        if self._fault_latched:
+            raise ValueError("FAULT: a latched fault is cleared with RESET")
+        await clear_alarm(instance)
+        return value
+
+    @reset.putter
+    async def reset(self, instance, value):
+        value = enum_value(instance, value)
+        if value == "Reset" and self._fault_latched:
+            self._fault_latched = False
+            await self.fault.write("OK", verify_value=False)
+            await clear_alarm(self.fault)
+            await clear_alarm(self.enable_rbv)
+            await self.status.write("OK: fault reset, output off", verify_value=False)
+        await clear_alarm(instance)
+        return "Idle"
 
 
 def main(argv=None):
-    run_instrument_ioc(Stubbias, ioc_name="bias", argv=argv)
+    run_instrument_ioc(BiasIOC, ioc_name="bias", argv=argv)
 
 
 if __name__ == "__main__":

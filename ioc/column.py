@@ -1,17 +1,565 @@
-"""Stage IOC (placeholder while the real one is written)."""
-from caproto.server import pvproperty
+"""Ga+ focused-ion-beam column IOC (``FIB:``): optics, blanker and scan generator.
 
-from temsims.ioc.common import InstrumentIOC, run_instrument_ioc
+The column of an FEI Magnum-class FIB: 1-30 kV, ten beam-defining apertures from
+1 pA to 20 nA, a probe whose diameter follows the current and the energy
+(:func:`probe_diameter_nm`), a beam blanker guarded by the SIMS-geometry interlock,
+and a scan generator that rasters in real time so that the mass spectrometer IOC can
+render its maps in step with the beam.
+
+Interlock (enforced here, whatever a client does; ``docs/interlocks.md``): the beam
+can only be unblanked in SIMS geometry, i.e. the holder alpha tilt (``STAGE:A.RBV``)
+within ``SimsGeometry.tolerance_deg`` of ``SimsGeometry.tilt_deg`` (-68 +/- 1 deg)
+and the TEM objective lens off (``TEM:OBJ_RBV`` = Off). Both are followed over
+Channel Access (:class:`~temsims.ioc.common.PeerMonitor`); a peer that is not
+connected counts as "not in SIMS geometry" (fail safe). Losing the geometry while
+unblanked blanks the beam at once and says why in ``STATUS``.
+
+Scan sequence, the contract with the spectrometer IOC (``docs/pv-reference.md``):
+put ``SCAN:ACQUIRE`` = Start. The raster parameters (NX, NY, DWELL, FOV, ROTATION,
+MODE, SPOT_X/Y, HV, APERTURE) are already published and are frozen for the frame
+(puts to them are refused until it ends); the IOC resets the counters, writes
+``SCAN:START_TIME`` (epoch s), then ``SCAN:ACQUIRE_RBV`` and ``SCAN:ACQUIRE`` = Start.
+Pixel ``k`` (row-major, ``k = line * NX + column``) is dwelt on from
+``START_TIME + k * DWELL`` for ``DWELL`` seconds; one frame lasts ``NX * NY * DWELL``.
+Progress is published at each line end when a line lasts >= 20 ms (with an extra
+update every 0.25 s inside long lines), otherwise batched at 25 Hz. At the end the
+counters read NY lines and NX*NY pixels, ``SCAN:FRAME`` increments, then
+``SCAN:ACQUIRE_RBV`` and ``SCAN:ACQUIRE`` return to Stop and the put-with-completion
+of Start returns. A Stop put aborts the frame (``SCAN:FRAME`` does not increment).
+A raster with the beam blanked is allowed (the spectrometer then counts dark counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite
+
+from temsims.ioc.common import (
+    InstrumentIOC,
+    PeerMonitor,
+    SimsGeometry,
+    clear_alarm,
+    enum_value,
+    readback_pv,
+    require_range,
+    run_instrument_ioc,
+    setpoint_pv,
+    status_text,
+    write_if_changed,
+)
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------
+# Column physics (parameters, not literals in the code; ../shared/reference/instrument.md)
+# --------------------------------------------------------------------------------------
+#: Aperture label -> nominal beam current (pA) at the sample, FEI Magnum-class strip.
+APERTURES: dict[str, float] = {
+    "1 pA": 1.0,
+    "10 pA": 10.0,
+    "30 pA": 30.0,
+    "50 pA": 50.0,
+    "100 pA": 100.0,
+    "300 pA": 300.0,
+    "1 nA": 1000.0,
+    "3 nA": 3000.0,
+    "7 nA": 7000.0,
+    "20 nA": 20000.0,
+}
+HV_RANGE_KV = (1.0, 30.0)
+#: Regulated emission current of the Ga liquid-metal ion source (uA) and its jitter.
+EMISSION_UA = 2.2
+EMISSION_JITTER = 0.01
 
 
-class Stubcolumn(InstrumentIOC):
-    """Stage."""
+def probe_diameter_nm(
+    current_pa: float,
+    energy_kv: float,
+    *,
+    d0_nm: float = 7.0,
+    i0_pa: float = 1.0,
+    e0_kv: float = 30.0,
+    current_exponent: float = 3 / 8,
+    energy_exponent: float = 3 / 4,
+) -> float:
+    """Probe diameter (FWHM, nm) from the aberration-limited power law.
 
-    x = pvproperty(name="X", value=0.0, record="motor", precision=4)
+    ``d = d0 * (I / I0) ** current_exponent * (E0 / E) ** energy_exponent``
+
+    The current exponent 3/8 is that of a spherical-aberration-limited probe at its
+    optimum aperture angle; the energy exponent 3/4 that of a chromatic-aberration-
+    limited probe (energy spread fixed, reduced brightness proportional to E).
+    Anchored at the Magnum-class figure of ~7 nm at 30 kV and 1 pA (estimate:
+    ``../shared/reference/instrument.md``); 20 nA at 30 kV gives ~290 nm, 1 pA at
+    5 kV ~27 nm. ``energy_kv`` is the column voltage: the retarding field of a
+    biased holder is not modelled.
+    """
+    return d0_nm * (current_pa / i0_pa) ** current_exponent * (e0_kv / energy_kv) ** (
+        energy_exponent
+    )
+
+
+def landing_energy_kev(column_kv: float, bias_v: float, charge: int = 1) -> float:
+    """Landing energy (keV) of an ion of charge ``charge`` (e): q * (U_column - U_bias)."""
+    return charge * (column_kv - bias_v / 1000.0)
+
+
+@dataclass(frozen=True)
+class FrameParams:
+    """Raster parameters frozen at the start of a frame."""
+
+    nx: int
+    ny: int
+    dwell_s: float
+
+    @property
+    def pixels(self) -> int:
+        return self.nx * self.ny
+
+    @property
+    def line_s(self) -> float:
+        return self.nx * self.dwell_s
+
+    @property
+    def frame_s(self) -> float:
+        return self.pixels * self.dwell_s
+
+
+class ColumnIOC(InstrumentIOC):
+    """Ga+ FIB column: optics, blanker, SIMS-geometry interlock and scan generator.
+
+    PVs (prefix ``<instrument>FIB:``; units in EGU, limits in DRVL/DRVH)
+    -----------------------------------------------------------------
+    HV (float, kV, 1..30)
+        Column acceleration voltage setpoint; refused during a frame.
+    HV_RBV (float, kV, read-only)
+        Column voltage.
+    APERTURE (enum: 1 pA, 10 pA, 30 pA, 50 pA, 100 pA, 300 pA, 1 nA, 3 nA, 7 nA, 20 nA)
+        Beam-defining aperture, named by its beam current; refused during a frame.
+    CURRENT_RBV (float, pA, read-only)
+        Beam current in the column (through the aperture), blanked or not.
+    SAMPLE_CURRENT_RBV (float, pA, read-only)
+        Current reaching the sample: CURRENT_RBV when unblanked, 0 when blanked.
+    PROBE_RBV (float, nm, read-only)
+        Probe diameter (FWHM), :func:`probe_diameter_nm` of current and HV.
+    EMISSION_RBV (float, uA, read-only)
+        Source emission current (regulated, ~2.2 uA), updated at 1 Hz.
+    LANDING_RBV (float, keV, read-only)
+        Landing energy of Ga+ = HV_RBV - BIAS:VOLTAGE_RBV / 1000. INVALID/LINK alarm
+        (last known bias used) while the bias IOC is not connected.
+    BLANK (enum: Blanked, Unblanked)
+        Blanker setpoint. Unblanked is refused outside SIMS geometry (put error,
+        STATUS, WRITE/MAJOR alarm on BLANK and BLANK_RBV). Starts Blanked.
+    BLANK_RBV (enum: Blanked, Unblanked, read-only)
+        Blanker state; goes Blanked by itself (STATE/MAJOR alarm) when the geometry
+        is lost while unblanked.
+    INTERLOCK_RBV (enum: Blocked, Permit, read-only)
+        Whether SIMS geometry permits unblanking now (re-evaluated at 10 Hz and on
+        every peer update).
+    INTERLOCK_REASON (string, read-only)
+        "OK", or why the geometry blocks unblanking now ("stage link down", "TEM
+        link down", "alpha ... deg not -68+/-1", "objective lens on").
+    STATUS (string, read-only)
+        "OK", or the last refusal ("Refused: ...") or automatic blank ("Blanked: ...").
+    SCAN:FOV (float, um, 0.01..1000)
+        Raster width along the fast (x) axis in the beam-normal plane; pixels are
+        square, so the raster is FOV * NY / NX high.
+    SCAN:NX, SCAN:NY (long, pixels, 1..1024)
+        Pixels per line and lines per frame.
+    SCAN:DWELL (float, s, 1e-7..0.1)
+        Dwell time per pixel.
+    SCAN:ROTATION (float, deg, -180..180)
+        Scan rotation.
+    SCAN:MODE (enum: Raster, Spot)
+        Raster: the beam steps through the pixels. Spot: the beam stays at
+        SPOT_X/SPOT_Y for a frame of the same timing (counters advance alike).
+    SCAN:SPOT_X, SCAN:SPOT_Y (float, um, within +/- FOV/2 and +/- FOV*NY/NX/2)
+        Beam position in spot mode, relative to the field centre; clamped into the
+        field when FOV, NX or NY shrink it.
+    SCAN:ACQUIRE (enum: Stop, Start)
+        Start rasters one frame; its put-with-completion returns at the end of the
+        frame. Stop aborts. Start while a frame runs is refused.
+    SCAN:ACQUIRE_RBV (enum: Stop, Start, read-only)
+        Start while a frame is being rastered.
+    SCAN:LINE (long, read-only)
+        Lines completed in the present frame (0..NY).
+    SCAN:PIXEL (long, read-only)
+        Pixels completed in the present frame (0..NX*NY).
+    SCAN:PROGRESS (float, %, read-only)
+        100 * PIXEL / (NX*NY).
+    SCAN:FRAME (long, read-only)
+        Frames completed since the IOC started (aborted frames do not count).
+    SCAN:START_TIME (float, s since the epoch, read-only)
+        Wall time the present (or last) frame started.
+    SCAN:FRAME_TIME (float, s, read-only)
+        Duration of one frame, NX * NY * DWELL.
+    SCAN:PIXEL_NM (float, nm, read-only)
+        Pixel size FOV / NX.
+    UPTIME (float, s, read-only)
+        Seconds since the IOC started.
+
+    Puts to NX, NY, DWELL, FOV, ROTATION, MODE, SPOT_X, SPOT_Y, HV and APERTURE are
+    refused (put error) while a frame runs, so a raster in progress is never
+    corrupted. Every out-of-range, NaN or unknown-enum put is refused.
+    """
+
+    geometry = SimsGeometry()
+    #: Lines at least this long are published one by one; shorter ones are batched.
+    line_publish_min_s = 0.02
+    #: Progress period when lines are batched (25 Hz).
+    batch_publish_s = 0.04
+    #: Longest gap between progress updates inside a long line.
+    max_publish_gap_s = 0.25
+
+    # ---- optics ------------------------------------------------------------------
+    hv = setpoint_pv("HV", 30.0, units="kV", precision=2,
+                   lower_ctrl_limit=HV_RANGE_KV[0], upper_ctrl_limit=HV_RANGE_KV[1],
+                   doc="Column acceleration voltage setpoint (kV)")
+    hv_rbv = readback_pv("HV_RBV", 30.0, units="kV", precision=2, doc="Column voltage (kV)")
+    aperture = setpoint_pv("APERTURE", "1 pA", dtype=ChannelType.ENUM,
+                         enum_strings=tuple(APERTURES), doc="Beam-defining aperture")
+    current_rbv = readback_pv("CURRENT_RBV", 1.0, units="pA", precision=1,
+                            doc="Beam current through the aperture (pA)")
+    sample_current_rbv = readback_pv("SAMPLE_CURRENT_RBV", 0.0, units="pA", precision=1,
+                                   doc="Beam current reaching the sample (pA), 0 if blanked")
+    probe_rbv = readback_pv("PROBE_RBV", probe_diameter_nm(1.0, 30.0), units="nm",
+                          precision=2, doc="Probe diameter FWHM (nm)")
+    emission_rbv = readback_pv("EMISSION_RBV", EMISSION_UA, units="uA", precision=3,
+                             doc="Source emission current (uA)")
+    landing_rbv = readback_pv("LANDING_RBV", 30.0, units="keV", precision=3,
+                            alarm_group="landing", doc="Ga+ landing energy (keV)")
+
+    # ---- blanker and interlock ---------------------------------------------------
+    blank = setpoint_pv("BLANK", "Blanked", dtype=ChannelType.ENUM,
+                      enum_strings=("Blanked", "Unblanked"), alarm_group="blank",
+                      doc="Beam blanker setpoint")
+    blank_rbv = readback_pv("BLANK_RBV", "Blanked", dtype=ChannelType.ENUM,
+                          enum_strings=("Blanked", "Unblanked"), alarm_group="blank",
+                          doc="Beam blanker state")
+    interlock_rbv = readback_pv("INTERLOCK_RBV", "Blocked", dtype=ChannelType.ENUM,
+                              enum_strings=("Blocked", "Permit"),
+                              doc="SIMS geometry permits unblanking")
+    status = readback_pv("STATUS", "OK", dtype=ChannelType.STRING,
+                       doc="OK, last interlock refusal or automatic blank")
+    interlock_reason = readback_pv("INTERLOCK_REASON", "starting", dtype=ChannelType.STRING,
+                                   doc="Why SIMS geometry blocks unblanking now, or OK")
+
+    # ---- scan generator ------------------------------------------------------------
+    fov = setpoint_pv("SCAN:FOV", 4.0, units="um", precision=4,
+                    lower_ctrl_limit=0.01, upper_ctrl_limit=1000.0,
+                    doc="Raster field of view along x (um)")
+    nx = setpoint_pv("SCAN:NX", 256, units="px", lower_ctrl_limit=1, upper_ctrl_limit=1024,
+                   doc="Pixels per line")
+    ny = setpoint_pv("SCAN:NY", 256, units="px", lower_ctrl_limit=1, upper_ctrl_limit=1024,
+                   doc="Lines per frame")
+    dwell = setpoint_pv("SCAN:DWELL", 1e-4, units="s", precision=7,
+                      lower_ctrl_limit=1e-7, upper_ctrl_limit=0.1, doc="Pixel dwell time (s)")
+    rotation = setpoint_pv("SCAN:ROTATION", 0.0, units="deg", precision=2,
+                         lower_ctrl_limit=-180.0, upper_ctrl_limit=180.0,
+                         doc="Scan rotation (deg)")
+    mode = setpoint_pv("SCAN:MODE", "Raster", dtype=ChannelType.ENUM,
+                     enum_strings=("Raster", "Spot"), doc="Raster or spot mode")
+    spot_x = setpoint_pv("SCAN:SPOT_X", 0.0, units="um", precision=4,
+                       doc="Spot-mode beam x from the field centre (um)")
+    spot_y = setpoint_pv("SCAN:SPOT_Y", 0.0, units="um", precision=4,
+                       doc="Spot-mode beam y from the field centre (um)")
+    acquire = setpoint_pv("SCAN:ACQUIRE", "Stop", dtype=ChannelType.ENUM,
+                        enum_strings=("Stop", "Start"),
+                        doc="Start one frame (completion at its end) / Stop aborts")
+    acquire_rbv = readback_pv("SCAN:ACQUIRE_RBV", "Stop", dtype=ChannelType.ENUM,
+                            enum_strings=("Stop", "Start"), doc="A frame is being rastered")
+    line = readback_pv("SCAN:LINE", 0, doc="Lines completed in the present frame")
+    pixel = readback_pv("SCAN:PIXEL", 0, doc="Pixels completed in the present frame")
+    progress = readback_pv("SCAN:PROGRESS", 0.0, units="%", precision=1,
+                         doc="Frame progress (%)")
+    frame = readback_pv("SCAN:FRAME", 0, doc="Frames completed")
+    start_time = readback_pv("SCAN:START_TIME", 0.0, units="s", precision=6,
+                           doc="Wall time (epoch s) the present frame started")
+    frame_time = readback_pv("SCAN:FRAME_TIME", 256 * 256 * 1e-4, units="s", precision=4,
+                           doc="Duration of one frame NX*NY*DWELL (s)")
+    pixel_nm = readback_pv("SCAN:PIXEL_NM", 4000.0 / 256, units="nm", precision=3,
+                         doc="Pixel size FOV/NX (nm)")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._alpha_pv, self._objective_pv = self.geometry.pv_names(self)
+        self._bias_pv = self.peer_pv("bias", "VOLTAGE_RBV")
+        self.peers = PeerMonitor(
+            [self._alpha_pv, self._objective_pv, self._bias_pv], on_update=self._peer_update
+        )
+        self._last_bias_v: float | None = None
+        self._frame_task: asyncio.Task | None = None
+        self._abort = asyncio.Event()
+        self._rng = random.Random(self.seed)
+
+    async def startup_hook(self, async_lib: Any) -> None:
+        """Start following the peers (stage tilt, objective lens, bias output)."""
+        self.peers.start()
+        await self._refresh_optics()
+        await self._refresh_landing()
+
+    # ---- helpers -------------------------------------------------------------------
+    def frame_running(self) -> bool:
+        return self._frame_task is not None and not self._frame_task.done()
+
+    def _refuse_during_frame(self, instance: Any) -> None:
+        if self.frame_running():
+            raise ValueError(f"{instance.pvname}: refused while a frame is being rastered")
+
+    def geometry_blocker(self) -> str | None:
+        """Why the beam may not be unblanked now, or None."""
+        return self.geometry.blocker(
+            self.peers.values.get(self._alpha_pv), self.peers.values.get(self._objective_pv)
+        )
+
+    async def _refresh_optics(self, *, hv_kv: float | None = None,
+                              aperture: str | None = None) -> None:
+        hv_kv = self.hv_rbv.value if hv_kv is None else hv_kv
+        current = APERTURES[self.aperture.value if aperture is None else aperture]
+        await write_if_changed(self.current_rbv, current)
+        await write_if_changed(self.probe_rbv, probe_diameter_nm(current, hv_kv))
+        unblanked = self.blank_rbv.value == "Unblanked"
+        await write_if_changed(self.sample_current_rbv, current if unblanked else 0.0)
+
+    async def _refresh_landing(self) -> None:
+        bias = self.peers.values.get(self._bias_pv)
+        if bias is not None:
+            self._last_bias_v = float(bias)
+        await write_if_changed(
+            self.landing_rbv, landing_energy_kev(self.hv_rbv.value, self._last_bias_v or 0.0))
+        alarm = self.landing_rbv.alarm
+        if bias is None and alarm.severity != AlarmSeverity.INVALID_ALARM:
+            await alarm.write(status=AlarmStatus.LINK, severity=AlarmSeverity.INVALID_ALARM)
+        elif bias is not None:
+            await clear_alarm(self.landing_rbv)
+
+    async def _refresh_derived(self, *, nx: int | None = None, ny: int | None = None,
+                               dwell: float | None = None, fov: float | None = None) -> None:
+        nx = self.nx.value if nx is None else nx
+        ny = self.ny.value if ny is None else ny
+        dwell = self.dwell.value if dwell is None else dwell
+        fov = self.fov.value if fov is None else fov
+        await write_if_changed(self.frame_time, nx * ny * dwell)
+        await write_if_changed(self.pixel_nm, 1000.0 * fov / nx)
+        # Keep the spot inside the field.
+        half_x, half_y = fov / 2, fov * ny / nx / 2
+        for pv, half in ((self.spot_x, half_x), (self.spot_y, half_y)):
+            if abs(pv.value) > half:
+                await pv.write(math.copysign(half, pv.value), verify_value=False)
+
+    async def _check_geometry(self) -> None:
+        """Publish the interlock state; blank the beam if the geometry was lost."""
+        reason = self.geometry_blocker()
+        await write_if_changed(self.interlock_rbv, "Blocked" if reason else "Permit")
+        await write_if_changed(self.interlock_reason, reason or "OK")
+        if reason is not None and self.blank_rbv.value == "Unblanked":
+            logger.warning("auto-blank: %s", reason)
+            await self.blank.write("Blanked", verify_value=False)
+            await self.blank_rbv.write("Blanked", verify_value=False)
+            await self.blank_rbv.alarm.write(status=AlarmStatus.STATE,
+                                             severity=AlarmSeverity.MAJOR_ALARM)
+            await self.status.write(status_text("Blanked", reason), verify_value=False)
+            await self._refresh_optics()
+
+    async def _peer_update(self, name: str, value: Any) -> None:
+        # Never raise: an exception here would end the PeerMonitor's task.
+        try:
+            if name == self._bias_pv:
+                await self._refresh_landing()
+            else:
+                await self._check_geometry()
+        except Exception:  # pragma: no cover - defensive
+            logger.exception("handling peer update %s=%r", name, value)
+
+    # ---- optics putters ------------------------------------------------------------
+    @hv.putter
+    async def hv(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, *HV_RANGE_KV, "HV (kV)")
+        await self.hv_rbv.write(value)
+        await self._refresh_optics(hv_kv=value)
+        await self._refresh_landing()
+        await clear_alarm(instance)
+        return value
+
+    @aperture.putter
+    async def aperture(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = enum_value(instance, value)
+        await self._refresh_optics(aperture=value)
+        await clear_alarm(instance)
+        return value
+
+    @emission_rbv.scan(period=1.0)
+    async def emission_rbv(self, instance, async_lib):
+        await instance.write(EMISSION_UA * (1 + EMISSION_JITTER * self._rng.gauss(0.0, 1.0)))
+
+    # ---- blanker -------------------------------------------------------------------
+    @blank.putter
+    async def blank(self, instance, value):
+        value = enum_value(instance, value)
+        if value == "Unblanked":
+            reason = self.geometry_blocker()
+            if reason is not None:
+                await self.status.write(status_text("Refused", reason), verify_value=False)
+                raise PermissionError(f"unblank refused by the SIMS interlock: {reason}")
+            await self.status.write("OK", verify_value=False)
+        await self.blank_rbv.write(value, verify_value=False)
+        await clear_alarm(instance)
+        await self._refresh_optics()
+        return value
+
+    @interlock_rbv.scan(period=0.1)
+    async def interlock_rbv(self, instance, async_lib):
+        # Peer updates act at once; this also catches disconnections, which
+        # PeerMonitor records without calling back.
+        await self._check_geometry()
+        await self._refresh_landing()
+
+    # ---- scan parameters -----------------------------------------------------------
+    @fov.putter
+    async def fov(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, 0.01, 1000.0, "SCAN:FOV (um)")
+        await self._refresh_derived(fov=value)
+        await clear_alarm(instance)
+        return value
+
+    @nx.putter
+    async def nx(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = int(require_range(value, 1, 1024, "SCAN:NX"))
+        await self._refresh_derived(nx=value)
+        await clear_alarm(instance)
+        return value
+
+    @ny.putter
+    async def ny(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = int(require_range(value, 1, 1024, "SCAN:NY"))
+        await self._refresh_derived(ny=value)
+        await clear_alarm(instance)
+        return value
+
+    @dwell.putter
+    async def dwell(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, 1e-7, 0.1, "SCAN:DWELL (s)")
+        await self._refresh_derived(dwell=value)
+        await clear_alarm(instance)
+        return value
+
+    @rotation.putter
+    async def rotation(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, -180.0, 180.0, "SCAN:ROTATION (deg)")
+        await clear_alarm(instance)
+        return value
+
+    @mode.putter
+    async def mode(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = enum_value(instance, value)
+        await clear_alarm(instance)
+        return value
+
+    @spot_x.putter
+    async def spot_x(self, instance, value):
+        self._refuse_during_frame(instance)
+        half = self.fov.value / 2
+        value = require_range(value, -half, half, "SCAN:SPOT_X (um)")
+        await clear_alarm(instance)
+        return value
+
+    @spot_y.putter
+    async def spot_y(self, instance, value):
+        self._refuse_during_frame(instance)
+        half = self.fov.value * self.ny.value / self.nx.value / 2
+        value = require_range(value, -half, half, "SCAN:SPOT_Y (um)")
+        await clear_alarm(instance)
+        return value
+
+    # ---- raster --------------------------------------------------------------------
+    @acquire.putter
+    async def acquire(self, instance, value):
+        value = enum_value(instance, value)
+        if value == "Stop":
+            await clear_alarm(instance)
+            if self.frame_running():
+                self._abort.set()
+                await asyncio.shield(self._frame_task)
+                return SkipWrite  # the frame wrote Stop itself, in sequence
+            return "Stop"
+        if self.frame_running():
+            raise ValueError("SCAN:ACQUIRE: a frame is already being rastered")
+        params = FrameParams(nx=int(self.nx.value), ny=int(self.ny.value),
+                             dwell_s=float(self.dwell.value))
+        self._abort = asyncio.Event()
+        # Created synchronously in this putter, so no parameter put can slip in
+        # between the check above and the frame; shielded so that a client that
+        # goes away does not abort the frame.
+        self._frame_task = asyncio.get_running_loop().create_task(self._raster(params))
+        await clear_alarm(instance)
+        await asyncio.shield(self._frame_task)
+        # The frame itself wrote ACQUIRE back to Stop after its last counters; writing
+        # it again here could overwrite the Start of a frame begun in the meantime.
+        return SkipWrite
+
+    async def _publish_progress(self, params: FrameParams, pixels: int) -> None:
+        pixels = max(0, min(params.pixels, pixels))
+        await write_if_changed(self.line, pixels // params.nx)
+        await write_if_changed(self.pixel, pixels)
+        await write_if_changed(self.progress, 100.0 * pixels / params.pixels)
+
+    async def _raster(self, params: FrameParams) -> None:
+        """Raster one frame in real time (see the module docstring for the sequence)."""
+        await self._publish_progress(params, 0)
+        t0 = time.monotonic()
+        await self.start_time.write(time.time())
+        await self.acquire_rbv.write("Start")
+        await self.acquire.write("Start", verify_value=False)
+        t_end = t0 + params.frame_s
+        per_line = params.line_s >= self.line_publish_min_s
+        aborted = False
+        try:
+            while (now := time.monotonic()) < t_end:
+                if per_line:
+                    lines_done = math.floor((now - t0) / params.line_s + 1e-9)
+                    wake = min(t0 + (lines_done + 1) * params.line_s,
+                               now + self.max_publish_gap_s)
+                else:
+                    wake = now + self.batch_publish_s
+                wake = min(wake, t_end)
+                try:
+                    await asyncio.wait_for(self._abort.wait(), max(0.0, wake - now))
+                    aborted = True
+                    break
+                except TimeoutError:
+                    pass
+                now = time.monotonic()
+                if now < t_end:
+                    await self._publish_progress(
+                        params, math.floor((now - t0) / params.dwell_s + 1e-9))
+            if aborted:
+                done = math.floor((time.monotonic() - t0) / params.dwell_s + 1e-9)
+                await self._publish_progress(params, min(done, params.pixels - 1))
+            else:
+                await self._publish_progress(params, params.pixels)
+                await self.frame.write(self.frame.value + 1)
+        finally:
+            await self.acquire_rbv.write("Stop")
+            await self.acquire.write("Stop", verify_value=False)
 
 
 def main(argv=None):
-    run_instrument_ioc(Stubcolumn, ioc_name="column", argv=argv)
+    run_instrument_ioc(ColumnIOC, ioc_name="column", argv=argv)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import caproto as ca
+from caproto import AlarmSeverity, AlarmStatus
 from caproto.server import PVGroup, pvproperty, template_arg_parser
 
 from temsims.channel_access import PART_SUFFIXES, CALayout
@@ -116,7 +118,8 @@ class PeerMonitor:
         Full PV names to follow.
     on_update
         Optional callable ``on_update(pv_name, value)`` run in the event loop after
-        each update (not awaited if it is a plain function).
+        each update, and with ``value=None`` when the PV disconnects (awaited if it
+        is a coroutine function).
     """
 
     def __init__(
@@ -140,20 +143,29 @@ class PeerMonitor:
         from caproto.asyncio.client import Context
 
         self._context = Context()
-        async for event, context, data in self._context.monitor(*self.pv_names):
-            if event == "connection":
-                name = getattr(context, "name", context)
-                if data != "connected":
-                    self.values[name] = None
-                continue
-            name = context.pv.name
-            value = _unwrap(data.data)
-            self.values[name] = value
-            self.timestamps[name] = data.metadata.timestamp
-            if self._on_update is not None:
-                result = self._on_update(name, value)
-                if asyncio.iscoroutine(result):
-                    await result
+        try:
+            async for event, context, data in self._context.monitor(*self.pv_names):
+                if event == "connection":
+                    name = getattr(context, "name", context)
+                    if data != "connected":
+                        self.values[name] = None
+                        await self._notify(name, None)
+                    continue
+                name = context.pv.name
+                value = _unwrap(data.data)
+                self.values[name] = value
+                self.timestamps[name] = data.metadata.timestamp
+                await self._notify(name, value)
+        except AttributeError:
+            # caproto 1.3.0's Context.monitor() cleanup calls .values() on a list
+            # when the generator is closed at shutdown; nothing is lost.
+            pass
+
+    async def _notify(self, name: str, value: Any) -> None:
+        if self._on_update is not None:
+            result = self._on_update(name, value)
+            if asyncio.iscoroutine(result):
+                await result
 
     def get(self, pv_name: str, default: Any = None) -> Any:
         value = self.values.get(pv_name)
@@ -240,6 +252,87 @@ def require_range(value: float, low: float, high: float, what: str) -> float:
     if not low <= value <= high:
         raise ValueError(f"{what}: {value} outside [{low}, {high}]")
     return value
+
+
+# --------------------------------------------------------------------------------------
+# SIMS geometry and PV helpers shared by the IOCs
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SimsGeometry:
+    """The SIMS-geometry condition and the peer PVs it is read from.
+
+    In SIMS mode the holder is tilted to -68 deg (the FIB then hits the sample at
+    45 deg and the extraction axis is normal to it) and the TEM objective lens is
+    off (its field would deflect the ions). Used by the column (unblank) and the
+    bias supply (output enable) IOCs.
+    """
+
+    tilt_deg: float = -68.0
+    tolerance_deg: float = 1.0
+    alpha_suffix: str = "A.RBV"
+    objective_suffix: str = "OBJ_RBV"
+
+    def pv_names(self, ioc: InstrumentIOC) -> tuple[str, str]:
+        """Full names of (stage alpha readback, objective lens readback)."""
+        return (ioc.peer_pv("stage", self.alpha_suffix),
+                ioc.peer_pv("tem", self.objective_suffix))
+
+    def blocker(self, alpha_deg: Any, objective: Any) -> str | None:
+        """Why the geometry forbids ion beam or bias now, or None if it permits.
+
+        ``None`` inputs are disconnected peers: they block (fail safe). The reasons
+        are short (they go into a 40-character STATUS string after a prefix).
+        """
+        if alpha_deg is None:
+            return "stage link down"
+        if objective is None:
+            return "TEM link down"
+        try:
+            alpha = float(alpha_deg)
+        except (TypeError, ValueError):
+            return "alpha unreadable"
+        if not math.isfinite(alpha) or abs(alpha - self.tilt_deg) > self.tolerance_deg:
+            return f"alpha {alpha:.1f} deg not {self.tilt_deg:g}+/-{self.tolerance_deg:g}"
+        if objective not in (0, "Off"):
+            return "objective lens on"
+        return None
+
+
+def status_text(prefix: str, reason: str) -> str:
+    """``"<prefix>: <reason>"`` cut to fit a CA DBR_STRING (39 characters)."""
+    return f"{prefix}: {reason}"[:39]
+
+
+def enum_value(instance: Any, value: Any) -> str:
+    """The enum string put to ``instance``, or a put error for an unknown state."""
+    if isinstance(value, str) and value in instance.enum_strings:
+        return value
+    raise ValueError(
+        f"{instance.pvname}: {value!r} is not one of {list(instance.enum_strings)}"
+    )
+
+
+async def clear_alarm(instance: Any) -> None:
+    """Clear the alarm left on ``instance`` by an earlier refused put or trip."""
+    alarm = instance.alarm
+    if alarm.severity != AlarmSeverity.NO_ALARM or alarm.status != AlarmStatus.NO_ALARM:
+        await alarm.write(status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM)
+
+
+async def write_if_changed(instance: Any, value: Any) -> None:
+    """Write ``value`` unless the PV already holds it (no redundant monitor events)."""
+    if instance.value != value:
+        await instance.write(value, verify_value=False)
+
+
+def setpoint_pv(name: str, value: Any, **kwargs: Any) -> pvproperty:
+    """A writable PV with its own alarm (a refused put alarms this PV only)."""
+    kwargs.setdefault("alarm_group", name)
+    return pvproperty(name=name, value=value, **kwargs)
+
+
+def readback_pv(name: str, value: Any, **kwargs: Any) -> pvproperty:
+    return pvproperty(name=name, value=value, read_only=True, **kwargs)
 
 
 # --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
+from temsims.ioc.common import repeater_running
 
 ALL_IOCS: tuple[str, ...] = tuple(IOC_PORT_OFFSETS)
 #: IOCs that render the virtual specimen and so take ``--specimen``/``--seed``.
@@ -89,12 +90,7 @@ class InstrumentProcesses:
         if unknown:
             raise ValueError(f"unknown IOC(s) {sorted(unknown)}; expected {ALL_IOCS}")
         base_env = {**os.environ, **self.layout.client_environment()}
-        self.processes["repeater"] = self._spawn(
-            "repeater",
-            [sys.executable, "-c",
-             f"from caproto.sync.repeater import run; run(host={self.layout.host!r})"],
-            base_env,
-        )
+        self._start_repeater(base_env)
         for ioc in self.iocs:
             env = {**base_env, **self.layout.server_environment(ioc)}
             self.processes[ioc] = self._spawn(ioc, self.command(ioc), env)
@@ -105,35 +101,67 @@ class InstrumentProcesses:
             raise
         return self
 
+    def _start_repeater(self, env: dict[str, str]) -> None:
+        """A CA repeater bound to loopback (exits at once if one already listens)."""
+        self.processes["repeater"] = self._spawn(
+            "repeater",
+            [sys.executable, "-c",
+             f"from caproto.sync.repeater import run; run(host={self.layout.host!r})"],
+            env,
+        )
+
     def wait_ready(self, iocs: Iterable[str], timeout: float = 30.0) -> None:
-        """Block until ``<prefix>UPTIME`` of each IOC answers over CA."""
+        """Block until ``<prefix>UPTIME`` of each IOC answers over CA.
+
+        The caller's environment is left as it was: the search uses this
+        instrument's address list only for the duration of the call, and never
+        spawns caproto's own repeater (which would bind 0.0.0.0).
+        """
         from caproto.sync.client import read
 
-        os.environ.update(self.layout.client_environment())
         deadline = time.monotonic() + timeout
-        for ioc in iocs:
-            pv = self.prefix(ioc) + "UPTIME"
-            while True:
-                proc = self.processes.get(ioc)
-                if proc is not None and proc.poll() is not None:
+        while not repeater_running(self.layout.host, self.layout.repeater_port):
+            if time.monotonic() > deadline:
+                raise IOCStartError("the CA repeater did not start")
+            time.sleep(0.02)
+        saved = {key: os.environ.get(key) for key in self.layout.client_environment()}
+        os.environ.update(self.layout.client_environment())
+        try:
+            for ioc in iocs:
+                self._wait_one(ioc, read, deadline, timeout)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def _wait_one(self, ioc: str, read, deadline: float, timeout: float) -> None:
+        pv = self.prefix(ioc) + "UPTIME"
+        while True:
+            proc = self.processes.get(ioc)
+            if proc is not None and proc.poll() is not None:
+                raise IOCStartError(
+                    f"IOC {ioc!r} exited with code {proc.returncode} before answering"
+                    + (f"; see {self.log_dir / (ioc + '.log')}" if self.log_dir else "")
+                )
+            try:
+                read(pv, timeout=0.5, repeater=False)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
                     raise IOCStartError(
-                        f"IOC {ioc!r} exited with code {proc.returncode} before answering"
-                        + (f"; see {self.log_dir / (ioc + '.log')}" if self.log_dir else "")
-                    )
-                try:
-                    read(pv, timeout=0.5)
-                    break
-                except TimeoutError:
-                    if time.monotonic() > deadline:
-                        raise IOCStartError(
-                            f"IOC {ioc!r}: {pv} did not answer in {timeout} s"
-                        ) from None
+                        f"IOC {ioc!r}: {pv} did not answer in {timeout} s"
+                    ) from None
 
     def restart(self, ioc: str, timeout: float = 30.0) -> None:
         """Stop one IOC and start it again (the others keep running)."""
         self.stop_one(ioc)
         env = {**os.environ, **self.layout.server_environment(ioc)}
         self.processes[ioc] = self._spawn(ioc, self.command(ioc), env)
+        if self.processes.get("repeater") is None or self.processes["repeater"].poll() is not None:
+            if not repeater_running(self.layout.host, self.layout.repeater_port):
+                self._start_repeater({**os.environ, **self.layout.client_environment()})
         self.wait_ready([ioc], timeout=timeout)
 
     def stop_one(self, ioc: str, timeout: float = 5.0) -> None:

@@ -1,17 +1,878 @@
-"""Stage IOC (placeholder while the real one is written)."""
-from caproto.server import pvproperty
+"""Mass spectrometer IOC: magnetic sector, four collectors, counting, mass scan, imaging.
 
-from temsims.ioc.common import InstrumentIOC, run_instrument_ioc
+A double-focusing (Mattauch-Herzog) magnetic sector with four ion-counting
+collectors on its focal plane. The physics lives in :mod:`temsims.ioc.sims_physics`;
+this module is the Channel Access face of it and follows the other IOCs over CA
+(:class:`~temsims.ioc.common.PeerMonitor`): the ion column's raster, the bias supply,
+the stage and the TEM objective lens.
+
+PVs (prefix ``<instrument>MS:``)
+--------------------------------
+FIELD, FIELD_RBV (float, T)
+    Magnet setpoint / Hall-probe readback. The field settles exponentially (tau grows
+    with the jump) and lags the setpoint by a hysteresis that depends on the direction
+    of approach; the Hall probe reads the gap field plus a zero offset. Refused while
+    a map or a scan runs.
+SETTLED (enum No/Yes)
+CAL:A (u/T^2), CAL:B0 (T)
+    Published mass calibration m = a (B_hall - B0)^2 at the present extraction
+    voltage (a scales as 1/|bias|). It starts slightly off the truth: calibrate on
+    the 69Ga/71Ga peaks of the primary beam (mass scan).
+POLARITY_RBV (enum Positive/Negative)
+    Follows the sign of the bias output.
+DEAD_TIME (float, s, 20e-9..50e-9), DARK_RATE (float, 1/s, 0..1000)
+TRANSMISSION (float, 0.05..1) [added]
+DRIFT_NM_PER_MIN (float, nm/min, 0..1000) [added]
+    Drift of the specimen relative to the beam (also ``--drift-nm-per-min``).
+COL{n}:MASS, COL{n}:MASS_RBV (float, u), n = 1..4
+    Collector masses (calibrated scale). A put outside the focal plane at the present
+    field (radius 0.6..1.4 of the axial radius, i.e. 0.36..1.96 of the axial mass)
+    is refused. When the field changes the collectors are moved to keep their
+    masses where the focal plane allows (else parked at its edge: MASS_RBV differs).
+COL{n}:COUNTS (long), COL{n}:RATE (float, 1/s)
+    Counting-mode results (measured, i.e. after dead time).
+COL{n}:MAP (long waveform)
+    Imaging: NY x NX counts, row-major (row 0 = -y edge), filled line by line.
+MODE (enum Counting/Scan/Imaging)
+COUNT_TIME (float, s, 1e-4..3600)
+ACQUIRE (enum Done/Acquire)
+    Put Acquire with completion: Counting returns after COUNT_TIME; Scan after the
+    mass scan; Imaging after the next (or the running) raster frame of the column.
+BUSY (enum Idle/Busy) [added]
+SCAN:START, SCAN:STOP, SCAN:STEP (float, u), SCAN:DWELL (float, s)
+SCAN:SPECTRUM (float waveform, counts), SCAN:MASS_AXIS (float waveform, u)
+SCAN:FIELD_AXIS (float waveform, T) [added]
+    Hall readback at each step (fit the calibration against it).
+SCAN:NPTS (long) [added]
+IMG:LINES_DONE, IMG:NX, IMG:NY, IMG:FRAME (long)
+IMG:DWELL (float, s), IMG:START_TIME (float, epoch s) [added]
+    Snapshot of the frame being (or last) mapped.
+SIMS_READY (enum No/Yes)
+    Holder alpha within 1 deg of -68, objective lens off, bias on (|V| > 100 V),
+    ion beam unblanked. When not ready, every count is a dark count.
+STATUS (string)
+    "OK", why SIMS is not ready, or the last refusal.
+
+Ground truth (the specimen) stays inside this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from caproto import ChannelType
+from caproto.server import PVGroup, SubGroup, pvproperty
+
+from temsims.ioc import sims_physics as sp
+from temsims.ioc.common import InstrumentIOC, PeerMonitor, require_range, run_instrument_ioc
+from temsims.ioc.materials import ELEMENTARY_CHARGE_C
+from temsims.ioc.specimen import build_specimen
+
+logger = logging.getLogger(__name__)
+
+N_COLLECTORS = 4
+MAX_MAP_PIXELS = 1024 * 1024
+MAX_SCAN_POINTS = 20000
+#: Publish the growing maps at most this often (Hz) when lines are faster than that.
+PUBLISH_RATE_HZ = 25.0
+#: A Stop from the column this close to the frame's end is its normal end, not an abort.
+END_TOLERANCE_S = 0.05
+#: Settling of the magnet between the (small) steps of a mass scan.
+SCAN_STEP_SETTLE_S = 1e-3
+#: Default collector masses (u) with the axial mass at 7 u: 6Li, 7Li, 12C, 13C.
+DEFAULT_MASSES = (6.015122887, 7.01600344, 12.0, 13.00335484)
+
+# Enum indices of peer PVs (order as in docs/pv-reference.md); strings are accepted too.
+_ON = {"on", "start", "unblanked", "spot", "1"}
 
 
-class Stubspectrometer(InstrumentIOC):
-    """Stage."""
+def _is_on(value: Any, on_index: int = 1) -> bool | None:
+    """Interpret a peer enum (index or string); ``None`` when disconnected."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in _ON
+    try:
+        return int(value) == on_index
+    except (TypeError, ValueError):
+        return None
 
-    x = pvproperty(name="X", value=0.0, record="motor", precision=4)
+
+def _float(value: Any, default: float | None = None) -> float | None:
+    if value is None:
+        return default
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
 
 
-def main(argv=None):
-    run_instrument_ioc(Stubspectrometer, ioc_name="spectrometer", argv=argv)
+class CollectorGroup(PVGroup):
+    """One collector: ``COL{n}:`` MASS, MASS_RBV, COUNTS, RATE, MAP."""
+
+    mass = pvproperty(name="MASS", value=7.0, units="u", precision=4,
+                      doc="Collector mass setpoint (calibrated scale)")
+    mass_rbv = pvproperty(name="MASS_RBV", value=7.0, units="u", precision=4, read_only=True)
+    counts = pvproperty(name="COUNTS", value=0, dtype=ChannelType.LONG, read_only=True)
+    rate = pvproperty(name="RATE", value=0.0, units="1/s", precision=1, read_only=True)
+    map = pvproperty(name="MAP", value=np.zeros(1, np.int32), dtype=ChannelType.LONG,
+                     max_length=MAX_MAP_PIXELS, read_only=True,
+                     doc="NY x NX counts, row-major")
+
+    @property
+    def index(self) -> int:
+        return int(self.prefix.rstrip(":").rsplit("COL", 1)[-1]) - 1
+
+    @mass.putter
+    async def mass(self, instance, value):
+        return await self.parent.put_collector_mass(self.index, value)
+
+
+class SpectrometerIOC(InstrumentIOC):
+    """Mass spectrometer IOC (see the module docstring for the PVs)."""
+
+    field = pvproperty(name="FIELD", value=0.0, units="T", precision=6,
+                       lower_ctrl_limit=0.0, upper_ctrl_limit=2.0)
+    field_rbv = pvproperty(name="FIELD_RBV", value=0.0, units="T", precision=6, read_only=True)
+    settled = pvproperty(name="SETTLED", value="Yes", enum_strings=("No", "Yes"),
+                         dtype=ChannelType.ENUM, read_only=True)
+    cal_a = pvproperty(name="CAL:A", value=100.0, units="u/T^2", precision=6)
+    cal_b0 = pvproperty(name="CAL:B0", value=0.0, units="T", precision=7)
+    polarity_rbv = pvproperty(name="POLARITY_RBV", value="Positive",
+                              enum_strings=("Positive", "Negative"), dtype=ChannelType.ENUM,
+                              read_only=True)
+    dead_time = pvproperty(name="DEAD_TIME", value=30e-9, units="s", precision=10,
+                           lower_ctrl_limit=20e-9, upper_ctrl_limit=50e-9)
+    dark_rate = pvproperty(name="DARK_RATE", value=0.2, units="1/s", precision=3,
+                           lower_ctrl_limit=0.0, upper_ctrl_limit=1000.0)
+    transmission = pvproperty(name="TRANSMISSION", value=0.45, precision=3,
+                              lower_ctrl_limit=0.05, upper_ctrl_limit=1.0)
+    drift_rate = pvproperty(name="DRIFT_NM_PER_MIN", value=3.0, units="nm/min", precision=2,
+                            lower_ctrl_limit=0.0, upper_ctrl_limit=1000.0)
+
+    col1 = SubGroup(CollectorGroup, prefix="COL1:")
+    col2 = SubGroup(CollectorGroup, prefix="COL2:")
+    col3 = SubGroup(CollectorGroup, prefix="COL3:")
+    col4 = SubGroup(CollectorGroup, prefix="COL4:")
+
+    mode = pvproperty(name="MODE", value="Counting",
+                      enum_strings=("Counting", "Scan", "Imaging"), dtype=ChannelType.ENUM)
+    count_time = pvproperty(name="COUNT_TIME", value=1.0, units="s", precision=4,
+                            lower_ctrl_limit=1e-4, upper_ctrl_limit=3600.0)
+    acquire = pvproperty(name="ACQUIRE", value="Done", enum_strings=("Done", "Acquire"),
+                         dtype=ChannelType.ENUM)
+    busy = pvproperty(name="BUSY", value="Idle", enum_strings=("Idle", "Busy"),
+                      dtype=ChannelType.ENUM, read_only=True)
+
+    scan_start = pvproperty(name="SCAN:START", value=66.0, units="u", precision=4,
+                            lower_ctrl_limit=0.5, upper_ctrl_limit=400.0)
+    scan_stop = pvproperty(name="SCAN:STOP", value=74.0, units="u", precision=4,
+                           lower_ctrl_limit=0.5, upper_ctrl_limit=400.0)
+    scan_step = pvproperty(name="SCAN:STEP", value=0.01, units="u", precision=5,
+                           lower_ctrl_limit=1e-4, upper_ctrl_limit=10.0)
+    scan_dwell = pvproperty(name="SCAN:DWELL", value=1e-3, units="s", precision=5,
+                            lower_ctrl_limit=1e-5, upper_ctrl_limit=10.0)
+    scan_spectrum = pvproperty(name="SCAN:SPECTRUM", value=np.zeros(1), dtype=ChannelType.DOUBLE,
+                               max_length=MAX_SCAN_POINTS, read_only=True)
+    scan_mass_axis = pvproperty(name="SCAN:MASS_AXIS", value=np.zeros(1),
+                                dtype=ChannelType.DOUBLE, max_length=MAX_SCAN_POINTS,
+                                read_only=True, units="u")
+    scan_field_axis = pvproperty(name="SCAN:FIELD_AXIS", value=np.zeros(1),
+                                 dtype=ChannelType.DOUBLE, max_length=MAX_SCAN_POINTS,
+                                 read_only=True, units="T")
+    scan_npts = pvproperty(name="SCAN:NPTS", value=0, dtype=ChannelType.LONG, read_only=True)
+
+    img_lines_done = pvproperty(name="IMG:LINES_DONE", value=0, dtype=ChannelType.LONG,
+                                read_only=True)
+    img_nx = pvproperty(name="IMG:NX", value=0, dtype=ChannelType.LONG, read_only=True)
+    img_ny = pvproperty(name="IMG:NY", value=0, dtype=ChannelType.LONG, read_only=True)
+    img_frame = pvproperty(name="IMG:FRAME", value=0, dtype=ChannelType.LONG, read_only=True)
+    img_dwell = pvproperty(name="IMG:DWELL", value=0.0, units="s", precision=8, read_only=True)
+    img_start_time = pvproperty(name="IMG:START_TIME", value=0.0, units="s", precision=3,
+                                read_only=True)
+
+    sims_ready = pvproperty(name="SIMS_READY", value="No", enum_strings=("No", "Yes"),
+                            dtype=ChannelType.ENUM, read_only=True)
+    status = pvproperty(name="STATUS", value="starting", dtype=ChannelType.STRING,
+                        read_only=True)
+
+    def __init__(self, *args: Any, drift_nm_per_min: float | None = None,
+                 params: sp.SimsParameters | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params = params or sp.SimsParameters()
+        if drift_nm_per_min is not None:
+            self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
+        self.specimen = build_specimen(self.specimen_name or "li2co3-particles", self.seed)
+        self.species = sp.candidate_species(self.specimen)
+        self.depth = np.zeros(self.specimen.shape, np.float32)
+        self.depth_version = 0
+        self.rng = np.random.default_rng(self.seed + 1000)  # event-loop thread
+        self.frame_rng = np.random.default_rng(self.seed + 2000)  # executor (one at a time)
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sims")
+        self.t_start = time.time()
+        self._drift_ref = (self.t_start, 0.0)  # (time, displacement nm) at the last rate change
+        # Magnet and calibration (a stored at the reference voltage).
+        v_ref = sp.REFERENCE_VOLTAGE_V
+        self.cal_a_ref = sp.true_cal_a(v_ref, self.params) * (1.0 + self.params.cal_a_error)
+        self.cal_b0_value = self.params.cal_b0_t
+        b_axial = float(sp.field_for_calibrated_mass(7.0, self.cal_a_ref, self.cal_b0_value))
+        self.magnet = sp.Magnet(self.params, field_t=b_axial, now=time.monotonic())
+        self.mass_ratio = [m / 7.0 for m in DEFAULT_MASSES]
+        self.mass_setpoints = list(DEFAULT_MASSES)
+        # Peers.
+        self.peer_names = {
+            "acquire": self.peer_pv("column", "SCAN:ACQUIRE"),
+            "start_time": self.peer_pv("column", "SCAN:START_TIME"),
+            "nx": self.peer_pv("column", "SCAN:NX"),
+            "ny": self.peer_pv("column", "SCAN:NY"),
+            "dwell": self.peer_pv("column", "SCAN:DWELL"),
+            "fov": self.peer_pv("column", "SCAN:FOV"),
+            "rotation": self.peer_pv("column", "SCAN:ROTATION"),
+            "scan_mode": self.peer_pv("column", "SCAN:MODE"),
+            "spot_x": self.peer_pv("column", "SCAN:SPOT_X"),
+            "spot_y": self.peer_pv("column", "SCAN:SPOT_Y"),
+            "current": self.peer_pv("column", "CURRENT_RBV"),
+            "probe": self.peer_pv("column", "PROBE_RBV"),
+            "landing": self.peer_pv("column", "LANDING_RBV"),
+            "blank": self.peer_pv("column", "BLANK_RBV"),
+            "bias_enable": self.peer_pv("bias", "ENABLE_RBV"),
+            "bias_v": self.peer_pv("bias", "VOLTAGE_RBV"),
+            "x": self.peer_pv("stage", "X.RBV"),
+            "y": self.peer_pv("stage", "Y.RBV"),
+            "alpha": self.peer_pv("stage", "A.RBV"),
+            "objective": self.peer_pv("tem", "OBJ_RBV"),
+        }
+        self._key_of = {pv: key for key, pv in self.peer_names.items()}
+        self.peers = PeerMonitor(self.peer_names.values(), on_update=self._on_peer_update)
+        # Imaging state.
+        self.frame_task: asyncio.Task | None = None
+        self.frame_abort: asyncio.Event | None = None  # made in the loop
+        self.frame_done = None  # asyncio.Condition, made in the loop
+        self.frames_completed = 0
+        self.prepared: tuple[tuple, sp.FramePlan, float] | None = None
+        self._prep_task: asyncio.Task | None = None
+        self._prep_pending = False
+        self._last_status = ""
+        self._busy = False
+
+    # ---- helpers --------------------------------------------------------------------
+    def peer(self, key: str, default: Any = None) -> Any:
+        return self.peers.get(self.peer_names[key], default)
+
+    def conditions(self) -> sp.SimsConditions:
+        return sp.SimsConditions(
+            alpha_deg=_float(self.peer("alpha")),
+            objective_on=_is_on(self.peer("objective")),
+            bias_enabled=_is_on(self.peer("bias_enable")),
+            bias_v=_float(self.peer("bias_v")),
+            beam_unblanked=_is_on(self.peer("blank")),
+        )
+
+    def voltage(self) -> float:
+        """Extraction voltage used for the mass scale (nominal when the bias is off)."""
+        v = abs(_float(self.peer("bias_v"), 0.0) or 0.0)
+        return v if v >= self.params.min_bias_v else sp.REFERENCE_VOLTAGE_V
+
+    def cal(self) -> tuple[float, float]:
+        """Published (a, B0) at the present voltage."""
+        return self.cal_a_ref * sp.REFERENCE_VOLTAGE_V / self.voltage(), self.cal_b0_value
+
+    def axial_cal_mass(self, hall_t: float) -> float:
+        a, b0 = self.cal()
+        return float(sp.calibrated_mass(hall_t, a, b0))
+
+    def axial_true_mass(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return float(sp.mass_for_gap_field(self.magnet.gap_field(now), self.voltage(),
+                                           self.params))
+
+    def collector_true_masses(self) -> tuple[float, ...]:
+        m_ax = self.axial_true_mass()
+        return tuple(r * m_ax for r in self.mass_ratio)
+
+    def collectors(self) -> list[CollectorGroup]:
+        return [self.col1, self.col2, self.col3, self.col4]
+
+    def drift_displacement_nm(self, t: float | None = None) -> float:
+        t = time.time() if t is None else t
+        t_ref, d_ref = self._drift_ref
+        return d_ref + self.params.drift_nm_per_min * (t - t_ref) / 60.0
+
+    def physics_params(self, t: float) -> sp.SimsParameters:
+        """Present detector/drift parameters, with the drift clock starting at ``t``."""
+        return self.params.with_(drift_start_nm=self.drift_displacement_nm(t))
+
+    def geometry(self, snap: dict) -> sp.ScanGeometry:
+        return sp.ScanGeometry(
+            nx=int(snap["nx"]), ny=int(snap["ny"]), fov_um=float(snap["fov"]),
+            rotation_deg=float(snap["rotation"]), centre_x_nm=1000.0 * float(snap["x"]),
+            centre_y_nm=1000.0 * float(snap["y"]), incidence_deg=self.params.incidence_deg)
+
+    def snapshot(self) -> dict:
+        """The column, stage and detector state a frame (or a count) is computed from."""
+        cond = self.conditions()
+        snap = {
+            "nx": int(_float(self.peer("nx"), 256)),
+            "ny": int(_float(self.peer("ny"), 256)),
+            "dwell": _float(self.peer("dwell"), 1e-3),
+            "fov": _float(self.peer("fov"), 2.0),
+            "rotation": _float(self.peer("rotation"), 0.0),
+            "spot": bool(_is_on(self.peer("scan_mode"))),
+            "spot_x": _float(self.peer("spot_x"), 0.0),
+            "spot_y": _float(self.peer("spot_y"), 0.0),
+            "current": _float(self.peer("current"), 0.0),
+            "probe": _float(self.peer("probe"), 10.0),
+            "landing": _float(self.peer("landing"), 25.5),
+            "x": _float(self.peer("x"), 0.0),
+            "y": _float(self.peer("y"), 0.0),
+            "ready": cond.ready(self.params),
+            "unblanked": bool(cond.beam_unblanked),
+            "polarity": cond.polarity,
+            "masses": self.collector_true_masses(),
+        }
+        snap["nx"] = max(1, min(snap["nx"], 1024))
+        snap["ny"] = max(1, min(snap["ny"], 1024))
+        return snap
+
+    def _plan_key(self, snap: dict) -> tuple:
+        return (snap["nx"], snap["ny"], round(snap["fov"], 9), round(snap["rotation"], 6),
+                round(snap["x"], 7), round(snap["y"], 7), round(snap["probe"], 4),
+                round(snap["landing"], 3), snap["polarity"],
+                tuple(round(m, 5) for m in snap["masses"]), self.depth_version,
+                self.params.drift_nm_per_min, self.params.interaction_fwhm_nm)
+
+    def _make_plan(self, snap: dict, t0: float, slack_s: float) -> sp.FramePlan:
+        return sp.FramePlan(
+            self.specimen, self.geometry(snap), snap["masses"], snap["current"],
+            max(snap["dwell"], 1e-9), snap["probe"], snap["landing"], snap["polarity"],
+            snap["ready"], self.depth, elapsed_s=0.0, params=self.physics_params(t0),
+            species=self.species, drift_slack_s=slack_s)
+
+    # ---- status ---------------------------------------------------------------------
+    async def update_status(self, refusal: str | None = None) -> None:
+        cond = self.conditions()
+        problems = cond.problems(self.params)
+        ready = not problems
+        if self.sims_ready.value != ("Yes" if ready else "No"):
+            await self.sims_ready.write("Yes" if ready else "No")
+        pol = "Negative" if cond.polarity < 0 else "Positive"
+        if self.polarity_rbv.value != pol:
+            await self.polarity_rbv.write(pol)
+        if refusal:
+            text = refusal
+        elif ready:
+            text = "OK"
+        else:
+            text = "dark only: " + ", ".join(problems)
+        text = text[:39]
+        if text != self._last_status:
+            self._last_status = text
+            await self.status.write(text)
+        a, b0 = self.cal()
+        if abs(self.cal_a.value - a) > 1e-9 * a:
+            await self.cal_a.write(a)
+
+    async def _on_peer_update(self, name: str, value: Any) -> None:
+        key = self._key_of.get(name)
+        if key == "acquire":
+            started = _is_on(value)
+            if started:
+                await self._start_frame()
+            else:
+                self._stop_frame()
+            return
+        if key in ("bias_enable", "bias_v", "alpha", "objective", "blank"):
+            await self.update_status()
+            if key == "bias_v":
+                await self._update_masses()
+        self._schedule_prepare()
+
+    # ---- magnet ---------------------------------------------------------------------
+    async def _update_masses(self) -> None:
+        hall = self.magnet.hall(time.monotonic())
+        m_ax = self.axial_cal_mass(hall)
+        for col, ratio in zip(self.collectors(), self.mass_ratio, strict=True):
+            value = ratio * m_ax
+            if abs(col.mass_rbv.value - value) > 1e-6:
+                await col.mass_rbv.write(value)
+
+    def _reposition_collectors(self) -> list[str]:
+        """Keep the collector masses at the magnet's final field where possible."""
+        lo, hi = self.params.focal_plane_mass_ratio
+        hall_final = self.magnet.final_gap_field() + self.params.hall_offset_t
+        m_ax = self.axial_cal_mass(hall_final)
+        parked = []
+        for i, m in enumerate(self.mass_setpoints):
+            ratio = m / m_ax if m_ax > 0 else 1.0
+            if not lo <= ratio <= hi:
+                parked.append(f"COL{i + 1}")
+                ratio = min(max(ratio, lo), hi)
+            self.mass_ratio[i] = ratio
+        return parked
+
+    async def _set_field(self, value: float) -> None:
+        self.magnet.set(value, time.monotonic())
+        parked = self._reposition_collectors()
+        await self._update_magnet_pvs()
+        if parked:
+            await self.update_status(refusal=f"{','.join(parked)} at focal-plane edge")
+        self._schedule_prepare()
+
+    async def _update_magnet_pvs(self) -> None:
+        now = time.monotonic()
+        await self.field_rbv.write(self.magnet.hall(now, self.rng))
+        settled = "Yes" if self.magnet.settled(now) else "No"
+        if self.settled.value != settled:
+            await self.settled.write(settled)
+        await self._update_masses()
+
+    def _refuse_if_busy(self, what: str) -> None:
+        if self.frame_task is not None and not self.frame_task.done():
+            raise ValueError(f"{what}: refused while a map is being acquired")
+        if self._busy:
+            raise ValueError(f"{what}: refused while an acquisition runs")
+
+    @field.startup
+    async def field(self, instance, async_lib):
+        self.frame_done = asyncio.Condition()
+        self.depth_lock = asyncio.Lock()
+        self.frame_abort = asyncio.Event()
+        await self.field.write(self.magnet.setpoint, verify_value=False)
+        for col, m in zip(self.collectors(), self.mass_setpoints, strict=True):
+            await col.mass.write(m, verify_value=False)
+        await self.cal_b0.write(self.cal_b0_value, verify_value=False)
+        await self.cal_a.write(self.cal()[0], verify_value=False)
+        await self._update_magnet_pvs()
+        await self.update_status()
+        self.peers.start()
+        self._schedule_prepare()
+
+    @field.putter
+    async def field(self, instance, value):
+        value = require_range(value, 0.0, 2.0, "FIELD")
+        self._refuse_if_busy("FIELD")
+        await self._set_field(value)
+        return value
+
+    @field_rbv.scan(period=0.1)
+    async def field_rbv(self, instance, async_lib):
+        now = time.monotonic()
+        if not self.magnet.settled(now) or self.settled.value != "Yes":
+            await self._update_magnet_pvs()
+
+    @cal_a.putter
+    async def cal_a(self, instance, value):
+        value = require_range(value, 1.0, 1e5, "CAL:A")
+        self._refuse_if_busy("CAL:A")
+        self.cal_a_ref = value * self.voltage() / sp.REFERENCE_VOLTAGE_V
+        self.magnet_changed_cal()
+        return value
+
+    @cal_b0.putter
+    async def cal_b0(self, instance, value):
+        value = require_range(value, -0.5, 0.5, "CAL:B0")
+        self._refuse_if_busy("CAL:B0")
+        self.cal_b0_value = value
+        self.magnet_changed_cal()
+        return value
+
+    def magnet_changed_cal(self) -> None:
+        """A new calibration moves the collectors to keep their masses."""
+        self._reposition_collectors()
+        asyncio.get_running_loop().create_task(self._update_masses())
+        self._schedule_prepare()
+
+    async def put_collector_mass(self, index: int, value: float) -> float:
+        value = require_range(value, 0.5, 400.0, f"COL{index + 1}:MASS")
+        self._refuse_if_busy(f"COL{index + 1}:MASS")
+        lo, hi = self.params.focal_plane_mass_ratio
+        hall_final = self.magnet.final_gap_field() + self.params.hall_offset_t
+        m_ax = self.axial_cal_mass(hall_final)
+        ratio = value / m_ax if m_ax > 0 else float("inf")
+        if not lo <= ratio <= hi:
+            await self.update_status(refusal=f"COL{index + 1}:MASS off focal plane")
+            raise ValueError(
+                f"COL{index + 1}:MASS {value} u outside the focal plane at the present field "
+                f"({lo * m_ax:.3f}..{hi * m_ax:.3f} u)")
+        self.mass_ratio[index] = ratio
+        self.mass_setpoints[index] = value
+        await self._update_masses()
+        self._schedule_prepare()
+        return value
+
+    # ---- detector parameters ----------------------------------------------------------
+    @dead_time.putter
+    async def dead_time(self, instance, value):
+        value = require_range(value, 20e-9, 50e-9, "DEAD_TIME")
+        self._refuse_if_busy("DEAD_TIME")
+        self.params = self.params.with_(dead_time_s=value)
+        return value
+
+    @dark_rate.putter
+    async def dark_rate(self, instance, value):
+        value = require_range(value, 0.0, 1000.0, "DARK_RATE")
+        self._refuse_if_busy("DARK_RATE")
+        self.params = self.params.with_(dark_rate_per_s=value)
+        return value
+
+    @transmission.putter
+    async def transmission(self, instance, value):
+        value = require_range(value, 0.05, 1.0, "TRANSMISSION")
+        self._refuse_if_busy("TRANSMISSION")
+        self.params = self.params.with_(transmission=value)
+        return value
+
+    @drift_rate.startup
+    async def drift_rate(self, instance, async_lib):
+        await instance.write(self.params.drift_nm_per_min, verify_value=False)
+        await self.dead_time.write(self.params.dead_time_s, verify_value=False)
+        await self.dark_rate.write(self.params.dark_rate_per_s, verify_value=False)
+        await self.transmission.write(self.params.transmission, verify_value=False)
+
+    @drift_rate.putter
+    async def drift_rate(self, instance, value):
+        value = require_range(value, 0.0, 1000.0, "DRIFT_NM_PER_MIN")
+        self._refuse_if_busy("DRIFT_NM_PER_MIN")
+        now = time.time()
+        self._drift_ref = (now, self.drift_displacement_nm(now))
+        self.params = self.params.with_(drift_nm_per_min=value)
+        self._schedule_prepare()
+        return value
+
+    @count_time.putter
+    async def count_time(self, instance, value):
+        return require_range(value, 1e-4, 3600.0, "COUNT_TIME")
+
+    @scan_start.putter
+    async def scan_start(self, instance, value):
+        return require_range(value, 0.5, 400.0, "SCAN:START")
+
+    @scan_stop.putter
+    async def scan_stop(self, instance, value):
+        return require_range(value, 0.5, 400.0, "SCAN:STOP")
+
+    @scan_step.putter
+    async def scan_step(self, instance, value):
+        return require_range(value, 1e-4, 10.0, "SCAN:STEP")
+
+    @scan_dwell.putter
+    async def scan_dwell(self, instance, value):
+        return require_range(value, 1e-5, 10.0, "SCAN:DWELL")
+
+    # ---- acquisition: counting and mass scan -----------------------------------------
+    @acquire.putter
+    async def acquire(self, instance, value):
+        if value in ("Done", 0):
+            return "Done"
+        mode = self.mode.value
+        if mode == "Imaging":
+            await self._wait_for_frame()
+            return "Done"
+        self._refuse_if_busy("ACQUIRE")
+        self._busy = True
+        await self.busy.write("Busy")
+        try:
+            if mode == "Counting":
+                await self._count()
+            else:
+                await self._mass_scan()
+        finally:
+            self._busy = False
+            await self.busy.write("Idle")
+        return "Done"
+
+    def _footprint(self, snap: dict) -> tuple[sp.ScanGeometry, bool]:
+        geo = self.geometry(snap)
+        if snap["spot"]:
+            geo = replace(geo, centre_x_nm=geo.centre_x_nm + 1000.0 * snap["spot_x"],
+                          centre_y_nm=geo.centre_y_nm + 1000.0 * snap["spot_y"]
+                          * geo.stretch)
+        return geo, snap["spot"]
+
+    def _emission(self, snap: dict, t: float) -> dict[str, float]:
+        geo, spot = self._footprint(snap)
+        return sp.footprint_emission(self.specimen, self.depth, geo, self.species,
+                                     snap["polarity"], snap["landing"],
+                                     self.physics_params(t), spot=spot,
+                                     probe_fwhm_nm=snap["probe"])
+
+    def _sputter_time(self, snap: dict, seconds: float) -> None:
+        """Dose of ``seconds`` of beam on the counting footprint (not while rastering)."""
+        if not snap["unblanked"] or snap["current"] <= 0 or self._raster_running():
+            return
+        geo, spot = self._footprint(snap)
+        ions = snap["current"] * 1e-12 * seconds / ELEMENTARY_CHARGE_C
+        if spot:
+            # A parked beam digs a hole of about the probe size.
+            size_um = max(snap["probe"], 1.0) / 1000.0
+            geo = replace(geo, nx=1, ny=1, fov_um=size_um)
+            sp.sputter(self.specimen, self.depth, geo, ions, params=self.params)
+        else:
+            sp.sputter(self.specimen, self.depth, geo, ions / (geo.nx * geo.ny),
+                       params=self.params)
+        self.depth_version += 1
+
+    def _raster_running(self) -> bool:
+        return self.frame_task is not None and not self.frame_task.done()
+
+    async def _count(self) -> None:
+        loop = asyncio.get_running_loop()
+        count_time = float(self.count_time.value)
+        t0 = time.time()
+        snap = self.snapshot()
+        emission = await loop.run_in_executor(self.executor, self._emission, snap, t0)
+        await asyncio.sleep(max(0.0, t0 + count_time - time.time()))
+        ions_per_s = snap["current"] * 1e-12 / ELEMENTARY_CHARGE_C if snap["ready"] else 0.0
+        expected = sp.collector_expectation(snap["masses"], emission, ions_per_s, count_time,
+                                            self.params)
+        counts = sp.detect(expected, count_time, self.params, self.rng)
+        for col, n in zip(self.collectors(), counts, strict=True):
+            await col.counts.write(int(n))
+            await col.rate.write(float(n) / count_time)
+        async with self.depth_lock:
+            await loop.run_in_executor(self.executor, self._sputter_time, snap, count_time)
+        self._schedule_prepare()
+
+    async def _mass_scan(self) -> None:
+        start, stop, step = (float(self.scan_start.value), float(self.scan_stop.value),
+                             float(self.scan_step.value))
+        if stop <= start:
+            raise ValueError("SCAN:STOP must be above SCAN:START")
+        npts = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if npts > MAX_SCAN_POINTS:
+            raise ValueError(f"mass scan of {npts} points exceeds {MAX_SCAN_POINTS}")
+        dwell = float(self.scan_dwell.value)
+        loop = asyncio.get_running_loop()
+        masses = start + step * np.arange(npts)
+        a, b0 = self.cal()
+        setpoints = sp.field_for_calibrated_mass(masses, a, b0)
+        snap = self.snapshot()
+        t0 = time.time()
+        e0 = await loop.run_in_executor(self.executor, self._emission, snap, t0)
+        # Approach the first step from below (hysteresis), then sweep up.
+        previous = self.magnet.setpoint
+        mono = time.monotonic()
+        self.magnet.set(max(float(setpoints[0]) - 0.01, 0.0), mono)
+        self.magnet.set(float(setpoints[0]), mono + 1.0)
+        gap = setpoints - self.params.hysteresis_t
+        hall = gap + self.params.hall_offset_t + self.rng.normal(
+            0.0, self.params.hall_noise_t, npts)
+        true_mass = sp.mass_for_gap_field(gap, self.voltage(), self.params)
+        step_time = dwell + SCAN_STEP_SETTLE_S
+        total = npts * step_time
+        await self.scan_npts.write(npts)
+        await self.scan_mass_axis.write(sp.calibrated_mass(hall, a, b0))
+        await self.scan_field_axis.write(hall)
+        ions_per_s = snap["current"] * 1e-12 / ELEMENTARY_CHARGE_C if snap["ready"] else 0.0
+        async with self.depth_lock:
+            await loop.run_in_executor(self.executor, self._sputter_time, snap, total)
+        e1 = await loop.run_in_executor(self.executor, self._emission, snap, t0 + total)
+        frac = np.linspace(0.0, 1.0, npts)
+        expected = np.zeros(npts)
+        for iso in e0:
+            part = sp.spectrum_expectation(true_mass, {iso: 1.0}, ions_per_s, dwell, self.params)
+            expected += part * (e0[iso] + (e1[iso] - e0[iso]) * frac)
+        spectrum = sp.detect(expected, dwell, self.params, self.rng).astype(np.float64)
+        published = 0
+        while published < npts:
+            now = time.time()
+            due = min(npts, int((now - t0) / step_time))
+            if due > published:
+                shown = np.zeros(npts)
+                shown[:due] = spectrum[:due]
+                await self.scan_spectrum.write(shown)
+                published = due
+            if published < npts:
+                await asyncio.sleep(min(0.2, max(0.0, t0 + total - now)) + 1e-3)
+        await self.scan_spectrum.write(spectrum)
+        # Leave the magnet where it was (approached from above: the readback shows it).
+        self.magnet.set(previous, time.monotonic())
+        self._reposition_collectors()
+        await self._update_magnet_pvs()
+        self._schedule_prepare()
+
+    async def _wait_for_frame(self) -> None:
+        """Imaging-mode ACQUIRE: wait for the running frame, else the next one (5 s)."""
+        target = self.frames_completed + 1
+        deadline = time.monotonic() + 5.0
+        async with self.frame_done:
+            while self.frames_completed < target:
+                if not self._raster_running() and time.monotonic() > deadline:
+                    raise ValueError("ACQUIRE (Imaging): no raster frame of the ion column")
+                try:
+                    await asyncio.wait_for(self.frame_done.wait(), timeout=0.2)
+                except TimeoutError:
+                    pass
+
+    # ---- imaging -------------------------------------------------------------------
+    def _schedule_prepare(self) -> None:
+        """Prepare the next frame's blurred emission maps ahead of time (debounced)."""
+        self._prep_pending = True
+        if self._prep_task is None or self._prep_task.done():
+            self._prep_task = asyncio.get_running_loop().create_task(self._prepare_loop())
+
+    async def _prepare_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._prep_pending:
+            self._prep_pending = False
+            await asyncio.sleep(0.05)
+            if self._raster_running() or self._busy:
+                continue
+            snap = self.snapshot()
+            key = self._plan_key(snap)
+            if self.prepared is not None and self.prepared[0] == key and (
+                    time.time() - self.prepared[2] < 60.0):
+                continue
+            t0 = time.time()
+            try:
+                async with self.depth_lock:
+                    key = self._plan_key(snap)
+                    plan = await loop.run_in_executor(self.executor, self._make_plan, snap,
+                                                      t0, 120.0)
+            except Exception:  # noqa: BLE001 - a failed guess only costs time later
+                logger.exception("preparing the next frame failed")
+                continue
+            if self._plan_key(snap) == key:
+                self.prepared = (key, plan, t0)
+
+    async def _start_frame(self) -> None:
+        t_event = time.time()
+        ts = self.peers.timestamps.get(self.peer_names["acquire"])
+        if ts and abs(ts - t_event) < 5.0:
+            t_event = ts
+        if self._raster_running():
+            self.frame_abort.set()
+            try:
+                await self.frame_task
+            except Exception:  # noqa: BLE001
+                pass
+        self.frame_abort = asyncio.Event()
+        snap = self.snapshot()
+        self.frame_task = asyncio.get_running_loop().create_task(self._frame(snap, t_event))
+
+    def _stop_frame(self) -> None:
+        if self._raster_running():
+            self.frame_abort.set()
+
+    def _frame_start_time(self, t_event: float) -> float:
+        st = _float(self.peer("start_time"))
+        if st is not None and abs(st - t_event) < 1.0:
+            return st
+        return t_event
+
+    async def _frame(self, snap: dict, t_event: float) -> None:
+        try:
+            await self._frame_inner(snap, t_event)
+        except Exception as exc:  # noqa: BLE001 - the server must keep answering
+            logger.exception("imaging frame failed")
+            await self.update_status(refusal=f"map failed: {exc}")
+            async with self.frame_done:
+                self.frame_done.notify_all()
+
+    async def _frame_inner(self, snap: dict, t_event: float) -> None:
+        loop = asyncio.get_running_loop()
+        abort = self.frame_abort
+        nx, ny, dwell = snap["nx"], snap["ny"], snap["dwell"]
+        line_time = nx * dwell
+        key = self._plan_key(snap)
+        t0 = self._frame_start_time(t_event)
+        frame_time = line_time * ny
+        if self.prepared is not None and self.prepared[0] == key and (
+                t0 - self.prepared[2] < 60.0):
+            _, base, t_prep = self.prepared
+            plan = base.retarget(current_pa=snap["current"], dwell_s=dwell,
+                                 ready=snap["ready"], elapsed_s=t0 - t_prep,
+                                 params=self.physics_params(t_prep))
+        else:
+            async with self.depth_lock:
+                key = self._plan_key(snap)
+                plan = await loop.run_in_executor(self.executor, self._make_plan, snap, t0, 0.0)
+        self.prepared = None
+        if line_time >= 0.02:
+            batch = 1
+        else:
+            batch = max(1, int(math.ceil(1.0 / PUBLISH_RATE_HZ / line_time)))
+        maps = [np.zeros(ny * nx, np.int32) for _ in range(N_COLLECTORS)]
+        await self.img_nx.write(nx)
+        await self.img_ny.write(ny)
+        await self.img_dwell.write(dwell)
+        await self.img_start_time.write(t0)
+        await self.img_lines_done.write(0)
+        for col, m in zip(self.collectors(), maps, strict=True):
+            await col.map.write(m.copy())
+        rng = self.frame_rng
+        rows_done = 0
+        r0 = 0
+        future = loop.run_in_executor(self.executor, plan.render_lines, 0, min(batch, ny), rng)
+        aborted = False
+        while r0 < ny:
+            r1 = min(r0 + batch, ny)
+            counts = await future
+            if r1 < ny:
+                future = loop.run_in_executor(self.executor, plan.render_lines, r1,
+                                              min(r1 + batch, ny), rng)
+            # Publish by the clock: line r is complete at t0 + (r + 1) line_time.
+            due = t0 + r1 * line_time
+            delay = due - time.time()
+            if delay > 0 and not abort.is_set():
+                try:
+                    await asyncio.wait_for(abort.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+            if abort.is_set() and time.time() < t0 + frame_time - END_TOLERANCE_S:
+                aborted = True
+                stop_t = time.time()
+                r1 = min(r1, max(r0, int((stop_t - t0) / line_time)))
+            for m, c in zip(maps, counts, strict=True):
+                m[r0 * nx:r1 * nx] = c[: r1 - r0].ravel()
+            rows_done = r1
+            for col, m in zip(self.collectors(), maps, strict=True):
+                await col.map.write(m.copy())
+            await self.img_lines_done.write(rows_done)
+            r0 = r1
+            if aborted:
+                break
+        if not future.done():
+            try:
+                await future
+            except Exception:  # noqa: BLE001
+                pass
+        if not aborted:
+            self.frames_completed += 1
+            await self.img_frame.write(self.frames_completed)
+        async with self.frame_done:
+            self.frame_done.notify_all()
+        if snap["unblanked"] and snap["current"] > 0 and rows_done > 0:
+            # After the frame is announced: the next frame's plan waits for the lock.
+            async with self.depth_lock:
+                self.depth_version += 1
+                await loop.run_in_executor(
+                    self.executor, lambda: sp.sputter(
+                        self.specimen, self.depth, self.geometry(snap), plan.ions_per_pixel,
+                        rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0)))
+        self._schedule_prepare()
+
+
+def main(argv: list[str] | None = None) -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--drift-nm-per-min", type=float, default=None,
+                     help="Specimen drift relative to the beam (nm/min, >= 0)")
+    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.drift_nm_per_min is not None and not 0 <= known.drift_nm_per_min <= 1000:
+        raise SystemExit("--drift-nm-per-min must be within 0..1000")
+    run_instrument_ioc(SpectrometerIOC, ioc_name="spectrometer", argv=rest,
+                       needs_specimen=True,
+                       extra_kwargs=lambda args: {"drift_nm_per_min": known.drift_nm_per_min})
 
 
 if __name__ == "__main__":

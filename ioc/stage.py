@@ -1,13 +1,759 @@
-"""Stage IOC (placeholder while the real one is written)."""
-from caproto.server import pvproperty
+"""Stage IOC: five EPICS motor records (X, Y, Z, alpha and beta tilt) moving in real time.
 
-from temsims.ioc.common import InstrumentIOC, run_instrument_ioc
+Run it with ``python -m temsims.ioc.stage [--prefix TEMSIMS:STAGE:]``.
+
+Every axis is a caproto ``record='motor'`` pvproperty with the semantics ophyd's
+``EpicsMotor`` relies on. The motion and calibration logic lives once, in
+:class:`MotorAxis` (one instance per axis); the record fields reach it through
+:class:`StageMotorFields` (field putters) and :class:`MotorSetpoint` (the VAL put).
+
+Coordinates, as in the EPICS motor record::
+
+    user = dial * (+1 if DIR == Pos else -1) + OFF
+
+The *dial* is the stage's absolute encoder (it cannot be redefined); hard limits
+(the limit switches) are fixed in dial coordinates, soft limits are kept as dial
+limits DHLM/DLLM and shown in user coordinates as HLM/LLM.
+
+Motion is a trapezoidal velocity profile (ramp to VELO in ACCL seconds, cruise,
+ramp down), evaluated against the event loop's clock and published every
+``TICK_S`` (50 Hz) by one asyncio task per moving axis: a move of distance ``d``
+takes ``d / VELO + ACCL`` seconds when ``d >= VELO * ACCL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from caproto import AlarmSeverity, AlarmStatus
+from caproto.server import PvpropertyDouble, pvproperty
+from caproto.server.records import MotorFields
+
+from temsims.ioc.common import InstrumentIOC, require_finite, run_instrument_ioc
+
+#: Period of the readback updates during a move (s): 50 Hz.
+TICK_S = 0.02
+
+# MSTA bits (motor record "motor status"), the ones this simulation drives.
+MSTA_DIRECTION = 1 << 0
+MSTA_DONE = 1 << 1
+MSTA_PLUS_LS = 1 << 2
+MSTA_MOVING = 1 << 10
+MSTA_MINUS_LS = 1 << 13
 
 
+# --------------------------------------------------------------------------------------
+# Axis configuration and motion profiles
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AxisSpec:
+    """Static description of one stage axis (all positions in dial coordinates).
+
+    Parameters
+    ----------
+    pv
+        Record name after the stage prefix (``"X"``).
+    egu
+        Engineering units of positions (``"um"``, ``"deg"``).
+    description
+        Text for the record's DESC field and the PV's doc.
+    hard_limits
+        (low, high) positions of the limit switches.
+    soft_limits
+        Default (DLLM, DHLM).
+    velocity
+        Default VELO (egu/s).
+    max_velocity
+        VMAX (egu/s): puts to VELO above it are clamped to it.
+    acceleration_s
+        Default ACCL (s to reach VELO).
+    precision
+        PREC (decimal places).
+    resolution
+        MRES (egu per raw step; RRBV = DRBV / MRES).
+    """
+
+    pv: str
+    egu: str
+    description: str
+    hard_limits: tuple[float, float]
+    soft_limits: tuple[float, float]
+    velocity: float
+    max_velocity: float
+    acceleration_s: float
+    precision: int
+    resolution: float
+
+
+STAGE_AXES: dict[str, AxisSpec] = {
+    spec.pv: spec
+    for spec in (
+        AxisSpec("X", "um", "Stage X", (-1000.0, 1000.0), (-990.0, 990.0),
+                 velocity=5.0, max_velocity=200.0, acceleration_s=0.2,
+                 precision=4, resolution=1e-4),
+        AxisSpec("Y", "um", "Stage Y", (-1000.0, 1000.0), (-990.0, 990.0),
+                 velocity=5.0, max_velocity=200.0, acceleration_s=0.2,
+                 precision=4, resolution=1e-4),
+        AxisSpec("Z", "um", "Stage Z (height)", (-300.0, 300.0), (-290.0, 290.0),
+                 velocity=1.0, max_velocity=50.0, acceleration_s=0.2,
+                 precision=4, resolution=1e-4),
+        AxisSpec("A", "deg", "Alpha tilt", (-70.0, 70.0), (-69.0, 30.0),
+                 velocity=5.0, max_velocity=30.0, acceleration_s=0.5,
+                 precision=3, resolution=1e-4),
+        AxisSpec("B", "deg", "Beta tilt", (-30.0, 30.0), (-25.0, 25.0),
+                 velocity=5.0, max_velocity=30.0, acceleration_s=0.5,
+                 precision=3, resolution=1e-4),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """Motion with piecewise-constant acceleration, starting at ``x0`` with speed ``v0``.
+
+    ``phases`` are ``(duration_s, acceleration)`` pairs; ``end`` is the exact final
+    position (returned once the profile is over, so a finished move lands on its
+    target without rounding).
+    """
+
+    x0: float
+    v0: float
+    phases: tuple[tuple[float, float], ...]
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return sum(d for d, _ in self.phases)
+
+    def at(self, t: float) -> tuple[float, float]:
+        """Position and velocity ``t`` seconds after the start."""
+        if t >= self.duration:
+            return self.end, 0.0
+        x, v = self.x0, self.v0
+        for d, a in self.phases:
+            if t <= 0.0:
+                break
+            s = min(t, d)
+            x += v * s + 0.5 * a * s * s
+            v += a * s
+            t -= d
+        return x, v
+
+    @classmethod
+    def trapezoid(cls, x0: float, target: float, velocity: float, accel_s: float) -> Ramp:
+        """From rest at ``x0`` to rest at ``target``: ramp, cruise at ``velocity``, ramp."""
+        distance = abs(target - x0)
+        if distance == 0.0:
+            return cls(x0, 0.0, (), target)
+        sign = math.copysign(1.0, target - x0)
+        if accel_s <= 0.0:
+            return cls(x0, sign * velocity, ((distance / velocity, 0.0),), target)
+        accel = velocity / accel_s
+        if distance >= velocity * accel_s:
+            cruise = distance / velocity - accel_s
+            phases = ((accel_s, sign * accel), (cruise, 0.0), (accel_s, -sign * accel))
+        else:  # never reaches VELO: triangle
+            ramp = math.sqrt(distance / accel)
+            phases = ((ramp, sign * accel), (ramp, -sign * accel))
+        return cls(x0, 0.0, phases, target)
+
+    @classmethod
+    def stop(cls, x0: float, v0: float, velocity: float, accel_s: float) -> Ramp:
+        """Decelerate from speed ``v0`` at the move's acceleration ``velocity/accel_s``."""
+        if v0 == 0.0 or accel_s <= 0.0 or velocity <= 0.0:
+            return cls(x0, 0.0, (), x0)
+        accel = velocity / accel_s
+        t = abs(v0) / accel
+        return cls(x0, v0, ((t, -math.copysign(accel, v0)),), x0 + 0.5 * v0 * t)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, list | tuple) and len(value) == 1:
+        return value[0]
+    return value
+
+
+def _enum_index(value: Any, strings: tuple[str, ...]) -> int:
+    value = _scalar(value)
+    if isinstance(value, str):
+        return strings.index(value)
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------
+# One axis: motion, limits, calibration
+# --------------------------------------------------------------------------------------
+class MotorAxis:
+    """Behaviour behind one motor record: motion, limits and user/dial calibration.
+
+    Parameters
+    ----------
+    record
+        The record's VAL channel (a :class:`MotorSetpoint` with
+        :class:`StageMotorFields`).
+    spec
+        Static description of the axis.
+
+    Notes
+    -----
+    Internal writes use ``verify_value=False`` so that they bypass the putters
+    (which are for clients). A put that is refused raises, which caproto returns to
+    the client as a put error; the state is checked before anything is changed.
+    """
+
+    def __init__(self, record: MotorSetpoint, spec: AxisSpec) -> None:
+        self.record = record
+        self.fields: StageMotorFields = record.field_inst
+        self.fields.axis = self
+        # pvproperty(record=<class>) reports the class as the record type; CA wants text.
+        record.reported_record_type = "motor"
+        self.spec = spec
+        self.dial = 0.0  # present dial (encoder) position
+        self.velocity_now = 0.0  # present signed dial speed
+        self.target_dial = 0.0
+        self.offset = 0.0
+        self.sign = 1  # DIR: +1 Pos, -1 Neg
+        self.dial_low, self.dial_high = spec.soft_limits
+        self.velo = spec.velocity
+        self.vmax = spec.max_velocity
+        self.accl = spec.acceleration_s
+        self.at_high_switch = False  # dial-side switches
+        self.at_low_switch = False
+        self._task: asyncio.Task | None = None
+        self._retarget = False
+        self._stop_requested = False
+        self._interrupt = asyncio.Event()  # wakes a move for STOP or a new target
+        self._move_velo = self.velo
+        self._move_accl = self.accl
+
+    # ---- conversions ----------------------------------------------------------------
+    def user(self, dial: float) -> float:
+        return self.sign * dial + self.offset
+
+    def to_dial(self, user: float) -> float:
+        return (user - self.offset) * self.sign
+
+    @property
+    def moving(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def user_limits(self) -> tuple[float, float]:
+        """(LLM, HLM) from the dial limits, DIR and OFF."""
+        a, b = self.user(self.dial_low), self.user(self.dial_high)
+        return (a, b) if self.sign > 0 else (b, a)
+
+    def soft_limits_active(self) -> bool:
+        # Motor record: DHLM == DLLM == 0 disables the soft limits.
+        return not (self.dial_low == 0.0 and self.dial_high == 0.0)
+
+    # ---- start-up ----------------------------------------------------------------------
+    async def initialize(self) -> None:
+        """Write the defaults, units and precision into the fields (server start)."""
+        f, spec = self.fields, self.spec
+        position_md = dict(units=spec.egu, precision=spec.precision)
+        speed_md = dict(units=f"{spec.egu}/s", precision=spec.precision)
+        for channel in (self.record, f.user_readback_value, f.dial_readback_value,
+                        f.dial_desired_value, f.user_offset, f.user_high_limit,
+                        f.user_low_limit, f.dial_high_limit, f.dial_low_limit,
+                        f.tweak_step_size, f.relative_value, f.difference_dval_drbv,
+                        f.motor_step_size):
+            await channel.write_metadata(**position_md)
+        for channel in (f.velocity, f.max_velocity, f.base_velocity, f.home_velocity):
+            await channel.write_metadata(**speed_md)
+        await f.seconds_to_velocity.write_metadata(units="s", precision=3)
+        await self._write(f.engineering_units, spec.egu)
+        await self._write(f.description, spec.description)
+        await self._write(f.velocity, self.velo)
+        await self._write(f.max_velocity, self.vmax)
+        await self._write(f.home_velocity, self.velo)
+        await self._write(f.seconds_to_velocity, self.accl)
+        await self._write(f.motor_step_size, spec.resolution)
+        await self._write(f.tweak_step_size, 1.0)
+        await self._write(f.user_direction, "Pos")
+        await self._write(f.set_use_switch, "Use")
+        await self._write(f.offset_freeze_switch, "Variable")
+        await self._write(f.stop_pause_move_go, "Go")
+        await self._write(f.limit_violation, 0)
+        await self._write(f.done_moving_to_value, 1)
+        await self._write(f.motor_is_moving, 0)
+        await self._write(f.stop, 0)
+        await self._publish_calibration()
+        await self._publish_position(self.dial, 0.0)
+
+    # ---- helpers -----------------------------------------------------------------------
+    @staticmethod
+    async def _write(channel, value, **kwargs) -> None:
+        await channel.write(value, verify_value=False, **kwargs)
+
+    async def _publish_calibration(self) -> None:
+        """OFF, DIR-dependent limits, VAL and RBV after a calibration change."""
+        f = self.fields
+        low, high = self.user_limits()
+        await self._write(f.user_offset, self.offset)
+        await self._write(f.dial_low_limit, self.dial_low)
+        await self._write(f.dial_high_limit, self.dial_high)
+        await self._write(f.user_low_limit, low)
+        await self._write(f.user_high_limit, high)
+        if not self.soft_limits_active():
+            low = high = 0.0  # caproto and ophyd: equal ctrl limits mean "no limits"
+        await self.record.write_metadata(
+            lower_ctrl_limit=low, upper_ctrl_limit=high,
+            lower_disp_limit=low, upper_disp_limit=high,
+        )
+        await self._write(self.record, self.user(self.target_dial))
+        await self._write(f.dial_desired_value, self.target_dial)
+        await self._publish_position(self.dial, self.velocity_now)
+
+    async def _publish_position(self, dial: float, velocity: float) -> None:
+        """Readbacks, limit switches, MSTA and the readback alarm at ``dial``."""
+        f, spec = self.fields, self.spec
+        self.dial, self.velocity_now = dial, velocity
+        low, high = spec.hard_limits
+        self.at_high_switch = dial >= high
+        self.at_low_switch = dial <= low
+        user_high = self.at_high_switch if self.sign > 0 else self.at_low_switch
+        user_low = self.at_low_switch if self.sign > 0 else self.at_high_switch
+        await self._write(f.dial_readback_value, dial)
+        await self._write(f.raw_readback_value, round(dial / spec.resolution))
+        await self._write(f.difference_dval_drbv, self.target_dial - dial)
+        if f.user_high_limit_switch.value != int(user_high):
+            await self._write(f.user_high_limit_switch, int(user_high))
+        if f.user_low_limit_switch.value != int(user_low):
+            await self._write(f.user_low_limit_switch, int(user_low))
+        at_switch = user_high or user_low
+        # RBV's alarm is the record's (shared by its read-only fields): ophyd reads it.
+        alarm = f.user_readback_value.alarm
+        if at_switch:
+            if alarm.status != AlarmStatus.HWLIMIT:
+                await alarm.write(status=AlarmStatus.HWLIMIT,
+                                  severity=AlarmSeverity.MAJOR_ALARM)
+        elif alarm.status == AlarmStatus.HWLIMIT:
+            await alarm.write(status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM)
+        await self._write(f.user_readback_value, self.user(dial))
+        msta = (MSTA_DIRECTION if f.direction_of_travel.value else 0)
+        msta |= MSTA_MOVING if self.moving else MSTA_DONE
+        msta |= (MSTA_PLUS_LS if self.at_high_switch else 0)
+        msta |= (MSTA_MINUS_LS if self.at_low_switch else 0)
+        if f.motor_status.value != msta:
+            await self._write(f.motor_status, msta)
+
+    # ---- moves -------------------------------------------------------------------------
+    def check_target(self, user: float) -> float:
+        """The dial target of a move to ``user``, or ValueError (NaN, soft limits)."""
+        user = require_finite(user, f"{self.record.pvname}")
+        if self.soft_limits_active():
+            low, high = self.user_limits()
+            if not low <= user <= high:
+                raise ValueError(
+                    f"{self.record.pvname}: {user} {self.spec.egu} outside the soft "
+                    f"limits [{low}, {high}] (LVIO)"
+                )
+        spmg = self.fields.stop_pause_move_go.value
+        if spmg in ("Stop", "Pause"):
+            raise ValueError(f"{self.record.pvname}: SPMG is {spmg}; put Go to move")
+        return self.to_dial(user)
+
+    async def move_to(self, user: float) -> float:
+        """Validate and start (or retarget) a move to the user position ``user``."""
+        f = self.fields
+        try:
+            dial = self.check_target(user)
+        except ValueError:
+            await self._write(f.limit_violation, 1)
+            raise
+        await self._write(f.limit_violation, 0)
+        self.target_dial = dial
+        await self._write(f.dial_desired_value, dial)
+        # TDIR is in user coordinates: it is what ophyd pairs with HLS/LLS.
+        await self._write(f.direction_of_travel, int(user > self.user(self.dial)))
+        if self.moving:
+            self._retarget = True
+            self._stop_requested = False  # a new target after STOP: go there
+            self._interrupt.set()
+        else:
+            # DMOV goes to 0 before the put returns; the task sets it back to 1, so
+            # every accepted put (to the present position too) gives DMOV 1 -> 0 -> 1.
+            await self._write(f.done_moving_to_value, 0)
+            self._stop_requested = False
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"move-{self.record.pvname}")
+        return user
+
+    async def stop(self) -> None:
+        """Decelerate to rest (STOP, SPMG Stop/Pause); VAL becomes the rest position."""
+        if self.moving:
+            self._stop_requested = True
+            self._interrupt.set()
+
+    async def put_stop(self, value: Any) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        f = self.fields
+        stopped = False
+        try:
+            while not self._stop_requested:
+                self._retarget = False
+                if self.target_dial == self.dial:
+                    break
+                self._move_velo, self._move_accl = self.velo, self.accl
+                await self._write(f.motor_is_moving, 1)
+                outcome = await self._follow(
+                    Ramp.trapezoid(self.dial, self.target_dial, self._move_velo,
+                                   self._move_accl),
+                    interruptible=True)
+                if outcome == "interrupted":  # STOP or a new target: come to rest first
+                    outcome = await self._follow(
+                        Ramp.stop(self.dial, self.velocity_now, self._move_velo,
+                                  self._move_accl),
+                        interruptible=False)
+                if outcome == "switch":
+                    stopped = True
+                    break
+            stopped = stopped or self._stop_requested
+        except Exception:  # never leave DMOV at 0
+            stopped = True
+            raise
+        finally:
+            self._stop_requested = False
+            if stopped:  # motor record: VAL is set to where the motor came to rest
+                self.target_dial = self.dial
+                await self._write(self.record, self.user(self.dial))
+                await self._write(f.dial_desired_value, self.dial)
+            self._task = None
+            await self._publish_position(self.dial, 0.0)
+            await self._write(f.motor_is_moving, 0)
+            await self._write(f.done_moving_to_value, 1)
+
+    async def _follow(self, ramp: Ramp, *, interruptible: bool) -> str:
+        """Publish ``ramp`` in real time; "done", "interrupted" or "switch"."""
+        loop = asyncio.get_running_loop()
+        low, high = self.spec.hard_limits
+        t0 = loop.time()
+        self._interrupt.clear()
+        while True:
+            t = loop.time() - t0
+            x, v = ramp.at(t)
+            if not low <= x <= high:  # a limit switch cuts the motion
+                await self._publish_position(min(max(x, low), high), 0.0)
+                return "switch"
+            await self._publish_position(x, v)
+            if t >= ramp.duration:
+                return "done"
+            if interruptible and (self._retarget or self._stop_requested):
+                return "interrupted"
+            if interruptible:  # sleep until the next tick, or until STOP / a new target
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._interrupt.wait(),
+                                           min(TICK_S, ramp.duration - t))
+            else:
+                await asyncio.sleep(min(TICK_S, ramp.duration - t))
+
+    # ---- field puts --------------------------------------------------------------------
+    async def put_setpoint(self, value: Any) -> float:
+        """VAL: a move (SET = Use) or a calibration of OFF (SET = Set)."""
+        value = require_finite(_scalar(value), self.record.pvname)
+        if self.fields.set_use_switch.value == "Set":
+            value = await self.calibrate(value)
+        else:
+            value = await self.move_to(value)
+        await _clear_put_alarm(self.record)
+        return value
+
+    async def calibrate(self, user: float) -> float:
+        """SET mode: make the present position read ``user`` by changing OFF."""
+        if self.fields.offset_freeze_switch.value == "Frozen":
+            raise ValueError(
+                f"{self.record.pvname}: FOFF is Frozen and the dial is an absolute "
+                "encoder; set FOFF to Variable to calibrate")
+        if self.moving:
+            raise ValueError(f"{self.record.pvname}: cannot calibrate while moving")
+        self.offset = user - self.sign * self.dial
+        self.target_dial = self.dial
+        await self._publish_calibration()
+        return user
+
+    async def put_dial_setpoint(self, value: Any) -> float:
+        dial = require_finite(_scalar(value), f"{self.record.pvname}.DVAL")
+        if self.fields.set_use_switch.value == "Set":
+            raise ValueError("the dial is an absolute encoder: DVAL cannot be set")
+        await self.move_to(self.user(dial))
+        await self._write(self.record, self.user(dial))
+        return dial
+
+    async def move_relative(self, delta: Any) -> None:
+        """RLV: move by ``delta`` from the present setpoint (VAL follows)."""
+        delta = require_finite(_scalar(delta), f"{self.record.pvname}.RLV")
+        target = self.record.value + delta
+        await self.move_to(target)
+        await self._write(self.record, target)
+
+    async def tweak(self, value: Any, *, sign: int) -> None:
+        """TWF/TWR: move by +-TWV."""
+        await self.move_relative(sign * self.fields.tweak_step_size.value)
+
+    async def put_offset(self, value: Any) -> float:
+        self.offset = require_finite(_scalar(value), f"{self.record.pvname}.OFF")
+        await self._publish_calibration()
+        return self.offset
+
+    async def put_direction(self, value: Any) -> None:
+        index = _enum_index(value, ("Pos", "Neg"))
+        if index not in (0, 1):
+            raise ValueError(f"{self.record.pvname}.DIR: {value!r} is not Pos or Neg")
+        self.sign = 1 if index == 0 else -1
+        # The field must hold the new value before the limits are recomputed.
+        await self._write(self.fields.user_direction, ("Pos", "Neg")[index])
+        await self._publish_calibration()
+
+    async def put_user_limit(self, value: Any, *, high: bool) -> float:
+        name = "HLM" if high else "LLM"
+        user = require_finite(_scalar(value), f"{self.record.pvname}.{name}")
+        dial = self.to_dial(user)
+        # With DIR = Neg the user high limit is the dial low limit.
+        if high == (self.sign > 0):
+            self.dial_high = dial
+        else:
+            self.dial_low = dial
+        await self._publish_calibration()
+        return user
+
+    async def put_dial_limit(self, value: Any, *, high: bool) -> float:
+        name = "DHLM" if high else "DLLM"
+        dial = require_finite(_scalar(value), f"{self.record.pvname}.{name}")
+        if high:
+            self.dial_high = dial
+        else:
+            self.dial_low = dial
+        await self._publish_calibration()
+        return dial
+
+    async def put_velocity(self, value: Any) -> float:
+        velo = require_finite(_scalar(value), f"{self.record.pvname}.VELO")
+        if velo <= 0.0:
+            raise ValueError(f"{self.record.pvname}.VELO: {velo} must be > 0")
+        if self.vmax > 0.0:
+            velo = min(velo, self.vmax)  # motor record: VELO is clamped to VMAX
+        self.velo = velo
+        return velo
+
+    async def put_max_velocity(self, value: Any) -> float:
+        vmax = require_finite(_scalar(value), f"{self.record.pvname}.VMAX")
+        if vmax < 0.0:
+            raise ValueError(f"{self.record.pvname}.VMAX: {vmax} must be >= 0")
+        self.vmax = vmax
+        if vmax > 0.0 and self.velo > vmax:
+            self.velo = vmax
+            await self._write(self.fields.velocity, vmax)
+        return vmax
+
+    async def put_acceleration(self, value: Any) -> float:
+        accl = require_finite(_scalar(value), f"{self.record.pvname}.ACCL")
+        if accl < 0.0:
+            raise ValueError(f"{self.record.pvname}.ACCL: {accl} must be >= 0")
+        self.accl = accl
+        return accl
+
+    async def put_spmg(self, value: Any) -> None:
+        index = _enum_index(value, ("Stop", "Pause", "Move", "Go"))
+        if index in (0, 1):
+            await self.stop()
+
+    async def home(self, value: Any) -> None:
+        """HOMF/HOMR: go to the home sensor at dial 0 (VAL follows)."""
+        await self.move_to(self.user(0.0))
+        await self._write(self.record, self.user(0.0))
+
+    async def put_units(self, value: Any) -> None:
+        raise ValueError(f"{self.record.pvname}.EGU is fixed to {self.spec.egu!r}")
+
+
+# --------------------------------------------------------------------------------------
+# caproto glue: the VAL channel and the record fields with putters
+# --------------------------------------------------------------------------------------
+class MotorSetpoint(PvpropertyDouble):
+    """VAL of a stage motor record: the axis validates (limits, SET mode) and moves.
+
+    Replaces caproto's ctrl-limit check, which would refuse a calibration (SET) put
+    outside the present limits; the ctrl limits still carry LLM/HLM for clients.
+    """
+
+    async def verify_value(self, value):
+        return await self.field_inst.axis.put_setpoint(value)
+
+
+async def _clear_put_alarm(channel) -> None:
+    """An accepted put ends the WRITE alarm a refused one left on the channel."""
+    if channel.alarm.status == AlarmStatus.WRITE:
+        await channel.alarm.write(status=AlarmStatus.NO_ALARM,
+                                  severity=AlarmSeverity.NO_ALARM)
+
+
+def _axis_field(prop: pvproperty, method: str, *, result: Any = None, **kwargs) -> pvproperty:
+    """A copy of the MotorFields pvproperty ``prop`` whose put calls ``axis.<method>``.
+
+    The putter returns the method's result (the value to store) or ``result`` when
+    given (e.g. 0 for the STOP and HOMF command fields). The copy keeps caproto's
+    own MotorFields untouched, and its alarm group ("puts") keeps the WRITE alarm of
+    a refused put off RBV, whose alarm ophyd reads to judge a move.
+    """
+    field = copy.copy(prop)
+    field.pvspec = field.pvspec._replace(alarm_group="puts")
+
+    async def putter(fields, instance, value):
+        returned = await getattr(fields.axis, method)(value, **kwargs)
+        await _clear_put_alarm(instance)
+        return returned if result is None else result
+
+    putter.__name__ = method
+    return field.putter(putter)
+
+
+class StageMotorFields(MotorFields):
+    """Motor-record fields whose puts reach the record's :class:`MotorAxis`."""
+
+    _record_type = "motor"
+    axis: MotorAxis
+
+    user_offset = _axis_field(MotorFields.user_offset, "put_offset")
+    user_direction = _axis_field(MotorFields.user_direction, "put_direction")
+    user_high_limit = _axis_field(MotorFields.user_high_limit, "put_user_limit", high=True)
+    user_low_limit = _axis_field(MotorFields.user_low_limit, "put_user_limit", high=False)
+    dial_high_limit = _axis_field(MotorFields.dial_high_limit, "put_dial_limit", high=True)
+    dial_low_limit = _axis_field(MotorFields.dial_low_limit, "put_dial_limit", high=False)
+    dial_desired_value = _axis_field(MotorFields.dial_desired_value, "put_dial_setpoint")
+    velocity = _axis_field(MotorFields.velocity, "put_velocity")
+    max_velocity = _axis_field(MotorFields.max_velocity, "put_max_velocity")
+    seconds_to_velocity = _axis_field(MotorFields.seconds_to_velocity, "put_acceleration")
+    # Command fields read 0 again once the record has acted on them.
+    stop = _axis_field(MotorFields.stop, "put_stop", result=0)
+    stop_pause_move_go = _axis_field(MotorFields.stop_pause_move_go, "put_spmg")
+    relative_value = _axis_field(MotorFields.relative_value, "move_relative", result=0.0)
+    tweak_motor_forward = _axis_field(MotorFields.tweak_motor_forward, "tweak",
+                                      result=0, sign=1)
+    tweak_motor_reverse = _axis_field(MotorFields.tweak_motor_reverse, "tweak",
+                                      result=0, sign=-1)
+    home_forward = _axis_field(MotorFields.home_forward, "home", result=0)
+    home_reverse = _axis_field(MotorFields.home_reverse, "home", result=0)
+    engineering_units = _axis_field(MotorFields.engineering_units, "put_units")
+
+
+def motor_property(spec: AxisSpec) -> pvproperty:
+    """The pvproperty of one stage motor record (VAL with the record's fields)."""
+    low, high = spec.soft_limits
+    return pvproperty(
+        name=spec.pv, value=0.0, dtype=MotorSetpoint, record=StageMotorFields,
+        precision=spec.precision, units=spec.egu,
+        lower_ctrl_limit=low, upper_ctrl_limit=high,
+        # Each record has its own alarm: a refused put on one axis must not raise
+        # the alarm of the others (or of UPTIME).
+        alarm_group=spec.pv,
+        doc=f"{spec.description} ({spec.egu}), motor record",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The IOC
+# --------------------------------------------------------------------------------------
 class StageIOC(InstrumentIOC):
-    """Stage."""
+    """Specimen stage: five EPICS motor records moving in real time.
 
-    x = pvproperty(name="X", value=0.0, record="motor", precision=4)
+    PVs (records; ``X.RBV`` etc. are their fields)
+    ----------------------------------------------
+    X, Y (um)
+        Stage position, hard limits (switches) +-1000 um, soft limits default
+        -990..990 um, VELO default 5 um/s (VMAX 200), ACCL 0.2 s, PREC 4.
+    Z (um)
+        Height, hard +-300 um, soft -290..290 um, VELO 1 um/s (VMAX 50), ACCL 0.2 s.
+    A (deg)
+        Alpha tilt: 0 deg is the TEM geometry, -68 deg the SIMS geometry; hard
+        -70..70 deg, soft -69..30 deg, VELO 5 deg/s (VMAX 30), ACCL 0.5 s, PREC 3.
+    B (deg)
+        Beta tilt, hard +-30 deg, soft -25..25 deg, VELO 5 deg/s (VMAX 30), ACCL 0.5 s.
+    UPTIME (s)
+        From :class:`InstrumentIOC`.
+
+    Fields of every record (units: the record's EGU; ``EGU/s`` for speeds)
+    ----------------------------------------------------------------------
+    VAL (user)
+        Put to move (SET = Use) or to calibrate (SET = Set). Refused with a put error,
+        LVIO = 1 and no motion: NaN/inf, outside [LLM, HLM] (unless DHLM = DLLM = 0,
+        which disables the soft limits), or SPMG Stop/Pause. Ctrl limits (DRVL/DRVH
+        in the metadata) follow LLM/HLM, so ophyd's ``EpicsMotor`` refuses such a move
+        itself with a ``LimitError``. Every accepted move toggles DMOV 1 -> 0 -> 1,
+        a move to the present position included. A put during a move decelerates
+        and then goes to the new target (DMOV stays 0).
+    RBV, DRBV, RRBV (read-only)
+        User, dial and raw (DRBV / MRES) readbacks, published at 50 Hz while moving.
+        RBV's alarm (shared by DMOV, HLS and the other read-only fields) is
+        HWLIMIT/MAJOR while a limit switch is active. A refused put raises a
+        WRITE/MAJOR alarm on the refused PV only (VAL's also shows in SEVR/STAT),
+        cleared by the next accepted put.
+    DMOV, MOVN (read-only)
+        Done moving (1 at rest) and moving.
+    STOP
+        Any put decelerates (at VELO/ACCL) to rest short of the target; VAL is then
+        set to the rest position, STOP reads 0 again.
+    SPMG
+        Stop or Pause: as STOP, and moves are refused until Move or Go.
+    VELO
+        Speed; NaN, 0 or negative refused, above VMAX clamped to VMAX (as the motor
+        record does). Takes effect at the next move.
+    VMAX
+        Maximum speed (0: none); negative/NaN refused; lowers VELO if needed.
+    ACCL (s)
+        Time to reach VELO; NaN or negative refused, 0 = instant.
+    HLM, LLM / DHLM, DLLM
+        Soft limits in user / dial coordinates (NaN refused; any finite value
+        accepted, as in the motor record: limits beyond the hard limits let the motor
+        run into a limit switch).
+    HLS, LLS (read-only)
+        1 at the hard limits (user sense: with DIR = Neg the dial high switch is LLS).
+        A move stops at a switch; ophyd's ``EpicsMotor`` then reports a failed move.
+    TDIR (read-only)
+        Direction of the last move in user coordinates (1 = towards HLM).
+    OFF, DIR, FOFF, SET
+        Calibration ``user = dial * (DIR Pos ? 1 : -1) + OFF``; changing OFF or DIR
+        moves nothing and shifts VAL, RBV, HLM, LLM. With SET = Set and FOFF =
+        Variable a put to VAL changes OFF so that RBV reads the value
+        (``EpicsMotor.set_current_position``); refused while moving or with FOFF =
+        Frozen (the dial is an absolute encoder and cannot be redefined).
+    DVAL
+        Dial setpoint: a put moves like VAL (refused in SET mode).
+    RLV, TWV, TWF, TWR
+        Relative move by RLV; tweak by +-TWV.
+    HOMF, HOMR
+        Move to the home sensor at dial 0.
+    EGU, MRES, PREC, LVIO, MSTA, DIFF, DESC
+        Units (fixed: puts refused), resolution, precision, limit violation of the
+        last put, status bits (direction, done, +/- limit switch, moving), DVAL-DRBV,
+        description. Other motor-record fields are served with caproto's defaults and
+        do nothing.
+    """
+
+    x = motor_property(STAGE_AXES["X"])
+    y = motor_property(STAGE_AXES["Y"])
+    z = motor_property(STAGE_AXES["Z"])
+    alpha = motor_property(STAGE_AXES["A"])
+    beta = motor_property(STAGE_AXES["B"])
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.axes: dict[str, MotorAxis] = {
+            name: MotorAxis(getattr(self, attr), STAGE_AXES[name])
+            for name, attr in (("X", "x"), ("Y", "y"), ("Z", "z"), ("A", "alpha"),
+                               ("B", "beta"))
+        }
+
+    async def startup_hook(self, async_lib) -> None:
+        """Called once by the server when it starts (see ``run_instrument_ioc``)."""
+        for axis in self.axes.values():
+            await axis.initialize()
 
 
 def main(argv=None):

@@ -1,0 +1,802 @@
+"""Physics of the simulated magnetic-sector SIMS, free of Channel Access.
+
+Everything the mass spectrometer IOC (:mod:`temsims.ioc.spectrometer`) computes is
+here as plain functions and small classes, so that it can be unit-tested and
+benchmarked without a server. Numbers are named defaults in :class:`SimsParameters`
+(sources: ``../shared/reference/instrument.md``).
+
+Model
+-----
+Secondary-ion signal of species ``s`` in one pixel (instrument.md, "Secondary ion
+signal")::
+
+    counts_s = ions x eta x blur[ Y x alpha_s x C_s ]
+
+with ``ions = I dwell / e`` the primary Ga+ ions on the pixel, ``Y`` the local
+sputter yield, ``alpha_s`` the matrix-dependent ionisation probability of the
+element, ``eta`` the transmission and ``C_s`` the atomic fraction of the isotope
+at the present sputtered depth. ``blur`` is the beam footprint on the specimen: a
+Gaussian of the probe FWHM plus the pixel-area average in the beam-normal plane,
+stretched by ``1 / cos(incidence)`` along the specimen's y axis (the FIB hits the
+surface at 45 deg, so a map is foreshortened by 0.707 along y), convolved with the
+ion-solid interaction spread. It is applied once per collector to the sum of the
+species it accepts, on the grid window under the raster.
+
+Implanted Ga grows with the sputtered depth ``d`` toward the steady state
+``1 / (1 + Y)``: ``f_Ga = f_ss (1 - exp(-d / d_b))`` with ``d_b`` about half the
+projected range. Sputtering advances a per-grid-pixel depth map by
+``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3).
+
+Detection: a non-paralyzable dead time ``tau`` turns a true count rate ``N`` into
+``M = N / (1 + N tau)``; dark counts add; the counts are Poisson.
+
+Mass selection: ``m/q = B^2 r^2 / (2 U)``. The Hall probe reads the gap field
+plus a fixed zero offset; the gap field lags the setpoint by a hysteresis that
+depends on the direction of approach. Calibrated against the Hall readback,
+``m = a (B - B0)^2`` with ``a = e r^2 / (2 U u)`` and ``B0`` the Hall offset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage, special
+
+from temsims.ioc.materials import (
+    ATOMIC_MASS_UNIT_KG,
+    ELEMENTARY_CHARGE_C,
+    ion_range_nm,
+    isotope_mass_u,
+    natural_abundances,
+    parse_species,
+)
+from temsims.ioc.specimen import Specimen
+
+FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+HYDROGEN_MASS_U = 1.00782503207
+#: Reference extraction voltage (V) at which the published calibration is stored.
+REFERENCE_VOLTAGE_V = 4500.0
+GA_ISOTOPES = ("69Ga", "71Ga")
+
+
+@dataclass(frozen=True)
+class SimsParameters:
+    """Named defaults of the spectrometer model (all overridable).
+
+    Attributes (units in the names)
+    -------------------------------
+    transmission
+        Fraction of the secondary ions that reach a collector (> 40 %).
+    dead_time_s
+        Non-paralyzable dead time of each electron multiplier (20-50 ns).
+    dark_rate_per_s
+        Dark count rate of each detector (< 1 /s).
+    sector_radius_m
+        Radius of the axial trajectory in the magnet.
+    resolving_power
+        M/dM of the axial (scanning) detector: flat-top width = m / R.
+    peak_edge_fraction
+        Gaussian sigma of a peak's edges as a fraction of its flat-top width.
+    collector_window_u, collector_edge_u
+        Full width of a multicollector's flat-topped acceptance (u) and the sigma of
+        its edges: a collector counts every species within about +-0.4 u of its
+        mass (a wide exit slit), isotopes one unit apart never overlap.
+    hydride_fraction
+        Intensity of MH+ relative to M+ (e.g. 6LiH+ on 7Li+, unresolved: M/dM
+        ~1000 would be needed).
+    incidence_deg
+        Angle between the ion beam and the specimen normal in SIMS geometry.
+    interaction_fwhm_nm
+        Lateral spread of the ion-solid interaction (the resolution floor).
+    ga_buildup_nm
+        Sputtered depth over which implanted Ga approaches its steady state
+        (``None``: half the projected range at the landing energy).
+    drift_nm_per_min, drift_direction_deg, drift_start_nm
+        Slow drift of the specimen relative to the beam (zero allowed), and the
+        displacement already accumulated at elapsed time zero.
+    hall_offset_t
+        Zero offset of the Hall probe (what ``B0`` calibrates).
+    hall_noise_t
+        Noise of one Hall-probe reading.
+    hysteresis_t
+        The gap field lags the setpoint by this much in the direction of approach.
+    settle_tau_s, settle_tau_per_t_s
+        Exponential settling of the magnet: tau = a + b |jump|.
+    settled_tolerance_t
+        Distance to the final field below which SETTLED reads 1.
+    cal_a_error, cal_b0_t
+        How far the published calibration starts from the truth (relative error of
+        ``a``, and ``B0`` instead of the Hall offset).
+    sims_alpha_deg, sims_alpha_tolerance_deg, min_bias_v
+        SIMS geometry conditions: holder alpha and minimum |bias|.
+    focal_plane_radius_ratio
+        Radius range of the focal plane relative to the axial radius.
+    """
+
+    transmission: float = 0.45
+    dead_time_s: float = 30e-9
+    dark_rate_per_s: float = 0.2
+    sector_radius_m: float = 0.10
+    resolving_power: float = 500.0
+    peak_edge_fraction: float = 0.08
+    collector_window_u: float = 0.8
+    collector_edge_u: float = 0.02
+    hydride_fraction: float = 2e-4
+    incidence_deg: float = 45.0
+    interaction_fwhm_nm: float = 8.0
+    ga_buildup_nm: float | None = None
+    drift_nm_per_min: float = 3.0
+    drift_direction_deg: float = 30.0
+    drift_start_nm: float = 0.0
+    hall_offset_t: float = 4e-4
+    hall_noise_t: float = 2e-6
+    hysteresis_t: float = 3e-4
+    settle_tau_s: float = 0.02
+    settle_tau_per_t_s: float = 0.3
+    settled_tolerance_t: float = 2e-6
+    cal_a_error: float = 0.003
+    cal_b0_t: float = 0.0
+    sims_alpha_deg: float = -68.0
+    sims_alpha_tolerance_deg: float = 1.0
+    min_bias_v: float = 100.0
+    focal_plane_radius_ratio: tuple[float, float] = (0.6, 1.4)
+
+    @property
+    def focal_plane_mass_ratio(self) -> tuple[float, float]:
+        lo, hi = self.focal_plane_radius_ratio
+        return lo * lo, hi * hi
+
+    def with_(self, **changes) -> SimsParameters:
+        return replace(self, **changes)
+
+
+# ======================================================================================
+# Magnet and mass calibration
+# ======================================================================================
+def true_cal_a(voltage_v: float, params: SimsParameters = SimsParameters()) -> float:
+    """``a`` of m = a (B - B0)^2 in u/T^2 at extraction voltage ``voltage_v``."""
+    u = max(abs(voltage_v), 1e-3)
+    return ELEMENTARY_CHARGE_C * params.sector_radius_m**2 / (2.0 * u * ATOMIC_MASS_UNIT_KG)
+
+
+def mass_for_gap_field(field_t: float | np.ndarray, voltage_v: float,
+                       params: SimsParameters = SimsParameters()):
+    """True m/q (u) on the axial trajectory for gap field ``field_t``."""
+    return true_cal_a(voltage_v, params) * np.square(field_t)
+
+
+def gap_field_for_mass(mass_u: float | np.ndarray, voltage_v: float,
+                       params: SimsParameters = SimsParameters()):
+    return np.sqrt(np.asarray(mass_u) / true_cal_a(voltage_v, params))
+
+
+def calibrated_mass(hall_t, a: float, b0: float):
+    """Mass from a Hall reading with the calibration m = a (B - B0)^2."""
+    return a * np.square(np.asarray(hall_t) - b0)
+
+
+def field_for_calibrated_mass(mass_u, a: float, b0: float):
+    """Hall reading at which the calibration puts ``mass_u`` on the axis."""
+    return b0 + np.sqrt(np.maximum(np.asarray(mass_u, dtype=float), 0.0) / a)
+
+
+def fit_calibration(fields_t: np.ndarray, masses_u: np.ndarray) -> tuple[float, float]:
+    """Fit ``m = a (B - B0)^2`` to peaks: ``sqrt(m) = sqrt(a) B - sqrt(a) B0`` (linear)."""
+    fields_t = np.asarray(fields_t, dtype=float)
+    root = np.sqrt(np.asarray(masses_u, dtype=float))
+    slope, intercept = np.polyfit(fields_t, root, 1)
+    a = slope * slope
+    return float(a), float(-intercept / slope)
+
+
+class Magnet:
+    """Sector magnet with settling and hysteresis; time is passed in (seconds).
+
+    The gap field relaxes exponentially to ``setpoint - direction x hysteresis``
+    (it lags in the direction of approach); the Hall probe reads the gap field
+    plus its zero offset (plus noise when an ``rng`` is given).
+    """
+
+    def __init__(self, params: SimsParameters = SimsParameters(), field_t: float = 0.0,
+                 now: float = 0.0) -> None:
+        self.params = params
+        self.setpoint = float(field_t)
+        self.direction = 1.0
+        self._start = float(field_t) - params.hysteresis_t
+        self._target = self._start
+        self._t0 = now
+        self._tau = params.settle_tau_s
+
+    def set(self, field_t: float, now: float) -> float:
+        """Start a move to ``field_t``; returns the settling time constant (s)."""
+        current = self.gap_field(now)
+        if field_t != self.setpoint:
+            self.direction = 1.0 if field_t > self.setpoint else -1.0
+        self.setpoint = float(field_t)
+        self._start = current
+        self._target = self.setpoint - self.direction * self.params.hysteresis_t
+        self._t0 = now
+        self._tau = self.params.settle_tau_s + self.params.settle_tau_per_t_s * abs(
+            self._target - current)
+        return self._tau
+
+    def gap_field(self, now: float) -> float:
+        dt = max(now - self._t0, 0.0)
+        return self._target + (self._start - self._target) * math.exp(-dt / self._tau)
+
+    def final_gap_field(self) -> float:
+        return self._target
+
+    def hall(self, now: float, rng: np.random.Generator | None = None) -> float:
+        noise = 0.0 if rng is None else rng.normal(0.0, self.params.hall_noise_t)
+        return self.gap_field(now) + self.params.hall_offset_t + noise
+
+    def settled(self, now: float) -> bool:
+        return abs(self.gap_field(now) - self._target) < self.params.settled_tolerance_t
+
+    def time_to_settle(self, now: float) -> float:
+        gap = abs(self.gap_field(now) - self._target)
+        if gap < self.params.settled_tolerance_t:
+            return 0.0
+        return self._tau * math.log(gap / self.params.settled_tolerance_t)
+
+
+# ======================================================================================
+# Peaks, collectors, species
+# ======================================================================================
+def flat_top(mass_u, centre_u, width_u: float, sigma_u: float):
+    """Rectangle of full width ``width_u`` convolved with a Gaussian: a difference of
+    two error functions, 1 on the plateau."""
+    x = np.asarray(mass_u, dtype=float) - centre_u
+    s = math.sqrt(2.0) * max(sigma_u, 1e-12)
+    return 0.5 * (special.erf((x + width_u / 2) / s) - special.erf((x - width_u / 2) / s))
+
+
+def axial_peak(mass_u, centre_u, params: SimsParameters = SimsParameters()):
+    """Transmission profile of the axial detector (mass scan) for a species at
+    ``centre_u``: flat top of width m/R with Gaussian edges."""
+    width = centre_u / params.resolving_power
+    return flat_top(mass_u, centre_u, width, params.peak_edge_fraction * width)
+
+
+def collector_acceptance(mass_u, centre_u, params: SimsParameters = SimsParameters()):
+    """Weight with which a multicollector set to true mass ``mass_u`` counts a
+    species of mass ``centre_u``."""
+    return flat_top(mass_u, centre_u, params.collector_window_u, params.collector_edge_u)
+
+
+@lru_cache(maxsize=64)
+def _species_table(species: tuple[str, ...]) -> tuple[tuple[str, str, float, float], ...]:
+    """(label, parent isotope, mass, weight factor) for isotopes and their hydrides."""
+    rows = []
+    for iso in species:
+        m = isotope_mass_u(iso)
+        rows.append((iso, iso, m, 1.0))
+        rows.append((iso + "H", iso, m + HYDROGEN_MASS_U, -1.0))  # -1: hydride marker
+    return tuple(rows)
+
+
+def candidate_species(specimen: Specimen) -> tuple[str, ...]:
+    """Isotopes that can reach the detector: the specimen's plus the beam's Ga."""
+    return tuple(sorted(set(specimen.species()) | set(GA_ISOTOPES)))
+
+
+def species_weights(true_mass_u: float, species: tuple[str, ...], *, axial: bool = False,
+                    params: SimsParameters = SimsParameters(),
+                    min_weight: float = 1e-6) -> dict[str, float]:
+    """Parent isotope -> weight of its signal seen at ``true_mass_u`` (hydrides folded in
+    with ``hydride_fraction``). Collector mode uses the wide collector window, axial
+    mode the narrow scanning peak."""
+    out: dict[str, float] = {}
+    for _label, parent, mass, kind in _species_table(tuple(species)):
+        if abs(mass - true_mass_u) > 2.0:
+            continue
+        if axial:
+            w = float(axial_peak(true_mass_u, mass, params))
+        else:
+            w = float(collector_acceptance(true_mass_u, mass, params))
+        if kind < 0:
+            w *= params.hydride_fraction
+        if w > min_weight:
+            out[parent] = out.get(parent, 0.0) + w
+    return out
+
+
+# ======================================================================================
+# Detection
+# ======================================================================================
+def dead_time_rate(true_rate, tau_s: float):
+    """Measured rate of a non-paralyzable detector: M = N / (1 + N tau)."""
+    n = np.asarray(true_rate, dtype=float)
+    return n / (1.0 + n * tau_s)
+
+
+def dead_time_correct(measured_rate, tau_s: float):
+    """Inverse of :func:`dead_time_rate`: N = M / (1 - M tau)."""
+    m = np.asarray(measured_rate, dtype=float)
+    return m / (1.0 - m * tau_s)
+
+
+def detect(expected_counts, time_s: float, params: SimsParameters,
+           rng: np.random.Generator | None, dark: bool = True) -> np.ndarray:
+    """Counts from expected true counts over ``time_s``: dark counts, dead time, Poisson.
+
+    ``rng=None`` returns the expectation (float) instead of a draw.
+    """
+    lam = np.asarray(expected_counts, dtype=np.float64)
+    if dark:
+        lam = lam + params.dark_rate_per_s * time_s
+    if params.dead_time_s > 0 and time_s > 0:
+        lam = lam / (1.0 + lam * (params.dead_time_s / time_s))
+    if rng is None:
+        return lam
+    return rng.poisson(lam).astype(np.int32)
+
+
+# ======================================================================================
+# Conditions
+# ======================================================================================
+@dataclass(frozen=True)
+class SimsConditions:
+    """The instrument state that decides whether ions reach the detector."""
+
+    alpha_deg: float | None
+    objective_on: bool | None
+    bias_enabled: bool | None
+    bias_v: float | None
+    beam_unblanked: bool | None
+
+    def problems(self, params: SimsParameters = SimsParameters()) -> list[str]:
+        out = []
+        if self.alpha_deg is None or not (
+                abs(self.alpha_deg - params.sims_alpha_deg) <= params.sims_alpha_tolerance_deg):
+            out.append(f"alpha not within {params.sims_alpha_tolerance_deg:g} deg of "
+                       f"{params.sims_alpha_deg:g}")
+        if self.objective_on is None or self.objective_on:
+            out.append("objective lens on")
+        if not self.bias_enabled or self.bias_v is None or abs(self.bias_v) < params.min_bias_v:
+            out.append("bias off")
+        if not self.beam_unblanked:
+            out.append("ion beam blanked")
+        return out
+
+    def ready(self, params: SimsParameters = SimsParameters()) -> bool:
+        return not self.problems(params)
+
+    @property
+    def polarity(self) -> int:
+        return -1 if (self.bias_v or 0.0) < 0 else 1
+
+
+# ======================================================================================
+# Drift
+# ======================================================================================
+def drift_offset_nm(elapsed_s, params: SimsParameters = SimsParameters()):
+    """Specimen displacement (dx, dy) in nm after ``elapsed_s`` of drift."""
+    t = np.asarray(elapsed_s, dtype=float)
+    d = params.drift_start_nm + params.drift_nm_per_min * t / 60.0
+    ang = math.radians(params.drift_direction_deg)
+    return d * math.cos(ang), d * math.sin(ang)
+
+
+# ======================================================================================
+# Scan geometry
+# ======================================================================================
+@dataclass(frozen=True)
+class ScanGeometry:
+    """Raster of the ion column projected on the specimen.
+
+    ``fov_um`` is the raster width in the beam-normal plane; pixels are square there
+    (``fov / nx``). The beam-normal raster is rotated by ``rotation_deg`` and then
+    projected on the specimen, which stretches it along the specimen's y by
+    ``1 / cos(incidence)``. Map row 0 is the -y edge, column 0 the -x edge.
+    ``centre_*_nm`` is the specimen point at the map centre (stage position).
+    """
+
+    nx: int
+    ny: int
+    fov_um: float
+    rotation_deg: float = 0.0
+    centre_x_nm: float = 0.0
+    centre_y_nm: float = 0.0
+    incidence_deg: float = 45.0
+
+    @property
+    def pixel_nm(self) -> float:
+        return self.fov_um * 1000.0 / self.nx
+
+    @property
+    def stretch(self) -> float:
+        return 1.0 / math.cos(math.radians(self.incidence_deg))
+
+    @property
+    def pixel_area_nm2(self) -> float:
+        """Area on the specimen of one map pixel."""
+        return self.pixel_nm**2 * self.stretch
+
+    def beam_coords(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.pixel_nm
+        u = (np.asarray(cols, dtype=np.float64) - (self.nx - 1) / 2.0) * p
+        v = (np.asarray(rows, dtype=np.float64) - (self.ny - 1) / 2.0) * p
+        return u, v
+
+    def to_specimen(self, u: np.ndarray, v: np.ndarray, offset_x_nm=0.0,
+                    offset_y_nm=0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Beam-plane (u, v) in nm -> specimen (x, y) in nm; ``offset`` is the drift
+        of the specimen (subtracted: the beam sees the point that drifted under it)."""
+        th = math.radians(self.rotation_deg)
+        c, s = math.cos(th), math.sin(th)
+        ur = u * c - v * s
+        vr = u * s + v * c
+        return (self.centre_x_nm + ur - offset_x_nm,
+                self.centre_y_nm + vr * self.stretch - offset_y_nm)
+
+    def from_specimen(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Specimen (x, y) nm -> beam-plane (u, v) nm (no drift)."""
+        ur = np.asarray(x) - self.centre_x_nm
+        vr = (np.asarray(y) - self.centre_y_nm) / self.stretch
+        th = math.radians(self.rotation_deg)
+        c, s = math.cos(th), math.sin(th)
+        return ur * c + vr * s, -ur * s + vr * c
+
+    def corners_nm(self, margin_nm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        hu = self.nx * self.pixel_nm / 2 + margin_nm
+        hv = self.ny * self.pixel_nm / 2 + margin_nm
+        u = np.array([-hu, hu, hu, -hu])
+        v = np.array([-hv, -hv, hv, hv])
+        return self.to_specimen(u, v)
+
+
+# ======================================================================================
+# Surface: what each grid pixel emits
+# ======================================================================================
+def ga_buildup_nm(landing_kev: float, params: SimsParameters = SimsParameters()) -> float:
+    if params.ga_buildup_nm is not None:
+        return params.ga_buildup_nm
+    return 0.5 * ion_range_nm(landing_kev)
+
+
+class SurfaceEmitter:
+    """Per-grid-pixel emission ``Y x alpha x C`` of each species on one window, at the
+    depth map given (sputtered depth), with the implanted Ga folded in."""
+
+    def __init__(self, specimen: Specimen, depth_nm: np.ndarray, window, polarity: int,
+                 landing_kev: float, params: SimsParameters = SimsParameters()) -> None:
+        self.specimen = specimen
+        self.window = window
+        self.polarity = 1 if polarity >= 0 else -1
+        depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
+        index = specimen.layer_at_depth(depth, window)
+        self.shape = index.shape
+        self.masks = [(layer, index == i) for i, layer in enumerate(specimen.layers)]
+        self.masks = [(layer, m) for layer, m in self.masks if m.any()]
+        self.present = index >= 0
+        self.yield_ = self._select(lambda layer: layer.sputter_yield(window))
+        f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
+        buildup = max(ga_buildup_nm(landing_kev, params), 1e-6)
+        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / np.float32(buildup)))
+        self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
+        self._ion: dict[str, np.ndarray] = {}
+
+    def _select(self, getter) -> np.ndarray:
+        """Per-pixel value of ``getter(layer)`` for the layer exposed there (0 in holes).
+
+        (Like :meth:`Specimen.surface` but float32 with the layer masks computed once:
+        this is the per-frame cost of a map.)
+        """
+        out = np.zeros(self.shape, np.float32)
+        for layer, mask in self.masks:
+            value = np.asarray(getter(layer), dtype=np.float32)
+            np.copyto(out, np.broadcast_to(value, self.shape), where=mask)
+        return out
+
+    def ionisation(self, symbol: str) -> np.ndarray:
+        if symbol not in self._ion:
+            pol, win = self.polarity, self.window
+            self._ion[symbol] = self._select(lambda layer: layer.ionisation(symbol, pol, win))
+        return self._ion[symbol]
+
+    def fraction(self, isotope: str) -> np.ndarray:
+        """Atomic fraction of an isotope at the surface, implanted Ga included."""
+        symbol, _ = parse_species(isotope)
+        win = self.window
+        native = self._select(lambda layer: layer.species_fraction(isotope, win))
+        native *= 1.0 - self.ga_implanted
+        if symbol == "Ga":
+            native += self.ga_implanted * np.float32(natural_abundances("Ga")[isotope])
+        return native
+
+    def emission(self, weights: dict[str, float]) -> np.ndarray:
+        """Sum over isotopes of weight x Y x alpha x C (per grid pixel, float32)."""
+        total = np.zeros(self.shape, np.float32)
+        for iso, w in weights.items():
+            symbol, _ = parse_species(iso)
+            total += np.float32(w) * self.ionisation(symbol) * self.fraction(iso)
+        total *= self.yield_
+        return total
+
+
+def footprint_sigma_nm(geometry: ScanGeometry, probe_fwhm_nm: float,
+                       params: SimsParameters = SimsParameters()) -> tuple[float, float]:
+    """(sigma_y, sigma_x) in nm of the beam footprint on the specimen.
+
+    Beam-normal plane: probe Gaussian plus the pixel-area average (a box of one pixel
+    has variance p^2/12), isotropic, so scan rotation does not change it. On the
+    specimen it is stretched by 1/cos(incidence) along y; the interaction spread
+    adds isotropically.
+    """
+    s_beam2 = (probe_fwhm_nm * FWHM_TO_SIGMA) ** 2 + geometry.pixel_nm**2 / 12.0
+    s_iv2 = (params.interaction_fwhm_nm * FWHM_TO_SIGMA) ** 2
+    return (math.sqrt(s_beam2 * geometry.stretch**2 + s_iv2), math.sqrt(s_beam2 + s_iv2))
+
+
+def _blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float) -> np.ndarray:
+    return ndimage.gaussian_filter(image, (sigma_rows_px, sigma_cols_px), mode="constant",
+                                   cval=0.0, truncate=3.5)
+
+
+# ======================================================================================
+# A frame: precomputed once, rendered line by line
+# ======================================================================================
+@dataclass
+class FramePlan:
+    """Everything a map needs, snapshot at the frame start; lines are rendered lazily.
+
+    Parameters
+    ----------
+    specimen
+        The virtual specimen.
+    geometry
+        The raster on the specimen.
+    collector_masses_u
+        True masses (u) at the collectors.
+    current_pa, dwell_s, probe_fwhm_nm, landing_kev
+        Column state.
+    polarity
+        +1 or -1 (sign of the bias).
+    ready
+        SIMS conditions met; if not, only dark counts.
+    depth_nm
+        Per-grid-pixel sputtered depth (read, not modified).
+    elapsed_s
+        Drift clock at the frame start (s since the drift began).
+    drift_slack_s
+        The grid window covers the drift of this much longer than the frame, so that
+        a plan prepared ahead of time stays valid for a while (see :meth:`retarget`).
+    """
+
+    specimen: Specimen
+    geometry: ScanGeometry
+    collector_masses_u: tuple[float, ...]
+    current_pa: float
+    dwell_s: float
+    probe_fwhm_nm: float
+    landing_kev: float
+    polarity: int
+    ready: bool
+    depth_nm: np.ndarray
+    elapsed_s: float = 0.0
+    params: SimsParameters = field(default_factory=SimsParameters)
+    drift_slack_s: float = 0.0
+    species: tuple[str, ...] | None = None
+    window: object = None
+    blurred: list[np.ndarray] = field(default_factory=list)
+    weights: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.species is None:
+            self.species = candidate_species(self.specimen)
+        self.ions_per_pixel = self.current_pa * 1e-12 * self.dwell_s / ELEMENTARY_CHARGE_C
+        self.line_time_s = self.geometry.nx * self.dwell_s
+        self.frame_time_s = self.line_time_s * self.geometry.ny
+        self.weights = [species_weights(m, self.species, params=self.params)
+                        for m in self.collector_masses_u]
+        if not self.blurred:
+            self._prepare()
+
+    def retarget(self, **changes) -> FramePlan:
+        """The same prepared footprint with other current, dwell, readiness, drift clock
+        or detector parameters (the blurred emission maps are reused)."""
+        return replace(self, **changes)
+
+    def _prepare(self) -> None:
+        spec, geo = self.specimen, self.geometry
+        sy, sx = footprint_sigma_nm(geo, self.probe_fwhm_nm, self.params)
+        drift_total = drift_offset_nm(
+            [self.elapsed_s, self.elapsed_s + self.frame_time_s + self.drift_slack_s + 1.0],
+            self.params)
+        margin = 4.0 * max(sy, sx) + 2 * spec.pixel_nm
+        xs, ys = geo.corners_nm(margin_nm=margin)
+        xs = np.concatenate([xs - drift_total[0][0], xs - drift_total[0][1]])
+        ys = np.concatenate([ys - drift_total[1][0], ys - drift_total[1][1]])
+        self.window = spec.window_for(xs, ys, margin_px=2)
+        emitter = SurfaceEmitter(spec, self.depth_nm, self.window, self.polarity,
+                                 self.landing_kev, self.params)
+        self.blurred = []
+        cache: dict[tuple, np.ndarray] = {}
+        for w in self.weights:
+            key = tuple(sorted(w.items()))
+            if key not in cache:
+                if not w:
+                    cache[key] = None
+                else:
+                    cache[key] = _blur(emitter.emission(w), sy / spec.pixel_nm,
+                                       sx / spec.pixel_nm)
+            self.blurred.append(cache[key])
+
+    def line_times(self, rows: np.ndarray) -> np.ndarray:
+        """Time (s after the frame start) at the middle of each row."""
+        return (np.asarray(rows) + 0.5) * self.line_time_s
+
+    def specimen_coords(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(r0, r1)[:, None]
+        cols = np.arange(self.geometry.nx)[None, :]
+        u, v = self.geometry.beam_coords(rows, cols)
+        dx, dy = drift_offset_nm(self.elapsed_s + self.line_times(rows), self.params)
+        return self.geometry.to_specimen(u, v, dx, dy)
+
+    def expected_lines(self, r0: int, r1: int) -> list[np.ndarray]:
+        """Expected true secondary-ion counts (no dark, no dead time) for rows r0..r1-1,
+        one (r1 - r0, nx) array per collector."""
+        shape = (r1 - r0, self.geometry.nx)
+        if not self.ready:
+            return [np.zeros(shape) for _ in self.collector_masses_u]
+        x, y = self.specimen_coords(r0, r1)
+        gr, gc = self.specimen.to_index(x, y)
+        coords = np.array([gr - self.window[0].start, gc - self.window[1].start])
+        out = []
+        scale = self.ions_per_pixel * self.params.transmission
+        done: dict[int, np.ndarray] = {}
+        for b in self.blurred:
+            if b is None:
+                out.append(np.zeros(shape))
+                continue
+            if id(b) not in done:
+                done[id(b)] = scale * ndimage.map_coordinates(
+                    b, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+            out.append(done[id(b)])
+        return out
+
+    def render_lines(self, r0: int, r1: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """Detected counts (int32; float expectation if ``rng`` is None) for rows r0..r1-1."""
+        return [detect(e, self.dwell_s, self.params, rng) for e in self.expected_lines(r0, r1)]
+
+    def render(self, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        return self.render_lines(0, self.geometry.ny, rng)
+
+
+# ======================================================================================
+# Sputtering
+# ======================================================================================
+def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
+            ions_per_pixel: float, rows_done: int | None = None, elapsed_s: float = 0.0,
+            params: SimsParameters = SimsParameters(), landing_kev: float = 25.5) -> None:
+    """Advance ``depth_nm`` (in place) by the dose of a (partial) raster.
+
+    The dose is uniform over the rastered footprint (ions per pixel over the pixel's
+    area on the specimen); depth += dose x Y / n with the local yield and atomic
+    density of the layer exposed at the start of the raster.
+    """
+    ny = geometry.ny if rows_done is None else int(rows_done)
+    if ny <= 0 or ions_per_pixel <= 0:
+        return
+    dx, dy = drift_offset_nm(elapsed_s, params)
+    xs, ys = geometry.corners_nm(margin_nm=2 * specimen.pixel_nm)
+    window = specimen.window_for(xs - dx, ys - dy, margin_px=1)
+    rows = specimen.y_nm()[window[0]][:, None]
+    cols = specimen.x_nm()[window[1]][None, :]
+    u, v = geometry.from_specimen(cols + dx, rows + dy)
+    hu, hv = geometry.nx * geometry.pixel_nm / 2, geometry.ny * geometry.pixel_nm / 2
+    inside = (np.abs(u) <= hu) & (v >= -hv) & (v <= -hv + ny * geometry.pixel_nm)
+    if not inside.any():
+        return
+    dose = ions_per_pixel / geometry.pixel_area_nm2  # ions / nm^2
+    local = depth_nm[window]
+    surf = specimen.surface(local, window)
+    y = surf.sputter_yield()
+    n = surf.atomic_density_per_nm3()
+    step = np.divide(dose * y, n, out=np.zeros_like(y), where=n > 0)
+    # Below the last layer nothing is left to sputter (step stays 0 there).
+    local += np.where(inside, step, 0.0).astype(local.dtype)
+
+
+# ======================================================================================
+# Counting and mass scans: signal from the beam footprint
+# ======================================================================================
+def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
+                       species: tuple[str, ...], polarity: int, landing_kev: float,
+                       params: SimsParameters = SimsParameters(),
+                       spot: bool = False, probe_fwhm_nm: float = 10.0,
+                       elapsed_s: float = 0.0) -> dict[str, float]:
+    """Mean emission (Y x alpha x C) of each isotope over the rastered area (or under
+    the spot at the geometry's centre): multiply by ions x transmission for counts."""
+    dx, dy = drift_offset_nm(elapsed_s, params)
+    if spot:
+        sy, sx = footprint_sigma_nm(replace(geometry, nx=1, fov_um=1e-6), probe_fwhm_nm,
+                                    params)
+        xs = np.array([-3 * sx, 3 * sx]) + geometry.centre_x_nm - dx
+        ys = np.array([-3 * sy, 3 * sy]) + geometry.centre_y_nm - dy
+        window = specimen.window_for(xs, ys, margin_px=2)
+        rows = specimen.y_nm()[window[0]][:, None]
+        cols = specimen.x_nm()[window[1]][None, :]
+        weight = np.exp(-0.5 * (((cols - geometry.centre_x_nm + dx) / sx) ** 2
+                                + ((rows - geometry.centre_y_nm + dy) / sy) ** 2))
+    else:
+        xs, ys = geometry.corners_nm()
+        window = specimen.window_for(xs - dx, ys - dy, margin_px=1)
+        rows = specimen.y_nm()[window[0]][:, None]
+        cols = specimen.x_nm()[window[1]][None, :]
+        u, v = geometry.from_specimen(cols + dx, rows + dy)
+        hu, hv = geometry.nx * geometry.pixel_nm / 2, geometry.ny * geometry.pixel_nm / 2
+        weight = ((np.abs(u) <= hu) & (np.abs(v) <= hv)).astype(np.float64)
+    total = weight.sum()
+    if total <= 0:
+        return dict.fromkeys(species, 0.0)
+    emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params)
+    out = {}
+    for iso in species:
+        out[iso] = float((emitter.emission({iso: 1.0}) * weight).sum() / total)
+    return out
+
+
+def spectrum_expectation(true_masses_u: np.ndarray, emission: dict[str, float],
+                         ions_per_s: float, dwell_s: float,
+                         params: SimsParameters = SimsParameters()) -> np.ndarray:
+    """Expected true counts per step of a mass scan on the axial detector."""
+    masses = np.asarray(true_masses_u, dtype=float)
+    counts = np.zeros_like(masses)
+    scale = ions_per_s * dwell_s * params.transmission
+    for _label, parent, mass, kind in _species_table(tuple(emission)):
+        e = emission[parent]
+        if e <= 0:
+            continue
+        if kind < 0:
+            e = e * params.hydride_fraction
+        near = np.abs(masses - mass) < 1.0
+        if near.any():
+            counts[near] += scale * e * axial_peak(masses[near], mass, params)
+    return counts
+
+
+def collector_expectation(true_masses_u, emission: dict[str, float], ions_per_s: float,
+                          time_s: float, params: SimsParameters = SimsParameters()) -> np.ndarray:
+    """Expected true counts on each collector (true masses) in ``time_s``."""
+    out = []
+    scale = ions_per_s * time_s * params.transmission
+    for m in np.atleast_1d(true_masses_u):
+        w = species_weights(float(m), tuple(emission), params=params)
+        out.append(scale * sum(emission[k] * v for k, v in w.items()))
+    return np.array(out)
+
+
+__all__ = [
+    "FramePlan",
+    "Magnet",
+    "ScanGeometry",
+    "SimsConditions",
+    "SimsParameters",
+    "SurfaceEmitter",
+    "axial_peak",
+    "calibrated_mass",
+    "candidate_species",
+    "collector_acceptance",
+    "collector_expectation",
+    "dead_time_correct",
+    "dead_time_rate",
+    "detect",
+    "drift_offset_nm",
+    "field_for_calibrated_mass",
+    "fit_calibration",
+    "flat_top",
+    "footprint_emission",
+    "footprint_sigma_nm",
+    "gap_field_for_mass",
+    "mass_for_gap_field",
+    "spectrum_expectation",
+    "sputter",
+    "species_weights",
+    "true_cal_a",
+]
