@@ -120,12 +120,12 @@ def _float(value: Any, default: float | None = None) -> float | None:
 class CollectorGroup(PVGroup):
     """One collector: ``COL{n}:`` MASS, MASS_RBV, COUNTS, RATE, MAP."""
 
-    mass = pvproperty(name="MASS", value=7.0, units="u", precision=4,
+    mass = pvproperty(name="MASS", alarm_group="MASS", value=7.0, units="u", precision=4,
                       doc="Collector mass setpoint (calibrated scale)")
-    mass_rbv = pvproperty(name="MASS_RBV", value=7.0, units="u", precision=4, read_only=True)
-    counts = pvproperty(name="COUNTS", value=0, dtype=ChannelType.LONG, read_only=True)
-    rate = pvproperty(name="RATE", value=0.0, units="1/s", precision=1, read_only=True)
-    map = pvproperty(name="MAP", value=np.zeros(1, np.int32), dtype=ChannelType.LONG,
+    mass_rbv = pvproperty(name="MASS_RBV", alarm_group="MASS_RBV", value=7.0, units="u", precision=4, read_only=True)
+    counts = pvproperty(name="COUNTS", alarm_group="COUNTS", value=0, dtype=ChannelType.LONG, read_only=True)
+    rate = pvproperty(name="RATE", alarm_group="RATE", value=0.0, units="1/s", precision=1, read_only=True)
+    map = pvproperty(name="MAP", alarm_group="MAP", value=np.zeros(1, np.int32), dtype=ChannelType.LONG,
                      max_length=MAX_MAP_PIXELS, read_only=True,
                      doc="NY x NX counts, row-major")
 
@@ -141,23 +141,23 @@ class CollectorGroup(PVGroup):
 class SpectrometerIOC(InstrumentIOC):
     """Mass spectrometer IOC (see the module docstring for the PVs)."""
 
-    field = pvproperty(name="FIELD", value=0.0, units="T", precision=6,
+    field = pvproperty(name="FIELD", alarm_group="FIELD", value=0.0, units="T", precision=6,
                        lower_ctrl_limit=0.0, upper_ctrl_limit=2.0)
-    field_rbv = pvproperty(name="FIELD_RBV", value=0.0, units="T", precision=6, read_only=True)
-    settled = pvproperty(name="SETTLED", value="Yes", enum_strings=("No", "Yes"),
+    field_rbv = pvproperty(name="FIELD_RBV", alarm_group="FIELD_RBV", value=0.0, units="T", precision=6, read_only=True)
+    settled = pvproperty(name="SETTLED", alarm_group="SETTLED", value="Yes", enum_strings=("No", "Yes"),
                          dtype=ChannelType.ENUM, read_only=True)
-    cal_a = pvproperty(name="CAL:A", value=100.0, units="u/T^2", precision=6)
-    cal_b0 = pvproperty(name="CAL:B0", value=0.0, units="T", precision=7)
-    polarity_rbv = pvproperty(name="POLARITY_RBV", value="Positive",
+    cal_a = pvproperty(name="CAL:A", alarm_group="CAL:A", value=100.0, units="u/T^2", precision=6)
+    cal_b0 = pvproperty(name="CAL:B0", alarm_group="CAL:B0", value=0.0, units="T", precision=7)
+    polarity_rbv = pvproperty(name="POLARITY_RBV", alarm_group="POLARITY_RBV", value="Positive",
                               enum_strings=("Positive", "Negative"), dtype=ChannelType.ENUM,
                               read_only=True)
-    dead_time = pvproperty(name="DEAD_TIME", value=30e-9, units="s", precision=10,
+    dead_time = pvproperty(name="DEAD_TIME", alarm_group="DEAD_TIME", value=30e-9, units="s", precision=10,
                            lower_ctrl_limit=20e-9, upper_ctrl_limit=50e-9)
-    dark_rate = pvproperty(name="DARK_RATE", value=0.2, units="1/s", precision=3,
+    dark_rate = pvproperty(name="DARK_RATE", alarm_group="DARK_RATE", value=0.2, units="1/s", precision=3,
                            lower_ctrl_limit=0.0, upper_ctrl_limit=1000.0)
-    transmission = pvproperty(name="TRANSMISSION", value=0.45, precision=3,
+    transmission = pvproperty(name="TRANSMISSION", alarm_group="TRANSMISSION", value=0.45, precision=3,
                               lower_ctrl_limit=0.05, upper_ctrl_limit=1.0)
-    drift_rate = pvproperty(name="DRIFT_NM_PER_MIN", value=3.0, units="nm/min", precision=2,
+    drift_rate = pvproperty(name="DRIFT_NM_PER_MIN", alarm_group="DRIFT_NM_PER_MIN", value=3.0, units="nm/min", precision=2,
                             lower_ctrl_limit=0.0, upper_ctrl_limit=1000.0)
 
     col1 = SubGroup(CollectorGroup, prefix="COL1:")
@@ -165,45 +165,45 @@ class SpectrometerIOC(InstrumentIOC):
     col3 = SubGroup(CollectorGroup, prefix="COL3:")
     col4 = SubGroup(CollectorGroup, prefix="COL4:")
 
-    mode = pvproperty(name="MODE", value="Counting",
+    mode = pvproperty(name="MODE", alarm_group="MODE", value="Counting",
                       enum_strings=("Counting", "Scan", "Imaging"), dtype=ChannelType.ENUM)
-    count_time = pvproperty(name="COUNT_TIME", value=1.0, units="s", precision=4,
+    count_time = pvproperty(name="COUNT_TIME", alarm_group="COUNT_TIME", value=1.0, units="s", precision=4,
                             lower_ctrl_limit=1e-4, upper_ctrl_limit=3600.0)
-    acquire = pvproperty(name="ACQUIRE", value="Done", enum_strings=("Done", "Acquire"),
+    acquire = pvproperty(name="ACQUIRE", alarm_group="ACQUIRE", value="Done", enum_strings=("Done", "Acquire"),
                          dtype=ChannelType.ENUM)
-    busy = pvproperty(name="BUSY", value="Idle", enum_strings=("Idle", "Busy"),
+    busy = pvproperty(name="BUSY", alarm_group="BUSY", value="Idle", enum_strings=("Idle", "Busy"),
                       dtype=ChannelType.ENUM, read_only=True)
 
-    scan_start = pvproperty(name="SCAN:START", value=66.0, units="u", precision=4,
+    scan_start = pvproperty(name="SCAN:START", alarm_group="SCAN:START", value=66.0, units="u", precision=4,
                             lower_ctrl_limit=0.5, upper_ctrl_limit=400.0)
-    scan_stop = pvproperty(name="SCAN:STOP", value=74.0, units="u", precision=4,
+    scan_stop = pvproperty(name="SCAN:STOP", alarm_group="SCAN:STOP", value=74.0, units="u", precision=4,
                            lower_ctrl_limit=0.5, upper_ctrl_limit=400.0)
-    scan_step = pvproperty(name="SCAN:STEP", value=0.01, units="u", precision=5,
+    scan_step = pvproperty(name="SCAN:STEP", alarm_group="SCAN:STEP", value=0.01, units="u", precision=5,
                            lower_ctrl_limit=1e-4, upper_ctrl_limit=10.0)
-    scan_dwell = pvproperty(name="SCAN:DWELL", value=1e-3, units="s", precision=5,
+    scan_dwell = pvproperty(name="SCAN:DWELL", alarm_group="SCAN:DWELL", value=1e-3, units="s", precision=5,
                             lower_ctrl_limit=1e-5, upper_ctrl_limit=10.0)
-    scan_spectrum = pvproperty(name="SCAN:SPECTRUM", value=np.zeros(1), dtype=ChannelType.DOUBLE,
+    scan_spectrum = pvproperty(name="SCAN:SPECTRUM", alarm_group="SCAN:SPECTRUM", value=np.zeros(1), dtype=ChannelType.DOUBLE,
                                max_length=MAX_SCAN_POINTS, read_only=True)
-    scan_mass_axis = pvproperty(name="SCAN:MASS_AXIS", value=np.zeros(1),
+    scan_mass_axis = pvproperty(name="SCAN:MASS_AXIS", alarm_group="SCAN:MASS_AXIS", value=np.zeros(1),
                                 dtype=ChannelType.DOUBLE, max_length=MAX_SCAN_POINTS,
                                 read_only=True, units="u")
-    scan_field_axis = pvproperty(name="SCAN:FIELD_AXIS", value=np.zeros(1),
+    scan_field_axis = pvproperty(name="SCAN:FIELD_AXIS", alarm_group="SCAN:FIELD_AXIS", value=np.zeros(1),
                                  dtype=ChannelType.DOUBLE, max_length=MAX_SCAN_POINTS,
                                  read_only=True, units="T")
-    scan_npts = pvproperty(name="SCAN:NPTS", value=0, dtype=ChannelType.LONG, read_only=True)
+    scan_npts = pvproperty(name="SCAN:NPTS", alarm_group="SCAN:NPTS", value=0, dtype=ChannelType.LONG, read_only=True)
 
-    img_lines_done = pvproperty(name="IMG:LINES_DONE", value=0, dtype=ChannelType.LONG,
+    img_lines_done = pvproperty(name="IMG:LINES_DONE", alarm_group="IMG:LINES_DONE", value=0, dtype=ChannelType.LONG,
                                 read_only=True)
-    img_nx = pvproperty(name="IMG:NX", value=0, dtype=ChannelType.LONG, read_only=True)
-    img_ny = pvproperty(name="IMG:NY", value=0, dtype=ChannelType.LONG, read_only=True)
-    img_frame = pvproperty(name="IMG:FRAME", value=0, dtype=ChannelType.LONG, read_only=True)
-    img_dwell = pvproperty(name="IMG:DWELL", value=0.0, units="s", precision=8, read_only=True)
-    img_start_time = pvproperty(name="IMG:START_TIME", value=0.0, units="s", precision=3,
+    img_nx = pvproperty(name="IMG:NX", alarm_group="IMG:NX", value=0, dtype=ChannelType.LONG, read_only=True)
+    img_ny = pvproperty(name="IMG:NY", alarm_group="IMG:NY", value=0, dtype=ChannelType.LONG, read_only=True)
+    img_frame = pvproperty(name="IMG:FRAME", alarm_group="IMG:FRAME", value=0, dtype=ChannelType.LONG, read_only=True)
+    img_dwell = pvproperty(name="IMG:DWELL", alarm_group="IMG:DWELL", value=0.0, units="s", precision=8, read_only=True)
+    img_start_time = pvproperty(name="IMG:START_TIME", alarm_group="IMG:START_TIME", value=0.0, units="s", precision=3,
                                 read_only=True)
 
-    sims_ready = pvproperty(name="SIMS_READY", value="No", enum_strings=("No", "Yes"),
+    sims_ready = pvproperty(name="SIMS_READY", alarm_group="SIMS_READY", value="No", enum_strings=("No", "Yes"),
                             dtype=ChannelType.ENUM, read_only=True)
-    status = pvproperty(name="STATUS", value="starting", dtype=ChannelType.STRING,
+    status = pvproperty(name="STATUS", alarm_group="STATUS", value="starting", dtype=ChannelType.STRING,
                         read_only=True)
 
     def __init__(self, *args: Any, drift_nm_per_min: float | None = None,

@@ -155,100 +155,100 @@ class TEMIOC(InstrumentIOC):
     """
 
     # ---------------------------------------------------------------- column
-    ht = pvproperty(name="HT", value=200.0, units="kV", precision=1,
+    ht = pvproperty(name="HT", alarm_group="HT", value=200.0, units="kV", precision=1,
                     lower_ctrl_limit=80.0, upper_ctrl_limit=200.0, doc="High tension")
-    ht_rbv = pvproperty(name="HT_RBV", value=200.0, units="kV", precision=1, read_only=True)
-    mode = pvproperty(name="MODE", value="TEM", enum_strings=["TEM", "STEM"],
+    ht_rbv = pvproperty(name="HT_RBV", alarm_group="HT_RBV", value=200.0, units="kV", precision=1, read_only=True)
+    mode = pvproperty(name="MODE", alarm_group="MODE", value="TEM", enum_strings=["TEM", "STEM"],
                       dtype=ChannelType.ENUM, doc="Imaging mode")
-    mode_rbv = pvproperty(name="MODE_RBV", value="TEM", enum_strings=["TEM", "STEM"],
+    mode_rbv = pvproperty(name="MODE_RBV", alarm_group="MODE_RBV", value="TEM", enum_strings=["TEM", "STEM"],
                           dtype=ChannelType.ENUM, read_only=True)
-    obj = pvproperty(name="OBJ", value="On", enum_strings=["Off", "On"],
+    obj = pvproperty(name="OBJ", alarm_group="OBJ", value="On", enum_strings=["Off", "On"],
                      dtype=ChannelType.ENUM, doc="Objective lens")
-    obj_rbv = pvproperty(name="OBJ_RBV", value="On", enum_strings=["Off", "On"],
+    obj_rbv = pvproperty(name="OBJ_RBV", alarm_group="OBJ_RBV", value="On", enum_strings=["Off", "On"],
                          dtype=ChannelType.ENUM, read_only=True)
-    obj_status = pvproperty(name="OBJ_STATUS", value="OK", dtype=ChannelType.STRING,
+    obj_status = pvproperty(name="OBJ_STATUS", alarm_group="OBJ_STATUS", value="OK", dtype=ChannelType.STRING,
                             read_only=True)
-    fov = pvproperty(name="FOV", value=2.0, units="um", precision=4,
+    fov = pvproperty(name="FOV", alarm_group="FOV", value=2.0, units="um", precision=4,
                      lower_ctrl_limit=0.05, upper_ctrl_limit=100.0, doc="Field of view")
-    fov_rbv = pvproperty(name="FOV_RBV", value=2.0, units="um", precision=4, read_only=True)
-    blank = pvproperty(name="BLANK", value="Unblanked", enum_strings=["Unblanked", "Blanked"],
+    fov_rbv = pvproperty(name="FOV_RBV", alarm_group="FOV_RBV", value=2.0, units="um", precision=4, read_only=True)
+    blank = pvproperty(name="BLANK", alarm_group="BLANK", value="Unblanked", enum_strings=["Unblanked", "Blanked"],
                        dtype=ChannelType.ENUM)
-    blank_rbv = pvproperty(name="BLANK_RBV", value="Unblanked",
+    blank_rbv = pvproperty(name="BLANK_RBV", alarm_group="BLANK_RBV", value="Unblanked",
                            enum_strings=["Unblanked", "Blanked"], dtype=ChannelType.ENUM,
                            read_only=True)
-    beam_current = pvproperty(name="BEAM_CURRENT", value=1.0, units="nA", precision=5,
+    beam_current = pvproperty(name="BEAM_CURRENT", alarm_group="BEAM_CURRENT", value=1.0, units="nA", precision=5,
                               lower_ctrl_limit=1e-5, upper_ctrl_limit=100.0)
-    contrast = pvproperty(name="CONTRAST", value=OpticsParameters().contrast_mt0_ug_cm2,
+    contrast = pvproperty(name="CONTRAST", alarm_group="CONTRAST", value=OpticsParameters().contrast_mt0_ug_cm2,
                           units="ug/cm^2", precision=2, lower_ctrl_limit=1.0,
                           upper_ctrl_limit=1000.0, doc="(rho t)_0 at 200 kV")
-    contrast_rbv = pvproperty(name="CONTRAST_RBV", value=OpticsParameters().contrast_mt0_ug_cm2,
+    contrast_rbv = pvproperty(name="CONTRAST_RBV", alarm_group="CONTRAST_RBV", value=OpticsParameters().contrast_mt0_ug_cm2,
                               units="ug/cm^2", precision=2, read_only=True)
-    stage_status = pvproperty(name="STAGE_STATUS", value="stage not seen yet",
+    stage_status = pvproperty(name="STAGE_STATUS", alarm_group="STAGE_STATUS", value="stage not seen yet",
                               dtype=ChannelType.STRING, read_only=True)
 
     # ---------------------------------------------------------------- camera
-    cam_exposure = pvproperty(name="CAM:EXPOSURE", value=0.1, units="s", precision=3,
+    cam_exposure = pvproperty(name="CAM:EXPOSURE", alarm_group="CAM:EXPOSURE", value=0.1, units="s", precision=3,
                               lower_ctrl_limit=0.001, upper_ctrl_limit=60.0)
-    cam_size = pvproperty(name="CAM:SIZE", value=256, dtype=ChannelType.LONG, units="px",
+    cam_size = pvproperty(name="CAM:SIZE", alarm_group="CAM:SIZE", value=256, dtype=ChannelType.LONG, units="px",
                           lower_ctrl_limit=MIN_IMAGE, upper_ctrl_limit=MAX_IMAGE)
-    cam_acquire = pvproperty(name="CAM:ACQUIRE", value="Done", enum_strings=["Done", "Acquire"],
+    cam_acquire = pvproperty(name="CAM:ACQUIRE", alarm_group="CAM:ACQUIRE", value="Done", enum_strings=["Done", "Acquire"],
                              dtype=ChannelType.ENUM)
-    cam_image = pvproperty(name="CAM:IMAGE", value=np.zeros(256 * 256, np.float32),
+    cam_image = pvproperty(name="CAM:IMAGE", alarm_group="CAM:IMAGE", value=np.zeros(256 * 256, np.float32),
                            dtype=ChannelType.FLOAT, max_length=MAX_IMAGE * MAX_IMAGE,
                            units="counts", read_only=True)
-    cam_counter = pvproperty(name="CAM:COUNTER", value=0, dtype=ChannelType.LONG, read_only=True)
-    cam_pixel_nm = pvproperty(name="CAM:PIXEL_NM", value=2000.0 / 256, units="nm", precision=4,
+    cam_counter = pvproperty(name="CAM:COUNTER", alarm_group="CAM:COUNTER", value=0, dtype=ChannelType.LONG, read_only=True)
+    cam_pixel_nm = pvproperty(name="CAM:PIXEL_NM", alarm_group="CAM:PIXEL_NM", value=2000.0 / 256, units="nm", precision=4,
                               read_only=True)
-    cam_dose = pvproperty(name="CAM:DOSE", value=0.0, units="e/px", precision=3, read_only=True)
-    cam_center_x = pvproperty(name="CAM:CENTER_X", value=0.0, units="um", precision=4,
+    cam_dose = pvproperty(name="CAM:DOSE", alarm_group="CAM:DOSE", value=0.0, units="e/px", precision=3, read_only=True)
+    cam_center_x = pvproperty(name="CAM:CENTER_X", alarm_group="CAM:CENTER_X", value=0.0, units="um", precision=4,
                               read_only=True)
-    cam_center_y = pvproperty(name="CAM:CENTER_Y", value=0.0, units="um", precision=4,
+    cam_center_y = pvproperty(name="CAM:CENTER_Y", alarm_group="CAM:CENTER_Y", value=0.0, units="um", precision=4,
                               read_only=True)
-    cam_tilt_a = pvproperty(name="CAM:TILT_A", value=0.0, units="deg", precision=3,
+    cam_tilt_a = pvproperty(name="CAM:TILT_A", alarm_group="CAM:TILT_A", value=0.0, units="deg", precision=3,
                             read_only=True)
-    cam_tilt_b = pvproperty(name="CAM:TILT_B", value=0.0, units="deg", precision=3,
+    cam_tilt_b = pvproperty(name="CAM:TILT_B", alarm_group="CAM:TILT_B", value=0.0, units="deg", precision=3,
                             read_only=True)
 
     # ---------------------------------------------------------------- EDX
-    edx_live_time = pvproperty(name="EDX:LIVE_TIME", value=1.0, units="s", precision=3,
+    edx_live_time = pvproperty(name="EDX:LIVE_TIME", alarm_group="EDX:LIVE_TIME", value=1.0, units="s", precision=3,
                                lower_ctrl_limit=0.001, upper_ctrl_limit=600.0)
-    edx_acquire = pvproperty(name="EDX:ACQUIRE", value="Done", enum_strings=["Done", "Acquire"],
+    edx_acquire = pvproperty(name="EDX:ACQUIRE", alarm_group="EDX:ACQUIRE", value="Done", enum_strings=["Done", "Acquire"],
                              dtype=ChannelType.ENUM)
-    edx_mode = pvproperty(name="EDX:MODE", value="Point", enum_strings=["Point", "Line"],
+    edx_mode = pvproperty(name="EDX:MODE", alarm_group="EDX:MODE", value="Point", enum_strings=["Point", "Line"],
                           dtype=ChannelType.ENUM)
-    edx_x = pvproperty(name="EDX:X", value=0.0, units="um", precision=4,
+    edx_x = pvproperty(name="EDX:X", alarm_group="EDX:X", value=0.0, units="um", precision=4,
                        lower_ctrl_limit=-100.0, upper_ctrl_limit=100.0)
-    edx_y = pvproperty(name="EDX:Y", value=0.0, units="um", precision=4,
+    edx_y = pvproperty(name="EDX:Y", alarm_group="EDX:Y", value=0.0, units="um", precision=4,
                        lower_ctrl_limit=-100.0, upper_ctrl_limit=100.0)
-    edx_x0 = pvproperty(name="EDX:X0", value=-0.5, units="um", precision=4,
+    edx_x0 = pvproperty(name="EDX:X0", alarm_group="EDX:X0", value=-0.5, units="um", precision=4,
                         lower_ctrl_limit=-100.0, upper_ctrl_limit=100.0)
-    edx_y0 = pvproperty(name="EDX:Y0", value=0.0, units="um", precision=4,
+    edx_y0 = pvproperty(name="EDX:Y0", alarm_group="EDX:Y0", value=0.0, units="um", precision=4,
                         lower_ctrl_limit=-100.0, upper_ctrl_limit=100.0)
-    edx_x1 = pvproperty(name="EDX:X1", value=0.5, units="um", precision=4,
+    edx_x1 = pvproperty(name="EDX:X1", alarm_group="EDX:X1", value=0.5, units="um", precision=4,
                         lower_ctrl_limit=-100.0, upper_ctrl_limit=100.0)
-    edx_y1 = pvproperty(name="EDX:Y1", value=0.0, units="um", precision=4,
+    edx_y1 = pvproperty(name="EDX:Y1", alarm_group="EDX:Y1", value=0.0, units="um", precision=4,
                         lower_ctrl_limit=-100.0, upper_ctrl_limit=100.0)
-    edx_npts = pvproperty(name="EDX:NPTS", value=10, dtype=ChannelType.LONG,
+    edx_npts = pvproperty(name="EDX:NPTS", alarm_group="EDX:NPTS", value=10, dtype=ChannelType.LONG,
                           lower_ctrl_limit=1, upper_ctrl_limit=MAX_LINE_POINTS)
-    edx_spectrum = pvproperty(name="EDX:SPECTRUM", value=np.zeros(2048, np.float32),
+    edx_spectrum = pvproperty(name="EDX:SPECTRUM", alarm_group="EDX:SPECTRUM", value=np.zeros(2048, np.float32),
                               dtype=ChannelType.FLOAT, max_length=MAX_CHANNELS,
                               units="counts", read_only=True)
-    edx_line_spectra = pvproperty(name="EDX:LINE_SPECTRA", value=np.zeros(2048, np.float32),
+    edx_line_spectra = pvproperty(name="EDX:LINE_SPECTRA", alarm_group="EDX:LINE_SPECTRA", value=np.zeros(2048, np.float32),
                                   dtype=ChannelType.FLOAT,
                                   max_length=MAX_LINE_POINTS * MAX_CHANNELS,
                                   units="counts", read_only=True)
-    edx_energy = pvproperty(name="EDX:ENERGY", value=EnergyAxis().centres,
+    edx_energy = pvproperty(name="EDX:ENERGY", alarm_group="EDX:ENERGY", value=EnergyAxis().centres,
                             dtype=ChannelType.DOUBLE, max_length=MAX_CHANNELS, units="eV",
                             read_only=True)
-    edx_nchan = pvproperty(name="EDX:NCHAN", value=2048, dtype=ChannelType.LONG,
+    edx_nchan = pvproperty(name="EDX:NCHAN", alarm_group="EDX:NCHAN", value=2048, dtype=ChannelType.LONG,
                            lower_ctrl_limit=256, upper_ctrl_limit=MAX_CHANNELS)
-    edx_ev_per_chan = pvproperty(name="EDX:EV_PER_CHAN", value=10.0, units="eV", precision=3,
+    edx_ev_per_chan = pvproperty(name="EDX:EV_PER_CHAN", alarm_group="EDX:EV_PER_CHAN", value=10.0, units="eV", precision=3,
                                  lower_ctrl_limit=1.0, upper_ctrl_limit=50.0)
-    edx_offset_ev = pvproperty(name="EDX:OFFSET_EV", value=0.0, units="eV", precision=2,
+    edx_offset_ev = pvproperty(name="EDX:OFFSET_EV", alarm_group="EDX:OFFSET_EV", value=0.0, units="eV", precision=2,
                                lower_ctrl_limit=-1000.0, upper_ctrl_limit=1000.0)
-    edx_point = pvproperty(name="EDX:POINT", value=0, dtype=ChannelType.LONG, read_only=True)
-    edx_counter = pvproperty(name="EDX:COUNTER", value=0, dtype=ChannelType.LONG, read_only=True)
-    edx_rate = pvproperty(name="EDX:RATE", value=0.0, units="counts/s", precision=1,
+    edx_point = pvproperty(name="EDX:POINT", alarm_group="EDX:POINT", value=0, dtype=ChannelType.LONG, read_only=True)
+    edx_counter = pvproperty(name="EDX:COUNTER", alarm_group="EDX:COUNTER", value=0, dtype=ChannelType.LONG, read_only=True)
+    edx_rate = pvproperty(name="EDX:RATE", alarm_group="EDX:RATE", value=0.0, units="counts/s", precision=1,
                           read_only=True)
 
     def __init__(self, *args: Any, optics: OpticsParameters | None = None, **kwargs: Any) -> None:

@@ -15,13 +15,16 @@ import random
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from instrument_support import stop_instrument
 
 from temsims.channel_access import CALayout
+from temsims.ioc.common import repeater_running
 from temsims.ioc.launcher import ALL_IOCS, InstrumentProcesses
 
 N_SLOTS = 4
@@ -87,6 +90,13 @@ def pytest_configure(config: pytest.Config) -> None:
         [sys.executable, "-c", "from caproto.sync.repeater import run; run(host='127.0.0.1')"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )
+    # Until it listens, caproto's sync client would spawn its own repeater on 0.0.0.0.
+    layout = _POOL.layouts[0]
+    deadline = time.monotonic() + 10
+    while not repeater_running(layout.host, layout.repeater_port):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the loopback CA repeater did not start")
+        time.sleep(0.02)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -146,15 +156,6 @@ def start_instrument(
     yield _start
     for _slot, procs in started:
         stop_instrument(procs, slot_pool)
-
-
-def stop_instrument(procs: InstrumentProcesses, pool: SlotPool) -> None:
-    """Stop an instrument's processes by PID and free its slot (idempotent)."""
-    procs.stop()
-    slot = getattr(procs, "_slot", None)
-    if slot is not None:
-        pool.give_back(slot)
-        procs._slot = None  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

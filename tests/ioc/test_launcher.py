@@ -1,13 +1,13 @@
 """The launcher: five IOCs on their own loopback ports, each restartable alone."""
 
-from caproto.sync.client import read
+from catools import caget
 
 from temsims.channel_access import IOC_PORT_OFFSETS, CALayout
 
 
 def test_every_ioc_answers_on_its_own_port(instrument):
     for ioc in IOC_PORT_OFFSETS:
-        uptime = read(instrument.prefix(ioc) + "UPTIME", timeout=2).data[0]
+        uptime = caget(instrument.prefix(ioc) + "UPTIME", timeout=2)
         assert uptime >= 0.0
     ports = {instrument.layout.server_port(ioc) for ioc in IOC_PORT_OFFSETS}
     assert len(ports) == 5
@@ -20,7 +20,7 @@ def test_one_ioc_restarts_alone(fresh_instrument):
     procs.restart("bias")
     assert procs.processes["bias"].pid != old_bias
     assert procs.processes["stage"].pid == stage_pid
-    assert read(procs.prefix("bias") + "UPTIME", timeout=2).data[0] < 5.0
+    assert caget(procs.prefix("bias") + "UPTIME", timeout=2) < 5.0
 
 
 def test_layout_lists_only_loopback():

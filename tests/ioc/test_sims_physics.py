@@ -1,0 +1,309 @@
+"""Physics of the simulated SIMS (no Channel Access): signal, maps, detection, magnet."""
+
+import math
+
+import numpy as np
+import pytest
+from skimage.registration import phase_cross_correlation
+
+from temsims.ioc import sims_physics as sp
+from temsims.ioc.materials import MATERIALS, isotope_mass_u
+from temsims.ioc.specimen import Layer, Specimen, build_specimen
+
+LI6, LI7 = isotope_mass_u("6Li"), isotope_mass_u("7Li")
+GA69, GA71 = isotope_mass_u("69Ga"), isotope_mass_u("71Ga")
+
+
+@pytest.fixture(scope="module")
+def particles():
+    return build_specimen("li2co3-particles", seed=1)
+
+
+DEFAULT_PARAMS = sp.SimsParameters()
+
+
+def _plan(specimen, geometry, masses=(LI6, LI7), *, current_pa=1.0, dwell_s=1e-3,
+          probe_nm=10.0, depth=None, elapsed_s=0.0, params=DEFAULT_PARAMS):
+    depth = np.zeros(specimen.shape, np.float32) if depth is None else depth
+    return sp.FramePlan(specimen, geometry, tuple(masses), current_pa, dwell_s, probe_nm,
+                        25.5, 1, True, depth, elapsed_s=elapsed_s, params=params)
+
+
+def _step_specimen(n=512):
+    """Left half Li2CO3, right half carbon film, 30 nm thick: one straight edge at x=0."""
+    spec = Specimen("step", 0, [], shape=(n, n))
+    left = (spec.x_nm()[None, :] < 0).astype(np.float32)
+    spec.layers = [Layer("film", 30.0, {"Li2CO3": left, "C-film": 1.0 - left})]
+    return spec
+
+
+# ---- signal ------------------------------------------------------------------------------
+def test_counts_scale_with_current_times_dwell(particles):
+    geo = sp.ScanGeometry(64, 64, 1.0)
+    base = _plan(particles, geo, current_pa=2.0, dwell_s=1e-3).render()
+    double_current = _plan(particles, geo, current_pa=4.0, dwell_s=1e-3).render()
+    triple_dwell = _plan(particles, geo, current_pa=2.0, dwell_s=3e-3).render()
+    params = sp.SimsParameters(dead_time_s=0.0, dark_rate_per_s=0.0, drift_nm_per_min=0.0)
+    raw = [_plan(particles, geo, current_pa=c, dwell_s=d, params=params).render()[1].sum()
+           for c, d in [(2.0, 1e-3), (4.0, 1e-3), (2.0, 3e-3)]]
+    assert raw[0] > 0
+    assert raw[1] / raw[0] == pytest.approx(2.0, rel=1e-6)
+    assert raw[2] / raw[0] == pytest.approx(3.0, rel=1e-6)
+    # With dead time the same holds to within the (small) losses at these rates.
+    assert double_current[1].sum() / base[1].sum() == pytest.approx(2.0, rel=0.01)
+    assert triple_dwell[1].sum() / base[1].sum() == pytest.approx(3.0, rel=0.01)
+
+
+def test_li_in_li2co3_gives_the_worked_example_order_of_counts(particles):
+    """instrument.md: 1 pA x 1 ms on Li2CO3 gives roughly 5-50 Li counts per pixel."""
+    natural = [q for q in particles.truth["particles"] if not q["labelled"]]
+    p = max(natural, key=lambda q: q["radius_nm"])
+    geo = sp.ScanGeometry(16, 16, 0.05, centre_x_nm=p["x_nm"], centre_y_nm=p["y_nm"])
+    li7 = _plan(particles, geo).render()[1]
+    assert 5 <= np.median(li7) <= 50
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_li6_li7_ratio_of_a_particle_within_poisson_error(particles, labelled):
+    candidates = [p for p in particles.truth["particles"] if p["labelled"] == labelled]
+    p = max(candidates, key=lambda q: q["radius_nm"])
+    fov_um = 4 * p["radius_nm"] / 1000
+    geo = sp.ScanGeometry(128, 128, fov_um, centre_x_nm=p["x_nm"], centre_y_nm=p["y_nm"])
+    plan = _plan(particles, geo, current_pa=5.0, dwell_s=2e-3)
+    rng = np.random.default_rng(3)
+    n6, n7 = plan.render(rng)
+    inside = sum(plan.expected_lines(0, geo.ny)) > 0.5 * sum(
+        plan.expected_lines(0, geo.ny)).max()
+    c6, c7 = float(n6[inside].sum()), float(n7[inside].sum())
+    ratio = c6 / c7
+    sigma = ratio * math.sqrt(1 / c6 + 1 / c7)
+    truth = p["li6_li7_ratio"]
+    # The unresolved 6LiH+ on 7Li+ (hydride fraction 2e-4) biases the label by 0.4 %.
+    bias = truth * particles_hydride_bias(truth)
+    assert abs(ratio - truth) < 3 * sigma + bias, (ratio, truth, sigma)
+    expected = 0.0821 if not labelled else 19.0
+    assert ratio == pytest.approx(expected, rel=0.03)
+
+
+def particles_hydride_bias(ratio, h=DEFAULT_PARAMS.hydride_fraction):
+    return ratio * h + 0.005
+
+
+def test_lih_interference_on_li7_is_modelled_not_resolved():
+    species = ("6Li", "7Li")
+    w = sp.species_weights(LI7, species)
+    assert w["7Li"] == pytest.approx(1.0)
+    assert w["6Li"] == pytest.approx(sp.SimsParameters().hydride_fraction, rel=1e-3)
+    # The axial detector (M/dM 500) does not separate 6LiH from 7Li either.
+    w_axial = sp.species_weights(LI7, species, axial=True)
+    assert w_axial["6Li"] > 0.5 * sp.SimsParameters().hydride_fraction
+
+
+# ---- detection ---------------------------------------------------------------------------
+@pytest.mark.parametrize("rate, tau, loss", [(1e6, 20e-9, 0.02), (5e6, 50e-9, 0.20)])
+def test_dead_time_losses_follow_non_paralyzable_law(rate, tau, loss):
+    measured = sp.dead_time_rate(rate, tau)
+    assert 1 - measured / rate == pytest.approx(loss, rel=0.03)
+    assert sp.dead_time_correct(measured, tau) == pytest.approx(rate)
+    params = sp.SimsParameters(dead_time_s=tau, dark_rate_per_s=0.0)
+    t = 1e-3
+    counts = sp.detect(np.full(20000, rate * t), t, params, np.random.default_rng(1))
+    mean_rate = counts.mean() / t
+    assert mean_rate == pytest.approx(rate / (1 + rate * tau), rel=0.005)
+    # Saturation at 1/tau.
+    assert sp.dead_time_rate(1e12, tau) == pytest.approx(1 / tau, rel=1e-3)
+
+
+def test_dark_counts_only_when_not_ready(particles):
+    geo = sp.ScanGeometry(64, 64, 1.0)
+    depth = np.zeros(particles.shape, np.float32)
+    params = sp.SimsParameters(dark_rate_per_s=1000.0)
+    plan = sp.FramePlan(particles, geo, (LI6, LI7), 100.0, 1e-3, 10.0, 25.5, 1, False, depth,
+                        params=params)
+    maps = plan.render(np.random.default_rng(0))
+    for m in maps:
+        assert m.mean() == pytest.approx(1.0, rel=0.05)  # 1000 /s x 1 ms
+
+
+# ---- map geometry ------------------------------------------------------------------------
+def _edge_sigma_nm(profile, x_nm):
+    """Sigma of an erf edge from its 16-84 % distance."""
+    lo, hi = profile.min(), profile.max()
+    norm = (profile - lo) / (hi - lo)
+    norm = norm if norm[0] < norm[-1] else norm[::-1]
+    x = x_nm if profile[0] < profile[-1] else x_nm[::-1]
+    x16 = np.interp(0.1587, norm, x)
+    x84 = np.interp(0.8413, norm, x)
+    return abs(x84 - x16) / 2
+
+
+@pytest.mark.parametrize("probe_nm", [10.0, 30.0, 60.0])
+def test_edge_width_follows_probe_size(probe_nm):
+    spec = _step_specimen()
+    geo = sp.ScanGeometry(256, 8, 0.4)
+    plan = _plan(spec, geo, masses=(LI7,), probe_nm=probe_nm, current_pa=10.0)
+    profile = plan.expected_lines(0, geo.ny)[0].mean(axis=0)
+    x_nm = (np.arange(geo.nx) - (geo.nx - 1) / 2) * geo.pixel_nm
+    measured = _edge_sigma_nm(profile, x_nm)
+    _, predicted = sp.footprint_sigma_nm(geo, probe_nm, plan.params)
+    assert measured == pytest.approx(predicted, rel=0.1)
+    assert measured > probe_nm * sp.FWHM_TO_SIGMA * 0.95
+
+
+def _extent_px(mask):
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+@pytest.mark.parametrize("rotation_deg", [0.0, 90.0])
+def test_map_is_foreshortened_by_cos45_along_y(particles, rotation_deg):
+    p = max(particles.truth["particles"], key=lambda q: q["radius_nm"])
+    geo = sp.ScanGeometry(400, 400, 3 * p["radius_nm"] / 1000, rotation_deg=rotation_deg,
+                          centre_x_nm=p["x_nm"], centre_y_nm=p["y_nm"])
+    plan = _plan(particles, geo, masses=(LI7,), probe_nm=2.0,
+                 params=sp.SimsParameters(interaction_fwhm_nm=1.0, drift_nm_per_min=0.0))
+    li7 = plan.expected_lines(0, geo.ny)[0]
+    mask = li7 > 0.5 * li7.max()
+    height, width = _extent_px(mask)
+    ratio = height / width if rotation_deg == 0 else width / height
+    assert ratio == pytest.approx(math.cos(math.radians(45)), abs=0.02)
+    # The particle's diameter, seen along the undistorted axis, is the truth.
+    undistorted = width if rotation_deg == 0 else height
+    assert undistorted * geo.pixel_nm == pytest.approx(2 * p["radius_nm"], rel=0.05)
+
+
+def test_map_centre_follows_the_stage_position(particles):
+    p = particles.truth["particles"][0]
+    geo = sp.ScanGeometry(101, 101, 0.5, centre_x_nm=p["x_nm"], centre_y_nm=p["y_nm"])
+    li7 = _plan(particles, geo, masses=(LI7,)).expected_lines(0, 101)[0]
+    row, col = np.unravel_index(np.argmax(li7), li7.shape)
+    assert abs(row - 50) <= 2 and abs(col - 50) <= 2
+
+
+def test_drift_shifts_successive_frames(particles):
+    params = sp.SimsParameters(drift_nm_per_min=3.0, drift_direction_deg=0.0)
+    p = max(particles.truth["particles"], key=lambda q: q["radius_nm"])
+    geo = sp.ScanGeometry(128, 128, 0.5, centre_x_nm=p["x_nm"], centre_y_nm=p["y_nm"])
+    a = _plan(particles, geo, masses=(LI7,), params=params, elapsed_s=0.0).render()[0]
+    b = _plan(particles, geo, masses=(LI7,), params=params, elapsed_s=600.0).render()[0]
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=10)
+    # 10 min x 3 nm/min = 30 nm along +x: the feature moves right, i.e. b is a shifted by +30 nm.
+    assert -shift[1] * geo.pixel_nm == pytest.approx(30.0, abs=1.5)
+    assert abs(shift[0]) < 0.5
+    still = sp.SimsParameters(drift_nm_per_min=0.0)
+    c = _plan(particles, geo, masses=(LI7,), params=still, elapsed_s=600.0).render()[0]
+    d = _plan(particles, geo, masses=(LI7,), params=still, elapsed_s=0.0).render()[0]
+    np.testing.assert_allclose(c, d)
+
+
+# ---- sputtering and implantation ---------------------------------------------------------
+def test_sputter_depth_is_dose_times_yield_over_density():
+    spec = Specimen("film", 0, [Layer("film", 500.0, {"Li2CO3": 1.0})], shape=(256, 256))
+    depth = np.zeros(spec.shape, np.float32)
+    geo = sp.ScanGeometry(64, 64, 0.2)
+    ions = 5000.0
+    sp.sputter(spec, depth, geo, ions)
+    li2co3 = MATERIALS["Li2CO3"]
+    expected = ions / geo.pixel_area_nm2 * li2co3.sputter_yield / li2co3.atomic_density_per_nm3
+    row, col = (int(round(v)) for v in spec.to_index(0.0, 0.0))
+    assert depth[row, col] == pytest.approx(expected, rel=1e-4)
+    # Outside the raster footprint nothing is removed; footprint is 1/cos45 longer along y.
+    assert depth[0, 0] == 0
+    rows_hit = np.flatnonzero(depth[:, col] > 0).size * spec.pixel_nm
+    cols_hit = np.flatnonzero(depth[row, :] > 0).size * spec.pixel_nm
+    assert rows_hit / cols_hit == pytest.approx(math.sqrt(2), rel=0.05)
+
+
+def test_second_map_shows_the_layer_below_on_a_solar_cell():
+    spec = build_specimen("solar-cell", seed=1, grid=512)
+    depth = np.zeros(spec.shape, np.float32)
+    cd, cu = isotope_mass_u("114Cd"), isotope_mass_u("63Cu")
+    geo = sp.ScanGeometry(96, 96, 0.4)
+    maps = []
+    for _ in range(2):
+        plan = _plan(spec, geo, masses=(cd, cu), current_pa=2.0, depth=depth)
+        maps.append([m.mean() for m in plan.render()])
+        sp.sputter(spec, depth, geo, plan.ions_per_pixel)
+    (cd1, cu1), (cd2, cu2) = maps
+    assert cu1 < 0.01 * cd1  # first map: the CdS buffer
+    assert cd2 < 0.05 * cd1 and cu2 > 100 * max(cu1, 1e-9)  # second: the CIGS absorber
+    row, col = (int(round(v)) for v in spec.to_index(0.0, 0.0))
+    assert depth[row, col] > spec.truth["buffer_thickness_nm"]
+
+
+def test_implanted_ga_grows_with_dose_toward_steady_state(particles):
+    film = Specimen("film", 0, [Layer("film", 1000.0, {"Li2CO3": 1.0})], shape=(64, 64))
+    y = MATERIALS["Li2CO3"].sputter_yield
+    fractions = []
+    for d in (0.0, 5.0, 30.0, 300.0):
+        depth = np.full(film.shape, d, np.float32)
+        em = sp.SurfaceEmitter(film, depth, None, 1, 25.5)
+        fractions.append(float((em.fraction("69Ga") + em.fraction("71Ga")).mean()))
+    assert fractions[0] == 0
+    assert fractions[0] < fractions[1] < fractions[2] < fractions[3]
+    assert fractions[3] == pytest.approx(1 / (1 + y), rel=1e-3)
+    em = sp.SurfaceEmitter(film, np.full(film.shape, 300.0, np.float32), None, 1, 25.5)
+    assert float((em.fraction("69Ga") / em.fraction("71Ga")).mean()) == pytest.approx(1.507,
+                                                                                        rel=2e-3)
+
+
+# ---- magnet and mass spectrum ------------------------------------------------------------
+@pytest.mark.parametrize("iso, field_t", [("6Li", 0.237), ("7Li", 0.256), ("27Al", 0.502),
+                                           ("51V", 0.689), ("69Ga", 0.802), ("71Ga", 0.813)])
+def test_field_for_mass_at_4500_v_matches_the_reference_table(iso, field_t):
+    assert sp.gap_field_for_mass(isotope_mass_u(iso), 4500.0) == pytest.approx(field_t, abs=0.002)
+
+
+def test_magnet_settles_with_hysteresis_depending_on_approach():
+    params = sp.SimsParameters()
+    mag = sp.Magnet(params, field_t=0.5, now=0.0)
+    tau = mag.set(0.8, now=0.0)
+    assert not mag.settled(0.0)
+    assert mag.time_to_settle(0.0) > tau
+    t = mag.time_to_settle(0.0) + 1e-3
+    assert mag.settled(t)
+    from_below = mag.hall(t)
+    mag.set(1.0, now=t)
+    mag.set(0.8, now=t + 10)
+    from_above = mag.hall(t + 20)
+    assert from_above - from_below == pytest.approx(2 * params.hysteresis_t, rel=0.02)
+    # The Hall probe reads the gap field (plus its offset), whatever the approach.
+    assert from_below - params.hall_offset_t == pytest.approx(0.8 - params.hysteresis_t, abs=1e-5)
+    assert from_above - params.hall_offset_t == pytest.approx(0.8 + params.hysteresis_t, abs=1e-5)
+
+
+def test_ga_peaks_are_flat_topped_resolved_and_calibrate_the_mass_scale():
+    params = sp.SimsParameters()
+    emission = {"69Ga": 0.6, "71Ga": 0.4, "7Li": 1.0, "6Li": 0.1}
+    masses = np.arange(67.5, 72.5, 0.001)
+    spec = sp.spectrum_expectation(masses, emission, 1e7, 1e-3, params)
+    # Flat top: the peak is constant over most of its width.
+    p69 = (masses > GA69 - 0.5) & (masses < GA69 + 0.5)
+    top = spec[p69].max()
+    plateau = masses[p69][spec[p69] > 0.99 * top]
+    half = masses[p69][spec[p69] > 0.5 * top]
+    fwhm = half[-1] - half[0]
+    assert GA69 / fwhm > 400
+    assert plateau[-1] - plateau[0] > 0.5 * fwhm
+    p71 = (masses > GA71 - 0.5) & (masses < GA71 + 0.5)
+    assert spec[p69].max() / spec[p71].max() == pytest.approx(1.507, rel=0.005)  # plateaus
+    # Calibrate: peak centres in Hall units give a and B0 back.
+    a_true, b0_true = sp.true_cal_a(4500.0, params), params.hall_offset_t
+    fields = [float(sp.field_for_calibrated_mass(m, a_true, b0_true)) for m in (GA69, GA71)]
+    a, b0 = sp.fit_calibration(np.array(fields), np.array([GA69, GA71]))
+    assert a == pytest.approx(a_true, rel=1e-9)
+    assert b0 == pytest.approx(b0_true, abs=1e-9)
+
+
+def test_frame_of_512x512_four_collectors_is_fast(particles):
+    """Physics budget of the benchmark: 512 x 512 x 4 at 1 us is 0.26 s of beam time."""
+    import time
+
+    geo = sp.ScanGeometry(512, 512, 2.0)
+    t0 = time.perf_counter()
+    plan = _plan(particles, geo, masses=(LI6, LI7, GA69, GA71), current_pa=10.0, dwell_s=1e-6)
+    rng = np.random.default_rng(0)
+    for r in range(0, 512, 64):
+        plan.render_lines(r, r + 64, rng)
+    assert time.perf_counter() - t0 < 1.5  # generous: shared CI machines
