@@ -1,0 +1,286 @@
+"""What every temsims device shares: validated setpoints, the control layer, connecting.
+
+Why client-side validation: ophyd's caproto control layer uses caproto's threading
+client, which does not hand a server's put error to the caller. A put the IOC refuses
+(out of range, unknown enum string, an interlock) does not raise: a put with
+completion simply never completes. So every writable signal here checks the value
+against what the IOC publishes (ctrl limits DRVL/DRVH, enum strings, integer type,
+finiteness) *before* anything is sent, and raises a clear ``ValueError``; setpoint
+writes use put completion with a write timeout, so that a refusal nobody could
+foresee ends as a failed status instead of a hang. See
+``docs/decisions/0006-devices.md``.
+
+Nothing here talks to the IOC modules: devices know the instrument by PV names only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from ophyd import EpicsSignal, EpicsSignalRO
+from ophyd.status import DeviceStatus, StatusBase
+
+#: Default write timeout (s) of setpoint puts with completion (IOC putters answer in ms).
+SETPOINT_WRITE_TIMEOUT_S = 10.0
+
+
+def use_caproto_control_layer() -> None:
+    """Select ophyd's caproto control layer unless it is already the one in use.
+
+    Must run before the first ophyd signal of the process exists (the layer is bound
+    when a signal is created). ``import ophyd`` already picks a layer (pyepics if it is
+    installed, ``OPHYD_CONTROL_LAYER`` if set): choose explicitly.
+    """
+    os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+    import ophyd
+
+    if getattr(ophyd, "cl", None) is None or ophyd.cl.name != "caproto":
+        ophyd.set_cl("caproto")
+
+
+class ValidatedSignal(EpicsSignal):
+    """An ``EpicsSignal`` that refuses, before putting, what the IOC would refuse.
+
+    Checks: ``None``, NaN and infinities; enum strings (and enum indices) against the
+    PV's enum strings; integers for integer PVs; the ctrl limits (DRVL/DRVH) when the
+    IOC publishes any (low < high). Puts use completion (``put_complete=True``) and
+    time out after ``write_timeout`` (:data:`SETPOINT_WRITE_TIMEOUT_S` by default).
+    """
+
+    def __init__(self, read_pv, write_pv=None, *, put_complete=True,
+                 write_timeout=SETPOINT_WRITE_TIMEOUT_S, **kwargs):
+        super().__init__(read_pv, write_pv=write_pv, put_complete=put_complete,
+                         write_timeout=write_timeout, **kwargs)
+
+    def check_value(self, value):
+        # Not super().check_value: ophyd's limit message is terse; ours names the PV.
+        pv = self.setpoint_pvname
+        if value is None:
+            raise ValueError(f"{self.name} ({pv}): cannot write None")
+        enum_strs = self.enum_strs if self.connected else None
+        if enum_strs:
+            if isinstance(value, str):
+                if value not in enum_strs:
+                    raise ValueError(
+                        f"{self.name} ({pv}): {value!r} is not one of {list(enum_strs)}")
+                return
+            if isinstance(value, numbers.Integral) and 0 <= int(value) < len(enum_strs):
+                return
+            raise ValueError(f"{self.name} ({pv}): {value!r} is not one of {list(enum_strs)}")
+        if isinstance(value, str):
+            if self._is_string_pv():
+                if len(value.encode()) >= 40:
+                    raise ValueError(f"{self.name} ({pv}): string longer than 39 bytes")
+                return
+            raise ValueError(f"{self.name} ({pv}): expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{self.name} ({pv}): expected a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{self.name} ({pv}): {value!r} is not a finite number")
+        if self._is_integer_pv() and float(value) != int(value):
+            raise ValueError(f"{self.name} ({pv}): expected an integer, got {value!r}")
+        low, high = self.limits if self.connected else (0, 0)
+        if low < high and not low <= value <= high:
+            raise ValueError(
+                f"{self.name} ({pv}): {value!r} outside the IOC's limits [{low}, {high}]")
+
+    def _is_integer_pv(self) -> bool:
+        return isinstance(self._readback, numbers.Integral | np.integer)
+
+    def _is_string_pv(self) -> bool:
+        return isinstance(self._readback, str)
+
+
+class Readback(EpicsSignalRO):
+    """A read-only PV followed by a CA monitor (``get()`` returns the cached value)."""
+
+    def __init__(self, read_pv, *, auto_monitor=True, **kwargs):
+        super().__init__(read_pv, auto_monitor=auto_monitor, **kwargs)
+
+
+def chain(device, steps: Iterable, *, timeout: float | None = None) -> DeviceStatus:
+    """Run ``steps`` one after the other, event-driven; one status for the whole.
+
+    Each step is a callable returning a status (or ``None`` when it has nothing to wait
+    for); it is called from the callback of the previous step's status, so nothing
+    sleeps and no thread waits. An exception in a step, or a failed step status,
+    fails the returned status with that exception.
+    """
+    steps = list(steps)
+    overall = DeviceStatus(device, timeout=timeout)
+    overall.step_times = []  # (step name, seconds)
+
+    def run_from(i: int) -> None:
+        while i < len(steps):
+            if overall.done:
+                return
+            step = steps[i]
+            t0 = time.monotonic()
+            try:
+                st = step()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller via the status
+                overall.set_exception(exc)
+                return
+            if st is None:
+                overall.step_times.append((getattr(step, "__name__", str(step)),
+                                           time.monotonic() - t0))
+                i += 1
+                continue
+
+            def on_done(s: StatusBase, i=i, t0=t0, step=step) -> None:
+                if not s.success:
+                    exc = s.exception()
+                    if not overall.done:
+                        overall.set_exception(exc if exc is not None else RuntimeError(
+                            f"step {getattr(step, '__name__', step)} failed"))
+                    return
+                overall.step_times.append((getattr(step, "__name__", str(step)),
+                                           time.monotonic() - t0))
+                run_from(i + 1)
+
+            st.add_callback(on_done)
+            return
+        if not overall.done:
+            overall.set_finished()
+
+    run_from(0)
+    return overall
+
+
+def finished_status(device=None) -> StatusBase:
+    st = StatusBase()
+    st.set_finished()
+    return st
+
+
+def unconnected_pvs(devices) -> list[str]:
+    """PV names of every non-lazy signal of ``devices`` that is not connected."""
+    missing = []
+    for dev in devices:
+        for walk in dev.walk_signals(include_lazy=False):
+            sig = walk.item
+            if sig.connected:
+                continue
+            for attr in ("pvname", "setpoint_pvname"):
+                name = getattr(sig, attr, None)
+                if name and name not in missing:
+                    missing.append(name)
+    return missing
+
+
+def wait_connected(devices, timeout: float, part_prefixes: dict[str, str] | None = None) -> None:
+    """Wait (at most ``timeout`` s) for every signal of ``devices``; name what is missing.
+
+    ``part_prefixes`` (label -> PV prefix) groups the missing PVs by IOC in the message.
+
+    Raises
+    ------
+    TimeoutError
+        Listing the PV names that did not connect, grouped by PV prefix.
+    """
+    devices = list(devices)
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = unconnected_pvs(devices)
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)  # connection is the one thing with no status object in ophyd
+    groups: dict[str, list[str]] = {}
+    by_length = sorted((part_prefixes or {}).items(), key=lambda kv: -len(kv[1]))
+    for name in missing:
+        head = next((f"{label} IOC {pre}" for label, pre in by_length if name.startswith(pre)),
+                    name.rsplit(":", 1)[0] + ":")
+        groups.setdefault(head, []).append(name)
+    summary = "; ".join(f"{head} ({len(names)} PVs: {', '.join(names[:6])}"
+                        f"{', ...' if len(names) > 6 else ''})"
+                        for head, names in groups.items())
+    raise TimeoutError(
+        f"{len(missing)} PVs did not connect within {timeout:g} s (is the IOC running and "
+        f"EPICS_CA_ADDR_LIST set?): {summary}")
+
+
+class ShapedArray(EpicsSignalRO):
+    """A waveform PV read as an N-d numpy array of a known shape and dtype.
+
+    Parameters
+    ----------
+    read_pv
+        The waveform PV.
+    shape
+        ``shape(parent) -> tuple``: the array's shape now (from its size PVs).
+    dtype
+        numpy dtype of the data (``describe()`` reports it as ``dtype_numpy``).
+
+    Not monitored: a read after an acquisition's put completion fetches the new data
+    over CA (a monitor update could still be in flight).
+    """
+
+    def __init__(self, read_pv, *, shape, dtype, **kwargs):
+        kwargs.setdefault("auto_monitor", False)
+        super().__init__(read_pv, **kwargs)
+        self._shape_fn = shape
+        self._np_dtype = np.dtype(dtype)
+
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self._shape_fn(self.parent))
+
+    def get(self, **kwargs):
+        value = np.asarray(super().get(**kwargs))
+        shape = self.shape()
+        n = int(np.prod(shape))
+        flat = value.ravel()
+        if flat.size >= n:
+            flat = flat[:n]
+        else:  # a shorter waveform than the size PVs say: pad, keep the shape promised
+            flat = np.concatenate([flat, np.zeros(n - flat.size, flat.dtype)])
+        return flat.astype(self._np_dtype, copy=False).reshape(shape)
+
+    def describe(self):
+        desc = super().describe()
+        entry = desc[self.name]
+        entry["shape"] = list(self.shape())
+        entry["dtype"] = "array"
+        entry["dtype_numpy"] = self._np_dtype.str
+        return desc
+
+
+def is_state(value, name: str, enum_strs) -> bool:
+    """``value`` (an enum string or index, as monitors deliver it) is the state ``name``."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        return value == name
+    try:
+        return list(enum_strs).index(name) == int(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def wait_until(signal, predicate, *, timeout: float, what: str) -> StatusBase:
+    """A status that finishes when ``predicate(value)`` holds for ``signal`` (CA monitor).
+
+    Fails with a ``TimeoutError`` naming ``what`` and the last value otherwise.
+    """
+    from ophyd.status import SubscriptionStatus
+
+    outer = StatusBase()
+    inner = SubscriptionStatus(signal, lambda *args, value, **kw: bool(predicate(value)),
+                               timeout=timeout, run=True)
+
+    def done(s: StatusBase) -> None:
+        if s.success:
+            outer.set_finished()
+        else:
+            outer.set_exception(TimeoutError(
+                f"{what}: not reached within {timeout:g} s ({signal.name} = "
+                f"{signal.get()!r})"))
+
+    inner.add_callback(done)
+    return outer

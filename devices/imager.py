@@ -1,0 +1,296 @@
+"""SIMS imager: a flyer that rasters the ion column and collects the maps line by line.
+
+``kickoff()`` puts ``FIB:SCAN:ACQUIRE`` = Start (put with completion, not waited on)
+and returns a status that finishes when the spectrometer has begun mapping *this*
+frame (``MS:IMG:START_TIME`` at or after the kickoff). While the raster runs, CA
+monitors on ``MS:COL{n}:MAP`` and ``MS:IMG:LINES_DONE`` feed a state machine that
+cuts each newly published line out of the maps and buffers it; ``complete()``
+returns a status that finishes when ``MS:IMG:FRAME`` counts the frame and every line
+has been collected (it fails if the raster is aborted). Nothing blocks or polls:
+all of it runs in ophyd's monitor-callback thread, in the order the IOC published
+(one CA circuit per IOC, one callback thread), so a ``LINES_DONE`` update always
+finds the map content it announces.
+
+Events: one per ``lines_per_event`` map lines (default 1), in stream ``stream_name``
+(``"primary"``), with one ``(lines_per_event, NX)`` int32 array per collector named
+by its species (``imager_7Li``) and the index of the first line (``imager_line``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, EpicsSignalRO, Signal
+from ophyd import FormattedComponent as FCpt
+from ophyd.status import DeviceStatus
+
+from temsims.devices.common import Readback, ValidatedSignal
+
+N_COLLECTORS = 4
+FRAME_SLACK_S = 30.0
+#: Time for the spectrometer to start mapping a frame (it may have to prepare it).
+KICKOFF_TIMEOUT_S = 30.0
+#: The spectrometer's START_TIME is the column's, set after our put: allow clock jitter.
+START_TIME_TOLERANCE_S = 0.05
+
+
+class SIMSImager(Device):
+    """Flyer over the ion column's raster and the spectrometer's maps.
+
+    Parameters
+    ----------
+    prefix
+        Unused (the imager spans two IOCs); kept for ophyd's signature.
+    column_prefix, spectrometer_prefix
+        PV prefixes of the ion column (``TEMSIMS:FIB:``) and spectrometer
+        (``TEMSIMS:MS:``) IOCs.
+    label_source
+        Optional callable returning the four collector labels (e.g.
+        ``MassSpectrometer.labels``); by default each collector is named by the
+        isotope its mass is set to.
+    """
+
+    # Column: raster control and the setup recorded as configuration.
+    acquire = FCpt(ValidatedSignal, "{self.column_prefix}SCAN:ACQUIRE", string=True,
+                   kind="omitted")
+    acquire_rbv = FCpt(Readback, "{self.column_prefix}SCAN:ACQUIRE_RBV", string=True,
+                       kind="omitted")
+    column_frame = FCpt(Readback, "{self.column_prefix}SCAN:FRAME", kind="omitted")
+    nx = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:NX", kind="config")
+    ny = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:NY", kind="config")
+    dwell = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:DWELL", kind="config")
+    fov = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:FOV", kind="config")
+    rotation = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:ROTATION", kind="config")
+    frame_time = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:FRAME_TIME", kind="config")
+    current = FCpt(EpicsSignalRO, "{self.column_prefix}CURRENT_RBV", kind="config")
+    probe = FCpt(EpicsSignalRO, "{self.column_prefix}PROBE_RBV", kind="config")
+    landing = FCpt(EpicsSignalRO, "{self.column_prefix}LANDING_RBV", kind="config")
+    beam_blank = FCpt(EpicsSignalRO, "{self.column_prefix}BLANK_RBV", string=True,
+                      kind="config")
+    # Spectrometer: imaging progress, maps, collector masses.
+    lines_done = FCpt(Readback, "{self.spectrometer_prefix}IMG:LINES_DONE", kind="omitted")
+    img_frame = FCpt(Readback, "{self.spectrometer_prefix}IMG:FRAME", kind="omitted")
+    img_start_time = FCpt(Readback, "{self.spectrometer_prefix}IMG:START_TIME",
+                          kind="omitted")
+    img_nx = FCpt(Readback, "{self.spectrometer_prefix}IMG:NX", kind="omitted")
+    map1 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL1:MAP", kind="omitted")
+    map2 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL2:MAP", kind="omitted")
+    map3 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL3:MAP", kind="omitted")
+    map4 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL4:MAP", kind="omitted")
+    mass1 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL1:MASS_RBV", kind="config")
+    mass2 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL2:MASS_RBV", kind="config")
+    mass3 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL3:MASS_RBV", kind="config")
+    mass4 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL4:MASS_RBV", kind="config")
+    sims_ready = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}SIMS_READY", string=True,
+                      kind="config")
+    lines_per_event = Cpt(Signal, value=1, kind="config", doc="Map lines per event")
+    species = Cpt(Signal, value="", kind="config", doc="Collector labels, comma-separated")
+
+    stream_name = "primary"
+
+    def __init__(self, prefix="", *, column_prefix: str, spectrometer_prefix: str,
+                 label_source=None, **kwargs):
+        self.column_prefix = column_prefix
+        self.spectrometer_prefix = spectrometer_prefix
+        self.label_source = label_source
+        super().__init__(prefix, **kwargs)
+        self._lock = threading.RLock()
+        self._subscribed = False
+        self._active = False
+        self._labels: list[str] | None = None
+        self._events: list[dict] = []
+        self._kickoff_status: DeviceStatus | None = None
+        self._complete_status: DeviceStatus | None = None
+        self.last_frame: dict | None = None
+
+    # ---- configuration ------------------------------------------------------------
+    def _map_signals(self):
+        return [self.map1, self.map2, self.map3, self.map4]
+
+    def _mass_signals(self):
+        return [self.mass1, self.mass2, self.mass3, self.mass4]
+
+    def collector_labels(self) -> list[str]:
+        """Data-key labels of the four collectors (unique)."""
+        if self.label_source is not None:
+            labels = [str(x) for x in self.label_source()]
+        else:
+            from temsims.devices.spectrometer import mass_label
+
+            labels = [mass_label(float(s.get())) for s in self._mass_signals()]
+        out = []
+        for n, label in enumerate(labels, start=1):
+            out.append(label if labels.count(label) == 1 else f"{label}_col{n}")
+        return out
+
+    def _keys(self) -> list[str]:
+        labels = self._labels if self._labels is not None else self.collector_labels()
+        return [f"{self.name}_{label}" for label in labels]
+
+    # ---- monitors -------------------------------------------------------------------
+    def _ensure_subscriptions(self) -> None:
+        if self._subscribed:
+            return
+        for i, sig in enumerate(self._map_signals()):
+            sig.subscribe(lambda *a, i=i, **kw: self._on_map(i, **kw), run=False)
+        self.img_start_time.subscribe(self._on_start_time, run=False)
+        self.lines_done.subscribe(self._on_lines, run=False)
+        self.img_frame.subscribe(self._on_img_frame, run=False)
+        self.acquire_rbv.subscribe(self._on_acquire_rbv, run=False)
+        self._subscribed = True
+
+    def _on_map(self, index, *, value, **kwargs) -> None:
+        with self._lock:
+            if self._active:
+                self._maps[index] = np.asarray(value)
+
+    def _on_start_time(self, *, value, **kwargs) -> None:
+        with self._lock:
+            if not self._active or self._armed:
+                return
+            if float(value) < self._t_kickoff - START_TIME_TOLERANCE_S:
+                return  # an older frame's map
+            self._armed = True
+            self._frame_start = float(value)
+            st = self._kickoff_status
+        if st is not None and not st.done:
+            st.set_finished()
+
+    def _on_lines(self, *, value, timestamp=None, **kwargs) -> None:
+        with self._lock:
+            if not (self._active and self._armed):
+                return
+            n = min(int(value), self._ny)
+            if n <= self._lines_seen:
+                return
+            nx = self._nx
+            t = time.time() if timestamp is None else float(timestamp)
+            for row in range(self._lines_seen, n):
+                line = []
+                for m in self._maps:
+                    if m is None or m.size < (row + 1) * nx:
+                        line.append(np.zeros(nx, np.int32))
+                    else:
+                        line.append(np.asarray(m[row * nx:(row + 1) * nx], np.int32))
+                self._pending.append((row, t, line))
+            self._lines_seen = n
+            self._emit(final=False)
+
+    def _emit(self, *, final: bool) -> None:
+        lpe = self._lpe
+        while len(self._pending) >= lpe or (final and self._pending):
+            chunk, self._pending = self._pending[:lpe], self._pending[lpe:]
+            row0, t = chunk[0][0], chunk[-1][1]
+            data = {f"{self.name}_line": row0}
+            for k, key in enumerate(self._keys()):
+                data[key] = np.stack([c[2][k] for c in chunk])
+            self._events.append({"time": t, "data": data,
+                                 "timestamps": {key: t for key in data}})
+
+    def _on_img_frame(self, *, value, **kwargs) -> None:
+        with self._lock:
+            if not (self._active and self._armed) or int(value) <= self._frame0:
+                return
+            self._emit(final=True)
+            self._active = False
+            complete_ok = self._lines_seen >= self._ny
+            lines = self._lines_seen
+            self.last_frame = {"lines": lines, "nx": self._nx, "ny": self._ny,
+                               "start_time": self._frame_start}
+            st = self._complete_status
+        if st is not None and not st.done:
+            if complete_ok:
+                st.set_finished()
+            else:
+                st.set_exception(RuntimeError(
+                    f"{self.name}: frame ended with {lines} of {self._ny} lines collected"))
+
+    def _on_acquire_rbv(self, *, value, old_value=None, **kwargs) -> None:
+        # Column raster went back to Stop without counting a frame: aborted.
+        if str(value) not in ("Stop", "0"):
+            return
+        with self._lock:
+            if not self._active:
+                return
+            aborted = int(self.column_frame.get()) <= self._column_frame0 and self._armed
+            st = self._complete_status
+            lines = self._lines_seen
+        if aborted and st is not None and not st.done:
+            st.set_exception(RuntimeError(
+                f"{self.name}: raster aborted after {lines} of {self._ny} lines"))
+
+    # ---- flyer interface ------------------------------------------------------------
+    def kickoff(self) -> DeviceStatus:
+        """Start one raster frame; the status finishes when its map has begun."""
+        if self._active:
+            raise RuntimeError(f"{self.name}: already flying; complete() first")
+        if str(self.acquire_rbv.get()) == "Start":
+            raise RuntimeError(f"{self.name}: the ion column is already rastering a frame")
+        nx, ny = int(self.nx.get()), int(self.ny.get())
+        lpe = int(self.lines_per_event.get())
+        if lpe < 1 or ny % lpe:
+            raise ValueError(f"{self.name}: lines_per_event ({lpe}) must divide NY ({ny})")
+        labels = self.collector_labels()
+        self._ensure_subscriptions()
+        frame_time = float(self.frame_time.get())
+        with self._lock:
+            self._labels = labels
+            self.species.put(",".join(labels))
+            self._nx, self._ny, self._lpe = nx, ny, lpe
+            self._maps = [None] * N_COLLECTORS
+            self._pending = []
+            self._events = []
+            self._lines_seen = 0
+            self._armed = False
+            self._frame0 = int(self.img_frame.get())
+            self._column_frame0 = int(self.column_frame.get())
+            self._t_kickoff = time.time()
+            self._kickoff_status = DeviceStatus(self, timeout=KICKOFF_TIMEOUT_S)
+            self._complete_status = DeviceStatus(self)
+            self._active = True
+        kickoff_status = self._kickoff_status
+        put = self.acquire.set("Start", timeout=frame_time + FRAME_SLACK_S + KICKOFF_TIMEOUT_S)
+
+        def put_done(s) -> None:
+            if not s.success:
+                exc = RuntimeError(f"{self.name}: the raster frame did not run to its end "
+                                   f"({s.exception()!r})")
+                for st in (self._kickoff_status, self._complete_status):
+                    if st is not None and not st.done:
+                        st.set_exception(exc)
+
+        put.add_callback(put_done)
+        return kickoff_status
+
+    def complete(self) -> DeviceStatus:
+        """Status that finishes when the whole map has been collected."""
+        if self._complete_status is None:
+            raise RuntimeError(f"{self.name}: complete() before kickoff()")
+        return self._complete_status
+
+    def describe_collect(self) -> dict:
+        with self._lock:
+            nx = self._nx if self._labels is not None else int(self.nx.get())
+            lpe = self._lpe if self._labels is not None else int(self.lines_per_event.get())
+            keys = self._keys()
+        desc = {f"{self.name}_line": {"source": "SIM:imager line index", "dtype": "integer",
+                                      "shape": [], "dtype_numpy": np.dtype(np.int64).str}}
+        for n, key in enumerate(keys, start=1):
+            desc[key] = {"source": f"PV:{self.spectrometer_prefix}COL{n}:MAP",
+                         "dtype": "array", "shape": [lpe, nx],
+                         "dtype_numpy": np.dtype(np.int32).str, "units": "counts"}
+        return {self.stream_name: desc}
+
+    def collect(self):
+        """Yield the events buffered so far (each once)."""
+        with self._lock:
+            events, self._events = self._events, []
+        yield from events
+
+    def stop(self, *, success: bool = False) -> None:
+        """Abort the frame (the complete status then fails)."""
+        if str(self.acquire_rbv.get()) == "Start":
+            self.acquire.put("Stop", use_complete=False)

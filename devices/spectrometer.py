@@ -1,0 +1,282 @@
+"""Mass spectrometer (``MS:``): magnetic sector, collectors 1-4, counting and mass scan.
+
+Collectors are configured by species (``"7Li"``, ``"Li7"``, ``"Li-7"``; isotope masses
+from ``periodictable``) or by mass (u). Counting is the spectrometer's ``trigger()``;
+a mass scan is ``spectrometer.mass_scan.trigger()`` (spectrum and mass axis), so
+``count([spectrometer])`` and ``count([spectrometer.mass_scan])`` are both plans.
+Imaging (maps line by line while the ion column rasters) is
+:class:`temsims.devices.imager.SIMSImager`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from functools import lru_cache
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, EpicsSignalRO, Signal
+from ophyd import DynamicDeviceComponent as DDC
+
+from temsims.devices.common import Readback, ShapedArray, ValidatedSignal, chain
+
+N_COLLECTORS = 4
+#: Collector masses the focal plane reaches: 0.36..1.96 of the axial mass
+#: (radius 0.6..1.4 of the axial radius, docs/pv-reference.md).
+FOCAL_PLANE_MASS_RATIO = (0.36, 1.96)
+ACQUIRE_SLACK_S = 30.0
+#: Magnet settling per step of a mass scan (s), as the IOC documents it.
+SCAN_STEP_SETTLE_S = 1e-3
+MAX_SCAN_POINTS = 20000
+
+_SPECIES = re.compile(r"^\s*(?:(\d+)\s*-?\s*([A-Z][a-z]?)|([A-Z][a-z]?)\s*-?\s*(\d+))\s*$")
+
+
+def species_mass(species: str) -> float:
+    """Isotope mass (u) of ``species``: ``"7Li"``, ``"Li7"`` or ``"Li-7"``.
+
+    Raises ``ValueError`` for anything that is not a known isotope.
+    """
+    import periodictable
+
+    match = _SPECIES.match(str(species))
+    if not match:
+        raise ValueError(f"species {species!r}: expected an isotope such as '7Li' or 'Li-7'")
+    a, sym = (match.group(1), match.group(2)) if match.group(1) else (match.group(4),
+                                                                     match.group(3))
+    try:
+        element = periodictable.elements.symbol(sym)
+    except ValueError:
+        raise ValueError(f"species {species!r}: unknown element {sym!r}") from None
+    number = int(a)
+    if number not in element.isotopes:
+        raise ValueError(f"species {species!r}: {sym} has no isotope {number}")
+    return float(element[number].mass)
+
+
+def species_label(species: str) -> str:
+    """Canonical label ``"<A><Symbol>"`` (``"Li-7"`` -> ``"7Li"``)."""
+    import periodictable
+
+    match = _SPECIES.match(str(species))
+    if not match:
+        raise ValueError(f"species {species!r}: expected an isotope such as '7Li'")
+    a, sym = (match.group(1), match.group(2)) if match.group(1) else (match.group(4),
+                                                                     match.group(3))
+    periodictable.elements.symbol(sym)
+    return f"{int(a)}{sym}"
+
+
+@lru_cache(maxsize=1)
+def _stable_isotopes() -> tuple[tuple[float, str], ...]:
+    import periodictable
+
+    table = []
+    for el in periodictable.elements:
+        if el.number == 0:
+            continue
+        for a in el.isotopes:
+            iso = el[a]
+            if getattr(iso, "abundance", 0) and iso.abundance > 0:
+                table.append((float(iso.mass), f"{a}{el.symbol}"))
+    return tuple(sorted(table))
+
+
+def species_for_mass(mass: float, tolerance_u: float = 0.02) -> str | None:
+    """The naturally occurring isotope within ``tolerance_u`` of ``mass``, if exactly one."""
+    hits = [label for m, label in _stable_isotopes() if abs(m - mass) <= tolerance_u]
+    return hits[0] if len(hits) == 1 else None
+
+
+def mass_label(mass: float) -> str:
+    """A data-key-friendly name for a collector at ``mass``: its species or ``m<mass>``."""
+    label = species_for_mass(mass)
+    return label if label else f"m{mass:.3f}".replace(".", "p")
+
+
+class CollectorMass(ValidatedSignal):
+    """Collector mass setpoint: also checks the focal plane at the present field."""
+
+    def check_value(self, value):
+        super().check_value(value)
+        spectrometer = self.root
+        if hasattr(spectrometer, "focal_plane_range"):
+            low, high = spectrometer.focal_plane_range()
+            if not low <= value <= high:
+                raise ValueError(
+                    f"{self.name}: {value:.4f} u outside the focal plane at the present "
+                    f"field ({low:.3f}..{high:.3f} u); change MS:FIELD first")
+            if spectrometer.is_busy():
+                raise ValueError(f"{self.name}: refused while an acquisition runs")
+
+
+class Collector(Device):
+    """One ion-counting collector; ``set("7Li")`` or ``set(7.016)`` places it."""
+
+    mass = Cpt(CollectorMass, "MASS_RBV", write_pv="MASS", kind="config",
+               doc="Collector mass (u)")
+    species = Cpt(Signal, value="", kind="config", doc="Species the collector is set to")
+    counts = Cpt(EpicsSignalRO, "COUNTS", kind="hinted", doc="Counts of the last count")
+    rate = Cpt(EpicsSignalRO, "RATE", kind="normal", doc="Count rate (1/s)")
+
+    def set(self, target, **kwargs):
+        """Move the collector to a species (``"7Li"``) or a mass (u)."""
+        if isinstance(target, str):
+            mass, label = species_mass(target), species_label(target)
+        elif isinstance(target, numbers.Real) and not isinstance(target, bool):
+            mass = float(target)
+            label = species_for_mass(mass, 0.005) or ""
+        else:
+            raise ValueError(f"{self.name}: expected a species or a mass, got {target!r}")
+        st = self.mass.set(mass, **kwargs)
+        self.species.put(label)
+        return st
+
+    @property
+    def position(self) -> float:
+        return float(self.mass.get())
+
+    def label(self) -> str:
+        """Species of the collector (as set, else recognised from its mass)."""
+        return str(self.species.get()) or mass_label(float(self.mass.get()))
+
+
+def _scan_points(scanner) -> tuple[int]:
+    start, stop, step = (float(scanner.first.get()), float(scanner.last.get()),
+                         float(scanner.step.get()))
+    if stop <= start or step <= 0:
+        return (0,)
+    return (int(math.floor((stop - start) / step + 1e-9)) + 1,)
+
+
+class MassScanner(Device):
+    """Mass scan of the axial collector: ``trigger()`` sweeps the magnet START..STOP.
+
+    ``spectrum`` (hinted, counts per step), ``mass_axis`` (u, calibrated) and
+    ``field_axis`` (T, Hall readback) are read; the range (``first``/``last``, PVs
+    SCAN:START/STOP: ``stop`` is a reserved bluesky name), step and dwell are
+    configuration.
+    """
+
+    mode = Cpt(ValidatedSignal, "MODE", string=True, kind="omitted")
+    acquire = Cpt(ValidatedSignal, "ACQUIRE", string=True, kind="omitted")
+    busy = Cpt(Readback, "BUSY", string=True, kind="omitted")
+    first = Cpt(ValidatedSignal, "SCAN:START", kind="config", doc="First mass (u)")
+    last = Cpt(ValidatedSignal, "SCAN:STOP", kind="config", doc="Last mass (u)")
+    step = Cpt(ValidatedSignal, "SCAN:STEP", kind="config", doc="Mass step (u)")
+    dwell = Cpt(ValidatedSignal, "SCAN:DWELL", kind="config", doc="Dwell per step (s)")
+    spectrum = Cpt(ShapedArray, "SCAN:SPECTRUM", shape=_scan_points, dtype=np.float64,
+                   kind="hinted", doc="Counts per step")
+    mass_axis = Cpt(ShapedArray, "SCAN:MASS_AXIS", shape=_scan_points, dtype=np.float64,
+                    kind="normal", doc="Calibrated mass at each step (u)")
+    field_axis = Cpt(ShapedArray, "SCAN:FIELD_AXIS", shape=_scan_points, dtype=np.float64,
+                     kind="normal", doc="Hall readback at each step (T)")
+
+    def set_range(self, start_u: float, stop_u: float, step_u: float, dwell_s: float):
+        """Configure the scan range; one status for the four puts."""
+        self._check_range(start_u, stop_u, step_u)
+        steps = [lambda s=s, v=v: s.set(v) for s, v in
+                 ((self.first, start_u), (self.last, stop_u), (self.step, step_u),
+                  (self.dwell, dwell_s))]
+        return chain(self, steps)
+
+    def _check_range(self, start, stop, step):
+        if not stop > start:
+            raise ValueError(f"{self.name}: stop ({stop}) must be above start ({start})")
+        npts = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if npts > MAX_SCAN_POINTS:
+            raise ValueError(f"{self.name}: {npts} points exceed {MAX_SCAN_POINTS}")
+        return npts
+
+    def trigger(self):
+        """Switch to Scan mode (if needed) and run one mass scan."""
+        if str(self.busy.get()) == "Busy":
+            raise RuntimeError(f"{self.name}: the spectrometer is busy")
+        npts = self._check_range(float(self.first.get()), float(self.last.get()),
+                                 float(self.step.get()))
+        duration = npts * (float(self.dwell.get()) + SCAN_STEP_SETTLE_S) + 1.0
+        steps = []
+        if str(self.mode.get()) != "Scan":
+            steps.append(lambda: self.mode.set("Scan"))
+        steps.append(lambda: self.acquire.set("Acquire", timeout=duration + ACQUIRE_SLACK_S))
+        return chain(self, steps)
+
+
+class MassSpectrometer(Device):
+    """The mass spectrometer: magnet, calibration, four collectors, counting.
+
+    ``trigger()`` counts for ``count_time`` on all four collectors (switching MODE to
+    Counting if needed); each collector's ``counts`` is hinted. ``set_species`` places
+    the collectors by species or mass. ``mass_scan`` is the mass-scan detector.
+    """
+
+    field = Cpt(ValidatedSignal, "FIELD_RBV", write_pv="FIELD", kind="config",
+                doc="Magnet field (T), Hall readback")
+    settled = Cpt(Readback, "SETTLED", string=True, kind="omitted")
+    cal_a = Cpt(ValidatedSignal, "CAL:A", auto_monitor=True, kind="config",
+                doc="Mass calibration a (u/T^2)")
+    cal_b0 = Cpt(ValidatedSignal, "CAL:B0", auto_monitor=True, kind="config",
+                 doc="Mass calibration B0 (T)")
+    field_rbv = Cpt(Readback, "FIELD_RBV", kind="omitted")
+    polarity = Cpt(Readback, "POLARITY_RBV", string=True, kind="config")
+    dead_time = Cpt(ValidatedSignal, "DEAD_TIME", kind="config", doc="Dead time (s)")
+    dark_rate = Cpt(ValidatedSignal, "DARK_RATE", kind="config", doc="Dark rate (1/s)")
+    transmission = Cpt(ValidatedSignal, "TRANSMISSION", kind="config")
+    drift = Cpt(ValidatedSignal, "DRIFT_NM_PER_MIN", kind="config",
+                doc="Specimen drift (nm/min)")
+    mode = Cpt(ValidatedSignal, "MODE", string=True, kind="config",
+               doc="Counting/Scan/Imaging")
+    count_time = Cpt(ValidatedSignal, "COUNT_TIME", kind="config", doc="Count time (s)")
+    acquire = Cpt(ValidatedSignal, "ACQUIRE", string=True, kind="omitted")
+    busy = Cpt(Readback, "BUSY", string=True, kind="omitted")
+    sims_ready = Cpt(Readback, "SIMS_READY", string=True, kind="normal",
+                     doc="All SIMS conditions met (else dark counts only)")
+    status = Cpt(Readback, "STATUS", string=True, kind="omitted")
+    collectors = DDC({f"col{n}": (Collector, f"COL{n}:", {}) for n in range(1, N_COLLECTORS + 1)})
+    mass_scan = Cpt(MassScanner, "", kind="omitted")
+
+    def collector_list(self) -> list[Collector]:
+        return [getattr(self.collectors, f"col{n}") for n in range(1, N_COLLECTORS + 1)]
+
+    def labels(self) -> list[str]:
+        """Species (or mass) label of each collector, in collector order."""
+        return [c.label() for c in self.collector_list()]
+
+    def focal_plane_range(self) -> tuple[float, float]:
+        """Masses (u) the collectors can reach at the present field."""
+        a, b0 = float(self.cal_a.get()), float(self.cal_b0.get())
+        axial = a * (float(self.field_rbv.get()) - b0) ** 2
+        lo, hi = FOCAL_PLANE_MASS_RATIO
+        return lo * axial, hi * axial
+
+    def is_busy(self) -> bool:
+        return str(self.busy.get()) == "Busy"
+
+    def set_species(self, targets):
+        """Place collectors: ``["6Li", "7Li", 12.0, "13C"]`` or ``{1: "6Li", 3: "12C"}``.
+
+        Everything is checked before the first put; one status for all.
+        """
+        items = targets.items() if isinstance(targets, dict) else enumerate(targets, start=1)
+        plan = []
+        for index, target in items:
+            if not 1 <= int(index) <= N_COLLECTORS:
+                raise ValueError(f"collector {index}: expected 1..{N_COLLECTORS}")
+            col = getattr(self.collectors, f"col{int(index)}")
+            mass = species_mass(target) if isinstance(target, str) else float(target)
+            col.mass.check_value(mass)
+            plan.append((col, target))
+        return chain(self, [lambda c=c, t=t: c.set(t) for c, t in plan])
+
+    def trigger(self):
+        """Count for COUNT_TIME on the four collectors (mode Counting)."""
+        if self.is_busy():
+            raise RuntimeError(f"{self.name}: the spectrometer is busy")
+        count_time = float(self.count_time.get())
+        steps = []
+        if str(self.mode.get()) != "Counting":
+            steps.append(lambda: self.mode.set("Counting"))
+        steps.append(lambda: self.acquire.set("Acquire", timeout=count_time + ACQUIRE_SLACK_S))
+        return chain(self, steps)

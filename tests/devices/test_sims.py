@@ -1,0 +1,174 @@
+"""Mode changes TEM <-> SIMS and the SIMS imager flyer, on the real IOCs.
+
+One module-scoped sequence on the session instrument: refused targets first, then
+TEM -> SIMS, counting and a fly scan over particles, then SIMS -> TEM (which is the
+state the session instrument is left in).
+"""
+
+from __future__ import annotations
+
+import time
+
+import bluesky.plans as bp
+import numpy as np
+import pytest
+
+from temsims.ioc.specimen import build_specimen
+
+
+@pytest.fixture(scope="module")
+def particles():
+    truth = build_specimen("li2co3-particles", 1).truth["particles"]
+    labelled = max((p for p in truth if p["labelled"]), key=lambda p: p["radius_nm"])
+    natural = max((p for p in truth if not p["labelled"]), key=lambda p: p["radius_nm"])
+    return labelled, natural
+
+
+@pytest.fixture(scope="module")
+def sims(devices):
+    """Fast tilt and ramp for the module; restored (and TEM geometry) at the end."""
+    d = devices
+    sigs = {d.stage.alpha.velocity: 30.0, d.bias.ramp_rate: 10000.0,
+            d.stage.x.velocity: 200.0, d.stage.y.velocity: 200.0}
+    before = {sig: sig.get() for sig in sigs}
+    for sig, value in sigs.items():
+        sig.set(value).wait(10)
+    yield d
+    if d.mode.infer() != "TEM":
+        d.mode.set("TEM").wait(60)
+    for axis in (d.stage.x, d.stage.y):
+        axis.set(0.0).wait(30)
+    for sig, value in before.items():
+        sig.set(value).wait(10)
+
+
+def _snapshot(d):
+    return (round(d.stage.alpha.position, 3), d.tem.objective.get(), d.bias.enable.get(),
+            round(d.bias.position, 1), d.column.blank.get())
+
+
+def test_unknown_mode_refused_with_nothing_moved(sims):
+    d = sims
+    before = _snapshot(d)
+    for bad in ("EELS", "sims mode", "", None, 3):
+        with pytest.raises(ValueError, match="unknown mode"):
+            d.mode.set(bad)
+    d.mode.sims_voltage.put(9000.0)
+    try:
+        with pytest.raises(ValueError, match="sims_voltage"):
+            d.mode.set("SIMS")
+    finally:
+        d.mode.sims_voltage.put(4500.0)
+    time.sleep(0.3)  # anything that had been started would show by now
+    assert _snapshot(d) == before
+    assert d.mode.infer() == "TEM"
+
+
+def test_tem_to_sims(sims, RE):
+    d = sims
+    t0 = time.monotonic()
+    status = d.mode.set("SIMS")
+    assert not status.done  # one status, returned at once
+    status.wait(60)
+    elapsed = time.monotonic() - t0
+    print(f"TEM -> SIMS {elapsed:.2f} s: " + ", ".join(
+        f"{name} {t:.2f}" for name, t in status.step_times))
+    assert d.mode.infer() == "SIMS"
+    assert d.stage.alpha.position == pytest.approx(-68.0, abs=0.01)
+    assert d.tem.objective.get() == "Off"
+    assert d.bias.enable.get() == "On"
+    assert d.bias.position == pytest.approx(4500.0, abs=1.0)
+    assert d.column.blank.get() == "Blanked"  # the beam stays blanked until asked
+    RE(bp.count([d.mode]))
+    assert RE.docs.events()[0]["data"]["mode_state"] == "SIMS"
+
+
+def test_counting_on_a_natural_particle(sims, particles, RE):
+    d = sims
+    _, natural = particles
+    d.spectrometer.set_species(["6Li", "7Li", "12C", "13C"]).wait(10)
+    assert d.spectrometer.labels() == ["6Li", "7Li", "12C", "13C"]
+    d.column.aperture.set("10 pA").wait(5)
+    d.column.scan.fov.set(4 * natural["radius_nm"] / 1000).wait(5)
+    d.stage.x.set(natural["x_nm"] / 1000).wait(30)
+    d.stage.y.set(natural["y_nm"] / 1000).wait(30)
+    d.column.unblank().wait(5)
+    count_time = d.spectrometer.count_time.get()
+    d.spectrometer.count_time.set(0.5).wait(5)
+    try:
+        RE(bp.count([d.spectrometer]))
+    finally:
+        d.spectrometer.count_time.set(count_time).wait(5)
+    data = RE.docs.events()[0]["data"]
+    assert data["spectrometer_sims_ready"] == "Yes"
+    n6 = data["spectrometer_collectors_col1_counts"]
+    n7 = data["spectrometer_collectors_col2_counts"]
+    assert n7 > 1000
+    ratio = n6 / n7
+    print(f"natural particle, counting: 6Li/7Li = {ratio:.4f} (truth {natural['li6_li7_ratio']})")
+    assert 0.05 < ratio < 0.15
+
+
+@pytest.mark.parametrize("lines_per_event", [4])
+def test_fly_the_sims_imager_over_a_labelled_particle(sims, particles, RE, lines_per_event):
+    d = sims
+    labelled, _ = particles
+    d.stage.x.set(labelled["x_nm"] / 1000).wait(30)
+    d.stage.y.set(labelled["y_nm"] / 1000).wait(30)
+    nx = ny = 32
+    d.column.scan.fov.set(4 * labelled["radius_nm"] / 1000).wait(5)
+    d.column.scan.nx.set(nx).wait(5)
+    d.column.scan.ny.set(ny).wait(5)
+    d.column.scan.dwell.set(1e-3).wait(5)
+    d.imager.lines_per_event.put(lines_per_event)
+    kick = d.imager.kickoff
+    t_kick = []
+
+    def timed_kickoff():  # kickoff must return at once, long before the ~1 s frame ends
+        t0 = time.monotonic()
+        st = kick()
+        t_kick.append(time.monotonic() - t0)
+        return st
+
+    d.imager.kickoff = timed_kickoff
+    try:
+        RE(bp.fly([d.imager]))
+    finally:
+        del d.imager.kickoff
+    assert t_kick[0] < 0.2
+    desc = RE.docs.descriptor()
+    for label in ("6Li", "7Li", "12C", "13C"):
+        key = f"imager_{label}"
+        assert desc["data_keys"][key]["shape"] == [lines_per_event, nx]
+        assert desc["data_keys"][key]["dtype_numpy"] == "<i4"
+    assert "imager_dwell" in desc["configuration"]["imager"]["data"]
+    events = RE.docs.events()
+    assert len(events) == ny // lines_per_event
+    assert [ev["data"]["imager_line"] for ev in events] == list(range(0, ny, lines_per_event))
+    maps = {label: np.concatenate([np.asarray(ev["data"][f"imager_{label}"]) for ev in events])
+            for label in ("6Li", "7Li")}
+    assert maps["6Li"].shape == (ny, nx)
+    # Same frame as the IOC's own map.
+    np.testing.assert_array_equal(maps["6Li"].ravel(), np.asarray(d.imager.map1.get())[:nx * ny])
+    n6, n7 = maps["6Li"], maps["7Li"]
+    inside = n6 > 0.5 * n6.max()
+    ratio = n6[inside].sum() / max(n7[inside].sum(), 1)
+    print(f"labelled particle, map: 6Li/7Li = {ratio:.2f} (truth {labelled['li6_li7_ratio']:.1f})")
+    assert ratio > 5  # labelled (19 in truth; dead time lowers the 6Li rate most)
+    assert RE.docs.docs["stop"][0]["exit_status"] == "success"
+
+
+def test_sims_to_tem(sims):
+    d = sims
+    d.column.blank.set("Blanked").wait(5)
+    t0 = time.monotonic()
+    status = d.mode.set("TEM")
+    status.wait(60)
+    print(f"SIMS -> TEM {time.monotonic() - t0:.2f} s: " + ", ".join(
+        f"{name} {t:.2f}" for name, t in status.step_times))
+    assert d.mode.infer() == "TEM"
+    assert d.stage.alpha.position == pytest.approx(0.0, abs=0.01)
+    assert d.tem.objective.get() == "On"
+    assert d.bias.enable.get() == "Off"
+    assert abs(d.bias.position) < 1.0
+    assert d.column.blank.get() == "Blanked"
