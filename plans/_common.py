@@ -1,0 +1,402 @@
+"""What every temsims plan shares: argument checks, start metadata, the safe state.
+
+Argument checks
+    ``check_*`` raise ``TypeError`` (wrong type) or ``ValueError`` (out of range),
+    naming the argument and what is allowed. Plans call them *before their first
+    message*, so a refused argument never leaves anything moved or triggered.
+
+Start metadata
+    :func:`region_md` (a plan stub reading the stage) and :func:`start_metadata`
+    build the start-document contract of ``temsims.catalog.check_start_metadata``:
+    ``mode``, ``plan_name``, ``plan_args``, ``correlation_id`` (from ``md`` or a new
+    uuid4), ``region`` {x_um, y_um, z_um, tilt_deg, fov_um}, and for SIMS runs
+    ``collectors`` (list of {name, species, mass_u}), ``polarity``, ``bias_kV``,
+    ``beam_energy_keV``, ``beam_current_pA`` (:func:`sims_md`). ``sample``,
+    ``specimen`` and ``operator`` are not invented here: they come from ``md`` or
+    ``RE.md``. Keys given in ``md`` win over what the plan computes.
+
+Safe state
+    :func:`safe_state` blanks the ion beam, stops any raster and ramps the holder
+    bias to 0 V; :func:`with_safe_state` runs a plan under ``bpp.finalize_wrapper``
+    so that on failure or abort the instrument is left that way (on success the
+    beam is blanked and, unless asked otherwise, the bias is left where it is so
+    the next SIMS run can follow).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+
+#: Messages that move or trigger hardware (what argument checks must precede).
+HARDWARE_COMMANDS = frozenset({"set", "trigger", "kickoff", "complete", "collect", "stage",
+                               "open_run"})
+N_COLLECTORS = 4
+
+
+# ============================================================================ checks
+def check_number(name: str, value: Any, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False,
+                 high_open: bool = False, unit: str = "") -> float:
+    """``value`` as a float, or ``TypeError``/``ValueError`` naming ``name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number{_range_text(low, high, low_open, high_open, unit)}"
+                        f", got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number"
+                         f"{_range_text(low, high, low_open, high_open, unit)}, got {value!r}")
+    bad_low = low is not None and (v <= low if low_open else v < low)
+    bad_high = high is not None and (v >= high if high_open else v > high)
+    if bad_low or bad_high:
+        raise ValueError(f"{name} = {value!r}{' ' + unit if unit else ''} is outside the allowed "
+                         f"range{_range_text(low, high, low_open, high_open, unit)}")
+    return v
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int (integral numbers only), within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and math.isfinite(float(value)) and float(value) == int(value):
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer{_range_text(low, high, False, False, '')}"
+                            f", got {value!r} ({type(value).__name__})")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ValueError(f"{name} = {v} is outside the allowed range"
+                         f"{_range_text(low, high, False, False, '')}")
+    return v
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_pair(name: str, value: Any, *, integer: bool = False, low=None, high=None,
+               unit: str = "") -> tuple:
+    """A 2-sequence ``(a, b)`` of numbers (or integers), each within the range."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (a, b), got {value!r}")
+    if integer:
+        return tuple(check_int(f"{name}[{i}]", v, low=low, high=high) for i, v in enumerate(value))
+    return tuple(check_number(f"{name}[{i}]", v, low=low, high=high, unit=unit)
+                 for i, v in enumerate(value))
+
+
+def check_md(md: Any) -> dict:
+    if md is None:
+        return {}
+    if not isinstance(md, Mapping):
+        raise TypeError(f"md must be a dict or None, got {type(md).__name__}")
+    for key in md:
+        if not isinstance(key, str):
+            raise TypeError(f"md keys must be strings, got {key!r}")
+    cid = md.get("correlation_id")
+    if cid is not None and not (isinstance(cid, str) and cid.strip()):
+        raise ValueError(f"md['correlation_id'] must be a non-empty string, got {cid!r}")
+    return dict(md)
+
+
+def check_device(name: str, obj: Any, *attrs: str) -> None:
+    """``TypeError`` unless ``obj`` is a device with every attribute in ``attrs``."""
+    if obj is None or isinstance(obj, str | numbers.Number):
+        raise TypeError(f"{name} must be a device, got {obj!r}")
+    missing = [a for a in attrs if not hasattr(obj, a)]
+    if missing:
+        raise TypeError(f"{name} ({getattr(obj, 'name', obj)!r}) is not the expected device: "
+                        f"it has no {', '.join(missing)}")
+
+
+def check_species(name: str, species: Any, *, max_n: int = N_COLLECTORS,
+                  min_n: int = 1) -> tuple[str, ...]:
+    """Canonical isotope labels (``"7Li"``) of a sequence of species, unique."""
+    from temsims.devices.spectrometer import species_label, species_mass
+
+    if isinstance(species, str) or not isinstance(species, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of species such as ('6Li', '7Li'), "
+                        f"got {species!r}")
+    if not min_n <= len(species) <= max_n:
+        raise ValueError(f"{name} must hold {min_n}..{max_n} species, got {len(species)}")
+    labels = []
+    for i, s in enumerate(species):
+        if not isinstance(s, str):
+            raise TypeError(f"{name}[{i}] must be an isotope string such as '7Li', got {s!r}")
+        try:
+            species_mass(s)
+            labels.append(species_label(s))
+        except ValueError as exc:
+            raise ValueError(f"{name}[{i}]: {exc}") from None
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{name} must not repeat a species, got {list(species)}")
+    return tuple(labels)
+
+
+def check_within(name: str, value: float, limits: tuple[float, float], unit: str = "") -> None:
+    """``ValueError`` unless ``value`` is within device limits ``(low, high)`` (if set)."""
+    low, high = limits
+    if low < high and not low <= value <= high:
+        raise ValueError(f"{name} = {value!r}{' ' + unit if unit else ''} is outside the "
+                         f"device's limits [{low:g}, {high:g}]{' ' + unit if unit else ''}")
+
+
+def _range_text(low, high, low_open, high_open, unit) -> str:
+    if low is None and high is None:
+        return ""
+    u = f" {unit}" if unit else ""
+    if high is None:
+        return f" ({'>' if low_open else '>='} {low:g}{u})"
+    if low is None:
+        return f" ({'<' if high_open else '<='} {high:g}{u})"
+    return (f" {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}{u}")
+
+
+# ============================================================================ metadata
+def plan_args_md(**kwargs) -> dict:
+    """``plan_args``: devices by name, numbers and strings as they are, tuples as lists."""
+    def clean(v):
+        if hasattr(v, "name") and hasattr(v, "read"):
+            return repr(v.name)
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        if v is None or isinstance(v, bool | int | float | str):
+            return v
+        return repr(v)
+    return {k: clean(v) for k, v in kwargs.items()}
+
+
+def _num(value, default: float = 0.0) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
+def region_md(stage, *, fov_um: float, x_um: float | None = None, y_um: float | None = None):
+    """Plan stub: the ``region`` dict, from ``x_um``/``y_um`` if given (targets) else the
+    stage readbacks; ``z_um`` and ``tilt_deg`` (alpha) are always read."""
+    out = {}
+    for key, axis, given in (("x_um", stage.x, x_um), ("y_um", stage.y, y_um),
+                             ("z_um", stage.z, None), ("tilt_deg", stage.alpha, None)):
+        if given is not None:
+            out[key] = float(given)
+        else:
+            out[key] = _num((yield from bps.rd(axis, default_value=0.0)))
+    out["fov_um"] = float(fov_um)
+    return out
+
+
+def sims_md(spectrometer, column, bias):
+    """Plan stub: the SIMS keys of the contract, read from the devices now.
+
+    ``collectors``: one dict per collector {name ('col1'..), species (if the mass is a
+    known isotope), mass_u}; ``polarity`` from the spectrometer; ``bias_kV`` from
+    the bias readback (omitted without ``bias``); ``beam_energy_keV`` the landing
+    energy and ``beam_current_pA`` the ion-beam current (omitted without ``column``).
+    """
+    from temsims.devices.spectrometer import species_for_mass
+
+    out: dict[str, Any] = {}
+    collectors = []
+    for n, col in enumerate(spectrometer.collector_list(), start=1):
+        mass = _num((yield from bps.rd(col.mass, default_value=0.0)))
+        entry: dict[str, Any] = {"name": f"col{n}"}
+        label = str(col.species.get() or "") or (species_for_mass(mass, 0.02) or "")
+        if label:
+            entry["species"] = label
+        if mass > 0:
+            entry["mass_u"] = round(mass, 5)
+        if "species" not in entry and "mass_u" not in entry:
+            entry["mass_u"] = 1.0  # unknown in a simulation without a live IOC
+        collectors.append(entry)
+    out["collectors"] = collectors
+    polarity = yield from bps.rd(spectrometer.polarity, default_value="Positive")
+    out["polarity"] = "negative" if str(polarity).lower().startswith("neg") else "positive"
+    if bias is not None:
+        volts = _num((yield from bps.rd(bias.readback, default_value=0.0)))
+        out["bias_kV"] = round(volts / 1000.0, 4)
+    if column is not None:
+        out["beam_energy_keV"] = _num((yield from bps.rd(column.landing, default_value=0.0)))
+        out["beam_current_pA"] = _num((yield from bps.rd(column.current, default_value=0.0)))
+    return out
+
+
+def start_metadata(*, plan_name: str, plan_args: dict, mode: str, region: dict | None,
+                   md: Mapping | None = None, sims: Mapping | None = None,
+                   extra: Mapping | None = None) -> dict:
+    """The start-document metadata a plan contributes (``md`` keys win)."""
+    if mode not in ("TEM", "SIMS"):
+        raise ValueError(f"mode must be 'TEM' or 'SIMS', got {mode!r}")
+    out: dict[str, Any] = {"plan_name": plan_name, "plan_args": plan_args, "mode": mode}
+    if region is not None:
+        out["region"] = dict(region)
+    if sims:
+        out.update(sims)
+    if extra:
+        out.update(extra)
+    md = dict(md or {})
+    out.update(md)
+    if not out.get("correlation_id"):
+        out["correlation_id"] = str(uuid.uuid4())
+    return out
+
+
+# ============================================================================ readables
+class Values:
+    """A minimal Readable of computed values (for streams a plan derives itself).
+
+    ``set(**values)`` stores them; ``read()`` returns them with one timestamp;
+    ``describe()`` gives dtype and shape from the values and ``units`` if known.
+    """
+
+    parent = None
+
+    def __init__(self, name: str, units: Mapping[str, str] | None = None,
+                 describe_fn=None) -> None:
+        self.name = name
+        self._units = dict(units or {})
+        self._values: dict[str, Any] = {}
+        self._describe_fn = describe_fn
+        self._t = 0.0
+
+    def set_values(self, **values) -> None:
+        import time
+
+        self._values = values
+        self._t = time.time()
+
+    def read(self) -> dict:
+        return {f"{self.name}_{k}": {"value": v, "timestamp": self._t}
+                for k, v in self._values.items()}
+
+    def describe(self) -> dict:
+        if self._describe_fn is not None:
+            return self._describe_fn()
+        desc = {}
+        for k, v in self._values.items():
+            arr = np.asarray(v)
+            if arr.ndim:
+                dtype = "array"
+            elif isinstance(v, str):
+                dtype = "string"
+            elif isinstance(v, bool | np.bool_):
+                dtype = "boolean"
+            elif isinstance(v, numbers.Integral):
+                dtype = "integer"
+            else:
+                dtype = "number"
+            entry = {"source": f"plan:{self.name}", "dtype": dtype, "shape": list(arr.shape)}
+            if arr.dtype.kind in "iuf":
+                entry["dtype_numpy"] = arr.dtype.str
+            if k in self._units:
+                entry["units"] = self._units[k]
+            desc[f"{self.name}_{k}"] = entry
+        return desc
+
+    def read_configuration(self) -> dict:
+        return {}
+
+    def describe_configuration(self) -> dict:
+        return {}
+
+
+# ============================================================================ runs
+def run_returning(plan, *, md=None):
+    """``bpp.run_wrapper`` that returns the plan's return value (not the run uid).
+
+    The run uid is the start document's; plans return what they measured.
+    """
+    result = {}
+
+    def body():
+        result["value"] = yield from plan
+
+    yield from bpp.run_wrapper(body(), md=md)
+    return result.get("value")
+
+
+#: Decorator form of :func:`run_returning`, used like ``bpp.run_decorator``.
+run_decorator = bpp.make_decorator(run_returning)
+
+
+# ============================================================================ safe state
+def safe_state(column=None, bias=None, *, ramp_bias: bool = True):
+    """Plan: blank the ion beam, stop any raster, ramp the holder bias to 0 V.
+
+    Parameters
+    ----------
+    column
+        The ion column (:class:`~temsims.devices.column.IonColumn`), or any object
+        with a ``blank`` signal; ``None`` to leave the beam alone.
+    bias
+        The bias supply (:class:`~temsims.devices.bias.BiasSupply`); ``None`` to leave
+        it alone.
+    ramp_bias
+        Ramp the bias to 0 V (the ramp runs at the supply's RAMP_RATE, V/s).
+    """
+    if column is not None:
+        blank = getattr(column, "blank", None) or getattr(column, "ion_blank", None)
+        if hasattr(column, "scan"):
+            yield from bps.stop(column)  # aborts a raster (no-op when idle)
+        if blank is not None:
+            yield from bps.abs_set(blank, "Blanked", group="_safe_state")
+    if bias is not None and ramp_bias:
+        yield from bps.abs_set(bias, 0.0, group="_safe_state")
+    yield from bps.wait(group="_safe_state")
+
+
+def with_safe_state(plan, column=None, bias=None, *, ramp_bias_on_success: bool = False):
+    """Run ``plan`` under ``bpp.finalize_wrapper(..., safe_state)``.
+
+    The beam is blanked whatever happens; the bias is ramped to 0 V when the plan
+    fails or is aborted (and on success only with ``ramp_bias_on_success``).
+    """
+    state = {"ok": False}
+
+    def body():
+        ret = yield from plan
+        state["ok"] = True
+        return ret
+
+    def final():
+        yield from safe_state(column, bias,
+                              ramp_bias=(not state["ok"]) or ramp_bias_on_success)
+
+    return (yield from bpp.finalize_wrapper(body(), final))
+
+
+__all__ = [
+    "HARDWARE_COMMANDS",
+    "Values",
+    "check_bool",
+    "check_device",
+    "check_int",
+    "check_md",
+    "check_number",
+    "check_pair",
+    "check_species",
+    "check_within",
+    "plan_args_md",
+    "region_md",
+    "run_decorator",
+    "run_returning",
+    "safe_state",
+    "sims_md",
+    "start_metadata",
+    "with_safe_state",
+]

@@ -1,0 +1,446 @@
+"""SIMS imaging plans: element/isotope maps and depth profiles.
+
+Maps are taken at the present stage position with the ion column rastering
+``fov_um`` in ``pixels = (nx, ny)`` (square pixels in the beam-normal plane, so
+the map covers ``fov_um x fov_um * ny / nx``). Up to four species, one per
+collector (collector n gets ``species[n-1]``; the others keep their masses).
+
+Fly mode (default) rasters with the imager flyer: ``primary`` holds one event per
+map line with ``imager_line`` and ``imager_<species>`` ((1, nx) counts) for each
+collector. Step mode parks the beam in Spot mode on each pixel centre and counts
+``dwell_s`` there (stream ``pixels``: the spectrometer's counts and the spot
+position per pixel); its ``primary`` stream has exactly the keys and shapes of fly
+mode, assembled line by line, so both modes analyse alike. Step mode is for small
+maps (at most 4096 pixels) and comparisons.
+
+Every plan blanks the ion beam at the end; on failure or abort the raster is
+stopped, the beam blanked and the bias ramped to 0 V.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+
+from temsims.plans._common import (
+    Values,
+    check_bool,
+    check_device,
+    check_int,
+    check_md,
+    check_number,
+    check_pair,
+    check_species,
+    plan_args_md,
+    region_md,
+    run_decorator,
+    sims_md,
+    start_metadata,
+    with_safe_state,
+)
+from temsims.plans.spectra import _unblank
+
+MAX_PIXELS_PER_SIDE = 1024
+MAX_STEP_PIXELS = 4096
+DWELL_RANGE_S = (1e-7, 0.1)
+STEP_MIN_DWELL_S = 1e-4
+MAX_FRAMES = 10000
+#: Collector masses reachable at one field, relative to the axial mass (and the
+#: widest mass ratio accepted, with a margin).
+FOCAL_PLANE = (0.36, 1.96)
+MAX_MASS_RATIO = 5.0
+FIELD_SETTLE_TIMEOUT_S = 15.0
+#: Elementary charge (C).
+E_CHARGE_C = 1.602176634e-19
+#: Defaults of the depth estimate: Li2CO3 (2.11 g/cm^3, 6 atoms per 73.89 u formula
+#: unit -> 103.3 atoms/nm^3) under 25-30 keV Ga+ (yield ~2.5 atoms/ion, uncertain
+#: within a factor of two); the ion beam meets the specimen at 45 deg.
+DEFAULT_SPUTTER_YIELD = 2.5
+DEFAULT_ATOMIC_DENSITY_NM3 = 2.11 * 6.02214076e23 / (73.89 / 6.0) * 1e-21
+DEFAULT_INCIDENCE_DEG = 45.0
+
+
+def _check_map_args(imager, spectrometer, column, stage, bias, species, fov_um, pixels,
+                    dwell_s, frames, md):
+    check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
+    check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
+                 "count_time", "polarity")
+    check_device("column", column, "scan", "blank", "interlock", "current", "landing")
+    check_device("stage", stage, "x", "y", "z", "alpha")
+    check_device("bias", bias, "readback", "set")
+    labels = check_species("species", species, max_n=4)
+    fov_um = check_number("fov_um", fov_um, low=0.0, low_open=True, unit="um")
+    low, high = column.scan.fov.limits
+    if low < high and not low <= fov_um <= high:
+        raise ValueError(f"fov_um = {fov_um!r} um is outside the column's SCAN:FOV limits "
+                         f"[{low:g}, {high:g}] um")
+    nx, ny = check_pair("pixels", pixels, integer=True, low=1, high=MAX_PIXELS_PER_SIDE)
+    dwell_s = check_number("dwell_s", dwell_s, low=DWELL_RANGE_S[0], high=DWELL_RANGE_S[1],
+                           unit="s")
+    frames = check_int("frames", frames, low=1, high=MAX_FRAMES)
+    md = check_md(md)
+    from temsims.devices.spectrometer import species_mass
+
+    masses = [species_mass(s) for s in labels]
+    if max(masses) / min(masses) > MAX_MASS_RATIO:
+        raise ValueError(f"species {list(labels)}: the heaviest may be at most "
+                         f"{MAX_MASS_RATIO:g} times the lightest (the focal plane spans "
+                         f"{FOCAL_PLANE[0]:g}..{FOCAL_PLANE[1]:g} x the axial mass)")
+    return labels, fov_um, (nx, ny), dwell_s, frames, md
+
+
+def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, labels, fov_um,
+            pixels, dwell_s, frames, md, extra):
+    from temsims.devices.spectrometer import species_mass
+
+    region = yield from region_md(stage, fov_um=fov_um)
+    sims = yield from sims_md(spectrometer, column, bias)
+    for n, label in enumerate(labels):  # the species this plan puts on collectors 1..
+        sims["collectors"][n] = {"name": f"col{n + 1}", "species": label,
+                                 "mass_u": round(species_mass(label), 5)}
+    nx, ny = pixels
+    extra = dict(extra)
+    extra.update({"detectors": [imager.name], "num_points": ny * frames,
+                  "shape": [ny, nx],
+                  "map": {"species": list(labels), "pixels": [nx, ny], "fov_um": fov_um,
+                          "fov_y_um": fov_um * ny / nx, "pixel_nm": 1000.0 * fov_um / nx,
+                          "dwell_s": dwell_s, "frames": frames,
+                          "data_keys": [f"{imager.name}_{s}" for s in labels],
+                          "events_per_frame": ny}})
+    return start_metadata(plan_name=plan_name, plan_args=plan_args, mode="SIMS",
+                          region=region, md=md, sims=sims, extra=extra)
+
+
+def ensure_focal_plane(spectrometer, masses):
+    """Plan stub: if some of ``masses`` (u) are outside the focal plane at the present
+    field, set the magnet to put their geometric mean on the axis and wait until the
+    field readback has it there."""
+    def covered():
+        a = yield from bps.rd(spectrometer.cal_a, default_value=None)
+        b0 = yield from bps.rd(spectrometer.cal_b0, default_value=0.0)
+        field = yield from bps.rd(spectrometer.field_rbv, default_value=0.0)
+        if a is None:  # simulation (no RunEngine): assume it is
+            return True, 1.0, 0.0
+        axial = float(a) * (float(field) - float(b0)) ** 2
+        lo, hi = FOCAL_PLANE[0] * axial, FOCAL_PLANE[1] * axial
+        return (lo * 1.01 <= min(masses) and max(masses) <= hi * 0.99), float(a), float(b0)
+
+    ok, a, b0 = yield from covered()
+    if ok:
+        return
+    axial = math.sqrt(min(masses) * max(masses))
+    yield from bps.mv(spectrometer.field, b0 + math.sqrt(axial / a))
+    deadline = time.monotonic() + FIELD_SETTLE_TIMEOUT_S
+    while True:
+        ok, _, _ = yield from covered()
+        settled = yield from bps.rd(spectrometer.settled, default_value="Yes")
+        if ok and str(settled) in ("Yes", "1"):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{spectrometer.name}: the magnet did not reach the field for "
+                               f"{axial:.3f} u within {FIELD_SETTLE_TIMEOUT_S:g} s")
+        yield from bps.sleep(0.05)
+
+
+def _configure(imager, spectrometer, column, labels, fov_um, pixels, dwell_s, scan_mode):
+    from temsims.devices.spectrometer import species_mass
+
+    yield from ensure_focal_plane(spectrometer, [species_mass(s) for s in labels])
+    cols = spectrometer.collector_list()
+    args = []
+    for n, label in enumerate(labels):
+        args += [cols[n], label]
+    nx, ny = pixels
+    yield from bps.mv(column.scan.mode, scan_mode)
+    yield from bps.mv(*args)
+    yield from bps.mv(column.scan.fov, fov_um, column.scan.nx, nx, column.scan.ny, ny,
+                      column.scan.dwell, dwell_s, imager.lines_per_event, 1)
+
+
+def _fly_frame(imager):
+    """One raster frame through the imager flyer; returns the collected events."""
+    yield from bps.kickoff(imager, wait=True)
+    yield from bps.complete(imager, wait=True)
+    return (yield from bps.collect(imager))
+
+
+def _frame_totals(events, imager, labels) -> dict[str, float]:
+    totals = dict.fromkeys(labels, 0.0)
+    for ev in events or []:
+        data = ev.get("data", {})
+        for label in labels:
+            value = data.get(f"{imager.name}_{label}")
+            if value is not None:
+                totals[label] += float(np.asarray(value).sum())
+    return totals
+
+
+def _step_frame(imager, spectrometer, column, pixels, fov_um, line_buffer, settle_s):
+    """One frame pixel by pixel in Spot mode; ``primary`` gets one event per line."""
+    nx, ny = pixels
+    pitch = fov_um / nx
+    cols = spectrometer.collector_list()
+    labels = None
+    totals = None
+    for iy in range(ny):
+        yield from bps.checkpoint()
+        row = np.zeros((len(cols), nx), dtype=np.int32)
+        sy = (iy + 0.5 - ny / 2.0) * pitch
+        for ix in range(nx):
+            sx = (ix + 0.5 - nx / 2.0) * pitch
+            yield from bps.mv(column.scan.spot_x, sx, column.scan.spot_y, sy)
+            if settle_s > 0:
+                yield from bps.sleep(settle_s)
+            reading = yield from bps.trigger_and_read(
+                [spectrometer, column.scan.spot_x, column.scan.spot_y], name="pixels")
+            if reading:
+                for k, col in enumerate(cols):
+                    row[k, ix] = int(reading[col.counts.name]["value"])
+        if labels is None:
+            labels = imager.collector_labels()
+            totals = dict.fromkeys(labels, 0.0)
+        values = {"line": iy}
+        for k, label in enumerate(labels):
+            values[label] = row[k][None, :].copy()
+            totals[label] += float(row[k].sum())
+        line_buffer.set_values(**values)
+        yield from bps.trigger_and_read([line_buffer])
+    return totals
+
+
+def sims_map(imager, spectrometer, column, stage, bias, *, species: tuple = ("6Li", "7Li"),
+             fov_um: float, pixels: tuple = (64, 64), dwell_s: float, frames: int = 1,
+             fly: bool = True, settle_s: float = 0.01, md: dict | None = None):
+    """SIMS map of up to four species at the present stage position.
+
+    Parameters
+    ----------
+    imager : temsims.devices.imager.SIMSImager
+        The flyer (fly mode); its name prefixes the map data keys in both modes.
+    spectrometer : temsims.devices.spectrometer.MassSpectrometer
+        Collectors 1..len(species) are set to ``species``; counts in step mode.
+    column : temsims.devices.column.IonColumn
+        Raster (FOV, pixels, dwell) and blanker; needs the SIMS geometry (see
+        :func:`temsims.plans.mode.to_sims_mode`).
+    stage : temsims.devices.stage.Stage
+        Read for the region metadata (not moved).
+    bias : temsims.devices.bias.BiasSupply
+        Recorded (``bias_kV``); ramped to 0 V if the plan fails or is aborted.
+    species : tuple of str
+        1..4 distinct isotopes ("6Li", "7Li", "12C", ...), within the focal plane at
+        the present magnet field.
+    fov_um : float
+        Raster width along x (um), within SCAN:FOV's limits.
+    pixels : (int, int)
+        (nx, ny), each 1..1024; step mode at most 4096 pixels in all.
+    dwell_s : float
+        Dwell per pixel (s), 1e-7..0.1 (step mode: at least 1e-4).
+    frames : int
+        Frames to acquire one after the other (1..10000); all in ``primary``, event
+        k belongs to frame k // ny.
+    fly : bool
+        True: raster with the imager flyer; False: step mode (Spot + counting).
+    settle_s : float
+        Step mode: wait after each spot move before counting (s), 0..1. The
+        spectrometer learns the spot position from the column over CA; without a
+        wait a count can start at the previous position.
+    md : dict, optional
+        Extra start metadata.
+
+    Yields
+    ------
+    msg : Msg
+        One run. ``primary``: ``ny * frames`` events of ``imager_line`` and
+        ``imager_<species>`` ((1, nx) int32 counts) for the four collectors.
+        Step mode adds ``pixels`` (one event per pixel).
+
+    Returns
+    -------
+    list of dict
+        Per frame, the total counts of each collector label.
+    """
+    labels, fov_um, pixels, dwell_s, frames, md = _check_map_args(
+        imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md)
+    fly = check_bool("fly", fly)
+    settle_s = check_number("settle_s", settle_s, low=0.0, high=1.0, unit="s")
+    nx, ny = pixels
+    if not fly:
+        if nx * ny > MAX_STEP_PIXELS:
+            raise ValueError(f"pixels {pixels}: step mode (fly=False) is limited to "
+                             f"{MAX_STEP_PIXELS} pixels; use fly=True for larger maps")
+        if dwell_s < STEP_MIN_DWELL_S:
+            raise ValueError(f"dwell_s = {dwell_s!r} s: step mode counts at least "
+                             f"{STEP_MIN_DWELL_S:g} s per pixel (the spectrometer's COUNT_TIME)")
+        rotation = float(column.scan.rotation.get())
+        if rotation != 0.0:
+            raise ValueError(f"step mode needs SCAN:ROTATION = 0 (is {rotation:g} deg): the "
+                             "spot position is not rotated by the column")
+
+    _md = yield from _map_md(
+        "sims_map",
+        plan_args_md(imager=imager, spectrometer=spectrometer, column=column, stage=stage,
+                     bias=bias, species=list(labels), fov_um=fov_um, pixels=pixels,
+                     dwell_s=dwell_s, frames=frames, fly=fly, settle_s=settle_s),
+        imager, spectrometer, column, stage, bias, labels, fov_um, pixels, dwell_s, frames, md,
+        {"acquisition": "fly" if fly else "step"})
+
+    @run_decorator(md=_md)
+    def inner():
+        out = []
+        if fly:
+            yield from _configure(imager, spectrometer, column, labels, fov_um, pixels,
+                                  dwell_s, "Raster")
+            yield from _unblank(column)
+            for _ in range(frames):
+                yield from bps.checkpoint()
+                events = yield from _fly_frame(imager)
+                out.append(_frame_totals(events, imager, labels))
+        else:
+            yield from _configure(imager, spectrometer, column, labels, fov_um, pixels,
+                                  dwell_s, "Spot")
+            yield from bps.mv(spectrometer.count_time, dwell_s)
+            yield from _unblank(column)
+            line_buffer = Values(imager.name)
+            for _ in range(frames):
+                out.append((yield from _step_frame(imager, spectrometer, column, pixels,
+                                                   fov_um, line_buffer, settle_s)))
+        yield from bps.mv(column.blank, "Blanked")
+        return out
+
+    def restore_raster():
+        yield from bps.mv(column.blank, "Blanked")
+        yield from bps.mv(column.scan.mode, "Raster")
+
+    plan = inner() if fly else bpp.finalize_wrapper(inner(), restore_raster())
+    return (yield from with_safe_state(plan, column, bias))
+
+
+def sputter_depth_nm(current_pa: float, frame_time_s: float, fov_um: float, pixels,
+                     *, sputter_yield: float = DEFAULT_SPUTTER_YIELD,
+                     atomic_density_nm3: float = DEFAULT_ATOMIC_DENSITY_NM3,
+                     incidence_deg: float = DEFAULT_INCIDENCE_DEG) -> tuple[float, float]:
+    """Dose (ions/nm^2) and depth (nm) of one frame: depth = dose x Y / n.
+
+    The rastered area on the specimen is ``fov x fov * ny / nx`` in the beam-normal
+    plane, stretched by ``1 / cos(incidence)`` on the specimen.
+    """
+    nx, ny = pixels
+    ions = current_pa * 1e-12 * frame_time_s / E_CHARGE_C
+    area_nm2 = (fov_um * 1000.0) ** 2 * ny / nx / math.cos(math.radians(incidence_deg))
+    dose = ions / area_nm2
+    return dose, dose * sputter_yield / atomic_density_nm3
+
+
+def depth_profile(imager, spectrometer, column, stage, bias, *,
+                  species: tuple = ("6Li", "7Li"), fov_um: float, pixels: tuple = (32, 32),
+                  dwell_s: float, frames: int = 10,
+                  sputter_yield: float = DEFAULT_SPUTTER_YIELD,
+                  atomic_density_nm3: float = DEFAULT_ATOMIC_DENSITY_NM3,
+                  incidence_deg: float = DEFAULT_INCIDENCE_DEG, md: dict | None = None):
+    """Depth profile: ``frames`` maps of the same area, with the sputtered depth per frame.
+
+    The depth is estimated, not measured: each frame's dose ``D = I t_frame / (e A)``
+    (ion current I from CURRENT_RBV, ``t_frame = nx ny dwell``, A the rastered
+    area on the specimen) removes ``D x sputter_yield / atomic_density_nm3``.
+    The defaults assume Li2CO3: yield 2.5 atoms/ion (uncertain within a factor of
+    two), 103.3 atoms/nm^3 (2.11 g/cm^3, 12.3 u per atom), 45 deg incidence.
+
+    Parameters
+    ----------
+    imager, spectrometer, column, stage, bias
+        As in :func:`sims_map` (fly mode).
+    species : tuple of str
+        1..4 isotopes.
+    fov_um : float
+        Raster width (um).
+    pixels : (int, int)
+        (nx, ny), each 1..1024.
+    dwell_s : float
+        Dwell per pixel (s), 1e-7..0.1.
+    frames : int
+        Frames (2..10000).
+    sputter_yield : float
+        Assumed sputter yield (atoms/ion), 0.01..100.
+    atomic_density_nm3 : float
+        Assumed atomic density of the matrix (atoms/nm^3), 1..500.
+    incidence_deg : float
+        Angle between the ion beam and the specimen normal (deg), 0..85.
+    md : dict, optional
+        Extra start metadata.
+
+    Yields
+    ------
+    msg : Msg
+        One run: ``primary`` as in :func:`sims_map`; ``depth``: one event per frame
+        with ``depth_frame``, ``depth_dose_ions_nm2`` (this frame),
+        ``depth_depth_nm`` (cumulative, at the end of the frame),
+        ``depth_depth_start_nm`` and ``depth_total_<species>`` (counts in the frame).
+
+    Returns
+    -------
+    list of dict
+        Per frame: frame, dose, depth_start_nm, depth_nm and the totals.
+    """
+    labels, fov_um, pixels, dwell_s, frames, md = _check_map_args(
+        imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md)
+    if frames < 2:
+        raise ValueError(f"frames = {frames}: a depth profile needs at least 2 frames")
+    sputter_yield = check_number("sputter_yield", sputter_yield, low=0.01, high=100.0,
+                                 unit="atoms/ion")
+    atomic_density_nm3 = check_number("atomic_density_nm3", atomic_density_nm3, low=1.0,
+                                      high=500.0, unit="atoms/nm^3")
+    incidence_deg = check_number("incidence_deg", incidence_deg, low=0.0, high=85.0, unit="deg")
+    nx, ny = pixels
+    frame_time = nx * ny * dwell_s
+
+    _md = yield from _map_md(
+        "depth_profile",
+        plan_args_md(imager=imager, spectrometer=spectrometer, column=column, stage=stage,
+                     bias=bias, species=list(labels), fov_um=fov_um, pixels=pixels,
+                     dwell_s=dwell_s, frames=frames, sputter_yield=sputter_yield,
+                     atomic_density_nm3=atomic_density_nm3, incidence_deg=incidence_deg),
+        imager, spectrometer, column, stage, bias, labels, fov_um, pixels, dwell_s, frames, md,
+        {"acquisition": "fly",
+         "depth_model": {"formula": "depth = dose x sputter_yield / atomic_density",
+                         "sputter_yield_atoms_per_ion": sputter_yield,
+                         "atomic_density_per_nm3": atomic_density_nm3,
+                         "incidence_deg": incidence_deg,
+                         "assumed_matrix": "Li2CO3 (defaults)"}})
+
+    @run_decorator(md=_md)
+    def inner():
+        yield from _configure(imager, spectrometer, column, labels, fov_um, pixels, dwell_s,
+                              "Raster")
+        yield from _unblank(column)
+        depth = 0.0
+        out = []
+        stream = Values("depth", units={"dose_ions_nm2": "ions/nm^2", "depth_nm": "nm",
+                                        "depth_start_nm": "nm",
+                                        **{f"total_{s}": "counts" for s in labels}})
+        for frame in range(frames):
+            yield from bps.checkpoint()
+            events = yield from _fly_frame(imager)
+            current = yield from bps.rd(column.current, default_value=0.0)
+            dose, d = sputter_depth_nm(float(current or 0.0), frame_time, fov_um, pixels,
+                                       sputter_yield=sputter_yield,
+                                       atomic_density_nm3=atomic_density_nm3,
+                                       incidence_deg=incidence_deg)
+            totals = _frame_totals(events, imager, labels)
+            row = {"frame": frame, "dose_ions_nm2": dose, "depth_start_nm": depth,
+                   "depth_nm": depth + d,
+                   **{f"total_{s}": totals[s] for s in labels}}
+            depth += d
+            stream.set_values(**row)
+            yield from bps.trigger_and_read([stream], name="depth")
+            out.append(row)
+        yield from bps.mv(column.blank, "Blanked")
+        return out
+
+    return (yield from with_safe_state(inner(), column, bias))
+
+
+__all__ = ["depth_profile", "sims_map", "sputter_depth_nm"]

@@ -1,0 +1,85 @@
+"""Fixtures of the plan tests: an instrument of their own (all five IOCs, li2co3-particles
+seed 1), connected as ophyd devices, and a RunEngine that enforces the metadata contract."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def plan_instrument(start_instrument):
+    """All five IOCs for the plan tests alone (they sputter and switch geometry)."""
+    return start_instrument(specimen="li2co3-particles", seed=1)
+
+
+@pytest.fixture(scope="session")
+def pdev(plan_instrument):
+    """``temsims.devices.connect`` on the plan tests' IOCs; fast axes and ramps."""
+    from temsims.devices import connect
+
+    d = connect(plan_instrument.instrument_prefix, timeout=15.0)
+    for sig, value in {d.stage.alpha.velocity: 30.0, d.stage.x.velocity: 200.0,
+                       d.stage.y.velocity: 200.0, d.bias.ramp_rate: 10000.0,
+                       d.mode.bias.ramp_rate: 10000.0, d.camera.size: 64}.items():
+        sig.set(value).wait(10)
+    return d
+
+
+@pytest.fixture(scope="session")
+def particles():
+    """(largest labelled, largest natural) particle of the specimen's ground truth."""
+    from temsims.ioc.specimen import build_specimen
+
+    truth = build_specimen("li2co3-particles", 1).truth["particles"]
+    labelled = sorted((p for p in truth if p["labelled"]), key=lambda p: -p["radius_nm"])
+    natural = sorted((p for p in truth if not p["labelled"]), key=lambda p: -p["radius_nm"])
+    return labelled, natural
+
+
+class DocumentCollector:
+    def __init__(self) -> None:
+        self.docs: dict[str, list[dict]] = defaultdict(list)
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.docs[name].append(doc)
+
+    def clear(self) -> None:
+        self.docs.clear()
+
+    def start(self) -> dict:
+        return self.docs["start"][-1]
+
+    def events(self, stream: str = "primary") -> list[dict]:
+        from event_model import unpack_event_page
+
+        uids = {d["uid"] for d in self.docs["descriptor"] if d.get("name") == stream}
+        events = [e for e in self.docs["event"] if e["descriptor"] in uids]
+        for page in self.docs["event_page"]:
+            if page["descriptor"] in uids:
+                events.extend(unpack_event_page(page))
+        return sorted(events, key=lambda e: e["seq_num"])
+
+    def descriptor(self, stream: str = "primary") -> dict:
+        return next(d for d in self.docs["descriptor"] if d.get("name") == stream)
+
+
+@pytest.fixture
+def RE():
+    """RunEngine with a document collector ``RE.docs``; it refuses runs whose start
+    metadata break the catalog contract (``temsims.catalog.require_metadata``)."""
+    from bluesky import RunEngine
+
+    from temsims.catalog import require_metadata
+
+    engine = RunEngine({"sample": "li2co3-particles seed 1", "specimen": "li2co3-particles",
+                        "operator": "pytest"}, call_returns_result=True)
+    require_metadata(engine)
+    engine.docs = DocumentCollector()
+    engine.subscribe(engine.docs)
+    engine.msgs = []
+    engine.msg_hook = engine.msgs.append
+    yield engine
+    if engine.state != "idle":
+        engine.halt()
