@@ -2,7 +2,8 @@
 
 ``temsims ioc all``            serve every IOC (subprocesses, loopback) until Ctrl-C
 ``temsims ioc <part> [...]``   serve one IOC in this process (caproto options pass through)
-``temsims demo``               the main job (see :func:`demo`)
+``temsims demo``               the main job (see :func:`cmd_demo`)
+``temsims shell``              an IPython session with the temsims profile
 """
 
 from __future__ import annotations
@@ -129,6 +130,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shell(args: argparse.Namespace, passthrough: list[str]) -> int:
+    """Install the temsims IPython profile and start IPython with it."""
+    import os
+
+    from IPython import start_ipython
+
+    from temsims.profile import PROFILE_NAME, install_profile
+
+    os.environ.update(CALayout(base_port=args.base_port, host=args.host).client_environment())
+    os.environ["TEMSIMS_PREFIX"] = args.prefix
+    if args.catalog:
+        os.environ["TEMSIMS_CATALOG"] = args.catalog
+    argv = [f"--profile={PROFILE_NAME}"]
+    if args.ipython_dir:
+        argv.append(f"--ipython-dir={args.ipython_dir}")
+    install_profile(args.ipython_dir)
+    start_ipython(argv=argv + passthrough)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="temsims", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     instrument_options(p_demo)
     p_demo.add_argument("--catalog", default=None, help="catalog directory")
     p_demo.add_argument("--out", default="temsims-report", help="report directory")
+
+    p_shell = sub.add_parser("shell", help="IPython session with the temsims profile")
+    p_shell.add_argument("--prefix", default="TEMSIMS:", help="instrument PV prefix")
+    p_shell.add_argument("--base-port", type=int, default=CALayout.from_environment().base_port)
+    p_shell.add_argument("--host", default="127.0.0.1")
+    p_shell.add_argument("--catalog", default=None, help="catalog directory or tiled URI")
+    p_shell.add_argument("--ipython-dir", default=None, help="IPython directory to use")
     return parser
 
 
@@ -160,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args, passthrough = parser.parse_known_args(argv)
     if args.command == "ioc":
         return cmd_ioc(args, passthrough)
+    if args.command == "shell":
+        return cmd_shell(args, passthrough)
     if passthrough:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
     if args.command == "demo":

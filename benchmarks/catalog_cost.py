@@ -1,0 +1,148 @@
+"""Benchmark: what the catalog costs the RunEngine, and how long storage lags behind.
+
+For three kinds of run (small scalar events; SIMS map lines, 4 collectors x 256 px
+float32 per event; 512 x 512 float32 images) it runs the same plan with and without
+the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, tiled on
+127.0.0.1), and reports per event:
+
+- ``re_cost_ms``: extra RunEngine wall time with the writer (median of the repeats;
+  target <= 0.2 ms);
+- ``call_ms``: time the RunEngine spent inside the writer's ``__call__`` (checks and
+  queueing, measured by the writer itself);
+- ``blocked_s``: time the RunEngine waited on storage (a full queue; target ~0);
+- ``drain_s``: time from the end of the run until the catalog held all of it
+  (``flush``), and ``write_ms`` the writer thread's time per event.
+
+Prints a table and writes ``benchmarks/results/catalog_cost.json``.
+
+Run: ``.venv/bin/python benchmarks/catalog_cost.py [--events 2000 --repeat 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "catalog_cost.json"
+
+
+def _detectors(kind: str):
+    from ophyd.sim import SynSignal, det, det1, det2
+
+    rng = np.random.default_rng(0)
+    if kind == "scalar":
+        return [det, det1, det2]
+    if kind == "map_line":
+        return [SynSignal(func=lambda: rng.poisson(20, 256).astype(np.float32), name=f"C{i}")
+                for i in range(1, 5)]
+    if kind == "image":
+        return [SynSignal(func=lambda: rng.random((512, 512), dtype=np.float32), name="image")]
+    raise ValueError(kind)
+
+
+def _md(kind: str) -> dict:
+    return {"sample": "bench", "specimen": "li2co3-particles", "operator": "benchmark",
+            "mode": "SIMS" if kind == "map_line" else "TEM", "correlation_id": f"bench-{kind}",
+            "region": {"x_um": 0.0, "y_um": 0.0, "z_um": 0.0, "tilt_deg": 0.0, "fov_um": 10.0}}
+
+
+def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int) -> dict:
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+
+    dets = _detectors(kind)
+    bare_t, with_t, calls, blocked, drains, writes = [], [], [], [], [], []
+    for _ in range(repeat):
+        RE = RunEngine({})
+        t0 = time.perf_counter()
+        RE(bp.count(dets, num=n_events), **_md(kind))
+        bare_t.append(time.perf_counter() - t0)
+
+        RE = RunEngine({})
+        writer = cat.writer(batch_size=batch_size)
+        RE.subscribe(writer)
+        t0 = time.perf_counter()
+        RE(bp.count(dets, num=n_events), **_md(kind))
+        t1 = time.perf_counter()
+        assert writer.flush(timeout=3600)
+        t2 = time.perf_counter()
+        with_t.append(t1 - t0)
+        drains.append(t2 - t1)
+        calls.append(writer.stats.call_s)
+        blocked.append(writer.stats.put_blocked_s)
+        writes.append(writer.stats.write_s)
+        writer.close()
+    n = n_events
+    return {
+        "kind": kind,
+        "events": n,
+        "batch_size": batch_size,
+        "repeat": repeat,
+        "re_bare_ms_per_event": 1e3 * statistics.median(bare_t) / n,
+        "re_with_writer_ms_per_event": 1e3 * statistics.median(with_t) / n,
+        "re_cost_ms": 1e3 * (statistics.median(with_t) - statistics.median(bare_t)) / n,
+        "call_ms": 1e3 * statistics.median(calls) / n,
+        "blocked_s": max(blocked),
+        "drain_s": statistics.median(drains),
+        "write_ms": 1e3 * statistics.median(writes) / n,
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=2000, help="scalar events per run")
+    parser.add_argument("--lines", type=int, default=256, help="map lines per run")
+    parser.add_argument("--images", type=int, default=50, help="512x512 images per run")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="TiledWriter batch (default: temsims.catalog.DEFAULT_BATCH_SIZE)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from temsims.catalog import DEFAULT_BATCH_SIZE, open_catalog
+
+    batch = args.batch_size or DEFAULT_BATCH_SIZE
+    with tempfile.TemporaryDirectory(prefix="temsims-catalog-bench-") as d:
+        t0 = time.perf_counter()
+        cat = open_catalog(Path(d) / "catalog")
+        open_s = time.perf_counter() - t0
+        try:
+            cases = [
+                run_case(cat, "scalar", args.events, args.repeat, batch),
+                run_case(cat, "scalar", args.events, args.repeat, 10000),
+                run_case(cat, "map_line", args.lines, args.repeat, batch),
+                run_case(cat, "image", args.images, args.repeat, batch),
+            ]
+        finally:
+            cat.close()
+    result = {
+        "benchmark": "catalog_cost",
+        "targets": {"re_cost_ms": 0.2, "blocked_s": 0.0},
+        "open_catalog_s": open_s,
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "cases": cases,
+    }
+    header = (f"{'kind':<9} {'events':>6} {'batch':>6} {'RE bare':>8} {'RE+cat':>8} {'cost':>7} "
+              f"{'call':>7} {'blocked':>8} {'drain':>7} {'write':>7}")
+    print(f"open_catalog: {open_s:.2f} s   (per-event figures in ms; blocked and drain in s)")
+    print(header)
+    for c in cases:
+        print(f"{c['kind']:<9} {c['events']:>6} {c['batch_size']:>6} "
+              f"{c['re_bare_ms_per_event']:>8.3f} {c['re_with_writer_ms_per_event']:>8.3f} "
+              f"{c['re_cost_ms']:>7.3f} {c['call_ms']:>7.3f} {c['blocked_s']:>8.3f} "
+              f"{c['drain_s']:>7.2f} {c['write_ms']:>7.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The session factory: one call builds a beamline-style session for the microscope.
+
+In the spirit of ``nslsii.configure_base``: a RunEngine with persistent metadata, the
+BestEffortCallback (plots switchable), progress bars, the catalog subscription, the
+bluesky IPython magics, the devices and the plans, all put into a namespace. Nothing
+happens on import; the IPython profile's startup file is a few lines calling
+:func:`configure_session`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_CONFIGURED: set[int] = set()
+
+
+@dataclass
+class Session:
+    """What :func:`configure_session` built (also placed in the namespace)."""
+
+    RE: Any
+    catalog: Any = None
+    instrument: Any = None
+    bec: Any = None
+    namespace: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Flush and close the catalog (the RunEngine has nothing to release)."""
+        if self.catalog is not None:
+            self.catalog.close()
+
+
+def default_metadata_dir() -> Path:
+    """Where ``RE.md`` persists between sessions (``TEMSIMS_MD_DIR`` overrides)."""
+    env = os.environ.get("TEMSIMS_MD_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("temsims")) / "runengine-md"
+
+
+def configure_session(
+    user_ns: dict[str, Any],
+    *,
+    prefix: str | None = None,
+    catalog: str | Path | None = None,
+    connect_devices: bool = True,
+    connect_timeout: float = 5.0,
+    bec: bool = True,
+    plots: bool = False,
+    pbar: bool = True,
+    magics: bool = True,
+    md_dir: str | Path | None = None,
+    require_metadata: bool = True,
+) -> Session:
+    """Build the RunEngine, callbacks, catalog, devices and plans into ``user_ns``.
+
+    Parameters
+    ----------
+    user_ns
+        Namespace to fill (the IPython user namespace in a profile).
+    prefix
+        Instrument PV prefix (default ``TEMSIMS_PREFIX`` or ``"TEMSIMS:"``).
+    catalog
+        Catalog directory or tiled URI (default ``TEMSIMS_CATALOG`` or the user's
+        data directory); ``"none"`` runs without a catalog.
+    connect_devices
+        Connect the instrument's devices (fails fast, naming missing PVs).
+    connect_timeout
+        Seconds to wait for the devices' PVs.
+    bec, plots, pbar, magics
+        BestEffortCallback, its plots, progress bars, bluesky IPython magics.
+    md_dir
+        Directory of the persistent ``RE.md`` (default :func:`default_metadata_dir`).
+    require_metadata
+        Validate the start-document metadata contract before a run opens.
+
+    Returns
+    -------
+    Session
+        Also bound as ``session`` in ``user_ns``.
+
+    Raises
+    ------
+    RuntimeError
+        When called twice on the same namespace.
+    """
+    if id(user_ns) in _CONFIGURED:
+        raise RuntimeError("configure_session already ran for this namespace")
+
+    from bluesky import RunEngine
+    from bluesky import plan_stubs as bps
+    from bluesky import plans as bp
+    from bluesky import preprocessors as bpp
+    from bluesky.utils import PersistentDict, ProgressBarManager
+
+    from temsims.channel_access import apply_client_environment
+
+    if "EPICS_CA_ADDR_LIST" not in os.environ:  # `temsims shell` or the site sets it
+        apply_client_environment()
+    os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+
+    RE = RunEngine({})
+    md_path = Path(md_dir) if md_dir is not None else default_metadata_dir()
+    md_path.mkdir(parents=True, exist_ok=True)
+    RE.md = PersistentDict(str(md_path))
+    RE.md.setdefault("operator", os.environ.get("USER", "unknown"))
+
+    session = Session(RE=RE)
+    ns: dict[str, Any] = {"RE": RE, "bp": bp, "bps": bps, "bpp": bpp, "session": session}
+
+    if bec:
+        from bluesky.callbacks.best_effort import BestEffortCallback
+
+        session.bec = BestEffortCallback()
+        if not plots:
+            session.bec.disable_plots()
+        RE.subscribe(session.bec)
+        ns["bec"] = session.bec
+    if pbar:
+        RE.waiting_hook = ProgressBarManager()
+
+    location = catalog if catalog is not None else os.environ.get("TEMSIMS_CATALOG")
+    if str(location).lower() != "none":
+        from temsims.catalog import open_catalog
+        from temsims.catalog import require_metadata as install_metadata_check
+
+        session.catalog = open_catalog(location)
+        RE.subscribe(session.catalog.writer())
+        if require_metadata:
+            install_metadata_check(RE)
+        ns["catalog"] = session.catalog
+        ns["runs"] = session.catalog.runs
+
+    if connect_devices:
+        from temsims.devices import connect
+
+        instrument = connect(prefix or os.environ.get("TEMSIMS_PREFIX", "TEMSIMS:"),
+                             timeout=connect_timeout)
+        session.instrument = instrument
+        ns["instrument"] = instrument
+        ns.update(instrument.all_devices())
+
+    ns.update(_plans())
+
+    if magics:
+        try:
+            from IPython import get_ipython
+
+            ip = get_ipython()
+        except ImportError:  # pragma: no cover - IPython is a dependency
+            ip = None
+        if ip is not None:
+            from bluesky.magics import BlueskyMagics
+
+            ip.register_magics(BlueskyMagics)
+
+    session.namespace = ns
+    user_ns.update(ns)
+    _CONFIGURED.add(id(user_ns))
+    return session
+
+
+def _plans() -> dict[str, Any]:
+    """The plan library's public plans, if the package provides them."""
+    try:
+        import temsims.plans as plans
+    except ImportError:  # pragma: no cover
+        return {}
+    names = getattr(plans, "__all__", [])
+    return {name: getattr(plans, name) for name in names}

@@ -1,0 +1,67 @@
+"""Detectors with inline arrays, contract metadata and a document log for tests/catalog."""
+
+from __future__ import annotations
+
+import numpy as np
+from ophyd.sim import SynSignal
+
+IMAGE_SHAPE = (32, 24)
+SPECTRUM_CHANNELS = 200
+
+
+def image_detector(name: str = "image", seed: int = 0) -> SynSignal:
+    """A 2-D float32 detector whose arrays travel inline in the events."""
+    rng = np.random.default_rng(seed)
+    return SynSignal(func=lambda: rng.random(IMAGE_SHAPE, dtype=np.float32), name=name)
+
+
+def spectrum_detector(name: str = "spectrum", seed: int = 1) -> SynSignal:
+    """A 1-D float32 spectrum (counts per channel) inline in the events."""
+    rng = np.random.default_rng(seed)
+    return SynSignal(
+        func=lambda: rng.poisson(50.0, SPECTRUM_CHANNELS).astype(np.float32), name=name
+    )
+
+
+def counts_map_line(name: str = "counts", seed: int = 2) -> SynSignal:
+    """One line of an int32 ion-count map per event (an integer dtype to keep)."""
+    rng = np.random.default_rng(seed)
+    return SynSignal(func=lambda: rng.poisson(20, 64).astype(np.int32), name=name)
+
+
+def contract_md(**overrides) -> dict:
+    """Start metadata that follows the contract of docs/catalog.md (a TEM run)."""
+    md = {
+        "sample": "s1",
+        "specimen": "li2co3-particles",
+        "operator": "tester",
+        "mode": "TEM",
+        "correlation_id": "corr-A",
+        "region": {"x_um": 1.0, "y_um": -2.0, "z_um": 0.0, "tilt_deg": 0.0, "fov_um": 5.0},
+    }
+    md.update(overrides)
+    return md
+
+
+def sims_md(species=("6Li", "7Li", "69Ga", "71Ga"), **overrides) -> dict:
+    md = contract_md(mode="SIMS", polarity="positive", bias_kV=4.5, beam_energy_keV=25.5,
+                     beam_current_pA=1.0,
+                     collectors=[{"name": f"C{i + 1}", "species": s} for i, s in enumerate(species)])
+    md["region"] = dict(md["region"], tilt_deg=-68.0)
+    md.update(overrides)
+    return md
+
+
+class DocumentLog:
+    """Every document the RunEngine emitted, by run."""
+
+    def __init__(self) -> None:
+        self.docs: list[tuple[str, dict]] = []
+
+    def __call__(self, name, doc) -> None:
+        self.docs.append((name, doc))
+
+    def events(self, run_uid: str, stream: str = "primary") -> list[dict]:
+        descs = {d["uid"] for n, d in self.docs
+                 if n == "descriptor" and d["run_start"] == run_uid and d["name"] == stream}
+        return [d for n, d in self.docs if n == "event" and d["descriptor"] in descs]

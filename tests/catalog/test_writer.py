@@ -1,0 +1,272 @@
+"""The buffered writer: never blocks the RunEngine, validates, reports errors, loses nothing."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import bluesky.plans as bp
+import event_model
+import numpy as np
+import pytest
+from catalog_helpers import DocumentLog, contract_md, image_detector, sims_md
+from ophyd.sim import det
+
+from temsims.callbacks.storage import (
+    BufferedWriter,
+    DtypeFromData,
+    InvalidDocument,
+    StorageError,
+    validate_document,
+)
+from temsims.catalog import MetadataError, check_start_metadata, open_catalog, require_metadata
+
+
+def _compose_run(n_events: int = 3):
+    """A small valid run as a list of documents (event-model's composer)."""
+    run = event_model.compose_run(metadata=contract_md())
+    bundle = run.compose_descriptor(
+        name="primary",
+        data_keys={"x": {"dtype": "number", "shape": [], "source": "sim"},
+                   "img": {"dtype": "array", "shape": [4, 3], "source": "sim"}},
+    )
+    docs = [("start", run.start_doc), ("descriptor", bundle.descriptor_doc)]
+    for i in range(n_events):
+        docs.append(("event", bundle.compose_event(
+            data={"x": float(i), "img": np.full((4, 3), i, np.float32)},
+            timestamps={"x": time.time(), "img": time.time()}, seq_num=i + 1)))
+    docs.append(("stop", run.compose_stop()))
+    return docs
+
+
+# ----------------------------------------------------------------- never blocks
+
+
+def test_runengine_never_waits_on_a_slow_callback(RE):
+    """A callback taking 20 ms per document costs the RunEngine microseconds."""
+    received = []
+
+    def slow(name, doc):
+        time.sleep(0.02)
+        received.append((name, doc["uid"]))
+
+    writer = BufferedWriter(slow)
+    log = DocumentLog()
+    RE.subscribe(log)
+    RE.subscribe(writer)
+    t0 = time.perf_counter()
+    RE(bp.count([det], num=40))
+    re_time = time.perf_counter() - t0
+    n_docs = len(log.docs)
+    assert n_docs == 43
+    assert re_time < 0.25 * n_docs * 0.02  # a synchronous writer would need >= 0.86 s
+    assert writer.stats.put_blocked_s == 0
+    assert writer.stats.call_s / n_docs < 1e-3
+    assert writer.pending > 0  # still writing when the RunEngine is done
+    assert writer.flush(timeout=30)
+    assert received == [(n, d["uid"]) for n, d in log.docs]  # all, in order
+    writer.close()
+
+
+# ----------------------------------------------------------------- validation
+
+
+def test_invalid_documents_are_refused_and_not_stored(catalog):
+    writer = catalog.writer()
+    docs = _compose_run(n_events=3)
+    with pytest.raises(InvalidDocument, match="missing required key"):
+        writer("start", {"time": time.time()})  # no uid
+    with pytest.raises(InvalidDocument, match="unknown document name"):
+        writer("frobnicate", {"uid": "x"})
+    with pytest.raises(InvalidDocument, match="'time' is str"):
+        writer("start", {"uid": "u-1", "time": "yesterday"})
+    for name, doc in docs[:-1]:
+        writer(name, doc)
+    with pytest.raises(InvalidDocument, match="missing required key"):
+        writer("event", {k: v for k, v in docs[2][1].items() if k != "data"})
+    with pytest.raises(InvalidDocument, match="'filled' must map"):
+        writer("event", dict(docs[3][1], uid="bad-event", seq_num=99, filled={"img": 3}))
+    writer("stop", docs[-1][1])
+    assert writer.flush(timeout=30)
+    run = catalog.runs[docs[0][1]["uid"]]
+    seq = run["primary"]["seq_num"].read()
+    np.testing.assert_array_equal(seq, [1, 2, 3])  # the bad event is not stored
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert [u for u in catalog.runs] == [docs[0][1]["uid"]]  # the refused starts are not
+
+
+def test_full_schema_check_in_the_thread_refuses_and_reports():
+    """What passes the caller's quick check but not the schema is refused before storing."""
+    stored = []
+    writer = BufferedWriter(lambda n, d: stored.append(n))
+    docs = _compose_run(n_events=1)
+    page = event_model.pack_event_page(docs[2][1])
+    for name, doc in docs[:2]:
+        writer(name, doc)
+    writer("event_page", dict(page, time=["not a number"]))
+    with pytest.raises(InvalidDocument, match="time"):
+        writer(*docs[3])  # the stop: queued, then the thread's refusal is reported
+        writer.flush(timeout=10)
+    writer.close()
+    assert stored == ["start", "descriptor", "stop"]
+
+
+def test_validate_document_uses_event_model_schemas():
+    docs = _compose_run(1)
+    for name, doc in docs:
+        validate_document(name, doc)
+    with pytest.raises(InvalidDocument, match="exit_status"):
+        validate_document("stop", dict(docs[-1][1], exit_status="meh"))
+
+
+def test_check_start_metadata_lists_every_problem():
+    plan = {"plan_name": "count", "plan_args": {"num": 1}}
+    assert check_start_metadata(dict(contract_md(), **plan)) == []
+    assert check_start_metadata(dict(sims_md(), **plan)) == []
+    # the plan adds plan_name and plan_args; metadata alone lacks them
+    assert check_start_metadata(contract_md()) == ["missing 'plan_name'", "missing 'plan_args'"]
+    problems = check_start_metadata({"mode": "SIMS", "region": {"x_um": 0}, "bias_kV": -4.5,
+                                     "polarity": "positive", "collectors": [{"name": "C1"}]})
+    text = "\n".join(problems)
+    for expected in ("missing 'sample'", "missing 'correlation_id'", "'region' misses 'fov_um'",
+                     "collectors[0] needs 'species'", "sign mismatch",
+                     "SIMS run missing 'beam_current_pA'"):
+        assert expected in text, expected
+
+
+def test_require_metadata_refuses_a_run_before_any_document(RE):
+    require_metadata(RE)
+    log = DocumentLog()
+    RE.subscribe(log)
+    with pytest.raises(MetadataError, match="missing 'operator'"):
+        RE(bp.count([det]), **{k: v for k, v in contract_md().items() if k != "operator"})
+    assert log.docs == []
+    RE(bp.count([det]), **sims_md())
+    start = log.docs[0][1]
+    assert start["plan_name"] == "count" and start["species_index"]["7Li"] is True
+
+
+# ----------------------------------------------------------------- errors
+
+
+def test_a_write_error_is_logged_at_once_and_raised_on_the_next_document(caplog):
+    docs = _compose_run(n_events=5)
+    failing_uid = docs[3][1]["uid"]
+    failed = threading.Event()
+    stored = []
+
+    def flaky(name, doc):
+        if doc.get("uid") == failing_uid:
+            failed.set()
+            raise OSError("disk full (simulated)")
+        stored.append(doc.get("uid"))
+
+    writer = BufferedWriter(flaky)
+    with caplog.at_level(logging.ERROR, logger="temsims.callbacks.storage"):
+        for name, doc in docs[:4]:
+            writer(name, doc)
+        assert failed.wait(10)
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.01)
+    record = caplog.records[0]
+    assert record.exc_info is not None and "disk full" in str(record.exc_info[1])
+    with pytest.raises(StorageError, match="disk full") as info:
+        writer(*docs[4])
+    assert isinstance(info.value.__cause__, OSError)
+    for name, doc in docs[5:]:
+        writer(name, doc)
+    writer.close()
+    # nothing else is lost: every other document, the one that raised included
+    assert stored == [d["uid"] for _, d in docs if d["uid"] != failing_uid]
+
+
+def test_a_write_error_surfaces_in_the_runengine_and_on_flush(RE):
+    calls = []
+
+    def broken_after_three(name, doc):
+        calls.append(name)
+        if len(calls) == 3:
+            raise RuntimeError("tiled said 500")
+
+    writer = BufferedWriter(broken_after_three)
+    RE.subscribe(writer)
+    with pytest.raises(StorageError, match="tiled said 500"):
+        RE(bp.count([det], num=3))
+        writer.flush(timeout=10)
+    writer.close()
+    assert calls[-1] == "stop"  # the run was still closed in storage
+
+
+# ----------------------------------------------------------------- flushing
+
+
+def test_close_right_after_the_run_stores_everything(catalog, RE):
+    writer = catalog.writer()
+    log = DocumentLog()
+    RE.subscribe(log)
+    RE.subscribe(writer)
+    image = image_detector(seed=5)
+    (uid,) = RE(bp.count([det, image], num=30), **contract_md(sample="flush"))
+    assert writer.pending > 0 or writer.stats.documents == 33
+    writer.close(timeout=60)
+    run = catalog.runs[uid]
+    produced = np.stack([e["data"]["image"] for e in log.events(uid)])
+    np.testing.assert_array_equal(run["primary"]["image"].read(), produced)
+    assert run.metadata["stop"]["num_events"] == {"primary": 30}
+
+
+def test_documents_queued_at_interpreter_exit_are_stored(tmp_path):
+    """A session that exits without flushing or closing: atexit drains the queue."""
+    directory = tmp_path / "catalog"
+    script = textwrap.dedent(f"""
+        import bluesky.plans as bp, numpy as np
+        from bluesky import RunEngine
+        from ophyd.sim import SynSignal, det
+        from temsims.catalog import open_catalog
+        cat = open_catalog({str(directory)!r})
+        RE = RunEngine({{}})
+        w = cat.writer()
+        RE.subscribe(w)
+        img = SynSignal(func=lambda: np.ones((16, 16), np.float32), name="img")
+        (uid,) = RE(bp.count([det, img], num=40))
+        print(uid, w.pending, flush=True)
+    """)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert time.monotonic() - t0 < 90
+    uid, pending = out.stdout.split()
+    cat = open_catalog(directory)
+    try:
+        run = cat.runs[uid]
+        assert run["primary"]["img"].read().shape == (40, 16, 16)
+        assert run.metadata["stop"]["exit_status"] == "success"
+    finally:
+        cat.close()
+
+
+# ----------------------------------------------------------------- dtypes
+
+
+def test_dtype_from_data_patches_held_descriptors():
+    out = []
+    patcher = DtypeFromData(lambda n, d: out.append((n, d)))
+    docs = _compose_run(n_events=2)
+    for name, doc in docs:
+        patcher(name, doc)
+    assert [n for n, _ in out] == ["start", "descriptor", "event", "event", "stop"]
+    keys = out[1][1]["data_keys"]
+    assert keys["img"]["dtype_numpy"] == "<f4"
+    assert keys["x"]["dtype_numpy"] == "<f8"
+    assert "dtype_numpy" not in docs[1][1]["data_keys"]["img"]  # the RunEngine's copy untouched
+    # a run that stops before any event still gets its descriptor, before the stop
+    out.clear()
+    empty = _compose_run(n_events=0)
+    for name, doc in empty:
+        patcher(name, doc)
+    assert [n for n, _ in out] == ["start", "descriptor", "stop"]
