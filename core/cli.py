@@ -113,20 +113,13 @@ def cmd_ioc(args: argparse.Namespace, passthrough: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start every IOC, show what each serves, read one live PV each, stop them."""
-    from caproto.sync.client import read
+    """The main job (:func:`temsims.demo.run_demo`): correlative TEM-SIMS and the
+    labelled-particle search, a catalog of the runs and a PNG report."""
+    from temsims.demo import run_demo
 
-    t0 = time.monotonic()
-    print("temsims demo: starting the instrument's IOCs on loopback ...", flush=True)
-    procs = _start_all(args)
-    try:
-        print(describe_running(procs))
-        for ioc in procs.iocs:
-            uptime = read(procs.prefix(ioc) + "UPTIME", timeout=2).data[0]
-            print(f"  {ioc:<13} answers over CA (UPTIME {uptime:.1f} s)")
-    finally:
-        procs.stop()
-    print(f"temsims demo: done in {time.monotonic() - t0:.1f} s; IOCs stopped.")
+    run_demo(prefix=args.prefix, base_port=args.base_port, host=args.host,
+             specimen=args.specimen, seed=args.seed, catalog=args.catalog, out=args.out,
+             quick=args.quick, log_dir=args.log_dir)
     return 0
 
 
@@ -173,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     instrument_options(p_demo)
     p_demo.add_argument("--catalog", default=None, help="catalog directory")
     p_demo.add_argument("--out", default="temsims-report", help="report directory")
+    p_demo.add_argument("--quick", action="store_true", help="reduced sizes (faster)")
 
     p_shell = sub.add_parser("shell", help="IPython session with the temsims profile")
     p_shell.add_argument("--prefix", default="TEMSIMS:", help="instrument PV prefix")

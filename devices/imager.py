@@ -7,9 +7,10 @@ monitors on ``MS:COL{n}:MAP`` and ``MS:IMG:LINES_DONE`` feed a state machine tha
 cuts each newly published line out of the maps and buffers it; ``complete()``
 returns a status that finishes when ``MS:IMG:FRAME`` counts the frame and every line
 has been collected (it fails if the raster is aborted). Nothing blocks or polls:
-all of it runs in ophyd's monitor-callback thread, in the order the IOC published
-(one CA circuit per IOC, one callback thread), so a ``LINES_DONE`` update always
-finds the map content it announces.
+all of it runs in ophyd's monitor-callback thread. A line is taken only once every
+map update holding it has arrived: the spectrometer marks pixels not acquired yet
+with -1, so a ``LINES_DONE`` update that overtakes (or outlives a coalesced) map
+update waits for the next one instead of yielding a line of zeros.
 
 Events: one per ``lines_per_event`` map lines (default 1), in stream ``stream_name``
 (``"primary"``), with one ``(lines_per_event, NX)`` int32 array per collector named
@@ -35,6 +36,8 @@ FRAME_SLACK_S = 30.0
 KICKOFF_TIMEOUT_S = 30.0
 #: The spectrometer's START_TIME is the column's, set after our put: allow clock jitter.
 START_TIME_TOLERANCE_S = 0.05
+#: After the frame is counted, how long the last lines' map updates may take to arrive.
+LAST_LINES_TIMEOUT_S = 5.0
 
 
 class SIMSImager(Device):
@@ -105,6 +108,13 @@ class SIMSImager(Device):
         self._kickoff_status: DeviceStatus | None = None
         self._complete_status: DeviceStatus | None = None
         self.last_frame: dict | None = None
+        self._maps: list = [None] * N_COLLECTORS
+        self._armed = False
+        self._lines_seen = 0
+        self._lines_target = 0
+        self._line_time = 0.0
+        self._frame_ended = False
+        self._pending: list = []
 
     # ---- configuration ------------------------------------------------------------
     def _map_signals(self):
@@ -146,6 +156,8 @@ class SIMSImager(Device):
         with self._lock:
             if self._active:
                 self._maps[index] = np.asarray(value)
+                if self._armed:
+                    self._advance()
 
     def _on_start_time(self, *, value, **kwargs) -> None:
         with self._lock:
@@ -163,21 +175,33 @@ class SIMSImager(Device):
         with self._lock:
             if not (self._active and self._armed):
                 return
-            n = min(int(value), self._ny)
-            if n <= self._lines_seen:
-                return
-            nx = self._nx
-            t = time.time() if timestamp is None else float(timestamp)
-            for row in range(self._lines_seen, n):
-                line = []
-                for m in self._maps:
-                    if m is None or m.size < (row + 1) * nx:
-                        line.append(np.zeros(nx, np.int32))
-                    else:
-                        line.append(np.asarray(m[row * nx:(row + 1) * nx], np.int32))
-                self._pending.append((row, t, line))
-            self._lines_seen = n
-            self._emit(final=False)
+            self._lines_target = max(self._lines_target, min(int(value), self._ny))
+            self._line_time = time.time() if timestamp is None else float(timestamp)
+            self._advance()
+
+    def _advance(self) -> None:
+        """Take, in order, every announced line that every map already holds.
+
+        The spectrometer marks pixels not acquired yet with -1: a line is taken only
+        when no map has -1 in it, so a map update that arrives after the line count
+        (or replaces a coalesced one) can never yield a line of zeros.
+        """
+        nx = self._nx
+        while self._lines_seen < self._lines_target:
+            row = self._lines_seen
+            line = []
+            for m in self._maps:
+                if m is None or m.size < (row + 1) * nx:
+                    return
+                values = np.asarray(m[row * nx:(row + 1) * nx], np.int32)
+                if (values < 0).any():
+                    return
+                line.append(values)
+            self._pending.append((row, self._line_time, line))
+            self._lines_seen = row + 1
+        self._emit(final=False)
+        if self._frame_ended:
+            self._finish_frame()
 
     def _emit(self, *, final: bool) -> None:
         lpe = self._lpe
@@ -194,19 +218,36 @@ class SIMSImager(Device):
         with self._lock:
             if not (self._active and self._armed) or int(value) <= self._frame0:
                 return
+            self._frame_ended = True
+            self._advance()
+            if self._active:  # lines still in flight: give their map updates a moment
+                timer = threading.Timer(LAST_LINES_TIMEOUT_S, self._give_up)
+                timer.daemon = True
+                timer.start()
+
+    def _finish_frame(self) -> None:
+        """The frame is counted and every line taken (called with the lock held)."""
+        if not self._active or self._lines_seen < self._ny:
+            return
+        self._emit(final=True)
+        self._active = False
+        self.last_frame = {"lines": self._lines_seen, "nx": self._nx, "ny": self._ny,
+                           "start_time": self._frame_start}
+        st = self._complete_status
+        if st is not None and not st.done:
+            st.set_finished()
+
+    def _give_up(self) -> None:
+        with self._lock:
+            if not self._active:
+                return
             self._emit(final=True)
             self._active = False
-            complete_ok = self._lines_seen >= self._ny
             lines = self._lines_seen
-            self.last_frame = {"lines": lines, "nx": self._nx, "ny": self._ny,
-                               "start_time": self._frame_start}
             st = self._complete_status
         if st is not None and not st.done:
-            if complete_ok:
-                st.set_finished()
-            else:
-                st.set_exception(RuntimeError(
-                    f"{self.name}: frame ended with {lines} of {self._ny} lines collected"))
+            st.set_exception(RuntimeError(
+                f"{self.name}: frame ended with {lines} of {self._ny} lines collected"))
 
     def _on_acquire_rbv(self, *, value, old_value=None, **kwargs) -> None:
         # Column raster went back to Stop without counting a frame: aborted.
@@ -244,6 +285,9 @@ class SIMSImager(Device):
             self._pending = []
             self._events = []
             self._lines_seen = 0
+            self._lines_target = 0
+            self._line_time = time.time()
+            self._frame_ended = False
             self._armed = False
             self._frame0 = int(self.img_frame.get())
             self._column_frame0 = int(self.column_frame.get())

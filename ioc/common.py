@@ -174,6 +174,25 @@ class PeerMonitor:
     def connected(self, pv_name: str) -> bool:
         return self.values.get(pv_name) is not None
 
+    async def refresh(self, *pv_names: str, timeout: float = 1.0) -> None:
+        """Read ``pv_names`` now, over CA, into :attr:`values`.
+
+        A monitor update may still be in flight when a client that just finished a put
+        on the peer asks this IOC to act on it (a put-then-trigger sequence from two
+        different IOCs); a fresh read after the put has completed cannot be stale.
+        """
+        if self._context is None:
+            return
+        pvs = await self._context.get_pvs(*pv_names)
+        for pv in pvs:
+            try:
+                await pv.wait_for_connection(timeout=timeout)
+                response = await pv.read(timeout=timeout)
+            except (TimeoutError, OSError):
+                self.values[pv.name] = None
+                continue
+            self.values[pv.name] = _unwrap(response.data)
+
     async def write(self, pv_name: str, value: Any, *, wait: bool = True, timeout: float = 2.0):
         """Put to a peer PV (used sparingly: IOCs mostly only read their peers)."""
         if self._context is None:

@@ -117,6 +117,10 @@ def _float(value: Any, default: float | None = None) -> float | None:
     return v if math.isfinite(v) else default
 
 
+#: Value of map pixels not acquired (yet) in the present frame.
+UNACQUIRED = -1
+
+
 class CollectorGroup(PVGroup):
     """One collector: ``COL{n}:`` MASS, MASS_RBV, COUNTS, RATE, MAP."""
 
@@ -628,6 +632,10 @@ class SpectrometerIOC(InstrumentIOC):
     async def _count(self) -> None:
         loop = asyncio.get_running_loop()
         count_time = float(self.count_time.value)
+        # Step maps put the spot on the column, then trigger a count here: read the
+        # spot state afresh rather than trust a monitor update that may be in flight.
+        await self.peers.refresh(*(self.peer_names[key]
+                                   for key in ("scan_mode", "spot_x", "spot_y")))
         t0 = time.time()
         snap = self.snapshot()
         emission = await loop.run_in_executor(self.executor, self._emission, snap, t0)
@@ -802,7 +810,9 @@ class SpectrometerIOC(InstrumentIOC):
             batch = 1
         else:
             batch = max(1, int(math.ceil(1.0 / PUBLISH_RATE_HZ / line_time)))
-        maps = [np.zeros(ny * nx, np.int32) for _ in range(N_COLLECTORS)]
+        # -1 marks pixels not acquired yet: a client can tell a published line from one
+        # whose map update has not reached it (counts are never negative).
+        maps = [np.full(ny * nx, UNACQUIRED, np.int32) for _ in range(N_COLLECTORS)]
         await self.img_nx.write(nx)
         await self.img_ny.write(ny)
         await self.img_dwell.write(dwell)

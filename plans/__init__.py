@@ -8,17 +8,21 @@ blanked, bias ramped to 0 V) on failure or abort (:func:`safe_state`).
 """
 
 from temsims.plans._common import safe_state
+from temsims.plans.correlative import correlative_tem_sims
 from temsims.plans.edx import edx_line, edx_point
 from temsims.plans.mode import to_sims_mode, to_tem_mode
+from temsims.plans.particles import find_labelled_particles
 from temsims.plans.sims import depth_profile, sims_map
 from temsims.plans.spectra import calibrate_masses, mass_spectrum
 from temsims.plans.tem import tem_image, tem_mosaic
 
 __all__ = [
     "calibrate_masses",
+    "correlative_tem_sims",
     "depth_profile",
     "edx_line",
     "edx_point",
+    "find_labelled_particles",
     "mass_spectrum",
     "safe_state",
     "sims_map",

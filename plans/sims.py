@@ -214,7 +214,7 @@ def _step_frame(imager, spectrometer, column, pixels, fov_um, line_buffer, settl
 
 def sims_map(imager, spectrometer, column, stage, bias, *, species: tuple = ("6Li", "7Li"),
              fov_um: float, pixels: tuple = (64, 64), dwell_s: float, frames: int = 1,
-             fly: bool = True, settle_s: float = 0.01, md: dict | None = None):
+             fly: bool = True, settle_s: float = 0.0, md: dict | None = None):
     """SIMS map of up to four species at the present stage position.
 
     Parameters
@@ -245,9 +245,10 @@ def sims_map(imager, spectrometer, column, stage, bias, *, species: tuple = ("6L
     fly : bool
         True: raster with the imager flyer; False: step mode (Spot + counting).
     settle_s : float
-        Step mode: wait after each spot move before counting (s), 0..1. The
-        spectrometer learns the spot position from the column over CA; without a
-        wait a count can start at the previous position.
+        Step mode: extra wait after each spot move before counting (s), 0..1
+        (beam settling of a real deflector). Not needed for correctness: the
+        spectrometer reads the spot position afresh from the column when a count
+        starts.
     md : dict, optional
         Extra start metadata.
 

@@ -160,9 +160,11 @@ def test_fly_and_step_maps_agree(sims):
               f"core {core.sum()} px chi2/px {chi2:.2f}; centroid fly {np.round(cf, 2)} "
               f"step {np.round(cs, 2)}")
         assert f.sum() > 1000 and core.sum() >= 2
-        # Poisson alone gives chi2/px ~ 1; the first map sputters the particle a little
-        # before the second, and a fly pixel averages the curved core: allow a few %.
-        assert chi2 < 10.0
+        # Poisson alone gives chi2/px ~ 1, but at ~5000 counts/px a few % is many sigma:
+        # the first map sputters the particle a little before the second, and a fly
+        # pixel averages the curved core. So bound the relative difference per pixel.
+        diff = np.abs(f - s)[core]
+        assert np.all(diff < 0.08 * f[core] + 4 * np.sqrt((f + s)[core]))
         assert abs(s[core].sum() / f[core].sum() - 1) < 0.05
         assert 0.75 < ratio < 1.25
         assert np.allclose(cf, cs, atol=0.3)

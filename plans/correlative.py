@@ -1,0 +1,459 @@
+"""Correlative TEM-SIMS: a TEM overview, SIMS maps of its regions, TEM zooms of them.
+
+:func:`correlative_tem_sims` is a multi-run plan (bluesky's "multi-run plans"
+pattern): one overview ``tem_image`` run, one ``sims_map`` run per region of interest
+and one ``tem_image`` zoom per region, all sharing one ``correlation_id`` (from
+``md`` or a new uuid4). Every run's start document carries ``correlative``:
+
+``{"role": "overview" | "sims_map" | "tem_zoom", "roi_index", "roi": {x_um, y_um,
+fov_um}, "stage_x_um", "stage_y_um", "tilt_deg" (nominal), "fov_um", "pixels",
+"scan_rotation_deg", "incidence_deg", "sample_extent_um": [along x, along y]}``
+
+which, with the ``region`` of the contract (stage readbacks and tilt), is what an
+overlay of TEM and SIMS needs: the SIMS map covers ``fov x fov * ny / nx /
+cos(incidence)`` of the specimen around the stage position, rotated by the scan
+rotation (see :class:`temsims.ioc.sims_physics.ScanGeometry` for the convention).
+
+Regions of interest are given (``rois``: list of ``(x_um, y_um, fov_um)``), then the
+overview's start document lists them, or found on the overview (dark blobs of mass
+thickness, :func:`find_dark_blobs`): the overview start document then says
+``roi_source: "auto"`` and the found list is in the overview run's ``rois`` stream
+(one event per region) and in every later run's ``correlative.rois``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+
+from temsims.plans._common import (
+    Values,
+    check_device,
+    check_int,
+    check_md,
+    check_number,
+    check_pair,
+    check_species,
+    check_within,
+    with_safe_state,
+)
+from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
+from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
+from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
+
+#: Incidence of the ion beam on the specimen in the SIMS geometry (deg): a map is
+#: foreshortened by cos(45 deg) along the specimen's y (docs: instrument.md).
+INCIDENCE_DEG = 45.0
+#: Nominal alpha tilt of the SIMS geometry (deg).
+SIMS_TILT_DEG = -68.0
+MAX_ROIS = 50
+
+
+# ============================================================================ taps
+class Tap:
+    """Watches the messages of a sub-plan: run uids, readings, collected events.
+
+    ``wrap(plan, before_close=None)`` returns the plan under ``bpp.plan_mutator``;
+    ``uids`` gets the uid of every run it opens, ``reads[obj.name]`` the last reading
+    of each object, ``collected`` the events of ``collect`` messages. ``before_close``
+    (a generator function of no argument) is inserted before a run's successful
+    ``close_run``, so a plan can add a stream computed from the run's own data.
+    """
+
+    def __init__(self) -> None:
+        self.uids: list[str] = []
+        self.reads: dict[str, dict] = {}
+        self.collected: list[dict] = []
+
+    def wrap(self, plan, before_close=None):
+        def proc(msg):
+            if msg.command in ("open_run", "read", "collect"):
+                def head(msg=msg):
+                    ret = yield msg
+                    if msg.command == "open_run" and ret is not None:
+                        self.uids.append(ret)
+                    elif msg.command == "read" and ret is not None:
+                        self.reads[getattr(msg.obj, "name", str(msg.obj))] = ret
+                    elif msg.command == "collect" and ret:
+                        self.collected.extend(list(ret))
+                    return ret
+                return head(), None
+            if (msg.command == "close_run" and before_close is not None
+                    and msg.kwargs.get("exit_status") in (None, "success")):
+                def insert(msg=msg):
+                    yield from before_close()
+                    return (yield msg)
+                return insert(), None
+            return None, None
+
+        return bpp.plan_mutator(plan, proc)
+
+
+def map_arrays(events: Sequence[dict], key: str) -> np.ndarray:
+    """(ny, nx) map of data key ``key`` from a SIMS map's line events (line order)."""
+    rows = sorted((int(e["data"].get(key.rsplit("_", 1)[0] + "_line", i)), np.asarray(
+        e["data"][key])) for i, e in enumerate(events) if key in e.get("data", {}))
+    if not rows:
+        return np.zeros((0, 0))
+    return np.concatenate([r for _, r in rows], axis=0).astype(float)
+
+
+# ============================================================================ geometry
+def tem_pixel_to_stage(row: float, col: float, *, size: int, fov_um: float, x_um: float,
+                       y_um: float, tilt_deg: float = 0.0) -> tuple[float, float]:
+    """TEM image pixel (row 0 = -y edge, col 0 = -x edge) -> specimen (x, y) um."""
+    pitch = fov_um / size
+    dx = (col - (size - 1) / 2.0) * pitch
+    dy = (row - (size - 1) / 2.0) * pitch / math.cos(math.radians(tilt_deg))
+    return x_um + dx, y_um + dy
+
+
+def sims_pixel_to_stage(row: float, col: float, *, pixels: Sequence[int], fov_um: float,
+                        x_um: float, y_um: float, rotation_deg: float = 0.0,
+                        incidence_deg: float = INCIDENCE_DEG) -> tuple[float, float]:
+    """SIMS map pixel (row 0 = -y, col 0 = -x; square pixels of ``fov/nx`` in the
+    beam-normal plane, rotated by the scan rotation, stretched by 1/cos(incidence)
+    along the specimen's y) -> specimen (x, y) um around the stage position."""
+    nx, ny = pixels
+    p = fov_um / nx
+    u = (col - (nx - 1) / 2.0) * p
+    v = (row - (ny - 1) / 2.0) * p
+    th = math.radians(rotation_deg)
+    ur = u * math.cos(th) - v * math.sin(th)
+    vr = u * math.sin(th) + v * math.cos(th)
+    return x_um + ur, y_um + vr / math.cos(math.radians(incidence_deg))
+
+
+def sims_extent_um(fov_um: float, pixels: Sequence[int],
+                   incidence_deg: float = INCIDENCE_DEG) -> list[float]:
+    """Specimen extent [x, y] (um) of a SIMS map (no rotation)."""
+    nx, ny = pixels
+    return [fov_um, fov_um * ny / nx / math.cos(math.radians(incidence_deg))]
+
+
+# ============================================================================ TEM ROIs
+def find_dark_blobs(image, *, fov_um: float, x_um: float = 0.0, y_um: float = 0.0,
+                    tilt_deg: float = 0.0, max_rois: int = 4, sigma: float = 5.0,
+                    depth_fraction: float = 0.25, min_area_px: int = 2,
+                    margin: float = 3.0, min_fov_um: float = 0.4) -> list[dict]:
+    """Regions of interest of a bright-field TEM image: dark (mass-thick) blobs.
+
+    The image is smoothed (Gaussian, 0.5 px), its background level is the median and
+    its noise the MAD; pixels darker than ``median - sigma * 1.4826 MAD`` and than
+    ``depth_fraction`` of the darkest blobs' depth (which keeps neighbouring particles
+    apart) are labelled (8-connected) and the ``max_rois`` largest blobs kept,
+    biggest first.
+
+    Returns
+    -------
+    list of dict
+        ``x_um, y_um`` (specimen, um; the blob's darkness-weighted centroid),
+        ``fov_um`` (``margin`` x the blob's equivalent diameter, at least
+        ``min_fov_um``), ``area_px``, ``diameter_um`` and ``contrast`` (mean relative
+        darkness).
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=float)
+    if img.ndim != 2 or img.size == 0:
+        return []
+    size = img.shape[0]
+    smooth = ndimage.gaussian_filter(img, 0.5)
+    bkg = float(np.median(smooth))
+    mad = float(np.median(np.abs(smooth - bkg))) * 1.4826 or float(smooth.std()) or 1.0
+    dark = np.clip(bkg - smooth, 0.0, None)
+    # Above the noise, and deep enough that neighbouring particles stay apart.
+    mask = dark > max(sigma * mad, depth_fraction * float(np.percentile(dark, 99.9)))
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n == 0:
+        return []
+    idx = np.arange(1, n + 1)
+    areas = ndimage.sum(np.ones_like(img), labels, idx)
+    pitch = fov_um / size
+    out = []
+    for lab in idx[np.argsort(-areas)]:
+        area = float(areas[lab - 1])
+        if area < min_area_px:
+            continue
+        row, col = ndimage.center_of_mass(dark, labels, lab)
+        x, y = tem_pixel_to_stage(row, col, size=size, fov_um=fov_um, x_um=x_um, y_um=y_um,
+                                  tilt_deg=tilt_deg)
+        diameter = 2.0 * math.sqrt(area / math.pi) * pitch
+        out.append({"x_um": round(float(x), 5), "y_um": round(float(y), 5),
+                    "fov_um": round(max(min_fov_um, margin * diameter), 5),
+                    "area_px": int(area), "diameter_um": round(diameter, 5),
+                    "contrast": round(float(dark[labels == lab].mean() / (bkg or 1.0)), 5)})
+        if len(out) >= max_rois:
+            break
+    return out
+
+
+# ============================================================================ checks
+def check_rois(rois, stage, column=None) -> list[dict] | None:
+    """``rois``: None or a list of (x_um, y_um, fov_um), within the stage limits."""
+    if rois is None:
+        return None
+    if isinstance(rois, str | bytes) or not isinstance(rois, Sequence):
+        raise TypeError(f"rois must be None or a list of (x_um, y_um, fov_um), got {rois!r}")
+    if not 1 <= len(rois) <= MAX_ROIS:
+        raise ValueError(f"rois must hold 1..{MAX_ROIS} regions, got {len(rois)}")
+    out = []
+    for i, roi in enumerate(rois):
+        if isinstance(roi, str | bytes) or not isinstance(roi, Sequence) or len(roi) != 3:
+            raise TypeError(f"rois[{i}] must be (x_um, y_um, fov_um), got {roi!r}")
+        x = check_number(f"rois[{i}][0] (x_um)", roi[0], unit="um")
+        y = check_number(f"rois[{i}][1] (y_um)", roi[1], unit="um")
+        fov = check_number(f"rois[{i}][2] (fov_um)", roi[2], low=0.0, low_open=True, unit="um")
+        check_within(f"rois[{i}][0] (x_um)", x, stage.x.limits, "um")
+        check_within(f"rois[{i}][1] (y_um)", y, stage.y.limits, "um")
+        if column is not None:
+            check_within(f"rois[{i}][2] (fov_um)", fov, column.scan.fov.limits, "um")
+        out.append({"x_um": x, "y_um": y, "fov_um": fov})
+    return out
+
+
+def check_common(stage, tem, camera, mode, imager, spectrometer, column, bias) -> None:
+    check_device("stage", stage, "x", "y", "z", "alpha")
+    check_device("tem", tem, "fov", "blank")
+    check_device("camera", camera, "image", "exposure", "trigger")
+    check_device("mode", mode, "set", "sims_voltage", "ion_blank", "bias", "infer")
+    check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
+    check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
+                 "count_time", "polarity")
+    check_device("column", column, "scan", "blank", "interlock", "current", "landing")
+    check_device("bias", bias, "readback", "set")
+
+
+def check_sims_voltage(voltage_v) -> float:
+    v = check_number("sims_voltage_v", voltage_v, low=-MAX_BIAS_V, high=MAX_BIAS_V, unit="V")
+    if abs(v) < MIN_SIMS_BIAS_V:
+        raise ValueError(f"sims_voltage_v = {voltage_v!r} V: SIMS needs |sims_voltage_v| in "
+                         f"[{MIN_SIMS_BIAS_V:g}, {MAX_BIAS_V:g}] V")
+    return v
+
+
+def geometry_md(*, role: str, roi_index: int | None, roi: dict | None, x_um: float,
+                y_um: float, tilt_deg: float, fov_um: float, pixels, rotation_deg: float,
+                mode: str, **extra) -> dict:
+    """The ``correlative`` start-metadata block of one run (see module doc)."""
+    if mode == "SIMS":
+        extent = sims_extent_um(fov_um, pixels)
+        incidence = INCIDENCE_DEG
+    else:
+        extent = [fov_um, fov_um]
+        incidence = None
+    out = {"role": role, "roi_index": roi_index, "roi": roi, "stage_x_um": float(x_um),
+           "stage_y_um": float(y_um), "tilt_deg": float(tilt_deg), "fov_um": float(fov_um),
+           "pixels": [int(p) for p in pixels], "scan_rotation_deg": float(rotation_deg),
+           "incidence_deg": incidence, "sample_extent_um": [round(e, 6) for e in extent]}
+    out.update(extra)
+    return out
+
+
+def _roi_values(rois: list[dict]) -> Values:
+    return Values("rois", units={"x_um": "um", "y_um": "um", "fov_um": "um"})
+
+
+# ============================================================================ plan
+def correlative_tem_sims(stage, tem, camera, mode, imager, spectrometer, column, bias, *,
+                         overview_fov_um: float, center: tuple = (0.0, 0.0),
+                         rois: list | None = None, max_rois: int = 4,
+                         species: tuple = ("6Li", "7Li"), sims_pixels: tuple = (32, 23),
+                         sims_dwell_s: float = 1e-3, zoom_fov_um: float | None = None,
+                         exposure_s: float = 0.05, sims_voltage_v: float = 4500.0,
+                         fly: bool = True, md: dict | None = None):
+    """TEM overview -> regions of interest -> SIMS maps of them -> TEM zooms of them.
+
+    Parameters
+    ----------
+    stage, tem, camera
+        Stage, electron column and camera (:func:`temsims.plans.tem.tem_image`).
+    mode : temsims.devices.mode.InstrumentMode
+        Geometry switch (:func:`to_sims_mode`, :func:`to_tem_mode`).
+    imager, spectrometer, column, bias
+        SIMS devices (:func:`temsims.plans.sims.sims_map`).
+    overview_fov_um : float
+        Field of view of the TEM overview (um), 0.05..100.
+    center : (float, float)
+        Overview centre on the specimen (um).
+    rois : list of (x_um, y_um, fov_um), optional
+        Regions of interest (specimen um; fov the SIMS raster width); ``None``: the
+        ``max_rois`` largest dark blobs of the overview (:func:`find_dark_blobs`).
+    max_rois : int
+        At most this many automatic regions, 1..50.
+    species : tuple of str
+        1..4 isotopes mapped by SIMS.
+    sims_pixels : (int, int)
+        SIMS map (nx, ny); ``ny = nx cos 45`` covers a square of the specimen.
+    sims_dwell_s : float
+        SIMS dwell per pixel (s).
+    zoom_fov_um : float, optional
+        Field of view of the TEM zooms (um); default: the region's fov / 2.
+    exposure_s : float
+        TEM exposure (s) of the overview and the zooms.
+    sims_voltage_v : float
+        Holder bias in SIMS (V), 100..4500 in magnitude.
+    fly : bool
+        SIMS maps in fly (True) or step mode.
+    md : dict, optional
+        Extra start metadata of every run; ``correlation_id`` here links the runs
+        (else a new uuid4).
+
+    Yields
+    ------
+    msg : Msg
+        ``1 + 2 * n_rois`` runs (overview, SIMS maps, zooms).
+
+    Returns
+    -------
+    dict
+        ``correlation_id``, ``uids`` {"overview": uid, "sims": [...], "tem": [...]},
+        ``rois`` (list of dict), ``sims_maps`` (list of {species: (ny, nx) array}),
+        ``overview`` (the image array), ``zooms`` (the zoom images).
+    """
+    check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
+    overview_fov_um = check_number("overview_fov_um", overview_fov_um, low=FOV_RANGE_UM[0],
+                                   high=FOV_RANGE_UM[1], unit="um")
+    center = check_pair("center", center, unit="um")
+    check_within("center[0]", center[0], stage.x.limits, "um")
+    check_within("center[1]", center[1], stage.y.limits, "um")
+    rois = check_rois(rois, stage, column)
+    max_rois = check_int("max_rois", max_rois, low=1, high=MAX_ROIS)
+    labels = check_species("species", species)
+    sims_pixels = check_pair("sims_pixels", sims_pixels, integer=True, low=1,
+                             high=MAX_PIXELS_PER_SIDE)
+    sims_dwell_s = check_number("sims_dwell_s", sims_dwell_s, low=DWELL_RANGE_S[0],
+                                high=DWELL_RANGE_S[1], unit="s")
+    if zoom_fov_um is not None:
+        zoom_fov_um = check_number("zoom_fov_um", zoom_fov_um, low=FOV_RANGE_UM[0],
+                                   high=FOV_RANGE_UM[1], unit="um")
+    exposure_s = check_number("exposure_s", exposure_s, low=EXPOSURE_RANGE_S[0],
+                              high=EXPOSURE_RANGE_S[1], unit="s")
+    sims_voltage_v = check_sims_voltage(sims_voltage_v)
+    if not isinstance(fly, bool):
+        raise TypeError(f"fly must be True or False, got {fly!r}")
+    md = check_md(md)
+    cid = md.get("correlation_id") or str(uuid.uuid4())
+    base_md = {**md, "correlation_id": cid}
+    result: dict[str, Any] = {"correlation_id": cid, "uids": {"overview": None, "sims": [],
+                                                              "tem": []},
+                              "rois": [], "sims_maps": [], "overview": None, "zooms": []}
+
+    def body():
+        rotation = float((yield from bps.rd(column.scan.rotation, default_value=0.0)))
+        size = int((yield from bps.rd(camera.size, default_value=0)) or 0)
+        yield from ensure_tem_mode(stage, mode)
+        # ---- 1. overview
+        tap = Tap()
+        found: list[dict] = []
+
+        def add_rois():
+            reading = tap.reads.get(camera.name, {})
+            img = reading.get(f"{camera.name}_image", {}).get("value")
+            if rois is None and img is not None:
+                found.extend(find_dark_blobs(np.asarray(img), fov_um=overview_fov_um,
+                                             x_um=center[0], y_um=center[1],
+                                             max_rois=max_rois))
+                found[:] = [r for r in found
+                            if _within(stage, r["x_um"], r["y_um"])]
+            elif rois is not None:
+                found.extend(dict(r) for r in rois)
+            buf = _roi_values(found)
+            for i, r in enumerate(found):
+                buf.set_values(index=i, x_um=float(r["x_um"]), y_um=float(r["y_um"]),
+                               fov_um=float(r["fov_um"]))
+                yield from bps.trigger_and_read([buf], name="rois")
+
+        ov_md = dict(base_md)
+        ov_md["correlative"] = geometry_md(
+            role="overview", roi_index=None, roi=None, x_um=center[0], y_um=center[1],
+            tilt_deg=0.0, fov_um=overview_fov_um, pixels=(size, size), rotation_deg=0.0,
+            mode="TEM", rois=rois, roi_source="given" if rois is not None else "auto",
+            max_rois=max_rois)
+        yield from tap.wrap(tem_image(stage, tem, camera, x_um=center[0], y_um=center[1],
+                                      fov_um=overview_fov_um, exposure_s=exposure_s,
+                                      md=ov_md), before_close=add_rois)
+        result["uids"]["overview"] = tap.uids[0] if tap.uids else None
+        img = tap.reads.get(camera.name, {}).get(f"{camera.name}_image", {}).get("value")
+        result["overview"] = None if img is None else np.asarray(img)
+        result["rois"] = found
+        if not found:
+            return result
+        # Regions are SIMS raster widths: within the column's limits.
+        low, high = column.scan.fov.limits
+        for r in found:
+            if low < high:
+                r["fov_um"] = float(min(max(r["fov_um"], low), high))
+        roi_list = [[r["x_um"], r["y_um"], r["fov_um"]] for r in found]
+
+        # ---- 2. SIMS maps
+        yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
+        for i, r in enumerate(found):
+            yield from bps.checkpoint()
+            yield from bps.mv(stage.x, r["x_um"], stage.y, r["y_um"])
+            run_md = dict(base_md)
+            run_md["correlative"] = geometry_md(
+                role="sims_map", roi_index=i, roi=dict(r), x_um=r["x_um"], y_um=r["y_um"],
+                tilt_deg=SIMS_TILT_DEG, fov_um=r["fov_um"], pixels=sims_pixels,
+                rotation_deg=rotation, mode="SIMS", rois=roi_list)
+            t = Tap()
+            yield from t.wrap(sims_map(imager, spectrometer, column, stage, bias,
+                                       species=labels, fov_um=r["fov_um"],
+                                       pixels=sims_pixels, dwell_s=sims_dwell_s, fly=fly,
+                                       md=run_md))
+            result["uids"]["sims"].extend(t.uids)
+            if fly:
+                result["sims_maps"].append({s: map_arrays(t.collected, f"{imager.name}_{s}")
+                                            for s in labels})
+        # ---- 3. TEM zooms
+        yield from to_tem_mode(mode)
+        for i, r in enumerate(found):
+            zfov = zoom_fov_um if zoom_fov_um is not None else max(FOV_RANGE_UM[0],
+                                                                    r["fov_um"] / 2.0)
+            run_md = dict(base_md)
+            run_md["correlative"] = geometry_md(
+                role="tem_zoom", roi_index=i, roi=dict(r), x_um=r["x_um"], y_um=r["y_um"],
+                tilt_deg=0.0, fov_um=zfov, pixels=(size, size), rotation_deg=0.0,
+                mode="TEM", rois=roi_list)
+            t = Tap()
+            yield from t.wrap(tem_image(stage, tem, camera, x_um=r["x_um"], y_um=r["y_um"],
+                                        fov_um=zfov, exposure_s=exposure_s, md=run_md))
+            result["uids"]["tem"].extend(t.uids)
+            img = t.reads.get(camera.name, {}).get(f"{camera.name}_image", {}).get("value")
+            result["zooms"].append(None if img is None else np.asarray(img))
+        return result
+
+    return (yield from with_safe_state(body(), column, bias))
+
+
+def ensure_tem_mode(stage, mode):
+    """Plan stub: go to the TEM geometry unless alpha is already near 0 deg."""
+    alpha = yield from bps.rd(stage.alpha, default_value=0.0)
+    if abs(float(alpha or 0.0)) > 1.0:
+        yield from to_tem_mode(mode)
+
+
+def _within(stage, x: float, y: float) -> bool:
+    for axis, v in ((stage.x, x), (stage.y, y)):
+        low, high = axis.limits
+        if low < high and not low <= v <= high:
+            return False
+    return True
+
+
+__all__ = [
+    "INCIDENCE_DEG",
+    "Tap",
+    "correlative_tem_sims",
+    "find_dark_blobs",
+    "map_arrays",
+    "sims_extent_um",
+    "sims_pixel_to_stage",
+    "tem_pixel_to_stage",
+]
