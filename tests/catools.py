@@ -58,17 +58,26 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str = "the c
 # Sync client
 # --------------------------------------------------------------------------------------
 def retry_search(func, *args, **kwargs):
-    """Call a sync-client function, retrying a CA *search* that timed out.
+    """Call a sync-client function, retrying a failure to *reach* the channel.
 
     On the shared, loaded test machine a UDP search now and then goes unanswered for
-    seconds although the IOC is alive; a put error (ErrorResponseReceived) is never
-    retried.
+    seconds although the IOC is alive, and the sync client's fresh TCP circuit is
+    now and then closed while the channel is created ("Disconnected during
+    initialization": nothing was read or written yet, so a retry is safe). A put
+    error (ErrorResponseReceived) is never retried.
     """
+    from caproto import CaprotoError, ErrorResponseReceived
+
     for attempt in range(3):
         try:
             return func(*args, **kwargs)
+        except ErrorResponseReceived:
+            raise
         except TimeoutError:
             if attempt == 2:
+                raise
+        except CaprotoError as exc:
+            if "during initialization" not in str(exc) or attempt == 2:
                 raise
 
 

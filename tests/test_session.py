@@ -51,6 +51,11 @@ def test_session_builds_the_namespace_and_stores_runs(instrument, tmp_path):
             configure_session(ns)
     finally:
         session.close()
+    # One PersistentDict per directory at a time (zict): drop the first before reopening.
+    import gc
+
+    del ns, session, RE
+    gc.collect()
     ns2: dict = {}
     session2 = configure_session(ns2, catalog="none", connect_devices=False, bec=False,
                                  md_dir=tmp_path / "md", magics=False, pbar=False)
