@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import socket
 import sys
 import tempfile
 import threading
@@ -30,22 +28,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "sims_map.json"
 
 def free_base_port(span: int = 10) -> int:
     """A base port with ``span`` free TCP and UDP loopback ports above it."""
-    rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
-    for _ in range(200):
-        base = rng.randrange(20000, 60000, 2)
-        ok = True
-        for port in range(base, base + span):
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                s = socket.socket(socket.AF_INET, kind)
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                finally:
-                    s.close()
-        if ok:
-            return base
-    raise RuntimeError("no free block of loopback ports")
+    from temsims.channel_access import find_free_base_port
+
+    return find_free_base_port(span)
 
 
 def wait_for(read, pv: str, predicate, timeout: float, what: str):

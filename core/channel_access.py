@@ -127,6 +127,39 @@ class CALayout:
         return env
 
 
+def find_free_base_port(span: int = 10, host: str = DEFAULT_HOST,
+                        low: int = 20000, high: int = 60000) -> int:
+    """A random even base port with ``span`` free TCP and UDP ports on ``host`` above it.
+
+    For benchmarks and tests that run their own instrument beside anything else on
+    the machine (the default 5064 may be taken by a real or another simulated IOC).
+    """
+    import random
+    import socket
+
+    rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
+    for _ in range(200):
+        base = rng.randrange(low, high, 2)
+        if all(_port_free(host, port, kind)
+               for port in range(base, base + span)
+               for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+            return base
+    raise RuntimeError(f"no block of {span} free ports on {host}")
+
+
+def _port_free(host: str, port: int, kind: int) -> bool:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
 def apply_client_environment(layout: CALayout | None = None) -> CALayout:
     """Export the client variables of ``layout`` into ``os.environ`` and return it.
 

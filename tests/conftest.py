@@ -11,8 +11,6 @@ reaches beyond loopback. Pattern: caproto's own ``tests/conftest.py``.
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 import pytest
 from instrument_support import stop_instrument
 
-from temsims.channel_access import CALayout
+from temsims.channel_access import CALayout, find_free_base_port
 from temsims.ioc.common import repeater_running
 from temsims.ioc.launcher import ALL_IOCS, InstrumentProcesses
 
@@ -31,26 +29,8 @@ N_SLOTS = 4
 PORTS_PER_SLOT = 10
 
 
-def _ports_free(ports: range) -> bool:
-    for port in ports:
-        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-            sock = socket.socket(socket.AF_INET, kind)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-            finally:
-                sock.close()
-    return True
-
-
 def _reserve_base_port() -> int:
-    rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
-    for _ in range(200):
-        base = rng.randrange(20000, 60000, 2)
-        if _ports_free(range(base, base + N_SLOTS * PORTS_PER_SLOT)):
-            return base
-    raise RuntimeError("no free block of loopback ports for the CA servers")
+    return find_free_base_port(N_SLOTS * PORTS_PER_SLOT)
 
 
 class SlotPool:
