@@ -140,14 +140,15 @@ def find_free_base_port(span: int = 10, host: str = DEFAULT_HOST,
     rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
     for _ in range(200):
         base = rng.randrange(low, high, 2)
-        if all(_port_free(host, port, kind)
+        if all(port_free(host, port, kind)
                for port in range(base, base + span)
                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
             return base
     raise RuntimeError(f"no block of {span} free ports on {host}")
 
 
-def _port_free(host: str, port: int, kind: int) -> bool:
+def port_free(host: str, port: int, kind: int) -> bool:
+    """True when nothing holds ``port`` (``kind``: SOCK_STREAM or SOCK_DGRAM) on ``host``."""
     import socket
 
     sock = socket.socket(socket.AF_INET, kind)

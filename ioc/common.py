@@ -30,7 +30,7 @@ import caproto as ca
 from caproto import AlarmSeverity, AlarmStatus
 from caproto.server import PVGroup, pvproperty, template_arg_parser
 
-from temsims.channel_access import PART_SUFFIXES, CALayout
+from temsims.channel_access import PART_SUFFIXES, CALayout, port_free
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +75,7 @@ def install_tcp_nodelay() -> None:
 # --------------------------------------------------------------------------------------
 def repeater_running(host: str, port: int) -> bool:
     """True when something already holds the repeater's UDP port on ``host``."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.bind((host, port))
-    except OSError:
-        return True
-    finally:
-        probe.close()
-    return False
+    return not port_free(host, port, socket.SOCK_DGRAM)
 
 
 def ensure_loopback_repeater(host: str, port: int) -> threading.Thread | None:

@@ -3,9 +3,8 @@ seed 1), connected as ophyd devices, and a RunEngine that enforces the metadata 
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import pytest
+from documents import DocumentCollector
 
 
 @pytest.fixture(scope="session")
@@ -36,33 +35,6 @@ def particles():
     labelled = sorted((p for p in truth if p["labelled"]), key=lambda p: -p["radius_nm"])
     natural = sorted((p for p in truth if not p["labelled"]), key=lambda p: -p["radius_nm"])
     return labelled, natural
-
-
-class DocumentCollector:
-    def __init__(self) -> None:
-        self.docs: dict[str, list[dict]] = defaultdict(list)
-
-    def __call__(self, name: str, doc: dict) -> None:
-        self.docs[name].append(doc)
-
-    def clear(self) -> None:
-        self.docs.clear()
-
-    def start(self) -> dict:
-        return self.docs["start"][-1]
-
-    def events(self, stream: str = "primary") -> list[dict]:
-        from event_model import unpack_event_page
-
-        uids = {d["uid"] for d in self.docs["descriptor"] if d.get("name") == stream}
-        events = [e for e in self.docs["event"] if e["descriptor"] in uids]
-        for page in self.docs["event_page"]:
-            if page["descriptor"] in uids:
-                events.extend(unpack_event_page(page))
-        return sorted(events, key=lambda e: e["seq_num"])
-
-    def descriptor(self, stream: str = "primary") -> dict:
-        return next(d for d in self.docs["descriptor"] if d.get("name") == stream)
 
 
 @pytest.fixture
