@@ -1,0 +1,219 @@
+"""Registration of SIMS maps onto TEM images, scored against the simulator's truth.
+
+The TEM image and the SIMS map are rendered by the simulator's physics
+(:mod:`temsims.ioc.tem_optics`, :mod:`temsims.ioc.sims_physics`) of one
+li2co3-particles specimen, at known stage positions, scan rotation and 45 deg
+incidence. The geometry handed to the registration is the truth with a stage
+readback error of a few SIMS pixels; the refined transform must put the SIMS pixel
+centres (map corners and centre) where the true geometry puts them on the TEM image,
+to better than 0.5 SIMS pixel (RMS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from skimage.transform import AffineTransform
+
+from temsims.analysis.geometry import SimsMapGeometry, TemImageGeometry, pixel_transform_matrix
+from temsims.analysis.registration import (
+    RegistrationResult,
+    register_sims_to_tem,
+    warp_sims_to_tem,
+    warp_tem_to_sims,
+)
+from temsims.ioc import sims_physics as sp
+from temsims.ioc.materials import isotope_mass_u
+from temsims.ioc.specimen import build_specimen
+from temsims.ioc.tem_optics import ImageGeometry, ImageRenderer
+
+#: Stage readback error given to the registration, in SIMS pixels (x, y on the specimen).
+STAGE_ERROR_PX = (3.2, -2.7)
+TOLERANCE_SIMS_PX = 0.5
+
+
+def render_scene(seed: int, *, mode: str = "TEM", tem_size: int = 1024, nx: int = 128,
+                 ny: int = 96, rotation_deg: float = 12.0):
+    """TEM image and Li maps (6Li, 7Li) of one specimen, with their true geometries."""
+    specimen = build_specimen("li2co3-particles", seed=seed)
+    rng = np.random.default_rng(100 + seed)
+    tem_truth = ImageGeometry(centre_x_um=0.1, centre_y_um=-0.05, fov_um=3.2, size=tem_size)
+    tem = ImageRenderer(specimen).acquire(tem_truth, 200.0, rng, mode=mode)
+    scan = sp.ScanGeometry(nx, ny, 1.6, rotation_deg=rotation_deg, centre_x_nm=250.0,
+                           centre_y_nm=-200.0)
+    params = sp.SimsParameters(drift_nm_per_min=0.0)  # truth without drift
+    plan = sp.FramePlan(specimen, scan, (isotope_mass_u("6Li"), isotope_mass_u("7Li")),
+                        5.0, 1e-3, 20.0, 25.5, 1, True, np.zeros(specimen.shape, np.float32),
+                        params=params)
+    li6, li7 = plan.render(rng)
+    sims_truth = SimsMapGeometry(nx, ny, scan.fov_um, scan.centre_x_nm / 1000.0,
+                                 scan.centre_y_nm / 1000.0, rotation_deg, scan.incidence_deg)
+    tem_geometry = TemImageGeometry(tem_size, tem_truth.fov_um, tem_truth.centre_x_um,
+                                    tem_truth.centre_y_um)
+    return tem, np.stack([li6, li7]).astype(np.float32), sims_truth, tem_geometry, scan, \
+        tem_truth
+
+
+def with_stage_error(geometry: SimsMapGeometry, error_px=STAGE_ERROR_PX) -> SimsMapGeometry:
+    p = geometry.pixel_size_um
+    return dataclasses.replace(geometry, centre_x_um=geometry.centre_x_um + error_px[0] * p,
+                               centre_y_um=geometry.centre_y_um
+                               + error_px[1] * p * geometry.stretch)
+
+
+def rms_error_sims_px(transform: AffineTransform, sims_truth: SimsMapGeometry,
+                      tem_truth: TemImageGeometry) -> float:
+    """RMS over the map corners and centre of |true^-1(transform(p)) - p| (SIMS px)."""
+    true = AffineTransform(matrix=pixel_transform_matrix(sims_truth, tem_truth))
+    points = sims_truth.corners_px()
+    d = true.inverse(transform(points)) - points
+    return math.sqrt(float((d ** 2).sum(axis=1).mean()))
+
+
+# ============================================================================ geometry
+def test_sims_geometry_reproduces_the_simulator_convention():
+    scan = sp.ScanGeometry(40, 30, 1.3, rotation_deg=17.0, centre_x_nm=120.0,
+                           centre_y_nm=-340.0, incidence_deg=45.0)
+    geo = SimsMapGeometry(40, 30, 1.3, 0.12, -0.34, rotation_deg=17.0)
+    rows, cols = np.mgrid[0:30, 0:40]
+    x_nm, y_nm = scan.to_specimen(*scan.beam_coords(rows, cols))
+    x_um, y_um = geo.pixel_to_specimen_um(rows, cols)
+    np.testing.assert_allclose(x_um * 1000, x_nm, atol=1e-9)
+    np.testing.assert_allclose(y_um * 1000, y_nm, atol=1e-9)
+    back_rows, back_cols = geo.specimen_to_pixel(x_um, y_um)
+    np.testing.assert_allclose(back_rows, rows, atol=1e-9)
+    np.testing.assert_allclose(back_cols, cols, atol=1e-9)
+    m = geo.affine_to_specimen()
+    xy = m @ np.array([cols.ravel(), rows.ravel(), np.ones(rows.size)])
+    np.testing.assert_allclose(xy[0] * 1000, x_nm.ravel(), atol=1e-9)
+    # Foreshortening: a map pixel covers 1/cos 45 times its beam-normal area.
+    assert abs(np.linalg.det(m[:2, :2])) == pytest.approx(geo.pixel_size_um ** 2 * math.sqrt(2))
+
+
+def test_tem_geometry_reproduces_the_simulator_convention():
+    truth = ImageGeometry(centre_x_um=0.3, centre_y_um=-0.2, fov_um=2.0, size=64,
+                          tilt_a_deg=10.0, tilt_b_deg=-5.0)
+    geo = TemImageGeometry(64, 2.0, 0.3, -0.2, tilt_alpha_deg=10.0, tilt_beta_deg=-5.0)
+    x_nm, y_nm = truth.pixel_coordinates_nm()
+    rows, cols = np.mgrid[0:64, 0:64]
+    x_um, y_um = geo.pixel_to_specimen_um(rows, cols)
+    np.testing.assert_allclose(x_um * 1000, np.broadcast_to(x_nm, (64, 64)), atol=1e-9)
+    np.testing.assert_allclose(y_um * 1000, np.broadcast_to(y_nm, (64, 64)), atol=1e-9)
+
+
+def test_from_metadata_of_plan_start_documents():
+    sims_doc = {"plan_name": "sims_map", "region": {"x_um": 0.5, "y_um": -0.25, "z_um": 0.0,
+                                                    "tilt_deg": -68.0, "fov_um": 2.0},
+                "map": {"pixels": [64, 45], "fov_um": 2.0},
+                "plan_args": {"pixels": [64, 45], "fov_um": 2.0}}
+    geo = SimsMapGeometry.from_metadata(sims_doc)
+    assert geo == SimsMapGeometry(64, 45, 2.0, 0.5, -0.25, 0.0, 45.0)
+    corr = dict(sims_doc, correlative={"role": "sims_map", "stage_x_um": 0.4, "stage_y_um": 0.1,
+                                       "tilt_deg": -68.0, "fov_um": 1.0, "pixels": [32, 23],
+                                       "scan_rotation_deg": 5.0, "incidence_deg": 45.0})
+    assert SimsMapGeometry.from_metadata(corr) == SimsMapGeometry(32, 23, 1.0, 0.4, 0.1, 5.0)
+
+    tem_doc = {"plan_name": "tem_image", "region": {"x_um": 1.0, "y_um": 2.0, "z_um": 0.0,
+                                                    "tilt_deg": 0.0, "fov_um": 3.0},
+               "plan_args": {"x_um": 1.0, "y_um": 2.0, "fov_um": 3.0, "exposure_s": 0.1}}
+    with pytest.raises(ValueError, match="size"):
+        TemImageGeometry.from_metadata(tem_doc)
+    assert TemImageGeometry.from_metadata(tem_doc, size=256) == TemImageGeometry(
+        256, 3.0, 1.0, 2.0)
+    corr_tem = dict(tem_doc, correlative={"stage_x_um": 1.0, "stage_y_um": 2.0, "fov_um": 3.0,
+                                          "pixels": [512, 512], "tilt_deg": 0.0})
+    assert TemImageGeometry.from_metadata(corr_tem).size == 512
+    with pytest.raises(ValueError, match="stage x"):
+        SimsMapGeometry.from_metadata({"map": {"pixels": [8, 8], "fov_um": 1.0}})
+    with pytest.raises(ValueError, match="pixels"):
+        SimsMapGeometry.from_metadata({"region": {"x_um": 0, "y_um": 0, "fov_um": 1.0}})
+
+
+# ============================================================================ registration
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_refined_transform_finds_the_true_pixel_positions(seed):
+    tem, li, sims_truth, tem_geo, _, _ = render_scene(seed)
+    recorded = with_stage_error(sims_truth)
+    # Total Li: labelled (6Li) and natural (7Li) particles alike, as on the TEM image.
+    result = register_sims_to_tem(li.sum(axis=0), tem, recorded, tem_geo)
+    initial = rms_error_sims_px(result.initial_transform, sims_truth, tem_geo)
+    error = rms_error_sims_px(result.transform, sims_truth, tem_geo)
+    print(f"seed {seed}: initial {initial:.2f} SIMS px -> refined {error:.3f} SIMS px; "
+          f"shift {result.shift_px}, ncc {result.quality['ncc']:.3f}, "
+          f"residual estimate {result.residual_sims_px:.3f} px")
+    assert initial > 3.0
+    assert error < TOLERANCE_SIMS_PX
+    assert result.refined
+    assert result.quality["tem_inverted"]  # bright field: particles dark, Li bright
+    assert result.quality["ncc"] > 0.8 > result.quality["ncc_initial"]
+    assert result.residual_sims_px < 1.0
+
+
+def test_haadf_contrast_is_not_inverted_and_registers():
+    tem, li, sims_truth, tem_geo, _, _ = render_scene(2, mode="STEM")
+    result = register_sims_to_tem(li.sum(axis=0), tem, with_stage_error(sims_truth), tem_geo)
+    assert not result.quality["tem_inverted"]
+    assert rms_error_sims_px(result.transform, sims_truth, tem_geo) < TOLERANCE_SIMS_PX
+
+
+def test_unacquired_pixels_are_ignored():
+    tem, li, sims_truth, tem_geo, _, _ = render_scene(1)
+    total = li.sum(axis=0)
+    total[-20:] = -1  # an interrupted map: the last rows were not acquired
+    result = register_sims_to_tem(total, tem, with_stage_error(sims_truth), tem_geo)
+    assert rms_error_sims_px(result.transform, sims_truth, tem_geo) < TOLERANCE_SIMS_PX
+    assert result.quality["overlap_fraction"] == pytest.approx(1 - 20 / total.shape[0],
+                                                               abs=0.01)
+
+
+def test_without_refinement_the_recorded_geometry_is_used():
+    tem, li, sims_truth, tem_geo, _, _ = render_scene(1)
+    result = register_sims_to_tem(li.sum(axis=0), tem, sims_truth, tem_geo, refine=False)
+    assert not result.refined and result.shift_px == (0.0, 0.0)
+    assert rms_error_sims_px(result.transform, sims_truth, tem_geo) < 1e-9
+
+
+def test_warps_between_the_grids():
+    tem, li, sims_truth, tem_geo, _, _ = render_scene(1)
+    result = register_sims_to_tem(li.sum(axis=0), tem, with_stage_error(sims_truth), tem_geo)
+    on_tem = warp_sims_to_tem(li, result, tem.shape)
+    assert on_tem.shape == (2, *tem.shape) and on_tem.dtype == np.float32
+    # The map covers part of the TEM field only: NaN outside.
+    inside = np.isfinite(on_tem[0])
+    assert 0.1 < inside.mean() < 0.6
+    # Where the map is, Li is where the bright-field image is dark.
+    total = on_tem.sum(axis=0)
+    r = np.corrcoef(total[inside], tem[inside])[0, 1]
+    assert r < -0.5
+    on_sims = warp_tem_to_sims(tem, result, li.shape[1:])
+    assert on_sims.shape == li.shape[1:] and np.isfinite(on_sims).all()
+    assert np.corrcoef(on_sims.ravel(), li.sum(axis=0).ravel())[0, 1] < -0.6
+    assert isinstance(result, RegistrationResult)
+    rows, cols = result.sims_to_tem_px([0, 10], [0, 5])
+    xy = result.transform([[0, 0], [5, 10]])
+    np.testing.assert_allclose(cols, xy[:, 0])
+    np.testing.assert_allclose(rows, xy[:, 1])
+
+
+def test_bad_input_is_refused_with_clear_errors():
+    tem_geo = TemImageGeometry(64, 1.0, 0.0, 0.0)
+    sims_geo = SimsMapGeometry(16, 12, 0.5, 0.0, 0.0)
+    with pytest.raises(ValueError, match="2-D"):
+        register_sims_to_tem(np.zeros((2, 12, 16)), np.zeros((64, 64)), sims_geo, tem_geo)
+    with pytest.raises(ValueError, match="does not match"):
+        register_sims_to_tem(np.zeros((12, 15)), np.zeros((64, 64)), sims_geo, tem_geo)
+    with pytest.raises(ValueError, match="does not match"):
+        register_sims_to_tem(np.zeros((12, 16)), np.zeros((60, 64)), sims_geo, tem_geo)
+    with pytest.raises(ValueError, match="invert_tem"):
+        register_sims_to_tem(np.zeros((12, 16)), np.zeros((64, 64)), sims_geo, tem_geo,
+                             invert_tem="yes")
+    far = dataclasses.replace(sims_geo, centre_x_um=50.0)
+    with pytest.raises(ValueError, match="overlap"):
+        register_sims_to_tem(np.ones((12, 16)), np.ones((64, 64)), far, tem_geo)
+    with pytest.raises(ValueError):
+        SimsMapGeometry(0, 12, 0.5, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        TemImageGeometry(64, -1.0, 0.0, 0.0)
