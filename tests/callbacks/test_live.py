@@ -1,0 +1,304 @@
+"""Live SIMS views fed with documents shaped like the imager's (see conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from temsims.callbacks.live import (
+    LiveFusedOverlay,
+    LiveRatioMap,
+    LiveSimsMap,
+    SimsMapAccumulator,
+    bin_rows,
+    ratio_and_significance,
+    sims_affine,
+    tem_affine,
+)
+
+
+def feed(cb, docs):
+    for name, doc in docs:
+        cb(name, doc)
+
+
+def png_std(path) -> float:
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)
+    return float(img[..., :3].std())
+
+
+# ---------------------------------------------------------------------------- accumulator
+@pytest.mark.parametrize("lpe, pages", [(1, False), (2, True)])
+def test_accumulator_holds_the_lines_given_nan_elsewhere(make, lpe, pages):
+    maps = make.poisson_maps(12, 8)
+    maps["7Li"][1, 3] = -1  # a pixel the spectrometer had not acquired
+    docs = make.sims_documents(maps, lines_per_event=lpe, n_lines=4, pages=pages)
+    acc = SimsMapAccumulator()
+    feed(acc, docs)
+    assert acc.species == ["6Li", "7Li"]  # from map.species, not the unused collector
+    assert acc.lines_done == 4 and acc.ny == 8 and acc.nx == 12
+    for s in ("6Li", "7Li"):
+        got = acc.maps[s]
+        assert got.shape == (8, 12)
+        expected = maps[s][:4].astype(float)
+        expected[expected < 0] = np.nan
+        np.testing.assert_array_equal(got[:4], expected)
+        assert np.isnan(got[4:]).all()
+    assert np.isnan(acc.maps["7Li"][1, 3])
+    assert acc.vmax["6Li"] == maps["6Li"][:4].max()
+
+
+def test_accumulator_frames_latest_and_sum(make):
+    maps = make.poisson_maps(6, 4)
+    docs = make.sims_documents(maps, frames=3)
+    latest, summed = SimsMapAccumulator(frames="latest"), SimsMapAccumulator(frames="sum")
+    feed(latest, docs)
+    feed(summed, docs)
+    assert latest.frame == summed.frame == 2
+    np.testing.assert_array_equal(latest.maps["6Li"], maps["6Li"])
+    np.testing.assert_array_equal(summed.maps["6Li"], 3 * maps["6Li"])
+    assert "frame 3/3" in latest.progress()
+
+
+def test_accumulator_species_subset_and_unknown(make, caplog):
+    docs = make.sims_documents(make.poisson_maps(5, 3))
+    acc = SimsMapAccumulator(["7Li", "99Xx"])
+    feed(acc, docs)
+    assert acc.species == ["7Li"]
+    assert "99Xx" in caplog.text
+
+
+# ---------------------------------------------------------------------------- LiveSimsMap
+def test_live_sims_map_headless_png(make, tmp_path, debug_callbacks):
+    maps = make.poisson_maps(16, 12)
+    docs = make.sims_documents(maps)
+    png = tmp_path / "out" / "map_{scan_id}.png"
+    cb = LiveSimsMap(png_path=png, headless=True)
+    feed(cb, docs[:2 + 5])  # start, descriptor, 5 lines
+    np.testing.assert_array_equal(cb.maps["6Li"][:5], maps["6Li"][:5].astype(float))
+    assert np.isnan(cb.maps["6Li"][5:]).all()
+    feed(cb, docs[7:])
+    out = tmp_path / "out" / "map_7.png"
+    assert cb.saved == [out] and out.exists()
+    assert png_std(out) > 0.01
+    titles = [ax.get_title() for ax in cb.axes]
+    assert titles == ["#7 6Li: line 12/12", "#7 7Li: line 12/12"]
+    # The colour scale of each species: 0 .. its largest count.
+    assert cb.images["7Li"].get_clim() == (0.0, float(maps["7Li"].max()))
+    # Unacquired pixels are masked in the image.
+    partial = LiveSimsMap(headless=True, max_fps=1000)
+    feed(partial, docs[:4])
+    partial.draw(force=True)
+    assert partial.images["6Li"].get_array().mask[2:].all()
+    assert not partial.images["6Li"].get_array().mask[:2].any()
+
+
+def test_live_sims_map_throttles_and_saves_every(make, tmp_path, debug_callbacks):
+    docs = make.sims_documents(make.poisson_maps(8, 40))
+    cb = LiveSimsMap("6Li", headless=True, max_fps=0.5, png_path=tmp_path / "m.png",
+                     save_every=10)
+    feed(cb, docs[:-1])
+    # one draw at the descriptor, none of the 40 events within 2 s (saves render).
+    assert cb.draws <= 2
+    assert cb.saved == [tmp_path / "m.png"] and (tmp_path / "m.png").exists()
+    assert cb.axes[0].get_title().endswith("line 40/40")
+    feed(cb, docs[-1:])
+    assert cb.draws <= 3
+
+
+def test_live_sims_map_into_given_axes(make, debug_callbacks):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    cb = LiveSimsMap(("7Li", "6Li"), ax=axes)
+    feed(cb, make.sims_documents(make.poisson_maps(6, 5)))
+    assert cb.axes == list(axes)
+    assert axes[0].get_title().startswith("#7 7Li")
+    assert len(axes[0].images) == 1
+
+
+def test_errors_do_not_reach_the_run_engine(make):
+    # make_class_safe: a broken callback logs, the RunEngine goes on.
+    cb = LiveRatioMap("6Li", "11B", headless=True)
+    feed(cb, make.sims_documents(make.poisson_maps(4, 3)))
+
+
+# ---------------------------------------------------------------------------- ratio
+def test_ratio_helpers():
+    n = np.array([[10.0, 0.0], [0.0, np.nan]])
+    d = np.array([[100.0, 50.0], [0.0, 3.0]])
+    ratio, sig = ratio_and_significance(n, d, 0.1)
+    np.testing.assert_allclose(ratio[0], [0.1, 0.0])
+    assert np.isnan(ratio[1]).all()
+    assert sig[0, 0] == 0.0
+    np.testing.assert_allclose(sig[0, 1], -5.0 / np.sqrt(0.01 * 50.0))
+    a = np.arange(16.0).reshape(4, 4)
+    a[0, 0] = np.nan
+    b = bin_rows(a, 2)
+    np.testing.assert_array_equal(b, [[1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13,
+                                                                 10 + 11 + 14 + 15]])
+
+
+def test_live_ratio_map_equals_n6_over_n7(make, tmp_path, debug_callbacks):
+    ny, nx = 6, 8
+    n7 = np.full((ny, nx), 100, np.int32)
+    n6 = (np.arange(nx, dtype=np.int32)[None, :] * np.ones((ny, 1), np.int32))  # 0..7
+    n6[2, :] = 0
+    n7[2, :4] = 0  # no counts at all: NaN
+    docs = make.sims_documents({"6Li": n6, "7Li": n7})
+    cb = LiveRatioMap(headless=True, significance=True, png_path=tmp_path / "r.png")
+    feed(cb, docs[:2 + 3])  # three lines
+    with np.errstate(invalid="ignore"):
+        expected = n6 / n7.astype(float)
+    expected[2, :4] = np.nan
+    np.testing.assert_array_equal(cb.ratio[:3], expected[:3])
+    assert np.isnan(cb.ratio[3:]).all()
+    r = 0.08215
+    np.testing.assert_allclose(cb.significance[0], (n6[0] - r * 100) / np.sqrt(n6[0] + r * r * 100))
+    feed(cb, docs[5:])
+    np.testing.assert_array_equal(cb.ratio, expected)
+    assert (tmp_path / "r.png").exists() and png_std(tmp_path / "r.png") > 0.01
+    assert len(cb.axes) == 2
+
+
+def test_live_ratio_map_binned(make, debug_callbacks):
+    maps = make.poisson_maps(8, 6)
+    cb = LiveRatioMap("6Li", "7Li", binning=2, headless=True)
+    docs = make.sims_documents(maps)
+    feed(cb, docs[:2 + 3])  # 3 lines: block row 0 complete, block row 1 half
+    b6 = maps["6Li"].reshape(3, 2, 4, 2).sum(axis=(1, 3))
+    b7 = maps["7Li"].reshape(3, 2, 4, 2).sum(axis=(1, 3))
+    np.testing.assert_allclose(cb.ratio[0], b6[0] / b7[0])
+    np.testing.assert_allclose(cb.ratio[1], maps["6Li"][2].reshape(4, 2).sum(1)
+                               / maps["7Li"][2].reshape(4, 2).sum(1))
+    feed(cb, docs[5:])
+    assert cb.ratio.shape == (3, 4)
+    np.testing.assert_allclose(cb.ratio, b6 / b7)
+
+
+# ---------------------------------------------------------------------------- fusion
+def _correlative_pair(make, *, sims_xy=(11.0, -4.0), nx=16, ny=12, fov=3.0):
+    cb_tem = make.correlative_block("overview", x_um=10.0, y_um=-5.0, fov_um=10.0,
+                                    pixels=(100, 100), mode="TEM")
+    yy, xx = np.mgrid[0:100, 0:100]
+    tem = (1000.0 - 400.0 * np.exp(-((xx - 60) ** 2 + (yy - 55) ** 2) / 200.0)).astype(
+        np.float32)
+    tem_docs = make.tem_documents(tem, fov_um=10.0, correlative=cb_tem)
+    corr = make.correlative_block("sims_map", x_um=sims_xy[0], y_um=sims_xy[1], fov_um=fov,
+                                  pixels=(nx, ny), mode="SIMS", tilt_deg=-68.0)
+    start = make.sims_start(nx=nx, ny=ny, fov_um=fov, x_um=sims_xy[0], y_um=sims_xy[1],
+                            correlative=corr)
+    sims_docs = make.sims_documents(make.poisson_maps(nx, ny), start_md=start)
+    return tem, tem_docs, sims_docs
+
+
+def test_geometry_matches_the_plans_convention(make):
+    from temsims.plans.correlative import sims_pixel_to_stage, tem_pixel_to_stage
+
+    tem, tem_docs, sims_docs = _correlative_pair(make)
+    a = sims_affine(sims_docs[0][1])
+    for row, col in [(0, 0), (11, 15), (3, 7)]:
+        x, y = sims_pixel_to_stage(row, col, pixels=(16, 12), fov_um=3.0, x_um=11.0,
+                                   y_um=-4.0)
+        np.testing.assert_allclose(a @ [col, row, 1], [x, y, 1], atol=1e-9)
+    t = tem_affine(tem_docs[0][1], tem.shape)
+    x, y = tem_pixel_to_stage(20, 70, size=100, fov_um=10.0, x_um=10.0, y_um=-5.0)
+    np.testing.assert_allclose(t @ [70, 20, 1], [x, y, 1], atol=1e-9)
+
+
+def test_live_fused_overlay_draws_in_the_footprint(make, tmp_path, debug_callbacks):
+    tem, tem_docs, sims_docs = _correlative_pair(make)
+    cb = LiveFusedOverlay(tem, tem_docs[0][1], species=("6Li", "7Li"), headless=True,
+                          png_path=tmp_path / "fused.png", max_fps=1000)
+    feed(cb, sims_docs[:2])
+    grey = cb.fused.copy()
+    assert np.allclose(grey[..., 0], grey[..., 1])  # TEM only: grey
+    # The footprint: 3 um x 3*12/16/cos45 um around (11, -4) on a 0.1 um TEM grid
+    # centred at (10, -5) (pixel 49.5): columns 45..74, rows 59.5 -+ 15.9.
+    fp = cb.footprint
+    cols = np.nonzero(fp.any(axis=0))[0]
+    rows = np.nonzero(fp.any(axis=1))[0]
+    assert (cols.min(), cols.max()) == (45, 74)
+    height_um = 3.0 * 12 / 16 / np.cos(np.radians(45.0))
+    assert rows.max() - rows.min() + 1 == pytest.approx(height_um / 0.1, abs=1.5)
+    assert (rows.min() + rows.max()) / 2 == pytest.approx(59.5, abs=1)
+    feed(cb, sims_docs[2:8])  # 6 lines
+    cb.draw(force=True)
+    warped = cb.warped_channels()
+    lit = np.isfinite(warped[0])
+    assert lit.any() and (lit <= fp).all()
+    assert not np.allclose(cb.fused[lit][:, 0], cb.fused[lit][:, 1])  # coloured
+    np.testing.assert_array_equal(cb.fused[~fp], grey[~fp])  # TEM alone outside
+    feed(cb, sims_docs[8:])
+    assert (tmp_path / "fused.png").exists() and png_std(tmp_path / "fused.png") > 0.01
+    assert "line 12/12" in cb.axes[0].get_title()
+
+
+def test_live_fused_overlay_from_run_and_methods(make, debug_callbacks):
+    tem, tem_docs, sims_docs = _correlative_pair(make, sims_xy=(10.0, -5.0))
+    for method in ("ihs", "laplacian", "alpha"):
+        cb = LiveFusedOverlay.from_run(tem_docs, method=method, headless=True, max_fps=1000)
+        feed(cb, sims_docs)
+        assert cb.footprint[50, 50]
+        assert np.isfinite(cb.fused).all() and cb.fused.min() >= 0 and cb.fused.max() <= 1
+    with pytest.raises(ValueError):
+        LiveFusedOverlay(tem, tem_docs[0][1], method="median")
+
+
+# ---------------------------------------------------------------------------- RunEngine
+def test_with_run_engine_and_a_line_flyer(make, tmp_path, debug_callbacks):
+    """The callbacks subscribed to a RunEngine: a fly scan whose flyer yields map lines
+    the way temsims.devices.imager.SIMSImager does (collect() -> event pages)."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    from bluesky import RunEngine
+    from ophyd.status import StatusBase
+
+    maps = make.poisson_maps(10, 6)
+
+    class LineFlyer:
+        name = "imager"
+        parent = None
+
+        def kickoff(self):
+            st = StatusBase()
+            st.set_finished()
+            return st
+
+        def complete(self):
+            return self.kickoff()
+
+        def describe_collect(self):
+            dk = {"imager_line": {"source": "sim", "dtype": "integer", "shape": []}}
+            for s in maps:
+                dk[f"imager_{s}"] = {"source": "sim", "dtype": "array", "shape": [1, 10],
+                                     "units": "counts"}
+            return {"primary": dk}
+
+        def collect(self):
+            for row in range(6):
+                data = {"imager_line": row}
+                data.update({f"imager_{s}": m[row:row + 1].copy() for s, m in maps.items()})
+                yield {"time": 0.0, "data": data, "timestamps": dict.fromkeys(data, 0.0)}
+
+    flyer = LineFlyer()
+    md = make.sims_start(nx=10, ny=6)
+
+    @bpp.run_decorator(md=md)
+    def plan():
+        yield from bps.kickoff(flyer, wait=True)
+        yield from bps.complete(flyer, wait=True)
+        yield from bps.collect(flyer)
+
+    live = LiveSimsMap(headless=True, png_path=tmp_path / "re.png")
+    ratio = LiveRatioMap(headless=True)
+    RE = RunEngine({})
+    RE(plan(), [live, ratio])
+    np.testing.assert_array_equal(live.maps["7Li"], maps["7Li"])
+    np.testing.assert_allclose(ratio.ratio, maps["6Li"] / maps["7Li"])
+    assert (tmp_path / "re.png").exists()
