@@ -8,6 +8,7 @@ blanked, bias ramped to 0 V) on failure or abort (:func:`safe_state`).
 """
 
 from temsims.plans._common import safe_state
+from temsims.plans.calibration import edx_sims_calibration
 from temsims.plans.correlative import correlative_tem_sims
 from temsims.plans.edx import edx_line, edx_point
 from temsims.plans.mode import to_sims_mode, to_tem_mode
@@ -22,6 +23,7 @@ __all__ = [
     "depth_profile",
     "edx_line",
     "edx_point",
+    "edx_sims_calibration",
     "find_labelled_particles",
     "mass_spectrum",
     "safe_state",

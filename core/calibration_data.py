@@ -1,0 +1,508 @@
+"""The two runs of ``edx_sims_calibration`` -> arrays -> an absolute concentration map.
+
+:func:`from_documents` (Bluesky documents, e.g. a RunEngine subscriber's) and
+:func:`from_runs` / :func:`from_catalog` (tiled ``BlueskyRun`` s of the catalog) read
+the EDX line run and the SIMS map run of one calibration (``calibration_id``) into a
+:class:`CalibrationData`; :func:`quantify` runs the EDX-guided SIMS quantification
+on it (``docs/calibration.md``):
+
+1. EDX: :func:`temsims.analysis.edx.quantify_line_scan` of the line spectra with the
+   recorded energy axis, beam energy, detector resolution and k-factors (given here
+   or recorded by the plan) -> ``C_EDX`` per point, its uncertainty, its detection
+   limit.
+2. SIMS: the analyte and matrix maps, dead-time corrected per pixel and less the
+   dark counts, summed in bins along the gradient centred on the EDX points
+   (:func:`temsims.analysis.quantification.map_profile` with the recorded pixel ->
+   specimen affine): the SIMS intensities at the EDX positions, at the EDX step's
+   resolution.
+3. :func:`~temsims.analysis.quantification.calibrate_rsf` where EDX detects both
+   elements; :func:`~temsims.analysis.quantification.quantify_map` of the profile
+   (at the EDX positions, also below the EDX limit) and of the map, pixel by pixel.
+
+Pure reading and numpy: no bluesky, ophyd or IOC imports (tiled objects are only
+duck-typed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from temsims.analysis import edx as edx_analysis
+from temsims.analysis import quantification as qn
+
+ROLES = ("edx_line", "sims_map")
+
+
+class CalibrationDataError(ValueError):
+    """The runs do not make one complete EDX-SIMS calibration."""
+
+
+# ======================================================================================
+# Data
+# ======================================================================================
+@dataclass(frozen=True)
+class CalibrationData:
+    """Everything the quantification needs from the two runs (units in the names).
+
+    Attributes
+    ----------
+    calibration_id, edx_uid, sims_uid
+        The calibration and its two runs.
+    analyte, matrix, analyte_species, matrix_species, binary
+        What is quantified against what.
+    points_um
+        ``(n, 2)`` specimen positions of the EDX points (stage coordinates, um).
+    direction
+        Unit vector of the gradient on the specimen (start -> stop of the line).
+    spectra, axis, beam_kev, fwhm_mn_ka_ev, k_factors, k_factor_source
+        EDX line spectra ``(n, nchan)``, their energy axis, beam energy, detector
+        resolution and the recorded k-factors (``None`` if the plan had none).
+    analyte_map, matrix_map
+        SIMS counts ``(ny, nx)`` as recorded (no correction).
+    affine_nm
+        3x3 map pixel ``(col, row, 1)`` -> specimen ``(x_nm, y_nm, 1)``.
+    dwell_s, dead_time_s, dark_rate_per_s
+        Counting parameters of the map.
+    start
+        The two start documents, by role.
+    """
+
+    calibration_id: str
+    edx_uid: str
+    sims_uid: str
+    analyte: str
+    matrix: str
+    analyte_species: str
+    matrix_species: str
+    binary: bool
+    points_um: np.ndarray
+    direction: tuple[float, float]
+    spectra: np.ndarray
+    axis: edx_analysis.EnergyAxis
+    beam_kev: float
+    fwhm_mn_ka_ev: float
+    k_factors: dict[str, float] | None
+    k_factor_source: str
+    analyte_map: np.ndarray
+    matrix_map: np.ndarray
+    affine_nm: np.ndarray
+    dwell_s: float
+    dead_time_s: float
+    dark_rate_per_s: float
+    start: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def positions_nm(self) -> np.ndarray:
+        """EDX points projected on the gradient direction (nm), increasing."""
+        d = np.asarray(self.direction)
+        return 1000.0 * (self.points_um @ d)
+
+    @property
+    def step_nm(self) -> float:
+        p = self.positions_nm
+        return float(np.median(np.diff(p))) if p.size > 1 else float("nan")
+
+    def line_inside_field(self) -> bool:
+        """Every EDX point and its half-step bin on both ends lies inside the SIMS map."""
+        p = np.asarray(self.points_um, dtype=float) * 1000.0
+        half = 0.5 * self.step_nm * np.asarray(self.direction)
+        ends = np.array([p[0] - half, p[-1] + half])
+        inv = np.linalg.inv(self.affine_nm)
+        col, row, _ = inv @ np.vstack([ends.T, np.ones(2)])
+        ny, nx = self.analyte_map.shape
+        tol = 1e-6
+        return bool(np.all((col >= -0.5 - tol) & (col <= nx - 0.5 + tol)
+                           & (row >= -0.5 - tol) & (row <= ny - 0.5 + tol)))
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """The quantification of one calibration.
+
+    Attributes
+    ----------
+    data
+        The input (:class:`CalibrationData`).
+    edx
+        EDX quantification of the line (fractions, sigma, detection limits per point).
+    positions_nm
+        Bin centres along the gradient (the EDX points, projected).
+    analyte_profile, matrix_profile
+        SIMS counts summed per bin (dead-time and dark corrected).
+    mask
+        Points used for the RSF fit (EDX detects analyte and matrix).
+    calibration
+        The fitted RSF(r) (:class:`~temsims.analysis.quantification.RSFCalibration`).
+    profile
+        Quantified SIMS concentration at the EDX positions (from the binned counts).
+    map
+        Quantified SIMS concentration per map pixel.
+    detection_limit, quantification_limit
+        EDX limits of the analyte (atomic fraction; median over the line).
+    k_factors
+        The k-factors used.
+    """
+
+    data: CalibrationData
+    edx: edx_analysis.EDXQuantification
+    positions_nm: np.ndarray
+    analyte_profile: qn.MapProfile
+    matrix_profile: qn.MapProfile
+    mask: np.ndarray
+    calibration: qn.RSFCalibration
+    profile: qn.QuantifiedMap
+    map: qn.QuantifiedMap
+    detection_limit: float
+    quantification_limit: float
+    k_factors: dict[str, float]
+
+    def record(self) -> dict[str, Any]:
+        """The calibration as a JSON-able derived record pointing at both runs."""
+        cal = self.calibration
+        return {"calibration_id": self.data.calibration_id,
+                "runs": {"edx_line": self.data.edx_uid, "sims_map": self.data.sims_uid},
+                "analyte": self.data.analyte, "matrix_reference": self.data.matrix,
+                "analyte_species": self.data.analyte_species,
+                "matrix_species": self.data.matrix_species,
+                "model": "ln(rho / r) = sum_k a_k q^k, q = s r / (1 + s r), r = I_A / I_M, "
+                         + ("rho = C / (1 - C)" if cal.binary else "rho = C"),
+                "coefficients": [float(c) for c in cal.coefficients],
+                "covariance": np.asarray(cal.covariance, dtype=float).tolist(),
+                "ratio_scale": float(cal.ratio_scale), "binary": bool(cal.binary),
+                "q_range": list(cal.q_range), "c_range": list(cal.c_range),
+                "reduced_chi2": float(cal.reduced_chi2), "n_points": int(self.mask.sum()),
+                "k_factors": dict(self.k_factors),
+                "edx_detection_limit": self.detection_limit,
+                "edx_quantification_limit": self.quantification_limit}
+
+
+# ======================================================================================
+# Reading documents
+# ======================================================================================
+def _iter_documents(documents) -> Iterable[tuple[str, dict]]:
+    """(name, doc) pairs from a sequence of pairs or a mapping name -> list of docs."""
+    if hasattr(documents, "docs") and isinstance(documents.docs, Mapping):
+        documents = documents.docs
+    if isinstance(documents, Mapping):
+        order = ("start", "descriptor", "event", "event_page", "stop")
+        for name in order:
+            for doc in documents.get(name, []):
+                yield name, doc
+        return
+    for item in documents:
+        name, doc = item
+        yield name, doc
+
+
+def _calibration_block(start: Mapping) -> dict | None:
+    block = start.get("calibration")
+    if isinstance(block, Mapping) and block.get("role") in ROLES:
+        return dict(block)
+    return None
+
+
+def _pick(starts: Sequence[Mapping], calibration_id: str | None) -> dict[str, dict]:
+    """The start document of each role of one calibration (the latest one if several)."""
+    found: dict[str, dict[str, dict]] = {}
+    for s in starts:
+        block = _calibration_block(s)
+        if block is None:
+            continue
+        cid = block.get("calibration_id") or s.get("correlation_id")
+        if calibration_id is not None and cid != calibration_id:
+            continue
+        found.setdefault(cid, {})[block["role"]] = dict(s)
+    complete = {cid: roles for cid, roles in found.items() if set(ROLES) <= set(roles)}
+    if not complete:
+        which = f" {calibration_id!r}" if calibration_id else ""
+        raise CalibrationDataError(
+            f"no complete calibration{which}: need an 'edx_line' and a 'sims_map' run whose "
+            f"start documents carry a 'calibration' block (found {sorted(found)})")
+    if calibration_id is None and len(complete) > 1:
+        # The latest calibration (by the time of its SIMS run).
+        return max(complete.values(), key=lambda r: r["sims_map"].get("time", 0.0))
+    return next(iter(complete.values()))
+
+
+def from_documents(documents, calibration_id: str | None = None) -> CalibrationData:
+    """A calibration from Bluesky documents.
+
+    Parameters
+    ----------
+    documents
+        ``(name, doc)`` pairs in emission order, a mapping name -> list of documents,
+        or an object with such a mapping in ``.docs`` (a document collector).
+    calibration_id
+        Which calibration (default: the latest complete one).
+
+    Raises
+    ------
+    CalibrationDataError
+        If no complete calibration (both runs, both with their data) is found.
+    """
+    from event_model import unpack_event_page
+
+    starts: list[dict] = []
+    descriptors: dict[str, dict] = {}
+    events: dict[str, list[dict]] = {}
+    for name, doc in _iter_documents(documents):
+        if name == "start":
+            starts.append(doc)
+        elif name == "descriptor":
+            descriptors[doc["uid"]] = doc
+        elif name == "event":
+            events.setdefault(doc["descriptor"], []).append(doc)
+        elif name == "event_page":
+            events.setdefault(doc["descriptor"], []).extend(unpack_event_page(doc))
+    runs = _pick(starts, calibration_id)
+
+    def primary(run_uid: str) -> list[dict]:
+        out = []
+        for uid, desc in descriptors.items():
+            if desc.get("run_start") == run_uid and desc.get("name", "primary") == "primary":
+                out.extend(events.get(uid, []))
+        return sorted(out, key=lambda e: e["seq_num"])
+
+    def column(evs: list[dict], key: str) -> np.ndarray:
+        values = [np.asarray(e["data"][key]) for e in evs if key in e.get("data", {})]
+        if not values:
+            raise CalibrationDataError(f"no {key!r} in the run's primary stream")
+        return np.stack(values)
+
+    edx_start, sims_start = runs["edx_line"], runs["sims_map"]
+    edx_events = primary(edx_start["uid"])
+    sims_events = primary(sims_start["uid"])
+    keys = _edx_keys(edx_start)
+    skeys = _sims_keys(sims_start)
+    arrays = {"spectra": column(edx_events, keys["spectra"])}
+    try:
+        arrays["energy"] = column(edx_events, keys["energy"])
+    except CalibrationDataError:
+        arrays["energy"] = None
+    lines = column(sims_events, skeys["line"]) if sims_events else None
+    for label in ("analyte", "matrix"):
+        arrays[label] = column(sims_events, skeys[label])
+    return _assemble(edx_start, sims_start, arrays, lines)
+
+
+def from_runs(runs: Iterable[Any], calibration_id: str | None = None) -> CalibrationData:
+    """A calibration from tiled ``BlueskyRun`` s (``run.metadata["start"]``,
+    ``run["primary"][key].read()``), e.g. ``cat.by_correlation_id(cid).values()``."""
+    runs = list(runs)
+    starts = [dict(r.metadata["start"]) for r in runs]
+    picked = _pick(starts, calibration_id)
+    by_uid = {s["uid"]: r for s, r in zip(starts, runs, strict=True)}
+    edx_start, sims_start = picked["edx_line"], picked["sims_map"]
+    edx_run, sims_run = by_uid[edx_start["uid"]], by_uid[sims_start["uid"]]
+
+    def read(run, key: str) -> np.ndarray:
+        stream = run["primary"]
+        if key not in stream:
+            raise CalibrationDataError(f"no {key!r} in run {run.metadata['start']['uid']}")
+        return np.asarray(stream[key].read())
+
+    keys = _edx_keys(edx_start)
+    skeys = _sims_keys(sims_start)
+    arrays = {"spectra": read(edx_run, keys["spectra"])}
+    try:
+        arrays["energy"] = read(edx_run, keys["energy"])
+    except CalibrationDataError:
+        arrays["energy"] = None
+    lines = read(sims_run, skeys["line"]) if skeys["line"] in sims_run["primary"] else None
+    for label in ("analyte", "matrix"):
+        arrays[label] = read(sims_run, skeys[label])
+    return _assemble(edx_start, sims_start, arrays, lines)
+
+
+def from_catalog(catalog, calibration_id: str) -> CalibrationData:
+    """A calibration from a temsims catalog (``temsims.catalog.open_catalog(...)``)."""
+    node = catalog.by_correlation_id(calibration_id)
+    runs = [node[uid] for uid in node]
+    return from_runs(runs, calibration_id)
+
+
+def _edx_keys(start: Mapping) -> dict[str, str]:
+    keys = (start["calibration"].get("edx") or {}).get("data_keys") or {}
+    return {"spectra": keys.get("spectra", "edx_line_spectra"),
+            "energy": keys.get("energy", "edx_energy")}
+
+
+def _sims_keys(start: Mapping) -> dict[str, str]:
+    sims = start["calibration"].get("sims") or {}
+    species = sims.get("species") or {}
+    keys = sims.get("data_keys") or {}
+    try:
+        return {"analyte": keys[species["analyte"]], "matrix": keys[species["matrix"]],
+                "line": sims.get("line_key", "imager_line")}
+    except KeyError as exc:
+        raise CalibrationDataError(f"the SIMS run's calibration block misses {exc}") from None
+
+
+def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> CalibrationData:
+    eb = edx_start["calibration"]
+    sb = sims_start["calibration"]
+    e = eb.get("edx") or {}
+    s = sb.get("sims") or {}
+    points = np.asarray((edx_start.get("edx") or {}).get("points_um"), dtype=float)
+    spectra = np.asarray(arrays["spectra"], dtype=float)
+    if spectra.ndim == 3:  # one event of (npts, nchan)
+        spectra = spectra[-1]
+    if points.ndim != 2 or points.shape[0] != spectra.shape[0]:
+        raise CalibrationDataError(f"{points.shape[0] if points.ndim == 2 else 0} EDX points "
+                                   f"recorded for {spectra.shape[0]} spectra")
+    if arrays.get("energy") is not None:
+        energy = np.asarray(arrays["energy"], dtype=float)
+        axis = edx_analysis.EnergyAxis.from_centres(energy.reshape(-1, energy.shape[-1])[-1])
+    else:
+        axis = edx_analysis.EnergyAxis(int(e["nchan"]), float(e["ev_per_chan"]),
+                                       float(e.get("offset_ev", 0.0)))
+    nx, ny = int(s["nx"]), int(s["ny"])
+
+    def as_map(values) -> np.ndarray:
+        a = np.asarray(values, dtype=float)
+        a = a.reshape(a.shape[0], -1, nx)  # (events, lines per event, nx)
+        if lines is not None:
+            order = np.argsort(np.asarray(lines).ravel(), kind="stable")
+            a = a[order]
+        a = a.reshape(-1, nx)
+        if a.shape[0] != ny:
+            raise CalibrationDataError(f"SIMS map has {a.shape[0]} lines, the run recorded "
+                                       f"ny = {ny}")
+        return a
+
+    direction = tuple(float(v) for v in eb["gradient_direction"])
+    norm = math.hypot(*direction)
+    k = e.get("k_factors")
+    return CalibrationData(
+        calibration_id=str(eb["calibration_id"]), edx_uid=edx_start["uid"],
+        sims_uid=sims_start["uid"], analyte=eb["analyte"], matrix=eb["matrix_reference"],
+        analyte_species=eb["analyte_species"], matrix_species=eb["matrix_species"],
+        binary=bool(eb.get("binary", True)), points_um=points,
+        direction=(direction[0] / norm, direction[1] / norm), spectra=spectra, axis=axis,
+        beam_kev=float(e["beam_kev"]), fwhm_mn_ka_ev=float(e.get("fwhm_mn_ka_ev", 130.0)),
+        k_factors=None if k is None else {str(a): float(b) for a, b in k.items()},
+        k_factor_source=str(e.get("k_factor_source", "")),
+        analyte_map=as_map(arrays["analyte"]), matrix_map=as_map(arrays["matrix"]),
+        affine_nm=np.asarray(s["pixel_to_specimen_nm"], dtype=float),
+        dwell_s=float(s["dwell_s"]), dead_time_s=float(s.get("dead_time_s", 0.0)),
+        dark_rate_per_s=float(s.get("dark_rate_per_s", 0.0)),
+        start={"edx_line": dict(edx_start), "sims_map": dict(sims_start)})
+
+
+# ======================================================================================
+# Quantification
+# ======================================================================================
+def corrected_counts(counts: np.ndarray, *, dwell_s: float, dead_time_s: float,
+                     dark_counts: float = 0.0) -> np.ndarray:
+    """True counts per pixel: non-paralyzable dead time ``N = M / (1 - M tau / dwell)``,
+    then the expected dark counts subtracted (not clipped: unbiased when summed)."""
+    m = np.asarray(counts, dtype=float)
+    if dead_time_s > 0:
+        f = dead_time_s / dwell_s
+        if np.any(m * f >= 1):
+            raise ValueError("counts at or beyond dead-time saturation")
+        m = m / (1.0 - m * f)
+    return m - dark_counts
+
+
+def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = None,
+             k_sigma: Mapping[str, float] | None = None, degree: int = 2,
+             half_width_nm: float | None = None,
+             min_detected_sigma: float | None = None) -> CalibrationResult:
+    """EDX-guided SIMS quantification of one calibration.
+
+    Parameters
+    ----------
+    data
+        From :func:`from_documents`, :func:`from_runs` or :func:`from_catalog`.
+    k_factors
+        Cliff-Lorimer factors of the analyte and the matrix element (relative to a
+        reference, ``k_ref = 1``); default the ones the run recorded.
+    k_sigma
+        Their 1-sigma uncertainties (default 0).
+    degree
+        Degree of the RSF polynomial in ``q`` (:func:`~temsims.analysis.quantification.calibrate_rsf`).
+        2 by default: over a calibration range of up to ~70 at.% it leaves no
+        measurable bias, while degree 3 follows the EDX noise near the detection
+        limit and extrapolates it (measured on the simulated Cu-Ni couple,
+        ``tests/plans/test_calibration.py``); use 3 when the range reaches ~100 %.
+    half_width_nm
+        Use only SIMS pixels within this distance of the EDX line (default: the whole
+        map, averaged across the gradient).
+    min_detected_sigma
+        Fit only points whose analyte fraction exceeds this many sigma of the blank
+        (default: the EDX detection limit, 3 sigma).
+
+    Returns
+    -------
+    CalibrationResult
+
+    Raises
+    ------
+    ValueError
+        No k-factors (neither given nor recorded), or the analysis refuses the data.
+    """
+    k = dict(k_factors) if k_factors is not None else data.k_factors
+    if not k:
+        raise ValueError("no k-factors: the runs recorded none (measure them on a standard) "
+                         "and none were given")
+    for el in (data.analyte, data.matrix):
+        if el not in k:
+            raise ValueError(f"k_factors must include {data.analyte!r} and {data.matrix!r}, "
+                             f"got {sorted(k)}")
+    k = {el: float(k[el]) for el in (data.analyte, data.matrix)}
+    resolution = edx_analysis.DetectorResolution(fwhm_mn_ka_ev=data.fwhm_mn_ka_ev)
+    profile_edx = edx_analysis.quantify_line_scan(data.spectra, data.axis, k,
+                                                  beam_kev=data.beam_kev,
+                                                  resolution=resolution, k_sigma=k_sigma)
+    dark = data.dark_rate_per_s * data.dwell_s
+    a_map = corrected_counts(data.analyte_map, dwell_s=data.dwell_s,
+                             dead_time_s=data.dead_time_s, dark_counts=dark)
+    m_map = corrected_counts(data.matrix_map, dwell_s=data.dwell_s,
+                             dead_time_s=data.dead_time_s, dark_counts=dark)
+    positions = data.positions_nm
+    band = {}
+    if half_width_nm is not None:
+        p0 = 1000.0 * data.points_um[0]
+        band = {"line_point_nm": (float(p0[0]), float(p0[1])), "half_width_nm": half_width_nm}
+    a_prof = qn.map_profile(a_map, data.affine_nm, positions, direction=data.direction, **band)
+    m_prof = qn.map_profile(m_map, data.affine_nm, positions, direction=data.direction, **band)
+    if np.any(a_prof.npixels == 0):
+        raise ValueError("some EDX points have no SIMS pixels in their bin: the line is not "
+                         "inside the SIMS field")
+    a_tot = np.maximum(a_prof.total, 0.0)
+    m_tot = np.maximum(m_prof.total, 0.0)
+    fa = profile_edx.fractions[data.analyte]
+    if min_detected_sigma is None:
+        mask = profile_edx.detected[data.analyte] & profile_edx.detected[data.matrix]
+    else:
+        blank = profile_edx.detection_limit[data.analyte] / edx_analysis.DETECTION_SIGMA
+        mask = (fa > min_detected_sigma * blank) & profile_edx.detected[data.matrix]
+    calibration = qn.calibrate_rsf(fa, profile_edx.sigma[data.analyte], a_tot, m_tot,
+                                   mask=mask, degree=degree, binary=data.binary)
+    at_points = qn.quantify_map(a_tot, m_tot, calibration)
+    per_pixel = qn.quantify_map(np.maximum(a_map, 0.0), np.maximum(m_map, 0.0), calibration)
+    return CalibrationResult(
+        data=data, edx=profile_edx, positions_nm=positions, analyte_profile=a_prof,
+        matrix_profile=m_prof, mask=np.asarray(mask, bool), calibration=calibration,
+        profile=at_points, map=per_pixel,
+        detection_limit=float(np.median(profile_edx.detection_limit[data.analyte])),
+        quantification_limit=float(np.median(profile_edx.quantification_limit[data.analyte])),
+        k_factors=k)
+
+
+__all__ = [
+    "CalibrationData",
+    "CalibrationDataError",
+    "CalibrationResult",
+    "corrected_counts",
+    "from_catalog",
+    "from_documents",
+    "from_runs",
+    "quantify",
+]
