@@ -275,14 +275,14 @@ class TemImageGeometry(_PixelModel):
 
     @classmethod
     def from_metadata(cls, start_doc: Mapping[str, Any], *, size: int | None = None,
-                      tilt_beta_deg: float = 0.0) -> TemImageGeometry:
+                      tilt_beta_deg: float | None = None) -> TemImageGeometry:
         """The geometry of a ``tem_image`` run from its start document.
 
         Looked up, first found wins: ``correlative`` {stage_x_um, stage_y_um, fov_um,
         pixels, tilt_deg}, then ``region`` {x_um, y_um, fov_um, tilt_deg} and
-        ``plan_args`` {x_um, y_um, fov_um}. A plain ``tem_image`` start document does
-        not record the camera size (it is the shape of the image in the event):
-        pass ``size`` then.
+        ``plan_args`` {x_um, y_um, fov_um}; the size also from ``image.size`` and the
+        beta tilt from ``image.tilt_beta_deg`` (``tem_image`` records both). A start
+        document without a size (older ``tem_image`` runs) needs ``size``.
 
         Parameters
         ----------
@@ -290,8 +290,8 @@ class TemImageGeometry(_PixelModel):
             The run's start document.
         size : int, optional
             Pixels per side; overrides the recorded value.
-        tilt_beta_deg : float
-            Beta tilt (deg), not recorded by the plans.
+        tilt_beta_deg : float, optional
+            Beta tilt (deg); overrides ``image.tilt_beta_deg`` (default 0).
 
         Raises
         ------
@@ -316,6 +316,9 @@ class TemImageGeometry(_PixelModel):
         y = _number(_required(doc, "stage y", "correlative.stage_y_um", "region.y_um",
                               "plan_args.y_um"), "stage y (um)")
         tilt = _lookup(doc, "correlative.tilt_deg", "region.tilt_deg")
+        if tilt_beta_deg is None:
+            tilt_beta_deg = _lookup(doc, "image.tilt_beta_deg")
+            tilt_beta_deg = 0.0 if tilt_beta_deg is None else _number(tilt_beta_deg, "tilt_beta_deg")
         return cls(size=int(_number(size, "size")), fov_um=fov, centre_x_um=x, centre_y_um=y,
                    tilt_alpha_deg=0.0 if tilt is None else _number(tilt, "tilt_deg"),
                    tilt_beta_deg=float(tilt_beta_deg))

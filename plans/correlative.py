@@ -32,6 +32,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
+from temsims.analysis.geometry import DEFAULT_INCIDENCE_DEG, SimsMapGeometry, TemImageGeometry
 from temsims.plans._common import (
     Values,
     check_device,
@@ -49,7 +50,7 @@ from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
 
 #: Incidence of the ion beam on the specimen in the SIMS geometry (deg): a map is
 #: foreshortened by cos(45 deg) along the specimen's y (docs: instrument.md).
-INCIDENCE_DEG = 45.0
+INCIDENCE_DEG = DEFAULT_INCIDENCE_DEG
 #: Nominal alpha tilt of the SIMS geometry (deg).
 SIMS_TILT_DEG = -68.0
 MAX_ROIS = 50
@@ -95,23 +96,43 @@ class Tap:
         return bpp.plan_mutator(plan, proc)
 
 
-def map_arrays(events: Sequence[dict], key: str) -> np.ndarray:
-    """(ny, nx) map of data key ``key`` from a SIMS map's line events (line order)."""
+def map_arrays(events: Sequence[dict], key: str,
+               shape: Sequence[int] | None = None) -> np.ndarray:
+    """(ny, nx) map of data key ``key`` from a SIMS map's line events (line order).
+
+    Without ``shape`` the lines found, stacked; with ``shape`` (ny, nx) every line in
+    its place and -1 (the spectrometer's "not acquired") where no event holds it.
+    """
     rows = sorted((int(e["data"].get(key.rsplit("_", 1)[0] + "_line", i)), np.asarray(
         e["data"][key])) for i, e in enumerate(events) if key in e.get("data", {}))
-    if not rows:
-        return np.zeros((0, 0))
-    return np.concatenate([r for _, r in rows], axis=0).astype(float)
+    if shape is None:
+        if not rows:
+            return np.zeros((0, 0))
+        return np.concatenate([r for _, r in rows], axis=0).astype(float)
+    out = np.full(tuple(int(n) for n in shape), -1.0)
+    for line, r in rows:
+        r = np.atleast_2d(r)
+        if 0 <= line < out.shape[0] and r.shape[1] == out.shape[1]:
+            n = min(r.shape[0], out.shape[0] - line)
+            out[line:line + n] = r[:n]
+    return out
 
 
 # ============================================================================ geometry
+# One model of each raster: temsims.analysis.geometry (pure functions, shared with the
+# analysis); these are the plans' point-wise shorthands for it.
+def _xy(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return (float(x), float(y)) if x.ndim == 0 else (x, y)
+
+
 def tem_pixel_to_stage(row: float, col: float, *, size: int, fov_um: float, x_um: float,
                        y_um: float, tilt_deg: float = 0.0) -> tuple[float, float]:
-    """TEM image pixel (row 0 = -y edge, col 0 = -x edge) -> specimen (x, y) um."""
-    pitch = fov_um / size
-    dx = (col - (size - 1) / 2.0) * pitch
-    dy = (row - (size - 1) / 2.0) * pitch / math.cos(math.radians(tilt_deg))
-    return x_um + dx, y_um + dy
+    """TEM image pixel (row 0 = -y edge, col 0 = -x edge) -> specimen (x, y) um
+    (:class:`temsims.analysis.geometry.TemImageGeometry`, alpha tilt ``tilt_deg``)."""
+    geometry = TemImageGeometry(size=int(size), fov_um=float(fov_um), centre_x_um=float(x_um),
+                                centre_y_um=float(y_um), tilt_alpha_deg=float(tilt_deg))
+    return _xy(*geometry.pixel_to_specimen_um(row, col))
 
 
 def sims_pixel_to_stage(row: float, col: float, *, pixels: Sequence[int], fov_um: float,
@@ -119,22 +140,27 @@ def sims_pixel_to_stage(row: float, col: float, *, pixels: Sequence[int], fov_um
                         incidence_deg: float = INCIDENCE_DEG) -> tuple[float, float]:
     """SIMS map pixel (row 0 = -y, col 0 = -x; square pixels of ``fov/nx`` in the
     beam-normal plane, rotated by the scan rotation, stretched by 1/cos(incidence)
-    along the specimen's y) -> specimen (x, y) um around the stage position."""
-    nx, ny = pixels
-    p = fov_um / nx
-    u = (col - (nx - 1) / 2.0) * p
-    v = (row - (ny - 1) / 2.0) * p
-    th = math.radians(rotation_deg)
-    ur = u * math.cos(th) - v * math.sin(th)
-    vr = u * math.sin(th) + v * math.cos(th)
-    return x_um + ur, y_um + vr / math.cos(math.radians(incidence_deg))
+    along the specimen's y) -> specimen (x, y) um around the stage position
+    (:class:`temsims.analysis.geometry.SimsMapGeometry`)."""
+    return _xy(*sims_geometry(pixels, fov_um, x_um=x_um, y_um=y_um, rotation_deg=rotation_deg,
+                              incidence_deg=incidence_deg).pixel_to_specimen_um(row, col))
+
+
+def sims_geometry(pixels: Sequence[int], fov_um: float, *, x_um: float = 0.0,
+                  y_um: float = 0.0, rotation_deg: float = 0.0,
+                  incidence_deg: float = INCIDENCE_DEG) -> SimsMapGeometry:
+    """The :class:`~temsims.analysis.geometry.SimsMapGeometry` of a map of ``pixels``
+    (nx, ny) rastering ``fov_um`` around the stage position (x_um, y_um)."""
+    nx, ny = (int(p) for p in pixels)
+    return SimsMapGeometry(nx=nx, ny=ny, fov_um=float(fov_um), centre_x_um=float(x_um),
+                           centre_y_um=float(y_um), rotation_deg=float(rotation_deg),
+                           incidence_deg=float(incidence_deg))
 
 
 def sims_extent_um(fov_um: float, pixels: Sequence[int],
                    incidence_deg: float = INCIDENCE_DEG) -> list[float]:
     """Specimen extent [x, y] (um) of a SIMS map (no rotation)."""
-    nx, ny = pixels
-    return [fov_um, fov_um * ny / nx / math.cos(math.radians(incidence_deg))]
+    return list(sims_geometry(pixels, fov_um, incidence_deg=incidence_deg).extent_um)
 
 
 # ============================================================================ TEM ROIs
@@ -454,6 +480,7 @@ __all__ = [
     "find_dark_blobs",
     "map_arrays",
     "sims_extent_um",
+    "sims_geometry",
     "sims_pixel_to_stage",
     "tem_pixel_to_stage",
 ]

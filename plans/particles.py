@@ -1,11 +1,14 @@
 """Adaptive search for 6Li-labelled particles: SIMS map -> particles -> TEM zooms.
 
-:func:`find_labelled_particles` maps 6Li and 7Li, segments the particles on the
-total Li map, counts N6 and N7 per particle and keeps those whose 6Li/7Li ratio is
-significantly above the natural ratio by Poisson statistics (:func:`ratio_z`), then
-goes back to TEM and images each of them at high magnification. The particles are
-recorded in the SIMS run's ``particles`` stream (one event per segmented particle,
-significant or not); all runs share one ``correlation_id``.
+:func:`find_labelled_particles` maps 6Li and 7Li, then hands the two maps to
+:func:`temsims.analysis.particles.find_particles`: dead-time correction with the
+spectrometer's DEAD_TIME, segmentation on the total Li counts, N6 and N7 summed
+per particle and each particle classified ``labelled`` (natural 6Li/7Li rejected
+at ``significance`` sigma, Poisson and a systematic term), ``natural`` or
+``uncertain``. It then goes back to TEM and images the labelled particles (and,
+on request, the uncertain ones) at high magnification. Every segmented particle
+is an event of the SIMS run's ``particles`` stream; all runs share one
+``correlation_id``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import numpy as np
 
+from temsims.analysis.isotopes import NATURAL_LI6_LI7
+from temsims.analysis.particles import Particle, find_particles, sims_pixel_affine
 from temsims.plans._common import (
     Values,
+    check_bool,
     check_int,
     check_md,
     check_number,
@@ -32,74 +38,42 @@ from temsims.plans.correlative import (
     check_sims_voltage,
     geometry_md,
     map_arrays,
-    sims_pixel_to_stage,
 )
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
 
-#: n(6Li)/n(7Li) of natural lithium: reference material LSVEC (IUPAC/CIAAW), the
-#: value the specimen's natural particles carry (not periodictable's 4.85 % midpoint).
-NATURAL_LI6_LI7 = 0.08215
+#: Dead time (s) assumed when the spectrometer does not report DEAD_TIME (simulation).
+DEFAULT_DEAD_TIME_S = 30e-9
+#: Per-particle fields of the ``particles`` stream and units (besides ``index``).
+PARTICLE_UNITS = {"x_um": "um", "y_um": "um", "row": "px", "col": "px", "area_px": "px",
+                  "radius_px": "px", "radius_nm": "nm", "n6": "counts", "n7": "counts",
+                  "z": "sigma"}
+#: Particle fields summarised in each TEM zoom's ``correlative.particle``.
+ZOOM_FIELDS = ("label", "n6", "n7", "ratio", "z", "p_natural", "classification",
+               "confidence", "area_px", "radius_nm")
 
 
-def ratio_z(n6, n7, r0: float = NATURAL_LI6_LI7):
-    """Significance (sigma) of N6/N7 above ``r0``: ``(N6 - r0 N7) / sqrt(N6 + r0^2 N7)``
-    (Poisson variances of both counts); 0 where there are no counts."""
-    n6 = np.asarray(n6, dtype=float)
-    n7 = np.asarray(n7, dtype=float)
-    var = n6 + r0 * r0 * n7
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(var > 0, (n6 - r0 * n7) / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
-    return z
+def particle_record(p: Particle) -> dict[str, Any]:
+    """One particle as a plain dict: :meth:`Particle.to_dict` with its missing or
+    infinite numbers (None there) as NaN, and ``labelled`` (bool)."""
+    out = {k: (math.nan if v is None else v) for k, v in p.to_dict().items()}
+    out["labelled"] = p.labelled
+    return out
 
 
-def segment_particles(n6_map, n7_map, *, fov_um: float, x_um: float, y_um: float,
-                      rotation_deg: float = 0.0, min_counts: float = 50.0,
-                      significance: float = 5.0, r0: float = NATURAL_LI6_LI7,
-                      threshold_sigma: float = 5.0) -> list[dict]:
-    """Particles of a 6Li/7Li map pair: threshold + labelling on N6 + N7.
-
-    The background is the median of the total map and its noise the Poisson
-    ``sqrt(median + 1)``; pixels above ``median + threshold_sigma * noise`` and
-    above 10 % of the 99.5th percentile (what separates a particle edge from the
-    film) are labelled (8-connected). Per particle N6 and N7 are summed over its
-    pixels; its position is the count-weighted centroid mapped to the specimen
-    (:func:`sims_pixel_to_stage`). Particles with fewer than ``min_counts`` Li counts
-    are dropped.
-
-    Returns
-    -------
-    list of dict
-        ``x_um, y_um, n6, n7, ratio, z, area_px, labelled`` (z > significance),
-        sorted by z, largest first.
-    """
-    from scipy import ndimage
-
-    n6 = np.asarray(n6_map, dtype=float)
-    n7 = np.asarray(n7_map, dtype=float)
-    total = n6 + n7
-    if total.size == 0:
-        return []
-    ny, nx = total.shape
-    bkg = float(np.median(total))
-    thr = max(bkg + threshold_sigma * math.sqrt(bkg + 1.0),
-              bkg + 0.1 * (float(np.percentile(total, 99.5)) - bkg))
-    labels, n = ndimage.label(total > thr, structure=np.ones((3, 3)))
-    out = []
-    for lab in range(1, n + 1):
-        sel = labels == lab
-        s6, s7 = float(n6[sel].sum()), float(n7[sel].sum())
-        if s6 + s7 < min_counts:
-            continue
-        row, col = ndimage.center_of_mass(total, labels, lab)
-        x, y = sims_pixel_to_stage(row, col, pixels=(nx, ny), fov_um=fov_um, x_um=x_um,
-                                   y_um=y_um, rotation_deg=rotation_deg)
-        z = float(ratio_z(s6, s7, r0))
-        out.append({"x_um": round(float(x), 5), "y_um": round(float(y), 5), "n6": s6,
-                    "n7": s7, "ratio": s6 / s7 if s7 > 0 else math.inf, "z": z,
-                    "area_px": int(sel.sum()), "labelled": bool(z > significance)})
-    out.sort(key=lambda p: -p["z"])
+def _event_values(index: int, record: dict[str, Any]) -> dict[str, Any]:
+    """The ``particles`` event of one record: fixed types (int, float, str, bool)."""
+    out: dict[str, Any] = {"index": int(index)}
+    for k, v in record.items():
+        if k in ("label", "area_px"):
+            out[k] = int(v)
+        elif k == "classification":
+            out[k] = str(v)
+        elif k == "labelled":
+            out[k] = bool(v)
+        else:
+            out[k] = math.nan if v is None else float(v)
     return out
 
 
@@ -108,7 +82,8 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
                             center: tuple = (0.0, 0.0), significance: float = 5.0,
                             min_counts: float = 50.0, zoom_fov_um: float = 0.4,
                             exposure_s: float = 0.05, max_particles: int = 20,
-                            sims_voltage_v: float = 4500.0, md: dict | None = None):
+                            sims_voltage_v: float = 4500.0, image_uncertain: bool = False,
+                            md: dict | None = None):
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
     Parameters
@@ -125,10 +100,10 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
     center : (float, float)
         Map centre on the specimen (um).
     significance : float
-        Keep particles whose ratio is above natural by more than this many sigma
-        (:func:`ratio_z`), > 0.
+        A particle is ``labelled`` when the natural 6Li/7Li ratio is rejected at this
+        many sigma (one-sided; Poisson and a 3 % systematic term), > 0.
     min_counts : float
-        Segmented particles with fewer Li (6 + 7) counts are ignored, >= 0.
+        Segments with fewer Li (6 + 7, dead-time corrected) counts are ignored, >= 0.
     zoom_fov_um : float
         Field of view of each particle's TEM image (um).
     exposure_s : float
@@ -137,22 +112,40 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
         At most this many TEM zooms (most significant first), 0..200.
     sims_voltage_v : float
         Holder bias in SIMS (V).
+    image_uncertain : bool
+        Also image the ``uncertain`` particles (after the labelled ones, within
+        ``max_particles``).
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
     Yields
     ------
     msg : Msg
-        One ``sims_map`` run (with a ``particles`` stream) and one ``tem_image`` run
-        per labelled particle (up to ``max_particles``).
+        One ``sims_map`` run (with a ``particles`` stream: one event per segmented
+        particle, the fields of :class:`temsims.analysis.particles.Particle` with
+        ``classification``, ``confidence``, ``p_natural`` and ``labelled``) and one
+        ``tem_image`` run per imaged particle. The SIMS run's
+        ``correlative.particle_analysis`` holds the analysis parameters
+        (``ParticleTable.parameters``).
 
     Returns
     -------
     dict
         ``correlation_id``, ``uids`` {"sims": [...], "tem": [...]}, ``particles``
-        (the significant ones: x_um, y_um, n6, n7, ratio, z, area_px, labelled,
-        tem_uid), ``candidates`` (every segmented particle), ``maps`` {species: array},
-        ``geometry`` (the SIMS map's correlative block).
+        (the labelled ones, each with ``tem_uid`` and ``tem_image`` when imaged),
+        ``uncertain`` (likewise), ``candidates`` (every segmented particle), records
+        of :func:`particle_record` (x_um, y_um, n6, n7, ratio, z, p_natural,
+        classification, confidence, labelled, ...; NaN where a number is missing),
+        ``maps`` {species: (ny, nx) counts, -1 = not acquired}, ``labels`` (the
+        segment label image), ``parameters`` (of the analysis) and ``geometry``
+        (the SIMS map's correlative block).
+
+    Notes
+    -----
+    :func:`temsims.analysis.particles.find_particles` does the analysis; the map's
+    pixels go to the specimen through
+    :func:`temsims.analysis.particles.sims_pixel_affine` (the scan rotation read
+    from the column), the dead time is the spectrometer's DEAD_TIME.
     """
     check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
     fov_um = check_number("fov_um", fov_um, low=0.0, low_open=True, unit="um")
@@ -178,17 +171,31 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
                               high=EXPOSURE_RANGE_S[1], unit="s")
     max_particles = check_int("max_particles", max_particles, low=0, high=200)
     sims_voltage_v = check_sims_voltage(sims_voltage_v)
+    image_uncertain = check_bool("image_uncertain", image_uncertain)
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
     labels = ("6Li", "7Li")
+    nx, ny = pixels
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"sims": [], "tem": []},
-                              "particles": [], "candidates": [], "maps": {},
+                              "particles": [], "uncertain": [], "candidates": [],
+                              "maps": {}, "labels": None, "parameters": {},
                               "geometry": None}
 
     def body():
         rotation = float((yield from bps.rd(column.scan.rotation, default_value=0.0)))
         size = int((yield from bps.rd(camera.size, default_value=0)) or 0)
+        tau = DEFAULT_DEAD_TIME_S
+        if getattr(spectrometer, "dead_time", None) is not None:
+            tau = yield from bps.rd(spectrometer.dead_time, default_value=DEFAULT_DEAD_TIME_S)
+            tau = DEFAULT_DEAD_TIME_S if tau is None else float(tau)
+        analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
+                    "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7}
+        # The parameters as find_particles records them, known before the run starts.
+        parameters = find_particles(np.zeros((1, 1)), np.zeros((1, 1)), **analysis).parameters
+        result["parameters"] = parameters
+        affine = sims_pixel_affine(pixels, fov_um, x_um=center[0], y_um=center[1],
+                                   rotation_deg=rotation)
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         yield from bps.mv(stage.x, center[0], stage.y, center[1])
         geometry = geometry_md(
@@ -196,36 +203,31 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
             roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
             x_um=center[0], y_um=center[1], tilt_deg=SIMS_TILT_DEG, fov_um=fov_um,
             pixels=pixels, rotation_deg=rotation, mode="SIMS",
-            significance_sigma=significance, min_counts=min_counts,
-            natural_li6_li7=NATURAL_LI6_LI7)
+            particle_analysis=dict(parameters), image_uncertain=image_uncertain)
         result["geometry"] = geometry
         tap = Tap()
 
         def analyse():
-            maps = {s: map_arrays(tap.collected, f"{imager.name}_{s}") for s in labels}
-            # The collectors' whole-frame maps: when a line event was assembled before
-            # its map monitor arrived (zeros), the final frame is the better record.
+            maps = {s: map_arrays(tap.collected, f"{imager.name}_{s}", shape=(ny, nx))
+                    for s in labels}
+            # Lines no event holds: from the collectors' whole-frame maps (-1 where the
+            # spectrometer has not acquired a pixel either).
             for k, s in enumerate(labels):
                 sig = getattr(imager, f"map{k + 1}", None)
-                if sig is None:
+                if sig is None or not (maps[s] == -1).any():
                     continue
                 full = yield from bps.rd(sig, default_value=None)
                 full = None if full is None else np.asarray(full, dtype=float)
-                nx, ny = pixels
-                if full is not None and full.size == nx * ny \
-                        and full.sum() > maps[s].sum():
-                    maps[s] = full.reshape(ny, nx)
+                if full is not None and full.size == nx * ny:
+                    maps[s] = np.where(maps[s] == -1, full.reshape(ny, nx), maps[s])
             result["maps"] = maps
-            found = segment_particles(maps["6Li"], maps["7Li"], fov_um=fov_um,
-                                      x_um=center[0], y_um=center[1], rotation_deg=rotation,
-                                      min_counts=min_counts, significance=significance)
-            result["candidates"] = found
-            buf = Values("particle", units={"x_um": "um", "y_um": "um", "n6": "counts",
-                                            "n7": "counts", "z": "sigma", "area_px": "px"})
-            for i, p in enumerate(found):
-                buf.set_values(index=i, x_um=p["x_um"], y_um=p["y_um"], n6=p["n6"],
-                               n7=p["n7"], ratio=float(min(p["ratio"], 1e9)), z=p["z"],
-                               area_px=p["area_px"], labelled=p["labelled"])
+            table = find_particles(maps["6Li"], maps["7Li"], pixel_to_specimen=affine,
+                                   **analysis)
+            result["labels"] = table.labels
+            result["candidates"] = [particle_record(p) for p in table]
+            buf = Values("particle", units=PARTICLE_UNITS)
+            for i, rec in enumerate(result["candidates"]):
+                buf.set_values(**_event_values(i, rec))
                 yield from bps.trigger_and_read([buf], name="particles")
 
         run_md = {**base_md, "correlative": geometry}
@@ -234,20 +236,24 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
                                      dwell_s=dwell_s, fly=True, md=run_md),
                             before_close=analyse)
         result["uids"]["sims"].extend(tap.uids)
-        significant = [dict(p) for p in result["candidates"] if p["labelled"]]
-        result["particles"] = significant
+        result["particles"] = [dict(p) for p in result["candidates"] if p["labelled"]]
+        result["uncertain"] = [dict(p) for p in result["candidates"]
+                               if p["classification"] == "uncertain"]
+        to_image = result["particles"] + (result["uncertain"] if image_uncertain else [])
         yield from to_tem_mode(mode)
-        for i, p in enumerate(significant[:max_particles]):
+        for i, p in enumerate(to_image[:max_particles]):
             yield from bps.checkpoint()
             x = min(max(p["x_um"], stage.x.limits[0]), stage.x.limits[1]) \
                 if stage.x.limits[0] < stage.x.limits[1] else p["x_um"]
             y = min(max(p["y_um"], stage.y.limits[0]), stage.y.limits[1]) \
                 if stage.y.limits[0] < stage.y.limits[1] else p["y_um"]
+            summary = {k: (None if isinstance(p[k], float) and not math.isfinite(p[k])
+                           else p[k]) for k in ZOOM_FIELDS}
             zmd = {**base_md, "correlative": geometry_md(
                 role="particle_zoom", roi_index=i,
                 roi={"x_um": x, "y_um": y, "fov_um": zoom_fov_um}, x_um=x, y_um=y,
                 tilt_deg=0.0, fov_um=zoom_fov_um, pixels=(size, size), rotation_deg=0.0,
-                mode="TEM", particle={k: p[k] for k in ("n6", "n7", "z", "area_px")})}
+                mode="TEM", particle=summary, particle_analysis=dict(parameters))}
             t = Tap()
             yield from t.wrap(tem_image(stage, tem, camera, x_um=x, y_um=y,
                                         fov_um=zoom_fov_um, exposure_s=exposure_s, md=zmd))
@@ -260,4 +266,4 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
     return (yield from with_safe_state(body(), column, bias))
 
 
-__all__ = ["NATURAL_LI6_LI7", "find_labelled_particles", "ratio_z", "segment_particles"]
+__all__ = ["NATURAL_LI6_LI7", "find_labelled_particles", "particle_record"]

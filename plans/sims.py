@@ -26,8 +26,10 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
+from temsims.analysis.geometry import SimsMapGeometry
 from temsims.plans._common import (
     Values,
+    _num,
     check_bool,
     check_device,
     check_int,
@@ -94,7 +96,7 @@ def _check_map_args(imager, spectrometer, column, stage, bias, species, fov_um, 
 
 
 def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, labels, fov_um,
-            pixels, dwell_s, frames, md, extra):
+            pixels, dwell_s, frames, md, extra, incidence_deg=DEFAULT_INCIDENCE_DEG):
     from temsims.devices.spectrometer import species_mass
 
     region = yield from region_md(stage, fov_um=fov_um)
@@ -102,7 +104,11 @@ def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, lab
     for n, label in enumerate(labels):  # the species this plan puts on collectors 1..
         sims["collectors"][n] = {"name": f"col{n + 1}", "species": label,
                                  "mass_u": round(species_mass(label), 5)}
+    rotation = _num((yield from bps.rd(column.scan.rotation, default_value=0.0)))
     nx, ny = pixels
+    geometry = SimsMapGeometry(nx=nx, ny=ny, fov_um=fov_um, centre_x_um=region["x_um"],
+                               centre_y_um=region["y_um"], rotation_deg=rotation,
+                               incidence_deg=incidence_deg)
     extra = dict(extra)
     extra.update({"detectors": [imager.name], "num_points": ny * frames,
                   "shape": [ny, nx],
@@ -110,7 +116,10 @@ def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, lab
                           "fov_y_um": fov_um * ny / nx, "pixel_nm": 1000.0 * fov_um / nx,
                           "dwell_s": dwell_s, "frames": frames,
                           "data_keys": [f"{imager.name}_{s}" for s in labels],
-                          "events_per_frame": ny}})
+                          "events_per_frame": ny, "scan_rotation_deg": rotation,
+                          "incidence_deg": float(incidence_deg),
+                          "pixel_to_specimen": [[round(float(v), 12) for v in row]
+                                                for row in geometry.affine_to_specimen()]}})
     return start_metadata(plan_name=plan_name, plan_args=plan_args, mode="SIMS",
                           region=region, md=md, sims=sims, extra=extra)
 
@@ -257,7 +266,11 @@ def sims_map(imager, spectrometer, column, stage, bias, *, species: tuple = ("6L
     msg : Msg
         One run. ``primary``: ``ny * frames`` events of ``imager_line`` and
         ``imager_<species>`` ((1, nx) int32 counts) for the four collectors.
-        Step mode adds ``pixels`` (one event per pixel).
+        Step mode adds ``pixels`` (one event per pixel). The start document's
+        ``map`` block (pixels, fov_um, dwell_s, scan_rotation_deg, incidence_deg,
+        pixel_to_specimen: the 3x3 affine ``(col, row, 1) -> (x_um, y_um, 1)``) and
+        ``region`` are what
+        :meth:`temsims.analysis.geometry.SimsMapGeometry.from_metadata` reads.
 
     Returns
     -------
@@ -410,7 +423,8 @@ def depth_profile(imager, spectrometer, column, stage, bias, *,
                          "sputter_yield_atoms_per_ion": sputter_yield,
                          "atomic_density_per_nm3": atomic_density_nm3,
                          "incidence_deg": incidence_deg,
-                         "assumed_matrix": "Li2CO3 (defaults)"}})
+                         "assumed_matrix": "Li2CO3 (defaults)"}},
+        incidence_deg=incidence_deg)
 
     @run_decorator(md=_md)
     def inner():

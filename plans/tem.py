@@ -6,7 +6,9 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
+from temsims.analysis.geometry import TemImageGeometry
 from temsims.plans._common import (
+    _num,
     check_device,
     check_md,
     check_number,
@@ -35,6 +37,35 @@ def _check_xy(stage, name_x: str, x: float, name_y: str, y: float) -> None:
     check_within(name_y, y, stage.y.limits, "um")
 
 
+def image_md(stage, camera, *, fov_um: float, x_um: float, y_um: float,
+             tilt_alpha_deg: float | None = None):
+    """Plan stub: the ``image`` start-metadata block of one TEM image at (x_um, y_um).
+
+    ``{"size": camera pixels per side, "fov_um", "x_um", "y_um", "tilt_alpha_deg",
+    "tilt_beta_deg", "pixel_nm", "pixel_to_specimen": 3x3 nested list}``: what
+    :meth:`temsims.analysis.geometry.TemImageGeometry.from_metadata` needs. The
+    affine maps ``(col, row, 1)`` to specimen ``(x_um, y_um, 1)``. The size and the
+    tilts are read now (alpha from ``tilt_alpha_deg`` if given); without a camera size
+    (a simulation) ``size``, ``pixel_nm`` and ``pixel_to_specimen`` are None.
+    """
+    size = int(_num((yield from bps.rd(camera.size, default_value=0)))) or None
+    if tilt_alpha_deg is None:
+        tilt_alpha_deg = _num((yield from bps.rd(stage.alpha, default_value=0.0)))
+    beta = getattr(stage, "beta", None)
+    tilt_beta_deg = 0.0 if beta is None else _num((yield from bps.rd(beta, default_value=0.0)))
+    out = {"size": size, "fov_um": float(fov_um), "x_um": float(x_um), "y_um": float(y_um),
+           "tilt_alpha_deg": float(tilt_alpha_deg), "tilt_beta_deg": float(tilt_beta_deg),
+           "pixel_nm": None, "pixel_to_specimen": None}
+    if size:
+        geometry = TemImageGeometry(size=size, fov_um=float(fov_um), centre_x_um=float(x_um),
+                                    centre_y_um=float(y_um), tilt_alpha_deg=out["tilt_alpha_deg"],
+                                    tilt_beta_deg=out["tilt_beta_deg"])
+        out["pixel_nm"] = 1000.0 * geometry.pixel_size_um
+        out["pixel_to_specimen"] = [[round(float(v), 12) for v in row]
+                                    for row in geometry.affine_to_specimen()]
+    return out
+
+
 def tem_image(stage, tem, camera, *, x_um: float, y_um: float, fov_um: float,
               exposure_s: float, md: dict | None = None):
     """Move the stage to (x_um, y_um) and take one bright-field TEM image.
@@ -61,7 +92,9 @@ def tem_image(stage, tem, camera, *, x_um: float, y_um: float, fov_um: float,
     ------
     msg : Msg
         One run, one event in ``primary`` with ``camera_image`` (counts) and the
-        stage position.
+        stage position. The start document's ``image`` block (:func:`image_md`:
+        camera size, fov, centre, alpha/beta tilts, pixel -> specimen affine) is what
+        :meth:`temsims.analysis.geometry.TemImageGeometry.from_metadata` reads.
     """
     _check_tem_devices(stage, tem, camera)
     x_um = check_number("x_um", x_um, unit="um")
@@ -73,11 +106,14 @@ def tem_image(stage, tem, camera, *, x_um: float, y_um: float, fov_um: float,
     _check_xy(stage, "x_um", x_um, "y_um", y_um)
 
     region = yield from region_md(stage, fov_um=fov_um, x_um=x_um, y_um=y_um)
+    image = yield from image_md(stage, camera, fov_um=fov_um, x_um=x_um, y_um=y_um,
+                                tilt_alpha_deg=region["tilt_deg"])
     _md = start_metadata(
         plan_name="tem_image", mode="TEM", region=region, md=md,
         plan_args=plan_args_md(stage=stage, tem=tem, camera=camera, x_um=x_um, y_um=y_um,
                                fov_um=fov_um, exposure_s=exposure_s),
-        extra={"detectors": [camera.name], "motors": [stage.x.name, stage.y.name],
+        extra={"image": image, "detectors": [camera.name],
+               "motors": [stage.x.name, stage.y.name],
                "num_points": 1, "num_intervals": 0, "hints": {"dimensions": [
                    ([stage.x.name], "primary"), ([stage.y.name], "primary")]}})
 
@@ -187,4 +223,4 @@ def tem_mosaic(stage, tem, camera, *, center: tuple = (0.0, 0.0), n_tiles: tuple
     return (yield from inner())
 
 
-__all__ = ["mosaic_positions", "tem_image", "tem_mosaic"]
+__all__ = ["image_md", "mosaic_positions", "tem_image", "tem_mosaic"]
