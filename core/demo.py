@@ -117,8 +117,14 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
         RE = _run_engine(cat, specimen, seed, require_metadata)
         result = _measure(RE, d, sizes)
         cat.flush()
+        t = time.monotonic()
+        experiment, search = read_back(cat, result)
+        _say(f"runs read back from the catalog (temsims.loaders.load_correlative) and "
+             f"registered in {time.monotonic() - t:.1f} s")
         out = Path(out)
-        files = write_report(out, result)
+        t = time.monotonic()
+        files = write_report(out, result, experiment=experiment, search=search)
+        _say(f"report written in {time.monotonic() - t:.1f} s")
         wall = time.monotonic() - t0
         particles = result["particles"]["particles"]
         cands = result["particles"]["candidates"]
@@ -131,7 +137,8 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
         _say(f"catalog: {cat.location} (correlation ids "
              f"{result['correlative']['correlation_id']}, "
              f"{result['particles']['correlation_id']})")
-        _say("report: " + ", ".join(str(f) for f in files))
+        for f in files:
+            _say(f"report: {f}")
         _say(f"done in {wall:.1f} s")
         return DemoResult(catalog=str(cat.location), report=files,
                           correlation_ids=[result["correlative"]["correlation_id"],
@@ -182,10 +189,122 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
     return {"correlative": corr, "particles": parts, "sizes": dict(sizes)}
 
 
+# ============================================================================ read back
+def read_back(cat, result: dict[str, Any]):
+    """Both experiments of the demo read from the catalog by
+    :func:`temsims.loaders.load_correlative`: the correlative one registered onto its
+    overview, the particle search's SIMS map and particle table (its zooms are not
+    needed: the report takes them from the plan)."""
+    from temsims.loaders import load_correlative
+
+    experiment = load_correlative(cat, result["correlative"]["correlation_id"])
+    search = load_correlative(cat, result["particles"]["correlation_id"], register=False,
+                              roles=("particle_search",))
+    return experiment, search
+
+
+def _region_figures(experiment) -> list[dict[str, Any]]:
+    """Per SIMS map of the correlative experiment: registration, IHS and Laplacian
+    fusions with their metrics, the 6Li atom fraction with its Poisson error."""
+    import numpy as np
+
+    out = []
+    for i, m in enumerate(experiment.sims):
+        entry: dict[str, Any] = {"index": i, "roi_index": m.roi_index, "uid": m.uid,
+                                 "x_um": m.geometry.centre_x_um,
+                                 "y_um": m.geometry.centre_y_um, "fov_um": m.geometry.fov_um,
+                                 "pixels": [m.geometry.nx, m.geometry.ny],
+                                 "pixel_nm": 1e3 * m.geometry.pixel_size_um}
+        reg = m.registration
+        if reg is None:
+            entry["registration"] = {"error": m.registration_error}
+        else:
+            q = reg.quality
+            p = m.geometry.pixel_size_um
+            entry["registration"] = {
+                "refined": bool(reg.refined), "shift_px": [float(v) for v in reg.shift_px],
+                "shift_nm": [1e3 * reg.shift_px[0] * p * m.geometry.stretch,
+                             1e3 * reg.shift_px[1] * p],
+                "ncc": float(q["ncc"]), "ncc_initial": float(q["ncc_initial"]),
+                "phase_error": float(q["phase_error"]),
+                "overlap_fraction": float(q["overlap_fraction"]),
+                "tem_inverted": bool(q["tem_inverted"]),
+                "residual_sims_px": float(reg.residual_sims_px)}
+            grid = "zoom" if experiment.zoom_of(i) is not None else "overview"
+            entry["fusion"] = {"grid": grid}
+            for method in ("ihs", "laplacian"):
+                fused = experiment.fuse(i, method=method, grid=grid)
+                entry.setdefault("fused", {})[method] = fused
+                entry["fusion"][method] = experiment.fusion_metrics(i, method=method,
+                                                                    grid=grid, fused=fused)
+        frac = experiment.atom_fraction(i, "6Li", "7Li")
+        entry["fraction"] = frac
+        n6 = float(np.nansum(np.where(m.data["6Li"].values >= 0, m.data["6Li"].values, 0)))
+        n7 = float(np.nansum(np.where(m.data["7Li"].values >= 0, m.data["7Li"].values, 0)))
+        x = n6 / (n6 + n7) if n6 + n7 > 0 else float("nan")
+        entry["x6Li"] = {"n6": n6, "n7": n7, "map": x,
+                         "sigma": (x * (1 - x) / (n6 + n7)) ** 0.5 if n6 + n7 > 0
+                         else float("nan"),
+                         "valid_pixels": int(frac["valid"].values.sum()),
+                         "median_pixel_sigma": float(np.nanmedian(frac["sigma"].values))
+                         if frac["valid"].values.any() else float("nan")}
+        out.append(entry)
+    return out
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    return (f"Q {metrics['q']:.2f}  SSIM {metrics['ssim']:.2f}  SAM {metrics['sam_deg']:.1f} deg\n"
+            f"ERGAS {metrics['ergas']:.2f}  sCC {metrics['spatial_cc']:.2f}  "
+            f"sCC(HP) {metrics['spatial_cc_highpass']:.2f}")
+
+
+def _extent(da) -> tuple[float, float, float, float]:
+    """imshow extent (pixel edges, um) of a DataArray with 1-D or 2-D x_um/y_um."""
+    import numpy as np
+
+    x = np.asarray(da.x_um.values, float)
+    y = np.asarray(da.y_um.values, float)
+    x = x[0] if x.ndim == 2 else x
+    y = y[:, 0] if y.ndim == 2 else y
+    dx = (x[-1] - x[0]) / max(1, len(x) - 1) / 2 if len(x) > 1 else 0.0
+    dy = (y[-1] - y[0]) / max(1, len(y) - 1) / 2 if len(y) > 1 else 0.0
+    return (x[0] - dx, x[-1] + dx, y[0] - dy, y[-1] + dy)
+
+
+def _json_ready(obj):
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _json_ready(obj.item())
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, float) and obj in (float("inf"), float("-inf")):
+        return None
+    return obj
+
+
 # ============================================================================ report
-def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
-    """PNG figures of the demo in ``out``: the correlative overview and SIMS maps, the
-    particle search (maps, ratio map) and the particles beside their TEM zooms."""
+def write_report(out: Path, result: dict[str, Any], *, experiment=None,
+                 search=None) -> list[Path]:
+    """The demo's report in ``out``: PNG figures and ``report.json``.
+
+    ``correlative.png``: the overview with its regions, SIMS maps, TEM zooms;
+    ``fusion.png``: per region the registered IHS and Laplacian fusions (with their
+    :func:`~temsims.analysis.metrics.fusion_metrics`) and the 6Li atom fraction map
+    with its Poisson error; ``sims_ratio.png``: the particle search's maps and ratio;
+    ``quantified.png``: its x(6Li) map and error and the particle table;
+    ``particles.png``: the labelled particles beside their TEM zooms. With
+    ``experiment`` / ``search`` (:func:`read_back`) the correlative data and the
+    particle table are those read from the catalog; without, the plans' results.
+    """
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,6 +317,18 @@ def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = []
     corr, parts, sizes = result["correlative"], result["particles"], result["sizes"]
+    if experiment is not None:  # the catalog's copy of the same arrays
+        corr = dict(corr)
+        corr["overview"] = None if experiment.overview is None else \
+            experiment.overview.values
+        corr["sims_maps"] = [{s: m.data[s].values for s in m.data.data_vars}
+                             for m in experiment.sims]
+        zooms = {z.attrs.get("roi_index"): z.values for z in experiment.zooms}
+        corr["zooms"] = [zooms.get(i) for i in range(len(corr["rois"]))]
+    report: dict[str, Any] = {
+        "correlation_ids": {"correlative": result["correlative"]["correlation_id"],
+                            "particle_search": result["particles"]["correlation_id"]},
+        "sizes": sizes, "source": "catalog" if experiment is not None else "plan results"}
 
     # ---- 1. correlative: overview with regions, SIMS maps per species, zooms
     rois = corr["rois"]
@@ -243,6 +374,58 @@ def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     files.append(path)
+
+    # ---- 1b. per region: registered fusions (IHS, Laplacian), x(6Li) and its error
+    regions = _region_figures(experiment) if experiment is not None else []
+    if regions:
+        nreg = len(regions)
+        fig, axes = plt.subplots(nreg, 4, figsize=(16, 4.2 * nreg + 0.6), squeeze=False)
+        fig.suptitle("Registered SIMS (6Li red, 7Li green) fused with TEM, and the 6Li atom "
+                     "fraction x(6Li) = N6 / (N6 + N7) with its Poisson error")
+        for row, entry in zip(axes, regions, strict=True):
+            i = entry["index"]
+            reg = entry["registration"]
+            for k, method in enumerate(("ihs", "laplacian")):
+                ax = row[k]
+                fused = (entry.get("fused") or {}).get(method)
+                if fused is None:
+                    ax.text(0.5, 0.5, f"not registered:\n{reg.get('error')}", ha="center",
+                            va="center", fontsize=8, wrap=True)
+                    ax.set_axis_off()
+                    continue
+                ax.imshow(fused.values, origin="lower", extent=_extent(fused))
+                grid = entry["fusion"]["grid"]
+                ax.set_title(f"region {i}: {'IHS' if method == 'ihs' else 'Laplacian'} "
+                             f"on the TEM {grid}\nshift ({reg['shift_px'][0]:+.2f}, "
+                             f"{reg['shift_px'][1]:+.2f}) SIMS px, NCC {reg['ncc']:.2f}",
+                             fontsize=9)
+                ax.set_xlabel(_metrics_text(entry["fusion"][method]), fontsize=8)
+            frac = entry["fraction"]
+            ext = _extent(frac)
+            im = row[2].imshow(frac["fraction"].values, origin="lower", extent=ext,
+                               cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+            fig.colorbar(im, ax=row[2], label="x(6Li)")
+            xs = entry["x6Li"]
+            row[2].set_title(f"region {i}: x(6Li); whole map {xs['map']:.3f} "
+                             f"+- {xs['sigma']:.3f}", fontsize=9)
+            sig = frac["sigma"].values
+            im = row[3].imshow(sig, origin="lower", extent=ext, cmap="magma", aspect="auto",
+                               vmin=0.0, vmax=float(np.nanmax(sig)) if np.isfinite(sig).any()
+                               else 1.0)
+            fig.colorbar(im, ax=row[3], label="sigma x(6Li) (Poisson)")
+            row[3].set_title(f"region {i}: Poisson error of x(6Li)", fontsize=9)
+            for ax in row[2:]:
+                ax.set_xlabel("x (um)")
+                ax.set_ylabel("y (um)")
+        fig.tight_layout()
+        path = out / "fusion.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path)
+    report["regions"] = [{k: v for k, v in e.items() if k not in ("fused", "fraction")}
+                         for e in regions] or [
+        {"index": i, "x_um": r["x_um"], "y_um": r["y_um"], "fov_um": r["fov_um"]}
+        for i, r in enumerate(rois)]
 
     # ---- 2. particle search: species maps, ratio map, particles found
     geo = parts["geometry"] or {}
@@ -301,7 +484,69 @@ def write_report(out: Path, result: dict[str, Any]) -> list[Path]:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     files.append(path)
+
+    # ---- 4. particle search quantified: x(6Li) map, its error, the particle table
+    table = [dict(p) for p in (search.particles if search is not None and search.particles
+                               else parts["candidates"])]
+    fig = plt.figure(figsize=(16, 5.6))
+    gs = fig.add_gridspec(1, 3, width_ratios=(1, 1, 1.25))
+    ax_x, ax_s, ax_t = (fig.add_subplot(gs[0, k]) for k in range(3))
+    if search is not None and search.sims:
+        frac = search.atom_fraction(0, "6Li", "7Li", binning=1)
+        ext = _extent(frac)
+        im = ax_x.imshow(frac["fraction"].values, origin="lower", extent=ext, cmap="viridis",
+                         vmin=0, vmax=1)
+        fig.colorbar(im, ax=ax_x, label="x(6Li)")
+        sig = frac["sigma"].values
+        im = ax_s.imshow(sig, origin="lower", extent=ext, cmap="magma", vmin=0,
+                         vmax=float(np.nanmax(sig)) if np.isfinite(sig).any() else 1.0)
+        fig.colorbar(im, ax=ax_s, label="sigma x(6Li) (Poisson)")
+        for p in table:
+            ax_x.plot(p["x_um"], p["y_um"], "o", mfc="none", ms=9,
+                      mec="red" if p.get("labelled") else "white")
+    ax_x.set_title("particle search: x(6Li) = N6 / (N6 + N7)\nred: labelled (table)")
+    ax_s.set_title("Poisson error of x(6Li)")
+    for ax in (ax_x, ax_s):
+        ax.set_xlabel("x (um)")
+        ax.set_ylabel("y (um)")
+    ax_t.set_axis_off()
+    rows = []
+    for k, p in enumerate(table[:18]):
+        n6, n7 = float(p["n6"]), float(p["n7"])
+        x6 = n6 / (n6 + n7) if n6 + n7 > 0 else float("nan")
+        s6 = (x6 * (1 - x6) / (n6 + n7)) ** 0.5 if n6 + n7 > 0 else float("nan")
+        rows.append([str(k), f"{p['x_um']:+.3f}", f"{p['y_um']:+.3f}", f"{n6:.0f}",
+                     f"{n7:.0f}", f"{x6:.3f}", f"{s6:.3f}", f"{p['z']:.1f}",
+                     "yes" if p.get("labelled") else "no"])
+    if rows:
+        tab = ax_t.table(cellText=rows, colLabels=["#", "x (um)", "y (um)", "N6", "N7",
+                                                   "x(6Li)", "sigma", "z (sigma)",
+                                                   "labelled"],
+                         colWidths=[0.05, 0.12, 0.12, 0.11, 0.11, 0.11, 0.1, 0.12, 0.12],
+                         loc="upper center", cellLoc="right")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+        tab.scale(1.0, 1.15)
+    else:
+        ax_t.text(0.5, 0.5, "no particle segmented", ha="center")
+    ax_t.set_title(f"particle table of the plan ({len(table)} segmented, "
+                   f"{sum(bool(p.get('labelled')) for p in table)} labelled"
+                   f"{'; first 18' if len(table) > 18 else ''})")
+    fig.tight_layout()
+    path = out / "quantified.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    files.append(path)
+
+    report["particles"] = {"segmented": len(table),
+                           "labelled": sum(bool(p.get("labelled")) for p in table),
+                           "table": table}
+    report["figures"] = [str(f) for f in files]
+    path = out / "report.json"
+    path.write_text(json.dumps(_json_ready(report), indent=2, allow_nan=False))
+    files.append(path)
     return files
 
 
-__all__ = ["FULL", "QUICK", "DemoResult", "iocs_running", "run_demo", "write_report"]
+__all__ = ["FULL", "QUICK", "DemoResult", "iocs_running", "read_back", "run_demo",
+           "write_report"]

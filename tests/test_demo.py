@@ -32,9 +32,29 @@ def test_demo_quick_runs_and_writes_report(slot_pool, tmp_path):
     assert "IOCs stopped" in proc.stdout
     import matplotlib.image as mpimg
 
-    for name in ("correlative.png", "sims_ratio.png", "particles.png"):
+    for name in ("correlative.png", "fusion.png", "sims_ratio.png", "particles.png",
+                 "quantified.png"):
         path = out / name
         assert path.exists(), name
         img = mpimg.imread(path)
         assert img.ndim == 3 and float(np.std(img)) > 0.0, name
+        assert str(path) in proc.stdout, name  # the demo says where everything is
     assert (tmp_path / "catalog" / "catalog.db").exists()
+    # report.json: the figures, per region registration and fusion metrics, particles.
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["source"] == "catalog"  # read back by temsims.loaders
+    assert report["regions"]
+    for region in report["regions"]:
+        reg = region["registration"]
+        assert reg["refined"] and reg["ncc"] > 0.5, reg
+        for method in ("ihs", "laplacian"):
+            metrics = region["fusion"][method]
+            assert all(metrics[k] is not None for k in ("q", "ssim", "sam_deg", "ergas",
+                                                        "spatial_cc")), metrics
+        assert 0.0 <= region["x6Li"]["map"] <= 1.0 and region["x6Li"]["sigma"] > 0
+    parts = report["particles"]
+    assert parts["segmented"] == len(parts["table"]) and parts["labelled"] >= 1
+    assert set(report["figures"]) == {str(out / n) for n in (
+        "correlative.png", "fusion.png", "sims_ratio.png", "particles.png", "quantified.png")}

@@ -1,0 +1,253 @@
+"""``temsims.loaders.load_correlative`` on runs written by the real plans into a real catalog.
+
+One small correlative experiment (``correlative_tem_sims`` over the real IOCs,
+li2co3-particles seed 1, written to an embedded catalog), shared by the module and
+read back with :func:`load_correlative`. The spectrometer starts without drift; the
+test then sets a known drift rate, so the SIMS maps are displaced on the specimen by
+a known, non-trivial amount that the recorded geometry does not know: the truth is
+the stage readback (``region``) minus the drift at the time of each map, and the
+registration onto the overview must recover it within half a SIMS pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from temsims.loaders import CorrelativeExperiment, load_correlative
+
+#: Drift set before the plan (nm/min; the IOC's direction: 30 deg from +x).
+DRIFT_NM_PER_MIN = 600.0
+DRIFT_DIRECTION_DEG = 30.0
+SIMS_PIXELS = (16, 11)
+CAMERA_SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def experiment(start_instrument, slot_pool, tmp_path_factory):
+    """Run ``correlative_tem_sims`` into a catalog; load it back (everything a test needs)."""
+    from bluesky import RunEngine
+    from caproto.sync.client import write
+    from documents import DocumentCollector
+    from instrument_support import stop_instrument
+
+    from temsims.catalog import open_catalog, require_metadata
+    from temsims.devices import connect
+    from temsims.plans import correlative_tem_sims
+
+    procs = start_instrument(specimen="li2co3-particles", seed=1,
+                             extra_args={"spectrometer": ["--drift-nm-per-min", "0"]})
+    cat = open_catalog(tmp_path_factory.mktemp("loaders") / "catalog")
+    try:
+        d = connect(procs.instrument_prefix, timeout=15.0)
+        for sig, value in {d.stage.alpha.velocity: 30.0, d.stage.x.velocity: 200.0,
+                           d.stage.y.velocity: 200.0, d.bias.ramp_rate: 10000.0,
+                           d.mode.bias.ramp_rate: 10000.0,
+                           d.camera.size: CAMERA_SIZE}.items():
+            sig.set(value).wait(10)
+        RE = RunEngine({"sample": "li2co3-particles seed 1", "specimen": "li2co3-particles",
+                        "operator": "pytest"}, call_returns_result=True)
+        require_metadata(RE)
+        RE.docs = DocumentCollector()
+        RE.subscribe(RE.docs)
+        RE.subscribe(cat.writer())
+        # Drift from now on (none before: the IOC started with 0 nm/min).
+        t0 = time.time()
+        write(procs.instrument_prefix + "MS:DRIFT_NM_PER_MIN", DRIFT_NM_PER_MIN,
+              notify=True, timeout=5)
+        t_drift = 0.5 * (t0 + time.time())
+        t1 = time.monotonic()
+        res = RE(correlative_tem_sims(
+            d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column, d.bias,
+            overview_fov_um=4.0, max_rois=2, sims_pixels=SIMS_PIXELS, sims_dwell_s=1e-3,
+            exposure_s=0.01)).plan_result
+        plan_s = time.monotonic() - t1
+        assert cat.flush(60)
+        t1 = time.monotonic()
+        exp = load_correlative(cat, res["correlation_id"])
+        load_s = time.monotonic() - t1
+        print(f"\ncorrelative plan {plan_s:.1f} s, load_correlative {load_s:.2f} s")
+        yield {"res": res, "exp": exp, "cat": cat, "docs": RE.docs, "t_drift": t_drift}
+    finally:
+        cat.close(timeout=60)
+        stop_instrument(procs, slot_pool)
+
+
+def _true_affine(m, t_drift: float) -> np.ndarray:
+    """SIMS (col, row, 1) -> specimen um as the simulator made the map: the stage
+    readback as the centre, minus the specimen's drift at the middle of the map's
+    events (their timestamps; the map itself lasts ~0.2 s, ~1 nm of drift)."""
+    from dataclasses import replace
+
+    start = m.start
+    geo = replace(m.geometry, centre_x_um=float(start["region"]["x_um"]),
+                  centre_y_um=float(start["region"]["y_um"]))
+    matrix = geo.affine_to_specimen()
+    t_map = 0.5 * (m.data.attrs["time_first"] + m.data.attrs["time_last"])
+    d_um = DRIFT_NM_PER_MIN * (t_map - t_drift) / 60.0 / 1000.0
+    ang = math.radians(DRIFT_DIRECTION_DEG)
+    matrix[0, 2] -= d_um * math.cos(ang)
+    matrix[1, 2] -= d_um * math.sin(ang)
+    return matrix
+
+
+def _error_sims_px(exp: CorrelativeExperiment, index: int, matrix_to_specimen: np.ndarray,
+                   truth: np.ndarray) -> float:
+    """Largest misplacement (in SIMS pixels) of the map's corners and centre."""
+    m = exp.sims[index]
+    pts = m.geometry.corners_px()
+    homog = np.column_stack([pts, np.ones(len(pts))]).T
+    diff = (matrix_to_specimen @ homog - truth @ homog)[:2]
+    in_px = np.linalg.inv(truth[:2, :2]) @ diff  # specimen um -> SIMS (col, row) px
+    return float(np.hypot(in_px[0], in_px[1]).max())
+
+
+def test_runs_read_back_as_the_devices_produced_them(experiment):
+    exp, res = experiment["exp"], experiment["res"]
+    assert isinstance(exp, CorrelativeExperiment)
+    assert exp.correlation_id == res["correlation_id"]
+    n = len(res["rois"])
+    assert 1 <= n <= 2
+    assert len(exp.starts) == 1 + 2 * n and len(exp.sims) == n and len(exp.zooms) == n
+    np.testing.assert_array_equal(exp.overview.values, res["overview"])
+    assert exp.overview.dtype == res["overview"].dtype
+    for z, zres in zip(exp.zooms, res["zooms"], strict=True):
+        np.testing.assert_array_equal(z.values, zres)
+    for i, (m, maps) in enumerate(zip(exp.sims, res["sims_maps"], strict=True)):
+        assert m.roi_index == i and exp.zoom_of(i).attrs["roi_index"] == i
+        assert m.species == ["6Li", "7Li"]
+        for s in ("6Li", "7Li"):
+            assert m.data[s].dims == ("y", "x")
+            assert m.data[s].shape == (SIMS_PIXELS[1], SIMS_PIXELS[0])
+            assert m.data[s].dtype.kind == "i"  # counts as recorded (int32)
+            np.testing.assert_array_equal(m.data[s].values, maps[s])
+        assert (m.data["6Li"].values >= 0).all()
+    assert [(r["x_um"], r["y_um"]) for r in exp.rois] == \
+        [(r["x_um"], r["y_um"]) for r in res["rois"]]
+    assert exp.particles == []
+
+
+def test_coordinates_are_specimen_um(experiment):
+    exp, res = experiment["exp"], experiment["res"]
+    ov = exp.overview
+    pitch = 4.0 / CAMERA_SIZE
+    assert ov.dims == ("y", "x") and ov.x_um.attrs["units"] == "um"
+    np.testing.assert_allclose(np.diff(ov.x_um.values), pitch, rtol=1e-9)
+    np.testing.assert_allclose(np.diff(ov.y_um.values), pitch, rtol=1e-6)
+    assert float(ov.x_um.mean()) == pytest.approx(0.0, abs=1e-3)
+    for m, r in zip(exp.sims, res["rois"], strict=True):
+        x, y = m.data.x_um.values, m.data.y_um.values
+        assert x.shape == y.shape == (SIMS_PIXELS[1], SIMS_PIXELS[0])
+        assert float(x.mean()) == pytest.approx(r["x_um"], abs=2e-3)
+        assert float(y.mean()) == pytest.approx(r["y_um"], abs=2e-3)
+        p = r["fov_um"] / SIMS_PIXELS[0]
+        assert float(x[0, 1] - x[0, 0]) == pytest.approx(p, rel=1e-6)
+        # Foreshortening: the map's rows are 1/cos 45 deg apart on the specimen.
+        assert float(y[1, 0] - y[0, 0]) == pytest.approx(p / math.cos(math.radians(45)),
+                                                         rel=1e-6)
+        assert m.data.x_um.attrs["units"] == "um"
+    for z, r in zip(exp.zooms, res["rois"], strict=True):
+        assert float(z.x_um.mean()) == pytest.approx(r["x_um"], abs=2e-3)
+        assert float(z.x_um[-1] - z.x_um[0]) < r["fov_um"]
+
+
+def test_registration_against_the_specimen_truth(experiment):
+    exp = experiment["exp"]
+    for i, m in enumerate(exp.sims):
+        reg = m.registration
+        assert reg is not None, m.registration_error
+        truth = _true_affine(m, experiment["t_drift"])
+        ov = exp.overview_geometry.affine_to_specimen()
+        registered = ov @ reg.transform.params
+        initial = ov @ reg.initial_transform.params
+        err = _error_sims_px(exp, i, registered, truth)
+        err0 = _error_sims_px(exp, i, initial, truth)
+        err_um = exp.registration_error_um(i, truth)
+        print(f"map {i}: registration error {err:.3f} SIMS px ({1e3 * err_um:.1f} nm), "
+              f"recorded geometry alone {err0:.3f} px; shift {reg.shift_px}, "
+              f"ncc {reg.quality['ncc']:.3f} (initial {reg.quality['ncc_initial']:.3f}), "
+              f"residual {reg.residual_sims_px:.3f} px, "
+              f"TEM inverted {reg.quality['tem_inverted']}")
+        assert reg.refined and reg.quality["tem_inverted"]  # bright field vs Li counts
+        assert err < 0.5
+        # The registered coordinates are the refined transform.
+        xr_, yr_ = m.data.x_um_registered.values, m.data.y_um_registered.values
+        c = m.geometry.shape
+        assert float(xr_.mean()) == pytest.approx(
+            float((registered @ [(c[1] - 1) / 2, (c[0] - 1) / 2, 1])[0]), abs=1e-9)
+        assert np.isfinite(yr_).all()
+        # The warped maps: on the overview grid, NaN outside the map, counts inside.
+        w = m.warped
+        assert w["7Li"].shape == exp.overview.shape
+        inside = np.isfinite(w["7Li"].values)
+        assert 0 < inside.sum() < inside.size
+        assert float(np.nanmax(w["7Li"].values)) <= float(m.data["7Li"].max()) + 1e-3
+    # A known drift was there to be found (the test would be vacuous without it).
+    truth0 = _true_affine(exp.sims[0], experiment["t_drift"])
+    init0 = exp.overview_geometry.affine_to_specimen() @ \
+        exp.sims[0].registration.initial_transform.params
+    assert _error_sims_px(exp, 0, init0, truth0) > 0.5
+
+
+@pytest.mark.parametrize("method", ["ihs", "laplacian"])
+@pytest.mark.parametrize("grid", ["overview", "zoom"])
+def test_fuse_shape_and_values(experiment, method, grid):
+    exp = experiment["exp"]
+    for i in range(len(exp.sims)):
+        rgb = exp.fuse(i, method=method, grid=grid)
+        target = exp.overview if grid == "overview" else exp.zoom_of(i)
+        assert rgb.dims == ("y", "x", "rgb") and rgb.shape[2] == 3
+        assert 4 <= rgb.shape[0] <= target.shape[0] and 4 <= rgb.shape[1] <= target.shape[1]
+        assert np.isfinite(rgb.values).all()
+        assert 0.0 <= float(rgb.min()) and float(rgb.max()) <= 1.0 and float(rgb.std()) > 0
+        # Cropped to the map: its coordinates lie inside the map's registered footprint.
+        xr_ = exp.sims[i].data.x_um_registered.values
+        assert xr_.min() - 0.05 <= float(rgb.x_um.min()) <= float(rgb.x_um.max()) \
+            <= xr_.max() + 0.05
+        full = exp.fuse(i, method=method, grid=grid, crop=False)
+        assert full.shape == (*target.shape, 3) and np.isfinite(full.values).all()
+        metrics = exp.fusion_metrics(i, method=method, grid=grid, fused=rgb)
+        assert all(math.isfinite(metrics[k]) for k in ("cc", "ssim", "sam_deg", "ergas",
+                                                         "spatial_cc"))
+        print(f"map {i} {grid} {method}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+
+
+def test_ratio_and_atom_fraction(experiment):
+    exp = experiment["exp"]
+    m = exp.sims[0]
+    n6 = m.data["6Li"].values.astype(float)
+    n7 = m.data["7Li"].values.astype(float)
+    rm = exp.ratio_map(0, min_counts=10)
+    valid = rm.valid
+    assert valid.any()
+    n = n6 + n7
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected_ratio, expected_fraction = n6 / n7, n6 / n
+    np.testing.assert_allclose(rm.ratio[valid], expected_ratio[valid])
+    frac = exp.atom_fraction(0, min_counts=10)
+    x = frac["fraction"].values
+    np.testing.assert_allclose(x[valid], expected_fraction[valid], rtol=1e-12)
+    both = valid & (n6 > 0)
+    np.testing.assert_allclose(frac["sigma"].values[both],
+                               np.sqrt(x[both] * (1 - x[both]) / n[both]), rtol=1e-9)
+    assert np.isnan(x[~valid]).all() and ((x[valid] >= 0) & (x[valid] <= 1)).all()
+    np.testing.assert_allclose(frac.x_um.values, m.data.x_um.values)
+    binned = exp.atom_fraction(0, binning=2)
+    assert binned["fraction"].shape == (SIMS_PIXELS[1] // 2, SIMS_PIXELS[0] // 2)
+    assert float(binned.x_um[0, 0]) == pytest.approx(float(m.data.x_um[0, :2].mean()))
+
+
+def test_tiled_container_and_errors(experiment):
+    cat, exp = experiment["cat"], experiment["exp"]
+    again = load_correlative(cat.runs, exp.correlation_id, register=False)
+    assert len(again.sims) == len(exp.sims) and again.sims[0].registration is None
+    np.testing.assert_array_equal(again.sims[0].data["7Li"].values,
+                                  exp.sims[0].data["7Li"].values)
+    with pytest.raises(LookupError):
+        load_correlative(cat, "no-such-experiment")
+    with pytest.raises(ValueError, match="method"):
+        exp.fuse(0, method="wavelet")
