@@ -117,7 +117,7 @@ class CALayout:
                 # Read by caproto at import: the server yields sooner under bursts of
                 # small requests (with TCP_NODELAY: ~14 ms instead of ~20 ms per point
                 # of a step scan, ../shared/reference/stack.md).
-                "CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC": "0.001",
+                "CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC": "0",
                 "EPICS_CAS_INTF_ADDR_LIST": self.host,
                 "EPICS_CAS_BEACON_PORT": str(self.repeater_port),
                 "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",

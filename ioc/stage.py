@@ -38,6 +38,9 @@ from temsims.ioc.common import InstrumentIOC, require_finite, run_instrument_ioc
 
 #: Period of the readback updates during a move (s): 50 Hz.
 TICK_S = 0.02
+#: Shortest wait worth a trip through the event loop: epoll rounds timeouts up to
+#: 1 ms, so a move with less than this left is published at its end at once.
+MIN_WAIT_S = 1e-3
 
 # MSTA bits (motor record "motor status"), the ones this simulation drives.
 MSTA_DIRECTION = 1 << 0
@@ -290,6 +293,13 @@ class MotorAxis:
     async def _write(channel, value, **kwargs) -> None:
         await channel.write(value, verify_value=False, **kwargs)
 
+    @staticmethod
+    async def _update(channel, value) -> None:
+        """Write ``value`` only if it differs: every write is a monitor to each client,
+        and a step scan's per-point cost is mostly these messages."""
+        if channel.value != value:
+            await channel.write(value, verify_value=False)
+
     async def _publish_calibration(self) -> None:
         """OFF, DIR-dependent limits, VAL and RBV after a calibration change."""
         f = self.fields
@@ -318,9 +328,9 @@ class MotorAxis:
         self.at_low_switch = dial <= low
         user_high = self.at_high_switch if self.sign > 0 else self.at_low_switch
         user_low = self.at_low_switch if self.sign > 0 else self.at_high_switch
-        await self._write(f.dial_readback_value, dial)
-        await self._write(f.raw_readback_value, round(dial / spec.resolution))
-        await self._write(f.difference_dval_drbv, self.target_dial - dial)
+        await self._update(f.dial_readback_value, dial)
+        await self._update(f.raw_readback_value, round(dial / spec.resolution))
+        await self._update(f.difference_dval_drbv, self.target_dial - dial)
         if f.user_high_limit_switch.value != int(user_high):
             await self._write(f.user_high_limit_switch, int(user_high))
         if f.user_low_limit_switch.value != int(user_low):
@@ -334,7 +344,7 @@ class MotorAxis:
                                   severity=AlarmSeverity.MAJOR_ALARM)
         elif alarm.status == AlarmStatus.HWLIMIT:
             await alarm.write(status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM)
-        await self._write(f.user_readback_value, self.user(dial))
+        await self._update(f.user_readback_value, self.user(dial))
         msta = (MSTA_DIRECTION if f.direction_of_travel.value else 0)
         msta |= MSTA_MOVING if self.moving else MSTA_DONE
         msta |= (MSTA_PLUS_LS if self.at_high_switch else 0)
@@ -366,11 +376,11 @@ class MotorAxis:
         except ValueError:
             await self._write(f.limit_violation, 1)
             raise
-        await self._write(f.limit_violation, 0)
+        await self._update(f.limit_violation, 0)
         self.target_dial = dial
         await self._write(f.dial_desired_value, dial)
         # TDIR is in user coordinates: it is what ophyd pairs with HLS/LLS.
-        await self._write(f.direction_of_travel, int(user > self.user(self.dial)))
+        await self._update(f.direction_of_travel, int(user > self.user(self.dial)))
         if self.moving:
             self._retarget = True
             self._stop_requested = False  # a new target after STOP: go there
@@ -438,6 +448,8 @@ class MotorAxis:
         self._interrupt.clear()
         while True:
             t = loop.time() - t0
+            if ramp.duration - t < MIN_WAIT_S:  # the event loop cannot wait this short
+                t = ramp.duration
             x, v = ramp.at(t)
             if not low <= x <= high:  # a limit switch cuts the motion
                 await self._publish_position(min(max(x, low), high), 0.0)
