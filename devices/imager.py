@@ -307,6 +307,21 @@ class SIMSImager(Device):
                         st.set_exception(exc)
 
         put.add_callback(put_done)
+
+        def kickoff_done(s) -> None:
+            # A failed kickoff (timeout, refused raster) must not leave the flyer armed:
+            # the next kickoff would refuse with "already flying".
+            if s.success:
+                return
+            with self._lock:
+                self._active = False
+                st = self._complete_status
+            if st is not None and not st.done:
+                st.set_exception(RuntimeError(f"{self.name}: kickoff failed ({s.exception()!r})"))
+            if str(self.acquire_rbv.get()) == "Start":
+                self.acquire.put("Stop", use_complete=False)
+
+        kickoff_status.add_callback(kickoff_done)
         return kickoff_status
 
     def complete(self) -> DeviceStatus:

@@ -260,6 +260,7 @@ class SpectrometerIOC(InstrumentIOC):
         self.peers = PeerMonitor(self.peer_names.values(), on_update=self._on_peer_update)
         # Imaging state.
         self.frame_task: asyncio.Task | None = None
+        self.last_frame_start = 0.0  # START_TIME of the last frame mapped (epoch s)
         self.frame_abort: asyncio.Event | None = None  # made in the loop
         self.frame_done = None  # asyncio.Condition, made in the loop
         self.frames_completed = 0
@@ -758,6 +759,11 @@ class SpectrometerIOC(InstrumentIOC):
         ts = self.peers.timestamps.get(self.peer_names["acquire"])
         if ts and abs(ts - t_event) < 5.0:
             t_event = ts
+        # The column writes START_TIME before ACQUIRE, but the two monitors may reach us
+        # in either order: read it afresh, or a frame started within a second of the
+        # last one would carry the last one's start time (and a flyer waiting for a
+        # start at or after its kickoff would never see one).
+        await self.peers.refresh(self.peer_names["start_time"])
         if self._raster_running():
             self.frame_abort.set()
             try:
@@ -774,7 +780,7 @@ class SpectrometerIOC(InstrumentIOC):
 
     def _frame_start_time(self, t_event: float) -> float:
         st = _float(self.peer("start_time"))
-        if st is not None and abs(st - t_event) < 1.0:
+        if st is not None and abs(st - t_event) < 1.0 and st > self.last_frame_start:
             return st
         return t_event
 
@@ -816,6 +822,7 @@ class SpectrometerIOC(InstrumentIOC):
         await self.img_nx.write(nx)
         await self.img_ny.write(ny)
         await self.img_dwell.write(dwell)
+        self.last_frame_start = t0
         await self.img_start_time.write(t0)
         await self.img_lines_done.write(0)
         for col, m in zip(self.collectors(), maps, strict=True):

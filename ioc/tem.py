@@ -268,6 +268,13 @@ class TEMIOC(InstrumentIOC):
         self._edx_abort = asyncio.Event()
 
     # ================================================================ links
+    async def refresh_stage(self) -> None:
+        """Read the stage readbacks afresh before an acquisition: a client that saw its
+        move finish and triggers at once can overtake the stage's monitor updates to
+        this IOC (another circuit), and the image would be placed where the stage was
+        one tick before the end of the move."""
+        await self.peers.refresh(*self._stage_pvs.values())
+
     def stage_geometry(self) -> tuple[dict[str, float], list[str]]:
         """Stage X, Y (um), A, B (deg) now; axes not connected read 0 and are listed."""
         values, missing = {}, []
@@ -418,6 +425,7 @@ class TEMIOC(InstrumentIOC):
         try:
             await instance.write("Acquire", verify_value=False)
             start = time.monotonic()
+            await self.refresh_stage()
             geometry, _ = self.image_geometry()
             exposure = float(self.cam_exposure.value)
             blanked = self.blank_rbv.value == "Blanked"
@@ -566,6 +574,7 @@ class TEMIOC(InstrumentIOC):
         loop = asyncio.get_running_loop()
         try:
             await instance.write("Acquire", verify_value=False)
+            await self.refresh_stage()
             geometry, _ = self.image_geometry()
             axis = self.energy_axis()
             ht_kv = float(self.ht_rbv.value)
