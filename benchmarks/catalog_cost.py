@@ -9,6 +9,7 @@ the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, til
   target <= 0.2 ms);
 - ``call_ms``: time the RunEngine spent inside the writer's ``__call__`` (checks and
   queueing, measured by the writer itself);
+- for the writer on a thread of the session and in a child process (``storage``);
 - ``blocked_s``: time the RunEngine waited on storage (a full queue; target ~0);
 - ``drain_s``: time from the end of the run until the catalog held all of it
   (``flush``), and ``write_ms`` the writer thread's time per event.
@@ -53,7 +54,8 @@ def _md(kind: str) -> dict:
             "region": {"x_um": 0.0, "y_um": 0.0, "z_um": 0.0, "tilt_deg": 0.0, "fov_um": 10.0}}
 
 
-def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int) -> dict:
+def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int,
+             process: bool = False) -> dict:
     import bluesky.plans as bp
     from bluesky import RunEngine
 
@@ -66,7 +68,8 @@ def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int) -> dic
         bare_t.append(time.perf_counter() - t0)
 
         RE = RunEngine({})
-        writer = cat.writer(batch_size=batch_size)
+        writer = cat.writer(batch_size=batch_size, process=process)
+        assert writer.flush(timeout=300)  # a writer process has started and answered
         RE.subscribe(writer)
         t0 = time.perf_counter()
         RE(bp.count(dets, num=n_events), **_md(kind))
@@ -82,6 +85,7 @@ def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int) -> dic
     n = n_events
     return {
         "kind": kind,
+        "storage": "process" if process else "thread",
         "events": n,
         "batch_size": batch_size,
         "repeat": repeat,
@@ -119,6 +123,9 @@ def main(argv=None) -> dict:
                 run_case(cat, "scalar", args.events, args.repeat, 10000),
                 run_case(cat, "map_line", args.lines, args.repeat, batch),
                 run_case(cat, "image", args.images, args.repeat, batch),
+                run_case(cat, "scalar", args.events, args.repeat, batch, process=True),
+                run_case(cat, "map_line", args.lines, args.repeat, batch, process=True),
+                run_case(cat, "image", args.images, args.repeat, batch, process=True),
             ]
         finally:
             cat.close()
@@ -129,12 +136,12 @@ def main(argv=None) -> dict:
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "cases": cases,
     }
-    header = (f"{'kind':<9} {'events':>6} {'batch':>6} {'RE bare':>8} {'RE+cat':>8} {'cost':>7} "
+    header = (f"{'kind':<9} {'storage':<7} {'events':>6} {'batch':>6} {'RE bare':>8} {'RE+cat':>8} {'cost':>7} "
               f"{'call':>7} {'blocked':>8} {'drain':>7} {'write':>7}")
     print(f"open_catalog: {open_s:.2f} s   (per-event figures in ms; blocked and drain in s)")
     print(header)
     for c in cases:
-        print(f"{c['kind']:<9} {c['events']:>6} {c['batch_size']:>6} "
+        print(f"{c['kind']:<9} {c['storage']:<7} {c['events']:>6} {c['batch_size']:>6} "
               f"{c['re_bare_ms_per_event']:>8.3f} {c['re_with_writer_ms_per_event']:>8.3f} "
               f"{c['re_cost_ms']:>7.3f} {c['call_ms']:>7.3f} {c['blocked_s']:>8.3f} "
               f"{c['drain_s']:>7.2f} {c['write_ms']:>7.2f}")

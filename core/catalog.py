@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import functools
 import logging
 import os
 import secrets
@@ -314,8 +315,11 @@ class Catalog:
     """
 
     def __init__(self, client, runs, *, server: EmbeddedServer | ServerProcess | None = None,
-                 location: str | Path | None = None) -> None:
+                 location: str | Path | None = None, uri: str | None = None,
+                 api_key: str | None = None) -> None:
         self.client = client
+        self.uri = uri
+        self._api_key = api_key
         self.runs = runs
         self.server = server
         self.location = location
@@ -331,7 +335,7 @@ class Catalog:
 
     def writer(self, *, buffered: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
                validate: bool = True, patches: Mapping[str, Callable] | None = None,
-               **buffer_options):
+               process: bool = False, **buffer_options):
         """The RunEngine callback that stores documents here: ``RE.subscribe(cat.writer())``.
 
         Parameters
@@ -347,12 +351,29 @@ class Catalog:
             Check documents against event-model's schemas before storing them.
         patches
             Extra TiledWriter patches (document name -> function).
+        process
+            Write from a child process (:class:`~temsims.callbacks.writer_process.ProcessWriter`)
+            instead of a thread of this one: the RunEngine's interpreter then only checks
+            and pickles each document (``docs/decisions/0009-writer-process.md``). The
+            child needs the catalog's URI: patches must be importable functions.
         buffer_options
             Passed to ``BufferedWriter`` (``maxsize``, ``exit_timeout_s``).
         """
         from bluesky_tiled_plugins import TiledWriter
 
         from temsims.callbacks.storage import BufferedWriter, DtypeFromData, validate_document
+        from temsims.callbacks.writer_process import ProcessWriter
+
+        if process:
+            if not buffered:
+                raise ValueError("writer(process=True) is buffered by nature; drop buffered=False")
+            if self.uri is None:
+                raise ValueError("this catalog has no URI a writer process could reach")
+            factory = functools.partial(tiled_writer_chain, self.uri, self._api_key,
+                                        batch_size=batch_size, patches=dict(patches or {}))
+            writer = ProcessWriter(factory, validate=validate, **buffer_options)
+            self._writers.append(writer)
+            return writer
 
         # max_array_size=0: every array (image, map line, spectrum, even a short one)
         # is a zarr array with its dtype, never a list in the event table.
@@ -479,6 +500,23 @@ class Catalog:
         return f"<Catalog {where}>"
 
 
+def tiled_writer_chain(uri: str, api_key: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                       patches: Mapping[str, Callable] | None = None):
+    """The storing callback of :meth:`Catalog.writer`, built from the server's URI.
+
+    What a :class:`~temsims.callbacks.writer_process.ProcessWriter` child runs:
+    ``DtypeFromData(TiledWriter(runs, max_array_size=0))`` on a client of its own.
+    """
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+
+    from temsims.callbacks.storage import DtypeFromData
+
+    runs = _runs_node(from_uri(uri, api_key=api_key))
+    return DtypeFromData(TiledWriter(runs, batch_size=batch_size, max_array_size=0,
+                                     patches=dict(patches or {})))
+
+
 def open_catalog(location: str | Path | None = None, *, api_key: str | None = None,
                  server_process: bool = True) -> Catalog:
     """Open the catalog at ``location`` (see the module docstring).
@@ -501,7 +539,8 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
         location = default_catalog_dir()
     if _is_uri(location):
         client = from_uri(str(location), api_key=api_key)
-        return Catalog(client, _runs_node(client), location=location)
+        return Catalog(client, _runs_node(client), location=location, uri=str(location),
+                       api_key=api_key)
     server = (ServerProcess if server_process else EmbeddedServer)(location, api_key=api_key)
     try:
         client = from_uri(server.uri, api_key=server.api_key)
@@ -509,7 +548,8 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
     except BaseException:
         server.close()
         raise
-    return Catalog(client, runs, server=server, location=server.directory)
+    return Catalog(client, runs, server=server, location=server.directory, uri=server.uri,
+                   api_key=server.api_key)
 
 
 _RUNS_LOCK = threading.Lock()

@@ -159,7 +159,7 @@ def _run_engine(cat, specimen: str, seed: int, require_metadata):
                     "operator": os.environ.get("USER", "temsims-demo")},
                    call_returns_result=True)
     require_metadata(RE)
-    RE.subscribe(cat.writer())
+    RE.subscribe(cat.writer(process=True))  # storage off the RunEngine's interpreter
     return RE
 
 

@@ -56,6 +56,7 @@ def configure_session(
     magics: bool = True,
     md_dir: str | Path | None = None,
     require_metadata: bool = True,
+    writer_process: bool = True,
 ) -> Session:
     """Build the RunEngine, callbacks, catalog, devices and plans into ``user_ns``.
 
@@ -78,6 +79,10 @@ def configure_session(
         Directory of the persistent ``RE.md`` (default :func:`default_metadata_dir`).
     require_metadata
         Validate the start-document metadata contract before a run opens.
+    writer_process
+        Store documents from a child process (default) rather than a thread of the
+        session, so storage never slows the RunEngine's interpreter
+        (``docs/decisions/0009-writer-process.md``).
 
     Returns
     -------
@@ -130,7 +135,7 @@ def configure_session(
         from temsims.catalog import require_metadata as install_metadata_check
 
         session.catalog = open_catalog(location)
-        RE.subscribe(session.catalog.writer())
+        RE.subscribe(session.catalog.writer(process=writer_process))
         if require_metadata:
             install_metadata_check(RE)
         ns["catalog"] = session.catalog
@@ -146,6 +151,7 @@ def configure_session(
         ns.update(instrument.all_devices())
 
     ns.update(_plans())
+    ns.update(_analysis_tools())
 
     if magics:
         try:
@@ -163,6 +169,17 @@ def configure_session(
     user_ns.update(ns)
     _CONFIGURED.add(id(user_ns))
     return session
+
+
+def _analysis_tools() -> dict[str, Any]:
+    """Live views, exporters and the correlative loader, ready to use by name."""
+    from temsims.callbacks.export import export_hdf5, export_tiff
+    from temsims.callbacks.live import LiveFusedOverlay, LiveRatioMap, LiveSimsMap
+    from temsims.loaders import load_correlative
+
+    return {"LiveSimsMap": LiveSimsMap, "LiveRatioMap": LiveRatioMap,
+            "LiveFusedOverlay": LiveFusedOverlay, "export_tiff": export_tiff,
+            "export_hdf5": export_hdf5, "load_correlative": load_correlative}
 
 
 def _plans() -> dict[str, Any]:

@@ -270,3 +270,49 @@ def test_dtype_from_data_patches_held_descriptors():
     for name, doc in empty:
         patcher(name, doc)
     assert [n for n, _ in out] == ["start", "descriptor", "stop"]
+
+
+# ----------------------------------------------------------------- writer process
+
+
+def test_process_writer_stores_runs_like_the_thread_and_ends_its_process(catalog, RE):
+    """writer(process=True): same documents in the catalog, written by a child process."""
+    import os
+
+    writer = catalog.writer(process=True)
+    pid = writer.pid
+    assert pid is not None and pid != os.getpid()
+    log = DocumentLog()
+    RE.subscribe(log)
+    RE.subscribe(writer)
+    image = image_detector(seed=7)
+    (uid,) = RE(bp.count([det, image], num=20), **contract_md(sample="process"))
+    assert writer.wait_for_run(uid, timeout=60)
+    run = catalog.runs[uid]
+    produced = np.stack([e["data"]["image"] for e in log.events(uid)])
+    stored = run["primary"]["image"].read()
+    np.testing.assert_array_equal(stored, produced)
+    assert stored.dtype == produced.dtype
+    assert writer.stats.put_blocked_s == 0
+    writer.close(timeout=60)
+    assert writer._process.poll() is not None  # the child exited
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_what_tiledwriter_refuses_is_raised_in_the_caller(catalog, process):
+    """An event that passes the caller's quick check but not TiledWriter's schema check
+    is refused where TiledWriter runs and raised in the caller; the run is stored."""
+    writer = catalog.writer(process=process)
+    docs = _compose_run(n_events=2)
+    page = event_model.pack_event_page(docs[2][1])
+    for name, doc in docs[:3]:
+        writer(name, doc)
+    writer("event_page", dict(page, uid=["p-bad"], time=["not a number"], seq_num=[9]))
+    writer(*docs[3])
+    with pytest.raises(InvalidDocument, match="time"):
+        writer.flush(timeout=60)
+    writer(*docs[4])
+    writer.close(timeout=60)
+    run = catalog.runs[docs[0][1]["uid"]]
+    np.testing.assert_array_equal(run["primary"]["seq_num"].read(), [1, 2])
+    assert run.metadata["stop"]["exit_status"] == "success"

@@ -1,0 +1,205 @@
+"""A storage writer whose callback runs in a child process.
+
+:class:`ProcessWriter` is a :class:`~temsims.callbacks.storage.BufferedWriter` on the
+caller's side (same checks, queue, error reporting, ``flush``/``wait_for_run``/
+``close``, drain at exit); its thread only pickles each document onto a pipe. The
+child, ``python -m temsims.callbacks.writer_process``, receives a picklable factory
+first, builds the callback from it (in temsims ``DtypeFromData(TiledWriter(runs))``
+on a tiled client of its own) and feeds it the documents in order, answering on a
+second pipe. Why, and what it costs: ``docs/decisions/0009-writer-process.md``.
+
+The child is a plain ``subprocess`` (not ``multiprocessing``): spawning would re-run
+the parent's ``__main__``, which in an IPython session started with
+``python -m IPython`` is IPython itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import jsonschema
+
+from temsims.callbacks.storage import (
+    _STOP,
+    BufferedWriter,
+    Callback,
+    InvalidDocument,
+    StorageError,
+    _Barrier,
+)
+
+logger = logging.getLogger("temsims.callbacks.storage")
+
+__all__ = ["ProcessWriter"]
+
+
+class ProcessWriter(BufferedWriter):
+    """A :class:`~temsims.callbacks.storage.BufferedWriter` writing from a child process.
+
+    Parameters
+    ----------
+    factory
+        Picklable zero-argument callable, called once in the child; returns the
+        ``callback(name, doc)`` to feed (e.g. ``functools.partial(tiled_writer_chain,
+        uri, api_key)``).
+    buffer_options
+        As for ``BufferedWriter`` (``validate``, ``maxsize``, ``exit_timeout_s``,
+        ``name``); the full schema check happens in the child (TiledWriter's), so
+        ``thread_validation`` is always off.
+    """
+
+    def __init__(self, factory: Callable[[], Callback], **buffer_options: Any) -> None:
+        if buffer_options.pop("thread_validation", False):
+            raise ValueError("ProcessWriter: the child validates; thread_validation must be False")
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "temsims.callbacks.writer_process",
+             str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the session must not reach storage
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._to_child = Connection(to_child_w, readable=False)
+        self._from_child = Connection(from_child_r, writable=False)
+        self._to_child.send(factory)
+        self._barriers: dict[int, threading.Event] = {}
+        self._next_token = 0
+        self._child_closed = threading.Event()
+        super().__init__(_InChild(), thread_validation=False, **buffer_options)
+        self._listener = threading.Thread(target=self._listen, name="temsims-storage-acks",
+                                          daemon=True)
+        self._listener.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def close(self, timeout: float | None = None) -> None:
+        try:
+            super().close(timeout)
+        finally:
+            try:
+                self._process.wait(timeout if timeout is not None else self.exit_timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.error("storage process %s did not exit; terminating it", self.pid)
+                self._process.terminate()
+                self._process.wait(5)
+            self._to_child.close()
+
+    def _work(self) -> None:
+        send = self._to_child.send
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    send(("close", None))
+                    self._child_closed.wait(self.exit_timeout_s)
+                    return
+                if isinstance(item, _Barrier):
+                    token, self._next_token = self._next_token, self._next_token + 1
+                    self._barriers[token] = item
+                    send(("barrier", token))
+                    continue
+                t0 = time.perf_counter()
+                send(("doc", item))
+                self.stats.write_s += time.perf_counter() - t0
+            except (OSError, EOFError, ValueError) as err:  # the child is gone
+                self._child_gone(err)
+                if isinstance(item, _Barrier):
+                    item.set()
+                if item is _STOP:
+                    return
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                kind, payload = self._from_child.recv()
+            except (EOFError, OSError) as err:
+                self._child_gone(err)
+                return
+            if kind == "barrier":
+                self._barriers.pop(payload).set()
+            elif kind == "stored":
+                self._stored_runs.setdefault(payload, threading.Event()).set()
+            elif kind == "invalid":
+                self.stats.refused += 1
+                logger.error("%s", payload)
+                self._errors.append(InvalidDocument(payload))
+            elif kind == "error":
+                self.stats.errors += 1
+                logger.error("storage process: %s", payload)
+                self._errors.append(StorageError(payload.strip().splitlines()[-1]))
+            elif kind == "closed":
+                self._child_closed.set()
+                return
+
+    def _child_gone(self, err: BaseException) -> None:
+        if self._child_closed.is_set():
+            return
+        self._child_closed.set()
+        self._errors.append(StorageError(f"the storage process {self.pid} ended: {err!r}"))
+        for event in list(self._barriers.values()) + list(self._stored_runs.values()):
+            event.set()
+
+
+class _InChild:
+    """Stands for the callback, which lives in the child process."""
+
+    def __call__(self, name: str, doc: dict) -> None:  # pragma: no cover - never called
+        raise AssertionError("ProcessWriter forwards documents to its child process")
+
+    def __repr__(self) -> str:
+        return "<callback in the storage process>"
+
+
+def serve(inbox: Connection, outbox: Connection) -> None:
+    """The child's loop: build the callback, feed it the documents, report back."""
+    import traceback
+
+    factory = inbox.recv()
+    try:
+        callback = factory()
+    except BaseException:  # noqa: BLE001 - reported; then every document is refused
+        outbox.send(("error", traceback.format_exc()))
+        callback = None
+    while True:
+        try:
+            kind, payload = inbox.recv()
+        except EOFError:  # the session died: nothing more will come
+            return
+        if kind == "close":
+            outbox.send(("closed", None))
+            return
+        if kind == "barrier":
+            outbox.send(("barrier", payload))
+            continue
+        name, doc = payload
+        try:
+            if callback is None:
+                raise StorageError("the storage callback could not be built (see the first error)")
+            callback(name, doc)
+        except jsonschema.ValidationError as err:
+            where = "/".join(str(p) for p in err.absolute_path) or "(document)"
+            outbox.send(("invalid", f"invalid {name} document (uid={doc.get('uid')!r}) at "
+                                    f"{where}: {err.message}; not stored"))
+        except BaseException:  # noqa: BLE001 - reported to the caller, never dropped
+            outbox.send(("error", f"storing the {name} document {doc.get('uid')} failed:\n"
+                                  + traceback.format_exc()))
+        finally:
+            if name == "stop":
+                outbox.send(("stored", doc.get("run_start")))
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1]), writable=False),
+          Connection(int(sys.argv[2]), readable=False))
