@@ -8,11 +8,20 @@ Pure numpy/scipy/scikit-image on arrays. The SIMS route (:func:`find_particles`)
    Otsu or percentile threshold drops the small ones), markers from the h-maxima
    of the variance-stabilised (Anscombe) map, watershed to split touching
    particles, minimum area and counts;
-3. per particle, sum N6 and N7 over its pixels (sum, then divide: a 20 nm particle
+3. cut labelled Li out of the segments it shares with natural Li
+   (:func:`split_labelled_segments`): a small 6Li-labelled particle within a pixel
+   or so of a large natural one falls in the same segment (its total counts are a
+   shoulder of the neighbour's, not a maximum), and the summed ratio of the pair is
+   neither natural nor a label. Blobs of pixels whose own 6Li/7Li is nearer a
+   label than natural Li (grown over significant excess 6Li ``N6 - R0 N7``),
+   whose summed counts reject natural Li at ``significance`` sigma, are cut out
+   of a segment that is not labelled as a whole and whose remainder is still a
+   detection and not labelled (:attr:`ParticleTable.split_from`);
+4. per particle, sum N6 and N7 over its pixels (sum, then divide: a 20 nm particle
    spans a few pixels, but its summed counts carry the significance), the ratio,
    its Poisson bound, and the tests against natural Li (with a relative
    systematic error in quadrature) and against a minimal label;
-4. classify: ``labelled`` when natural is rejected at ``significance`` sigma,
+5. classify: ``labelled`` when natural is rejected at ``significance`` sigma,
    ``natural`` when the label is rejected at ``natural_sigma`` sigma, otherwise
    ``uncertain``.
 
@@ -39,6 +48,7 @@ from temsims.analysis.isotopes import (
     _counts_array,
     _dead_time,
     _positive,
+    ratio_test,
     region_from_sums,
 )
 
@@ -191,11 +201,18 @@ class ParticleTable(Sequence):
         Segment label per map pixel (0 = background); ``Particle.label`` indexes it.
     parameters : dict
         The analysis parameters (for run metadata).
+    split_from : dict of int to int
+        The segments cut out of another one by :func:`split_labelled_segments`
+        (labelled Li beside natural Li): ``{label: label of the segment it was
+        cut from}``. Their summed counts hold the tail of that unresolved
+        neighbour, so a labelled one's ratio is a lower bound, not a Poisson-
+        limited estimate (its classification is sound: the tail only dilutes it).
     """
 
     particles: tuple[Particle, ...]
     labels: np.ndarray
     parameters: dict[str, Any] = field(default_factory=dict)
+    split_from: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -414,6 +431,186 @@ def contact_pixels(labels) -> np.ndarray:
     return (lab > 0) & (((hi != lab) & (hi > 0)) | ((lo != lab) & (lo != big)))
 
 
+def _segment_sums(labels: np.ndarray, arrays, idx: np.ndarray, exclude_contacts: bool,
+                  contact_labels: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per-segment sums of ``arrays`` (zero where unacquired, ``labels`` 0 there),
+    leaving out the contact pixels (:func:`contact_pixels` of ``contact_labels``,
+    default ``labels``) unless that leaves less than half of a segment's counts
+    (the first two arrays)."""
+    sums = [ndimage.sum_labels(a, labels, idx) for a in arrays]
+    if exclude_contacts:
+        contacts = contact_pixels(labels if contact_labels is None else contact_labels)
+        core = np.where(contacts, 0, labels)
+        core_sums = [ndimage.sum_labels(a, core, idx) for a in arrays]
+        keep = core_sums[0] + core_sums[1] >= 0.5 * (sums[0] + sums[1])
+        sums = [np.where(keep, c, s) for c, s in zip(core_sums, sums, strict=True)]
+    return sums
+
+
+def split_labelled_segments(labels, n6, n7, var6=None, var7=None, *,
+                            reference_ratio: float = NATURAL_LI6_LI7,
+                            systematic_rel: float = DEFAULT_SYSTEMATIC_REL,
+                            label_ratio_min: float = DEFAULT_LABEL_RATIO_MIN,
+                            significance: float = 5.0, natural_sigma: float = 3.0,
+                            detection_sigma: float = 5.0,
+                            background_counts: float | None = None, min_area_px: int = 1,
+                            min_counts: float = 20.0, exclude_contacts: bool = True
+                            ) -> tuple[np.ndarray, dict[int, int]]:
+    """Cut labelled Li out of the segments it shares with natural Li.
+
+    A labelled particle 10-20 nm across a pixel or so from a 90 nm natural one is
+    a shoulder of the neighbour's total counts, not a maximum of its own, so the
+    segmentation merges them and the pair's summed ratio is neither natural nor a
+    label (``uncertain``, or even ``natural``). Their isotopes still tell them
+    apart pixel by pixel: labelled Li is nearly pure 6Li, natural Li 7.6 % 6Li.
+
+    1. Blobs: 8-connected pixels of the segments whose own 6Li/7Li is above
+       ``sqrt(reference_ratio * label_ratio_min)`` (nearer a label than natural Li
+       on a log scale), grown over the connected pixels whose excess 6Li
+       ``N6 - R0 N7`` is ``natural_sigma`` sigma above zero (variance
+       ``var6 + R0^2 var7 + (systematic_rel R0 N7)^2``): where natural Li
+       dominates but the label's tail is still significant.
+    2. A blob is labelled when its summed counts reject natural Li at
+       ``significance`` sigma (the test of :func:`find_particles`, binomial with
+       the systematic term), else ignored.
+    3. A segment may be cut when, tested as :func:`find_particles` tests it, it is
+       not labelled as a whole (a labelled one is found already, and a small
+       natural neighbour cut out of a bright labelled particle keeps too much of
+       its tail to be natural), and its pixels outside the labelled blobs still
+       hold a detection on their own: ``min_counts`` counts and
+       ``detection_sigma`` sigma above the background over their area (a labelled
+       particle's blurred rim, N6 = N7 = 0 or the film, is not one).
+    4. A labelled blob's pixels in segments that may be cut go to a new segment,
+       or, when the blob continues into a segment that may not (a labelled
+       particle's tail over a natural neighbour's edge), to that segment. Other
+       segments are left as they are: touching labelled particles stay as the
+       watershed split them.
+    5. A cut must leave its segment's remainder not labelled (tested likewise):
+       otherwise the label's tail is not separable there and the blobs that cut
+       it are put back.
+
+    Parameters
+    ----------
+    labels : array_like of int
+        Segment label per pixel (0 = background).
+    n6, n7 : array_like
+        Counts per pixel (dead-time corrected), NaN = unacquired.
+    var6, var7 : array_like, optional
+        Their variances (default: the counts).
+    reference_ratio, systematic_rel, label_ratio_min, significance, natural_sigma
+        As in :func:`find_particles`.
+    detection_sigma, background_counts
+        As in :func:`segment_sims_particles` (for the natural remainder).
+    min_area_px, min_counts
+        Smallest new segment (pixels) and natural remainder (counts).
+    exclude_contacts
+        As in :func:`find_particles` (for the tests of whole segments).
+
+    Returns
+    -------
+    labels : numpy.ndarray of int32
+        The new label image (new segments numbered after the old ones).
+    split_from : dict of int to int
+        ``{new label: label of the segment it was mostly cut from}``.
+    """
+    lab = np.array(labels, dtype=np.int64)
+    c6 = np.asarray(n6, dtype=float)
+    c7 = np.asarray(n7, dtype=float)
+    if lab.ndim != 2 or lab.shape != c6.shape or c6.shape != c7.shape:
+        raise ValueError("labels and count maps must be 2-D maps of one shape")
+    w6 = c6 if var6 is None else np.asarray(var6, dtype=float)
+    w7 = c7 if var7 is None else np.asarray(var7, dtype=float)
+    valid = np.isfinite(c6) & np.isfinite(c7)
+    lab = np.where(valid, lab, 0)
+    c6, c7 = np.where(valid, c6, 0.0), np.where(valid, c7, 0.0)
+    w6, w7 = np.where(valid, w6, 0.0), np.where(valid, w7, 0.0)
+    arrays = (c6, c7, w6, w7)
+    out = np.asarray(labels).astype(np.int32, copy=True)
+    n_seg = int(lab.max()) if lab.size else 0
+    if n_seg == 0:
+        return out, {}
+    alpha = stats.norm.sf(significance)
+
+    def labelled(lab_img, idx):
+        sums = _segment_sums(lab_img, arrays, idx, exclude_contacts)
+        _, p, _ = ratio_test(*sums, reference_ratio=reference_ratio,
+                             systematic_rel=systematic_rel, label_ratio_min=label_ratio_min)
+        return p < alpha
+
+    r0 = reference_ratio
+    seeds = (lab > 0) & (c6 > math.sqrt(r0 * label_ratio_min) * c7)
+    excess = c6 - r0 * c7
+    var = np.maximum(w6 + r0 * r0 * w7 + (systematic_rel * r0 * c7) ** 2, 1.0)
+    grow = (lab > 0) & (excess > natural_sigma * np.sqrt(var))
+    blobs = measure.label(seeds | grow, connectivity=2)
+    if blobs.max() == 0:
+        return out, {}
+    seeded = np.unique(blobs[seeds])
+    blobs = np.where(np.isin(blobs, seeded), blobs, 0)
+    bidx = seeded[seeded > 0]
+    sums = [ndimage.sum_labels(a, blobs, bidx) for a in arrays]
+    _, p_nat, _ = ratio_test(*sums, reference_ratio=reference_ratio,
+                             systematic_rel=systematic_rel, label_ratio_min=label_ratio_min)
+    area = ndimage.sum_labels(np.ones(lab.shape), blobs, bidx)
+    good = bidx[(p_nat < alpha) & (area >= min_area_px)]
+    if good.size == 0:
+        return out, {}
+    total = c6 + c7
+    sidx = np.arange(1, n_seg + 1)
+    rest = np.where(np.isin(blobs, good), 0, lab)
+    rest_counts = ndimage.sum_labels(total, rest, sidx)
+    rest_area = ndimage.sum_labels(np.ones(lab.shape), rest, sidx)
+    bkg = (estimate_background(np.where(valid, total, np.nan)) if background_counts is None
+           else float(background_counts))
+    cuttable = np.zeros(n_seg + 1, bool)
+    cuttable[1:] = (~labelled(lab, sidx) & (rest_counts >= max(min_counts, 1.0))
+                    & (rest_counts - bkg * rest_area
+                       >= detection_sigma * np.sqrt(max(bkg, 1.0) * rest_area)))
+    # Each blob's destination and the segments it cuts.
+    moves = []
+    nxt = n_seg + 1
+    for k in good:
+        m = (blobs == k) & cuttable[lab]
+        if not m.any():
+            continue
+        segs = lab[blobs == k]
+        keep = segs[~cuttable[segs]]
+        if keep.size:
+            u, inv = np.unique(keep, return_inverse=True)
+            w = total[blobs == k][~cuttable[segs]]
+            moves.append((m, int(u[np.argmax(np.bincount(inv, weights=w))]), None))
+        else:
+            u, inv = np.unique(segs, return_inverse=True)
+            src = int(u[np.argmax(np.bincount(inv, weights=total[blobs == k]))])
+            moves.append((m, nxt, src))
+            nxt += 1
+    active = [True] * len(moves)
+    while True:
+        new = np.where(valid, out, 0).astype(np.int64)
+        for (m, dest, _), on in zip(moves, active, strict=True):
+            if on:
+                new[m] = dest
+        cut = np.unique(np.concatenate(
+            [lab[m] for (m, _, _), on in zip(moves, active, strict=True) if on] or [[0]]))
+        cut = cut[cut > 0]
+        bad = cut[labelled(new, cut)] if cut.size else cut
+        if bad.size == 0:
+            break
+        for i, (m, _, _) in enumerate(moves):
+            if active[i] and np.isin(lab[m], bad).any():
+                active[i] = False
+    split_from: dict[int, int] = {}
+    nxt = n_seg + 1
+    for (m, dest, src), on in zip(moves, active, strict=True):
+        if not on:
+            continue
+        if src is not None:  # renumber the new segments after the ones put back
+            split_from[nxt] = src
+            dest, nxt = nxt, nxt + 1
+        out[m] = dest
+    return out, split_from
+
+
 def classify(p_natural: float, p_label: float, *, significance: float = 5.0,
              natural_sigma: float = 3.0) -> tuple[str, float]:
     """Class and confidence from the two p-values (see :class:`Particle`).
@@ -442,7 +639,7 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                    smooth_sigma_px: float = 1.0, detection_sigma: float = 5.0,
                    h_sigma: float = 4.0, min_area_px: int = 1,
                    min_counts: float = 20.0, exclude_contacts: bool = True,
-                   labels=None) -> ParticleTable:
+                   labels=None, split_labelled: bool = True) -> ParticleTable:
     """Segment the particles of a 6Li/7Li map pair and test each one's ratio.
 
     Parameters
@@ -477,7 +674,12 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         half of its counts.
     labels : array_like of int, optional
         A label image to use instead of segmenting (e.g. from a TEM image mapped
-        onto the SIMS grid).
+        onto the SIMS grid); used as it is.
+    split_labelled : bool
+        After segmenting, cut labelled Li out of segments it shares with natural
+        Li (:func:`split_labelled_segments`; the cuts are
+        :attr:`ParticleTable.split_from`). Without it a small labelled particle
+        merged with a large natural neighbour comes out ``uncertain``.
 
     Returns
     -------
@@ -502,10 +704,20 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     c7, v7 = _dead_time(n7, dwell, dead_time_s)
     valid = np.isfinite(c6) & np.isfinite(c7)
     total = np.where(valid, c6 + c7, np.nan)
+    split_from: dict[int, int] = {}
+    user_labels = labels is not None
     if labels is None:
         labels = segment_sims_particles(total, smooth_sigma_px=smooth_sigma_px,
                                         detection_sigma=detection_sigma, h_sigma=h_sigma,
                                         min_area_px=min_area_px, min_counts=min_counts)
+        if split_labelled:
+            labels, split_from = split_labelled_segments(
+                labels, np.where(valid, c6, np.nan), np.where(valid, c7, np.nan), v6, v7,
+                reference_ratio=reference_ratio, systematic_rel=systematic_rel,
+                label_ratio_min=label_ratio_min, significance=significance,
+                natural_sigma=natural_sigma, detection_sigma=detection_sigma,
+                min_area_px=min_area_px,
+                min_counts=min_counts, exclude_contacts=exclude_contacts)
     else:
         labels = np.asarray(labels)
         if labels.shape != n6.shape or not np.issubdtype(labels.dtype, np.integer):
@@ -516,18 +728,15 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
               "dwell_s": dwell_s, "smooth_sigma_px": smooth_sigma_px,
               "detection_sigma": detection_sigma, "h_sigma": h_sigma,
               "min_area_px": min_area_px, "min_counts": min_counts,
-              "exclude_contacts": bool(exclude_contacts)}
+              "exclude_contacts": bool(exclude_contacts),
+              "split_labelled": bool(split_labelled) and not user_labels}
     idx = np.unique(labels[labels > 0])
     if idx.size == 0:
         return ParticleTable((), labels, params)
     lab = np.where(valid, labels, 0)
     z0 = lambda a: np.where(valid, a, 0.0)  # noqa: E731
-    sums = [ndimage.sum_labels(z0(a), lab, idx) for a in (c6, c7, v6, v7)]
-    if exclude_contacts:
-        core = np.where(contact_pixels(labels), 0, lab)
-        core_sums = [ndimage.sum_labels(z0(a), core, idx) for a in (c6, c7, v6, v7)]
-        keep = core_sums[0] + core_sums[1] >= 0.5 * (sums[0] + sums[1])
-        sums = [np.where(keep, c, s) for c, s in zip(core_sums, sums, strict=True)]
+    sums = _segment_sums(lab, [z0(a) for a in (c6, c7, v6, v7)], idx, exclude_contacts,
+                         labels)
     area = ndimage.sum_labels(np.ones(labels.shape), labels, idx)
     centres = ndimage.center_of_mass(z0(total), lab, idx)
     px_area_um2 = abs(float(np.linalg.det(affine[:2, :2]))) if affine is not None else None
@@ -551,7 +760,7 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                             p_natural=reg.p_natural, p_label=reg.p_label,
                             classification=cls, confidence=float(conf)))
     out.sort(key=lambda p: -p.z if math.isfinite(p.z) else math.inf)
-    return ParticleTable(tuple(out), labels, params)
+    return ParticleTable(tuple(out), labels, params, split_from)
 
 
 __all__ = [
@@ -566,4 +775,5 @@ __all__ = [
     "segment_sims_particles",
     "segment_tem_particles",
     "sims_pixel_affine",
+    "split_labelled_segments",
 ]

@@ -10,6 +10,7 @@ from analysis_sims import (
     DEMO,
     DEMO_FULL_PIXELS,
     DEMO_QUICK_PIXELS,
+    match_truth,
     particle_maps,
     score,
 )
@@ -20,6 +21,7 @@ from temsims.analysis.particles import (
     segment_sims_particles,
     segment_tem_particles,
     sims_pixel_affine,
+    split_labelled_segments,
 )
 from temsims.ioc import sims_physics as sp
 
@@ -41,19 +43,43 @@ def scores(request):
 
 
 def test_labelled_precision_and_recall_at_the_demo_dose(scores):
-    pixels, per_seed = scores
-    tp = sum(s["tp"] for s in per_seed.values())
-    flagged = sum(s["flagged"] for s in per_seed.values())
-    found = sum(s["found"] for s in per_seed.values())
-    n_true = sum(s["n_labelled"] for s in per_seed.values())
-    precision, recall = tp / flagged, found / n_true
+    """Per seed, not only in aggregate: labelled precision and recall >= 0.95 (with
+    12 labelled particles a seed, no miss and no false label). The misses were
+    10-13 nm labelled particles within a pixel or so of ~90 nm natural ones: one
+    segment, "uncertain"; split_labelled_segments cuts them out on their 6Li."""
+    _, per_seed = scores
     report = {seed: (s["tp"], s["flagged"], s["found"], s["n_labelled"])
               for seed, s in per_seed.items()}
-    assert precision >= 0.95, report
-    # The quick map's 62 x 88 nm pixels cannot separate a 20 nm labelled particle
-    # 30 nm from a large natural one: the merged segment is "uncertain", not labelled.
-    assert recall >= (0.95 if pixels == DEMO_FULL_PIXELS else 0.9), report
-    assert all(s["detected"] == s["n_particles"] for s in per_seed.values())
+    for s in per_seed.values():
+        assert s["tp"] >= 0.95 * s["flagged"], report
+        assert s["found"] >= 0.95 * s["n_labelled"], report
+        assert s["detected"] == s["n_particles"], report
+    tp, flagged = (sum(s[k] for s in per_seed.values()) for k in ("tp", "flagged"))
+    assert tp == flagged, report  # precision 1.00 over all seeds
+
+
+def test_labelled_particle_merged_with_a_natural_one_is_cut_out():
+    """Seed 1, full map: two 10-11 nm labelled particles share a segment with a
+    ~90 nm natural one ("uncertain" at z ~ 4-5 without the split). Split, each is a
+    labelled segment of its own, and the natural remainder is natural."""
+    spec, table, affine, _ = _run(1, DEMO_FULL_PIXELS)
+    _, merged, _, _ = _run(1, DEMO_FULL_PIXELS, split_labelled=False)
+    truth = spec.truth["particles"]
+    seg = match_truth(table, affine, truth)
+    seg0 = match_truth(merged, affine, truth)
+    by_label = {p.label: p for p in table}
+    by_label0 = {p.label: p for p in merged}
+    cut = [k for k, t in enumerate(truth) if t["labelled"] and seg[k] in table.split_from]
+    assert len(cut) >= 2
+    for k in cut:
+        assert by_label0[seg0[k]].classification == "uncertain"
+        assert by_label[seg[k]].classification == "labelled"
+        rest = table.split_from[seg[k]]
+        assert by_label[rest].classification == "natural"
+        assert not any(t["labelled"] for t, lab in zip(truth, seg, strict=True)
+                       if lab == rest)
+    assert merged.split_from == {}
+    assert table.parameters["split_labelled"] and not merged.parameters["split_labelled"]
 
 
 def test_ratio_errors_are_within_1_2_poisson_bounds(scores):
@@ -162,6 +188,44 @@ def test_small_particles_on_empty_film_are_found():
     assert len(table) == 4
     assert sorted(p.classification for p in table) == ["labelled", "labelled", "natural",
                                                        "natural"]
+
+
+def _blob_scene(particles, shape=(30, 40), sigma=0.6):
+    """Expected 6Li and 7Li counts of Gaussian blobs (row, col, total, 6Li/7Li)."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    lam6, lam7 = np.zeros(shape), np.zeros(shape)
+    for r, c, total, ratio in particles:
+        g = total * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2))
+        g /= 2 * math.pi * sigma**2
+        lam6 += g * ratio / (1 + ratio)
+        lam7 += g / (1 + ratio)
+    return lam6, lam7
+
+
+def test_split_cuts_a_labelled_shoulder_off_a_natural_particle():
+    """A bright natural particle (40000 counts) with a faint labelled one (600
+    counts) 2.5 px away: one segment, "uncertain"; split: labelled + natural. A pure
+    labelled particle and a natural one on their own are not cut."""
+    rng = np.random.default_rng(3)
+    big = [(10, 10, 40000.0, 0.08215), (10, 12.5, 600.0, 19.0)]
+    lam6, lam7 = _blob_scene(big + [(20, 30, 3000.0, 19.0), (22, 12, 3000.0, 0.08215)],
+                             sigma=0.9)
+    n6, n7 = rng.poisson(lam6), rng.poisson(lam7)
+    merged = find_particles(n6, n7, split_labelled=False)
+    table = find_particles(n6, n7)
+    assert len(merged) == 3 and len(table) == 4
+    assert sorted(p.classification for p in merged) == ["labelled", "natural", "uncertain"]
+    assert sorted(p.classification for p in table) == ["labelled", "labelled", "natural",
+                                                       "natural"]
+    (new, old), = table.split_from.items()
+    assert table.labels[10, 13] == new and table.labels[10, 9] == old
+    assert next(p for p in table if p.label == old).classification == "natural"
+    # Direct call on the dead-time-free counts: the same cut; nothing to cut in a
+    # map without labelled Li.
+    labels, cuts = split_labelled_segments(merged.labels, n6, n7)
+    assert cuts == table.split_from and (labels == table.labels).all()
+    labels, cuts = split_labelled_segments(merged.labels, n6, rng.poisson(lam6 / 0.08215))
+    assert cuts == {} and (labels == merged.labels).all()
 
 
 def test_tem_dark_blobs():
