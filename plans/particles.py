@@ -145,7 +145,10 @@ def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, colu
     :func:`temsims.analysis.particles.find_particles` does the analysis; the map's
     pixels go to the specimen through
     :func:`temsims.analysis.particles.sims_pixel_affine` (the scan rotation read
-    from the column), the dead time is the spectrometer's DEAD_TIME.
+    from the column), the dead time is the spectrometer's DEAD_TIME. A small labelled
+    particle touching a natural one is cut out of the merged segment by its excess
+    6Li (``split_from`` in the analysis' table); its ratio still carries some of its
+    neighbour's 7Li, so for such particles the recorded ratio is a lower bound.
     """
     check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
     fov_um = check_number("fov_um", fov_um, low=0.0, low_open=True, unit="um")

@@ -332,7 +332,7 @@ def searches(pdev, start_instrument, slot_pool):
 
 def test_find_labelled_particles_matches_truth(searches):
     """Precision and recall of the labelled particles against the specimen's truth,
-    per seed and over the seeds (the analysis' own figure: 0.97 recall at this size)."""
+    per seed and over the seeds (the analysis alone: 1.00 recall on seeds 1-30 at this size)."""
     totals = {"found": 0, "n_labelled": 0, "tp": 0, "flagged": 0}
     for seed, (res, engine, truth) in searches.items():
         sc = _segment_score(res, engine.docs.docs["start"][0], truth)
@@ -350,7 +350,7 @@ def test_find_labelled_particles_matches_truth(searches):
               f"scoring: precision {hits / max(1, len(res['particles'])):.2f}, recall "
               f"{len(matched) / len(labelled):.2f}; {TIMINGS[f'particles seed {seed}']:.1f} s")
         assert sc["precision"] == 1.0
-        assert sc["recall"] >= 0.8
+        assert sc["recall"] >= 0.95
         big = [p for p in labelled if p["radius_nm"] >= 30.0]
         assert {p["id"] for p in big} <= {
             m["id"] for lab, ms in sc["members"].items() for m in ms
@@ -364,7 +364,7 @@ def test_find_labelled_particles_matches_truth(searches):
     print(f"seeds {list(searches)}: precision {precision:.3f}, recall {recall:.3f} "
           f"({totals['found']}/{totals['n_labelled']})")
     assert precision >= 0.95
-    assert recall >= 0.9
+    assert recall >= 0.95
 
 
 def test_bright_natural_particles_are_not_flagged(searches):
