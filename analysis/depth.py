@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
-from temsims.analysis.isotopes import _counts_array, _dead_time, _positive
+from temsims.analysis.isotopes import _counts_array, _dead_time, _dead_time_args, _positive
 
 REFERENCES = ("cumulative", "first")
 
@@ -263,13 +263,7 @@ def depth_profile(stacks: Mapping[str, np.ndarray], *, region=None,
     """
     if not isinstance(stacks, Mapping) or not stacks:
         raise TypeError("stacks must be a non-empty mapping species -> (n_frames, ny, nx)")
-    dead_time_s = _positive("dead_time_s", dead_time_s, allow_zero=True)
-    if dead_time_s > 0:
-        if dwell_s is None:
-            raise ValueError("dwell_s is required for the dead-time correction")
-        dwell = _positive("dwell_s", dwell_s)
-    else:
-        dwell = 1.0
+    dead_time_s, dwell = _dead_time_args(dead_time_s, dwell_s)
     data, var = {}, {}
     shape = None
     for name, stack in stacks.items():

@@ -58,6 +58,17 @@ _N_QUADRATURE = 41
 # ======================================================================================
 # Input checks
 # ======================================================================================
+def _dead_time_args(dead_time_s: float, dwell_s: float | None) -> tuple[float, float]:
+    """Checked ``(dead_time_s, dwell_s)``; the dwell is needed only with a dead time
+    (without one, counts stand for themselves and the dwell is 1)."""
+    dead_time_s = _positive("dead_time_s", dead_time_s, allow_zero=True)
+    if dead_time_s == 0:
+        return 0.0, 1.0
+    if dwell_s is None:
+        raise ValueError("dwell_s is required for the dead-time correction")
+    return dead_time_s, _positive("dwell_s", dwell_s)
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -304,13 +315,7 @@ def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
         raise ValueError(f"binning = {binning} must be within 1..{min(num.shape)} "
                          f"(map shape {num.shape})")
     min_counts = _positive("min_counts", min_counts, allow_zero=True)
-    dead_time_s = _positive("dead_time_s", dead_time_s, allow_zero=True)
-    if dead_time_s > 0:
-        if dwell_s is None:
-            raise ValueError("dwell_s is required for the dead-time correction")
-        dwell_s = _positive("dwell_s", dwell_s)
-    else:
-        dwell_s = 1.0
+    dead_time_s, dwell_s = _dead_time_args(dead_time_s, dwell_s)
     n6, v6 = _dead_time(num, dwell_s, dead_time_s)
     n7, v7 = _dead_time(den, dwell_s, dead_time_s)
     n6, v6, n7, v7 = (_bin(a, int(binning)) for a in (n6, v6, n7, v7))

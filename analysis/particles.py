@@ -47,6 +47,7 @@ from temsims.analysis.isotopes import (
     NATURAL_LI6_LI7,
     _counts_array,
     _dead_time,
+    _dead_time_args,
     _positive,
     ratio_test,
     region_from_sums,
@@ -690,13 +691,7 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     n7 = _counts_array("n7_counts", n7_counts, ndim=2)
     if n6.shape != n7.shape:
         raise ValueError(f"maps differ in shape: {n6.shape} vs {n7.shape}")
-    dead_time_s = _positive("dead_time_s", dead_time_s, allow_zero=True)
-    if dead_time_s > 0:
-        if dwell_s is None:
-            raise ValueError("dwell_s is required for the dead-time correction")
-        dwell = _positive("dwell_s", dwell_s)
-    else:
-        dwell = 1.0
+    dead_time_s, dwell = _dead_time_args(dead_time_s, dwell_s)
     significance = _positive("significance", significance)
     natural_sigma = _positive("natural_sigma", natural_sigma)
     affine = _check_affine(pixel_to_specimen)
