@@ -176,15 +176,23 @@ class PeerMonitor:
         """
         if self._context is None:
             return
-        pvs = await self._context.get_pvs(*pv_names)
-        for pv in pvs:
+        # A PV whose monitor says it is disconnected is not waited for (its peer is
+        # down: the value stays None); the others are read concurrently.
+        names = [name for name in pv_names if self.values.get(name) is not None]
+        if not names:
+            return
+        pvs = await self._context.get_pvs(*names)
+
+        async def read(pv) -> None:
             try:
                 await pv.wait_for_connection(timeout=timeout)
                 response = await pv.read(timeout=timeout)
             except (TimeoutError, OSError):
                 self.values[pv.name] = None
-                continue
+                return
             self.values[pv.name] = _unwrap(response.data)
+
+        await asyncio.gather(*(read(pv) for pv in pvs))
 
     async def write(self, pv_name: str, value: Any, *, wait: bool = True, timeout: float = 2.0):
         """Put to a peer PV (used sparingly: IOCs mostly only read their peers)."""

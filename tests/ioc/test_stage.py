@@ -341,7 +341,7 @@ def test_ophyd_reports_a_move_into_a_limit_switch_as_failed(stage_prefix, ophyd_
     b = ophyd_motor("B")
     b.velocity.put(30.0, wait=True)
     b.high_limit_travel.put(40.0, wait=True)  # beyond the +30 deg switch
-    wait_for(lambda: b.limits == (-25.0, 40.0), 1.0, "ophyd's B limits")  # re-read from VAL
+    wait_for(lambda: b.limits == (-25.0, 40.0), 5.0, "ophyd's B limits")  # re-read from VAL
     status = b.set(35.0)
     with pytest.raises(Exception):  # noqa: B017 - ophyd raises its own failure type
         status.wait(timeout=5)

