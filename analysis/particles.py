@@ -131,7 +131,9 @@ class Particle:
     label : int
         Its value in :attr:`ParticleTable.labels`.
     row, col : float
-        Count-weighted centroid (map pixels; row 0 = first line).
+        Count-weighted centroid (map pixels; row 0 = first line); for a labelled
+        particle, the centroid of its 6Li excess ``N6 - R_nat N7`` (where the label
+        is, when a labelled particle shares its segment with a natural one).
     x_um, y_um : float or None
         Centroid on the specimen (um) when an affine was given.
     area_px : int
@@ -734,6 +736,11 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                          labels)
     area = ndimage.sum_labels(np.ones(labels.shape), labels, idx)
     centres = ndimage.center_of_mass(z0(total), lab, idx)
+    # A labelled particle sharing its segment with a natural one sits where the 6Li
+    # excess is, not where most of the counts are: labelled segments are placed there.
+    excess = np.clip(z0(c6) - reference_ratio * z0(c7), 0.0, None)
+    excess_sums = ndimage.sum_labels(excess, lab, idx)
+    excess_centres = ndimage.center_of_mass(excess, lab, idx)
     px_area_um2 = abs(float(np.linalg.det(affine[:2, :2]))) if affine is not None else None
     out = []
     for k, lab_k in enumerate(idx):
@@ -743,7 +750,8 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                                systematic_rel=systematic_rel, label_ratio_min=label_ratio_min)
         cls, conf = classify(reg.p_natural, reg.p_label, significance=significance,
                              natural_sigma=natural_sigma)
-        row, col = (float(v) for v in centres[k])
+        use_excess = cls == "labelled" and excess_sums[k] > 0
+        row, col = (float(v) for v in (excess_centres if use_excess else centres)[k])
         x = y = r_nm = None
         if affine is not None:
             x, y = (float(v) for v in (affine @ np.array([col, row, 1.0]))[:2])
