@@ -323,3 +323,15 @@ def test_missing_k_factors_refused(calibration_run):
     assert cd.quantify(data, k_factors=calibration_run["k"]).calibration is not None
     with pytest.raises(cd.CalibrationDataError):
         cd.from_documents({"start": [], "event": []})
+
+
+def test_summarize_plan_lists_both_runs(cdev, capsys):
+    """bluesky's summarize_plan reads the plan without hardware (as the queue server's
+    plan preview does): both runs open, the EDX line and the raster appear."""
+    from bluesky.simulators import summarize_plan
+
+    summarize_plan(edx_sims_calibration(*_devs(cdev), **LINE, **EDX, **SIMS))
+    out = capsys.readouterr().out
+    assert out.count("Open Run") == 2 and out.count("Close Run") == 2, out[-2000:]
+    assert "edx_npts -> 50" in out and "column_scan_nx -> 200" in out, out[-2000:]
+    assert out.rstrip().endswith("bias -> 0.0")  # left safe
