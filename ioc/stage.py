@@ -412,11 +412,13 @@ class MotorAxis:
                 if self.target_dial == self.dial:
                     break
                 self._move_velo, self._move_accl = self.velo, self.accl
-                await self._write(f.motor_is_moving, 1)
-                outcome = await self._follow(
-                    Ramp.trapezoid(self.dial, self.target_dial, self._move_velo,
-                                   self._move_accl),
-                    interruptible=True)
+                ramp = Ramp.trapezoid(self.dial, self.target_dial, self._move_velo,
+                                      self._move_accl)
+                if ramp.duration >= MIN_WAIT_S:
+                    # Like a controller polled between the start and the end of a
+                    # sub-millisecond move, MOVN never sees such a move (DMOV does).
+                    await self._update(f.motor_is_moving, 1)
+                outcome = await self._follow(ramp, interruptible=True)
                 if outcome == "interrupted":  # STOP or a new target: come to rest first
                     outcome = await self._follow(
                         Ramp.stop(self.dial, self.velocity_now, self._move_velo,
@@ -437,7 +439,7 @@ class MotorAxis:
                 await self._write(f.dial_desired_value, self.dial)
             self._task = None
             await self._publish_position(self.dial, 0.0)
-            await self._write(f.motor_is_moving, 0)
+            await self._update(f.motor_is_moving, 0)
             await self._write(f.done_moving_to_value, 1)
 
     async def _follow(self, ramp: Ramp, *, interruptible: bool) -> str:
