@@ -114,9 +114,9 @@ class CALayout:
                 # from EPICS_CA_SERVER_PORT (EPICS_CAS_SERVER_PORT is the C server's).
                 "EPICS_CA_SERVER_PORT": str(self.server_port(ioc)),
                 "EPICS_CAS_SERVER_PORT": str(self.server_port(ioc)),
-                # Read by caproto at import: the server yields sooner under bursts of
-                # small requests (with TCP_NODELAY: ~14 ms instead of ~20 ms per point
-                # of a step scan, ../shared/reference/stack.md).
+                # Read by caproto at import: 0 sends each monitor as soon as it is
+                # queued instead of waiting up to 1 ms (rounded up by epoll) for more
+                # to batch with it; decision 0010.
                 "CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC": "0",
                 "EPICS_CAS_INTF_ADDR_LIST": self.host,
                 "EPICS_CAS_BEACON_PORT": str(self.repeater_port),
