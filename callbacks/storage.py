@@ -156,10 +156,13 @@ def validate_document(name: str, doc: Any) -> None:
     try:
         schema_validators[DocumentNames(name)].validate(doc)
     except jsonschema.ValidationError as err:
-        where = "/".join(str(p) for p in err.absolute_path) or "(document)"
-        raise InvalidDocument(
-            f"invalid {name} document (uid={doc.get('uid')!r}) at {where}: {err.message}; not stored"
-        ) from None
+        raise InvalidDocument(schema_error_message(name, doc, err)) from None
+
+
+def schema_error_message(name: str, doc: Any, err: jsonschema.ValidationError) -> str:
+    """What :class:`InvalidDocument` says of a document its schema refused."""
+    where = "/".join(str(p) for p in err.absolute_path) or "(document)"
+    return f"invalid {name} document (uid={doc.get('uid')!r}) at {where}: {err.message}; not stored"
 
 
 # --------------------------------------------------------------------------- dtype
@@ -455,11 +458,7 @@ class BufferedWriter:
                 try:
                     self.callback(name, doc)
                 except jsonschema.ValidationError as err:
-                    where = "/".join(str(p) for p in err.absolute_path) or "(document)"
-                    raise InvalidDocument(
-                        f"invalid {name} document (uid={doc.get('uid')!r}) at {where}: "
-                        f"{err.message}; not stored"
-                    ) from None
+                    raise InvalidDocument(schema_error_message(name, doc, err)) from None
                 finally:
                     self.stats.write_s += time.perf_counter() - t0
             except InvalidDocument as err:

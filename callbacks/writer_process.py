@@ -34,6 +34,7 @@ from temsims.callbacks.storage import (
     InvalidDocument,
     StorageError,
     _Barrier,
+    schema_error_message,
 )
 
 logger = logging.getLogger("temsims.callbacks.storage")
@@ -189,9 +190,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
                 raise StorageError("the storage callback could not be built (see the first error)")
             callback(name, doc)
         except jsonschema.ValidationError as err:
-            where = "/".join(str(p) for p in err.absolute_path) or "(document)"
-            outbox.send(("invalid", f"invalid {name} document (uid={doc.get('uid')!r}) at "
-                                    f"{where}: {err.message}; not stored"))
+            outbox.send(("invalid", schema_error_message(name, doc, err)))
         except BaseException:  # noqa: BLE001 - reported to the caller, never dropped
             outbox.send(("error", f"storing the {name} document {doc.get('uid')} failed:\n"
                                   + traceback.format_exc()))

@@ -359,9 +359,7 @@ class Catalog:
         buffer_options
             Passed to ``BufferedWriter`` (``maxsize``, ``exit_timeout_s``).
         """
-        from bluesky_tiled_plugins import TiledWriter
-
-        from temsims.callbacks.storage import BufferedWriter, DtypeFromData, validate_document
+        from temsims.callbacks.storage import BufferedWriter, validate_document
         from temsims.callbacks.writer_process import ProcessWriter
 
         if process:
@@ -375,10 +373,7 @@ class Catalog:
             self._writers.append(writer)
             return writer
 
-        # max_array_size=0: every array (image, map line, spectrum, even a short one)
-        # is a zarr array with its dtype, never a list in the event table.
-        chain = DtypeFromData(TiledWriter(self.runs, batch_size=batch_size, max_array_size=0,
-                                          patches=dict(patches or {})))
+        chain = storing_chain(self.runs, batch_size=batch_size, patches=patches)
         if buffered:
             # TiledWriter's RunNormalizer validates every document against
             # event-model's schemas before it is stored: no second check in the thread.
@@ -500,21 +495,29 @@ class Catalog:
         return f"<Catalog {where}>"
 
 
-def tiled_writer_chain(uri: str, api_key: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                       patches: Mapping[str, Callable] | None = None):
-    """The storing callback of :meth:`Catalog.writer`, built from the server's URI.
+def storing_chain(runs, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                  patches: Mapping[str, Callable] | None = None):
+    """The callback that stores documents in ``runs``: ``DtypeFromData(TiledWriter)``.
 
-    What a :class:`~temsims.callbacks.writer_process.ProcessWriter` child runs:
-    ``DtypeFromData(TiledWriter(runs, max_array_size=0))`` on a client of its own.
+    ``max_array_size=0``: every array (image, map line, spectrum, even a short one)
+    is a zarr array with its dtype, never a list in the event table.
     """
     from bluesky_tiled_plugins import TiledWriter
-    from tiled.client import from_uri
 
     from temsims.callbacks.storage import DtypeFromData
 
-    runs = _runs_node(from_uri(uri, api_key=api_key))
     return DtypeFromData(TiledWriter(runs, batch_size=batch_size, max_array_size=0,
                                      patches=dict(patches or {})))
+
+
+def tiled_writer_chain(uri: str, api_key: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                       patches: Mapping[str, Callable] | None = None):
+    """:func:`storing_chain` on a client of its own, built from the server's URI: what a
+    :class:`~temsims.callbacks.writer_process.ProcessWriter` child runs."""
+    from tiled.client import from_uri
+
+    return storing_chain(_runs_node(from_uri(uri, api_key=api_key)), batch_size=batch_size,
+                         patches=patches)
 
 
 def open_catalog(location: str | Path | None = None, *, api_key: str | None = None,

@@ -178,7 +178,7 @@ class PeerMonitor:
             return
         # A PV whose monitor says it is disconnected is not waited for (its peer is
         # down: the value stays None); the others are read concurrently.
-        names = [name for name in pv_names if self.values.get(name) is not None]
+        names = [name for name in pv_names if self.connected(name)]
         if not names:
             return
         pvs = await self._context.get_pvs(*names)

@@ -260,7 +260,6 @@ class SpectrometerIOC(InstrumentIOC):
         self.peers = PeerMonitor(self.peer_names.values(), on_update=self._on_peer_update)
         # Imaging state.
         self.frame_task: asyncio.Task | None = None
-        self.last_frame_start = 0.0  # START_TIME of the last frame mapped (epoch s)
         self.frame_abort: asyncio.Event | None = None  # made in the loop
         self.frame_done = None  # asyncio.Condition, made in the loop
         self.frames_completed = 0
@@ -780,7 +779,9 @@ class SpectrometerIOC(InstrumentIOC):
 
     def _frame_start_time(self, t_event: float) -> float:
         st = _float(self.peer("start_time"))
-        if st is not None and abs(st - t_event) < 1.0 and st > self.last_frame_start:
+        # IMG:START_TIME still holds the last frame's start: a start time not after it
+        # is a stale monitor value.
+        if st is not None and abs(st - t_event) < 1.0 and st > self.img_start_time.value:
             return st
         return t_event
 
@@ -822,7 +823,6 @@ class SpectrometerIOC(InstrumentIOC):
         await self.img_nx.write(nx)
         await self.img_ny.write(ny)
         await self.img_dwell.write(dwell)
-        self.last_frame_start = t0
         await self.img_start_time.write(t0)
         await self.img_lines_done.write(0)
         for col, m in zip(self.collectors(), maps, strict=True):

@@ -34,7 +34,12 @@ from caproto import AlarmSeverity, AlarmStatus
 from caproto.server import PvpropertyDouble, pvproperty
 from caproto.server.records import MotorFields
 
-from temsims.ioc.common import InstrumentIOC, require_finite, run_instrument_ioc
+from temsims.ioc.common import (
+    InstrumentIOC,
+    require_finite,
+    run_instrument_ioc,
+    write_if_changed,
+)
 
 #: Period of the readback updates during a move (s): 50 Hz.
 TICK_S = 0.02
@@ -293,13 +298,6 @@ class MotorAxis:
     async def _write(channel, value, **kwargs) -> None:
         await channel.write(value, verify_value=False, **kwargs)
 
-    @staticmethod
-    async def _update(channel, value) -> None:
-        """Write ``value`` only if it differs: every write is a monitor to each client,
-        and a step scan's per-point cost is mostly these messages."""
-        if channel.value != value:
-            await channel.write(value, verify_value=False)
-
     async def _publish_calibration(self) -> None:
         """OFF, DIR-dependent limits, VAL and RBV after a calibration change."""
         f = self.fields
@@ -328,13 +326,11 @@ class MotorAxis:
         self.at_low_switch = dial <= low
         user_high = self.at_high_switch if self.sign > 0 else self.at_low_switch
         user_low = self.at_low_switch if self.sign > 0 else self.at_high_switch
-        await self._update(f.dial_readback_value, dial)
-        await self._update(f.raw_readback_value, round(dial / spec.resolution))
-        await self._update(f.difference_dval_drbv, self.target_dial - dial)
-        if f.user_high_limit_switch.value != int(user_high):
-            await self._write(f.user_high_limit_switch, int(user_high))
-        if f.user_low_limit_switch.value != int(user_low):
-            await self._write(f.user_low_limit_switch, int(user_low))
+        await write_if_changed(f.dial_readback_value, dial)
+        await write_if_changed(f.raw_readback_value, round(dial / spec.resolution))
+        await write_if_changed(f.difference_dval_drbv, self.target_dial - dial)
+        await write_if_changed(f.user_high_limit_switch, int(user_high))
+        await write_if_changed(f.user_low_limit_switch, int(user_low))
         at_switch = user_high or user_low
         # RBV's alarm is the record's (shared by its read-only fields): ophyd reads it.
         alarm = f.user_readback_value.alarm
@@ -344,13 +340,12 @@ class MotorAxis:
                                   severity=AlarmSeverity.MAJOR_ALARM)
         elif alarm.status == AlarmStatus.HWLIMIT:
             await alarm.write(status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM)
-        await self._update(f.user_readback_value, self.user(dial))
+        await write_if_changed(f.user_readback_value, self.user(dial))
         msta = (MSTA_DIRECTION if f.direction_of_travel.value else 0)
         msta |= MSTA_MOVING if self.moving else MSTA_DONE
         msta |= (MSTA_PLUS_LS if self.at_high_switch else 0)
         msta |= (MSTA_MINUS_LS if self.at_low_switch else 0)
-        if f.motor_status.value != msta:
-            await self._write(f.motor_status, msta)
+        await write_if_changed(f.motor_status, msta)
 
     # ---- moves -------------------------------------------------------------------------
     def check_target(self, user: float) -> float:
@@ -376,11 +371,11 @@ class MotorAxis:
         except ValueError:
             await self._write(f.limit_violation, 1)
             raise
-        await self._update(f.limit_violation, 0)
+        await write_if_changed(f.limit_violation, 0)
         self.target_dial = dial
         await self._write(f.dial_desired_value, dial)
         # TDIR is in user coordinates: it is what ophyd pairs with HLS/LLS.
-        await self._update(f.direction_of_travel, int(user > self.user(self.dial)))
+        await write_if_changed(f.direction_of_travel, int(user > self.user(self.dial)))
         if self.moving:
             self._retarget = True
             self._stop_requested = False  # a new target after STOP: go there
@@ -417,7 +412,7 @@ class MotorAxis:
                 if ramp.duration >= MIN_WAIT_S:
                     # Like a controller polled between the start and the end of a
                     # sub-millisecond move, MOVN never sees such a move (DMOV does).
-                    await self._update(f.motor_is_moving, 1)
+                    await write_if_changed(f.motor_is_moving, 1)
                 outcome = await self._follow(ramp, interruptible=True)
                 if outcome == "interrupted":  # STOP or a new target: come to rest first
                     outcome = await self._follow(
@@ -439,7 +434,7 @@ class MotorAxis:
                 await self._write(f.dial_desired_value, self.dial)
             self._task = None
             await self._publish_position(self.dial, 0.0)
-            await self._update(f.motor_is_moving, 0)
+            await write_if_changed(f.motor_is_moving, 0)
             await self._write(f.done_moving_to_value, 1)
 
     async def _follow(self, ramp: Ramp, *, interruptible: bool) -> str:

@@ -32,22 +32,16 @@ def experiment(start_instrument, slot_pool, tmp_path_factory):
     from bluesky import RunEngine
     from caproto.sync.client import write
     from documents import DocumentCollector
-    from instrument_support import stop_instrument
+    from instrument_support import connect_fast, stop_instrument
 
     from temsims.catalog import open_catalog, require_metadata
-    from temsims.devices import connect
     from temsims.plans import correlative_tem_sims
 
     procs = start_instrument(specimen="li2co3-particles", seed=1,
                              extra_args={"spectrometer": ["--drift-nm-per-min", "0"]})
     cat = open_catalog(tmp_path_factory.mktemp("loaders") / "catalog")
     try:
-        d = connect(procs.instrument_prefix, timeout=15.0)
-        for sig, value in {d.stage.alpha.velocity: 30.0, d.stage.x.velocity: 200.0,
-                           d.stage.y.velocity: 200.0, d.bias.ramp_rate: 10000.0,
-                           d.mode.bias.ramp_rate: 10000.0,
-                           d.camera.size: CAMERA_SIZE}.items():
-            sig.set(value).wait(10)
+        d = connect_fast(procs, camera_size=CAMERA_SIZE)
         RE = RunEngine({"sample": "li2co3-particles seed 1", "specimen": "li2co3-particles",
                         "operator": "pytest"}, call_returns_result=True)
         require_metadata(RE)

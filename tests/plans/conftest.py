@@ -16,14 +16,9 @@ def plan_instrument(start_instrument):
 @pytest.fixture(scope="session")
 def pdev(plan_instrument):
     """``temsims.devices.connect`` on the plan tests' IOCs; fast axes and ramps."""
-    from temsims.devices import connect
+    from instrument_support import connect_fast
 
-    d = connect(plan_instrument.instrument_prefix, timeout=15.0)
-    for sig, value in {d.stage.alpha.velocity: 30.0, d.stage.x.velocity: 200.0,
-                       d.stage.y.velocity: 200.0, d.bias.ramp_rate: 10000.0,
-                       d.mode.bias.ramp_rate: 10000.0, d.camera.size: 64}.items():
-        sig.set(value).wait(10)
-    return d
+    return connect_fast(plan_instrument, camera_size=64)
 
 
 @pytest.fixture(scope="session")

@@ -31,17 +31,10 @@ FIGURES: dict[str, object] = {}
 @pytest.fixture(scope="module")
 def cdev(start_instrument, slot_pool):
     """Connected devices on a diffusion-couple instrument of this module alone."""
-    from instrument_support import stop_instrument
-
-    from temsims.devices import connect
+    from instrument_support import connect_fast, stop_instrument
 
     procs = start_instrument(specimen="diffusion-couple", seed=SEED)
-    d = connect(procs.instrument_prefix, timeout=15.0)
-    for sig, value in {d.stage.alpha.velocity: 30.0, d.stage.x.velocity: 200.0,
-                       d.stage.y.velocity: 200.0, d.bias.ramp_rate: 10000.0,
-                       d.mode.bias.ramp_rate: 10000.0}.items():
-        sig.set(value).wait(10)
-    yield d
+    yield connect_fast(procs)
     stop_instrument(procs, slot_pool)
 
 

@@ -33,14 +33,9 @@ SEEDS = (1, 2, 3)
 
 def _connect(procs):
     """Connected devices of ``procs``; fast axes and ramps, 64 px camera."""
-    from temsims.devices import connect
+    from instrument_support import connect_fast
 
-    d = connect(procs.instrument_prefix, timeout=15.0)
-    for sig, value in {d.stage.alpha.velocity: 30.0, d.stage.x.velocity: 200.0,
-                       d.stage.y.velocity: 200.0, d.bias.ramp_rate: 10000.0,
-                       d.mode.bias.ramp_rate: 10000.0, d.camera.size: 64}.items():
-        sig.set(value).wait(10)
-    return d
+    return connect_fast(procs, camera_size=64)
 
 
 @pytest.fixture(scope="module")

@@ -32,18 +32,14 @@ def profile_run(start_instrument, slot_pool):
     from bluesky import RunEngine
     from caproto.sync.client import write
     from documents import DocumentCollector
-    from instrument_support import stop_instrument
+    from instrument_support import connect_fast, stop_instrument
 
-    from temsims.devices import connect
     from temsims.plans import depth_profile, to_sims_mode
 
     procs = start_instrument(specimen="li2co3-particles", seed=1,
                              extra_args={"spectrometer": ["--drift-nm-per-min", "0"]})
     try:
-        d = connect(procs.instrument_prefix, timeout=15.0)
-        for sig, value in {d.stage.alpha.velocity: 30.0, d.stage.x.velocity: 200.0,
-                           d.stage.y.velocity: 200.0, d.mode.bias.ramp_rate: 10000.0}.items():
-            sig.set(value).wait(10)
+        d = connect_fast(procs)
         d.stage.x.set(CENTRE_UM[0]).wait(30)
         d.stage.y.set(CENTRE_UM[1]).wait(30)
         RE = RunEngine({"sample": "li2co3-particles seed 1", "specimen": "li2co3-particles",

@@ -165,7 +165,10 @@ def test_fly_and_step_maps_agree(sims):
         # pixel averages the curved core. So bound the relative difference per pixel.
         diff = np.abs(f - s)[core]
         assert np.all(diff < 0.08 * f[core] + 4 * np.sqrt((f + s)[core]))
-        assert abs(s[core].sum() / f[core].sum() - 1) < 0.05
+        # The core sums agree within 5 % plus their Poisson noise (4 sigma): 7Li on a
+        # labelled particle is ~250 counts/px, where 1 sigma of a 4 px sum is ~5 %.
+        core_diff = abs(s[core].sum() - f[core].sum())
+        assert core_diff < 0.05 * f[core].sum() + 4 * np.sqrt((f + s)[core].sum())
         assert 0.75 < ratio < 1.25
         assert np.allclose(cf, cs, atol=0.3)
 
