@@ -27,7 +27,9 @@ Arrays are float32 throughout; the 4096^2 x 3 fusions avoid float64 copies.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -137,7 +139,8 @@ def _filter_rows(x: np.ndarray, taps: Taps, out: np.ndarray, *,
     """``out[j] = sum_t w_t[j] x[idx_t[j]]`` (+ ``add[j]``, clipped to [0, 1]), by blocks."""
     n = len(taps[0][0])
     wshape = (-1,) + (1,) * (x.ndim - 1)
-    for j0 in range(0, n, _BLOCK_ROWS):
+
+    def block(j0: int) -> None:
         j1 = min(n, j0 + _BLOCK_ROWS)
         idx, w = taps[0]
         acc = x[idx[j0:j1]] * _weight(w, j0, j1, wshape)
@@ -149,18 +152,48 @@ def _filter_rows(x: np.ndarray, taps: Taps, out: np.ndarray, *,
             np.clip(acc, 0.0, 1.0, out=acc)
         out[j0:j1] = acc
 
+    _for_each_block(block, n)
+
 
 def _filter_cols(x: np.ndarray, taps: Taps, out: np.ndarray) -> None:
     """``out[:, j] = sum_t w_t[j] x[:, idx_t[j]]``, by blocks of rows."""
     wshape = (1, -1) + (1,) * (x.ndim - 2)
     n = len(taps[0][0])
     weights = [_weight(w, 0, n, wshape) for _, w in taps]
-    for r0 in range(0, x.shape[0], _BLOCK_ROWS):
-        block = x[r0:r0 + _BLOCK_ROWS]
-        acc = block[:, taps[0][0]] * weights[0]
+
+    def block(r0: int) -> None:
+        rows = x[r0:r0 + _BLOCK_ROWS]
+        acc = rows[:, taps[0][0]] * weights[0]
         for (idx, _), w in zip(taps[1:], weights[1:], strict=True):
-            acc += block[:, idx] * w
+            acc += rows[:, idx] * w
         out[r0:r0 + _BLOCK_ROWS] = acc
+
+    _for_each_block(block, x.shape[0])
+
+
+#: Blocks per image below which the filters run on the calling thread alone.
+_MIN_PARALLEL_BLOCKS = 8
+_pool: ThreadPoolExecutor | None = None
+
+
+def _for_each_block(block: Callable[[int], None], n: int) -> None:
+    """``block(j0)`` for each block start in ``range(0, n, _BLOCK_ROWS)``.
+
+    Blocks write disjoint rows and numpy releases the GIL inside them, so large
+    images are filtered on a small thread pool (one thread per core, at most 4,
+    made at the first large call, not on import); small ones on the caller's thread.
+    """
+    global _pool
+    starts = range(0, n, _BLOCK_ROWS)
+    workers = min(4, os.cpu_count() or 1)
+    if workers == 1 or len(starts) < _MIN_PARALLEL_BLOCKS:
+        for j0 in starts:
+            block(j0)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="temsims-fusion")
+    for future in [_pool.submit(block, j0) for j0 in starts]:
+        future.result()
 
 
 def _mirror(k: np.ndarray, n: int) -> np.ndarray:
@@ -199,6 +232,19 @@ def upsample_linear(image: np.ndarray, shape: tuple[int, int], *,
     return out
 
 
+def _mean_std(image: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation, accumulated in float64 over blocks of rows (no
+    float64 copy of a 4096^2 image)."""
+    mean = float(image.mean(dtype=np.float64))
+    m32 = np.float32(mean)
+    flat = image.reshape(image.shape[0], -1)
+    sq = 0.0
+    for r0 in range(0, flat.shape[0], 256):
+        d = flat[r0:r0 + 256] - m32
+        sq += float(np.einsum("ij,ij->", d, d, dtype=np.float64))
+    return mean, math.sqrt(sq / image.size)
+
+
 def _match(pan: np.ndarray, reference: np.ndarray,
            method: bool | Literal["quantile", "moments", "exact"]) -> np.ndarray:
     """Pan with the grey-level distribution of ``reference`` (float32).
@@ -216,11 +262,11 @@ def _match(pan: np.ndarray, reference: np.ndarray,
     if method == "exact":
         return match_histograms(pan, reference).astype(np.float32, copy=False)
     if method == "moments":
-        p_std = float(pan.std(dtype=np.float64)) or 1.0
-        scale = float(reference.std(dtype=np.float64)) / p_std
-        out = pan - np.float32(pan.mean(dtype=np.float64))
-        out *= np.float32(scale)
-        out += np.float32(reference.mean(dtype=np.float64))
+        p_mean, p_std = _mean_std(pan)
+        r_mean, r_std = _mean_std(reference)
+        out = pan - np.float32(p_mean)
+        out *= np.float32(r_std / (p_std or 1.0))
+        out += np.float32(r_mean)
         return out
     if method not in (True, "quantile"):
         raise ValueError(f"histogram_match must be True, False, 'quantile', 'moments' or "
@@ -333,15 +379,37 @@ def pyramid_expand(image: np.ndarray, shape: tuple[int, int], a: float = BURT_AD
     """
     x = np.asarray(image, np.float32)
     h, w = x.shape[:2]
-    even, odd = _expand_taps(w, shape[1], a)
+    _expand_taps(w, shape[1], a)  # checks the sizes
     cols = np.empty((h, shape[1], *x.shape[2:]), np.float32)
-    _filter_cols(x, even, cols[:, 0::2])
-    _filter_cols(x, odd, cols[:, 1::2])
+    _expand_cols(x, a, cols)
     even, odd = _expand_taps(h, shape[0], a)
     out = np.empty((shape[0], shape[1], *x.shape[2:]), np.float32)
     _filter_rows(cols, even, out[0::2], add=None if add is None else add[0::2], clip=clip)
     _filter_rows(cols, odd, out[1::2], add=None if add is None else add[1::2], clip=clip)
     return out
+
+
+def _expand_cols(x: np.ndarray, a: float, out: np.ndarray) -> None:
+    """The column pass of EXPAND into ``out`` (its width is the output's), with
+    contiguous slices of the mirror-padded input instead of gathers (element gathers
+    along a row are the slow part of a 4096-wide EXPAND)."""
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (1, 1)
+    xp = np.pad(x, pad, mode="reflect" if x.shape[1] > 1 else "edge")
+    n_even, n_odd = (out.shape[1] + 1) // 2, out.shape[1] // 2
+    side, centre, half = np.float32(0.5 - a), np.float32(2 * a), np.float32(0.5)
+
+    def block(r0: int) -> None:
+        rows = xp[r0:r0 + _BLOCK_ROWS]
+        even = out[r0:r0 + _BLOCK_ROWS, 0::2]
+        np.add(rows[:, 0:n_even], rows[:, 2:n_even + 2], out=even)
+        even *= side
+        even += rows[:, 1:n_even + 1] * centre
+        odd = out[r0:r0 + _BLOCK_ROWS, 1::2]
+        np.add(rows[:, 1:n_odd + 1], rows[:, 2:n_odd + 2], out=odd)
+        odd *= half
+
+    _for_each_block(block, x.shape[0])
 
 
 def laplacian_pyramid(image: np.ndarray, levels: int,
