@@ -12,7 +12,10 @@ Model (instrument.md, "Image correlation and fusion")
        lightly smoothed, standardised over the pixels both cover and compared by
        cross-correlation with sub-pixel upsampling
        (:func:`skimage.registration.phase_cross_correlation`). The translation
-       found, in SIMS pixels, is composed with the initial affine.
+       found, in SIMS pixels, is composed with the initial affine. Only a
+       translation is refined (decision 0011: on sparse particle maps a fitted
+       rotation/scale made the typical case worse); ``residual_sims_px`` flags a
+       recorded rotation or field of view that is wrong.
 
 Contrast
     Bright-field TEM is dark where there is mass, HAADF bright; a SIMS map of a

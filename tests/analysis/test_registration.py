@@ -217,3 +217,22 @@ def test_bad_input_is_refused_with_clear_errors():
         SimsMapGeometry(0, 12, 0.5, 0.0, 0.0)
     with pytest.raises(ValueError):
         TemImageGeometry(64, -1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_wrong_scan_rotation_or_field_is_flagged_not_hidden(seed):
+    """The refinement corrects a translation; a recorded rotation or field of view that
+    is wrong (decision 0011) leaves local misfits that ``residual_sims_px`` reports."""
+    tem, li, sims_truth, tem_geo, _, _ = render_scene(seed)
+    shifted = with_stage_error(sims_truth)
+    good = register_sims_to_tem(li.sum(axis=0), tem, shifted, tem_geo)
+    assert good.residual_sims_px < 0.3
+    for rotation_error_deg, fov_scale in [(2.0, 1.03), (-3.0, 0.97), (0.0, 1.04)]:
+        wrong = dataclasses.replace(shifted, rotation_deg=shifted.rotation_deg
+                                    + rotation_error_deg, fov_um=shifted.fov_um * fov_scale)
+        result = register_sims_to_tem(li.sum(axis=0), tem, wrong, tem_geo)
+        error = rms_error_sims_px(result.transform, sims_truth, tem_geo)
+        print(f"seed {seed}: rotation error {rotation_error_deg:+.0f} deg, field x{fov_scale}: "
+              f"error {error:.2f} SIMS px, residual estimate {result.residual_sims_px:.2f} px")
+        assert error > 2.0  # a translation cannot absorb it ...
+        assert result.residual_sims_px > 0.9  # ... and the result says so
