@@ -859,20 +859,22 @@ def _species_to_rgb(channels: np.ndarray) -> np.ndarray:
 
 
 def _fuse(pan: np.ndarray, rgb: np.ndarray, method: str) -> np.ndarray:
-    """Fuse a (H, W) panchromatic image in [0, 1] with an (H, W, 3) colour image."""
-    try:
-        from temsims.analysis import fusion
-    except ImportError:
-        fusion = None
-    if method == "ihs":
-        if fusion is not None and hasattr(fusion, "ihs_fuse"):
-            return np.clip(np.asarray(fusion.ihs_fuse(pan, rgb), float), 0.0, 1.0)
-        intensity = rgb.mean(axis=2, keepdims=True)  # fast IHS: replace the intensity
-        return np.clip(rgb + (pan[..., None] - intensity), 0.0, 1.0)
+    """Fuse a (H, W) panchromatic image in [0, 1] with an (H, W, 3) colour image.
+
+    While a map grows, the acquired box may be only a few lines high: the Laplacian
+    pyramid then takes as many levels (up to 3) as keep its coarsest level >= 2 pixels,
+    and a box under 3 pixels high or wide (no level fits) is fused by IHS.
+    """
+    from temsims.analysis import fusion
+
     if method == "laplacian":
-        if fusion is None or not hasattr(fusion, "laplacian_pyramid_fuse"):
-            raise ValueError("method='laplacian' needs temsims.analysis.fusion")
-        return np.clip(np.asarray(fusion.laplacian_pyramid_fuse(pan, rgb), float), 0.0, 1.0)
+        levels = min(3, int(math.floor(math.log2(min(pan.shape) / 1.5))))
+        if levels >= 1:
+            return np.clip(np.asarray(fusion.laplacian_pyramid_fuse(pan, rgb, levels=levels),
+                                      float), 0.0, 1.0)
+        method = "ihs"
+    if method == "ihs":
+        return np.clip(np.asarray(fusion.ihs_fuse(pan, rgb), float), 0.0, 1.0)
     if method == "alpha":
         return np.clip(0.5 * pan[..., None] + 0.5 * rgb, 0.0, 1.0)
     raise ValueError(f"method must be 'ihs', 'laplacian' or 'alpha', got {method!r}")

@@ -64,4 +64,10 @@ class DocumentLog:
     def events(self, run_uid: str, stream: str = "primary") -> list[dict]:
         descs = {d["uid"] for n, d in self.docs
                  if n == "descriptor" and d["run_start"] == run_uid and d["name"] == stream}
-        return [d for n, d in self.docs if n == "event" and d["descriptor"] in descs]
+        from event_model import unpack_event_page
+
+        events = [d for n, d in self.docs if n == "event" and d["descriptor"] in descs]
+        for n, page in self.docs:  # a flyer's collect() emits pages
+            if n == "event_page" and page["descriptor"] in descs:
+                events.extend(unpack_event_page(page))
+        return sorted(events, key=lambda e: (e["time"], e["seq_num"]))

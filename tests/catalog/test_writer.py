@@ -47,12 +47,20 @@ def _compose_run(n_events: int = 3):
 
 
 def test_runengine_never_waits_on_a_slow_callback(RE):
-    """A callback taking 20 ms per document costs the RunEngine microseconds."""
+    """A callback taking 20 ms per document adds nothing to the RunEngine's time.
+
+    Compared with the same scan and no writer in the same test (CI machines are shared:
+    an absolute bound on the scan's own time failed once under load).
+    """
     received = []
 
     def slow(name, doc):
         time.sleep(0.02)
         received.append((name, doc["uid"]))
+
+    t0 = time.perf_counter()
+    RE(bp.count([det], num=40))
+    baseline = time.perf_counter() - t0
 
     writer = BufferedWriter(slow)
     log = DocumentLog()
@@ -63,12 +71,13 @@ def test_runengine_never_waits_on_a_slow_callback(RE):
     re_time = time.perf_counter() - t0
     n_docs = len(log.docs)
     assert n_docs == 43
-    assert re_time < 0.25 * n_docs * 0.02  # a synchronous writer would need >= 0.86 s
+    synchronous = n_docs * 0.02  # what a writer on the RunEngine's thread would add: 0.86 s
+    assert re_time - baseline < 0.25 * synchronous, (re_time, baseline)
     assert writer.stats.put_blocked_s == 0
-    assert writer.stats.call_s / n_docs < 1e-3
-    assert writer.pending > 0  # still writing when the RunEngine is done
+    assert writer.stats.call_s / n_docs < 2e-3
     assert writer.flush(timeout=30)
     assert received == [(n, d["uid"]) for n, d in log.docs]  # all, in order
+    assert writer.stats.write_s >= 0.95 * synchronous  # the 0.86 s went to the writer thread
     writer.close()
 
 
