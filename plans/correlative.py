@@ -40,12 +40,11 @@ from temsims.plans._common import (
     check_md,
     check_number,
     check_pair,
-    check_species,
     check_within,
     with_safe_state,
 )
 from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
-from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
+from temsims.plans.sims import check_sims_map_args, sims_map
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
 
 #: Incidence of the ion beam on the specimen in the SIMS geometry (deg): a map is
@@ -351,19 +350,23 @@ def correlative_tem_sims(stage, tem, camera, mode, imager, spectrometer, column,
     check_within("center[1]", center[1], stage.y.limits, "um")
     rois = check_rois(rois, stage, column)
     max_rois = check_int("max_rois", max_rois, low=1, high=MAX_ROIS)
-    labels = check_species("species", species)
-    sims_pixels = check_pair("sims_pixels", sims_pixels, integer=True, low=1,
-                             high=MAX_PIXELS_PER_SIDE)
-    sims_dwell_s = check_number("sims_dwell_s", sims_dwell_s, low=DWELL_RANGE_S[0],
-                                high=DWELL_RANGE_S[1], unit="s")
+    if not isinstance(fly, bool):
+        raise TypeError(f"fly must be True or False, got {fly!r}")
+    # Every SIMS map of the experiment is validated now, before the overview: a map
+    # refused after the overview and the change to SIMS would waste the region's dose.
+    for i, roi in enumerate(rois or [None]):
+        labels, _, sims_pixels, sims_dwell_s, _, _ = check_sims_map_args(
+            imager, spectrometer, column, stage, bias, species,
+            None if roi is None else roi["fov_um"], sims_pixels, sims_dwell_s, 1, None,
+            fly=fly, check_fov=roi is not None,
+            arg_names={"pixels": "sims_pixels", "dwell_s": "sims_dwell_s",
+                       "fov_um": f"rois[{i}][2] (fov_um)"})
     if zoom_fov_um is not None:
         zoom_fov_um = check_number("zoom_fov_um", zoom_fov_um, low=FOV_RANGE_UM[0],
                                    high=FOV_RANGE_UM[1], unit="um")
     exposure_s = check_number("exposure_s", exposure_s, low=EXPOSURE_RANGE_S[0],
                               high=EXPOSURE_RANGE_S[1], unit="s")
     sims_voltage_v = check_sims_voltage(sims_voltage_v)
-    if not isinstance(fly, bool):
-        raise TypeError(f"fly must be True or False, got {fly!r}")
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}

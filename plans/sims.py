@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -66,32 +67,63 @@ DEFAULT_ATOMIC_DENSITY_NM3 = 2.11 * 6.02214076e23 / (73.89 / 6.0) * 1e-21
 DEFAULT_INCIDENCE_DEG = 45.0
 
 
-def _check_map_args(imager, spectrometer, column, stage, bias, species, fov_um, pixels,
-                    dwell_s, frames, md):
+def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_um, pixels,
+                        dwell_s, frames, md, *, fly: bool = True, check_fov: bool = True,
+                        arg_names: Mapping[str, str] | None = None):
+    """Validate the arguments of a SIMS map (before anything moves).
+
+    Used by :func:`sims_map`, :func:`depth_profile` and the plans that run maps inside
+    them (:func:`temsims.plans.correlative.correlative_tem_sims`), so that a map which
+    would be refused is refused before the first run of an experiment.
+    ``check_fov=False`` skips the field-of-view check (regions still to be found); step mode
+    (``fly=False``) adds its own limits (pixels, dwell, no scan rotation).
+
+    ``arg_names`` renames the arguments in the error messages (a calling plan's own
+    names, e.g. ``{"pixels": "sims_pixels"}``).
+
+    Returns
+    -------
+    labels, fov_um, (nx, ny), dwell_s, frames, md
+    """
     check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
     check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
                  "count_time", "polarity")
     check_device("column", column, "scan", "blank", "interlock", "current", "landing")
     check_device("stage", stage, "x", "y", "z", "alpha")
     check_device("bias", bias, "readback", "set")
-    labels = check_species("species", species, max_n=4)
-    fov_um = check_number("fov_um", fov_um, low=0.0, low_open=True, unit="um")
-    low, high = column.scan.fov.limits
-    if low < high and not low <= fov_um <= high:
-        raise ValueError(f"fov_um = {fov_um!r} um is outside the column's SCAN:FOV limits "
-                         f"[{low:g}, {high:g}] um")
-    nx, ny = check_pair("pixels", pixels, integer=True, low=1, high=MAX_PIXELS_PER_SIDE)
-    dwell_s = check_number("dwell_s", dwell_s, low=DWELL_RANGE_S[0], high=DWELL_RANGE_S[1],
+    name = {"species": "species", "fov_um": "fov_um", "pixels": "pixels", "dwell_s": "dwell_s",
+            "frames": "frames", **(arg_names or {})}
+    labels = check_species(name["species"], species, max_n=4)
+    if check_fov:
+        fov_um = check_number(name["fov_um"], fov_um, low=0.0, low_open=True, unit="um")
+        low, high = column.scan.fov.limits
+        if low < high and not low <= fov_um <= high:
+            raise ValueError(f"{name['fov_um']} = {fov_um!r} um is outside the column's SCAN:FOV "
+                             f"limits [{low:g}, {high:g}] um")
+    nx, ny = check_pair(name["pixels"], pixels, integer=True, low=1, high=MAX_PIXELS_PER_SIDE)
+    dwell_s = check_number(name["dwell_s"], dwell_s, low=DWELL_RANGE_S[0], high=DWELL_RANGE_S[1],
                            unit="s")
-    frames = check_int("frames", frames, low=1, high=MAX_FRAMES)
+    frames = check_int(name["frames"], frames, low=1, high=MAX_FRAMES)
     md = check_md(md)
+    fly = check_bool("fly", fly)
     from temsims.devices.spectrometer import species_mass
 
     masses = [species_mass(s) for s in labels]
     if max(masses) / min(masses) > MAX_MASS_RATIO:
-        raise ValueError(f"species {list(labels)}: the heaviest may be at most "
+        raise ValueError(f"{name['species']} {list(labels)}: the heaviest may be at most "
                          f"{MAX_MASS_RATIO:g} times the lightest (the focal plane spans "
                          f"{FOCAL_PLANE[0]:g}..{FOCAL_PLANE[1]:g} x the axial mass)")
+    if not fly:
+        if nx * ny > MAX_STEP_PIXELS:
+            raise ValueError(f"{name['pixels']} {(nx, ny)}: step mode (fly=False) is limited to "
+                             f"{MAX_STEP_PIXELS} pixels; use fly=True for larger maps")
+        if dwell_s < STEP_MIN_DWELL_S:
+            raise ValueError(f"{name['dwell_s']} = {dwell_s!r} s: step mode counts at least "
+                             f"{STEP_MIN_DWELL_S:g} s per pixel (the spectrometer's COUNT_TIME)")
+        rotation = float(column.scan.rotation.get())
+        if rotation != 0.0:
+            raise ValueError(f"step mode needs SCAN:ROTATION = 0 (is {rotation:g} deg): the "
+                             "spot position is not rotated by the column")
     return labels, fov_um, (nx, ny), dwell_s, frames, md
 
 
@@ -277,22 +309,12 @@ def sims_map(imager, spectrometer, column, stage, bias, *, species: tuple = ("6L
     list of dict
         Per frame, the total counts of each collector label.
     """
-    labels, fov_um, pixels, dwell_s, frames, md = _check_map_args(
-        imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md)
     fly = check_bool("fly", fly)
+    labels, fov_um, pixels, dwell_s, frames, md = check_sims_map_args(
+        imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md,
+        fly=fly)
     settle_s = check_number("settle_s", settle_s, low=0.0, high=1.0, unit="s")
     nx, ny = pixels
-    if not fly:
-        if nx * ny > MAX_STEP_PIXELS:
-            raise ValueError(f"pixels {pixels}: step mode (fly=False) is limited to "
-                             f"{MAX_STEP_PIXELS} pixels; use fly=True for larger maps")
-        if dwell_s < STEP_MIN_DWELL_S:
-            raise ValueError(f"dwell_s = {dwell_s!r} s: step mode counts at least "
-                             f"{STEP_MIN_DWELL_S:g} s per pixel (the spectrometer's COUNT_TIME)")
-        rotation = float(column.scan.rotation.get())
-        if rotation != 0.0:
-            raise ValueError(f"step mode needs SCAN:ROTATION = 0 (is {rotation:g} deg): the "
-                             "spot position is not rotated by the column")
 
     _md = yield from _map_md(
         "sims_map",
@@ -399,7 +421,7 @@ def depth_profile(imager, spectrometer, column, stage, bias, *,
     list of dict
         Per frame: frame, dose, depth_start_nm, depth_nm and the totals.
     """
-    labels, fov_um, pixels, dwell_s, frames, md = _check_map_args(
+    labels, fov_um, pixels, dwell_s, frames, md = check_sims_map_args(
         imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md)
     if frames < 2:
         raise ValueError(f"frames = {frames}: a depth profile needs at least 2 frames")

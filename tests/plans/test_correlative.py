@@ -77,7 +77,11 @@ def _bad_cases():
                 {"rois": [(0.0, 0.0, -1.0)]}, {"species": ("6Li", "6Li")},
                 {"sims_pixels": (0, 4)}, {"sims_dwell_s": 1.0}, {"zoom_fov_um": 1000.0},
                 {"exposure_s": math.nan}, {"sims_voltage_v": 10.0}, {"md": {"correlation_id": ""}},
-                {"center": (5000.0, 0.0)}, {"md": 5}]
+                {"center": (5000.0, 0.0)}, {"md": 5},
+                # refused by the SIMS map itself, but now before the overview is taken
+                {"species": ("6Li", "69Ga")}, {"fly": "no"},
+                {"fly": False, "sims_pixels": (128, 128)}, {"fly": False, "sims_dwell_s": 1e-6},
+                {"rois": [(0.0, 0.0, 1e4)]}]
     part_ok = dict(fov_um=4.0, pixels=(8, 6), dwell_s=1e-3)
     part_bad = [{"fov_um": 0.0}, {"fov_um": 1e6}, {"pixels": (2000, 4)}, {"dwell_s": 0.0},
                 {"significance": 0.0}, {"significance": "5"}, {"min_counts": -1.0},
@@ -92,9 +96,10 @@ def _bad_cases():
 def test_invalid_arguments_refused_before_any_hardware_message(pdev, plan, ok, bad):
     msgs = []
     gen = plan(*_devs(pdev), **{**ok, **bad})
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises((TypeError, ValueError)) as info:
         msgs.append(next(gen))
     assert not [m for m in msgs if m.command in HARDWARE_COMMANDS]
+    assert any(name in str(info.value) for name in bad), info.value  # names the argument
 
 
 def test_wrong_device_refused(pdev):
@@ -130,6 +135,58 @@ def test_failure_leaves_instrument_safe(RE, pdev):
 
     RunEngine({})(to_tem_mode(d.mode))
     assert d.mode.infer() == "TEM"
+
+
+def test_correlative_failure_in_a_sims_map_leaves_instrument_safe(RE, pdev, particles):
+    """An exception in the first SIMS map of a correlative experiment (after the
+    overview and the change to SIMS): beam blanked, bias at 0 V, no TEM zoom taken."""
+    import bluesky.preprocessors as bpp
+    from bluesky import RunEngine
+
+    from temsims.plans import to_tem_mode
+
+    d = pdev
+    target = particles[0][0]
+    roi = (target["x_nm"] / 1000.0, target["y_nm"] / 1000.0, 0.4)
+
+    def fail_at_collect(msg):
+        if msg.command == "collect":
+            def boom():
+                raise RuntimeError("injected failure")
+                yield  # pragma: no cover
+            return boom(), None
+        return None, None
+
+    plan = correlative_tem_sims(*_devs(d), overview_fov_um=2.0, center=roi[:2], rois=[roi],
+                                sims_pixels=(8, 6), sims_dwell_s=1e-3, exposure_s=0.01)
+    n_before = len(_starts(RE))
+    with pytest.raises(RuntimeError, match="injected"):
+        RE(bpp.plan_mutator(plan, fail_at_collect))
+    assert d.column.blank.get() == "Blanked"
+    assert abs(d.bias.position) < 1.0
+    runs = _starts(RE)[n_before:]
+    assert [r["correlative"]["role"] for r in runs] == ["overview", "sims_map"]
+    assert RE.docs.docs["stop"][-1]["exit_status"] == "fail"
+    RunEngine({})(to_tem_mode(d.mode))
+    assert d.mode.infer() == "TEM"
+
+
+def test_summarize_plan_on_the_correlative_plans(pdev, particles, capsys):
+    """summarize_plan (no hardware) walks both plans: the correlative plan with given
+    regions to its TEM zooms, the particle search to its map."""
+    from bluesky.simulators import summarize_plan
+
+    target = particles[0][0]
+    roi = (target["x_nm"] / 1000.0, target["y_nm"] / 1000.0, 0.4)
+    summarize_plan(correlative_tem_sims(*_devs(pdev), overview_fov_um=2.0, rois=[roi, roi],
+                                        sims_pixels=(4, 3), sims_dwell_s=1e-3))
+    out = capsys.readouterr().out
+    assert out.count("Open Run") == 5  # overview, 2 SIMS maps, 2 zooms
+    assert "mode" in out
+    summarize_plan(find_labelled_particles(*_devs(pdev), fov_um=2.0, pixels=(4, 3),
+                                           dwell_s=1e-3))
+    out = capsys.readouterr().out
+    assert out.count("Open Run") >= 1 and "imager" in out
 
 
 def _geometry(RE, start):

@@ -207,11 +207,19 @@ def _raise_at(command):
     return mutate
 
 
-@pytest.mark.parametrize("fly,command", [(True, "collect"), (False, "trigger")])
-def test_injected_failure_leaves_beam_blanked_and_bias_at_zero(RE, sims, fly, command):
+@pytest.mark.parametrize("plan_name,fly,command", [("sims_map", True, "collect"),
+                                                   ("sims_map", False, "trigger"),
+                                                   ("depth_profile", True, "collect")])
+def test_injected_failure_leaves_beam_blanked_and_bias_at_zero(RE, sims, plan_name, fly,
+                                                                command):
     d = sims
-    plan = sims_map(d.imager, d.spectrometer, d.column, d.stage, d.bias, species=("6Li",),
-                    fov_um=1.0, pixels=(4, 4), dwell_s=1e-3, fly=fly)
+    devs = (d.imager, d.spectrometer, d.column, d.stage, d.bias)
+    if plan_name == "sims_map":
+        plan = sims_map(*devs, species=("6Li",), fov_um=1.0, pixels=(4, 4), dwell_s=1e-3,
+                        fly=fly)
+    else:
+        plan = depth_profile(*devs, species=("6Li",), fov_um=1.0, pixels=(4, 4),
+                             dwell_s=1e-3, frames=3)
     with pytest.raises(RuntimeError, match="injected"):
         RE(bpp.plan_mutator(plan, _raise_at(command)))
     assert d.column.blank.get() == "Blanked"
