@@ -42,6 +42,34 @@ def sims(devices):
         sig.set(value).wait(10)
 
 
+class _Timeline:
+    """(IOC timestamp, label, value) of every update of some signals, over CA monitors."""
+
+    def __init__(self, **signals):
+        self.updates: list[tuple[float, str, object]] = []
+        self._subs = []
+        for label, sig in signals.items():
+            def cb(value=None, timestamp=None, _label=label, **kw):
+                self.updates.append((timestamp or time.time(), _label, value))
+            self._subs.append((sig, sig.subscribe(cb, run=True)))
+
+    def close(self):
+        for sig, cid in self._subs:
+            sig.unsubscribe(cid)
+
+    def first(self, label, test) -> float:
+        """Time of the first update of ``label`` whose value passes ``test``."""
+        for t, name, value in sorted(self.updates, key=lambda u: u[0]):
+            if name == label and test(value):
+                return t
+        raise AssertionError(f"{label}: no update passed the test; {self.updates}")
+
+
+def _timeline(d) -> _Timeline:
+    return _Timeline(alpha=d.stage.alpha.user_readback, objective=d.tem.objective,
+                     bias_v=d.bias.readback, output=d.bias.enable)
+
+
 def _snapshot(d):
     return (round(d.stage.alpha.position, 3), d.tem.objective.get(), d.bias.enable.get(),
             round(d.bias.position, 1), d.column.blank.get())
@@ -66,13 +94,25 @@ def test_unknown_mode_refused_with_nothing_moved(sims):
 
 def test_tem_to_sims(sims, RE):
     d = sims
+    timeline = _timeline(d)
     t0 = time.monotonic()
     status = d.mode.set("SIMS")
     assert not status.done  # one status, returned at once
     status.wait(60)
     elapsed = time.monotonic() - t0
+    timeline.close()
     print(f"TEM -> SIMS {elapsed:.2f} s: " + ", ".join(
         f"{name} {t:.2f}" for name, t in status.step_times))
+    assert [name for name, _ in status.step_times] == [
+        "_blank_ion_beam", "_bias_to_zero", "_bias_off", "objective_off", "tilt_to_-68",
+        "_confirm_sims_geometry", "_bias_on", "ramp_to_4500V"]
+    # the order seen by the IOCs: lens off, then the tilt, then (at -68 deg) the bias
+    lens_off = timeline.first("objective", lambda v: v == "Off")
+    tilt_starts = timeline.first("alpha", lambda v: v < -0.5)
+    tilted = timeline.first("alpha", lambda v: abs(v + 68.0) < 1.0)
+    output_on = timeline.first("output", lambda v: v == "On")
+    bias_rises = timeline.first("bias_v", lambda v: v > 10.0)
+    assert lens_off <= tilt_starts < tilted <= output_on <= bias_rises
     assert d.mode.infer() == "SIMS"
     assert d.stage.alpha.position == pytest.approx(-68.0, abs=0.01)
     assert d.tem.objective.get() == "Off"
@@ -161,11 +201,24 @@ def test_fly_the_sims_imager_over_a_labelled_particle(sims, particles, RE, lines
 def test_sims_to_tem(sims):
     d = sims
     d.column.blank.set("Blanked").wait(5)
+    timeline = _timeline(d)
     t0 = time.monotonic()
     status = d.mode.set("TEM")
     status.wait(60)
+    timeline.close()
     print(f"SIMS -> TEM {time.monotonic() - t0:.2f} s: " + ", ".join(
         f"{name} {t:.2f}" for name, t in status.step_times))
+    assert [name for name, _ in status.step_times] == [
+        "_blank_ion_beam", "_bias_to_zero", "_bias_off", "tilt_to_0", "_confirm_bias_off",
+        "objective_on"]
+    # the order seen by the IOCs: bias down and off, then the tilt, then (at 0 deg) the lens
+    bias_down = timeline.first("bias_v", lambda v: abs(v) < 10.0)
+    output_off = timeline.first("output", lambda v: v == "Off")
+    tilt_starts = timeline.first("alpha", lambda v: v > -67.5)
+    untilted = timeline.first("alpha", lambda v: abs(v) < 1.0)
+    lens_on = timeline.first("objective", lambda v: v == "On")
+    assert bias_down <= tilt_starts and output_off <= tilt_starts
+    assert tilt_starts < untilted <= lens_on
     assert d.mode.infer() == "TEM"
     assert d.stage.alpha.position == pytest.approx(0.0, abs=0.01)
     assert d.tem.objective.get() == "On"
