@@ -6,8 +6,9 @@ Three bluesky callbacks, subscribed to the RunEngine (``RE.subscribe(cb)`` or
 :class:`LiveSimsMap`
     One image per species, filled line by line as the map's events arrive.
 :class:`LiveRatioMap`
-    The ratio of two species (e.g. 6Li/7Li), optionally binned, and its deviation
-    from a reference ratio in Poisson standard deviations.
+    The ratio of two species (e.g. 6Li/7Li), optionally binned and dead-time
+    corrected, its Poisson error and its significance against a reference ratio
+    (natural lithium by default), all computed by :mod:`temsims.analysis.isotopes`.
 :class:`LiveFusedOverlay`
     The growing SIMS map warped into the frame of a TEM image taken before (the
     overview of a correlative experiment) and fused with it.
@@ -27,17 +28,22 @@ What they read
 
 Cost and threads
     Each event costs a copy of its lines into preallocated (ny, nx) float arrays
-    (:class:`SimsMapAccumulator`, numpy only); the figure is redrawn at most
-    ``max_fps`` times a second (and at the stop document). With a Qt backend the
-    callbacks use bluesky's Qt teleporter (:class:`QtAwareCallback`, as ``LivePlot``
-    does) so that drawing happens on the GUI thread: in IPython call
-    ``bluesky.callbacks.mpl_plotting.initialize_qt_teleporter()`` from the main thread
-    first (the temsims session does). Headless (``headless=True``, or a
-    non-interactive backend such as Agg) the figure is a plain
-    :class:`matplotlib.figure.Figure` outside pyplot and is written to ``png_path``
-    at the stop document and every ``save_every`` lines. Errors in these callbacks
-    are logged and never interrupt the run (``bluesky``'s ``make_class_safe``; set
-    ``BLUESKY_DEBUG_CALLBACKS=1`` to see them raised).
+    (:class:`SimsMapAccumulator`, numpy only; :class:`LiveRatioMap` also recomputes
+    the block rows the event touched); the figure is redrawn at most ``max_fps``
+    times a second (and at the stop document). With a Qt backend the callbacks use
+    bluesky's Qt teleporter (:class:`QtAwareCallback`, as ``LivePlot`` does) so that
+    drawing happens on the GUI thread. The teleporter is created by the first such
+    callback constructed, which must then be on the main thread (as at the IPython
+    prompt); to construct one from another thread, first call
+    ``bluesky.callbacks.mpl_plotting.initialize_qt_teleporter()`` from the main
+    thread. The temsims session (:func:`temsims.session.configure_session`) does not
+    call it; bluesky's ``RunEngine`` does (its default ``during_task``) when it is
+    created with matplotlib already imported and a Qt backend selected. Headless
+    (``headless=True``, or a non-interactive backend such as Agg) the figure is a
+    plain :class:`matplotlib.figure.Figure` outside pyplot and is written to
+    ``png_path`` at the stop document and every ``save_every`` lines. Errors in
+    these callbacks are logged and never interrupt the run (``bluesky``'s
+    ``make_class_safe``; set ``BLUESKY_DEBUG_CALLBACKS=1`` to see them raised).
 
 Pixel convention (as :mod:`temsims.plans.correlative`): row 0 is the -y edge, column
 0 the -x edge; images are shown with ``origin="lower"`` (y up).
@@ -62,8 +68,16 @@ logger = logging.getLogger(__name__)
 #: Incidence of the ion beam on the specimen in the SIMS geometry (deg), used when a
 #: start document does not say (temsims.plans.correlative.INCIDENCE_DEG).
 SIMS_INCIDENCE_DEG = 45.0
-#: 7Li/6Li natural abundance ratio inverted: 6Li/7Li = 0.0759 / 0.9241.
-NATURAL_6LI_7LI = 0.08215
+
+
+def __getattr__(name: str):
+    # NATURAL_6LI_7LI: temsims.analysis.isotopes.NATURAL_LI6_LI7, imported when asked
+    # for (that module loads scipy.stats, ~1 s, which importing this one should not).
+    if name == "NATURAL_6LI_7LI":
+        from temsims.analysis.isotopes import NATURAL_LI6_LI7
+
+        return NATURAL_LI6_LI7
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ============================================================================ metadata
@@ -83,7 +97,9 @@ def map_layout(start: Mapping) -> dict:
     dict
         ``nx``, ``ny`` (pixels; None if not stated), ``frames``, ``species`` (list,
         collector order; may be empty), ``prefix`` (the imager's name, default
-        ``"imager"``), ``fov_um`` (raster width, None if unknown).
+        ``"imager"``), ``fov_um`` (raster width, None if unknown), ``dwell_s``
+        (dwell per pixel and frame, s: ``map.dwell_s``, else ``plan_args.dwell_s``;
+        None if not stated).
     """
     m = _get(start, "map", default={}) or {}
     pixels = m.get("pixels") or _get(start, "plan_args", "pixels")
@@ -101,8 +117,12 @@ def map_layout(start: Mapping) -> dict:
     fov = m.get("fov_um") or _get(start, "plan_args", "fov_um") or _get(start, "region",
                                                                         "fov_um")
     frames = m.get("frames") or _get(start, "plan_args", "frames") or 1
+    dwell = m.get("dwell_s")
+    if dwell is None:
+        dwell = _get(start, "plan_args", "dwell_s")
     return {"nx": nx, "ny": ny, "frames": int(frames), "species": species, "prefix": prefix,
-            "fov_um": None if fov is None else float(fov)}
+            "fov_um": None if fov is None else float(fov),
+            "dwell_s": None if dwell is None else float(dwell)}
 
 
 def sims_affine(start: Mapping, shape: Sequence[int] | None = None) -> np.ndarray:
@@ -650,43 +670,36 @@ def _cmap_with_bad(name: str, bad=(0.85, 0.85, 0.85, 1.0)):
 
 
 # ============================================================================ ratio
-def ratio_and_significance(num: np.ndarray, den: np.ndarray, reference: float | None = None,
-                           ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``num / den`` and its deviation from ``reference`` in Poisson sigmas.
-
-    Pixels with no counts in either map (or NaN) are NaN; pixels with counts in
-    ``num`` only are ``inf``. The deviation is ``(N - r D) / sqrt(N + r^2 D)``, the
-    difference from the expected ``N = r D`` over its Poisson standard deviation
-    (NaN where ``N + D = 0``).
-    """
-    num = np.asarray(num, float)
-    den = np.asarray(den, float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = num / den
-        ratio[(num + den == 0) | ~np.isfinite(num + den)] = np.nan
-        sig = None
-        if reference is not None:
-            r = float(reference)
-            sig = (num - r * den) / np.sqrt(num + r * r * den)
-            sig[~np.isfinite(sig)] = np.nan
-    return ratio, sig
+def _real(name: str, value, *, positive: bool = False) -> float:
+    """``value`` as a float, finite and >= 0 (> 0 with ``positive``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} = {value!r} must be finite and {'> 0' if positive else '>= 0'}")
+    return value
 
 
-def bin_rows(a: np.ndarray, binning: int) -> np.ndarray:
-    """Sum ``binning x binning`` blocks (NaN counts as missing: a block with any
-    acquired pixel sums those; a block with none is NaN); ragged edges are dropped."""
-    if binning == 1:
-        return a
+def _partial_blocks_as_zero(a: np.ndarray, binning: int) -> np.ndarray:
+    """The complete ``binning x binning`` blocks of ``a``, with the unacquired (NaN)
+    pixels of a block that has some acquired ones set to 0 counts: a block the map is
+    still filling shows the pixels it has; a block with none stays NaN."""
     h, w = a.shape[0] // binning, a.shape[1] // binning
     blocks = a[:h * binning, :w * binning].reshape(h, binning, w, binning)
-    out = np.nansum(blocks, axis=(1, 3))
-    out[np.isnan(blocks).all(axis=(1, 3))] = np.nan
-    return out
+    missing = np.isnan(blocks)
+    some = ~missing.all(axis=(1, 3))
+    return np.where(missing & some[:, None, :, None], 0.0, blocks).reshape(
+        h * binning, w * binning)
 
 
 @make_class_safe(logger=logger)
 class LiveRatioMap(_MapView):
     """Live isotope-ratio map (``numerator / denominator``), growing line by line.
+
+    Ratio, Poisson error and significance are those of
+    :func:`temsims.analysis.isotopes.ratio_map` and
+    :func:`~temsims.analysis.isotopes.significance_map` on the counts received so far
+    (each pixel dead-time corrected, then ``binning x binning`` blocks summed).
 
     Parameters
     ----------
@@ -694,49 +707,93 @@ class LiveRatioMap(_MapView):
         Species of the ratio (default 6Li/7Li).
     binning : int
         Sum ``binning x binning`` pixels of each species before dividing (only
-        complete blocks are shown).
-    reference_ratio : float, optional
-        Expected ratio (default: natural 6Li/7Li, 0.08215); with ``significance``
-        a second panel shows ``(N - r D) / sqrt(N + r^2 D)`` (Poisson sigmas).
+        complete blocks are shown; a block the map is still filling shows the pixels
+        acquired so far).
+    reference_ratio : float, "natural" or None
+        Ratio of the null hypothesis of the significance, > 0 (default ``"natural"``:
+        :data:`temsims.analysis.isotopes.NATURAL_LI6_LI7`, 0.08215); None: no
+        significance.
     significance : bool
-        Show the significance panel.
+        Show a second panel with the significance (sigma) of the ratio above
+        ``reference_ratio``: the test of the numerator fraction of
+        :func:`~temsims.analysis.isotopes.significance_map`, Poisson and
+        ``systematic_rel`` in quadrature.
+    systematic_rel : float, optional
+        Relative systematic error of the ratio in the significance, >= 0 (default
+        :data:`temsims.analysis.isotopes.DEFAULT_SYSTEMATIC_REL`, 3 %; 0: Poisson
+        only).
+    dead_time_s : float, optional
+        Detector dead time (s), finite and >= 0; 0 applies no correction. Default:
+        the start document's ``dead_time_s`` (the plans record the spectrometer's
+        DEAD_TIME), else 0.
+        Counts are corrected as non-paralysable (``N = M / (1 - M tau)`` on rates)
+        with the dwell per pixel of the start document (``map.dwell_s``) times the
+        frames summed; a pixel at or beyond saturation is an error (logged).
+    min_counts : float
+        Blocks with fewer (corrected) counts, numerator + denominator, are NaN, >= 0
+        (default 0: every block with denominator counts is shown).
     ratio_range : (float, float), optional
         Colour limits of the ratio (default: 0 .. 2 x reference, else the data's 99th
         percentile).
     sigma_range : float
         Significance colour limits +-this (default 5).
     frames : {"sum", "latest"}
-        Frames are added up by default (the ratio gets more precise).
+        Frames are added up by default (the ratio gets more precise). While frame
+        k > 1 crosses a block (``binning > 1``) whose rows then hold k and k - 1
+        frames, the block keeps its value of frame k - 1.
     Others as :class:`LiveSimsMap`.
 
     Attributes
     ----------
-    ratio, significance : ndarray
-        The present (binned) maps (NaN where there are no counts).
+    ratio, sigma, significance : ndarray
+        The present (binned) maps: ratio, its Poisson standard error (variances
+        propagated through the dead-time correction) and the significance (None
+        without a reference ratio); NaN where there are no denominator counts or
+        fewer than ``min_counts``.
+    dwell_s : float or None
+        Dwell per pixel and frame from the start document.
     """
 
     def __init__(self, numerator: str = "6Li", denominator: str = "7Li", *,
-                 binning: int = 1, reference_ratio: float | None = NATURAL_6LI_7LI,
-                 significance: bool = False, ratio_range: tuple | None = None,
+                 binning: int = 1, reference_ratio: float | str | None = "natural",
+                 significance: bool = False, systematic_rel: float | None = None,
+                 dead_time_s: float | None = None, min_counts: float = 0.0,
+                 ratio_range: tuple | None = None,
                  sigma_range: float = 5.0, ax=None, fig=None, cmap: str = "viridis",
                  headless: bool = False, png_path: str | Path | None = None,
                  save_every: int | None = None, max_fps: float = 5.0,
                  stream_name: str = "primary", frames: str = "sum", **kwargs) -> None:
+        from temsims.analysis import isotopes
+
         binning = int(binning)
         if binning < 1:
             raise ValueError(f"binning must be >= 1, got {binning}")
+        if isinstance(reference_ratio, str):
+            if reference_ratio != "natural":
+                raise ValueError(f"reference_ratio must be a number, 'natural' or None, "
+                                 f"got {reference_ratio!r}")
+            reference_ratio = isotopes.NATURAL_LI6_LI7
         if significance and reference_ratio is None:
             raise ValueError("significance needs a reference_ratio")
         super().__init__((numerator, denominator), stream_name=stream_name, frames=frames,
                          ax=ax, fig=fig, cmap=cmap, headless=headless, png_path=png_path,
                          save_every=save_every, max_fps=max_fps, **kwargs)
+        self._isotopes = isotopes
         self.numerator, self.denominator = str(numerator), str(denominator)
         self.binning = binning
-        self.reference_ratio = None if reference_ratio is None else float(reference_ratio)
+        self.reference_ratio = None if reference_ratio is None else _real(
+            "reference_ratio", reference_ratio, positive=True)
+        self.systematic_rel = _real("systematic_rel", isotopes.DEFAULT_SYSTEMATIC_REL
+                                    if systematic_rel is None else systematic_rel)
+        self._dead_time_given = dead_time_s is not None
+        self.dead_time_s = 0.0 if dead_time_s is None else _real("dead_time_s", dead_time_s)
+        self.min_counts = _real("min_counts", min_counts)
         self.show_significance = bool(significance)
         self.ratio_range = ratio_range
         self.sigma_range = float(sigma_range)
+        self.dwell_s: float | None = None
         self.ratio = np.zeros((0, 0))
+        self.sigma = np.zeros((0, 0))
         self.significance = None
         self._images: list = []
 
@@ -745,9 +802,19 @@ class LiveRatioMap(_MapView):
         if missing:
             raise ValueError(f"LiveRatioMap: the run maps {self.acc.species}, not "
                              f"{sorted(missing)}")
+        self.dwell_s = self.acc.layout.get("dwell_s")
+        if not self._dead_time_given:
+            recorded = _get(self._start_doc() or {}, "dead_time_s")
+            self.dead_time_s = 0.0 if recorded is None else _real("start dead_time_s",
+                                                                  recorded)
+        if self.dead_time_s > 0 and not (self.dwell_s and self.dwell_s > 0):
+            raise ValueError(f"LiveRatioMap: dead_time_s = {self.dead_time_s:g} s needs the "
+                             f"dwell per pixel, which the start document does not give "
+                             f"(map.dwell_s: {self.dwell_s!r})")
         b = self.binning
         shape = (self.acc.ny // b, self.acc.nx // b)
         self.ratio = np.full(shape, np.nan)
+        self.sigma = np.full(shape, np.nan)
         self.significance = np.full(shape, np.nan) if self.reference_ratio is not None \
             else None
         n = 2 if self.show_significance else 1
@@ -770,7 +837,7 @@ class LiveRatioMap(_MapView):
             im2 = self.axes[1].imshow(np.ma.masked_invalid(self.significance), origin="lower",
                                       cmap=_cmap_with_bad("RdBu_r"), extent=extent,
                                       interpolation="nearest", vmin=-s, vmax=s)
-            self.fig.colorbar(im2, ax=self.axes[1], label="deviation (sigma)")
+            self.fig.colorbar(im2, ax=self.axes[1], label="significance (sigma)")
             self._images.append(im2)
         for ax in self.axes:
             ax.set_xlabel(xl)
@@ -795,24 +862,37 @@ class LiveRatioMap(_MapView):
         """Recompute the block rows that map rows [first, stop) touch."""
         if not self._images:
             return
-        b = self.binning
-        if self.ratio.shape[0] < self.acc.ny // b:  # the map grew (ny not in the start doc)
-            self._grow(self.acc.ny // b)
+        acc, b = self.acc, self.binning
+        if self.ratio.shape[0] < acc.ny // b:  # the map grew (ny not in the start doc)
+            self._grow(acc.ny // b)
         b0, b1 = first // b, min(-(-stop // b), self.ratio.shape[0])
-        if b1 <= b0:
+        frames = 1
+        if acc.mode == "sum":
+            frames = acc.frame + 1  # in the rows below lines_done
+            if acc.frame > 0:  # above them one frame fewer: complete blocks only
+                b1 = min(b1, acc.lines_done // b)
+        if b1 <= b0 or self.ratio.shape[1] == 0:
             return
-        num = bin_rows(self.acc.maps[self.numerator][b0 * b:b1 * b], b)
-        den = bin_rows(self.acc.maps[self.denominator][b0 * b:b1 * b], b)
-        ratio, sig = ratio_and_significance(num, den, self.reference_ratio)
-        self.ratio[b0:b1] = ratio
+        num = acc.maps[self.numerator][b0 * b:b1 * b]
+        den = acc.maps[self.denominator][b0 * b:b1 * b]
+        if b > 1:
+            num, den = _partial_blocks_as_zero(num, b), _partial_blocks_as_zero(den, b)
+        iso = self._isotopes
+        result = iso.ratio_map(num, den, binning=b, min_counts=self.min_counts,
+                               dwell_s=None if self.dwell_s is None else self.dwell_s * frames,
+                               dead_time_s=self.dead_time_s)
+        self.ratio[b0:b1] = result.ratio
+        self.sigma[b0:b1] = result.sigma
         if self.significance is not None:
-            self.significance[b0:b1] = sig
+            self.significance[b0:b1] = iso.significance_map(result, self.reference_ratio,
+                                                            self.systematic_rel)
 
     def _grow(self, rows: int) -> None:
         pad = np.full((rows - self.ratio.shape[0], self.ratio.shape[1]), np.nan)
         self.ratio = np.concatenate([self.ratio, pad])
+        self.sigma = np.concatenate([self.sigma, pad])
         if self.significance is not None:
-            self.significance = np.concatenate([self.significance, pad.copy()])
+            self.significance = np.concatenate([self.significance, pad])
 
     def _render(self) -> None:
         self._images[0].set_data(np.ma.masked_invalid(self.ratio))
@@ -823,6 +903,8 @@ class LiveRatioMap(_MapView):
         title = f"{self._title_prefix()}{self.numerator}/{self.denominator}"
         if self.binning > 1:
             title += f" (bin {self.binning})"
+        if self.dead_time_s > 0:
+            title += f" (dead time {self.dead_time_s:g} s)"
         self.axes[0].set_title(f"{title}: {self.acc.progress()}")
         if self.show_significance:
             self._images[1].set_data(np.ma.masked_invalid(self.significance))
@@ -1051,14 +1133,12 @@ class LiveFusedOverlay(_MapView):
 
 
 __all__ = [
-    "NATURAL_6LI_7LI",
+    "NATURAL_6LI_7LI",  # noqa: F822 - provided by the module __getattr__
     "LiveFusedOverlay",
     "LiveRatioMap",
     "LiveSimsMap",
     "SimsMapAccumulator",
-    "bin_rows",
     "map_layout",
-    "ratio_and_significance",
     "sims_affine",
     "tem_affine",
 ]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
+import time
 
 from ophyd import Component as Cpt
 from ophyd import EpicsMotor, MotorBundle
+from ophyd.status import wait as status_wait
 from ophyd.utils.errors import LimitError
 
 #: Alpha tilt of the SIMS geometry (deg) and the tolerance the IOCs accept.
@@ -20,12 +23,25 @@ SIMS_TILT_TOLERANCE_DEG = 1.0
 
 
 class StageMotor(EpicsMotor):
-    """``EpicsMotor`` that refuses non-numbers, NaN and moves beyond the soft limits.
+    """``EpicsMotor`` that refuses non-numbers, NaN and moves beyond the soft limits,
+    and whose next move cannot lose its status to the end of the previous one.
 
     ``EpicsMotor`` already checks the ctrl limits (the IOC publishes LLM/HLM there);
     this adds a clear message for NaN/inf, which the record would refuse silently
     over caproto's client (the move status would then never finish).
+
+    ophyd's ``PositionerBase._done_moving`` finishes the pending move statuses and
+    then clears *all* of them. A RunEngine woken by the first step issues the next
+    move from its own thread at once; when that move subscribes its status between
+    the two, the status is cleared unfinished and the scan hangs (ophyd PR #783;
+    measured here: 4 of 1000 back-to-back 10 nm moves under a RunEngine). Here the
+    pending statuses are taken and cleared under a lock that ``move`` also holds,
+    and finished after it is released.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._move_lock = threading.RLock()
 
     def check_value(self, pos):
         if isinstance(pos, bool) or not isinstance(pos, numbers.Real) or not math.isfinite(pos):
@@ -34,6 +50,27 @@ class StageMotor(EpicsMotor):
         if low < high and not low <= pos <= high:
             raise LimitError(
                 f"{self.name}: {pos} {self.egu} outside the soft limits [{low}, {high}]")
+
+    def move(self, position, wait: bool = True, **kwargs):
+        with self._move_lock:
+            status = super().move(position, wait=False, **kwargs)
+        if wait:
+            try:
+                status_wait(status)
+            except KeyboardInterrupt:
+                self.stop()
+                raise
+        return status
+
+    def _done_moving(self, success=True, timestamp=None, value=None, **kwargs):
+        with self._move_lock:
+            if success:
+                self._run_subs(sub_type=self.SUB_DONE, timestamp=timestamp, value=value)
+            finish = list(self._callbacks[self._SUB_REQ_DONE].values())
+            self._reset_sub(self._SUB_REQ_DONE)
+        for callback in finish:  # ophyd wraps each to log, not raise, its exceptions
+            callback(success=success, timestamp=timestamp or time.time(),
+                     sub_type=self._SUB_REQ_DONE, obj=self)
 
 
 class Stage(MotorBundle):

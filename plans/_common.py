@@ -207,7 +207,9 @@ def sims_md(spectrometer, column, bias):
     ``collectors``: one dict per collector {name ('col1'..), species (if the mass is a
     known isotope), mass_u}; ``polarity`` from the spectrometer; ``bias_kV`` from
     the bias readback (omitted without ``bias``); ``beam_energy_keV`` the landing
-    energy and ``beam_current_pA`` the ion-beam current (omitted without ``column``).
+    energy and ``beam_current_pA`` the ion-beam current (omitted without ``column``);
+    ``dead_time_s`` the counting chain's dead time (DEAD_TIME, if the spectrometer has
+    it), which the analysis needs to correct high count rates.
     """
     from temsims.devices.spectrometer import species_for_mass
 
@@ -227,6 +229,10 @@ def sims_md(spectrometer, column, bias):
     out["collectors"] = collectors
     polarity = yield from bps.rd(spectrometer.polarity, default_value="Positive")
     out["polarity"] = "negative" if str(polarity).lower().startswith("neg") else "positive"
+    if getattr(spectrometer, "dead_time", None) is not None:
+        dead = (yield from bps.rd(spectrometer.dead_time, default_value=None))
+        if dead is not None:
+            out["dead_time_s"] = _num(dead)
     if bias is not None:
         volts = _num((yield from bps.rd(bias.readback, default_value=0.0)))
         out["bias_kV"] = round(volts / 1000.0, 4)

@@ -86,3 +86,30 @@ def test_ipython_profile_runs_a_plan(instrument, tmp_path):
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert "RESULT from-ipython 1" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_temsims_shell_opens_the_profile(instrument, tmp_path):
+    """``temsims shell`` (the console script's code path) with its own options: the
+    profile is installed, IPython starts with it, the devices answer over CA on the
+    instrument's ports and a run lands in the catalog given by ``--catalog``."""
+    md = contract_md("from-shell")
+    code = textwrap.dedent(f"""
+        print("PREFIX", stage.x.user_readback.pvname)
+        uid, = RE(bp.count([bias]), **{md!r})
+        catalog.flush(30)
+        print("RESULT", runs[uid].metadata["start"]["sample"], len(runs))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMSIMS_")}
+    env.update({"TEMSIMS_MD_DIR": str(tmp_path / "md"), "MPLBACKEND": "Agg"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "temsims.cli", "shell", "--prefix", instrument.instrument_prefix,
+         "--base-port", str(instrument.layout.base_port), "--catalog", str(tmp_path / "cat"),
+         "--ipython-dir", str(tmp_path / "ipython"), "--no-banner", "--colors=nocolor",
+         "-c", code],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    out = proc.stdout + proc.stderr
+    assert f"PREFIX {instrument.instrument_prefix}STAGE:X.RBV" in proc.stdout, out[-3000:]
+    assert "RESULT from-shell 1" in proc.stdout, out[-3000:]
+    assert (tmp_path / "ipython" / "profile_temsims" / "startup").is_dir()
+    assert (tmp_path / "cat").is_dir()

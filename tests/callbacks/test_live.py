@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from temsims.analysis import isotopes
 from temsims.callbacks.live import (
     LiveFusedOverlay,
     LiveRatioMap,
     LiveSimsMap,
     SimsMapAccumulator,
-    bin_rows,
-    ratio_and_significance,
     sims_affine,
     tem_affine,
 )
@@ -129,19 +128,49 @@ def test_errors_do_not_reach_the_run_engine(make):
 
 
 # ---------------------------------------------------------------------------- ratio
-def test_ratio_helpers():
-    n = np.array([[10.0, 0.0], [0.0, np.nan]])
-    d = np.array([[100.0, 50.0], [0.0, 3.0]])
-    ratio, sig = ratio_and_significance(n, d, 0.1)
-    np.testing.assert_allclose(ratio[0], [0.1, 0.0])
-    assert np.isnan(ratio[1]).all()
-    assert sig[0, 0] == 0.0
-    np.testing.assert_allclose(sig[0, 1], -5.0 / np.sqrt(0.01 * 50.0))
-    a = np.arange(16.0).reshape(4, 4)
-    a[0, 0] = np.nan
-    b = bin_rows(a, 2)
-    np.testing.assert_array_equal(b, [[1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13,
-                                                                 10 + 11 + 14 + 15]])
+def test_live_ratio_map_parameters():
+    import temsims.callbacks.live as live
+
+    cb = LiveRatioMap(headless=True)
+    assert cb.dead_time_s == 0.0 and cb.min_counts == 0.0
+    assert cb.reference_ratio == isotopes.NATURAL_LI6_LI7 == live.NATURAL_6LI_7LI
+    assert cb.systematic_rel == isotopes.DEFAULT_SYSTEMATIC_REL
+    assert LiveRatioMap(dead_time_s=np.float32(3e-8), headless=True).dead_time_s \
+        == pytest.approx(3e-8)
+    for bad in (-1e-9, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="dead_time_s"):
+            LiveRatioMap(dead_time_s=bad)
+    for bad in ("30e-9", True):
+        with pytest.raises(TypeError, match="dead_time_s"):
+            LiveRatioMap(dead_time_s=bad)
+    with pytest.raises(ValueError, match="reference_ratio"):
+        LiveRatioMap(reference_ratio="lsvec")
+    with pytest.raises(ValueError, match="reference_ratio"):
+        LiveRatioMap(reference_ratio=0.0)
+    with pytest.raises(ValueError, match="systematic_rel"):
+        LiveRatioMap(systematic_rel=-0.01)
+    assert LiveRatioMap(reference_ratio=None, headless=True).significance is None
+
+
+def test_live_ratio_map_dead_time_needs_the_dwell(make, debug_callbacks):
+    maps = make.poisson_maps(4, 3)
+    start = make.sims_start(nx=4, ny=3)
+    del start["map"]["dwell_s"], start["plan_args"]["dwell_s"]
+    docs = make.sims_documents(maps, start_md=start)
+    plain = LiveRatioMap(headless=True)  # no correction: no dwell needed
+    feed(plain, docs)
+    assert plain.dwell_s is None and np.isfinite(plain.ratio).all()
+    with pytest.raises(ValueError, match="dwell"):
+        feed(LiveRatioMap(dead_time_s=3e-8, headless=True), docs)
+
+
+def test_live_ratio_map_binned_block_with_an_unacquired_pixel(make, debug_callbacks):
+    maps = make.poisson_maps(4, 4)
+    maps["6Li"][0, 0] = -1  # a block with one pixel not acquired sums the other three
+    cb = LiveRatioMap(binning=2, headless=True)
+    feed(cb, make.sims_documents(maps))
+    n6 = maps["6Li"][:2, :2].sum() + 1
+    np.testing.assert_allclose(cb.ratio[0, 0], n6 / maps["7Li"][:2, :2].sum())
 
 
 def test_live_ratio_map_equals_n6_over_n7(make, tmp_path, debug_callbacks):
@@ -158,8 +187,20 @@ def test_live_ratio_map_equals_n6_over_n7(make, tmp_path, debug_callbacks):
     expected[2, :4] = np.nan
     np.testing.assert_array_equal(cb.ratio[:3], expected[:3])
     assert np.isnan(cb.ratio[3:]).all()
-    r = 0.08215
-    np.testing.assert_allclose(cb.significance[0], (n6[0] - r * 100) / np.sqrt(n6[0] + r * r * 100))
+    # The significance is temsims.analysis.isotopes' (systematic 3 % by default) ...
+    expected_sig = isotopes.significance_map(isotopes.ratio_map(n6[:3], n7[:3], min_counts=0))
+    np.testing.assert_array_equal(cb.significance[:3], expected_sig)
+    # ... which without the systematic is the binomial z of the 6Li fraction:
+    # (N6 - r N7) / sqrt(r (N6 + N7)).
+    poisson = LiveRatioMap(headless=True, systematic_rel=0.0)
+    feed(poisson, docs[:3])
+    r = isotopes.NATURAL_LI6_LI7
+    np.testing.assert_allclose(poisson.significance[0],
+                               (n6[0] - r * 100) / np.sqrt(r * (n6[0] + 100)), rtol=1e-12)
+    # sigma_R = R sqrt(1/N6 + 1/N7), with N6 = 0 counted as one count
+    r0 = n6[0] / 100
+    np.testing.assert_allclose(poisson.sigma[0], np.sqrt(np.maximum(n6[0], 1)
+                                                         + r0 * r0 * 100) / 100, rtol=1e-12)
     feed(cb, docs[5:])
     np.testing.assert_array_equal(cb.ratio, expected)
     assert (tmp_path / "r.png").exists() and png_std(tmp_path / "r.png") > 0.01
@@ -179,6 +220,105 @@ def test_live_ratio_map_binned(make, debug_callbacks):
     feed(cb, docs[5:])
     assert cb.ratio.shape == (3, 4)
     np.testing.assert_allclose(cb.ratio, b6 / b7)
+
+
+# Dead time: counts high enough that a non-paralysable detector loses ~20 % of 7Li.
+TAU_S = 50e-9  # the spectrometer's DEAD_TIME range is 20..50 ns
+
+
+def _dead_time_run(nx=24, ny=16, dwell_s=1e-3, seed=3):
+    """True and observed (dead-time lossy) 6Li/7Li counts: natural lithium with an
+    enriched particle (6Li/7Li = 0.5); 7Li at 2.4-5.6 Mcps."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    rate7 = 4e6 * (1.0 + 0.4 * np.sin(xx / 4.0) * np.cos(yy / 5.0))
+    r_true = np.where((xx - 15) ** 2 + (yy - 8) ** 2 < 16, 0.5, isotopes.NATURAL_LI6_LI7)
+    true = {"6Li": rng.poisson(r_true * rate7 * dwell_s), "7Li": rng.poisson(rate7 * dwell_s)}
+    observed = {s: np.rint(n / (1.0 + n * TAU_S / dwell_s)).astype(np.int32)
+                for s, n in true.items()}
+    return r_true, true, observed
+
+
+def test_live_ratio_map_dead_time_correction(make, debug_callbacks):
+    r_true, true, obs = _dead_time_run()
+    docs = make.sims_documents(obs)
+    dwell = docs[0][1]["map"]["dwell_s"]
+    corrected = LiveRatioMap(dead_time_s=TAU_S, significance=True, headless=True)
+    raw = LiveRatioMap(headless=True)
+    feed(corrected, docs)
+    feed(raw, docs)
+    assert corrected.dwell_s == dwell == 1e-3
+    assert (true["7Li"] * TAU_S / dwell).mean() > 0.15  # dead time matters here
+    # Corrected: the ratio scatters about the true one by its Poisson sigma.
+    pull = (corrected.ratio - r_true) / corrected.sigma
+    assert np.isfinite(pull).all()
+    assert abs(pull.mean()) < 0.2  # 384 pixels: the mean pull's sd is 0.05
+    assert 0.7 < pull.std() < 1.3
+    assert (np.abs(pull) < 3).mean() > 0.98
+    # Uncorrected: 7Li loses more than 6Li, the ratio is biased high by ~20 %.
+    raw_pull = (raw.ratio - r_true) / raw.sigma
+    assert raw_pull.mean() > 1.5
+    assert np.median(raw.ratio / r_true) > 1.12
+    # The live maps are temsims.analysis.isotopes' on the same final arrays.
+    result = isotopes.ratio_map(obs["6Li"], obs["7Li"], min_counts=0, dwell_s=dwell,
+                                dead_time_s=TAU_S)
+    np.testing.assert_array_equal(corrected.ratio, result.ratio)
+    np.testing.assert_array_equal(corrected.sigma, result.sigma)
+    np.testing.assert_array_equal(corrected.significance, isotopes.significance_map(result))
+    plain = isotopes.ratio_map(obs["6Li"], obs["7Li"], min_counts=0)
+    np.testing.assert_array_equal(raw.ratio, plain.ratio)
+    np.testing.assert_array_equal(raw.sigma, plain.sigma)
+    # The particle stands out against natural lithium, the background does not.
+    particle = r_true > 0.4
+    assert (corrected.significance[particle] > 5).all()
+    assert np.abs(corrected.significance[~particle]).max() < 4
+
+
+def test_live_ratio_map_takes_the_dead_time_the_run_recorded(make, debug_callbacks):
+    """The plans record the spectrometer's DEAD_TIME as ``dead_time_s`` in the start
+    document: by default the live map corrects with it; an explicit value wins."""
+    _, _, obs = _dead_time_run()
+    docs = make.sims_documents(obs)
+    docs[0][1]["dead_time_s"] = TAU_S
+    recorded, explicit = LiveRatioMap(headless=True), LiveRatioMap(dead_time_s=TAU_S,
+                                                                   headless=True)
+    off = LiveRatioMap(dead_time_s=0.0, headless=True)
+    for cb in (recorded, explicit, off):
+        feed(cb, docs)
+    assert recorded.dead_time_s == TAU_S and off.dead_time_s == 0.0
+    np.testing.assert_array_equal(recorded.ratio, explicit.ratio)
+    assert np.median(off.ratio / recorded.ratio) > 1.1
+
+
+def test_live_ratio_map_dead_time_over_summed_frames(make, debug_callbacks):
+    """Frames added up: counts of k frames are corrected over k dwells; while frame 2
+    crosses a 2x2 block, the block keeps its frame-1 value."""
+    _, true, obs = _dead_time_run(nx=8, ny=6)
+    dwell = 1e-3
+    docs = make.sims_documents(obs, frames=2)  # start, descriptor, 6 + 6 lines, stop
+    cb = LiveRatioMap(dead_time_s=TAU_S, binning=2, headless=True)
+
+    def expected(frames, rows):
+        return isotopes.ratio_map(frames * obs["6Li"][rows], frames * obs["7Li"][rows],
+                                  binning=2, min_counts=0, dwell_s=frames * dwell,
+                                  dead_time_s=TAU_S).ratio
+
+    feed(cb, docs[:2 + 6 + 1])  # frame 1, then line 0 of frame 2
+    one = expected(1, slice(0, 6))
+    np.testing.assert_array_equal(cb.ratio, one)
+    feed(cb, docs[9:10])  # line 1: block row 0 has both frames
+    np.testing.assert_array_equal(cb.ratio[0], expected(2, slice(0, 2))[0])
+    np.testing.assert_array_equal(cb.ratio[1:], one[1:])
+    feed(cb, docs[10:])
+    np.testing.assert_allclose(cb.ratio, expected(2, slice(0, 6)), rtol=1e-12)
+    # ... the ratio of the true counts (both frames saw the same), up to the rounding
+    # of the observed counts.
+    truth = isotopes.ratio_map(2 * true["6Li"], 2 * true["7Li"], binning=2).ratio
+    np.testing.assert_allclose(cb.ratio, truth, rtol=0.005)
+    # Without the correction the same run is biased high.
+    raw = LiveRatioMap(binning=2, headless=True)
+    feed(raw, docs)
+    assert np.median(raw.ratio / cb.ratio) > 1.12
 
 
 # ---------------------------------------------------------------------------- fusion

@@ -1,7 +1,7 @@
 """Fixtures: real embedded tiled catalogs on loopback, RunEngines with inline-array detectors.
 
-Each catalog lives in a pytest temporary directory; its server runs on a thread of
-the test process (127.0.0.1, free port) and is closed at teardown. Readers in other
+Each catalog lives in a pytest temporary directory; its server runs in a child
+process (``open_catalog``'s default; 127.0.0.1, free port) and is stopped at teardown. Readers in other
 processes open the same directory (``tests/catalog/read_back.py``).
 """
 

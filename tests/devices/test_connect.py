@@ -18,6 +18,23 @@ def test_connect_builds_every_part(instrument):
     assert list(only.all_devices()) == ["camera"] and only.stage is None
 
 
+def test_per_part_prefixes_override_the_instrument_prefix(instrument):
+    """Each IOC's own prefix, with an instrument prefix that names no IOC at all."""
+    from temsims.channel_access import PART_SUFFIXES
+
+    real = {part: instrument.instrument_prefix + suffix for part, suffix in PART_SUFFIXES.items()}
+    inst = connect("NO-SUCH-INSTRUMENT:", timeout=10.0, **real)
+    assert inst.bias.readback.pvname == f"{real['bias']}VOLTAGE_RBV"
+    assert inst.mode.bias.readback.pvname == f"{real['bias']}VOLTAGE_RBV"
+    assert inst.camera.connected and inst.imager.connected and inst.mode.connected
+    # one part left on the (wrong) instrument prefix: only its PVs are reported missing
+    del real["spectrometer"]
+    with pytest.raises(TimeoutError) as info:
+        connect("NO-SUCH-INSTRUMENT:", timeout=2.0, **real)
+    assert "NO-SUCH-INSTRUMENT:MS:" in str(info.value)
+    assert "NO-SUCH-INSTRUMENT:STAGE:" not in str(info.value)
+
+
 def test_connect_rejects_unknown_parts_and_prefix_keywords():
     with pytest.raises(ValueError, match="unknown part"):
         connect("X:", parts=["laser"])

@@ -108,3 +108,34 @@ def test_mass_scan_gives_spectrum_and_mass_axis(RE, devices):
         for sig, value in before.items():
             sig.set(value).wait(10)
         devices.spectrometer.mode.set(mode).wait(10)
+
+
+def test_back_to_back_moves_under_a_run_engine_all_finish(fast_setup):
+    """1000 10-nm moves, each issued by the RunEngine as soon as the previous status
+    finished: none may lose its status (plain ``EpicsMotor`` lost 18 of 3000 here,
+    each a step scan hung for good; see ``StageMotor``)."""
+    import bluesky.plan_stubs as bps
+    from bluesky import RunEngine
+
+    x = fast_setup.stage.x
+    acceleration = x.acceleration.get()
+    x.acceleration.set(0.0).wait(5)
+    RE = RunEngine({})
+    done, lost = [0], []
+    n = 1000
+
+    def moves(k):
+        for _ in range(k):
+            yield from bps.abs_set(x, 0.01 * (done[0] % 50), group="move")
+            yield from bps.wait("move", timeout=5)
+            done[0] += 1
+
+    while done[0] < n:
+        try:
+            RE(moves(n - done[0]))
+        except TimeoutError:  # bluesky's WaitForTimeoutError
+            lost.append(done[0])
+            done[0] += 1
+    x.acceleration.set(acceleration).wait(5)
+    assert lost == []
+    assert x.position == pytest.approx(0.01 * ((n - 1) % 50), abs=1e-6)
