@@ -79,8 +79,8 @@ def ophyd_motor(stage_prefix):
         ophyd.set_cl("caproto")
     from ophyd import EpicsMotor
 
-    def _make(axis: str) -> EpicsMotor:
-        motor = EpicsMotor(stage_prefix + axis, name=f"stage_{axis.lower()}")
+    def _make(axis: str, cls: type = EpicsMotor) -> EpicsMotor:
+        motor = cls(stage_prefix + axis, name=f"stage_{axis.lower()}")
         motor.wait_for_connection(timeout=5)
         return motor
 
@@ -337,8 +337,15 @@ def test_ophyd_epics_motor_moves_and_calibrates(stage_prefix, ophyd_motor):
     assert get(stage_prefix + "X.DMOV") == 1 and x.position == pytest.approx(50.0)
 
 
-def test_ophyd_reports_a_move_into_a_limit_switch_as_failed(stage_prefix, ophyd_motor):
-    b = ophyd_motor("B")
+@pytest.mark.parametrize("motor_class", ["EpicsMotor", "StageMotor"])
+def test_ophyd_reports_a_move_into_a_limit_switch_as_failed(stage_prefix, ophyd_motor,
+                                                            motor_class):
+    """Also temsims' StageMotor, which reads the switch from its monitor (devices/stage.py)."""
+    from ophyd import EpicsMotor
+
+    from temsims.devices.stage import StageMotor
+
+    b = ophyd_motor("B", {"EpicsMotor": EpicsMotor, "StageMotor": StageMotor}[motor_class])
     b.velocity.put(30.0, wait=True)
     b.high_limit_travel.put(40.0, wait=True)  # beyond the +30 deg switch
     wait_for(lambda: b.limits == (-25.0, 40.0), 5.0, "ophyd's B limits")  # re-read from VAL
