@@ -7,9 +7,14 @@ the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, til
 
 - ``re_cost_ms``: extra RunEngine wall time with the writer (median of the repeats;
   target <= 0.2 ms);
+- ``re_cpu_cost_ms`` (``cpu``): extra CPU time of the session's process (all its
+  threads: the RunEngine's and the writer's);
 - ``call_ms``: time the RunEngine spent inside the writer's ``__call__`` (checks and
   queueing, measured by the writer itself);
-- for the writer on a thread of the session and in a child process (``storage``);
+- for the writer on a thread of the session, in a child process, and in a child
+  process that discards the documents (``sink``: the session's side alone; the
+  difference to ``process`` is what the child's TiledWriter and the tiled server cost
+  the RunEngine by competing for the machine's cores);
 - ``blocked_s``: time the RunEngine waited on storage (a full queue; target ~0);
 - ``drain_s``: time from the end of the run until the catalog held all of it
   (``flush``), and ``write_ms`` the writer thread's time per event.
@@ -22,8 +27,12 @@ Run: ``.venv/bin/python benchmarks/catalog_cost.py [--events 2000 --repeat 3]``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import operator
+import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -54,26 +63,48 @@ def _md(kind: str) -> dict:
             "region": {"x_um": 0.0, "y_um": 0.0, "z_um": 0.0, "tilt_deg": 0.0, "fov_um": 10.0}}
 
 
+def _cpu_s() -> float:
+    """CPU time (user + system) of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sink_writer():
+    """A ProcessWriter whose child discards every document: the session's side of the
+    process writer (checks, queue, pickling, pipe) without storage behind it.
+    The child calls the factory, ``partial(partial, operator.is_)``, and gets
+    ``partial(operator.is_)``: a picklable two-argument no-op."""
+    from temsims.callbacks.writer_process import ProcessWriter
+
+    return ProcessWriter(functools.partial(functools.partial, operator.is_))
+
+
 def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int,
-             process: bool = False) -> dict:
+             process: bool | str = False) -> dict:
     import bluesky.plans as bp
     from bluesky import RunEngine
 
     dets = _detectors(kind)
     bare_t, with_t, calls, blocked, drains, writes = [], [], [], [], [], []
+    bare_cpu, with_cpu = [], []
     for _ in range(repeat):
         RE = RunEngine({})
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         RE(bp.count(dets, num=n_events), **_md(kind))
         bare_t.append(time.perf_counter() - t0)
+        bare_cpu.append(_cpu_s() - c0)
 
         RE = RunEngine({})
-        writer = cat.writer(batch_size=batch_size, process=process)
+        if process == "sink":
+            writer = _sink_writer()
+        else:
+            writer = cat.writer(batch_size=batch_size, process=process)
         assert writer.flush(timeout=300)  # a writer process has started and answered
         RE.subscribe(writer)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         RE(bp.count(dets, num=n_events), **_md(kind))
         t1 = time.perf_counter()
+        with_cpu.append(_cpu_s() - c0)
         assert writer.flush(timeout=3600)
         t2 = time.perf_counter()
         with_t.append(t1 - t0)
@@ -85,13 +116,14 @@ def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int,
     n = n_events
     return {
         "kind": kind,
-        "storage": "process" if process else "thread",
+        "storage": {False: "thread", True: "process"}.get(process, process),
         "events": n,
         "batch_size": batch_size,
         "repeat": repeat,
         "re_bare_ms_per_event": 1e3 * statistics.median(bare_t) / n,
         "re_with_writer_ms_per_event": 1e3 * statistics.median(with_t) / n,
         "re_cost_ms": 1e3 * (statistics.median(with_t) - statistics.median(bare_t)) / n,
+        "re_cpu_cost_ms": 1e3 * (statistics.median(with_cpu) - statistics.median(bare_cpu)) / n,
         "call_ms": 1e3 * statistics.median(calls) / n,
         "blocked_s": max(blocked),
         "drain_s": statistics.median(drains),
@@ -126,6 +158,9 @@ def main(argv=None) -> dict:
                 run_case(cat, "scalar", args.events, args.repeat, batch, process=True),
                 run_case(cat, "map_line", args.lines, args.repeat, batch, process=True),
                 run_case(cat, "image", args.images, args.repeat, batch, process=True),
+                run_case(cat, "scalar", args.events, args.repeat, batch, process="sink"),
+                run_case(cat, "map_line", args.lines, args.repeat, batch, process="sink"),
+                run_case(cat, "image", args.images, args.repeat, batch, process="sink"),
             ]
         finally:
             cat.close()
@@ -133,17 +168,19 @@ def main(argv=None) -> dict:
         "benchmark": "catalog_cost",
         "targets": {"re_cost_ms": 0.2, "blocked_s": 0.0},
         "open_catalog_s": open_s,
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
         "cases": cases,
     }
     header = (f"{'kind':<9} {'storage':<7} {'events':>6} {'batch':>6} {'RE bare':>8} {'RE+cat':>8} {'cost':>7} "
-              f"{'call':>7} {'blocked':>8} {'drain':>7} {'write':>7}")
+              f"{'cpu':>7} {'call':>7} {'blocked':>8} {'drain':>7} {'write':>7}")
     print(f"open_catalog: {open_s:.2f} s   (per-event figures in ms; blocked and drain in s)")
     print(header)
     for c in cases:
         print(f"{c['kind']:<9} {c['storage']:<7} {c['events']:>6} {c['batch_size']:>6} "
               f"{c['re_bare_ms_per_event']:>8.3f} {c['re_with_writer_ms_per_event']:>8.3f} "
-              f"{c['re_cost_ms']:>7.3f} {c['call_ms']:>7.3f} {c['blocked_s']:>8.3f} "
+              f"{c['re_cost_ms']:>7.3f} {c['re_cpu_cost_ms']:>7.3f} {c['call_ms']:>7.3f} "
+              f"{c['blocked_s']:>8.3f} "
               f"{c['drain_s']:>7.2f} {c['write_ms']:>7.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from queue import Empty
 from typing import Any
 
 import jsonschema
@@ -56,6 +57,11 @@ class ProcessWriter(BufferedWriter):
         ``name``); the full schema check happens in the child (TiledWriter's), so
         ``thread_validation`` is always off.
     """
+
+    #: How long the thread lets documents gather before it sends them (s), and the
+    #: most it sends in one batch.
+    coalesce_s: float = 0.05
+    max_batch: int = 1000
 
     def __init__(self, factory: Callable[[], Callback], **buffer_options: Any) -> None:
         if buffer_options.pop("thread_validation", False):
@@ -99,27 +105,47 @@ class ProcessWriter(BufferedWriter):
 
     def _work(self) -> None:
         send = self._to_child.send
+        queue = self._queue
         while True:
-            item = self._queue.get()
+            batch = [queue.get()]
+            # Let documents gather: one pickle and one pipe write per batch, and the
+            # RunEngine's puts find this thread asleep instead of waking it each time.
+            time.sleep(self.coalesce_s)
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(queue.get_nowait())
+                except Empty:
+                    break
+            docs: list = []
             try:
-                if item is _STOP:
-                    send(("close", None))
-                    self._child_closed.wait(self.exit_timeout_s)
-                    return
-                if isinstance(item, _Barrier):
-                    token, self._next_token = self._next_token, self._next_token + 1
-                    self._barriers[token] = item
-                    send(("barrier", token))
-                    continue
-                t0 = time.perf_counter()
-                send(("doc", item))
-                self.stats.write_s += time.perf_counter() - t0
+                for item in batch:
+                    if item is _STOP or isinstance(item, _Barrier):
+                        if docs:
+                            self._send_docs(send, docs)
+                            docs = []
+                        if item is _STOP:
+                            send(("close", None))
+                            self._child_closed.wait(self.exit_timeout_s)
+                            return
+                        token, self._next_token = self._next_token, self._next_token + 1
+                        self._barriers[token] = item
+                        send(("barrier", token))
+                    else:
+                        docs.append(item)
+                if docs:
+                    self._send_docs(send, docs)
             except (OSError, EOFError, ValueError) as err:  # the child is gone
                 self._child_gone(err)
-                if isinstance(item, _Barrier):
-                    item.set()
-                if item is _STOP:
+                for item in batch:
+                    if isinstance(item, _Barrier):
+                        item.set()
+                if _STOP in batch:
                     return
+
+    def _send_docs(self, send, docs: list) -> None:
+        t0 = time.perf_counter()
+        send(("docs", docs))
+        self.stats.write_s += time.perf_counter() - t0
 
     def _listen(self) -> None:
         while True:
@@ -184,19 +210,25 @@ def serve(inbox: Connection, outbox: Connection) -> None:
         if kind == "barrier":
             outbox.send(("barrier", payload))
             continue
-        name, doc = payload
-        try:
-            if callback is None:
-                raise StorageError("the storage callback could not be built (see the first error)")
-            callback(name, doc)
-        except jsonschema.ValidationError as err:
-            outbox.send(("invalid", schema_error_message(name, doc, err)))
-        except BaseException:  # noqa: BLE001 - reported to the caller, never dropped
-            outbox.send(("error", f"storing the {name} document {doc.get('uid')} failed:\n"
-                                  + traceback.format_exc()))
-        finally:
-            if name == "stop":
-                outbox.send(("stored", doc.get("run_start")))
+        for name, doc in payload:  # "docs": a batch, in order
+            _store(callback, outbox, name, doc)
+
+
+def _store(callback, outbox: Connection, name: str, doc: dict) -> None:
+    import traceback
+
+    try:
+        if callback is None:
+            raise StorageError("the storage callback could not be built (see the first error)")
+        callback(name, doc)
+    except jsonschema.ValidationError as err:
+        outbox.send(("invalid", schema_error_message(name, doc, err)))
+    except BaseException:  # noqa: BLE001 - reported to the caller, never dropped
+        outbox.send(("error", f"storing the {name} document {doc.get('uid')} failed:\n"
+                              + traceback.format_exc()))
+    finally:
+        if name == "stop":
+            outbox.send(("stored", doc.get("run_start")))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ from temsims.plans.sims import (
     sims_map,
     sputter_depth_nm,
 )
+from temsims.plans.types import (
+    BiasDevice,
+    EdxDevice,
+    ImagerDevice,
+    IonColumnDevice,
+    ModeDevice,
+    Plan,
+    SpectrometerDevice,
+    StageDevice,
+    TemColumnDevice,
+)
 
 PLAN_NAME = "edx_sims_calibration"
 ROLES = ("edx_line", "sims_map")
@@ -168,19 +179,20 @@ def _check_devices(stage, tem, edx, mode, imager, spectrometer, column, bias) ->
 
 
 # ============================================================================ plan
-def edx_sims_calibration(stage, tem, edx, mode, imager, spectrometer, column, bias, *,
-                         start_um: tuple[float, float], stop_um: tuple[float, float],
-                         points: int, edx_live_time_s: float = 1.0,
-                         edx_current_na: float | None = None,
+def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice,
+                         mode: ModeDevice, imager: ImagerDevice, spectrometer: SpectrometerDevice,
+                         column: IonColumnDevice, bias: BiasDevice, *,
+                         start_um: tuple[float, float], stop_um: tuple[float, float], points: int,
+                         edx_live_time_s: float = 1.0, edx_current_na: float | None = None,
                          sims_fov_um: float | None = None,
-                         sims_pixels: tuple[int, int] = (256, 64),
-                         sims_dwell_s: float = 1e-3, sims_aperture: str | None = None,
+                         sims_pixels: tuple[int, int] = (256, 64), sims_dwell_s: float = 1e-3,
+                         sims_aperture: str | None = None,
                          sims_center_um: tuple[float, float] | None = None,
                          sims_voltage_v: float = 4500.0, analyte: str = "Cu",
                          analyte_species: str = "63Cu", matrix_species: str = "58Ni",
                          k_factors: dict[str, float] | None = None,
-                         k_factor_source: str | None = None,
-                         fwhm_mn_ka_ev: float = 130.0, md: dict | None = None):
+                         k_factor_source: str | None = None, fwhm_mn_ka_ev: float = 130.0,
+                         md: dict | None = None) -> Plan[dict]:
     """EDX line across a concentration gradient, then a SIMS map of the same zone.
 
     The two runs an EDX-guided SIMS quantification needs (``docs/calibration.md``):

@@ -46,6 +46,17 @@ from temsims.plans._common import (
 from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
 from temsims.plans.sims import check_sims_map_args, sims_map
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
+from temsims.plans.types import (
+    BiasDevice,
+    CameraDevice,
+    ImagerDevice,
+    IonColumnDevice,
+    ModeDevice,
+    Plan,
+    SpectrometerDevice,
+    StageDevice,
+    TemColumnDevice,
+)
 
 #: Incidence of the ion beam on the specimen in the SIMS geometry (deg): a map is
 #: foreshortened by cos(45 deg) along the specimen's y (docs: instrument.md).
@@ -286,13 +297,14 @@ def _roi_values(rois: list[dict]) -> Values:
 
 
 # ============================================================================ plan
-def correlative_tem_sims(stage, tem, camera, mode, imager, spectrometer, column, bias, *,
-                         overview_fov_um: float, center: tuple = (0.0, 0.0),
-                         rois: list | None = None, max_rois: int = 4,
+def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice,
+                         mode: ModeDevice, imager: ImagerDevice, spectrometer: SpectrometerDevice,
+                         column: IonColumnDevice, bias: BiasDevice, *, overview_fov_um: float,
+                         center: tuple = (0.0, 0.0), rois: list | None = None, max_rois: int = 4,
                          species: tuple = ("6Li", "7Li"), sims_pixels: tuple = (32, 23),
                          sims_dwell_s: float = 1e-3, zoom_fov_um: float | None = None,
                          exposure_s: float = 0.05, sims_voltage_v: float = 4500.0,
-                         fly: bool = True, md: dict | None = None):
+                         fly: bool = True, md: dict | None = None) -> Plan[dict]:
     """TEM overview -> regions of interest -> SIMS maps of them -> TEM zooms of them.
 
     Parameters

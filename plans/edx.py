@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -19,6 +20,7 @@ from temsims.plans._common import (
     run_decorator,
     start_metadata,
 )
+from temsims.plans.types import EdxDevice, Plan, StageDevice, TemColumnDevice
 
 LIVE_TIME_RANGE_S = (0.001, 600.0)
 #: EDX:X/Y/X0.. range around the image centre (um) and EDX:NPTS range.
@@ -32,8 +34,8 @@ def _check_edx_devices(stage, tem, edx) -> None:
     check_device("edx", edx, "spectrum", "line_spectra", "mode", "live_time", "trigger")
 
 
-def edx_point(stage, tem, edx, *, x_um: float, y_um: float, live_time_s: float,
-              md: dict | None = None):
+def edx_point(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, x_um: float,
+              y_um: float, live_time_s: float, md: dict | None = None) -> Plan[Any]:
     """One EDX spectrum with the probe on the specimen point (x_um, y_um).
 
     The stage is moved so that the point is at the image centre and the probe is
@@ -86,8 +88,8 @@ def edx_point(stage, tem, edx, *, x_um: float, y_um: float, live_time_s: float,
     return (yield from inner())
 
 
-def edx_line(stage, tem, edx, *, start: tuple, stop: tuple, npts: int, live_time_s: float,
-             md: dict | None = None):
+def edx_line(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, start: tuple,
+             stop: tuple, npts: int, live_time_s: float, md: dict | None = None) -> Plan[Any]:
     """An EDX line scan: ``npts`` spectra from ``start`` to ``stop`` (both included).
 
     The stage is moved to the midpoint of the line and the probe sweeps the line

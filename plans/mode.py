@@ -7,9 +7,12 @@ themselves are :class:`temsims.devices.mode.InstrumentMode`'s.
 
 from __future__ import annotations
 
+from typing import Any
+
 import bluesky.plan_stubs as bps
 
 from temsims.plans._common import check_device, check_number, with_safe_state
+from temsims.plans.types import ModeDevice, Plan
 
 MIN_SIMS_BIAS_V = 100.0
 MAX_BIAS_V = 4500.0
@@ -19,7 +22,7 @@ def _check_mode_device(mode) -> None:
     check_device("mode", mode, "set", "sims_voltage", "ion_blank", "bias", "infer")
 
 
-def to_sims_mode(mode, *, voltage_v: float = 4500.0):
+def to_sims_mode(mode: ModeDevice, *, voltage_v: float = 4500.0) -> Plan[Any]:
     """Go to the SIMS geometry and ramp the holder bias to ``voltage_v``.
 
     Sequence (the device's): blank the ion beam, bias to 0 V and off, objective lens
@@ -52,7 +55,7 @@ def to_sims_mode(mode, *, voltage_v: float = 4500.0):
                                        ramp_bias_on_success=False))
 
 
-def to_tem_mode(mode):
+def to_tem_mode(mode: ModeDevice) -> Plan[Any]:
     """Go to the TEM geometry: beam blanked, bias to 0 V and off, alpha 0, lens on.
 
     Parameters

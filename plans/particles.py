@@ -42,6 +42,17 @@ from temsims.plans.correlative import (
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
+from temsims.plans.types import (
+    BiasDevice,
+    CameraDevice,
+    ImagerDevice,
+    IonColumnDevice,
+    ModeDevice,
+    Plan,
+    SpectrometerDevice,
+    StageDevice,
+    TemColumnDevice,
+)
 
 #: Dead time (s) assumed when the spectrometer does not report DEAD_TIME (simulation).
 DEFAULT_DEAD_TIME_S = 30e-9
@@ -77,13 +88,15 @@ def _event_values(index: int, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def find_labelled_particles(stage, tem, camera, mode, imager, spectrometer, column, bias, *,
-                            fov_um: float, pixels: tuple = (64, 45), dwell_s: float = 1e-3,
-                            center: tuple = (0.0, 0.0), significance: float = 5.0,
-                            min_counts: float = 50.0, zoom_fov_um: float = 0.4,
-                            exposure_s: float = 0.05, max_particles: int = 20,
-                            sims_voltage_v: float = 4500.0, image_uncertain: bool = False,
-                            md: dict | None = None):
+def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice,
+                            mode: ModeDevice, imager: ImagerDevice,
+                            spectrometer: SpectrometerDevice, column: IonColumnDevice,
+                            bias: BiasDevice, *, fov_um: float, pixels: tuple = (64, 45),
+                            dwell_s: float = 1e-3, center: tuple = (0.0, 0.0),
+                            significance: float = 5.0, min_counts: float = 50.0,
+                            zoom_fov_um: float = 0.4, exposure_s: float = 0.05,
+                            max_particles: int = 20, sims_voltage_v: float = 4500.0,
+                            image_uncertain: bool = False, md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
     Parameters

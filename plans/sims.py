@@ -46,6 +46,14 @@ from temsims.plans._common import (
     with_safe_state,
 )
 from temsims.plans.spectra import _unblank
+from temsims.plans.types import (
+    BiasDevice,
+    ImagerDevice,
+    IonColumnDevice,
+    Plan,
+    SpectrometerDevice,
+    StageDevice,
+)
 
 MAX_PIXELS_PER_SIDE = 1024
 MAX_STEP_PIXELS = 4096
@@ -253,9 +261,10 @@ def _step_frame(imager, spectrometer, column, pixels, fov_um, line_buffer, settl
     return totals
 
 
-def sims_map(imager, spectrometer, column, stage, bias, *, species: tuple = ("6Li", "7Li"),
+def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: IonColumnDevice,
+             stage: StageDevice, bias: BiasDevice, *, species: tuple = ("6Li", "7Li"),
              fov_um: float, pixels: tuple = (64, 64), dwell_s: float, frames: int = 1,
-             fly: bool = True, settle_s: float = 0.0, md: dict | None = None):
+             fly: bool = True, settle_s: float = 0.0, md: dict | None = None) -> Plan[list[dict]]:
     """SIMS map of up to four species at the present stage position.
 
     Parameters
@@ -371,12 +380,13 @@ def sputter_depth_nm(current_pa: float, frame_time_s: float, fov_um: float, pixe
     return dose, dose * sputter_yield / atomic_density_nm3
 
 
-def depth_profile(imager, spectrometer, column, stage, bias, *,
-                  species: tuple = ("6Li", "7Li"), fov_um: float, pixels: tuple = (32, 32),
-                  dwell_s: float, frames: int = 10,
+def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: IonColumnDevice,
+                  stage: StageDevice, bias: BiasDevice, *, species: tuple = ("6Li", "7Li"),
+                  fov_um: float, pixels: tuple = (32, 32), dwell_s: float, frames: int = 10,
                   sputter_yield: float = DEFAULT_SPUTTER_YIELD,
                   atomic_density_nm3: float = DEFAULT_ATOMIC_DENSITY_NM3,
-                  incidence_deg: float = DEFAULT_INCIDENCE_DEG, md: dict | None = None):
+                  incidence_deg: float = DEFAULT_INCIDENCE_DEG, md: dict | None = None
+) -> Plan[list[dict]]:
     """Depth profile: ``frames`` maps of the same area, with the sputtered depth per frame.
 
     The depth is estimated, not measured: each frame's dose ``D = I t_frame / (e A)``

@@ -28,6 +28,7 @@ from temsims.plans._common import (
     start_metadata,
     with_safe_state,
 )
+from temsims.plans.types import BiasDevice, IonColumnDevice, Plan, SpectrometerDevice, StageDevice
 
 MAX_SCAN_POINTS = 20000
 DWELL_RANGE_S = (1e-4, 10.0)
@@ -167,9 +168,10 @@ def _peaks_stream(peaks: list[dict]) -> Values:
 
 
 # ============================================================================ plans
-def mass_spectrum(spectrometer, *, start_u: float, stop_u: float, step_u: float,
-                  dwell_s: float, min_counts: float = 20.0, column=None, bias=None,
-                  stage=None, md: dict | None = None):
+def mass_spectrum(spectrometer: SpectrometerDevice, *, start_u: float, stop_u: float,
+                  step_u: float, dwell_s: float, min_counts: float = 20.0,
+                  column: IonColumnDevice | None = None, bias: BiasDevice | None = None,
+                  stage: StageDevice | None = None, md: dict | None = None) -> Plan[list[dict]]:
     """Mass scan of the axial collector from ``start_u`` to ``stop_u``, with its peaks.
 
     Parameters
@@ -238,10 +240,11 @@ def mass_spectrum(spectrometer, *, start_u: float, stop_u: float, step_u: float,
     return (yield from with_safe_state(inner(), column, bias))
 
 
-def calibrate_masses(spectrometer, *, peaks: tuple = ("69Ga", "71Ga"), window_u: float = 1.2,
-                     step_u: float = 0.005, dwell_s: float = 0.002, min_counts: float = 20.0,
-                     write: bool = True, column=None, bias=None, stage=None,
-                     md: dict | None = None):
+def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga", "71Ga"),
+                     window_u: float = 1.2, step_u: float = 0.005, dwell_s: float = 0.002,
+                     min_counts: float = 20.0, write: bool = True,
+                     column: IonColumnDevice | None = None, bias: BiasDevice | None = None,
+                     stage: StageDevice | None = None, md: dict | None = None) -> Plan[dict]:
     """Refit the field-to-mass calibration ``m = a (B - B0)^2`` on known peaks.
 
     For each species in ``peaks`` a mass scan of ``window_u`` around its mass (on

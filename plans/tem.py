@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
@@ -19,6 +21,7 @@ from temsims.plans._common import (
     run_decorator,
     start_metadata,
 )
+from temsims.plans.types import CameraDevice, Plan, StageDevice, TemColumnDevice
 
 #: TEM:FOV range (um) and CAM:EXPOSURE range (s) the IOC accepts.
 FOV_RANGE_UM = (0.05, 100.0)
@@ -66,8 +69,8 @@ def image_md(stage, camera, *, fov_um: float, x_um: float, y_um: float,
     return out
 
 
-def tem_image(stage, tem, camera, *, x_um: float, y_um: float, fov_um: float,
-              exposure_s: float, md: dict | None = None):
+def tem_image(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *, x_um: float,
+              y_um: float, fov_um: float, exposure_s: float, md: dict | None = None) -> Plan[dict]:
     """Move the stage to (x_um, y_um) and take one bright-field TEM image.
 
     Parameters
@@ -144,9 +147,9 @@ def mosaic_positions(center, n_tiles, fov_um: float, overlap: float):
     return out
 
 
-def tem_mosaic(stage, tem, camera, *, center: tuple = (0.0, 0.0), n_tiles: tuple = (2, 2),
-               fov_um: float, overlap: float = 0.1, exposure_s: float,
-               md: dict | None = None):
+def tem_mosaic(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *,
+               center: tuple = (0.0, 0.0), n_tiles: tuple = (2, 2), fov_um: float,
+               overlap: float = 0.1, exposure_s: float, md: dict | None = None) -> Plan[Any]:
     """A mosaic of TEM images: ``nx x ny`` tiles, overlapping by ``overlap``.
 
     Parameters

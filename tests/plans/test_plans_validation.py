@@ -126,3 +126,34 @@ def test_summarize_plan_on_every_plan(pdev, capsys):
     summarize_plan(sims_map(*(_cases(pdev)[sims_map][0]), species=("6Li",), fov_um=1.0,
                             pixels=(2, 2), dwell_s=1e-3, fly=False))
     assert "column_scan_spot_x" in capsys.readouterr().out
+
+
+def test_plans_are_typed_and_the_devices_fit_the_types(pdev):
+    """Every public plan annotates each parameter and its return (a message generator);
+    temsims' devices are instances of the structural types the plans ask for."""
+    import inspect
+    import typing
+    from collections.abc import Generator
+
+    import temsims.plans as plans
+    from temsims.plans import types
+
+    for name in plans.__all__:
+        if name == "safe_state":
+            continue
+        fn = getattr(plans, name)
+        hints = typing.get_type_hints(fn)
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind is not p.VAR_KEYWORD]
+        missing = {p.name for p in params} - set(hints)
+        assert not missing, (name, missing)
+        assert typing.get_origin(hints["return"]) is Generator, name
+    d = pdev
+    expected = {"stage": types.StageDevice, "tem": types.TemColumnDevice,
+                "camera": types.CameraDevice, "edx": types.EdxDevice,
+                "mode": types.ModeDevice, "imager": types.ImagerDevice,
+                "spectrometer": types.SpectrometerDevice, "column": types.IonColumnDevice,
+                "bias": types.BiasDevice}
+    for part, protocol in expected.items():
+        assert isinstance(getattr(d, part), protocol), part
+    assert not isinstance(d.stage, types.CameraDevice)
