@@ -28,7 +28,18 @@ class Session:
     namespace: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
-        """Flush and close the catalog (the RunEngine has nothing to release)."""
+        """Write ``RE.md`` to disk and close the catalog.
+
+        bluesky's ``PersistentDict`` also writes itself when it is garbage collected;
+        after ``close`` that write is detached, so a session closed before its metadata
+        directory goes away (a test's temporary directory) does not write into nothing.
+        """
+        md = getattr(self.RE, "md", None)
+        if hasattr(md, "flush"):
+            md.flush()
+            finalizer = getattr(md, "_finalizer", None)
+            if finalizer is not None:
+                finalizer.detach()
         if self.catalog is not None:
             self.catalog.close()
 
