@@ -633,9 +633,11 @@ class SpectrometerIOC(InstrumentIOC):
         loop = asyncio.get_running_loop()
         count_time = float(self.count_time.value)
         # Step maps put the spot on the column, then trigger a count here: read the
-        # spot state afresh rather than trust a monitor update that may be in flight.
+        # spot state afresh rather than trust a monitor update that may be in flight;
+        # the same for a stage move that has just ended.
         await self.peers.refresh(*(self.peer_names[key]
-                                   for key in ("scan_mode", "spot_x", "spot_y")))
+                                   for key in ("scan_mode", "spot_x", "spot_y", "x", "y",
+                                               "alpha")))
         t0 = time.time()
         snap = self.snapshot()
         emission = await loop.run_in_executor(self.executor, self._emission, snap, t0)
@@ -761,8 +763,12 @@ class SpectrometerIOC(InstrumentIOC):
         # The column writes START_TIME before ACQUIRE, but the two monitors may reach us
         # in either order: read it afresh, or a frame started within a second of the
         # last one would carry the last one's start time (and a flyer waiting for a
-        # start at or after its kickoff would never see one).
-        await self.peers.refresh(self.peer_names["start_time"])
+        # start at or after its kickoff would never see one). The stage is another IOC:
+        # its last readbacks of a move that has just ended (the client saw DMOV = 1)
+        # may still be in flight on their own circuit; under load a map was computed
+        # at the positions of the move's middle (demo, 2026-12-03). Read them too.
+        await self.peers.refresh(*(self.peer_names[key]
+                                   for key in ("start_time", "x", "y", "alpha")))
         if self._raster_running():
             self.frame_abort.set()
             try:
