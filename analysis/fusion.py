@@ -440,6 +440,13 @@ def _level_shapes(shape: tuple[int, int], levels: int) -> list[tuple[int, int]]:
     return shapes
 
 
+def pyramid_levels_that_fit(shape: tuple[int, int], most: int) -> int:
+    """How many pyramid levels (at most ``most``) keep an image of ``shape`` at >= 2
+    pixels on each side (the limit :func:`laplacian_pyramid_fuse` enforces); 0: none."""
+    shapes = _level_shapes(shape, most)
+    return max((k for k in range(most + 1) if min(shapes[k]) >= 2), default=0)
+
+
 def laplacian_pyramid_fuse(pan: np.ndarray, multispectral: np.ndarray, *,
                            levels: int | None = None, a: float = BURT_ADELSON_A,
                            histogram_match: bool | Literal["quantile", "moments", "exact"]
@@ -532,6 +539,7 @@ __all__ = [
     "laplacian_pyramid",
     "laplacian_pyramid_fuse",
     "pyramid_expand",
+    "pyramid_levels_that_fit",
     "pyramid_reduce",
     "reconstruct_laplacian",
     "species_to_rgb",

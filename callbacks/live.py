@@ -950,7 +950,7 @@ def _fuse(pan: np.ndarray, rgb: np.ndarray, method: str) -> np.ndarray:
     from temsims.analysis import fusion
 
     if method == "laplacian":
-        levels = min(3, int(math.floor(math.log2(min(pan.shape) / 1.5))))
+        levels = fusion.pyramid_levels_that_fit(pan.shape, 3)
         if levels >= 1:
             return np.clip(np.asarray(fusion.laplacian_pyramid_fuse(pan, rgb, levels=levels),
                                       float), 0.0, 1.0)

@@ -84,7 +84,8 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
     them (:func:`temsims.plans.correlative.correlative_tem_sims`), so that a map which
     would be refused is refused before the first run of an experiment.
     ``check_fov=False`` skips the field-of-view check (regions still to be found); step mode
-    (``fly=False``) adds its own limits (pixels, dwell, no scan rotation).
+    (``fly=False``; ``fly`` is a bool its callers have checked) adds its own limits
+    (pixels, dwell, no scan rotation).
 
     ``arg_names`` renames the arguments in the error messages (a calling plan's own
     names, e.g. ``{"pixels": "sims_pixels"}``).
@@ -113,7 +114,6 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
                            unit="s")
     frames = check_int(name["frames"], frames, low=1, high=MAX_FRAMES)
     md = check_md(md)
-    fly = check_bool("fly", fly)
     from temsims.devices.spectrometer import species_mass
 
     masses = [species_mass(s) for s in labels]
