@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 from ophyd.sim import SynSignal
+
+READ_BACK = Path(__file__).with_name("read_back.py")
 
 IMAGE_SHAPE = (32, 24)
 SPECTRUM_CHANNELS = 200
@@ -71,3 +78,17 @@ class DocumentLog:
             if n == "event_page" and page["descriptor"] in descs:
                 events.extend(unpack_event_page(page))
         return sorted(events, key=lambda e: (e["time"], e["seq_num"]))
+
+
+def read_in_another_process(directory, queries: dict, out_dir: Path,
+                            timeout: float = 120) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run ``read_back.py`` on a catalog directory in a new Python process: its report
+    (runs' metadata, query results) and every primary-stream column it read."""
+    out = str(Path(out_dir) / "seen")
+    subprocess.run([sys.executable, str(READ_BACK), str(directory), out, json.dumps(queries)],
+                   check=True, timeout=timeout)
+    with open(out + ".json") as f:
+        report = json.load(f)
+    with np.load(out + ".npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return report, arrays

@@ -4,15 +4,11 @@ with their dtypes, and found by each of the analysts' queries."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from catalog_helpers import DocumentLog
-from test_roundtrip_and_queries import READ_BACK
+from catalog_helpers import DocumentLog, read_in_another_process
 
 SAMPLE = "readback-LCO"
 CORRELATION_ID = "readback-corr-1"
@@ -72,14 +68,8 @@ def seen(stored, tmp_path_factory):
                "since": ["in_time_range", [stored["t_before"], None]],
                "before": ["in_time_range", [0.0, stored["t_before"]]],
                "latest": ["latest", []]}
-    out = str(tmp_path_factory.mktemp("instrument-seen") / "seen")
-    subprocess.run([sys.executable, str(READ_BACK), str(stored["dir"]), out,
-                    json.dumps(queries)], check=True, timeout=180)
-    with open(out + ".json") as f:
-        report = json.load(f)
-    with np.load(out + ".npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return report, arrays
+    return read_in_another_process(stored["dir"], queries,
+                                   tmp_path_factory.mktemp("instrument-seen"), timeout=180)
 
 
 def test_device_data_read_back_equal_with_their_dtype(stored, seen):

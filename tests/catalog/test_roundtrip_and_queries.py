@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import bluesky.plans as bp
 import numpy as np
@@ -17,14 +13,13 @@ from catalog_helpers import (
     contract_md,
     counts_map_line,
     image_detector,
+    read_in_another_process,
     sims_md,
     spectrum_detector,
 )
 from ophyd.sim import det, motor
 
 from temsims.catalog import open_catalog, require_metadata
-
-READ_BACK = Path(__file__).with_name("read_back.py")
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +71,8 @@ QUERIES = {
 def other_process(written, tmp_path_factory):
     """What a second process reads from the same catalog directory."""
     queries = dict(QUERIES, after_mid=["in_time_range", [written["t_mid"], None]])
-    out = str(tmp_path_factory.mktemp("readback") / "seen")
-    subprocess.run([sys.executable, str(READ_BACK), str(written["dir"]), out, json.dumps(queries)],
-                   check=True, timeout=120)
-    with open(out + ".json") as f:
-        report = json.load(f)
-    with np.load(out + ".npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return report, arrays
+    return read_in_another_process(written["dir"], queries,
+                                   tmp_path_factory.mktemp("readback"), timeout=120)
 
 
 def test_other_process_sees_every_run_complete(written, other_process):

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from faults import raise_at
 
 from temsims.analysis.geometry import SimsMapGeometry, TemImageGeometry
 from temsims.analysis.isotopes import NATURAL_LI6_LI7
@@ -115,17 +116,9 @@ def test_failure_leaves_instrument_safe(RE, pdev):
 
     d = pdev
 
-    def fail_at_collect(msg):
-        if msg.command == "collect":
-            def boom():
-                raise RuntimeError("injected failure")
-                yield  # pragma: no cover
-            return boom(), None
-        return None, None
-
     plan = find_labelled_particles(*_devs(d), fov_um=2.0, pixels=(8, 6), dwell_s=1e-3)
     with pytest.raises(RuntimeError, match="injected"):
-        RE(bpp.plan_mutator(plan, fail_at_collect))
+        RE(bpp.plan_mutator(plan, raise_at("collect")))
     assert d.column.blank.get() == "Blanked"
     assert abs(d.bias.position) < 1.0
     assert RE.docs.docs["stop"][-1]["exit_status"] == "fail"
@@ -149,19 +142,11 @@ def test_correlative_failure_in_a_sims_map_leaves_instrument_safe(RE, pdev, part
     target = particles[0][0]
     roi = (target["x_nm"] / 1000.0, target["y_nm"] / 1000.0, 0.4)
 
-    def fail_at_collect(msg):
-        if msg.command == "collect":
-            def boom():
-                raise RuntimeError("injected failure")
-                yield  # pragma: no cover
-            return boom(), None
-        return None, None
-
     plan = correlative_tem_sims(*_devs(d), overview_fov_um=2.0, center=roi[:2], rois=[roi],
                                 sims_pixels=(8, 6), sims_dwell_s=1e-3, exposure_s=0.01)
     n_before = len(_starts(RE))
     with pytest.raises(RuntimeError, match="injected"):
-        RE(bpp.plan_mutator(plan, fail_at_collect))
+        RE(bpp.plan_mutator(plan, raise_at("collect")))
     assert d.column.blank.get() == "Blanked"
     assert abs(d.bias.position) < 1.0
     runs = _starts(RE)[n_before:]

@@ -11,6 +11,7 @@ import time
 import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
+from faults import raise_at
 
 from temsims.catalog import check_start_metadata
 from temsims.devices.spectrometer import species_mass
@@ -196,17 +197,6 @@ def test_depth_profile_depth_increases(RE, sims, particles):
     d.column.aperture.set("10 pA").wait(5)
 
 
-def _raise_at(command):
-    def mutate(msg):
-        if msg.command == command:
-            def boom():
-                raise RuntimeError("injected failure")
-                yield  # pragma: no cover
-            return boom(), None
-        return None, None
-    return mutate
-
-
 @pytest.mark.parametrize("plan_name,fly,command", [("sims_map", True, "collect"),
                                                    ("sims_map", False, "trigger"),
                                                    ("depth_profile", True, "collect")])
@@ -221,7 +211,7 @@ def test_injected_failure_leaves_beam_blanked_and_bias_at_zero(RE, sims, plan_na
         plan = depth_profile(*devs, species=("6Li",), fov_um=1.0, pixels=(4, 4),
                              dwell_s=1e-3, frames=3)
     with pytest.raises(RuntimeError, match="injected"):
-        RE(bpp.plan_mutator(plan, _raise_at(command)))
+        RE(bpp.plan_mutator(plan, raise_at(command)))
     assert d.column.blank.get() == "Blanked"
     assert abs(d.bias.position) < 1.0
     assert d.column.scan.acquire_rbv.get() == "Stop"
