@@ -19,7 +19,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from ophyd import EpicsSignal, EpicsSignalRO
@@ -263,10 +263,12 @@ def is_state(value, name: str, enum_strs) -> bool:
         return False
 
 
-def wait_until(signal, predicate, *, timeout: float, what: str) -> StatusBase:
+def wait_until(signal, predicate, *, timeout: float, what: str,
+               explain: Callable[[], str] | None = None) -> StatusBase:
     """A status that finishes when ``predicate(value)`` holds for ``signal`` (CA monitor).
 
-    Fails with a ``TimeoutError`` naming ``what`` and the last value otherwise.
+    Fails with a ``TimeoutError`` naming ``what`` and the last value otherwise, followed
+    by ``explain()`` if given (e.g. the IOC's own reason for the value).
     """
     from ophyd.status import SubscriptionStatus
 
@@ -278,9 +280,10 @@ def wait_until(signal, predicate, *, timeout: float, what: str) -> StatusBase:
         if s.success:
             outer.set_finished()
         else:
+            detail = f"; {explain()}" if explain is not None else ""
             outer.set_exception(TimeoutError(
                 f"{what}: not reached within {timeout:g} s ({signal.name} = "
-                f"{signal.get()!r})"))
+                f"{signal.get()!r}{detail})"))
 
     inner.add_callback(done)
     return outer

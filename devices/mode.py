@@ -163,7 +163,8 @@ class InstrumentMode(Device):
         # The bias IOC follows the stage and TEM over CA: wait until it has seen it too.
         return wait_until(self.bias.interlock, lambda v: is_state(v, "Permit",
                                                                   ("Blocked", "Permit")),
-                          timeout=PEER_LATENCY_TIMEOUT_S, what="bias interlock Permit")
+                          timeout=PEER_LATENCY_TIMEOUT_S, what="bias interlock Permit",
+                          explain=lambda: f"the bias IOC says: {self.bias.interlock_reason.get()}")
 
     def _bias_on(self):
         return self.bias.enable_output()

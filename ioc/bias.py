@@ -152,11 +152,7 @@ class BiasIOC(InstrumentIOC):
             await self._trip(status_text("Tripped", reason))
 
     async def _peer_update(self, name: str, value: Any) -> None:
-        # Never raise: an exception here would end the PeerMonitor's task.
-        try:
-            await self._check_geometry()
-        except Exception:  # pragma: no cover - defensive
-            logger.exception("handling peer update %s=%r", name, value)
+        await self._check_geometry()
 
     @interlock_rbv.scan(period=0.1)
     async def interlock_rbv(self, instance, async_lib):

@@ -369,14 +369,10 @@ class ColumnIOC(InstrumentIOC):
             await self._refresh_optics()
 
     async def _peer_update(self, name: str, value: Any) -> None:
-        # Never raise: an exception here would end the PeerMonitor's task.
-        try:
-            if name == self._bias_pv:
-                await self._refresh_landing()
-            else:
-                await self._check_geometry()
-        except Exception:  # pragma: no cover - defensive
-            logger.exception("handling peer update %s=%r", name, value)
+        if name == self._bias_pv:
+            await self._refresh_landing()
+        else:
+            await self._check_geometry()
 
     # ---- optics putters ------------------------------------------------------------
     @hv.putter

@@ -155,10 +155,17 @@ class PeerMonitor:
             pass
 
     async def _notify(self, name: str, value: Any) -> None:
-        if self._on_update is not None:
+        if self._on_update is None:
+            return
+        # An exception from the handler is logged, never raised: it would end the
+        # monitor task, and the IOC would stop seeing its peers (a flyer then waited
+        # 30 s for a frame the spectrometer never heard was started).
+        try:
             result = self._on_update(name, value)
             if asyncio.iscoroutine(result):
                 await result
+        except Exception:
+            logger.exception("handling the update %s=%r", name, value)
 
     def get(self, pv_name: str, default: Any = None) -> Any:
         value = self.values.get(pv_name)

@@ -384,7 +384,10 @@ class SpectrometerIOC(InstrumentIOC):
             await self.status.write(text)
         a, b0 = self.cal()
         if abs(self.cal_a.value - a) > 1e-9 * a:
-            await self.cal_a.write(a)
+            # The readback of the voltage-scaled calibration, not a client's new one: not
+            # through the putter, which refuses while a map runs (a bias update that
+            # arrived mid-map raised there and ended the peer monitor's task).
+            await self.cal_a.write(a, verify_value=False)
 
     async def _on_peer_update(self, name: str, value: Any) -> None:
         key = self._key_of.get(name)

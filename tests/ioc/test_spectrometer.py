@@ -268,3 +268,28 @@ def test_bad_puts_refused_and_a_running_map_is_not_corrupted(ms):
     assert float(ms.get("MS:FIELD")) == field
     assert float(ms.get("MS:UPTIME")) > 0
     assert not ms.refused("MS:DEAD_TIME", 25e-9)  # idle again: accepted
+
+
+def test_a_bias_change_during_a_map_rescales_the_calibration_and_frames_go_on(ms):
+    """CAL:A is published at the present voltage (a ~ 1/V). A bias change that reaches
+    the spectrometer mid-map updates it there without the client putter's mid-map
+    refusal; that refusal once raised inside the peer-monitor task, after which the IOC
+    heard no more of its peers and the next frame never started."""
+    ms.put("MS:MODE", "Imaging")
+    a_before, volts = float(ms.get("MS:CAL:A")), float(ms.get("BIAS:VOLTAGE_RBV"))
+    for name, value in [("FIB:SCAN:NX", 64), ("FIB:SCAN:NY", 64), ("FIB:SCAN:DWELL", 1e-3)]:
+        ms.put(name, value)
+    ms.put("FIB:SCAN:ACQUIRE", "Start", wait=False)
+    ms.wait_for("MS:IMG:LINES_DONE", lambda v: 1 <= int(v) < 64, timeout=10)
+    ms.put("BIAS:VOLTAGE", volts - 100.0)
+    ms.wait_for("BIAS:VOLTAGE_RBV", lambda v: abs(float(v) - (volts - 100.0)) < 1, timeout=10)
+    ms.wait_for("MS:CAL:A",
+                lambda v: float(v) == pytest.approx(a_before * volts / (volts - 100.0), rel=1e-6),
+                timeout=10)
+    assert int(ms.get("MS:IMG:LINES_DONE")) < 64  # the change arrived mid-map
+    ms.put("FIB:SCAN:ACQUIRE", "Stop")
+    ms.put("BIAS:VOLTAGE", volts)
+    ms.wait_for("BIAS:VOLTAGE_RBV", lambda v: abs(float(v) - volts) < 1, timeout=10)
+    ms.wait_for("MS:CAL:A", lambda v: float(v) == pytest.approx(a_before, rel=1e-6), timeout=10)
+    # The spectrometer still follows the column: a new frame is mapped to its end.
+    assert ms.raster(8, 8, 1e-3) < 10.0
