@@ -740,7 +740,9 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     # excess is, not where most of the counts are: labelled segments are placed there.
     excess = np.clip(z0(c6) - reference_ratio * z0(c7), 0.0, None)
     excess_sums = ndimage.sum_labels(excess, lab, idx)
-    excess_centres = ndimage.center_of_mass(excess, lab, idx)
+    # A segment without excess divides 0 by 0 here; its NaN centre is never used.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess_centres = ndimage.center_of_mass(excess, lab, idx)
     px_area_um2 = abs(float(np.linalg.det(affine[:2, :2]))) if affine is not None else None
     out = []
     for k, lab_k in enumerate(idx):
