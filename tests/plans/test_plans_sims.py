@@ -50,10 +50,12 @@ def _clear_field(particles, field_um: float) -> dict:
     particles the other tests here and in test_plans_tem image: the Ga calibration
     sputters over 100 nm at 1 nA over its field (too much of the 200 nm-thick map particle
     to compare maps on it), and a 2 um field round its neighbour reached it."""
+    from temsims.ioc.sims_physics import SimsParameters
+
     labelled, natural = particles
     others = [labelled[0], labelled[1], natural[0]]
     half_x = 500.0 * field_um
-    half_y = half_x / np.cos(np.radians(45.0))  # the raster's stretch at 45 deg incidence
+    half_y = half_x / np.cos(np.radians(SimsParameters().incidence_deg))  # raster stretch
     for p in natural:
         if all(abs(p["x_nm"] - o["x_nm"]) > half_x + 2 * o["radius_nm"]
                or abs(p["y_nm"] - o["y_nm"]) > half_y + 2 * o["radius_nm"] for o in others):
@@ -117,31 +119,33 @@ def test_mass_spectrum_finds_ga_and_calibration_fixes_masses(RE, sims, particles
     d.column.aperture.set("10 pA").wait(5)
 
 
-#: Pre-sputtered depth before the fly/step comparison: five Ga build-up lengths
-#: (0.5 x the 25 nm projected range at 25.5 keV landing), where implanted Ga is 99 %
-#: of its steady state. A fresh surface is in the transient: one 8x8 map at 100 pA and
-#: 2 ms on this particle sputters ~12 nm (one build-up length), and the second map
-#: then read 12-15 % less 6Li than the first, whichever mode went first.
-PRESPUTTER_DEPTH_NM = 62.0
+#: Pre-sputtered depth before the fly/step comparison, in Ga build-up lengths: after
+#: five, implanted Ga is 99 % of its steady state (62 nm at 25.5 keV landing). A fresh
+#: surface is in the transient: one 8x8 map at 100 pA and 2 ms on this particle
+#: sputters ~12 nm (one build-up length), and the second map then read 12-15 % less
+#: 6Li than the first, whichever mode went first.
+PRESPUTTER_BUILDUP_LENGTHS = 5
 
 
 @pytest.fixture(scope="module")
 def map_particle(sims, particles):
     """The largest labelled particle, pre-sputtered over the map's field to the Ga
     steady state (what an analyst does before comparing maps)."""
-    from temsims.ioc.materials import MATERIALS
+    from temsims.ioc.materials import ELEMENTARY_CHARGE_C, MATERIALS
+    from temsims.ioc.sims_physics import ga_buildup_nm
 
     d = sims
     p = particles[0][0]
     _goto(d, p)
     fov = 4 * p["radius_nm"] / 1000.0
-    li2co3 = MATERIALS["Li2CO3"]
-    ions = (PRESPUTTER_DEPTH_NM * li2co3.atomic_density_per_nm3 / li2co3.sputter_yield
-            * (fov * 1000.0) ** 2)
     d.column.aperture.set("100 pA").wait(5)
     d.column.scan.fov.set(fov).wait(5)
     d.column.scan.mode.set("Raster").wait(5)
-    d.spectrometer.count_time.set(ions * 1.602176634e-19 / 100e-12).wait(5)  # ~0.65 s
+    depth_nm = PRESPUTTER_BUILDUP_LENGTHS * ga_buildup_nm(float(d.column.landing.get()))
+    li2co3 = MATERIALS["Li2CO3"]
+    ions = (depth_nm * li2co3.atomic_density_per_nm3 / li2co3.sputter_yield
+            * (fov * 1000.0) ** 2)
+    d.spectrometer.count_time.set(ions * ELEMENTARY_CHARGE_C / 100e-12).wait(5)  # ~0.65 s
     d.column.blank.set("Unblanked").wait(5)
     d.spectrometer.trigger().wait(30)
     d.column.blank.set("Blanked").wait(5)
