@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Set up (once) and run temsims on a fresh machine.
 #   bash run.sh demo [temsims demo options]   the main job
-#   bash run.sh test [pytest options]         the test suite (what CI runs)
+#   bash run.sh test [pytest options]         the whole test suite (what CI runs)
+#   bash run.sh test fast [pytest options]    the fast tier: every package, no slow test
+#   bash run.sh bench [run_all options]       every benchmark, one table of figures against
+#                                             their targets (--help; non-zero if one is missed)
 # The virtual environment lives in .venv and is refreshed when pyproject.toml changes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,10 +37,18 @@ case "$command" in
     test)
         setup
         "$VENV/bin/ruff" check .
+        if [ "${1:-}" = fast ]; then
+            shift
+            exec "$VENV/bin/python" -m pytest -m "not slow" "$@"
+        fi
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
+    bench)
+        setup
+        exec "$VENV/bin/python" benchmarks/run_all.py "$@"
+        ;;
     *)
-        echo "usage: bash run.sh {demo|test} [options]" >&2
+        echo "usage: bash run.sh {demo|test|bench} [options]" >&2
         exit 2
         ;;
 esac

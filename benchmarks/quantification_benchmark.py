@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from targets import QUANTIFY_S
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantification.json"
-TARGET_S = 0.5
+TARGET_S = QUANTIFY_S.limit
 
 
 def simulate(n: int):

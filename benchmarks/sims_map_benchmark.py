@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+from targets import SIMS_MAP_RATIO
+
 RESULTS = Path(__file__).resolve().parent / "results" / "sims_map.json"
 
 
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             (pv,) = ctx.get_pvs(prefix + name)
             put_value(pv, value, timeout=10)
         time.sleep(1.0)  # let the spectrometer prepare the frame ahead, as in use
-        ms_pid = procs.processes["spectrometer"].pid
+        # One process serves every part (decision 0013): its memory is the instrument's.
+        ms_pid = procs.process.pid
         runs = []
         for _ in range(args.repeat):
             runs.append(acquire_map(prefix, ctx, args.nx, args.ny, args.dwell))
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_time_s": [r["wall_s"] for r in runs],
             "ratio": [r["ratio"] for r in runs],
             "ratio_median": sorted(r["ratio"] for r in runs)[len(runs) // 2],
-            "target_ratio": 1.1,
+            "target_ratio": SIMS_MAP_RATIO.limit,
             "first_lines_after_s": [r["first_lines_after_s"] for r in runs],
             "line_updates": [r["line_updates"] for r in runs],
             "map_totals": [r["map_totals"] for r in runs],
@@ -212,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         print(f"  wall {r['wall_s']:.3f} s  ratio {r['ratio']:.3f}  "
               f"first lines after {r['first_lines_after_s']:.3f} s  updates {r['line_updates']}")
-    print(f"median ratio {result['ratio_median']:.3f} (target <= 1.1)")
-    print(f"spectrometer RSS {result['spectrometer_rss_mb']:.0f} MB, "
+    print(f"median ratio {result['ratio_median']:.3f} (target {SIMS_MAP_RATIO.describe()})")
+    print(f"instrument process RSS {result['spectrometer_rss_mb']:.0f} MB, "
           f"peak {result['spectrometer_peak_rss_mb']:.0f} MB")
     print(f"written {args.output}")
     return 0

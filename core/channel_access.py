@@ -8,8 +8,11 @@ The ports of one instrument are laid out from one base port::
     base      stage IOC          base + 1  repeater and beacons
     base + 2  TEM IOC            base + 4  ion column IOC
     base + 6  bias supply IOC    base + 8  mass spectrometer IOC
+    base + 9  simulation control (``<instrument>SIM:``, not a part of the microscope)
 
-and a client lists all five server addresses in ``EPICS_CA_ADDR_LIST``. Everything
+and a client lists all six server addresses in ``EPICS_CA_ADDR_LIST``. One process
+serves them all (decision 0013), each part on its own port so that it can be
+killed or hung alone. Everything
 is bound to and searched on loopback unless a host is given explicitly, so that no
 CA traffic (searches, beacons) ever leaves the machine.
 
@@ -40,6 +43,7 @@ PART_SUFFIXES: dict[str, str] = {
     "spectrometer": "MS:",
 }
 REPEATER_OFFSET = 1
+SIM_CONTROL_OFFSET = 9
 DEFAULT_BASE_PORT = 5064
 DEFAULT_HOST = "127.0.0.1"
 #: Large enough for a 1024 x 1024 float64 waveform plus CA headers.
@@ -78,6 +82,11 @@ class CALayout:
     def repeater_port(self) -> int:
         return self.base_port + REPEATER_OFFSET
 
+    @property
+    def sim_port(self) -> int:
+        """CA server port of the simulation control (``SIM:`` PVs)."""
+        return self.base_port + SIM_CONTROL_OFFSET
+
     def server_port(self, ioc: str) -> int:
         """CA server port of the IOC called ``ioc`` (a key of ``IOC_PORT_OFFSETS``)."""
         try:
@@ -88,8 +97,9 @@ class CALayout:
             ) from None
 
     def address_list(self) -> str:
-        """``EPICS_CA_ADDR_LIST`` naming every IOC of the instrument."""
-        return " ".join(f"{self.host}:{self.server_port(name)}" for name in IOC_PORT_OFFSETS)
+        """``EPICS_CA_ADDR_LIST`` naming every IOC of the instrument and its SIM control."""
+        ports = [self.server_port(name) for name in IOC_PORT_OFFSETS] + [self.sim_port]
+        return " ".join(f"{self.host}:{port}" for port in ports)
 
     def client_environment(self, max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES) -> dict[str, str]:
         """Variables a CA client (ophyd, an IOC's own links) needs to find the instrument."""

@@ -1,7 +1,7 @@
 """The ``temsims`` command.
 
-``temsims ioc all``            serve every IOC (subprocesses, loopback) until Ctrl-C
-``temsims ioc <part> [...]``   serve one IOC in this process (caproto options pass through)
+``temsims ioc all``            serve the instrument (every part, loopback) until Ctrl-C or SIGTERM
+``temsims ioc <part>``         serve one part alone
 ``temsims demo``               the main job (see :func:`cmd_demo`)
 ``temsims shell``              an IPython session with the temsims profile
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 from pathlib import Path
 
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
@@ -19,29 +18,21 @@ from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
 IOC_NAMES = tuple(IOC_PORT_OFFSETS)
 
 
-def _start_all(args: argparse.Namespace):
-    from temsims.ioc.launcher import InstrumentProcesses
-
-    layout = CALayout(base_port=args.base_port, host=args.host)
-    procs = InstrumentProcesses(
-        layout=layout, instrument_prefix=args.prefix, specimen=args.specimen,
-        seed=args.seed, log_dir=Path(args.log_dir) if args.log_dir else None,
-    )
-    return procs.start(timeout=60)
-
-
-def describe_running(procs) -> str:
-    """What each IOC of ``procs`` serves: prefix, port, PV count, a few PV names."""
+def describe_running(parts, prefix: str, layout: CALayout) -> str:
+    """What each part serves: prefix, port, PV count, a few PV names."""
     lines = []
-    for ioc in procs.iocs:
+    for ioc in parts:
         module = importlib.import_module(f"temsims.ioc.{ioc}")
         group_cls = _group_class(module)
-        names = sorted(_pv_names(group_cls, procs.prefix(ioc)))
-        shown = ", ".join(n[len(procs.prefix(ioc)):] for n in names[:12])
+        part_prefix = prefix + PART_SUFFIXES[ioc]
+        names = sorted(_pv_names(group_cls, part_prefix))
+        shown = ", ".join(n[len(part_prefix):] for n in names[:12])
         lines.append(
-            f"  {ioc:<13} {procs.prefix(ioc):<18} 127.0.0.1:{procs.layout.server_port(ioc)}"
+            f"  {ioc:<13} {part_prefix:<18} {layout.host}:{layout.server_port(ioc)}"
             f"  {len(names):>3} PVs: {shown}{', ...' if len(names) > 12 else ''}"
         )
+    lines.append(f"  {'(simulation)':<13} {prefix + 'SIM:':<18} {layout.host}:{layout.sim_port}"
+                 "  part states, RESET, TIME_SCALE")
     return "\n".join(lines)
 
 
@@ -80,36 +71,32 @@ def _pv_names(group_cls, prefix: str) -> list[str]:
     return names
 
 
-def cmd_ioc(args: argparse.Namespace, passthrough: list[str]) -> int:
-    if args.part == "all":
-        procs = _start_all(args)
-        print(f"temsims: serving {len(procs.iocs)} IOCs on {args.host} "
-              f"(CA ports from {args.base_port}; clients: "
-              f"EPICS_CA_ADDR_LIST='{procs.layout.address_list()}' EPICS_CA_AUTO_ADDR_LIST=NO)")
-        print(describe_running(procs))
-        print("Ctrl-C stops them.", flush=True)
-        try:
-            # The repeater may exit at once when one already listens: watch the IOCs.
-            iocs = [procs.processes[name] for name in procs.iocs]
-            while all(p.poll() is None for p in iocs):
-                time.sleep(0.5)
-            print("temsims: an IOC exited; stopping the others", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            procs.stop()
-    module = importlib.import_module(f"temsims.ioc.{args.part}")
-    argv = ["--prefix", args.prefix + PART_SUFFIXES[args.part],
-            "--instrument-prefix", args.prefix]
-    if args.part in ("tem", "spectrometer"):
-        argv += ["--specimen", args.specimen, "--seed", str(args.seed)]
-    import os
+def cmd_ioc(args: argparse.Namespace) -> int:
+    """Serve the instrument (or one part) in this process until Ctrl-C or SIGTERM."""
+    from temsims.ioc import server
 
-    os.environ.update(CALayout(base_port=args.base_port, host=args.host)
-                      .server_environment(args.part))
-    module.main(argv + passthrough)
-    return 0
+    parts = IOC_NAMES if args.part == "all" else (args.part,)
+    argv = ["--prefix", args.prefix, "--base-port", str(args.base_port), "--host", args.host,
+            "--specimen", args.specimen, "--seed", str(args.seed), "--parts", ",".join(parts),
+            "--time-scale", str(args.time_scale)]
+    if args.drift_nm_per_min is not None:
+        argv += ["--drift-nm-per-min", str(args.drift_nm_per_min)]
+    options = server.parse_options(argv)
+    layout = CALayout(base_port=args.base_port, host=args.host)
+    if args.log_dir:
+        import logging
+
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=str(Path(args.log_dir) / "instrument.log"),
+                            level=logging.INFO)
+
+    def announce(instrument) -> None:
+        print(f"temsims: clients need EPICS_CA_ADDR_LIST='{layout.address_list()}' "
+              "EPICS_CA_AUTO_ADDR_LIST=NO")
+        print(describe_running(parts, args.prefix, layout))
+        print("Ctrl-C or SIGTERM stops it.", flush=True)
+
+    return server.serve(options, announce=announce)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -154,13 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
                        default=CALayout.from_environment().base_port,
                        help="CA server port of the first IOC (others follow)")
         p.add_argument("--host", default="127.0.0.1", help="interface to serve on")
-        p.add_argument("--specimen", default="li2co3-particles")
-        p.add_argument("--seed", type=int, default=1)
-        p.add_argument("--log-dir", default=None, help="write each IOC's log here")
+        p.add_argument("--specimen", default="li2co3-particles",
+                       choices=("li2co3-particles", "livo-cathode", "diffusion-couple",
+                                "solar-cell"), help="virtual specimen in the holder")
+        p.add_argument("--seed", type=int, default=1, help="seed of the specimen")
+        p.add_argument("--log-dir", default=None, help="write the instrument's log here")
 
-    p_ioc = sub.add_parser("ioc", help="serve the instrument's IOCs")
-    p_ioc.add_argument("part", choices=("all", *IOC_NAMES))
+    p_ioc = sub.add_parser(
+        "ioc", help="serve the instrument's IOCs",
+        description="Serve the instrument (all) or one part over Channel Access, in this "
+        "process, until Ctrl-C or SIGTERM.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p_ioc.add_argument("part", choices=("all", *IOC_NAMES), help="what to serve")
     instrument_options(p_ioc)
+    p_ioc.add_argument("--time-scale", type=float, default=1.0,
+                       help="simulated seconds per wall second (moves, ramps, exposures "
+                       "and maps run this much faster; every PV keeps nominal values)")
+    p_ioc.add_argument("--drift-nm-per-min", type=float, default=None,
+                       help="specimen drift relative to the ion beam (nm/min, 0..1000; "
+                       "default: the spectrometer's)")
 
     p_demo = sub.add_parser("demo", help="run the main job")
     instrument_options(p_demo)
@@ -180,12 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
-    if args.command == "ioc":
-        return cmd_ioc(args, passthrough)
     if args.command == "shell":
         return cmd_shell(args, passthrough)
     if passthrough:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+    if args.command == "ioc":
+        return cmd_ioc(args)
     if args.command == "demo":
         return cmd_demo(args)
     return 2

@@ -2,7 +2,8 @@
 
 ``kickoff()`` puts ``FIB:SCAN:ACQUIRE`` = Start (put with completion, not waited on)
 and returns a status that finishes when the spectrometer has begun mapping *this*
-frame (``MS:IMG:START_TIME`` at or after the kickoff). While the raster runs, CA
+frame (``MS:IMG:START_TIME`` later than the one it held at the kickoff: the IOC's
+own clock, which a client cannot compare with its wall clock at a time scale). While the raster runs, CA
 monitors on ``MS:COL{n}:MAP`` and ``MS:IMG:LINES_DONE`` feed a state machine that
 cuts each newly published line out of the maps and buffers it; ``complete()``
 returns a status that finishes when ``MS:IMG:FRAME`` counts the frame and every line
@@ -34,8 +35,6 @@ N_COLLECTORS = 4
 FRAME_SLACK_S = 30.0
 #: Time for the spectrometer to start mapping a frame (it may have to prepare it).
 KICKOFF_TIMEOUT_S = 30.0
-#: The spectrometer's START_TIME is the column's, set after our put: allow clock jitter.
-START_TIME_TOLERANCE_S = 0.05
 #: After the frame is counted, how long the last lines' map updates may take to arrive.
 LAST_LINES_TIMEOUT_S = 5.0
 
@@ -163,7 +162,7 @@ class SIMSImager(Device):
         with self._lock:
             if not self._active or self._armed:
                 return
-            if float(value) < self._t_kickoff - START_TIME_TOLERANCE_S:
+            if float(value) <= self._start_time0:
                 return  # an older frame's map
             self._armed = True
             self._frame_start = float(value)
@@ -291,7 +290,7 @@ class SIMSImager(Device):
             self._armed = False
             self._frame0 = int(self.img_frame.get())
             self._column_frame0 = int(self.column_frame.get())
-            self._t_kickoff = time.time()
+            self._start_time0 = float(self.img_start_time.get())
             self._kickoff_status = DeviceStatus(self, timeout=KICKOFF_TIMEOUT_S)
             self._complete_status = DeviceStatus(self)
             self._active = True

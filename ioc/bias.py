@@ -1,14 +1,16 @@
 """Holder bias supply IOC (``BIAS:``): +/-4.5 kV on the sample, the first extraction electrode.
 
-The supply ramps its output in real time at ``RAMP_RATE`` towards the setpoint while
+The supply ramps its output on the instrument's clock at ``RAMP_RATE`` towards the setpoint while
 enabled and towards 0 V while disabled; ``VOLTAGE_RBV`` is updated at 20 Hz during a
-ramp and lands on the target at the time ``|dV| / RAMP_RATE`` after the ramp began.
+ramp (in wall time) and lands on the target ``|dV| / RAMP_RATE`` nominal seconds
+after the ramp began. The output enable and voltage are the world's ``bias.enable``
+and ``bias.voltage_v``.
 
 Interlock (enforced here, whatever a client does; ``docs/interlocks.md``): the output
 can only be enabled in SIMS geometry, i.e. the holder alpha tilt (``STAGE:A.RBV``)
 within 1 deg of -68 deg and the TEM objective lens off (``TEM:OBJ_RBV`` = Off), both
-followed over Channel Access; a disconnected peer counts as "not in SIMS geometry"
-(fail safe). Losing the geometry while enabled *trips* the supply: the output is
+read from the instrument's world; a part that is down counts as "not in SIMS
+geometry" (fail safe). Losing the geometry while enabled *trips* the supply: the output is
 switched off and discharged to 0 V at once (not ramped: the holder may be tilting
 towards the objective pole piece), ``ENABLE_RBV`` goes Off with a STATE/MAJOR alarm
 and ``STATUS`` says why. The trip is not latched: ENABLE On works again once the
@@ -21,24 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from typing import Any
 
 from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite
 
 from temsims.ioc.common import (
     InstrumentIOC,
-    PeerMonitor,
     SimsGeometry,
     clear_alarm,
     enum_value,
     readback_pv,
     require_range,
-    run_instrument_ioc,
+    serve_part,
     setpoint_pv,
     status_text,
     write_if_changed,
 )
+from temsims.ioc.world import WorldLink
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ class BiasIOC(InstrumentIOC):
         Seconds since the IOC started.
     """
 
+    part = "bias"
     geometry = SimsGeometry()
-    #: Period of the output updates while ramping (s).
+    #: Wall-clock period of the output updates while ramping (s).
     update_period_s = 0.05
 
     voltage = setpoint_pv("VOLTAGE", 0.0, units="V", precision=1,
@@ -121,9 +123,9 @@ class BiasIOC(InstrumentIOC):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._alpha_pv, self._objective_pv = self.geometry.pv_names(self)
-        self.peers = PeerMonitor([self._alpha_pv, self._objective_pv],
-                                 on_update=self._peer_update)
+        self._alpha_key, self._objective_key = self.geometry.keys()
+        self.world_link = WorldLink(self.world, self.geometry.keys(),
+                                    on_update=self._peer_update)
         self._target_v = 0.0
         self._ramp_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -132,15 +134,17 @@ class BiasIOC(InstrumentIOC):
         self._fault_latched = False
 
     async def startup_hook(self, async_lib: Any) -> None:
-        """Start following the stage tilt and the objective lens."""
-        self.peers.start()
+        """Publish the output to the world, follow the stage tilt and the objective lens."""
+        self.mirror("bias.enable", self.enable_rbv)
+        self.mirror("bias.voltage_v", self.voltage_rbv)
+        self.world_link.start()
         self._ramp_task = asyncio.get_running_loop().create_task(self._ramp_forever())
 
     # ---- interlock -------------------------------------------------------------------
     def geometry_blocker(self) -> str | None:
         """Why the output may not be on now, or None."""
         return self.geometry.blocker(
-            self.peers.values.get(self._alpha_pv), self.peers.values.get(self._objective_pv)
+            self.world.get(self._alpha_key), self.world.get(self._objective_key)
         )
 
     async def _check_geometry(self) -> None:
@@ -156,8 +160,7 @@ class BiasIOC(InstrumentIOC):
 
     @interlock_rbv.scan(period=0.1)
     async def interlock_rbv(self, instance, async_lib):
-        # Peer updates act at once; this also catches disconnections, which
-        # PeerMonitor records without calling back.
+        # World updates act at once; this also re-checks after anything missed.
         await self._check_geometry()
 
     async def _trip(self, message: str) -> None:
@@ -192,11 +195,12 @@ class BiasIOC(InstrumentIOC):
             self._wake.clear()
             if self.voltage_rbv.value != self._target_v:
                 await write_if_changed(self.ramping, "Ramping")
-                last = time.monotonic()
+                clock = self.clock
+                last = clock.now()
                 while (diff := self._target_v - self.voltage_rbv.value) != 0.0:
-                    await asyncio.sleep(min(self.update_period_s,
-                                            abs(diff) / float(self.ramp_rate.value)))
-                    now = time.monotonic()
+                    await clock.sleep(min(self.update_period_s * clock.scale,
+                                          abs(diff) / float(self.ramp_rate.value)))
+                    now = clock.now()
                     step = float(self.ramp_rate.value) * (now - last)
                     last = now
                     out = self.voltage_rbv.value
@@ -280,8 +284,21 @@ class BiasIOC(InstrumentIOC):
         return "Idle"
 
 
+    async def reset_state(self) -> None:
+        """Output off at 0 V, setpoint 0 V, default ramp rate, no fault (``SIM:RESET``)."""
+        self._fault_latched = False
+        await self._trip("OK")
+        await self.enable_rbv.write("Off", verify_value=False)
+        for pv in (self.fault, self.enable, self.enable_rbv, self.voltage):
+            await clear_alarm(pv)
+        await self.fault.write("OK", verify_value=False)
+        await self.voltage.write(0.0, verify_value=False)
+        await self.ramp_rate.write(DEFAULT_RAMP_RATE, verify_value=False)
+        await self.status.write("OK", verify_value=False)
+
+
 def main(argv=None):
-    run_instrument_ioc(BiasIOC, ioc_name="bias", argv=argv)
+    serve_part("bias", argv)
 
 
 if __name__ == "__main__":

@@ -3,26 +3,27 @@
 The column of an FEI Magnum-class FIB: 1-30 kV, ten beam-defining apertures from
 1 pA to 20 nA, a probe whose diameter follows the current and the energy
 (:func:`probe_diameter_nm`), a beam blanker guarded by the SIMS-geometry interlock,
-and a scan generator that rasters in real time so that the mass spectrometer IOC can
-render its maps in step with the beam.
+and a scan generator that rasters on the instrument's clock. The beam (blanker,
+current, probe, landing energy) and the raster (its parameters, ACQUIRE and
+START_TIME) are world quantities (``column.*``): the mass spectrometer renders its
+maps from them in step with the beam, as a detector clocked by the scan generator.
 
 Interlock (enforced here, whatever a client does; ``docs/interlocks.md``): the beam
 can only be unblanked in SIMS geometry, i.e. the holder alpha tilt (``STAGE:A.RBV``)
 within ``SimsGeometry.tolerance_deg`` of ``SimsGeometry.tilt_deg`` (-68 +/- 1 deg)
-and the TEM objective lens off (``TEM:OBJ_RBV`` = Off). Both are followed over
-Channel Access (:class:`~temsims.ioc.common.PeerMonitor`); a peer that is not
-connected counts as "not in SIMS geometry" (fail safe). Losing the geometry while
+and the TEM objective lens off (``TEM:OBJ_RBV`` = Off). Both are read from the
+instrument's world; a part that is down counts as "not in SIMS geometry" (fail safe). Losing the geometry while
 unblanked blanks the beam at once and says why in ``STATUS``.
 
 Scan sequence, the contract with the spectrometer IOC (``docs/pv-reference.md``):
 put ``SCAN:ACQUIRE`` = Start. The raster parameters (NX, NY, DWELL, FOV, ROTATION,
 MODE, SPOT_X/Y, HV, APERTURE) are already published and are frozen for the frame
 (puts to them are refused until it ends); the IOC resets the counters, writes
-``SCAN:START_TIME`` (epoch s), then ``SCAN:ACQUIRE_RBV`` and ``SCAN:ACQUIRE`` = Start.
+``SCAN:START_TIME`` (nominal epoch s), then ``SCAN:ACQUIRE_RBV`` and ``SCAN:ACQUIRE`` = Start.
 Pixel ``k`` (row-major, ``k = line * NX + column``) is dwelt on from
 ``START_TIME + k * DWELL`` for ``DWELL`` seconds; one frame lasts ``NX * NY * DWELL``.
-Progress is published at each line end when a line lasts >= 20 ms (with an extra
-update every 0.25 s inside long lines), otherwise batched at 25 Hz. At the end the
+Progress is published at each line end when a line lasts >= 20 ms of wall time (with
+an extra update every 0.25 s inside long lines), otherwise batched at 25 Hz. At the end the
 counters read NY lines and NX*NY pixels, ``SCAN:FRAME`` increments, then
 ``SCAN:ACQUIRE_RBV`` and ``SCAN:ACQUIRE`` return to Stop and the put-with-completion
 of Start returns. A Stop put aborts the frame (``SCAN:FRAME`` does not increment).
@@ -32,10 +33,10 @@ A raster with the beam blanked is allowed (the spectrometer then counts dark cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,17 +44,17 @@ from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite
 
 from temsims.ioc.common import (
     InstrumentIOC,
-    PeerMonitor,
     SimsGeometry,
     clear_alarm,
     enum_value,
     readback_pv,
     require_range,
-    run_instrument_ioc,
+    serve_part,
     setpoint_pv,
     status_text,
     write_if_changed,
 )
+from temsims.ioc.world import WorldLink
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +211,9 @@ class ColumnIOC(InstrumentIOC):
     corrupted. Every out-of-range, NaN or unknown-enum put is refused.
     """
 
+    part = "column"
     geometry = SimsGeometry()
-    #: Lines at least this long are published one by one; shorter ones are batched.
+    #: Lines at least this long (wall s) are published one by one; shorter are batched.
     line_publish_min_s = 0.02
     #: Progress period when lines are batched (25 Hz).
     batch_publish_s = 0.04
@@ -289,21 +291,34 @@ class ColumnIOC(InstrumentIOC):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._alpha_pv, self._objective_pv = self.geometry.pv_names(self)
-        self._bias_pv = self.peer_pv("bias", "VOLTAGE_RBV")
-        self.peers = PeerMonitor(
-            [self._alpha_pv, self._objective_pv, self._bias_pv], on_update=self._peer_update
-        )
+        self._alpha_key, self._objective_key = self.geometry.keys()
+        self._bias_key = "bias.voltage_v"
+        self.world_link = WorldLink(
+            self.world, [self._alpha_key, self._objective_key, self._bias_key],
+            on_update=self._peer_update)
         self._last_bias_v: float | None = None
         self._frame_task: asyncio.Task | None = None
         self._abort = asyncio.Event()
         self._rng = random.Random(self.seed)
 
     async def startup_hook(self, async_lib: Any) -> None:
-        """Start following the peers (stage tilt, objective lens, bias output)."""
-        self.peers.start()
+        """Publish the beam and raster to the world; follow tilt, objective and bias."""
+        for key, pv in self._world_quantities().items():
+            self.mirror(key, pv)
+        self.world_link.start()
         await self._refresh_optics()
         await self._refresh_landing()
+
+    def _world_quantities(self) -> dict[str, Any]:
+        return {
+            "column.blank": self.blank_rbv, "column.current_pa": self.current_rbv,
+            "column.probe_nm": self.probe_rbv, "column.landing_kev": self.landing_rbv,
+            "column.nx": self.nx, "column.ny": self.ny, "column.dwell_s": self.dwell,
+            "column.fov_um": self.fov, "column.rotation_deg": self.rotation,
+            "column.scan_mode": self.mode, "column.spot_x_um": self.spot_x,
+            "column.spot_y_um": self.spot_y, "column.start_time": self.start_time,
+            "column.acquire": self.acquire,
+        }
 
     # ---- helpers -------------------------------------------------------------------
     def frame_running(self) -> bool:
@@ -316,7 +331,7 @@ class ColumnIOC(InstrumentIOC):
     def geometry_blocker(self) -> str | None:
         """Why the beam may not be unblanked now, or None."""
         return self.geometry.blocker(
-            self.peers.values.get(self._alpha_pv), self.peers.values.get(self._objective_pv)
+            self.world.get(self._alpha_key), self.world.get(self._objective_key)
         )
 
     async def _refresh_optics(self, *, hv_kv: float | None = None,
@@ -329,7 +344,7 @@ class ColumnIOC(InstrumentIOC):
         await write_if_changed(self.sample_current_rbv, current if unblanked else 0.0)
 
     async def _refresh_landing(self) -> None:
-        bias = self.peers.values.get(self._bias_pv)
+        bias = self.world.get(self._bias_key)
         if bias is not None:
             self._last_bias_v = float(bias)
         await write_if_changed(
@@ -369,7 +384,7 @@ class ColumnIOC(InstrumentIOC):
             await self._refresh_optics()
 
     async def _peer_update(self, name: str, value: Any) -> None:
-        if name == self._bias_pv:
+        if name == self._bias_key:
             await self._refresh_landing()
         else:
             await self._check_geometry()
@@ -414,8 +429,7 @@ class ColumnIOC(InstrumentIOC):
 
     @interlock_rbv.scan(period=0.1)
     async def interlock_rbv(self, instance, async_lib):
-        # Peer updates act at once; this also catches disconnections, which
-        # PeerMonitor records without calling back.
+        # World updates act at once; this also re-checks after anything missed.
         await self._check_geometry()
         await self._refresh_landing()
 
@@ -515,36 +529,36 @@ class ColumnIOC(InstrumentIOC):
         await write_if_changed(self.progress, 100.0 * pixels / params.pixels)
 
     async def _raster(self, params: FrameParams) -> None:
-        """Raster one frame in real time (see the module docstring for the sequence)."""
+        """Raster one frame on the clock (see the module docstring for the sequence)."""
+        clock = self.clock
         await self._publish_progress(params, 0)
-        t0 = time.monotonic()
-        await self.start_time.write(time.time())
+        t0 = clock.now()
+        await self.start_time.write(t0)
         await self.acquire_rbv.write("Start")
         await self.acquire.write("Start", verify_value=False)
         t_end = t0 + params.frame_s
-        per_line = params.line_s >= self.line_publish_min_s
+        # Publishing cadences are wall-clock rates (what clients can follow).
+        per_line = clock.wall(params.line_s) >= self.line_publish_min_s
+        max_gap = self.max_publish_gap_s * clock.scale
+        batch = self.batch_publish_s * clock.scale
         aborted = False
         try:
-            while (now := time.monotonic()) < t_end:
+            while (now := clock.now()) < t_end:
                 if per_line:
                     lines_done = math.floor((now - t0) / params.line_s + 1e-9)
-                    wake = min(t0 + (lines_done + 1) * params.line_s,
-                               now + self.max_publish_gap_s)
+                    wake = min(t0 + (lines_done + 1) * params.line_s, now + max_gap)
                 else:
-                    wake = now + self.batch_publish_s
+                    wake = now + batch
                 wake = min(wake, t_end)
-                try:
-                    await asyncio.wait_for(self._abort.wait(), max(0.0, wake - now))
+                if await clock.wait(self._abort, wake - now):
                     aborted = True
                     break
-                except TimeoutError:
-                    pass
-                now = time.monotonic()
+                now = clock.now()
                 if now < t_end:
                     await self._publish_progress(
                         params, math.floor((now - t0) / params.dwell_s + 1e-9))
             if aborted:
-                done = math.floor((time.monotonic() - t0) / params.dwell_s + 1e-9)
+                done = math.floor((clock.now() - t0) / params.dwell_s + 1e-9)
                 await self._publish_progress(params, min(done, params.pixels - 1))
             else:
                 await self._publish_progress(params, params.pixels)
@@ -553,9 +567,28 @@ class ColumnIOC(InstrumentIOC):
             await self.acquire_rbv.write("Stop")
             await self.acquire.write("Stop", verify_value=False)
 
+    async def reset_state(self) -> None:
+        """No frame, beam blanked, default optics and raster (``SIM:RESET``)."""
+        if self.frame_running():
+            self._abort.set()
+            with contextlib.suppress(Exception):
+                await self._frame_task
+        defaults = {self.hv: 30.0, self.hv_rbv: 30.0, self.aperture: "1 pA",
+                    self.blank: "Blanked", self.blank_rbv: "Blanked", self.fov: 4.0,
+                    self.nx: 256, self.ny: 256, self.dwell: 1e-4, self.rotation: 0.0,
+                    self.mode: "Raster", self.spot_x: 0.0, self.spot_y: 0.0}
+        for pv, value in defaults.items():
+            await clear_alarm(pv)
+            await write_if_changed(pv, value)
+        await self.status.write("OK", verify_value=False)
+        await self._refresh_derived()
+        await self._refresh_optics()
+        await self._refresh_landing()
+        await self._check_geometry()
+
 
 def main(argv=None):
-    run_instrument_ioc(ColumnIOC, ioc_name="column", argv=argv)
+    serve_part("column", argv)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,27 @@
-"""What every temsims IOC shares: the command line, the CA fixes, links to peers.
+"""What every temsims part shares: its base class, the CA fixes, interlock helpers.
 
-An IOC module defines a declarative :class:`caproto.server.PVGroup` subclass of
-:class:`InstrumentIOC` and ends with::
-
-    def main(argv=None):
-        run_instrument_ioc(StageIOC, ioc_name="stage", argv=argv)
-
-``run_instrument_ioc`` gives every IOC the same options (caproto's ``--prefix``,
-``--list-pvs``, ``--interfaces``, plus ``--instrument-prefix``, ``--specimen``,
-``--seed``), binds loopback unless told otherwise, applies the TCP_NODELAY fix and
-makes sure a CA repeater listens on loopback so that beacons have somewhere to go.
+A part module (``stage``, ``tem``, ``column``, ``bias``, ``spectrometer``) defines a
+declarative :class:`caproto.server.PVGroup` subclass of :class:`InstrumentIOC`;
+:mod:`temsims.ioc.server` serves the parts of one instrument over one world, each
+on its own CA port, with the TCP_NODELAY fix applied and a CA repeater on loopback.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import os
 import socket
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import caproto as ca
 from caproto import AlarmSeverity, AlarmStatus
-from caproto.server import PVGroup, pvproperty, template_arg_parser
+from caproto.server import PVGroup, pvproperty
 
-from temsims.channel_access import PART_SUFFIXES, CALayout, port_free
+from temsims.channel_access import port_free
+from temsims.ioc.world import World, mirror_pv
 
 logger = logging.getLogger(__name__)
 
@@ -97,145 +88,24 @@ def ensure_loopback_repeater(host: str, port: int) -> threading.Thread | None:
 
 
 # --------------------------------------------------------------------------------------
-# Links to peer IOCs (caproto's asyncio client inside the server's event loop)
-# --------------------------------------------------------------------------------------
-class PeerMonitor:
-    """Latest values of PVs served by other IOCs, kept by CA monitors.
-
-    A disconnected PV reads as ``None``: interlocks built on it then refuse (fail
-    safe), and the value comes back by itself when the peer IOC restarts.
-
-    Parameters
-    ----------
-    pv_names
-        Full PV names to follow.
-    on_update
-        Optional callable ``on_update(pv_name, value)`` run in the event loop after
-        each update, and with ``value=None`` when the PV disconnects (awaited if it
-        is a coroutine function).
-    """
-
-    def __init__(
-        self,
-        pv_names: Iterable[str],
-        on_update: Callable[[str, Any], Any] | None = None,
-    ) -> None:
-        self.pv_names = list(pv_names)
-        self.values: dict[str, Any] = dict.fromkeys(self.pv_names)
-        self.timestamps: dict[str, float] = {}
-        self._on_update = on_update
-        self._task: asyncio.Task | None = None
-        self._context = None
-
-    def start(self) -> None:
-        """Start following the PVs; call from inside the running event loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        from caproto.asyncio.client import Context
-
-        self._context = Context()
-        try:
-            async for event, context, data in self._context.monitor(*self.pv_names):
-                if event == "connection":
-                    name = getattr(context, "name", context)
-                    if data != "connected":
-                        self.values[name] = None
-                        await self._notify(name, None)
-                    continue
-                name = context.pv.name
-                value = _unwrap(data.data)
-                self.values[name] = value
-                self.timestamps[name] = data.metadata.timestamp
-                await self._notify(name, value)
-        except AttributeError:
-            # caproto 1.3.0's Context.monitor() cleanup calls .values() on a list
-            # when the generator is closed at shutdown; nothing is lost.
-            pass
-
-    async def _notify(self, name: str, value: Any) -> None:
-        if self._on_update is None:
-            return
-        # An exception from the handler is logged, never raised: it would end the
-        # monitor task, and the IOC would stop seeing its peers (a flyer then waited
-        # 30 s for a frame the spectrometer never heard was started).
-        try:
-            result = self._on_update(name, value)
-            if asyncio.iscoroutine(result):
-                await result
-        except Exception:
-            logger.exception("handling the update %s=%r", name, value)
-
-    def get(self, pv_name: str, default: Any = None) -> Any:
-        value = self.values.get(pv_name)
-        return default if value is None else value
-
-    def connected(self, pv_name: str) -> bool:
-        return self.values.get(pv_name) is not None
-
-    async def refresh(self, *pv_names: str, timeout: float = 1.0) -> None:
-        """Read ``pv_names`` now, over CA, into :attr:`values`.
-
-        A monitor update may still be in flight when a client that just finished a put
-        on the peer asks this IOC to act on it (a put-then-trigger sequence from two
-        different IOCs); a fresh read after the put has completed cannot be stale.
-        """
-        if self._context is None:
-            return
-        # A PV whose monitor says it is disconnected is not waited for (its peer is
-        # down: the value stays None); the others are read concurrently.
-        names = [name for name in pv_names if self.connected(name)]
-        if not names:
-            return
-        pvs = await self._context.get_pvs(*names)
-
-        async def read(pv) -> None:
-            try:
-                await pv.wait_for_connection(timeout=timeout)
-                response = await pv.read(timeout=timeout)
-            except (TimeoutError, OSError):
-                self.values[pv.name] = None
-                return
-            self.values[pv.name] = _unwrap(response.data)
-
-        await asyncio.gather(*(read(pv) for pv in pvs))
-
-    async def write(self, pv_name: str, value: Any, *, wait: bool = True, timeout: float = 2.0):
-        """Put to a peer PV (used sparingly: IOCs mostly only read their peers)."""
-        if self._context is None:
-            raise RuntimeError("PeerMonitor not started")
-        (pv,) = await self._context.get_pvs(pv_name)
-        await pv.wait_for_connection(timeout=timeout)
-        return await pv.write(value if isinstance(value, list | tuple) else [value], wait=wait,
-                              timeout=timeout)
-
-
-def _unwrap(data: Any) -> Any:
-    """A scalar for a one-element CA payload, else the array; strings decoded."""
-    if isinstance(data, bytes):
-        return data.decode(errors="replace")
-    try:
-        if len(data) == 1:
-            item = data[0]
-            return item.decode(errors="replace") if isinstance(item, bytes) else item
-    except TypeError:
-        return data
-    return data
-
-
-# --------------------------------------------------------------------------------------
 # Base class and validation helpers
 # --------------------------------------------------------------------------------------
 class InstrumentIOC(PVGroup):
-    """Base of every temsims IOC.
+    """Base of every temsims part: a Channel Access view of the instrument's world.
+
+    Subclasses set :attr:`part` and mirror the readbacks they own into the world
+    (:meth:`mirror`); what they read of other parts comes from the world too
+    (:class:`~temsims.ioc.world.WorldLink`), never over Channel Access.
 
     PVs
     ---
     UPTIME (float, s, read-only)
-        Seconds since the IOC started; answers as soon as the server is up, which is
-        what readiness checks poll.
+        Nominal seconds since the part started; answers as soon as the server is up,
+        which is what readiness checks poll.
     """
+
+    #: Key of ``temsims.channel_access.IOC_PORT_OFFSETS``.
+    part: ClassVar[str] = ""
 
     uptime = pvproperty(
         name="UPTIME", value=0.0, read_only=True, units="s", precision=1,
@@ -246,23 +116,34 @@ class InstrumentIOC(PVGroup):
         self,
         *args: Any,
         instrument_prefix: str = DEFAULT_INSTRUMENT_PREFIX,
-        specimen: str | None = None,
-        seed: int = 0,
+        world: World | None = None,
         **kwargs: Any,
     ) -> None:
         self.instrument_prefix = instrument_prefix
-        self.specimen_name = specimen
-        self.seed = seed
-        self.started_at = time.monotonic()
+        self.world = world if world is not None else World()
+        self.clock = self.world.clock
+        self.seed = self.world.seed
+        self.started_at = self.clock.now()
         super().__init__(*args, **kwargs)
 
-    def peer_pv(self, part: str, suffix: str) -> str:
-        """Full PV name of ``suffix`` on the peer IOC ``part`` (e.g. ``"stage"``)."""
-        return f"{self.instrument_prefix}{PART_SUFFIXES[part]}{suffix}"
+    def mirror(self, key: str, instance: Any) -> None:
+        """Publish every write of the PV ``instance`` as the world quantity ``key``."""
+        mirror_pv(self.world, self.part, key, instance)
+
+    async def reset_state(self) -> None:
+        """Back to the start-up state (``SIM:RESET``); parts with state override it."""
+
+    async def restore_defaults(self, *attrs: str) -> None:
+        """Write each named PV's declared default back, clearing its alarm."""
+        for attr in attrs:
+            default = getattr(type(self), attr).pvspec.value
+            instance = getattr(self, attr)
+            await clear_alarm(instance)
+            await write_if_changed(instance, default)
 
     @uptime.scan(period=1.0)
     async def uptime(self, instance, async_lib):
-        await instance.write(time.monotonic() - self.started_at)
+        await instance.write(self.clock.now() - self.started_at)
 
 
 def require_finite(value: float, what: str) -> float:
@@ -296,18 +177,17 @@ class SimsGeometry:
 
     tilt_deg: float = -68.0
     tolerance_deg: float = 1.0
-    alpha_suffix: str = "A.RBV"
-    objective_suffix: str = "OBJ_RBV"
+    alpha_key: str = "stage.A"
+    objective_key: str = "tem.objective"
 
-    def pv_names(self, ioc: InstrumentIOC) -> tuple[str, str]:
-        """Full names of (stage alpha readback, objective lens readback)."""
-        return (ioc.peer_pv("stage", self.alpha_suffix),
-                ioc.peer_pv("tem", self.objective_suffix))
+    def keys(self) -> tuple[str, str]:
+        """World quantities of (stage alpha readback, objective lens readback)."""
+        return self.alpha_key, self.objective_key
 
     def blocker(self, alpha_deg: Any, objective: Any) -> str | None:
         """Why the geometry forbids ion beam or bias now, or None if it permits.
 
-        ``None`` inputs are disconnected peers: they block (fail safe). The reasons
+        ``None`` inputs are parts that are down: they block (fail safe). The reasons
         are short (they go into a 40-character STATUS string after a prefix).
         """
         if alpha_deg is None:
@@ -362,96 +242,19 @@ def readback_pv(name: str, value: Any, **kwargs: Any) -> pvproperty:
     return pvproperty(name=name, value=value, read_only=True, **kwargs)
 
 
-# --------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------
-def run_instrument_ioc(
-    group_cls: type[InstrumentIOC],
-    *,
-    ioc_name: str,
-    argv: list[str] | None = None,
-    desc: str | None = None,
-    needs_specimen: bool = False,
-    extra_kwargs: Callable[[Any], dict] | None = None,
-) -> None:
-    """Parse the command line, set up loopback CA and serve ``group_cls`` until stopped.
+def serve_part(part: str, argv: list[str] | None = None) -> None:
+    """``python -m temsims.ioc.<part>``: serve that part alone (see temsims.ioc.server)."""
+    from temsims.ioc.server import main
 
-    Parameters
-    ----------
-    group_cls
-        The IOC's PV group.
-    ioc_name
-        Key of ``temsims.channel_access.IOC_PORT_OFFSETS`` (selects the default port
-        and the default PV prefix).
-    argv
-        Command-line arguments without the program name (default ``sys.argv[1:]``).
-    desc
-        Help text (default: the class docstring).
-    needs_specimen
-        Whether the IOC renders the virtual specimen (adds its construction).
-    extra_kwargs
-        ``extra_kwargs(args)`` returns more keyword arguments for ``group_cls``.
-    """
-    layout = CALayout.from_environment()
-    # Servers bind loopback and beacon to loopback unless the caller set otherwise.
-    # (Launched by temsims these are already set; caproto reads some at import, which
-    # is why the launcher sets them in the child's environment.)
-    if "EPICS_CAS_INTF_ADDR_LIST" not in os.environ:
-        os.environ.update(layout.server_environment(ioc_name))
-
-    default_prefix = DEFAULT_INSTRUMENT_PREFIX + PART_SUFFIXES[ioc_name]
-    parser, split_args = template_arg_parser(
-        desc=desc or (group_cls.__doc__ or ioc_name),
-        default_prefix=default_prefix,
-        argv=argv,
-        supported_async_libs=("asyncio",),
-    )
-    parser.add_argument(
-        "--instrument-prefix", default=None,
-        help="Prefix shared by the instrument's IOCs, used to reach peer IOCs "
-        "(default: --prefix without its part suffix, else TEMSIMS:)",
-    )
-    parser.add_argument("--specimen", default="li2co3-particles",
-                        help="Virtual specimen loaded in the holder")
-    parser.add_argument("--seed", type=int, default=1, help="Seed of the specimen's randomness")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    ioc_options, run_options = split_args(args)
-
-    instrument_prefix = args.instrument_prefix
-    if instrument_prefix is None:
-        suffix = PART_SUFFIXES[ioc_name]
-        prefix = ioc_options["prefix"]
-        instrument_prefix = prefix[: -len(suffix)] if prefix.endswith(suffix) else (
-            DEFAULT_INSTRUMENT_PREFIX)
-
-    kwargs: dict[str, Any] = dict(
-        prefix=ioc_options["prefix"],
-        instrument_prefix=instrument_prefix,
-        specimen=args.specimen if needs_specimen else None,
-        seed=args.seed,
-    )
-    if extra_kwargs is not None:
-        kwargs.update(extra_kwargs(args))
-
-    install_tcp_nodelay()
-    ensure_loopback_repeater(
-        os.environ.get("EPICS_CAS_INTF_ADDR_LIST", layout.host).split()[0],
-        int(os.environ.get("EPICS_CA_REPEATER_PORT", layout.repeater_port)),
-    )
-    ioc = group_cls(**kwargs)
-    from caproto.asyncio.server import run
-
-    startup = getattr(ioc, "startup_hook", None)
-    run(ioc.pvdb, startup_hook=startup, interfaces=run_options["interfaces"],
-        log_pv_names=run_options["log_pv_names"])
+    args = sys.argv[1:] if argv is None else list(argv)
+    raise SystemExit(main(["--parts", part, *args]))
 
 
 __all__ = [
     "InstrumentIOC",
-    "PeerMonitor",
     "ca",
     "install_tcp_nodelay",
     "require_finite",
     "require_range",
-    "run_instrument_ioc",
+    "serve_part",
 ]

@@ -1,9 +1,10 @@
-"""Start and stop the instrument's IOCs as subprocesses on loopback.
+"""Start and stop an instrument (its five parts in one process) on loopback.
 
-Used by ``temsims ioc all``, by ``temsims demo`` when no IOC is running, and by
-the tests. Each IOC is its own process with its own CA port (see
-:mod:`temsims.channel_access`), preceded by a CA repeater bound to loopback; all
-are stopped by PID.
+Used by ``temsims demo`` when no instrument answers, by the benchmarks and by the
+tests. One process (:mod:`temsims.ioc.server`) serves every part on its own CA port
+over one world (decision 0013); it is stopped by PID. A part is killed, hung,
+restored or the whole instrument reset through its simulation-control PVs
+(``<prefix>SIM:``), over Channel Access like any other client.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
-from temsims.ioc.common import repeater_running
 
 ALL_IOCS: tuple[str, ...] = tuple(IOC_PORT_OFFSETS)
-#: IOCs that render the virtual specimen and so take ``--specimen``/``--seed``.
+#: Parts that render the virtual specimen.
 SPECIMEN_IOCS = frozenset({"tem", "spectrometer"})
+#: Name of the instrument's process in ``InstrumentProcesses.processes``.
+INSTRUMENT = "instrument"
 
 
 class IOCStartError(RuntimeError):
@@ -31,22 +33,26 @@ class IOCStartError(RuntimeError):
 
 @dataclass
 class InstrumentProcesses:
-    """The IOC processes of one instrument.
+    """The process serving one instrument, and its parts' controls.
 
     Parameters
     ----------
     layout
         CA ports and host.
     instrument_prefix
-        PV prefix shared by every IOC (each adds its part suffix, e.g. ``STAGE:``).
+        PV prefix shared by every part (each adds its part suffix, e.g. ``STAGE:``).
     specimen, seed
-        Virtual specimen for the IOCs that render it.
+        Virtual specimen in the holder.
     iocs
-        Which IOCs to run (default: all five).
+        Which parts to serve (default: all five).
     log_dir
-        Where each process writes ``<name>.log`` (default: discard output).
+        Where the process writes ``instrument.log`` (default: discard output).
     extra_args
-        Per-IOC extra command-line arguments.
+        Extra command-line arguments of :mod:`temsims.ioc.server`, by part (they are
+        all given to the one process, e.g. ``{"spectrometer": ["--drift-nm-per-min",
+        "0"]}``).
+    time_scale
+        Simulated seconds per wall second.
     """
 
     layout: CALayout = field(default_factory=CALayout)
@@ -56,44 +62,51 @@ class InstrumentProcesses:
     iocs: Sequence[str] = ALL_IOCS
     log_dir: Path | None = None
     extra_args: dict[str, list[str]] = field(default_factory=dict)
+    time_scale: float = 1.0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
 
     def prefix(self, ioc: str) -> str:
         return self.instrument_prefix + PART_SUFFIXES[ioc]
 
-    def command(self, ioc: str) -> list[str]:
+    @property
+    def sim_prefix(self) -> str:
+        return self.instrument_prefix + "SIM:"
+
+    def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", f"temsims.ioc.{ioc}",
-            "--prefix", self.prefix(ioc),
-            "--instrument-prefix", self.instrument_prefix,
+            sys.executable, "-m", "temsims.ioc.server",
+            "--prefix", self.instrument_prefix,
+            "--base-port", str(self.layout.base_port),
+            "--host", self.layout.host,
             "--seed", str(self.seed),
             "--specimen", self.specimen,
+            "--parts", ",".join(self.iocs),
+            "--time-scale", repr(float(self.time_scale)),
         ]
-        return cmd + list(self.extra_args.get(ioc, []))
+        for ioc in self.iocs:
+            cmd += list(self.extra_args.get(ioc, []))
+        return cmd
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by Popen
-        else:
-            out = subprocess.DEVNULL
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        if out is not subprocess.DEVNULL:
-            out.close()
-        return proc
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.processes.get(INSTRUMENT)
 
     def start(self, timeout: float = 30.0) -> InstrumentProcesses:
-        """Start the repeater and every IOC, and wait until each one answers."""
+        """Start the instrument's process and wait until every part answers."""
         unknown = set(self.iocs) - set(ALL_IOCS)
         if unknown:
             raise ValueError(f"unknown IOC(s) {sorted(unknown)}; expected {ALL_IOCS}")
-        base_env = {**os.environ, **self.layout.client_environment()}
-        self._start_repeater(base_env)
-        for ioc in self.iocs:
-            env = {**base_env, **self.layout.server_environment(ioc)}
-            self.processes[ioc] = self._spawn(ioc, self.command(ioc), env)
+        env = {**os.environ, **self.layout.server_environment("stage")}
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{INSTRUMENT}.log", "ab")  # noqa: SIM115 - owned by Popen
+        else:
+            out = subprocess.DEVNULL
+        self.processes[INSTRUMENT] = subprocess.Popen(
+            self.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        if out is not subprocess.DEVNULL:
+            out.close()
         try:
             self.wait_ready(self.iocs, timeout=timeout)
         except Exception:
@@ -101,17 +114,21 @@ class InstrumentProcesses:
             raise
         return self
 
-    def _start_repeater(self, env: dict[str, str]) -> None:
-        """A CA repeater bound to loopback (exits at once if one already listens)."""
-        self.processes["repeater"] = self._spawn(
-            "repeater",
-            [sys.executable, "-c",
-             f"from caproto.sync.repeater import run; run(host={self.layout.host!r})"],
-            env,
-        )
+    # ---- Channel Access from this process, with this instrument's address list ------
+    def _with_client_environment(self, action):
+        saved = {key: os.environ.get(key) for key in self.layout.client_environment()}
+        os.environ.update(self.layout.client_environment())
+        try:
+            return action()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def wait_ready(self, iocs: Iterable[str], timeout: float = 30.0) -> None:
-        """Block until ``<prefix>UPTIME`` of each IOC answers over CA.
+        """Block until ``<prefix>UPTIME`` of each part answers over CA.
 
         The caller's environment is left as it was: the search uses this
         instrument's address list only for the duration of the call, and never
@@ -120,52 +137,59 @@ class InstrumentProcesses:
         from caproto.sync.client import read
 
         deadline = time.monotonic() + timeout
-        while not repeater_running(self.layout.host, self.layout.repeater_port):
-            if time.monotonic() > deadline:
-                raise IOCStartError("the CA repeater did not start")
-            time.sleep(0.02)
-        saved = {key: os.environ.get(key) for key in self.layout.client_environment()}
-        os.environ.update(self.layout.client_environment())
-        try:
-            for ioc in iocs:
-                self._wait_one(ioc, read, deadline, timeout)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
-    def _wait_one(self, ioc: str, read, deadline: float, timeout: float) -> None:
-        pv = self.prefix(ioc) + "UPTIME"
+        def wait_all() -> None:
+            for ioc in iocs:
+                self._wait_pv(self.prefix(ioc) + "UPTIME", read, deadline, timeout)
+
+        self._with_client_environment(wait_all)
+
+    def _wait_pv(self, pv: str, read, deadline: float, timeout: float) -> None:
         while True:
-            proc = self.processes.get(ioc)
+            proc = self.process
             if proc is not None and proc.poll() is not None:
                 raise IOCStartError(
-                    f"IOC {ioc!r} exited with code {proc.returncode} before answering"
-                    + (f"; see {self.log_dir / (ioc + '.log')}" if self.log_dir else "")
-                )
+                    f"the instrument process exited with code {proc.returncode} before "
+                    f"{pv} answered"
+                    + (f"; see {self.log_dir / (INSTRUMENT + '.log')}" if self.log_dir else ""))
             try:
                 read(pv, timeout=0.5, repeater=False)
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise IOCStartError(
-                        f"IOC {ioc!r}: {pv} did not answer in {timeout} s"
-                    ) from None
+                    raise IOCStartError(f"{pv} did not answer in {timeout} s") from None
+
+    def _put_sim(self, suffix: str, value: str, timeout: float) -> None:
+        from caproto.sync.client import write
+
+        self._with_client_environment(
+            lambda: write(self.sim_prefix + suffix, value, notify=True, timeout=timeout,
+                          repeater=False))
+
+    def set_part(self, ioc: str, state: str, timeout: float = 30.0) -> None:
+        """Put a part Up, Dead (as a killed IOC) or Hung (as a stopped one)."""
+        if ioc not in ALL_IOCS:
+            raise ValueError(f"unknown IOC {ioc!r}; expected one of {ALL_IOCS}")
+        self._put_sim(ioc.upper(), state, timeout)
+        if state == "Up":
+            self.wait_ready([ioc], timeout=timeout)
 
     def restart(self, ioc: str, timeout: float = 30.0) -> None:
-        """Stop one IOC and start it again (the others keep running)."""
-        self.stop_one(ioc)
-        env = {**os.environ, **self.layout.server_environment(ioc)}
-        self.processes[ioc] = self._spawn(ioc, self.command(ioc), env)
-        if self.processes.get("repeater") is None or self.processes["repeater"].poll() is not None:
-            if not repeater_running(self.layout.host, self.layout.repeater_port):
-                self._start_repeater({**os.environ, **self.layout.client_environment()})
-        self.wait_ready([ioc], timeout=timeout)
+        """Kill one part and bring it back (the others keep running)."""
+        self.set_part(ioc, "Dead", timeout)
+        self.set_part(ioc, "Up", timeout)
 
-    def stop_one(self, ioc: str, timeout: float = 5.0) -> None:
-        proc = self.processes.pop(ioc, None)
+    def stop_one(self, ioc: str, timeout: float = 10.0) -> None:
+        """Kill one part: its circuits drop and its PVs stop answering."""
+        self.set_part(ioc, "Dead", timeout)
+
+    def reset(self, timeout: float = 60.0) -> None:
+        """Every part Up and back to its start-up state, with a pristine specimen."""
+        self._put_sim("RESET", "Reset", timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the instrument's process by PID (SIGINT, then SIGKILL)."""
+        proc = self.processes.pop(INSTRUMENT, None)
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGINT)
@@ -174,11 +198,6 @@ class InstrumentProcesses:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        """Stop every process, IOCs first, by PID."""
-        for name in [n for n in self.processes if n != "repeater"] + ["repeater"]:
-            self.stop_one(name)
 
     def __enter__(self) -> InstrumentProcesses:
         return self.start()

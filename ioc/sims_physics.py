@@ -538,6 +538,43 @@ def _blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float) -> np.n
                                    cval=0.0, truncate=3.5)
 
 
+#: A footprint this many grid pixels wide (sigma) or more is blurred on a grid coarsened
+#: by sigma / BLOCK_PER_SIGMA: the block average adds a variance of k^2/12 (taken off
+#: the filter's), and linear sampling between coarse nodes adds at most k^2/6, under
+#: 1 % of the footprint's variance at 4 blocks per sigma.
+BLOCK_PER_SIGMA = 4.0
+
+
+def block_size(sigma_rows_px: float, sigma_cols_px: float) -> int:
+    """Coarsening factor of the emission grid for a footprint of these sigmas."""
+    return max(1, int(min(sigma_rows_px, sigma_cols_px) / BLOCK_PER_SIGMA))
+
+
+def _block_blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
+                k: int) -> np.ndarray:
+    """Gaussian blur of ``image`` on a grid ``k`` times coarser (k = 1: the plain blur).
+
+    Why: a map's footprint is often tens of grid pixels wide, and the blur of the whole
+    field (millions of grid pixels, kernels of hundreds of taps) was the cost of a frame
+    plan: 2 s for a 64 x 64 map of 4 um. Node (i, j) of the result is the blurred
+    block mean of grid pixels [i k, (i+1) k) x [j k, (j+1) k).
+    """
+    if k <= 1:
+        return _blur(image, sigma_rows_px, sigma_cols_px)
+    ny, nx = image.shape
+    pad = ((0, (-ny) % k), (0, (-nx) % k))
+    shape = ((ny + pad[0][1]) // k, k, (nx + pad[1][1]) // k, k)
+    # Two contiguous reductions are several times faster than one over axes (1, 3).
+    coarse = np.pad(image, pad).reshape(shape).sum(axis=3, dtype=np.float32).sum(axis=1)
+    # A partial block at the far edges averages only the grid pixels it holds.
+    rows = np.minimum(k, ny - k * np.arange(shape[0]))
+    cols = np.minimum(k, nx - k * np.arange(shape[2]))
+    coarse /= np.outer(rows, cols).astype(np.float32)
+    box = (k * k - 1) / 12.0
+    return _blur(coarse, math.sqrt(max(sigma_rows_px**2 - box, 0.0)) / k,
+                 math.sqrt(max(sigma_cols_px**2 - box, 0.0)) / k)
+
+
 # ======================================================================================
 # A frame: precomputed once, rendered line by line
 # ======================================================================================
@@ -616,6 +653,9 @@ class FramePlan:
         emitter = SurfaceEmitter(spec, self.depth_nm, self.window, self.polarity,
                                  self.landing_kev, self.params)
         self.blurred = []
+        sy_px, sx_px = sy / spec.pixel_nm, sx / spec.pixel_nm
+        self.block = block_size(sy_px, sx_px)
+        self.blurred_shape = None
         cache: dict[tuple, np.ndarray] = {}
         for w in self.weights:
             key = tuple(sorted(w.items()))
@@ -623,8 +663,8 @@ class FramePlan:
                 if not w:
                     cache[key] = None
                 else:
-                    cache[key] = _blur(emitter.emission(w), sy / spec.pixel_nm,
-                                       sx / spec.pixel_nm)
+                    cache[key] = _block_blur(emitter.emission(w), sy_px, sx_px, self.block)
+                    self.blurred_shape = cache[key].shape
             self.blurred.append(cache[key])
 
     def line_times(self, rows: np.ndarray) -> np.ndarray:
@@ -647,6 +687,17 @@ class FramePlan:
         x, y = self.specimen_coords(r0, r1)
         gr, gc = self.specimen.to_index(x, y)
         coords = np.array([gr - self.window[0].start, gc - self.window[1].start])
+        k = getattr(self, "block", 1)
+        inside = None
+        if k > 1 and self.blurred_shape is not None:
+            # Grid pixel g lies at (g - (k - 1) / 2) / k on the grid of blocks; the half
+            # block at each edge is held at the edge node, and outside the window (off
+            # the specimen) the signal is 0, as on the full grid.
+            nodes = np.array(self.blurred_shape, float)[:, None, None]
+            n = np.array([self.window[0].stop - self.window[0].start,
+                          self.window[1].stop - self.window[1].start], float)[:, None, None]
+            inside = ((coords >= 0) & (coords <= n - 1)).all(axis=0)
+            coords = np.clip((coords - (k - 1) / 2.0) / k, 0.0, nodes - 1)
         out = []
         scale = self.ions_per_pixel * self.params.transmission
         done: dict[int, np.ndarray] = {}
@@ -657,6 +708,8 @@ class FramePlan:
             if id(b) not in done:
                 done[id(b)] = scale * ndimage.map_coordinates(
                     b, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+                if inside is not None:
+                    done[id(b)] *= inside
             out.append(done[id(b)])
         return out
 

@@ -2,9 +2,11 @@
 
 A double-focusing (Mattauch-Herzog) magnetic sector with four ion-counting
 collectors on its focal plane. The physics lives in :mod:`temsims.ioc.sims_physics`;
-this module is the Channel Access face of it and follows the other IOCs over CA
-(:class:`~temsims.ioc.common.PeerMonitor`): the ion column's raster, the bias supply,
-the stage and the TEM objective lens.
+this module is the Channel Access face of it. What the counts depend on (the ion
+column's beam and raster, the bias output, the stage position, the objective lens
+and the sputtered specimen) is read from the instrument's world (decision 0013):
+a raster frame starts here the moment the column starts it, as a detector clocked
+by the scan generator, and nothing crosses Channel Access.
 
 PVs (prefix ``<instrument>MS:``)
 --------------------------------
@@ -58,11 +60,10 @@ Ground truth (the specimen) stays inside this process.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
 import logging
 import math
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -73,9 +74,9 @@ from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
 from temsims.ioc import sims_physics as sp
-from temsims.ioc.common import InstrumentIOC, PeerMonitor, require_range, run_instrument_ioc
+from temsims.ioc.common import InstrumentIOC, require_range, serve_part
 from temsims.ioc.materials import ELEMENTARY_CHARGE_C
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.world import WorldLink
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,18 @@ def _float(value: Any, default: float | None = None) -> float | None:
     return v if math.isfinite(v) else default
 
 
+#: What the counts depend on, by short name here -> world quantity (owner.name).
+WORLD_KEYS: dict[str, str] = {
+    "acquire": "column.acquire", "start_time": "column.start_time", "nx": "column.nx",
+    "ny": "column.ny", "dwell": "column.dwell_s", "fov": "column.fov_um",
+    "rotation": "column.rotation_deg", "scan_mode": "column.scan_mode",
+    "spot_x": "column.spot_x_um", "spot_y": "column.spot_y_um",
+    "current": "column.current_pa", "probe": "column.probe_nm",
+    "landing": "column.landing_kev", "blank": "column.blank",
+    "bias_enable": "bias.enable", "bias_v": "bias.voltage_v", "x": "stage.X",
+    "y": "stage.Y", "alpha": "stage.A", "objective": "tem.objective",
+}
+
 #: Value of map pixels not acquired (yet) in the present frame.
 UNACQUIRED = -1
 
@@ -144,6 +157,8 @@ class CollectorGroup(PVGroup):
 
 class SpectrometerIOC(InstrumentIOC):
     """Mass spectrometer IOC (see the module docstring for the PVs)."""
+
+    part = "spectrometer"
 
     field = pvproperty(name="FIELD", alarm_group="FIELD", value=0.0, units="T", precision=6,
                        lower_ctrl_limit=0.0, upper_ctrl_limit=2.0)
@@ -216,48 +231,28 @@ class SpectrometerIOC(InstrumentIOC):
         self.params = params or sp.SimsParameters()
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
-        self.specimen = build_specimen(self.specimen_name or "li2co3-particles", self.seed)
+        self.initial_params = self.params
+        self.specimen = self.world.specimen
         self.species = sp.candidate_species(self.specimen)
-        self.depth = np.zeros(self.specimen.shape, np.float32)
+        self.depth = self.world.depth  # the specimen's sputtered depth, shared
         self.depth_version = 0
         self.rng = np.random.default_rng(self.seed + 1000)  # event-loop thread
         self.frame_rng = np.random.default_rng(self.seed + 2000)  # executor (one at a time)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sims")
-        self.t_start = time.time()
+        self.t_start = self.clock.now()
         self._drift_ref = (self.t_start, 0.0)  # (time, displacement nm) at the last rate change
         # Magnet and calibration (a stored at the reference voltage).
         v_ref = sp.REFERENCE_VOLTAGE_V
         self.cal_a_ref = sp.true_cal_a(v_ref, self.params) * (1.0 + self.params.cal_a_error)
         self.cal_b0_value = self.params.cal_b0_t
         b_axial = float(sp.field_for_calibrated_mass(7.0, self.cal_a_ref, self.cal_b0_value))
-        self.magnet = sp.Magnet(self.params, field_t=b_axial, now=time.monotonic())
+        self.magnet = sp.Magnet(self.params, field_t=b_axial, now=self.clock.now())
+        self.initial_cal = (self.cal_a_ref, self.cal_b0_value, b_axial)
         self.mass_ratio = [m / 7.0 for m in DEFAULT_MASSES]
         self.mass_setpoints = list(DEFAULT_MASSES)
-        # Peers.
-        self.peer_names = {
-            "acquire": self.peer_pv("column", "SCAN:ACQUIRE"),
-            "start_time": self.peer_pv("column", "SCAN:START_TIME"),
-            "nx": self.peer_pv("column", "SCAN:NX"),
-            "ny": self.peer_pv("column", "SCAN:NY"),
-            "dwell": self.peer_pv("column", "SCAN:DWELL"),
-            "fov": self.peer_pv("column", "SCAN:FOV"),
-            "rotation": self.peer_pv("column", "SCAN:ROTATION"),
-            "scan_mode": self.peer_pv("column", "SCAN:MODE"),
-            "spot_x": self.peer_pv("column", "SCAN:SPOT_X"),
-            "spot_y": self.peer_pv("column", "SCAN:SPOT_Y"),
-            "current": self.peer_pv("column", "CURRENT_RBV"),
-            "probe": self.peer_pv("column", "PROBE_RBV"),
-            "landing": self.peer_pv("column", "LANDING_RBV"),
-            "blank": self.peer_pv("column", "BLANK_RBV"),
-            "bias_enable": self.peer_pv("bias", "ENABLE_RBV"),
-            "bias_v": self.peer_pv("bias", "VOLTAGE_RBV"),
-            "x": self.peer_pv("stage", "X.RBV"),
-            "y": self.peer_pv("stage", "Y.RBV"),
-            "alpha": self.peer_pv("stage", "A.RBV"),
-            "objective": self.peer_pv("tem", "OBJ_RBV"),
-        }
-        self._key_of = {pv: key for key, pv in self.peer_names.items()}
-        self.peers = PeerMonitor(self.peer_names.values(), on_update=self._on_peer_update)
+        self._key_of = {world_key: key for key, world_key in WORLD_KEYS.items()}
+        self.world_link = WorldLink(self.world, WORLD_KEYS.values(),
+                                    on_update=self._on_peer_update)
         # Imaging state.
         self.frame_task: asyncio.Task | None = None
         self.frame_abort: asyncio.Event | None = None  # made in the loop
@@ -271,7 +266,8 @@ class SpectrometerIOC(InstrumentIOC):
 
     # ---- helpers --------------------------------------------------------------------
     def peer(self, key: str, default: Any = None) -> Any:
-        return self.peers.get(self.peer_names[key], default)
+        """A world quantity by its short name here (``WORLD_KEYS``)."""
+        return self.world.get(WORLD_KEYS[key], default)
 
     def conditions(self) -> sp.SimsConditions:
         return sp.SimsConditions(
@@ -296,7 +292,7 @@ class SpectrometerIOC(InstrumentIOC):
         return float(sp.calibrated_mass(hall_t, a, b0))
 
     def axial_true_mass(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
+        now = self.clock.now() if now is None else now
         return float(sp.mass_for_gap_field(self.magnet.gap_field(now), self.voltage(),
                                            self.params))
 
@@ -308,7 +304,7 @@ class SpectrometerIOC(InstrumentIOC):
         return [self.col1, self.col2, self.col3, self.col4]
 
     def drift_displacement_nm(self, t: float | None = None) -> float:
-        t = time.time() if t is None else t
+        t = self.clock.now() if t is None else t
         t_ref, d_ref = self._drift_ref
         return d_ref + self.params.drift_nm_per_min * (t - t_ref) / 60.0
 
@@ -406,7 +402,7 @@ class SpectrometerIOC(InstrumentIOC):
 
     # ---- magnet ---------------------------------------------------------------------
     async def _update_masses(self) -> None:
-        hall = self.magnet.hall(time.monotonic())
+        hall = self.magnet.hall(self.clock.now())
         m_ax = self.axial_cal_mass(hall)
         for col, ratio in zip(self.collectors(), self.mass_ratio, strict=True):
             value = ratio * m_ax
@@ -428,7 +424,7 @@ class SpectrometerIOC(InstrumentIOC):
         return parked
 
     async def _set_field(self, value: float) -> None:
-        self.magnet.set(value, time.monotonic())
+        self.magnet.set(value, self.clock.now())
         parked = self._reposition_collectors()
         await self._update_magnet_pvs()
         if parked:
@@ -436,7 +432,7 @@ class SpectrometerIOC(InstrumentIOC):
         self._schedule_prepare()
 
     async def _update_magnet_pvs(self) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         await self.field_rbv.write(self.magnet.hall(now, self.rng))
         settled = "Yes" if self.magnet.settled(now) else "No"
         if self.settled.value != settled:
@@ -461,7 +457,7 @@ class SpectrometerIOC(InstrumentIOC):
         await self.cal_a.write(self.cal()[0], verify_value=False)
         await self._update_magnet_pvs()
         await self.update_status()
-        self.peers.start()
+        self.world_link.start()
         self._schedule_prepare()
 
     @field.putter
@@ -473,7 +469,7 @@ class SpectrometerIOC(InstrumentIOC):
 
     @field_rbv.scan(period=0.1)
     async def field_rbv(self, instance, async_lib):
-        now = time.monotonic()
+        now = self.clock.now()
         if not self.magnet.settled(now) or self.settled.value != "Yes":
             await self._update_magnet_pvs()
 
@@ -550,7 +546,7 @@ class SpectrometerIOC(InstrumentIOC):
     async def drift_rate(self, instance, value):
         value = require_range(value, 0.0, 1000.0, "DRIFT_NM_PER_MIN")
         self._refuse_if_busy("DRIFT_NM_PER_MIN")
-        now = time.time()
+        now = self.clock.now()
         self._drift_ref = (now, self.drift_displacement_nm(now))
         self.params = self.params.with_(drift_nm_per_min=value)
         self._schedule_prepare()
@@ -635,16 +631,10 @@ class SpectrometerIOC(InstrumentIOC):
     async def _count(self) -> None:
         loop = asyncio.get_running_loop()
         count_time = float(self.count_time.value)
-        # Step maps put the spot on the column, then trigger a count here: read the
-        # spot state afresh rather than trust a monitor update that may be in flight;
-        # the same for a stage move that has just ended.
-        await self.peers.refresh(*(self.peer_names[key]
-                                   for key in ("scan_mode", "spot_x", "spot_y", "x", "y",
-                                               "alpha")))
-        t0 = time.time()
+        t0 = self.clock.now()
         snap = self.snapshot()
         emission = await loop.run_in_executor(self.executor, self._emission, snap, t0)
-        await asyncio.sleep(max(0.0, t0 + count_time - time.time()))
+        await self.clock.sleep(t0 + count_time - self.clock.now())
         ions_per_s = snap["current"] * 1e-12 / ELEMENTARY_CHARGE_C if snap["ready"] else 0.0
         expected = sp.collector_expectation(snap["masses"], emission, ions_per_s, count_time,
                                             self.params)
@@ -670,11 +660,11 @@ class SpectrometerIOC(InstrumentIOC):
         a, b0 = self.cal()
         setpoints = sp.field_for_calibrated_mass(masses, a, b0)
         snap = self.snapshot()
-        t0 = time.time()
+        t0 = self.clock.now()
         e0 = await loop.run_in_executor(self.executor, self._emission, snap, t0)
         # Approach the first step from below (hysteresis), then sweep up.
         previous = self.magnet.setpoint
-        mono = time.monotonic()
+        mono = self.clock.now()
         self.magnet.set(max(float(setpoints[0]) - 0.01, 0.0), mono)
         self.magnet.set(float(setpoints[0]), mono + 1.0)
         gap = setpoints - self.params.hysteresis_t
@@ -698,7 +688,7 @@ class SpectrometerIOC(InstrumentIOC):
         spectrum = sp.detect(expected, dwell, self.params, self.rng).astype(np.float64)
         published = 0
         while published < npts:
-            now = time.time()
+            now = self.clock.now()
             due = min(npts, int((now - t0) / step_time))
             if due > published:
                 shown = np.zeros(npts)
@@ -706,10 +696,11 @@ class SpectrometerIOC(InstrumentIOC):
                 await self.scan_spectrum.write(shown)
                 published = due
             if published < npts:
-                await asyncio.sleep(min(0.2, max(0.0, t0 + total - now)) + 1e-3)
+                await self.clock.sleep(min(0.2 * self.clock.scale, t0 + total - now)
+                                       + 1e-3 * self.clock.scale)
         await self.scan_spectrum.write(spectrum)
         # Leave the magnet where it was (approached from above: the readback shows it).
-        self.magnet.set(previous, time.monotonic())
+        self.magnet.set(previous, self.clock.now())
         self._reposition_collectors()
         await self._update_magnet_pvs()
         self._schedule_prepare()
@@ -744,9 +735,9 @@ class SpectrometerIOC(InstrumentIOC):
             snap = self.snapshot()
             key = self._plan_key(snap)
             if self.prepared is not None and self.prepared[0] == key and (
-                    time.time() - self.prepared[2] < 60.0):
+                    self.clock.now() - self.prepared[2] < 60.0):
                 continue
-            t0 = time.time()
+            t0 = self.clock.now()
             try:
                 async with self.depth_lock:
                     key = self._plan_key(snap)
@@ -759,19 +750,7 @@ class SpectrometerIOC(InstrumentIOC):
                 self.prepared = (key, plan, t0)
 
     async def _start_frame(self) -> None:
-        t_event = time.time()
-        ts = self.peers.timestamps.get(self.peer_names["acquire"])
-        if ts and abs(ts - t_event) < 5.0:
-            t_event = ts
-        # The column writes START_TIME before ACQUIRE, but the two monitors may reach us
-        # in either order: read it afresh, or a frame started within a second of the
-        # last one would carry the last one's start time (and a flyer waiting for a
-        # start at or after its kickoff would never see one). The stage is another IOC:
-        # its last readbacks of a move that has just ended (the client saw DMOV = 1)
-        # may still be in flight on their own circuit; under load a map was computed
-        # at the positions of the move's middle (demo, 2026-12-03). Read them too.
-        await self.peers.refresh(*(self.peer_names[key]
-                                   for key in ("start_time", "x", "y", "alpha")))
+        t_event = self.world.timestamp(WORLD_KEYS["acquire"]) or self.clock.now()
         if self._raster_running():
             self.frame_abort.set()
             try:
@@ -787,12 +766,9 @@ class SpectrometerIOC(InstrumentIOC):
             self.frame_abort.set()
 
     def _frame_start_time(self, t_event: float) -> float:
+        # The column wrote START_TIME into the world before it started the frame.
         st = _float(self.peer("start_time"))
-        # IMG:START_TIME still holds the last frame's start: a start time not after it
-        # is a stale monitor value.
-        if st is not None and abs(st - t_event) < 1.0 and st > self.img_start_time.value:
-            return st
-        return t_event
+        return st if st is not None and st > self.img_start_time.value else t_event
 
     async def _frame(self, snap: dict, t_event: float) -> None:
         try:
@@ -822,10 +798,12 @@ class SpectrometerIOC(InstrumentIOC):
                 key = self._plan_key(snap)
                 plan = await loop.run_in_executor(self.executor, self._make_plan, snap, t0, 0.0)
         self.prepared = None
-        if line_time >= 0.02:
+        clock = self.clock
+        # Lines go out at most PUBLISH_RATE_HZ in wall time, whatever the time scale.
+        if clock.wall(line_time) >= 0.02:
             batch = 1
         else:
-            batch = max(1, int(math.ceil(1.0 / PUBLISH_RATE_HZ / line_time)))
+            batch = max(1, int(math.ceil(clock.scale / PUBLISH_RATE_HZ / line_time)))
         # -1 marks pixels not acquired yet: a client can tell a published line from one
         # whose map update has not reached it (counts are never negative).
         maps = [np.full(ny * nx, UNACQUIRED, np.int32) for _ in range(N_COLLECTORS)]
@@ -849,15 +827,12 @@ class SpectrometerIOC(InstrumentIOC):
                                               min(r1 + batch, ny), rng)
             # Publish by the clock: line r is complete at t0 + (r + 1) line_time.
             due = t0 + r1 * line_time
-            delay = due - time.time()
+            delay = due - clock.now()
             if delay > 0 and not abort.is_set():
-                try:
-                    await asyncio.wait_for(abort.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
-            if abort.is_set() and time.time() < t0 + frame_time - END_TOLERANCE_S:
+                await clock.wait(abort, delay)
+            if abort.is_set() and clock.now() < t0 + frame_time - END_TOLERANCE_S * clock.scale:
                 aborted = True
-                stop_t = time.time()
+                stop_t = clock.now()
                 r1 = min(r1, max(r0, int((stop_t - t0) / line_time)))
             for m, c in zip(maps, counts, strict=True):
                 m[r0 * nx:r1 * nx] = c[: r1 - r0].ravel()
@@ -888,17 +863,42 @@ class SpectrometerIOC(InstrumentIOC):
                         rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0)))
         self._schedule_prepare()
 
+    async def reset_state(self) -> None:
+        """Nothing acquiring, the start-up magnet, calibration, collectors and detector
+        parameters, and a pristine specimen (``SIM:RESET``)."""
+        if self._raster_running():
+            self.frame_abort.set()
+            with contextlib.suppress(Exception):
+                await self.frame_task
+        self.params = self.initial_params
+        self.cal_a_ref, self.cal_b0_value, b_axial = self.initial_cal
+        self.magnet = sp.Magnet(self.params, field_t=b_axial, now=self.clock.now())
+        self.mass_ratio = [m / 7.0 for m in DEFAULT_MASSES]
+        self.mass_setpoints = list(DEFAULT_MASSES)
+        self._drift_ref = (self.clock.now(), 0.0)
+        async with self.depth_lock:
+            self.world.restore_specimen()
+            self.depth_version += 1
+            self.prepared = None
+        await self.restore_defaults("mode", "count_time", "acquire", "scan_start",
+                                    "scan_stop", "scan_step", "scan_dwell")
+        await self.field.write(self.magnet.setpoint, verify_value=False)
+        for col, mass in zip(self.collectors(), self.mass_setpoints, strict=True):
+            await col.mass.write(mass, verify_value=False)
+        await self.cal_b0.write(self.cal_b0_value, verify_value=False)
+        await self.cal_a.write(self.cal()[0], verify_value=False)
+        await self.drift_rate.write(self.params.drift_nm_per_min, verify_value=False)
+        await self.dead_time.write(self.params.dead_time_s, verify_value=False)
+        await self.dark_rate.write(self.params.dark_rate_per_s, verify_value=False)
+        await self.transmission.write(self.params.transmission, verify_value=False)
+        self._last_status = ""
+        await self._update_magnet_pvs()
+        await self.update_status()
+        self._schedule_prepare()
+
 
 def main(argv: list[str] | None = None) -> None:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--drift-nm-per-min", type=float, default=None,
-                     help="Specimen drift relative to the beam (nm/min, >= 0)")
-    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if known.drift_nm_per_min is not None and not 0 <= known.drift_nm_per_min <= 1000:
-        raise SystemExit("--drift-nm-per-min must be within 0..1000")
-    run_instrument_ioc(SpectrometerIOC, ioc_name="spectrometer", argv=rest,
-                       needs_specimen=True,
-                       extra_kwargs=lambda args: {"drift_nm_per_min": known.drift_nm_per_min})
+    serve_part("spectrometer", argv)
 
 
 if __name__ == "__main__":

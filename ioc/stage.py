@@ -1,6 +1,8 @@
 """Stage IOC: five EPICS motor records (X, Y, Z, alpha and beta tilt) moving in real time.
 
-Run it with ``python -m temsims.ioc.stage [--prefix TEMSIMS:STAGE:]``.
+Served with the other parts by :mod:`temsims.ioc.server` (``temsims ioc all``), or
+alone with ``python -m temsims.ioc.stage [--prefix TEMSIMS:]``. Each axis's user
+readback is the world's ``stage.<AXIS>`` quantity (decision 0013).
 
 Every axis is a caproto ``record='motor'`` pvproperty with the semantics ophyd's
 ``EpicsMotor`` relies on. The motion and calibration logic lives once, in
@@ -16,9 +18,9 @@ The *dial* is the stage's absolute encoder (it cannot be redefined); hard limits
 limits DHLM/DLLM and shown in user coordinates as HLM/LLM.
 
 Motion is a trapezoidal velocity profile (ramp to VELO in ACCL seconds, cruise,
-ramp down), evaluated against the event loop's clock and published every
-``TICK_S`` (50 Hz) by one asyncio task per moving axis: a move of distance ``d``
-takes ``d / VELO + ACCL`` seconds when ``d >= VELO * ACCL``.
+ramp down), evaluated against the instrument's simulated clock and published every
+``TICK_S`` of wall time (50 Hz) by one asyncio task per moving axis: a move of
+distance ``d`` takes ``d / VELO + ACCL`` nominal seconds when ``d >= VELO * ACCL``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from caproto.server.records import MotorFields
 from temsims.ioc.common import (
     InstrumentIOC,
     require_finite,
-    run_instrument_ioc,
+    serve_part,
     write_if_changed,
 )
+from temsims.ioc.world import Clock
 
-#: Period of the readback updates during a move (s): 50 Hz.
+#: Wall-clock period of the readback updates during a move (s): 50 Hz.
 TICK_S = 0.02
 #: Shortest wait worth a trip through the event loop: epoll rounds timeouts up to
 #: 1 ms, so a move with less than this left is published at its end at once.
@@ -214,8 +217,9 @@ class MotorAxis:
     the client as a put error; the state is checked before anything is changed.
     """
 
-    def __init__(self, record: MotorSetpoint, spec: AxisSpec) -> None:
+    def __init__(self, record: MotorSetpoint, spec: AxisSpec, clock: Clock) -> None:
         self.record = record
+        self.clock = clock
         self.fields: StageMotorFields = record.field_inst
         self.fields.axis = self
         # pvproperty(record=<class>) reports the class as the record type; CA wants text.
@@ -292,6 +296,23 @@ class MotorAxis:
         await self._write(f.stop, 0)
         await self._publish_calibration()
         await self._publish_position(self.dial, 0.0)
+
+    async def reset(self) -> None:
+        """At rest at dial 0, with the defaults of a fresh start (``SIM:RESET``)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        spec = self.spec
+        self._task = None
+        self.dial = self.target_dial = self.velocity_now = 0.0
+        self.offset, self.sign = 0.0, 1
+        self.dial_low, self.dial_high = spec.soft_limits
+        self.velo, self.vmax, self.accl = spec.velocity, spec.max_velocity, spec.acceleration_s
+        self._retarget = self._stop_requested = False
+        await self.initialize()
+        await self._publish_calibration()
 
     # ---- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -438,14 +459,15 @@ class MotorAxis:
             await self._write(f.done_moving_to_value, 1)
 
     async def _follow(self, ramp: Ramp, *, interruptible: bool) -> str:
-        """Publish ``ramp`` in real time; "done", "interrupted" or "switch"."""
-        loop = asyncio.get_running_loop()
+        """Publish ``ramp`` on the simulated clock; "done", "interrupted" or "switch"."""
+        clock = self.clock
         low, high = self.spec.hard_limits
-        t0 = loop.time()
+        t0 = clock.now()
         self._interrupt.clear()
+        tick = TICK_S * clock.scale
         while True:
-            t = loop.time() - t0
-            if ramp.duration - t < MIN_WAIT_S:  # the event loop cannot wait this short
+            t = clock.now() - t0
+            if clock.wall(ramp.duration - t) < MIN_WAIT_S:  # the loop cannot wait this short
                 t = ramp.duration
             x, v = ramp.at(t)
             if not low <= x <= high:  # a limit switch cuts the motion
@@ -457,11 +479,9 @@ class MotorAxis:
             if interruptible and (self._retarget or self._stop_requested):
                 return "interrupted"
             if interruptible:  # sleep until the next tick, or until STOP / a new target
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._interrupt.wait(),
-                                           min(TICK_S, ramp.duration - t))
+                await clock.wait(self._interrupt, min(tick, ramp.duration - t))
             else:
-                await asyncio.sleep(min(TICK_S, ramp.duration - t))
+                await clock.sleep(min(tick, ramp.duration - t))
 
     # ---- field puts --------------------------------------------------------------------
     async def put_setpoint(self, value: Any) -> float:
@@ -751,22 +771,30 @@ class StageIOC(InstrumentIOC):
     alpha = motor_property(STAGE_AXES["A"])
     beta = motor_property(STAGE_AXES["B"])
 
+    part = "stage"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.axes: dict[str, MotorAxis] = {
-            name: MotorAxis(getattr(self, attr), STAGE_AXES[name])
+            name: MotorAxis(getattr(self, attr), STAGE_AXES[name], self.clock)
             for name, attr in (("X", "x"), ("Y", "y"), ("Z", "z"), ("A", "alpha"),
                                ("B", "beta"))
         }
 
     async def startup_hook(self, async_lib) -> None:
-        """Called once by the server when it starts (see ``run_instrument_ioc``)."""
-        for axis in self.axes.values():
+        """Called once by the server when it starts: defaults, then the world link."""
+        for name, axis in self.axes.items():
             await axis.initialize()
+            self.mirror(f"stage.{name}", axis.fields.user_readback_value)
+
+    async def reset_state(self) -> None:
+        """Every axis at rest at dial 0 with its default speed, limits and calibration."""
+        for axis in self.axes.values():
+            await axis.reset()
 
 
 def main(argv=None):
-    run_instrument_ioc(StageIOC, ioc_name="stage", argv=argv)
+    serve_part("stage", argv)
 
 
 if __name__ == "__main__":

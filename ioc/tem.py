@@ -1,20 +1,20 @@
 """TEM IOC: the electron column, its camera and the EDX detector.
 
-Renders the virtual specimen (``--specimen``/``--seed``) at the stage position and
-tilt read over Channel Access from the stage IOC, and refuses to switch the
-objective lens on while the holder bias is on (read from the bias IOC). The image
+Renders the instrument's specimen at the stage position and tilt, and refuses to
+switch the objective lens on while the holder bias is on; both are read from the
+instrument's world, and the lens state is the world's ``tem.objective``. The image
 formation is in :mod:`temsims.ioc.tem_optics`, the X-ray spectra in
 :mod:`temsims.ioc.edx`; this module is the PV layer and the real-time behaviour.
 
-Real time: an acquisition takes its exposure (camera) or live time x points (EDX)
-of wall time; a put with completion to ``CAM:ACQUIRE``/``EDX:ACQUIRE`` returns at
+Timing: an acquisition takes its exposure (camera) or live time x points (EDX)
+on the instrument's clock; a put with completion to ``CAM:ACQUIRE``/``EDX:ACQUIRE`` returns at
 the end. The numerical work runs in a worker thread (``run_in_executor``), so the
 server keeps answering meanwhile. Putting ``Done`` during an acquisition aborts it
 (no new data); putting ``Acquire`` while busy is refused.
 
-Links: ``<instrument prefix>STAGE:X.RBV``, ``Y.RBV`` (um), ``A.RBV``, ``B.RBV`` (deg)
-and ``BIAS:ENABLE_RBV``, ``BIAS:VOLTAGE_RBV`` through :class:`PeerMonitor`. A stage
-axis that is not connected is taken as 0 and named in ``STAGE_STATUS``.
+World quantities read: ``stage.X``, ``stage.Y`` (um), ``stage.A``, ``stage.B`` (deg),
+``bias.enable``, ``bias.voltage_v``. A stage axis whose part is down is taken as 0
+and named in ``STAGE_STATUS``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -31,14 +30,12 @@ from caproto.server import pvproperty
 
 from temsims.ioc.common import (
     InstrumentIOC,
-    PeerMonitor,
     clear_alarm,
     require_range,
-    run_instrument_ioc,
+    serve_part,
 )
 from temsims.ioc.edx import EDXModel, EnergyAxis
 from temsims.ioc.materials import ELEMENTARY_CHARGE_C
-from temsims.ioc.specimen import build_specimen
 from temsims.ioc.tem_optics import (
     ImageGeometry,
     ImageRenderer,
@@ -154,6 +151,9 @@ class TEMIOC(InstrumentIOC):
         Total count rate of the last spectrum.
     """
 
+    part = "tem"
+
+
     # ---------------------------------------------------------------- column
     ht = pvproperty(name="HT", alarm_group="HT", value=200.0, units="kV", precision=1,
                     lower_ctrl_limit=80.0, upper_ctrl_limit=200.0, doc="High tension")
@@ -254,32 +254,25 @@ class TEMIOC(InstrumentIOC):
     def __init__(self, *args: Any, optics: OpticsParameters | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.optics = optics or OpticsParameters()
-        self.specimen = build_specimen(self.specimen_name or "li2co3-particles", self.seed)
-        self.renderer = ImageRenderer(self.specimen, self.optics)
+        self.specimen = self.world.specimen
+        self.renderer = self.world.shared(
+            ("tem-renderer", self.optics),
+            lambda: ImageRenderer(self.specimen, self.optics))
         self._edx_models: dict[tuple, EDXModel] = {}
-        self._stage_pvs = {axis: self.peer_pv("stage", f"{axis}.RBV") for axis in "XYAB"}
-        self._bias_enable_pv = self.peer_pv("bias", "ENABLE_RBV")
-        self._bias_voltage_pv = self.peer_pv("bias", "VOLTAGE_RBV")
-        self.peers = PeerMonitor([*self._stage_pvs.values(), self._bias_enable_pv,
-                                  self._bias_voltage_pv])
+        self._stage_keys = {axis: f"stage.{axis}" for axis in "XYAB"}
+        self._bias_enable_key = "bias.enable"
+        self._bias_voltage_key = "bias.voltage_v"
         self._cam_busy = False
         self._cam_abort = asyncio.Event()
         self._edx_busy = False
         self._edx_abort = asyncio.Event()
 
     # ================================================================ links
-    async def refresh_stage(self) -> None:
-        """Read the stage readbacks afresh before an acquisition: a client that saw its
-        move finish and triggers at once can overtake the stage's monitor updates to
-        this IOC (another circuit), and the image would be placed where the stage was
-        one tick before the end of the move."""
-        await self.peers.refresh(*self._stage_pvs.values())
-
     def stage_geometry(self) -> tuple[dict[str, float], list[str]]:
         """Stage X, Y (um), A, B (deg) now; axes not connected read 0 and are listed."""
         values, missing = {}, []
-        for axis, pv in self._stage_pvs.items():
-            value = self.peers.values.get(pv)
+        for axis, key in self._stage_keys.items():
+            value = self.world.get(key)
             try:
                 value = float(value)
             except (TypeError, ValueError):
@@ -294,8 +287,8 @@ class TEMIOC(InstrumentIOC):
 
     def bias_state(self) -> tuple[bool, str]:
         """(safe to switch the objective on, reason)."""
-        enable = self.peers.values.get(self._bias_enable_pv)
-        volts = self.peers.values.get(self._bias_voltage_pv)
+        enable = self.world.get(self._bias_enable_key)
+        volts = self.world.get(self._bias_voltage_key)
         if enable is None or volts is None:
             return False, "refused: bias state unknown"
         try:
@@ -309,8 +302,8 @@ class TEMIOC(InstrumentIOC):
 
     @stage_status.startup
     async def stage_status(self, instance, async_lib):
-        """Start the CA links, then keep STAGE_STATUS and the lens/bias alarm current."""
-        self.peers.start()
+        """Publish the lens to the world, then keep STAGE_STATUS and the lens/bias alarm."""
+        self.mirror("tem.objective", self.obj_rbv)
         # Specimen maps for the first image, computed while the server already answers.
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self.renderer.mass_thickness)
@@ -323,8 +316,8 @@ class TEMIOC(InstrumentIOC):
                 await instance.write(text)
             # Lens on while the bias is (known to be) on: alarm on OBJ_RBV.
             safe, _ = self.bias_state()
-            bias_known_on = not safe and self.peers.values.get(self._bias_enable_pv) is not None \
-                and self.peers.values.get(self._bias_voltage_pv) is not None
+            bias_known_on = not safe and self.world.get(self._bias_enable_key) is not None \
+                and self.world.get(self._bias_voltage_key) is not None
             lens_on = self.obj_rbv.value == "On"
             if lens_on and bias_known_on:
                 if self.obj_rbv.alarm.severity != AlarmSeverity.MAJOR_ALARM:
@@ -424,8 +417,7 @@ class TEMIOC(InstrumentIOC):
         self._cam_abort.clear()
         try:
             await instance.write("Acquire", verify_value=False)
-            start = time.monotonic()
-            await self.refresh_stage()
+            start = self.clock.now()
             geometry, _ = self.image_geometry()
             exposure = float(self.cam_exposure.value)
             blanked = self.blank_rbv.value == "Blanked"
@@ -438,12 +430,9 @@ class TEMIOC(InstrumentIOC):
                 objective_on=self.obj_rbv.value == "On",
             )
             image = await asyncio.get_running_loop().run_in_executor(None, render)
-            remaining = exposure - (time.monotonic() - start)
+            remaining = exposure - (self.clock.now() - start)
             if remaining > 0:
-                try:
-                    await asyncio.wait_for(self._cam_abort.wait(), timeout=remaining)
-                except TimeoutError:
-                    pass
+                await self.clock.wait(self._cam_abort, remaining)
             if self._cam_abort.is_set():
                 return "Done"
             await self.cam_image.write(image.ravel())
@@ -574,7 +563,6 @@ class TEMIOC(InstrumentIOC):
         loop = asyncio.get_running_loop()
         try:
             await instance.write("Acquire", verify_value=False)
-            await self.refresh_stage()
             geometry, _ = self.image_geometry()
             axis = self.energy_axis()
             ht_kv = float(self.ht_rbv.value)
@@ -589,7 +577,7 @@ class TEMIOC(InstrumentIOC):
             await self.edx_point.write(0)
             spectra = []
             for i, (dx, dy) in enumerate(points):
-                start = time.monotonic()
+                start = self.clock.now()
                 x_nm, y_nm = geometry.point_nm(dx, dy)
                 rng = np.random.default_rng([self.seed, counter, i, 2])
 
@@ -598,12 +586,9 @@ class TEMIOC(InstrumentIOC):
                     return model.acquire(densities, electrons, rng)
 
                 spectrum = await loop.run_in_executor(None, compute)
-                remaining = live - (time.monotonic() - start)
+                remaining = live - (self.clock.now() - start)
                 if remaining > 0:
-                    try:
-                        await asyncio.wait_for(self._edx_abort.wait(), timeout=remaining)
-                    except TimeoutError:
-                        pass
+                    await self.clock.wait(self._edx_abort, remaining)
                 if self._edx_abort.is_set():
                     return "Done"
                 spectra.append(spectrum)
@@ -619,8 +604,25 @@ class TEMIOC(InstrumentIOC):
         return "Done"
 
 
+    async def reset_state(self) -> None:
+        """Nothing acquiring, objective on, default optics, camera and EDX (``SIM:RESET``).
+
+        Run after the bias supply's reset (the lens may not come on with the bias on).
+        """
+        self._cam_abort.set()
+        self._edx_abort.set()
+        await self.restore_defaults(
+            "ht", "ht_rbv", "mode", "mode_rbv", "fov", "fov_rbv", "blank", "blank_rbv",
+            "beam_current", "contrast", "contrast_rbv", "cam_exposure", "cam_size",
+            "cam_pixel_nm", "edx_live_time", "edx_mode", "edx_x", "edx_y", "edx_x0",
+            "edx_y0", "edx_x1", "edx_y1", "edx_npts", "edx_nchan", "edx_ev_per_chan",
+            "edx_offset_ev", "obj_status")
+        await self.obj.write("On")
+        await self.restore_defaults("cam_acquire", "edx_acquire")
+
+
 def main(argv=None):
-    run_instrument_ioc(TEMIOC, ioc_name="tem", argv=argv, needs_specimen=True)
+    serve_part("tem", argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
-"""Fixtures: real IOCs in subprocesses on loopback, each run on its own ports.
+"""Fixtures: real instruments (one process each, five CA servers) on loopback.
 
-At start-up the session reserves a block of free ports on 127.0.0.1 for a few
+At start-up the session reserves a block of free ports on 127.0.0.1 for several
 instruments ("slots") and exports one Channel Access client environment that lists
-every IOC address of every slot (nothing else: no broadcast, no other host). Each
-IOC fixture starts its processes in a free slot with a random PV prefix and stops
-them by PID at teardown, so two test runs on one machine never collide and no test
-reaches beyond loopback. Pattern: caproto's own ``tests/conftest.py``.
+every server address of every slot (nothing else: no broadcast, no other host). An
+instrument runs in a free slot with a random PV prefix and is stopped by PID, so two
+test runs on one machine never collide and no test reaches beyond loopback.
+
+Instruments are shared (decision 0013): ``instruments.get(specimen=..., seed=...)``
+returns the session's running instrument of that configuration, reset to its
+start-up state (``SIM:RESET``: beam blanked, bias off, TEM mode, stage home,
+pristine specimen), and starts it on first use. Tests run the instrument at
+``TEST_TIME_SCALE`` (``$TEMSIMS_TEST_TIME_SCALE``, default 20): every PV and
+timestamp keeps nominal values, so timing is asserted on the IOCs' timestamps.
+``fresh_instrument`` is for the few tests that need one of their own (a missing
+part, a part killed).
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from temsims.channel_access import CALayout, find_free_base_port
 from temsims.ioc.common import repeater_running
 from temsims.ioc.launcher import ALL_IOCS, InstrumentProcesses
 
-N_SLOTS = 4
+N_SLOTS = 16
 PORTS_PER_SLOT = 10
+#: Simulated seconds per wall second of the tests' instruments (decision 0013).
+TEST_TIME_SCALE = float(os.environ.get("TEMSIMS_TEST_TIME_SCALE", "20"))
 
 
 def _reserve_base_port() -> int:
@@ -114,13 +124,14 @@ def start_instrument(
     def _start(
         iocs=ALL_IOCS, specimen: str = "li2co3-particles", seed: int = 1,
         extra_args: dict[str, list[str]] | None = None,
+        time_scale: float = TEST_TIME_SCALE,
     ) -> InstrumentProcesses:
         slot, layout = slot_pool.take()
         prefix = _random_prefix()
         procs = InstrumentProcesses(
             layout=layout, instrument_prefix=prefix, specimen=specimen, seed=seed,
             iocs=tuple(iocs), log_dir=ioc_log_dir / prefix.rstrip(":"),
-            extra_args=extra_args or {},
+            extra_args=extra_args or {}, time_scale=time_scale,
         )
         try:
             procs.start(timeout=60)
@@ -138,18 +149,47 @@ def start_instrument(
         stop_instrument(procs, slot_pool)
 
 
-@pytest.fixture(scope="session")
-def instrument(start_instrument) -> InstrumentProcesses:
-    """All five IOCs on ``li2co3-particles`` (seed 1), shared by the session.
+class InstrumentPool:
+    """The session's shared instruments, one per configuration, reset on every get."""
 
-    Tests that leave state behind must restore it, or use ``start_instrument``.
+    def __init__(self, start: Callable[..., InstrumentProcesses]) -> None:
+        self._start = start
+        self._running: dict[tuple, InstrumentProcesses] = {}
+
+    def get(self, *, specimen: str = "li2co3-particles", seed: int = 1, iocs=ALL_IOCS,
+            extra_args: dict[str, list[str]] | None = None,
+            time_scale: float = TEST_TIME_SCALE) -> InstrumentProcesses:
+        extra = tuple(sorted((k, tuple(v)) for k, v in (extra_args or {}).items()))
+        key = (specimen, seed, tuple(iocs), extra, float(time_scale))
+        procs = self._running.get(key)
+        if procs is None or procs.process is None or procs.process.poll() is not None:
+            procs = self._start(iocs=iocs, specimen=specimen, seed=seed,
+                                extra_args=extra_args, time_scale=time_scale)
+            self._running[key] = procs
+        else:
+            procs.reset()
+        return procs
+
+
+@pytest.fixture(scope="session")
+def instruments(start_instrument) -> InstrumentPool:
+    """``instruments.get(specimen=..., seed=..., ...)``: a shared instrument, reset."""
+    return InstrumentPool(start_instrument)
+
+
+@pytest.fixture(scope="session")
+def instrument(instruments) -> InstrumentProcesses:
+    """All five parts on ``li2co3-particles`` (seed 1), shared by the session.
+
+    Reset when the session first gets it; modules that change its state use
+    ``instruments.get()`` for a reset one, or restore what they change.
     """
-    return start_instrument()
+    return instruments.get()
 
 
 @pytest.fixture
 def fresh_instrument(start_instrument, slot_pool) -> Iterator[Callable[..., InstrumentProcesses]]:
-    """Factory like ``start_instrument`` whose IOCs stop when the test ends."""
+    """Factory like ``start_instrument`` whose instrument stops when the test ends."""
     mine: list[InstrumentProcesses] = []
 
     def _start(**kwargs) -> InstrumentProcesses:

@@ -1,4 +1,5 @@
-"""The ``temsims`` command: ``ioc all`` serves every IOC and stops them on Ctrl-C."""
+"""The ``temsims`` command: ``ioc all`` serves every IOC and stops them on Ctrl-C or
+SIGTERM (one process: nothing is left behind, decision 0013)."""
 
 import signal
 import subprocess
@@ -12,7 +13,8 @@ from caproto.sync.client import read
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES
 
 
-def test_ioc_all_serves_five_iocs_and_stops_them(slot_pool, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_ioc_all_serves_five_iocs_and_stops_them(slot_pool, tmp_path, stop_signal):
     slot, layout = slot_pool.take()
     prefix = f"CLI{time.time_ns() % 100000}:"
     proc = subprocess.Popen(
@@ -34,8 +36,8 @@ def test_ioc_all_serves_five_iocs_and_stops_them(slot_pool, tmp_path):
             assert f"127.0.0.1:{layout.server_port(ioc)}" in text
             assert read(prefix + PART_SUFFIXES[ioc] + "UPTIME", timeout=3).data[0] >= 0
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        proc.send_signal(stop_signal)
+        assert proc.wait(timeout=20) == 0
         slot_pool.give_back(slot)
     # Every IOC process is gone: nothing answers any more.
     with pytest.raises(CaprotoTimeoutError):

@@ -1,0 +1,108 @@
+"""The benchmarks' targets, in one place.
+
+The scripts in ``benchmarks/`` print their figures against these numbers and record
+them in their JSON; ``run_all.py`` judges its table with them. Each target says where
+it was stated, so a change of target is a change here and in that source.
+
+A target limits either a figure's value (``on="value"``, in ``unit``) or the figure's
+ratio to its anchor, the reference measured in the same run (``on="ratio"``). ``at``
+names the fields of the script's JSON result the target was stated for (map and image
+sizes): a result measured at other values (``run_all.py --quick``) is shown but not
+judged, because a time for a smaller map says nothing about the target's map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """One target: a figure, or its ratio to its anchor, at most ``limit``.
+
+    Parameters
+    ----------
+    benchmark
+        Script stem in ``benchmarks/`` (``step_scan_overhead``).
+    figure
+        Key of the figure in that benchmark's rows of ``run_all.py``.
+    what
+        The figure in words, for a row whose script failed.
+    limit
+        Upper bound (inclusive).
+    on
+        ``"value"``: the bound is on the figure itself, in ``unit``; ``"ratio"``: on
+        the figure over its anchor.
+    unit
+        Unit of ``limit`` when ``on="value"``.
+    at
+        JSON fields of the result (name -> value) the target was stated for.
+    source
+        Where the target is stated.
+    """
+
+    benchmark: str
+    figure: str
+    what: str
+    limit: float
+    on: str = "value"
+    unit: str = ""
+    at: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.on not in ("value", "ratio"):
+            raise ValueError(f"Target.on must be 'value' or 'ratio', not {self.on!r}")
+
+    def describe(self) -> str:
+        """The bound as a table cell: ``<= 2x`` or ``<= 0.2 ms``."""
+        if self.on == "ratio":
+            return f"<= {self.limit:g}x"
+        return f"<= {self.limit:g} {self.unit}".rstrip()
+
+    def applies_to(self, result: Mapping[str, Any]) -> bool:
+        """Whether ``result`` (a script's JSON) was measured where the target was stated."""
+        return all(result.get(key) == value for key, value in self.at.items())
+
+    def met(self, value: float, ratio: float | None) -> bool:
+        """Whether the figure ``value`` (with ``ratio`` to its anchor) is within the target."""
+        measured = ratio if self.on == "ratio" else value
+        return measured is not None and measured <= self.limit
+
+
+STEP_SCAN_RATIO = Target(
+    "step_scan_overhead", "ca_step_scan", "CA step scan per point", 2.0, on="ratio",
+    source="step_scan_overhead.py; docs/decisions/0012-motor-done-race.md")
+SIMS_MAP_RATIO = Target(
+    "sims_map_benchmark", "map_wall", "SIMS map wall time", 1.1, on="ratio",
+    at={"nx": 512, "ny": 512, "dwell_s": 1e-6}, source="sims_map_benchmark.py")
+CATALOG_CALL_MS = Target(
+    "catalog_cost", "writer_call", "catalog writer call per event", 0.2, unit="ms/event",
+    source="catalog_cost.py; docs/catalog.md (met for the call, not resolvable in wall time)")
+CATALOG_BLOCKED_S = Target(
+    "catalog_cost", "blocked", "RE blocked on storage", 0.0, unit="s",
+    source="catalog_cost.py; docs/catalog.md")
+FUSION_S = Target(
+    "analysis_benchmark", "fusion", "fusion of 4096^2 TEM + 4 x 512^2 map", 1.0, unit="s",
+    at={"tem_size": 4096, "map_size": 512}, source="analysis_benchmark.py")
+REGISTRATION_S = Target(
+    "analysis_benchmark", "registration", "registration of 512^2 map on 4096^2 TEM", 2.0,
+    unit="s", at={"tem_size": 4096, "map_size": 512}, source="analysis_benchmark.py")
+QUANTIFY_S = Target(
+    "quantification_benchmark", "quantify_map", "quantify_map 512 x 512", 0.5, unit="s",
+    at={"map_shape": [512, 512]}, source="quantification_benchmark.py")
+
+TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, CATALOG_CALL_MS,
+                               CATALOG_BLOCKED_S, FUSION_S, REGISTRATION_S, QUANTIFY_S)
+
+
+def targets_for(benchmark: str) -> list[Target]:
+    """The targets of one benchmark, in the order of :data:`TARGETS`."""
+    return [t for t in TARGETS if t.benchmark == benchmark]
+
+
+def target(benchmark: str, figure: str) -> Target | None:
+    """The target of ``figure`` in ``benchmark``, or None if it has none."""
+    return next((t for t in TARGETS if t.benchmark == benchmark and t.figure == figure), None)
