@@ -106,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(prefix=args.prefix, base_port=args.base_port, host=args.host,
              specimen=args.specimen, seed=args.seed, catalog=args.catalog, out=args.out,
-             quick=args.quick, log_dir=args.log_dir)
+             quick=args.quick, log_dir=args.log_dir, time_scale=args.time_scale)
     return 0
 
 
@@ -161,13 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="specimen drift relative to the ion beam (nm/min, 0..1000; "
                        "default: the spectrometer's)")
 
-    p_demo = sub.add_parser("demo", help="run the main job")
+    p_demo = sub.add_parser("demo", help="run the main job",
+                            description="The correlative TEM-SIMS demo on the embedded "
+                            "catalog, with a PNG report.",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     instrument_options(p_demo)
     p_demo.add_argument("--catalog", default=None, help="catalog directory")
     p_demo.add_argument("--out", default="temsims-report", help="report directory")
     p_demo.add_argument("--quick", action="store_true", help="reduced sizes (faster)")
+    p_demo.add_argument("--time-scale", type=float, default=1.0,
+                        help="simulated seconds per wall second of the instrument the demo "
+                        "starts (ignored when one already answers)")
 
-    p_shell = sub.add_parser("shell", help="IPython session with the temsims profile")
+    p_shell = sub.add_parser("shell", help="IPython session with the temsims profile",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p_shell.add_argument("--prefix", default="TEMSIMS:", help="instrument PV prefix")
     p_shell.add_argument("--base-port", type=int, default=CALayout.from_environment().base_port)
     p_shell.add_argument("--host", default="127.0.0.1")
@@ -183,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_shell(args, passthrough)
     if passthrough:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+    if args.command in ("ioc", "demo") and not 0 < args.time_scale <= 1000:
+        parser.error(f"--time-scale must be in (0, 1000], got {args.time_scale}")
     if args.command == "ioc":
         return cmd_ioc(args)
     if args.command == "demo":

@@ -64,7 +64,8 @@ def iocs_running(layout, prefix: str, timeout: float = 1.5) -> bool:
 def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
              host: str = "127.0.0.1", specimen: str = "li2co3-particles", seed: int = 1,
              catalog: str | None = None, out: str | Path = "temsims-report",
-             quick: bool = False, log_dir: str | None = None) -> DemoResult:
+             quick: bool = False, log_dir: str | None = None,
+             time_scale: float = 1.0) -> DemoResult:
     """Run the demo (see the module docstring); returns what it found and wrote."""
     from temsims.channel_access import CALayout, apply_client_environment
 
@@ -86,7 +87,7 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
         _say(f"starting the instrument's IOCs on {host} (prefix {prefix!r}, CA ports from "
              f"{layout.base_port}, specimen {specimen} seed {seed}) ...")
         procs = InstrumentProcesses(layout=layout, instrument_prefix=prefix,
-                                    specimen=specimen, seed=seed,
+                                    specimen=specimen, seed=seed, time_scale=time_scale,
                                     log_dir=Path(log_dir) if log_dir else None)
         procs.start(timeout=60)
         _say(f"IOCs up after {time.monotonic() - t0:.1f} s")

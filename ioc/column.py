@@ -306,8 +306,8 @@ class ColumnIOC(InstrumentIOC):
         for key, pv in self._world_quantities().items():
             self.mirror(key, pv)
         self.world_link.start()
-        await self._refresh_optics()
-        await self._refresh_landing()
+        await self._update_optics()
+        await self._update_landing()
 
     def _world_quantities(self) -> dict[str, Any]:
         return {
@@ -334,7 +334,7 @@ class ColumnIOC(InstrumentIOC):
             self.world.get(self._alpha_key), self.world.get(self._objective_key)
         )
 
-    async def _refresh_optics(self, *, hv_kv: float | None = None,
+    async def _update_optics(self, *, hv_kv: float | None = None,
                               aperture: str | None = None) -> None:
         hv_kv = self.hv_rbv.value if hv_kv is None else hv_kv
         current = APERTURES[self.aperture.value if aperture is None else aperture]
@@ -343,7 +343,7 @@ class ColumnIOC(InstrumentIOC):
         unblanked = self.blank_rbv.value == "Unblanked"
         await write_if_changed(self.sample_current_rbv, current if unblanked else 0.0)
 
-    async def _refresh_landing(self) -> None:
+    async def _update_landing(self) -> None:
         bias = self.world.get(self._bias_key)
         if bias is not None:
             self._last_bias_v = float(bias)
@@ -355,7 +355,7 @@ class ColumnIOC(InstrumentIOC):
         elif bias is not None:
             await clear_alarm(self.landing_rbv)
 
-    async def _refresh_derived(self, *, nx: int | None = None, ny: int | None = None,
+    async def _update_derived(self, *, nx: int | None = None, ny: int | None = None,
                                dwell: float | None = None, fov: float | None = None) -> None:
         nx = self.nx.value if nx is None else nx
         ny = self.ny.value if ny is None else ny
@@ -381,11 +381,11 @@ class ColumnIOC(InstrumentIOC):
             await self.blank_rbv.alarm.write(status=AlarmStatus.STATE,
                                              severity=AlarmSeverity.MAJOR_ALARM)
             await self.status.write(status_text("Blanked", reason), verify_value=False)
-            await self._refresh_optics()
+            await self._update_optics()
 
     async def _peer_update(self, name: str, value: Any) -> None:
         if name == self._bias_key:
-            await self._refresh_landing()
+            await self._update_landing()
         else:
             await self._check_geometry()
 
@@ -395,8 +395,8 @@ class ColumnIOC(InstrumentIOC):
         self._refuse_during_frame(instance)
         value = require_range(value, *HV_RANGE_KV, "HV (kV)")
         await self.hv_rbv.write(value)
-        await self._refresh_optics(hv_kv=value)
-        await self._refresh_landing()
+        await self._update_optics(hv_kv=value)
+        await self._update_landing()
         await clear_alarm(instance)
         return value
 
@@ -404,7 +404,7 @@ class ColumnIOC(InstrumentIOC):
     async def aperture(self, instance, value):
         self._refuse_during_frame(instance)
         value = enum_value(instance, value)
-        await self._refresh_optics(aperture=value)
+        await self._update_optics(aperture=value)
         await clear_alarm(instance)
         return value
 
@@ -424,21 +424,21 @@ class ColumnIOC(InstrumentIOC):
             await self.status.write("OK", verify_value=False)
         await self.blank_rbv.write(value, verify_value=False)
         await clear_alarm(instance)
-        await self._refresh_optics()
+        await self._update_optics()
         return value
 
     @interlock_rbv.scan(period=0.1)
     async def interlock_rbv(self, instance, async_lib):
         # World updates act at once; this also re-checks after anything missed.
         await self._check_geometry()
-        await self._refresh_landing()
+        await self._update_landing()
 
     # ---- scan parameters -----------------------------------------------------------
     @fov.putter
     async def fov(self, instance, value):
         self._refuse_during_frame(instance)
         value = require_range(value, 0.01, 1000.0, "SCAN:FOV (um)")
-        await self._refresh_derived(fov=value)
+        await self._update_derived(fov=value)
         await clear_alarm(instance)
         return value
 
@@ -446,7 +446,7 @@ class ColumnIOC(InstrumentIOC):
     async def nx(self, instance, value):
         self._refuse_during_frame(instance)
         value = int(require_range(value, 1, 1024, "SCAN:NX"))
-        await self._refresh_derived(nx=value)
+        await self._update_derived(nx=value)
         await clear_alarm(instance)
         return value
 
@@ -454,7 +454,7 @@ class ColumnIOC(InstrumentIOC):
     async def ny(self, instance, value):
         self._refuse_during_frame(instance)
         value = int(require_range(value, 1, 1024, "SCAN:NY"))
-        await self._refresh_derived(ny=value)
+        await self._update_derived(ny=value)
         await clear_alarm(instance)
         return value
 
@@ -462,7 +462,7 @@ class ColumnIOC(InstrumentIOC):
     async def dwell(self, instance, value):
         self._refuse_during_frame(instance)
         value = require_range(value, 1e-7, 0.1, "SCAN:DWELL (s)")
-        await self._refresh_derived(dwell=value)
+        await self._update_derived(dwell=value)
         await clear_alarm(instance)
         return value
 
@@ -581,9 +581,9 @@ class ColumnIOC(InstrumentIOC):
             await clear_alarm(pv)
             await write_if_changed(pv, value)
         await self.status.write("OK", verify_value=False)
-        await self._refresh_derived()
-        await self._refresh_optics()
-        await self._refresh_landing()
+        await self._update_derived()
+        await self._update_optics()
+        await self._update_landing()
         await self._check_geometry()
 
 

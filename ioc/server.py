@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -173,7 +174,9 @@ class PartServer:
             self.resume()
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
+            # The loop may finish (and cancel what is left) before the future reports.
+            with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError,
+                                     concurrent.futures.TimeoutError):
                 future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
                 future.result(timeout)
         if self._thread is not None:

@@ -8,8 +8,10 @@ import time
 import uuid
 
 import numpy as np
+import pytest
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_and_writes_report(slot_pool, tmp_path):
     slot, layout = slot_pool.take()
     prefix = f"D{uuid.uuid4().hex[:6].upper()}:"
@@ -19,7 +21,7 @@ def test_demo_quick_runs_and_writes_report(slot_pool, tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "temsims.cli", "demo", "--quick", "--prefix", prefix,
              "--base-port", str(layout.base_port), "--catalog", str(tmp_path / "catalog"),
-             "--out", str(out), "--log-dir", str(tmp_path / "logs")],
+             "--out", str(out), "--log-dir", str(tmp_path / "logs"), "--time-scale", "20"],
             capture_output=True, text=True, timeout=240,
         )
     finally:
