@@ -154,12 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p_ioc.add_argument("part", choices=("all", *IOC_NAMES), help="what to serve")
     instrument_options(p_ioc)
-    p_ioc.add_argument("--time-scale", type=float, default=1.0,
-                       help="simulated seconds per wall second (moves, ramps, exposures "
-                       "and maps run this much faster; every PV keeps nominal values)")
-    p_ioc.add_argument("--drift-nm-per-min", type=float, default=None,
-                       help="specimen drift relative to the ion beam (nm/min, 0..1000; "
-                       "default: the spectrometer's)")
+    from temsims.ioc.server import add_simulation_arguments
+
+    add_simulation_arguments(p_ioc)
 
     p_demo = sub.add_parser("demo", help="run the main job",
                             description="The correlative TEM-SIMS demo on the embedded "

@@ -364,14 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the specimen")
     parser.add_argument("--parts", default=",".join(ALL_PARTS),
                         help="comma-separated parts to serve")
+    add_simulation_arguments(parser)
+    parser.add_argument("--list-pvs", action="store_true", help="log the PV names served")
+    return parser
+
+
+def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--time-scale`` and ``--drift-nm-per-min`` (shared with ``temsims ioc``)."""
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="simulated seconds per wall second (moves, ramps, exposures "
                         "and maps run this much faster; every PV keeps nominal values)")
     parser.add_argument("--drift-nm-per-min", type=float, default=None,
                         help="specimen drift relative to the ion beam, nm/min (0..1000; "
                         "default: the spectrometer's own)")
-    parser.add_argument("--list-pvs", action="store_true", help="log the PV names served")
-    return parser
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -17,9 +17,16 @@ from temsims.ioc.server import ALL_PARTS, PART_STATES
 
 
 def _part_pv(part: str) -> pvproperty:
-    return pvproperty(name=part.upper(), value="Dead", dtype=ChannelType.ENUM,
+    """``SIM:<PART>``: a put makes the part Up, Dead or Hung."""
+    prop = pvproperty(name=part.upper(), value="Dead", dtype=ChannelType.ENUM,
                       enum_strings=PART_STATES, alarm_group=part,
                       doc=f"State of the {part} part (put Up, Dead or Hung)")
+
+    @prop.putter
+    async def prop(group, instance, value):
+        return await group._set_part(part, value)
+
+    return prop
 
 
 class SimControlIOC(PVGroup):
@@ -77,23 +84,3 @@ class SimControlIOC(PVGroup):
             raise ValueError(f"SIM:{part.upper()}: this instrument does not serve {part}")
         await asyncio.get_running_loop().run_in_executor(None, server.set_state, value)
         return value
-
-    @stage.putter
-    async def stage(self, instance, value):
-        return await self._set_part("stage", value)
-
-    @tem.putter
-    async def tem(self, instance, value):
-        return await self._set_part("tem", value)
-
-    @column.putter
-    async def column(self, instance, value):
-        return await self._set_part("column", value)
-
-    @bias.putter
-    async def bias(self, instance, value):
-        return await self._set_part("bias", value)
-
-    @spectrometer.putter
-    async def spectrometer(self, instance, value):
-        return await self._set_part("spectrometer", value)
