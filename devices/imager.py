@@ -1,27 +1,31 @@
 """SIMS imager: a flyer that rasters the ion column and collects the maps line by line.
 
-``kickoff()`` puts ``FIB:SCAN:ACQUIRE`` = Start (put with completion, not waited on)
-and returns a status that finishes when the spectrometer has begun mapping *this*
-frame (``MS:IMG:START_TIME`` later than the one it held at the kickoff: the IOC's
-own clock, which a client cannot compare with its wall clock at a time scale). While the raster runs, CA
-monitors on ``MS:COL{n}:MAP`` and ``MS:IMG:LINES_DONE`` feed a state machine that
-cuts each newly published line out of the maps and buffers it; ``complete()``
-returns a status that finishes when ``MS:IMG:FRAME`` counts the frame and every line
-has been collected (it fails if the raster is aborted). Nothing blocks or polls:
-all of it runs in ophyd's monitor-callback thread. A line is taken only once every
-map update holding it has arrived: the spectrometer marks pixels not acquired yet
-with -1, so a ``LINES_DONE`` update that overtakes (or outlives a coalesced) map
-update waits for the next one instead of yielding a line of zeros.
+``kickoff()`` puts ``FIB:SCAN:ACQUIRE`` = Start (put with completion, not waited on) and
+returns a status that finishes when the spectrometer has begun mapping *this* frame
+(``MS:IMG:START_TIME`` later than the one it held at the kickoff: the IOC's own clock,
+which a client cannot compare with its wall clock at a time scale). While the raster
+runs, CA monitors on ``MS:COL{n}:MAP`` and ``MS:IMG:LINES_DONE`` feed a state machine
+that cuts each newly published line out of the maps and buffers it; ``complete()``
+returns a status that finishes when ``MS:IMG:FRAME`` counts the frame and every line has
+been collected (it fails if the raster is aborted). Nothing blocks or polls: all of it
+runs in ophyd's monitor-callback thread. A line is taken only once every map update
+holding it has arrived: the spectrometer marks pixels not acquired yet with -1, so a
+``LINES_DONE`` update that overtakes (or outlives a coalesced) map update waits for the
+next one instead of yielding a line of zeros.
 
 Events: one per ``lines_per_event`` map lines (default 1), in stream ``stream_name``
 (``"primary"``), with one ``(lines_per_event, NX)`` int32 array per collector named
 by its species (``imager_7Li``) and the index of the first line (``imager_line``).
+Their timestamps are when the event's last line was acquired on the IOC's clock,
+``START_TIME + (line + 1) * FRAME_TIME / NY``, not when its map update arrived: at a
+time scale the spectrometer may publish a frame's lines late, all at once, if it was
+still preparing the frame when the raster started (decision 0013), and a client's
+clock cannot be compared with the IOC's.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 from ophyd import Component as Cpt
@@ -111,7 +115,8 @@ class SIMSImager(Device):
         self._armed = False
         self._lines_seen = 0
         self._lines_target = 0
-        self._line_time = 0.0
+        self._line_period = 0.0
+        self._frame_start = 0.0
         self._frame_ended = False
         self._pending: list = []
 
@@ -170,12 +175,11 @@ class SIMSImager(Device):
         if st is not None and not st.done:
             st.set_finished()
 
-    def _on_lines(self, *, value, timestamp=None, **kwargs) -> None:
+    def _on_lines(self, *, value, **kwargs) -> None:
         with self._lock:
             if not (self._active and self._armed):
                 return
             self._lines_target = max(self._lines_target, min(int(value), self._ny))
-            self._line_time = time.time() if timestamp is None else float(timestamp)
             self._advance()
 
     def _advance(self) -> None:
@@ -196,7 +200,9 @@ class SIMSImager(Device):
                 if (values < 0).any():
                     return
                 line.append(values)
-            self._pending.append((row, self._line_time, line))
+            # Acquired (on the IOC's clock) when the raster finished this line.
+            t_line = self._frame_start + (row + 1) * self._line_period
+            self._pending.append((row, t_line, line))
             self._lines_seen = row + 1
         self._emit(final=False)
         if self._frame_ended:
@@ -285,7 +291,7 @@ class SIMSImager(Device):
             self._events = []
             self._lines_seen = 0
             self._lines_target = 0
-            self._line_time = time.time()
+            self._line_period = frame_time / max(ny, 1)
             self._frame_ended = False
             self._armed = False
             self._frame0 = int(self.img_frame.get())

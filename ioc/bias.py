@@ -129,6 +129,7 @@ class BiasIOC(InstrumentIOC):
         self._target_v = 0.0
         self._ramp_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._commanded_at = 0.0  # nominal time of the last new target
         self._settled = asyncio.Event()
         self._settled.set()
         self._fault_latched = False
@@ -176,9 +177,11 @@ class BiasIOC(InstrumentIOC):
         self._settled.set()
 
     # ---- ramp ------------------------------------------------------------------------
-    def _retarget(self, target_v: float) -> None:
-        """Send the output towards ``target_v`` at RAMP_RATE (wakes the ramp task)."""
+    def _retarget(self, target_v: float, commanded_at: float | None = None) -> None:
+        """Send the output towards ``target_v`` at RAMP_RATE (wakes the ramp task),
+        from ``commanded_at`` (nominal; default now: the setpoint put's timestamp)."""
         self._target_v = target_v
+        self._commanded_at = self.clock.now() if commanded_at is None else commanded_at
         if self.voltage_rbv.value != target_v:
             self._settled.clear()
         self._wake.set()
@@ -196,20 +199,30 @@ class BiasIOC(InstrumentIOC):
             if self.voltage_rbv.value != self._target_v:
                 await write_if_changed(self.ramping, "Ramping")
                 clock = self.clock
-                last = clock.now()
+                # The output starts moving when commanded, not when this task wakes
+                # (late by the loop's latency, times the time scale).
+                last = min(self._commanded_at, clock.now())
                 while (diff := self._target_v - self.voltage_rbv.value) != 0.0:
                     await clock.sleep(min(self.update_period_s * clock.scale,
                                           abs(diff) / float(self.ramp_rate.value)))
                     now = clock.now()
-                    step = float(self.ramp_rate.value) * (now - last)
-                    last = now
+                    rate = float(self.ramp_rate.value)
+                    step = rate * (now - last)
+                    previous, last = last, now
                     out = self.voltage_rbv.value
                     diff = self._target_v - out
                     if diff == 0.0:
                         break  # a trip put the output on the target meanwhile
-                    new = (self._target_v if abs(diff) <= step
-                           else out + math.copysign(step, diff))
-                    await self.voltage_rbv.write(new)
+                    if abs(diff) <= step:
+                        # Stamped when the output reached the target, |diff| / rate
+                        # after the last step, not at this wake-up (late by the event
+                        # loop's latency times the time scale); each step at the time
+                        # its value was computed for.
+                        await self.voltage_rbv.write(
+                            self._target_v, timestamp=previous + abs(diff) / rate)
+                    else:
+                        await self.voltage_rbv.write(out + math.copysign(step, diff),
+                                                     timestamp=now)
             await write_if_changed(self.ramping, "Idle")
             # Re-checked after the await: a new target may have arrived (it set _wake).
             if self.voltage_rbv.value == self._target_v:
@@ -226,7 +239,7 @@ class BiasIOC(InstrumentIOC):
         await instance.write(value, verify_value=False)
         await clear_alarm(instance)
         if self.enable_rbv.value == "On":
-            self._retarget(value)
+            self._retarget(value, instance.timestamp)
             await self._wait_settled()
         return SkipWrite
 
@@ -251,7 +264,8 @@ class BiasIOC(InstrumentIOC):
         await instance.write(value, verify_value=False)
         await self.enable_rbv.write(value, verify_value=False)
         await clear_alarm(instance)
-        self._retarget(float(self.voltage.value) if value == "On" else 0.0)
+        self._retarget(float(self.voltage.value) if value == "On" else 0.0,
+                       instance.timestamp)
         await self._wait_settled()
         return SkipWrite
 

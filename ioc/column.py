@@ -198,7 +198,7 @@ class ColumnIOC(InstrumentIOC):
     SCAN:FRAME (long, read-only)
         Frames completed since the IOC started (aborted frames do not count).
     SCAN:START_TIME (float, s since the epoch, read-only)
-        Wall time the present (or last) frame started.
+        Nominal time (the instrument's clock) the present (or last) frame started.
     SCAN:FRAME_TIME (float, s, read-only)
         Duration of one frame, NX * NY * DWELL.
     SCAN:PIXEL_NM (float, nm, read-only)
@@ -283,7 +283,7 @@ class ColumnIOC(InstrumentIOC):
                          doc="Frame progress (%)")
     frame = readback_pv("SCAN:FRAME", 0, doc="Frames completed")
     start_time = readback_pv("SCAN:START_TIME", 0.0, units="s", precision=6,
-                           doc="Wall time (epoch s) the present frame started")
+                           doc="Nominal time (epoch s) the present frame started")
     frame_time = readback_pv("SCAN:FRAME_TIME", 256 * 256 * 1e-4, units="s", precision=4,
                            doc="Duration of one frame NX*NY*DWELL (s)")
     pixel_nm = readback_pv("SCAN:PIXEL_NM", 4000.0 / 256, units="nm", precision=3,
@@ -522,21 +522,28 @@ class ColumnIOC(InstrumentIOC):
         # it again here could overwrite the Start of a frame begun in the meantime.
         return SkipWrite
 
-    async def _publish_progress(self, params: FrameParams, pixels: int) -> None:
+    async def _publish_progress(self, params: FrameParams, pixels: int,
+                                timestamp: float) -> None:
+        """Counters at ``pixels``, stamped with the nominal time the beam got there."""
         pixels = max(0, min(params.pixels, pixels))
-        await write_if_changed(self.line, pixels // params.nx)
-        await write_if_changed(self.pixel, pixels)
-        await write_if_changed(self.progress, 100.0 * pixels / params.pixels)
+        await write_if_changed(self.line, pixels // params.nx, timestamp=timestamp)
+        await write_if_changed(self.pixel, pixels, timestamp=timestamp)
+        await write_if_changed(self.progress, 100.0 * pixels / params.pixels,
+                               timestamp=timestamp)
 
     async def _raster(self, params: FrameParams) -> None:
         """Raster one frame on the clock (see the module docstring for the sequence)."""
         clock = self.clock
-        await self._publish_progress(params, 0)
         t0 = clock.now()
-        await self.start_time.write(t0)
-        await self.acquire_rbv.write("Start")
-        await self.acquire.write("Start", verify_value=False)
+        # Every PV of the frame is stamped with the nominal time it describes: an
+        # update published late (by the event loop's latency, times the time scale)
+        # still tells when the beam was there.
+        await self._publish_progress(params, 0, t0)
+        await self.start_time.write(t0, timestamp=t0)
+        await self.acquire_rbv.write("Start", timestamp=t0)
+        await self.acquire.write("Start", verify_value=False, timestamp=t0)
         t_end = t0 + params.frame_s
+        t_stop = t_end
         # Publishing cadences are wall-clock rates (what clients can follow).
         per_line = clock.wall(params.line_s) >= self.line_publish_min_s
         max_gap = self.max_publish_gap_s * clock.scale
@@ -556,16 +563,20 @@ class ColumnIOC(InstrumentIOC):
                 now = clock.now()
                 if now < t_end:
                     await self._publish_progress(
-                        params, math.floor((now - t0) / params.dwell_s + 1e-9))
+                        params, math.floor((now - t0) / params.dwell_s + 1e-9), now)
             if aborted:
-                done = math.floor((clock.now() - t0) / params.dwell_s + 1e-9)
-                await self._publish_progress(params, min(done, params.pixels - 1))
+                t_stop = clock.now()
+                done = math.floor((t_stop - t0) / params.dwell_s + 1e-9)
+                await self._publish_progress(params, min(done, params.pixels - 1), t_stop)
             else:
-                await self._publish_progress(params, params.pixels)
-                await self.frame.write(self.frame.value + 1)
+                await self._publish_progress(params, params.pixels, t_end)
+                await self.frame.write(self.frame.value + 1, timestamp=t_end)
+        except BaseException:  # cancelled (the part is killed): stamped now
+            t_stop = min(t_end, clock.now())
+            raise
         finally:
-            await self.acquire_rbv.write("Stop")
-            await self.acquire.write("Stop", verify_value=False)
+            await self.acquire_rbv.write("Stop", timestamp=t_stop)
+            await self.acquire.write("Stop", verify_value=False, timestamp=t_stop)
 
     async def reset_state(self) -> None:
         """No frame, beam blanked, default optics and raster (``SIM:RESET``)."""

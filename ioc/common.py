@@ -226,10 +226,12 @@ async def clear_alarm(instance: Any) -> None:
         await alarm.write(status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM)
 
 
-async def write_if_changed(instance: Any, value: Any) -> None:
-    """Write ``value`` unless the PV already holds it (no redundant monitor events)."""
+async def write_if_changed(instance: Any, value: Any, **metadata: Any) -> None:
+    """Write ``value`` unless the PV already holds it (no redundant monitor events).
+
+    ``metadata`` (e.g. ``timestamp``) goes with the write."""
     if instance.value != value:
-        await instance.write(value, verify_value=False)
+        await instance.write(value, verify_value=False, **metadata)
 
 
 def setpoint_pv(name: str, value: Any, **kwargs: Any) -> pvproperty:

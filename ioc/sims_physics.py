@@ -622,6 +622,10 @@ class FramePlan:
     window: object = None
     blurred: list[np.ndarray] = field(default_factory=list)
     weights: list[dict[str, float]] = field(default_factory=list)
+    # Set by _prepare with ``blurred``; fields, so that retarget (dataclasses.replace)
+    # keeps them: a plan that lost them read its coarse maps as the full grid.
+    block: int = 1
+    blurred_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.species is None:
@@ -714,8 +718,21 @@ class FramePlan:
         return out
 
     def render_lines(self, r0: int, r1: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-        """Detected counts (int32; float expectation if ``rng`` is None) for rows r0..r1-1."""
-        return [detect(e, self.dwell_s, self.params, rng) for e in self.expected_lines(r0, r1)]
+        """Detected counts (int32; float expectation if ``rng`` is None) for rows r0..r1-1.
+
+        Drawn row by row, collector by collector: a frame's counts are the same however
+        its rows are grouped into calls. The spectrometer renders more rows per call at
+        a higher time scale (it publishes at most 25 times a wall second), and a draw
+        per call made the noise of a seeded map depend on the time scale.
+        """
+        expected = self.expected_lines(r0, r1)
+        if rng is None:
+            return [detect(e, self.dwell_s, self.params, None) for e in expected]
+        out = [np.empty(e.shape, np.int32) for e in expected]
+        for row in range(r1 - r0):
+            for counts, e in zip(out, expected, strict=True):
+                counts[row] = detect(e[row], self.dwell_s, self.params, rng)
+        return out
 
     def render(self, rng: np.random.Generator | None = None) -> list[np.ndarray]:
         return self.render_lines(0, self.geometry.ny, rng)

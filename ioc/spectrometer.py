@@ -236,8 +236,7 @@ class SpectrometerIOC(InstrumentIOC):
         self.species = sp.candidate_species(self.specimen)
         self.depth = self.world.depth  # the specimen's sputtered depth, shared
         self.depth_version = 0
-        self.rng = np.random.default_rng(self.seed + 1000)  # event-loop thread
-        self.frame_rng = np.random.default_rng(self.seed + 2000)  # executor (one at a time)
+        self._seed_generators()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sims")
         self.t_start = self.clock.now()
         self._drift_ref = (self.t_start, 0.0)  # (time, displacement nm) at the last rate change
@@ -433,7 +432,7 @@ class SpectrometerIOC(InstrumentIOC):
 
     async def _update_magnet_pvs(self) -> None:
         now = self.clock.now()
-        await self.field_rbv.write(self.magnet.hall(now, self.rng))
+        await self.field_rbv.write(self.magnet.hall(now, self.hall_rng))
         settled = "Yes" if self.magnet.settled(now) else "No"
         if self.settled.value != settled:
             await self.settled.write(settled)
@@ -787,16 +786,26 @@ class SpectrometerIOC(InstrumentIOC):
         key = self._plan_key(snap)
         t0 = self._frame_start_time(t_event)
         frame_time = line_time * ny
-        if self.prepared is not None and self.prepared[0] == key and (
-                t0 - self.prepared[2] < 60.0):
+
+        def prepared_plan() -> sp.FramePlan | None:
+            if self.prepared is None or self.prepared[0] != key or (
+                    t0 - self.prepared[2] >= 60.0):
+                return None
             _, base, t_prep = self.prepared
-            plan = base.retarget(current_pa=snap["current"], dwell_s=dwell,
+            return base.retarget(current_pa=snap["current"], dwell_s=dwell,
                                  ready=snap["ready"], elapsed_s=t0 - t_prep,
                                  params=self.physics_params(t_prep))
-        else:
+
+        plan = prepared_plan()
+        if plan is None:
             async with self.depth_lock:
                 key = self._plan_key(snap)
-                plan = await loop.run_in_executor(self.executor, self._make_plan, snap, t0, 0.0)
+                # A preparation of this very plan may have held the lock: use it rather
+                # than computing it a second time.
+                plan = prepared_plan()
+                if plan is None:
+                    plan = await loop.run_in_executor(self.executor, self._make_plan, snap,
+                                                      t0, 0.0)
         self.prepared = None
         clock = self.clock
         # Lines go out at most PUBLISH_RATE_HZ in wall time, whatever the time scale.
@@ -807,13 +816,14 @@ class SpectrometerIOC(InstrumentIOC):
         # -1 marks pixels not acquired yet: a client can tell a published line from one
         # whose map update has not reached it (counts are never negative).
         maps = [np.full(ny * nx, UNACQUIRED, np.int32) for _ in range(N_COLLECTORS)]
-        await self.img_nx.write(nx)
-        await self.img_ny.write(ny)
-        await self.img_dwell.write(dwell)
-        await self.img_start_time.write(t0)
-        await self.img_lines_done.write(0)
+        # The frame's header is stamped at its start, like the lines after it.
+        await self.img_nx.write(nx, timestamp=t0)
+        await self.img_ny.write(ny, timestamp=t0)
+        await self.img_dwell.write(dwell, timestamp=t0)
+        await self.img_start_time.write(t0, timestamp=t0)
+        await self.img_lines_done.write(0, timestamp=t0)
         for col, m in zip(self.collectors(), maps, strict=True):
-            await col.map.write(m.copy())
+            await col.map.write(m.copy(), timestamp=t0)
         rng = self.frame_rng
         rows_done = 0
         r0 = 0
@@ -834,12 +844,16 @@ class SpectrometerIOC(InstrumentIOC):
                 aborted = True
                 stop_t = clock.now()
                 r1 = min(r1, max(r0, int((stop_t - t0) / line_time)))
+                due = t0 + r1 * line_time
+            # Stamped when the beam completed the lines, not when they go out (late by
+            # the loop's latency, or the frame plan, times the time scale).
+            stamp = min(due, clock.now())
             for m, c in zip(maps, counts, strict=True):
                 m[r0 * nx:r1 * nx] = c[: r1 - r0].ravel()
             rows_done = r1
             for col, m in zip(self.collectors(), maps, strict=True):
-                await col.map.write(m.copy())
-            await self.img_lines_done.write(rows_done)
+                await col.map.write(m.copy(), timestamp=stamp)
+            await self.img_lines_done.write(rows_done, timestamp=stamp)
             r0 = r1
             if aborted:
                 break
@@ -850,7 +864,8 @@ class SpectrometerIOC(InstrumentIOC):
                 pass
         if not aborted:
             self.frames_completed += 1
-            await self.img_frame.write(self.frames_completed)
+            await self.img_frame.write(self.frames_completed,
+                                       timestamp=min(t0 + frame_time, clock.now()))
         async with self.frame_done:
             self.frame_done.notify_all()
         if snap["unblanked"] and snap["current"] > 0 and rows_done > 0:
@@ -863,9 +878,17 @@ class SpectrometerIOC(InstrumentIOC):
                         rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0)))
         self._schedule_prepare()
 
+    def _seed_generators(self) -> None:
+        """Counting noise from seeded generators, so that a reset instrument draws the
+        same noise whatever ran before; the Hall probe, read at a wall-clock rate, has
+        its own so that it cannot shift the counts' draws."""
+        self.rng = np.random.default_rng(self.seed + 1000)  # event-loop thread
+        self.frame_rng = np.random.default_rng(self.seed + 2000)  # executor (one at a time)
+        self.hall_rng = np.random.default_rng(self.seed + 3000)
+
     async def reset_state(self) -> None:
         """Nothing acquiring, the start-up magnet, calibration, collectors and detector
-        parameters, and a pristine specimen (``SIM:RESET``)."""
+        parameters, seeded noise and a pristine specimen (``SIM:RESET``)."""
         if self._raster_running():
             self.frame_abort.set()
             with contextlib.suppress(Exception):
@@ -876,6 +899,7 @@ class SpectrometerIOC(InstrumentIOC):
         self.mass_ratio = [m / 7.0 for m in DEFAULT_MASSES]
         self.mass_setpoints = list(DEFAULT_MASSES)
         self._drift_ref = (self.clock.now(), 0.0)
+        self._seed_generators()
         async with self.depth_lock:
             self.world.restore_specimen()
             self.depth_version += 1

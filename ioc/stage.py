@@ -242,6 +242,8 @@ class MotorAxis:
         self._interrupt = asyncio.Event()  # wakes a move for STOP or a new target
         self._move_velo = self.velo
         self._move_accl = self.accl
+        self._position_stamp = 0.0  # nominal time of the last published position
+        self._commanded_at = 0.0  # nominal time of the last move from rest
 
     # ---- conversions ----------------------------------------------------------------
     def user(self, dial: float) -> float:
@@ -323,35 +325,47 @@ class MotorAxis:
         """OFF, DIR-dependent limits, VAL and RBV after a calibration change."""
         f = self.fields
         low, high = self.user_limits()
+        ctrl_low, ctrl_high = (low, high) if self.soft_limits_active() else (0.0, 0.0)
+        # VAL's ctrl limits and VAL itself go out before HLM/LLM, and VAL only when it
+        # changes (a motor record does not post VAL for a new limit). ophyd's
+        # EpicsMotor re-reads VAL's ctrl limits when it sees HLM/LLM change, but each
+        # VAL monitor carries the ctrl limits its client cached earlier: a VAL update
+        # that reached it after HLM put the old limits back (1 in ~20 HLM puts).
+        await self.record.write_metadata(
+            lower_ctrl_limit=ctrl_low, upper_ctrl_limit=ctrl_high,
+            lower_disp_limit=ctrl_low, upper_disp_limit=ctrl_high,
+        )
+        await write_if_changed(self.record, self.user(self.target_dial))
+        await write_if_changed(f.dial_desired_value, self.target_dial)
         await self._write(f.user_offset, self.offset)
         await self._write(f.dial_low_limit, self.dial_low)
         await self._write(f.dial_high_limit, self.dial_high)
         await self._write(f.user_low_limit, low)
         await self._write(f.user_high_limit, high)
-        if not self.soft_limits_active():
-            low = high = 0.0  # caproto and ophyd: equal ctrl limits mean "no limits"
-        await self.record.write_metadata(
-            lower_ctrl_limit=low, upper_ctrl_limit=high,
-            lower_disp_limit=low, upper_disp_limit=high,
-        )
-        await self._write(self.record, self.user(self.target_dial))
-        await self._write(f.dial_desired_value, self.target_dial)
         await self._publish_position(self.dial, self.velocity_now)
 
-    async def _publish_position(self, dial: float, velocity: float) -> None:
-        """Readbacks, limit switches, MSTA and the readback alarm at ``dial``."""
+    async def _publish_position(self, dial: float, velocity: float,
+                                timestamp: float | None = None) -> None:
+        """Readbacks, limit switches, MSTA and the readback alarm at ``dial``.
+
+        ``timestamp``: the nominal time the axis was at ``dial`` (default: now).
+        """
         f, spec = self.fields, self.spec
         self.dial, self.velocity_now = dial, velocity
+        stamp = self.clock.now() if timestamp is None else timestamp
+        self._position_stamp = stamp
         low, high = spec.hard_limits
         self.at_high_switch = dial >= high
         self.at_low_switch = dial <= low
         user_high = self.at_high_switch if self.sign > 0 else self.at_low_switch
         user_low = self.at_low_switch if self.sign > 0 else self.at_high_switch
-        await write_if_changed(f.dial_readback_value, dial)
-        await write_if_changed(f.raw_readback_value, round(dial / spec.resolution))
-        await write_if_changed(f.difference_dval_drbv, self.target_dial - dial)
-        await write_if_changed(f.user_high_limit_switch, int(user_high))
-        await write_if_changed(f.user_low_limit_switch, int(user_low))
+        await write_if_changed(f.dial_readback_value, dial, timestamp=stamp)
+        await write_if_changed(f.raw_readback_value, round(dial / spec.resolution),
+                               timestamp=stamp)
+        await write_if_changed(f.difference_dval_drbv, self.target_dial - dial,
+                               timestamp=stamp)
+        await write_if_changed(f.user_high_limit_switch, int(user_high), timestamp=stamp)
+        await write_if_changed(f.user_low_limit_switch, int(user_low), timestamp=stamp)
         at_switch = user_high or user_low
         # RBV's alarm is the record's (shared by its read-only fields): ophyd reads it.
         alarm = f.user_readback_value.alarm
@@ -361,12 +375,12 @@ class MotorAxis:
                                   severity=AlarmSeverity.MAJOR_ALARM)
         elif alarm.status == AlarmStatus.HWLIMIT:
             await alarm.write(status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM)
-        await write_if_changed(f.user_readback_value, self.user(dial))
+        await write_if_changed(f.user_readback_value, self.user(dial), timestamp=stamp)
         msta = (MSTA_DIRECTION if f.direction_of_travel.value else 0)
         msta |= MSTA_MOVING if self.moving else MSTA_DONE
         msta |= (MSTA_PLUS_LS if self.at_high_switch else 0)
         msta |= (MSTA_MINUS_LS if self.at_low_switch else 0)
-        await write_if_changed(f.motor_status, msta)
+        await write_if_changed(f.motor_status, msta, timestamp=stamp)
 
     # ---- moves -------------------------------------------------------------------------
     def check_target(self, user: float) -> float:
@@ -404,7 +418,8 @@ class MotorAxis:
         else:
             # DMOV goes to 0 before the put returns; the task sets it back to 1, so
             # every accepted put (to the present position too) gives DMOV 1 -> 0 -> 1.
-            await self._write(f.done_moving_to_value, 0)
+            self._commanded_at = self.clock.now()
+            await self._write(f.done_moving_to_value, 0, timestamp=self._commanded_at)
             self._stop_requested = False
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"move-{self.record.pvname}")
@@ -422,6 +437,9 @@ class MotorAxis:
     async def _run(self) -> None:
         f = self.fields
         stopped = False
+        # The motion starts when the move was commanded (DMOV -> 0), not when this
+        # task first runs (later by the loop's latency, times the time scale).
+        start: float | None = self._commanded_at
         try:
             while not self._stop_requested:
                 self._retarget = False
@@ -434,12 +452,13 @@ class MotorAxis:
                     # Like a controller polled between the start and the end of a
                     # sub-millisecond move, MOVN never sees such a move (DMOV does).
                     await write_if_changed(f.motor_is_moving, 1)
-                outcome = await self._follow(ramp, interruptible=True)
+                outcome = await self._follow(ramp, interruptible=True, start=start)
+                start = None
                 if outcome == "interrupted":  # STOP or a new target: come to rest first
                     outcome = await self._follow(
                         Ramp.stop(self.dial, self.velocity_now, self._move_velo,
                                   self._move_accl),
-                        interruptible=False)
+                        interruptible=False, start=self._position_stamp)
                 if outcome == "switch":
                     stopped = True
                     break
@@ -449,20 +468,25 @@ class MotorAxis:
             raise
         finally:
             self._stop_requested = False
+            # Never stamped before the end of the motion (whose stamp may lead the
+            # clock by less than MIN_WAIT_S of wall time, see _follow).
+            stamp = max(self.clock.now(), self._position_stamp)
             if stopped:  # motor record: VAL is set to where the motor came to rest
                 self.target_dial = self.dial
-                await self._write(self.record, self.user(self.dial))
-                await self._write(f.dial_desired_value, self.dial)
+                await self._write(self.record, self.user(self.dial), timestamp=stamp)
+                await self._write(f.dial_desired_value, self.dial, timestamp=stamp)
             self._task = None
-            await self._publish_position(self.dial, 0.0)
-            await write_if_changed(f.motor_is_moving, 0)
-            await self._write(f.done_moving_to_value, 1)
+            await self._publish_position(self.dial, 0.0, timestamp=stamp)
+            await write_if_changed(f.motor_is_moving, 0, timestamp=stamp)
+            await self._write(f.done_moving_to_value, 1, timestamp=stamp)
 
-    async def _follow(self, ramp: Ramp, *, interruptible: bool) -> str:
-        """Publish ``ramp`` on the simulated clock; "done", "interrupted" or "switch"."""
+    async def _follow(self, ramp: Ramp, *, interruptible: bool,
+                      start: float | None = None) -> str:
+        """Publish ``ramp``, begun at ``start`` (nominal; default now), on the simulated
+        clock; "done", "interrupted" or "switch"."""
         clock = self.clock
         low, high = self.spec.hard_limits
-        t0 = clock.now()
+        t0 = clock.now() if start is None else min(start, clock.now())
         self._interrupt.clear()
         tick = TICK_S * clock.scale
         while True:
@@ -470,10 +494,13 @@ class MotorAxis:
             if clock.wall(ramp.duration - t) < MIN_WAIT_S:  # the loop cannot wait this short
                 t = ramp.duration
             x, v = ramp.at(t)
+            # Stamped with the time the profile was evaluated at: the end of a move
+            # is its nominal end, not the (late, by the loop's latency times the
+            # time scale) wake-up that publishes it.
             if not low <= x <= high:  # a limit switch cuts the motion
-                await self._publish_position(min(max(x, low), high), 0.0)
+                await self._publish_position(min(max(x, low), high), 0.0, timestamp=t0 + t)
                 return "switch"
-            await self._publish_position(x, v)
+            await self._publish_position(x, v, timestamp=t0 + t)
             if t >= ramp.duration:
                 return "done"
             if interruptible and (self._retarget or self._stop_requested):

@@ -416,8 +416,8 @@ class TEMIOC(InstrumentIOC):
         self._cam_busy = True
         self._cam_abort.clear()
         try:
-            await instance.write("Acquire", verify_value=False)
             start = self.clock.now()
+            await instance.write("Acquire", verify_value=False, timestamp=start)
             geometry, _ = self.image_geometry()
             exposure = float(self.cam_exposure.value)
             blanked = self.blank_rbv.value == "Blanked"
@@ -430,18 +430,23 @@ class TEMIOC(InstrumentIOC):
                 objective_on=self.obj_rbv.value == "On",
             )
             image = await asyncio.get_running_loop().run_in_executor(None, render)
-            remaining = exposure - (self.clock.now() - start)
+            ready = self.clock.now()
+            remaining = exposure - (ready - start)
             if remaining > 0:
                 await self.clock.wait(self._cam_abort, remaining)
             if self._cam_abort.is_set():
                 return "Done"
-            await self.cam_image.write(image.ravel())
-            await self.cam_dose.write(dose)
-            await self.cam_center_x.write(geometry.centre_x_um)
-            await self.cam_center_y.write(geometry.centre_y_um)
-            await self.cam_tilt_a.write(geometry.tilt_a_deg)
-            await self.cam_tilt_b.write(geometry.tilt_b_deg)
-            await self.cam_counter.write(int(self.cam_counter.value) + 1)
+            # Stamped at the end of the exposure (or of the rendering, if that took
+            # longer), not at the wake-up that publishes it (late by the event loop's
+            # latency, times the time scale).
+            done = {"timestamp": max(start + exposure, ready)}
+            await self.cam_image.write(image.ravel(), **done)
+            await self.cam_dose.write(dose, **done)
+            await self.cam_center_x.write(geometry.centre_x_um, **done)
+            await self.cam_center_y.write(geometry.centre_y_um, **done)
+            await self.cam_tilt_a.write(geometry.tilt_a_deg, **done)
+            await self.cam_tilt_b.write(geometry.tilt_b_deg, **done)
+            await self.cam_counter.write(int(self.cam_counter.value) + 1, **done)
         finally:
             self._cam_busy = False
         await clear_alarm(instance)
@@ -562,7 +567,8 @@ class TEMIOC(InstrumentIOC):
         self._edx_abort.clear()
         loop = asyncio.get_running_loop()
         try:
-            await instance.write("Acquire", verify_value=False)
+            start = self.clock.now()
+            await instance.write("Acquire", verify_value=False, timestamp=start)
             geometry, _ = self.image_geometry()
             axis = self.energy_axis()
             ht_kv = float(self.ht_rbv.value)
@@ -574,10 +580,9 @@ class TEMIOC(InstrumentIOC):
             line_mode = self.edx_mode.value == "Line"
             counter = int(self.edx_counter.value)
             model = await loop.run_in_executor(None, self.edx_model, ht_kv, axis)
-            await self.edx_point.write(0)
+            await self.edx_point.write(0, timestamp=start)
             spectra = []
             for i, (dx, dy) in enumerate(points):
-                start = self.clock.now()
                 x_nm, y_nm = geometry.point_nm(dx, dy)
                 rng = np.random.default_rng([self.seed, counter, i, 2])
 
@@ -586,18 +591,24 @@ class TEMIOC(InstrumentIOC):
                     return model.acquire(densities, electrons, rng)
 
                 spectrum = await loop.run_in_executor(None, compute)
-                remaining = live - (self.clock.now() - start)
+                ready = self.clock.now()
+                remaining = live - (ready - start)
                 if remaining > 0:
                     await self.clock.wait(self._edx_abort, remaining)
                 if self._edx_abort.is_set():
                     return "Done"
+                # A point ends its live time after the previous one (or when its
+                # spectrum is computed, if later), whenever the wake-up that publishes
+                # it comes: stamped then, and the next point starts then.
+                done = {"timestamp": max(start + live, ready)}
+                start = done["timestamp"]
                 spectra.append(spectrum)
-                await self.edx_spectrum.write(spectrum)
-                await self.edx_rate.write(float(spectrum.sum()) / live)
-                await self.edx_point.write(i + 1)
+                await self.edx_spectrum.write(spectrum, **done)
+                await self.edx_rate.write(float(spectrum.sum()) / live, **done)
+                await self.edx_point.write(i + 1, **done)
             if line_mode:
-                await self.edx_line_spectra.write(np.concatenate(spectra))
-            await self.edx_counter.write(counter + 1)
+                await self.edx_line_spectra.write(np.concatenate(spectra), **done)
+            await self.edx_counter.write(counter + 1, **done)
         finally:
             self._edx_busy = False
         await clear_alarm(instance)

@@ -9,12 +9,16 @@ Two clients, each for what it does well:
   Every call passes ``repeater=False``: the sync client would otherwise spawn a CA
   repeater bound to 0.0.0.0 (conftest runs one on loopback).
 * caproto's **threading client** (:func:`context`, :func:`pv`, :func:`read`,
-  :func:`get`, :func:`severity`, :func:`put`, :class:`Monitor`): one context for the session, made on
-  first use (after conftest exported the loopback CA environment), with persistent,
-  cached channels.
+  :func:`get`, :func:`stamped`, :func:`severity`, :func:`put`, :class:`Monitor`): one
+  context for the session, made on first use (after conftest exported the loopback CA
+  environment), with persistent, cached channels.
 
-Plus :func:`wait_for` (poll until a condition holds), :func:`move_motor` and
-:func:`skip_unless_served`.
+Plus :func:`wait_for` (poll until a condition holds) and :func:`move_motor`.
+
+Timing asserts use the IOC's own timestamps (:class:`Monitor` with ``clock="server"``,
+:func:`stamped`), never the client's wall clock: the instruments run on a simulated
+clock (``--time-scale``) whose timestamps keep nominal durations. The wall-clock
+waits here (``wait_for``, ``timeout``) only bound how long a test may hang.
 """
 
 from __future__ import annotations
@@ -125,15 +129,6 @@ def move_motor(motor: str, target: float, velocity: float, tolerance: float = 0.
              timeout, f"{motor} at {target}")
 
 
-def skip_unless_served(*names: str, why: str = "its IOC still a placeholder") -> None:
-    """Skip the test (or fixture) when one of the PVs is not served."""
-    for name in names:
-        try:
-            caread(name, timeout=3)
-        except TimeoutError:
-            pytest.skip(f"{name} is not served yet ({why})")
-
-
 # --------------------------------------------------------------------------------------
 # Threading client
 # --------------------------------------------------------------------------------------
@@ -170,6 +165,12 @@ def get(name: str, data_type=None, timeout: float = 5.0):
     return np.asarray(data)
 
 
+def stamped(name: str, timeout: float = 5.0) -> tuple[float, object]:
+    """(the IOC's timestamp, value) of the PV's present value (one element)."""
+    response = read(name, data_type="time", timeout=timeout)
+    return response.metadata.timestamp, _decoded(response.data[0])
+
+
 def severity(name: str) -> AlarmSeverity:
     """The PV's alarm severity, read on its persistent channel: a refusal's alarm can
     be short-lived (an IOC may clear a shared alarm on its next update), and a sync
@@ -177,18 +178,17 @@ def severity(name: str) -> AlarmSeverity:
     return AlarmSeverity(read(name, data_type="time").metadata.severity)
 
 
-def put(name: str, value, timeout: float = 5.0, wait: bool = True) -> float:
-    """Put (with completion unless ``wait=False``); returns the wall time it took."""
-    start = time.monotonic()
+def put(name: str, value, timeout: float = 5.0, wait: bool = True) -> None:
+    """Put (with completion unless ``wait=False``)."""
     pv(name).write([value], data_type=_put_type(value), wait=wait, timeout=timeout)
-    return time.monotonic() - start
 
 
 class Monitor:
     """Every CA monitor update of one PV as (time, value), in :attr:`updates`.
 
-    ``clock="server"``: the IOC's timestamp of the update (wall-clock seconds);
-    ``clock="arrival"``: ``time.monotonic()`` when it reached this process. Waits for
+    ``clock="server"``: the IOC's timestamp of the update (the instrument's nominal
+    clock, epoch seconds: what timing asserts use); ``clock="arrival"``:
+    ``time.monotonic()`` when it reached this process (for ordering only). Waits for
     the first update (the current value). :meth:`clear` ends it.
     """
 

@@ -2,11 +2,17 @@
 
 One small correlative experiment (``correlative_tem_sims`` over the real IOCs,
 li2co3-particles seed 1, written to an embedded catalog), shared by the module and
-read back with :func:`load_correlative`. The spectrometer starts without drift; the
-test then sets a known drift rate, so the SIMS maps are displaced on the specimen by
-a known, non-trivial amount that the recorded geometry does not know: the truth is
-the stage readback (``region``) minus the drift at the time of each map, and the
-registration onto the overview must recover it within half a SIMS pixel.
+read back with :func:`load_correlative`. The spectrometer starts without drift; before
+the plan the test lets the specimen drift for a known time, then stops the drift, so
+the SIMS maps are displaced on the specimen by a known, non-trivial amount (about two
+SIMS pixels) that the recorded geometry does not know: the truth is the stage readback
+(``region``) minus that displacement, and the registration onto the overview must
+recover it within half a SIMS pixel.
+
+Why a displacement and not a drift during the plan: at a time scale S every wall second
+the plan spends outside the IOCs' own waits (CA, the RunEngine, frame preparation)
+is S nominal seconds of drift. At S = 20, 600 nm/min during the plan moved the
+particles 0.5-0.6 um, out of the maps' 0.6 um fields, and how far depended on the load.
 """
 
 from __future__ import annotations
@@ -19,40 +25,58 @@ import pytest
 
 from temsims.loaders import CorrelativeExperiment, load_correlative
 
-#: Drift set before the plan (nm/min; the IOC's direction: 30 deg from +x).
+#: End to end (plan, catalog, loader): the module's fixture takes 16-22 s, its tests 6 s.
+pytestmark = pytest.mark.slow
+
+#: The drift that displaces the specimen before the plan (nm/min; the IOC's direction:
+#: 30 deg from +x), for DRIFT_S nominal seconds: 75 nm, 2 SIMS pixels of the maps.
 DRIFT_NM_PER_MIN = 600.0
+DRIFT_S = 7.5
 DRIFT_DIRECTION_DEG = 30.0
 SIMS_PIXELS = (16, 11)
 CAMERA_SIZE = 128
+#: The spectrometer starts without drift (and a reset puts it back to none).
+NO_DRIFT = {"spectrometer": ["--drift-nm-per-min", "0"]}
+
+
+def _displace(procs, d) -> float:
+    """Let the specimen drift for ~DRIFT_S nominal seconds; the displacement (um)."""
+    from caproto.sync.client import read
+
+    def stamp() -> float:  # the IOC's (nominal) time of the last rate change
+        return read(procs.instrument_prefix + "MS:DRIFT_NM_PER_MIN", data_type="time",
+                    timeout=5).metadata.timestamp
+
+    d.spectrometer.drift.set(DRIFT_NM_PER_MIN).wait(5)
+    t_on = stamp()
+    time.sleep(DRIFT_S / procs.time_scale)
+    d.spectrometer.drift.set(0.0).wait(5)
+    t_off = stamp()
+    return DRIFT_NM_PER_MIN * (t_off - t_on) / 60.0 / 1000.0
 
 
 @pytest.fixture(scope="module")
-def experiment(start_instrument, slot_pool, tmp_path_factory):
+def experiment(instruments, tmp_path_factory):
     """Run ``correlative_tem_sims`` into a catalog; load it back (everything a test needs)."""
     from bluesky import RunEngine
-    from caproto.sync.client import write
     from documents import DocumentCollector
-    from instrument_support import connect_fast, stop_instrument
+    from instrument_support import connect_fast
 
     from temsims.catalog import open_catalog, require_metadata
     from temsims.plans import correlative_tem_sims
 
-    procs = start_instrument(specimen="li2co3-particles", seed=1,
-                             extra_args={"spectrometer": ["--drift-nm-per-min", "0"]})
+    procs = instruments.get(specimen="li2co3-particles", seed=1, extra_args=NO_DRIFT)
     cat = open_catalog(tmp_path_factory.mktemp("loaders") / "catalog")
     try:
         d = connect_fast(procs, camera_size=CAMERA_SIZE)
+        assert d.spectrometer.drift.get() == 0.0
         RE = RunEngine({"sample": "li2co3-particles seed 1", "specimen": "li2co3-particles",
                         "operator": "pytest"}, call_returns_result=True)
         require_metadata(RE)
         RE.docs = DocumentCollector()
         RE.subscribe(RE.docs)
         RE.subscribe(cat.writer())
-        # Drift from now on (none before: the IOC started with 0 nm/min).
-        t0 = time.time()
-        write(procs.instrument_prefix + "MS:DRIFT_NM_PER_MIN", DRIFT_NM_PER_MIN,
-              notify=True, timeout=5)
-        t_drift = 0.5 * (t0 + time.time())
+        shift_um = _displace(procs, d)
         t1 = time.monotonic()
         res = RE(correlative_tem_sims(
             d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column, d.bias,
@@ -63,28 +87,25 @@ def experiment(start_instrument, slot_pool, tmp_path_factory):
         t1 = time.monotonic()
         exp = load_correlative(cat, res["correlation_id"])
         load_s = time.monotonic() - t1
-        print(f"\ncorrelative plan {plan_s:.1f} s, load_correlative {load_s:.2f} s")
-        yield {"res": res, "exp": exp, "cat": cat, "docs": RE.docs, "t_drift": t_drift}
+        print(f"\ncorrelative plan {plan_s:.1f} s, load_correlative {load_s:.2f} s; "
+              f"specimen displaced {1e3 * shift_um:.1f} nm before it")
+        yield {"res": res, "exp": exp, "cat": cat, "docs": RE.docs, "shift_um": shift_um}
     finally:
         cat.close(timeout=60)
-        stop_instrument(procs, slot_pool)
 
 
-def _true_affine(m, t_drift: float) -> np.ndarray:
+def _true_affine(m, shift_um: float) -> np.ndarray:
     """SIMS (col, row, 1) -> specimen um as the simulator made the map: the stage
-    readback as the centre, minus the specimen's drift at the middle of the map's
-    events (their timestamps; the map itself lasts ~0.2 s, ~1 nm of drift)."""
+    readback as the centre, minus the specimen's displacement ``shift_um``."""
     from dataclasses import replace
 
     start = m.start
     geo = replace(m.geometry, centre_x_um=float(start["region"]["x_um"]),
                   centre_y_um=float(start["region"]["y_um"]))
     matrix = geo.affine_to_specimen()
-    t_map = 0.5 * (m.data.attrs["time_first"] + m.data.attrs["time_last"])
-    d_um = DRIFT_NM_PER_MIN * (t_map - t_drift) / 60.0 / 1000.0
     ang = math.radians(DRIFT_DIRECTION_DEG)
-    matrix[0, 2] -= d_um * math.cos(ang)
-    matrix[1, 2] -= d_um * math.sin(ang)
+    matrix[0, 2] -= shift_um * math.cos(ang)
+    matrix[1, 2] -= shift_um * math.sin(ang)
     return matrix
 
 
@@ -153,7 +174,7 @@ def test_registration_against_the_specimen_truth(experiment):
     for i, m in enumerate(exp.sims):
         reg = m.registration
         assert reg is not None, m.registration_error
-        truth = _true_affine(m, experiment["t_drift"])
+        truth = _true_affine(m, experiment["shift_um"])
         ov = exp.overview_geometry.affine_to_specimen()
         registered = ov @ reg.transform.params
         initial = ov @ reg.initial_transform.params
@@ -180,7 +201,7 @@ def test_registration_against_the_specimen_truth(experiment):
         assert 0 < inside.sum() < inside.size
         assert float(np.nanmax(w["7Li"].values)) <= float(m.data["7Li"].max()) + 1e-3
     # A known drift was there to be found (the test would be vacuous without it).
-    truth0 = _true_affine(exp.sims[0], experiment["t_drift"])
+    truth0 = _true_affine(exp.sims[0], experiment["shift_um"])
     init0 = exp.overview_geometry.affine_to_specimen() @ \
         exp.sims[0].registration.initial_transform.params
     assert _error_sims_px(exp, 0, init0, truth0) > 0.5

@@ -1,4 +1,5 @@
-"""Fixtures of the device tests: the session instrument connected as ophyd devices."""
+"""Fixtures of the device tests: the session's shared instrument, reset at the start of
+each module, connected as ophyd devices (once a session)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import pytest
 from documents import DocumentCollector
 
 
-@pytest.fixture(scope="session")
-def devices(instrument):
-    """``temsims.devices.connect`` on the session's IOCs (all five)."""
-    from temsims.devices import connect
+@pytest.fixture(scope="module")
+def devices(instruments):
+    """``temsims.devices.connect`` on the shared instrument (all five parts,
+    li2co3-particles seed 1), reset for this module: start-up state and defaults."""
+    from instrument_support import connected
 
-    return connect(instrument.instrument_prefix, timeout=15.0)
+    return connected(instruments.get())
 
 
 @pytest.fixture

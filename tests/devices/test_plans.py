@@ -110,6 +110,7 @@ def test_mass_scan_gives_spectrum_and_mass_axis(RE, devices):
         devices.spectrometer.mode.set(mode).wait(10)
 
 
+@pytest.mark.slow  # 1000 moves: 6-12 s
 def test_back_to_back_moves_under_a_run_engine_all_finish(fast_setup):
     """1000 10-nm moves, each issued by the RunEngine as soon as the previous status
     finished: none may lose its status (plain ``EpicsMotor`` lost 18 of 3000 here,

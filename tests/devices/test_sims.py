@@ -1,8 +1,8 @@
 """Mode changes TEM <-> SIMS and the SIMS imager flyer, on the real IOCs.
 
-One module-scoped sequence on the session instrument: refused targets first, then
-TEM -> SIMS, counting and a fly scan over particles, then SIMS -> TEM (which is the
-state the session instrument is left in).
+One module-scoped sequence on the shared instrument (reset for the module): refused
+targets first, then TEM -> SIMS, counting and a fly scan over particles, then
+SIMS -> TEM.
 """
 
 from __future__ import annotations

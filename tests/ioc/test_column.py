@@ -1,15 +1,19 @@
-"""The Ga+ column IOC over CA: optics, real-time raster, refusals and the SIMS interlock.
+"""The Ga+ column IOC over CA: optics, raster on the IOC's clock, refusals and the SIMS
+interlock.
 
-Two instruments per module: the column and bias alone (no stage, no TEM: every
-interlock must refuse, fail safe), and the column with the real stage, TEM and bias
-IOCs for the paths that need SIMS geometry (tilt -68 deg, objective lens off).
+Every test uses the session's shared instrument (``instruments.get()``). The first
+part has the column and the bias supply alone (stage, TEM and spectrometer put Dead:
+every interlock must refuse, fail safe); the module's end resets the instrument, which
+brings them back. The interlock tests have the real stage, TEM and bias parts for the
+paths that need SIMS geometry (tilt -68 deg, objective lens off). Raster timing is
+asserted on the IOC's timestamps; frames are sized in wall time from the instrument's
+time scale (``SIM:TIME_SCALE``), so that what must happen mid-frame does.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 
 import pytest
 from caproto import AlarmSeverity
@@ -22,10 +26,9 @@ from catools import (
     move_motor,
     pv,
     severity,
-    skip_unless_served,
+    stamped,
     wait_for,
 )
-from instrument_support import stop_instrument
 
 from temsims.ioc.column import APERTURES, probe_diameter_nm
 
@@ -34,11 +37,17 @@ from temsims.ioc.column import APERTURES, probe_diameter_nm
 # Fixtures and helpers
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fib(start_instrument, slot_pool):
-    """Column and bias IOCs alone: no stage, no TEM."""
-    procs = start_instrument(iocs=("column", "bias"))
+def fib(instruments):
+    """The column and the bias supply alone: stage, TEM and spectrometer Dead."""
+    procs = instruments.get()
+    for part in ("stage", "tem", "spectrometer"):
+        procs.set_part(part, "Dead")
     yield procs
-    stop_instrument(procs, slot_pool)
+    procs.reset()  # every part Up again, in its start-up state
+
+
+def time_scale(procs) -> float:
+    return float(caget(procs.sim_prefix + "TIME_SCALE"))
 
 
 def set_raster(F: str, nx: int, ny: int, dwell: float) -> None:
@@ -88,72 +97,84 @@ def test_landing_energy_is_hv_minus_bias(fib):
 # --------------------------------------------------------------------------------------
 # Raster
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("nx", "ny", "dwell", "per_line"),
-    [(100, 200, 1e-4, False),  # 10 ms lines: batched progress
-     (20, 50, 2e-3, True)],    # 40 ms lines: one update per line
-)
-def test_raster_lasts_nx_ny_dwell_and_reports_progress(fib, nx, ny, dwell, per_line):
+@pytest.mark.parametrize("per_line", [False, True], ids=["batched", "per-line"])
+def test_raster_lasts_nx_ny_dwell_and_reports_progress(fib, per_line):
+    """A frame of 0.4 s of wall time: short lines (0.5 ms of wall time) batched at
+    25 Hz, or 40 ms lines published one by one (the publication cadence is a wall
+    rate: ``line_publish_min_s``, ``batch_publish_s``)."""
     F = fib.prefix("column")
+    scale = time_scale(fib)
+    if per_line:
+        nx, ny = 20, 10
+        dwell = 0.04 * scale / nx
+    else:
+        nx, dwell = 200, 1e-4
+        ny = round(0.4 * scale / (nx * dwell))
     set_raster(F, nx, ny, dwell)
     expected = nx * ny * dwell
     assert caget(F + "SCAN:FRAME_TIME") == pytest.approx(expected)
     frames = caget(F + "SCAN:FRAME")
+    t_dwell_put, _ = stamped(F + "SCAN:DWELL")
     rec = {name: Monitor(F + "SCAN:" + name) for name in
-           ("PIXEL", "LINE", "ACQUIRE", "START_TIME")}
+           ("PIXEL", "LINE", "ACQUIRE", "ACQUIRE_RBV", "START_TIME", "FRAME")}
     try:
-        wall0 = time.time()
-        t0 = time.monotonic()
-        caput(F + "SCAN:ACQUIRE", "Start", timeout=expected + 5)
-        elapsed = time.monotonic() - t0
-        time.sleep(0.1)
-        ratio = elapsed / expected
-        print(f"raster {nx}x{ny} dwell {dwell}: {elapsed:.4f} s for {expected:.4f} s, "
-              f"ratio {ratio:.4f}")
-        assert 0.99 < ratio < 1.03
+        caput(F + "SCAN:ACQUIRE", "Start", timeout=expected / scale + 10)
+        # The put completes at the end of the frame, with every counter at its end.
         assert caget(F + "SCAN:FRAME") == frames + 1
         assert caget(F + "SCAN:LINE") == ny
         assert caget(F + "SCAN:PIXEL") == nx * ny
         assert caget(F + "SCAN:PROGRESS") == pytest.approx(100.0)
         assert caget_str(F + "SCAN:ACQUIRE") == "Stop"
         assert caget_str(F + "SCAN:ACQUIRE_RBV") == "Stop"
+        rec["ACQUIRE_RBV"].wait_for(lambda u: len(u) >= 3)
+        rec["FRAME"].wait_for(lambda u: len(u) >= 2)
 
-        # START_TIME is written before ACQUIRE goes to Start, and is the frame's start.
+        # START_TIME is the frame's start: written with ACQUIRE(_RBV) = Start, after the
+        # last parameter put.
         start_time = caget(F + "SCAN:START_TIME")
-        assert wall0 <= start_time <= wall0 + 0.1
-        (t_start_pv, _), = rec["START_TIME"].since(wall0)
-        acq = rec["ACQUIRE"].since(wall0)
-        assert [v for _, v in acq] == [1, 0]  # Start, then Stop
-        assert t_start_pv <= acq[0][0]
-        assert acq[1][0] - start_time == pytest.approx(expected, abs=0.03)
+        (t_start_pv, value), = rec["START_TIME"].updates[1:]
+        assert value == start_time
+        assert t_start_pv == pytest.approx(start_time, abs=1e-6)
+        assert start_time > t_dwell_put
+        for name in ("ACQUIRE", "ACQUIRE_RBV"):
+            updates = rec[name].updates[1:]
+            assert [int(v) for _, v in updates] == [1, 0], name  # Start, then Stop
+            assert updates[0][0] == pytest.approx(start_time, abs=1e-6)
+            # The frame lasts NX * NY * DWELL on the IOC's clock.
+            duration = updates[1][0] - start_time
+            assert duration == pytest.approx(expected, abs=1e-6), name
+        (t_frame, _), = rec["FRAME"].updates[1:]
+        assert t_frame == pytest.approx(start_time + expected, abs=1e-6)
+        print(f"raster {nx}x{ny} dwell {dwell:g} s: {duration:.6f} s on the IOC's clock "
+              f"for {expected:.6f} s (time scale {scale:g})")
 
         # Counters advance with the beam: pixel k is reached at START_TIME + k*DWELL.
-        pixels = rec["PIXEL"].since(wall0)
+        pixels = rec["PIXEL"].since(start_time)
         values = [v for _, v in pixels]
         assert values == sorted(values) and values[-1] == nx * ny
-        for ts, value in pixels[1:-1]:
-            assert (ts - start_time) / dwell == pytest.approx(value, abs=max(20, 0.01 * nx * ny))
-        lines = [v for _, v in rec["LINE"].since(wall0)]
+        for ts, value in pixels:
+            # (1e-6 s: a timestamp's float resolution at the present epoch)
+            assert -1e-6 <= ts - (start_time + value * dwell) < dwell + 1e-6, (ts, value)
+        lines = [v for _, v in rec["LINE"].since(start_time)]
+        wall_rate = len(pixels) / (expected / scale)
+        print(f"progress: {len(pixels)} updates, {wall_rate:.1f} per second of wall time")
         if per_line:
             assert set(range(ny + 1)) - set(lines) <= {0}  # every line end published
             assert len(lines) <= ny + 1
         else:
-            rate = len(pixels) / expected
-            print(f"progress updates: {rate:.1f} Hz")
-            assert 10 < rate < 55  # batched, never a flood
+            assert 10 < wall_rate < 55  # batched (25 Hz), never a flood
     finally:
         for monitor in rec.values():
             monitor.clear()
 
 
 def start_in_background(pv_name: str, result: dict) -> threading.Thread:
-    """Put Start with completion from another thread; result["t"] = its duration."""
+    """Put Start with completion from another thread; result["done"] when it returns."""
     channel = pv(pv_name)
 
     def start():
-        t = time.monotonic()
-        channel.write([1], wait=True, timeout=30)  # 1 = Start
-        result["t"] = time.monotonic() - t
+        channel.write([1], wait=True, timeout=120)  # 1 = Start
+        result["done"] = True
 
     thread = threading.Thread(target=start)
     thread.start()
@@ -162,42 +183,70 @@ def start_in_background(pv_name: str, result: dict) -> threading.Thread:
 
 def test_stop_aborts_a_frame(fib):
     F = fib.prefix("column")
-    set_raster(F, 100, 100, 1e-3)  # a 10 s frame
+    scale = time_scale(fib)
+    nx = ny = 100
+    dwell = 5 * scale / (nx * ny)  # a frame of 5 s of wall time
+    set_raster(F, nx, ny, dwell)
     frames = caget(F + "SCAN:FRAME")
+    acquire = Monitor(F + "SCAN:ACQUIRE_RBV")
     done: dict = {}
     thread = start_in_background(F + "SCAN:ACQUIRE", done)
-    wait_for(lambda: caget_str(F + "SCAN:ACQUIRE_RBV") == "Start", 2, "the frame to start")
-    time.sleep(0.5)
-    t_stop = time.monotonic()
-    caput(F + "SCAN:ACQUIRE", "Stop")
-    stop_latency = time.monotonic() - t_stop
-    thread.join(timeout=5)
-    assert not thread.is_alive()
-    assert done["t"] < 2.0  # the Start completion returned on Stop, not after 10 s
-    assert stop_latency < 0.2
-    assert caget(F + "SCAN:FRAME") == frames
-    assert 3.0 < caget(F + "SCAN:PROGRESS") < 15.0
+    try:
+        wait_for(lambda: caget(F + "SCAN:PROGRESS") >= 5.0, 10, "5 % of the frame")
+        caput(F + "SCAN:ACQUIRE", "Stop")
+        thread.join(timeout=5)
+        assert not thread.is_alive() and done  # the Start completion returned on Stop
+        acquire.wait_for(lambda u: len(u) >= 3)
+    finally:
+        acquire.clear()
+    assert caget(F + "SCAN:FRAME") == frames  # an aborted frame does not count
+    progress = caget(F + "SCAN:PROGRESS")
+    assert 5.0 <= progress < 25.0
     assert caget_str(F + "SCAN:ACQUIRE") == "Stop"
     assert caget_str(F + "SCAN:ACQUIRE_RBV") == "Stop"
+    # On the IOC's clock the frame ended at the Stop, where the counters stopped.
+    start_time = caget(F + "SCAN:START_TIME")
+    t_stop = acquire.updates[-1][0]
+    t_pixel, pixel = stamped(F + "SCAN:PIXEL")
+    print(f"stopped at {progress:.1f} %: {t_stop - start_time:.3f} s into a "
+          f"{nx * ny * dwell:.0f} s frame (time scale {scale:g})")
+    assert t_pixel == pytest.approx(t_stop, abs=1e-6)
+    assert pixel == math.floor((t_stop - start_time) / dwell + 1e-9)
+    assert progress == pytest.approx(100.0 * pixel / (nx * ny))
 
 
 def test_parameter_puts_refused_during_a_frame(fib):
     F = fib.prefix("column")
-    set_raster(F, 50, 40, 1e-3)  # a 2 s frame
+    scale = time_scale(fib)
+    nx, ny = 50, 40
+    dwell = 1.5 * scale / (nx * ny)  # a frame of 1.5 s of wall time
+    set_raster(F, nx, ny, dwell)
     before = {name: caget(F + name) for name in
               ("SCAN:NX", "SCAN:NY", "SCAN:DWELL", "SCAN:FOV", "SCAN:ROTATION", "HV")}
+    frames = caget(F + "SCAN:FRAME")
     result: dict = {}
+    acquire = Monitor(F + "SCAN:ACQUIRE_RBV")
     thread = start_in_background(F + "SCAN:ACQUIRE", result)
-    wait_for(lambda: caget_str(F + "SCAN:ACQUIRE_RBV") == "Start", 2, "the frame to start")
-    for name, value in [("SCAN:NX", 10), ("SCAN:NY", 10), ("SCAN:DWELL", 1e-5),
-                        ("SCAN:FOV", 1.0), ("SCAN:ROTATION", 45.0), ("SCAN:MODE", "Spot"),
-                        ("SCAN:SPOT_X", 0.1), ("HV", 10.0), ("APERTURE", "1 nA"),
-                        ("SCAN:ACQUIRE", "Start")]:
-        assert_refused(F + name, value)
-    thread.join(timeout=10)
-    assert result["t"] == pytest.approx(2.0, rel=0.03)  # the raster was not disturbed
+    try:
+        wait_for(lambda: caget_str(F + "SCAN:ACQUIRE_RBV") == "Start", 2, "the frame to start")
+        for name, value in [("SCAN:NX", 10), ("SCAN:NY", 10), ("SCAN:DWELL", 1e-5),
+                            ("SCAN:FOV", 1.0), ("SCAN:ROTATION", 45.0), ("SCAN:MODE", "Spot"),
+                            ("SCAN:SPOT_X", 0.1), ("HV", 10.0), ("APERTURE", "1 nA"),
+                            ("SCAN:ACQUIRE", "Start")]:
+            assert_refused(F + name, value)
+        # Every refusal came while the frame ran (else this test proves nothing).
+        assert caget_str(F + "SCAN:ACQUIRE_RBV") == "Start"
+        thread.join(timeout=10)
+        assert not thread.is_alive() and result
+        acquire.wait_for(lambda u: len(u) >= 3)
+    finally:
+        acquire.clear()
+    # The raster was not disturbed: complete, and NX * NY * DWELL on the IOC's clock.
+    (t_start, _), (t_stop, _) = acquire.updates[-2:]
+    assert t_stop - t_start == pytest.approx(nx * ny * dwell, abs=1e-6)
+    assert caget(F + "SCAN:FRAME") == frames + 1
     assert {name: caget(F + name) for name in before} == before
-    assert caget(F + "SCAN:PIXEL") == 50 * 40
+    assert caget(F + "SCAN:PIXEL") == nx * ny
     caput(F + "SCAN:NX", 64)  # accepted again once the frame is over
     assert caget(F + "SCAN:NX") == 64
 
@@ -248,36 +297,28 @@ def test_unblank_refused_when_peers_are_missing_but_a_blanked_raster_runs(fib):
     assert caget(F + "SAMPLE_CURRENT_RBV") == 0.0
     caput(F + "BLANK", "Blanked")  # always allowed; clears the alarm
     assert severity(F + "BLANK") == AlarmSeverity.NO_ALARM
-    # A raster with the beam blanked (dark counts only) is allowed.
+    # A raster with the beam blanked (dark counts only) is allowed, and lasts its time.
     set_raster(F, 16, 16, 1e-3)
-    t0 = time.monotonic()
-    caput(F + "SCAN:ACQUIRE", "Start")
-    assert time.monotonic() - t0 == pytest.approx(0.256, abs=0.03)
-
-
-# --------------------------------------------------------------------------------------
-# Interlock with the real stage and TEM IOCs
-# --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sims(start_instrument, slot_pool):
-    """Stage, TEM, column and bias; skips if the stage or TEM IOC is a placeholder."""
-    procs = start_instrument(iocs=("stage", "tem", "column", "bias"))
+    frames = caget(F + "SCAN:FRAME")
+    acquire = Monitor(F + "SCAN:ACQUIRE_RBV")
     try:
-        skip_unless_served(procs.prefix("stage") + "A.RBV", procs.prefix("tem") + "OBJ_RBV",
-                           why="stage/TEM IOC still a placeholder")
-        wait_links_up(procs)
-        yield procs
+        caput(F + "SCAN:ACQUIRE", "Start")
+        acquire.wait_for(lambda u: len(u) >= 3)
     finally:
-        stop_instrument(procs, slot_pool)
+        acquire.clear()
+    (t_start, _), (t_stop, _) = acquire.updates[-2:]
+    assert t_stop - t_start == pytest.approx(0.256, abs=1e-6)
+    assert caget(F + "SCAN:FRAME") == frames + 1
+    assert caget_str(F + "BLANK_RBV") == "Blanked"
 
 
-def wait_links_up(procs) -> None:
-    """Wait until the column and bias see the stage and TEM (a peer that starts after
-    its follower is found within caproto's search back-off, <= 5 s)."""
-    for part in ("column", "bias"):
-        reason = procs.prefix(part) + "INTERLOCK_REASON"
-        wait_for(lambda reason=reason: "link down" not in caget(reason), 20,
-                 f"{reason} to see its peers")
+# --------------------------------------------------------------------------------------
+# Interlock with the real stage and TEM parts
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def sims(instruments):
+    """The shared instrument (all five parts), reset: beam blanked, stage home."""
+    return instruments.get()
 
 
 def move_alpha(procs, target: float) -> None:
@@ -293,13 +334,13 @@ def sims_geometry(procs) -> None:
 
 def test_unblank_needs_tilt_and_objective_off(sims):
     F, T = sims.prefix("column"), sims.prefix("tem")
+    # The column reads the tilt and the lens from the world: the refusal is current the
+    # moment the stage's DMOV = 1 (or the lens put's completion) is.
     move_alpha(sims, 0.0)
     caput(T + "OBJ", "On")
-    time.sleep(0.2)
     assert_refused(F + "BLANK", "Unblanked")
     assert caget_str(F + "STATUS").startswith("Refused: alpha 0.0 deg")
     move_alpha(sims, -68.0)
-    time.sleep(0.2)
     assert_refused(F + "BLANK", "Unblanked")
     assert caget_str(F + "STATUS") == "Refused: objective lens on"
     assert caget_str(F + "BLANK_RBV") == "Blanked"
@@ -344,7 +385,8 @@ def test_landing_energy_with_the_bias_on(sims):
         caput(F + "HV", 30.0)
 
 
-def test_stage_ioc_down_blanks_the_beam_fail_safe(sims):
+def test_stage_part_down_blanks_the_beam_fail_safe(sims):
+    """The stage part killed (Dead) under an unblanked beam, then brought back."""
     F = sims.prefix("column")
     sims_geometry(sims)
     caput(F + "BLANK", "Unblanked")
@@ -352,7 +394,9 @@ def test_stage_ioc_down_blanks_the_beam_fail_safe(sims):
     try:
         wait_for(lambda: caget_str(F + "BLANK_RBV") == "Blanked", 2, "auto-blank, stage down")
         assert caget_str(F + "STATUS") == "Blanked: stage link down"
+        assert caget(F + "SAMPLE_CURRENT_RBV") == 0.0
         assert_refused(F + "BLANK", "Unblanked")
     finally:
-        sims.restart("stage")
-        wait_links_up(sims)
+        sims.set_part("stage", "Up")
+    # Back at once (the world, not a CA search): a fresh stage, at home.
+    assert caget_str(F + "INTERLOCK_REASON").startswith("alpha 0.0 deg")

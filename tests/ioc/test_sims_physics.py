@@ -197,6 +197,25 @@ def test_drift_shifts_successive_frames(particles):
     np.testing.assert_allclose(c, d)
 
 
+
+def test_a_plan_prepared_ahead_renders_as_one_made_at_the_frame_start(particles):
+    """The spectrometer prepares a frame's blurred maps ahead of time and retargets them
+    (current, dwell, drift clock) at the frame start: the map must be the one a plan
+    made then gives. A retarget once lost the blur's coarse grid (``block``) and read
+    the coarse maps as the full grid: a 9x smaller map of the field's corner."""
+    params = sp.SimsParameters(drift_nm_per_min=0.0)
+    geo = sp.ScanGeometry(64, 48, 4.0, centre_x_nm=400.0, centre_y_nm=-300.0)
+    prepared = _plan(particles, geo, current_pa=10.0, dwell_s=1e-3, probe_nm=40.0,
+                     params=params)
+    assert prepared.block > 1  # blurred on a coarse grid
+    fresh = _plan(particles, geo, current_pa=100.0, dwell_s=2e-3, probe_nm=40.0,
+                  elapsed_s=5.0, params=params)
+    moved = prepared.retarget(current_pa=100.0, dwell_s=2e-3, elapsed_s=5.0)
+    assert (moved.block, moved.blurred_shape) == (fresh.block, fresh.blurred_shape)
+    for a, b in zip(moved.expected_lines(0, 48), fresh.expected_lines(0, 48), strict=True):
+        assert b.sum() > 0
+        np.testing.assert_allclose(a, b, rtol=1e-9)
+
 # ---- sputtering and implantation ---------------------------------------------------------
 def test_sputter_depth_is_dose_times_yield_over_density():
     spec = Specimen("film", 0, [Layer("film", 500.0, {"Li2CO3": 1.0})], shape=(256, 256))

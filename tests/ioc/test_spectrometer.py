@@ -1,19 +1,22 @@
 """The mass spectrometer IOC over Channel Access, with the real column, bias, stage and TEM.
 
-One instrument for the module (li2co3-particles, seed 1, no drift); the tests run in
-file order and build on each other's state: dark counts before SIMS geometry, then
-SIMS geometry, imaging, the Ga calibration, refusals.
+The session's shared instrument (li2co3-particles, seed 1), reset once for the module
+and put on zero drift (``MS:DRIFT_NM_PER_MIN``); the tests run in file order and build
+on each other's state: dark counts before SIMS geometry, then SIMS geometry, imaging,
+the Ga calibration, refusals. Map timing is asserted on the IOC's timestamps (the
+column's raster and the spectrometer's lines); frames that must still run while a
+test acts on them are sized in wall time from the time scale (``SIM:TIME_SCALE``).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from catools import Monitor, get, put, refused, wait_for
-from instrument_support import stop_instrument
 
 from temsims.ioc import sims_physics as sp
 from temsims.ioc.materials import isotope_mass_u
@@ -24,11 +27,22 @@ GA69, GA71, LI7 = isotope_mass_u("69Ga"), isotope_mass_u("71Ga"), isotope_mass_u
 
 
 @pytest.fixture(scope="module")
-def ms(start_instrument, slot_pool):
-    procs = start_instrument(specimen=SPECIMEN, seed=SEED,
-                             extra_args={"spectrometer": ["--drift-nm-per-min", "0"]})
-    yield Client(procs.instrument_prefix)
-    stop_instrument(procs, slot_pool)
+def ms(instruments):
+    procs = instruments.get(specimen=SPECIMEN, seed=SEED)
+    c = Client(procs.instrument_prefix)
+    c.put("MS:DRIFT_NM_PER_MIN", 0.0)  # no drift: maps comparable with the physics
+    return c
+
+
+@dataclass
+class Frame:
+    """One raster frame as the IOCs stamped it, and the wall time the client waited."""
+
+    start: float  # the column's SCAN:START_TIME (nominal epoch s)
+    beam_s: float  # the column's raster, ACQUIRE_RBV Start -> Stop (IOC clock)
+    mapped_s: float  # from START_TIME to the spectrometer's IMG:FRAME (IOC clock)
+    lines: list  # the spectrometer's IMG:LINES_DONE updates (stamp, lines)
+    wall_s: float  # from the Start put to the counted frame reaching this client
 
 
 class Client:
@@ -58,28 +72,41 @@ class Client:
         wait_for(lambda: predicate(self.get(name)), timeout, f"{name} to satisfy the condition",
                  interval=0.05)
 
+    def time_scale(self) -> float:
+        return float(self.get("SIM:TIME_SCALE"))
+
     def count(self, seconds=0.2):
         self.put("MS:MODE", "Counting")
         self.put("MS:COUNT_TIME", seconds)
         self.put("MS:ACQUIRE", "Acquire", timeout=seconds + 10)
         return [int(self.get(f"MS:COL{n}:COUNTS")) for n in range(1, 5)]
 
-    def raster(self, nx, ny, dwell):
-        """Start a frame and wait for the spectrometer's map; returns the wall time."""
+    def raster(self, nx, ny, dwell, settle_s=0.5) -> Frame:
+        """Raster one frame and wait for the spectrometer's map of it (after
+        ``settle_s`` of wall time for the spectrometer to prepare the frame's plan)."""
         for name, value in [("FIB:SCAN:NX", nx), ("FIB:SCAN:NY", ny), ("FIB:SCAN:DWELL", dwell)]:
             self.put(name, value)
         frame0 = int(self.get("MS:IMG:FRAME"))
-        frames = Monitor(self.prefix + "MS:IMG:FRAME")
+        monitors = {name: Monitor(self.prefix + name) for name in
+                    ("MS:IMG:FRAME", "MS:IMG:LINES_DONE", "FIB:SCAN:ACQUIRE_RBV")}
         try:
-            time.sleep(0.5)  # subscription in place and the frame prepared
+            time.sleep(settle_s)  # the frame plan prepared (decision 0013: not time-scaled)
             t0 = time.perf_counter()
             self.put("FIB:SCAN:ACQUIRE", "Start", wait=False)
-            frames.wait_for(lambda updates: any(int(v) > frame0 for _, v in updates),
-                            timeout=30 + 2 * nx * ny * dwell)
+            monitors["MS:IMG:FRAME"].wait_for(
+                lambda updates: any(int(v) > frame0 for _, v in updates),
+                timeout=30 + 2 * nx * ny * dwell)
             wall = time.perf_counter() - t0
+            monitors["FIB:SCAN:ACQUIRE_RBV"].wait_for(lambda u: len(u) >= 3)
         finally:
-            frames.clear()
-        return wall
+            for monitor in monitors.values():
+                monitor.clear()
+        start = float(self.get("FIB:SCAN:START_TIME"))
+        (t_start, _), (t_stop, _) = monitors["FIB:SCAN:ACQUIRE_RBV"].updates[-2:]
+        t_frame = [t for t, v in monitors["MS:IMG:FRAME"].updates if int(v) > frame0][0]
+        lines = [(t, int(v)) for t, v in monitors["MS:IMG:LINES_DONE"].updates if t >= start]
+        return Frame(start=start, beam_s=t_stop - t_start, mapped_s=t_frame - start,
+                     lines=lines, wall_s=wall)
 
 
 def sims_geometry(c: Client, current="10 pA"):
@@ -140,10 +167,20 @@ def test_imaging_takes_pixels_times_dwell_and_equals_the_physics(ms, specimen):
     ms.put("MS:MODE", "Imaging")
     nx = ny = 96
     dwell = 1.5e-4
-    wall = ms.raster(nx, ny, dwell)
+    frame = ms.raster(nx, ny, dwell)
     beam = nx * ny * dwell
-    assert 0.97 <= wall / beam <= 1.15, (wall, beam)
-    print(f"raster timing: wall/beam = {wall / beam:.3f}")
+    print(f"raster timing on the IOCs' clock: beam {frame.beam_s:.6f} s, map complete "
+          f"{frame.mapped_s:.6f} s after START_TIME, for {beam:.6f} s; "
+          f"{len(frame.lines)} line updates ({frame.wall_s:.3f} s of wall time)")
+    # The column rasters NX * NY * DWELL; the detector, clocked by it, has line r at
+    # START_TIME + (r + 1) * NX * DWELL and the whole map at the frame's end.
+    assert frame.beam_s == pytest.approx(beam, abs=1e-6)
+    assert frame.mapped_s == pytest.approx(beam, abs=1e-6)
+    assert float(ms.get("MS:IMG:START_TIME")) == frame.start
+    for t, lines in frame.lines:
+        if lines > 0:
+            assert t == pytest.approx(frame.start + lines * nx * dwell, abs=1e-6), lines
+    assert frame.lines[-1][1] == ny
     assert int(ms.get("MS:IMG:LINES_DONE")) == ny
     assert (int(ms.get("MS:IMG:NX")), int(ms.get("MS:IMG:NY"))) == (nx, ny)
     n6 = ms.get("MS:COL1:MAP").reshape(ny, nx)
@@ -251,7 +288,8 @@ def test_bad_puts_refused_and_a_running_map_is_not_corrupted(ms):
         assert ms.refused(name, value), (name, value)
     assert float(ms.get("MS:COUNT_TIME")) > 0
     ms.put("MS:MODE", "Imaging")
-    for name, value in [("FIB:SCAN:NX", 64), ("FIB:SCAN:NY", 64), ("FIB:SCAN:DWELL", 1e-3)]:
+    dwell = 3.0 * ms.time_scale() / (64 * 64)  # a map of 3 s of wall time
+    for name, value in [("FIB:SCAN:NX", 64), ("FIB:SCAN:NY", 64), ("FIB:SCAN:DWELL", dwell)]:
         ms.put(name, value)
     frame0 = int(ms.get("MS:IMG:FRAME"))
     ms.put("FIB:SCAN:ACQUIRE", "Start", wait=False)
@@ -260,14 +298,18 @@ def test_bad_puts_refused_and_a_running_map_is_not_corrupted(ms):
     assert ms.refused("MS:FIELD", field + 0.01)
     assert ms.refused("MS:COL1:MASS", 6.0)
     assert ms.refused("MS:DEAD_TIME", 25e-9)
+    assert int(ms.get("MS:IMG:LINES_DONE")) < 64  # the refusals came mid-map
     ms.put("FIB:SCAN:ACQUIRE", "Stop")
-    time.sleep(0.3)
+    time.sleep(0.3)  # the spectrometer hears the Stop through the world at once
     lines = int(ms.get("MS:IMG:LINES_DONE"))
     assert 5 <= lines < 64
     assert int(ms.get("MS:IMG:FRAME")) == frame0  # aborted: no frame completed
     assert float(ms.get("MS:FIELD")) == field
     assert float(ms.get("MS:UPTIME")) > 0
     assert not ms.refused("MS:DEAD_TIME", 25e-9)  # idle again: accepted
+    # The aborted map holds the lines acquired, and -1 (not acquired) after them.
+    counts = ms.get("MS:COL2:MAP").reshape(64, 64)
+    assert (counts[:lines] >= 0).all() and (counts[lines:] == -1).all()
 
 
 def test_a_bias_change_during_a_map_rescales_the_calibration_and_frames_go_on(ms):
@@ -277,7 +319,8 @@ def test_a_bias_change_during_a_map_rescales_the_calibration_and_frames_go_on(ms
     heard no more of its peers and the next frame never started."""
     ms.put("MS:MODE", "Imaging")
     a_before, volts = float(ms.get("MS:CAL:A")), float(ms.get("BIAS:VOLTAGE_RBV"))
-    for name, value in [("FIB:SCAN:NX", 64), ("FIB:SCAN:NY", 64), ("FIB:SCAN:DWELL", 1e-3)]:
+    dwell = 3.0 * ms.time_scale() / (64 * 64)  # a map of 3 s of wall time
+    for name, value in [("FIB:SCAN:NX", 64), ("FIB:SCAN:NY", 64), ("FIB:SCAN:DWELL", dwell)]:
         ms.put(name, value)
     ms.put("FIB:SCAN:ACQUIRE", "Start", wait=False)
     ms.wait_for("MS:IMG:LINES_DONE", lambda v: 1 <= int(v) < 64, timeout=10)
@@ -292,4 +335,6 @@ def test_a_bias_change_during_a_map_rescales_the_calibration_and_frames_go_on(ms
     ms.wait_for("BIAS:VOLTAGE_RBV", lambda v: abs(float(v) - volts) < 1, timeout=10)
     ms.wait_for("MS:CAL:A", lambda v: float(v) == pytest.approx(a_before, rel=1e-6), timeout=10)
     # The spectrometer still follows the column: a new frame is mapped to its end.
-    assert ms.raster(8, 8, 1e-3) < 10.0
+    frame = ms.raster(8, 8, 1e-3)
+    assert frame.mapped_s == pytest.approx(8 * 8 * 1e-3, abs=1e-6)
+    assert int(ms.get("MS:IMG:LINES_DONE")) == 8

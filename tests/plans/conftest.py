@@ -1,5 +1,6 @@
-"""Fixtures of the plan tests: an instrument of their own (all five IOCs, li2co3-particles
-seed 1), connected as ophyd devices, and a RunEngine that enforces the metadata contract."""
+"""Fixtures of the plan tests: the session's shared instrument (all five parts,
+li2co3-particles seed 1), reset at the start of each module and connected as ophyd
+devices, and a RunEngine that enforces the metadata contract."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import pytest
 from documents import DocumentCollector
 
 
-@pytest.fixture(scope="session")
-def plan_instrument(start_instrument):
-    """All five IOCs for the plan tests alone (they sputter and switch geometry)."""
-    return start_instrument(specimen="li2co3-particles", seed=1)
+@pytest.fixture(scope="module")
+def plan_instrument(instruments):
+    """The shared li2co3-particles (seed 1) instrument, reset for this module: the
+    plans sputter and switch geometry, and no module sees what another left."""
+    return instruments.get(specimen="li2co3-particles", seed=1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pdev(plan_instrument):
-    """``temsims.devices.connect`` on the plan tests' IOCs; fast axes and ramps."""
+    """Devices on the module's instrument (connected once a session); fast axes and
+    ramps, 64 px camera (the reset restored the defaults)."""
     from instrument_support import connect_fast
 
     return connect_fast(plan_instrument, camera_size=64)

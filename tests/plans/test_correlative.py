@@ -1,8 +1,8 @@
 """Correlative TEM-SIMS and the labelled-particle search on the real IOCs.
 
-The module runs its own instrument (li2co3-particles, seed 1), stopped at the end of
-the module: the maps sputter the whole particle field, which the other plan tests'
-shared instrument must not see. Both plans start and end in the TEM geometry. The
+The module gets the shared instrument (li2co3-particles, seed 1), reset at its start
+(``pdev``): the maps sputter the whole particle field, and the next module's reset
+gives the holder a pristine specimen again. Both plans start and end in the TEM geometry. The
 particle search runs once (module fixture) at the demo's dose (1 ms, 100 pA) and
 size and is scored against the specimen's ground truth (precision and recall,
 printed). Every run's start document must give its pixel -> specimen geometry
@@ -30,23 +30,6 @@ TIMINGS: dict[str, float] = {}
 #: The particle search at the demo's dose and full size (core/demo.py FULL).
 SEARCH = {"fov_um": 4.0, "pixels": (96, 68), "dwell_s": 1e-3, "aperture": "100 pA"}
 SEEDS = (1, 2, 3)
-
-
-def _connect(procs):
-    """Connected devices of ``procs``; fast axes and ramps, 64 px camera."""
-    from instrument_support import connect_fast
-
-    return connect_fast(procs, camera_size=64)
-
-
-@pytest.fixture(scope="module")
-def pdev(start_instrument, slot_pool):
-    """Connected devices on an instrument of this module alone; fast axes and ramps."""
-    from instrument_support import stop_instrument
-
-    procs = start_instrument(specimen="li2co3-particles", seed=1)
-    yield _connect(procs)
-    stop_instrument(procs, slot_pool)
 
 
 def _devs(d):
@@ -328,21 +311,28 @@ def _segment_score(res, start, truth) -> dict:
 
 
 @pytest.fixture(scope="module")
-def searches(pdev, start_instrument, slot_pool):
-    """The particle search at the demo's dose and size on seeds 1..3 (seed 1 on this
-    module's instrument, imaging the uncertain particles too; the others on their
-    own instruments): seed -> (result, RunEngine, truth)."""
+def searches(instruments):
+    """The particle search at the demo's dose and size on seeds 1..3, each on the
+    session's instrument of that seed, reset (seed 1: this module's, imaging the
+    uncertain particles too): seed -> (result, RunEngine, truth).
+
+    17-23 s (three instruments' maps, two instruments started): the tests that use it
+    are marked slow. The reset gives the search a pristine specimen and no drift yet:
+    the spectrometer's default drift (3 nm/min) runs on the nominal clock, where each
+    wall second the tests before spent is S nominal seconds (at S = 20, ~1 nm per wall
+    second).
+    """
     from bluesky import RunEngine
     from documents import DocumentCollector
-    from instrument_support import stop_instrument
+    from instrument_support import connect_fast
 
     from temsims.catalog import require_metadata
     from temsims.ioc.specimen import build_specimen
 
     out = {}
     for seed in SEEDS:
-        procs = None if seed == 1 else start_instrument(specimen="li2co3-particles", seed=seed)
-        d = pdev if procs is None else _connect(procs)
+        d = connect_fast(instruments.get(specimen="li2co3-particles", seed=seed),
+                         camera_size=64)
         d.column.aperture.set(SEARCH["aperture"]).wait(10)
         engine = RunEngine({"sample": f"li2co3-particles seed {seed}",
                             "specimen": "li2co3-particles", "operator": "pytest"},
@@ -361,12 +351,11 @@ def searches(pdev, start_instrument, slot_pool):
             assert d.mode.infer() == "TEM"
         finally:
             d.column.aperture.set("1 pA").wait(10)
-            if procs is not None:
-                stop_instrument(procs, slot_pool)
         out[seed] = (res, engine, build_specimen("li2co3-particles", seed).truth["particles"])
     return out
 
 
+@pytest.mark.slow
 def test_find_labelled_particles_matches_truth(searches):
     """Precision and recall of the labelled particles against the specimen's truth,
     per seed and over the seeds (the analysis alone: 1.00 recall on seeds 1-30 at this size)."""
@@ -404,6 +393,7 @@ def test_find_labelled_particles_matches_truth(searches):
     assert recall >= 0.95
 
 
+@pytest.mark.slow
 def test_bright_natural_particles_are_not_flagged(searches):
     """The old false positive: bright natural particles lose 7Li counts to dead time
     (MHz rates), which made their ratio 'significant' (z = 8.1 on seed 1); with the
@@ -428,6 +418,7 @@ def test_bright_natural_particles_are_not_flagged(searches):
         assert bright >= 2, seed
 
 
+@pytest.mark.slow
 def test_particle_search_documents(searches):
     res, engine, _ = searches[1]
     found = res["particles"]

@@ -1,7 +1,7 @@
 """Mode changes, mass spectra, calibration, SIMS maps and depth profiles on the real IOCs.
 
-One module-scoped sequence: TEM -> SIMS (to_sims_mode), the SIMS plans, then back to
-TEM (to_tem_mode), which is the state the plan tests' instrument is left in.
+One module-scoped sequence on the shared instrument (reset for the module): TEM -> SIMS
+(to_sims_mode), the SIMS plans, then back to TEM (to_tem_mode).
 """
 
 from __future__ import annotations
