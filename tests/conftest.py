@@ -158,9 +158,16 @@ class InstrumentPool:
 
     def get(self, *, specimen: str = "li2co3-particles", seed: int = 1, iocs=ALL_IOCS,
             extra_args: dict[str, list[str]] | None = None,
-            time_scale: float = TEST_TIME_SCALE) -> InstrumentProcesses:
+            time_scale: float = TEST_TIME_SCALE, purpose: str = "shared",
+            ) -> InstrumentProcesses:
+        """The running instrument of this configuration, reset (started on first use).
+
+        ``purpose`` keeps instruments apart that would otherwise be shared: the IOC
+        tests kill and hang parts of theirs, which would make the devices other
+        modules keep connected to the shared one reconnect.
+        """
         extra = tuple(sorted((k, tuple(v)) for k, v in (extra_args or {}).items()))
-        key = (specimen, seed, tuple(iocs), extra, float(time_scale))
+        key = (specimen, seed, tuple(iocs), extra, float(time_scale), purpose)
         procs = self._running.get(key)
         if procs is None or procs.process is None or procs.process.poll() is not None:
             procs = self._start(iocs=iocs, specimen=specimen, seed=seed,
