@@ -22,11 +22,15 @@ the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, til
   is the whole synchronous write);
 - ``blocked_s``: time the RunEngine waited on storage (a full queue; target ~0);
 - ``drain_s``: time from the end of the run until the catalog held all of it
-  (``flush``), and ``write_ms`` the writer thread's time per event.
+  (``flush``), and ``write_ms`` the writer thread's time per event;
+- ``open_fresh``: ``open_catalog(DIR)`` timed in a fresh interpreter (imports
+  included), for a new directory and again for the same directory (its server then
+  running), medians of ``--open-repeat`` (default ``--repeat``); and the floor under both, the import of
+  tiled's client with bluesky-tiled-plugins' run classes (decision 0014).
 
 Prints a table and writes ``benchmarks/results/catalog_cost.json``.
 
-Run: ``.venv/bin/python benchmarks/catalog_cost.py [--events 2000 --repeat 3]``
+Run: ``.venv/bin/python benchmarks/catalog_cost.py [--events 2000 --repeat 3] [--open-only]``
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -114,6 +120,34 @@ class _DirectWriter:
         pass
 
 
+_OPEN = ("import sys, time; t = time.perf_counter(); from temsims.catalog import open_catalog; "
+         "c = open_catalog(sys.argv[1]); print(time.perf_counter() - t)")
+_CLIENT_IMPORTS = ("import time; t = time.perf_counter(); import tiled.client, "
+                   "bluesky_tiled_plugins.clients.catalog_of_bluesky_runs; "
+                   "print(time.perf_counter() - t)")
+
+
+def _fresh(code: str, *args: str) -> float:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         check=True, timeout=300)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def open_times(directory: Path, repeat: int) -> dict:
+    """``open_catalog`` in a fresh interpreter, interleaved: a new directory, the same
+    directory again (its server running), and the client imports alone."""
+    new, existing, imports = [], [], []
+    for i in range(repeat):
+        d = directory / f"open-{i}"
+        new.append(_fresh(_OPEN, str(d)))
+        existing.append(_fresh(_OPEN, str(d)))
+        imports.append(_fresh(_CLIENT_IMPORTS))
+    return {"new_s": statistics.median(new), "existing_s": statistics.median(existing),
+            "client_imports_s": statistics.median(imports),
+            "runs": {"new_s": new, "existing_s": existing, "client_imports_s": imports},
+            "loadavg": os.getloadavg()}
+
+
 def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int,
              process: bool | str = False) -> dict:
     import bluesky.plans as bp
@@ -176,8 +210,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="TiledWriter batch (default: temsims.catalog.DEFAULT_BATCH_SIZE)")
+    parser.add_argument("--open-repeat", type=int, default=None,
+                        help="fresh-interpreter opens of a new and an existing directory "
+                             "(default: --repeat)")
+    parser.add_argument("--open-only", action="store_true",
+                        help="only time open_catalog (prints; writes no results file)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    args.open_repeat = args.open_repeat or args.repeat
+
+    with tempfile.TemporaryDirectory(prefix="temsims-catalog-open-") as d:
+        opens = open_times(Path(d), args.open_repeat)
+    open_line = (f"open_catalog in a fresh interpreter (median of {args.open_repeat}): new directory "
+                 f"{opens['new_s']:.2f} s, existing (server running) {opens['existing_s']:.2f} s; "
+                 f"client imports alone {opens['client_imports_s']:.2f} s "
+                 f"(load average {opens['loadavg'][0]:.1f})")
+    if args.open_only:
+        print(open_line)
+        return {"open_fresh": opens}
 
     from temsims.catalog import DEFAULT_BATCH_SIZE, open_catalog
 
@@ -208,12 +258,14 @@ def main(argv=None) -> dict:
         "benchmark": "catalog_cost",
         "targets": {"call_ms": CATALOG_CALL_MS.limit, "blocked_s": CATALOG_BLOCKED_S.limit},
         "open_catalog_s": open_s,
+        "open_fresh": opens,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count()},
         "cases": cases,
     }
     header = (f"{'kind':<9} {'storage':<7} {'events':>6} {'batch':>6} {'RE bare':>8} {'RE+cat':>8} {'cost':>7} "
               f"{'cpu':>7} {'call':>7} {'blocked':>8} {'drain':>7} {'write':>7}")
+    print(open_line)
     print(f"open_catalog: {open_s:.2f} s   (per-event figures in ms; blocked and drain in s)")
     print(header)
     for c in cases:

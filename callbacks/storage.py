@@ -461,14 +461,16 @@ class BufferedWriter:
                     raise InvalidDocument(schema_error_message(name, doc, err)) from None
                 finally:
                     self.stats.write_s += time.perf_counter() - t0
+            # Pending first, logged second: whoever saw the log record finds the
+            # error raised on its next call (a test under load saw it the other way).
             except InvalidDocument as err:
                 self.stats.refused += 1
-                logger.error("%s", err)
                 self._errors.append(err)
+                logger.error("%s", err)
             except BaseException as err:  # noqa: BLE001 - reported to the caller, never dropped
                 self.stats.errors += 1
-                logger.exception("storing the %s document %s failed", name, doc.get("uid"))
                 self._errors.append(err)
+                logger.exception("storing the %s document %s failed", name, doc.get("uid"))
             finally:
                 if name == "stop":
                     self._stored_runs.setdefault(doc["run_start"], threading.Event()).set()

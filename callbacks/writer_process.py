@@ -5,8 +5,10 @@ caller's side (same checks, queue, error reporting, ``flush``/``wait_for_run``/
 ``close``, drain at exit); its thread only pickles each document onto a pipe. The
 child, ``python -m temsims.callbacks.writer_process``, receives a picklable factory
 first, builds the callback from it (in temsims ``DtypeFromData(TiledWriter(runs))``
-on a tiled client of its own) and feeds it the documents in order, answering on a
-second pipe. Why, and what it costs: ``docs/decisions/0009-writer-process.md``.
+on a tiled client of its own, connected to the catalog directory's shared server and
+holding a lease on it, so that server serves until the child is done: decision 0014)
+and feeds it the documents in order, answering on a second pipe. Why, and what it
+costs: ``docs/decisions/0009-writer-process.md``.
 
 The child is a plain ``subprocess`` (not ``multiprocessing``): spawning would re-run
 the parent's ``__main__``, which in an IPython session started with
@@ -160,12 +162,12 @@ class ProcessWriter(BufferedWriter):
                 self._stored_runs.setdefault(payload, threading.Event()).set()
             elif kind == "invalid":
                 self.stats.refused += 1
+                self._errors.append(InvalidDocument(payload))  # pending, then logged
                 logger.error("%s", payload)
-                self._errors.append(InvalidDocument(payload))
             elif kind == "error":
                 self.stats.errors += 1
-                logger.error("storage process: %s", payload)
                 self._errors.append(StorageError(payload.strip().splitlines()[-1]))
+                logger.error("storage process: %s", payload)
             elif kind == "closed":
                 self._child_closed.set()
                 return

@@ -3,23 +3,29 @@
 ``open_catalog(location=None, *, api_key=None) -> Catalog``
 
 - a directory (default: ``$TEMSIMS_CATALOG``, else ``<user data dir>/temsims/catalog``)
-  -> an **embedded** tiled server on 127.0.0.1 in this process, over files in that
-  directory: ``catalog.db`` (SQLite: nodes and metadata), ``tabular.db`` (SQLite:
-  event tables), ``data/`` (zarr: images, maps, spectra). Every process that opens
-  the same directory runs its own server over the same files, so a second process
-  sees the runs of the first (SQLite does the locking).
+  -> an **embedded** catalog over files in that directory: ``catalog.db`` (SQLite:
+  nodes and metadata), ``tabular.db`` (SQLite: event tables), ``data/`` (zarr: images,
+  maps, spectra). It is served on 127.0.0.1 by one tiled server process per
+  directory, shared by every process that opens it (:class:`DirectoryServer`): the
+  first opener has it started (forked in ~0.3-0.5 s by a per-user *catalog host* that
+  keeps the server stack imported), the others find it running (``server.json``), and
+  it stops ``SERVER_LINGER_S`` after the last of them closed or ended. Opening thus
+  costs tiled's client imports plus a few requests, not a server start-up; see
+  ``docs/decisions/0014-catalog-open.md``.
 - ``http://...`` or ``https://...`` -> an existing tiled server (e.g. one backed by
   PostgreSQL); the same client code runs against both.
 
 Runs live in the ``runs`` container (spec ``CatalogOfBlueskyRuns`` 3.1), created if
-missing. ``Catalog.writer()`` returns the RunEngine callback
+missing; ``run.documents()`` replays a stored run (the embedded server exports
+``BlueskyRun`` as JSON-seq). ``Catalog.writer()`` returns the RunEngine callback
 (:class:`temsims.callbacks.storage.BufferedWriter` around bluesky-tiled-plugins'
 ``TiledWriter``); the query helpers (``by_sample``, ``by_mode``, ``by_species``,
 ``by_correlation_id``, ``in_time_range``, ``latest``) search the start documents
 with the ``start.`` prefix added for you. ``check_start_metadata`` and
 ``require_metadata(RE)`` enforce the metadata contract of ``docs/catalog.md``.
 
-Nothing runs on import; nothing binds beyond loopback.
+Nothing runs on import; nothing binds beyond loopback (the host listens on a unix
+socket in a 0700 directory of this user).
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ import functools
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
@@ -45,7 +53,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Catalog",
     "EmbeddedServer",
-    "ServerProcess",
+    "DirectoryServer",
     "MetadataError",
     "MODES",
     "REQUIRED_KEYS",
@@ -56,6 +64,7 @@ __all__ = [
     "normalize_start_metadata",
     "open_catalog",
     "require_metadata",
+    "stop_catalog_host",
 ]
 
 ENV_VAR = "TEMSIMS_CATALOG"
@@ -102,13 +111,19 @@ class EmbeddedServer:
     """A tiled server on a thread of this process, over a catalog directory.
 
     Like ``tiled.server.SimpleTiledServer`` but with SQLite (not DuckDB) for the
-    event tables, so several processes can serve the same directory at once, and
-    with the API key kept in the directory (``api_key``, mode 0600) so every process
-    opening it agrees on it. Binds 127.0.0.1 on a free port.
+    event tables, so several processes can serve the same directory at once, with
+    the API key kept in the directory (``api_key``, mode 0600) so every process
+    opening it agrees on it, and with bluesky-tiled-plugins' JSON-seq exporter
+    registered for ``BlueskyRun`` (``run.documents()``). Binds 127.0.0.1 on a free
+    port. It is what a directory's server process runs (:class:`DirectoryServer`);
+    ``open_catalog(DIR, server_process=False)`` runs it in the caller's process.
+
+    ``lock=False``: the caller already holds the directory's lock (``.lock``), as the
+    process asking for a directory server does while it starts.
     """
 
     def __init__(self, directory: str | Path, *, api_key: str | None = None,
-                 startup_timeout_s: float = 30.0) -> None:
+                 startup_timeout_s: float = 30.0, lock: bool = True) -> None:
         import uvicorn
         from tiled.catalog import from_uri as catalog_from_uri
         from tiled.config import Authentication, StreamingCacheConfig
@@ -121,6 +136,8 @@ class EmbeddedServer:
         (directory / "data").mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.api_key = api_key or _directory_api_key(directory)
+        self.pid = os.getpid()
+        catalog_uri = f"sqlite:///{directory / 'catalog.db'}"
         tabular_uri = f"sqlite:///{directory / 'tabular.db'}"
 
         log_config = copy.deepcopy(LOGGING_CONFIG)
@@ -129,14 +146,19 @@ class EmbeddedServer:
             log_config["handlers"][handler].pop("stream", None)
             log_config["handlers"][handler]["filename"] = str(directory / "server.log")
 
-        with _directory_lock(directory):  # one process at a time creates the databases
-            self.catalog = catalog_from_uri(
-                f"sqlite:///{directory / 'catalog.db'}",
-                writable_storage=[directory / "data", tabular_uri],
-                init_if_not_exists=True,
-                cache_config=StreamingCacheConfig(uri="memory").model_dump(),
-            )
-        app = build_app(self.catalog, authentication=Authentication(single_user_api_key=self.api_key))
+        # One process at a time creates the databases. In-process, not tiled's
+        # ``init_if_not_exists`` (a ``tiled catalog init`` subprocess: ~5 s of imports
+        # at every call): ~0.15 s for a new database, ~0.04 s to check an existing one.
+        with _directory_lock(directory) if lock else contextlib.nullcontext():
+            _init_database(catalog_uri)
+        self.catalog = catalog_from_uri(
+            catalog_uri,
+            writable_storage=[directory / "data", tabular_uri],
+            cache_config=StreamingCacheConfig(uri="memory").model_dump(),
+        )
+        app = build_app(self.catalog,
+                        authentication=Authentication(single_user_api_key=self.api_key),
+                        serialization_registry=_serialization_registry())
         self._server = _daemon_threaded_server_class()(uvicorn.Config(
             app, host="127.0.0.1", port=0, loop="asyncio", log_config=log_config,
             access_log=False,
@@ -154,22 +176,18 @@ class EmbeddedServer:
             self._storage = None
         self.uri = f"{self.base_url}/api/v1"
 
-    def _wait_ready(self, timeout_s: float) -> None:
-        import httpx
+    @property
+    def alive(self) -> bool:
+        return self._server.thread.is_alive()
 
+    def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        with httpx.Client(trust_env=False) as client:
-            while True:
-                try:
-                    if client.get(f"{self.base_url}/healthz", timeout=1.0).status_code == 200:
-                        return
-                except httpx.RequestError:
-                    pass
-                if not self._server.thread.is_alive():
-                    raise RuntimeError(f"the tiled server stopped at start-up; see {self.directory / 'server.log'}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the tiled server was not ready within {timeout_s} s")
-                time.sleep(0.05)
+        while not _healthy(self.base_url, timeout=1.0):
+            if not self._server.thread.is_alive():
+                raise RuntimeError(f"the tiled server stopped at start-up; see {self.directory / 'server.log'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the tiled server was not ready within {timeout_s} s")
+            time.sleep(0.05)
 
     def close(self) -> None:
         if self._storage is not None:
@@ -181,72 +199,39 @@ class EmbeddedServer:
         return f"<EmbeddedServer {self.directory} at {self.base_url}>"
 
 
-class ServerProcess:
-    """An :class:`EmbeddedServer` in a child process, tied to this one (the default).
+def _init_database(catalog_uri: str) -> None:
+    """Create (or check) the SQL catalog: what ``tiled catalog init --if-not-exists`` does.
 
-    The server's work (HTTP, SQLite, zarr) then runs outside this interpreter and
-    does not compete with the RunEngine for the GIL. The child prints its address on
-    stdout and serves until its stdin closes: at :meth:`close`, or when this process
-    ends however it ends. Its log is ``<directory>/server.log``.
+    On a thread of its own: tiled's init runs an event loop (``asyncio.run``), which
+    the caller's thread may already have (Jupyter).
     """
+    errors: list[BaseException] = []
 
-    def __init__(self, directory: str | Path, *, api_key: str | None = None,
-                 startup_timeout_s: float = 60.0) -> None:
-        import json
-        import select
-        import subprocess
-        import sys
+    def init() -> None:
+        from tiled.commandline._catalog import init as tiled_catalog_init
 
-        self.directory = Path(directory).expanduser().resolve()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        if api_key:
-            env["TEMSIMS_CATALOG_API_KEY"] = api_key
-        with open(self.directory / "server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "temsims.catalog", "serve", str(self.directory)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-            )
-        ready, _, _ = select.select([self.process.stdout], [], [], startup_timeout_s)
-        line = self.process.stdout.readline() if ready else b""
-        if not line:
-            self.close()
-            raise RuntimeError(f"the catalog server did not start; see {self.directory / 'server.log'}")
-        info = json.loads(line)
-        self.base_url, self.uri, self.api_key = info["base_url"], info["uri"], info["api_key"]
+        try:
+            with warnings.catch_warnings():  # alembic's about tiled's own ini template
+                warnings.simplefilter("ignore", DeprecationWarning)
+                tiled_catalog_init(catalog_uri, if_not_exists=True)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+            errors.append(err)
 
-    def close(self, timeout: float = 20.0) -> None:
-        import subprocess
-
-        if self.process.poll() is None:
-            with contextlib.suppress(OSError):
-                self.process.stdin.close()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
-
-    def __repr__(self) -> str:
-        return f"<ServerProcess {self.directory} pid={self.process.pid} at {self.base_url}>"
+    thread = threading.Thread(target=init, name="temsims-catalog-init")
+    thread.start()
+    thread.join()
+    if errors:
+        raise RuntimeError(f"could not create or check the catalog database {catalog_uri}") from errors[0]
 
 
-def _serve(directory: str) -> None:
-    """Child side of :class:`ServerProcess`."""
-    import json
-    import sys
+def _serialization_registry():
+    """tiled's serializers plus bluesky-tiled-plugins' JSON-seq export of a BlueskyRun
+    (what ``run.documents()`` asks for; without it every call fails with 406)."""
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry as registry
 
-    server = EmbeddedServer(directory, api_key=os.environ.get("TEMSIMS_CATALOG_API_KEY"))
-    try:
-        sys.stdout.write(json.dumps({"base_url": server.base_url, "uri": server.uri,
-                                     "api_key": server.api_key}) + "\n")
-        sys.stdout.flush()
-        sys.stdin.buffer.read()  # until the parent closes the pipe or ends
-    finally:
-        server.close()
+    registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    return registry
 
 
 def _daemon_threaded_server_class():
@@ -280,6 +265,25 @@ def _daemon_threaded_server_class():
     return DaemonThreadedServer
 
 
+def _healthy(base_url: str, timeout: float = 2.0) -> bool:
+    """Whether a tiled server answers ``/healthz`` at ``base_url`` (stdlib only: this
+    runs before the opener has imported tiled's client)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    if url.hostname != "127.0.0.1" or url.port is None:
+        return False
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
 def _directory_api_key(directory: Path) -> str:
     path = directory / "api_key"
     with _directory_lock(directory):
@@ -292,6 +296,8 @@ def _directory_api_key(directory: Path) -> str:
 
 @contextlib.contextmanager
 def _directory_lock(directory: Path):
+    """The directory's creation lock (``.lock``): one process at a time creates the API
+    key, creates the databases, or looks for and starts the directory's server."""
     import fcntl
 
     with open(directory / ".lock", "a") as f:
@@ -300,6 +306,568 @@ def _directory_lock(directory: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------ directory servers
+#
+# The default: one tiled server process per catalog directory, shared by every process
+# that opens it, forked on request by a per-user "catalog host" that has the server
+# stack imported (docs/decisions/0014-catalog-open.md).
+#
+# - ``<dir>/.lease``: every open Catalog holds a shared flock on it; the server exits
+#   when it can take it exclusively (no client left) for SERVER_LINGER_S.
+# - ``<dir>/server.json``: pid and address of the running server, written by the
+#   server, read under ``<dir>/.lock`` by openers; removed by the server (holding the
+#   lease exclusively, so no opener is between reading it and leasing) when it exits.
+# - the host: ``python -m temsims.catalog host HOST_DIR`` on a unix socket in a
+#   private (0700) per-user directory named after this installation; it imports the
+#   server stack once (~3-5 s), forks a directory server per request (~0.3-0.5 s)
+#   and exits after HOST_IDLE_S without any.
+
+SERVER_FILE = "server.json"
+LEASE_FILE = ".lease"
+#: How long a directory server outlives its last client (s): a script that reopens
+#: the directory, or a reader started right after the writer closed, finds it running.
+SERVER_LINGER_S = 10.0
+#: How long the catalog host waits without any directory server before it exits (s).
+HOST_IDLE_S = 600.0
+HOST_IDLE_ENV = "TEMSIMS_CATALOG_HOST_IDLE_S"
+_HOST_START_TIMEOUT_S = 120.0  # the host's imports on a loaded 2-core machine: 5-15 s
+_SERVER_START_TIMEOUT_S = 60.0
+
+
+class DirectoryServer:
+    """This process's share of the tiled server of a catalog directory (the default).
+
+    The server is a process of its own on 127.0.0.1, shared by every process that
+    opens the directory (sessions, notebooks, writer processes, readers), so opening
+    a directory costs no server start-up when it already serves, and ~0.3-0.5 s (a
+    fork of the catalog host) when it does not. Holding this object holds a lease on
+    the directory (``.lease``, a shared flock, released by :meth:`close` or when this
+    process ends however it ends); the server stops ``SERVER_LINGER_S`` after the
+    last lease is gone. Its log is ``<directory>/server.log``.
+    """
+
+    def __init__(self, directory: Path, info: Mapping[str, Any], api_key: str,
+                 lease: _Lease) -> None:
+        self.directory = directory
+        self.base_url = info["base_url"]
+        self.uri = f"{self.base_url}/api/v1"
+        self.pid = info["pid"]
+        self.api_key = api_key
+        self._lease = lease
+
+    @property
+    def alive(self) -> bool:
+        return _healthy(self.base_url)
+
+    def close(self) -> None:
+        """Release this process's lease (the server stops when no process holds one)."""
+        self._lease.release()
+
+    def __repr__(self) -> str:
+        return f"<DirectoryServer {self.directory} pid={self.pid} at {self.base_url}>"
+
+
+class _Lease:
+    """A shared flock on ``<directory>/.lease`` while a client uses the directory's server."""
+
+    def __init__(self, directory: Path, timeout_s: float = 60.0) -> None:
+        import fcntl
+
+        self._fd: int | None = os.open(directory / LEASE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout_s
+        while True:  # the server holds it exclusively only while it shuts down
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.release()
+                    raise TimeoutError(f"the catalog server of {directory} did not shut down "
+                                       f"within {timeout_s} s (holds {LEASE_FILE})") from None
+                time.sleep(0.02)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def _key_digest(api_key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def _running_server(directory: Path, api_key: str) -> dict | None:
+    """The directory's recorded server if it is alive and takes ``api_key``."""
+    import json
+
+    try:
+        info = json.loads((directory / SERVER_FILE).read_text())
+        pid, base_url = int(info["pid"]), str(info["base_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("key_sha256") != _key_digest(api_key):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # a pid reused by another user's process
+        return None
+    return info if _healthy(base_url) else None
+
+
+def _host_dir() -> Path:
+    """The catalog host's private directory: per user and per installation (Python,
+    temsims source, tiled), so a host never serves with other code than the caller's."""
+    import hashlib
+    import importlib.util
+    import tempfile
+
+    tiled_spec = importlib.util.find_spec("tiled")
+    parts = [os.path.realpath(sys.executable), os.path.realpath(sys.prefix),
+             os.path.realpath(__file__)]
+    for path in (__file__, tiled_spec.origin if tiled_spec else None):
+        with contextlib.suppress(TypeError, OSError):
+            st = os.stat(path)
+            parts.append(f"{st.st_mtime_ns}:{st.st_size}")
+    tag = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime and os.access(runtime, os.W_OK) else Path(tempfile.gettempdir())
+    user_dir = base / f"temsims-{os.getuid()}"
+    path = user_dir / f"catalog-host-{tag}"
+    for d in (user_dir, path):
+        d.mkdir(mode=0o700, exist_ok=True)
+        st = d.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise PermissionError(f"{d} must be owned by this user with mode 0700")
+    return path
+
+
+@contextlib.contextmanager
+def _host_lock(host_dir: Path):
+    """Held while looking for the host and, if there is none, starting it."""
+    import fcntl
+
+    fd = os.open(host_dir / "host.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _host_connect(host_dir: Path):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(host_dir / "host.sock"))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _spawn_host(host_dir: Path) -> int:
+    """Start the catalog host, detached from this process (its own session; double
+    fork, so it is nobody's child once it runs); its pid."""
+    import subprocess
+
+    (host_dir / "host.pid").unlink(missing_ok=True)
+    with open(host_dir / "host.log", "ab") as log:
+        subprocess.run(
+            [sys.executable, "-m", "temsims.catalog", "host", str(host_dir), "--detach"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=str(host_dir), check=True, timeout=60,
+        )
+    return int((host_dir / "host.pid").read_text())
+
+
+def _read_line(sock, timeout_s: float) -> bytes:
+    sock.settimeout(timeout_s)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class _ServerRequest:
+    """A directory server being started by the catalog host (or the host itself first).
+
+    Made and resolved while the opener holds the directory's lock; between the two the
+    opener imports tiled's client, which takes about as long as the start.
+    """
+
+    def __init__(self, directory: Path, api_key: str, *, record: bool) -> None:
+        import json
+
+        self.directory = directory
+        self._request = (json.dumps({"op": "serve", "directory": str(directory),
+                                     "api_key": api_key, "record": record,
+                                     "linger_s": SERVER_LINGER_S}) + "\n").encode()
+        self._host_dir = _host_dir()
+        self._sock = None
+        self._spawned: contextlib.ExitStack | None = None
+        self._host_pid: int | None = None
+        self._start()
+
+    def _start(self) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(_host_lock(self._host_dir))
+        sock = _host_connect(self._host_dir)
+        if sock is None:  # no host: start one, keep the lock until it listens
+            try:
+                self._host_pid = _spawn_host(self._host_dir)
+            except BaseException:
+                stack.close()
+                raise
+            self._spawned = stack
+            return
+        stack.close()
+        try:
+            self._send(sock)
+        except OSError:  # the host is going away: result() asks again
+            sock.close()
+
+    def _send(self, sock) -> None:
+        sock.settimeout(10.0)
+        sock.sendall(self._request)
+        self._sock = sock
+
+    def result(self, timeout_s: float = _SERVER_START_TIMEOUT_S) -> dict:
+        import json
+
+        for attempt in range(2):
+            reply = b""
+            try:
+                if self._spawned is not None:
+                    try:
+                        self._send(self._wait_for_host())
+                    finally:
+                        self._spawned.close()
+                        self._spawned = None
+                if self._sock is not None:
+                    reply = _read_line(self._sock, timeout_s)
+            except TimeoutError:
+                raise RuntimeError(f"no catalog server for {self.directory} within {timeout_s} s; "
+                                   f"see {self.directory / 'server.log'}") from None
+            except OSError:
+                reply = b""
+            finally:
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+            if reply:
+                break
+            if attempt == 0:  # the host was exiting as we asked: ask its successor
+                logger.info("catalog host did not answer; asking again")
+                self._start()
+        else:
+            raise RuntimeError(f"the catalog host did not start a server for {self.directory}; "
+                               f"see {self._host_dir / 'host.log'}")
+        info = json.loads(reply)
+        if "error" in info:
+            raise RuntimeError(f"the catalog server of {self.directory} did not start "
+                               f"(see {self.directory / 'server.log'}):\n{info['error']}")
+        return info
+
+    def _wait_for_host(self):
+        deadline = time.monotonic() + _HOST_START_TIMEOUT_S
+        while True:
+            sock = _host_connect(self._host_dir)
+            if sock is not None:
+                return sock
+            try:
+                os.kill(self._host_pid, 0)
+            except ProcessLookupError:
+                raise RuntimeError(f"the catalog host ended at start-up; see "
+                                   f"{self._host_dir / 'host.log'}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the catalog host did not start within {_HOST_START_TIMEOUT_S} s; "
+                                   f"see {self._host_dir / 'host.log'}")
+            time.sleep(0.05)
+
+
+def _server_stack() -> None:
+    """Import what a directory server needs, in the host, before it forks servers: the
+    server start-up, and what its first requests would otherwise import."""
+    import uvicorn  # noqa: F401
+    from tiled.catalog import from_uri  # noqa: F401
+    from tiled.commandline._catalog import init  # noqa: F401
+    from tiled.server.app import build_app  # noqa: F401
+    from tiled.server.simple import ThreadedServer  # noqa: F401
+
+    _serialization_registry()
+    import importlib
+
+    # What a forked server imported on top of the above while it stored and served
+    # runs (images, map lines, queries, documents()), measured 2026-12.
+    for name in ("alembic.command", "tiled.adapters.zarr", "tiled.adapters.sql",
+                 "tiled.serialization.array", "tiled.serialization.table",
+                 "tiled.serialization.container", "tiled.server.logging_config",
+                 "tiled.catalog.alembic_constants", "adbc_driver_sqlite.dbapi", "obstore.store",
+                 "pydantic.v1", "anyio._backends._asyncio", "uvicorn.loops.asyncio",
+                 "uvicorn.lifespan.on", "uvicorn.protocols.http.httptools_impl"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def _host_main(host_dir: Path, detach: bool = False) -> None:
+    """``python -m temsims.catalog host HOST_DIR``: fork a directory server per request."""
+    import signal
+    import socket
+    import struct
+
+    if detach:  # double fork: the host is no child of the process that asked for it
+        pid = os.fork()
+        if pid > 0:
+            (host_dir / "host.pid").write_text(f"{pid}\n")
+            os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def say(msg: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} host {os.getpid()}: {msg}", flush=True)
+
+    t0 = time.monotonic()
+    _server_stack()
+    idle_s = float(os.environ.get(HOST_IDLE_ENV, HOST_IDLE_S))
+    path = host_dir / "host.sock"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a dead host's (whoever started us holds the host lock)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    listener.settimeout(0.5)
+    say(f"serving {path} (imports took {time.monotonic() - t0:.1f} s; idle exit {idle_s:.0f} s)")
+    children: set[int] = set()
+    idle_since = time.monotonic()
+
+    def handle(conn) -> bool:
+        """Serve one request; False: stop the host."""
+        import json
+
+        with contextlib.suppress(OSError, AttributeError):
+            _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if uid != os.getuid():
+                conn.close()
+                return True
+        try:
+            request = json.loads(_read_line(conn, 10.0))
+        except (OSError, ValueError):
+            conn.close()
+            return True
+        if request.get("op") == "stop":
+            conn.sendall(b'{"stopping": true}\n')
+            conn.close()
+            return False
+        if request.get("op") != "serve":
+            conn.close()
+            return True
+        pid = os.fork()
+        if pid == 0:  # the directory server
+            code = 1
+            try:
+                listener.close()
+                code = _directory_server_main(conn, request)
+            except BaseException:  # noqa: BLE001 - logged; the opener sees the socket close
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        conn.close()
+        children.add(pid)
+        say(f"pid {pid} serves {request.get('directory')}")
+        return True
+
+    def reap() -> None:
+        for pid in list(children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done == pid:
+                children.discard(pid)
+
+    running = True
+    while running:
+        try:
+            conn, _ = listener.accept()
+        except (TimeoutError, InterruptedError):
+            conn = None
+        if conn is not None:
+            conn.settimeout(None)
+            try:
+                running = handle(conn)
+            except Exception as err:  # noqa: BLE001 - one failed request; keep serving
+                say(f"request failed: {err!r}")
+                conn.close()
+        reap()
+        if children or conn is not None:
+            idle_since = time.monotonic()
+        elif running and time.monotonic() - idle_since > idle_s:
+            running = not _host_retire(host_dir, listener, handle)
+            idle_since = time.monotonic()
+    path.unlink(missing_ok=True)
+    listener.close()
+    say("exit")
+
+
+def _host_retire(host_dir: Path, listener, handle) -> bool:
+    """Stop listening if no opener is connecting (under the host lock); requests
+    already queued are served first, and then the host stays. True: stopped."""
+    import fcntl
+
+    fd = os.open(host_dir / "host.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # an opener is connecting or starting a host
+            return False
+        listener.settimeout(0)
+        queued = []
+        while True:
+            try:
+                queued.append(listener.accept()[0])
+            except (BlockingIOError, InterruptedError):
+                break
+        listener.settimeout(0.5)
+        stop = False
+        for conn in queued:
+            conn.settimeout(None)
+            try:
+                stop = not handle(conn) or stop
+            except Exception:  # noqa: BLE001 - one failed request
+                conn.close()
+        if queued and not stop:
+            return False
+        (host_dir / "host.sock").unlink(missing_ok=True)
+        listener.close()
+        return True
+    finally:
+        os.close(fd)
+
+
+def _directory_server_main(conn, request: Mapping[str, Any]) -> int:
+    """A forked directory server: start, answer the opener on ``conn``, serve while
+    any process holds a lease on the directory (and the request's ``linger_s`` longer,
+    by default SERVER_LINGER_S of the opener)."""
+    import fcntl
+    import json
+    import traceback
+
+    directory = Path(request["directory"])
+    record = bool(request.get("record", True))
+    linger_s = float(request.get("linger_s", SERVER_LINGER_S))
+    log_fd = os.open(directory / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    try:
+        server = EmbeddedServer(directory, api_key=request["api_key"], lock=False)
+    except BaseException:  # noqa: BLE001 - reported to the opener
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        with contextlib.suppress(OSError):
+            conn.sendall((json.dumps({"error": text}) + "\n").encode())
+        return 1
+    _warm_up(server.base_url, server.api_key)
+    info = {"pid": os.getpid(), "base_url": server.base_url,
+            "key_sha256": _key_digest(server.api_key), "started": time.time()}
+    lease = os.open(directory / LEASE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    server_file = directory / SERVER_FILE
+    if record:
+        tmp = directory / f".{SERVER_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, server_file)
+    with contextlib.suppress(OSError):
+        conn.sendall((json.dumps(info) + "\n").encode())
+    conn.close()
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} catalog server {os.getpid()} at "
+          f"{server.base_url}", flush=True)
+    idle_since = None
+    while server.alive:
+        time.sleep(0.25)
+        try:
+            fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            idle_since = None
+            continue
+        now = time.monotonic()
+        idle_since = idle_since or now
+        if now - idle_since < linger_s:
+            fcntl.flock(lease, fcntl.LOCK_UN)
+            continue
+        # No client for linger_s. Holding the lease exclusively, no opener is
+        # between reading server.json and leasing: unrecord this server, then let
+        # openers in (they start a new one) while this one shuts down.
+        if record:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if json.loads(server_file.read_text())["pid"] == os.getpid():
+                    server_file.unlink()
+        break
+    os.close(lease)
+    why = f"no client for {linger_s:g} s" if server.alive else "server thread ended"
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} catalog server {os.getpid()}: {why}; stopping",
+          flush=True)
+    server.close()
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} catalog server {os.getpid()} stopped",
+          flush=True)
+    return 0
+
+
+def _warm_up(base_url: str, api_key: str) -> None:
+    """The requests every opener makes first, once, by the server itself: their
+    first-time costs in the server (~0.3 s) then fall while the opener is still
+    importing tiled's client, and its first requests take ~0.15 s instead of ~0.4 s."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    headers = {"Authorization": f"Apikey {api_key}", "Accept": "application/json"}
+    for path in ("/api/v1/", "/api/v1/metadata/", "/api/v1/metadata/runs",
+                 "/api/v1/search/?page[offset]=0&page[limit]=1"):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            conn.request("GET", path, headers=headers)
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+
+
+def stop_catalog_host() -> bool:
+    """Ask this installation's catalog host to exit now (directory servers it started
+    keep serving their clients). False if none was running."""
+    import json
+
+    sock = _host_connect(_host_dir())
+    if sock is None:
+        return False
+    try:
+        sock.settimeout(10.0)
+        sock.sendall((json.dumps({"op": "stop"}) + "\n").encode())
+        return bool(_read_line(sock, 10.0))
+    finally:
+        sock.close()
 
 
 # =========================================================================== catalog
@@ -314,7 +882,7 @@ class Catalog:
     searched further) except :meth:`latest`, which returns one run.
     """
 
-    def __init__(self, client, runs, *, server: EmbeddedServer | ServerProcess | None = None,
+    def __init__(self, client, runs, *, server: EmbeddedServer | DirectoryServer | None = None,
                  location: str | Path | None = None, uri: str | None = None,
                  api_key: str | None = None) -> None:
         self.client = client
@@ -367,8 +935,11 @@ class Catalog:
                 raise ValueError("writer(process=True) is buffered by nature; drop buffered=False")
             if self.uri is None:
                 raise ValueError("this catalog has no URI a writer process could reach")
+            lease_directory = (str(self.server.directory)
+                               if isinstance(self.server, DirectoryServer) else None)
             factory = functools.partial(tiled_writer_chain, self.uri, self._api_key,
-                                        batch_size=batch_size, patches=dict(patches or {}))
+                                        batch_size=batch_size, patches=dict(patches or {}),
+                                        lease_directory=lease_directory)
             writer = ProcessWriter(factory, validate=validate, **buffer_options)
             self._writers.append(writer)
             return writer
@@ -459,7 +1030,9 @@ class Catalog:
         return all([w.flush(timeout) for w in self._writers if not w.closed])
 
     def close(self, timeout: float | None = None) -> None:
-        """Drain and close the writers, then stop the embedded server (if any)."""
+        """Drain and close the writers, then let go of the server: release this
+        process's lease on the directory's server (it stops ``SERVER_LINGER_S`` after
+        its last client), or stop the thread-served one (``server_process=False``)."""
         if self._closed:
             return
         self._closed = True
@@ -511,13 +1084,22 @@ def storing_chain(runs, *, batch_size: int = DEFAULT_BATCH_SIZE,
 
 
 def tiled_writer_chain(uri: str, api_key: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                       patches: Mapping[str, Callable] | None = None):
+                       patches: Mapping[str, Callable] | None = None,
+                       lease_directory: str | None = None):
     """:func:`storing_chain` on a client of its own, built from the server's URI: what a
-    :class:`~temsims.callbacks.writer_process.ProcessWriter` child runs."""
+    :class:`~temsims.callbacks.writer_process.ProcessWriter` child runs.
+
+    ``lease_directory``: the catalog directory that server serves; the chain then holds
+    a lease on it, so the server keeps serving until this writer is done, even if the
+    process that opened the catalog ends first.
+    """
+    lease = _Lease(Path(lease_directory)) if lease_directory else None
     from tiled.client import from_uri
 
-    return storing_chain(_runs_node(from_uri(uri, api_key=api_key)), batch_size=batch_size,
-                         patches=patches)
+    chain = storing_chain(_runs_node(from_uri(uri, api_key=api_key)), batch_size=batch_size,
+                          patches=patches)
+    chain.lease = lease  # released with the chain (or when the process ends)
+    return chain
 
 
 def open_catalog(location: str | Path | None = None, *, api_key: str | None = None,
@@ -531,28 +1113,66 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
         URI of a tiled server (its root, or the runs container itself). None:
         ``$TEMSIMS_CATALOG`` or the user data directory.
     api_key
-        For a remote server; for a directory, overrides the key stored in it.
+        For a remote server; for a directory, overrides the key stored in it (the
+        directory's shared server is then not used: one is started for this key).
     server_process
-        For a directory: serve it from a child process (default; keeps the server's
-        CPU time out of the RunEngine's interpreter) or from a thread of this one.
+        For a directory: use the directory's server process, shared with every other
+        process that opens it and started if none runs (default; ~1-2 s to open, and
+        the server's CPU time stays out of the RunEngine's interpreter), or serve it
+        from a thread of this process (imports the server stack here: ~5-10 s).
     """
-    from tiled.client import from_uri
-
     if location is None:
         location = default_catalog_dir()
     if _is_uri(location):
+        from tiled.client import from_uri
+
         client = from_uri(str(location), api_key=api_key)
         return Catalog(client, _runs_node(client), location=location, uri=str(location),
                        api_key=api_key)
-    server = (ServerProcess if server_process else EmbeddedServer)(location, api_key=api_key)
+    if not server_process:
+        server = EmbeddedServer(location, api_key=api_key)
+    else:
+        server = _open_directory_server(Path(location).expanduser().resolve(), api_key)
     try:
+        from tiled.client import from_uri
+
         client = from_uri(server.uri, api_key=server.api_key)
+        # Nodes share their client's context: a ``runs`` kept after its Catalog was
+        # dropped (not closed) keeps the directory's server serving.
+        client.context.temsims_server = server
         runs = _runs_node(client)
     except BaseException:
         server.close()
         raise
     return Catalog(client, runs, server=server, location=server.directory, uri=server.uri,
                    api_key=server.api_key)
+
+
+def _open_directory_server(directory: Path, api_key: str | None) -> DirectoryServer:
+    """A lease on the directory's running server, or on one started for it now."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = api_key or _directory_api_key(directory)
+    lease = _Lease(directory)
+    try:
+        with _directory_lock(directory):
+            info = _running_server(directory, key)
+            request = None if info else _ServerRequest(directory, key, record=api_key is None)
+            # tiled's client and the BlueskyRun client classes (dask, xarray, pandas:
+            # ~1-2 s) while the new server starts in its own process.
+            _import_client()
+            if request is not None:
+                info = request.result()
+    except BaseException:
+        lease.release()
+        raise
+    return DirectoryServer(directory, info, key, lease)
+
+
+def _import_client() -> None:
+    import tiled.client  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import bluesky_tiled_plugins.clients.catalog_of_bluesky_runs  # noqa: F401
 
 
 _RUNS_LOCK = threading.Lock()
@@ -747,10 +1367,18 @@ def require_metadata(RE, *, extra_check: Callable[[Mapping], Iterable[str]] | No
     RE.md_normalizer = normalizer
 
 
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        _serve(sys.argv[2])
+def _main(argv: list[str]) -> None:
+    usage = ("usage: python -m temsims.catalog host HOST_DIR [--detach]\n"
+             "       python -m temsims.catalog stop-host")
+    if len(argv) in (2, 3) and argv[0] == "host" and argv[2:] in ([], ["--detach"]):
+        _host_main(Path(argv[1]), detach=argv[2:] == ["--detach"])
+    elif argv == ["stop-host"]:
+        print("stopped" if stop_catalog_host() else "no catalog host was running")
     else:
-        sys.exit("usage: python -m temsims.catalog serve DIRECTORY")
+        sys.exit(usage)
+
+
+if __name__ == "__main__":
+    from temsims import catalog as _catalog  # the importable module, not this __main__ copy
+
+    _catalog._main(sys.argv[1:])

@@ -75,6 +75,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _POOL = SlotPool(_reserve_base_port())
     os.environ.update(_POOL.client_environment())
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+    # The catalog host (decision 0014) ends soon after the session's last catalog,
+    # and is stopped by PID when the session ends.
+    os.environ.setdefault("TEMSIMS_CATALOG_HOST_IDLE_S", "20")
     # The client-side repeater, bound to loopback (caproto would spawn one on 0.0.0.0).
     _REPEATER = subprocess.Popen(
         [sys.executable, "-c", "from caproto.sync.repeater import run; run(host='127.0.0.1')"],
@@ -90,6 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from temsims.catalog import stop_catalog_host
+
+    stop_catalog_host()
     if _REPEATER is not None and _REPEATER.poll() is None:
         _REPEATER.terminate()
         _REPEATER.wait(timeout=5)

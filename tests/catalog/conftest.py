@@ -1,8 +1,10 @@
 """Fixtures: real embedded tiled catalogs on loopback, RunEngines with inline-array detectors.
 
-Each catalog lives in a pytest temporary directory; its server runs in a child
-process (``open_catalog``'s default; 127.0.0.1, free port) and is stopped at teardown. Readers in other
-processes open the same directory (``tests/catalog/read_back.py``).
+Each catalog lives in a pytest temporary directory; its server is the directory's
+shared server process (``open_catalog``'s default; 127.0.0.1, free port), which stops
+shortly after the test's catalog and every other process using it closed. Readers in
+other processes open the same directory and use the same server
+(``tests/catalog/read_back.py``).
 """
 
 from __future__ import annotations

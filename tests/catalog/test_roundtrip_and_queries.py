@@ -158,3 +158,65 @@ def test_remote_uri_uses_the_same_client_code(written):
         assert remote.server is None
     finally:
         remote.close()
+
+
+def _assert_same(stored, produced, path: str = "") -> None:
+    """``stored`` (a document read back as JSON) equals ``produced`` (the RunEngine's):
+    arrays and numpy scalars compared in the produced dtype (a float32 array comes back
+    as the shortest decimals of its float32 values)."""
+    if isinstance(produced, np.ndarray | np.generic):
+        np.testing.assert_array_equal(np.asarray(stored, dtype=produced.dtype), produced,
+                                      err_msg=path)
+    elif isinstance(produced, dict):
+        assert isinstance(stored, dict) and set(stored) == set(produced), (path, stored, produced)
+        for key, value in produced.items():
+            _assert_same(stored[key], value, f"{path}/{key}")
+    elif isinstance(produced, list | tuple):
+        assert isinstance(stored, list) and len(stored) == len(produced), (path, stored, produced)
+        for i, (s, p) in enumerate(zip(stored, produced, strict=True)):
+            _assert_same(s, p, f"{path}[{i}]")
+    else:
+        assert stored == produced, (path, stored, produced)
+
+
+def _without_dtype_numpy(descriptor: dict) -> dict:
+    """The descriptor without the ``dtype_numpy`` the writer adds to its data keys
+    (``DtypeFromData``, and TiledWriter for configuration keys)."""
+    import copy
+
+    out = copy.deepcopy(descriptor)
+    for keys in [out["data_keys"]] + [c.get("data_keys", {}) for c in out["configuration"].values()]:
+        for dk in keys.values():
+            dk.pop("dtype_numpy", None)
+    return out
+
+
+def test_documents_replay_what_the_runengine_emitted(written):
+    """``run.documents()`` (the server's JSON-seq export) gives back start, descriptor,
+    events and stop as the RunEngine emitted them. Differences, by design: the stored
+    descriptor's data keys carry ``dtype_numpy`` (equal to the produced arrays' dtypes),
+    event uids are synthesised (``event-<descriptor>-<seq_num>``), an empty ``filled``
+    is dropped, and arrays come back as nested lists."""
+    cat, log = written["catalog"], written["log"]
+    for label, uid in written["uids"].items():
+        descriptors = {d["uid"] for n, d in log.docs if n == "descriptor" and d["run_start"] == uid}
+        emitted = [(n, d) for n, d in log.docs
+                   if (n == "start" and d["uid"] == uid)
+                   or (n in ("descriptor", "stop") and d["run_start"] == uid)
+                   or (n == "event" and d["descriptor"] in descriptors)]
+        replayed = list(cat.runs[uid].documents())
+        assert [n for n, _ in replayed] == [n for n, _ in emitted], label
+        assert [n for n, _ in replayed][:2] == ["start", "descriptor"]
+        for (name, stored), (_, produced) in zip(replayed, emitted, strict=True):
+            if name == "descriptor":
+                _assert_same(_without_dtype_numpy(stored), _without_dtype_numpy(produced), label)
+                for key, value in log.events(uid)[0]["data"].items():
+                    assert stored["data_keys"][key]["dtype_numpy"] == np.asarray(value).dtype.str
+            elif name == "event":
+                assert stored["uid"] == f"event-{produced['descriptor']}-{produced['seq_num']}"
+                assert produced.get("filled", {}) == {}
+                _assert_same({k: v for k, v in stored.items() if k != "uid"},
+                             {k: v for k, v in produced.items() if k not in ("uid", "filled")},
+                             f"{label} event {produced['seq_num']}")
+            else:
+                _assert_same(stored, produced, f"{label} {name}")
