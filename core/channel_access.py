@@ -137,9 +137,23 @@ class CALayout:
         return env
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    """First port the kernel hands to outgoing connections (Linux; else ``default``)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def find_free_base_port(span: int = 10, host: str = DEFAULT_HOST,
-                        low: int = 20000, high: int = 60000) -> int:
+                        low: int = 20000, high: int | None = None) -> int:
     """A random even base port with ``span`` free TCP and UDP ports on ``host`` above it.
+
+    ``high`` defaults to the start of the kernel's ephemeral range: a port chosen above
+    it can be taken, between the check and the server's bind, by any outgoing
+    connection of this machine (a CA client's circuit, an HTTP request); one was, in a
+    test run, and the instrument could not bind it.
 
     For benchmarks and tests that run their own instrument beside anything else on
     the machine (the default 5064 may be taken by a real or another simulated IOC).
@@ -147,6 +161,9 @@ def find_free_base_port(span: int = 10, host: str = DEFAULT_HOST,
     import random
     import socket
 
+    if high is None:
+        high = _ephemeral_low()
+    high = max(high - span, low + 2)
     rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
     for _ in range(200):
         base = rng.randrange(low, high, 2)

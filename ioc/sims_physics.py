@@ -735,7 +735,10 @@ class FramePlan:
         return out
 
     def render(self, rng: np.random.Generator | None = None) -> list[np.ndarray]:
-        return self.render_lines(0, self.geometry.ny, rng)
+        """The whole frame at once, collector by collector (the scored analysis tests'
+        synthetic maps; the spectrometer renders by lines, :meth:`render_lines`)."""
+        return [detect(e, self.dwell_s, self.params, rng)
+                for e in self.expected_lines(0, self.geometry.ny)]
 
 
 # ======================================================================================

@@ -67,8 +67,8 @@ def test_a_map_at_time_scale_20_has_the_counts_of_real_time_in_a_20th_of_the_tim
         assert chi2 < 1.3, (name, chi2)
     # The raster and the map keep their nominal duration on the IOCs' clock at both.
     for frame in (frame1, frame20):
-        assert frame.beam_s == pytest.approx(beam_s, abs=1e-6)
-        assert frame.mapped_s == pytest.approx(beam_s, abs=1e-6)
+        assert frame.beam_s == pytest.approx(beam_s, abs=1e-5)
+        assert frame.mapped_s == pytest.approx(beam_s, abs=1e-5)
     assert wall1 >= beam_s
     # "About 1/20": the frame's own time scales; a fixed overhead (the last lines'
     # publication, the put and the monitor's round trip) does not.
