@@ -63,6 +63,7 @@ def test_session_builds_the_namespace_and_stores_runs(instrument, tmp_path):
     session2.close()
 
 
+@pytest.mark.slow
 def test_ipython_profile_runs_a_plan(instrument, tmp_path):
     from temsims.profile import install_profile
 
@@ -88,6 +89,7 @@ def test_ipython_profile_runs_a_plan(instrument, tmp_path):
     assert "RESULT from-ipython 1" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_temsims_shell_opens_the_profile(instrument, tmp_path):
     """``temsims shell`` (the console script's code path) with its own options: the
     profile is installed, IPython starts with it, the devices answer over CA on the

@@ -172,6 +172,7 @@ def test_in_memory_dict_and_exporter_callback(make, tmp_path):
     exporter.close()
 
 
+@pytest.mark.slow
 def test_tiled_catalog_run(make, tmp_path):
     """A run written to a real embedded catalog and read back through tiled."""
     import h5py

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from catalog_helpers import DocumentLog, read_in_another_process
 
+#: Other-process read-backs of device runs: the slow tier.
+pytestmark = pytest.mark.slow
+
 SAMPLE = "readback-LCO"
 CORRELATION_ID = "readback-corr-1"
 

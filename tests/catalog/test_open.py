@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import bluesky.plans as bp
+import pytest
 from bluesky import RunEngine
 from catalog_helpers import contract_md
 from ophyd.sim import det
@@ -56,6 +57,7 @@ def _store_a_run(cat, sample: str) -> str:
     return uid
 
 
+@pytest.mark.slow
 def test_processes_share_the_directory_server(tmp_path):
     directory = tmp_path / "catalog"
     cat = open_catalog(directory)
@@ -75,6 +77,7 @@ def test_processes_share_the_directory_server(tmp_path):
         cat.close()
 
 
+@pytest.mark.slow
 def test_concurrent_first_opens_start_one_server(tmp_path):
     directory = tmp_path / "catalog"
     procs = [subprocess.Popen([sys.executable, "-c", OPEN_AND_REPORT, str(directory)],
@@ -88,6 +91,7 @@ def test_concurrent_first_opens_start_one_server(tmp_path):
     assert reports[0]["runs"] == reports[1]["runs"] == 0
 
 
+@pytest.mark.slow
 def test_server_stops_after_its_last_client_and_restarts_on_demand(tmp_path, monkeypatch):
     monkeypatch.setattr(catalog_module, "SERVER_LINGER_S", 0.5)  # sent with the request
     directory = tmp_path / "catalog"

@@ -251,6 +251,7 @@ def test_parameter_puts_refused_during_a_frame(fib):
     assert caget(F + "SCAN:NX") == 64
 
 
+@pytest.mark.slow
 def test_bad_puts_are_refused_and_the_ioc_keeps_answering(fib):
     F = fib.prefix("column")
     bad = [
