@@ -21,8 +21,6 @@ from pathlib import Path
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
 
 ALL_IOCS: tuple[str, ...] = tuple(IOC_PORT_OFFSETS)
-#: Parts that render the virtual specimen.
-SPECIMEN_IOCS = frozenset({"tem", "spectrometer"})
 #: Name of the instrument's process in ``InstrumentProcesses.processes``.
 INSTRUMENT = "instrument"
 

@@ -160,7 +160,6 @@ class PartServer:
             self._run_task.cancel()
             ready.set()
             return
-        self.world.part_up(self.part)
         ready.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._run_task

@@ -49,14 +49,11 @@ class SimControlIOC(PVGroup):
         super().__init__(*args, **kwargs)
         self.instrument = instrument
 
-    def _pv(self, part: str):
-        return getattr(self, part)
-
     async def _publish_states(self) -> None:
         for part in ALL_PARTS:
             server = self.instrument.parts.get(part)
             state = server.state if server is not None else "Dead"
-            pv = self._pv(part)
+            pv = getattr(self, part)
             if pv.value != state:
                 await pv.write(state, verify_value=False)
 

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +139,6 @@ class World:
         self._specimen = None
         self._depth: np.ndarray | None = None
         self.depth_lock = threading.Lock()
-        self._up: dict[str, bool] = defaultdict(bool)
         self._shared: dict[str, Any] = {}
 
     # ---- the specimen -------------------------------------------------------------
@@ -231,21 +229,13 @@ class World:
             pass
 
     # ---- parts ----------------------------------------------------------------------
-    def part_up(self, part: str) -> None:
-        with self._lock:
-            self._up[part] = True
-
     def part_down(self, part: str) -> None:
         """Every quantity of ``part`` reads None, and its subscribers hear it."""
         with self._lock:
-            self._up[part] = False
             keys = [k for k, owner in self._owner.items() if owner == part]
             self._subscribers = [s for s in self._subscribers if s.loop.is_running()]
         for key in keys:
             self.publish(part, key, None)
-
-    def is_up(self, part: str) -> bool:
-        return self._up[part]
 
 
 def _log_failure(task: asyncio.Task) -> None:
@@ -256,9 +246,9 @@ def _log_failure(task: asyncio.Task) -> None:
 class WorldLink:
     """What one part reads of the world: named quantities, with an optional callback.
 
-    The successor of the CA peer links: ``values``, ``get`` and ``connected`` keep
-    their meaning (``None`` = the owning part is down), but the values come from the
-    shared :class:`World` and are current the moment their owner wrote them.
+    The successor of the CA peer links: the part reads the quantities with
+    ``World.get`` (``None`` = the owning part is down); this link calls it back when
+    one of them is written.
 
     Parameters
     ----------
@@ -287,16 +277,6 @@ class WorldLink:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-
-    @property
-    def values(self) -> dict[str, Any]:
-        return {key: self.world.get(key) for key in self.keys}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.world.get(key, default)
-
-    def connected(self, key: str) -> bool:
-        return self.world.get(key) is not None
 
 
 def mirror_pv(world: World, part: str, key: str, instance: Any) -> None:
