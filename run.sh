@@ -37,11 +37,14 @@ case "$command" in
     test)
         setup
         "$VENV/bin/ruff" check .
+        # One worker per core (at most 4; TEMSIMS_TEST_WORKERS=0 runs in this process),
+        # a test module per worker: its module-scoped fixtures are built once.
+        workers=(-n "${TEMSIMS_TEST_WORKERS:-auto}" --maxprocesses=4 --dist loadfile)
         if [ "${1:-}" = fast ]; then
             shift
-            exec "$VENV/bin/python" -m pytest -m "not slow" "$@"
+            exec "$VENV/bin/python" -m pytest "${workers[@]}" -m "not slow" "$@"
         fi
-        exec "$VENV/bin/python" -m pytest "$@"
+        exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"
         ;;
     bench)
         setup

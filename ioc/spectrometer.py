@@ -260,6 +260,7 @@ class SpectrometerIOC(InstrumentIOC):
         self.prepared: tuple[tuple, sp.FramePlan, float] | None = None
         self._prep_task: asyncio.Task | None = None
         self._prep_pending = False
+        self._inflight: tuple[tuple, asyncio.Future, float] | None = None
         self._last_status = ""
         self._busy = False
 
@@ -350,12 +351,13 @@ class SpectrometerIOC(InstrumentIOC):
                 tuple(round(m, 5) for m in snap["masses"]), self.depth_version,
                 self.params.drift_nm_per_min, self.params.interaction_fwhm_nm)
 
-    def _make_plan(self, snap: dict, t0: float, slack_s: float) -> sp.FramePlan:
+    def _make_plan(self, snap: dict, t0: float, slack_s: float,
+                   depth: np.ndarray | None = None) -> sp.FramePlan:
         return sp.FramePlan(
             self.specimen, self.geometry(snap), snap["masses"], snap["current"],
             max(snap["dwell"], 1e-9), snap["probe"], snap["landing"], snap["polarity"],
-            snap["ready"], self.depth, elapsed_s=0.0, params=self.physics_params(t0),
-            species=self.species, drift_slack_s=slack_s)
+            snap["ready"], self.depth if depth is None else depth, elapsed_s=0.0,
+            params=self.physics_params(t0), species=self.species, drift_slack_s=slack_s)
 
     # ---- status ---------------------------------------------------------------------
     async def update_status(self, refusal: str | None = None) -> None:
@@ -737,14 +739,22 @@ class SpectrometerIOC(InstrumentIOC):
                     self.clock.now() - self.prepared[2] < 60.0):
                 continue
             t0 = self.clock.now()
+            # Prepared on a copy of the depth map, taken whole (a sputter writes it under
+            # the lock), so that nothing that needs the lock (a reset, a sputter) waits
+            # for a guess; a frame that wants this very plan awaits ``_inflight``.
+            async with self.depth_lock:
+                key = self._plan_key(snap)
+                depth = self.depth.copy()
+            future = loop.run_in_executor(self.executor, self._make_plan, snap, t0, 120.0,
+                                          depth)
+            self._inflight = (key, future, t0)
             try:
-                async with self.depth_lock:
-                    key = self._plan_key(snap)
-                    plan = await loop.run_in_executor(self.executor, self._make_plan, snap,
-                                                      t0, 120.0)
+                plan = await future
             except Exception:  # noqa: BLE001 - a failed guess only costs time later
                 logger.exception("preparing the next frame failed")
                 continue
+            finally:
+                self._inflight = None
             if self._plan_key(snap) == key:
                 self.prepared = (key, plan, t0)
 
@@ -796,12 +806,15 @@ class SpectrometerIOC(InstrumentIOC):
                                  ready=snap["ready"], elapsed_s=t0 - t_prep,
                                  params=self.physics_params(t_prep))
 
+        inflight = self._inflight
+        if self.prepared is None and inflight is not None and inflight[0] == key:
+            # This very plan is being prepared: use it rather than computing it twice.
+            with contextlib.suppress(Exception):
+                self.prepared = (key, await asyncio.shield(inflight[1]), inflight[2])
         plan = prepared_plan()
         if plan is None:
             async with self.depth_lock:
                 key = self._plan_key(snap)
-                # A preparation of this very plan may have held the lock: use it rather
-                # than computing it a second time.
                 plan = prepared_plan()
                 if plan is None:
                     plan = await loop.run_in_executor(self.executor, self._make_plan, snap,

@@ -39,8 +39,36 @@ PORTS_PER_SLOT = 10
 TEST_TIME_SCALE = float(os.environ.get("TEMSIMS_TEST_TIME_SCALE", "20"))
 
 
-def _reserve_base_port() -> int:
-    return find_free_base_port(N_SLOTS * PORTS_PER_SLOT)
+#: Workers of a ``pytest -n N`` run that get a port block from the controller's
+#: reservation (a further worker reserves its own).
+MAX_WORKERS = 4
+_BLOCK_VARIABLE = "TEMSIMS_TEST_PORT_BLOCK"
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    """True in the process that hands tests to xdist workers (it runs none itself)."""
+    return not _is_worker(config) and bool(getattr(config.option, "numprocesses", None)) \
+        and getattr(config.option, "dist", "no") != "no"
+
+
+def _reserve_base_port(config: pytest.Config) -> int:
+    """This process's block of ``N_SLOTS`` instrument slots.
+
+    Under xdist the controller reserves one block for ``MAX_WORKERS`` workers before
+    they start and each takes its own part of it by worker number, so that two
+    workers never pick overlapping ports (a check-then-bind per worker could).
+    """
+    span = N_SLOTS * PORTS_PER_SLOT
+    if _is_worker(config):
+        number = int(config.workerinput["workerid"].removeprefix("gw"))
+        block = os.environ.get(_BLOCK_VARIABLE)
+        if block is not None and number < MAX_WORKERS:
+            return int(block) + number * span
+    return find_free_base_port(span)
 
 
 class SlotPool:
@@ -72,12 +100,16 @@ _REPEATER: subprocess.Popen | None = None
 def pytest_configure(config: pytest.Config) -> None:
     """Export the loopback CA environment before any CA context exists."""
     global _POOL, _REPEATER
-    _POOL = SlotPool(_reserve_base_port())
+    os.environ.setdefault("TEMSIMS_CATALOG_HOST_IDLE_S", "20")
+    if _is_controller(config):
+        # Workers inherit the environment: their port blocks and the catalog host's
+        # idle time. The controller itself talks to no instrument.
+        os.environ[_BLOCK_VARIABLE] = str(
+            find_free_base_port(MAX_WORKERS * N_SLOTS * PORTS_PER_SLOT))
+        return
+    _POOL = SlotPool(_reserve_base_port(config))
     os.environ.update(_POOL.client_environment())
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
-    # The catalog host (decision 0014) ends soon after the session's last catalog,
-    # and is stopped by PID when the session ends.
-    os.environ.setdefault("TEMSIMS_CATALOG_HOST_IDLE_S", "20")
     # The client-side repeater, bound to loopback (caproto would spawn one on 0.0.0.0).
     _REPEATER = subprocess.Popen(
         [sys.executable, "-c", "from caproto.sync.repeater import run; run(host='127.0.0.1')"],
@@ -95,7 +127,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     from temsims.catalog import stop_catalog_host
 
-    stop_catalog_host()
+    # The catalog host (decision 0014) is shared by every process of the run: it is
+    # stopped by PID once, by the process that ends last (the controller under xdist).
+    if not _is_worker(config):
+        stop_catalog_host()
     if _REPEATER is not None and _REPEATER.poll() is None:
         _REPEATER.terminate()
         _REPEATER.wait(timeout=5)

@@ -13,7 +13,9 @@ from caproto.sync.client import read
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+    ids=["INT", "TERM"])
 def test_ioc_all_serves_five_iocs_and_stops_them(slot_pool, tmp_path, stop_signal):
     slot, layout = slot_pool.take()
     prefix = f"CLI{time.time_ns() % 100000}:"

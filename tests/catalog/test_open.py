@@ -110,6 +110,7 @@ def test_server_stops_after_its_last_client_and_restarts_on_demand(tmp_path, mon
         again.close()
 
 
+@pytest.mark.slow
 def test_a_dead_server_is_replaced(tmp_path):
     directory = tmp_path / "catalog"
     cat = open_catalog(directory)

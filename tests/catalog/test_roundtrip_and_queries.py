@@ -75,6 +75,7 @@ def other_process(written, tmp_path_factory):
                                    tmp_path_factory.mktemp("readback"), timeout=120)
 
 
+@pytest.mark.slow
 def test_other_process_sees_every_run_complete(written, other_process):
     report, _ = other_process
     assert set(report["runs"]) == set(written["uids"].values())
@@ -84,6 +85,7 @@ def test_other_process_sees_every_run_complete(written, other_process):
         assert run["streams"] == ["primary"]
 
 
+@pytest.mark.slow
 def test_arrays_equal_what_was_produced_with_their_dtype(written, other_process):
     report, arrays = other_process
     log = written["log"]
@@ -104,6 +106,7 @@ def test_arrays_equal_what_was_produced_with_their_dtype(written, other_process)
     assert arrays[f"{sims}/motor"].dtype == np.float64
 
 
+@pytest.mark.slow
 def test_start_metadata_round_trip(written, other_process):
     report, _ = other_process
     start = report["runs"][written["uids"]["sims_s1"]]["start"]
@@ -114,6 +117,7 @@ def test_start_metadata_round_trip(written, other_process):
     assert start["species"] == ["6Li", "7Li", "69Ga", "71Ga"]
 
 
+@pytest.mark.slow
 def test_queries_from_the_other_process(written, other_process):
     report, _ = other_process
     u = written["uids"]

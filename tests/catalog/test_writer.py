@@ -229,6 +229,7 @@ def test_close_right_after_the_run_stores_everything(catalog, RE):
     assert run.metadata["stop"]["num_events"] == {"primary": 30}
 
 
+@pytest.mark.slow
 def test_documents_queued_at_interpreter_exit_are_stored(tmp_path):
     """A session that exits without flushing or closing: atexit drains the queue."""
     directory = tmp_path / "catalog"
@@ -284,6 +285,7 @@ def test_dtype_from_data_patches_held_descriptors():
 # ----------------------------------------------------------------- writer process
 
 
+@pytest.mark.slow
 def test_process_writer_stores_runs_like_the_thread_and_ends_its_process(catalog, RE):
     """writer(process=True): same documents in the catalog, written by a child process."""
     import os
@@ -307,7 +309,8 @@ def test_process_writer_stores_runs_like_the_thread_and_ends_its_process(catalog
     assert writer._process.poll() is not None  # the child exited
 
 
-@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+@pytest.mark.parametrize(
+    "process", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["thread", "process"])
 def test_what_tiledwriter_refuses_is_raised_in_the_caller(catalog, process):
     """An event that passes the caller's quick check but not TiledWriter's schema check
     is refused where TiledWriter runs and raised in the caller; the run is stored."""
