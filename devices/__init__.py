@@ -69,7 +69,9 @@ def connect(prefix: str = "TEMSIMS:", *, timeout: float = 5.0, parts=None,
     -------
     Instrument
         With attributes ``stage, tem, camera, edx, column, bias, spectrometer,
-        imager, mode`` and ``all_devices()``.
+        imager, mode`` and ``all_devices()``. The stage axes carry the ophyd label
+        ``motors`` and the camera, EDX and spectrometer ``detectors``, so the
+        session's ``%wa`` and ``%ct`` find them.
 
     Raises
     ------
@@ -109,11 +111,12 @@ def connect(prefix: str = "TEMSIMS:", *, timeout: float = 5.0, parts=None,
     builders = {
         "stage": lambda: Stage(prefixes["stage"], name="stage"),
         "tem": lambda: TEMColumn(prefixes["tem"], name="tem"),
-        "camera": lambda: TEMCamera(prefixes["tem"], name="camera"),
-        "edx": lambda: EDXDetector(prefixes["tem"], name="edx"),
+        "camera": lambda: TEMCamera(prefixes["tem"], name="camera", labels={"detectors"}),
+        "edx": lambda: EDXDetector(prefixes["tem"], name="edx", labels={"detectors"}),
         "column": lambda: IonColumn(prefixes["column"], name="column"),
         "bias": lambda: BiasSupply(prefixes["bias"], name="bias"),
-        "spectrometer": lambda: MassSpectrometer(prefixes["spectrometer"], name="spectrometer"),
+        "spectrometer": lambda: MassSpectrometer(prefixes["spectrometer"], name="spectrometer",
+                                                 labels={"detectors"}),
         "imager": lambda: SIMSImager(
             column_prefix=prefixes["column"], spectrometer_prefix=prefixes["spectrometer"],
             label_source=inst.spectrometer.labels if inst.spectrometer is not None else None,

@@ -20,7 +20,7 @@ def _image_shape(camera) -> tuple[int, int]:
 class TEMCamera(Device):
     """The TEM camera: ``trigger()`` acquires one image (put with completion).
 
-    ``image`` (hinted) is ``SIZE x SIZE`` float32 counts, row 0 the -y edge;
+    ``image`` (dims y, x) is ``SIZE x SIZE`` float32 counts, row 0 the -y edge;
     ``describe()`` gives its shape and ``dtype_numpy``. Exposure and size are
     configuration; counter, dose and the stage state the image was computed at are
     read with it.
@@ -30,10 +30,10 @@ class TEMCamera(Device):
     size = Cpt(ValidatedSignal, "CAM:SIZE", kind="config", doc="Square image size (px)")
     acquire = Cpt(ValidatedSignal, "CAM:ACQUIRE", string=True, kind="omitted")
     image = Cpt(ShapedArray, "CAM:IMAGE", shape=_image_shape, dtype=np.float32,
-                kind="hinted", doc="Image (counts), SIZE x SIZE")
+                dims=("y", "x"), kind="normal", doc="Image (counts), SIZE x SIZE")
     counter = Cpt(EpicsSignalRO, "CAM:COUNTER", kind="normal", doc="Images acquired")
     pixel_nm = Cpt(EpicsSignalRO, "CAM:PIXEL_NM", kind="config", doc="Pixel size (nm)")
-    dose = Cpt(EpicsSignalRO, "CAM:DOSE", kind="normal", doc="Electrons per pixel")
+    dose = Cpt(EpicsSignalRO, "CAM:DOSE", kind="hinted", doc="Electrons per pixel")
     center_x = Cpt(EpicsSignalRO, "CAM:CENTER_X", kind="normal", doc="Image centre x (um)")
     center_y = Cpt(EpicsSignalRO, "CAM:CENTER_Y", kind="normal", doc="Image centre y (um)")
     tilt_a = Cpt(EpicsSignalRO, "CAM:TILT_A", kind="normal", doc="Alpha tilt of the image (deg)")

@@ -217,16 +217,20 @@ class ShapedArray(EpicsSignalRO):
         ``shape(parent) -> tuple``: the array's shape now (from its size PVs).
     dtype
         numpy dtype of the data (``describe()`` reports it as ``dtype_numpy``).
+    dims
+        A name for each axis (``describe()`` reports them as ``dims``, which tiled
+        gives the array's dimensions when it is read back).
 
     Not monitored: a read after an acquisition's put completion fetches the new data
     over CA (a monitor update could still be in flight).
     """
 
-    def __init__(self, read_pv, *, shape, dtype, **kwargs):
+    def __init__(self, read_pv, *, shape, dtype, dims: tuple[str, ...], **kwargs):
         kwargs.setdefault("auto_monitor", False)
         super().__init__(read_pv, **kwargs)
         self._shape_fn = shape
         self._np_dtype = np.dtype(dtype)
+        self.dims = tuple(dims)
 
     def shape(self) -> tuple[int, ...]:
         return tuple(int(n) for n in self._shape_fn(self.parent))
@@ -246,6 +250,10 @@ class ShapedArray(EpicsSignalRO):
         desc = super().describe()
         entry = desc[self.name]
         entry["shape"] = list(self.shape())
+        if len(self.dims) != len(entry["shape"]):
+            raise ValueError(f"{self.name}: dims {self.dims} do not match shape "
+                             f"{entry['shape']}")
+        entry["dims"] = list(self.dims)
         entry["dtype"] = "array"
         entry["dtype_numpy"] = self._np_dtype.str
         return desc

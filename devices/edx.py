@@ -22,7 +22,7 @@ def _line_shape(edx) -> tuple[int, int]:
 class EDXDetector(Device):
     """EDX detector. ``trigger()`` acquires a spectrum (Point) or a line scan (Line).
 
-    In Point mode ``spectrum`` (hinted, NCHAN) is read; in Line mode ``line_spectra``
+    In Point mode ``spectrum`` (NCHAN) is read; in Line mode ``line_spectra``
     (NPTS x NCHAN) instead: the kinds follow ``mode`` at each ``trigger()`` and
     ``describe()``, so a run's documents carry the data of the mode it ran in.
     ``energy`` is the channel-centre axis (eV). Probe position, line geometry, live
@@ -43,21 +43,22 @@ class EDXDetector(Device):
     offset_ev = Cpt(ValidatedSignal, "EDX:OFFSET_EV", kind="config", doc="Energy offset (eV)")
     acquire = Cpt(ValidatedSignal, "EDX:ACQUIRE", string=True, kind="omitted")
     spectrum = Cpt(ShapedArray, "EDX:SPECTRUM", shape=_nchan, dtype=np.float32,
-                   kind="hinted", doc="Spectrum (counts per channel)")
+                   dims=("channel",), kind="normal", doc="Spectrum (counts per channel)")
     line_spectra = Cpt(ShapedArray, "EDX:LINE_SPECTRA", shape=_line_shape, dtype=np.float32,
-                       kind="omitted", doc="Line scan spectra (NPTS x NCHAN counts)")
-    energy = Cpt(ShapedArray, "EDX:ENERGY", shape=_nchan, dtype=np.float64, kind="normal",
-                 doc="Channel centres (eV)")
+                       dims=("point", "channel"), kind="omitted",
+                       doc="Line scan spectra (NPTS x NCHAN counts)")
+    energy = Cpt(ShapedArray, "EDX:ENERGY", shape=_nchan, dtype=np.float64,
+                 dims=("channel",), kind="normal", doc="Channel centres (eV)")
     point = Cpt(EpicsSignalRO, "EDX:POINT", kind="omitted")
     counter = Cpt(EpicsSignalRO, "EDX:COUNTER", kind="normal", doc="Acquisitions completed")
-    rate = Cpt(EpicsSignalRO, "EDX:RATE", kind="normal", doc="Total count rate (1/s)")
+    rate = Cpt(EpicsSignalRO, "EDX:RATE", kind="hinted", doc="Total count rate (1/s)")
 
     def _apply_mode_kinds(self) -> str:
         mode = str(self.mode.get())
         if mode == "Line":
-            self.spectrum.kind, self.line_spectra.kind = Kind.omitted, Kind.hinted
+            self.spectrum.kind, self.line_spectra.kind = Kind.omitted, Kind.normal
         else:
-            self.spectrum.kind, self.line_spectra.kind = Kind.hinted, Kind.omitted
+            self.spectrum.kind, self.line_spectra.kind = Kind.normal, Kind.omitted
         return mode
 
     def trigger(self):

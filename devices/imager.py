@@ -344,7 +344,7 @@ class SIMSImager(Device):
                                       "shape": [], "dtype_numpy": np.dtype(np.int64).str}}
         for n, key in enumerate(keys, start=1):
             desc[key] = {"source": f"PV:{self.spectrometer_prefix}COL{n}:MAP",
-                         "dtype": "array", "shape": [lpe, nx],
+                         "dtype": "array", "shape": [lpe, nx], "dims": ["line", "x"],
                          "dtype_numpy": np.dtype(np.int32).str, "units": "counts"}
         return {self.stream_name: desc}
 

@@ -154,7 +154,7 @@ def _scan_points(scanner) -> tuple[int]:
 class MassScanner(Device):
     """Mass scan of the axial collector: ``trigger()`` sweeps the magnet START..STOP.
 
-    ``spectrum`` (hinted, counts per step), ``mass_axis`` (u, calibrated) and
+    ``spectrum`` (counts per step), ``mass_axis`` (u, calibrated) and
     ``field_axis`` (T, Hall readback) are read; the range (``first``/``last``, PVs
     SCAN:START/STOP: ``stop`` is a reserved bluesky name), step and dwell are
     configuration.
@@ -168,11 +168,11 @@ class MassScanner(Device):
     step = Cpt(ValidatedSignal, "SCAN:STEP", kind="config", doc="Mass step (u)")
     dwell = Cpt(ValidatedSignal, "SCAN:DWELL", kind="config", doc="Dwell per step (s)")
     spectrum = Cpt(ShapedArray, "SCAN:SPECTRUM", shape=_scan_points, dtype=np.float64,
-                   kind="hinted", doc="Counts per step")
+                   dims=("step",), kind="normal", doc="Counts per step")
     mass_axis = Cpt(ShapedArray, "SCAN:MASS_AXIS", shape=_scan_points, dtype=np.float64,
-                    kind="normal", doc="Calibrated mass at each step (u)")
+                    dims=("step",), kind="normal", doc="Calibrated mass at each step (u)")
     field_axis = Cpt(ShapedArray, "SCAN:FIELD_AXIS", shape=_scan_points, dtype=np.float64,
-                     kind="normal", doc="Hall readback at each step (T)")
+                     dims=("step",), kind="normal", doc="Hall readback at each step (T)")
 
     def set_range(self, start_u: float, stop_u: float, step_u: float, dwell_s: float):
         """Configure the scan range; one status for the four puts."""

@@ -106,8 +106,9 @@ class Stage(MotorBundle):
     a status that finishes when the record reports DMOV = 1 at the target.
     """
 
-    x = Cpt(StageMotor, "X", doc="Stage x (um)")
-    y = Cpt(StageMotor, "Y", doc="Stage y (um)")
-    z = Cpt(StageMotor, "Z", doc="Stage height z (um)")
-    alpha = Cpt(StageMotor, "A", doc="Alpha tilt (deg): 0 TEM, -68 SIMS")
-    beta = Cpt(StageMotor, "B", doc="Beta tilt (deg)")
+    # Labelled for the session's %wa/%mov magics (bluesky finds labelled children).
+    x = Cpt(StageMotor, "X", labels={"motors"}, doc="Stage x (um)")
+    y = Cpt(StageMotor, "Y", labels={"motors"}, doc="Stage y (um)")
+    z = Cpt(StageMotor, "Z", labels={"motors"}, doc="Stage height z (um)")
+    alpha = Cpt(StageMotor, "A", labels={"motors"}, doc="Alpha tilt (deg): 0 TEM, -68 SIMS")
+    beta = Cpt(StageMotor, "B", labels={"motors"}, doc="Beta tilt (deg)")
