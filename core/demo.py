@@ -101,7 +101,6 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
                            d.stage.x.velocity: XY_VELOCITY_UM_S,
                            d.stage.y.velocity: XY_VELOCITY_UM_S,
                            d.bias.ramp_rate: BIAS_RAMP_V_S,
-                           d.mode.bias.ramp_rate: BIAS_RAMP_V_S,
                            d.camera.size: sizes["camera_size"]}.items():
             sig.set(value).wait(10)
         if d.mode.infer() != "TEM":

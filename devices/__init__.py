@@ -25,6 +25,8 @@ PART_IOCS: dict[str, tuple[str, ...]] = {
     "imager": ("column", "spectrometer"),
     "mode": ("stage", "tem", "column", "bias"),
 }
+#: The devices :class:`~temsims.devices.mode.InstrumentMode` is built on.
+MODE_DEVICES = ("stage", "tem", "column", "bias")
 
 
 @dataclass
@@ -92,6 +94,8 @@ def connect(prefix: str = "TEMSIMS:", *, timeout: float = 5.0, parts=None,
     bad = [p for p in wanted if p not in PARTS]
     if bad:
         raise ValueError(f"unknown part(s) {bad}; expected some of {PARTS}")
+    if "mode" in wanted:  # it reads the geometry from these devices (no copies of them)
+        wanted = tuple(p for p in PARTS if p in wanted or p in MODE_DEVICES)
     prefixes = {ioc: per_part_prefix.get(ioc, prefix + suffix)
                 for ioc, suffix in PART_SUFFIXES.items()}
 
@@ -121,9 +125,8 @@ def connect(prefix: str = "TEMSIMS:", *, timeout: float = 5.0, parts=None,
             column_prefix=prefixes["column"], spectrometer_prefix=prefixes["spectrometer"],
             label_source=inst.spectrometer.labels if inst.spectrometer is not None else None,
             name="imager"),
-        "mode": lambda: InstrumentMode(
-            stage_prefix=prefixes["stage"], tem_prefix=prefixes["tem"],
-            column_prefix=prefixes["column"], bias_prefix=prefixes["bias"], name="mode"),
+        "mode": lambda: InstrumentMode(stage=inst.stage, tem=inst.tem, column=inst.column,
+                                       bias=inst.bias, name="mode"),
     }
     for name in PARTS:  # spectrometer before imager (label source)
         if name in wanted:

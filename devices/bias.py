@@ -8,12 +8,58 @@ import numbers
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from temsims.devices.common import Readback, ValidatedSignal, chain, is_state, wait_until
+from temsims.devices.common import (
+    Readback,
+    SwitchSignal,
+    ValidatedSignal,
+    chain,
+    is_state,
+    wait_until,
+)
 
 #: Extra seconds on top of |dV| / RAMP_RATE for a ramp's put completion.
 RAMP_SLACK_S = 30.0
 #: The output is at the target when within this (V).
 SETTLED_TOLERANCE_V = 1.0
+
+
+#: How long ``enable.set("On")`` waits for the supply's interlock to permit (s): the
+#: stage's end of move and the interlock's Permit reach a client on different circuits.
+PERMIT_WAIT_S = 2.0
+
+
+class OutputSwitch(SwitchSignal):
+    """The supply's output Off/On. ``set("On")`` raises ``ValueError`` at once with an
+    arc fault latched, and puts only once the supply's interlock permits (waiting up
+    to ``PERMIT_WAIT_S``; the status fails naming the supply's reason otherwise): the
+    IOC would refuse, and caproto's client would not say why. ``set("Off")`` is
+    always accepted. The status finishes when ENABLE_RBV shows the new state."""
+
+    def set(self, value, **kwargs):
+        supply = self.parent
+        states = tuple(self.enum_strs or ("Off", "On"))
+        turning_on = is_state(value, "On", states)
+        if supply is None:
+            return super().set(value, **kwargs)
+        if turning_on and is_state(supply.fault.get(), "Arc", ("OK", "Arc")):
+            raise ValueError(f"{supply.name}: arc fault latched; reset_fault() first")
+        if kwargs.get("timeout") is None:
+            target = float(supply.setpoint.get()) if turning_on else 0.0
+            kwargs["timeout"] = supply._ramp_timeout(target)
+        if not turning_on:
+            return super().set(value, **kwargs)
+
+        def permitted():
+            return wait_until(
+                supply.interlock, lambda v: is_state(v, "Permit", ("Blocked", "Permit")),
+                timeout=PERMIT_WAIT_S,
+                what=f"{supply.name}: output enable refused, not in SIMS geometry",
+                explain=lambda: f"the supply says: {supply.interlock_reason.get()}")
+
+        def switch():
+            return SwitchSignal.set(self, value, **kwargs)
+
+        return chain(self, [permitted, switch])
 
 
 class BiasSupply(Device):
@@ -30,8 +76,8 @@ class BiasSupply(Device):
     setpoint = Cpt(ValidatedSignal, "VOLTAGE", kind="normal", doc="Setpoint (V)")
     readback = Cpt(Readback, "VOLTAGE_RBV", kind="hinted", doc="Output voltage (V)")
     ramp_rate = Cpt(ValidatedSignal, "RAMP_RATE", kind="config", doc="Ramp rate (V/s)")
-    enable = Cpt(ValidatedSignal, "ENABLE_RBV", write_pv="ENABLE", string=True,
-                 auto_monitor=True, kind="normal", doc="Output Off/On")
+    enable = Cpt(OutputSwitch, "ENABLE_RBV", write_pv="ENABLE", kind="normal",
+                 doc="Output Off/On (set() checks the interlock; ends at the readback)")
     ramping = Cpt(Readback, "RAMPING", string=True, kind="omitted")
     status = Cpt(Readback, "STATUS", string=True, kind="omitted")
     fault = Cpt(ValidatedSignal, "FAULT", string=True, auto_monitor=True, kind="omitted")
@@ -93,29 +139,12 @@ class BiasSupply(Device):
         return chain(self, [ramp, settled, tripped_check])
 
     def enable_output(self):
-        """Switch the output on (status finishes when the output has settled)."""
-        if is_state(self.fault.get(), "Arc", ("OK", "Arc")):
-            raise ValueError(f"{self.name}: arc fault latched; reset_fault() first")
-        if str(self.interlock.get()) != "Permit":
-            raise ValueError(f"{self.name}: output enable refused, not in SIMS geometry "
-                             f"({self.interlock_reason.get()})")
-        return self._switch("On", self._ramp_timeout(float(self.setpoint.get())))
+        """Switch the output on (``enable.set("On")``: refused unless permitted)."""
+        return self.enable.set("On")
 
     def disable_output(self):
         """Switch the output off (always accepted); finishes when it has settled."""
-        return self._switch("Off", self._ramp_timeout(0.0))
-
-    def _switch(self, state: str, timeout: float):
-        # Put completion and the ENABLE_RBV monitor travel on different client threads:
-        # finish only once the readback (which later checks use) shows the new state.
-        def put():
-            return self.enable.set(state, timeout=timeout)
-
-        def readback():
-            return wait_until(self.enable, lambda v: is_state(v, state, ("Off", "On")),
-                              timeout=3.0, what=f"{self.name} output {state}")
-
-        return chain(self, [put, readback])
+        return self.enable.set("Off")
 
     def reset_fault(self):
         return self.reset.set("Reset")

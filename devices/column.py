@@ -5,7 +5,7 @@ from __future__ import annotations
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignalRO
 
-from temsims.devices.common import Readback, ValidatedSignal
+from temsims.devices.common import Readback, SwitchSignal, ValidatedSignal
 
 #: Slack (s) on top of NX*NY*DWELL for the put-completion of a raster frame.
 FRAME_SLACK_S = 30.0
@@ -82,8 +82,8 @@ class IonColumn(Device):
     probe = Cpt(EpicsSignalRO, "PROBE_RBV", kind="normal", doc="Probe diameter FWHM (nm)")
     emission = Cpt(EpicsSignalRO, "EMISSION_RBV", kind="omitted", doc="Emission (uA)")
     landing = Cpt(EpicsSignalRO, "LANDING_RBV", kind="normal", doc="Landing energy (keV)")
-    blank = Cpt(ValidatedSignal, "BLANK_RBV", write_pv="BLANK", string=True, kind="normal",
-                doc="Blanked/Unblanked")
+    blank = Cpt(SwitchSignal, "BLANK_RBV", write_pv="BLANK", kind="normal",
+                doc="Blanked/Unblanked (set() ends at the readback)")
     status = Cpt(Readback, "STATUS", string=True, kind="omitted")
     interlock = Cpt(Readback, "INTERLOCK_RBV", string=True, kind="omitted")
     interlock_reason = Cpt(Readback, "INTERLOCK_REASON", string=True, kind="omitted")

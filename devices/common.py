@@ -96,6 +96,36 @@ class ValidatedSignal(EpicsSignal):
         return isinstance(self._readback, str)
 
 
+class SwitchSignal(ValidatedSignal):
+    """An enum setpoint (``write_pv``) whose ``set()`` finishes when its readback
+    (``read_pv``, monitored) shows the new state.
+
+    The put's completion and the readback's monitor reach the client on different
+    threads: without this, a plan that reads the state right after ``bps.mv`` could
+    still see the old one.
+    """
+
+    def __init__(self, read_pv, write_pv=None, *, readback_timeout: float = 3.0, **kwargs):
+        kwargs.setdefault("string", True)
+        kwargs.setdefault("auto_monitor", True)
+        super().__init__(read_pv, write_pv=write_pv, **kwargs)
+        self.readback_timeout = readback_timeout
+
+    def set(self, value, **kwargs):
+        self.check_value(value)
+        states = tuple(self.enum_strs or ())
+        target = value if isinstance(value, str) else states[int(value)]
+
+        def put():
+            return ValidatedSignal.set(self, value, **kwargs)
+
+        def readback():
+            return wait_until(self, lambda v: is_state(v, target, states),
+                              timeout=self.readback_timeout, what=f"{self.name} {target}")
+
+        return chain(self, [put, readback])
+
+
 class Readback(EpicsSignalRO):
     """A read-only PV followed by a CA monitor (``get()`` returns the cached value)."""
 

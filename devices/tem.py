@@ -9,7 +9,7 @@ from __future__ import annotations
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from temsims.devices.common import Readback, ValidatedSignal
+from temsims.devices.common import Readback, SwitchSignal, ValidatedSignal
 
 
 class TEMColumn(Device):
@@ -18,15 +18,15 @@ class TEMColumn(Device):
     ``objective`` (Off/On) and ``blank`` (Unblanked/Blanked) are read with every event
     (normal); the optics setup (HT, mode, FOV, beam current, contrast) is configuration.
     Switching the objective On is refused client-side while the IOC would refuse it is
-    not knowable here (it depends on the bias supply): use
-    :class:`temsims.devices.mode.InstrumentMode` to change geometry.
+    not knowable here (it depends on the bias supply): change geometry with the plans
+    :func:`temsims.plans.to_sims_mode` and :func:`temsims.plans.to_tem_mode`.
     """
 
     ht = Cpt(ValidatedSignal, "HT_RBV", write_pv="HT", kind="config", doc="High tension (kV)")
     mode = Cpt(ValidatedSignal, "MODE_RBV", write_pv="MODE", string=True, kind="config",
                doc="TEM or STEM")
-    objective = Cpt(ValidatedSignal, "OBJ_RBV", write_pv="OBJ", string=True, kind="normal",
-                    doc="Objective lens Off/On")
+    objective = Cpt(SwitchSignal, "OBJ_RBV", write_pv="OBJ", kind="normal",
+                    doc="Objective lens Off/On (set() ends at the readback)")
     objective_status = Cpt(Readback, "OBJ_STATUS", string=True, kind="omitted")
     fov = Cpt(ValidatedSignal, "FOV_RBV", write_pv="FOV", kind="config",
               doc="Field of view (um)")

@@ -142,8 +142,30 @@ def check_species(name: str, species: Any, *, max_n: int = N_COLLECTORS,
     return tuple(labels)
 
 
-def check_within(name: str, value: float, limits: tuple[float, float], unit: str = "") -> None:
-    """``ValueError`` unless ``value`` is within device limits ``(low, high)`` (if set)."""
+def device_limits(obj: Any) -> tuple[float, float] | None:
+    """The limits ``obj`` published when it connected, or ``None`` while it is not
+    connected (a plan listed or summarised with no IOC behind its devices).
+
+    Limits are channel metadata the control layer cached at connection, not a read:
+    a plan checks its arguments against them before anything moves, and skips the
+    check when there are none.
+    """
+    if not getattr(obj, "connected", False):
+        return None
+    try:
+        low, high = obj.limits
+    except Exception:  # noqa: BLE001 - a device without limits: nothing to check
+        return None
+    if low is None or high is None:
+        return None
+    return float(low), float(high)
+
+
+def check_within(name: str, value: float, limits: tuple[float, float] | None,
+                 unit: str = "") -> None:
+    """``ValueError`` unless ``value`` is within device limits ``(low, high)`` (if any)."""
+    if limits is None:
+        return
     low, high = limits
     if low < high and not low <= value <= high:
         raise ValueError(f"{name} = {value!r}{' ' + unit if unit else ''} is outside the "
@@ -218,7 +240,8 @@ def sims_md(spectrometer, column, bias):
     for n, col in enumerate(spectrometer.collector_list(), start=1):
         mass = _num((yield from bps.rd(col.mass, default_value=0.0)))
         entry: dict[str, Any] = {"name": f"col{n}"}
-        label = str(col.species.get() or "") or (species_for_mass(mass, 0.02) or "")
+        species = yield from bps.rd(col.species, default_value="")
+        label = str(species or "") or (species_for_mass(mass, 0.02) or "")
         if label:
             entry["species"] = label
         if mass > 0:
@@ -397,6 +420,7 @@ __all__ = [
     "check_pair",
     "check_species",
     "check_within",
+    "device_limits",
     "plan_args_md",
     "region_md",
     "run_decorator",

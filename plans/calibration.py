@@ -40,6 +40,7 @@ from temsims.plans._common import (
     check_pair,
     check_species,
     check_within,
+    device_limits,
     plan_args_md,
     with_safe_state,
 )
@@ -169,7 +170,7 @@ def _check_devices(stage, tem, edx, mode, imager, spectrometer, column, bias) ->
     check_device("tem", tem, "fov", "blank", "ht", "beam_current")
     check_device("edx", edx, "spectrum", "line_spectra", "mode", "live_time", "trigger",
                  "nchan", "ev_per_chan", "offset_ev")
-    check_device("mode", mode, "set", "sims_voltage", "ion_blank", "bias", "infer")
+    check_device("mode", mode, "alpha", "objective", "ion_blank", "raster", "bias", "infer")
     check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
     check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
                  "count_time", "polarity", "dead_time", "dark_rate")
@@ -308,8 +309,8 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
         raise ValueError(f"start_um..stop_um spans {length:g} um: each coordinate may differ "
                          f"by at most {2 * PROBE_RANGE_UM:g} um")
     mid = ((start[0] + stop[0]) / 2.0, (start[1] + stop[1]) / 2.0)
-    check_within("midpoint x of start_um/stop_um", mid[0], stage.x.limits, "um")
-    check_within("midpoint y of start_um/stop_um", mid[1], stage.y.limits, "um")
+    check_within("midpoint x of start_um/stop_um", mid[0], device_limits(stage.x), "um")
+    check_within("midpoint y of start_um/stop_um", mid[1], device_limits(stage.y), "um")
     step_um = length / (npts - 1)
     nx, ny = check_pair("sims_pixels", sims_pixels, integer=True, low=1,
                         high=MAX_PIXELS_PER_SIDE)
@@ -317,17 +318,14 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
         sims_fov_um = max(abs(dx) + step_um, (abs(dy) + step_um) * nx / ny
                           * math.cos(math.radians(INCIDENCE_DEG)))
     fov = check_number("sims_fov_um", sims_fov_um, low=0.0, low_open=True, unit="um")
-    low, high = column.scan.fov.limits
-    if low < high and not low <= fov <= high:
-        raise ValueError(f"sims_fov_um = {fov!r} um is outside the column's SCAN:FOV limits "
-                         f"[{low:g}, {high:g}] um")
+    check_within("sims_fov_um", fov, device_limits(column.scan.fov), "um")
     dwell = check_number("sims_dwell_s", sims_dwell_s, low=DWELL_RANGE_S[0],
                          high=DWELL_RANGE_S[1], unit="s")
     aperture = _check_aperture(column, sims_aperture)
     centre = mid if sims_center_um is None else check_pair("sims_center_um", sims_center_um,
                                                            unit="um")
-    check_within("sims_center_um[0]", centre[0], stage.x.limits, "um")
-    check_within("sims_center_um[1]", centre[1], stage.y.limits, "um")
+    check_within("sims_center_um[0]", centre[0], device_limits(stage.x), "um")
+    check_within("sims_center_um[1]", centre[1], device_limits(stage.y), "um")
     volts = check_number("sims_voltage_v", sims_voltage_v, low=-MAX_BIAS_V, high=MAX_BIAS_V,
                          unit="V")
     if abs(volts) < MIN_SIMS_BIAS_V:
@@ -349,8 +347,9 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
     fwhm = check_number("fwhm_mn_ka_ev", fwhm_mn_ka_ev, low=FWHM_RANGE_EV[0],
                         high=FWHM_RANGE_EV[1], unit="eV")
     md = check_md(md)
-    # The EDX line inside the SIMS field (with the column's present scan rotation).
-    rotation = float(column.scan.rotation.get())
+    # The EDX line inside the SIMS field (with the column's present scan rotation, read
+    # through the RunEngine before anything moves).
+    rotation = float((yield from bps.rd(column.scan.rotation, default_value=0.0)) or 0.0)
     affine_nominal = sims_pixel_affine(pixels=(nx, ny), fov_um=fov, x_um=centre[0],
                                        y_um=centre[1], rotation_deg=rotation)
     if not line_in_field(line_with_bins(start, stop, npts), affine_nominal, (nx, ny)):

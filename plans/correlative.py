@@ -41,6 +41,7 @@ from temsims.plans._common import (
     check_number,
     check_pair,
     check_within,
+    device_limits,
     with_safe_state,
 )
 from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
@@ -246,10 +247,10 @@ def check_rois(rois, stage, column=None) -> list[dict] | None:
         x = check_number(f"rois[{i}][0] (x_um)", roi[0], unit="um")
         y = check_number(f"rois[{i}][1] (y_um)", roi[1], unit="um")
         fov = check_number(f"rois[{i}][2] (fov_um)", roi[2], low=0.0, low_open=True, unit="um")
-        check_within(f"rois[{i}][0] (x_um)", x, stage.x.limits, "um")
-        check_within(f"rois[{i}][1] (y_um)", y, stage.y.limits, "um")
+        check_within(f"rois[{i}][0] (x_um)", x, device_limits(stage.x), "um")
+        check_within(f"rois[{i}][1] (y_um)", y, device_limits(stage.y), "um")
         if column is not None:
-            check_within(f"rois[{i}][2] (fov_um)", fov, column.scan.fov.limits, "um")
+            check_within(f"rois[{i}][2] (fov_um)", fov, device_limits(column.scan.fov), "um")
         out.append({"x_um": x, "y_um": y, "fov_um": fov})
     return out
 
@@ -258,7 +259,7 @@ def check_common(stage, tem, camera, mode, imager, spectrometer, column, bias) -
     check_device("stage", stage, "x", "y", "z", "alpha")
     check_device("tem", tem, "fov", "blank")
     check_device("camera", camera, "image", "exposure", "trigger")
-    check_device("mode", mode, "set", "sims_voltage", "ion_blank", "bias", "infer")
+    check_device("mode", mode, "alpha", "objective", "ion_blank", "raster", "bias", "infer")
     check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
     check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
                  "count_time", "polarity")
@@ -358,8 +359,8 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
     overview_fov_um = check_number("overview_fov_um", overview_fov_um, low=FOV_RANGE_UM[0],
                                    high=FOV_RANGE_UM[1], unit="um")
     center = check_pair("center", center, unit="um")
-    check_within("center[0]", center[0], stage.x.limits, "um")
-    check_within("center[1]", center[1], stage.y.limits, "um")
+    check_within("center[0]", center[0], device_limits(stage.x), "um")
+    check_within("center[1]", center[1], device_limits(stage.y), "um")
     rois = check_rois(rois, stage, column)
     max_rois = check_int("max_rois", max_rois, low=1, high=MAX_ROIS)
     if not isinstance(fly, bool):
@@ -427,10 +428,10 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
         if not found:
             return result
         # Regions are SIMS raster widths: within the column's limits.
-        low, high = column.scan.fov.limits
+        limits = device_limits(column.scan.fov)
         for r in found:
-            if low < high:
-                r["fov_um"] = float(min(max(r["fov_um"], low), high))
+            if limits is not None and limits[0] < limits[1]:
+                r["fov_um"] = float(min(max(r["fov_um"], limits[0]), limits[1]))
         roi_list = [[r["x_um"], r["y_um"], r["fov_um"]] for r in found]
 
         # ---- 2. SIMS maps
@@ -482,8 +483,8 @@ def ensure_tem_mode(stage, mode):
 
 def _within(stage, x: float, y: float) -> bool:
     for axis, v in ((stage.x, x), (stage.y, y)):
-        low, high = axis.limits
-        if low < high and not low <= v <= high:
+        limits = device_limits(axis)
+        if limits is not None and limits[0] < limits[1] and not limits[0] <= v <= limits[1]:
             return False
     return True
 

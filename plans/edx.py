@@ -15,6 +15,7 @@ from temsims.plans._common import (
     check_number,
     check_pair,
     check_within,
+    device_limits,
     plan_args_md,
     region_md,
     run_decorator,
@@ -66,8 +67,8 @@ def edx_point(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, x_um:
     live_time_s = check_number("live_time_s", live_time_s, low=LIVE_TIME_RANGE_S[0],
                                high=LIVE_TIME_RANGE_S[1], unit="s")
     md = check_md(md)
-    check_within("x_um", x_um, stage.x.limits, "um")
-    check_within("y_um", y_um, stage.y.limits, "um")
+    check_within("x_um", x_um, device_limits(stage.x), "um")
+    check_within("y_um", y_um, device_limits(stage.y), "um")
 
     fov = yield from bps.rd(tem.fov, default_value=1.0)
     region = yield from region_md(stage, fov_um=float(fov or 1.0), x_um=x_um, y_um=y_um)
@@ -130,8 +131,8 @@ def edx_line(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, start:
         raise ValueError(f"start..stop spans {length:g} um: each coordinate may differ by at "
                          f"most {2 * PROBE_RANGE_UM:g} um (probe range +/-{PROBE_RANGE_UM:g} um)")
     mid = ((start[0] + stop[0]) / 2.0, (start[1] + stop[1]) / 2.0)
-    check_within("midpoint x of start/stop", mid[0], stage.x.limits, "um")
-    check_within("midpoint y of start/stop", mid[1], stage.y.limits, "um")
+    check_within("midpoint x of start/stop", mid[0], device_limits(stage.x), "um")
+    check_within("midpoint y of start/stop", mid[1], device_limits(stage.y), "um")
     points = [[start[0] + (stop[0] - start[0]) * i / (npts - 1),
                start[1] + (stop[1] - start[1]) * i / (npts - 1)] for i in range(npts)]
 

@@ -29,6 +29,8 @@ from temsims.plans._common import (
     check_md,
     check_number,
     check_pair,
+    check_within,
+    device_limits,
     with_safe_state,
 )
 from temsims.plans.correlative import (
@@ -165,19 +167,13 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
     """
     check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
     fov_um = check_number("fov_um", fov_um, low=0.0, low_open=True, unit="um")
-    low, high = column.scan.fov.limits
-    if low < high and not low <= fov_um <= high:
-        raise ValueError(f"fov_um = {fov_um!r} um is outside the column's SCAN:FOV limits "
-                         f"[{low:g}, {high:g}] um")
+    check_within("fov_um", fov_um, device_limits(column.scan.fov), "um")
     pixels = check_pair("pixels", pixels, integer=True, low=1, high=MAX_PIXELS_PER_SIDE)
     dwell_s = check_number("dwell_s", dwell_s, low=DWELL_RANGE_S[0], high=DWELL_RANGE_S[1],
                            unit="s")
     center = check_pair("center", center, unit="um")
     for i, axis in enumerate((stage.x, stage.y)):
-        lo, hi = axis.limits
-        if lo < hi and not lo <= center[i] <= hi:
-            raise ValueError(f"center[{i}] = {center[i]!r} um is outside the stage limits "
-                             f"[{lo:g}, {hi:g}] um")
+        check_within(f"center[{i}]", center[i], device_limits(axis), "um")
     significance = check_number("significance", significance, low=0.0, low_open=True,
                                 unit="sigma")
     min_counts = check_number("min_counts", min_counts, low=0.0, unit="counts")
@@ -259,10 +255,8 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
         yield from to_tem_mode(mode)
         for i, p in enumerate(to_image[:max_particles]):
             yield from bps.checkpoint()
-            x = min(max(p["x_um"], stage.x.limits[0]), stage.x.limits[1]) \
-                if stage.x.limits[0] < stage.x.limits[1] else p["x_um"]
-            y = min(max(p["y_um"], stage.y.limits[0]), stage.y.limits[1]) \
-                if stage.y.limits[0] < stage.y.limits[1] else p["y_um"]
+            x, y = _clip(p["x_um"], device_limits(stage.x)), \
+                _clip(p["y_um"], device_limits(stage.y))
             summary = {k: (None if isinstance(p[k], float) and not math.isfinite(p[k])
                            else p[k]) for k in ZOOM_FIELDS}
             zmd = {**base_md, "correlative": geometry_md(
@@ -281,5 +275,11 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
 
     return (yield from with_safe_state(body(), column, bias))
 
+
+
+def _clip(value: float, limits: tuple[float, float] | None) -> float:
+    if limits is None or not limits[0] < limits[1]:
+        return value
+    return min(max(value, limits[0]), limits[1])
 
 __all__ = ["NATURAL_LI6_LI7", "find_labelled_particles", "particle_record"]

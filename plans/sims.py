@@ -38,6 +38,8 @@ from temsims.plans._common import (
     check_number,
     check_pair,
     check_species,
+    check_within,
+    device_limits,
     plan_args_md,
     region_md,
     run_decorator,
@@ -85,7 +87,7 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
     would be refused is refused before the first run of an experiment.
     ``check_fov=False`` skips the field-of-view check (regions still to be found); step mode
     (``fly=False``; ``fly`` is a bool its callers have checked) adds its own limits
-    (pixels, dwell, no scan rotation).
+    (pixels, dwell; sims_map itself reads that the scan is not rotated).
 
     ``arg_names`` renames the arguments in the error messages (a calling plan's own
     names, e.g. ``{"pixels": "sims_pixels"}``).
@@ -105,10 +107,7 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
     labels = check_species(name["species"], species, max_n=4)
     if check_fov:
         fov_um = check_number(name["fov_um"], fov_um, low=0.0, low_open=True, unit="um")
-        low, high = column.scan.fov.limits
-        if low < high and not low <= fov_um <= high:
-            raise ValueError(f"{name['fov_um']} = {fov_um!r} um is outside the column's SCAN:FOV "
-                             f"limits [{low:g}, {high:g}] um")
+        check_within(name["fov_um"], fov_um, device_limits(column.scan.fov), "um")
     nx, ny = check_pair(name["pixels"], pixels, integer=True, low=1, high=MAX_PIXELS_PER_SIDE)
     dwell_s = check_number(name["dwell_s"], dwell_s, low=DWELL_RANGE_S[0], high=DWELL_RANGE_S[1],
                            unit="s")
@@ -128,10 +127,6 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
         if dwell_s < STEP_MIN_DWELL_S:
             raise ValueError(f"{name['dwell_s']} = {dwell_s!r} s: step mode counts at least "
                              f"{STEP_MIN_DWELL_S:g} s per pixel (the spectrometer's COUNT_TIME)")
-        rotation = float(column.scan.rotation.get())
-        if rotation != 0.0:
-            raise ValueError(f"step mode needs SCAN:ROTATION = 0 (is {rotation:g} deg): the "
-                             "spot position is not rotated by the column")
     return labels, fov_um, (nx, ny), dwell_s, frames, md
 
 
@@ -324,6 +319,11 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         fly=fly)
     settle_s = check_number("settle_s", settle_s, low=0.0, high=1.0, unit="s")
     nx, ny = pixels
+    if not fly:  # read through the RunEngine, before anything moves
+        rotation = _num((yield from bps.rd(column.scan.rotation, default_value=0.0)))
+        if rotation != 0.0:
+            raise ValueError(f"step mode needs SCAN:ROTATION = 0 (is {rotation:g} deg): the "
+                             "spot position is not rotated by the column")
 
     _md = yield from _map_md(
         "sims_map",

@@ -21,6 +21,8 @@ from temsims.plans._common import (
     check_md,
     check_number,
     check_species,
+    check_within,
+    device_limits,
     plan_args_md,
     region_md,
     run_decorator,
@@ -106,10 +108,7 @@ def _check_range(start_u, stop_u, step_u, dwell_s, spectrometer) -> tuple:
                          f"{MAX_SCAN_POINTS} (raise step_u)")
     dwell_s = check_number("dwell_s", dwell_s, low=DWELL_RANGE_S[0], high=DWELL_RANGE_S[1],
                            unit="s")
-    low, high = spectrometer.mass_scan.dwell.limits
-    if low < high and not low <= dwell_s <= high:
-        raise ValueError(f"dwell_s = {dwell_s!r} s is outside the spectrometer's SCAN:DWELL "
-                         f"limits [{low:g}, {high:g}] s")
+    check_within("dwell_s", dwell_s, device_limits(spectrometer.mass_scan.dwell), "s")
     return start_u, stop_u, step_u, dwell_s, npts
 
 
@@ -126,7 +125,7 @@ def _unblank(column):
     """Plan stub: unblank the ion beam, refusing clearly outside SIMS geometry."""
     permit = yield from bps.rd(column.interlock, default_value="Permit")
     if str(permit) not in ("Permit", "1"):
-        reason = column.interlock_reason.get()
+        reason = yield from bps.rd(column.interlock_reason, default_value="")
         raise RuntimeError(f"{column.name}: cannot unblank the ion beam, not in SIMS geometry "
                            f"({reason}); run to_sims_mode first")
     yield from bps.mv(column.blank, "Unblanked")

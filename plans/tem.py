@@ -16,6 +16,7 @@ from temsims.plans._common import (
     check_number,
     check_pair,
     check_within,
+    device_limits,
     plan_args_md,
     region_md,
     run_decorator,
@@ -36,8 +37,8 @@ def _check_tem_devices(stage, tem, camera) -> None:
 
 
 def _check_xy(stage, name_x: str, x: float, name_y: str, y: float) -> None:
-    check_within(name_x, x, stage.x.limits, "um")
-    check_within(name_y, y, stage.y.limits, "um")
+    check_within(name_x, x, device_limits(stage.x), "um")
+    check_within(name_y, y, device_limits(stage.y), "um")
 
 
 def image_md(stage, camera, *, fov_um: float, x_um: float, y_um: float,

@@ -61,11 +61,17 @@ class EdxDevice(Readable, Triggerable, Protocol):
 
 
 @runtime_checkable
-class ModeDevice(Movable, Protocol):
-    """Instrument mode: ``set("SIMS" | "TEM")``, ``sims_voltage`` (V), ``infer()``."""
+class ModeDevice(Readable, Protocol):
+    """Instrument mode: ``infer()`` ("TEM", "SIMS", "intermediate") and the devices the
+    mode-change plans move: ``alpha`` (a motor), ``objective`` and ``ion_blank``
+    (Off/On and Blanked/Unblanked signals whose ``set`` ends at the readback),
+    ``raster`` (the column's raster state) and ``bias`` (the supply: ``set(volts)``,
+    ``enable``, ``fault``)."""
 
-    sims_voltage: Any
+    alpha: Any
+    objective: Any
     ion_blank: Any
+    raster: Any
     bias: Any
 
     def infer(self) -> str: ...

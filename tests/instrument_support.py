@@ -15,8 +15,7 @@ _CONNECTED: dict[str, Any] = {}
 #: wall time and SIMS -> TEM 0.96 s, at these 0.21 s and 0.19 s, and every correlative
 #: plan changes mode twice.
 FAST_SETTINGS = {"stage.alpha.velocity": 30.0, "stage.x.velocity": 200.0,
-                 "stage.y.velocity": 200.0, "bias.ramp_rate": 10000.0,
-                 "mode.bias.ramp_rate": 10000.0}
+                 "stage.y.velocity": 200.0, "bias.ramp_rate": 10000.0}
 
 
 def stop_instrument(procs: Any, pool: Any) -> None:

@@ -19,8 +19,11 @@ def test_every_device_satisfies_the_bluesky_protocols(devices):
         assert isinstance(dev, bp.Readable), dev.name
     for dev in (d.camera, d.edx, d.spectrometer, d.spectrometer.mass_scan):
         assert isinstance(dev, bp.Triggerable), dev.name
-    for dev in (d.stage.x, d.stage.alpha, d.bias, d.mode, d.spectrometer.collectors.col1):
+    for dev in (d.stage.x, d.stage.alpha, d.bias, d.bias.enable, d.tem.objective,
+                d.column.blank, d.spectrometer.collectors.col1):
         assert isinstance(dev, bp.Movable), dev.name
+    # The mode is read, not moved: changing it is a plan (to_sims_mode, to_tem_mode).
+    assert isinstance(d.mode, bp.Readable) and not isinstance(d.mode, bp.Movable)
     assert isinstance(d.imager, bp.Flyable)
     assert isinstance(d.imager, bp.EventCollectable)
     assert set(d.all_devices()) == {"stage", "tem", "camera", "edx", "column", "bias",
@@ -80,8 +83,9 @@ def test_bias_refuses_a_voltage_it_would_only_store(devices):
     assert not bias.output_on()
     with pytest.raises(ValueError, match="output is off"):
         bias.set(1000.0)
-    with pytest.raises(ValueError, match="SIMS geometry"):
-        bias.enable_output()  # the TEM geometry: the interlock blocks
+    with pytest.raises(TimeoutError, match="SIMS geometry"):
+        bias.enable_output().wait(10)  # the TEM geometry: the interlock blocks
+    assert not bias.output_on()
     assert bias.set(0.0).wait(10) is None
 
 

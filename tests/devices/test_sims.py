@@ -1,7 +1,8 @@
-"""Mode changes TEM <-> SIMS and the SIMS imager flyer, on the real IOCs.
+"""Mode changes TEM <-> SIMS (the plans ``to_sims_mode``/``to_tem_mode`` on the
+devices) and the SIMS imager flyer, on the real IOCs.
 
 One module-scoped sequence on the shared instrument (reset for the module): refused
-targets first, then TEM -> SIMS, counting and a fly scan over particles, then
+arguments first, then TEM -> SIMS, counting and a fly scan over particles, then
 SIMS -> TEM.
 """
 
@@ -12,8 +13,10 @@ import time
 import bluesky.plans as bp
 import numpy as np
 import pytest
+from bluesky import RunEngine
 
 from temsims.ioc.specimen import build_specimen
+from temsims.plans import to_sims_mode, to_tem_mode
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def sims(devices):
         sig.set(value).wait(10)
     yield d
     if d.mode.infer() != "TEM":
-        d.mode.set("TEM").wait(60)
+        RunEngine({})(to_tem_mode(d.mode))
     for axis in (d.stage.x, d.stage.y):
         axis.set(0.0).wait(30)
     for sig, value in before.items():
@@ -75,18 +78,32 @@ def _snapshot(d):
             round(d.bias.position, 1), d.column.blank.get())
 
 
-def test_unknown_mode_refused_with_nothing_moved(sims):
+class _Moves:
+    """The ``set`` messages and checkpoints a plan sent, in order (``RE.msg_hook``)."""
+
+    def __init__(self) -> None:
+        self.msgs: list[tuple] = []
+
+    def __call__(self, msg) -> None:
+        if msg.command == "set":
+            self.msgs.append((msg.obj.name, msg.args[0]))
+        elif msg.command == "checkpoint":
+            self.msgs.append(("checkpoint",))
+
+    def sets(self) -> list[tuple]:
+        return [m for m in self.msgs if m[0] != "checkpoint"]
+
+
+@pytest.mark.parametrize("voltage_v", [9000.0, 50.0, -20.0, float("nan")])
+def test_bad_voltage_refused_with_nothing_moved(sims, voltage_v):
     d = sims
     before = _snapshot(d)
-    for bad in ("EELS", "sims mode", "", None, 3):
-        with pytest.raises(ValueError, match="unknown mode"):
-            d.mode.set(bad)
-    d.mode.sims_voltage.put(9000.0)
-    try:
-        with pytest.raises(ValueError, match="sims_voltage"):
-            d.mode.set("SIMS")
-    finally:
-        d.mode.sims_voltage.put(4500.0)
+    moves = _Moves()
+    RE = RunEngine({})
+    RE.msg_hook = moves
+    with pytest.raises(ValueError, match="voltage_v"):
+        RE(to_sims_mode(d.mode, voltage_v=voltage_v))
+    assert moves.msgs == []
     time.sleep(0.3)  # anything that had been started would show by now
     assert _snapshot(d) == before
     assert d.mode.infer() == "TEM"
@@ -95,17 +112,20 @@ def test_unknown_mode_refused_with_nothing_moved(sims):
 def test_tem_to_sims(sims, RE):
     d = sims
     timeline = _timeline(d)
+    moves = _Moves()
+    RE.msg_hook = moves
     t0 = time.monotonic()
-    status = d.mode.set("SIMS")
-    assert not status.done  # one status, returned at once
-    status.wait(60)
+    RE(to_sims_mode(d.mode, voltage_v=4500.0))
     elapsed = time.monotonic() - t0
+    RE.msg_hook = None
     timeline.close()
-    print(f"TEM -> SIMS {elapsed:.2f} s: " + ", ".join(
-        f"{name} {t:.2f}" for name, t in status.step_times))
-    assert [name for name, _ in status.step_times] == [
-        "_blank_ion_beam", "_bias_to_zero", "_bias_off", "objective_off", "tilt_to_-68",
-        "_confirm_sims_geometry", "_bias_on", "ramp_to_4500V"]
+    print(f"TEM -> SIMS {elapsed:.2f} s: {moves.msgs}")
+    assert moves.sets() == [
+        ("column_blank", "Blanked"), ("bias", 0.0), ("bias_enable", "Off"),
+        ("tem_objective", "Off"), ("stage_alpha", -68.0), ("bias_enable", "On"),
+        ("bias", 4500.0), ("column_blank", "Blanked")]  # the last: the safe state's
+    assert moves.msgs.count(("checkpoint",)) == 3
+    assert moves.msgs.index(("tem_objective", "Off")) > moves.msgs.index(("checkpoint",))
     # the order seen by the IOCs: lens off, then the tilt, then (at -68 deg) the bias
     lens_off = timeline.first("objective", lambda v: v == "Off")
     tilt_starts = timeline.first("alpha", lambda v: v < -0.5)
@@ -202,15 +222,17 @@ def test_sims_to_tem(sims):
     d = sims
     d.column.blank.set("Blanked").wait(5)
     timeline = _timeline(d)
+    moves = _Moves()
+    RE = RunEngine({})
+    RE.msg_hook = moves
     t0 = time.monotonic()
-    status = d.mode.set("TEM")
-    status.wait(60)
+    RE(to_tem_mode(d.mode))
     timeline.close()
-    print(f"SIMS -> TEM {time.monotonic() - t0:.2f} s: " + ", ".join(
-        f"{name} {t:.2f}" for name, t in status.step_times))
-    assert [name for name, _ in status.step_times] == [
-        "_blank_ion_beam", "_bias_to_zero", "_bias_off", "tilt_to_0", "_confirm_bias_off",
-        "objective_on"]
+    print(f"SIMS -> TEM {time.monotonic() - t0:.2f} s: {moves.msgs}")
+    assert moves.sets() == [
+        ("column_blank", "Blanked"), ("bias", 0.0), ("bias_enable", "Off"),
+        ("stage_alpha", 0.0), ("tem_objective", "On"), ("column_blank", "Blanked")]
+    assert moves.msgs.count(("checkpoint",)) == 3
     # the order seen by the IOCs: bias down and off, then the tilt, then (at 0 deg) the lens
     bias_down = timeline.first("bias_v", lambda v: abs(v) < 10.0)
     output_off = timeline.first("output", lambda v: v == "Off")
@@ -225,3 +247,37 @@ def test_sims_to_tem(sims):
     assert d.bias.enable.get() == "Off"
     assert abs(d.bias.position) < 1.0
     assert d.column.blank.get() == "Blanked"
+
+
+def test_a_paused_mode_change_resumes_from_its_checkpoint(sims):
+    """Paused as the lens goes off, the change stops at the next checkpoint (after the
+    tilt) and goes on to SIMS on resume; nothing before that checkpoint is redone."""
+    from bluesky.utils import RunEngineInterrupted
+
+    d = sims
+    assert d.mode.infer() == "TEM"
+    RE = RunEngine({})
+    moves = _Moves()
+    RE.msg_hook = moves
+
+    def pause_when_lens_off(value=None, **kwargs):
+        if value == "Off":
+            RE.request_pause(defer=True)
+
+    cid = d.tem.objective.subscribe(pause_when_lens_off, run=False)
+    try:
+        with pytest.raises(RunEngineInterrupted):
+            RE(to_sims_mode(d.mode, voltage_v=1000.0))
+    finally:
+        d.tem.objective.unsubscribe(cid)
+    assert RE.state == "paused"
+    assert d.mode.infer() == "intermediate"
+    assert d.stage.alpha.position == pytest.approx(-68.0, abs=0.01)
+    assert d.bias.enable.get() == "Off"
+    before_resume = len(moves.msgs)
+    RE.resume()
+    assert d.mode.infer() == "SIMS"
+    assert d.bias.position == pytest.approx(1000.0, abs=1.0)
+    assert moves.sets()[-3:] == [("bias_enable", "On"), ("bias", 1000.0),
+                                 ("column_blank", "Blanked")]
+    assert ("tem_objective", "Off") not in moves.msgs[before_resume:]

@@ -1,0 +1,84 @@
+"""Every plan can be listed and summarised with no IOC behind its devices (what the
+queue server and a lab planning an experiment need): plans read the hardware only
+through the RunEngine (``bps.rd``), and check limits only when the devices have them.
+
+The devices are temsims' own, built on a PV prefix that no server answers, and
+destroyed afterwards (their searches stop)."""
+
+from __future__ import annotations
+
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from bluesky.simulators import summarize_plan
+from test_plans_validation import _cases
+
+from temsims.plans import (
+    correlative_tem_sims,
+    edx_sims_calibration,
+    find_labelled_particles,
+)
+
+
+@pytest.fixture(scope="module")
+def unconnected():
+    from temsims.devices.bias import BiasSupply
+    from temsims.devices.camera import TEMCamera
+    from temsims.devices.column import IonColumn
+    from temsims.devices.common import use_caproto_control_layer
+    from temsims.devices.edx import EDXDetector
+    from temsims.devices.imager import SIMSImager
+    from temsims.devices.mode import InstrumentMode
+    from temsims.devices.spectrometer import MassSpectrometer
+    from temsims.devices.stage import Stage
+    from temsims.devices.tem import TEMColumn
+
+    use_caproto_control_layer()
+    p = f"NOIOC{uuid.uuid4().hex[:6].upper()}:"
+    d = SimpleNamespace(
+        stage=Stage(p + "STAGE:", name="stage"), tem=TEMColumn(p + "TEM:", name="tem"),
+        camera=TEMCamera(p + "TEM:", name="camera"), edx=EDXDetector(p + "TEM:", name="edx"),
+        column=IonColumn(p + "FIB:", name="column"), bias=BiasSupply(p + "BIAS:", name="bias"),
+        spectrometer=MassSpectrometer(p + "MS:", name="spectrometer"),
+        imager=SIMSImager(column_prefix=p + "FIB:", spectrometer_prefix=p + "MS:",
+                          name="imager"))
+    d.mode = InstrumentMode(stage=d.stage, tem=d.tem, column=d.column, bias=d.bias,
+                            name="mode")
+    assert not d.stage.connected and not d.bias.connected
+    yield d
+    for device in vars(d).values():
+        device.destroy()
+
+
+def _summary(plan, capsys) -> str:
+    summarize_plan(plan)
+    return capsys.readouterr().out
+
+
+def test_every_plan_is_summarised_without_an_ioc(unconnected, capsys):
+    d = unconnected
+    summaries = {}
+    for plan_fn, (devs, ok, _) in _cases(d).items():
+        summaries[plan_fn.__name__] = _summary(plan_fn(*devs, **ok), capsys)
+    correlative = (d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column,
+                   d.bias)
+    summaries["correlative_tem_sims"] = _summary(correlative_tem_sims(
+        *correlative, overview_fov_um=2.0, rois=[[0.0, 0.0, 1.0], [0.5, 0.5, 1.0]],
+        sims_pixels=(4, 3), sims_dwell_s=1e-3), capsys)
+    summaries["find_labelled_particles"] = _summary(find_labelled_particles(
+        *correlative, fov_um=2.0, pixels=(4, 3), dwell_s=1e-3), capsys)
+    summaries["edx_sims_calibration"] = _summary(edx_sims_calibration(
+        d.stage, d.tem, d.edx, d.mode, d.imager, d.spectrometer, d.column, d.bias,
+        start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
+        edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"),
+        capsys)
+    import temsims.plans as plans
+
+    assert set(summaries) == set(plans.__all__) - {"safe_state"}
+    for name, text in summaries.items():
+        assert text.strip(), name
+    # The mode changes are steps the summary shows, not one opaque set of a mode device.
+    assert "stage_alpha -> -68.0" in summaries["to_sims_mode"]
+    assert "tem_objective -> On" in summaries["to_tem_mode"]
+    assert summaries["correlative_tem_sims"].count("Open Run") == 5
