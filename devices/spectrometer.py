@@ -27,6 +27,8 @@ N_COLLECTORS = 4
 #: (radius 0.6..1.4 of the axial radius, docs/pv-reference.md).
 FOCAL_PLANE_MASS_RATIO = (0.36, 1.96)
 ACQUIRE_SLACK_S = 30.0
+#: Seconds a FIELD put may take: it completes when the magnet has settled.
+FIELD_WRITE_TIMEOUT_S = 30.0
 #: Magnet settling per step of a mass scan (s), as the IOC documents it.
 SCAN_STEP_SETTLE_S = 1e-3
 MAX_SCAN_POINTS = 20000
@@ -212,8 +214,11 @@ class MassSpectrometer(Device):
     the collectors by species or mass. ``mass_scan`` is the mass-scan detector.
     """
 
+    # The IOC completes a FIELD put once the magnet has settled (up to ~9 s nominal for
+    # a 2 T jump): set() means "there".
     field = Cpt(ValidatedSignal, "FIELD_RBV", write_pv="FIELD", kind="config",
-                doc="Magnet field (T), Hall readback")
+                write_timeout=FIELD_WRITE_TIMEOUT_S,
+                doc="Magnet field (T), Hall readback; set() ends when settled")
     settled = Cpt(Readback, "SETTLED", string=True, kind="omitted")
     cal_a = Cpt(ValidatedSignal, "CAL:A", auto_monitor=True, kind="config",
                 doc="Mass calibration a (u/T^2)")

@@ -14,7 +14,7 @@ FIELD, FIELD_RBV (float, T)
     Magnet setpoint / Hall-probe readback. The field settles exponentially (tau grows
     with the jump) and lags the setpoint by a hysteresis that depends on the direction
     of approach; the Hall probe reads the gap field plus a zero offset. Refused while
-    a map or a scan runs.
+    a map or a scan runs. A FIELD put completes when the magnet has settled.
 SETTLED (enum No/Yes)
 CAL:A (u/T^2), CAL:B0 (T)
     Published mass calibration m = a (B_hall - B0)^2 at the present extraction
@@ -463,9 +463,15 @@ class SpectrometerIOC(InstrumentIOC):
 
     @field.putter
     async def field(self, instance, value):
+        """The put completes when the magnet has settled (SETTLED = Yes), as a motor's
+        completes at the end of its move: a client's ``set()`` status means "there"."""
         value = require_range(value, 0.0, 2.0, "FIELD")
         self._refuse_if_busy("FIELD")
         await self._set_field(value)
+        while not self.magnet.settled(self.clock.now()):
+            # Nominal seconds, a little past the exponential's crossing of the tolerance.
+            await self.clock.sleep(self.magnet.time_to_settle(self.clock.now()) + 1e-3)
+        await self._update_magnet_pvs()
         return value
 
     @field_rbv.scan(period=0.1)

@@ -338,3 +338,26 @@ def test_a_bias_change_during_a_map_rescales_the_calibration_and_frames_go_on(ms
     frame = ms.raster(8, 8, 1e-3)
     assert frame.mapped_s == pytest.approx(8 * 8 * 1e-3, abs=1e-6)
     assert int(ms.get("MS:IMG:LINES_DONE")) == 8
+
+
+def test_a_field_put_completes_when_the_magnet_has_settled(ms):
+    """FIELD's put completion is the end of the move (as a motor's): SETTLED went No at
+    the put and Yes before the completion, after the magnet's settling time on the
+    IOC's clock (tau (1 + ...) ln(gap / tolerance), a few hundred ms for 0.05 T)."""
+    params = sp.SimsParameters()
+    field0 = float(ms.get("MS:FIELD"))
+    step = 0.05 if field0 < 1.5 else -0.05
+    settled = Monitor(ms.prefix + "MS:SETTLED")
+    try:
+        ms.put("MS:FIELD", field0 + step)  # waits for the put's completion
+        assert int(ms.get("MS:SETTLED")) == 1
+        settled.wait_for(lambda u: [int(v) for _, v in u][-2:] == [0, 1])
+    finally:
+        settled.clear()
+        ms.put("MS:FIELD", field0)
+    (t_no, _), (t_yes, _) = settled.updates[-2:]
+    gap = abs(step) - params.hysteresis_t  # the smallest gap either approach leaves
+    tau = params.settle_tau_s + params.settle_tau_per_t_s * gap
+    expected = tau * math.log(gap / params.settled_tolerance_t)
+    print(f"settled in {t_yes - t_no:.4f} s nominal (at least {expected:.4f} s expected)")
+    assert expected <= t_yes - t_no <= expected + 0.5
