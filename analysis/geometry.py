@@ -36,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from temsims.constants import SIMS_INCIDENCE_DEG
+
 #: Incidence of the ion beam on the specimen in the SIMS geometry (deg).
-DEFAULT_INCIDENCE_DEG = 45.0
+DEFAULT_INCIDENCE_DEG = SIMS_INCIDENCE_DEG
 
 
 def _lookup(doc: Mapping[str, Any], *paths: str) -> Any:

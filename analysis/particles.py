@@ -52,10 +52,11 @@ from temsims.analysis.isotopes import (
     ratio_test,
     region_from_sums,
 )
+from temsims.constants import SIMS_INCIDENCE_DEG
 
 #: Angle between the FIB and the specimen normal in SIMS geometry (deg): the map is
 #: foreshortened by cos 45 deg along the specimen's y (instrument.md, estimate).
-DEFAULT_INCIDENCE_DEG = 45.0
+DEFAULT_INCIDENCE_DEG = SIMS_INCIDENCE_DEG
 CLASSES = ("labelled", "natural", "uncertain")
 
 

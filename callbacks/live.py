@@ -63,11 +63,12 @@ import numpy as np
 from bluesky.callbacks.core import make_class_safe
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
 
+from temsims.constants import SIMS_INCIDENCE_DEG
+
 logger = logging.getLogger(__name__)
 
 #: Incidence of the ion beam on the specimen in the SIMS geometry (deg), used when a
 #: start document does not say (temsims.plans.correlative.INCIDENCE_DEG).
-SIMS_INCIDENCE_DEG = 45.0
 
 
 def __getattr__(name: str):

@@ -15,11 +15,11 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device, SignalRO
 
+from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG
+from temsims.constants import TILT_TOLERANCE_DEG as SIMS_TILT_TOLERANCE_DEG
 from temsims.devices.common import is_state
-from temsims.devices.stage import SIMS_TILT_DEG, SIMS_TILT_TOLERANCE_DEG
 
 MODES = ("TEM", "SIMS")
-TEM_TILT_DEG = 0.0
 #: |V| below which the objective lens may come on (the TEM IOC's threshold).
 BIAS_OFF_V = 10.0
 #: SIMS needs the bias above this (the spectrometer's SIMS_READY threshold).

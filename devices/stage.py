@@ -17,10 +17,6 @@ from ophyd import EpicsMotor, EpicsSignalRO, MotorBundle
 from ophyd.status import wait as status_wait
 from ophyd.utils.errors import LimitError
 
-#: Alpha tilt of the SIMS geometry (deg) and the tolerance the IOCs accept.
-SIMS_TILT_DEG = -68.0
-SIMS_TILT_TOLERANCE_DEG = 1.0
-
 
 class LimitSwitch(EpicsSignalRO):
     """A limit-switch field (HLS/LLS) read from its monitor, even when asked not to.

@@ -21,6 +21,7 @@ from caproto import AlarmSeverity, AlarmStatus
 from caproto.server import PVGroup, pvproperty
 
 from temsims.channel_access import port_free
+from temsims.constants import SIMS_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.ioc.world import World, mirror_pv
 
 logger = logging.getLogger(__name__)
@@ -175,8 +176,8 @@ class SimsGeometry:
     bias supply (output enable) IOCs.
     """
 
-    tilt_deg: float = -68.0
-    tolerance_deg: float = 1.0
+    tilt_deg: float = SIMS_TILT_DEG
+    tolerance_deg: float = TILT_TOLERANCE_DEG
     alpha_key: str = "stage.A"
     objective_key: str = "tem.objective"
 

@@ -45,6 +45,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage, special
 
+from temsims.constants import SIMS_INCIDENCE_DEG, SIMS_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.ioc.materials import (
     ATOMIC_MASS_UNIT_KG,
     ELEMENTARY_CHARGE_C,
@@ -125,7 +126,7 @@ class SimsParameters:
     collector_window_u: float = 0.8
     collector_edge_u: float = 0.02
     hydride_fraction: float = 2e-4
-    incidence_deg: float = 45.0
+    incidence_deg: float = SIMS_INCIDENCE_DEG
     interaction_fwhm_nm: float = 8.0
     ga_buildup_nm: float | None = None
     drift_nm_per_min: float = 3.0
@@ -139,8 +140,8 @@ class SimsParameters:
     settled_tolerance_t: float = 2e-6
     cal_a_error: float = 0.003
     cal_b0_t: float = 0.0
-    sims_alpha_deg: float = -68.0
-    sims_alpha_tolerance_deg: float = 1.0
+    sims_alpha_deg: float = SIMS_TILT_DEG
+    sims_alpha_tolerance_deg: float = TILT_TOLERANCE_DEG
     min_bias_v: float = 100.0
     focal_plane_radius_ratio: tuple[float, float] = (0.6, 1.4)
 
@@ -402,7 +403,7 @@ class ScanGeometry:
     rotation_deg: float = 0.0
     centre_x_nm: float = 0.0
     centre_y_nm: float = 0.0
-    incidence_deg: float = 45.0
+    incidence_deg: float = SIMS_INCIDENCE_DEG
 
     @property
     def pixel_nm(self) -> float:

@@ -33,6 +33,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.geometry import DEFAULT_INCIDENCE_DEG, SimsMapGeometry, TemImageGeometry
+from temsims.constants import SIMS_TILT_DEG
 from temsims.plans._common import (
     Values,
     check_device,
@@ -63,7 +64,6 @@ from temsims.plans.types import (
 #: foreshortened by cos(45 deg) along the specimen's y (docs: instrument.md).
 INCIDENCE_DEG = DEFAULT_INCIDENCE_DEG
 #: Nominal alpha tilt of the SIMS geometry (deg).
-SIMS_TILT_DEG = -68.0
 MAX_ROIS = 50
 
 

@@ -28,8 +28,9 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 
-from temsims.devices.mode import BIAS_OFF_V, MAX_BIAS_V, MIN_SIMS_BIAS_V, TEM_TILT_DEG
-from temsims.devices.stage import SIMS_TILT_DEG, SIMS_TILT_TOLERANCE_DEG
+from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG
+from temsims.constants import TILT_TOLERANCE_DEG as SIMS_TILT_TOLERANCE_DEG
+from temsims.devices.mode import BIAS_OFF_V, MAX_BIAS_V, MIN_SIMS_BIAS_V
 from temsims.plans._common import check_device, check_number, with_safe_state
 from temsims.plans.types import ModeDevice, Plan
 

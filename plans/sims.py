@@ -27,6 +27,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.geometry import SimsMapGeometry
+from temsims.constants import SIMS_INCIDENCE_DEG
 from temsims.plans._common import (
     Values,
     _num,
@@ -72,7 +73,7 @@ E_CHARGE_C = 1.602176634e-19
 #: within a factor of two); the ion beam meets the specimen at 45 deg.
 DEFAULT_SPUTTER_YIELD = 2.5
 DEFAULT_ATOMIC_DENSITY_NM3 = 2.11 * 6.02214076e23 / (73.89 / 6.0) * 1e-21
-DEFAULT_INCIDENCE_DEG = 45.0
+DEFAULT_INCIDENCE_DEG = SIMS_INCIDENCE_DEG
 
 
 def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_um, pixels,
