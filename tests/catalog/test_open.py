@@ -18,7 +18,7 @@ from bluesky import RunEngine
 from catalog_helpers import contract_md
 from ophyd.sim import det
 
-import temsims.catalog as catalog_module
+import temsims.catalog.server as catalog_server
 from temsims.catalog import DirectoryServer, EmbeddedServer, open_catalog
 
 OPEN_AND_REPORT = textwrap.dedent("""
@@ -93,7 +93,7 @@ def test_concurrent_first_opens_start_one_server(tmp_path):
 
 @pytest.mark.slow
 def test_server_stops_after_its_last_client_and_restarts_on_demand(tmp_path, monkeypatch):
-    monkeypatch.setattr(catalog_module, "SERVER_LINGER_S", 0.5)  # sent with the request
+    monkeypatch.setattr(catalog_server, "SERVER_LINGER_S", 0.5)  # sent with the request
     directory = tmp_path / "catalog"
     cat = open_catalog(directory)
     pid = cat.server.pid

@@ -1,0 +1,326 @@
+"""The catalog as an analyst opens it: :func:`open_catalog` and :class:`Catalog` (the
+runs, the RunEngine writer, the query helpers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import functools
+import logging
+import weakref
+from collections.abc import Callable, Mapping
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from temsims.catalog.schema import MODES
+from temsims.catalog.server import (
+    DirectoryServer,
+    EmbeddedServer,
+    _directory_api_key,
+    _directory_lock,
+    _is_uri,
+    _Lease,
+    _running_server,
+    _ServerRequest,
+    default_catalog_dir,
+)
+from temsims.catalog.writer import (
+    DEFAULT_BATCH_SIZE,
+    _runs_node,
+    storing_chain,
+    tiled_writer_chain,
+)
+
+logger = logging.getLogger(__name__)
+
+# =========================================================================== catalog
+
+
+class Catalog:
+    """Bluesky runs in tiled: the writer callback and the queries analysts need.
+
+    Made by :func:`open_catalog`. ``runs`` is the ``CatalogOfBlueskyRuns`` client
+    node (``runs[-1]``, ``runs[scan_id]``, ``runs[uid]``, ``runs.search(...)``).
+    Query helpers return search results (nodes of the same kind, which can be
+    searched further) except :meth:`latest`, which returns one run.
+    """
+
+    def __init__(self, client, runs, *, server: EmbeddedServer | DirectoryServer | None = None,
+                 location: str | Path | None = None, uri: str | None = None,
+                 api_key: str | None = None) -> None:
+        self.client = client
+        self.uri = uri
+        self._api_key = api_key
+        self.runs = runs
+        self.server = server
+        self.location = location
+        self._writers: list[Any] = []
+        self._closed = False
+        from temsims.callbacks.storage import register_exit_hook
+
+        # Closed at exit after the writers drained (their hooks, registered later, run first).
+        ref = weakref.ref(self)
+        register_exit_hook(lambda: (c := ref()) is not None and c._close_at_exit())
+
+    # ------------------------------------------------------------ writing
+
+    def writer(self, *, buffered: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+               validate: bool = True, patches: Mapping[str, Callable] | None = None,
+               process: bool = False, **buffer_options):
+        """The RunEngine callback that stores documents here: ``RE.subscribe(cat.writer())``.
+
+        Parameters
+        ----------
+        buffered
+            Wrap in :class:`~temsims.callbacks.storage.BufferedWriter` (queue + thread,
+            default) so the RunEngine never waits on storage. ``False`` returns the
+            synchronous chain (validation, dtype patch, TiledWriter).
+        batch_size
+            Events per stream the TiledWriter gathers before an append (see
+            ``docs/catalog.md``); the rest is written at the stop document.
+        validate
+            Check documents against event-model's schemas before storing them.
+        patches
+            Extra TiledWriter patches (document name -> function).
+        process
+            Write from a child process (:class:`~temsims.callbacks.writer_process.ProcessWriter`)
+            instead of a thread of this one: the RunEngine's interpreter then only checks
+            and pickles each document (``docs/decisions/0009-writer-process.md``). The
+            child needs the catalog's URI: patches must be importable functions.
+        buffer_options
+            Passed to ``BufferedWriter`` (``maxsize``, ``exit_timeout_s``).
+        """
+        from temsims.callbacks.storage import BufferedWriter, validate_document
+        from temsims.callbacks.writer_process import ProcessWriter
+
+        if process:
+            if not buffered:
+                raise ValueError("writer(process=True) is buffered by nature; drop buffered=False")
+            if self.uri is None:
+                raise ValueError("this catalog has no URI a writer process could reach")
+            lease_directory = (str(self.server.directory)
+                               if isinstance(self.server, DirectoryServer) else None)
+            factory = functools.partial(tiled_writer_chain, self.uri, self._api_key,
+                                        batch_size=batch_size, patches=dict(patches or {}),
+                                        lease_directory=lease_directory)
+            writer = ProcessWriter(factory, validate=validate, **buffer_options)
+            self._writers.append(writer)
+            return writer
+
+        chain = storing_chain(self.runs, batch_size=batch_size, patches=patches)
+        if buffered:
+            # TiledWriter's RunNormalizer validates every document against
+            # event-model's schemas before it is stored: no second check in the thread.
+            writer = BufferedWriter(chain, validate=validate, thread_validation=False,
+                                    **buffer_options)
+            self._writers.append(writer)
+            return writer
+
+        def synchronous(name, doc):
+            name = getattr(name, "value", name)
+            if validate:
+                validate_document(name, doc)
+            return chain(name, doc)
+
+        return synchronous
+
+    # ------------------------------------------------------------ queries
+
+    def search(self, **start_metadata):
+        """Runs whose start document has each ``key == value`` (dotted keys allowed)."""
+        from tiled.queries import Key
+
+        node = self.runs
+        for key, value in start_metadata.items():
+            node = node.search(Key(_start_key(key)) == value)
+        return node
+
+    def by_sample(self, sample: str):
+        """Runs of one sample (``start.sample``)."""
+        return self.search(sample=sample)
+
+    def by_mode(self, mode: str):
+        """``"TEM"`` or ``"SIMS"`` runs (``start.mode``)."""
+        mode = mode.upper()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        return self.search(mode=mode)
+
+    def by_species(self, species: str):
+        """SIMS runs with a collector on ``species`` (e.g. ``"6Li"``), exact and case-sensitive.
+
+        Uses ``start.species_index.<species>``, which :func:`normalize_start_metadata`
+        derives from ``collectors``.
+        """
+        from tiled.queries import Key
+
+        if "." in species or not species:
+            raise ValueError(f"species name {species!r} cannot be searched (empty or contains '.')")
+        return self.runs.search(Key(f"start.species_index.{species}") == True)  # noqa: E712 - a query
+
+    def by_correlation_id(self, correlation_id: str):
+        """All runs of one correlative experiment, in the order they were taken."""
+        return self.search(correlation_id=correlation_id).sort(("start.time", 1))
+
+    def in_time_range(self, start=None, stop=None):
+        """Runs that started in ``[start, stop)``.
+
+        ``start``/``stop``: POSIX seconds, ``datetime`` (naive = local time), or an
+        ISO-8601 string; either may be None (open end).
+        """
+        from tiled.queries import Comparison
+
+        node = self.runs
+        if start is not None:
+            node = node.search(Comparison("ge", "start.time", _epoch(start)))
+        if stop is not None:
+            node = node.search(Comparison("lt", "start.time", _epoch(stop)))
+        return node
+
+    def latest(self, node=None):
+        """The run that started last (of ``node``, default all runs), or None if none."""
+        node = self.runs if node is None else node
+        values = node.sort(("start.time", -1)).values()
+        try:
+            return values.first()
+        except (IndexError, StopIteration):
+            return None
+
+    # ------------------------------------------------------------ lifetime
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every writer of this catalog stored what it was given."""
+        return all([w.flush(timeout) for w in self._writers if not w.closed])
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain and close the writers, then let go of the server: release this
+        process's lease on the directory's server (it stops ``SERVER_LINGER_S`` after
+        its last client), or stop the thread-served one (``server_process=False``)."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for w in self._writers:
+            try:
+                w.close(timeout)
+            except Exception as err:  # noqa: BLE001 - closing the rest first
+                errors.append(err)
+        with contextlib.suppress(Exception):
+            self.client.context.close()
+        if self.server is not None:
+            self.server.close()
+        if errors:
+            raise errors[0]
+
+    def _close_at_exit(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.close(timeout=max([getattr(w, "exit_timeout_s", 0) for w in self._writers] or [0]) or None)
+        except Exception:
+            logger.exception("closing the catalog at interpreter exit")
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.server.directory if self.server else self.location
+        return f"<Catalog {where}>"
+
+
+
+def open_catalog(location: str | Path | None = None, *, api_key: str | None = None,
+                 server_process: bool = True) -> Catalog:
+    """Open the catalog at ``location`` (see the module docstring).
+
+    Parameters
+    ----------
+    location
+        Directory of an embedded catalog (created if needed), or the ``http(s)://``
+        URI of a tiled server (its root, or the runs container itself). None:
+        ``$TEMSIMS_CATALOG`` or the user data directory.
+    api_key
+        For a remote server; for a directory, overrides the key stored in it (the
+        directory's shared server is then not used: one is started for this key).
+    server_process
+        For a directory: use the directory's server process, shared with every other
+        process that opens it and started if none runs (default; ~1-2 s to open, and
+        the server's CPU time stays out of the RunEngine's interpreter), or serve it
+        from a thread of this process (imports the server stack here: ~5-10 s).
+    """
+    if location is None:
+        location = default_catalog_dir()
+    if _is_uri(location):
+        from tiled.client import from_uri
+
+        client = from_uri(str(location), api_key=api_key)
+        return Catalog(client, _runs_node(client), location=location, uri=str(location),
+                       api_key=api_key)
+    if not server_process:
+        server = EmbeddedServer(location, api_key=api_key)
+    else:
+        server = _open_directory_server(Path(location).expanduser().resolve(), api_key)
+    try:
+        from tiled.client import from_uri
+
+        client = from_uri(server.uri, api_key=server.api_key)
+        # Nodes share their client's context: a ``runs`` kept after its Catalog was
+        # dropped (not closed) keeps the directory's server serving.
+        client.context.temsims_server = server
+        runs = _runs_node(client)
+    except BaseException:
+        server.close()
+        raise
+    return Catalog(client, runs, server=server, location=server.directory, uri=server.uri,
+                   api_key=server.api_key)
+
+
+def _open_directory_server(directory: Path, api_key: str | None) -> DirectoryServer:
+    """A lease on the directory's running server, or on one started for it now."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = api_key or _directory_api_key(directory)
+    lease = _Lease(directory)
+    try:
+        with _directory_lock(directory):
+            info = _running_server(directory, key)
+            request = None if info else _ServerRequest(directory, key, record=api_key is None)
+            # tiled's client and the BlueskyRun client classes (dask, xarray, pandas:
+            # ~1-2 s) while the new server starts in its own process.
+            _import_client()
+            if request is not None:
+                info = request.result()
+    except BaseException:
+        lease.release()
+        raise
+    return DirectoryServer(directory, info, key, lease)
+
+
+def _import_client() -> None:
+    import tiled.client  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import bluesky_tiled_plugins.clients.catalog_of_bluesky_runs  # noqa: F401
+
+
+
+def _start_key(key: str) -> str:
+    return key if key.startswith(("start.", "stop.")) else f"start.{key}"
+
+
+def _epoch(t) -> float:
+    if isinstance(t, Real):
+        return float(t)
+    if isinstance(t, str):
+        t = _dt.datetime.fromisoformat(t)
+    if isinstance(t, _dt.datetime):
+        return t.timestamp()
+    if isinstance(t, _dt.date):
+        return _dt.datetime(t.year, t.month, t.day).timestamp()
+    raise TypeError(f"cannot read a time from {t!r}")
+
+
