@@ -2,15 +2,17 @@
 queue server and a lab planning an experiment need): plans read the hardware only
 through the RunEngine (``bps.rd``), and check limits only when the devices have them.
 
-The devices are temsims' own, built on a PV prefix that no server answers, and
-destroyed afterwards (their searches stop)."""
+The devices are temsims' own, built on a PV prefix that no server answers, in a
+process of their own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import multiprocessing
 import uuid
 from types import SimpleNamespace
 
-import pytest
 from bluesky.simulators import summarize_plan
 from test_plans_validation import _cases
 
@@ -21,8 +23,7 @@ from temsims.plans import (
 )
 
 
-@pytest.fixture(scope="module")
-def unconnected():
+def _unconnected_devices() -> SimpleNamespace:
     from temsims.devices.bias import BiasSupply
     from temsims.devices.camera import TEMCamera
     from temsims.devices.column import IonColumn
@@ -46,33 +47,42 @@ def unconnected():
     d.mode = InstrumentMode(stage=d.stage, tem=d.tem, column=d.column, bias=d.bias,
                             name="mode")
     assert not d.stage.connected and not d.bias.connected
-    yield d
-    for device in vars(d).values():
-        device.destroy()
+    return d
 
 
-def _summary(plan, capsys) -> str:
-    summarize_plan(plan)
-    return capsys.readouterr().out
+def _summary(plan) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        summarize_plan(plan)
+    return out.getvalue()
 
 
-def test_every_plan_is_summarised_without_an_ioc(unconnected, capsys):
-    d = unconnected
+def summaries_without_an_ioc() -> dict[str, str]:
+    """``summarize_plan``'s text of every plan on devices no server answers."""
+    d = _unconnected_devices()
     summaries = {}
     for plan_fn, (devs, ok, _) in _cases(d).items():
-        summaries[plan_fn.__name__] = _summary(plan_fn(*devs, **ok), capsys)
+        summaries[plan_fn.__name__] = _summary(plan_fn(*devs, **ok))
     correlative = (d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column,
                    d.bias)
     summaries["correlative_tem_sims"] = _summary(correlative_tem_sims(
         *correlative, overview_fov_um=2.0, rois=[[0.0, 0.0, 1.0], [0.5, 0.5, 1.0]],
-        sims_pixels=(4, 3), sims_dwell_s=1e-3), capsys)
+        sims_pixels=(4, 3), sims_dwell_s=1e-3))
     summaries["find_labelled_particles"] = _summary(find_labelled_particles(
-        *correlative, fov_um=2.0, pixels=(4, 3), dwell_s=1e-3), capsys)
+        *correlative, fov_um=2.0, pixels=(4, 3), dwell_s=1e-3))
     summaries["edx_sims_calibration"] = _summary(edx_sims_calibration(
         d.stage, d.tem, d.edx, d.mode, d.imager, d.spectrometer, d.column, d.bias,
         start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
-        edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"),
-        capsys)
+        edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"))
+    return summaries
+
+
+def test_every_plan_is_summarised_without_an_ioc():
+    # In a process of its own: its never-connected PVs would otherwise go on searching
+    # in this one, and destroying them disturbed the shared CA context of the devices
+    # the other tests of this worker use.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        summaries = pool.apply(summaries_without_an_ioc)
     import temsims.plans as plans
 
     assert set(summaries) == set(plans.__all__) - {"safe_state"}
