@@ -85,6 +85,8 @@ MAX_MAP_PIXELS = 1024 * 1024
 MAX_SCAN_POINTS = 20000
 #: Publish the growing maps at most this often (Hz) when lines are faster than that.
 PUBLISH_RATE_HZ = 25.0
+#: Longest nominal wait of a FIELD put for the magnet to settle (s): a 2 T jump takes ~9.
+MAX_SETTLE_S = 30.0
 #: A Stop from the column this close to the frame's end is its normal end, not an abort.
 END_TOLERANCE_S = 0.05
 #: Settling of the magnet between the (small) steps of a mass scan.
@@ -261,6 +263,7 @@ class SpectrometerIOC(InstrumentIOC):
         self._prep_task: asyncio.Task | None = None
         self._prep_pending = False
         self._inflight: tuple[tuple, asyncio.Future, float] | None = None
+        self._mapping = False  # a frame's lines are being acquired
         self._last_status = ""
         self._busy = False
 
@@ -441,7 +444,9 @@ class SpectrometerIOC(InstrumentIOC):
         await self._update_masses()
 
     def _refuse_if_busy(self, what: str) -> None:
-        if self.frame_task is not None and not self.frame_task.done():
+        # Lines still to acquire, not the frame's bookkeeping after it is announced (its
+        # sputter, which a client that saw IMG:FRAME cannot know is still going on).
+        if self._mapping and self._raster_running():
             raise ValueError(f"{what}: refused while a map is being acquired")
         if self._busy:
             raise ValueError(f"{what}: refused while an acquisition runs")
@@ -468,9 +473,17 @@ class SpectrometerIOC(InstrumentIOC):
         value = require_range(value, 0.0, 2.0, "FIELD")
         self._refuse_if_busy("FIELD")
         await self._set_field(value)
-        while not self.magnet.settled(self.clock.now()):
-            # Nominal seconds, a little past the exponential's crossing of the tolerance.
-            await self.clock.sleep(self.magnet.time_to_settle(self.clock.now()) + 1e-3)
+        magnet = self.magnet
+        wait_s = magnet.time_to_settle(self.clock.now())
+        if not math.isfinite(wait_s) or wait_s > MAX_SETTLE_S:
+            logger.error("FIELD %r: settling time %r s; the put completes at once", value,
+                         wait_s)
+            wait_s = 0.0
+        # Nominal seconds, a little past the exponential's crossing of the tolerance. One
+        # wait, not a loop: a later put or a reset may move the magnet meanwhile.
+        await self.clock.sleep(wait_s + 1e-3)
+        if self.magnet is magnet and not magnet.settled(self.clock.now()):
+            logger.warning("FIELD %r: not settled after %.4f s", value, wait_s)
         await self._update_magnet_pvs()
         return value
 
@@ -793,8 +806,11 @@ class SpectrometerIOC(InstrumentIOC):
             await self.update_status(refusal=f"map failed: {exc}")
             async with self.frame_done:
                 self.frame_done.notify_all()
+        finally:
+            self._mapping = False
 
     async def _frame_inner(self, snap: dict, t_event: float) -> None:
+        self._mapping = True
         loop = asyncio.get_running_loop()
         abort = self.frame_abort
         nx, ny, dwell = snap["nx"], snap["ny"], snap["dwell"]
@@ -885,6 +901,7 @@ class SpectrometerIOC(InstrumentIOC):
             self.frames_completed += 1
             await self.img_frame.write(self.frames_completed,
                                        timestamp=min(t0 + frame_time, clock.now()))
+        self._mapping = False
         async with self.frame_done:
             self.frame_done.notify_all()
         if snap["unblanked"] and snap["current"] > 0 and rows_done > 0:
