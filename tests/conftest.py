@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -97,6 +98,10 @@ _POOL: SlotPool | None = None
 _REPEATER: subprocess.Popen | None = None
 
 
+def _repeater_log() -> Path:
+    return Path(tempfile.gettempdir()) / f"temsims-test-repeater-{os.getpid()}.log"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Export the loopback CA environment before any CA context exists."""
     global _POOL, _REPEATER
@@ -111,16 +116,22 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(_POOL.client_environment())
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
     # The client-side repeater, bound to loopback (caproto would spawn one on 0.0.0.0).
-    _REPEATER = subprocess.Popen(
-        [sys.executable, "-c", "from caproto.sync.repeater import run; run(host='127.0.0.1')"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )
+    log = _repeater_log()
+    with open(log, "wb") as out:
+        _REPEATER = subprocess.Popen(
+            [sys.executable, "-c",
+             "from caproto.sync.repeater import run; run(host='127.0.0.1')"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
     # Until it listens, caproto's sync client would spawn its own repeater on 0.0.0.0.
     layout = _POOL.layouts[0]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while not repeater_running(layout.host, layout.repeater_port):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the loopback CA repeater did not start")
+        if time.monotonic() > deadline or _REPEATER.poll() is not None:
+            raise RuntimeError(
+                f"the loopback CA repeater on {layout.host}:{layout.repeater_port} did not "
+                f"start (exit code {_REPEATER.poll()}); its output, {log}:\n"
+                + log.read_text(errors="replace")[-2000:])
         time.sleep(0.02)
 
 
@@ -134,6 +145,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _REPEATER is not None and _REPEATER.poll() is None:
         _REPEATER.terminate()
         _REPEATER.wait(timeout=5)
+        _repeater_log().unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
