@@ -117,6 +117,18 @@ def sims_map_figures(r: Mapping[str, Any]) -> list[Figure]:
     ]
 
 
+def map_path_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``map_path.json``: the sims_map plan's wall time beside the map's beam time, and
+    how long after the last line's document the run was stored."""
+    size = f"{r['nx']}x{r['ny']}, {r['dwell_s'] * 1e6:g} us"
+    return [
+        Figure("plan_wall", f"sims_map plan {size}", r["plan_wall_median_s"], "s",
+               "beam time", r["beam_time_s"]),
+        Figure("stored_after", "run stored after its last line", r["stored_after_median_s"],
+               "s"),
+    ]
+
+
 _RUN_KINDS = {"scalar": "scalars", "map_line": "map lines", "image": "512^2 images"}
 
 
@@ -202,6 +214,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--points", "50", "--repeat", "1"), step_scan_figures),
     Benchmark("sims_map_benchmark", "sims_map.json", "--output",
               ("--nx", "256", "--ny", "256", "--repeat", "1"), sims_map_figures),
+    Benchmark("map_path_benchmark", "map_path.json", "--output",
+              ("--nx", "64", "--ny", "64", "--repeat", "1"), map_path_figures),
     Benchmark("catalog_cost", "catalog_cost.json", "--out",
               ("--events", "500", "--lines", "64", "--images", "10", "--repeat", "1"),
               catalog_figures),

@@ -90,12 +90,19 @@ FUSION_S = Target(
 REGISTRATION_S = Target(
     "analysis_benchmark", "registration", "registration of 512^2 map on 4096^2 TEM", 2.0,
     unit="s", at={"tem_size": 4096, "map_size": 512}, source="analysis_benchmark.py")
+MAP_PATH_RATIO = Target(
+    "map_path_benchmark", "plan_wall", "sims_map plan wall time", 1.05, on="ratio",
+    at={"nx": 256, "ny": 256, "dwell_s": 1e-4}, source="issue 11, item 5")
+MAP_PATH_STORED_S = Target(
+    "map_path_benchmark", "stored_after", "stored after the last map line", 1.0, unit="s",
+    at={"nx": 256, "ny": 256, "dwell_s": 1e-4}, source="issue 11, item 5")
 QUANTIFY_S = Target(
     "quantification_benchmark", "quantify_map", "quantify_map 512 x 512", 0.5, unit="s",
     at={"map_shape": [512, 512]}, source="quantification_benchmark.py")
 
-TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, CATALOG_CALL_MS,
-                               CATALOG_BLOCKED_S, FUSION_S, REGISTRATION_S, QUANTIFY_S)
+TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, MAP_PATH_RATIO,
+                               MAP_PATH_STORED_S, CATALOG_CALL_MS, CATALOG_BLOCKED_S,
+                               FUSION_S, REGISTRATION_S, QUANTIFY_S)
 
 
 def targets_for(benchmark: str) -> list[Target]:
