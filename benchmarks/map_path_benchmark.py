@@ -23,16 +23,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
+from bench_instrument import start_instrument
+
 RESULTS = Path(__file__).resolve().parent / "results" / "map_path.json"
-
-
-def free_base_port(span: int = 10) -> int:
-    from temsims.channel_access import find_free_base_port
-
-    return find_free_base_port(span)
 
 
 class LastLine:
@@ -58,15 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON result")
     args = parser.parse_args(argv)
 
-    from temsims.channel_access import CALayout
-    from temsims.ioc.launcher import InstrumentProcesses
-
-    layout = CALayout(base_port=free_base_port())
-    os.environ.update(layout.client_environment())
-    prefix = f"P{uuid.uuid4().hex[:6].upper()}:"
     work = Path(tempfile.mkdtemp(prefix="map-path-bench-"))
-    procs = InstrumentProcesses(layout=layout, instrument_prefix=prefix, log_dir=work)
-    procs.start(timeout=60)
+    procs = start_instrument("P", log_dir=work)
+    prefix = procs.instrument_prefix
     try:
         from bluesky import RunEngine
 

@@ -20,19 +20,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
+from bench_instrument import start_instrument
 from targets import SIMS_MAP_RATIO
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sims_map.json"
-
-
-def free_base_port(span: int = 10) -> int:
-    """A base port with ``span`` free TCP and UDP loopback ports above it."""
-    from temsims.channel_access import find_free_base_port
-
-    return find_free_base_port(span)
 
 
 def wait_for(read, pv: str, predicate, timeout: float, what: str):
@@ -164,15 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from temsims.channel_access import CALayout
-    from temsims.ioc.launcher import InstrumentProcesses
-
-    layout = CALayout(base_port=free_base_port())
-    os.environ.update(layout.client_environment())
-    prefix = f"B{uuid.uuid4().hex[:6].upper()}:"
-    log_dir = Path(tempfile.mkdtemp(prefix="sims-bench-"))
-    procs = InstrumentProcesses(layout=layout, instrument_prefix=prefix, log_dir=log_dir)
-    procs.start(timeout=60)
+    procs = start_instrument("B", log_dir=Path(tempfile.mkdtemp(prefix="sims-bench-")))
+    prefix = procs.instrument_prefix
     try:
         from caproto.threading.client import Context
 

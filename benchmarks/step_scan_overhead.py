@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
+from bench_instrument import start_instrument
 from targets import STEP_SCAN_RATIO
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_scan_overhead.json"
-
-
-def free_base_port(span: int = 10) -> int:
-    """A base port with ``span`` free TCP and UDP loopback ports above it."""
-    from temsims.channel_access import find_free_base_port
-
-    return find_free_base_port(span)
 
 
 def time_scan(RE, plan_factory, points: int) -> float:
@@ -46,15 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from temsims.channel_access import CALayout
-    from temsims.ioc.launcher import InstrumentProcesses
-
-    layout = CALayout(base_port=free_base_port())
-    os.environ.update(layout.client_environment())  # before any CA context exists
-    prefix = f"B{uuid.uuid4().hex[:6].upper()}:"
-    procs = InstrumentProcesses(layout=layout, instrument_prefix=prefix,
-                                iocs=("stage", "column"))
-    procs.start(timeout=60)
+    procs = start_instrument("B", iocs=("stage", "column"))
+    prefix = procs.instrument_prefix
     try:
         import bluesky.plans as bp
         from bluesky import RunEngine
