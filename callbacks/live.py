@@ -67,9 +67,6 @@ from temsims.constants import SIMS_INCIDENCE_DEG
 
 logger = logging.getLogger(__name__)
 
-#: Incidence of the ion beam on the specimen in the SIMS geometry (deg), used when a
-#: start document does not say (temsims.plans.correlative.INCIDENCE_DEG).
-
 
 def __getattr__(name: str):
     # NATURAL_6LI_7LI: temsims.analysis.isotopes.NATURAL_LI6_LI7, imported when asked

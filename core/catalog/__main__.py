@@ -20,7 +20,5 @@ def _main(argv: list[str]) -> None:
         sys.exit(usage)
 
 
-
-
 if __name__ == "__main__":
     _main(sys.argv[1:])

@@ -233,7 +233,6 @@ class Catalog:
         return f"<Catalog {where}>"
 
 
-
 def open_catalog(location: str | Path | None = None, *, api_key: str | None = None,
                  server_process: bool = True) -> Catalog:
     """Open the catalog at ``location`` (see the module docstring).
@@ -307,7 +306,6 @@ def _import_client() -> None:
         import bluesky_tiled_plugins.clients.catalog_of_bluesky_runs  # noqa: F401
 
 
-
 def _start_key(key: str) -> str:
     return key if key.startswith(("start.", "stop.")) else f"start.{key}"
 
@@ -322,5 +320,3 @@ def _epoch(t) -> float:
     if isinstance(t, _dt.date):
         return _dt.datetime(t.year, t.month, t.day).timestamp()
     raise TypeError(f"cannot read a time from {t!r}")
-
-

@@ -169,5 +169,3 @@ def require_metadata(RE, *, extra_check: Callable[[Mapping], Iterable[str]] | No
     validator.temsims_metadata = True  # type: ignore[attr-defined]
     RE.md_validator = validator
     RE.md_normalizer = normalizer
-
-

@@ -805,5 +805,3 @@ def stop_catalog_host() -> bool:
         return bool(_read_line(sock, 10.0))
     finally:
         sock.close()
-
-

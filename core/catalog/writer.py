@@ -20,6 +20,7 @@ RUNS_SPEC_VERSION = "3.1"
 #: is the most a batch holds in memory.
 DEFAULT_BATCH_SIZE = 100
 
+
 def storing_chain(runs, *, batch_size: int = DEFAULT_BATCH_SIZE,
                   patches: Mapping[str, Callable] | None = None):
     """The callback that stores documents in ``runs``: ``DtypeFromData(TiledWriter)``.
@@ -54,7 +55,6 @@ def tiled_writer_chain(uri: str, api_key: str | None, *, batch_size: int = DEFAU
     return chain
 
 
-
 _RUNS_LOCK = threading.Lock()
 
 
@@ -76,5 +76,3 @@ def _runs_node(client):
         except Exception:
             # Another process created it between our look-up and our create.
             return client[RUNS_KEY]
-
-
