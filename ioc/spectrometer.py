@@ -446,7 +446,7 @@ class SpectrometerIOC(InstrumentIOC):
     def _refuse_if_busy(self, what: str) -> None:
         # Lines still to acquire, not the frame's bookkeeping after it is announced (its
         # sputter, which a client that saw IMG:FRAME cannot know is still going on).
-        if self._mapping and self._raster_running():
+        if self._mapping:
             raise ValueError(f"{what}: refused while a map is being acquired")
         if self._busy:
             raise ValueError(f"{what}: refused while an acquisition runs")
@@ -835,12 +835,11 @@ class SpectrometerIOC(InstrumentIOC):
                 self.prepared = (key, await asyncio.shield(inflight[1]), inflight[2])
         plan = prepared_plan()
         if plan is None:
+            # No preparation runs during a frame (the prepare loop waits for it), so
+            # nothing can have prepared this plan meanwhile.
             async with self.depth_lock:
-                key = self._plan_key(snap)
-                plan = prepared_plan()
-                if plan is None:
-                    plan = await loop.run_in_executor(self.executor, self._make_plan, snap,
-                                                      t0, 0.0)
+                plan = await loop.run_in_executor(self.executor, self._make_plan, snap, t0,
+                                                  0.0)
         self.prepared = None
         clock = self.clock
         # Lines go out at most PUBLISH_RATE_HZ in wall time, whatever the time scale.
