@@ -15,11 +15,9 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device, SignalRO
 
-from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG
-from temsims.constants import TILT_TOLERANCE_DEG as SIMS_TILT_TOLERANCE_DEG
+from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.devices.common import is_state
 
-MODES = ("TEM", "SIMS")
 #: |V| below which the objective lens may come on (the TEM IOC's threshold).
 BIAS_OFF_V = 10.0
 #: SIMS needs the bias above this (the spectrometer's SIMS_READY threshold).
@@ -77,10 +75,10 @@ class InstrumentMode(Device):
 
 def geometry_of(alpha_deg: float, lens_on: bool, bias_on: bool, bias_v: float) -> str:
     """"TEM", "SIMS" or "intermediate" for a tilt, lens state and bias output."""
-    if (abs(alpha_deg - SIMS_TILT_DEG) <= SIMS_TILT_TOLERANCE_DEG and not lens_on
+    if (abs(alpha_deg - SIMS_TILT_DEG) <= TILT_TOLERANCE_DEG and not lens_on
             and bias_on and abs(bias_v) >= MIN_SIMS_BIAS_V):
         return "SIMS"
-    if (abs(alpha_deg - TEM_TILT_DEG) <= SIMS_TILT_TOLERANCE_DEG and lens_on
+    if (abs(alpha_deg - TEM_TILT_DEG) <= TILT_TOLERANCE_DEG and lens_on
             and not bias_on and abs(bias_v) <= BIAS_OFF_V):
         return "TEM"
     return "intermediate"

@@ -161,13 +161,24 @@ def device_limits(obj: Any) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
+def within(value: float, limits: tuple[float, float] | None) -> bool:
+    """Whether ``value`` is within device limits ``(low, high)``; True when there are
+    none (``None``, or low >= high: caproto's and ophyd's "no limits")."""
+    return limits is None or not limits[0] < limits[1] or limits[0] <= value <= limits[1]
+
+
+def clip_within(value: float, limits: tuple[float, float] | None) -> float:
+    """``value`` moved to the nearest end of device limits ``(low, high)`` if outside."""
+    if within(value, limits):
+        return value
+    return min(max(value, limits[0]), limits[1])
+
+
 def check_within(name: str, value: float, limits: tuple[float, float] | None,
                  unit: str = "") -> None:
     """``ValueError`` unless ``value`` is within device limits ``(low, high)`` (if any)."""
-    if limits is None:
-        return
-    low, high = limits
-    if low < high and not low <= value <= high:
+    if not within(value, limits):
+        low, high = limits
         raise ValueError(f"{name} = {value!r}{' ' + unit if unit else ''} is outside the "
                          f"device's limits [{low:g}, {high:g}]{' ' + unit if unit else ''}")
 
@@ -420,6 +431,7 @@ __all__ = [
     "check_pair",
     "check_species",
     "check_within",
+    "clip_within",
     "device_limits",
     "plan_args_md",
     "region_md",

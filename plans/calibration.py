@@ -33,6 +33,7 @@ import numpy as np
 
 from temsims.analysis.geometry import SimsMapGeometry
 from temsims.plans._common import (
+    _num,
     check_device,
     check_int,
     check_md,
@@ -349,7 +350,7 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
     md = check_md(md)
     # The EDX line inside the SIMS field (with the column's present scan rotation, read
     # through the RunEngine before anything moves).
-    rotation = float((yield from bps.rd(column.scan.rotation, default_value=0.0)) or 0.0)
+    rotation = _num((yield from bps.rd(column.scan.rotation, default_value=0.0)))
     affine_nominal = sims_pixel_affine(pixels=(nx, ny), fov_um=fov, x_um=centre[0],
                                        y_um=centre[1], rotation_deg=rotation)
     if not line_in_field(line_with_bins(start, stop, npts), affine_nominal, (nx, ny)):

@@ -33,7 +33,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.geometry import DEFAULT_INCIDENCE_DEG, SimsMapGeometry, TemImageGeometry
-from temsims.constants import SIMS_TILT_DEG
+from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.plans._common import (
     Values,
     check_device,
@@ -42,8 +42,10 @@ from temsims.plans._common import (
     check_number,
     check_pair,
     check_within,
+    clip_within,
     device_limits,
     with_safe_state,
+    within,
 )
 from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
 from temsims.plans.sims import check_sims_map_args, sims_map
@@ -430,8 +432,7 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
         # Regions are SIMS raster widths: within the column's limits.
         limits = device_limits(column.scan.fov)
         for r in found:
-            if limits is not None and limits[0] < limits[1]:
-                r["fov_um"] = float(min(max(r["fov_um"], limits[0]), limits[1]))
+            r["fov_um"] = float(clip_within(r["fov_um"], limits))
         roi_list = [[r["x_um"], r["y_um"], r["fov_um"]] for r in found]
 
         # ---- 2. SIMS maps
@@ -476,17 +477,13 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
 
 def ensure_tem_mode(stage, mode):
     """Plan stub: go to the TEM geometry unless alpha is already near 0 deg."""
-    alpha = yield from bps.rd(stage.alpha, default_value=0.0)
-    if abs(float(alpha or 0.0)) > 1.0:
+    alpha = yield from bps.rd(stage.alpha, default_value=TEM_TILT_DEG)
+    if abs(float(alpha or 0.0) - TEM_TILT_DEG) > TILT_TOLERANCE_DEG:
         yield from to_tem_mode(mode)
 
 
 def _within(stage, x: float, y: float) -> bool:
-    for axis, v in ((stage.x, x), (stage.y, y)):
-        limits = device_limits(axis)
-        if limits is not None and limits[0] < limits[1] and not limits[0] <= v <= limits[1]:
-            return False
-    return True
+    return within(x, device_limits(stage.x)) and within(y, device_limits(stage.y))
 
 
 __all__ = [

@@ -28,10 +28,9 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 
-from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG
-from temsims.constants import TILT_TOLERANCE_DEG as SIMS_TILT_TOLERANCE_DEG
+from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.devices.mode import BIAS_OFF_V, MAX_BIAS_V, MIN_SIMS_BIAS_V
-from temsims.plans._common import check_device, check_number, with_safe_state
+from temsims.plans._common import check_device, check_number, check_within, with_safe_state
 from temsims.plans.types import ModeDevice, Plan
 
 
@@ -39,23 +38,15 @@ def _check_mode_device(mode) -> None:
     check_device("mode", mode, "alpha", "objective", "ion_blank", "raster", "bias", "infer")
 
 
-def _value(reading: Any) -> Any:
-    """The value of a ``bps.rd`` result: a string for enums (``None`` with no IOC)."""
-    if isinstance(reading, bytes):
-        return reading.decode()
-    return reading
-
-
 def _preflight(mode, tilt_deg: float):
     """Refuse, before anything moves, what the sequence could not finish."""
-    raster = _value((yield from bps.rd(mode.raster, default_value=None)))
+    raster = yield from bps.rd(mode.raster, default_value=None)
     if raster == "Start":
         raise RuntimeError(f"{mode.name}: an ion-beam raster is running; stop it first")
     low = yield from bps.rd(mode.alpha.low_limit_travel, default_value=None)
     high = yield from bps.rd(mode.alpha.high_limit_travel, default_value=None)
-    if low is not None and high is not None and low < high and not low <= tilt_deg <= high:
-        raise ValueError(f"{mode.name}: alpha {tilt_deg:g} deg is outside the stage's soft "
-                         f"limits [{low:g}, {high:g}] deg")
+    check_within(f"{mode.name}: alpha tilt", tilt_deg,
+                 None if low is None or high is None else (low, high), "deg")
 
 
 def _to_zero_bias(mode):
@@ -99,7 +90,7 @@ def to_sims_mode(mode: ModeDevice, *, voltage_v: float = 4500.0) -> Plan[Any]:
 
     def inner():
         yield from _preflight(mode, SIMS_TILT_DEG)
-        fault = _value((yield from bps.rd(mode.bias.fault, default_value=None)))
+        fault = yield from bps.rd(mode.bias.fault, default_value=None)
         if fault == "Arc":
             raise RuntimeError(f"{mode.bias.name}: arc fault latched; reset it "
                                "(bias.reset_fault()) before going to SIMS")
@@ -109,8 +100,8 @@ def to_sims_mode(mode: ModeDevice, *, voltage_v: float = 4500.0) -> Plan[Any]:
         yield from bps.mv(mode.alpha, SIMS_TILT_DEG)
         yield from bps.checkpoint()
         alpha = yield from bps.rd(mode.alpha, default_value=SIMS_TILT_DEG)
-        lens = _value((yield from bps.rd(mode.objective, default_value="Off")))
-        if abs(alpha - SIMS_TILT_DEG) > SIMS_TILT_TOLERANCE_DEG or lens == "On":
+        lens = yield from bps.rd(mode.objective, default_value="Off")
+        if abs(alpha - SIMS_TILT_DEG) > TILT_TOLERANCE_DEG or lens == "On":
             raise RuntimeError(f"{mode.name}: not in SIMS geometry after the tilt (alpha "
                                f"{alpha:.3f} deg, objective {lens}); bias left off")
         yield from bps.mv(mode.bias.enable, "On")
@@ -148,7 +139,7 @@ def to_tem_mode(mode: ModeDevice) -> Plan[Any]:
         yield from bps.checkpoint()
         yield from bps.mv(mode.alpha, TEM_TILT_DEG)
         yield from bps.checkpoint()
-        output = _value((yield from bps.rd(mode.bias.enable, default_value="Off")))
+        output = yield from bps.rd(mode.bias.enable, default_value="Off")
         volts = yield from bps.rd(mode.bias, default_value=0.0)
         if output == "On" or not math.isfinite(volts) or abs(volts) > BIAS_OFF_V:
             raise RuntimeError(f"{mode.bias.name}: still on ({volts:.1f} V, output "

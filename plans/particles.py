@@ -30,6 +30,7 @@ from temsims.plans._common import (
     check_number,
     check_pair,
     check_within,
+    clip_within,
     device_limits,
     with_safe_state,
 )
@@ -255,8 +256,8 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
         yield from to_tem_mode(mode)
         for i, p in enumerate(to_image[:max_particles]):
             yield from bps.checkpoint()
-            x, y = _clip(p["x_um"], device_limits(stage.x)), \
-                _clip(p["y_um"], device_limits(stage.y))
+            x = clip_within(p["x_um"], device_limits(stage.x))
+            y = clip_within(p["y_um"], device_limits(stage.y))
             summary = {k: (None if isinstance(p[k], float) and not math.isfinite(p[k])
                            else p[k]) for k in ZOOM_FIELDS}
             zmd = {**base_md, "correlative": geometry_md(
@@ -275,11 +276,5 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
 
     return (yield from with_safe_state(body(), column, bias))
 
-
-
-def _clip(value: float, limits: tuple[float, float] | None) -> float:
-    if limits is None or not limits[0] < limits[1]:
-        return value
-    return min(max(value, limits[0]), limits[1])
 
 __all__ = ["NATURAL_LI6_LI7", "find_labelled_particles", "particle_record"]
