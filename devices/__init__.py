@@ -50,7 +50,7 @@ class Instrument:
         return {name: getattr(self, name) for name in PARTS if getattr(self, name) is not None}
 
 
-def connect(prefix: str = "TEMSIMS:", *, timeout: float = 5.0, parts=None,
+def connect(prefix: str = "TEMSIMS:", *, timeout: float | None = 5.0, parts=None,
             **per_part_prefix: str) -> Instrument:
     """Build the instrument's devices and wait until every PV is connected.
 
@@ -60,7 +60,9 @@ def connect(prefix: str = "TEMSIMS:", *, timeout: float = 5.0, parts=None,
         Instrument PV prefix; each IOC adds its part suffix (``STAGE:``, ``TEM:``,
         ``FIB:``, ``BIAS:``, ``MS:``).
     timeout
-        Seconds to wait for all PVs together.
+        Seconds to wait for all PVs together; ``None`` builds the devices without
+        waiting (they connect when their IOCs answer: enough to list and summarise
+        plans on them, e.g. with no IOC running).
     parts
         Names of the devices to build (default all: ``PARTS``).
     **per_part_prefix
@@ -131,9 +133,10 @@ def connect(prefix: str = "TEMSIMS:", *, timeout: float = 5.0, parts=None,
     for name in PARTS:  # spectrometer before imager (label source)
         if name in wanted:
             setattr(inst, name, builders[name]())
-    needed = {ioc for name in wanted for ioc in PART_IOCS[name]}
-    wait_connected(inst.all_devices().values(), timeout,
-                   part_prefixes={ioc: prefixes[ioc] for ioc in needed})
+    if timeout is not None:
+        needed = {ioc for name in wanted for ioc in PART_IOCS[name]}
+        wait_connected(inst.all_devices().values(), timeout,
+                       part_prefixes={ioc: prefixes[ioc] for ioc in needed})
     inst.connect_time_s = time.monotonic() - t0
     return inst
 

@@ -3,6 +3,7 @@ several ``conftest.py`` files exist and ``from conftest import`` is ambiguous)."
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 #: Connected devices by instrument prefix: connecting costs ~0.3-1 s, and a pooled
@@ -51,15 +52,9 @@ def connect_fast(procs: Any, *, camera_size: int | None = None) -> Any:
     Call it again after every ``instruments.get``: the reset restores the defaults.
     """
     d = connected(procs)
-    settings = {_attr(d, name): value for name, value in FAST_SETTINGS.items()}
+    settings = {attrgetter(name)(d): value for name, value in FAST_SETTINGS.items()}
     if camera_size is not None:
         settings[d.camera.size] = camera_size
     for sig, value in settings.items():
         sig.set(value).wait(10)
     return d
-
-
-def _attr(obj: Any, dotted: str) -> Any:
-    for name in dotted.split("."):
-        obj = getattr(obj, name)
-    return obj

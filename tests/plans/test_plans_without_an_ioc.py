@@ -11,7 +11,6 @@ import contextlib
 import io
 import multiprocessing
 import uuid
-from types import SimpleNamespace
 
 from bluesky.simulators import summarize_plan
 from test_plans_validation import _cases
@@ -23,29 +22,10 @@ from temsims.plans import (
 )
 
 
-def _unconnected_devices() -> SimpleNamespace:
-    from temsims.devices.bias import BiasSupply
-    from temsims.devices.camera import TEMCamera
-    from temsims.devices.column import IonColumn
-    from temsims.devices.common import use_caproto_control_layer
-    from temsims.devices.edx import EDXDetector
-    from temsims.devices.imager import SIMSImager
-    from temsims.devices.mode import InstrumentMode
-    from temsims.devices.spectrometer import MassSpectrometer
-    from temsims.devices.stage import Stage
-    from temsims.devices.tem import TEMColumn
+def _unconnected_devices():
+    from temsims.devices import connect
 
-    use_caproto_control_layer()
-    p = f"NOIOC{uuid.uuid4().hex[:6].upper()}:"
-    d = SimpleNamespace(
-        stage=Stage(p + "STAGE:", name="stage"), tem=TEMColumn(p + "TEM:", name="tem"),
-        camera=TEMCamera(p + "TEM:", name="camera"), edx=EDXDetector(p + "TEM:", name="edx"),
-        column=IonColumn(p + "FIB:", name="column"), bias=BiasSupply(p + "BIAS:", name="bias"),
-        spectrometer=MassSpectrometer(p + "MS:", name="spectrometer"),
-        imager=SIMSImager(column_prefix=p + "FIB:", spectrometer_prefix=p + "MS:",
-                          name="imager"))
-    d.mode = InstrumentMode(stage=d.stage, tem=d.tem, column=d.column, bias=d.bias,
-                            name="mode")
+    d = connect(f"NOIOC{uuid.uuid4().hex[:6].upper()}:", timeout=None)
     assert not d.stage.connected and not d.bias.connected
     return d
 
