@@ -92,8 +92,8 @@ def estimate_drift(frames, *, reference: str = "cumulative", upsample_factor: in
     Parameters
     ----------
     frames : array_like
-        (n_frames, ny, nx) counts (e.g. the sum over species); NaN or -1 =
-        unacquired.
+        (n_frames, ny, nx) counts (e.g. the sum over species); NaN = not
+        acquired.
     reference : {"cumulative", "first"}
         What each frame is registered against (see the module notes).
     upsample_factor : int
@@ -145,7 +145,7 @@ def align_frames(frames, drift_px, *, order: int = 1) -> np.ndarray:
     Parameters
     ----------
     frames : array_like
-        (n_frames, ny, nx) counts; NaN or -1 = unacquired.
+        (n_frames, ny, nx) counts; NaN = not acquired.
     drift_px : array_like
         (n_frames, 2) content displacement (rows, cols), from :func:`estimate_drift`.
     order : int
@@ -262,7 +262,7 @@ def depth_profile(stacks: Mapping[str, np.ndarray], *, region=None,
     Parameters
     ----------
     stacks : mapping of str -> array_like
-        Species -> (n_frames, ny, nx) counts, all the same shape; -1 = unacquired.
+        Species -> (n_frames, ny, nx) counts, all the same shape; NaN = not acquired.
     region : array_like of bool, optional
         (ny, nx) region (in frame-0 pixels) to profile; default the whole field.
     pixel_nm : float or (float, float), optional

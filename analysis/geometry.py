@@ -38,31 +38,6 @@ import numpy as np
 
 from temsims.constants import SIMS_INCIDENCE_DEG
 
-#: Incidence of the ion beam on the specimen in the SIMS geometry (deg).
-DEFAULT_INCIDENCE_DEG = SIMS_INCIDENCE_DEG
-
-
-def _lookup(doc: Mapping[str, Any], *paths: str) -> Any:
-    """First value found at one of the dotted ``paths`` of ``doc`` (None if none)."""
-    for path in paths:
-        node: Any = doc
-        for key in path.split("."):
-            if not isinstance(node, Mapping) or key not in node or node[key] is None:
-                node = None
-                break
-            node = node[key]
-        if node is not None:
-            return node
-    return None
-
-
-def _required(doc: Mapping[str, Any], what: str, *paths: str) -> Any:
-    value = _lookup(doc, *paths)
-    if value is None:
-        raise ValueError(f"start document has no {what}: looked for "
-                         f"{', '.join(repr(p) for p in paths)}")
-    return value
-
 
 def _number(value: Any, what: str) -> float:
     try:
@@ -140,7 +115,7 @@ class SimsMapGeometry(_PixelModel):
     centre_x_um: float
     centre_y_um: float
     rotation_deg: float = 0.0
-    incidence_deg: float = DEFAULT_INCIDENCE_DEG
+    incidence_deg: float = SIMS_INCIDENCE_DEG
 
     def __post_init__(self) -> None:
         if int(self.nx) != self.nx or int(self.ny) != self.ny or self.nx < 1 or self.ny < 1:
@@ -180,49 +155,59 @@ class SimsMapGeometry(_PixelModel):
                             ((self.nx - 1) / 2.0, (self.ny - 1) / 2.0))
 
     @classmethod
-    def from_metadata(cls, start_doc: Mapping[str, Any], *,
-                      incidence_deg: float | None = None) -> SimsMapGeometry:
-        """The geometry of a ``sims_map`` run from its start document.
+    def from_map_block(cls, block: Mapping[str, Any], *,
+                       incidence_deg: float | None = None) -> SimsMapGeometry:
+        """The geometry recorded in a SIMS map run's ``map`` block.
 
-        Looked up, first found wins: ``correlative`` {stage_x_um, stage_y_um, fov_um,
-        pixels, scan_rotation_deg, incidence_deg} (the correlative plans), then
-        ``region`` {x_um, y_um, fov_um} with ``map`` {pixels, fov_um} and
-        ``plan_args`` {pixels, fov_um} (every ``sims_map``). The scan rotation
-        defaults to 0 deg and the incidence to 45 deg when not recorded.
+        The block (``temsims.callbacks.maps.map_block``) holds ``pixels`` [nx, ny],
+        ``fov_um``, ``centre_um`` [x, y] (the stage readback), ``scan_rotation_deg``
+        and ``incidence_deg``: nothing else is looked up.
 
         Parameters
         ----------
-        start_doc : dict
-            The run's start document (or just its metadata dict).
+        block : dict
+            The ``map`` block.
         incidence_deg : float, optional
             Overrides the recorded incidence (deg).
 
         Raises
         ------
         ValueError
-            If the stage position, field of view or pixel counts are missing.
+            If a key is missing or not a number.
         """
-        doc = dict(start_doc)
-        pixels = _required(doc, "map pixels (nx, ny)", "correlative.pixels", "map.pixels",
-                           "plan_args.pixels")
-        if isinstance(pixels, str) or not isinstance(pixels, Sequence) or len(pixels) != 2:
-            raise ValueError(f"map pixels must be a pair (nx, ny), got {pixels!r}")
+        if not isinstance(block, Mapping):
+            raise ValueError(f"a map block must be a mapping, got {type(block).__name__}")
+        missing = [k for k in ("pixels", "fov_um", "centre_um", "scan_rotation_deg",
+                               "incidence_deg") if block.get(k) is None]
+        if missing:
+            raise ValueError(f"the map block lacks {missing}")
+        pixels, centre = block["pixels"], block["centre_um"]
+        for name, pair in (("pixels", pixels), ("centre_um", centre)):
+            if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+                raise ValueError(f"map {name} must be a pair, got {pair!r}")
         nx, ny = (int(_number(p, "map pixels")) for p in pixels)
-        fov = _number(_required(doc, "field of view", "correlative.fov_um", "map.fov_um",
-                                "region.fov_um", "plan_args.fov_um"), "fov_um")
-        x = _number(_required(doc, "stage x", "correlative.stage_x_um", "region.x_um"),
-                    "stage x (um)")
-        y = _number(_required(doc, "stage y", "correlative.stage_y_um", "region.y_um"),
-                    "stage y (um)")
-        rotation = _lookup(doc, "correlative.scan_rotation_deg", "map.scan_rotation_deg",
-                           "map.rotation_deg", "scan_rotation_deg")
-        if incidence_deg is None:
-            incidence_deg = _lookup(doc, "correlative.incidence_deg", "map.incidence_deg",
-                                    "incidence_deg")
-        return cls(nx=nx, ny=ny, fov_um=fov, centre_x_um=x, centre_y_um=y,
-                   rotation_deg=0.0 if rotation is None else _number(rotation, "rotation"),
-                   incidence_deg=(DEFAULT_INCIDENCE_DEG if incidence_deg is None
-                                  else _number(incidence_deg, "incidence_deg")))
+        incidence = block["incidence_deg"] if incidence_deg is None else incidence_deg
+        return cls(nx=nx, ny=ny, fov_um=_number(block["fov_um"], "fov_um"),
+                   centre_x_um=_number(centre[0], "centre x (um)"),
+                   centre_y_um=_number(centre[1], "centre y (um)"),
+                   rotation_deg=_number(block["scan_rotation_deg"], "scan_rotation_deg"),
+                   incidence_deg=_number(incidence, "incidence_deg"))
+
+    @classmethod
+    def from_metadata(cls, start_doc: Mapping[str, Any], *,
+                      incidence_deg: float | None = None) -> SimsMapGeometry:
+        """The geometry of a SIMS map run: :meth:`from_map_block` of its start
+        document's ``map`` block.
+
+        Raises
+        ------
+        ValueError
+            If the document has no complete ``map`` block.
+        """
+        block = start_doc.get("map") if isinstance(start_doc, Mapping) else None
+        if block is None:
+            raise ValueError("the start document has no 'map' block: not a SIMS map run")
+        return cls.from_map_block(block, incidence_deg=incidence_deg)
 
 
 @dataclass(frozen=True)
@@ -278,52 +263,43 @@ class TemImageGeometry(_PixelModel):
     @classmethod
     def from_metadata(cls, start_doc: Mapping[str, Any], *, size: int | None = None,
                       tilt_beta_deg: float | None = None) -> TemImageGeometry:
-        """The geometry of a ``tem_image`` run from its start document.
-
-        Looked up, first found wins: ``correlative`` {stage_x_um, stage_y_um, fov_um,
-        pixels, tilt_deg}, then ``region`` {x_um, y_um, fov_um, tilt_deg} and
-        ``plan_args`` {x_um, y_um, fov_um}; the size also from ``image.size`` and the
-        beta tilt from ``image.tilt_beta_deg`` (``tem_image`` records both). A start
-        document without a size (older ``tem_image`` runs) needs ``size``.
+        """The geometry of a ``tem_image`` run: its start document's ``image`` block
+        (``temsims.plans.tem.image_md``: size, fov_um, x_um, y_um, tilt_alpha_deg,
+        tilt_beta_deg); nothing else is looked up.
 
         Parameters
         ----------
         start_doc : dict
             The run's start document.
         size : int, optional
-            Pixels per side; overrides the recorded value.
+            Pixels per side; overrides the recorded value (a simulated run records
+            none).
         tilt_beta_deg : float, optional
-            Beta tilt (deg); overrides ``image.tilt_beta_deg`` (default 0).
+            Beta tilt (deg); overrides the recorded one.
 
         Raises
         ------
         ValueError
-            If the stage position, field of view or image size are missing.
+            If the ``image`` block is missing or incomplete.
         """
-        doc = dict(start_doc)
+        block = start_doc.get("image") if isinstance(start_doc, Mapping) else None
+        if not isinstance(block, Mapping):
+            raise ValueError("the start document has no 'image' block: not a tem_image run")
         if size is None:
-            pixels = _lookup(doc, "correlative.pixels")
-            if isinstance(pixels, Sequence) and not isinstance(pixels, str) and pixels \
-                    and int(pixels[0]) > 0:
-                size = int(pixels[0])
-            else:
-                size = _lookup(doc, "image.size", "size")
+            size = block.get("size")
         if size is None:
-            raise ValueError("start document has no image size (correlative.pixels): pass "
-                             "size= (the image's side in pixels)")
-        fov = _number(_required(doc, "field of view", "correlative.fov_um", "region.fov_um",
-                                "plan_args.fov_um"), "fov_um")
-        x = _number(_required(doc, "stage x", "correlative.stage_x_um", "region.x_um",
-                              "plan_args.x_um"), "stage x (um)")
-        y = _number(_required(doc, "stage y", "correlative.stage_y_um", "region.y_um",
-                              "plan_args.y_um"), "stage y (um)")
-        tilt = _lookup(doc, "correlative.tilt_deg", "region.tilt_deg")
+            raise ValueError("the image block records no size (a simulated run): pass size= "
+                             "(the image's side in pixels)")
+        missing = [k for k in ("fov_um", "x_um", "y_um", "tilt_alpha_deg") if block.get(k) is None]
+        if missing:
+            raise ValueError(f"the image block lacks {missing}")
         if tilt_beta_deg is None:
-            tilt_beta_deg = _lookup(doc, "image.tilt_beta_deg")
-            tilt_beta_deg = 0.0 if tilt_beta_deg is None else _number(tilt_beta_deg, "tilt_beta_deg")
-        return cls(size=int(_number(size, "size")), fov_um=fov, centre_x_um=x, centre_y_um=y,
-                   tilt_alpha_deg=0.0 if tilt is None else _number(tilt, "tilt_deg"),
-                   tilt_beta_deg=float(tilt_beta_deg))
+            tilt_beta_deg = block.get("tilt_beta_deg") or 0.0
+        return cls(size=int(_number(size, "size")), fov_um=_number(block["fov_um"], "fov_um"),
+                   centre_x_um=_number(block["x_um"], "x_um"),
+                   centre_y_um=_number(block["y_um"], "y_um"),
+                   tilt_alpha_deg=_number(block["tilt_alpha_deg"], "tilt_alpha_deg"),
+                   tilt_beta_deg=_number(tilt_beta_deg, "tilt_beta_deg"))
 
 
 def pixel_transform_matrix(source: _PixelModel, target: _PixelModel) -> np.ndarray:
@@ -333,7 +309,6 @@ def pixel_transform_matrix(source: _PixelModel, target: _PixelModel) -> np.ndarr
 
 
 __all__ = [
-    "DEFAULT_INCIDENCE_DEG",
     "SimsMapGeometry",
     "TemImageGeometry",
     "pixel_transform_matrix",

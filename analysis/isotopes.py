@@ -1,9 +1,8 @@
 """Isotope ratios from SIMS count maps: dead time, ratio maps, significance, regions.
 
 Pure numpy/scipy on arrays (no Bluesky, ophyd or IOC imports). Counts are the
-collectors' pulse counts per pixel; ``-1`` marks a pixel the spectrometer has not
-acquired (``temsims.ioc.spectrometer.UNACQUIRED``): such pixels are masked, never
-counted as zero.
+collectors' pulse counts per pixel; NaN marks a pixel that was not acquired (the map
+of an aborted run): such pixels are masked, never counted as zero.
 
 Statistics
 ----------
@@ -49,8 +48,6 @@ DEFAULT_SYSTEMATIC_REL = 0.03
 #: particle is called natural only if its data exclude this ratio (estimate; the
 #: simulator's labels are 95 % 6Li, ratio ~19).
 DEFAULT_LABEL_RATIO_MIN = 1.0
-#: Value the spectrometer writes for a pixel not acquired yet.
-UNACQUIRED = -1
 #: Gauss-Hermite nodes used to marginalise over the systematic error.
 _N_QUADRATURE = 41
 
@@ -80,7 +77,7 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
 
 
 def _counts_array(name: str, counts, ndim: int | None = None) -> np.ndarray:
-    """Float array of counts, NaN where unacquired (-1); refuses other negatives."""
+    """Float array of counts (NaN: not acquired); refuses negative counts."""
     try:
         arr = np.array(counts, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -89,12 +86,9 @@ def _counts_array(name: str, counts, ndim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     if np.isinf(arr).any():
         raise ValueError(f"{name} contains infinite counts")
-    unacquired = arr == UNACQUIRED
-    bad = (arr < 0) & ~unacquired
+    bad = arr < 0
     if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} negative counts other than the "
-                         f"unacquired marker {UNACQUIRED}")
-    arr[unacquired] = np.nan
+        raise ValueError(f"{name} has {int(bad.sum())} negative counts")
     return arr
 
 
@@ -127,8 +121,8 @@ def dead_time_correct(counts, dwell_s: float, tau_s: float) -> np.ndarray:
     Parameters
     ----------
     counts : array_like
-        Measured counts per pixel (or per counting interval), >= 0; ``-1``
-        (unacquired) becomes NaN.
+        Measured counts per pixel (or per counting interval), >= 0; NaN where not
+        acquired.
     dwell_s : float
         Counting time of each value (s), > 0.
     tau_s : float
@@ -285,7 +279,7 @@ def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
     Parameters
     ----------
     numerator_counts, denominator_counts : array_like
-        2-D count maps of the same shape (e.g. 6Li and 7Li), -1 = unacquired.
+        2-D count maps of the same shape (e.g. 6Li and 7Li), NaN = not acquired.
     binning : int
         Pixels summed per side, >= 1.
     min_counts : float
@@ -473,12 +467,12 @@ def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: 
     Summing before dividing is the right estimator: the mean of per-pixel ratios
     is biased (``E[1/N7] > 1/E[N7]``) and undefined where N7 = 0, while
     ``sum N6 / sum N7`` reaches the Poisson bound
-    ``R sqrt(1/sum N6 + 1/sum N7)``. Unacquired pixels (-1) are left out.
+    ``R sqrt(1/sum N6 + 1/sum N7)``. Pixels not acquired (NaN) are left out.
 
     Parameters
     ----------
     n6, n7 : array_like
-        2-D count maps (numerator, denominator), -1 = unacquired.
+        2-D count maps (numerator, denominator), NaN = not acquired.
     mask : array_like of bool
         The region (same shape).
     dwell_s : float, optional
@@ -543,7 +537,6 @@ __all__ = [
     "DEFAULT_LABEL_RATIO_MIN",
     "DEFAULT_SYSTEMATIC_REL",
     "NATURAL_LI6_LI7",
-    "UNACQUIRED",
     "RatioMap",
     "RegionRatio",
     "dead_time_correct",

@@ -27,7 +27,8 @@ Pure numpy/scipy/scikit-image on arrays. The SIMS route (:func:`find_particles`)
 
 Pixel -> specimen coordinates go through a 3x3 homogeneous affine acting on
 ``(col, row, 1)`` and giving ``(x_um, y_um, 1)`` (skimage's (x, y) order);
-:func:`sims_pixel_affine` builds the one of a SIMS raster.
+:meth:`temsims.analysis.geometry.SimsMapGeometry.affine_to_specimen` is the one of a SIMS
+raster.
 """
 
 from __future__ import annotations
@@ -52,61 +53,9 @@ from temsims.analysis.isotopes import (
     ratio_test,
     region_from_sums,
 )
-from temsims.constants import SIMS_INCIDENCE_DEG
 
-#: Angle between the FIB and the specimen normal in SIMS geometry (deg): the map is
-#: foreshortened by cos 45 deg along the specimen's y (instrument.md, estimate).
-DEFAULT_INCIDENCE_DEG = SIMS_INCIDENCE_DEG
 CLASSES = ("labelled", "natural", "uncertain")
 
-
-# ======================================================================================
-# Coordinates
-# ======================================================================================
-def sims_pixel_affine(pixels: Sequence[int], fov_um: float, *, x_um: float = 0.0,
-                      y_um: float = 0.0, rotation_deg: float = 0.0,
-                      incidence_deg: float = DEFAULT_INCIDENCE_DEG) -> np.ndarray:
-    """3x3 affine ``(col, row, 1) -> (x_um, y_um, 1)`` of a SIMS raster.
-
-    Square pixels of ``fov_um / nx`` in the beam-normal plane, centred on the stage
-    position ``(x_um, y_um)``, rotated by the scan rotation, stretched by
-    ``1 / cos(incidence)`` along the specimen's y (row 0 = -y, col 0 = -x). Same
-    mapping as ``temsims.plans.correlative.sims_pixel_to_stage``.
-
-    Parameters
-    ----------
-    pixels : (int, int)
-        Map size (nx, ny).
-    fov_um : float
-        Raster width in the beam-normal plane (um), > 0.
-    x_um, y_um : float
-        Specimen position of the map centre (um).
-    rotation_deg : float
-        Scan rotation (deg).
-    incidence_deg : float
-        Ion-beam incidence from the specimen normal (deg), 0..<90.
-
-    Returns
-    -------
-    numpy.ndarray
-        (3, 3) matrix.
-    """
-    nx, ny = (int(v) for v in pixels)
-    if nx < 1 or ny < 1:
-        raise ValueError(f"pixels = {pixels!r} must be two integers >= 1")
-    fov_um = _positive("fov_um", fov_um)
-    if not 0.0 <= incidence_deg < 90.0:
-        raise ValueError(f"incidence_deg = {incidence_deg!r} must be within [0, 90)")
-    p = fov_um / nx
-    th = math.radians(rotation_deg)
-    c, s = math.cos(th), math.sin(th)
-    k = 1.0 / math.cos(math.radians(incidence_deg))
-    lin = p * np.array([[c, -s], [s * k, c * k]])
-    centre = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
-    out = np.eye(3)
-    out[:2, :2] = lin
-    out[:2, 2] = np.array([x_um, y_um]) - lin @ centre
-    return out
 
 
 def _check_affine(affine) -> np.ndarray | None:
@@ -294,8 +243,8 @@ def segment_sims_particles(total_counts, *, smooth_sigma_px: float = 1.0,
     Parameters
     ----------
     total_counts : array_like
-        2-D counts per pixel (e.g. 6Li + 7Li, dead-time corrected); NaN or -1 =
-        unacquired.
+        2-D counts per pixel (e.g. 6Li + 7Li, dead-time corrected); NaN = not
+        acquired.
     smooth_sigma_px : float
         Gaussian smoothing before detection (pixels), >= 0; about the beam
         footprint (sigma) in pixels.
@@ -323,7 +272,6 @@ def segment_sims_particles(total_counts, *, smooth_sigma_px: float = 1.0,
     t = np.array(total_counts, dtype=float)
     if t.ndim != 2 or t.size == 0:
         raise ValueError(f"total_counts must be a non-empty 2-D map, got shape {t.shape}")
-    t[t == -1] = np.nan
     valid = np.isfinite(t)
     if (t[valid] < 0).any():
         raise ValueError("total_counts has negative counts")
@@ -649,9 +597,9 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     Parameters
     ----------
     n6_counts, n7_counts : array_like
-        2-D count maps (numerator 6Li, denominator 7Li), -1 = unacquired.
+        2-D count maps (numerator 6Li, denominator 7Li), NaN = not acquired.
     pixel_to_specimen : (3, 3) array_like or skimage transform, optional
-        Affine ``(col, row, 1) -> (x_um, y_um, 1)`` (:func:`sims_pixel_affine`);
+        Affine ``(col, row, 1) -> (x_um, y_um, 1)`` (``SimsMapGeometry.affine_to_specimen()``);
         without it the specimen coordinates and radius in nm are None.
     dwell_s : float, optional
         Dwell per pixel (s); required when ``dead_time_s > 0``.
@@ -771,7 +719,6 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
 
 __all__ = [
     "CLASSES",
-    "DEFAULT_INCIDENCE_DEG",
     "Particle",
     "ParticleTable",
     "classify",
@@ -780,6 +727,5 @@ __all__ = [
     "find_particles",
     "segment_sims_particles",
     "segment_tem_particles",
-    "sims_pixel_affine",
     "split_labelled_segments",
 ]

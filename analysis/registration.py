@@ -25,8 +25,8 @@ Contrast
     refined position (``invert_tem="auto"``) or imposed (True / False).
 
 Masks
-    SIMS maps mark unacquired pixels with negative values (-1): they and the SIMS
-    pixels outside the TEM field are left out of every comparison.
+    Pixels a SIMS map did not acquire (NaN, an aborted run) and the SIMS pixels
+    outside the TEM field are left out of every comparison.
 """
 
 from __future__ import annotations
@@ -396,8 +396,9 @@ def warp_sims_to_tem(sims_channels: np.ndarray,
     out = np.empty((stack.shape[0], *tem_shape), np.float32)
     inverse = AffineTransform(matrix=np.linalg.inv(transform.params))
     for k, channel in enumerate(stack):
-        channel = np.where(channel >= 0, channel, np.float32(cval)) if (channel < 0).any() \
-            else channel
+        acquired = np.isfinite(channel)
+        if not acquired.all():
+            channel = np.where(acquired, channel, np.float32(cval))
         out[k] = warp(channel, inverse, output_shape=tuple(tem_shape), order=order,
                       mode="constant", cval=cval, preserve_range=True)
     return out[0] if arr.ndim == 2 else out

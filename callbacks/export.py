@@ -14,9 +14,9 @@ Input
 
     Arrays have the events first (``(n_events, ...)``). The SIMS maps of a
     :func:`temsims.plans.sims.sims_map` run are assembled from the line events
-    (``<imager>_line``, ``<imager>_<species>``) into ``(ny, nx)`` per species
-    (``(frames, ny, nx)`` for several frames), -1 where a pixel was not acquired,
-    in the dtype recorded (int32). Other arrays of two or more dimensions per event
+    (``<imager>_line``, ``<imager>_<species>``) by :func:`temsims.callbacks.maps.assemble`
+    into ``(ny, nx)`` per species (``(frames, ny, nx)`` for several frames), in the
+    dtype recorded (int32); the map of an aborted run is float, NaN where it stopped. Other arrays of two or more dimensions per event
     (``camera_image``) are images.
 
 :func:`export_tiff`
@@ -56,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from temsims.callbacks.live import map_layout, sims_affine, tem_affine
+from temsims.callbacks.live import sims_affine, tem_affine
+from temsims.callbacks.maps import MapLayout, assemble
 
 logger = logging.getLogger(__name__)
 
@@ -93,37 +94,29 @@ class RunData:
         return self.streams.get("primary", {})
 
     def is_sims_map(self) -> bool:
-        lay = map_layout(self.start)
-        return f"{lay['prefix']}_line" in self.primary or (
-            self.start.get("plan_name") == "sims_map" and bool(self.map_keys()))
+        """A SIMS map run: its start document has a ``map`` block."""
+        return isinstance(self.start.get("map"), Mapping)
 
     def map_keys(self) -> dict[str, str]:
         """``{label: data key}`` of the SIMS map lines in ``primary``: the mapped species
         (``map.species``) first, then the other collectors (named by their mass)."""
-        lay = map_layout(self.start)
-        prefix = lay["prefix"]
-        if f"{prefix}_line" not in self.primary:
+        if not self.is_sims_map():
             return {}
-        out = {}
-        others = [k[len(prefix) + 1:] for k in self.primary
-                  if k.startswith(prefix + "_") and k != f"{prefix}_line"]
-        for s in list(lay["species"]) + [o for o in others if o not in lay["species"]]:
-            key = f"{prefix}_{s}"
-            if key in self.primary and np.ndim(self.primary[key]) == 3:
-                out[s] = key
-        return out
+        layout = MapLayout.from_start(self.start)
+        if layout.line_key not in self.primary:
+            return {}
+        return layout.collector_keys([k for k in self.primary if np.ndim(self.primary[k]) == 3])
 
-    def maps(self) -> dict[str, np.ndarray]:
-        """SIMS maps per species: (ny, nx), or (frames, ny, nx); -1 = not acquired."""
+    def maps(self, *, partial: bool = False) -> dict[str, np.ndarray]:
+        """SIMS maps per label: (ny, nx), or (frames, ny, nx), in the recorded dtype
+        (:func:`temsims.callbacks.maps.assemble`; ``partial``: float, NaN where a line
+        is missing, instead of :class:`~temsims.callbacks.maps.IncompleteMapError`)."""
         keys = self.map_keys()
         if not keys:
             return {}
-        lay = map_layout(self.start)
-        lines = np.asarray(self.primary[f"{lay['prefix']}_line"]).astype(int).ravel()
-        out = {}
-        for s, key in keys.items():
-            out[s] = assemble_map(lines, np.asarray(self.primary[key]), ny=lay["ny"])
-        return out
+        layout = MapLayout.from_start(self.start)
+        return assemble(layout, self.primary[layout.line_key],
+                        {s: self.primary[key] for s, key in keys.items()}, partial=partial)
 
     def images(self) -> dict[str, np.ndarray]:
         """Image arrays of ``primary`` that are not SIMS map lines: ``(n, h, w)``."""
@@ -133,37 +126,6 @@ class RunData:
 
     def units(self, key: str, stream: str = "primary") -> str | None:
         return (self.data_keys.get(stream, {}).get(key) or {}).get("units") or None
-
-
-def assemble_map(lines: np.ndarray, values: np.ndarray, *, ny: int | None = None,
-                 fill: int = -1) -> np.ndarray:
-    """(ny, nx) map (or (frames, ny, nx)) from line events.
-
-    ``lines[i]`` is the first map line of event i and ``values[i]`` its
-    ``(lines_per_event, nx)`` block; a new frame starts where the line index does not
-    increase. Pixels no event covered hold ``fill``; the dtype is kept.
-    """
-    values = np.asarray(values)
-    if values.ndim == 2:
-        values = values[:, None, :]
-    n, lpe, nx = values.shape
-    lines = np.asarray(lines).astype(int).ravel()
-    if ny is None:
-        ny = int(lines.max()) + lpe if n else 0
-    frames = []
-    current = None
-    last = None
-    for i in range(n):
-        row = int(lines[i])
-        if current is None or (last is not None and row <= last):
-            current = np.full((ny, nx), fill, dtype=values.dtype)
-            frames.append(current)
-        stop = min(row + lpe, ny)
-        current[row:stop] = values[i, :stop - row]
-        last = row
-    if not frames:
-        return np.full((ny, nx), fill, dtype=values.dtype)
-    return frames[0] if len(frames) == 1 else np.stack(frames)
 
 
 def _stack(values: list, dtype: str | None = None):
@@ -292,7 +254,7 @@ def _as_runs(runs_or_run) -> list[RunData]:
 def _affine(run: RunData, shape: Sequence[int], kind: str) -> np.ndarray | None:
     try:
         if kind == "sims":
-            return sims_affine(run.start, shape)
+            return sims_affine(run.start)
         return tem_affine(run.start, shape)
     except (ValueError, KeyError, TypeError):
         logger.debug("no geometry for run %s", run.uid, exc_info=True)
@@ -343,7 +305,7 @@ class _Group:
 
 def _groups(run: RunData, per_array: bool = False) -> list[_Group]:
     out: list[_Group] = []
-    maps = run.maps()
+    maps = run.maps(partial=True)  # an aborted run's map too, NaN where it stopped
     if maps:
         species = list(maps)
         first = maps[species[0]]
@@ -702,8 +664,8 @@ def _write_nxdata(e, name: str, arr: np.ndarray, g: _Group, long_name: str,
     if g.units:
         ds.attrs["units"] = g.units
     ds.attrs["long_name"] = long_name
-    if g.kind == "sims":
-        ds.attrs["fill_value"] = -1
+    if g.kind == "sims" and ds.dtype.kind == "f":
+        ds.attrs["fill_value"] = np.nan  # lines an aborted run did not acquire
     x, y, exact = _axes_um(g.affine, arr.shape)
     axes = ["frame"] if arr.ndim == 3 else []
     if x is not None:
@@ -795,7 +757,7 @@ class Exporter:
             self.directory.mkdir(parents=True, exist_ok=True)
             if "hdf5" in self.formats:
                 out.append(export_hdf5(run, self.directory / f"{stem}.h5"))
-            if "tiff" in self.formats and (run.maps() or run.images()):
+            if "tiff" in self.formats and (run.map_keys() or run.images()):
                 out.extend(export_tiff(run, self.directory / f"{stem}.ome.tif"))
         except Exception as exc:
             logger.exception("export of a run to %s failed", self.directory)
@@ -823,7 +785,6 @@ class Exporter:
 __all__ = [
     "Exporter",
     "RunData",
-    "assemble_map",
     "documents_to_run",
     "export_hdf5",
     "export_tiff",

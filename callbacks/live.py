@@ -15,16 +15,15 @@ Three bluesky callbacks, subscribed to the RunEngine (``RE.subscribe(cb)`` or
 
 What they read
     The ``primary`` stream of a :func:`temsims.plans.sims.sims_map` run, fly or step
-    mode alike: one event per ``lines_per_event`` map lines with ``<imager>_line``
-    (index of the first line) and ``<imager>_<species>`` ((lines, nx) int32 counts;
-    -1 marks a pixel not acquired, shown as NaN). The start document gives the map
-    size (``map.pixels`` = [nx, ny], else ``shape`` = [ny, nx] or
-    ``plan_args.pixels``), the species (``map.species``, else ``collectors``) and the
-    imager's name (``detectors[0]``); the descriptor gives nx and the lines per
-    event. Step mode's per-pixel stream ``pixels`` is not shown: its ``primary`` has
-    the same line events as fly mode, so the views update line by line there too.
-    Frames (``frames > 1``): ``frames="latest"`` shows the frame being acquired over
-    the previous one, ``frames="sum"`` adds the frames up.
+    mode alike, through :class:`temsims.callbacks.maps.SimsMapAccumulator` (the one
+    line assembler): one event per ``lines_per_event`` map lines with
+    ``<imager>_line`` and ``<imager>_<species>`` ((lines, nx) counts); pixels not
+    acquired yet are NaN. The start document's ``map`` block gives the map's size,
+    species, imager, field of view and geometry. Step mode's per-pixel stream
+    ``pixels`` is not shown: its ``primary`` has the same line events as fly mode,
+    so the views update line by line there too. Frames (``frames > 1``):
+    ``frames="latest"`` shows the frame being acquired over the previous one,
+    ``frames="sum"`` adds the frames up.
 
 Cost and threads
     Each event costs a copy of its lines into preallocated (ny, nx) float arrays
@@ -63,7 +62,8 @@ import numpy as np
 from bluesky.callbacks.core import make_class_safe
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
 
-from temsims.constants import SIMS_INCIDENCE_DEG
+from temsims.analysis.geometry import SimsMapGeometry, TemImageGeometry
+from temsims.callbacks.maps import SimsMapAccumulator
 
 logger = logging.getLogger(__name__)
 
@@ -87,292 +87,20 @@ def _get(mapping: Any, *path, default=None):
     return mapping
 
 
-def map_layout(start: Mapping) -> dict:
-    """What a SIMS map run's start document says about its map.
-
-    Returns
-    -------
-    dict
-        ``nx``, ``ny`` (pixels; None if not stated), ``frames``, ``species`` (list,
-        collector order; may be empty), ``prefix`` (the imager's name, default
-        ``"imager"``), ``fov_um`` (raster width, None if unknown), ``dwell_s``
-        (dwell per pixel and frame, s: ``map.dwell_s``, else ``plan_args.dwell_s``;
-        None if not stated).
-    """
-    m = _get(start, "map", default={}) or {}
-    pixels = m.get("pixels") or _get(start, "plan_args", "pixels")
-    nx = ny = None
-    if isinstance(pixels, Sequence) and len(pixels) == 2:
-        nx, ny = int(pixels[0]), int(pixels[1])
-    elif isinstance(start.get("shape"), Sequence) and len(start["shape"]) == 2:
-        ny, nx = (int(v) for v in start["shape"])
-    species = list(m.get("species") or [])
-    if not species:
-        species = [c["species"] for c in start.get("collectors") or []
-                   if isinstance(c, Mapping) and c.get("species")]
-    detectors = start.get("detectors") or []
-    prefix = str(detectors[0]) if detectors else "imager"
-    fov = m.get("fov_um") or _get(start, "plan_args", "fov_um") or _get(start, "region",
-                                                                        "fov_um")
-    frames = m.get("frames") or _get(start, "plan_args", "frames") or 1
-    dwell = m.get("dwell_s")
-    if dwell is None:
-        dwell = _get(start, "plan_args", "dwell_s")
-    return {"nx": nx, "ny": ny, "frames": int(frames), "species": species, "prefix": prefix,
-            "fov_um": None if fov is None else float(fov),
-            "dwell_s": None if dwell is None else float(dwell)}
-
-
-def sims_affine(start: Mapping, shape: Sequence[int] | None = None) -> np.ndarray:
-    """3x3 affine (col, row, 1) -> specimen (x_um, y_um, 1) of a SIMS map run.
-
-    Uses :class:`temsims.analysis.geometry.SimsMapGeometry` when that module is
-    installed; otherwise the convention of
-    :func:`temsims.plans.correlative.sims_pixel_to_stage` from the ``correlative``
-    block of the start document, or from ``region`` and ``map`` (scan rotation 0,
-    incidence 45 deg) for a map taken outside a correlative experiment.
-    """
-    try:
-        from temsims.analysis.geometry import SimsMapGeometry
-    except ImportError:
-        pass
-    else:
-        try:
-            return np.asarray(SimsMapGeometry.from_metadata(dict(start)).affine_to_specimen(),
-                              float)
-        except Exception:  # incomplete metadata: fall back to the convention below
-            logger.debug("SimsMapGeometry.from_metadata failed; using the fallback",
-                         exc_info=True)
-    c = _get(start, "correlative", default={}) or {}
-    lay = map_layout(start)
-    pixels = c.get("pixels") or ([lay["nx"], lay["ny"]] if lay["nx"] else None)
-    if pixels is None and shape is not None:
-        pixels = [shape[-1], shape[-2]]
-    if pixels is None:
-        raise ValueError("the start document gives no map size (map.pixels)")
-    nx, ny = int(pixels[0]), int(pixels[1])
-    fov = c.get("fov_um") or lay["fov_um"]
-    if fov is None:
-        raise ValueError("the start document gives no field of view (map.fov_um)")
-    x0 = c.get("stage_x_um", _get(start, "region", "x_um", default=0.0))
-    y0 = c.get("stage_y_um", _get(start, "region", "y_um", default=0.0))
-    rot = math.radians(float(c.get("scan_rotation_deg") or 0.0))
-    inc = c.get("incidence_deg")
-    inc = math.radians(SIMS_INCIDENCE_DEG if inc is None else float(inc))
-    p = float(fov) / nx
-    cy = 1.0 / math.cos(inc)
-    lin = np.array([[p * math.cos(rot), -p * math.sin(rot)],
-                    [p * math.sin(rot) * cy, p * math.cos(rot) * cy]])
-    centre = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
-    out = np.eye(3)
-    out[:2, :2] = lin
-    out[:2, 2] = np.array([float(x0), float(y0)]) - lin @ centre
-    return out
+def sims_affine(start: Mapping) -> np.ndarray:
+    """3x3 affine (col, row, 1) -> specimen (x_um, y_um, 1) of a SIMS map run: its
+    ``map`` block (:meth:`temsims.analysis.geometry.SimsMapGeometry.from_metadata`)."""
+    return np.asarray(SimsMapGeometry.from_metadata(dict(start)).affine_to_specimen(), float)
 
 
 def tem_affine(start: Mapping, shape: Sequence[int]) -> np.ndarray:
-    """3x3 affine (col, row, 1) -> specimen (x_um, y_um, 1) of a TEM image run.
-
-    :class:`temsims.analysis.geometry.TemImageGeometry` when installed; otherwise the
-    convention of :func:`temsims.plans.correlative.tem_pixel_to_stage` (pitch
-    ``fov_um / width``, rows stretched by 1/cos(tilt)) from ``correlative`` or
-    ``region``.
-    """
-    try:
-        from temsims.analysis.geometry import TemImageGeometry
-    except ImportError:
-        pass
-    else:
-        try:
-            size = int(shape[-1]) if shape is not None and shape[-1] == shape[-2] else None
-            geometry = TemImageGeometry.from_metadata(dict(start), size=size)
-            return np.asarray(geometry.affine_to_specimen(), float)
-        except Exception:
-            logger.debug("TemImageGeometry.from_metadata failed; using the fallback",
-                         exc_info=True)
-    c = _get(start, "correlative", default={}) or {}
-    region = start.get("region") or {}
-    fov = c.get("fov_um") or region.get("fov_um")
-    if fov is None:
-        raise ValueError("the start document gives no field of view (region.fov_um)")
-    rows, cols = int(shape[-2]), int(shape[-1])
-    x0 = float(c.get("stage_x_um", region.get("x_um", 0.0)))
-    y0 = float(c.get("stage_y_um", region.get("y_um", 0.0)))
-    tilt = math.radians(float(c.get("tilt_deg", region.get("tilt_deg", 0.0)) or 0.0))
-    p = float(fov) / cols
-    out = np.eye(3)
-    out[0, 0] = p
-    out[1, 1] = p / math.cos(tilt)
-    out[0, 2] = x0 - p * (cols - 1) / 2.0
-    out[1, 2] = y0 - out[1, 1] * (rows - 1) / 2.0
-    return out
-
-
-# ============================================================================ accumulator
-class SimsMapAccumulator:
-    """(ny, nx) float maps per species of one SIMS map run, filled from its documents.
-
-    Feed it the documents (``acc(name, doc)``); numpy only, no plotting. Unacquired
-    pixels (none yet, or -1 in the data) are NaN.
-
-    Parameters
-    ----------
-    species : sequence of str, optional
-        Species to keep (default: the start document's ``map.species`` /
-        ``collectors``, else every map key of the descriptor).
-    stream_name : str
-        The stream with the line events.
-    frames : {"latest", "sum"}
-        Several frames: the frame being acquired overwrites the previous one's lines,
-        or the frames are added up.
-
-    Attributes
-    ----------
-    maps : dict of str -> ndarray
-        (ny, nx) float64 per species.
-    lines_done : int
-        Lines of the present frame received (1 + index of the last line).
-    frame : int
-        Index of the present frame (0-based).
-    vmax : dict of str -> float
-        Largest value seen per species over the run (a stable colour scale).
-    """
-
-    def __init__(self, species: Sequence[str] | None = None, *, stream_name: str = "primary",
-                 frames: str = "latest") -> None:
-        if frames not in ("latest", "sum"):
-            raise ValueError(f"frames must be 'latest' or 'sum', got {frames!r}")
-        self.requested = None if species is None else [str(s) for s in (
-            [species] if isinstance(species, str) else species)]
-        self.stream_name = stream_name
-        self.mode = frames
-        self.reset()
-
-    def reset(self) -> None:
-        self.start_doc: dict | None = None
-        self.layout: dict = {}
-        self.species: list[str] = []
-        self.keys: dict[str, str] = {}
-        self.line_key: str | None = None
-        self.descriptor_uids: set[str] = set()
-        self.nx = self.ny = None
-        self.lines_per_event = 1
-        self.maps: dict[str, np.ndarray] = {}
-        self.vmax: dict[str, float] = {}
-        self.lines_done = 0
-        self.frame = 0
-        self.n_frames = 1
-        self.events = 0
-        self._last_line: int | None = None
-
-    def __call__(self, name: str, doc: dict):
-        if name == "event_page":
-            from event_model import unpack_event_page
-
-            out = None
-            for ev in unpack_event_page(doc):
-                out = self.event(ev) or out
-            return out
-        method = getattr(self, name, None)
-        return method(doc) if method is not None else None
-
-    def start(self, doc: Mapping) -> None:
-        self.reset()
-        self.start_doc = dict(doc)
-        self.layout = map_layout(doc)
-        self.nx, self.ny = self.layout["nx"], self.layout["ny"]
-        self.n_frames = self.layout["frames"]
-
-    def descriptor(self, doc: Mapping) -> list[str] | None:
-        """Find the line and map keys of the map stream; allocate the maps."""
-        if doc.get("name") != self.stream_name:
-            return None
-        data_keys = doc.get("data_keys", {})
-        prefix = self.layout.get("prefix", "imager")
-        self.line_key = f"{prefix}_line" if f"{prefix}_line" in data_keys else next(
-            (k for k in data_keys if k.endswith("_line") and not data_keys[k].get("shape")),
-            None)
-        two_d = {k: v for k, v in data_keys.items() if len(v.get("shape") or []) == 2}
-        wanted = self.requested or self.layout.get("species") or [
-            k[len(prefix) + 1:] for k in two_d if k.startswith(prefix + "_")]
-        keys: dict[str, str] = {}
-        for s in wanted:
-            key = f"{prefix}_{s}" if f"{prefix}_{s}" in two_d else next(
-                (k for k in two_d if k.endswith(f"_{s}")), None)
-            if key is None:
-                logger.warning("stream %r has no map of %r (keys: %s)", self.stream_name, s,
-                               sorted(two_d))
-                continue
-            keys[s] = key
-        if not keys:
-            return None
-        self.keys = keys
-        self.species = list(keys)
-        shape = two_d[next(iter(keys.values()))]["shape"]
-        self.lines_per_event, nx = int(shape[0]), int(shape[1])
-        self.nx = nx
-        if self.ny is None:
-            self.ny = self.lines_per_event
-        if not self.maps:
-            self.maps = {s: np.full((self.ny, nx), np.nan) for s in self.species}
-            self.vmax = dict.fromkeys(self.species, 0.0)
-        self.descriptor_uids.add(doc["uid"])
-        return self.species
-
-    def event(self, doc: Mapping) -> tuple[int, int] | None:
-        """Copy the event's lines in; returns the rows (first, stop) it filled."""
-        if doc.get("descriptor") not in self.descriptor_uids:
-            return None
-        data = doc["data"]
-        lpe = self.lines_per_event
-        if self.line_key is not None and self.line_key in data:
-            line0 = int(np.asarray(data[self.line_key]).ravel()[0])
-        else:
-            line0 = ((int(doc.get("seq_num", 1)) - 1) * lpe) % max(self.ny, 1)
-        if self._last_line is not None and line0 <= self._last_line:
-            self.frame += 1
-            self.lines_done = 0
-        self._last_line = line0
-        stop = line0
-        for s, key in self.keys.items():
-            if key not in data:
-                continue
-            raw = np.asarray(data[key])
-            if raw.ndim == 1:
-                raw = raw[None, :]
-            stop = line0 + raw.shape[0]
-            self._grow(stop)
-            vals = raw.astype(float)
-            vals[raw < 0] = np.nan
-            target = self.maps[s][line0:stop, :vals.shape[1]]
-            if self.mode == "sum" and self.frame > 0:
-                vals = np.where(np.isnan(vals), target,
-                                np.where(np.isnan(target), vals, target + vals))
-            target[...] = vals
-            finite = vals[np.isfinite(vals)]
-            if finite.size:
-                self.vmax[s] = max(self.vmax[s], float(finite.max()))
-        self.lines_done = max(self.lines_done, stop)
-        self.events += 1
-        return line0, stop
-
-    def _grow(self, rows: int) -> None:
-        if rows <= self.ny:
-            return
-        for s, m in self.maps.items():
-            extra = np.full((rows - m.shape[0], m.shape[1]), np.nan)
-            self.maps[s] = np.concatenate([m, extra])
-        self.ny = rows
-
-    def stack(self, species: Sequence[str] | None = None) -> np.ndarray:
-        """(k, ny, nx) maps of ``species`` (default all)."""
-        return np.stack([self.maps[s] for s in (species or self.species)])
-
-    def progress(self) -> str:
-        text = f"line {self.lines_done}/{self.ny}"
-        if self.n_frames > 1:
-            text = f"frame {self.frame + 1}/{self.n_frames}, " + text
-        return text
+    """3x3 affine (col, row, 1) -> specimen (x_um, y_um, 1) of a TEM image run: its
+    ``image`` block (:meth:`temsims.analysis.geometry.TemImageGeometry.from_metadata`),
+    the image's side from ``shape`` when the block records none."""
+    block = start.get("image") or {}
+    size = None if block.get("size") else int(shape[-1])
+    return np.asarray(TemImageGeometry.from_metadata(dict(start), size=size)
+                      .affine_to_specimen(), float)
 
 
 # ============================================================================ figures
@@ -574,9 +302,7 @@ class _MapView(_LiveFigure):
 
     def _extent(self):
         acc = self.acc
-        fov = acc.layout.get("fov_um")
-        if fov is None or not acc.nx:
-            return None, "x (px)", "y (px)"
+        fov = acc.layout.fov_um
         p = fov / acc.nx
         return [0.0, fov, 0.0, p * acc.ny], "x (um, beam plane)", "y (um, beam plane)"
 
@@ -800,7 +526,7 @@ class LiveRatioMap(_MapView):
         if missing:
             raise ValueError(f"LiveRatioMap: the run maps {self.acc.species}, not "
                              f"{sorted(missing)}")
-        self.dwell_s = self.acc.layout.get("dwell_s")
+        self.dwell_s = self.acc.layout.dwell_s
         if not self._dead_time_given:
             recorded = _get(self._start_doc() or {}, "dead_time_s")
             self.dead_time_s = 0.0 if recorded is None else _real("start dead_time_s",
@@ -861,8 +587,6 @@ class LiveRatioMap(_MapView):
         if not self._images:
             return
         acc, b = self.acc, self.binning
-        if self.ratio.shape[0] < acc.ny // b:  # the map grew (ny not in the start doc)
-            self._grow(acc.ny // b)
         b0, b1 = first // b, min(-(-stop // b), self.ratio.shape[0])
         frames = 1
         if acc.mode == "sum":
@@ -884,13 +608,6 @@ class LiveRatioMap(_MapView):
         if self.significance is not None:
             self.significance[b0:b1] = iso.significance_map(result, self.reference_ratio,
                                                             self.systematic_rel)
-
-    def _grow(self, rows: int) -> None:
-        pad = np.full((rows - self.ratio.shape[0], self.ratio.shape[1]), np.nan)
-        self.ratio = np.concatenate([self.ratio, pad])
-        self.sigma = np.concatenate([self.sigma, pad])
-        if self.significance is not None:
-            self.significance = np.concatenate([self.significance, pad])
 
     def _render(self) -> None:
         self._images[0].set_data(np.ma.masked_invalid(self.ratio))
@@ -960,14 +677,15 @@ def _fuse(pan: np.ndarray, rgb: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"method must be 'ihs', 'laplacian' or 'alpha', got {method!r}")
 
 
-def _geometry_affine(geometry, start_fn, shape) -> np.ndarray:
-    """A 3x3 affine from an affine, a geometry object or a start document."""
+def _geometry_affine(geometry, start_fn) -> np.ndarray:
+    """A 3x3 affine from an affine, a geometry object or a start document
+    (``start_fn(start)``)."""
     if geometry is None:
         raise ValueError("no geometry given")
     if hasattr(geometry, "affine_to_specimen"):
         return np.asarray(geometry.affine_to_specimen(), float)
     if isinstance(geometry, Mapping):
-        return start_fn(geometry, shape)
+        return start_fn(geometry)
     a = np.asarray(geometry, float)
     if a.shape != (3, 3):
         raise ValueError(f"a geometry must be a 3x3 affine, a geometry object or a start "
@@ -1034,7 +752,7 @@ class LiveFusedOverlay(_MapView):
                          max_fps=max_fps, **kwargs)
         self.tem_image = img
         self.pan = _normalise(img)
-        self.tem_affine = _geometry_affine(tem_geometry, tem_affine, img.shape)
+        self.tem_affine = _geometry_affine(tem_geometry, lambda st: tem_affine(st, img.shape))
         self.sims_geometry = None if sims_geometry_from_start else sims_geometry
         self.registration = registration
         self.method = method
@@ -1061,7 +779,7 @@ class LiveFusedOverlay(_MapView):
         self.axes = self._make_axes(1)
         start = self.acc.start_doc or {}
         a_sims = _geometry_affine(self.sims_geometry if self.sims_geometry is not None
-                                  else start, sims_affine, (self.acc.ny, self.acc.nx))
+                                  else start, sims_affine)
         self.sims_affine = a_sims
         # TEM pixel (col, row) -> SIMS pixel (col, row): inv(A_sims) @ A_tem.
         m = np.linalg.inv(a_sims) @ self.tem_affine
@@ -1136,7 +854,6 @@ __all__ = [
     "LiveRatioMap",
     "LiveSimsMap",
     "SimsMapAccumulator",
-    "map_layout",
     "sims_affine",
     "tem_affine",
 ]

@@ -333,14 +333,17 @@ def _edx_keys(start: Mapping) -> dict[str, str]:
 
 
 def _sims_keys(start: Mapping) -> dict[str, str]:
-    sims = start["calibration"].get("sims") or {}
-    species = sims.get("species") or {}
-    keys = sims.get("data_keys") or {}
+    from temsims.callbacks.maps import MapLayout
+
+    species = (start["calibration"].get("sims") or {}).get("species") or {}
     try:
-        return {"analyte": keys[species["analyte"]], "matrix": keys[species["matrix"]],
-                "line": sims.get("line_key", "imager_line")}
+        layout = MapLayout.from_start(start)
+        return {"analyte": layout.key(species["analyte"]),
+                "matrix": layout.key(species["matrix"]), "line": layout.line_key}
     except KeyError as exc:
         raise CalibrationDataError(f"the SIMS run's calibration block misses {exc}") from None
+    except ValueError as exc:
+        raise CalibrationDataError(f"the SIMS run's start document: {exc}") from None
 
 
 def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> CalibrationData:
@@ -361,19 +364,21 @@ def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> C
     else:
         axis = edx_analysis.EnergyAxis(int(e["nchan"]), float(e["ev_per_chan"]),
                                        float(e.get("offset_ev", 0.0)))
-    nx, ny = int(s["nx"]), int(s["ny"])
+    from temsims.callbacks.maps import IncompleteMapError, MapLayout, assemble
 
-    def as_map(values) -> np.ndarray:
-        a = np.asarray(values, dtype=float)
-        a = a.reshape(a.shape[0], -1, nx)  # (events, lines per event, nx)
-        if lines is not None:
-            order = np.argsort(np.asarray(lines).ravel(), kind="stable")
-            a = a[order]
-        a = a.reshape(-1, nx)
-        if a.shape[0] != ny:
-            raise CalibrationDataError(f"SIMS map has {a.shape[0]} lines, the run recorded "
-                                       f"ny = {ny}")
-        return a
+    layout = MapLayout.from_start(sims_start)
+    if lines is None:
+        raise CalibrationDataError("the SIMS run holds no map line")
+    try:
+        maps = assemble(layout, lines, {"analyte": arrays["analyte"],
+                                        "matrix": arrays["matrix"]})
+    except (IncompleteMapError, ValueError) as exc:
+        raise CalibrationDataError(f"SIMS map of run {sims_start['uid']}: {exc}") from None
+    if maps["analyte"].ndim != 2:
+        raise CalibrationDataError(f"the SIMS run holds {maps['analyte'].shape[0]} frames; "
+                                   "the calibration reads one")
+    affine_nm = layout.geometry().affine_to_specimen()
+    affine_nm[:2] *= 1000.0  # the unit of temsims.analysis.quantification.map_profile
 
     direction = tuple(float(v) for v in eb["gradient_direction"])
     norm = math.hypot(*direction)
@@ -387,9 +392,8 @@ def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> C
         beam_kev=float(e["beam_kev"]), fwhm_mn_ka_ev=float(e.get("fwhm_mn_ka_ev", 130.0)),
         k_factors=None if k is None else {str(a): float(b) for a, b in k.items()},
         k_factor_source=str(e.get("k_factor_source", "")),
-        analyte_map=as_map(arrays["analyte"]), matrix_map=as_map(arrays["matrix"]),
-        affine_nm=np.asarray(s["pixel_to_specimen_nm"], dtype=float),
-        dwell_s=float(s["dwell_s"]), dead_time_s=float(s.get("dead_time_s", 0.0)),
+        analyte_map=maps["analyte"].astype(float), matrix_map=maps["matrix"].astype(float),
+        affine_nm=affine_nm, dwell_s=layout.dwell_s, dead_time_s=float(s.get("dead_time_s", 0.0)),
         dark_rate_per_s=float(s.get("dark_rate_per_s", 0.0)),
         start={"edx_line": dict(edx_start), "sims_map": dict(sims_start)})
 

@@ -123,12 +123,12 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
              f"registered in {time.monotonic() - t:.1f} s")
         out = Path(out)
         t = time.monotonic()
-        files = write_report(out, result, experiment=experiment, search=search)
+        files = write_report(out, experiment, search, sizes)
         _say(f"report written in {time.monotonic() - t:.1f} s")
         wall = time.monotonic() - t0
-        particles = result["particles"]["particles"]
-        cands = result["particles"]["candidates"]
-        _say(f"{len(result['correlative']['rois'])} regions mapped by SIMS and TEM; "
+        cands = [dict(p) for p in search.particles]
+        particles = [p for p in cands if p.get("labelled")]
+        _say(f"{len(experiment.rois)} regions mapped by SIMS and TEM; "
              f"{len(cands)} particles segmented on the SIMS map, {len(particles)} with 6Li/7Li "
              "significantly above natural:")
         for p in particles:
@@ -184,7 +184,7 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
         dwell_s=sizes["search_dwell_s"], zoom_fov_um=sizes["zoom_fov_um"],
         exposure_s=sizes["exposure_s"], max_particles=sizes["max_particles"],
         md={"purpose": "temsims demo"})).plan_result
-    _say(f"  {len(parts['particles'])} labelled particles imaged in "
+    _say(f"  {len(parts['imaged'])} labelled particles imaged in "
          f"{time.monotonic() - t:.1f} s")
     return {"correlative": corr, "particles": parts, "sizes": dict(sizes)}
 
@@ -193,13 +193,11 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
 def read_back(cat, result: dict[str, Any]):
     """Both experiments of the demo read from the catalog by
     :func:`temsims.loaders.load_correlative`: the correlative one registered onto its
-    overview, the particle search's SIMS map and particle table (its zooms are not
-    needed: the report takes them from the plan)."""
+    overview; the particle search's SIMS map, particle table and TEM zooms."""
     from temsims.loaders import load_correlative
 
     experiment = load_correlative(cat, result["correlative"]["correlation_id"])
-    search = load_correlative(cat, result["particles"]["correlation_id"], register=False,
-                              roles=("particle_search",))
+    search = load_correlative(cat, result["particles"]["correlation_id"], register=False)
     return experiment, search
 
 
@@ -239,8 +237,8 @@ def _region_figures(experiment) -> list[dict[str, Any]]:
                                                                     grid=grid, fused=fused)
         frac = experiment.atom_fraction(i, "6Li", "7Li")
         entry["fraction"] = frac
-        n6 = float(np.nansum(np.where(m.data["6Li"].values >= 0, m.data["6Li"].values, 0)))
-        n7 = float(np.nansum(np.where(m.data["7Li"].values >= 0, m.data["7Li"].values, 0)))
+        n6 = float(np.nansum(m.data["6Li"].values))
+        n7 = float(np.nansum(m.data["7Li"].values))
         x = n6 / (n6 + n7) if n6 + n7 > 0 else float("nan")
         entry["x6Li"] = {"n6": n6, "n7": n7, "map": x,
                          "sigma": (x * (1 - x) / (n6 + n7)) ** 0.5 if n6 + n7 > 0
@@ -290,18 +288,16 @@ def _json_ready(obj):
 
 
 # ============================================================================ report
-def write_report(out: Path, result: dict[str, Any], *, experiment=None,
-                 search=None) -> list[Path]:
-    """The demo's report in ``out``: PNG figures and ``report.json``.
+def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[Path]:
+    """The demo's report in ``out``: PNG figures and ``report.json``, all from the
+    catalog (the two experiments of :func:`read_back`).
 
     ``correlative.png``: the overview with its regions, SIMS maps, TEM zooms;
     ``fusion.png``: per region the registered IHS and Laplacian fusions (with their
     :func:`~temsims.analysis.metrics.fusion_metrics`) and the 6Li atom fraction map
     with its Poisson error; ``sims_ratio.png``: the particle search's maps and ratio;
     ``quantified.png``: its x(6Li) map and error and the particle table;
-    ``particles.png``: the labelled particles beside their TEM zooms. With
-    ``experiment`` / ``search`` (:func:`read_back`) the correlative data and the
-    particle table are those read from the catalog; without, the plans' results.
+    ``particles.png``: the labelled particles beside their TEM zooms.
     """
     import json
 
@@ -310,64 +306,53 @@ def write_report(out: Path, result: dict[str, Any], *, experiment=None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.patches import Rectangle
-
-    from temsims.plans.correlative import sims_extent_um
+    from matplotlib.patches import Polygon
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    corr, parts, sizes = result["correlative"], result["particles"], result["sizes"]
-    if experiment is not None:  # the catalog's copy of the same arrays
-        corr = dict(corr)
-        corr["overview"] = None if experiment.overview is None else \
-            experiment.overview.values
-        corr["sims_maps"] = [{s: m.data[s].values for s in m.data.data_vars}
-                             for m in experiment.sims]
-        zooms = {z.attrs.get("roi_index"): z.values for z in experiment.zooms}
-        corr["zooms"] = [zooms.get(i) for i in range(len(corr["rois"]))]
     report: dict[str, Any] = {
-        "correlation_ids": {"correlative": result["correlative"]["correlation_id"],
-                            "particle_search": result["particles"]["correlation_id"]},
-        "sizes": sizes, "source": "catalog" if experiment is not None else "plan results"}
+        "correlation_ids": {"correlative": experiment.correlation_id,
+                            "particle_search": search.correlation_id},
+        "sizes": sizes, "source": "catalog"}
+
+    def outline(geometry) -> np.ndarray:
+        corners = np.array([[-0.5, -0.5, 1], [geometry.nx - 0.5, -0.5, 1],
+                            [geometry.nx - 0.5, geometry.ny - 0.5, 1],
+                            [-0.5, geometry.ny - 0.5, 1]]).T
+        return (geometry.affine_to_specimen() @ corners)[:2].T
 
     # ---- 1. correlative: overview with regions, SIMS maps per species, zooms
-    rois = corr["rois"]
-    n = max(1, len(rois))
+    rois = experiment.rois
+    n = max(1, len(experiment.sims))
     fig, axes = plt.subplots(n, 4, figsize=(13, 3.2 * n + 1), squeeze=False)
-    fig.suptitle(f"Correlative TEM-SIMS (correlation id {corr['correlation_id'][:8]})")
-    half = sizes["overview_fov_um"] / 2
+    fig.suptitle(f"Correlative TEM-SIMS (correlation id {experiment.correlation_id[:8]})")
     for i in range(n):
         ax = axes[i, 0]
-        if corr["overview"] is not None:
-            ax.imshow(corr["overview"], cmap="gray", origin="lower",
-                      extent=(-half, half, -half, half))
-        for j, r in enumerate(rois):
-            w, h = sims_extent_um(r["fov_um"], sizes["sims_pixels"])
-            ax.add_patch(Rectangle((r["x_um"] - w / 2, r["y_um"] - h / 2), w, h, fill=False,
-                                   ec="red" if j == i else "yellow", lw=1.2))
-            ax.text(r["x_um"], r["y_um"] + h / 2, str(j), color="yellow", fontsize=8)
+        if experiment.overview is not None:
+            ax.imshow(experiment.overview.values, cmap="gray", origin="lower",
+                      extent=_extent(experiment.overview))
+        for j, m in enumerate(experiment.sims):
+            xy = outline(m.geometry)
+            ax.add_patch(Polygon(xy, closed=True, fill=False,
+                                 ec="red" if j == i else "yellow", lw=1.2))
+            ax.text(xy[:, 0].mean(), xy[:, 1].max(), str(j), color="yellow", fontsize=8)
         ax.set_title("TEM overview, regions" if i == 0 else "")
         ax.set_xlabel("x (um)")
         ax.set_ylabel("y (um)")
-        if i >= len(rois):
+        if i >= len(experiment.sims):
             continue
-        r = rois[i]
-        w, h = sims_extent_um(r["fov_um"], sizes["sims_pixels"])
-        ext = (r["x_um"] - w / 2, r["x_um"] + w / 2, r["y_um"] - h / 2, r["y_um"] + h / 2)
-        maps = corr["sims_maps"][i] if i < len(corr["sims_maps"]) else {}
+        m = experiment.sims[i]
         for k, label in enumerate(("6Li", "7Li")):
             ax = axes[i, 1 + k]
-            if label in maps and maps[label].size:
-                im = ax.imshow(maps[label], origin="lower", extent=ext, cmap="viridis",
-                               aspect="auto")
+            if label in m.data:
+                im = ax.imshow(m.data[label].values, origin="lower",
+                               extent=_extent(m.data[label]), cmap="viridis", aspect="auto")
                 fig.colorbar(im, ax=ax, label="counts")
             ax.set_title(f"region {i}: SIMS {label}")
         ax = axes[i, 3]
-        zoom = corr["zooms"][i] if i < len(corr.get("zooms", [])) else None
+        zoom = experiment.zoom_of(i)
         if zoom is not None:
-            zh = max(0.05, r["fov_um"] / 2) / 2
-            ax.imshow(zoom, cmap="gray", origin="lower",
-                      extent=(r["x_um"] - zh, r["x_um"] + zh, r["y_um"] - zh, r["y_um"] + zh))
+            ax.imshow(zoom.values, cmap="gray", origin="lower", extent=_extent(zoom))
         ax.set_title(f"region {i}: TEM zoom")
     fig.tight_layout()
     path = out / "correlative.png"
@@ -376,7 +361,7 @@ def write_report(out: Path, result: dict[str, Any], *, experiment=None,
     files.append(path)
 
     # ---- 1b. per region: registered fusions (IHS, Laplacian), x(6Li) and its error
-    regions = _region_figures(experiment) if experiment is not None else []
+    regions = _region_figures(experiment)
     if regions:
         nreg = len(regions)
         fig, axes = plt.subplots(nreg, 4, figsize=(16, 4.2 * nreg + 0.6), squeeze=False)
@@ -428,28 +413,24 @@ def write_report(out: Path, result: dict[str, Any], *, experiment=None,
         for i, r in enumerate(rois)]
 
     # ---- 2. particle search: species maps, ratio map, particles found
-    geo = parts["geometry"] or {}
-    maps = parts["maps"]
-    fov = geo.get("fov_um", sizes["search_fov_um"])
-    w, h = sims_extent_um(fov, sizes["search_pixels"])
-    cx, cy = geo.get("stage_x_um", 0.0), geo.get("stage_y_um", 0.0)
-    ext = (cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2)
+    table = [dict(p) for p in search.particles]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
-    for k, label in enumerate(("6Li", "7Li")):
-        m = maps.get(label)
-        if m is not None and m.size:
-            im = axes[k].imshow(m, origin="lower", extent=ext, cmap="viridis")
+    if search.sims:
+        data = search.sims[0].data
+        ext = _extent(data["6Li"])
+        for k, label in enumerate(("6Li", "7Li")):
+            im = axes[k].imshow(data[label].values, origin="lower", extent=ext,
+                                cmap="viridis", aspect="auto")
             fig.colorbar(im, ax=axes[k], label="counts")
-        axes[k].set_title(f"SIMS {label} (specimen coordinates)")
-    if maps.get("6Li") is not None and maps["6Li"].size:
-        n6, n7 = maps["6Li"], maps["7Li"]
+            axes[k].set_title(f"SIMS {label} (specimen coordinates)")
+        n6, n7 = (np.asarray(data[s].values, float) for s in ("6Li", "7Li"))
         ratio = np.where(n7 + n6 >= 10, n6 / np.maximum(n7, 1), np.nan)
-        im = axes[2].imshow(ratio, origin="lower", extent=ext, cmap="magma",
+        im = axes[2].imshow(ratio, origin="lower", extent=ext, cmap="magma", aspect="auto",
                             norm=matplotlib.colors.LogNorm(0.03, 30))
         fig.colorbar(im, ax=axes[2], label="6Li/7Li")
-    for p in parts["candidates"]:
+    for p in table:
         axes[2].plot(p["x_um"], p["y_um"], "o", mfc="none",
-                     mec="cyan" if p["labelled"] else "white", ms=9)
+                     mec="cyan" if p.get("labelled") else "white", ms=9)
     axes[2].set_title("6Li/7Li ratio; cyan: significantly labelled")
     for ax in axes:
         ax.set_xlabel("x (um)")
@@ -460,25 +441,26 @@ def write_report(out: Path, result: dict[str, Any], *, experiment=None,
     plt.close(fig)
     files.append(path)
 
-    # ---- 3. labelled particles beside their TEM zooms
-    found = [p for p in parts["particles"] if p.get("tem_image") is not None]
+    # ---- 3. labelled particles beside their TEM zooms (the summary in each zoom's start)
+    starts = {st["uid"]: st for st in search.starts}
+    found = [(z, (starts.get(z.attrs.get("uid"), {}).get("correlative") or {})
+              .get("particle") or {}) for z in search.zooms]
     ncol = 4
     nrow = max(1, -(-len(found) // ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.4 * nrow), squeeze=False)
-    zh = sizes["zoom_fov_um"] / 2
     for ax in axes.flat:
         ax.axis("off")
-    for ax, p in zip(axes.flat, found, strict=False):
+    for ax, (zoom, p) in zip(axes.flat, found, strict=False):
         ax.axis("on")
-        ax.imshow(p["tem_image"], cmap="gray", origin="lower",
-                  extent=(p["x_um"] - zh, p["x_um"] + zh, p["y_um"] - zh, p["y_um"] + zh))
-        ax.set_title(f"6Li/7Li {p['ratio']:.2f}, z {p['z']:.0f}\n"
-                     f"N6 {p['n6']:.0f} N7 {p['n7']:.0f}", fontsize=9)
+        ax.imshow(zoom.values, cmap="gray", origin="lower", extent=_extent(zoom))
+        ax.set_title(f"6Li/7Li {p.get('ratio') or float('nan'):.2f}, "
+                     f"z {p.get('z') or float('nan'):.0f}\n"
+                     f"N6 {p.get('n6') or 0:.0f} N7 {p.get('n7') or 0:.0f}", fontsize=9)
     if not found:
         axes[0, 0].axis("on")
         axes[0, 0].text(0.5, 0.5, "no labelled particle found", ha="center")
-    fig.suptitle(f"{len(parts['particles'])} particles with 6Li/7Li above natural "
-                 "(TEM zooms)")
+    fig.suptitle(f"{sum(bool(p.get('labelled')) for p in table)} particles with 6Li/7Li "
+                 "above natural (TEM zooms)")
     fig.tight_layout()
     path = out / "particles.png"
     fig.savefig(path, dpi=90)
@@ -486,12 +468,10 @@ def write_report(out: Path, result: dict[str, Any], *, experiment=None,
     files.append(path)
 
     # ---- 4. particle search quantified: x(6Li) map, its error, the particle table
-    table = [dict(p) for p in (search.particles if search is not None and search.particles
-                               else parts["candidates"])]
     fig = plt.figure(figsize=(16, 5.6))
     gs = fig.add_gridspec(1, 3, width_ratios=(1, 1, 1.25))
     ax_x, ax_s, ax_t = (fig.add_subplot(gs[0, k]) for k in range(3))
-    if search is not None and search.sims:
+    if search.sims:
         frac = search.atom_fraction(0, "6Li", "7Li", binning=1)
         ext = _extent(frac)
         im = ax_x.imshow(frac["fraction"].values, origin="lower", extent=ext, cmap="viridis",
@@ -529,7 +509,7 @@ def write_report(out: Path, result: dict[str, Any], *, experiment=None,
         tab.scale(1.0, 1.15)
     else:
         ax_t.text(0.5, 0.5, "no particle segmented", ha="center")
-    ax_t.set_title(f"particle table of the plan ({len(table)} segmented, "
+    ax_t.set_title(f"particle table of the SIMS run ({len(table)} segmented, "
                    f"{sum(bool(p.get('labelled')) for p in table)} labelled"
                    f"{'; first 18' if len(table) > 18 else ''})")
     fig.tight_layout()

@@ -9,7 +9,8 @@
   specimen coordinates ``x_um`` (along ``x``) and ``y_um`` (along ``y``) from
   :class:`~temsims.analysis.geometry.TemImageGeometry`;
 - each SIMS map as an :class:`xarray.Dataset`, one variable per species (counts,
-  dims ``(y, x)`` in map pixels, or ``(frame, y, x)``; -1 = not acquired) with the
+  dims ``(y, x)`` in map pixels, or ``(frame, y, x)``; float with NaN where an
+  aborted run stopped) with the
   2-D coordinates ``x_um``, ``y_um`` of the recorded geometry
   (:class:`~temsims.analysis.geometry.SimsMapGeometry`) and, once registered,
   ``x_um_registered``, ``y_um_registered``;
@@ -28,7 +29,7 @@ Its methods fuse a map with the overview or the region's zoom
 :meth:`~CorrelativeExperiment.atom_fraction`, :mod:`temsims.analysis.isotopes`).
 
 Map assembly from the line events (``<imager>_line``, ``<imager>_<species>``) is
-:func:`temsims.callbacks.export.load_run` / :func:`~temsims.callbacks.export.assemble_map`.
+:func:`temsims.callbacks.maps.assemble`, the one line assembler.
 Coordinates are in um; pixel ``(row, col)`` 0 is the -y, -x corner.
 
 Example
@@ -71,7 +72,7 @@ class SimsMap:
     start : dict
         Its start document.
     data : xarray.Dataset
-        One variable per species (counts, -1 = not acquired), dims ``(y, x)`` (or
+        One variable per species (counts; NaN where an aborted run stopped), dims ``(y, x)`` (or
         ``(frame, y, x)``), 2-D coords ``x_um``, ``y_um`` (recorded geometry) and, when
         registered, ``x_um_registered``, ``y_um_registered``.
     geometry : temsims.analysis.geometry.SimsMapGeometry
@@ -103,19 +104,12 @@ class SimsMap:
 
     def counts(self, species: Sequence[str] | None = None) -> np.ndarray:
         """Total counts of ``species`` (default: the mapped species) per pixel, frames
-        summed; -1 where a pixel was not acquired in one of them."""
+        summed (float; NaN where a pixel was not acquired in one of them)."""
         species = list(species or self.species)
         missing = [s for s in species if s not in self.data]
         if missing:
             raise KeyError(f"species {missing} not in the map (it has {list(self.data)})")
-        stack = np.stack([np.asarray(self.data[s].values, np.float64) for s in species])
-        if stack.ndim == 4:  # (species, frame, y, x)
-            acquired = (stack >= 0).all(axis=(0, 1))
-            total = np.where(stack >= 0, stack, 0).sum(axis=(0, 1))
-        else:
-            acquired = (stack >= 0).all(axis=0)
-            total = np.where(stack >= 0, stack, 0).sum(axis=0)
-        return np.where(acquired, total, -1.0)
+        return sum(_frames_summed(self.data[s].values) for s in species)
 
     def pixel_size_um(self) -> float:
         """Pixel pitch of the map in the beam-normal plane (um)."""
@@ -324,8 +318,8 @@ class CorrelativeExperiment:
         m = self.sims[index]
         if kwargs.get("dead_time_s") and "dwell_s" not in kwargs:
             kwargs["dwell_s"] = (m.start.get("map") or {}).get("dwell_s")
-        return ratio_map(_frames_summed(m.data[numerator].values, fill=-1),
-                         _frames_summed(m.data[denominator].values, fill=-1), **kwargs)
+        return ratio_map(_frames_summed(m.data[numerator].values),
+                         _frames_summed(m.data[denominator].values), **kwargs)
 
     def atom_fraction(self, index: int = 0, numerator: str = "6Li",
                       denominator: str = "7Li", *, binning: int = 1,
@@ -367,13 +361,10 @@ class CorrelativeExperiment:
 
 
 # ============================================================================ helpers
-def _frames_summed(values, fill: float = np.nan) -> np.ndarray:
-    """(y, x) float: frames added up; ``fill`` where a pixel was not acquired."""
+def _frames_summed(values) -> np.ndarray:
+    """(y, x) float: frames added up (NaN where a frame did not acquire a pixel)."""
     arr = np.asarray(values, np.float64)
-    if arr.ndim == 3:
-        acquired = (arr >= 0).all(axis=0)
-        arr = np.where(acquired, np.where(arr >= 0, arr, 0).sum(axis=0), -1.0)
-    return np.where(arr >= 0, arr, fill)
+    return arr.sum(axis=0) if arr.ndim == 3 else arr
 
 
 def _inner_window(valid: np.ndarray) -> tuple[slice, slice]:
@@ -442,7 +433,7 @@ def sims_dataset(maps: Mapping[str, np.ndarray], geometry, *, start=None, units=
     for s, arr in maps.items():
         arr = np.asarray(arr)
         dims = ("frame", "y", "x") if arr.ndim == 3 else ("y", "x")
-        data[s] = (dims, arr, {"units": units, "fill_value": -1, "long_name": f"{s} counts"})
+        data[s] = (dims, arr, {"units": units, "long_name": f"{s} counts"})
     ds = xr.Dataset(data, coords={"x_um": (("y", "x"), x_um, {"units": "um"}),
                                   "y_um": (("y", "x"), y_um, {"units": "um"})})
     ds.attrs.update({"pixel_size_um": float(geometry.pixel_size_um),
@@ -513,13 +504,13 @@ READ_THREADS = 4
 def _wanted_keys(start: Mapping, stream: str, keys: Sequence[str]) -> list[str]:
     """The keys of ``stream`` the loader needs: a SIMS map's line index and collector
     lines, a TEM run's image, every column of a table stream; and ``time``."""
-    from temsims.callbacks.live import map_layout
+    from temsims.callbacks.maps import MapLayout
 
     data = [k for k in keys if not k.startswith("ts_") and k not in ("seq_num", "uid")]
     if stream != "primary":
         return data
-    if start.get("mode") == "SIMS" or start.get("plan_name") == "sims_map":
-        prefix = map_layout(start)["prefix"]
+    if "map" in start:
+        prefix = MapLayout.from_start(start).imager
         return [k for k in data if k.startswith(prefix + "_") or k == "time"]
     dets = start.get("detectors") or []
     images = [f"{d}_image" for d in dets if f"{d}_image" in data] or \
@@ -633,6 +624,7 @@ def load_correlative(catalog, correlation_id: str, *, register: bool = True,
 
     from temsims.analysis.geometry import SimsMapGeometry
     from temsims.analysis.registration import register_sims_to_tem, warp_sims_to_tem
+    from temsims.callbacks.maps import IncompleteMapError
     found = _runs_of(catalog, correlation_id)
     if roles is not None:
         found = [r for r in found if _role(_start_of(r)) in set(roles)]
@@ -644,7 +636,11 @@ def load_correlative(catalog, correlation_id: str, *, register: bool = True,
     for run in runs:
         start = run.start
         if run.is_sims_map() or _role(start) in SIMS_ROLES:
-            maps = run.maps()
+            try:
+                maps = run.maps()
+            except IncompleteMapError as err:
+                logger.warning("SIMS run %s: %s", run.uid, err)
+                maps = run.maps(partial=True)
             if not maps:
                 logger.warning("SIMS run %s holds no map; skipped", run.uid)
                 continue
@@ -710,7 +706,7 @@ def load_correlative(catalog, correlation_id: str, *, register: bool = True,
         m.data = m.data.assign_coords(x_um_registered=(("y", "x"), x_um, {"units": "um"}),
                                       y_um_registered=(("y", "x"), y_um, {"units": "um"}))
         names = list(m.data.data_vars)
-        warped = warp_sims_to_tem(np.stack([_frames_summed(m.data[s].values, fill=-1)
+        warped = warp_sims_to_tem(np.stack([_frames_summed(m.data[s].values)
                                             for s in names]), reg, tem.shape)
         m.warped = xr.Dataset(
             {s: (("y", "x"), warped[k], {"units": "counts", "long_name": f"{s} counts"})

@@ -15,9 +15,10 @@ Each run's start document carries a ``calibration`` block with what the analysis
 ``"edx_line"`` or ``"sims_map"``, analyte and matrix reference, ``binary``,
 ``gradient_direction``, the line), then for the EDX run the energy axis, the beam
 energy (HT readback) and current, live time, tilt, the detector resolution and the
-k-factors with their source, and for the SIMS run the species -> data key mapping,
-the raster geometry with its 3x3 pixel -> specimen affine, dwell, dead time, dark
-rate, ion current, polarity and the frame's dose.
+k-factors with their source, and for the SIMS run which species is the analyte and
+which the matrix, dead time, dark rate, ion current, polarity and the frame's dose
+(the map's geometry, data keys and dwell are in its ``map`` block, as in every SIMS
+map run).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.geometry import SimsMapGeometry
+from temsims.constants import SIMS_INCIDENCE_DEG
 from temsims.plans._common import (
     _num,
     check_device,
@@ -45,7 +47,7 @@ from temsims.plans._common import (
     plan_args_md,
     with_safe_state,
 )
-from temsims.plans.correlative import INCIDENCE_DEG, Tap, ensure_tem_mode, map_arrays
+from temsims.plans.correlative import ensure_tem_mode
 from temsims.plans.edx import LIVE_TIME_RANGE_S, NPTS_RANGE, PROBE_RANGE_UM, edx_line
 from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
 from temsims.plans.sims import (
@@ -80,37 +82,13 @@ K_FACTOR_TBD = "none given: measure k-factors on a standard of known composition
 
 
 # ============================================================================ geometry
-def sims_pixel_affine(*, pixels: Sequence[int], fov_um: float, x_um: float, y_um: float,
-                      rotation_deg: float = 0.0,
-                      incidence_deg: float = INCIDENCE_DEG) -> list[list[float]]:
-    """3x3 affine taking SIMS map pixel ``(col, row, 1)`` to specimen ``(x_nm, y_nm, 1)``.
-
-    :meth:`temsims.analysis.geometry.SimsMapGeometry.affine_to_specimen` (the raster
-    of ``nx x ny`` square pixels of ``fov / nx`` in the beam-normal plane, centred on
-    the stage position, rotated by the scan rotation, stretched by
-    ``1 / cos(incidence)`` along the specimen's y) in nm, the unit of
-    :func:`temsims.analysis.quantification.map_profile`. Specimen coordinates are
-    stage coordinates.
-    """
-    nx, ny = (int(p) for p in pixels)
-    geometry = SimsMapGeometry(nx=nx, ny=ny, fov_um=float(fov_um), centre_x_um=float(x_um),
-                               centre_y_um=float(y_um), rotation_deg=float(rotation_deg),
-                               incidence_deg=float(incidence_deg))
-    affine = geometry.affine_to_specimen()
-    affine[:2] *= 1000.0
-    return affine.tolist()
-
-
-def line_in_field(points_um: Sequence[Sequence[float]], affine: Sequence[Sequence[float]],
-                  pixels: Sequence[int]) -> bool:
-    """True if every point (specimen um) maps inside the ``(nx, ny)`` map of ``affine``."""
-    inv = np.linalg.inv(np.asarray(affine, dtype=float))
-    pts = np.asarray(points_um, dtype=float).reshape(-1, 2) * 1000.0
-    col, row, _ = inv @ np.vstack([pts.T, np.ones(len(pts))])
-    nx, ny = pixels
+def line_in_field(points_um: Sequence[Sequence[float]], geometry: SimsMapGeometry) -> bool:
+    """True if every point (specimen um) lies inside the pixels of ``geometry``."""
+    pts = np.asarray(points_um, dtype=float).reshape(-1, 2)
+    row, col = geometry.specimen_to_pixel(pts[:, 0], pts[:, 1])
     tol = 1e-6  # pixels: a line that just fits is inside
-    return bool(np.all((col >= -0.5 - tol) & (col <= nx - 0.5 + tol)
-                       & (row >= -0.5 - tol) & (row <= ny - 0.5 + tol)))
+    return bool(np.all((col >= -0.5 - tol) & (col <= geometry.nx - 0.5 + tol)
+                       & (row >= -0.5 - tol) & (row <= geometry.ny - 0.5 + tol)))
 
 
 def line_with_bins(start_um: Sequence[float], stop_um: Sequence[float],
@@ -271,9 +249,8 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
     Returns
     -------
     dict
-        ``calibration_id``, ``uids`` {"edx_line": uid, "sims_map": uid},
-        ``edx_spectra`` ((points, nchan) array), ``edx_energy`` (channel centres, eV),
-        ``sims_maps`` ({species: (ny, nx) counts}), ``affine`` (3x3 pixel -> nm).
+        ``calibration_id`` and ``uids`` {"edx_line": uid, "sims_map": uid}; the data
+        are in the runs (:func:`temsims.calibration_data.from_catalog`).
 
     Raises
     ------
@@ -317,7 +294,7 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
                         high=MAX_PIXELS_PER_SIDE)
     if sims_fov_um is None:  # the smallest field holding the line and its bins
         sims_fov_um = max(abs(dx) + step_um, (abs(dy) + step_um) * nx / ny
-                          * math.cos(math.radians(INCIDENCE_DEG)))
+                          * math.cos(math.radians(SIMS_INCIDENCE_DEG)))
     fov = check_number("sims_fov_um", sims_fov_um, low=0.0, low_open=True, unit="um")
     check_within("sims_fov_um", fov, device_limits(column.scan.fov), "um")
     dwell = check_number("sims_dwell_s", sims_dwell_s, low=DWELL_RANGE_S[0],
@@ -351,9 +328,9 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
     # The EDX line inside the SIMS field (with the column's present scan rotation, read
     # through the RunEngine before anything moves).
     rotation = _num((yield from bps.rd(column.scan.rotation, default_value=0.0)))
-    affine_nominal = sims_pixel_affine(pixels=(nx, ny), fov_um=fov, x_um=centre[0],
-                                       y_um=centre[1], rotation_deg=rotation)
-    if not line_in_field(line_with_bins(start, stop, npts), affine_nominal, (nx, ny)):
+    nominal = SimsMapGeometry(nx=nx, ny=ny, fov_um=fov, centre_x_um=centre[0],
+                              centre_y_um=centre[1], rotation_deg=rotation)
+    if not line_in_field(line_with_bins(start, stop, npts), nominal):
         raise ValueError(f"the EDX line {list(start)} -> {list(stop)} um is not inside the SIMS "
                          f"field ({fov:g} um x {nx}x{ny} px at {list(centre)} um, rotation "
                          f"{rotation:g} deg) with half an EDX step ({step_um * 500:.1f} nm) "
@@ -378,9 +355,7 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
                        "length_um": round(length, 6)}}
     base_md = {**md, "correlation_id": cid, "calibration_id": cid}
     result: dict[str, Any] = {"calibration_id": cid, "uids": {"edx_line": None,
-                                                              "sims_map": None},
-                              "edx_spectra": None, "edx_energy": None, "sims_maps": {},
-                              "affine": None}
+                                                              "sims_map": None}}
 
     def edx_part():
         old_current = None
@@ -408,16 +383,9 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
                 "data_keys": {"spectra": f"{edx.name}_line_spectra",
                               "energy": f"{edx.name}_energy"},
                 "points_key": "edx.points_um"}
-            tap = Tap()
-            yield from tap.wrap(edx_line(stage, tem, edx, start=start, stop=stop, npts=npts,
-                                         live_time_s=live,
-                                         md={**base_md, "calibration": block}))
-            result["uids"]["edx_line"] = tap.uids[0] if tap.uids else None
-            reading = tap.reads.get(edx.name, {})
-            spectra = reading.get(f"{edx.name}_line_spectra", {}).get("value")
-            energy = reading.get(f"{edx.name}_energy", {}).get("value")
-            result["edx_spectra"] = None if spectra is None else np.asarray(spectra)
-            result["edx_energy"] = None if energy is None else np.asarray(energy)
+            result["uids"]["edx_line"] = yield from edx_line(
+                stage, tem, edx, start=start, stop=stop, npts=npts, live_time_s=live,
+                md={**base_md, "calibration": block})
 
         def restore():
             if old_current is not None:
@@ -437,40 +405,29 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
             x = float((yield from bps.rd(stage.x, default_value=centre[0])))
             y = float((yield from bps.rd(stage.y, default_value=centre[1])))
             rot = float((yield from bps.rd(column.scan.rotation, default_value=0.0)))
+            geometry = SimsMapGeometry(nx=nx, ny=ny, fov_um=fov, centre_x_um=x, centre_y_um=y,
+                                       rotation_deg=rot)
             current = float((yield from bps.rd(column.current, default_value=0.0)) or 0.0)
             probe = float((yield from bps.rd(column.probe, default_value=0.0)) or 0.0)
             ap = yield from bps.rd(column.aperture, default_value="")
             dead = float((yield from bps.rd(spectrometer.dead_time, default_value=0.0)) or 0.0)
             dark = float((yield from bps.rd(spectrometer.dark_rate, default_value=0.0)) or 0.0)
-            affine = sims_pixel_affine(pixels=(nx, ny), fov_um=fov, x_um=x, y_um=y,
-                                       rotation_deg=rot)
             dose, depth = sputter_depth_nm(current, nx * ny * dwell, fov, (nx, ny),
-                                           incidence_deg=INCIDENCE_DEG)
+                                           incidence_deg=geometry.incidence_deg)
             block = dict(common, role="sims_map", edx_run_uid=result["uids"]["edx_line"])
+            # The map's geometry, data keys and dwell are in the run's map block.
             block["sims"] = {
                 "species": {"analyte": a_label, "matrix": m_label},
-                "data_keys": {a_label: f"{imager.name}_{a_label}",
-                              m_label: f"{imager.name}_{m_label}"},
-                "line_key": f"{imager.name}_line",
-                "nx": nx, "ny": ny, "fov_um": fov, "pixel_nm": 1000.0 * fov / nx,
-                "rotation_deg": rot, "incidence_deg": INCIDENCE_DEG,
-                "stage_x_um": x, "stage_y_um": y, "pixel_to_specimen_nm": affine,
-                "dwell_s": dwell, "dead_time_s": dead, "dark_rate_per_s": dark,
+                "dead_time_s": dead, "dark_rate_per_s": dark,
                 "beam_current_pa": current, "probe_fwhm_nm": probe, "aperture": str(ap),
                 "polarity": "positive" if volts > 0 else "negative",
                 "bias_kV": round(volts / 1000.0, 4), "frame_index": 0, "frames": 1,
                 "dose_ions_nm2": dose, "depth_estimate_nm": depth,
-                "edx_line_inside": line_in_field(line_with_bins(start, stop, npts), affine,
-                                                 (nx, ny))}
-            tap = Tap()
-            yield from tap.wrap(sims_map(imager, spectrometer, column, stage, bias,
-                                         species=(a_label, m_label), fov_um=fov,
-                                         pixels=(nx, ny), dwell_s=dwell,
-                                         md={**base_md, "calibration": block}))
-            result["uids"]["sims_map"] = tap.uids[0] if tap.uids else None
-            result["sims_maps"] = {s: map_arrays(tap.collected, f"{imager.name}_{s}")
-                                   for s in (a_label, m_label)}
-            result["affine"] = affine
+                "edx_line_inside": line_in_field(line_with_bins(start, stop, npts), geometry)}
+            result["uids"]["sims_map"] = yield from sims_map(
+                imager, spectrometer, column, stage, bias, species=(a_label, m_label),
+                fov_um=fov, pixels=(nx, ny), dwell_s=dwell,
+                md={**base_md, "calibration": block})
 
         def restore():
             if old_aperture is not None:
@@ -489,4 +446,4 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
     return (yield from with_safe_state(body(), column, bias, ramp_bias_on_success=True))
 
 
-__all__ = ["edx_sims_calibration", "line_in_field", "line_with_bins", "sims_pixel_affine"]
+__all__ = ["edx_sims_calibration", "line_in_field", "line_with_bins"]

@@ -6,13 +6,11 @@ and one ``tem_image`` zoom per region, all sharing one ``correlation_id`` (from
 ``md`` or a new uuid4). Every run's start document carries ``correlative``:
 
 ``{"role": "overview" | "sims_map" | "tem_zoom", "roi_index", "roi": {x_um, y_um,
-fov_um}, "stage_x_um", "stage_y_um", "tilt_deg" (nominal), "fov_um", "pixels",
-"scan_rotation_deg", "incidence_deg", "sample_extent_um": [along x, along y]}``
+fov_um}, "rois": [[x_um, y_um, fov_um], ...]}``
 
-which, with the ``region`` of the contract (stage readbacks and tilt), is what an
-overlay of TEM and SIMS needs: the SIMS map covers ``fov x fov * ny / nx /
-cos(incidence)`` of the specimen around the stage position, rotated by the scan
-rotation (see :class:`temsims.ioc.sims_physics.ScanGeometry` for the convention).
+and where its pixels lie on the specimen is in the run's own ``map`` block (SIMS,
+:func:`temsims.callbacks.maps.map_block`) or ``image`` block (TEM,
+:func:`temsims.plans.tem.image_md`), the one record of each geometry.
 
 Regions of interest are given (``rois``: list of ``(x_um, y_um, fov_um)``), then the
 overview's start document lists them, or found on the overview (dark blobs of mass
@@ -29,11 +27,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 import numpy as np
 
-from temsims.analysis.geometry import DEFAULT_INCIDENCE_DEG, SimsMapGeometry, TemImageGeometry
-from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG, TILT_TOLERANCE_DEG
+from temsims.analysis.geometry import TemImageGeometry
+from temsims.constants import TEM_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.plans._common import (
     Values,
     check_device,
@@ -62,81 +59,7 @@ from temsims.plans.types import (
     TemColumnDevice,
 )
 
-#: Incidence of the ion beam on the specimen in the SIMS geometry (deg): a map is
-#: foreshortened by cos(45 deg) along the specimen's y (docs: instrument.md).
-INCIDENCE_DEG = DEFAULT_INCIDENCE_DEG
-#: Nominal alpha tilt of the SIMS geometry (deg).
 MAX_ROIS = 50
-
-
-# ============================================================================ taps
-class Tap:
-    """Watches the messages of a sub-plan: run uids, readings, collected events.
-
-    ``wrap(plan, before_close=None)`` returns the plan under ``bpp.plan_mutator``;
-    ``uids`` gets the uid of every run it opens, ``reads[obj.name]`` the last reading
-    of each object, ``collected`` the events of ``collect`` messages. ``before_close``
-    (a generator function of no argument) is inserted before a run's successful
-    ``close_run``, so a plan can add a stream computed from the run's own data.
-    """
-
-    def __init__(self) -> None:
-        self.uids: list[str] = []
-        self.reads: dict[str, dict] = {}
-        self.collected: list[dict] = []
-
-    def wrap(self, plan, before_close=None):
-        def proc(msg):
-            if msg.command in ("open_run", "read", "collect"):
-                def head(msg=msg):
-                    ret = yield msg
-                    if msg.command == "open_run" and ret is not None:
-                        self.uids.append(ret)
-                    elif msg.command == "read" and ret is not None:
-                        self.reads[getattr(msg.obj, "name", str(msg.obj))] = ret
-                    elif msg.command == "collect" and ret:
-                        self.collected.extend(list(ret))
-                    return ret
-                return head(), None
-            if (msg.command == "close_run" and before_close is not None
-                    and msg.kwargs.get("exit_status") in (None, "success")):
-                def insert(msg=msg):
-                    yield from before_close()
-                    return (yield msg)
-                return insert(), None
-            return None, None
-
-        return bpp.plan_mutator(plan, proc)
-
-
-def map_arrays(events: Sequence[dict], key: str,
-               shape: Sequence[int] | None = None) -> np.ndarray:
-    """(ny, nx) map of data key ``key`` from a SIMS map's line events (line order).
-
-    Without ``shape`` the lines found, stacked; with ``shape`` (ny, nx) every line in
-    its place and -1 (the spectrometer's "not acquired") where no event holds it.
-    """
-    rows = sorted((int(e["data"].get(key.rsplit("_", 1)[0] + "_line", i)), np.asarray(
-        e["data"][key])) for i, e in enumerate(events) if key in e.get("data", {}))
-    if shape is None:
-        if not rows:
-            return np.zeros((0, 0))
-        return np.concatenate([r for _, r in rows], axis=0).astype(float)
-    out = np.full(tuple(int(n) for n in shape), -1.0)
-    for line, r in rows:
-        r = np.atleast_2d(r)
-        if 0 <= line < out.shape[0] and r.shape[1] == out.shape[1]:
-            n = min(r.shape[0], out.shape[0] - line)
-            out[line:line + n] = r[:n]
-    return out
-
-
-# ============================================================================ geometry
-# One model of each raster: temsims.analysis.geometry (pure functions, shared with the
-# analysis); these are the plans' point-wise shorthands for it.
-def _xy(x, y):
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    return (float(x), float(y)) if x.ndim == 0 else (x, y)
 
 
 def tem_pixel_to_stage(row: float, col: float, *, size: int, fov_um: float, x_um: float,
@@ -145,35 +68,8 @@ def tem_pixel_to_stage(row: float, col: float, *, size: int, fov_um: float, x_um
     (:class:`temsims.analysis.geometry.TemImageGeometry`, alpha tilt ``tilt_deg``)."""
     geometry = TemImageGeometry(size=int(size), fov_um=float(fov_um), centre_x_um=float(x_um),
                                 centre_y_um=float(y_um), tilt_alpha_deg=float(tilt_deg))
-    return _xy(*geometry.pixel_to_specimen_um(row, col))
-
-
-def sims_pixel_to_stage(row: float, col: float, *, pixels: Sequence[int], fov_um: float,
-                        x_um: float, y_um: float, rotation_deg: float = 0.0,
-                        incidence_deg: float = INCIDENCE_DEG) -> tuple[float, float]:
-    """SIMS map pixel (row 0 = -y, col 0 = -x; square pixels of ``fov/nx`` in the
-    beam-normal plane, rotated by the scan rotation, stretched by 1/cos(incidence)
-    along the specimen's y) -> specimen (x, y) um around the stage position
-    (:class:`temsims.analysis.geometry.SimsMapGeometry`)."""
-    return _xy(*sims_geometry(pixels, fov_um, x_um=x_um, y_um=y_um, rotation_deg=rotation_deg,
-                              incidence_deg=incidence_deg).pixel_to_specimen_um(row, col))
-
-
-def sims_geometry(pixels: Sequence[int], fov_um: float, *, x_um: float = 0.0,
-                  y_um: float = 0.0, rotation_deg: float = 0.0,
-                  incidence_deg: float = INCIDENCE_DEG) -> SimsMapGeometry:
-    """The :class:`~temsims.analysis.geometry.SimsMapGeometry` of a map of ``pixels``
-    (nx, ny) rastering ``fov_um`` around the stage position (x_um, y_um)."""
-    nx, ny = (int(p) for p in pixels)
-    return SimsMapGeometry(nx=nx, ny=ny, fov_um=float(fov_um), centre_x_um=float(x_um),
-                           centre_y_um=float(y_um), rotation_deg=float(rotation_deg),
-                           incidence_deg=float(incidence_deg))
-
-
-def sims_extent_um(fov_um: float, pixels: Sequence[int],
-                   incidence_deg: float = INCIDENCE_DEG) -> list[float]:
-    """Specimen extent [x, y] (um) of a SIMS map (no rotation)."""
-    return list(sims_geometry(pixels, fov_um, incidence_deg=incidence_deg).extent_um)
+    x, y = geometry.pixel_to_specimen_um(row, col)
+    return float(x), float(y)
 
 
 # ============================================================================ TEM ROIs
@@ -277,22 +173,9 @@ def check_sims_voltage(voltage_v) -> float:
     return v
 
 
-def geometry_md(*, role: str, roi_index: int | None, roi: dict | None, x_um: float,
-                y_um: float, tilt_deg: float, fov_um: float, pixels, rotation_deg: float,
-                mode: str, **extra) -> dict:
+def role_md(*, role: str, roi_index: int | None, roi: dict | None, **extra) -> dict:
     """The ``correlative`` start-metadata block of one run (see module doc)."""
-    if mode == "SIMS":
-        extent = sims_extent_um(fov_um, pixels)
-        incidence = INCIDENCE_DEG
-    else:
-        extent = [fov_um, fov_um]
-        incidence = None
-    out = {"role": role, "roi_index": roi_index, "roi": roi, "stage_x_um": float(x_um),
-           "stage_y_um": float(y_um), "tilt_deg": float(tilt_deg), "fov_um": float(fov_um),
-           "pixels": [int(p) for p in pixels], "scan_rotation_deg": float(rotation_deg),
-           "incidence_deg": incidence, "sample_extent_um": [round(e, 6) for e in extent]}
-    out.update(extra)
-    return out
+    return {"role": role, "roi_index": roi_index, "roi": roi, **extra}
 
 
 def _roi_values(rois: list[dict]) -> Values:
@@ -353,9 +236,9 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
     Returns
     -------
     dict
-        ``correlation_id``, ``uids`` {"overview": uid, "sims": [...], "tem": [...]},
-        ``rois`` (list of dict), ``sims_maps`` (list of {species: (ny, nx) array}),
-        ``overview`` (the image array), ``zooms`` (the zoom images).
+        ``correlation_id``, ``uids`` {"overview": uid, "sims": [...], "tem": [...]}
+        and ``rois`` (list of dict). The data are in the runs:
+        :func:`temsims.loaders.load_correlative` reads them back.
     """
     check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
     overview_fov_um = check_number("overview_fov_um", overview_fov_um, low=FOV_RANGE_UM[0],
@@ -386,26 +269,18 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"overview": None, "sims": [],
-                                                              "tem": []},
-                              "rois": [], "sims_maps": [], "overview": None, "zooms": []}
+                                                              "tem": []}, "rois": []}
 
     def body():
-        rotation = float((yield from bps.rd(column.scan.rotation, default_value=0.0)))
-        size = int((yield from bps.rd(camera.size, default_value=0)) or 0)
         yield from ensure_tem_mode(stage, mode)
-        # ---- 1. overview
-        tap = Tap()
+        # ---- 1. overview, and its regions of interest in its own "rois" stream
         found: list[dict] = []
 
-        def add_rois():
-            reading = tap.reads.get(camera.name, {})
-            img = reading.get(f"{camera.name}_image", {}).get("value")
-            if rois is None and img is not None:
-                found.extend(find_dark_blobs(np.asarray(img), fov_um=overview_fov_um,
-                                             x_um=center[0], y_um=center[1],
-                                             max_rois=max_rois))
-                found[:] = [r for r in found
-                            if _within(stage, r["x_um"], r["y_um"])]
+        def add_rois(image):
+            if rois is None and image is not None:
+                blobs = find_dark_blobs(image, fov_um=overview_fov_um, x_um=center[0],
+                                        y_um=center[1], max_rois=max_rois)
+                found.extend(r for r in blobs if _within(stage, r["x_um"], r["y_um"]))
             elif rois is not None:
                 found.extend(dict(r) for r in rois)
             buf = _roi_values(found)
@@ -414,18 +289,12 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
                                fov_um=float(r["fov_um"]))
                 yield from bps.trigger_and_read([buf], name="rois")
 
-        ov_md = dict(base_md)
-        ov_md["correlative"] = geometry_md(
-            role="overview", roi_index=None, roi=None, x_um=center[0], y_um=center[1],
-            tilt_deg=0.0, fov_um=overview_fov_um, pixels=(size, size), rotation_deg=0.0,
-            mode="TEM", rois=rois, roi_source="given" if rois is not None else "auto",
-            max_rois=max_rois)
-        yield from tap.wrap(tem_image(stage, tem, camera, x_um=center[0], y_um=center[1],
-                                      fov_um=overview_fov_um, exposure_s=exposure_s,
-                                      md=ov_md), before_close=add_rois)
-        result["uids"]["overview"] = tap.uids[0] if tap.uids else None
-        img = tap.reads.get(camera.name, {}).get(f"{camera.name}_image", {}).get("value")
-        result["overview"] = None if img is None else np.asarray(img)
+        ov_md = {**base_md, "correlative": role_md(
+            role="overview", roi_index=None, roi=None, rois=rois,
+            roi_source="given" if rois is not None else "auto", max_rois=max_rois)}
+        result["uids"]["overview"] = yield from tem_image(
+            stage, tem, camera, x_um=center[0], y_um=center[1], fov_um=overview_fov_um,
+            exposure_s=exposure_s, after_image=add_rois, md=ov_md)
         result["rois"] = found
         if not found:
             return result
@@ -440,36 +309,21 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
         for i, r in enumerate(found):
             yield from bps.checkpoint()
             yield from bps.mv(stage.x, r["x_um"], stage.y, r["y_um"])
-            run_md = dict(base_md)
-            run_md["correlative"] = geometry_md(
-                role="sims_map", roi_index=i, roi=dict(r), x_um=r["x_um"], y_um=r["y_um"],
-                tilt_deg=SIMS_TILT_DEG, fov_um=r["fov_um"], pixels=sims_pixels,
-                rotation_deg=rotation, mode="SIMS", rois=roi_list)
-            t = Tap()
-            yield from t.wrap(sims_map(imager, spectrometer, column, stage, bias,
-                                       species=labels, fov_um=r["fov_um"],
-                                       pixels=sims_pixels, dwell_s=sims_dwell_s, fly=fly,
-                                       md=run_md))
-            result["uids"]["sims"].extend(t.uids)
-            if fly:
-                result["sims_maps"].append({s: map_arrays(t.collected, f"{imager.name}_{s}")
-                                            for s in labels})
+            run_md = {**base_md, "correlative": role_md(role="sims_map", roi_index=i,
+                                                        roi=dict(r), rois=roi_list)}
+            result["uids"]["sims"].append((yield from sims_map(
+                imager, spectrometer, column, stage, bias, species=labels, fov_um=r["fov_um"],
+                pixels=sims_pixels, dwell_s=sims_dwell_s, fly=fly, md=run_md)))
         # ---- 3. TEM zooms
         yield from to_tem_mode(mode)
         for i, r in enumerate(found):
             zfov = zoom_fov_um if zoom_fov_um is not None else max(FOV_RANGE_UM[0],
                                                                     r["fov_um"] / 2.0)
-            run_md = dict(base_md)
-            run_md["correlative"] = geometry_md(
-                role="tem_zoom", roi_index=i, roi=dict(r), x_um=r["x_um"], y_um=r["y_um"],
-                tilt_deg=0.0, fov_um=zfov, pixels=(size, size), rotation_deg=0.0,
-                mode="TEM", rois=roi_list)
-            t = Tap()
-            yield from t.wrap(tem_image(stage, tem, camera, x_um=r["x_um"], y_um=r["y_um"],
-                                        fov_um=zfov, exposure_s=exposure_s, md=run_md))
-            result["uids"]["tem"].extend(t.uids)
-            img = t.reads.get(camera.name, {}).get(f"{camera.name}_image", {}).get("value")
-            result["zooms"].append(None if img is None else np.asarray(img))
+            run_md = {**base_md, "correlative": role_md(role="tem_zoom", roi_index=i,
+                                                        roi=dict(r), rois=roi_list)}
+            result["uids"]["tem"].append((yield from tem_image(
+                stage, tem, camera, x_um=r["x_um"], y_um=r["y_um"], fov_um=zfov,
+                exposure_s=exposure_s, md=run_md)))
         return result
 
     return (yield from with_safe_state(body(), column, bias))
@@ -487,13 +341,8 @@ def _within(stage, x: float, y: float) -> bool:
 
 
 __all__ = [
-    "INCIDENCE_DEG",
-    "Tap",
     "correlative_tem_sims",
     "find_dark_blobs",
-    "map_arrays",
-    "sims_extent_um",
-    "sims_geometry",
-    "sims_pixel_to_stage",
+    "role_md",
     "tem_pixel_to_stage",
 ]

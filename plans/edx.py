@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -18,7 +17,6 @@ from temsims.plans._common import (
     device_limits,
     plan_args_md,
     region_md,
-    run_decorator,
     start_metadata,
 )
 from temsims.plans.types import EdxDevice, Plan, StageDevice, TemColumnDevice
@@ -36,7 +34,7 @@ def _check_edx_devices(stage, tem, edx) -> None:
 
 
 def edx_point(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, x_um: float,
-              y_um: float, live_time_s: float, md: dict | None = None) -> Plan[Any]:
+              y_um: float, live_time_s: float, md: dict | None = None) -> Plan[str]:
     """One EDX spectrum with the probe on the specimen point (x_um, y_um).
 
     The stage is moved so that the point is at the image centre and the probe is
@@ -60,6 +58,11 @@ def edx_point(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, x_um:
     msg : Msg
         One run, one event with ``edx_spectrum`` (counts per channel) and
         ``edx_energy`` (channel centres, eV).
+
+    Returns
+    -------
+    str
+        The run's uid.
     """
     _check_edx_devices(stage, tem, edx)
     x_um = check_number("x_um", x_um, unit="um")
@@ -80,7 +83,7 @@ def edx_point(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, x_um:
                "edx": {"mode": "Point", "point_um": [x_um, y_um]}})
 
     @bpp.stage_decorator([edx])
-    @run_decorator(md=_md)
+    @bpp.run_decorator(md=_md)
     def inner():
         yield from bps.mv(edx.mode, "Point", edx.live_time, live_time_s, edx.x, 0.0,
                           edx.y, 0.0, tem.blank, "Unblanked", stage.x, x_um, stage.y, y_um)
@@ -90,7 +93,7 @@ def edx_point(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, x_um:
 
 
 def edx_line(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, start: tuple,
-             stop: tuple, npts: int, live_time_s: float, md: dict | None = None) -> Plan[Any]:
+             stop: tuple, npts: int, live_time_s: float, md: dict | None = None) -> Plan[str]:
     """An EDX line scan: ``npts`` spectra from ``start`` to ``stop`` (both included).
 
     The stage is moved to the midpoint of the line and the probe sweeps the line
@@ -115,6 +118,11 @@ def edx_line(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, start:
         One run, one event with ``edx_line_spectra`` (npts x nchan counts) and
         ``edx_energy``; the start document's ``edx.points_um`` lists the specimen
         position of every point.
+
+    Returns
+    -------
+    str
+        The run's uid.
     """
     _check_edx_devices(stage, tem, edx)
     start = check_pair("start", start, unit="um")
@@ -148,7 +156,7 @@ def edx_line(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, start:
                        "points_um": [[round(x, 6), round(y, 6)] for x, y in points]}})
 
     @bpp.stage_decorator([edx])
-    @run_decorator(md=_md)
+    @bpp.run_decorator(md=_md)
     def inner():
         yield from bps.mv(edx.mode, "Line", edx.live_time, live_time_s, edx.npts, npts,
                           edx.x0, -half[0], edx.y0, -half[1], edx.x1, half[0], edx.y1, half[1],

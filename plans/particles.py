@@ -21,7 +21,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 
 from temsims.analysis.isotopes import NATURAL_LI6_LI7
-from temsims.analysis.particles import Particle, find_particles, sims_pixel_affine
+from temsims.analysis.particles import Particle, find_particles
 from temsims.plans._common import (
     Values,
     check_bool,
@@ -34,14 +34,7 @@ from temsims.plans._common import (
     device_limits,
     with_safe_state,
 )
-from temsims.plans.correlative import (
-    SIMS_TILT_DEG,
-    Tap,
-    check_common,
-    check_sims_voltage,
-    geometry_md,
-    map_arrays,
-)
+from temsims.plans.correlative import check_common, check_sims_voltage, role_md
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
@@ -147,24 +140,20 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
     Returns
     -------
     dict
-        ``correlation_id``, ``uids`` {"sims": [...], "tem": [...]}, ``particles``
-        (the labelled ones, each with ``tem_uid`` and ``tem_image`` when imaged),
-        ``uncertain`` (likewise), ``candidates`` (every segmented particle), records
-        of :func:`particle_record` (x_um, y_um, n6, n7, ratio, z, p_natural,
-        classification, confidence, labelled, ...; NaN where a number is missing),
-        ``maps`` {species: (ny, nx) counts, -1 = not acquired}, ``labels`` (the
-        segment label image), ``parameters`` (of the analysis) and ``geometry``
-        (the SIMS map's correlative block).
+        ``correlation_id``, ``uids`` {"sims": [uid], "tem": [...]} and ``imaged``
+        (``[{"label", "classification", "tem_uid"}]``, the particles imaged, in
+        order). The maps and the particle table are in the SIMS run
+        (:func:`temsims.loaders.load_correlative` reads them back).
 
     Notes
     -----
-    :func:`temsims.analysis.particles.find_particles` does the analysis; the map's
-    pixels go to the specimen through
-    :func:`temsims.analysis.particles.sims_pixel_affine` (the scan rotation read
-    from the column), the dead time is the spectrometer's DEAD_TIME. A small labelled
-    particle touching a natural one is cut out of the merged segment by its excess
-    6Li (``split_from`` in the analysis' table); its ratio still carries some of its
-    neighbour's 7Li, so for such particles the recorded ratio is a lower bound.
+    :func:`temsims.analysis.particles.find_particles` does the analysis, on the maps
+    assembled from the run's own events; the pixels go to the specimen through the
+    run's recorded geometry (its ``map`` block), the dead time is the spectrometer's
+    DEAD_TIME. A small labelled particle touching a natural one is cut out of the
+    merged segment by its excess 6Li (``split_from`` in the analysis' table); its
+    ratio still carries some of its neighbour's 7Li, so for such particles the
+    recorded ratio is a lower bound.
     """
     check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
     fov_um = check_number("fov_um", fov_um, low=0.0, low_open=True, unit="um")
@@ -189,15 +178,10 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
     labels = ("6Li", "7Li")
-    nx, ny = pixels
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"sims": [], "tem": []},
-                              "particles": [], "uncertain": [], "candidates": [],
-                              "maps": {}, "labels": None, "parameters": {},
-                              "geometry": None}
+                              "imaged": []}
 
     def body():
-        rotation = float((yield from bps.rd(column.scan.rotation, default_value=0.0)))
-        size = int((yield from bps.rd(camera.size, default_value=0)) or 0)
         tau = DEFAULT_DEAD_TIME_S
         if getattr(spectrometer, "dead_time", None) is not None:
             tau = yield from bps.rd(spectrometer.dead_time, default_value=DEFAULT_DEAD_TIME_S)
@@ -206,53 +190,33 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
                     "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7}
         # The parameters as find_particles records them, known before the run starts.
         parameters = find_particles(np.zeros((1, 1)), np.zeros((1, 1)), **analysis).parameters
-        result["parameters"] = parameters
-        affine = sims_pixel_affine(pixels, fov_um, x_um=center[0], y_um=center[1],
-                                   rotation_deg=rotation)
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         yield from bps.mv(stage.x, center[0], stage.y, center[1])
-        geometry = geometry_md(
-            role="particle_search", roi_index=None,
-            roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
-            x_um=center[0], y_um=center[1], tilt_deg=SIMS_TILT_DEG, fov_um=fov_um,
-            pixels=pixels, rotation_deg=rotation, mode="SIMS",
-            particle_analysis=dict(parameters), image_uncertain=image_uncertain)
-        result["geometry"] = geometry
-        tap = Tap()
+        candidates: list[dict[str, Any]] = []
 
-        def analyse():
-            maps = {s: map_arrays(tap.collected, f"{imager.name}_{s}", shape=(ny, nx))
-                    for s in labels}
-            # Lines no event holds: from the collectors' whole-frame maps (-1 where the
-            # spectrometer has not acquired a pixel either).
-            for k, s in enumerate(labels):
-                sig = getattr(imager, f"map{k + 1}", None)
-                if sig is None or not (maps[s] == -1).any():
-                    continue
-                full = yield from bps.rd(sig, default_value=None)
-                full = None if full is None else np.asarray(full, dtype=float)
-                if full is not None and full.size == nx * ny:
-                    maps[s] = np.where(maps[s] == -1, full.reshape(ny, nx), maps[s])
-            result["maps"] = maps
-            table = find_particles(maps["6Li"], maps["7Li"], pixel_to_specimen=affine,
+        def analyse(maps, layout):
+            if maps is None:  # a simulation: nothing was mapped
+                return
+            table = find_particles(maps["6Li"], maps["7Li"],
+                                   pixel_to_specimen=layout.geometry().affine_to_specimen(),
                                    **analysis)
-            result["labels"] = table.labels
-            result["candidates"] = [particle_record(p) for p in table]
+            candidates.extend(particle_record(p) for p in table)
             buf = Values("particle", units=PARTICLE_UNITS)
-            for i, rec in enumerate(result["candidates"]):
+            for i, rec in enumerate(candidates):
                 buf.set_values(**_event_values(i, rec))
                 yield from bps.trigger_and_read([buf], name="particles")
 
-        run_md = {**base_md, "correlative": geometry}
-        yield from tap.wrap(sims_map(imager, spectrometer, column, stage, bias,
-                                     species=labels, fov_um=fov_um, pixels=pixels,
-                                     dwell_s=dwell_s, fly=True, md=run_md),
-                            before_close=analyse)
-        result["uids"]["sims"].extend(tap.uids)
-        result["particles"] = [dict(p) for p in result["candidates"] if p["labelled"]]
-        result["uncertain"] = [dict(p) for p in result["candidates"]
-                               if p["classification"] == "uncertain"]
-        to_image = result["particles"] + (result["uncertain"] if image_uncertain else [])
+        run_md = {**base_md, "correlative": role_md(
+            role="particle_search", roi_index=None,
+            roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
+            particle_analysis=dict(parameters), image_uncertain=image_uncertain)}
+        result["uids"]["sims"].append((yield from sims_map(
+            imager, spectrometer, column, stage, bias, species=labels, fov_um=fov_um,
+            pixels=pixels, dwell_s=dwell_s, fly=True, after_map=analyse, md=run_md)))
+        wanted = ("labelled", "uncertain") if image_uncertain else ("labelled",)
+        # Labelled first, then the uncertain ones; each in the table's order.
+        to_image = sorted((p for p in candidates if p["classification"] in wanted),
+                          key=lambda p: wanted.index(p["classification"]))
         yield from to_tem_mode(mode)
         for i, p in enumerate(to_image[:max_particles]):
             yield from bps.checkpoint()
@@ -260,18 +224,15 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
             y = clip_within(p["y_um"], device_limits(stage.y))
             summary = {k: (None if isinstance(p[k], float) and not math.isfinite(p[k])
                            else p[k]) for k in ZOOM_FIELDS}
-            zmd = {**base_md, "correlative": geometry_md(
+            zmd = {**base_md, "correlative": role_md(
                 role="particle_zoom", roi_index=i,
-                roi={"x_um": x, "y_um": y, "fov_um": zoom_fov_um}, x_um=x, y_um=y,
-                tilt_deg=0.0, fov_um=zoom_fov_um, pixels=(size, size), rotation_deg=0.0,
-                mode="TEM", particle=summary, particle_analysis=dict(parameters))}
-            t = Tap()
-            yield from t.wrap(tem_image(stage, tem, camera, x_um=x, y_um=y,
-                                        fov_um=zoom_fov_um, exposure_s=exposure_s, md=zmd))
-            result["uids"]["tem"].extend(t.uids)
-            p["tem_uid"] = t.uids[0] if t.uids else None
-            img = t.reads.get(camera.name, {}).get(f"{camera.name}_image", {}).get("value")
-            p["tem_image"] = None if img is None else np.asarray(img)
+                roi={"x_um": x, "y_um": y, "fov_um": zoom_fov_um}, particle=summary,
+                particle_analysis=dict(parameters))}
+            uid = yield from tem_image(stage, tem, camera, x_um=x, y_um=y, fov_um=zoom_fov_um,
+                                       exposure_s=exposure_s, md=zmd)
+            result["uids"]["tem"].append(uid)
+            result["imaged"].append({"label": p["label"],
+                                     "classification": p["classification"], "tem_uid": uid})
         return result
 
     return (yield from with_safe_state(body(), column, bias))

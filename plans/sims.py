@@ -20,13 +20,14 @@ stopped, the beam blanked and the bias ramped to 0 V.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
-from temsims.analysis.geometry import SimsMapGeometry
+from temsims.callbacks.maps import MapLayout, SimsMapAccumulator, map_block
 from temsims.constants import SIMS_INCIDENCE_DEG
 from temsims.plans._common import (
     Values,
@@ -42,7 +43,6 @@ from temsims.plans._common import (
     device_limits,
     plan_args_md,
     region_md,
-    run_decorator,
     sims_md,
     start_metadata,
     with_safe_state,
@@ -73,7 +73,6 @@ E_CHARGE_C = 1.602176634e-19
 #: within a factor of two); the ion beam meets the specimen at 45 deg.
 DEFAULT_SPUTTER_YIELD = 2.5
 DEFAULT_ATOMIC_DENSITY_NM3 = 2.11 * 6.02214076e23 / (73.89 / 6.0) * 1e-21
-DEFAULT_INCIDENCE_DEG = SIMS_INCIDENCE_DEG
 
 
 def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_um, pixels,
@@ -130,7 +129,7 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
 
 
 def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, labels, fov_um,
-            pixels, dwell_s, frames, md, extra, incidence_deg=DEFAULT_INCIDENCE_DEG):
+            pixels, dwell_s, frames, md, extra, incidence_deg=SIMS_INCIDENCE_DEG):
     from temsims.devices.spectrometer import species_mass
 
     region = yield from region_md(stage, fov_um=fov_um)
@@ -140,20 +139,12 @@ def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, lab
                                  "mass_u": round(species_mass(label), 5)}
     rotation = _num((yield from bps.rd(column.scan.rotation, default_value=0.0)))
     nx, ny = pixels
-    geometry = SimsMapGeometry(nx=nx, ny=ny, fov_um=fov_um, centre_x_um=region["x_um"],
-                               centre_y_um=region["y_um"], rotation_deg=rotation,
-                               incidence_deg=incidence_deg)
     extra = dict(extra)
-    extra.update({"detectors": [imager.name], "num_points": ny * frames,
-                  "shape": [ny, nx],
-                  "map": {"species": list(labels), "pixels": [nx, ny], "fov_um": fov_um,
-                          "fov_y_um": fov_um * ny / nx, "pixel_nm": 1000.0 * fov_um / nx,
-                          "dwell_s": dwell_s, "frames": frames,
-                          "data_keys": [f"{imager.name}_{s}" for s in labels],
-                          "events_per_frame": ny, "scan_rotation_deg": rotation,
-                          "incidence_deg": float(incidence_deg),
-                          "pixel_to_specimen": [[round(float(v), 12) for v in row]
-                                                for row in geometry.affine_to_specimen()]}})
+    extra.update({"detectors": [imager.name], "num_points": ny * frames, "shape": [ny, nx],
+                  "map": map_block(imager=imager.name, species=labels, pixels=pixels,
+                                   fov_um=fov_um, dwell_s=dwell_s, frames=frames,
+                                   centre_um=(region["x_um"], region["y_um"]),
+                                   scan_rotation_deg=rotation, incidence_deg=incidence_deg)})
     return start_metadata(plan_name=plan_name, plan_args=plan_args, mode="SIMS",
                           region=region, md=md, sims=sims, extra=extra)
 
@@ -223,7 +214,6 @@ def _step_frame(imager, spectrometer, column, pixels, fov_um, line_buffer, settl
     pitch = fov_um / nx
     cols = spectrometer.collector_list()
     labels = None
-    totals = None
     for iy in range(ny):
         yield from bps.checkpoint()
         row = np.zeros((len(cols), nx), dtype=np.int32)
@@ -240,20 +230,19 @@ def _step_frame(imager, spectrometer, column, pixels, fov_um, line_buffer, settl
                     row[k, ix] = int(reading[col.counts.name]["value"])
         if labels is None:
             labels = imager.collector_labels()
-            totals = dict.fromkeys(labels, 0.0)
         values = {"line": iy}
         for k, label in enumerate(labels):
             values[label] = row[k][None, :].copy()
-            totals[label] += float(row[k].sum())
         line_buffer.set_values(**values)
         yield from bps.trigger_and_read([line_buffer])
-    return totals
 
 
 def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: IonColumnDevice,
              stage: StageDevice, bias: BiasDevice, *, species: tuple = ("6Li", "7Li"),
              fov_um: float, pixels: tuple = (64, 64), dwell_s: float, frames: int = 1,
-             fly: bool = True, settle_s: float = 0.0, md: dict | None = None) -> Plan[list[dict]]:
+             fly: bool = True, settle_s: float = 0.0,
+             after_map: Callable[[dict[str, np.ndarray], MapLayout], Plan[Any]] | None = None,
+             md: dict | None = None) -> Plan[str]:
     """SIMS map of up to four species at the present stage position.
 
     Parameters
@@ -288,6 +277,15 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         (beam settling of a real deflector). Not needed for correctness: the
         spectrometer reads the spot position afresh from the column when a count
         starts.
+    after_map : callable, optional
+        ``after_map(maps, layout)``: a plan run inside this run once every frame is
+        taken, with the maps assembled from this run's own events
+        (:class:`temsims.callbacks.maps.SimsMapAccumulator`: {species: (ny, nx) or
+        (frames, ny, nx) counts}) and the :class:`~temsims.callbacks.maps.MapLayout`
+        of its start document (``layout.geometry()``: where the pixels lie); the
+        readings it takes go into this run's streams (e.g. the particle table of
+        :func:`temsims.plans.find_labelled_particles`). Both are None in a simulation
+        such as ``summarize_plan``, where no document is emitted.
     md : dict, optional
         Extra start metadata.
 
@@ -297,17 +295,19 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         One run. ``primary``: ``ny * frames`` events of ``imager_line`` and
         ``imager_<species>`` ((1, nx) int32 counts) for the four collectors.
         Step mode adds ``pixels`` (one event per pixel). The start document's
-        ``map`` block (pixels, fov_um, dwell_s, scan_rotation_deg, incidence_deg,
-        pixel_to_specimen: the 3x3 affine ``(col, row, 1) -> (x_um, y_um, 1)``) and
-        ``region`` are what
-        :meth:`temsims.analysis.geometry.SimsMapGeometry.from_metadata` reads.
+        ``map`` block (:func:`temsims.callbacks.maps.map_block`: pixels, fov_um,
+        dwell_s, centre_um, scan_rotation_deg, incidence_deg, pixel_to_specimen) is
+        what :class:`temsims.callbacks.maps.MapLayout` and
+        :meth:`temsims.analysis.geometry.SimsMapGeometry.from_metadata` read.
 
     Returns
     -------
-    list of dict
-        Per frame, the total counts of each collector label.
+    str
+        The run's uid.
     """
     fly = check_bool("fly", fly)
+    if after_map is not None and not callable(after_map):
+        raise TypeError(f"after_map must be a plan function f(maps) or None, got {after_map!r}")
     labels, fov_um, pixels, dwell_s, frames, md = check_sims_map_args(
         imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md,
         fly=fly)
@@ -327,17 +327,17 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         imager, spectrometer, column, stage, bias, labels, fov_um, pixels, dwell_s, frames, md,
         {"acquisition": "fly" if fly else "step"})
 
-    @run_decorator(md=_md)
+    maps = SimsMapAccumulator(frames="all") if after_map is not None else None
+
+    @bpp.run_decorator(md=_md)
     def inner():
-        out = []
         if fly:
             yield from _configure(imager, spectrometer, column, labels, fov_um, pixels,
                                   dwell_s, "Raster")
             yield from _unblank(column)
             for _ in range(frames):
                 yield from bps.checkpoint()
-                events = yield from _fly_frame(imager)
-                out.append(_frame_totals(events, imager, labels))
+                yield from _fly_frame(imager)
         else:
             yield from _configure(imager, spectrometer, column, labels, fov_um, pixels,
                                   dwell_s, "Spot")
@@ -345,23 +345,27 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
             yield from _unblank(column)
             line_buffer = Values(imager.name)
             for _ in range(frames):
-                out.append((yield from _step_frame(imager, spectrometer, column, pixels,
-                                                   fov_um, line_buffer, settle_s)))
+                yield from _step_frame(imager, spectrometer, column, pixels, fov_um,
+                                       line_buffer, settle_s)
         yield from bps.mv(column.blank, "Blanked")
-        return out
+        if maps is not None:  # no map descriptor: a simulation (summarize_plan)
+            yield from after_map(*((maps.result(), maps.layout) if maps.assembler is not None
+                                   else (None, None)))
 
     def restore_raster():
         yield from bps.mv(column.blank, "Blanked")
         yield from bps.mv(column.scan.mode, "Raster")
 
     plan = inner() if fly else bpp.finalize_wrapper(inner(), restore_raster())
+    if maps is not None:  # fed this run's documents as the RunEngine emits them
+        plan = bpp.subs_wrapper(plan, maps)
     return (yield from with_safe_state(plan, column, bias))
 
 
 def sputter_depth_nm(current_pa: float, frame_time_s: float, fov_um: float, pixels,
                      *, sputter_yield: float = DEFAULT_SPUTTER_YIELD,
                      atomic_density_nm3: float = DEFAULT_ATOMIC_DENSITY_NM3,
-                     incidence_deg: float = DEFAULT_INCIDENCE_DEG) -> tuple[float, float]:
+                     incidence_deg: float = SIMS_INCIDENCE_DEG) -> tuple[float, float]:
     """Dose (ions/nm^2) and depth (nm) of one frame: depth = dose x Y / n.
 
     The rastered area on the specimen is ``fov x fov * ny / nx`` in the beam-normal
@@ -379,8 +383,8 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
                   fov_um: float, pixels: tuple = (32, 32), dwell_s: float, frames: int = 10,
                   sputter_yield: float = DEFAULT_SPUTTER_YIELD,
                   atomic_density_nm3: float = DEFAULT_ATOMIC_DENSITY_NM3,
-                  incidence_deg: float = DEFAULT_INCIDENCE_DEG, md: dict | None = None
-) -> Plan[list[dict]]:
+                  incidence_deg: float = SIMS_INCIDENCE_DEG, md: dict | None = None
+) -> Plan[str]:
     """Depth profile: ``frames`` maps of the same area, with the sputtered depth per frame.
 
     The depth is estimated, not measured: each frame's dose ``D = I t_frame / (e A)``
@@ -422,8 +426,8 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
 
     Returns
     -------
-    list of dict
-        Per frame: frame, dose, depth_start_nm, depth_nm and the totals.
+    str
+        The run's uid.
     """
     labels, fov_um, pixels, dwell_s, frames, md = check_sims_map_args(
         imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md)
@@ -452,13 +456,12 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
                          "assumed_matrix": "Li2CO3 (defaults)"}},
         incidence_deg=incidence_deg)
 
-    @run_decorator(md=_md)
+    @bpp.run_decorator(md=_md)
     def inner():
         yield from _configure(imager, spectrometer, column, labels, fov_um, pixels, dwell_s,
                               "Raster")
         yield from _unblank(column)
         depth = 0.0
-        out = []
         stream = Values("depth", units={"dose_ions_nm2": "ions/nm^2", "depth_nm": "nm",
                                         "depth_start_nm": "nm",
                                         **{f"total_{s}": "counts" for s in labels}})
@@ -477,9 +480,7 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
             depth += d
             stream.set_values(**row)
             yield from bps.trigger_and_read([stream], name="depth")
-            out.append(row)
         yield from bps.mv(column.blank, "Blanked")
-        return out
 
     return (yield from with_safe_state(inner(), column, bias))
 

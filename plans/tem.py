@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -19,7 +20,6 @@ from temsims.plans._common import (
     device_limits,
     plan_args_md,
     region_md,
-    run_decorator,
     start_metadata,
 )
 from temsims.plans.types import CameraDevice, Plan, StageDevice, TemColumnDevice
@@ -71,7 +71,9 @@ def image_md(stage, camera, *, fov_um: float, x_um: float, y_um: float,
 
 
 def tem_image(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *, x_um: float,
-              y_um: float, fov_um: float, exposure_s: float, md: dict | None = None) -> Plan[dict]:
+              y_um: float, fov_um: float, exposure_s: float,
+              after_image: Callable[[np.ndarray], Plan[Any]] | None = None,
+              md: dict | None = None) -> Plan[str]:
     """Move the stage to (x_um, y_um) and take one bright-field TEM image.
 
     Parameters
@@ -88,6 +90,12 @@ def tem_image(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *,
         Field of view (um), 0.05..100.
     exposure_s : float
         Exposure (s), 0.001..60.
+    after_image : callable, optional
+        ``after_image(image)``: a plan run inside this run with the image just read
+        (the value of its event; None in a simulation such as ``summarize_plan``,
+        where nothing is read); the readings it takes go into this run's streams
+        (e.g. the regions of interest of
+        :func:`temsims.plans.correlative.correlative_tem_sims`).
     md : dict, optional
         Extra start metadata (``sample``, ``specimen``, ``operator``,
         ``correlation_id``...); keys here win.
@@ -99,8 +107,16 @@ def tem_image(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *,
         stage position. The start document's ``image`` block (:func:`image_md`:
         camera size, fov, centre, alpha/beta tilts, pixel -> specimen affine) is what
         :meth:`temsims.analysis.geometry.TemImageGeometry.from_metadata` reads.
+
+    Returns
+    -------
+    str
+        The run's uid.
     """
     _check_tem_devices(stage, tem, camera)
+    if after_image is not None and not callable(after_image):
+        raise TypeError(f"after_image must be a plan function f(image) or None, "
+                        f"got {after_image!r}")
     x_um = check_number("x_um", x_um, unit="um")
     y_um = check_number("y_um", y_um, unit="um")
     fov_um = check_number("fov_um", fov_um, low=FOV_RANGE_UM[0], high=FOV_RANGE_UM[1], unit="um")
@@ -122,11 +138,14 @@ def tem_image(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *,
                    ([stage.x.name], "primary"), ([stage.y.name], "primary")]}})
 
     @bpp.stage_decorator([camera])
-    @run_decorator(md=_md)
+    @bpp.run_decorator(md=_md)
     def inner():
         yield from bps.mv(tem.fov, fov_um, camera.exposure, exposure_s, tem.blank, "Unblanked",
                           stage.x, x_um, stage.y, y_um)
-        return (yield from bps.trigger_and_read([camera, stage.x, stage.y]))
+        reading = yield from bps.trigger_and_read([camera, stage.x, stage.y])
+        if after_image is not None:  # no reading: a simulation (summarize_plan)
+            yield from after_image(np.asarray(reading[camera.image.name]["value"])
+                                   if reading else None)
 
     return (yield from inner())
 
@@ -150,7 +169,7 @@ def mosaic_positions(center, n_tiles, fov_um: float, overlap: float):
 
 def tem_mosaic(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *,
                center: tuple = (0.0, 0.0), n_tiles: tuple = (2, 2), fov_um: float,
-               overlap: float = 0.1, exposure_s: float, md: dict | None = None) -> Plan[Any]:
+               overlap: float = 0.1, exposure_s: float, md: dict | None = None) -> Plan[str]:
     """A mosaic of TEM images: ``nx x ny`` tiles, overlapping by ``overlap``.
 
     Parameters
@@ -178,6 +197,11 @@ def tem_mosaic(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *
         x/y and the camera's image centre. The start document carries ``mosaic``
         {n_tiles, pitch_um, overlap, tiles: [[ix, iy, x_um, y_um], ...]}; the
         region is the mosaic centre and its larger extent.
+
+    Returns
+    -------
+    str
+        The run's uid.
     """
     _check_tem_devices(stage, tem, camera)
     center = check_pair("center", center, unit="um")
@@ -216,7 +240,7 @@ def tem_mosaic(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice, *
                                         ([stage.x.name], "primary")]}})
 
     @bpp.stage_decorator([camera])
-    @run_decorator(md=_md)
+    @bpp.run_decorator(md=_md)
     def inner():
         yield from bps.mv(tem.fov, fov_um, camera.exposure, exposure_s, tem.blank, "Unblanked")
         for _ix, _iy, x, y in tiles:

@@ -34,3 +34,18 @@ class DocumentCollector:
 
     def descriptor(self, stream: str = "primary") -> dict:
         return next(d for d in self.docs["descriptor"] if d.get("name") == stream)
+
+    def run(self, uid: str | None = None):
+        """One run (default the last) as :class:`temsims.callbacks.export.RunData`: what
+        the catalog would hold, its maps assembled by temsims.callbacks.maps."""
+        from temsims.callbacks.export import documents_to_run
+
+        start = self.start() if uid is None else next(
+            d for d in self.docs["start"] if d["uid"] == uid)
+        descs = [d for d in self.docs["descriptor"] if d["run_start"] == start["uid"]]
+        uids = {d["uid"] for d in descs}
+        docs = [("start", start)] + [("descriptor", d) for d in descs]
+        docs += [("event", e) for e in self.docs["event"] if e["descriptor"] in uids]
+        docs += [("event_page", e) for e in self.docs["event_page"] if e["descriptor"] in uids]
+        docs += [("stop", d) for d in self.docs["stop"] if d["run_start"] == start["uid"]]
+        return documents_to_run(docs)

@@ -36,11 +36,11 @@ def test_dead_time_refuses_saturation_and_bad_input():
         dead_time_correct([-3], 1e-3, 1e-8)
     with pytest.raises(TypeError):
         dead_time_correct([1], "1ms", 1e-8)
-    assert np.isnan(dead_time_correct([-1, 5], 1e-3, 2e-8)[0])
+    assert np.isnan(dead_time_correct([np.nan, 5], 1e-3, 2e-8)[0])  # not acquired
 
 
 def test_ratio_map_errors_zeros_binning_and_unacquired():
-    n6 = np.array([[10, 0, 4, 4], [5, -1, 4, 4]])
+    n6 = np.array([[10, 0, 4, 4], [5, np.nan, 4, 4]])
     n7 = np.array([[100, 50, 0, 40], [0, 10, 40, 40]])
     m = ratio_map(n6, n7, min_counts=1)
     assert m.ratio[0, 0] == pytest.approx(0.1)
@@ -113,8 +113,9 @@ def test_dead_time_bias_of_a_bright_natural_pixel_is_removed():
 def test_significance_map_masks_and_signs():
     n7 = np.full((3, 3), 1000)
     n6 = np.full((3, 3), 82)
+    n6 = n6.astype(float)
     n6[1, 1] = 950
-    n6[0, 0] = -1
+    n6[0, 0] = np.nan
     z = significance_map(ratio_map(n6, n7))
     assert np.isnan(z[0, 0])
     assert z[1, 1] > 10 and abs(z[2, 2]) < 1

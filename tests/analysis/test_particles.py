@@ -15,12 +15,12 @@ from analysis_sims import (
     score,
 )
 
+from temsims.analysis.geometry import SimsMapGeometry
 from temsims.analysis.particles import (
     classify,
     find_particles,
     segment_sims_particles,
     segment_tem_particles,
-    sims_pixel_affine,
     split_labelled_segments,
 )
 from temsims.ioc import sims_physics as sp
@@ -30,7 +30,8 @@ SEEDS = (1, 2, 3, 4, 5)
 
 def _run(seed, pixels, **kw):
     spec, geo, n6, n7 = particle_maps(seed, pixels)
-    affine = sims_pixel_affine(pixels, geo.fov_um)
+    affine = SimsMapGeometry(nx=pixels[0], ny=pixels[1], fov_um=geo.fov_um, centre_x_um=0.0,
+                             centre_y_um=0.0).affine_to_specimen()
     table = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
                            dead_time_s=DEAD_TIME_S, **kw)
     return spec, table, affine, score(table, affine, spec.truth["particles"])
@@ -153,7 +154,8 @@ def test_positions_radii_and_records():
 def test_affine_matches_the_scan_geometry():
     geo = sp.ScanGeometry(40, 30, 2.0, rotation_deg=20.0, centre_x_nm=150.0,
                           centre_y_nm=-80.0)
-    a = sims_pixel_affine((40, 30), 2.0, x_um=0.15, y_um=-0.08, rotation_deg=20.0)
+    a = SimsMapGeometry(nx=40, ny=30, fov_um=2.0, centre_x_um=0.15, centre_y_um=-0.08,
+                        rotation_deg=20.0).affine_to_specimen()
     rows, cols = np.array([0, 7, 29]), np.array([0, 33, 39])
     x, y = geo.to_specimen(*geo.beam_coords(rows, cols))
     got = a @ np.vstack([cols, rows, np.ones(3)])
@@ -164,8 +166,8 @@ def test_affine_matches_the_scan_geometry():
 def test_unacquired_pixels_are_masked_not_zero():
     _, geo, n6, n7 = particle_maps(3, DEMO_QUICK_PIXELS)
     full = find_particles(n6, n7, dwell_s=1e-3, dead_time_s=DEAD_TIME_S)
-    n6p, n7p = n6.copy(), n7.copy()
-    n6p[-5:], n7p[-5:] = -1, -1  # last lines not acquired yet
+    n6p, n7p = n6.astype(float), n7.astype(float)
+    n6p[-5:], n7p[-5:] = np.nan, np.nan  # last lines not acquired (an aborted run)
     part = find_particles(n6p, n7p, dwell_s=1e-3, dead_time_s=DEAD_TIME_S)
     assert (part.labels[-5:] == 0).all()
     assert 0 < len(part) <= len(full)

@@ -105,31 +105,32 @@ def test_tem_geometry_reproduces_the_simulator_convention():
 
 
 def test_from_metadata_of_plan_start_documents():
-    sims_doc = {"plan_name": "sims_map", "region": {"x_um": 0.5, "y_um": -0.25, "z_um": 0.0,
-                                                    "tilt_deg": -68.0, "fov_um": 2.0},
-                "map": {"pixels": [64, 45], "fov_um": 2.0},
-                "plan_args": {"pixels": [64, 45], "fov_um": 2.0}}
-    geo = SimsMapGeometry.from_metadata(sims_doc)
-    assert geo == SimsMapGeometry(64, 45, 2.0, 0.5, -0.25, 0.0, 45.0)
-    corr = dict(sims_doc, correlative={"role": "sims_map", "stage_x_um": 0.4, "stage_y_um": 0.1,
-                                       "tilt_deg": -68.0, "fov_um": 1.0, "pixels": [32, 23],
-                                       "scan_rotation_deg": 5.0, "incidence_deg": 45.0})
-    assert SimsMapGeometry.from_metadata(corr) == SimsMapGeometry(32, 23, 1.0, 0.4, 0.1, 5.0)
+    from temsims.callbacks.maps import map_block
 
-    tem_doc = {"plan_name": "tem_image", "region": {"x_um": 1.0, "y_um": 2.0, "z_um": 0.0,
-                                                    "tilt_deg": 0.0, "fov_um": 3.0},
-               "plan_args": {"x_um": 1.0, "y_um": 2.0, "fov_um": 3.0, "exposure_s": 0.1}}
+    block = map_block(imager="imager", species=["6Li"], pixels=(64, 45), fov_um=2.0,
+                      dwell_s=1e-3, frames=1, centre_um=(0.5, -0.25), scan_rotation_deg=5.0)
+    sims_doc = {"plan_name": "sims_map", "map": block,
+                "region": {"x_um": 9.0, "y_um": 9.0, "fov_um": 9.0}}  # not read
+    geo = SimsMapGeometry.from_metadata(sims_doc)
+    assert geo == SimsMapGeometry(64, 45, 2.0, 0.5, -0.25, 5.0, 45.0)
+    np.testing.assert_allclose(geo.affine_to_specimen(), block["pixel_to_specimen"], atol=1e-11)
+    assert SimsMapGeometry.from_metadata(sims_doc, incidence_deg=30.0).incidence_deg == 30.0
+    with pytest.raises(ValueError, match="no 'map' block"):
+        SimsMapGeometry.from_metadata({"region": {"x_um": 0, "y_um": 0, "fov_um": 1.0}})
+    with pytest.raises(ValueError, match="centre_um"):
+        SimsMapGeometry.from_metadata({"map": {k: v for k, v in block.items()
+                                               if k != "centre_um"}})
+
+    image = {"size": None, "fov_um": 3.0, "x_um": 1.0, "y_um": 2.0, "tilt_alpha_deg": 0.0,
+             "tilt_beta_deg": 0.0}
+    tem_doc = {"plan_name": "tem_image", "image": image}
     with pytest.raises(ValueError, match="size"):
-        TemImageGeometry.from_metadata(tem_doc)
+        TemImageGeometry.from_metadata(tem_doc)  # a simulated run records no size
     assert TemImageGeometry.from_metadata(tem_doc, size=256) == TemImageGeometry(
         256, 3.0, 1.0, 2.0)
-    corr_tem = dict(tem_doc, correlative={"stage_x_um": 1.0, "stage_y_um": 2.0, "fov_um": 3.0,
-                                          "pixels": [512, 512], "tilt_deg": 0.0})
-    assert TemImageGeometry.from_metadata(corr_tem).size == 512
-    with pytest.raises(ValueError, match="stage x"):
-        SimsMapGeometry.from_metadata({"map": {"pixels": [8, 8], "fov_um": 1.0}})
-    with pytest.raises(ValueError, match="pixels"):
-        SimsMapGeometry.from_metadata({"region": {"x_um": 0, "y_um": 0, "fov_um": 1.0}})
+    assert TemImageGeometry.from_metadata({"image": dict(image, size=512)}).size == 512
+    with pytest.raises(ValueError, match="no 'image' block"):
+        TemImageGeometry.from_metadata({"region": {"x_um": 1.0}}, size=8)
 
 
 # ============================================================================ registration

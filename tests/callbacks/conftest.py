@@ -22,9 +22,11 @@ SPECIES = ("6Li", "7Li")
 
 
 def sims_start(*, nx: int, ny: int, species=SPECIES, fov_um: float = 4.0, frames: int = 1,
-               x_um: float = 10.0, y_um: float = -5.0, correlative: dict | None = None,
-               **extra) -> dict:
+               x_um: float = 10.0, y_um: float = -5.0, rotation_deg: float = 0.0,
+               correlative: dict | None = None, **extra) -> dict:
     """Start metadata of a sims_map run (as plans/sims.py _map_md builds it)."""
+    from temsims.callbacks.maps import map_block
+
     labels = list(species)
     md = {
         "plan_name": "sims_map", "mode": "SIMS", "sample": "LCO-7",
@@ -39,10 +41,9 @@ def sims_start(*, nx: int, ny: int, species=SPECIES, fov_um: float = 4.0, frames
         "plan_args": {"species": labels, "fov_um": fov_um, "pixels": [nx, ny],
                       "dwell_s": 1e-3, "frames": frames, "fly": True},
         "detectors": ["imager"], "num_points": ny * frames, "shape": [ny, nx],
-        "map": {"species": labels, "pixels": [nx, ny], "fov_um": fov_um,
-                "fov_y_um": fov_um * ny / nx, "pixel_nm": 1000.0 * fov_um / nx,
-                "dwell_s": 1e-3, "frames": frames,
-                "data_keys": [f"imager_{s}" for s in labels], "events_per_frame": ny},
+        "map": map_block(imager="imager", species=labels, pixels=(nx, ny), fov_um=fov_um,
+                         dwell_s=1e-3, frames=frames, centre_um=(x_um, y_um),
+                         scan_rotation_deg=rotation_deg),
         "acquisition": "fly", "species": labels,
     }
     if correlative is not None:
@@ -102,6 +103,8 @@ def tem_documents(image: np.ndarray, *, fov_um: float = 20.0, x_um: float = 10.0
           "region": {"x_um": x_um, "y_um": y_um, "z_um": 0.0, "tilt_deg": 0.0,
                      "fov_um": fov_um},
           "plan_args": {"x_um": x_um, "y_um": y_um, "fov_um": fov_um, "exposure_s": 0.05},
+          "image": {"size": int(image.shape[-1]), "fov_um": fov_um, "x_um": x_um,
+                    "y_um": y_um, "tilt_alpha_deg": 0.0, "tilt_beta_deg": 0.0},
           "detectors": ["camera"], "motors": ["stage_x", "stage_y"], "num_points": 1}
     if correlative is not None:
         md["correlative"] = correlative
@@ -118,18 +121,10 @@ def tem_documents(image: np.ndarray, *, fov_um: float = 20.0, x_um: float = 10.0
             ("stop", bundle.compose_stop())]
 
 
-def correlative_block(role: str, *, x_um: float, y_um: float, fov_um: float, pixels,
-                      mode: str, tilt_deg: float = 0.0) -> dict:
-    """The ``correlative`` start block (plans/correlative.py geometry_md)."""
-    if mode == "SIMS":
-        extent = [fov_um, fov_um * pixels[1] / pixels[0] / math.cos(math.radians(45.0))]
-        incidence = 45.0
-    else:
-        extent, incidence = [fov_um, fov_um], None
-    return {"role": role, "roi_index": 0 if role != "overview" else None,
-            "roi": None, "stage_x_um": x_um, "stage_y_um": y_um, "tilt_deg": tilt_deg,
-            "fov_um": fov_um, "pixels": list(pixels), "scan_rotation_deg": 0.0,
-            "incidence_deg": incidence, "sample_extent_um": extent}
+def correlative_block(role: str, roi_index: int | None = 0) -> dict:
+    """The ``correlative`` start block (plans/correlative.py role_md)."""
+    return {"role": role, "roi_index": None if role == "overview" else roi_index,
+            "roi": None}
 
 
 def poisson_maps(nx: int, ny: int, species=SPECIES, seed: int = 0) -> dict:

@@ -10,7 +10,6 @@ import pytest
 
 from temsims.callbacks.export import (
     Exporter,
-    assemble_map,
     documents_to_run,
     export_hdf5,
     export_tiff,
@@ -21,9 +20,7 @@ from temsims.callbacks.export import (
 @pytest.fixture
 def sims(make):
     maps = make.poisson_maps(12, 9)
-    maps["6Li"][8, 11] = -1  # never acquired
-    corr = make.correlative_block("sims_map", x_um=11.0, y_um=-4.0, fov_um=3.0,
-                                  pixels=(12, 9), mode="SIMS", tilt_deg=-68.0)
+    corr = make.correlative_block("sims_map")
     start = make.sims_start(nx=12, ny=9, fov_um=3.0, x_um=11.0, y_um=-4.0, correlative=corr)
     return maps, make.sims_documents(maps, lines_per_event=3, start_md=start, pages=True)
 
@@ -50,13 +47,20 @@ def test_documents_to_run_assembles_the_map(sims):
     assert run.units("imager_7Li") == "counts"
 
 
-def test_assemble_map_frames_and_gaps():
+def test_assemble_frames_and_gaps(make):
+    from temsims.callbacks.maps import IncompleteMapError, MapLayout, assemble
+
+    layout = MapLayout.from_start(make.sims_start(nx=3, ny=3, frames=2))
     lines = np.array([0, 2, 0, 1])
     values = np.arange(4 * 1 * 3, dtype=np.int16).reshape(4, 1, 3)
-    out = assemble_map(lines, values, ny=3)
-    assert out.shape == (2, 3, 3) and out.dtype == np.int16
-    np.testing.assert_array_equal(out[0, 1], [-1, -1, -1])  # line 1 never came
+    with pytest.raises(IncompleteMapError, match="frame 0: rows \\[1\\]"):
+        assemble(layout, lines, {"7Li": values})  # line 1 of frame 0 never came
+    out = assemble(layout, lines, {"7Li": values}, partial=True)["7Li"]
+    assert out.shape == (2, 3, 3) and out.dtype == np.float64
+    assert np.isnan(out[0, 1]).all() and np.isnan(out[1, 2]).all()
     np.testing.assert_array_equal(out[1, 1], values[3, 0])
+    complete = assemble(layout, [0, 1, 2, 0, 1, 2], {"7Li": np.ones((6, 1, 3), np.int16)})
+    assert complete["7Li"].shape == (2, 3, 3) and complete["7Li"].dtype == np.int16
 
 
 def test_tiff_round_trip_sims_map(sims, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,6 @@ def png_std(path) -> float:
 @pytest.mark.parametrize("lpe, pages", [(1, False), (2, True)])
 def test_accumulator_holds_the_lines_given_nan_elsewhere(make, lpe, pages):
     maps = make.poisson_maps(12, 8)
-    maps["7Li"][1, 3] = -1  # a pixel the spectrometer had not acquired
     docs = make.sims_documents(maps, lines_per_event=lpe, n_lines=4, pages=pages)
     acc = SimsMapAccumulator()
     feed(acc, docs)
@@ -41,11 +42,8 @@ def test_accumulator_holds_the_lines_given_nan_elsewhere(make, lpe, pages):
     for s in ("6Li", "7Li"):
         got = acc.maps[s]
         assert got.shape == (8, 12)
-        expected = maps[s][:4].astype(float)
-        expected[expected < 0] = np.nan
-        np.testing.assert_array_equal(got[:4], expected)
-        assert np.isnan(got[4:]).all()
-    assert np.isnan(acc.maps["7Li"][1, 3])
+        np.testing.assert_array_equal(got[:4], maps[s][:4])
+        assert np.isnan(got[4:]).all()  # lines not acquired yet
     assert acc.vmax["6Li"] == maps["6Li"][:4].max()
 
 
@@ -61,12 +59,13 @@ def test_accumulator_frames_latest_and_sum(make):
     assert "frame 3/3" in latest.progress()
 
 
-def test_accumulator_species_subset_and_unknown(make, caplog):
+def test_accumulator_species_subset_and_unknown(make):
     docs = make.sims_documents(make.poisson_maps(5, 3))
-    acc = SimsMapAccumulator(["7Li", "99Xx"])
+    acc = SimsMapAccumulator(["7Li"])
     feed(acc, docs)
-    assert acc.species == ["7Li"]
-    assert "99Xx" in caplog.text
+    assert acc.species == ["7Li"] and list(acc.maps) == ["7Li"]
+    with pytest.raises(ValueError, match="no map of \\['99Xx'\\]"):
+        feed(SimsMapAccumulator(["7Li", "99Xx"]), docs)
 
 
 # ---------------------------------------------------------------------------- LiveSimsMap
@@ -152,25 +151,23 @@ def test_live_ratio_map_parameters():
     assert LiveRatioMap(reference_ratio=None, headless=True).significance is None
 
 
-def test_live_ratio_map_dead_time_needs_the_dwell(make, debug_callbacks):
+def test_live_views_refuse_an_incomplete_map_block(make, debug_callbacks):
     maps = make.poisson_maps(4, 3)
     start = make.sims_start(nx=4, ny=3)
-    del start["map"]["dwell_s"], start["plan_args"]["dwell_s"]
+    del start["map"]["dwell_s"]
     docs = make.sims_documents(maps, start_md=start)
-    plain = LiveRatioMap(headless=True)  # no correction: no dwell needed
-    feed(plain, docs)
-    assert plain.dwell_s is None and np.isfinite(plain.ratio).all()
-    with pytest.raises(ValueError, match="dwell"):
+    with pytest.raises(ValueError, match="lacks \\['dwell_s'\\]"):
         feed(LiveRatioMap(dead_time_s=3e-8, headless=True), docs)
 
 
-def test_live_ratio_map_binned_block_with_an_unacquired_pixel(make, debug_callbacks):
+def test_live_ratio_map_binned_block_half_acquired(make, debug_callbacks):
     maps = make.poisson_maps(4, 4)
-    maps["6Li"][0, 0] = -1  # a block with one pixel not acquired sums the other three
     cb = LiveRatioMap(binning=2, headless=True)
-    feed(cb, make.sims_documents(maps))
-    n6 = maps["6Li"][:2, :2].sum() + 1
-    np.testing.assert_allclose(cb.ratio[0, 0], n6 / maps["7Li"][:2, :2].sum())
+    feed(cb, make.sims_documents(maps, n_lines=3))  # block row 1 has one of its lines
+    np.testing.assert_allclose(cb.ratio[0, 0], maps["6Li"][:2, :2].sum()
+                               / maps["7Li"][:2, :2].sum())
+    np.testing.assert_allclose(cb.ratio[1, 0], maps["6Li"][2, :2].sum()
+                               / maps["7Li"][2, :2].sum())
 
 
 def test_live_ratio_map_equals_n6_over_n7(make, tmp_path, debug_callbacks):
@@ -323,14 +320,12 @@ def test_live_ratio_map_dead_time_over_summed_frames(make, debug_callbacks):
 
 # ---------------------------------------------------------------------------- fusion
 def _correlative_pair(make, *, sims_xy=(11.0, -4.0), nx=16, ny=12, fov=3.0):
-    cb_tem = make.correlative_block("overview", x_um=10.0, y_um=-5.0, fov_um=10.0,
-                                    pixels=(100, 100), mode="TEM")
+    cb_tem = make.correlative_block("overview")
     yy, xx = np.mgrid[0:100, 0:100]
     tem = (1000.0 - 400.0 * np.exp(-((xx - 60) ** 2 + (yy - 55) ** 2) / 200.0)).astype(
         np.float32)
     tem_docs = make.tem_documents(tem, fov_um=10.0, correlative=cb_tem)
-    corr = make.correlative_block("sims_map", x_um=sims_xy[0], y_um=sims_xy[1], fov_um=fov,
-                                  pixels=(nx, ny), mode="SIMS", tilt_deg=-68.0)
+    corr = make.correlative_block("sims_map")
     start = make.sims_start(nx=nx, ny=ny, fov_um=fov, x_um=sims_xy[0], y_um=sims_xy[1],
                             correlative=corr)
     sims_docs = make.sims_documents(make.poisson_maps(nx, ny), start_md=start)
@@ -338,13 +333,18 @@ def _correlative_pair(make, *, sims_xy=(11.0, -4.0), nx=16, ny=12, fov=3.0):
 
 
 def test_geometry_matches_the_plans_convention(make):
-    from temsims.plans.correlative import sims_pixel_to_stage, tem_pixel_to_stage
+    from temsims.analysis.geometry import SimsMapGeometry
+    from temsims.plans.correlative import tem_pixel_to_stage
 
     tem, tem_docs, sims_docs = _correlative_pair(make)
     a = sims_affine(sims_docs[0][1])
+    geometry = SimsMapGeometry(nx=16, ny=12, fov_um=3.0, centre_x_um=11.0, centre_y_um=-4.0)
+    np.testing.assert_allclose(a, geometry.affine_to_specimen(), atol=1e-12)
     for row, col in [(0, 0), (11, 15), (3, 7)]:
-        x, y = sims_pixel_to_stage(row, col, pixels=(16, 12), fov_um=3.0, x_um=11.0,
-                                   y_um=-4.0)
+        # 45 deg incidence: a row is 1/cos 45 = 1.414 times as long on the specimen
+        x, y = geometry.pixel_to_specimen_um(row, col)
+        assert x == pytest.approx(11.0 + (col - 7.5) * 3.0 / 16)
+        assert y == pytest.approx(-4.0 + (row - 5.5) * 3.0 / 16 * math.sqrt(2))
         np.testing.assert_allclose(a @ [col, row, 1], [x, y, 1], atol=1e-9)
     t = tem_affine(tem_docs[0][1], tem.shape)
     x, y = tem_pixel_to_stage(20, 70, size=100, fov_um=10.0, x_um=10.0, y_um=-5.0)

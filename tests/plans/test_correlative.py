@@ -20,11 +20,11 @@ from faults import raise_at
 
 from temsims.analysis.geometry import SimsMapGeometry, TemImageGeometry
 from temsims.analysis.isotopes import NATURAL_LI6_LI7
-from temsims.analysis.particles import sims_pixel_affine
+from temsims.analysis.particles import find_particles
 from temsims.catalog import check_start_metadata
 from temsims.plans import correlative_tem_sims, find_labelled_particles
 from temsims.plans._common import HARDWARE_COMMANDS
-from temsims.plans.correlative import sims_pixel_to_stage, tem_pixel_to_stage
+from temsims.plans.correlative import tem_pixel_to_stage
 
 TIMINGS: dict[str, float] = {}
 #: The particle search at the demo's dose and full size (core/demo.py FULL).
@@ -38,6 +38,33 @@ def _devs(d):
 
 def _starts(RE):
     return RE.docs.docs["start"]
+
+
+def _run(RE, run_uid):
+    return RE.docs.run(run_uid)
+
+
+def _search(engine, start) -> dict:
+    """What a particle search stored: its maps, its particle table (the ``particles``
+    stream) and the analysis redone on the stored maps with the recorded parameters
+    (its segment label image), which must give the same table."""
+    run = _run(engine, start["uid"])
+    maps = run.maps()
+    table = [{k[len("particle_"):]: e["data"][k] for k in e["data"]}
+             for e in _events(engine, start["uid"], "particles")]
+    params = start["correlative"]["particle_analysis"]
+    again = find_particles(maps["6Li"], maps["7Li"],
+                           pixel_to_specimen=SimsMapGeometry.from_metadata(start)
+                           .affine_to_specimen(), dwell_s=start["map"]["dwell_s"],
+                           dead_time_s=params["dead_time_s"],
+                           significance=params["significance_sigma"],
+                           min_counts=params["min_counts"],
+                           reference_ratio=params["reference_ratio"])
+    assert [p.label for p in again] == [c["label"] for c in table]
+    assert [p.classification for p in again] == [c["classification"] for c in table]
+    return {"maps": maps, "candidates": table, "labels": again.labels,
+            "particles": [c for c in table if c["labelled"]],
+            "uncertain": [c for c in table if c["classification"] == "uncertain"]}
 
 
 def _events(RE, run_uid, stream):
@@ -160,7 +187,7 @@ def test_summarize_plan_on_the_correlative_plans(pdev, particles, capsys):
 def _geometry(RE, start):
     """The run's pixel model from its start document alone (with and without the
     ``correlative`` block: plain ``tem_image`` / ``sims_map`` starts); it must equal
-    the affine the plan recorded, the plans' pixel helpers and, for TEM, the image
+    the affine the plan recorded, the plans' pixel helper and, for TEM, the image
     centre the camera reports."""
     plain = {k: v for k, v in start.items() if k != "correlative"}
     if start["plan_name"] == "tem_image":
@@ -174,17 +201,17 @@ def _geometry(RE, start):
                                         ev["data"]["camera_center_y"]), abs=2e-3)
         got = tem_pixel_to_stage(3.0, n - 2.0, size=n, fov_um=geo.fov_um, x_um=geo.centre_x_um,
                                  y_um=geo.centre_y_um, tilt_deg=geo.tilt_alpha_deg)
+        assert got == pytest.approx(geo.pixel_to_specimen_um(3.0, n - 2.0), abs=1e-12)
     else:
         geo = SimsMapGeometry.from_metadata(start)
         recorded = start["map"]["pixel_to_specimen"]
         assert [geo.nx, geo.ny] == start["map"]["pixels"]
-        got = sims_pixel_to_stage(3.0, geo.nx - 2.0, pixels=(geo.nx, geo.ny), fov_um=geo.fov_um,
-                                  x_um=geo.centre_x_um, y_um=geo.centre_y_um,
-                                  rotation_deg=geo.rotation_deg)
+        assert [geo.centre_x_um, geo.centre_y_um] == [start["region"]["x_um"],
+                                                      start["region"]["y_um"]]
+        assert geo.incidence_deg == 45.0
     plain_geo = type(geo).from_metadata(plain)
     np.testing.assert_allclose(geo.affine_to_specimen(), recorded, atol=1e-9)
     np.testing.assert_allclose(plain_geo.affine_to_specimen(), recorded, atol=1e-9)
-    assert got == pytest.approx(geo.pixel_to_specimen_um(3.0, geo.shape[1] - 2.0), abs=1e-12)
     return geo
 
 
@@ -222,19 +249,19 @@ def test_correlative_links_runs_and_regions(RE, pdev):
         assert s["region"]["tilt_deg"] == pytest.approx(-68.0, abs=0.1)
         assert t["region"]["tilt_deg"] == pytest.approx(0.0, abs=0.1)
         assert s["region"]["fov_um"] == pytest.approx(r["fov_um"])
-        geo = s["correlative"]
-        assert geo["pixels"] == [16, 11] and geo["incidence_deg"] == 45.0
-        assert geo["sample_extent_um"][1] == pytest.approx(
+        geo = SimsMapGeometry.from_metadata(s)
+        assert geo.shape == (11, 16) and geo.incidence_deg == 45.0
+        assert geo.extent_um[1] == pytest.approx(
             r["fov_um"] * 11 / 16 / math.cos(math.radians(45)), rel=1e-4)
-        assert "scan_rotation_deg" in geo and geo["rois"][i][:2] == [r["x_um"], r["y_um"]]
+        assert s["correlative"]["rois"][i][:2] == [r["x_um"], r["y_um"]]
     # The SIMS map's brightest 7Li pixel of the first region lies on a truth particle.
     from temsims.ioc.specimen import build_specimen
 
     truth = build_specimen("li2co3-particles", 1).truth["particles"]
-    m7 = res["sims_maps"][0]["7Li"]
+    m7 = _run(RE, sims[0]["uid"]).maps()["7Li"]
+    assert m7.shape == (11, 16) and m7.dtype == np.int32
     row, col = np.unravel_index(np.argmax(m7), m7.shape)
-    x, y = sims_pixel_to_stage(row, col, pixels=(16, 11), fov_um=rois[0]["fov_um"],
-                               x_um=rois[0]["x_um"], y_um=rois[0]["y_um"])
+    x, y = SimsMapGeometry.from_metadata(sims[0]).pixel_to_specimen_um(row, col)
     pitch_y = rois[0]["fov_um"] / 16 / math.cos(math.radians(45))
     nearest = min(math.hypot(x - p["x_nm"] / 1e3, y - p["y_nm"] / 1e3) - p["radius_nm"] / 1e3
                   for p in truth)
@@ -259,7 +286,7 @@ def test_correlative_given_rois_and_correlation_id(RE, pdev, particles):
     assert starts[1]["region"]["x_um"] == pytest.approx(roi[0], abs=2e-3)
     assert starts[2]["region"]["fov_um"] == 0.3
     # The given ROI is a labelled particle: its SIMS map is rich in 6Li.
-    maps = res["sims_maps"][0]
+    maps = _run(RE, starts[1]["uid"]).maps()
     assert maps["6Li"].sum() > 5 * NATURAL_LI6_LI7 * maps["7Li"].sum()
 
 
@@ -361,6 +388,7 @@ def test_find_labelled_particles_matches_truth(searches):
     per seed and over the seeds (the analysis alone: 1.00 recall on seeds 1-30 at this size)."""
     totals = {"found": 0, "n_labelled": 0, "tp": 0, "flagged": 0}
     for seed, (res, engine, truth) in searches.items():
+        res = _search(engine, engine.docs.docs["start"][0])
         sc = _segment_score(res, engine.docs.docs["start"][0], truth)
         for k in totals:
             totals[k] += sc[k]
@@ -400,6 +428,7 @@ def test_bright_natural_particles_are_not_flagged(searches):
     dead-time correction and the systematic term no segment of natural particles only
     is labelled (precision 1.0), and the bright ones (N7 > 2e4) are called natural."""
     for seed, (res, engine, truth) in searches.items():
+        res = _search(engine, engine.docs.docs["start"][0])
         sc = _segment_score(res, engine.docs.docs["start"][0], truth)
         by_label = {c["label"]: c for c in res["candidates"]}
         bright = 0
@@ -420,41 +449,38 @@ def test_bright_natural_particles_are_not_flagged(searches):
 
 @pytest.mark.slow
 def test_particle_search_documents(searches):
-    res, engine, _ = searches[1]
+    result, engine, _ = searches[1]
+    starts = engine.docs.docs["start"]
+    sims = starts[0]
+    res = _search(engine, sims)  # the maps, table and analysis as stored
     found = res["particles"]
     imaged = found + res["uncertain"]  # image_uncertain=True
     assert all(p["classification"] == "uncertain" for p in res["uncertain"])
-    starts = engine.docs.docs["start"]
-    assert {s["correlation_id"] for s in starts} == {res["correlation_id"]}
+    assert {s["correlation_id"] for s in starts} == {result["correlation_id"]}
     assert len(starts) == 1 + len(imaged)
+    assert result["uids"] == {"sims": [sims["uid"]], "tem": [s["uid"] for s in starts[1:]]}
     for s in starts:
         assert check_start_metadata(s) == [], s["plan_name"]
         _geometry(engine, s)
-    sims = starts[0]
     assert sims["mode"] == "SIMS" and sims["correlative"]["role"] == "particle_search"
     params = sims["correlative"]["particle_analysis"]
-    assert params == res["parameters"]
     assert params["significance_sigma"] == 5.0 and params["min_counts"] == 50
     assert params["reference_ratio"] == NATURAL_LI6_LI7
     assert params["dead_time_s"] == pytest.approx(engine.dead_time_s)
-    # The analysis' affine is the one the run records.
     geo = SimsMapGeometry.from_metadata(sims)
-    affine = sims_pixel_affine(SEARCH["pixels"], SEARCH["fov_um"], x_um=geo.centre_x_um,
-                               y_um=geo.centre_y_um, rotation_deg=geo.rotation_deg)
-    np.testing.assert_allclose(affine, geo.affine_to_specimen(), atol=1e-12)
     assert res["maps"]["6Li"].shape == geo.shape and res["labels"].shape == geo.shape
-    assert (res["maps"]["7Li"] >= 0).all()  # every line acquired
+    assert res["maps"]["7Li"].dtype == np.int32  # every line acquired: no marker, no NaN
     stream = _events(engine, sims["uid"], "particles")
-    assert len(stream) == len(res["candidates"])
     assert sum(e["data"]["particle_labelled"] for e in stream) == len(found)
-    for e, c in zip(stream, res["candidates"], strict=True):
+    for e in stream:
         data = e["data"]
-        assert data["particle_classification"] == c["classification"]
-        assert data["particle_label"] == c["label"]
         assert {"particle_confidence", "particle_p_natural", "particle_z"} <= set(data)
         assert all(v is not None for v in data.values())
-    for p, s in zip(imaged, starts[1:], strict=True):
+    for p, s, done in zip(imaged, starts[1:], result["imaged"], strict=True):
         assert s["mode"] == "TEM" and s["region"]["fov_um"] == 0.4
         assert s["region"]["x_um"] == pytest.approx(p["x_um"], abs=2e-3)
         assert s["correlative"]["particle"]["classification"] == p["classification"]
-        assert p["tem_uid"] == s["uid"] and p["tem_image"].shape == (64, 64)
+        assert done == {"label": p["label"], "classification": p["classification"],
+                        "tem_uid": s["uid"]}
+        (ev,) = _events(engine, s["uid"], "primary")
+        assert np.asarray(ev["data"]["camera_image"]).shape == (64, 64)

@@ -58,11 +58,12 @@ def profile_run(pdev):
     RE.subscribe(docs)
     d.spectrometer.drift.set(DRIFT_NM_PER_MIN).wait(5)
     t0 = time.monotonic()
-    frames_out = RE(depth_profile(d.imager, d.spectrometer, d.column, d.stage, d.bias,
+    uid = RE(depth_profile(d.imager, d.spectrometer, d.column, d.stage, d.bias,
                                   species=("6Li", "7Li"), fov_um=FOV_UM, pixels=PIXELS,
                                   dwell_s=DWELL_S, frames=FRAMES)).plan_result
     wall_s = time.monotonic() - t0
-    return {"docs": docs, "frames": frames_out, "wall_s": wall_s}
+    assert uid == docs.start()["uid"]
+    return {"docs": docs, "wall_s": wall_s}
 
 
 def _stacks(docs):
@@ -88,7 +89,7 @@ def test_drift_recovered_within_a_pixel_per_frame(profile_run):
 
     stacks, times, start = _stacks(profile_run["docs"])
     geo = SimsMapGeometry.from_metadata(start)
-    depth_nm = [f["depth_nm"] for f in profile_run["frames"]]
+    depth_nm = [e["data"]["depth_depth_nm"] for e in profile_run["docs"].events("depth")]
     result = analyse(stacks, pixel_nm=geo.pixel_size_um * 1e3, depth_nm=depth_nm,
                      dwell_s=DWELL_S, dead_time_s=30e-9, reference=REFERENCE)
     moved_nm = DRIFT_NM_PER_MIN * (times - times[0]) / 60.0
