@@ -166,12 +166,11 @@ def _run_engine(cat, specimen: str, seed: int, require_metadata):
 def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
     from temsims.plans import correlative_tem_sims, find_labelled_particles
 
-    devs = (d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column, d.bias)
     d.column.aperture.set(SIMS_APERTURE).wait(10)
     t = time.monotonic()
     _say("correlative TEM-SIMS: TEM overview, regions of interest, SIMS maps, TEM zooms ...")
     corr = RE(correlative_tem_sims(
-        *devs, overview_fov_um=sizes["overview_fov_um"], max_rois=sizes["max_rois"],
+        d, overview_fov_um=sizes["overview_fov_um"], max_rois=sizes["max_rois"],
         species=("6Li", "7Li"), sims_pixels=sizes["sims_pixels"],
         sims_dwell_s=sizes["sims_dwell_s"], exposure_s=sizes["exposure_s"],
         md={"purpose": "temsims demo"})).plan_result
@@ -180,7 +179,7 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
     t = time.monotonic()
     _say("labelled-particle search: SIMS 6Li/7Li map, segmentation, TEM zooms ...")
     parts = RE(find_labelled_particles(
-        *devs, fov_um=sizes["search_fov_um"], pixels=sizes["search_pixels"],
+        d, fov_um=sizes["search_fov_um"], pixels=sizes["search_pixels"],
         dwell_s=sizes["search_dwell_s"], zoom_fov_um=sizes["zoom_fov_um"],
         exposure_s=sizes["exposure_s"], max_particles=sizes["max_particles"],
         md={"purpose": "temsims demo"})).plan_result

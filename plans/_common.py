@@ -108,14 +108,31 @@ def check_md(md: Any) -> dict:
     return dict(md)
 
 
-def check_device(name: str, obj: Any, *attrs: str) -> None:
-    """``TypeError`` unless ``obj`` is a device with every attribute in ``attrs``."""
+def check_device(name: str, obj: Any, protocol: type) -> None:
+    """``TypeError`` unless ``obj`` has every attribute ``protocol`` (one of
+    :mod:`temsims.plans.types`) asks of it."""
+    from temsims.plans.types import required_attributes
+
     if obj is None or isinstance(obj, str | numbers.Number):
         raise TypeError(f"{name} must be a device, got {obj!r}")
-    missing = [a for a in attrs if not hasattr(obj, a)]
+    missing = [a for a in required_attributes(protocol) if not hasattr(obj, a)]
     if missing:
-        raise TypeError(f"{name} ({getattr(obj, 'name', obj)!r}) is not the expected device: "
-                        f"it has no {', '.join(missing)}")
+        raise TypeError(f"{name} ({getattr(obj, 'name', obj)!r}) is not a "
+                        f"{protocol.__name__}: it has no {', '.join(missing)}")
+
+
+def microscope_parts(microscope: Any, *names: str) -> tuple:
+    """The parts ``names`` of ``microscope`` (a :class:`temsims.plans.types.Microscope`),
+    each checked against its protocol: ``TypeError`` naming the part and what it lacks."""
+    from temsims.plans.types import MICROSCOPE_PARTS
+
+    if microscope is None or isinstance(microscope, str | numbers.Number | Mapping):
+        raise TypeError(f"microscope must be an object with the instrument's parts as "
+                        f"attributes (temsims.devices.connect() returns one), got {microscope!r}")
+    for name in names:
+        check_device(f"microscope.{name}", getattr(microscope, name, None),
+                     MICROSCOPE_PARTS[name])
+    return tuple(getattr(microscope, name) for name in names)
 
 
 def check_species(name: str, species: Any, *, max_n: int = N_COLLECTORS,

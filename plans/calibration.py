@@ -36,7 +36,6 @@ from temsims.analysis.geometry import SimsMapGeometry
 from temsims.constants import SIMS_INCIDENCE_DEG
 from temsims.plans._common import (
     _num,
-    check_device,
     check_int,
     check_md,
     check_number,
@@ -44,6 +43,7 @@ from temsims.plans._common import (
     check_species,
     check_within,
     device_limits,
+    microscope_parts,
     plan_args_md,
     with_safe_state,
 )
@@ -57,19 +57,11 @@ from temsims.plans.sims import (
     sims_map,
     sputter_depth_nm,
 )
-from temsims.plans.types import (
-    BiasDevice,
-    EdxDevice,
-    ImagerDevice,
-    IonColumnDevice,
-    ModeDevice,
-    Plan,
-    SpectrometerDevice,
-    StageDevice,
-    TemColumnDevice,
-)
+from temsims.plans.types import Microscope, Plan
 
 PLAN_NAME = "edx_sims_calibration"
+#: The parts of the microscope the calibration uses, in the order it unpacks them.
+PARTS = ("stage", "tem", "edx", "mode", "imager", "spectrometer", "column", "bias")
 ROLES = ("edx_line", "sims_map")
 #: TEM BEAM_CURRENT range (nA).
 EDX_CURRENT_RANGE_NA = (1e-5, 100.0)
@@ -144,24 +136,8 @@ def _check_aperture(column, aperture: Any) -> str | None:
     return aperture
 
 
-def _check_devices(stage, tem, edx, mode, imager, spectrometer, column, bias) -> None:
-    check_device("stage", stage, "x", "y", "z", "alpha")
-    check_device("tem", tem, "fov", "blank", "ht", "beam_current")
-    check_device("edx", edx, "spectrum", "line_spectra", "mode", "live_time", "trigger",
-                 "nchan", "ev_per_chan", "offset_ev")
-    check_device("mode", mode, "alpha", "objective", "ion_blank", "raster", "bias", "infer")
-    check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
-    check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
-                 "count_time", "polarity", "dead_time", "dark_rate")
-    check_device("column", column, "scan", "blank", "interlock", "current", "landing",
-                 "aperture")
-    check_device("bias", bias, "readback", "set")
-
-
 # ============================================================================ plan
-def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice,
-                         mode: ModeDevice, imager: ImagerDevice, spectrometer: SpectrometerDevice,
-                         column: IonColumnDevice, bias: BiasDevice, *,
+def edx_sims_calibration(microscope: Microscope, *,
                          start_um: tuple[float, float], stop_um: tuple[float, float], points: int,
                          edx_live_time_s: float = 1.0, edx_current_na: float | None = None,
                          sims_fov_um: float | None = None,
@@ -189,13 +165,12 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
 
     Parameters
     ----------
-    stage, tem, edx
-        Stage, electron column (HT and beam current are read, the current may be
-        set) and EDX detector (:func:`temsims.plans.edx.edx_line`).
-    mode : temsims.devices.mode.InstrumentMode
-        Geometry switch.
-    imager, spectrometer, column, bias
-        SIMS devices (:func:`temsims.plans.sims.sims_map`).
+    microscope : temsims.plans.types.Microscope
+        The instrument with its ``edx`` detector: ``stage``, ``tem`` (HT and beam
+        current are read, the current may be set) and ``edx``
+        (:func:`temsims.plans.edx.edx_line`), ``mode`` (the geometry switch),
+        ``imager``, ``spectrometer``, ``column``, ``bias``
+        (:func:`temsims.plans.sims.sims_map`).
     start_um, stop_um : (float, float)
         Ends of the EDX line on the specimen (stage coordinates, um), across the
         gradient: the analysis takes the gradient along start -> stop.
@@ -269,7 +244,8 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
     concentration must be constant across the line (the gradient along it), which is
     what lets the analysis average the map across the gradient.
     """
-    _check_devices(stage, tem, edx, mode, imager, spectrometer, column, bias)
+    stage, tem, edx, mode, imager, spectrometer, column, bias = microscope_parts(
+        microscope, *PARTS)
     start = check_pair("start_um", start_um, unit="um")
     stop = check_pair("stop_um", stop_um, unit="um")
     npts = check_int("points", points, low=NPTS_RANGE[0], high=NPTS_RANGE[1])
@@ -339,8 +315,7 @@ def edx_sims_calibration(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevic
     cid = md.get("correlation_id") or str(uuid.uuid4())
     direction = [dx / length, dy / length]
     plan_args = plan_args_md(
-        stage=stage, tem=tem, edx=edx, mode=mode, imager=imager, spectrometer=spectrometer,
-        column=column, bias=bias, start_um=start, stop_um=stop, points=npts,
+        microscope={name: getattr(microscope, name) for name in PARTS}, start_um=start, stop_um=stop, points=npts,
         edx_live_time_s=live, edx_current_na=edx_current_na, sims_fov_um=fov,
         sims_pixels=(nx, ny), sims_dwell_s=dwell, sims_aperture=aperture,
         sims_center_um=centre, sims_voltage_v=volts, analyte=analyte,

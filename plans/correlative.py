@@ -33,7 +33,6 @@ from temsims.analysis.geometry import TemImageGeometry
 from temsims.constants import TEM_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.plans._common import (
     Values,
-    check_device,
     check_int,
     check_md,
     check_number,
@@ -41,23 +40,14 @@ from temsims.plans._common import (
     check_within,
     clip_within,
     device_limits,
+    microscope_parts,
     with_safe_state,
     within,
 )
 from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
 from temsims.plans.sims import check_sims_map_args, sims_map
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
-from temsims.plans.types import (
-    BiasDevice,
-    CameraDevice,
-    ImagerDevice,
-    IonColumnDevice,
-    ModeDevice,
-    Plan,
-    SpectrometerDevice,
-    StageDevice,
-    TemColumnDevice,
-)
+from temsims.plans.types import Microscope, Plan
 
 MAX_ROIS = 50
 
@@ -153,16 +143,8 @@ def check_rois(rois, stage, column=None) -> list[dict] | None:
     return out
 
 
-def check_common(stage, tem, camera, mode, imager, spectrometer, column, bias) -> None:
-    check_device("stage", stage, "x", "y", "z", "alpha")
-    check_device("tem", tem, "fov", "blank")
-    check_device("camera", camera, "image", "exposure", "trigger")
-    check_device("mode", mode, "alpha", "objective", "ion_blank", "raster", "bias", "infer")
-    check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
-    check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
-                 "count_time", "polarity")
-    check_device("column", column, "scan", "blank", "interlock", "current", "landing")
-    check_device("bias", bias, "readback", "set")
+#: The parts of the microscope the correlative plans use, in the order they unpack them.
+PARTS = ("stage", "tem", "camera", "mode", "imager", "spectrometer", "column", "bias")
 
 
 def check_sims_voltage(voltage_v) -> float:
@@ -183,9 +165,7 @@ def _roi_values(rois: list[dict]) -> Values:
 
 
 # ============================================================================ plan
-def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice,
-                         mode: ModeDevice, imager: ImagerDevice, spectrometer: SpectrometerDevice,
-                         column: IonColumnDevice, bias: BiasDevice, *, overview_fov_um: float,
+def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
                          center: tuple = (0.0, 0.0), rois: list | None = None, max_rois: int = 4,
                          species: tuple = ("6Li", "7Li"), sims_pixels: tuple = (32, 23),
                          sims_dwell_s: float = 1e-3, zoom_fov_um: float | None = None,
@@ -195,12 +175,11 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
 
     Parameters
     ----------
-    stage, tem, camera
-        Stage, electron column and camera (:func:`temsims.plans.tem.tem_image`).
-    mode : temsims.devices.mode.InstrumentMode
-        Geometry switch (:func:`to_sims_mode`, :func:`to_tem_mode`).
-    imager, spectrometer, column, bias
-        SIMS devices (:func:`temsims.plans.sims.sims_map`).
+    microscope : temsims.plans.types.Microscope
+        The instrument (``temsims.devices.connect()``): ``stage``, ``tem``, ``camera``
+        (:func:`temsims.plans.tem.tem_image`), ``mode`` (:func:`to_sims_mode`,
+        :func:`to_tem_mode`), ``imager``, ``spectrometer``, ``column``, ``bias``
+        (:func:`temsims.plans.sims.sims_map`).
     overview_fov_um : float
         Field of view of the TEM overview (um), 0.05..100.
     center : (float, float)
@@ -240,7 +219,8 @@ def correlative_tem_sims(stage: StageDevice, tem: TemColumnDevice, camera: Camer
         and ``rois`` (list of dict). The data are in the runs:
         :func:`temsims.loaders.load_correlative` reads them back.
     """
-    check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
+    stage, tem, camera, mode, imager, spectrometer, column, bias = microscope_parts(
+        microscope, *PARTS)
     overview_fov_um = check_number("overview_fov_um", overview_fov_um, low=FOV_RANGE_UM[0],
                                    high=FOV_RANGE_UM[1], unit="um")
     center = check_pair("center", center, unit="um")
@@ -342,6 +322,7 @@ def _within(stage, x: float, y: float) -> bool:
 
 __all__ = [
     "correlative_tem_sims",
+    "PARTS",
     "find_dark_blobs",
     "role_md",
     "tem_pixel_to_stage",

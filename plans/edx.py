@@ -28,9 +28,9 @@ NPTS_RANGE = (2, 256)
 
 
 def _check_edx_devices(stage, tem, edx) -> None:
-    check_device("stage", stage, "x", "y", "z", "alpha")
-    check_device("tem", tem, "fov", "blank")
-    check_device("edx", edx, "spectrum", "line_spectra", "mode", "live_time", "trigger")
+    check_device("stage", stage, StageDevice)
+    check_device("tem", tem, TemColumnDevice)
+    check_device("edx", edx, EdxDevice)
 
 
 def edx_point(stage: StageDevice, tem: TemColumnDevice, edx: EdxDevice, *, x_um: float,

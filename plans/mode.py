@@ -35,7 +35,7 @@ from temsims.plans.types import ModeDevice, Plan
 
 
 def _check_mode_device(mode) -> None:
-    check_device("mode", mode, "alpha", "objective", "ion_blank", "raster", "bias", "infer")
+    check_device("mode", mode, ModeDevice)
 
 
 def _preflight(mode, tilt_deg: float):

@@ -32,23 +32,14 @@ from temsims.plans._common import (
     check_within,
     clip_within,
     device_limits,
+    microscope_parts,
     with_safe_state,
 )
-from temsims.plans.correlative import check_common, check_sims_voltage, role_md
+from temsims.plans.correlative import PARTS, check_sims_voltage, role_md
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
-from temsims.plans.types import (
-    BiasDevice,
-    CameraDevice,
-    ImagerDevice,
-    IonColumnDevice,
-    ModeDevice,
-    Plan,
-    SpectrometerDevice,
-    StageDevice,
-    TemColumnDevice,
-)
+from temsims.plans.types import Microscope, Plan
 
 #: Dead time (s) assumed when the spectrometer does not report DEAD_TIME (simulation).
 DEFAULT_DEAD_TIME_S = 30e-9
@@ -84,10 +75,7 @@ def _event_values(index: int, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: CameraDevice,
-                            mode: ModeDevice, imager: ImagerDevice,
-                            spectrometer: SpectrometerDevice, column: IonColumnDevice,
-                            bias: BiasDevice, *, fov_um: float, pixels: tuple = (64, 45),
+def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tuple = (64, 45),
                             dwell_s: float = 1e-3, center: tuple = (0.0, 0.0),
                             significance: float = 5.0, min_counts: float = 50.0,
                             zoom_fov_um: float = 0.4, exposure_s: float = 0.05,
@@ -97,8 +85,8 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
 
     Parameters
     ----------
-    stage, tem, camera, mode, imager, spectrometer, column, bias
-        As in :func:`temsims.plans.correlative.correlative_tem_sims`.
+    microscope : temsims.plans.types.Microscope
+        The instrument, as in :func:`temsims.plans.correlative.correlative_tem_sims`.
     fov_um : float
         SIMS raster width (um); the map covers ``fov x fov * ny / nx / cos 45`` of the
         specimen around ``center``.
@@ -155,7 +143,8 @@ def find_labelled_particles(stage: StageDevice, tem: TemColumnDevice, camera: Ca
     ratio still carries some of its neighbour's 7Li, so for such particles the
     recorded ratio is a lower bound.
     """
-    check_common(stage, tem, camera, mode, imager, spectrometer, column, bias)
+    stage, tem, camera, mode, imager, spectrometer, column, bias = microscope_parts(
+        microscope, *PARTS)
     fov_um = check_number("fov_um", fov_um, low=0.0, low_open=True, unit="um")
     check_within("fov_um", fov_um, device_limits(column.scan.fov), "um")
     pixels = check_pair("pixels", pixels, integer=True, low=1, high=MAX_PIXELS_PER_SIDE)

@@ -94,12 +94,11 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
     -------
     labels, fov_um, (nx, ny), dwell_s, frames, md
     """
-    check_device("imager", imager, "kickoff", "complete", "collect", "collector_labels")
-    check_device("spectrometer", spectrometer, "collector_list", "focal_plane_range",
-                 "count_time", "polarity")
-    check_device("column", column, "scan", "blank", "interlock", "current", "landing")
-    check_device("stage", stage, "x", "y", "z", "alpha")
-    check_device("bias", bias, "readback", "set")
+    check_device("imager", imager, ImagerDevice)
+    check_device("spectrometer", spectrometer, SpectrometerDevice)
+    check_device("column", column, IonColumnDevice)
+    check_device("stage", stage, StageDevice)
+    check_device("bias", bias, BiasDevice)
     name = {"species": "species", "fov_um": "fov_um", "pixels": "pixels", "dwell_s": "dwell_s",
             "frames": "frames", **(arg_names or {})}
     labels = check_species(name["species"], species, max_n=4)

@@ -114,11 +114,11 @@ def _check_range(start_u, stop_u, step_u, dwell_s, spectrometer) -> tuple:
 
 def _check_optional(column, bias, stage) -> None:
     if column is not None:
-        check_device("column", column, "blank", "interlock", "current", "landing")
+        check_device("column", column, IonColumnDevice)
     if bias is not None:
-        check_device("bias", bias, "readback", "set")
+        check_device("bias", bias, BiasDevice)
     if stage is not None:
-        check_device("stage", stage, "x", "y", "z", "alpha")
+        check_device("stage", stage, StageDevice)
 
 
 def _unblank(column):
@@ -207,7 +207,7 @@ def mass_spectrum(spectrometer: SpectrometerDevice, *, start_u: float, stop_u: f
     list of dict
         The peaks (see :func:`find_mass_peaks`).
     """
-    check_device("spectrometer", spectrometer, "mass_scan", "collector_list", "polarity")
+    check_device("spectrometer", spectrometer, SpectrometerDevice)
     start_u, stop_u, step_u, dwell_s, npts = _check_range(start_u, stop_u, step_u, dwell_s,
                                                           spectrometer)
     min_counts = check_number("min_counts", min_counts, low=0.0)
@@ -291,8 +291,7 @@ def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga"
     """
     from temsims.devices.spectrometer import species_mass
 
-    check_device("spectrometer", spectrometer, "mass_scan", "cal_a", "cal_b0",
-                 "collector_list", "polarity")
+    check_device("spectrometer", spectrometer, SpectrometerDevice)
     labels = check_species("peaks", peaks, min_n=2, max_n=8)
     window_u = check_number("window_u", window_u, low=0.1, high=10.0, unit="u")
     step_u = check_number("step_u", step_u, low=1e-4, high=window_u / 10.0, unit="u")

@@ -31,9 +31,9 @@ MAX_TILES = 400
 
 
 def _check_tem_devices(stage, tem, camera) -> None:
-    check_device("stage", stage, "x", "y", "z", "alpha")
-    check_device("tem", tem, "fov", "blank")
-    check_device("camera", camera, "image", "exposure", "trigger")
+    check_device("stage", stage, StageDevice)
+    check_device("tem", tem, TemColumnDevice)
+    check_device("camera", camera, CameraDevice)
 
 
 def _check_xy(stage, name_x: str, x: float, name_y: str, y: float) -> None:

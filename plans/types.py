@@ -2,10 +2,16 @@
 
 The plans take their devices as arguments and use only the attributes named here, so
 another lab's devices work if they have them (the ``temsims.devices`` classes do);
-each plan also checks them at run time before its first message
-(:func:`temsims.plans._common.check_device`). The annotations are documentation for
-readers, type checkers and the queue server's plan listing, and ``isinstance``
-works on them (``typing.runtime_checkable``: attribute presence, not types).
+each plan checks them against these protocols before its first message
+(:func:`temsims.plans._common.check_device`, :func:`check_microscope`): the one list
+of what a device must have. The annotations are documentation for readers, type
+checkers and the queue server's plan listing, and ``isinstance`` works on them
+(``typing.runtime_checkable``: attribute presence, not types).
+
+The multi-device plans take one composite, a :class:`Microscope`: any object whose
+attributes are the parts (``temsims.devices.connect()`` returns one, the
+``temsims.devices.Instrument`` dataclass, which another lab can fill with its own
+devices).
 
 Signals are ophyd-style (``get``/``set``/``read``); "Movable" and the other names are
 :mod:`bluesky.protocols`.
@@ -13,6 +19,7 @@ Signals are ophyd-style (``get``/``set``/``read``); "Movable" and the other name
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Generator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -36,28 +43,37 @@ class StageDevice(Protocol):
 
 @runtime_checkable
 class TemColumnDevice(Protocol):
-    """Electron column: ``fov`` (um) and ``blank`` signals."""
+    """Electron column: ``fov`` (um), ``blank``, ``ht`` (kV) and ``beam_current`` (nA)
+    signals."""
 
     fov: Any
     blank: Any
+    ht: Any
+    beam_current: Any
 
 
 @runtime_checkable
 class CameraDevice(Readable, Triggerable, Protocol):
-    """TEM camera: Triggerable; ``image`` (2-D array), ``exposure`` (s) signals."""
+    """TEM camera: Triggerable; ``image`` (2-D array), ``exposure`` (s) and ``size``
+    (pixels per side) signals."""
 
     image: Any
     exposure: Any
+    size: Any
 
 
 @runtime_checkable
 class EdxDevice(Readable, Triggerable, Protocol):
-    """EDX detector: ``spectrum``, ``line_spectra``, ``mode``, ``live_time`` signals."""
+    """EDX detector: ``spectrum``, ``line_spectra``, ``mode``, ``live_time`` and the
+    energy axis (``nchan``, ``ev_per_chan``, ``offset_ev``) signals."""
 
     spectrum: Any
     line_spectra: Any
     mode: Any
     live_time: Any
+    nchan: Any
+    ev_per_chan: Any
+    offset_ev: Any
 
 
 @runtime_checkable
@@ -79,7 +95,12 @@ class ModeDevice(Readable, Protocol):
 
 @runtime_checkable
 class ImagerDevice(Flyable, Protocol):
-    """SIMS imager: a Flyable collecting map lines; ``collector_labels()``."""
+    """SIMS imager: a Flyable collecting map lines (``collect()``), ``lines_per_event``
+    and ``collector_labels()``."""
+
+    lines_per_event: Any
+
+    def collect(self) -> Any: ...
 
     def collector_labels(self) -> list[str]: ...
 
@@ -87,10 +108,19 @@ class ImagerDevice(Flyable, Protocol):
 @runtime_checkable
 class SpectrometerDevice(Protocol):
     """Mass spectrometer: collectors (``collector_list()``), ``focal_plane_range()``,
-    ``count_time`` (s) and ``polarity`` signals."""
+    the magnet (``field``, ``field_rbv``, calibration ``cal_a``, ``cal_b0``), the mass
+    scan (``mass_scan``), ``count_time`` (s), ``polarity``, ``dead_time`` (s) and
+    ``dark_rate`` (1/s) signals."""
 
     count_time: Any
     polarity: Any
+    field: Any
+    field_rbv: Any
+    cal_a: Any
+    cal_b0: Any
+    mass_scan: Any
+    dead_time: Any
+    dark_rate: Any
 
     def collector_list(self) -> list: ...
 
@@ -100,13 +130,15 @@ class SpectrometerDevice(Protocol):
 @runtime_checkable
 class IonColumnDevice(Protocol):
     """Ga+ column: ``scan`` (raster: fov, rotation...), ``blank``, ``interlock``,
-    ``current`` (pA) and ``landing`` (keV)."""
+    ``current`` (pA), ``landing`` (keV), ``aperture`` and ``probe`` (nm)."""
 
     scan: Any
     blank: Any
     interlock: Any
     current: Any
     landing: Any
+    aperture: Any
+    probe: Any
 
 
 @runtime_checkable
@@ -117,15 +149,45 @@ class BiasDevice(Movable, Protocol):
     readback: Any
 
 
+@runtime_checkable
+class Microscope(Protocol):
+    """The instrument as one object: the parts a correlative experiment moves and reads
+    (``edx`` only for :func:`temsims.plans.edx_sims_calibration`)."""
+
+    stage: StageDevice
+    tem: TemColumnDevice
+    camera: CameraDevice
+    mode: ModeDevice
+    imager: ImagerDevice
+    spectrometer: SpectrometerDevice
+    column: IonColumnDevice
+    bias: BiasDevice
+
+
+#: The protocol of each part of a :class:`Microscope`.
+MICROSCOPE_PARTS: dict[str, type] = {
+    "stage": StageDevice, "tem": TemColumnDevice, "camera": CameraDevice, "mode": ModeDevice,
+    "imager": ImagerDevice, "spectrometer": SpectrometerDevice, "column": IonColumnDevice,
+    "bias": BiasDevice, "edx": EdxDevice}
+
+
+def required_attributes(protocol: type) -> list[str]:
+    """The attributes and methods ``protocol`` asks of a device, sorted."""
+    return sorted(typing._get_protocol_attrs(protocol))
+
+
 __all__ = [
+    "MICROSCOPE_PARTS",
     "BiasDevice",
     "CameraDevice",
     "EdxDevice",
     "ImagerDevice",
     "IonColumnDevice",
+    "Microscope",
     "ModeDevice",
     "Plan",
     "SpectrometerDevice",
     "StageDevice",
     "TemColumnDevice",
+    "required_attributes",
 ]

@@ -79,8 +79,7 @@ def experiment(instruments, tmp_path_factory):
         shift_um = _displace(procs, d)
         t1 = time.monotonic()
         res = RE(correlative_tem_sims(
-            d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column, d.bias,
-            overview_fov_um=4.0, max_rois=2, sims_pixels=SIMS_PIXELS, sims_dwell_s=1e-3,
+            d, overview_fov_um=4.0, max_rois=2, sims_pixels=SIMS_PIXELS, sims_dwell_s=1e-3,
             exposure_s=0.01)).plan_result
         plan_s = time.monotonic() - t1
         assert cat.flush(60)

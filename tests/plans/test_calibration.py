@@ -44,12 +44,8 @@ def cdev(instruments):
                                         extra_args=NO_DRIFT))
 
 
-def _devs(d):
-    return (d.stage, d.tem, d.edx, d.mode, d.imager, d.spectrometer, d.column, d.bias)
-
-
 def _true_k_factors(ht_kv: float) -> dict[str, float]:
-    from temsims.ioc.edx import EDXModel
+    from temsims.ioc.physics.edx import EDXModel
 
     model = EDXModel(["Cu", "Ni"], ht_kv=ht_kv)
     return {"Cu": model.k_factor("Cu", "Ni"), "Ni": 1.0}
@@ -78,7 +74,7 @@ def calibration_run(cdev, tmp_path_factory):
     RE.subscribe(writer)
     t0 = time.monotonic()
     result = RE(edx_sims_calibration(
-        *_devs(d), **LINE, **EDX, **SIMS, k_factors=k,
+        d, **LINE, **EDX, **SIMS, k_factors=k,
         k_factor_source="simulator (EDXModel.k_factor), standing in for a standard")).plan_result
     FIGURES["plan_wall_s"] = time.monotonic() - t0
     t1 = time.monotonic()
@@ -90,7 +86,7 @@ def calibration_run(cdev, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def truth():
-    from temsims.ioc.specimen import build_specimen
+    from temsims.ioc.physics.specimen import build_specimen
 
     spec = build_specimen("diffusion-couple", SEED)
     x, c = spec.truth["x_nm"], spec.truth["solute_fraction"]
@@ -125,7 +121,7 @@ def _bad_cases():
 @pytest.mark.parametrize("bad,exc", _bad_cases(), ids=lambda v: str(v)[:40])
 def test_invalid_arguments_refused_before_any_hardware_message(cdev, bad, exc):
     msgs = []
-    gen = edx_sims_calibration(*_devs(cdev), **{**LINE, **EDX, **SIMS, **bad})
+    gen = edx_sims_calibration(cdev, **{**LINE, **EDX, **SIMS, **bad})
     with pytest.raises(exc):  # the plan may read (the scan rotation) before it refuses
         for msg in gen:
             msgs.append(msg)
@@ -133,16 +129,16 @@ def test_invalid_arguments_refused_before_any_hardware_message(cdev, bad, exc):
 
 
 def test_wrong_device_refused(cdev):
-    devs = list(_devs(cdev))
-    devs[2] = cdev.camera
-    with pytest.raises(TypeError, match="edx"):
-        next(edx_sims_calibration(*devs, **LINE))
+    from dataclasses import replace
+
+    with pytest.raises(TypeError, match="microscope.edx .* is not a EdxDevice"):
+        next(edx_sims_calibration(replace(cdev, edx=cdev.camera), **LINE))
 
 
 def test_message_order_edx_first_then_sims_then_safe(cdev):
     """The message stream without a RunEngine (``list``: every read answers its
     default): EDX acquisition before the SIMS geometry and the raster, TEM at the end."""
-    msgs = list(edx_sims_calibration(*_devs(cdev), **LINE, **EDX, **SIMS))
+    msgs = list(edx_sims_calibration(cdev, **LINE, **EDX, **SIMS))
     kinds = []
     for m in msgs:
         if m.command == "trigger" and m.obj is cdev.edx:
@@ -338,7 +334,7 @@ def test_summarize_plan_lists_both_runs(cdev, capsys):
     plan preview does): both runs open, the EDX line and the raster appear."""
     from bluesky.simulators import summarize_plan
 
-    summarize_plan(edx_sims_calibration(*_devs(cdev), **LINE, **EDX, **SIMS))
+    summarize_plan(edx_sims_calibration(cdev, **LINE, **EDX, **SIMS))
     out = capsys.readouterr().out
     assert out.count("Open Run") == 2 and out.count("Close Run") == 2, out[-2000:]
     assert "edx_npts -> 50" in out and "column_scan_nx -> 200" in out, out[-2000:]

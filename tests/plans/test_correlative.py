@@ -32,10 +32,6 @@ SEARCH = {"fov_um": 4.0, "pixels": (96, 68), "dwell_s": 1e-3, "aperture": "100 p
 SEEDS = (1, 2, 3)
 
 
-def _devs(d):
-    return (d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column, d.bias)
-
-
 def _starts(RE):
     return RE.docs.docs["start"]
 
@@ -106,7 +102,7 @@ def _bad_cases():
                          ids=lambda v: getattr(v, "__name__", None) or str(v)[:40])
 def test_invalid_arguments_refused_before_any_hardware_message(pdev, plan, ok, bad):
     msgs = []
-    gen = plan(*_devs(pdev), **{**ok, **bad})
+    gen = plan(pdev, **{**ok, **bad})
     with pytest.raises((TypeError, ValueError)) as info:
         msgs.append(next(gen))
     assert not [m for m in msgs if m.command in HARDWARE_COMMANDS]
@@ -114,10 +110,15 @@ def test_invalid_arguments_refused_before_any_hardware_message(pdev, plan, ok, b
 
 
 def test_wrong_device_refused(pdev):
-    devs = list(_devs(pdev))
-    devs[4] = "imager"
-    with pytest.raises(TypeError, match="imager"):
-        next(correlative_tem_sims(*devs, overview_fov_um=4.0))
+    from dataclasses import replace
+
+    with pytest.raises(TypeError, match="microscope.imager must be a device"):
+        next(correlative_tem_sims(replace(pdev, imager="imager"), overview_fov_um=4.0))
+    with pytest.raises(TypeError, match="microscope.camera .* is not a CameraDevice: it has "
+                                        "no exposure, image"):
+        next(correlative_tem_sims(replace(pdev, camera=pdev.stage), overview_fov_um=4.0))
+    with pytest.raises(TypeError, match="microscope must be an object"):
+        next(find_labelled_particles({"stage": pdev.stage}, fov_um=2.0))
 
 
 def test_failure_leaves_instrument_safe(RE, pdev):
@@ -126,7 +127,7 @@ def test_failure_leaves_instrument_safe(RE, pdev):
 
     d = pdev
 
-    plan = find_labelled_particles(*_devs(d), fov_um=2.0, pixels=(8, 6), dwell_s=1e-3)
+    plan = find_labelled_particles(d, fov_um=2.0, pixels=(8, 6), dwell_s=1e-3)
     with pytest.raises(RuntimeError, match="injected"):
         RE(bpp.plan_mutator(plan, raise_at("collect")))
     assert d.column.blank.get() == "Blanked"
@@ -152,7 +153,7 @@ def test_correlative_failure_in_a_sims_map_leaves_instrument_safe(RE, pdev, part
     target = particles[0][0]
     roi = (target["x_nm"] / 1000.0, target["y_nm"] / 1000.0, 0.4)
 
-    plan = correlative_tem_sims(*_devs(d), overview_fov_um=2.0, center=roi[:2], rois=[roi],
+    plan = correlative_tem_sims(d, overview_fov_um=2.0, center=roi[:2], rois=[roi],
                                 sims_pixels=(8, 6), sims_dwell_s=1e-3, exposure_s=0.01)
     n_before = len(_starts(RE))
     with pytest.raises(RuntimeError, match="injected"):
@@ -173,12 +174,12 @@ def test_summarize_plan_on_the_correlative_plans(pdev, particles, capsys):
 
     target = particles[0][0]
     roi = (target["x_nm"] / 1000.0, target["y_nm"] / 1000.0, 0.4)
-    summarize_plan(correlative_tem_sims(*_devs(pdev), overview_fov_um=2.0, rois=[roi, roi],
+    summarize_plan(correlative_tem_sims(pdev, overview_fov_um=2.0, rois=[roi, roi],
                                         sims_pixels=(4, 3), sims_dwell_s=1e-3))
     out = capsys.readouterr().out
     assert out.count("Open Run") == 5  # overview, 2 SIMS maps, 2 zooms
     assert "mode" in out
-    summarize_plan(find_labelled_particles(*_devs(pdev), fov_um=2.0, pixels=(4, 3),
+    summarize_plan(find_labelled_particles(pdev, fov_um=2.0, pixels=(4, 3),
                                            dwell_s=1e-3))
     out = capsys.readouterr().out
     assert out.count("Open Run") >= 1 and "imager" in out
@@ -219,7 +220,7 @@ def _geometry(RE, start):
 def test_correlative_links_runs_and_regions(RE, pdev):
     d = pdev
     t0 = time.monotonic()
-    res = RE(correlative_tem_sims(*_devs(d), overview_fov_um=4.0, max_rois=2,
+    res = RE(correlative_tem_sims(d, overview_fov_um=4.0, max_rois=2,
                                   sims_pixels=(16, 11), sims_dwell_s=1e-3,
                                   exposure_s=0.01)).plan_result
     TIMINGS["correlative"] = time.monotonic() - t0
@@ -255,7 +256,7 @@ def test_correlative_links_runs_and_regions(RE, pdev):
             r["fov_um"] * 11 / 16 / math.cos(math.radians(45)), rel=1e-4)
         assert s["correlative"]["rois"][i][:2] == [r["x_um"], r["y_um"]]
     # The SIMS map's brightest 7Li pixel of the first region lies on a truth particle.
-    from temsims.ioc.specimen import build_specimen
+    from temsims.ioc.physics.specimen import build_specimen
 
     truth = build_specimen("li2co3-particles", 1).truth["particles"]
     m7 = _run(RE, sims[0]["uid"]).maps()["7Li"]
@@ -274,7 +275,7 @@ def test_correlative_given_rois_and_correlation_id(RE, pdev, particles):
     d = pdev
     p = particles[0][0]
     roi = (round(p["x_nm"] / 1e3, 4), round(p["y_nm"] / 1e3, 4), 0.6)
-    res = RE(correlative_tem_sims(*_devs(d), overview_fov_um=4.0, rois=[roi],
+    res = RE(correlative_tem_sims(d, overview_fov_um=4.0, rois=[roi],
                                   sims_pixels=(8, 6), sims_dwell_s=1e-3, zoom_fov_um=0.3,
                                   exposure_s=0.01,
                                   md={"correlation_id": "corr-test-1"})).plan_result
@@ -354,7 +355,7 @@ def searches(instruments):
     from instrument_support import connect_fast
 
     from temsims.catalog import require_metadata
-    from temsims.ioc.specimen import build_specimen
+    from temsims.ioc.physics.specimen import build_specimen
 
     out = {}
     for seed in SEEDS:
@@ -370,7 +371,7 @@ def searches(instruments):
         t0 = time.monotonic()
         try:
             res = engine(find_labelled_particles(
-                *_devs(d), fov_um=SEARCH["fov_um"], pixels=SEARCH["pixels"],
+                d, fov_um=SEARCH["fov_um"], pixels=SEARCH["pixels"],
                 dwell_s=SEARCH["dwell_s"], significance=5.0, min_counts=50,
                 zoom_fov_um=0.4, exposure_s=0.01, image_uncertain=seed == 1)).plan_result
             TIMINGS[f"particles seed {seed}"] = time.monotonic() - t0

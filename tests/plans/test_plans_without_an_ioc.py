@@ -43,16 +43,13 @@ def summaries_without_an_ioc() -> dict[str, str]:
     summaries = {}
     for plan_fn, (devs, ok, _) in _cases(d).items():
         summaries[plan_fn.__name__] = _summary(plan_fn(*devs, **ok))
-    correlative = (d.stage, d.tem, d.camera, d.mode, d.imager, d.spectrometer, d.column,
-                   d.bias)
     summaries["correlative_tem_sims"] = _summary(correlative_tem_sims(
-        *correlative, overview_fov_um=2.0, rois=[[0.0, 0.0, 1.0], [0.5, 0.5, 1.0]],
+        d, overview_fov_um=2.0, rois=[[0.0, 0.0, 1.0], [0.5, 0.5, 1.0]],
         sims_pixels=(4, 3), sims_dwell_s=1e-3))
     summaries["find_labelled_particles"] = _summary(find_labelled_particles(
-        *correlative, fov_um=2.0, pixels=(4, 3), dwell_s=1e-3))
+        d, fov_um=2.0, pixels=(4, 3), dwell_s=1e-3))
     summaries["edx_sims_calibration"] = _summary(edx_sims_calibration(
-        d.stage, d.tem, d.edx, d.mode, d.imager, d.spectrometer, d.column, d.bias,
-        start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
+        d, start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
         edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"))
     return summaries
 
