@@ -29,10 +29,10 @@ TARGET_S = QUANTIFY_S.limit
 
 def simulate(n: int):
     """EDX line spectra, energy centres, k-factors, positions and the two SIMS maps."""
-    from temsims.ioc import sims_physics as sp
-    from temsims.ioc.edx import EDXModel
-    from temsims.ioc.materials import ELEMENTARY_CHARGE_C, isotope_mass_u
-    from temsims.ioc.specimen import build_specimen
+    from temsims.ioc.physics import sims as sp
+    from temsims.ioc.physics.edx import EDXModel
+    from temsims.ioc.physics.materials import ELEMENTARY_CHARGE_C, isotope_mass_u
+    from temsims.ioc.physics.specimen import build_specimen
 
     spec = build_specimen("diffusion-couple", 1)
     geo = sp.ScanGeometry(n, n, 2.56, centre_x_nm=700.0)

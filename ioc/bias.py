@@ -3,7 +3,7 @@
 The supply ramps its output on the instrument's clock at ``RAMP_RATE`` towards the setpoint while
 enabled and towards 0 V while disabled; ``VOLTAGE_RBV`` is updated at 20 Hz during a
 ramp (in wall time) and lands on the target ``|dV| / RAMP_RATE`` nominal seconds
-after the ramp began. The output enable and voltage are the world's ``bias.enable``
+after the ramp began (:func:`temsims.ioc.physics.actuators.slew`). The output enable and voltage are the world's ``bias.enable``
 and ``bias.voltage_v``.
 
 Interlock (enforced here, whatever a client does; ``docs/interlocks.md``): the output
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Any
 
 from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite
@@ -39,6 +38,7 @@ from temsims.ioc.common import (
     status_text,
     write_if_changed,
 )
+from temsims.ioc.physics.actuators import slew
 from temsims.ioc.world import WorldLink
 
 logger = logging.getLogger(__name__)
@@ -207,22 +207,20 @@ class BiasIOC(InstrumentIOC):
                                           abs(diff) / float(self.ramp_rate.value)))
                     now = clock.now()
                     rate = float(self.ramp_rate.value)
-                    step = rate * (now - last)
+                    elapsed = now - last
                     previous, last = last, now
                     out = self.voltage_rbv.value
-                    diff = self._target_v - out
-                    if diff == 0.0:
+                    if self._target_v - out == 0.0:
                         break  # a trip put the output on the target meanwhile
-                    if abs(diff) <= step:
+                    value, arrived = slew(out, self._target_v, rate, elapsed)
+                    if arrived is not None:
                         # Stamped when the output reached the target, |diff| / rate
                         # after the last step, not at this wake-up (late by the event
                         # loop's latency times the time scale); each step at the time
                         # its value was computed for.
-                        await self.voltage_rbv.write(
-                            self._target_v, timestamp=previous + abs(diff) / rate)
+                        await self.voltage_rbv.write(value, timestamp=previous + arrived)
                     else:
-                        await self.voltage_rbv.write(out + math.copysign(step, diff),
-                                                     timestamp=now)
+                        await self.voltage_rbv.write(value, timestamp=now)
             await write_if_changed(self.ramping, "Idle")
             # Re-checked after the await: a new target may have arrived (it set _wake).
             if self.voltage_rbv.value == self._target_v:

@@ -1,9 +1,10 @@
 """Ga+ focused-ion-beam column IOC (``FIB:``): optics, blanker and scan generator.
 
 The column of an FEI Magnum-class FIB: 1-30 kV, ten beam-defining apertures from
-1 pA to 20 nA, a probe whose diameter follows the current and the energy
-(:func:`probe_diameter_nm`), a beam blanker guarded by the SIMS-geometry interlock,
-and a scan generator that rasters on the instrument's clock. The beam (blanker,
+1 pA to 20 nA, a probe whose diameter follows the current and the energy (the optics
+are in :mod:`temsims.ioc.physics.ion_optics`; this module is the PV layer), a beam
+blanker guarded by the SIMS-geometry interlock, and a scan generator that rasters on
+the instrument's clock. The beam (blanker,
 current, probe, landing energy) and the raster (its parameters, ACQUIRE and
 START_TIME) are world quantities (``column.*``): the mass spectrometer renders its
 maps from them in step with the beam, as a detector clocked by the scan generator.
@@ -54,62 +55,19 @@ from temsims.ioc.common import (
     status_text,
     write_if_changed,
 )
+from temsims.ioc.physics.ion_optics import (
+    APERTURES,
+    EMISSION_UA,
+    landing_energy_kev,
+    probe_diameter_nm,
+    source_emission_ua,
+)
 from temsims.ioc.world import WorldLink
 
 logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------
-# Column physics (parameters, not literals in the code; ../shared/reference/instrument.md)
-# --------------------------------------------------------------------------------------
-#: Aperture label -> nominal beam current (pA) at the sample, FEI Magnum-class strip.
-APERTURES: dict[str, float] = {
-    "1 pA": 1.0,
-    "10 pA": 10.0,
-    "30 pA": 30.0,
-    "50 pA": 50.0,
-    "100 pA": 100.0,
-    "300 pA": 300.0,
-    "1 nA": 1000.0,
-    "3 nA": 3000.0,
-    "7 nA": 7000.0,
-    "20 nA": 20000.0,
-}
+#: Operating range of the column voltage (kV): the limits of HV.
 HV_RANGE_KV = (1.0, 30.0)
-#: Regulated emission current of the Ga liquid-metal ion source (uA) and its jitter.
-EMISSION_UA = 2.2
-EMISSION_JITTER = 0.01
-
-
-def probe_diameter_nm(
-    current_pa: float,
-    energy_kv: float,
-    *,
-    d0_nm: float = 7.0,
-    i0_pa: float = 1.0,
-    e0_kv: float = 30.0,
-    current_exponent: float = 3 / 8,
-    energy_exponent: float = 3 / 4,
-) -> float:
-    """Probe diameter (FWHM, nm) from the aberration-limited power law.
-
-    ``d = d0 * (I / I0) ** current_exponent * (E0 / E) ** energy_exponent``
-
-    The current exponent 3/8 is that of a spherical-aberration-limited probe at its
-    optimum aperture angle; the energy exponent 3/4 that of a chromatic-aberration-
-    limited probe (energy spread fixed, reduced brightness proportional to E).
-    Anchored at the Magnum-class figure of ~7 nm at 30 kV and 1 pA (estimate:
-    ``../shared/reference/instrument.md``); 20 nA at 30 kV gives ~290 nm, 1 pA at
-    5 kV ~27 nm. ``energy_kv`` is the column voltage: the retarding field of a
-    biased holder is not modelled.
-    """
-    return d0_nm * (current_pa / i0_pa) ** current_exponent * (e0_kv / energy_kv) ** (
-        energy_exponent
-    )
-
-
-def landing_energy_kev(column_kv: float, bias_v: float, charge: int = 1) -> float:
-    """Landing energy (keV) of an ion of charge ``charge`` (e): q * (U_column - U_bias)."""
-    return charge * (column_kv - bias_v / 1000.0)
 
 
 @dataclass(frozen=True)
@@ -149,7 +107,8 @@ class ColumnIOC(InstrumentIOC):
     SAMPLE_CURRENT_RBV (float, pA, read-only)
         Current reaching the sample: CURRENT_RBV when unblanked, 0 when blanked.
     PROBE_RBV (float, nm, read-only)
-        Probe diameter (FWHM), :func:`probe_diameter_nm` of current and HV.
+        Probe diameter (FWHM), ``probe_diameter_nm`` of current and HV
+        (:mod:`temsims.ioc.physics.ion_optics`).
     EMISSION_RBV (float, uA, read-only)
         Source emission current (regulated, ~2.2 uA), updated at 1 Hz.
     LANDING_RBV (float, keV, read-only)
@@ -410,7 +369,7 @@ class ColumnIOC(InstrumentIOC):
 
     @emission_rbv.scan(period=1.0)
     async def emission_rbv(self, instance, async_lib):
-        await instance.write(EMISSION_UA * (1 + EMISSION_JITTER * self._rng.gauss(0.0, 1.0)))
+        await instance.write(source_emission_ua(self._rng))
 
     # ---- blanker -------------------------------------------------------------------
     @blank.putter

@@ -308,7 +308,7 @@ class Instrument:
         install_clock(self.world.clock)
         # Specimen maps are built once, before the parts that image them start.
         if {"tem", "spectrometer"} & set(self.parts):
-            _ = self.world.specimen
+            _ = self.world.holder.specimen
         try:
             for server in self.parts.values():
                 server.start()
@@ -342,7 +342,7 @@ class Instrument:
             if server is not None:
                 server.call(server.group.reset_state)
         if "spectrometer" not in self.parts:  # it restores the specimen itself
-            self.world.restore_specimen()
+            self.world.holder.restore()
 
 
 def build_parser() -> argparse.ArgumentParser:

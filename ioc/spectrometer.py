@@ -1,7 +1,7 @@
 """Mass spectrometer IOC: magnetic sector, four collectors, counting, mass scan, imaging.
 
 A double-focusing (Mattauch-Herzog) magnetic sector with four ion-counting
-collectors on its focal plane. The physics lives in :mod:`temsims.ioc.sims_physics`;
+collectors on its focal plane. The physics lives in :mod:`temsims.ioc.physics.sims`;
 this module is the Channel Access face of it. What the counts depend on (the ion
 column's beam and raster, the bias output, the stage position, the objective lens
 and the sputtered specimen) is read from the instrument's world (decision 0013):
@@ -66,16 +66,14 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from temsims.ioc import sims_physics as sp
 from temsims.ioc.common import InstrumentIOC, require_range, serve_part
-from temsims.ioc.materials import ELEMENTARY_CHARGE_C
+from temsims.ioc.physics import sims as sp
 from temsims.ioc.world import WorldLink
 
 logger = logging.getLogger(__name__)
@@ -234,17 +232,16 @@ class SpectrometerIOC(InstrumentIOC):
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
         self.initial_params = self.params
-        self.specimen = self.world.specimen
+        self.specimen = self.world.holder.specimen
         self.species = sp.candidate_species(self.specimen)
-        self.depth = self.world.depth  # the specimen's sputtered depth, shared
+        self.depth = self.world.holder.depth  # the specimen's sputtered depth, shared
         self.depth_version = 0
         self._seed_generators()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sims")
         self.t_start = self.clock.now()
         self._drift_ref = (self.t_start, 0.0)  # (time, displacement nm) at the last rate change
         # Magnet and calibration (a stored at the reference voltage).
-        v_ref = sp.REFERENCE_VOLTAGE_V
-        self.cal_a_ref = sp.true_cal_a(v_ref, self.params) * (1.0 + self.params.cal_a_error)
+        self.cal_a_ref = sp.starting_cal_a(self.params)
         self.cal_b0_value = self.params.cal_b0_t
         b_axial = float(sp.field_for_calibrated_mass(7.0, self.cal_a_ref, self.cal_b0_value))
         self.magnet = sp.Magnet(self.params, field_t=b_axial, now=self.clock.now())
@@ -283,12 +280,11 @@ class SpectrometerIOC(InstrumentIOC):
 
     def voltage(self) -> float:
         """Extraction voltage used for the mass scale (nominal when the bias is off)."""
-        v = abs(_float(self.peer("bias_v"), 0.0) or 0.0)
-        return v if v >= self.params.min_bias_v else sp.REFERENCE_VOLTAGE_V
+        return sp.extraction_voltage(_float(self.peer("bias_v"), 0.0), self.params)
 
     def cal(self) -> tuple[float, float]:
         """Published (a, B0) at the present voltage."""
-        return self.cal_a_ref * sp.REFERENCE_VOLTAGE_V / self.voltage(), self.cal_b0_value
+        return sp.published_cal_a(self.cal_a_ref, self.voltage()), self.cal_b0_value
 
     def axial_cal_mass(self, hall_t: float) -> float:
         a, b0 = self.cal()
@@ -497,7 +493,7 @@ class SpectrometerIOC(InstrumentIOC):
     async def cal_a(self, instance, value):
         value = require_range(value, 1.0, 1e5, "CAL:A")
         self._refuse_if_busy("CAL:A")
-        self.cal_a_ref = value * self.voltage() / sp.REFERENCE_VOLTAGE_V
+        self.cal_a_ref = sp.reference_cal_a(value, self.voltage())
         self.magnet_changed_cal()
         return value
 
@@ -617,9 +613,7 @@ class SpectrometerIOC(InstrumentIOC):
     def _footprint(self, snap: dict) -> tuple[sp.ScanGeometry, bool]:
         geo = self.geometry(snap)
         if snap["spot"]:
-            geo = replace(geo, centre_x_nm=geo.centre_x_nm + 1000.0 * snap["spot_x"],
-                          centre_y_nm=geo.centre_y_nm + 1000.0 * snap["spot_y"]
-                          * geo.stretch)
+            geo = geo.at_spot(snap["spot_x"], snap["spot_y"])
         return geo, snap["spot"]
 
     def _emission(self, snap: dict, t: float) -> dict[str, float]:
@@ -634,15 +628,8 @@ class SpectrometerIOC(InstrumentIOC):
         if not snap["unblanked"] or snap["current"] <= 0 or self._raster_running():
             return
         geo, spot = self._footprint(snap)
-        ions = snap["current"] * 1e-12 * seconds / ELEMENTARY_CHARGE_C
-        if spot:
-            # A parked beam digs a hole of about the probe size.
-            size_um = max(snap["probe"], 1.0) / 1000.0
-            geo = replace(geo, nx=1, ny=1, fov_um=size_um)
-            sp.sputter(self.specimen, self.depth, geo, ions, params=self.params)
-        else:
-            sp.sputter(self.specimen, self.depth, geo, ions / (geo.nx * geo.ny),
-                       params=self.params)
+        sp.sputter_dose(self.specimen, self.depth, geo, snap["current"], seconds, spot=spot,
+                        probe_fwhm_nm=snap["probe"], params=self.params)
         self.depth_version += 1
 
     def _raster_running(self) -> bool:
@@ -655,7 +642,7 @@ class SpectrometerIOC(InstrumentIOC):
         snap = self.snapshot()
         emission = await loop.run_in_executor(self.executor, self._emission, snap, t0)
         await self.clock.sleep(t0 + count_time - self.clock.now())
-        ions_per_s = snap["current"] * 1e-12 / ELEMENTARY_CHARGE_C if snap["ready"] else 0.0
+        ions_per_s = sp.primary_ion_rate(snap["current"]) if snap["ready"] else 0.0
         expected = sp.collector_expectation(snap["masses"], emission, ions_per_s, count_time,
                                             self.params)
         counts = sp.detect(expected, count_time, self.params, self.rng)
@@ -687,24 +674,18 @@ class SpectrometerIOC(InstrumentIOC):
         mono = self.clock.now()
         self.magnet.set(max(float(setpoints[0]) - 0.01, 0.0), mono)
         self.magnet.set(float(setpoints[0]), mono + 1.0)
-        gap = setpoints - self.params.hysteresis_t
-        hall = gap + self.params.hall_offset_t + self.rng.normal(
-            0.0, self.params.hall_noise_t, npts)
+        gap, hall = sp.mass_scan_fields(setpoints, self.params, self.rng)
         true_mass = sp.mass_for_gap_field(gap, self.voltage(), self.params)
         step_time = dwell + SCAN_STEP_SETTLE_S
         total = npts * step_time
         await self.scan_npts.write(npts)
         await self.scan_mass_axis.write(sp.calibrated_mass(hall, a, b0))
         await self.scan_field_axis.write(hall)
-        ions_per_s = snap["current"] * 1e-12 / ELEMENTARY_CHARGE_C if snap["ready"] else 0.0
+        ions_per_s = sp.primary_ion_rate(snap["current"]) if snap["ready"] else 0.0
         async with self.depth_lock:
             await loop.run_in_executor(self.executor, self._sputter_time, snap, total)
         e1 = await loop.run_in_executor(self.executor, self._emission, snap, t0 + total)
-        frac = np.linspace(0.0, 1.0, npts)
-        expected = np.zeros(npts)
-        for iso in e0:
-            part = sp.spectrum_expectation(true_mass, {iso: 1.0}, ions_per_s, dwell, self.params)
-            expected += part * (e0[iso] + (e1[iso] - e0[iso]) * frac)
+        expected = sp.mass_scan_expectation(true_mass, e0, e1, ions_per_s, dwell, self.params)
         spectrum = sp.detect(expected, dwell, self.params, self.rng).astype(np.float64)
         published = 0
         while published < npts:
@@ -936,7 +917,7 @@ class SpectrometerIOC(InstrumentIOC):
         self._drift_ref = (self.clock.now(), 0.0)
         self._seed_generators()
         async with self.depth_lock:
-            self.world.restore_specimen()
+            self.world.holder.restore()
             self.depth_version += 1
             self.prepared = None
         await self.restore_defaults("mode", "count_time", "acquire", "scan_start",

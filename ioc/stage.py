@@ -18,9 +18,10 @@ The *dial* is the stage's absolute encoder (it cannot be redefined); hard limits
 limits DHLM/DLLM and shown in user coordinates as HLM/LLM.
 
 Motion is a trapezoidal velocity profile (ramp to VELO in ACCL seconds, cruise,
-ramp down), evaluated against the instrument's simulated clock and published every
-``TICK_S`` of wall time (50 Hz) by one asyncio task per moving axis: a move of
-distance ``d`` takes ``d / VELO + ACCL`` nominal seconds when ``d >= VELO * ACCL``.
+ramp down; :class:`temsims.ioc.physics.actuators.Ramp`), evaluated against the
+instrument's simulated clock and published every ``TICK_S`` of wall time (50 Hz) by
+one asyncio task per moving axis: a move of distance ``d`` takes ``d / VELO + ACCL``
+nominal seconds when ``d >= VELO * ACCL``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from temsims.ioc.common import (
     serve_part,
     write_if_changed,
 )
+from temsims.ioc.physics.actuators import Ramp
 from temsims.ioc.world import Clock
 
 #: Wall-clock period of the readback updates during a move (s): 50 Hz.
@@ -59,7 +60,7 @@ MSTA_MINUS_LS = 1 << 13
 
 
 # --------------------------------------------------------------------------------------
-# Axis configuration and motion profiles
+# Axis configuration
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AxisSpec:
@@ -121,66 +122,6 @@ STAGE_AXES: dict[str, AxisSpec] = {
                  precision=3, resolution=1e-4),
     )
 }
-
-
-@dataclass(frozen=True)
-class Ramp:
-    """Motion with piecewise-constant acceleration, starting at ``x0`` with speed ``v0``.
-
-    ``phases`` are ``(duration_s, acceleration)`` pairs; ``end`` is the exact final
-    position (returned once the profile is over, so a finished move lands on its
-    target without rounding).
-    """
-
-    x0: float
-    v0: float
-    phases: tuple[tuple[float, float], ...]
-    end: float
-
-    @property
-    def duration(self) -> float:
-        return sum(d for d, _ in self.phases)
-
-    def at(self, t: float) -> tuple[float, float]:
-        """Position and velocity ``t`` seconds after the start."""
-        if t >= self.duration:
-            return self.end, 0.0
-        x, v = self.x0, self.v0
-        for d, a in self.phases:
-            if t <= 0.0:
-                break
-            s = min(t, d)
-            x += v * s + 0.5 * a * s * s
-            v += a * s
-            t -= d
-        return x, v
-
-    @classmethod
-    def trapezoid(cls, x0: float, target: float, velocity: float, accel_s: float) -> Ramp:
-        """From rest at ``x0`` to rest at ``target``: ramp, cruise at ``velocity``, ramp."""
-        distance = abs(target - x0)
-        if distance == 0.0:
-            return cls(x0, 0.0, (), target)
-        sign = math.copysign(1.0, target - x0)
-        if accel_s <= 0.0:
-            return cls(x0, sign * velocity, ((distance / velocity, 0.0),), target)
-        accel = velocity / accel_s
-        if distance >= velocity * accel_s:
-            cruise = distance / velocity - accel_s
-            phases = ((accel_s, sign * accel), (cruise, 0.0), (accel_s, -sign * accel))
-        else:  # never reaches VELO: triangle
-            ramp = math.sqrt(distance / accel)
-            phases = ((ramp, sign * accel), (ramp, -sign * accel))
-        return cls(x0, 0.0, phases, target)
-
-    @classmethod
-    def stop(cls, x0: float, v0: float, velocity: float, accel_s: float) -> Ramp:
-        """Decelerate from speed ``v0`` at the move's acceleration ``velocity/accel_s``."""
-        if v0 == 0.0 or accel_s <= 0.0 or velocity <= 0.0:
-            return cls(x0, 0.0, (), x0)
-        accel = velocity / accel_s
-        t = abs(v0) / accel
-        return cls(x0, v0, ((t, -math.copysign(accel, v0)),), x0 + 0.5 * v0 * t)
 
 
 def _scalar(value: Any) -> Any:

@@ -3,8 +3,8 @@
 Renders the instrument's specimen at the stage position and tilt, and refuses to
 switch the objective lens on while the holder bias is on; both are read from the
 instrument's world, and the lens state is the world's ``tem.objective``. The image
-formation is in :mod:`temsims.ioc.tem_optics`, the X-ray spectra in
-:mod:`temsims.ioc.edx`; this module is the PV layer and the real-time behaviour.
+formation is in :mod:`temsims.ioc.physics.tem_optics`, the X-ray spectra in
+:mod:`temsims.ioc.physics.edx`; this module is the PV layer and the real-time behaviour.
 
 Timing: an acquisition takes its exposure (camera) or live time x points (EDX)
 on the instrument's clock; a put with completion to ``CAM:ACQUIRE``/``EDX:ACQUIRE`` returns at
@@ -34,9 +34,8 @@ from temsims.ioc.common import (
     require_range,
     serve_part,
 )
-from temsims.ioc.edx import EDXModel, EnergyAxis
-from temsims.ioc.materials import ELEMENTARY_CHARGE_C
-from temsims.ioc.tem_optics import (
+from temsims.ioc.physics.edx import EDXModel, EnergyAxis, areal_densities_at, beam_electrons
+from temsims.ioc.physics.tem_optics import (
     ImageGeometry,
     ImageRenderer,
     OpticsParameters,
@@ -254,7 +253,7 @@ class TEMIOC(InstrumentIOC):
     def __init__(self, *args: Any, optics: OpticsParameters | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.optics = optics or OpticsParameters()
-        self.specimen = self.world.specimen
+        self.specimen = self.world.holder.specimen
         self.renderer = self.world.shared(
             ("tem-renderer", self.optics),
             lambda: ImageRenderer(self.specimen, self.optics))
@@ -535,17 +534,6 @@ class TEMIOC(InstrumentIOC):
             self._edx_models = {key: model}
         return model
 
-    def areal_densities_at(self, x_nm: float, y_nm: float, path_factor: float) -> dict[str, float]:
-        """Atoms/nm^2 of each element along the (tilted) beam at a specimen point."""
-        row, col = self.specimen.to_index(np.array(x_nm), np.array(y_nm))
-        r, c = int(np.rint(row)), int(np.rint(col))
-        ny, nx = self.specimen.shape
-        if not (0 <= r < ny and 0 <= c < nx):
-            return {}  # vacuum
-        window = (slice(r, r + 1), slice(c, c + 1))
-        return {el: float(self.specimen.areal_density_per_nm2(el, window).ravel()[0]) * path_factor
-                for el in self.specimen.elements()}
-
     def edx_points(self) -> list[tuple[float, float]]:
         """Probe offsets (um, image frame) of the acquisition to come."""
         if self.edx_mode.value == "Line":
@@ -574,8 +562,8 @@ class TEMIOC(InstrumentIOC):
             ht_kv = float(self.ht_rbv.value)
             live = float(self.edx_live_time.value)
             blanked = self.blank_rbv.value == "Blanked"
-            electrons = 0.0 if blanked else (float(self.beam_current.value) * 1e-9 * live
-                                             / ELEMENTARY_CHARGE_C)
+            electrons = 0.0 if blanked else beam_electrons(float(self.beam_current.value),
+                                                           live)
             points = self.edx_points()
             line_mode = self.edx_mode.value == "Line"
             counter = int(self.edx_counter.value)
@@ -587,7 +575,8 @@ class TEMIOC(InstrumentIOC):
                 rng = np.random.default_rng([self.seed, counter, i, 2])
 
                 def compute(x_nm=x_nm, y_nm=y_nm, rng=rng):
-                    densities = self.areal_densities_at(x_nm, y_nm, geometry.path_factor)
+                    densities = areal_densities_at(self.specimen, x_nm, y_nm,
+                                                   geometry.path_factor)
                     return model.acquire(densities, electrons, rng)
 
                 spectrum = await loop.run_in_executor(None, compute)

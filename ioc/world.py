@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from temsims.ioc.physics.holder import Holder
+
 logger = logging.getLogger(__name__)
 
 
@@ -110,14 +112,16 @@ class _Subscriber:
 
 
 class World:
-    """Shared state of one instrument: quantities owned by parts, specimens, the clock.
+    """Shared state of one instrument: quantities owned by parts, the holder, the clock.
 
     Parameters
     ----------
     clock
         The instrument's simulated clock.
     specimen, seed
-        The virtual specimen loaded in the holder (built once, on first use).
+        The virtual specimen loaded in the holder (:attr:`holder`, a
+        :class:`~temsims.ioc.physics.holder.Holder`: built once, on first use, with
+        its sputtered depth); ``seed`` also seeds the parts' noise.
 
     Notes
     -----
@@ -129,49 +133,22 @@ class World:
     def __init__(self, clock: Clock | None = None, *, specimen: str = "li2co3-particles",
                  seed: int = 1) -> None:
         self.clock = clock or Clock()
-        self.specimen_name = specimen
         self.seed = seed
+        self.holder = Holder(specimen, seed)
         self._values: dict[str, Any] = {}
         self._timestamps: dict[str, float] = {}
         self._owner: dict[str, str] = {}
         self._subscribers: list[_Subscriber] = []
         self._lock = threading.RLock()
-        self._specimen = None
-        self._depth: np.ndarray | None = None
-        self.depth_lock = threading.Lock()
         self._shared: dict[str, Any] = {}
 
     # ---- the specimen -------------------------------------------------------------
-    @property
-    def specimen(self):
-        """The virtual specimen (one object shared by every part that images it)."""
-        with self._lock:
-            if self._specimen is None:
-                from temsims.ioc.specimen import build_specimen
-
-                self._specimen = build_specimen(self.specimen_name, self.seed)
-            return self._specimen
-
-    @property
-    def depth(self) -> np.ndarray:
-        """Sputtered depth (nm) on the specimen grid; SIMS writes it under ``depth_lock``."""
-        with self._lock:
-            if self._depth is None:
-                self._depth = np.zeros(self.specimen.shape, np.float32)
-            return self._depth
-
     def shared(self, name: str, factory: Callable[[], Any]) -> Any:
         """An object derived from the specimen, built once and shared (e.g. renderers)."""
         with self._lock:
             if name not in self._shared:
                 self._shared[name] = factory()
             return self._shared[name]
-
-    def restore_specimen(self) -> None:
-        """Give the holder a pristine specimen again (nothing sputtered)."""
-        with self.depth_lock:
-            if self._depth is not None:
-                self._depth[...] = 0.0
 
     # ---- quantities ---------------------------------------------------------------
     def publish(self, part: str, key: str, value: Any, timestamp: float | None = None) -> None:

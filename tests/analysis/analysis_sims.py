@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from temsims.ioc import sims_physics as sp
-from temsims.ioc.column import probe_diameter_nm
-from temsims.ioc.materials import isotope_mass_u
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.ion_optics import probe_diameter_nm
+from temsims.ioc.physics.materials import isotope_mass_u
+from temsims.ioc.physics.specimen import build_specimen
 
 LI_MASSES = (isotope_mass_u("6Li"), isotope_mass_u("7Li"))
 #: The demo's particle search (temsims.core.demo): 4 um field, 1 ms dwell, 100 pA

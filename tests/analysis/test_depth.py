@@ -10,8 +10,8 @@ from temsims.analysis.depth import (
     estimate_drift,
     sputtered_depth_nm,
 )
-from temsims.ioc import sims_physics as sp
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.specimen import build_specimen
 
 DWELL_S = 2e-4
 CURRENT_PA = 10.0

@@ -15,10 +15,10 @@ import pytest
 import xraydb
 
 from temsims.analysis import edx
-from temsims.ioc.edx import EDXModel
-from temsims.ioc.edx import EnergyAxis as SimAxis
-from temsims.ioc.materials import ELEMENTARY_CHARGE_C
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.physics.edx import EDXModel
+from temsims.ioc.physics.edx import EnergyAxis as SimAxis
+from temsims.ioc.physics.materials import ELEMENTARY_CHARGE_C
+from temsims.ioc.physics.specimen import build_specimen
 
 BEAM_KV = 200.0
 #: 1 nA for 1 s per point: a common analytical setting.

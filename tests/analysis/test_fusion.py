@@ -31,10 +31,10 @@ from temsims.analysis.metrics import (
     ssim,
 )
 from temsims.analysis.registration import register_sims_to_tem, warp_sims_to_tem
-from temsims.ioc import sims_physics as sp
-from temsims.ioc.materials import isotope_mass_u
-from temsims.ioc.specimen import build_specimen
-from temsims.ioc.tem_optics import ImageGeometry, ImageRenderer
+from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.materials import isotope_mass_u
+from temsims.ioc.physics.specimen import build_specimen
+from temsims.ioc.physics.tem_optics import ImageGeometry, ImageRenderer
 
 RATIO = 8
 SPECIES = ("6Li", "7Li", "12C", "16O")

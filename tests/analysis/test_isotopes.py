@@ -12,7 +12,7 @@ from temsims.analysis.isotopes import (
     ratio_test,
     significance_map,
 )
-from temsims.ioc import sims_physics as sp
+from temsims.ioc.physics import sims as sp
 
 
 @pytest.mark.parametrize("rate, tau, loss", [(1e6, 20e-9, 0.02), (5e6, 50e-9, 0.20)])

@@ -23,7 +23,7 @@ from temsims.analysis.particles import (
     segment_tem_particles,
     split_labelled_segments,
 )
-from temsims.ioc import sims_physics as sp
+from temsims.ioc.physics import sims as sp
 
 SEEDS = (1, 2, 3, 4, 5)
 

@@ -17,10 +17,15 @@ import pytest
 
 from temsims.analysis import edx
 from temsims.analysis import quantification as qn
-from temsims.ioc import sims_physics as sp
-from temsims.ioc.edx import EDXModel
-from temsims.ioc.materials import ELEMENTARY_CHARGE_C, MATERIALS, isotope_mass_u, natural_abundances
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.edx import EDXModel
+from temsims.ioc.physics.materials import (
+    ELEMENTARY_CHARGE_C,
+    MATERIALS,
+    isotope_mass_u,
+    natural_abundances,
+)
+from temsims.ioc.physics.specimen import build_specimen
 
 BEAM_KV = 200.0
 EDX_ELECTRONS = 1e-9 * 1.0 / ELEMENTARY_CHARGE_C  # 1 nA x 1 s per point

@@ -1,7 +1,7 @@
 """Registration of SIMS maps onto TEM images, scored against the simulator's truth.
 
 The TEM image and the SIMS map are rendered by the simulator's physics
-(:mod:`temsims.ioc.tem_optics`, :mod:`temsims.ioc.sims_physics`) of one
+(:mod:`temsims.ioc.physics.tem_optics`, :mod:`temsims.ioc.physics.sims`) of one
 li2co3-particles specimen, at known stage positions, scan rotation and 45 deg
 incidence. The geometry handed to the registration is the truth with a stage
 readback error of a few SIMS pixels; the refined transform must put the SIMS pixel
@@ -25,10 +25,10 @@ from temsims.analysis.registration import (
     warp_sims_to_tem,
     warp_tem_to_sims,
 )
-from temsims.ioc import sims_physics as sp
-from temsims.ioc.materials import isotope_mass_u
-from temsims.ioc.specimen import build_specimen
-from temsims.ioc.tem_optics import ImageGeometry, ImageRenderer
+from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.materials import isotope_mass_u
+from temsims.ioc.physics.specimen import build_specimen
+from temsims.ioc.physics.tem_optics import ImageGeometry, ImageRenderer
 
 #: Stage readback error given to the registration, in SIMS pixels (x, y on the specimen).
 STAGE_ERROR_PX = (3.2, -2.7)

@@ -24,7 +24,7 @@ def stored(start_instrument, slot_pool, tmp_path_factory):
     from instrument_support import connect_fast, stop_instrument
 
     from temsims.catalog import open_catalog, require_metadata
-    from temsims.ioc.specimen import build_specimen
+    from temsims.ioc.physics.specimen import build_specimen
     from temsims.plans import sims_map, tem_image, to_sims_mode, to_tem_mode
 
     natural = max((p for p in build_specimen("li2co3-particles", 1).truth["particles"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.physics.specimen import build_specimen
 from temsims.plans import to_sims_mode, to_tem_mode
 
 

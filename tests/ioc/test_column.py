@@ -30,7 +30,7 @@ from catools import (
     wait_for,
 )
 
-from temsims.ioc.column import APERTURES, probe_diameter_nm
+from temsims.ioc.physics.ion_optics import APERTURES, probe_diameter_nm
 
 
 # --------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage.registration import phase_cross_correlation
 
-from temsims.ioc import sims_physics as sp
-from temsims.ioc.materials import MATERIALS, isotope_mass_u
-from temsims.ioc.specimen import Layer, Specimen, build_specimen
+from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.materials import MATERIALS, isotope_mass_u
+from temsims.ioc.physics.specimen import Layer, Specimen, build_specimen
 
 LI6, LI7 = isotope_mass_u("6Li"), isotope_mass_u("7Li")
 GA69, GA71 = isotope_mass_u("69Ga"), isotope_mass_u("71Ga")

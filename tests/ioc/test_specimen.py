@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
-from temsims.ioc.materials import LSVEC_LI6_TO_LI7, MATERIALS, isotope_mass_u, natural_abundances
-from temsims.ioc.specimen import SPECIMENS, build_specimen
+from temsims.ioc.physics.materials import (
+    LSVEC_LI6_TO_LI7,
+    MATERIALS,
+    isotope_mass_u,
+    natural_abundances,
+)
+from temsims.ioc.physics.specimen import SPECIMENS, build_specimen
 
 
 def test_same_seed_same_specimen_other_seed_other_truth():

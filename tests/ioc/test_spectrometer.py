@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from catools import Monitor, get, put, refused, wait_for
 
-from temsims.ioc import sims_physics as sp
-from temsims.ioc.materials import isotope_mass_u
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.materials import isotope_mass_u
+from temsims.ioc.physics.specimen import build_specimen
 
 SPECIMEN, SEED = "li2co3-particles", 1
 GA69, GA71, LI7 = isotope_mass_u("69Ga"), isotope_mass_u("71Ga"), isotope_mass_u("7Li")

@@ -22,8 +22,8 @@ from catools import Monitor, get, put, pv, read, refused, severity, stamped, wai
 from scipy import ndimage, optimize
 from skimage.registration import phase_cross_correlation
 
-from temsims.ioc.edx import DetectorParameters, EDXModel, EnergyAxis
-from temsims.ioc.specimen import build_specimen
+from temsims.ioc.physics.edx import DetectorParameters, EDXModel, EnergyAxis
+from temsims.ioc.physics.specimen import build_specimen
 
 ELEMENTARY_CHARGE = 1.602176634e-19
 

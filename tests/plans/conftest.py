@@ -27,7 +27,7 @@ def pdev(plan_instrument):
 @pytest.fixture(scope="session")
 def particles():
     """(largest labelled, largest natural) particle of the specimen's ground truth."""
-    from temsims.ioc.specimen import build_specimen
+    from temsims.ioc.physics.specimen import build_specimen
 
     truth = build_specimen("li2co3-particles", 1).truth["particles"]
     labelled = sorted((p for p in truth if p["labelled"]), key=lambda p: -p["radius_nm"])

@@ -50,7 +50,7 @@ def _clear_field(particles, field_um: float) -> dict:
     particles the other tests here and in test_plans_tem image: the Ga calibration
     sputters over 100 nm at 1 nA over its field (too much of the 200 nm-thick map particle
     to compare maps on it), and a 2 um field round its neighbour reached it."""
-    from temsims.ioc.sims_physics import SimsParameters
+    from temsims.ioc.physics.sims import SimsParameters
 
     labelled, natural = particles
     others = [labelled[0], labelled[1], natural[0]]
@@ -131,8 +131,8 @@ PRESPUTTER_BUILDUP_LENGTHS = 5
 def map_particle(sims, particles):
     """The largest labelled particle, pre-sputtered over the map's field to the Ga
     steady state (what an analyst does before comparing maps)."""
-    from temsims.ioc.materials import ELEMENTARY_CHARGE_C, MATERIALS
-    from temsims.ioc.sims_physics import ga_buildup_nm
+    from temsims.ioc.physics.materials import ELEMENTARY_CHARGE_C, MATERIALS
+    from temsims.ioc.physics.sims import ga_buildup_nm
 
     d = sims
     p = particles[0][0]

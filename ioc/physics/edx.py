@@ -5,7 +5,7 @@ Counts in a spectrum acquired for ``n_e`` electrons on a point of the specimen::
     N(channel) = n_e * [ sum_el n_el * T_el(channel) + (sum_el n_el Z_el^2) * B(channel) ]
 
 with ``n_el`` the areal density of element ``el`` along the beam (atoms/nm^2, from
-:meth:`temsims.ioc.specimen.Specimen.areal_density_per_nm2`), then Poisson noise.
+:meth:`temsims.ioc.physics.specimen.Specimen.areal_density_per_nm2`), then Poisson noise.
 
 Characteristic lines (``T_el``)
     Every K, L and M line of the element listed by ``xraydb`` (energies, relative
@@ -43,6 +43,9 @@ from functools import cache
 import numpy as np
 import xraydb
 from scipy import special
+
+from temsims.ioc.physics.materials import ELEMENTARY_CHARGE_C, atomic_number
+from temsims.ioc.physics.specimen import Specimen
 
 #: Electrons per shell of each initial level (used by the Bethe cross-section).
 SHELL_ELECTRONS: dict[str, int] = {
@@ -271,8 +274,6 @@ class EDXModel:
     # ---- spectra ---------------------------------------------------------------------
     def expected(self, areal_density_per_nm2: dict[str, float], electrons: float) -> np.ndarray:
         """Noise-free counts per channel for ``electrons`` on the given areal densities."""
-        from temsims.ioc.materials import atomic_number
-
         spectrum = np.zeros(self.axis.nchan)
         z2 = 0.0
         for el, n in areal_density_per_nm2.items():
@@ -289,11 +290,35 @@ class EDXModel:
         return rng.poisson(self.expected(areal_density_per_nm2, electrons)).astype(np.float32)
 
 
+def beam_electrons(current_na: float, seconds: float) -> float:
+    """Electrons a probe of ``current_na`` puts on the specimen in ``seconds``."""
+    return current_na * 1e-9 * seconds / ELEMENTARY_CHARGE_C
+
+
+def areal_densities_at(specimen: Specimen, x_nm: float, y_nm: float,
+                       path_factor: float) -> dict[str, float]:
+    """Atoms/nm^2 of each element along the (tilted) beam at a specimen point.
+
+    The grid pixel nearest (``x_nm``, ``y_nm``), through every layer, times
+    ``path_factor`` (projected / true thickness); empty off the grid (vacuum).
+    """
+    row, col = specimen.to_index(np.array(x_nm), np.array(y_nm))
+    r, c = int(np.rint(row)), int(np.rint(col))
+    ny, nx = specimen.shape
+    if not (0 <= r < ny and 0 <= c < nx):
+        return {}  # vacuum
+    window = (slice(r, r + 1), slice(c, c + 1))
+    return {el: float(specimen.areal_density_per_nm2(el, window).ravel()[0]) * path_factor
+            for el in specimen.elements()}
+
+
 __all__ = [
     "DetectorParameters",
     "EDXModel",
     "EnergyAxis",
     "XRayLine",
+    "areal_densities_at",
+    "beam_electrons",
     "element_lines",
     "gaussian_bins",
     "ionisation_cross_section_cm2",

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from temsims.ioc.materials import ELEMENTARY_CHARGE_C, atomic_number
-from temsims.ioc.specimen import Specimen
+from temsims.ioc.physics.materials import ELEMENTARY_CHARGE_C, atomic_number
+from temsims.ioc.physics.specimen import Specimen
 
 ELECTRON_REST_ENERGY_KEV = 510.99895
 

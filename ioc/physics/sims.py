@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from temsims.constants import SIMS_INCIDENCE_DEG, SIMS_TILT_DEG, TILT_TOLERANCE_DEG
-from temsims.ioc.materials import (
+from temsims.ioc.physics.materials import (
     ATOMIC_MASS_UNIT_KG,
     ELEMENTARY_CHARGE_C,
     ion_range_nm,
@@ -54,7 +54,7 @@ from temsims.ioc.materials import (
     natural_abundances,
     parse_species,
 )
-from temsims.ioc.specimen import Specimen
+from temsims.ioc.physics.specimen import Specimen
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 HYDROGEN_MASS_U = 1.00782503207
@@ -193,6 +193,31 @@ def fit_calibration(fields_t: np.ndarray, masses_u: np.ndarray) -> tuple[float, 
     return float(a), float(-intercept / slope)
 
 
+def starting_cal_a(params: SimsParameters = SimsParameters()) -> float:
+    """``a`` the spectrometer publishes at start-up, at :data:`REFERENCE_VOLTAGE_V`:
+    the truth off by ``cal_a_error`` (a mass scan of the Ga peaks calibrates it)."""
+    return true_cal_a(REFERENCE_VOLTAGE_V, params) * (1.0 + params.cal_a_error)
+
+
+def extraction_voltage(bias_v: float | None, params: SimsParameters = SimsParameters()
+                       ) -> float:
+    """Extraction voltage (V) that sets the mass scale: ``|bias_v|``, or the reference
+    voltage while the bias is off (below ``min_bias_v``, or unknown)."""
+    v = abs(bias_v or 0.0)
+    return v if v >= params.min_bias_v else REFERENCE_VOLTAGE_V
+
+
+def published_cal_a(a_ref: float, voltage_v: float) -> float:
+    """``a`` at ``voltage_v`` of a calibration stored at :data:`REFERENCE_VOLTAGE_V`
+    (``a`` scales as 1 / U)."""
+    return a_ref * REFERENCE_VOLTAGE_V / voltage_v
+
+
+def reference_cal_a(a: float, voltage_v: float) -> float:
+    """Inverse of :func:`published_cal_a`: ``a`` at ``voltage_v`` stored at the reference."""
+    return a * voltage_v / REFERENCE_VOLTAGE_V
+
+
 class Magnet:
     """Sector magnet with settling and hysteresis; time is passed in (seconds).
 
@@ -243,6 +268,11 @@ class Magnet:
         if gap < self.params.settled_tolerance_t:
             return 0.0
         return self._tau * math.log(gap / self.params.settled_tolerance_t)
+
+
+def primary_ion_rate(current_pa: float) -> float:
+    """Ga+ ions per second on the specimen from a beam of ``current_pa``."""
+    return current_pa * 1e-12 / ELEMENTARY_CHARGE_C
 
 
 # ======================================================================================
@@ -442,6 +472,13 @@ class ScanGeometry:
         th = math.radians(self.rotation_deg)
         c, s = math.cos(th), math.sin(th)
         return ur * c + vr * s, -ur * s + vr * c
+
+    def at_spot(self, spot_x_um: float, spot_y_um: float) -> ScanGeometry:
+        """This raster centred on a parked beam (spot mode) at (``spot_x_um``,
+        ``spot_y_um``) from the field centre, in the beam-normal plane (its y is
+        stretched on the specimen; the scan rotation does not move the spot)."""
+        return replace(self, centre_x_nm=self.centre_x_nm + 1000.0 * spot_x_um,
+                       centre_y_nm=self.centre_y_nm + 1000.0 * spot_y_um * self.stretch)
 
     def corners_nm(self, margin_nm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         hu = self.nx * self.pixel_nm / 2 + margin_nm
@@ -777,6 +814,24 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
     local += np.where(inside, step, 0.0).astype(local.dtype)
 
 
+def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
+                 current_pa: float, seconds: float, *, spot: bool, probe_fwhm_nm: float,
+                 params: SimsParameters = SimsParameters()) -> None:
+    """Advance ``depth_nm`` (in place) by ``seconds`` of beam on a counting footprint.
+
+    A parked beam (``spot``, ``geometry`` centred on it) digs a hole of about the probe
+    size; a raster spreads the dose uniformly over its pixels.
+    """
+    ions = current_pa * 1e-12 * seconds / ELEMENTARY_CHARGE_C
+    if spot:
+        size_um = max(probe_fwhm_nm, 1.0) / 1000.0
+        geometry = replace(geometry, nx=1, ny=1, fov_um=size_um)
+        sputter(specimen, depth_nm, geometry, ions, params=params)
+    else:
+        sputter(specimen, depth_nm, geometry, ions / (geometry.nx * geometry.ny),
+                params=params)
+
+
 # ======================================================================================
 # Counting and mass scans: signal from the beam footprint
 # ======================================================================================
@@ -835,6 +890,32 @@ def spectrum_expectation(true_masses_u: np.ndarray, emission: dict[str, float],
     return counts
 
 
+def mass_scan_fields(setpoints_t: np.ndarray, params: SimsParameters,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(gap field, Hall reading) at each step of a mass scan swept up through the
+    Hall setpoints ``setpoints_t`` (approached from below: the gap field lags each
+    setpoint by the hysteresis; each reading has its noise)."""
+    gap = setpoints_t - params.hysteresis_t
+    hall = gap + params.hall_offset_t + rng.normal(0.0, params.hall_noise_t, len(gap))
+    return gap, hall
+
+
+def mass_scan_expectation(true_masses_u: np.ndarray, emission_start: dict[str, float],
+                          emission_end: dict[str, float], ions_per_s: float, dwell_s: float,
+                          params: SimsParameters = SimsParameters()) -> np.ndarray:
+    """Expected true counts at each step of a mass scan on the axial detector, the
+    emission changing linearly from ``emission_start`` (first step) to ``emission_end``
+    (last step): the scan sputters the surface it reads."""
+    npts = len(true_masses_u)
+    frac = np.linspace(0.0, 1.0, npts)
+    expected = np.zeros(npts)
+    for iso in emission_start:
+        part = spectrum_expectation(true_masses_u, {iso: 1.0}, ions_per_s, dwell_s, params)
+        expected += part * (emission_start[iso]
+                            + (emission_end[iso] - emission_start[iso]) * frac)
+    return expected
+
+
 def collector_expectation(true_masses_u, emission: dict[str, float], ions_per_s: float,
                           time_s: float, params: SimsParameters = SimsParameters()) -> np.ndarray:
     """Expected true counts on each collector (true masses) in ``time_s``."""
@@ -862,6 +943,7 @@ __all__ = [
     "dead_time_rate",
     "detect",
     "drift_offset_nm",
+    "extraction_voltage",
     "field_for_calibrated_mass",
     "fit_calibration",
     "flat_top",
@@ -869,8 +951,15 @@ __all__ = [
     "footprint_sigma_nm",
     "gap_field_for_mass",
     "mass_for_gap_field",
+    "mass_scan_expectation",
+    "mass_scan_fields",
+    "primary_ion_rate",
+    "published_cal_a",
+    "reference_cal_a",
     "spectrum_expectation",
     "sputter",
+    "sputter_dose",
     "species_weights",
+    "starting_cal_a",
     "true_cal_a",
 ]

@@ -2,7 +2,7 @@
 
 A :class:`Specimen` is a stack of depth layers over an in-plane nanometre grid
 (``pixel_nm``, centred on the holder axis: stage x = y = 0 looks at the grid
-centre). Each :class:`Layer` is a mixture of :class:`~temsims.ioc.materials.Material`
+centre). Each :class:`Layer` is a mixture of :class:`~temsims.ioc.physics.materials.Material`
 phases with per-pixel weights, a per-pixel thickness, optional dopant elements and
 isotope-abundance overrides. Arrays are stored with the smallest broadcastable shape
 (``(1, nx)`` for a profile along x, a scalar for a uniform film), so a specimen costs
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, special
 
-from temsims.ioc.materials import (
+from temsims.ioc.physics.materials import (
     AVOGADRO,
     MATERIALS,
     Material,
@@ -231,7 +231,7 @@ class Specimen:
 
     def mean_atomic_number(self, window: Window = None) -> np.ndarray:
         """Atom-weighted mean Z through the thickness (for the Bremsstrahlung)."""
-        from temsims.ioc.materials import atomic_number
+        from temsims.ioc.physics.materials import atomic_number
 
         atoms = np.zeros(self.window_shape(window))
         z_sum = np.zeros_like(atoms)

@@ -1,0 +1,77 @@
+"""Optics of the Ga+ focused-ion-beam column: beam currents, probe size, landing energy.
+
+The column of an FEI Magnum-class FIB (numbers: ``../shared/reference/instrument.md``):
+ten beam-defining apertures from 1 pA to 20 nA (:data:`APERTURES`), a probe whose
+diameter follows the current and the energy (:func:`probe_diameter_nm`), the landing
+energy of an ion on a biased holder (:func:`landing_energy_kev`) and the regulated
+emission of the liquid-metal ion source (:func:`source_emission_ua`). The column IOC
+(:mod:`temsims.ioc.column`) publishes these; the mass spectrometer counts with them.
+"""
+
+from __future__ import annotations
+
+import random
+
+#: Aperture label -> nominal beam current (pA) at the sample, FEI Magnum-class strip.
+APERTURES: dict[str, float] = {
+    "1 pA": 1.0,
+    "10 pA": 10.0,
+    "30 pA": 30.0,
+    "50 pA": 50.0,
+    "100 pA": 100.0,
+    "300 pA": 300.0,
+    "1 nA": 1000.0,
+    "3 nA": 3000.0,
+    "7 nA": 7000.0,
+    "20 nA": 20000.0,
+}
+#: Regulated emission current of the Ga liquid-metal ion source (uA) and its jitter.
+EMISSION_UA = 2.2
+EMISSION_JITTER = 0.01
+
+
+def probe_diameter_nm(
+    current_pa: float,
+    energy_kv: float,
+    *,
+    d0_nm: float = 7.0,
+    i0_pa: float = 1.0,
+    e0_kv: float = 30.0,
+    current_exponent: float = 3 / 8,
+    energy_exponent: float = 3 / 4,
+) -> float:
+    """Probe diameter (FWHM, nm) from the aberration-limited power law.
+
+    ``d = d0 * (I / I0) ** current_exponent * (E0 / E) ** energy_exponent``
+
+    The current exponent 3/8 is that of a spherical-aberration-limited probe at its
+    optimum aperture angle; the energy exponent 3/4 that of a chromatic-aberration-
+    limited probe (energy spread fixed, reduced brightness proportional to E).
+    Anchored at the Magnum-class figure of ~7 nm at 30 kV and 1 pA (estimate:
+    ``../shared/reference/instrument.md``); 20 nA at 30 kV gives ~290 nm, 1 pA at
+    5 kV ~27 nm. ``energy_kv`` is the column voltage: the retarding field of a
+    biased holder is not modelled.
+    """
+    return d0_nm * (current_pa / i0_pa) ** current_exponent * (e0_kv / energy_kv) ** (
+        energy_exponent
+    )
+
+
+def landing_energy_kev(column_kv: float, bias_v: float, charge: int = 1) -> float:
+    """Landing energy (keV) of an ion of charge ``charge`` (e): q * (U_column - U_bias)."""
+    return charge * (column_kv - bias_v / 1000.0)
+
+
+def source_emission_ua(rng: random.Random) -> float:
+    """One reading of the source's emission current (uA): regulated, with jitter."""
+    return EMISSION_UA * (1 + EMISSION_JITTER * rng.gauss(0.0, 1.0))
+
+
+__all__ = [
+    "APERTURES",
+    "EMISSION_JITTER",
+    "EMISSION_UA",
+    "landing_energy_kev",
+    "probe_diameter_nm",
+    "source_emission_ua",
+]
