@@ -8,7 +8,7 @@ and reproduce the simulator's conventions exactly. Specimen coordinates are in u
 ``(x, y)`` order of :class:`skimage.transform.AffineTransform`). Row 0 of every image
 is its -y edge and column 0 its -x edge; a pixel's coordinate is its centre.
 
-SIMS map (:class:`temsims.ioc.sims_physics.ScanGeometry`)
+SIMS map (:class:`temsims.ioc.physics.sims.ScanGeometry`)
     Square pixels of ``p = fov_um / nx`` in the plane normal to the ion beam::
 
         u = (col - (nx - 1) / 2) p,   v = (row - (ny - 1) / 2) p
@@ -18,7 +18,7 @@ SIMS map (:class:`temsims.ioc.sims_physics.ScanGeometry`)
     The 45 deg incidence stretches the map on the specimen by 1 / cos 45 = 1.414
     along y: a map is foreshortened by 0.707 along y relative to a TEM image.
 
-TEM image (:class:`temsims.ioc.tem_optics.ImageGeometry`)
+TEM image (:class:`temsims.ioc.physics.tem_optics.ImageGeometry`)
     ``N x N`` pixels of ``p = fov_um / N``::
 
         x = X + (col - (N - 1) / 2) p / cos(beta)

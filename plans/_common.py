@@ -372,25 +372,6 @@ class Values:
         return {}
 
 
-# ============================================================================ runs
-def run_returning(plan, *, md=None):
-    """``bpp.run_wrapper`` that returns the plan's return value (not the run uid).
-
-    The run uid is the start document's; plans return what they measured.
-    """
-    result = {}
-
-    def body():
-        result["value"] = yield from plan
-
-    yield from bpp.run_wrapper(body(), md=md)
-    return result.get("value")
-
-
-#: Decorator form of :func:`run_returning`, used like ``bpp.run_decorator``.
-run_decorator = bpp.make_decorator(run_returning)
-
-
 # ============================================================================ safe state
 def safe_state(column=None, bias=None, *, ramp_bias: bool = True):
     """Plan: blank the ion beam, stop any raster, ramp the holder bias to 0 V.
@@ -452,8 +433,6 @@ __all__ = [
     "device_limits",
     "plan_args_md",
     "region_md",
-    "run_decorator",
-    "run_returning",
     "safe_state",
     "sims_md",
     "start_metadata",

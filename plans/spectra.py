@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.plans._common import (
@@ -25,7 +26,6 @@ from temsims.plans._common import (
     device_limits,
     plan_args_md,
     region_md,
-    run_decorator,
     sims_md,
     start_metadata,
     with_safe_state,
@@ -170,7 +170,7 @@ def _peaks_stream(peaks: list[dict]) -> Values:
 def mass_spectrum(spectrometer: SpectrometerDevice, *, start_u: float, stop_u: float,
                   step_u: float, dwell_s: float, min_counts: float = 20.0,
                   column: IonColumnDevice | None = None, bias: BiasDevice | None = None,
-                  stage: StageDevice | None = None, md: dict | None = None) -> Plan[list[dict]]:
+                  stage: StageDevice | None = None, md: dict | None = None) -> Plan[str]:
     """Mass scan of the axial collector from ``start_u`` to ``stop_u``, with its peaks.
 
     Parameters
@@ -204,8 +204,8 @@ def mass_spectrum(spectrometer: SpectrometerDevice, *, start_u: float, stop_u: f
 
     Returns
     -------
-    list of dict
-        The peaks (see :func:`find_mass_peaks`).
+    str
+        The run's uid; its ``peaks`` stream holds the peaks (:func:`find_mass_peaks`).
     """
     check_device("spectrometer", spectrometer, SpectrometerDevice)
     start_u, stop_u, step_u, dwell_s, npts = _check_range(start_u, stop_u, step_u, dwell_s,
@@ -225,7 +225,7 @@ def mass_spectrum(spectrometer: SpectrometerDevice, *, start_u: float, stop_u: f
                        "dwell_s": dwell_s, "npts": npts}})
     scanner = spectrometer.mass_scan
 
-    @run_decorator(md=_md)
+    @bpp.run_decorator(md=_md)
     def inner():
         if column is not None:
             yield from _unblank(column)
@@ -234,7 +234,6 @@ def mass_spectrum(spectrometer: SpectrometerDevice, *, start_u: float, stop_u: f
             yield from bps.mv(column.blank, "Blanked")
         peaks = [] if data is None else find_mass_peaks(*data, min_counts=min_counts)
         yield from bps.trigger_and_read([_peaks_stream(peaks)], name="peaks")
-        return peaks
 
     return (yield from with_safe_state(inner(), column, bias))
 
@@ -243,7 +242,7 @@ def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga"
                      window_u: float = 1.2, step_u: float = 0.005, dwell_s: float = 0.002,
                      min_counts: float = 20.0, write: bool = True,
                      column: IonColumnDevice | None = None, bias: BiasDevice | None = None,
-                     stage: StageDevice | None = None, md: dict | None = None) -> Plan[dict]:
+                     stage: StageDevice | None = None, md: dict | None = None) -> Plan[str]:
     """Refit the field-to-mass calibration ``m = a (B - B0)^2`` on known peaks.
 
     For each species in ``peaks`` a mass scan of ``window_u`` around its mass (on
@@ -279,9 +278,10 @@ def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga"
 
     Returns
     -------
-    dict
-        ``a``, ``b0`` (new), ``a_old``, ``b0_old``, ``fields_t``, ``masses_u``,
-        ``residuals_u`` (fit), ``errors_before_u`` (old calibration at the peaks).
+    str
+        The run's uid; its ``calibration`` stream holds ``a``, ``b0`` (new),
+        ``a_old``, ``b0_old``, ``fields_t``, ``residuals_u`` (fit) and
+        ``errors_before_u`` (the old calibration's errors at the peaks).
 
     Raises
     ------
@@ -322,7 +322,7 @@ def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga"
                                                                            strict=True)]})
     scanner = spectrometer.mass_scan
 
-    @run_decorator(md=_md)
+    @bpp.run_decorator(md=_md)
     def inner():
         a_old = yield from bps.rd(spectrometer.cal_a, default_value=1.0)
         b0_old = yield from bps.rd(spectrometer.cal_b0, default_value=0.0)
@@ -353,10 +353,6 @@ def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga"
         else:
             a, b0 = fit_mass_calibration(fields, true_m)
             residuals = a * (fields - b0) ** 2 - true_m
-        result = {"a": a, "b0": b0, "a_old": float(a_old or 0.0), "b0_old": float(b0_old or 0.0),
-                  "fields_t": fields.tolist(), "masses_u": true_m.tolist(),
-                  "residuals_u": residuals.tolist(),
-                  "errors_before_u": (measured - true_m).tolist(), "written": write}
         if not simulated and not (CAL_A_RANGE[0] <= a <= CAL_A_RANGE[1] and CAL_B0_RANGE[0] <= b0 <= CAL_B0_RANGE[1]
                 and np.all(np.abs(residuals) < 0.5)):
             raise RuntimeError(f"calibrate_masses: fit not sane (a={a:g}, b0={b0:g}, residuals "
@@ -364,13 +360,12 @@ def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga"
         cal = Values("calibration", units={"a": "u/T^2", "b0": "T", "a_old": "u/T^2",
                                            "b0_old": "T", "fields_t": "T",
                                            "residuals_u": "u", "errors_before_u": "u"})
-        cal.set_values(a=a, b0=b0, a_old=result["a_old"], b0_old=result["b0_old"],
+        cal.set_values(a=a, b0=b0, a_old=float(a_old or 0.0), b0_old=float(b0_old or 0.0),
                        fields_t=fields, residuals_u=residuals,
                        errors_before_u=measured - true_m)
         yield from bps.trigger_and_read([cal], name="calibration")
         if write:
             yield from bps.mv(spectrometer.cal_a, a, spectrometer.cal_b0, b0)
-        return result
 
     return (yield from with_safe_state(inner(), column, bias))
 

@@ -10,7 +10,6 @@ fly mode (the keys, shapes and start metadata the imager flyer and the plan reco
 
 from __future__ import annotations
 
-import math
 import time
 from types import SimpleNamespace
 
