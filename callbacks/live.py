@@ -35,7 +35,7 @@ Cost and threads
     callback constructed, which must then be on the main thread (as at the IPython
     prompt); to construct one from another thread, first call
     ``bluesky.callbacks.mpl_plotting.initialize_qt_teleporter()`` from the main
-    thread. The temsims session (:func:`temsims.session.configure_session`) does not
+    thread. The temsims session (:func:`temsims.app.session.configure_session`) does not
     call it; bluesky's ``RunEngine`` does (its default ``during_task``) when it is
     created with matplotlib already imported and a Qt backend selected. Headless
     (``headless=True``, or a non-interactive backend such as Agg) the figure is a

@@ -9,7 +9,7 @@ surface and implants Ga. The instrument is left in the TEM geometry, ion beam
 blanked, bias at 0 V (also on failure or abort: :func:`with_safe_state`).
 
 Each run's start document carries a ``calibration`` block with what the analysis
-(:mod:`temsims.calibration_data`, :mod:`temsims.analysis.edx`,
+(:mod:`temsims.app.calibration_data`, :mod:`temsims.analysis.edx`,
 :mod:`temsims.analysis.quantification`) needs besides the data, described in
 ``docs/calibration.md``: the shared keys (``calibration_id``, ``role`` =
 ``"edx_line"`` or ``"sims_map"``, analyte and matrix reference, ``binary``,
@@ -154,7 +154,7 @@ def edx_sims_calibration(microscope: Microscope, *,
     The two runs an EDX-guided SIMS quantification needs (``docs/calibration.md``):
     EDX gives ``C(x)`` where it is above its detection limit, the SIMS map gives the
     analyte and matrix-reference intensities at the same positions and below the
-    EDX limit; :func:`temsims.calibration_data.quantify` fits RSF(C) and turns the
+    EDX limit; :func:`temsims.app.calibration_data.quantify` fits RSF(C) and turns the
     map into concentrations.
 
     Sequence: TEM geometry (if not already) -> EDX line (``edx_line``; TEM beam
@@ -225,7 +225,7 @@ def edx_sims_calibration(microscope: Microscope, *,
     -------
     dict
         ``calibration_id`` and ``uids`` {"edx_line": uid, "sims_map": uid}; the data
-        are in the runs (:func:`temsims.calibration_data.from_catalog`).
+        are in the runs (:func:`temsims.app.calibration_data.from_catalog`).
 
     Raises
     ------
@@ -234,7 +234,7 @@ def edx_sims_calibration(microscope: Microscope, *,
 
     See Also
     --------
-    temsims.calibration_data.quantify : the analysis of the two runs.
+    temsims.app.calibration_data.quantify : the analysis of the two runs.
     temsims.plans.correlative.correlative_tem_sims : the multi-run pattern.
 
     Notes

@@ -217,7 +217,7 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
     dict
         ``correlation_id``, ``uids`` {"overview": uid, "sims": [...], "tem": [...]}
         and ``rois`` (list of dict). The data are in the runs:
-        :func:`temsims.loaders.load_correlative` reads them back.
+        :func:`temsims.app.loaders.load_correlative` reads them back.
     """
     stage, tem, camera, mode, imager, spectrometer, column, bias = microscope_parts(
         microscope, *PARTS)

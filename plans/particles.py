@@ -131,7 +131,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         ``correlation_id``, ``uids`` {"sims": [uid], "tem": [...]} and ``imaged``
         (``[{"label", "classification", "tem_uid"}]``, the particles imaged, in
         order). The maps and the particle table are in the SIMS run
-        (:func:`temsims.loaders.load_correlative` reads them back).
+        (:func:`temsims.app.loaders.load_correlative` reads them back).
 
     Notes
     -----

@@ -20,7 +20,7 @@ def test_ioc_all_serves_five_iocs_and_stops_them(slot_pool, tmp_path, stop_signa
     slot, layout = slot_pool.take()
     prefix = f"CLI{time.time_ns() % 100000}:"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "temsims.cli", "ioc", "all", "--prefix", prefix,
+        [sys.executable, "-m", "temsims.app.cli", "ioc", "all", "--prefix", prefix,
          "--base-port", str(layout.base_port), "--log-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

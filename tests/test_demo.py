@@ -19,7 +19,7 @@ def test_demo_quick_runs_and_writes_report(slot_pool, tmp_path):
     t0 = time.monotonic()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "temsims.cli", "demo", "--quick", "--prefix", prefix,
+            [sys.executable, "-m", "temsims.app.cli", "demo", "--quick", "--prefix", prefix,
              "--base-port", str(layout.base_port), "--catalog", str(tmp_path / "catalog"),
              "--out", str(out), "--log-dir", str(tmp_path / "logs"), "--time-scale", "20"],
             capture_output=True, text=True, timeout=240,
@@ -46,7 +46,7 @@ def test_demo_quick_runs_and_writes_report(slot_pool, tmp_path):
     import json
 
     report = json.loads((out / "report.json").read_text())
-    assert report["source"] == "catalog"  # read back by temsims.loaders
+    assert report["source"] == "catalog"  # read back by temsims.app.loaders
     assert report["regions"]
     for region in report["regions"]:
         reg = region["registration"]

@@ -1,4 +1,4 @@
-"""``temsims.loaders.load_correlative`` on runs written by the real plans into a real catalog.
+"""``temsims.app.loaders.load_correlative`` on runs written by the real plans into a real catalog.
 
 One small correlative experiment (``correlative_tem_sims`` over the real IOCs,
 li2co3-particles seed 1, written to an embedded catalog), shared by the module and
@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from temsims.loaders import CorrelativeExperiment, load_correlative
+from temsims.app.loaders import CorrelativeExperiment, load_correlative
 
 #: End to end (plan, catalog, loader): the module's fixture takes 16-22 s, its tests 6 s.
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from temsims.session import configure_session
+from temsims.app.session import configure_session
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -104,7 +104,7 @@ def test_temsims_shell_opens_the_profile(instrument, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEMSIMS_")}
     env.update({"TEMSIMS_MD_DIR": str(tmp_path / "md"), "MPLBACKEND": "Agg"})
     proc = subprocess.run(
-        [sys.executable, "-m", "temsims.cli", "shell", "--prefix", instrument.instrument_prefix,
+        [sys.executable, "-m", "temsims.app.cli", "shell", "--prefix", instrument.instrument_prefix,
          "--base-port", str(instrument.layout.base_port), "--catalog", str(tmp_path / "cat"),
          "--ipython-dir", str(tmp_path / "ipython"), "--no-banner", "--colors=nocolor",
          "-c", code],

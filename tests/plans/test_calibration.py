@@ -1,5 +1,5 @@
 """EDX-guided SIMS quantification end to end: ``edx_sims_calibration`` on the real IOCs
-(diffusion-couple, seed 1), then ``temsims.calibration_data`` on its documents and on
+(diffusion-couple, seed 1), then ``temsims.app.calibration_data`` on its documents and on
 the catalog, scored against the specimen's true C(x).
 
 The module gets the session's diffusion-couple instrument, reset at its start (the
@@ -200,7 +200,7 @@ def test_runs_linked_and_metadata_recorded(calibration_run):
 
 @pytest.mark.slow
 def test_edx_line_inside_sims_field(calibration_run):
-    from temsims import calibration_data as cd
+    from temsims.app import calibration_data as cd
 
     data = cd.from_documents(calibration_run["docs"])
     assert data.line_inside_field()
@@ -239,7 +239,7 @@ def _score(result, truth) -> dict:
 @pytest.mark.slow
 def test_quantified_sims_concentration_against_the_truth(calibration_run, truth):
     """< 10 % relative error from 10 at.% down to 0.1 at.%, below the EDX detection limit."""
-    from temsims import calibration_data as cd
+    from temsims.app import calibration_data as cd
 
     t0 = time.monotonic()
     data = cd.from_documents(calibration_run["docs"])
@@ -295,7 +295,7 @@ def test_quantified_sims_concentration_against_the_truth(calibration_run, truth)
 @pytest.mark.slow
 def test_same_result_from_the_catalog(calibration_run):
     """The runs read back from the embedded catalog give the same arrays and result."""
-    from temsims import calibration_data as cd
+    from temsims.app import calibration_data as cd
 
     cid = calibration_run["result"]["calibration_id"]
     t0 = time.monotonic()
@@ -319,7 +319,7 @@ def test_missing_k_factors_refused(calibration_run):
     """Runs recorded without k-factors: the analysis asks for them."""
     import dataclasses
 
-    from temsims import calibration_data as cd
+    from temsims.app import calibration_data as cd
 
     data = dataclasses.replace(cd.from_documents(calibration_run["docs"]), k_factors=None)
     with pytest.raises(ValueError, match="k-factors"):

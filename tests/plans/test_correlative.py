@@ -27,7 +27,7 @@ from temsims.plans._common import HARDWARE_COMMANDS
 from temsims.plans.correlative import tem_pixel_to_stage
 
 TIMINGS: dict[str, float] = {}
-#: The particle search at the demo's dose and full size (core/demo.py FULL).
+#: The particle search at the demo's dose and full size (core/app/demo.py FULL).
 SEARCH = {"fov_um": 4.0, "pixels": (96, 68), "dwell_s": 1e-3, "aperture": "100 pA"}
 SEEDS = (1, 2, 3)
 

@@ -184,9 +184,9 @@ def configure_session(
 
 def _analysis_tools() -> dict[str, Any]:
     """Live views, exporters and the correlative loader, ready to use by name."""
+    from temsims.app.loaders import load_correlative
     from temsims.callbacks.export import export_hdf5, export_tiff
     from temsims.callbacks.live import LiveFusedOverlay, LiveRatioMap, LiveSimsMap
-    from temsims.loaders import load_correlative
 
     return {"LiveSimsMap": LiveSimsMap, "LiveRatioMap": LiveRatioMap,
             "LiveFusedOverlay": LiveFusedOverlay, "export_tiff": export_tiff,

@@ -16,6 +16,16 @@ from pathlib import Path
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
 
 IOC_NAMES = tuple(IOC_PORT_OFFSETS)
+#: What ``temsims --help`` says (plain terminal text).
+DESCRIPTION = """The temsims command: the correlative TEM-SIMS microscope's simulated instrument,
+its main job and its IPython session.
+
+  temsims ioc all       serve the instrument (every part, loopback) until Ctrl-C or SIGTERM
+  temsims ioc <part>    serve one part alone
+  temsims demo          the main job: the correlative demo on the embedded catalog
+  temsims shell         an IPython session with the temsims profile
+
+temsims <command> --help shows each command's options and defaults."""
 
 
 def describe_running(parts, prefix: str, layout: CALayout) -> str:
@@ -100,9 +110,9 @@ def cmd_ioc(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job (:func:`temsims.demo.run_demo`): correlative TEM-SIMS and the
+    """The main job (:func:`temsims.app.demo.run_demo`): correlative TEM-SIMS and the
     labelled-particle search, a catalog of the runs and a PNG report."""
-    from temsims.demo import run_demo
+    from temsims.app.demo import run_demo
 
     run_demo(prefix=args.prefix, base_port=args.base_port, host=args.host,
              specimen=args.specimen, seed=args.seed, catalog=args.catalog, out=args.out,
@@ -131,7 +141,7 @@ def cmd_shell(args: argparse.Namespace, passthrough: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="temsims", description=__doc__,
+    parser = argparse.ArgumentParser(prog="temsims", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 

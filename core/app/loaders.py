@@ -35,7 +35,7 @@ Coordinates are in um; pixel ``(row, col)`` 0 is the -y, -x corner.
 Example
 -------
 >>> from temsims.catalog import open_catalog
->>> from temsims.loaders import load_correlative
+>>> from temsims.app.loaders import load_correlative
 >>> cat = open_catalog()
 >>> exp = load_correlative(cat, cid)                 # doctest: +SKIP
 >>> exp.sims[0]["6Li"].plot(x="x_um", y="y_um")      # doctest: +SKIP

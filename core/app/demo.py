@@ -119,7 +119,7 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
         cat.flush()
         t = time.monotonic()
         experiment, search = read_back(cat, result)
-        _say(f"runs read back from the catalog (temsims.loaders.load_correlative) and "
+        _say(f"runs read back from the catalog (temsims.app.loaders.load_correlative) and "
              f"registered in {time.monotonic() - t:.1f} s")
         out = Path(out)
         t = time.monotonic()
@@ -191,9 +191,9 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
 # ============================================================================ read back
 def read_back(cat, result: dict[str, Any]):
     """Both experiments of the demo read from the catalog by
-    :func:`temsims.loaders.load_correlative`: the correlative one registered onto its
+    :func:`temsims.app.loaders.load_correlative`: the correlative one registered onto its
     overview; the particle search's SIMS map, particle table and TEM zooms."""
-    from temsims.loaders import load_correlative
+    from temsims.app.loaders import load_correlative
 
     experiment = load_correlative(cat, result["correlative"]["correlation_id"])
     search = load_correlative(cat, result["particles"]["correlation_id"], register=False)
