@@ -2,17 +2,12 @@
 
 ``BufferedWriter(callback)``
     A RunEngine callback that checks each document, puts it on a queue and returns.
-    One background thread hands the documents, in order, to ``callback`` (in temsims
-    a :class:`DtypeFromData` wrapping bluesky-tiled-plugins' ``TiledWriter``). Write
-    errors are logged with their traceback when they happen and re-raised to the
-    caller on the next document, on :meth:`BufferedWriter.flush` or on
-    :meth:`BufferedWriter.close`; the documents that follow keep being written, so
-    nothing already stored (or storable) is lost.
-
-``DtypeFromData(callback)``
-    Adds ``dtype_numpy`` to the data keys of a descriptor that lack it, taken from the
-    first event of that descriptor, so a float32 image stays float32 in the catalog
-    (ophyd 1.11's ``describe()`` only says ``"array"``, which storage reads as float64).
+    One background thread hands the documents, in order and unchanged, to
+    ``callback`` (in temsims the ``TiledWriter`` of
+    :func:`temsims.catalog.storing_chain`). Write errors are logged with their
+    traceback when they happen and re-raised to the caller on the next document, on
+    :meth:`BufferedWriter.flush` or on :meth:`BufferedWriter.close`; the documents
+    that follow keep being written, so nothing already stored (or storable) is lost.
 
 ``validate_document(name, doc)``
     event-model's JSON schema for the document, raising :class:`InvalidDocument`.
@@ -49,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BufferedWriter",
-    "DtypeFromData",
     "InvalidDocument",
     "StorageError",
     "WriterStats",
@@ -165,74 +159,6 @@ def schema_error_message(name: str, doc: Any, err: jsonschema.ValidationError) -
     return f"invalid {name} document (uid={doc.get('uid')!r}) at {where}: {err.message}; not stored"
 
 
-# --------------------------------------------------------------------------- dtype
-
-
-def _numpy_dtype(value: Any) -> str | None:
-    """The numpy dtype string of an event value, or None if it is not numeric data."""
-    if isinstance(value, np.ndarray | np.generic):
-        dt = value.dtype
-    elif isinstance(value, list | tuple) and value:
-        dt = np.asarray(value).dtype
-    else:
-        return None
-    if dt.kind not in "biufc":
-        return None
-    return dt.str
-
-
-class DtypeFromData:
-    """Give descriptors the ``dtype_numpy`` of their data, read from the first event.
-
-    A descriptor whose data keys all have ``dtype_numpy`` passes straight through.
-    Otherwise it is held back until the first event (or event page) that refers to it,
-    which is then used to fill in ``dtype_numpy`` for every numeric key lacking it;
-    the descriptor is then passed on, followed by the event. If the run stops before
-    any event, the descriptor is passed on unchanged before the stop document. The
-    order of documents that refer to a descriptor is therefore unchanged.
-    """
-
-    def __init__(self, callback: Callback) -> None:
-        self.callback = callback
-        self._held: dict[str, dict] = {}  # descriptor uid -> descriptor doc
-
-    def __call__(self, name: str, doc: dict) -> Any:
-        if name == "descriptor":
-            keys = doc.get("data_keys", {})
-            if any("dtype_numpy" not in dk and "external" not in dk for dk in keys.values()):
-                self._held[doc["uid"]] = doc
-                return None
-        elif name in ("event", "event_page"):
-            held = self._held.pop(doc["descriptor"], None)
-            if held is not None:
-                self.callback("descriptor", self._patched(held, doc, page=name == "event_page"))
-        elif name == "stop":
-            for uid in [u for u, d in self._held.items() if d.get("run_start") == doc.get("run_start")]:
-                self.callback("descriptor", self._held.pop(uid))
-        return self.callback(name, doc)
-
-    @staticmethod
-    def _patched(descriptor: dict, event: dict, *, page: bool) -> dict:
-        descriptor = copy.deepcopy(descriptor)
-        for key, dk in descriptor["data_keys"].items():
-            if "dtype_numpy" in dk or "external" in dk or key not in event["data"]:
-                continue
-            value = event["data"][key]
-            if page:
-                value = value[0] if len(value) else None
-            if isinstance(value, bool | np.bool_):
-                dtype = "|b1"
-            elif isinstance(value, int | np.integer) and dk.get("dtype") == "integer":
-                dtype = "<i8"
-            elif isinstance(value, float):
-                dtype = "<f8"
-            else:
-                dtype = _numpy_dtype(value)
-            if dtype is not None:
-                dk["dtype_numpy"] = dtype
-        return descriptor
-
-
 # --------------------------------------------------------------------------- buffer
 
 
@@ -263,7 +189,8 @@ class BufferedWriter:
     ----------
     callback
         Called as ``callback(name, doc)`` from the writer thread, in document order
-        (e.g. ``DtypeFromData(TiledWriter(runs))``).
+        (e.g. ``TiledWriter(runs)``). Documents are passed on as they are: a
+        descriptor is stored with the ``dtype_numpy`` its devices describe.
     validate
         Check every document against event-model's schemas (see the module notes).
     thread_validation

@@ -4,11 +4,12 @@
 caller's side (same checks, queue, error reporting, ``flush``/``wait_for_run``/
 ``close``, drain at exit); its thread only pickles each document onto a pipe. The
 child, ``python -m temsims.callbacks.writer_process``, receives a picklable factory
-first, builds the callback from it (in temsims ``DtypeFromData(TiledWriter(runs))``
-on a tiled client of its own, connected to the catalog directory's shared server and
-holding a lease on it, so that server serves until the child is done: decision 0014)
-and feeds it the documents in order, answering on a second pipe. Why, and what it
-costs: ``docs/decisions/0009-writer-process.md``.
+first, builds the callback from it (in temsims the ``TiledWriter`` of
+:func:`temsims.catalog.storing_chain` on a tiled client of its own, connected to the
+catalog directory's shared server and holding a lease on it, so that server serves
+until the child is done: decision 0014) and feeds it the documents in order,
+answering on a second pipe. Why, and what it costs:
+``docs/decisions/0009-writer-process.md``.
 
 The child is a plain ``subprocess`` (not ``multiprocessing``): spawning would re-run
 the parent's ``__main__``, which in an IPython session started with

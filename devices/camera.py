@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignalRO
+from ophyd import Device
 
-from temsims.devices.common import ShapedArray, ValidatedSignal
+from temsims.devices.common import Reading, ShapedArray, ValidatedSignal
 
 #: Slack (s) added to the exposure for the put-completion of an acquisition.
 ACQUIRE_SLACK_S = 30.0
@@ -31,13 +31,13 @@ class TEMCamera(Device):
     acquire = Cpt(ValidatedSignal, "CAM:ACQUIRE", string=True, kind="omitted")
     image = Cpt(ShapedArray, "CAM:IMAGE", shape=_image_shape, dtype=np.float32,
                 dims=("y", "x"), kind="normal", doc="Image (counts), SIZE x SIZE")
-    counter = Cpt(EpicsSignalRO, "CAM:COUNTER", kind="normal", doc="Images acquired")
-    pixel_nm = Cpt(EpicsSignalRO, "CAM:PIXEL_NM", kind="config", doc="Pixel size (nm)")
-    dose = Cpt(EpicsSignalRO, "CAM:DOSE", kind="hinted", doc="Electrons per pixel")
-    center_x = Cpt(EpicsSignalRO, "CAM:CENTER_X", kind="normal", doc="Image centre x (um)")
-    center_y = Cpt(EpicsSignalRO, "CAM:CENTER_Y", kind="normal", doc="Image centre y (um)")
-    tilt_a = Cpt(EpicsSignalRO, "CAM:TILT_A", kind="normal", doc="Alpha tilt of the image (deg)")
-    tilt_b = Cpt(EpicsSignalRO, "CAM:TILT_B", kind="normal", doc="Beta tilt of the image (deg)")
+    counter = Cpt(Reading, "CAM:COUNTER", kind="normal", doc="Images acquired")
+    pixel_nm = Cpt(Reading, "CAM:PIXEL_NM", kind="config", doc="Pixel size (nm)")
+    dose = Cpt(Reading, "CAM:DOSE", kind="hinted", doc="Electrons per pixel")
+    center_x = Cpt(Reading, "CAM:CENTER_X", kind="normal", doc="Image centre x (um)")
+    center_y = Cpt(Reading, "CAM:CENTER_Y", kind="normal", doc="Image centre y (um)")
+    tilt_a = Cpt(Reading, "CAM:TILT_A", kind="normal", doc="Alpha tilt of the image (deg)")
+    tilt_b = Cpt(Reading, "CAM:TILT_B", kind="normal", doc="Beta tilt of the image (deg)")
 
     def trigger(self):
         """Acquire one image; the status finishes when the IOC has published it."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignalRO
+from ophyd import Device
 
-from temsims.devices.common import Readback, SwitchSignal, ValidatedSignal
+from temsims.devices.common import Readback, Reading, SwitchSignal, ValidatedSignal
 
 #: Slack (s) on top of NX*NY*DWELL for the put-completion of a raster frame.
 FRAME_SLACK_S = 30.0
@@ -38,13 +38,13 @@ class ScanGenerator(Device):
     spot_y = Cpt(FrameGuardedSignal, "SPOT_Y", kind="config", doc="Spot y (um)")
     acquire = Cpt(ValidatedSignal, "ACQUIRE", string=True, kind="omitted")
     acquire_rbv = Cpt(Readback, "ACQUIRE_RBV", string=True, kind="omitted")
-    line = Cpt(EpicsSignalRO, "LINE", kind="omitted")
-    pixel = Cpt(EpicsSignalRO, "PIXEL", kind="omitted")
-    progress = Cpt(EpicsSignalRO, "PROGRESS", kind="omitted")
+    line = Cpt(Reading, "LINE", kind="omitted")
+    pixel = Cpt(Reading, "PIXEL", kind="omitted")
+    progress = Cpt(Reading, "PROGRESS", kind="omitted")
     frame = Cpt(Readback, "FRAME", kind="omitted")
-    start_time = Cpt(EpicsSignalRO, "START_TIME", kind="omitted")
-    frame_time = Cpt(EpicsSignalRO, "FRAME_TIME", kind="config", doc="NX*NY*DWELL (s)")
-    pixel_nm = Cpt(EpicsSignalRO, "PIXEL_NM", kind="config", doc="FOV/NX (nm)")
+    start_time = Cpt(Reading, "START_TIME", kind="omitted")
+    frame_time = Cpt(Reading, "FRAME_TIME", kind="config", doc="NX*NY*DWELL (s)")
+    pixel_nm = Cpt(Reading, "PIXEL_NM", kind="config", doc="FOV/NX (nm)")
 
     def start_frame(self):
         """Raster one frame; the status finishes at the end of the frame.
@@ -76,12 +76,12 @@ class IonColumn(Device):
     hv = Cpt(FrameGuardedSignal, "HV_RBV", write_pv="HV", kind="config", doc="Column HV (kV)")
     aperture = Cpt(FrameGuardedSignal, "APERTURE", string=True, kind="config",
                    doc="Beam-defining aperture (named by its current)")
-    current = Cpt(EpicsSignalRO, "CURRENT_RBV", kind="hinted", doc="Beam current (pA)")
-    sample_current = Cpt(EpicsSignalRO, "SAMPLE_CURRENT_RBV", kind="normal",
+    current = Cpt(Reading, "CURRENT_RBV", kind="hinted", doc="Beam current (pA)")
+    sample_current = Cpt(Reading, "SAMPLE_CURRENT_RBV", kind="normal",
                          doc="Current on the sample (pA)")
-    probe = Cpt(EpicsSignalRO, "PROBE_RBV", kind="normal", doc="Probe diameter FWHM (nm)")
-    emission = Cpt(EpicsSignalRO, "EMISSION_RBV", kind="omitted", doc="Emission (uA)")
-    landing = Cpt(EpicsSignalRO, "LANDING_RBV", kind="normal", doc="Landing energy (keV)")
+    probe = Cpt(Reading, "PROBE_RBV", kind="normal", doc="Probe diameter FWHM (nm)")
+    emission = Cpt(Reading, "EMISSION_RBV", kind="omitted", doc="Emission (uA)")
+    landing = Cpt(Reading, "LANDING_RBV", kind="normal", doc="Landing energy (keV)")
     blank = Cpt(SwitchSignal, "BLANK_RBV", write_pv="BLANK", kind="normal",
                 doc="Blanked/Unblanked (set() ends at the readback)")
     status = Cpt(Readback, "STATUS", string=True, kind="omitted")

@@ -1,4 +1,5 @@
-"""What every temsims device shares: validated setpoints, the control layer, connecting.
+"""What every temsims device shares: validated setpoints, complete descriptions, the
+control layer, connecting.
 
 Why client-side validation: ophyd's caproto control layer uses caproto's threading
 client, which does not hand a server's put error to the caller. A put the IOC refuses
@@ -9,6 +10,11 @@ finiteness) *before* anything is sent, and raises a clear ``ValueError``; setpoi
 writes use put completion with a write timeout, so that a refusal nobody could
 foresee ends as a failed status instead of a hang. See
 ``docs/decisions/0006-devices.md``.
+
+Every signal class here describes what storage needs to keep a reading as it is: the
+``dtype_numpy`` of its value and, for an array, its ``shape`` and ``dims``
+(:class:`DescribesDtype`, :class:`ShapedArray`). See
+``docs/decisions/0016-devices-describe-their-data.md``.
 
 Nothing here talks to the IOC modules: devices know the instrument by PV names only.
 """
@@ -22,11 +28,48 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from ophyd import EpicsSignal, EpicsSignalRO
+from ophyd import EpicsSignal, EpicsSignalRO, Signal
 from ophyd.status import DeviceStatus, StatusBase
 
 #: Default write timeout (s) of setpoint puts with completion (IOC putters answer in ms).
 SETPOINT_WRITE_TIMEOUT_S = 10.0
+#: ``dtype_numpy`` of a string: numpy's unsized unicode, as a string's length varies by
+#: event (what bluesky-tiled-plugins assumes for ``dtype: string`` too).
+STRING_DTYPE = np.dtype(str).str
+
+
+def value_dtype(value) -> str:
+    """The ``dtype_numpy`` of a reading's value: the dtype storage keeps it in.
+
+    Python ints and floats are stored as int64 and float64 (event tables), booleans as
+    ``|b1``, strings as :data:`STRING_DTYPE`, arrays in their own dtype.
+    """
+    if isinstance(value, str):
+        return STRING_DTYPE
+    return np.asarray(value).dtype.str
+
+
+class DescribesDtype:
+    """Mixin for ophyd signals: ``describe()`` gives the ``dtype_numpy`` of the value,
+    and ``dims`` for an array, which ophyd leaves out.
+
+    ophyd 1.11 says only ``number``, ``integer``, ``string`` or ``array`` for an EPICS or
+    soft signal; storage would then guess from that (float64 for every array, so a
+    float32 image would be stored as float64). Put it first among the bases.
+    """
+
+    def describe(self):
+        desc = super().describe()
+        entry = desc[self.name]
+        if "dtype_numpy" not in entry:
+            # From get(), not the monitor's raw value ophyd looks at: get() turns an
+            # enum's uint16 or a short's int16 into the Python int a reading holds.
+            entry["dtype_numpy"] = value_dtype(self.get())
+        if entry["dtype"] == "array" and "dims" not in entry:
+            # a waveform with no axis names of its own (ShapedArray names them): names
+            # of its own, so that no other array's axis of another size shares them
+            entry["dims"] = [f"{self.name}_{axis}" for axis in range(len(entry["shape"]))]
+        return desc
 
 
 def use_caproto_control_layer() -> None:
@@ -43,7 +86,7 @@ def use_caproto_control_layer() -> None:
         ophyd.set_cl("caproto")
 
 
-class ValidatedSignal(EpicsSignal):
+class ValidatedSignal(DescribesDtype, EpicsSignal):
     """An ``EpicsSignal`` that refuses, before putting, what the IOC would refuse.
 
     Checks: ``None``, NaN and infinities; enum strings (and enum indices) against the
@@ -126,11 +169,25 @@ class SwitchSignal(ValidatedSignal):
         return chain(self, [put, readback])
 
 
-class Readback(EpicsSignalRO):
+class Reading(DescribesDtype, EpicsSignalRO):
+    """A read-only PV, fetched over CA at each read (unless ``auto_monitor=True``)."""
+
+
+class Readback(Reading):
     """A read-only PV followed by a CA monitor (``get()`` returns the cached value)."""
 
     def __init__(self, read_pv, *, auto_monitor=True, **kwargs):
         super().__init__(read_pv, auto_monitor=auto_monitor, **kwargs)
+
+
+class RecordField(DescribesDtype, EpicsSignal):
+    """A writable PV with ophyd's plain ``EpicsSignal`` behaviour (no checks, no put
+    completion): a field of a record that ophyd's own devices declare, such as the
+    motor record's (:class:`~temsims.devices.stage.StageMotor`)."""
+
+
+class SoftSignal(DescribesDtype, Signal):
+    """A value kept in the client (no PV), e.g. a setting recorded as configuration."""
 
 
 def chain(device, steps: Iterable, *, timeout: float | None = None) -> DeviceStatus:

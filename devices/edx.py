@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignalRO, Kind
+from ophyd import Device, Kind
 
-from temsims.devices.common import ShapedArray, ValidatedSignal
+from temsims.devices.common import Reading, ShapedArray, ValidatedSignal
 
 ACQUIRE_SLACK_S = 30.0
 
@@ -49,9 +49,9 @@ class EDXDetector(Device):
                        doc="Line scan spectra (NPTS x NCHAN counts)")
     energy = Cpt(ShapedArray, "EDX:ENERGY", shape=_nchan, dtype=np.float64,
                  dims=("channel",), kind="normal", doc="Channel centres (eV)")
-    point = Cpt(EpicsSignalRO, "EDX:POINT", kind="omitted")
-    counter = Cpt(EpicsSignalRO, "EDX:COUNTER", kind="normal", doc="Acquisitions completed")
-    rate = Cpt(EpicsSignalRO, "EDX:RATE", kind="hinted", doc="Total count rate (1/s)")
+    point = Cpt(Reading, "EDX:POINT", kind="omitted")
+    counter = Cpt(Reading, "EDX:COUNTER", kind="normal", doc="Acquisitions completed")
+    rate = Cpt(Reading, "EDX:RATE", kind="hinted", doc="Total count rate (1/s)")
 
     def _apply_mode_kinds(self) -> str:
         mode = str(self.mode.get())

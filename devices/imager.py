@@ -29,11 +29,11 @@ import threading
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignalRO, Signal
+from ophyd import Device
 from ophyd import FormattedComponent as FCpt
 from ophyd.status import DeviceStatus
 
-from temsims.devices.common import Readback, ValidatedSignal
+from temsims.devices.common import Readback, Reading, SoftSignal, ValidatedSignal
 
 N_COLLECTORS = 4
 FRAME_SLACK_S = 30.0
@@ -65,16 +65,16 @@ class SIMSImager(Device):
     acquire_rbv = FCpt(Readback, "{self.column_prefix}SCAN:ACQUIRE_RBV", string=True,
                        kind="omitted")
     column_frame = FCpt(Readback, "{self.column_prefix}SCAN:FRAME", kind="omitted")
-    nx = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:NX", kind="config")
-    ny = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:NY", kind="config")
-    dwell = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:DWELL", kind="config")
-    fov = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:FOV", kind="config")
-    rotation = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:ROTATION", kind="config")
-    frame_time = FCpt(EpicsSignalRO, "{self.column_prefix}SCAN:FRAME_TIME", kind="config")
-    current = FCpt(EpicsSignalRO, "{self.column_prefix}CURRENT_RBV", kind="config")
-    probe = FCpt(EpicsSignalRO, "{self.column_prefix}PROBE_RBV", kind="config")
-    landing = FCpt(EpicsSignalRO, "{self.column_prefix}LANDING_RBV", kind="config")
-    beam_blank = FCpt(EpicsSignalRO, "{self.column_prefix}BLANK_RBV", string=True,
+    nx = FCpt(Reading, "{self.column_prefix}SCAN:NX", kind="config")
+    ny = FCpt(Reading, "{self.column_prefix}SCAN:NY", kind="config")
+    dwell = FCpt(Reading, "{self.column_prefix}SCAN:DWELL", kind="config")
+    fov = FCpt(Reading, "{self.column_prefix}SCAN:FOV", kind="config")
+    rotation = FCpt(Reading, "{self.column_prefix}SCAN:ROTATION", kind="config")
+    frame_time = FCpt(Reading, "{self.column_prefix}SCAN:FRAME_TIME", kind="config")
+    current = FCpt(Reading, "{self.column_prefix}CURRENT_RBV", kind="config")
+    probe = FCpt(Reading, "{self.column_prefix}PROBE_RBV", kind="config")
+    landing = FCpt(Reading, "{self.column_prefix}LANDING_RBV", kind="config")
+    beam_blank = FCpt(Reading, "{self.column_prefix}BLANK_RBV", string=True,
                       kind="config")
     # Spectrometer: imaging progress, maps, collector masses.
     lines_done = FCpt(Readback, "{self.spectrometer_prefix}IMG:LINES_DONE", kind="omitted")
@@ -82,18 +82,18 @@ class SIMSImager(Device):
     img_start_time = FCpt(Readback, "{self.spectrometer_prefix}IMG:START_TIME",
                           kind="omitted")
     img_nx = FCpt(Readback, "{self.spectrometer_prefix}IMG:NX", kind="omitted")
-    map1 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL1:MAP", kind="omitted")
-    map2 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL2:MAP", kind="omitted")
-    map3 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL3:MAP", kind="omitted")
-    map4 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL4:MAP", kind="omitted")
-    mass1 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL1:MASS_RBV", kind="config")
-    mass2 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL2:MASS_RBV", kind="config")
-    mass3 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL3:MASS_RBV", kind="config")
-    mass4 = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}COL4:MASS_RBV", kind="config")
-    sims_ready = FCpt(EpicsSignalRO, "{self.spectrometer_prefix}SIMS_READY", string=True,
+    map1 = FCpt(Reading, "{self.spectrometer_prefix}COL1:MAP", kind="omitted")
+    map2 = FCpt(Reading, "{self.spectrometer_prefix}COL2:MAP", kind="omitted")
+    map3 = FCpt(Reading, "{self.spectrometer_prefix}COL3:MAP", kind="omitted")
+    map4 = FCpt(Reading, "{self.spectrometer_prefix}COL4:MAP", kind="omitted")
+    mass1 = FCpt(Reading, "{self.spectrometer_prefix}COL1:MASS_RBV", kind="config")
+    mass2 = FCpt(Reading, "{self.spectrometer_prefix}COL2:MASS_RBV", kind="config")
+    mass3 = FCpt(Reading, "{self.spectrometer_prefix}COL3:MASS_RBV", kind="config")
+    mass4 = FCpt(Reading, "{self.spectrometer_prefix}COL4:MASS_RBV", kind="config")
+    sims_ready = FCpt(Reading, "{self.spectrometer_prefix}SIMS_READY", string=True,
                       kind="config")
-    lines_per_event = Cpt(Signal, value=1, kind="config", doc="Map lines per event")
-    species = Cpt(Signal, value="", kind="config", doc="Collector labels, comma-separated")
+    lines_per_event = Cpt(SoftSignal, value=1, kind="config", doc="Map lines per event")
+    species = Cpt(SoftSignal, value="", kind="config", doc="Collector labels, comma-separated")
 
     stream_name = "primary"
 

@@ -16,7 +16,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, SignalRO
 
 from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG, TILT_TOLERANCE_DEG
-from temsims.devices.common import is_state
+from temsims.devices.common import STRING_DTYPE, is_state
 
 #: |V| below which the objective lens may come on (the TEM IOC's threshold).
 BIAS_OFF_V = 10.0
@@ -32,8 +32,9 @@ class ModeState(SignalRO):
         return self.parent.infer()
 
     def describe(self):
+        # Not from the value ophyd looks at: a SignalRO's is its initial 0.0.
         desc = super().describe()
-        desc[self.name].update(dtype="string", shape=[])
+        desc[self.name].update(dtype="string", shape=[], dtype_numpy=STRING_DTYPE)
         return desc
 
 

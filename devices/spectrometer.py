@@ -17,10 +17,17 @@ from functools import lru_cache
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignalRO, Signal
+from ophyd import Device
 from ophyd import DynamicDeviceComponent as DDC
 
-from temsims.devices.common import Readback, ShapedArray, ValidatedSignal, chain
+from temsims.devices.common import (
+    Readback,
+    Reading,
+    ShapedArray,
+    SoftSignal,
+    ValidatedSignal,
+    chain,
+)
 
 N_COLLECTORS = 4
 #: Collector masses the focal plane reaches: 0.36..1.96 of the axial mass
@@ -119,9 +126,9 @@ class Collector(Device):
 
     mass = Cpt(CollectorMass, "MASS_RBV", write_pv="MASS", kind="config",
                doc="Collector mass (u)")
-    species = Cpt(Signal, value="", kind="config", doc="Species the collector is set to")
-    counts = Cpt(EpicsSignalRO, "COUNTS", kind="hinted", doc="Counts of the last count")
-    rate = Cpt(EpicsSignalRO, "RATE", kind="normal", doc="Count rate (1/s)")
+    species = Cpt(SoftSignal, value="", kind="config", doc="Species the collector is set to")
+    counts = Cpt(Reading, "COUNTS", kind="hinted", doc="Counts of the last count")
+    rate = Cpt(Reading, "RATE", kind="normal", doc="Count rate (1/s)")
 
     def set(self, target, **kwargs):
         """Move the collector to a species (``"7Li"``) or a mass (u)."""

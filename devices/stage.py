@@ -7,6 +7,8 @@ in a ``MotorBundle``. Alpha = 0 deg is the TEM geometry, -68 deg the SIMS geomet
 
 from __future__ import annotations
 
+import collections
+import copy
 import math
 import numbers
 import threading
@@ -17,8 +19,10 @@ from ophyd import EpicsMotor, EpicsSignalRO, MotorBundle
 from ophyd.status import wait as status_wait
 from ophyd.utils.errors import LimitError
 
+from temsims.devices.common import Reading, RecordField
 
-class LimitSwitch(EpicsSignalRO):
+
+class LimitSwitch(Reading):
     """A limit-switch field (HLS/LLS) read from its monitor, even when asked not to.
 
     ``EpicsMotor`` reads the switch with ``use_monitor=False`` (one CA round trip,
@@ -30,6 +34,22 @@ class LimitSwitch(EpicsSignalRO):
 
     def get(self, *, use_monitor: bool | None = None, **kwargs):
         return super().get(use_monitor=True, **kwargs)
+
+
+def _describing(cpt: Cpt) -> Cpt:
+    """``EpicsMotor``'s component ``cpt`` on the temsims signal class that describes its
+    ``dtype_numpy`` (:class:`~temsims.devices.common.Reading` or
+    :class:`~temsims.devices.common.RecordField`).
+
+    A copy, not a new ``Cpt``: it keeps the PV, the options and ``EpicsMotor``'s own
+    subscriptions (the position on ``user_readback``, the end of a move on
+    ``motor_done_move``), which a component declared again would lose.
+    """
+    described = copy.copy(cpt)
+    described.cls = Reading if issubclass(cpt.cls, EpicsSignalRO) else RecordField
+    described._subscriptions = collections.defaultdict(
+        list, {event: list(funcs) for event, funcs in cpt._subscriptions.items()})
+    return described
 
 
 class StageMotor(EpicsMotor):
@@ -47,8 +67,28 @@ class StageMotor(EpicsMotor):
     measured here: 4 of 1000 back-to-back 10 nm moves under a RunEngine). Here the
     pending statuses are taken and cleared under a lock that ``move`` also holds,
     and finished after it is released.
+
+    The record fields are ``EpicsMotor``'s, on signal classes that describe their
+    ``dtype_numpy`` (:func:`_describing`).
     """
 
+    user_readback = _describing(EpicsMotor.user_readback)
+    user_setpoint = _describing(EpicsMotor.user_setpoint)
+    user_offset = _describing(EpicsMotor.user_offset)
+    user_offset_dir = _describing(EpicsMotor.user_offset_dir)
+    offset_freeze_switch = _describing(EpicsMotor.offset_freeze_switch)
+    set_use_switch = _describing(EpicsMotor.set_use_switch)
+    velocity = _describing(EpicsMotor.velocity)
+    acceleration = _describing(EpicsMotor.acceleration)
+    motor_egu = _describing(EpicsMotor.motor_egu)
+    motor_is_moving = _describing(EpicsMotor.motor_is_moving)
+    motor_done_move = _describing(EpicsMotor.motor_done_move)
+    high_limit_travel = _describing(EpicsMotor.high_limit_travel)
+    low_limit_travel = _describing(EpicsMotor.low_limit_travel)
+    direction_of_travel = _describing(EpicsMotor.direction_of_travel)
+    motor_stop = _describing(EpicsMotor.motor_stop)
+    home_forward = _describing(EpicsMotor.home_forward)
+    home_reverse = _describing(EpicsMotor.home_reverse)
     high_limit_switch = Cpt(LimitSwitch, ".HLS", kind="omitted", auto_monitor=True)
     low_limit_switch = Cpt(LimitSwitch, ".LLS", kind="omitted", auto_monitor=True)
 

@@ -317,16 +317,32 @@ def start_metadata(*, plan_name: str, plan_args: dict, mode: str, region: dict |
 class Values:
     """A minimal Readable of computed values (for streams a plan derives itself).
 
-    ``set(**values)`` stores them; ``read()`` returns them with one timestamp;
-    ``describe()`` gives dtype and shape from the values and ``units`` if known.
+    ``set_values(**values)`` stores them; ``read()`` returns them with one timestamp;
+    ``describe()`` gives each value's dtype, ``dtype_numpy`` and shape, ``dims`` for an
+    array and ``units`` if known. ``hints`` name the scalar values only, so a live
+    table shows them and has no array to skip.
+
+    Parameters
+    ----------
+    name
+        Prefix of the data keys (``<name>_<value name>``).
+    units
+        Units by value name.
+    describe_fn
+        Replaces the description made from the values.
+    dims
+        Axis names by value name, for arrays; an array without them gets names of its
+        own (``<key>_0``, ...), so that no other array's axis of another size shares
+        them.
     """
 
     parent = None
 
     def __init__(self, name: str, units: Mapping[str, str] | None = None,
-                 describe_fn=None) -> None:
+                 describe_fn=None, dims: Mapping[str, Sequence[str]] | None = None) -> None:
         self.name = name
         self._units = dict(units or {})
+        self._dims = {k: list(v) for k, v in (dims or {}).items()}
         self._values: dict[str, Any] = {}
         self._describe_fn = describe_fn
         self._t = 0.0
@@ -344,8 +360,11 @@ class Values:
     def describe(self) -> dict:
         if self._describe_fn is not None:
             return self._describe_fn()
+        from temsims.devices.common import value_dtype
+
         desc = {}
         for k, v in self._values.items():
+            key = f"{self.name}_{k}"
             arr = np.asarray(v)
             if arr.ndim:
                 dtype = "array"
@@ -357,13 +376,22 @@ class Values:
                 dtype = "integer"
             else:
                 dtype = "number"
-            entry = {"source": f"plan:{self.name}", "dtype": dtype, "shape": list(arr.shape)}
-            if arr.dtype.kind in "iuf":
-                entry["dtype_numpy"] = arr.dtype.str
+            entry = {"source": f"plan:{self.name}", "dtype": dtype, "shape": list(arr.shape),
+                     "dtype_numpy": value_dtype(v)}
+            if arr.ndim:
+                dims = self._dims.get(k) or [f"{key}_{axis}" for axis in range(arr.ndim)]
+                if len(dims) != arr.ndim:
+                    raise ValueError(f"{key}: dims {dims} do not match shape {list(arr.shape)}")
+                entry["dims"] = list(dims)
             if k in self._units:
                 entry["units"] = self._units[k]
-            desc[f"{self.name}_{k}"] = entry
+            desc[key] = entry
         return desc
+
+    @property
+    def hints(self) -> dict:
+        return {"fields": [f"{self.name}_{k}" for k, v in self._values.items()
+                           if not np.ndim(v)]}
 
     def read_configuration(self) -> dict:
         return {}

@@ -76,7 +76,7 @@ class Catalog:
         buffered
             Wrap in :class:`~temsims.callbacks.storage.BufferedWriter` (queue + thread,
             default) so the RunEngine never waits on storage. ``False`` returns the
-            synchronous chain (validation, dtype patch, TiledWriter).
+            synchronous chain (validation, TiledWriter).
         batch_size
             Events per stream the TiledWriter gathers before an append (see
             ``docs/catalog.md``); the rest is written at the stop document.

@@ -23,17 +23,20 @@ DEFAULT_BATCH_SIZE = 100
 
 def storing_chain(runs, *, batch_size: int = DEFAULT_BATCH_SIZE,
                   patches: Mapping[str, Callable] | None = None):
-    """The callback that stores documents in ``runs``: ``DtypeFromData(TiledWriter)``.
+    """The callback that stores documents in ``runs``: bluesky-tiled-plugins'
+    ``TiledWriter``, keeping the axis names of the descriptors' ``dims``
+    (:class:`~temsims.catalog.tiled_writer.DimsKeepingTiledWriter`).
 
-    ``max_array_size=0``: every array (image, map line, spectrum, even a short one)
-    is a zarr array with its dtype, never a list in the event table.
+    Documents are stored as they come: the devices describe every data key's
+    ``dtype_numpy`` (and ``shape`` and ``dims`` of an array) themselves
+    (``docs/decisions/0016-devices-describe-their-data.md``). ``max_array_size=0``:
+    every array (image, map line, spectrum, even a short one) is a zarr array with
+    that dtype, never a list in the event table.
     """
-    from bluesky_tiled_plugins import TiledWriter
+    from temsims.catalog.tiled_writer import DimsKeepingTiledWriter
 
-    from temsims.callbacks.storage import DtypeFromData
-
-    return DtypeFromData(TiledWriter(runs, batch_size=batch_size, max_array_size=0,
-                                     patches=dict(patches or {})))
+    return DimsKeepingTiledWriter(runs, batch_size=batch_size, max_array_size=0,
+                                  patches=dict(patches or {}))
 
 
 def tiled_writer_chain(uri: str, api_key: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,

@@ -16,24 +16,42 @@ IMAGE_SHAPE = (32, 24)
 SPECTRUM_CHANNELS = 200
 
 
-def image_detector(name: str = "image", seed: int = 0) -> SynSignal:
+class DescribedSignal(SynSignal):
+    """A simulated detector that describes its data as temsims devices do: the
+    ``dtype_numpy`` and ``shape`` of its value and the ``dims`` of its axes (ophyd's
+    ``SynSignal`` says only ``array``, which storage would keep as float64)."""
+
+    def __init__(self, func, *, name: str, dims: tuple[str, ...]) -> None:
+        super().__init__(func=func, name=name)
+        self.dims = list(dims)
+
+    def describe(self):
+        desc = super().describe()
+        value = np.asarray(self.get())
+        desc[self.name].update(dtype_numpy=value.dtype.str, shape=list(value.shape),
+                               dims=self.dims)
+        return desc
+
+
+def image_detector(name: str = "image", seed: int = 0) -> DescribedSignal:
     """A 2-D float32 detector whose arrays travel inline in the events."""
     rng = np.random.default_rng(seed)
-    return SynSignal(func=lambda: rng.random(IMAGE_SHAPE, dtype=np.float32), name=name)
+    return DescribedSignal(lambda: rng.random(IMAGE_SHAPE, dtype=np.float32), name=name,
+                           dims=("y", "x"))
 
 
-def spectrum_detector(name: str = "spectrum", seed: int = 1) -> SynSignal:
+def spectrum_detector(name: str = "spectrum", seed: int = 1) -> DescribedSignal:
     """A 1-D float32 spectrum (counts per channel) inline in the events."""
     rng = np.random.default_rng(seed)
-    return SynSignal(
-        func=lambda: rng.poisson(50.0, SPECTRUM_CHANNELS).astype(np.float32), name=name
-    )
+    return DescribedSignal(lambda: rng.poisson(50.0, SPECTRUM_CHANNELS).astype(np.float32),
+                           name=name, dims=("channel",))
 
 
-def counts_map_line(name: str = "counts", seed: int = 2) -> SynSignal:
+def counts_map_line(name: str = "counts", seed: int = 2) -> DescribedSignal:
     """One line of an int32 ion-count map per event (an integer dtype to keep)."""
     rng = np.random.default_rng(seed)
-    return SynSignal(func=lambda: rng.poisson(20, 64).astype(np.int32), name=name)
+    return DescribedSignal(lambda: rng.poisson(20, 64).astype(np.int32), name=name,
+                           dims=("pixel",))
 
 
 def contract_md(**overrides) -> dict:

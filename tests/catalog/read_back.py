@@ -1,7 +1,7 @@
 """Read a temsims catalog from a separate process: ``python read_back.py DIR OUT [QUERIES_JSON]``.
 
-Writes ``OUT.json`` (start/stop metadata, column dtypes, query results as lists of
-uids) and ``OUT.npz`` (every column of every run's primary stream, keyed
+Writes ``OUT.json`` (start/stop metadata, column dtypes, the warnings reading each
+run's primary stream as xarray raised, query results as lists of uids) and ``OUT.npz`` (every column of every run's primary stream, keyed
 ``<uid>/<column>``). Used by tests/catalog to check what another process sees.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 
@@ -31,7 +32,10 @@ def main(directory: str, out: str, queries_json: str = "{}") -> None:
                     value = np.asarray(stream[key].read())
                     arrays[f"{uid}/{key}"] = value
                     entry["dtypes"][key] = value.dtype.str
-                ds = stream.read()  # the xarray view of the same data
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    ds = stream.read()  # the xarray view of the same data
+                entry["read_warnings"] = [str(w.message) for w in caught]
                 entry["xarray_vars"] = sorted(ds.data_vars)
             report["runs"][uid] = entry
         for label, (method, args) in queries.items():

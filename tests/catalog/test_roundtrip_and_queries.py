@@ -98,6 +98,7 @@ def test_arrays_equal_what_was_produced_with_their_dtype(written, other_process)
             np.testing.assert_array_equal(seen, produced)
             assert seen.dtype == produced.dtype, key
             assert key in report["runs"][uid]["xarray_vars"]
+        assert report["runs"][uid]["read_warnings"] == []
     sims = written["uids"]["sims_s1"]
     assert arrays[f"{sims}/image"].dtype == np.float32
     assert arrays[f"{sims}/image"].shape == (7, 32, 24)
@@ -184,8 +185,9 @@ def _assert_same(stored, produced, path: str = "") -> None:
 
 
 def _without_dtype_numpy(descriptor: dict) -> dict:
-    """The descriptor without the ``dtype_numpy`` the writer adds to its data keys
-    (``DtypeFromData``, and TiledWriter for configuration keys)."""
+    """The descriptor without ``dtype_numpy`` in its data keys: TiledWriter adds its
+    default for a key's ``dtype`` where it is missing (``ophyd.sim``'s ``det`` and
+    ``motor``, their configuration)."""
     import copy
 
     out = copy.deepcopy(descriptor)
@@ -197,9 +199,10 @@ def _without_dtype_numpy(descriptor: dict) -> dict:
 
 def test_documents_replay_what_the_runengine_emitted(written):
     """``run.documents()`` (the server's JSON-seq export) gives back start, descriptor,
-    events and stop as the RunEngine emitted them. Differences, by design: the stored
-    descriptor's data keys carry ``dtype_numpy`` (equal to the produced arrays' dtypes),
-    event uids are synthesised (``event-<descriptor>-<seq_num>``), an empty ``filled``
+    events and stop as the RunEngine emitted them. Differences, by design: every data
+    key of the stored descriptor has ``dtype_numpy`` (TiledWriter's default for its
+    ``dtype`` where the producer described none; equal to the data's either way), event
+    uids are synthesised (``event-<descriptor>-<seq_num>``), an empty ``filled``
     is dropped, and arrays come back as nested lists."""
     cat, log = written["catalog"], written["log"]
     for label, uid in written["uids"].items():

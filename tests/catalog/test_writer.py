@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import bluesky.plans as bp
 import event_model
@@ -18,7 +19,6 @@ from ophyd.sim import det
 
 from temsims.callbacks.storage import (
     BufferedWriter,
-    DtypeFromData,
     InvalidDocument,
     StorageError,
     validate_document,
@@ -31,8 +31,9 @@ def _compose_run(n_events: int = 3):
     run = event_model.compose_run(metadata=contract_md())
     bundle = run.compose_descriptor(
         name="primary",
-        data_keys={"x": {"dtype": "number", "shape": [], "source": "sim"},
-                   "img": {"dtype": "array", "shape": [4, 3], "source": "sim"}},
+        data_keys={"x": {"dtype": "number", "shape": [], "source": "sim", "dtype_numpy": "<f8"},
+                   "img": {"dtype": "array", "shape": [4, 3], "source": "sim",
+                           "dtype_numpy": "<f4", "dims": ["y", "x"]}},
     )
     docs = [("start", run.start_doc), ("descriptor", bundle.descriptor_doc)]
     for i in range(n_events):
@@ -260,26 +261,112 @@ def test_documents_queued_at_interpreter_exit_are_stored(tmp_path):
         cat.close()
 
 
-# ----------------------------------------------------------------- dtypes
+# ----------------------------------------------------------------- dims and dtypes
 
 
-def test_dtype_from_data_patches_held_descriptors():
-    out = []
-    patcher = DtypeFromData(lambda n, d: out.append((n, d)))
+def _arrays_run(arrays: dict[str, tuple[np.ndarray, list[str] | None]], n_events: int = 2):
+    """A run of one event stream holding ``arrays`` (key -> value, dims or None)."""
+    run = event_model.compose_run(metadata=contract_md())
+    data_keys = {}
+    for key, (value, dims) in arrays.items():
+        data_keys[key] = {"dtype": "array", "shape": list(value.shape), "source": "sim",
+                          "dtype_numpy": value.dtype.str}
+        if dims is not None:
+            data_keys[key]["dims"] = dims
+    bundle = run.compose_descriptor(name="primary", data_keys=data_keys)
+    docs = [("start", run.start_doc), ("descriptor", bundle.descriptor_doc)]
+    for i in range(n_events):
+        data = {key: value + i for key, (value, _) in arrays.items()}
+        docs.append(("event", bundle.compose_event(
+            data=data, timestamps=dict.fromkeys(data, time.time()), seq_num=i + 1)))
+    docs.append(("stop", run.compose_stop()))
+    return docs
+
+
+def test_stored_arrays_keep_their_dims_and_dtype_and_read_back_without_warning(catalog):
+    """Arrays are stored as their data keys describe them: axes ``("time", *dims)``
+    (TiledWriter alone names them by size, ``dim_int_1`` twice for a square image, and
+    xarray warns), dtype ``dtype_numpy``. An array without usable dims gets axis names
+    of its own, and so does an axis whose name an array earlier in the descriptor gave
+    an axis of another size."""
+    arrays = {
+        "image": (np.zeros((8, 8), np.float32), ["y", "x"]),  # square
+        "spectrum": (np.zeros(5, np.float32), ["channel"]),
+        "energy": (np.zeros(5, np.float64), ["channel"]),  # shares the channel axis
+        "line": (np.zeros((1, 6), np.int32), ["line", "x"]),  # another "x" (6, not 8)
+        "raw": (np.zeros((3, 3), np.uint16), None),  # no dims
+        "twice": (np.zeros((2, 2), np.int16), ["a", "a"]),  # unusable dims
+    }
+    docs = _arrays_run(arrays)
+    writer = catalog.writer(buffered=False)
+    for name, doc in docs:
+        writer(name, doc)
+    stream = catalog.runs[docs[0][1]["uid"]]["primary"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = stream.read()
+    dims = {key: ds[key].dims for key in arrays}
+    assert dims["image"] == ("time", "y", "x")
+    assert dims["spectrum"] == dims["energy"] == ("time", "channel")
+    assert dims["line"] == ("time", "line", "line_x")
+    assert dims["raw"] == ("time", "raw_0", "raw_1")
+    assert dims["twice"] == ("time", "twice_0", "twice_1")
+    for key, (value, _) in arrays.items():
+        assert ds[key].dtype == value.dtype, key
+        assert ds[key].shape == (2, *value.shape), key
+    np.testing.assert_array_equal(ds["image"][1], arrays["image"][0] + 1)
+
+
+def test_a_plans_values_stream_is_described_stored_and_read_back_whole(catalog, RE):
+    """``plans._common.Values`` (the streams plans derive: peaks, particles, a step
+    map's lines) describes every value's ``dtype_numpy``, its arrays' ``dims`` and hints
+    only its scalars; its runs read back as xarray without a warning."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+
+    from temsims.plans._common import Values
+
+    peaks = Values("peaks", units={"mass_u": "u"}, dims={"line": ("line", "x")})
+    values = {"mass_u": np.array([6.015, 7.016]), "height": np.array([3.0, 9.0], np.float32),
+              "line": np.zeros((1, 4), np.int32), "square": np.zeros((3, 3)), "count": 2,
+              "label": "Li", "labelled": True}
+    peaks.set_values(**values)
+    described = peaks.describe()
+    assert {k: d["dtype_numpy"] for k, d in described.items()} == {
+        "peaks_mass_u": "<f8", "peaks_height": "<f4", "peaks_line": "<i4",
+        "peaks_square": "<f8", "peaks_count": "<i8", "peaks_label": "<U0",
+        "peaks_labelled": "|b1"}
+    assert described["peaks_line"]["dims"] == ["line", "x"]
+    assert described["peaks_square"]["dims"] == ["peaks_square_0", "peaks_square_1"]
+    assert described["peaks_mass_u"]["units"] == "u"
+    assert peaks.hints == {"fields": ["peaks_count", "peaks_label", "peaks_labelled"]}
+
+    @bpp.run_decorator(md=contract_md())
+    def plan():
+        yield from bps.trigger_and_read([peaks], name="peaks")
+
+    writer = catalog.writer()
+    RE.subscribe(writer)
+    (uid,) = RE(plan())
+    assert writer.wait_for_run(uid, timeout=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = catalog.runs[uid]["peaks"].read()
+    assert ds["peaks_square"].dims == ("time", "peaks_square_0", "peaks_square_1")
+    assert ds["peaks_line"].dims == ("time", "line", "x")
+    assert ds["peaks_height"].dtype == np.float32 and ds["peaks_line"].dtype == np.int32
+
+
+def test_a_buffered_writer_passes_documents_on_unchanged():
+    """No descriptor is held back or patched: what devices describe is what is stored."""
+    received = []
+    writer = BufferedWriter(lambda n, d: received.append((n, d)))
     docs = _compose_run(n_events=2)
     for name, doc in docs:
-        patcher(name, doc)
-    assert [n for n, _ in out] == ["start", "descriptor", "event", "event", "stop"]
-    keys = out[1][1]["data_keys"]
-    assert keys["img"]["dtype_numpy"] == "<f4"
-    assert keys["x"]["dtype_numpy"] == "<f8"
-    assert "dtype_numpy" not in docs[1][1]["data_keys"]["img"]  # the RunEngine's copy untouched
-    # a run that stops before any event still gets its descriptor, before the stop
-    out.clear()
-    empty = _compose_run(n_events=0)
-    for name, doc in empty:
-        patcher(name, doc)
-    assert [n for n, _ in out] == ["start", "descriptor", "stop"]
+        writer(name, doc)
+    assert writer.flush(timeout=30)
+    writer.close()
+    assert [(n, d) for n, d in received] == docs
 
 
 # ----------------------------------------------------------------- writer process

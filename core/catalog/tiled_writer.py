@@ -1,0 +1,120 @@
+"""bluesky-tiled-plugins' ``TiledWriter``, keeping the axis names the devices describe.
+
+``TiledWriter`` (2.0.x) stores an array that travels inside events as a zarr array
+whose axes it names by their size, shared across the stream: ``("time", "dim_int_1",
+"dim_int_1")`` for a square image. The ``dims`` of the descriptor's data key are kept
+as metadata only. xarray warns "Duplicate dimension names" at every ``stream.read()``
+of such a run, and two arrays whose axes merely have the same size (an image's x and
+a spectrum's channels) are aligned as if they were one axis.
+:class:`DimsKeepingTiledWriter` names each stored array's axes ``("time", *dims)``.
+
+Imported only when a writer is built: bluesky-tiled-plugins' writer takes ~2 s to
+import, which a process that only reads the catalog should not pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bluesky_tiled_plugins.writing.tiled_writer import TiledWriter, _RunWriter
+
+__all__ = ["DimsKeepingTiledWriter", "stream_dims"]
+
+
+def stream_dims(data_keys: Mapping[str, Mapping]) -> dict[str, tuple[str, ...]]:
+    """Names of the axes (after ``time``) of each array a stream's events hold.
+
+    Parameters
+    ----------
+    data_keys
+        The stream descriptor's data keys, in its order.
+
+    Returns
+    -------
+    dict
+        Data key -> its ``dims``, for every array stored from the events (not the
+        external ones). Axes of an array without usable ``dims`` (missing, of the wrong
+        length, repeated, or ``time``) are named ``<key>_<axis>``. An axis whose name
+        an array earlier in the descriptor gave an axis of another size is named
+        ``<key>_<name>``: xarray builds a stream's Dataset only from arrays whose axes
+        of one name have one size.
+    """
+    sizes: dict[str, int] = {}
+    out = {}
+    for key, dk in data_keys.items():
+        if dk.get("dtype") != "array" or "external" in dk:
+            continue
+        shape = list(dk.get("shape") or ())
+        names = list(dk.get("dims") or ())
+        if len(names) != len(shape) or len(set(names)) != len(names) or "time" in names:
+            names = [f"{key}_{axis}" for axis in range(len(shape))]
+        for axis, (name, size) in enumerate(zip(names, shape, strict=True)):
+            # None: an axis of varying length (a ragged array), which nothing can share
+            if size is None or sizes.setdefault(name, size) != size:
+                names[axis] = f"{key}_{name}"
+        out[key] = tuple(names)
+    return out
+
+
+class _DimsNamingNode:
+    """A stream's container as ``_RunWriter._write_internal_data`` uses it: the arrays
+    it creates get the axis names of :func:`stream_dims`."""
+
+    def __init__(self, node, dims: Mapping[str, tuple[str, ...]]) -> None:
+        self._node = node
+        self._dims = dims
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+    def _named(self, key: str, ndim: int, dims):
+        names = self._dims.get(key)
+        return ("time", *names) if names is not None and len(names) + 1 == ndim else dims
+
+    def write_array(self, array, *, key, dims=None, **kwargs):
+        return self._node.write_array(array, key=key, dims=self._named(key, array.ndim, dims),
+                                      **kwargs)
+
+    def write_ragged(self, array, *, key, dims=None, **kwargs):
+        ndim = len(dims) if dims is not None else 0
+        return self._node.write_ragged(array, key=key, dims=self._named(key, ndim, dims),
+                                       **kwargs)
+
+
+class _DimsKeepingRunWriter(_RunWriter):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._stream_dims: dict[str, dict[str, tuple[str, ...]]] = {}
+
+    def descriptor(self, doc):
+        super().descriptor(doc)
+        # the stream's first descriptor has its data keys (later ones update configuration)
+        self._stream_dims.setdefault(doc["name"], stream_dims(doc.get("data_keys", {})))
+
+    def _write_internal_data(self, data_cache, desc_node):
+        dims = self._stream_dims.get(desc_node.item["id"], {})
+        return super()._write_internal_data(data_cache, desc_node=_DimsNamingNode(desc_node, dims))
+
+
+class DimsKeepingTiledWriter(TiledWriter):
+    """``TiledWriter`` whose stored arrays have the axis names of their data keys'
+    ``dims`` (see the module notes). Takes ``TiledWriter``'s arguments except the
+    backups, which temsims does not use."""
+
+    def __init__(self, client, **kwargs) -> None:
+        for option in ("backup_directory", "backup_dictionary"):
+            if kwargs.get(option) is not None:
+                raise TypeError(f"DimsKeepingTiledWriter does not take {option}")
+        super().__init__(client, **kwargs)
+
+    def _factory(self, name, doc):
+        # TiledWriter._factory, building the run writer above (and no backups)
+        writer = _DimsKeepingRunWriter(self.client, batch_size=self._batch_size,
+                                       max_array_size=self._max_array_size,
+                                       validate=self._validate, ignore_errors=self.ignore_errors)
+        if not self._normalizer:
+            return [writer], []
+        normalizer = self._normalizer(patches=self.patches, spec_to_mimetype=self.spec_to_mimetype)
+        normalizer.subscribe(writer)
+        return [normalizer], []
