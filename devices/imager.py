@@ -113,6 +113,7 @@ class SIMSImager(Device):
         self.last_frame: dict | None = None
         self._maps: list = [None] * N_COLLECTORS
         self._armed = False
+        self._raster_started = False
         self._lines_seen = 0
         self._lines_target = 0
         self._line_period = 0.0
@@ -255,18 +256,26 @@ class SIMSImager(Device):
                 f"{self.name}: frame ended with {lines} of {self._ny} lines collected"))
 
     def _on_acquire_rbv(self, *, value, old_value=None, **kwargs) -> None:
-        # Column raster went back to Stop without counting a frame: aborted.
-        if str(value) not in ("Stop", "0"):
-            return
+        """The column's raster went back to Stop without counting a frame: stopped
+        (by a stop(), an operator or an interlock), whether or not the map had begun.
+        The lines taken so far go out; kickoff and complete fail; the flyer is free."""
         with self._lock:
             if not self._active:
                 return
-            aborted = int(self.column_frame.get()) <= self._column_frame0 and self._armed
-            st = self._complete_status
+            if str(value) not in ("Stop", "0"):
+                self._raster_started = True
+                return
+            # A Stop before this frame's Start is the previous frame's, arriving late.
+            if not self._raster_started or int(self.column_frame.get()) > self._column_frame0:
+                return
+            self._emit(final=True)
+            self._active = False
             lines = self._lines_seen
-        if aborted and st is not None and not st.done:
-            st.set_exception(RuntimeError(
-                f"{self.name}: raster aborted after {lines} of {self._ny} lines"))
+            statuses = (self._kickoff_status, self._complete_status)
+        exc = RuntimeError(f"{self.name}: raster stopped after {lines} of {self._ny} lines")
+        for st in statuses:
+            if st is not None and not st.done:
+                st.set_exception(exc)
 
     # ---- flyer interface ------------------------------------------------------------
     def kickoff(self) -> DeviceStatus:
@@ -294,6 +303,7 @@ class SIMSImager(Device):
             self._line_period = frame_time / max(ny, 1)
             self._frame_ended = False
             self._armed = False
+            self._raster_started = False
             self._frame0 = int(self.img_frame.get())
             self._column_frame0 = int(self.column_frame.get())
             self._start_time0 = float(self.img_start_time.get())

@@ -26,6 +26,7 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.utils import short_uid
 
 from temsims.callbacks.maps import MapLayout, SimsMapAccumulator, map_block
 from temsims.constants import SIMS_INCIDENCE_DEG
@@ -58,6 +59,8 @@ from temsims.plans.types import (
 )
 
 MAX_PIXELS_PER_SIDE = 1024
+#: While a frame rasters, its lines are collected (emitted) this often (s).
+FLUSH_PERIOD_S = 0.2
 MAX_STEP_PIXELS = 4096
 DWELL_RANGE_S = (1e-7, 0.1)
 STEP_MIN_DWELL_S = 1e-4
@@ -190,10 +193,28 @@ def _configure(imager, spectrometer, column, labels, fov_um, pixels, dwell_s, sc
 
 
 def _fly_frame(imager):
-    """One raster frame through the imager flyer; returns the collected events."""
+    """One raster frame through the imager flyer; returns the collected events.
+
+    The lines are collected every :data:`FLUSH_PERIOD_S` while the raster runs
+    (bluesky's ``collect_while_completing`` pattern), so their documents reach the
+    live views and the catalog during the frame, not all at its end.
+    """
     yield from bps.kickoff(imager, wait=True)
-    yield from bps.complete(imager, wait=True)
-    return (yield from bps.collect(imager))
+    group = short_uid("complete")
+    yield from bps.complete(imager, group=group)
+    events: list = []
+    done = False
+    try:
+        while not done:
+            done = yield from bps.wait(group=group, timeout=FLUSH_PERIOD_S,
+                                       error_on_timeout=False)
+            events.extend((yield from bps.collect(imager)) or [])
+            done = done is None or done  # None: a simulation (summarize_plan), no status
+    except Exception:
+        # A frame that failed (the raster stopped): the lines taken before are the run's.
+        yield from bps.collect(imager)
+        raise
+    return events
 
 
 def _frame_totals(events, imager, labels) -> dict[str, float]:

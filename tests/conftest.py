@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from instrument_support import stop_instrument
+from instrument_support import TEST_TIME_SCALE, stop_instrument
 
 from temsims.channel_access import CALayout, find_free_base_port
 from temsims.ioc.common import repeater_running
@@ -36,8 +36,6 @@ from temsims.ioc.launcher import ALL_IOCS, InstrumentProcesses
 
 N_SLOTS = 16
 PORTS_PER_SLOT = 10
-#: Simulated seconds per wall second of the tests' instruments (decision 0013).
-TEST_TIME_SCALE = float(os.environ.get("TEMSIMS_TEST_TIME_SCALE", "20"))
 
 
 #: Workers of a ``pytest -n N`` run that get a port block from the controller's

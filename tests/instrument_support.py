@@ -3,8 +3,12 @@ several ``conftest.py`` files exist and ``from conftest import`` is ambiguous)."
 
 from __future__ import annotations
 
+import os
 from operator import attrgetter
 from typing import Any
+
+#: Simulated seconds per wall second of the tests' instruments (decision 0013).
+TEST_TIME_SCALE = float(os.environ.get("TEMSIMS_TEST_TIME_SCALE", "20"))
 
 #: Connected devices by instrument prefix: connecting costs ~0.3-1 s, and a pooled
 #: instrument (``instruments.get``) is handed to many modules over a session.

@@ -277,3 +277,55 @@ def test_injected_failure_leaves_beam_blanked_and_bias_at_zero(RE, sims, plan_na
     # back to a working SIMS state for what follows
     RE(to_sims_mode(d.mode))
     assert d.mode.infer() == "SIMS"
+
+
+def test_a_raster_stopped_mid_map_fails_the_run_and_keeps_its_lines(RE, sims):
+    """Someone stops the raster (FIB:SCAN:ACQUIRE = Stop) while a map flies: the run
+    fails (the flyer's complete status), the lines collected while it flew are in the
+    run, and its map reads back as incomplete: an IncompleteMapError, or with
+    ``partial=True`` NaN from the first line not acquired."""
+    import threading
+
+    from bluesky.utils import FailedStatus
+    from instrument_support import TEST_TIME_SCALE
+
+    from temsims.callbacks.maps import IncompleteMapError
+
+    d = sims
+    # 41 s of beam, 2 s of wall time at S = 20: the stop lands well inside the frame.
+    nx, ny, dwell, stop_at = 32, 256, 5e-3, 8
+    stoppers = []
+
+    def stop_raster(value, **kwargs):
+        if int(value) >= stop_at and not stoppers:  # from another thread, as a panel would
+            stoppers.append(threading.Thread(target=d.imager.acquire.put, args=("Stop",),
+                                             kwargs={"use_complete": False}))
+            stoppers[0].start()
+
+    cid = d.imager.lines_done.subscribe(stop_raster, run=False)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(FailedStatus) as failed:
+            RE(sims_map(d.imager, d.spectrometer, d.column, d.stage, d.bias,
+                        species=("6Li", "7Li"), fov_um=1.0, pixels=(nx, ny), dwell_s=dwell))
+        assert "raster stopped after" in str(failed.value.args[0].exception())
+    finally:
+        d.imager.lines_done.unsubscribe(cid)
+        for t in stoppers:
+            t.join()
+    wall = time.monotonic() - t0
+    assert wall < 0.8 * nx * ny * dwell / TEST_TIME_SCALE + 1.0  # it did not run on
+    assert RE.docs.docs["stop"][-1]["exit_status"] == "fail"
+    assert d.column.blank.get() == "Blanked" and abs(d.bias.position) < 1.0
+    run = RE.docs.run()
+    lines = np.asarray(run.primary["imager_line"])
+    print(f"raster stopped at line {stop_at}: {len(lines)} of {ny} lines in the run, "
+          f"{wall:.2f} s")
+    assert stop_at <= len(lines) < ny
+    np.testing.assert_array_equal(lines, np.arange(len(lines)))  # in order, none twice
+    with pytest.raises(IncompleteMapError, match="lacks"):
+        run.maps()
+    partial = run.maps(partial=True)["7Li"]
+    assert np.isfinite(partial[:len(lines)]).all() and np.isnan(partial[len(lines):]).all()
+    RE(to_sims_mode(d.mode))  # back to a working SIMS state for what follows
+    assert d.mode.infer() == "SIMS"
