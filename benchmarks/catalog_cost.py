@@ -17,8 +17,9 @@ the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, til
   difference to ``process`` is what the child's TiledWriter and the tiled server cost
   the RunEngine by competing for the machine's cores);
 - and, as the anchor of those, for bluesky-tiled-plugins' ``TiledWriter`` subscribed
-  to the RunEngine directly (``direct``: the stock writer with only the dtype patch,
-  :func:`temsims.catalog.storing_chain`, so it stores the same arrays; its ``call_ms``
+  to the RunEngine directly (``direct``: :func:`temsims.catalog.storing_chain`, the
+  TiledWriter that names stored axes from the descriptors' dims, so it stores the same
+  arrays; its ``call_ms``
   is the whole synchronous write);
 - ``blocked_s``: time the RunEngine waited on storage (a full queue; target ~0);
 - ``drain_s``: time from the end of the run until the catalog held all of it

@@ -331,18 +331,23 @@ class Values:
     describe_fn
         Replaces the description made from the values.
     dims
-        Axis names by value name, for arrays; an array without them gets names of its
-        own (``<key>_0``, ...), so that no other array's axis of another size shares
-        them.
+        Axis names by value name, for arrays; an array without them gets
+        ``array_dims``, else names of its own (``<key>_0``, ...), so that no other
+        array's axis of another size shares them.
+    array_dims
+        Axis names of every array not in ``dims`` (e.g. ``("line", "x")`` for map lines
+        whose keys are known only when the values are).
     """
 
     parent = None
 
     def __init__(self, name: str, units: Mapping[str, str] | None = None,
-                 describe_fn=None, dims: Mapping[str, Sequence[str]] | None = None) -> None:
+                 describe_fn=None, dims: Mapping[str, Sequence[str]] | None = None,
+                 array_dims: Sequence[str] | None = None) -> None:
         self.name = name
         self._units = dict(units or {})
         self._dims = {k: list(v) for k, v in (dims or {}).items()}
+        self._array_dims = None if array_dims is None else list(array_dims)
         self._values: dict[str, Any] = {}
         self._describe_fn = describe_fn
         self._t = 0.0
@@ -379,7 +384,8 @@ class Values:
             entry = {"source": f"plan:{self.name}", "dtype": dtype, "shape": list(arr.shape),
                      "dtype_numpy": value_dtype(v)}
             if arr.ndim:
-                dims = self._dims.get(k) or [f"{key}_{axis}" for axis in range(arr.ndim)]
+                dims = (self._dims.get(k) or self._array_dims
+                        or [f"{key}_{axis}" for axis in range(arr.ndim)])
                 if len(dims) != arr.ndim:
                     raise ValueError(f"{key}: dims {dims} do not match shape {list(arr.shape)}")
                 entry["dims"] = list(dims)

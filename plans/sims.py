@@ -363,7 +363,8 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
                                   dwell_s, "Spot")
             yield from bps.mv(spectrometer.count_time, dwell_s)
             yield from _unblank(column)
-            line_buffer = Values(imager.name)
+            # The keys, shapes and axes of the fly map's lines (the imager's describe).
+            line_buffer = Values(imager.name, array_dims=("line", "x"))
             for _ in range(frames):
                 yield from _step_frame(imager, spectrometer, column, pixels, fov_um,
                                        line_buffer, settle_s)

@@ -157,7 +157,8 @@ def _scan_once(scanner, start_u, stop_u, step_u, dwell_s, stream="primary"):
 
 def _peaks_stream(peaks: list[dict]) -> Values:
     v = Values("peaks", units={"mass_u": "u", "height": "counts", "area": "counts",
-                               "field_t": "T"})
+                               "field_t": "T"},
+               dims={k: ("peak",) for k in ("mass_u", "height", "area", "field_t")})
     v.set_values(mass_u=np.array([p["mass_u"] for p in peaks], dtype=float),
                  height=np.array([p["height"] for p in peaks], dtype=float),
                  area=np.array([p["area"] for p in peaks], dtype=float),

@@ -178,8 +178,9 @@ def test_sims_map_fly_and_step(RE, sims, map_particle, fly):
     assert start["region"]["fov_um"] == fov
     assert start["region"]["tilt_deg"] == pytest.approx(-68.0, abs=0.05)
     desc = RE.docs.descriptor()
-    for label in ("6Li", "7Li", "12C"):
+    for label in ("6Li", "7Li", "12C"):  # the same description in both modes
         assert desc["data_keys"][f"imager_{label}"]["shape"] == [1, 8]
+        assert desc["data_keys"][f"imager_{label}"]["dims"] == ["line", "x"]
     events = RE.docs.events()
     assert [e["data"]["imager_line"] for e in events] == list(range(8))
     maps = {label: _maps(events, label) for label in ("6Li", "7Li")}
