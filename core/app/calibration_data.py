@@ -277,17 +277,8 @@ def from_documents(documents, calibration_id: str | None = None) -> CalibrationD
     edx_start, sims_start = runs["edx_line"], runs["sims_map"]
     edx_events = primary(edx_start["uid"])
     sims_events = primary(sims_start["uid"])
-    keys = _edx_keys(edx_start)
-    skeys = _sims_keys(sims_start)
-    arrays = {"spectra": column(edx_events, keys["spectra"])}
-    try:
-        arrays["energy"] = column(edx_events, keys["energy"])
-    except CalibrationDataError:
-        arrays["energy"] = None
-    lines = column(sims_events, skeys["line"]) if sims_events else None
-    for label in ("analyte", "matrix"):
-        arrays[label] = column(sims_events, skeys[label])
-    return _assemble(edx_start, sims_start, arrays, lines)
+    return _read(edx_start, sims_start, lambda key: column(edx_events, key),
+                 lambda key: column(sims_events, key))
 
 
 def from_runs(runs: Iterable[Any], calibration_id: str | None = None) -> CalibrationData:
@@ -306,17 +297,22 @@ def from_runs(runs: Iterable[Any], calibration_id: str | None = None) -> Calibra
             raise CalibrationDataError(f"no {key!r} in run {run.metadata['start']['uid']}")
         return np.asarray(stream[key].read())
 
+    return _read(edx_start, sims_start, lambda key: read(edx_run, key),
+                 lambda key: read(sims_run, key))
+
+
+def _read(edx_start: Mapping, sims_start: Mapping, edx_column, sims_column) -> CalibrationData:
+    """The calibration from each run's columns (``*_column(key)``: events first)."""
     keys = _edx_keys(edx_start)
     skeys = _sims_keys(sims_start)
-    arrays = {"spectra": read(edx_run, keys["spectra"])}
+    arrays = {"spectra": edx_column(keys["spectra"])}
     try:
-        arrays["energy"] = read(edx_run, keys["energy"])
+        arrays["energy"] = edx_column(keys["energy"])
     except CalibrationDataError:
         arrays["energy"] = None
-    lines = read(sims_run, skeys["line"]) if skeys["line"] in sims_run["primary"] else None
     for label in ("analyte", "matrix"):
-        arrays[label] = read(sims_run, skeys[label])
-    return _assemble(edx_start, sims_start, arrays, lines)
+        arrays[label] = sims_column(skeys[label])
+    return _assemble(edx_start, sims_start, arrays, sims_column(skeys["line"]))
 
 
 def from_catalog(catalog, calibration_id: str) -> CalibrationData:
@@ -367,8 +363,6 @@ def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> C
     from temsims.callbacks.maps import IncompleteMapError, MapLayout, assemble
 
     layout = MapLayout.from_start(sims_start)
-    if lines is None:
-        raise CalibrationDataError("the SIMS run holds no map line")
     try:
         maps = assemble(layout, lines, {"analyte": arrays["analyte"],
                                         "matrix": arrays["matrix"]})

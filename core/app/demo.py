@@ -309,6 +309,13 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        files.append(out / name)
+
     report: dict[str, Any] = {
         "correlation_ids": {"correlative": experiment.correlation_id,
                             "particle_search": search.correlation_id},
@@ -353,11 +360,7 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
         if zoom is not None:
             ax.imshow(zoom.values, cmap="gray", origin="lower", extent=_extent(zoom))
         ax.set_title(f"region {i}: TEM zoom")
-    fig.tight_layout()
-    path = out / "correlative.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    files.append(path)
+    save(fig, "correlative.png")
 
     # ---- 1b. per region: registered fusions (IHS, Laplacian), x(6Li) and its error
     regions = _region_figures(experiment)
@@ -401,11 +404,7 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
             for ax in row[2:]:
                 ax.set_xlabel("x (um)")
                 ax.set_ylabel("y (um)")
-        fig.tight_layout()
-        path = out / "fusion.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        files.append(path)
+        save(fig, "fusion.png")
     report["regions"] = [{k: v for k, v in e.items() if k not in ("fused", "fraction")}
                          for e in regions] or [
         {"index": i, "x_um": r["x_um"], "y_um": r["y_um"], "fov_um": r["fov_um"]}
@@ -434,11 +433,7 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
     for ax in axes:
         ax.set_xlabel("x (um)")
         ax.set_ylabel("y (um)")
-    fig.tight_layout()
-    path = out / "sims_ratio.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    files.append(path)
+    save(fig, "sims_ratio.png")
 
     # ---- 3. labelled particles beside their TEM zooms (the summary in each zoom's start)
     starts = {st["uid"]: st for st in search.starts}
@@ -460,11 +455,7 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
         axes[0, 0].text(0.5, 0.5, "no labelled particle found", ha="center")
     fig.suptitle(f"{sum(bool(p.get('labelled')) for p in table)} particles with 6Li/7Li "
                  "above natural (TEM zooms)")
-    fig.tight_layout()
-    path = out / "particles.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    files.append(path)
+    save(fig, "particles.png")
 
     # ---- 4. particle search quantified: x(6Li) map, its error, the particle table
     fig = plt.figure(figsize=(16, 5.6))
@@ -511,11 +502,7 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
     ax_t.set_title(f"particle table of the SIMS run ({len(table)} segmented, "
                    f"{sum(bool(p.get('labelled')) for p in table)} labelled"
                    f"{'; first 18' if len(table) > 18 else ''})")
-    fig.tight_layout()
-    path = out / "quantified.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    files.append(path)
+    save(fig, "quantified.png")
 
     report["particles"] = {"segmented": len(table),
                            "labelled": sum(bool(p.get("labelled")) for p in table),
