@@ -41,10 +41,16 @@ logger = logging.getLogger(__name__)
 class Catalog:
     """Bluesky runs in tiled: the writer callback and the queries analysts need.
 
-    Made by :func:`open_catalog`. ``runs`` is the ``CatalogOfBlueskyRuns`` client
-    node (``runs[-1]``, ``runs[scan_id]``, ``runs[uid]``, ``runs.search(...)``).
+    Made by :func:`open_catalog`. ``runs`` is bluesky-tiled-plugins'
+    ``CatalogOfBlueskyRuns`` client node, and the catalog is used as databroker 2
+    users use one: ``cat[-1]`` (the run stored last), ``cat[scan_id]`` (the last run
+    stored with that ``scan_id``), ``cat["3f9a1"]`` (a full uid, or a prefix of at
+    least 5 characters that only one run has: ``ValueError`` if several have it,
+    ``KeyError`` if none), ``cat[-3:]``, ``len(cat)``, ``for uid in cat``,
+    ``uid in cat``, ``cat.values()``, ``cat.search(TimeRange(since="2025-06"))``;
+    every one is ``runs``' own (``docs/catalog.md``, "Queries").
     Query helpers return search results (nodes of the same kind, which can be
-    searched further) except :meth:`latest`, which returns one run.
+    searched and indexed further) except :meth:`latest`, which returns one run.
     """
 
     def __init__(self, client, runs, *, server: EmbeddedServer | DirectoryServer | None = None,
@@ -126,15 +132,68 @@ class Catalog:
 
         return synchronous
 
+    # ------------------------------------------------------------ databroker-style access
+
+    def __getitem__(self, key):
+        """``runs[key]``: ``-1`` the run stored last, ``-N`` the N-th from the end, a
+        positive int the last run stored with that ``scan_id``, a string a full uid
+        or a unique uid prefix (>= 5 characters), a list of these a list of runs.
+        ``cat[-3:]`` (``cat[-N:-M]``) is a list of the last runs, oldest first: tiled
+        slices a container from its end only backwards (``runs[-3:]`` raises), so
+        that slice is taken backwards and turned around."""
+        if (isinstance(key, slice) and key.step in (None, 1) and key.start is not None
+                and key.start < 0 and (key.stop is None or key.stop < 0)):
+            if key.stop is not None and key.stop <= key.start:
+                return []
+            last = -1 if key.stop is None else key.stop - 1
+            return list(reversed(self.runs.values()[last:key.start - 1:-1]))
+        return self.runs[key]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __bool__(self) -> bool:
+        # An open catalog is true even when it holds no run (``__len__`` would make
+        # an empty one false, and ``cat or open_catalog()`` open a second one).
+        return True
+
+    def __iter__(self):
+        """The runs' uids, in the order they were stored."""
+        return iter(self.runs)
+
+    def __contains__(self, uid) -> bool:
+        """Whether a run has this full uid (no prefix matching, unlike ``cat[uid]``)."""
+        from bluesky_tiled_plugins.queries import Key
+
+        return isinstance(uid, str) and len(self.runs.search(Key("start.uid") == uid)) > 0
+
+    def keys(self):
+        return self.runs.keys()
+
+    def values(self):
+        return self.runs.values()
+
+    def items(self):
+        return self.runs.items()
+
     # ------------------------------------------------------------ queries
 
-    def search(self, **start_metadata):
-        """Runs whose start document has each ``key == value`` (dotted keys allowed)."""
-        from tiled.queries import Key
+    def search(self, *queries, **start_metadata):
+        """Runs that match every query and whose start document has each ``key == value``.
+
+        ``queries`` are tiled's and bluesky-tiled-plugins' query objects
+        (``bluesky_tiled_plugins.queries``: ``TimeRange``, ``ScanID``, ``PartialUID``,
+        ``FullText``, ``Key``, ``Eq``, ``Contains``, ``In``, ...); a key without a
+        ``start.`` or ``stop.`` prefix is one of the start document's, in queries and
+        keywords alike. Dotted keys address nested metadata (``**{"region.fov_um": 2.0}``).
+        """
+        from bluesky_tiled_plugins.queries import Key
 
         node = self.runs
+        for query in queries:
+            node = node.search(query)
         for key, value in start_metadata.items():
-            node = node.search(Key(_start_key(key)) == value)
+            node = node.search(Key(key) == value)
         return node
 
     def by_sample(self, sample: str):
@@ -152,40 +211,41 @@ class Catalog:
         """SIMS runs with a collector on ``species`` (e.g. ``"6Li"``), exact and case-sensitive.
 
         Uses ``start.species_index.<species>``, which :func:`normalize_start_metadata`
-        derives from ``collectors``.
+        derives from ``collectors``: ``Contains("species", ...)`` would be a substring
+        match on SQLite (``"Li"`` finds ``["6Li"]``).
         """
-        from tiled.queries import Key
-
         if "." in species or not species:
             raise ValueError(f"species name {species!r} cannot be searched (empty or contains '.')")
-        return self.runs.search(Key(f"start.species_index.{species}") == True)  # noqa: E712 - a query
+        return self.search(**{f"species_index.{species}": True})
 
     def by_correlation_id(self, correlation_id: str):
         """All runs of one correlative experiment, in the order they were taken."""
         return self.search(correlation_id=correlation_id).sort(("start.time", 1))
 
     def in_time_range(self, start=None, stop=None):
-        """Runs that started in ``[start, stop)``.
+        """Runs that started in ``[start, stop)``: bluesky-tiled-plugins' ``TimeRange``.
 
-        ``start``/``stop``: POSIX seconds, ``datetime`` (naive = local time), or an
-        ISO-8601 string; either may be None (open end).
+        ``start``/``stop``: POSIX seconds, ``datetime`` or ``date`` (naive = local
+        time), or an ISO-8601 string; either may be None (open end). A ``stop`` before
+        ``start`` raises ``ValueError`` (``TimeRange``'s check). ``TimeRange`` itself
+        (``cat.search(TimeRange(since="2025-06-01 08:00"))``) reads the formats
+        ``%Y[-%m[-%d[ %H[:%M[:%S]]]]]`` in a time zone of your choice.
         """
-        from tiled.queries import Comparison
+        from bluesky_tiled_plugins.queries import TimeRange
 
-        node = self.runs
-        if start is not None:
-            node = node.search(Comparison("ge", "start.time", _epoch(start)))
-        if stop is not None:
-            node = node.search(Comparison("lt", "start.time", _epoch(stop)))
-        return node
+        return self.search(TimeRange(since=None if start is None else _epoch(start),
+                                     until=None if stop is None else _epoch(stop),
+                                     timezone="UTC"))  # unused: no strings reach it
 
     def latest(self, node=None):
-        """The run that started last (of ``node``, default all runs), or None if none."""
+        """The run that started last (of ``node``, default all runs), or None if none.
+
+        ``cat[-1]`` is the run *stored* last: the same run unless several processes
+        write to the catalog at once."""
         node = self.runs if node is None else node
-        values = node.sort(("start.time", -1)).values()
         try:
-            return values.first()
-        except (IndexError, StopIteration):
+            return node.sort(("start.time", 1)).values().last()
+        except IndexError:
             return None
 
     # ------------------------------------------------------------ lifetime
@@ -304,10 +364,6 @@ def _import_client() -> None:
 
     with contextlib.suppress(ImportError):
         import bluesky_tiled_plugins.clients.catalog_of_bluesky_runs  # noqa: F401
-
-
-def _start_key(key: str) -> str:
-    return key if key.startswith(("start.", "stop.")) else f"start.{key}"
 
 
 def _epoch(t) -> float:
