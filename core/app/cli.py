@@ -4,6 +4,7 @@
 ``temsims ioc <part>``         serve one part alone
 ``temsims demo``               the main job (see :func:`cmd_demo`)
 ``temsims shell``              an IPython session with the temsims profile
+``temsims serve DIR|URI``      a tiled server of the catalog, with API keys (:mod:`temsims.catalog.serve`)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ its main job and its IPython session.
   temsims ioc <part>    serve one part alone
   temsims demo          the main job: the correlative demo on the embedded catalog
   temsims shell         an IPython session with the temsims profile
+  temsims serve         serve a catalog (directory or PostgreSQL) to other processes and
+                        machines, with API keys: a write key, read-only keys
 
 temsims <command> --help shows each command's options and defaults."""
 
@@ -115,8 +118,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from temsims.app.demo import run_demo
 
     run_demo(prefix=args.prefix, base_port=args.base_port, host=args.host,
-             specimen=args.specimen, seed=args.seed, catalog=args.catalog, out=args.out,
-             quick=args.quick, log_dir=args.log_dir, time_scale=args.time_scale)
+             specimen=args.specimen, seed=args.seed, catalog=args.catalog,
+             api_key=args.api_key, out=args.out, quick=args.quick, log_dir=args.log_dir, time_scale=args.time_scale)
     return 0
 
 
@@ -132,12 +135,30 @@ def cmd_shell(args: argparse.Namespace, passthrough: list[str]) -> int:
     os.environ["TEMSIMS_PREFIX"] = args.prefix
     if args.catalog:
         os.environ["TEMSIMS_CATALOG"] = args.catalog
+    if args.api_key:  # tiled's client (the session's and its writer process's) reads it
+        os.environ["TILED_API_KEY"] = args.api_key
     argv = [f"--profile={PROFILE_NAME}"]
     if args.ipython_dir:
         argv.append(f"--ipython-dir={args.ipython_dir}")
     install_profile(args.ipython_dir)
     start_ipython(argv=argv + passthrough)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a catalog until Ctrl-C or SIGTERM (:func:`temsims.catalog.serve.serve`)."""
+    from temsims.catalog.serve import DEFAULT_READERS, serve
+
+    try:
+        return serve(args.catalog, data=args.data, host=args.host, port=args.port,
+                     readers=args.reader or DEFAULT_READERS)
+    except ValueError as err:
+        print(f"temsims serve: {err}", file=sys.stderr)
+        return 2
+
+
+API_KEY_HELP = ("API key for a tiled server's URI (temsims serve's write key); unset: "
+                "$TILED_API_KEY")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,11 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulation_arguments(p_ioc)
 
     p_demo = sub.add_parser("demo", help="run the main job",
-                            description="The correlative TEM-SIMS demo on the embedded "
-                            "catalog, with a PNG report.",
+                            description="The correlative TEM-SIMS demo, its runs stored in a "
+                            "catalog (a directory, or a server's URI), with a PNG report.",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     instrument_options(p_demo)
-    p_demo.add_argument("--catalog", default=None, help="catalog directory")
+    p_demo.add_argument("--catalog", default=None,
+                        help="catalog directory or the URI of a tiled server (temsims serve); "
+                        "unset: $TEMSIMS_CATALOG or the user data directory")
+    p_demo.add_argument("--api-key", default=None, help=API_KEY_HELP)
     p_demo.add_argument("--out", default="temsims-report", help="report directory")
     p_demo.add_argument("--quick", action="store_true", help="reduced sizes (faster)")
     p_demo.add_argument("--time-scale", type=float, default=1.0,
@@ -186,7 +210,31 @@ def build_parser() -> argparse.ArgumentParser:
     p_shell.add_argument("--base-port", type=int, default=CALayout.from_environment().base_port)
     p_shell.add_argument("--host", default="127.0.0.1")
     p_shell.add_argument("--catalog", default=None, help="catalog directory or tiled URI")
+    p_shell.add_argument("--api-key", default=None, help=API_KEY_HELP)
     p_shell.add_argument("--ipython-dir", default=None, help="IPython directory to use")
+
+    from temsims.catalog.serve import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_READERS
+
+    p_serve = sub.add_parser(
+        "serve", help="serve a catalog with API keys",
+        description="A tiled server over a catalog directory (the layout open_catalog(DIR) "
+        "uses) or a PostgreSQL database, until Ctrl-C or SIGTERM. Clients need a key: the "
+        "write key (read, write, create) or a read-only key, each in a file of the state "
+        "directory (DIR/serve, or DATA/serve for PostgreSQL; printed on start); requests "
+        "without one are refused.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p_serve.add_argument("catalog", nargs="?", default=None, metavar="DIR|POSTGRES_URI",
+                         help="catalog directory, or postgresql://user:password@host:port/db; "
+                         "unset: $TEMSIMS_CATALOG or the user data directory")
+    p_serve.add_argument("--data", default=None, metavar="DIR",
+                         help="PostgreSQL only (required there): arrays go to DIR/data, "
+                         "keys and log to DIR/serve")
+    p_serve.add_argument("--host", default=DEFAULT_HOST,
+                         help="interface to listen on (0.0.0.0: every interface)")
+    p_serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: a free one)")
+    p_serve.add_argument("--reader", action="append", default=None, metavar="NAME",
+                         help="a read-only key for NAME (repeat for more); names no longer "
+                         f"given are revoked; unset: {', '.join(DEFAULT_READERS)}")
     return parser
 
 
@@ -203,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_ioc(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command == "serve":
+        return cmd_serve(args)
     return 2
 
 

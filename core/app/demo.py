@@ -63,7 +63,8 @@ def iocs_running(layout, prefix: str, timeout: float = 1.5) -> bool:
 
 def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
              host: str = "127.0.0.1", specimen: str = "li2co3-particles", seed: int = 1,
-             catalog: str | None = None, out: str | Path = "temsims-report",
+             catalog: str | None = None, api_key: str | None = None,
+             out: str | Path = "temsims-report",
              quick: bool = False, log_dir: str | None = None,
              time_scale: float = 1.0) -> DemoResult:
     """Run the demo (see the module docstring); returns what it found and wrote."""
@@ -112,7 +113,7 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
 
         from temsims.catalog import open_catalog, require_metadata
 
-        cat = open_catalog(catalog)
+        cat = open_catalog(catalog, api_key=api_key)
         _say(f"catalog open at {cat.location}")
         RE = _run_engine(cat, specimen, seed, require_metadata)
         result = _measure(RE, d, sizes)

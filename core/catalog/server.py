@@ -62,43 +62,30 @@ class EmbeddedServer:
     def __init__(self, directory: str | Path, *, api_key: str | None = None,
                  startup_timeout_s: float = 30.0, lock: bool = True) -> None:
         import uvicorn
-        from tiled.catalog import from_uri as catalog_from_uri
-        from tiled.config import Authentication, StreamingCacheConfig
+        from tiled.config import Authentication
         from tiled.server.app import build_app
-        from tiled.server.logging_config import LOGGING_CONFIG
         from tiled.storage import get_storage
         from tiled.utils import ensure_uri
 
         directory = Path(directory).expanduser().resolve()
-        (directory / "data").mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        catalog_uri, writable_storage = directory_storage(directory)  # creates it
         self.api_key = api_key or _directory_api_key(directory)
         self.pid = os.getpid()
-        catalog_uri = f"sqlite:///{directory / 'catalog.db'}"
-        tabular_uri = f"sqlite:///{directory / 'tabular.db'}"
-
-        log_config = copy.deepcopy(LOGGING_CONFIG)
-        for handler in ("access", "default"):
-            log_config["handlers"][handler]["class"] = "logging.FileHandler"
-            log_config["handlers"][handler].pop("stream", None)
-            log_config["handlers"][handler]["filename"] = str(directory / "server.log")
+        tabular_uri = writable_storage[1]
 
         # One process at a time creates the databases. In-process, not tiled's
         # ``init_if_not_exists`` (a ``tiled catalog init`` subprocess: ~5 s of imports
         # at every call): ~0.15 s for a new database, ~0.04 s to check an existing one.
         with _directory_lock(directory) if lock else contextlib.nullcontext():
             _init_database(catalog_uri)
-        self.catalog = catalog_from_uri(
-            catalog_uri,
-            writable_storage=[directory / "data", tabular_uri],
-            cache_config=StreamingCacheConfig(uri="memory").model_dump(),
-        )
+        self.catalog = catalog_adapter(catalog_uri, writable_storage)
         app = build_app(self.catalog,
                         authentication=Authentication(single_user_api_key=self.api_key),
                         serialization_registry=_serialization_registry())
         self._server = _daemon_threaded_server_class()(uvicorn.Config(
-            app, host="127.0.0.1", port=0, loop="asyncio", log_config=log_config,
-            access_log=False,
+            app, host="127.0.0.1", port=0, loop="asyncio",
+            log_config=file_log_config(directory / "server.log"), access_log=False,
         ))
         self._cm = self._server.run_in_thread()
         self.base_url = self._cm.__enter__()
@@ -136,6 +123,38 @@ class EmbeddedServer:
         return f"<EmbeddedServer {self.directory} at {self.base_url}>"
 
 
+def directory_storage(directory: Path) -> tuple[str, list]:
+    """A catalog directory's SQL catalog URI and tiled's writable storage for it (the
+    arrays' directory ``data/``, created, and the event tables' ``tabular.db``): the
+    layout every server of the directory uses, embedded or ``temsims serve``."""
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    return (f"sqlite:///{directory / 'catalog.db'}",
+            [directory / "data", f"sqlite:///{directory / 'tabular.db'}"])
+
+
+def catalog_adapter(catalog_uri: str, writable_storage: list):
+    """tiled's SQL catalog adapter over ``catalog_uri`` (``sqlite:///...`` or
+    ``postgresql://...``) writing to ``writable_storage``, with an in-memory streaming
+    cache; the database must exist (:func:`_init_database`)."""
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.config import StreamingCacheConfig
+
+    return catalog_from_uri(catalog_uri, writable_storage=writable_storage,
+                            cache_config=StreamingCacheConfig(uri="memory").model_dump())
+
+
+def file_log_config(path: Path) -> dict:
+    """uvicorn's logging configuration (tiled's) with its handlers writing to ``path``."""
+    from tiled.server.logging_config import LOGGING_CONFIG
+
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in ("access", "default"):
+        log_config["handlers"][handler]["class"] = "logging.FileHandler"
+        log_config["handlers"][handler].pop("stream", None)
+        log_config["handlers"][handler]["filename"] = str(path)
+    return log_config
+
+
 def _init_database(catalog_uri: str) -> None:
     """Create (or check) the SQL catalog: what ``tiled catalog init --if-not-exists`` does.
 
@@ -158,7 +177,20 @@ def _init_database(catalog_uri: str) -> None:
     thread.start()
     thread.join()
     if errors:
-        raise RuntimeError(f"could not create or check the catalog database {catalog_uri}") from errors[0]
+        raise RuntimeError(f"could not create or check the catalog database "
+                           f"{redact_uri(catalog_uri)}") from errors[0]
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with its password, if any, replaced by ``***`` (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(str(uri))
+    if parts.password is None:
+        return str(uri)
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 def _serialization_registry():
