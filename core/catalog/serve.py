@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +168,8 @@ def _init_auth_database(auth_uri: str) -> None:
 
     said = io.StringIO()
     try:
-        with contextlib.redirect_stderr(said):
+        with contextlib.redirect_stderr(said), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # alembic's, of tiled's ini
             _in_thread(initialize_database, auth_uri)
     except typer.Abort:  # already initialized
         pass
