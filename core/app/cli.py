@@ -155,6 +155,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"temsims serve: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # did not start: the port taken, a database refusing
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        print(f"temsims serve: {err}{cause}", file=sys.stderr)
+        return 1
 
 
 API_KEY_HELP = ("API key for a tiled server's URI (temsims serve's write key); unset: "

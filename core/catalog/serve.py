@@ -297,6 +297,7 @@ class CatalogService:
         self._cm = None
 
     def start(self) -> CatalogService:
+        _check_free(self.host, self.port)
         import uvicorn
         from tiled.config import Authentication, AuthenticationProviderSpec, Database
         from tiled.server.app import build_app
@@ -401,6 +402,26 @@ class CatalogService:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_free(host: str, port: int) -> None:
+    """Fail at once, and plainly, if ``host:port`` cannot be bound (uvicorn would fail
+    later, on its thread, with a traceback)."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise RuntimeError(f"cannot listen on {host}:{port}: {err}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
 def serve(target: str | Path | None = None, *, data=None, host: str = DEFAULT_HOST,

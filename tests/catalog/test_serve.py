@@ -242,9 +242,11 @@ def test_session_writes_with_the_api_key_from_the_environment(served_sqlite, tmp
         reader.close()
 
 
-def test_cli_passes_catalog_and_api_key_through(monkeypatch, restored_environ):
+def test_cli_passes_catalog_and_api_key_through(monkeypatch, restored_environ, tmp_path,
+                                                capsys):
     """``temsims demo`` and ``temsims shell`` hand ``--catalog`` and ``--api-key`` on;
-    ``temsims serve`` refuses --data for a directory and PostgreSQL without it."""
+    ``temsims serve`` refuses --data for a directory, PostgreSQL without it, and a port
+    in use (at once, exit 1)."""
     import os
 
     import temsims.app.demo as demo
@@ -267,6 +269,14 @@ def test_cli_passes_catalog_and_api_key_through(monkeypatch, restored_environ):
 
     assert cli.main(["serve", "/tmp/x", "--data", "/tmp/y", "--port", "0"]) == 2
     assert cli.main(["serve", "postgresql://u@127.0.0.1:1/db", "--port", "0"]) == 2
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", str(tmp_path / "cat"), "--port", str(port)]) == 1
+    assert "cannot listen on" in capsys.readouterr().err
 
 
 def test_keys_are_kept_replaced_and_revoked(tmp_path):
