@@ -129,6 +129,18 @@ def map_path_figures(r: Mapping[str, Any]) -> list[Figure]:
     ]
 
 
+def catalog_read_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``catalog_read.json``: a map's visibility from another process after its last
+    line, its read-back there, and that process's open of the catalog."""
+    size = f"{r['nx']}x{r['ny']}x{len(r['species'])}"
+    return [
+        Figure("read_map", f"read a {size} map back", r["read_map_s_median"], "s"),
+        Figure("visible_after", f"{size} map visible after its last line",
+               r["visible_after_last_line_s_median"], "s"),
+        Figure("open", "open_catalog(DIR), fresh process", r["open_s_median"], "s"),
+    ]
+
+
 _RUN_KINDS = {"scalar": "scalars", "map_line": "map lines", "image": "512^2 images"}
 
 
@@ -219,6 +231,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("catalog_cost", "catalog_cost.json", "--out",
               ("--events", "500", "--lines", "64", "--images", "10", "--repeat", "1"),
               catalog_figures),
+    Benchmark("catalog_read_benchmark", "catalog_read.json", "--output",
+              ("--nx", "128", "--ny", "128", "--repeat", "1"), catalog_read_figures),
     Benchmark("analysis_benchmark", "analysis_benchmark.json", "--output",
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",

@@ -96,13 +96,23 @@ MAP_PATH_RATIO = Target(
 MAP_PATH_STORED_S = Target(
     "map_path_benchmark", "stored_after", "stored after the last map line", 1.0, unit="s",
     at={"nx": 256, "ny": 256, "dwell_s": 1e-4}, source="issue 11, item 5")
+CATALOG_READ_MAP_S = Target(
+    "catalog_read_benchmark", "read_map", "read a 512 x 512 x 4 map back", 0.2, unit="s",
+    at={"nx": 512, "ny": 512}, source="issue 12, item 5")
+CATALOG_VISIBLE_S = Target(
+    "catalog_read_benchmark", "visible_after", "map visible to another process after its last "
+    "line", 1.0, unit="s", at={"nx": 512, "ny": 512}, source="issue 12, item 5")
+CATALOG_OPEN_S = Target(
+    "catalog_read_benchmark", "open", "open_catalog(DIR) in a fresh process", 2.0, unit="s",
+    source="issue 12, item 1")
 QUANTIFY_S = Target(
     "quantification_benchmark", "quantify_map", "quantify_map 512 x 512", 0.5, unit="s",
     at={"map_shape": [512, 512]}, source="quantification_benchmark.py")
 
 TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, MAP_PATH_RATIO,
                                MAP_PATH_STORED_S, CATALOG_CALL_MS, CATALOG_BLOCKED_S,
-                               FUSION_S, REGISTRATION_S, QUANTIFY_S)
+                               FUSION_S, REGISTRATION_S, QUANTIFY_S, CATALOG_READ_MAP_S,
+                               CATALOG_VISIBLE_S, CATALOG_OPEN_S)
 
 
 def targets_for(benchmark: str) -> list[Target]:

@@ -267,3 +267,25 @@ def test_tiled_container_and_errors(experiment):
         load_correlative(cat, "no-such-experiment")
     with pytest.raises(ValueError, match="method"):
         exp.fuse(0, method="wavelet")
+
+
+def test_direct_stream_reads_equal_the_clients(experiment):
+    """The loader reads a stream's table and arrays in one request each (the
+    TiledWriter's layout, no node look-ups): the same arrays, dtypes and shapes as
+    tiled's client node by node (temsims.callbacks.export.load_run)."""
+    from temsims.app.loaders import _read_tiled_run
+    from temsims.callbacks.export import load_run
+
+    cat, res = experiment["cat"], experiment["res"]
+    for uid in [res["uids"]["overview"], *res["uids"]["sims"]]:
+        run = cat.runs[uid]
+        direct, via_nodes = _read_tiled_run(run), load_run(run)
+        assert direct.streams["primary"], uid
+        for name, columns in direct.streams.items():
+            for key, values in columns.items():
+                expected = via_nodes.streams[name][key]
+                assert values.dtype == expected.dtype and values.shape == expected.shape, key
+                np.testing.assert_array_equal(values, expected)
+        if direct.is_sims_map():
+            for s, m in direct.maps().items():
+                np.testing.assert_array_equal(m, via_nodes.maps()[s])

@@ -520,28 +520,80 @@ def _wanted_keys(start: Mapping, stream: str, keys: Sequence[str]) -> list[str]:
 
 def _read_tiled_run(run):
     """A :class:`temsims.callbacks.export.RunData` with only what the loader needs
-    (:func:`_wanted_keys`), read concurrently: each array is one request to the server
-    (~0.1 s on a loaded 2-core machine), and a run holds dozens of columns it does not
-    need (readbacks, per-key timestamps)."""
+    (:func:`_wanted_keys`), each stream read by :func:`_read_stream`, its requests
+    concurrently."""
     from concurrent.futures import ThreadPoolExecutor
 
     from temsims.callbacks.export import RunData
 
     md = run.metadata
     start = dict(md["start"])
-    jobs = []
-    for name in list(run):
-        if name != "primary" and name not in TABLE_STREAMS:
-            continue
-        stream = run[name]
-        jobs.extend((name, stream, key) for key in _wanted_keys(start, name, list(stream)))
-    with ThreadPoolExecutor(max(1, min(READ_THREADS, len(jobs)))) as pool:
-        arrays = list(pool.map(lambda job: np.asarray(job[1][job[2]].read()), jobs))
-    streams: dict[str, dict[str, np.ndarray]] = {}
-    for (name, _stream, key), arr in zip(jobs, arrays, strict=True):
-        streams.setdefault(name, {})[key] = arr
+    # The stop document counts the events of each stream: no request to list them.
+    counted = (md.get("stop") or {}).get("num_events")
+    names = [name for name in (counted if counted else list(run))
+             if name == "primary" or name in TABLE_STREAMS]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        streams = {name: _read_stream(run[name], start, name, pool) for name in names}
     stop = md.get("stop")
     return RunData(start=start, stop=None if stop is None else dict(stop), streams=streams)
+
+
+def _read_stream(stream, start: Mapping, name: str, pool) -> dict[str, np.ndarray]:
+    """The wanted columns of one stream: its scalar columns in one request for the
+    stream's table and each array in one request for its data, all concurrently on
+    ``pool``, the columns known from the descriptors' data keys.
+
+    That is the layout bluesky-tiled-plugins' TiledWriter stores (an ``internal``
+    table beside one array node per array key); tiled's client would first list the
+    stream and ask for each column's node, ~0.13 s a column on a loaded 2-core
+    machine, for ~0.05 s of data (a 512 x 512 int32 map of four species: 1.0-1.7 s
+    through the nodes). A stream the server does not hold that way (a request
+    refused) is read column by column through the client.
+    """
+    import httpx
+
+    data_keys = (stream.metadata or {}).get("data_keys") or {}
+    keys = _wanted_keys(start, name, [*data_keys, "time"])
+    arrays = [k for k in keys if data_keys.get(k, {}).get("dtype") == "array"]
+    columns = [k for k in keys if k not in arrays]
+    client = stream.context.http_client
+    api = str(stream.context.api_uri).rstrip("/")
+    path = "/".join(stream.path_parts)
+
+    def table():
+        import pyarrow as pa
+
+        response = client.get(f"{api}/table/full/{path}/internal", params={"column": columns},
+                              headers={"Accept": "application/vnd.apache.arrow.file"})
+        response.raise_for_status()
+        read = pa.ipc.open_file(pa.py_buffer(response.content)).read_all()
+        return {k: read.column(k).to_numpy(zero_copy_only=False) for k in columns}
+
+    def array(key):
+        response = client.get(f"{api}/array/full/{path}/{key}",
+                              headers={"Accept": "application/octet-stream"})
+        response.raise_for_status()
+        entry = data_keys[key]
+        values = np.frombuffer(response.content, dtype=np.dtype(entry["dtype_numpy"]))
+        return values.reshape(-1, *entry["shape"])
+
+    if all("dtype_numpy" in data_keys[k] for k in arrays):
+        jobs = [pool.submit(array, key) for key in arrays]
+        if columns:
+            jobs.append(pool.submit(table))
+        try:
+            results = [job.result() for job in jobs]
+        except (httpx.HTTPStatusError, KeyError):
+            logger.debug("stream %s not in the TiledWriter's layout; read by its nodes", name,
+                         exc_info=True)
+        else:
+            out = dict(results.pop()) if columns else {}
+            out.update(zip(arrays, results, strict=True))
+            return out
+    present = set(stream)
+    keys = [k for k in keys if k in present]
+    return dict(zip(keys, pool.map(lambda key: np.asarray(stream[key].read()), keys),
+                    strict=True))
 
 
 def _as_run(run):
