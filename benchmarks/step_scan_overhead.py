@@ -7,6 +7,13 @@ the CA stage x axis against a cheap CA detector (the column's beam-current readb
 and ``ophyd.sim``'s ``motor`` against ``det``. Prints the per-point times and their
 ratio (target <= 2) and writes them to ``benchmarks/results/step_scan_overhead.json``.
 
+A CA point is a put of the motor record's VAL, its four monitor updates (DMOV 0, VAL,
+RBV, DMOV 1, one TCP message) and one CA read of the detector, each through caproto's
+server and threading client and ophyd; where that time goes, and what was cut, is
+decision 0019 (``docs/decisions/0019-step-scan-overhead.md``). The ratio varies by
+run on a shared 2-vCPU machine (the CA scan has four cross-process wake-ups a point):
+compare ratios within one run.
+
 Run: ``.venv/bin/python benchmarks/step_scan_overhead.py [--points 200 --repeat 3]``
 """
 

@@ -72,6 +72,34 @@ class DescribesDtype:
         return desc
 
 
+class OneMonitorCallback:
+    """Mixin for ophyd's EPICS signals: a PV's monitor runs each of the signal's
+    callbacks once, not twice.
+
+    ``EpicsSignalBase._add_callback`` registers a callback (``_read_changed``, and
+    ``_write_changed`` for the setpoint PV) on the PV unless ``_monitors[pvname]`` is
+    truthy, and stores there the index ``add_callback`` returns. pyepics numbers a
+    PV's callbacks from 1; caproto's ``pyepics_compat`` from 0, so the first index (0)
+    reads as "none", and the next ``_add_callback`` of the PV (at connection, or from
+    ``subscribe``) registers ``_read_changed`` again: every monitor update of a
+    subscribed signal ran ``_read_changed`` and its subscribers twice (``EpicsMotor``'s
+    RBV and DMOV at every move). Here each (PV, callback) is registered once; which
+    callbacks a PV gets is unchanged (a signal whose setpoint PV is its read PV keeps
+    both). Put it before the ophyd class among the bases.
+    """
+
+    def _add_callback(self, pvname, pv, cb):
+        with self._metadata_lock:
+            registered = self.__dict__.setdefault("_registered_monitor_callbacks", set())
+            key = (pvname, getattr(cb, "__name__", cb))
+            if key in registered:
+                return
+            registered.add(key)
+            index = pv.add_callback(cb, run_now=pv.connected)
+            if self._monitors[pvname] is None:
+                self._monitors[pvname] = index
+
+
 def use_caproto_control_layer() -> None:
     """Select ophyd's caproto control layer unless it is already the one in use.
 
@@ -86,7 +114,7 @@ def use_caproto_control_layer() -> None:
         ophyd.set_cl("caproto")
 
 
-class ValidatedSignal(DescribesDtype, EpicsSignal):
+class ValidatedSignal(DescribesDtype, OneMonitorCallback, EpicsSignal):
     """An ``EpicsSignal`` that refuses, before putting, what the IOC would refuse.
 
     Checks: ``None``, NaN and infinities; enum strings (and enum indices) against the
@@ -169,7 +197,7 @@ class SwitchSignal(ValidatedSignal):
         return chain(self, [put, readback])
 
 
-class Reading(DescribesDtype, EpicsSignalRO):
+class Reading(DescribesDtype, OneMonitorCallback, EpicsSignalRO):
     """A read-only PV, fetched over CA at each read (unless ``auto_monitor=True``)."""
 
 
@@ -180,7 +208,7 @@ class Readback(Reading):
         super().__init__(read_pv, auto_monitor=auto_monitor, **kwargs)
 
 
-class RecordField(DescribesDtype, EpicsSignal):
+class RecordField(DescribesDtype, OneMonitorCallback, EpicsSignal):
     """A writable PV with ophyd's plain ``EpicsSignal`` behaviour (no checks, no put
     completion): a field of a record that ophyd's own devices declare, such as the
     motor record's (:class:`~temsims.devices.stage.StageMotor`)."""
@@ -293,7 +321,7 @@ def wait_connected(devices, timeout: float, part_prefixes: dict[str, str] | None
         f"EPICS_CA_ADDR_LIST set?): {summary}")
 
 
-class ShapedArray(EpicsSignalRO):
+class ShapedArray(OneMonitorCallback, EpicsSignalRO):
     """A waveform PV read as an N-d numpy array of a known shape and dtype.
 
     Parameters

@@ -95,6 +95,22 @@ class StageMotor(EpicsMotor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._move_lock = threading.RLock()
+        # The axis's signals, fixed once built (none is lazy): see ``connected``.
+        self._connection_signals = (
+            None if any(cpt.lazy for cpt in self._sig_attrs.values())
+            else tuple(walk.item for walk in self.walk_signals(include_lazy=False)))
+
+    @property
+    def connected(self):
+        # ophyd's Device.connected walks the component tree at every call (20 us
+        # here), and EpicsMotor asks for it five times a move (move, limits,
+        # position twice in MoveStatus, ...). The same answer from the signals'
+        # list, built once: every signal connected, no connection callback pending.
+        signals = self._connection_signals
+        if signals is None:
+            return super().connected
+        return (all(signal.connected for signal in signals)
+                and not self._required_for_connection)
 
     def _repr_info(self):
         # ophyd's MoveStatus puts repr(positioner) in its tracing attributes at every

@@ -63,6 +63,121 @@ def install_tcp_nodelay() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# caproto 1.3.0 fixes: monitors queued together go out together; a read does not wait
+# a loop pass for a write lock that is free.
+# --------------------------------------------------------------------------------------
+_batching_installed = False
+_read_fast_path_installed = False
+_fixes_lock = threading.Lock()
+
+
+def install_server_fixes() -> None:
+    """The caproto server fixes every part relies on (idempotent, process-wide, from
+    any part's thread): :func:`install_monitor_batching` and
+    :func:`install_read_fast_path`."""
+    with _fixes_lock:
+        install_monitor_batching()
+        install_read_fast_path()
+
+
+def install_read_fast_path() -> None:
+    """Make caproto's asyncio ``Event.wait(timeout)`` return at once when the event is
+    set.
+
+    Why: the server answers every CA read after ``await write_event.wait(timeout)``
+    (the circuit's "no write in progress" event, set but for the instants a write is
+    being handled). caproto's asyncio event implements the timeout with
+    ``asyncio.wait_for``, which wraps even a set event's wait in a new task and a
+    timer and returns only on the event loop's next pass: every read (a detector
+    read of a step scan) paid that pass and the task. The answer is the same
+    (``is_set()``); only the wait for a set event is skipped.
+    """
+    global _read_fast_path_installed
+    if _read_fast_path_installed:
+        return
+    import caproto.asyncio.server as asyncio_server
+
+    event_class = asyncio_server.AsyncioEvent
+    wait_with_timeout = event_class.wait
+
+    async def wait(self, timeout=None):
+        if self.is_set():
+            return True
+        return await wait_with_timeout(self, timeout)
+
+    event_class.wait = wait
+    _read_fast_path_installed = True
+
+
+def install_monitor_batching() -> None:
+    """Make each CA circuit of caproto's asyncio server send, in one write, every
+    monitor update queued for it when it wakes, without waiting for more.
+
+    Why: the servers run with ``CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC=0`` (decision
+    0010: no waiting for updates to batch with). caproto's loop then asks its queue
+    for more with ``asyncio.wait_for(get(), 0)``, which never returns an item, even a
+    queued one (the getter task has not run yet): every update went out alone, one
+    write and one client wake-up each, after a task created and cancelled for the
+    empty ask and a set of the circuit's ~80 subscription ids built for it. A stage
+    step's four (DMOV 0, VAL, RBV, DMOV 1) took four writes, 0.1-0.5 ms apart; now
+    what the event loop queued before the circuit's turn goes in one write (a step:
+    one, see ``temsims.ioc.stage.MotorAxis.move_to``; decision 0019). Nothing waits:
+    an update is sent at the first chance, as before.
+
+    Kept from caproto's loop: updates of a subscription over its quota are dropped
+    (the queue holds weak references), updates of subscriptions cancelled since they
+    were queued are not sent, a batch is cut at ``SUB_BATCH_THRESH`` bytes.
+    """
+    global _batching_installed
+    if _batching_installed:
+        return
+    import asyncio
+
+    import caproto.asyncio.server as asyncio_server
+    import caproto.server.common as server_common
+
+    async def subscription_queue_loop(self) -> None:
+        maybe_awaitable = self.events_on.set()
+        if maybe_awaitable is not None:
+            await maybe_awaitable
+        queue: asyncio.Queue = self.subscription_queue
+        while True:
+            try:
+                refs = [await queue.get()]
+            except asyncio.CancelledError:
+                break
+            while not queue.empty():
+                refs.append(queue.get_nowait())
+            # None: an update over its subscription's quota (old news), dropped
+            commands = [command for command in (ref() for ref in refs) if command is not None]
+            try:
+                while commands:
+                    size = count = 0
+                    while count < len(commands) and size < server_common.SUB_BATCH_THRESH:
+                        size += len(commands[count])
+                        count += 1
+                    await self._send_live(commands[:count])
+                    del commands[:count]
+            except server_common.DisconnectedCircuit:
+                await self._on_disconnect()
+                self.circuit.disconnect()
+                await self.context.circuit_disconnected(self)
+                break
+
+    async def _send_live(self, commands) -> None:
+        """Send ``commands`` but those of subscriptions cancelled since they were queued
+        (no EventAddResponse may follow its EventCancelResponse)."""
+        live = {sub.subscriptionid for subs in self.subscriptions.values() for sub in subs}
+        commands = [command for command in commands if command.subscriptionid in live]
+        if commands:
+            await self.send(*commands)
+
+    asyncio_server.VirtualCircuit.subscription_queue_loop = subscription_queue_loop
+    asyncio_server.VirtualCircuit._send_live = _send_live
+    _batching_installed = True
+
+
+# --------------------------------------------------------------------------------------
 # Repeater on loopback
 # --------------------------------------------------------------------------------------
 def repeater_running(host: str, port: int) -> bool:
@@ -125,6 +240,7 @@ class InstrumentIOC(PVGroup):
         self.clock = self.world.clock
         self.seed = self.world.seed
         self.started_at = self.clock.now()
+        install_server_fixes()  # process-wide, before this part's server runs
         super().__init__(*args, **kwargs)
 
     def mirror(self, key: str, instance: Any) -> None:
@@ -256,6 +372,9 @@ def serve_part(part: str, argv: list[str] | None = None) -> None:
 __all__ = [
     "InstrumentIOC",
     "ca",
+    "install_monitor_batching",
+    "install_read_fast_path",
+    "install_server_fixes",
     "install_tcp_nodelay",
     "require_finite",
     "require_range",

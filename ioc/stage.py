@@ -318,7 +318,12 @@ class MotorAxis:
             await alarm.write(status=AlarmStatus.NO_ALARM, severity=AlarmSeverity.NO_ALARM)
         await write_if_changed(f.user_readback_value, self.user(dial), timestamp=stamp)
         msta = (MSTA_DIRECTION if f.direction_of_travel.value else 0)
-        msta |= MSTA_MOVING if self.moving else MSTA_DONE
+        # At rest on the target the controller reports done, before the record's
+        # DMOV = 1 (and, like MOVN, never "moving" for a move shorter than MIN_WAIT_S:
+        # its one publication is its end). Stopped short of it (STOP, a switch), done
+        # once the move's task has ended.
+        at_target = velocity == 0.0 and dial == self.target_dial
+        msta |= MSTA_MOVING if self.moving and not at_target else MSTA_DONE
         msta |= (MSTA_PLUS_LS if self.at_high_switch else 0)
         msta |= (MSTA_MINUS_LS if self.at_low_switch else 0)
         await write_if_changed(f.motor_status, msta, timestamp=stamp)
@@ -359,11 +364,19 @@ class MotorAxis:
         else:
             # DMOV goes to 0 before the put returns; the task sets it back to 1, so
             # every accepted put (to the present position too) gives DMOV 1 -> 0 -> 1.
+            # The task is created first: the loop then runs it before it hands DMOV 0
+            # and VAL to the clients, and a move shorter than MIN_WAIT_S goes out
+            # whole, in one message, as soon as possible (its task waits for DMOV 0).
             self._commanded_at = self.clock.now()
-            await self._write(f.done_moving_to_value, 0, timestamp=self._commanded_at)
             self._stop_requested = False
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"move-{self.record.pvname}")
+            try:
+                await self._write(f.done_moving_to_value, 0, timestamp=self._commanded_at)
+            except BaseException:
+                self._task.cancel()
+                self._task = None
+                raise
         return user
 
     async def stop(self) -> None:
@@ -377,6 +390,8 @@ class MotorAxis:
 
     async def _run(self) -> None:
         f = self.fields
+        while f.done_moving_to_value.value != 0:  # move_to has not written DMOV 0 yet
+            await asyncio.sleep(0)
         stopped = False
         # The motion starts when the move was commanded (DMOV -> 0), not when this
         # task first runs (later by the loop's latency, times the time scale).
@@ -417,7 +432,9 @@ class MotorAxis:
                 await self._write(self.record, self.user(self.dial), timestamp=stamp)
                 await self._write(f.dial_desired_value, self.dial, timestamp=stamp)
             self._task = None
-            await self._publish_position(self.dial, 0.0, timestamp=stamp)
+            if stopped or self.velocity_now != 0.0 or self.dial != self.target_dial:
+                await self._publish_position(self.dial, 0.0, timestamp=stamp)
+            # else its last publication was at rest on the target: nothing to change
             await write_if_changed(f.motor_is_moving, 0, timestamp=stamp)
             await self._write(f.done_moving_to_value, 1, timestamp=stamp)
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from caproto import AlarmSeverity, AlarmStatus, CaprotoTimeoutError, ChannelType
-from catools import Monitor, get, put, read, refused, stamped, wait_for
+from catools import Monitor, get, put, pv, read, refused, stamped, wait_for
 
-from temsims.ioc.stage import STAGE_AXES
+from temsims.ioc.stage import MSTA_DONE, MSTA_MOVING, STAGE_AXES
 
 FAST = {"X": 200.0, "Y": 200.0, "Z": 50.0, "A": 30.0, "B": 30.0}  # VMAX of each axis
 
@@ -242,6 +243,44 @@ def test_move_to_current_position_toggles_dmov(stage_prefix):
         dmov.wait_for(lambda u: [v for _, v in u] == [1.0, 0.0, 1.0], timeout=2)
     finally:
         dmov.clear()
+
+
+def test_a_short_move_posts_dmov_0_val_rbv_dmov_1_in_order_and_msta_stays_done(stage_prefix):
+    """A 10 nm step at VMAX with ACCL 0 (50 us of motion, a step scan's point): the
+    client sees DMOV 0, VAL, RBV at the target, DMOV 1, in this order (ophyd's
+    EpicsMotor needs DMOV 0 before 1, and VAL and RBV before the end); MSTA, like MOVN,
+    never shows such a move as moving (decision 0019)."""
+    motor = stage_prefix + "X"
+    put(motor + ".VELO", 200.0)
+    put(motor + ".ACCL", 0.0)
+    updates: list[tuple[str, object]] = []
+    initial = threading.Event()
+    keep = []  # caproto holds callbacks weakly
+    subs = []
+    for field in ("DMOV", "VAL", "RBV", "MSTA", "MOVN"):
+        def on_update(sub, response, field=field):
+            updates.append((field, response.data[0]))
+            if len(updates) == 5:
+                initial.set()
+        sub = pv(f"{motor}.{field}").subscribe(data_type="time")
+        subs.append((sub, sub.add_callback(on_update)))
+        keep.append(on_update)
+    try:
+        assert initial.wait(5)
+        for step in (1, 2, 3):
+            del updates[:]
+            put(motor, 0.01 * step)
+            wait_for(lambda: ("DMOV", 1) in updates, 5, "DMOV 1")
+            time.sleep(0.05)  # anything posted after DMOV 1 would show here
+            moved = [(f, v) for f, v in updates if f in ("DMOV", "VAL", "RBV")]
+            assert moved == [("DMOV", 0), ("VAL", pytest.approx(0.01 * step)),
+                             ("RBV", pytest.approx(0.01 * step)), ("DMOV", 1)]
+            assert ("MOVN", 1) not in updates
+            assert all(v & MSTA_DONE and not v & MSTA_MOVING
+                       for f, v in updates if f == "MSTA")
+    finally:
+        for sub, token in subs:
+            sub.remove_callback(token)
 
 
 def test_new_setpoint_during_move_goes_to_the_new_target(stage_prefix):
