@@ -110,3 +110,22 @@ def read_in_another_process(directory, queries: dict, out_dir: Path,
     with np.load(out + ".npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
     return report, arrays
+
+
+def assert_same_document(stored, produced, path: str = "") -> None:
+    """``stored`` (a document read back as JSON) equals ``produced`` (the RunEngine's):
+    arrays and numpy scalars compared in the produced dtype (a float32 array comes back
+    as the shortest decimals of its float32 values), tuples as lists."""
+    if isinstance(produced, np.ndarray | np.generic):
+        np.testing.assert_array_equal(np.asarray(stored, dtype=produced.dtype), produced,
+                                      err_msg=path)
+    elif isinstance(produced, dict):
+        assert isinstance(stored, dict) and set(stored) == set(produced), (path, stored, produced)
+        for key, value in produced.items():
+            assert_same_document(stored[key], value, f"{path}/{key}")
+    elif isinstance(produced, list | tuple):
+        assert isinstance(stored, list) and len(stored) == len(produced), (path, stored, produced)
+        for i, (s, p) in enumerate(zip(stored, produced, strict=True)):
+            assert_same_document(s, p, f"{path}[{i}]")
+    else:
+        assert stored == produced, (path, stored, produced)

@@ -39,6 +39,7 @@ from bluesky_tiled_plugins.queries import (
 )
 from catalog_helpers import (
     DocumentLog,
+    assert_same_document,
     contract_md,
     counts_map_line,
     image_detector,
@@ -137,24 +138,6 @@ def _identity(name: str, doc: dict):
     return (doc["descriptor"], doc["seq_num"]) if name == "event" else doc["uid"]
 
 
-def _assert_same(stored, produced, path: str = "") -> None:
-    """``stored`` (read back as JSON) equals ``produced`` (the RunEngine's): arrays and
-    numpy scalars compared in the produced dtype, tuples as lists."""
-    if isinstance(produced, np.ndarray | np.generic):
-        np.testing.assert_array_equal(np.asarray(stored, dtype=produced.dtype), produced,
-                                      err_msg=path)
-    elif isinstance(produced, dict):
-        assert isinstance(stored, dict) and set(stored) == set(produced), (path, stored, produced)
-        for key, value in produced.items():
-            _assert_same(stored[key], value, f"{path}/{key}")
-    elif isinstance(produced, list | tuple):
-        assert isinstance(stored, list) and len(stored) == len(produced), (path, stored, produced)
-        for i, (s, p) in enumerate(zip(stored, produced, strict=True)):
-            _assert_same(s, p, f"{path}[{i}]")
-    else:
-        assert stored == produced, (path, stored, produced)
-
-
 def _data_key_groups(descriptor: dict):
     yield descriptor["data_keys"]
     for config in descriptor.get("configuration", {}).values():
@@ -171,7 +154,7 @@ def _check_descriptor(stored: dict, produced: dict, path: str) -> None:
             if "dtype_numpy" not in dk:
                 added = s_keys[key].pop("dtype_numpy")
                 assert added == {"number": "<f8", "integer": "<i8"}[dk["dtype"]], (path, key)
-    _assert_same(stored, produced, path)
+    assert_same_document(stored, produced, path)
 
 
 @pytest.mark.parametrize("label", ["step", "arrays", "fly", "image"])
@@ -216,10 +199,10 @@ def test_documents_replay_the_run(stored, label):
         elif name == "event":
             assert back["uid"] == f"event-{doc['descriptor']}-{doc['seq_num']}"
             assert doc.get("filled", {}) == {} and "filled" not in back
-            _assert_same({k: v for k, v in back.items() if k != "uid"},
+            assert_same_document({k: v for k, v in back.items() if k != "uid"},
                          {k: v for k, v in doc.items() if k not in ("uid", "filled")}, where)
         else:
-            _assert_same(back, doc, where)
+            assert_same_document(back, doc, where)
 
 
 # ============================================================================ cat[...]

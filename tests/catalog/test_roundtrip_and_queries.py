@@ -10,6 +10,7 @@ import pytest
 from bluesky import RunEngine
 from catalog_helpers import (
     DocumentLog,
+    assert_same_document,
     contract_md,
     counts_map_line,
     image_detector,
@@ -165,25 +166,6 @@ def test_remote_uri_uses_the_same_client_code(written):
         remote.close()
 
 
-def _assert_same(stored, produced, path: str = "") -> None:
-    """``stored`` (a document read back as JSON) equals ``produced`` (the RunEngine's):
-    arrays and numpy scalars compared in the produced dtype (a float32 array comes back
-    as the shortest decimals of its float32 values)."""
-    if isinstance(produced, np.ndarray | np.generic):
-        np.testing.assert_array_equal(np.asarray(stored, dtype=produced.dtype), produced,
-                                      err_msg=path)
-    elif isinstance(produced, dict):
-        assert isinstance(stored, dict) and set(stored) == set(produced), (path, stored, produced)
-        for key, value in produced.items():
-            _assert_same(stored[key], value, f"{path}/{key}")
-    elif isinstance(produced, list | tuple):
-        assert isinstance(stored, list) and len(stored) == len(produced), (path, stored, produced)
-        for i, (s, p) in enumerate(zip(stored, produced, strict=True)):
-            _assert_same(s, p, f"{path}[{i}]")
-    else:
-        assert stored == produced, (path, stored, produced)
-
-
 def _without_dtype_numpy(descriptor: dict) -> dict:
     """The descriptor without ``dtype_numpy`` in its data keys: TiledWriter adds its
     default for a key's ``dtype`` where it is missing (``ophyd.sim``'s ``det`` and
@@ -216,14 +198,14 @@ def test_documents_replay_what_the_runengine_emitted(written):
         assert [n for n, _ in replayed][:2] == ["start", "descriptor"]
         for (name, stored), (_, produced) in zip(replayed, emitted, strict=True):
             if name == "descriptor":
-                _assert_same(_without_dtype_numpy(stored), _without_dtype_numpy(produced), label)
+                assert_same_document(_without_dtype_numpy(stored), _without_dtype_numpy(produced), label)
                 for key, value in log.events(uid)[0]["data"].items():
                     assert stored["data_keys"][key]["dtype_numpy"] == np.asarray(value).dtype.str
             elif name == "event":
                 assert stored["uid"] == f"event-{produced['descriptor']}-{produced['seq_num']}"
                 assert produced.get("filled", {}) == {}
-                _assert_same({k: v for k, v in stored.items() if k != "uid"},
+                assert_same_document({k: v for k, v in stored.items() if k != "uid"},
                              {k: v for k, v in produced.items() if k not in ("uid", "filled")},
                              f"{label} event {produced['seq_num']}")
             else:
-                _assert_same(stored, produced, f"{label} {name}")
+                assert_same_document(stored, produced, f"{label} {name}")
