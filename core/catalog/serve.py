@@ -50,6 +50,7 @@ from temsims.catalog.server import (
     default_catalog_dir,
     directory_storage,
     file_log_config,
+    in_thread,
     redact_uri,
 )
 from temsims.catalog.writer import RUNS_KEY, RUNS_SPEC_VERSION
@@ -149,7 +150,7 @@ def ensure_keys(state_dir: Path, readers=DEFAULT_READERS) -> tuple[str, dict[str
     for key in keys.values():
         with contextlib.suppress(OSError):
             secrets_now[key.name] = key.read()
-    minted = _in_thread(_sync_keys, auth_uri, {k.name: k.scopes for k in keys.values()},
+    minted = in_thread(_sync_keys, auth_uri, {k.name: k.scopes for k in keys.values()},
                         secrets_now)
     for name, secret in minted.items():
         _write_private(keys[name].path, secret)
@@ -170,7 +171,7 @@ def _init_auth_database(auth_uri: str) -> None:
     try:
         with contextlib.redirect_stderr(said), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # alembic's, of tiled's ini
-            _in_thread(initialize_database, auth_uri)
+            in_thread(initialize_database, auth_uri)
     except typer.Abort:  # already initialized
         pass
     except Exception as err:
@@ -250,25 +251,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text + "\n")
     os.replace(tmp, path)
-
-
-def _in_thread(func, *args):
-    """``func(*args)`` on a thread of its own (tiled's set-up runs event loops)."""
-    result: list = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(func(*args))
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
-            errors.append(err)
-
-    thread = threading.Thread(target=run, name="temsims-serve-setup")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
 
 
 # =========================================================================== server

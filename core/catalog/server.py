@@ -161,24 +161,39 @@ def _init_database(catalog_uri: str) -> None:
     On a thread of its own: tiled's init runs an event loop (``asyncio.run``), which
     the caller's thread may already have (Jupyter).
     """
-    errors: list[BaseException] = []
+    from tiled.commandline._catalog import init as tiled_catalog_init
 
     def init() -> None:
-        from tiled.commandline._catalog import init as tiled_catalog_init
+        with warnings.catch_warnings():  # alembic's about tiled's own ini template
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tiled_catalog_init(catalog_uri, if_not_exists=True)
 
+    try:
+        in_thread(init)
+    except BaseException as err:  # noqa: BLE001 - re-raised with the database named
+        raise RuntimeError(f"could not create or check the catalog database "
+                           f"{redact_uri(catalog_uri)}") from err
+
+
+def in_thread(func, *args):
+    """``func(*args)`` on a thread of its own, its result or exception here: tiled's
+    set-up runs event loops (``asyncio.run``), which the caller's thread may already
+    have (Jupyter, a server)."""
+    result: list = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
         try:
-            with warnings.catch_warnings():  # alembic's about tiled's own ini template
-                warnings.simplefilter("ignore", DeprecationWarning)
-                tiled_catalog_init(catalog_uri, if_not_exists=True)
+            result.append(func(*args))
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller
             errors.append(err)
 
-    thread = threading.Thread(target=init, name="temsims-catalog-init")
+    thread = threading.Thread(target=run, name=f"temsims-{getattr(func, '__name__', 'setup')}")
     thread.start()
     thread.join()
     if errors:
-        raise RuntimeError(f"could not create or check the catalog database "
-                           f"{redact_uri(catalog_uri)}") from errors[0]
+        raise errors[0]
+    return result[0]
 
 
 def redact_uri(uri: str) -> str:
