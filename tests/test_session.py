@@ -30,13 +30,13 @@ def test_session_builds_the_namespace_and_stores_runs(instrument, tmp_path):
     )
     try:
         for name in ("RE", "bp", "bps", "bpp", "camera", "stage", "spectrometer", "imager",
-                     "mode", "catalog", "runs", "bec"):
+                     "mode", "catalog", "bec"):
             assert name in ns, name
         RE, bp = ns["RE"], ns["bp"]
         ns["camera"].size.set(64).wait(5)
         (uid,) = RE(bp.count([ns["camera"]]), **contract_md("session-a"))
         session.catalog.flush(30)
-        run = ns["runs"][uid]
+        run = ns["catalog"][uid]
         image = run["primary"]["camera_image"].read()
         assert image.shape == (1, 64, 64) and image.dtype == "float32"
         assert run.metadata["start"]["sample"] == "session-a"
@@ -74,7 +74,7 @@ def test_ipython_profile_runs_a_plan(instrument, tmp_path):
         camera.size.set(64).wait(5)
         uid, = RE(bp.count([camera]), **{md!r})
         catalog.flush(30)
-        print("RESULT", runs[uid].metadata["start"]["sample"], len(runs))
+        print("RESULT", catalog[uid].metadata["start"]["sample"], len(catalog))
     """)
     env = {**os.environ,
            "TEMSIMS_PREFIX": instrument.instrument_prefix,
@@ -99,7 +99,7 @@ def test_temsims_shell_opens_the_profile(instrument, tmp_path):
         print("PREFIX", stage.x.user_readback.pvname)
         uid, = RE(bp.count([bias]), **{md!r})
         catalog.flush(30)
-        print("RESULT", runs[uid].metadata["start"]["sample"], len(runs))
+        print("RESULT", catalog[uid].metadata["start"]["sample"], len(catalog))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEMSIMS_")}
     env.update({"TEMSIMS_MD_DIR": str(tmp_path / "md"), "MPLBACKEND": "Agg"})

@@ -150,7 +150,6 @@ def configure_session(
         if require_metadata:
             install_metadata_check(RE)
         ns["catalog"] = session.catalog
-        ns["runs"] = session.catalog.runs
 
     if connect_devices:
         from temsims.devices import connect
@@ -176,6 +175,9 @@ def configure_session(
 
             ip.register_magics(BlueskyMagics)
 
+    if session.catalog is not None:
+        # The run classes' imports (1.5-3 s) while the user types the first command.
+        session.catalog.prefetch()
     session.namespace = ns
     user_ns.update(ns)
     _CONFIGURED.add(id(user_ns))

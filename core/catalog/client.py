@@ -8,6 +8,7 @@ import contextlib
 import datetime as _dt
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from numbers import Real
@@ -53,13 +54,15 @@ class Catalog:
     searched and indexed further) except :meth:`latest`, which returns one run.
     """
 
-    def __init__(self, client, runs, *, server: EmbeddedServer | DirectoryServer | None = None,
+    def __init__(self, client, runs=None, *,
+                 server: EmbeddedServer | DirectoryServer | None = None,
                  location: str | Path | None = None, uri: str | None = None,
                  api_key: str | None = None) -> None:
         self.client = client
         self.uri = uri
         self._api_key = api_key
-        self.runs = runs
+        self._runs = runs
+        self._runs_lock = threading.Lock()
         self.server = server
         self.location = location
         self._writers: list[Any] = []
@@ -69,6 +72,42 @@ class Catalog:
         # Closed at exit after the writers drained (their hooks, registered later, run first).
         ref = weakref.ref(self)
         register_exit_hook(lambda: (c := ref()) is not None and c._close_at_exit())
+
+    @property
+    def runs(self):
+        """The ``runs`` container (bluesky-tiled-plugins' ``CatalogOfBlueskyRuns``).
+
+        Resolved at first use, not at open: its client classes import dask, xarray,
+        pandas and numba (1.5-3 s), which opening a catalog to write, or a session
+        reaching its prompt, does not need (``docs/decisions/0021-open-and-read-fast.md``).
+        """
+        if self._runs is None:
+            with self._runs_lock:
+                if self._runs is None:
+                    self._runs = _runs_node(self.client)
+        return self._runs
+
+    def prefetch(self) -> threading.Thread:
+        """Resolve :attr:`runs` on a daemon thread now, so the first query does not wait
+        for its imports (what ``temsims shell`` does once its namespace is ready). A
+        failure is logged; the first use of :attr:`runs` then raises it again."""
+
+        def resolve() -> None:
+            try:
+                self.runs  # noqa: B018 - resolving is the point
+            except Exception:  # noqa: BLE001 - raised again at first use
+                # Not when the interpreter left (or this catalog closed) under it.
+                if not self._closed and threading.main_thread().is_alive():
+                    logger.warning("resolving the catalog's runs in the background failed",
+                                   exc_info=True)
+
+        # dask imports it, and it registers an exit hook, which fails once the
+        # interpreter is leaving: imported here, a quick `exit` is not an error.
+        import concurrent.futures.process  # noqa: F401
+
+        thread = threading.Thread(target=resolve, name="temsims-catalog-prefetch", daemon=True)
+        thread.start()
+        return thread
 
     # ------------------------------------------------------------ writing
 
@@ -318,8 +357,7 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
         from tiled.client import from_uri
 
         client = from_uri(str(location), api_key=api_key)
-        return Catalog(client, _runs_node(client), location=location, uri=str(location),
-                       api_key=api_key)
+        return Catalog(client, location=location, uri=str(location), api_key=api_key)
     if not server_process:
         server = EmbeddedServer(location, api_key=api_key)
     else:
@@ -331,11 +369,10 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
         # Nodes share their client's context: a ``runs`` kept after its Catalog was
         # dropped (not closed) keeps the directory's server serving.
         client.context.temsims_server = server
-        runs = _runs_node(client)
     except BaseException:
         server.close()
         raise
-    return Catalog(client, runs, server=server, location=server.directory, uri=server.uri,
+    return Catalog(client, server=server, location=server.directory, uri=server.uri,
                    api_key=server.api_key)
 
 
@@ -348,22 +385,14 @@ def _open_directory_server(directory: Path, api_key: str | None) -> DirectorySer
         with _directory_lock(directory):
             info = _running_server(directory, key)
             request = None if info else _ServerRequest(directory, key, record=api_key is None)
-            # tiled's client and the BlueskyRun client classes (dask, xarray, pandas:
-            # ~1-2 s) while the new server starts in its own process.
-            _import_client()
+            # tiled's client while the new server starts in its own process.
+            import tiled.client  # noqa: F401
             if request is not None:
                 info = request.result()
     except BaseException:
         lease.release()
         raise
     return DirectoryServer(directory, info, key, lease)
-
-
-def _import_client() -> None:
-    import tiled.client  # noqa: F401
-
-    with contextlib.suppress(ImportError):
-        import bluesky_tiled_plugins.clients.catalog_of_bluesky_runs  # noqa: F401
 
 
 def _epoch(t) -> float:
