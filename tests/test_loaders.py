@@ -269,23 +269,43 @@ def test_tiled_container_and_errors(experiment):
         exp.fuse(0, method="wavelet")
 
 
-def test_direct_stream_reads_equal_the_clients(experiment):
-    """The loader reads a stream's table and arrays in one request each (the
-    TiledWriter's layout, no node look-ups): the same arrays, dtypes and shapes as
-    tiled's client node by node (temsims.callbacks.export.load_run)."""
-    from temsims.app.loaders import _read_tiled_run
+def test_direct_stream_reads_equal_the_clients(experiment, monkeypatch):
+    """The loader reads each stream whole in one request (the server's ``.npz``
+    export), or, from a server without it, its table and arrays in one request each:
+    both give the same arrays, dtypes and shapes as tiled's client node by node
+    (temsims.callbacks.export.load_run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from temsims.app import loaders
     from temsims.callbacks.export import load_run
 
     cat, res = experiment["cat"], experiment["res"]
-    for uid in [res["uids"]["overview"], *res["uids"]["sims"]]:
+    uids = [res["uids"]["overview"], *res["uids"]["tem"], *res["uids"]["sims"]]
+    via_columns = {}
+    with ThreadPoolExecutor(4) as pool:
+        for uid in uids:
+            run = cat.runs[uid]
+            start = dict(run.metadata["start"])
+            via_columns[uid] = {name: loaders._read_stream_columns(run[name], start, name, pool)
+                                for name in run if name in ("primary", *loaders.TABLE_STREAMS)}
+    assert "rois" in via_columns[res["uids"]["overview"]]  # a table stream too
+
+    def refused(*args):
+        raise AssertionError("the stream was not read whole")
+
+    monkeypatch.setattr(loaders, "_read_stream_columns", refused)
+    for uid in uids:
         run = cat.runs[uid]
-        direct, via_nodes = _read_tiled_run(run), load_run(run)
-        assert direct.streams["primary"], uid
-        for name, columns in direct.streams.items():
+        whole, via_nodes = loaders._read_tiled_run(run), load_run(run)
+        assert whole.streams["primary"], uid
+        assert set(whole.streams) == set(via_columns[uid]), uid
+        for name, columns in whole.streams.items():
+            assert set(columns) == set(via_columns[uid][name]), (uid, name)
             for key, values in columns.items():
-                expected = via_nodes.streams[name][key]
-                assert values.dtype == expected.dtype and values.shape == expected.shape, key
-                np.testing.assert_array_equal(values, expected)
-        if direct.is_sims_map():
-            for s, m in direct.maps().items():
+                for expected in (via_nodes.streams[name][key], via_columns[uid][name][key]):
+                    assert values.dtype == expected.dtype, (name, key)
+                    assert values.shape == expected.shape, (name, key)
+                    np.testing.assert_array_equal(values, expected)
+        if whole.is_sims_map():
+            for s, m in whole.maps().items():
                 np.testing.assert_array_equal(m, via_nodes.maps()[s])

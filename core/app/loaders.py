@@ -520,8 +520,8 @@ def _wanted_keys(start: Mapping, stream: str, keys: Sequence[str]) -> list[str]:
 
 def _read_tiled_run(run):
     """A :class:`temsims.callbacks.export.RunData` with only what the loader needs
-    (:func:`_wanted_keys`), each stream read by :func:`_read_stream`, its requests
-    concurrently."""
+    (:func:`_wanted_keys`), each stream in one request where the server exports whole
+    streams (:func:`_read_stream`), else column by column, concurrently."""
     from concurrent.futures import ThreadPoolExecutor
 
     from temsims.callbacks.export import RunData
@@ -532,23 +532,52 @@ def _read_tiled_run(run):
     counted = (md.get("stop") or {}).get("num_events")
     names = [name for name in (counted if counted else list(run))
              if name == "primary" or name in TABLE_STREAMS]
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        streams = {name: _read_stream(run[name], start, name, pool) for name in names}
+    # Streams on threads of their own: a stream read by its columns waits on ``columns``.
+    with ThreadPoolExecutor(READ_THREADS) as columns, \
+            ThreadPoolExecutor(max(1, len(names))) as pool:
+        jobs = {name: pool.submit(_read_stream, run, start, name, columns) for name in names}
+        streams = {name: job.result() for name, job in jobs.items()}
     stop = md.get("stop")
     return RunData(start=start, stop=None if stop is None else dict(stop), streams=streams)
 
 
-def _read_stream(stream, start: Mapping, name: str, pool) -> dict[str, np.ndarray]:
+def _read_stream(run, start: Mapping, name: str, pool) -> dict[str, np.ndarray]:
+    """The wanted columns of one stream of ``run``.
+
+    From a temsims catalog server, in one request: the stream exported whole as an
+    ``.npz`` (:mod:`temsims.catalog.exporters`), ~0.1 s for a 512 x 512 map of four
+    species. tiled's client would list the stream and ask for each column's node,
+    each request ~30-50 ms of the server's path look-ups on a loaded 2-core machine
+    (1.0-1.7 s through the nodes). From another tiled server (the export refused),
+    :func:`_read_stream_columns`.
+    """
+    import httpx
+
+    from temsims.catalog.exporters import STREAM_NPZ, TABLE_PREFIX, read_stream_npz
+
+    context = run.context
+    path = "/".join([*run.path_parts, name])
+    response = context.http_client.get(f"{str(context.api_uri).rstrip('/')}/container/full/{path}",
+                                       headers={"Accept": STREAM_NPZ})
+    if response.status_code != httpx.codes.OK:
+        logger.debug("stream %s not exported whole (%s); read by its columns", name,
+                     response.status_code)
+        return _read_stream_columns(run[name], start, name, pool)
+    metadata, members = read_stream_npz(response.content)
+    data = {key[len(TABLE_PREFIX):] if key.startswith(TABLE_PREFIX) else key: values
+            for key, values in members.items()}
+    keys = _wanted_keys(start, name, [*(metadata.get("data_keys") or {}), "time"])
+    return {key: data[key] for key in keys if key in data}
+
+
+def _read_stream_columns(stream, start: Mapping, name: str, pool) -> dict[str, np.ndarray]:
     """The wanted columns of one stream: its scalar columns in one request for the
     stream's table and each array in one request for its data, all concurrently on
     ``pool``, the columns known from the descriptors' data keys.
 
     That is the layout bluesky-tiled-plugins' TiledWriter stores (an ``internal``
-    table beside one array node per array key); tiled's client would first list the
-    stream and ask for each column's node, ~0.13 s a column on a loaded 2-core
-    machine, for ~0.05 s of data (a 512 x 512 int32 map of four species: 1.0-1.7 s
-    through the nodes). A stream the server does not hold that way (a request
-    refused) is read column by column through the client.
+    table beside one array node per array key); a stream the server does not hold
+    that way (a request refused) is read column by column through the client.
     """
     import httpx
 

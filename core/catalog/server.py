@@ -210,11 +210,16 @@ def redact_uri(uri: str) -> str:
 
 def _serialization_registry():
     """tiled's serializers plus bluesky-tiled-plugins' JSON-seq export of a BlueskyRun
-    (what ``run.documents()`` asks for; without it every call fails with 406)."""
+    (what ``run.documents()`` asks for; without it every call fails with 406) and
+    temsims' export of a whole event stream in one response
+    (:mod:`temsims.catalog.exporters`)."""
     from bluesky_tiled_plugins.exporters import json_seq_exporter
     from tiled.media_type_registration import default_serialization_registry as registry
 
+    from temsims.catalog.exporters import STREAM_NPZ, stream_npz_exporter
+
     registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    registry.register("BlueskyEventStream", STREAM_NPZ, stream_npz_exporter)
     return registry
 
 
@@ -418,7 +423,9 @@ def _host_dir() -> Path:
     tiled_spec = importlib.util.find_spec("tiled")
     parts = [os.path.realpath(sys.executable), os.path.realpath(sys.prefix),
              os.path.realpath(__file__)]
-    for path in (__file__, tiled_spec.origin if tiled_spec else None):
+    # Every module of this package a server runs (server, exporters, writer, ...).
+    package = sorted(str(p) for p in Path(__file__).resolve().parent.glob("*.py"))
+    for path in (*package, tiled_spec.origin if tiled_spec else None):
         with contextlib.suppress(TypeError, OSError):
             st = os.stat(path)
             parts.append(f"{st.st_mtime_ns}:{st.st_size}")
