@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_shell = sub.add_parser("shell", help="IPython session with the temsims profile",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p_shell.add_argument("--prefix", default="TEMSIMS:", help="instrument PV prefix")
-    p_shell.add_argument("--base-port", type=int, default=CALayout.from_environment().base_port)
-    p_shell.add_argument("--host", default="127.0.0.1")
+    p_shell.add_argument("--base-port", type=int, default=CALayout.from_environment().base_port,
+                         help="CA server port of the instrument's first IOC")
+    p_shell.add_argument("--host", default="127.0.0.1", help="host the IOCs serve on")
     p_shell.add_argument("--catalog", default=None, help="catalog directory or tiled URI")
     p_shell.add_argument("--api-key", default=None, help=API_KEY_HELP)
     p_shell.add_argument("--ipython-dir", default=None, help="IPython directory to use")
@@ -239,7 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--reader", action="append", default=None, metavar="NAME",
                          help="a read-only key for NAME (repeat for more); names no longer "
                          f"given are revoked; unset: {', '.join(DEFAULT_READERS)}")
+
+    for name, (module, help_text) in MODULE_COMMANDS.items():
+        command = importlib.import_module(module)
+        p_cmd = sub.add_parser(name, help=help_text, description=command.DESCRIPTION,
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command.add_arguments(p_cmd)
     return parser
+
+
+#: Commands whose options and work live in a module of their own (``add_arguments``,
+#: ``main(args) -> exit code`` and ``DESCRIPTION``): name -> (module, one-line help).
+MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_demo(args)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command in MODULE_COMMANDS:
+        return importlib.import_module(MODULE_COMMANDS[args.command][0]).main(args)
     return 2
 
 
