@@ -28,7 +28,7 @@ Nothing runs on import; nothing binds beyond loopback (the host listens on a uni
 socket in a 0700 directory of this user).
 """
 
-from temsims.catalog.client import Catalog, open_catalog
+from temsims.catalog.client import Catalog, Runs, open_catalog
 from temsims.catalog.schema import (
     MODES,
     REQUIRED_KEYS,
@@ -48,6 +48,7 @@ from temsims.catalog.server import (
 from temsims.catalog.writer import DEFAULT_BATCH_SIZE, storing_chain, tiled_writer_chain
 
 __all__ = [
+    "Runs",
     "Catalog",
     "EmbeddedServer",
     "DirectoryServer",

@@ -39,19 +39,160 @@ logger = logging.getLogger(__name__)
 # =========================================================================== catalog
 
 
-class Catalog:
+class Runs:
+    """Runs of a catalog as databroker 2 users index and search them.
+
+    ``runs`` is a bluesky-tiled-plugins ``CatalogOfBlueskyRuns`` node (all runs, or
+    the result of a search): ``r[-1]`` (the run stored last), ``r[scan_id]`` (the last
+    run stored with that ``scan_id``), ``r["3f9a1"]`` (a full uid, or a prefix of at
+    least 5 characters that only one run has: ``ValueError`` if several have it,
+    ``KeyError`` if none), ``r[-3:]``, ``len(r)``, ``for uid in r``, ``uid in r``,
+    ``r.values()``, ``r.search(TimeRange(since="2025-06"))``; every one is the node's
+    own (``docs/catalog.md``, "Queries"), but for ``r[-N:]``, which tiled refuses.
+    Searches and the query helpers return :class:`Runs` again, so results are indexed,
+    sliced and searched further the same way; any other attribute is the node's.
+    """
+
+    def __init__(self, runs) -> None:
+        self._runs = runs
+
+    @property
+    def runs(self):
+        """The bluesky-tiled-plugins node these runs are."""
+        return self._runs
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.runs, name)
+
+    def __repr__(self) -> str:
+        return f"<Runs: {len(self)} runs>"
+
+    # ------------------------------------------------------------ databroker-style access
+
+    def __getitem__(self, key):
+        """``runs[key]``: ``-1`` the run stored last, ``-N`` the N-th from the end, a
+        positive int the last run stored with that ``scan_id``, a string a full uid
+        or a unique uid prefix (>= 5 characters), a list of these a list of runs.
+        ``cat[-3:]`` (``cat[-N:-M]``) is a list of the last runs, oldest first: tiled
+        slices a container from its end only backwards (``runs[-3:]`` raises), so
+        that slice is taken backwards and turned around."""
+        if (isinstance(key, slice) and key.step in (None, 1) and key.start is not None
+                and key.start < 0 and (key.stop is None or key.stop < 0)):
+            if key.stop is not None and key.stop <= key.start:
+                return []
+            last = -1 if key.stop is None else key.stop - 1
+            return list(reversed(self.runs.values()[last:key.start - 1:-1]))
+        return self.runs[key]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self):
+        """The runs' uids, in the order they were stored."""
+        return iter(self.runs)
+
+    def __contains__(self, uid) -> bool:
+        """Whether a run has this full uid (no prefix matching, unlike ``cat[uid]``)."""
+        from bluesky_tiled_plugins.queries import Key
+
+        return isinstance(uid, str) and len(self.runs.search(Key("start.uid") == uid)) > 0
+
+    def keys(self):
+        return self.runs.keys()
+
+    def values(self):
+        return self.runs.values()
+
+    def items(self):
+        return self.runs.items()
+
+    # ------------------------------------------------------------ queries
+
+    def search(self, *queries, **start_metadata):
+        """Runs that match every query and whose start document has each ``key == value``.
+
+        ``queries`` are tiled's and bluesky-tiled-plugins' query objects
+        (``bluesky_tiled_plugins.queries``: ``TimeRange``, ``ScanID``, ``PartialUID``,
+        ``FullText``, ``Key``, ``Eq``, ``Contains``, ``In``, ...); a key without a
+        ``start.`` or ``stop.`` prefix is one of the start document's, in queries and
+        keywords alike. Dotted keys address nested metadata (``**{"region.fov_um": 2.0}``).
+        """
+        from bluesky_tiled_plugins.queries import Key
+
+        node = self.runs
+        for query in queries:
+            node = node.search(query)
+        for key, value in start_metadata.items():
+            node = node.search(Key(key) == value)
+        return Runs(node)
+
+    def by_sample(self, sample: str):
+        """Runs of one sample (``start.sample``)."""
+        return self.search(sample=sample)
+
+    def by_mode(self, mode: str):
+        """``"TEM"`` or ``"SIMS"`` runs (``start.mode``)."""
+        mode = mode.upper()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        return self.search(mode=mode)
+
+    def by_species(self, species: str):
+        """SIMS runs with a collector on ``species`` (e.g. ``"6Li"``), exact and case-sensitive.
+
+        Uses ``start.species_index.<species>``, which :func:`normalize_start_metadata`
+        derives from ``collectors``: ``Contains("species", ...)`` would be a substring
+        match on SQLite (``"Li"`` finds ``["6Li"]``).
+        """
+        if "." in species or not species:
+            raise ValueError(f"species name {species!r} cannot be searched (empty or contains '.')")
+        return self.search(**{f"species_index.{species}": True})
+
+    def by_correlation_id(self, correlation_id: str):
+        """All runs of one correlative experiment, in the order they were taken."""
+        return self.search(correlation_id=correlation_id).sort(("start.time", 1))
+
+    def in_time_range(self, start=None, stop=None):
+        """Runs that started in ``[start, stop)``: bluesky-tiled-plugins' ``TimeRange``.
+
+        ``start``/``stop``: POSIX seconds, ``datetime`` or ``date`` (naive = local
+        time), or an ISO-8601 string; either may be None (open end). A ``stop`` before
+        ``start`` raises ``ValueError`` (``TimeRange``'s check). ``TimeRange`` itself
+        (``cat.search(TimeRange(since="2025-06-01 08:00"))``) reads the formats
+        ``%Y[-%m[-%d[ %H[:%M[:%S]]]]]`` in a time zone of your choice.
+        """
+        from bluesky_tiled_plugins.queries import TimeRange
+
+        return self.search(TimeRange(since=None if start is None else _epoch(start),
+                                     until=None if stop is None else _epoch(stop),
+                                     timezone="UTC"))  # unused: no strings reach it
+
+    def sort(self, *sorting) -> Runs:
+        """These runs in another order: tiled's ``sort`` (``("start.time", 1)``)."""
+        return Runs(self.runs.sort(*sorting))
+
+    def latest(self, node=None):
+        """The run that started last (of ``node``, default these runs), or None if none.
+
+        ``cat[-1]`` is the run *stored* last: the same run unless several processes
+        write to the catalog at once."""
+        node = self.runs if node is None else node
+        node = node.runs if isinstance(node, Runs) else node
+        try:
+            return node.sort(("start.time", 1)).values().last()
+        except IndexError:
+            return None
+
+
+class Catalog(Runs):
     """Bluesky runs in tiled: the writer callback and the queries analysts need.
 
-    Made by :func:`open_catalog`. ``runs`` is bluesky-tiled-plugins'
-    ``CatalogOfBlueskyRuns`` client node, and the catalog is used as databroker 2
-    users use one: ``cat[-1]`` (the run stored last), ``cat[scan_id]`` (the last run
-    stored with that ``scan_id``), ``cat["3f9a1"]`` (a full uid, or a prefix of at
-    least 5 characters that only one run has: ``ValueError`` if several have it,
-    ``KeyError`` if none), ``cat[-3:]``, ``len(cat)``, ``for uid in cat``,
-    ``uid in cat``, ``cat.values()``, ``cat.search(TimeRange(since="2025-06"))``;
-    every one is ``runs``' own (``docs/catalog.md``, "Queries").
-    Query helpers return search results (nodes of the same kind, which can be
-    searched and indexed further) except :meth:`latest`, which returns one run.
+    Made by :func:`open_catalog`. Indexed and searched as :class:`Runs` (all the
+    catalog's runs; ``runs`` is their bluesky-tiled-plugins node, resolved at first
+    use); query helpers return :class:`Runs` except :meth:`latest`, which returns one
+    run.
     """
 
     def __init__(self, client, runs=None, *,
@@ -61,7 +202,7 @@ class Catalog:
         self.client = client
         self.uri = uri
         self._api_key = api_key
-        self._runs = runs
+        super().__init__(runs)
         self._runs_lock = threading.Lock()
         self.server = server
         self.location = location
@@ -171,122 +312,6 @@ class Catalog:
 
         return synchronous
 
-    # ------------------------------------------------------------ databroker-style access
-
-    def __getitem__(self, key):
-        """``runs[key]``: ``-1`` the run stored last, ``-N`` the N-th from the end, a
-        positive int the last run stored with that ``scan_id``, a string a full uid
-        or a unique uid prefix (>= 5 characters), a list of these a list of runs.
-        ``cat[-3:]`` (``cat[-N:-M]``) is a list of the last runs, oldest first: tiled
-        slices a container from its end only backwards (``runs[-3:]`` raises), so
-        that slice is taken backwards and turned around."""
-        if (isinstance(key, slice) and key.step in (None, 1) and key.start is not None
-                and key.start < 0 and (key.stop is None or key.stop < 0)):
-            if key.stop is not None and key.stop <= key.start:
-                return []
-            last = -1 if key.stop is None else key.stop - 1
-            return list(reversed(self.runs.values()[last:key.start - 1:-1]))
-        return self.runs[key]
-
-    def __len__(self) -> int:
-        return len(self.runs)
-
-    def __bool__(self) -> bool:
-        # An open catalog is true even when it holds no run (``__len__`` would make
-        # an empty one false, and ``cat or open_catalog()`` open a second one).
-        return True
-
-    def __iter__(self):
-        """The runs' uids, in the order they were stored."""
-        return iter(self.runs)
-
-    def __contains__(self, uid) -> bool:
-        """Whether a run has this full uid (no prefix matching, unlike ``cat[uid]``)."""
-        from bluesky_tiled_plugins.queries import Key
-
-        return isinstance(uid, str) and len(self.runs.search(Key("start.uid") == uid)) > 0
-
-    def keys(self):
-        return self.runs.keys()
-
-    def values(self):
-        return self.runs.values()
-
-    def items(self):
-        return self.runs.items()
-
-    # ------------------------------------------------------------ queries
-
-    def search(self, *queries, **start_metadata):
-        """Runs that match every query and whose start document has each ``key == value``.
-
-        ``queries`` are tiled's and bluesky-tiled-plugins' query objects
-        (``bluesky_tiled_plugins.queries``: ``TimeRange``, ``ScanID``, ``PartialUID``,
-        ``FullText``, ``Key``, ``Eq``, ``Contains``, ``In``, ...); a key without a
-        ``start.`` or ``stop.`` prefix is one of the start document's, in queries and
-        keywords alike. Dotted keys address nested metadata (``**{"region.fov_um": 2.0}``).
-        """
-        from bluesky_tiled_plugins.queries import Key
-
-        node = self.runs
-        for query in queries:
-            node = node.search(query)
-        for key, value in start_metadata.items():
-            node = node.search(Key(key) == value)
-        return node
-
-    def by_sample(self, sample: str):
-        """Runs of one sample (``start.sample``)."""
-        return self.search(sample=sample)
-
-    def by_mode(self, mode: str):
-        """``"TEM"`` or ``"SIMS"`` runs (``start.mode``)."""
-        mode = mode.upper()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        return self.search(mode=mode)
-
-    def by_species(self, species: str):
-        """SIMS runs with a collector on ``species`` (e.g. ``"6Li"``), exact and case-sensitive.
-
-        Uses ``start.species_index.<species>``, which :func:`normalize_start_metadata`
-        derives from ``collectors``: ``Contains("species", ...)`` would be a substring
-        match on SQLite (``"Li"`` finds ``["6Li"]``).
-        """
-        if "." in species or not species:
-            raise ValueError(f"species name {species!r} cannot be searched (empty or contains '.')")
-        return self.search(**{f"species_index.{species}": True})
-
-    def by_correlation_id(self, correlation_id: str):
-        """All runs of one correlative experiment, in the order they were taken."""
-        return self.search(correlation_id=correlation_id).sort(("start.time", 1))
-
-    def in_time_range(self, start=None, stop=None):
-        """Runs that started in ``[start, stop)``: bluesky-tiled-plugins' ``TimeRange``.
-
-        ``start``/``stop``: POSIX seconds, ``datetime`` or ``date`` (naive = local
-        time), or an ISO-8601 string; either may be None (open end). A ``stop`` before
-        ``start`` raises ``ValueError`` (``TimeRange``'s check). ``TimeRange`` itself
-        (``cat.search(TimeRange(since="2025-06-01 08:00"))``) reads the formats
-        ``%Y[-%m[-%d[ %H[:%M[:%S]]]]]`` in a time zone of your choice.
-        """
-        from bluesky_tiled_plugins.queries import TimeRange
-
-        return self.search(TimeRange(since=None if start is None else _epoch(start),
-                                     until=None if stop is None else _epoch(stop),
-                                     timezone="UTC"))  # unused: no strings reach it
-
-    def latest(self, node=None):
-        """The run that started last (of ``node``, default all runs), or None if none.
-
-        ``cat[-1]`` is the run *stored* last: the same run unless several processes
-        write to the catalog at once."""
-        node = self.runs if node is None else node
-        try:
-            return node.sort(("start.time", 1)).values().last()
-        except IndexError:
-            return None
-
     # ------------------------------------------------------------ lifetime
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -320,6 +345,11 @@ class Catalog:
             self.close(timeout=max([getattr(w, "exit_timeout_s", 0) for w in self._writers] or [0]) or None)
         except Exception:
             logger.exception("closing the catalog at interpreter exit")
+
+    def __bool__(self) -> bool:
+        # An open catalog is true even when it holds no run (``__len__`` would make
+        # an empty one false, and ``cat or open_catalog()`` open a second one).
+        return True
 
     def __enter__(self) -> Catalog:
         return self
