@@ -1,0 +1,69 @@
+"""``temsims demo --quick --catalog http://... --api-key KEY`` into ``temsims serve`` on
+the tests' PostgreSQL, then another process finds its runs there with a read-only key
+(issue 12, "Done when")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+FIND_RUNS = textwrap.dedent("""
+    import json, sys
+    from temsims.catalog import open_catalog
+
+    cat = open_catalog(sys.argv[1], api_key=sys.argv[2])
+    found = {}
+    for correlation_id in sys.argv[3:]:
+        runs = cat.by_correlation_id(correlation_id)
+        found[correlation_id] = [
+            {"plan": r.start["plan_name"], "mode": r.start["mode"],
+             "exit_status": r.metadata["stop"]["exit_status"],
+             "streams": sorted(r)} for r in runs.values()]
+    print(json.dumps({"found": found, "total": len(cat)}))
+""")
+
+
+@pytest.mark.slow
+def test_demo_writes_to_a_served_postgres_catalog(served_postgres, slot_pool, tmp_path):
+    served = served_postgres
+    slot, layout = slot_pool.take()
+    prefix = f"P{uuid.uuid4().hex[:6].upper()}:"
+    before = _find(served, [])["total"]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "temsims.app.cli", "demo", "--quick", "--prefix", prefix,
+             "--base-port", str(layout.base_port), "--catalog", served.uri,
+             "--api-key", served.write_key, "--out", str(tmp_path / "report"),
+             "--time-scale", "20"],
+            capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        slot_pool.give_back(slot)
+    print(f"\ndemo --quick into PostgreSQL: {time.monotonic() - t0:.1f} s\n{proc.stdout[-800:]}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["source"] == "catalog"  # the demo's report was read back from PostgreSQL
+    ids = list(report["correlation_ids"].values())
+
+    seen = _find(served, ids)  # another process, a read-only key
+    correlative, search = (seen["found"][i] for i in ids)
+    assert seen["total"] == before + len(correlative) + len(search)
+    for runs in (correlative, search):
+        assert runs and all(r["exit_status"] == "success" for r in runs), runs
+        assert all("primary" in r["streams"] for r in runs), runs
+    assert {r["mode"] for r in correlative} == {"TEM", "SIMS"}
+    assert [r["plan"] for r in correlative].count("sims_map") == len(report["regions"])
+
+
+def _find(served, correlation_ids: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", FIND_RUNS, served.uri, served.read_key,
+                          *correlation_ids], capture_output=True, text=True, timeout=120,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
