@@ -192,6 +192,28 @@ def quantification_figures(r: Mapping[str, Any]) -> list[Figure]:
                    r["quantify_map_best_s"], "s")]
 
 
+def catalog_backends_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``catalog_backends.json``: PostgreSQL's ingest and query medians beside SQLite's
+    (same run, alternated); three readers of a growing map: their read latency, and
+    the map's time to stored with them beside without."""
+    ing, q = r["ingest"], r["queries"]
+    figures = [Figure("ingest", f"ingest {r['events']:g} events / {r['runs']} runs, PostgreSQL",
+                      ing["postgres"]["events_per_s"], "events/s", "SQLite",
+                      ing["sqlite"]["events_per_s"])]
+    for name, e in q["postgres"].items():
+        if e["ms"].get("n") and q["sqlite"].get(name, {}).get("ms", {}).get("n"):
+            figures.append(Figure("query", f"{name}, PostgreSQL", e["ms"]["median"], "ms",
+                                  "SQLite", q["sqlite"][name]["ms"]["median"]))
+    for case, c in r.get("concurrent", {}).items():
+        if "error" not in c:
+            figures.append(Figure("readers_read", f"3 readers of a {r['ny']}-line map, {case}",
+                                  c["read_ms"]["median"], "ms"))
+            t = c["median"]["total_s"]
+            figures.append(Figure("writer_with_readers", f"map stored with 3 readers, {case}",
+                                  t["with_readers"], "s", "alone", t["alone"]))
+    return figures
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A script in ``benchmarks/`` and how the runner drives and reads it.
@@ -233,6 +255,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               catalog_figures),
     Benchmark("catalog_read_benchmark", "catalog_read.json", "--output",
               ("--nx", "128", "--ny", "128", "--repeat", "1"), catalog_read_figures),
+    Benchmark("catalog_backends_benchmark", "catalog_backends.json", "--output", ("--quick",),
+              catalog_backends_figures),
     Benchmark("analysis_benchmark", "analysis_benchmark.json", "--output",
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",
