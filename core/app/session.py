@@ -25,6 +25,7 @@ class Session:
     catalog: Any = None
     instrument: Any = None
     bec: Any = None
+    publisher: Any = None
     namespace: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -42,6 +43,9 @@ class Session:
                 finalizer.detach()
         if self.catalog is not None:
             self.catalog.close()
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
 
 
 def default_metadata_dir() -> Path:
@@ -68,6 +72,7 @@ def configure_session(
     md_dir: str | Path | None = None,
     require_metadata: bool = True,
     writer_process: bool = True,
+    publish: str | None = None,
 ) -> Session:
     """Build the RunEngine, callbacks, catalog, devices and plans into ``user_ns``.
 
@@ -94,6 +99,12 @@ def configure_session(
         Store documents from a child process (default) rather than a thread of the
         session, so storage never slows the RunEngine's interpreter
         (``docs/decisions/0009-writer-process.md``).
+    publish
+        ``host:port`` of a 0MQ proxy's input to publish every document to (bluesky's
+        ``Publisher``, for ``temsims view`` and the stream writer; ``docs/remote.md``).
+        Default ``TEMSIMS_ZMQ_PUBLISH``; unset, empty or ``"none"``: off. A proxy that
+        does not answer is a warning, not an error (the publisher connects once it
+        does).
 
     Returns
     -------
@@ -150,6 +161,13 @@ def configure_session(
         if require_metadata:
             install_metadata_check(RE)
         ns["catalog"] = session.catalog
+
+    from temsims.app.stream import publish_address, publisher
+
+    address = publish_address(publish)
+    if address is not None:  # before the devices: its handshake overlaps their connect
+        session.publisher = publisher(address)
+        RE.subscribe(session.publisher)
 
     if connect_devices:
         from temsims.devices import connect
