@@ -214,6 +214,22 @@ def catalog_backends_figures(r: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
+def zmq_stream_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``zmq_stream.json``: documents/s through the 0MQ proxy, and a map page's latency
+    to ``temsims view`` (received, and the views done with it)."""
+    lines = f"{r['nx']}-px x{len(r['species'])} map lines"
+    return [
+        Figure("docs_per_s", "docs/s through the proxy, scalar events",
+               r["scalar_docs_per_s_median"], "docs/s"),
+        Figure("docs_per_s", f"docs/s through the proxy, {lines}",
+               r["map_line_docs_per_s_median"], "docs/s"),
+        Figure("page_latency", "map page -> viewer's views done (median)",
+               r["latency_handled_ms_median"], "ms"),
+        Figure("page_latency_max", "map page -> viewer's views done (max)",
+               r["latency_handled_ms_max"], "ms"),
+    ]
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A script in ``benchmarks/`` and how the runner drives and reads it.
@@ -261,6 +277,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",
               ("--n", "256", "--repeat", "3"), quantification_figures),
+    Benchmark("zmq_stream_benchmark", "zmq_stream.json", "--output",
+              ("--events", "300", "--ny", "64", "--repeat", "1"), zmq_stream_figures),
 )
 
 

@@ -108,11 +108,15 @@ CATALOG_OPEN_S = Target(
 QUANTIFY_S = Target(
     "quantification_benchmark", "quantify_map", "quantify_map 512 x 512", 0.5, unit="s",
     at={"map_shape": [512, 512]}, source="quantification_benchmark.py")
+STREAM_PAGE_LATENCY_MS = Target(
+    "zmq_stream_benchmark", "page_latency_max", "map page -> viewer's views done", 200.0,
+    unit="ms", source="docs/remote.md: the views keep up with the flyer's collect period "
+    "(temsims.plans.sims.FLUSH_PERIOD_S)")
 
 TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, MAP_PATH_RATIO,
                                MAP_PATH_STORED_S, CATALOG_CALL_MS, CATALOG_BLOCKED_S,
                                FUSION_S, REGISTRATION_S, QUANTIFY_S, CATALOG_READ_MAP_S,
-                               CATALOG_VISIBLE_S, CATALOG_OPEN_S)
+                               CATALOG_VISIBLE_S, CATALOG_OPEN_S, STREAM_PAGE_LATENCY_MS)
 
 
 def targets_for(benchmark: str) -> list[Target]:
