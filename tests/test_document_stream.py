@@ -83,7 +83,6 @@ def streamed(instruments, tmp_path_factory):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    from bluesky import RunEngine  # noqa: F401 - imported before the session's, for clarity
     from instrument_support import connect_fast
 
     from temsims.app.session import configure_session
