@@ -45,6 +45,11 @@ logger = logging.getLogger("temsims.callbacks.storage")
 
 __all__ = ["ProcessWriter"]
 
+#: How long the child lets events wait in the TiledWriter's batches before it appends
+#: them anyway (s): with the session's pipe, what bounds the events a killed writer
+#: process loses (docs/decisions/0022-spool-and-replay.md).
+FLUSH_PERIOD_S = 1.0
+
 
 class ProcessWriter(BufferedWriter):
     """A :class:`~temsims.callbacks.storage.BufferedWriter` writing from a child process.
@@ -55,6 +60,9 @@ class ProcessWriter(BufferedWriter):
         Picklable zero-argument callable, called once in the child; returns the
         ``callback(name, doc)`` to feed (e.g. ``functools.partial(tiled_writer_chain,
         uri, api_key)``).
+    flush_period_s
+        The child appends the events it holds at the latest this long after they
+        arrived (and at once when this process is gone), besides every ``batch_size``.
     buffer_options
         As for ``BufferedWriter`` (``validate``, ``maxsize``, ``exit_timeout_s``,
         ``name``); the full schema check happens in the child (TiledWriter's), so
@@ -66,7 +74,8 @@ class ProcessWriter(BufferedWriter):
     coalesce_s: float = 0.05
     max_batch: int = 1000
 
-    def __init__(self, factory: Callable[[], Callback], **buffer_options: Any) -> None:
+    def __init__(self, factory: Callable[[], Callback], *,
+                 flush_period_s: float = FLUSH_PERIOD_S, **buffer_options: Any) -> None:
         if buffer_options.pop("thread_validation", False):
             raise ValueError("ProcessWriter: the child validates; thread_validation must be False")
         to_child_r, to_child_w = os.pipe()
@@ -81,7 +90,10 @@ class ProcessWriter(BufferedWriter):
         os.close(from_child_w)
         self._to_child = Connection(to_child_w, readable=False)
         self._from_child = Connection(from_child_r, writable=False)
-        self._to_child.send(factory)
+        self._to_child.send({"factory": factory, "flush_period_s": flush_period_s})
+        #: Run uid -> events of that run the storage process reported stored: their
+        #: append was answered by the server (the writer's acknowledgement).
+        self.acknowledged: dict[str, int] = {}
         self._barriers: dict[int, threading.Event] = {}
         self._next_token = 0
         self._child_closed = threading.Event()
@@ -159,6 +171,8 @@ class ProcessWriter(BufferedWriter):
                 return
             if kind == "barrier":
                 self._barriers.pop(payload).set()
+            elif kind == "acked":
+                self.acknowledged.update(payload)
             elif kind == "stored":
                 self._stored_runs.setdefault(payload, threading.Event()).set()
             elif kind == "invalid":
@@ -193,21 +207,59 @@ class _InChild:
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
-    """The child's loop: build the callback, feed it the documents, report back."""
+    """The child's loop: build the callback, feed it the documents, report back.
+
+    The first message is the factory, or ``{"factory": ..., "flush_period_s": ...}``.
+    Events the callback holds in its batches (TiledWriter appends ``batch_size`` at a
+    time) are appended at the latest ``flush_period_s`` after they arrived, and at
+    once when the session is gone (the pipe's end): a session killed mid-run loses
+    only what it had not yet written to the pipe. After each append the child reports
+    ``("acked", {run uid: events the server took})``.
+    """
     import traceback
 
-    factory = inbox.recv()
+    first = inbox.recv()
+    options = first if isinstance(first, dict) else {"factory": first}
+    flush_period_s = float(options.get("flush_period_s", FLUSH_PERIOD_S))
     try:
-        callback = factory()
+        callback = options["factory"]()
     except BaseException:  # noqa: BLE001 - reported; then every document is refused
         outbox.send(("error", traceback.format_exc()))
         callback = None
+    acked: dict[str, int] = {}
+    held_since: float | None = None
+
+    def report() -> None:
+        stored = getattr(callback, "stored_events", None)
+        if stored is None:
+            return
+        changed = {uid: n for uid, n in stored().items() if acked.get(uid) != n}
+        if changed:
+            acked.update(changed)
+            outbox.send(("acked", changed))
+
+    def flush() -> None:
+        try:
+            if hasattr(callback, "flush_events"):
+                callback.flush_events()
+        except BaseException:  # noqa: BLE001 - reported to the caller, never dropped
+            outbox.send(("error", "appending the held events failed:\n" + traceback.format_exc()))
+        report()
+
     while True:
+        if held_since is not None:
+            wait_s = max(0.0, held_since + flush_period_s - time.monotonic())
+            if not inbox.poll(wait_s):
+                flush()
+                held_since = None
+                continue
         try:
             kind, payload = inbox.recv()
-        except EOFError:  # the session died: nothing more will come
+        except (EOFError, OSError):  # the session died: store what reached us, then end
+            flush()
             return
         if kind == "close":
+            report()
             outbox.send(("closed", None))
             return
         if kind == "barrier":
@@ -215,6 +267,11 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             continue
         for name, doc in payload:  # "docs": a batch, in order
             _store(callback, outbox, name, doc)
+        report()
+        if getattr(callback, "events_held", 0):
+            held_since = held_since or time.monotonic()
+        else:
+            held_since = None
 
 
 def _store(callback, outbox: Connection, name: str, doc: dict) -> None:

@@ -169,6 +169,19 @@ class Runs:
                                      until=None if stop is None else _epoch(stop),
                                      timezone="UTC"))  # unused: no strings reach it
 
+    def incomplete(self) -> Runs:
+        """Runs with no stop document: still being taken, or cut short by a session or
+        writer that died (``docs/catalog.md``, "When a process dies").
+
+        tiled's ``KeyPresent("stop.uid", exists=False)``: a stop document always has a
+        ``uid``, and a run's ``stop`` metadata exists only once its stop was stored.
+        The prefix matters: a bare ``stop`` would be read as ``start.stop``.
+        Checked on SQLite and PostgreSQL (``tests/faults/test_storage_faults.py``).
+        """
+        from tiled.queries import KeyPresent
+
+        return self.search(KeyPresent("stop.uid", exists=False))
+
     def sort(self, *sorting) -> Runs:
         """These runs in another order: tiled's ``sort`` (``("start.time", 1)``)."""
         return Runs(self.runs.sort(*sorting))

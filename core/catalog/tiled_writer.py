@@ -86,6 +86,29 @@ class _DimsKeepingRunWriter(_RunWriter):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._stream_dims: dict[str, dict[str, tuple[str, ...]]] = {}
+        self.run_uid: str | None = None
+        #: Events whose append the server answered (the writer's acknowledgement).
+        self.events_stored = 0
+        self.finished = False
+
+    def start(self, doc):
+        self.run_uid = doc["uid"]
+        super().start(doc)
+
+    def stop(self, doc):
+        super().stop(doc)
+        self.finished = True
+
+    def flush_events(self) -> None:
+        """Append every event this writer holds (TiledWriter waits for ``batch_size``)."""
+        for desc_name, data_cache in self._internal_data_cache.items():
+            if data_cache:
+                self._write_internal_data(data_cache, desc_node=self._desc_nodes[desc_name])
+                data_cache.clear()
+
+    @property
+    def events_held(self) -> int:
+        return sum(len(cache) for cache in self._internal_data_cache.values())
 
     def descriptor(self, doc):
         super().descriptor(doc)
@@ -94,7 +117,9 @@ class _DimsKeepingRunWriter(_RunWriter):
 
     def _write_internal_data(self, data_cache, desc_node):
         dims = self._stream_dims.get(desc_node.item["id"], {})
-        return super()._write_internal_data(data_cache, desc_node=_DimsNamingNode(desc_node, dims))
+        out = super()._write_internal_data(data_cache, desc_node=_DimsNamingNode(desc_node, dims))
+        self.events_stored += len(data_cache)  # reached only if the server took them
+        return out
 
 
 class DimsKeepingTiledWriter(TiledWriter):
@@ -107,12 +132,31 @@ class DimsKeepingTiledWriter(TiledWriter):
             if kwargs.get(option) is not None:
                 raise TypeError(f"DimsKeepingTiledWriter does not take {option}")
         super().__init__(client, **kwargs)
+        self._run_writers: list[_DimsKeepingRunWriter] = []
+
+    def flush_events(self) -> None:
+        """Append the events every open run's writer holds, now (a writer process calls
+        it every ``flush_period_s`` and when its session is gone, which bounds what a
+        killed writer loses: decision 0022)."""
+        for writer in self._run_writers:
+            if writer.root_node is not None and not writer.finished:
+                writer.flush_events()
+
+    @property
+    def events_held(self) -> int:
+        """Events received and not yet appended (at most ``batch_size`` per stream)."""
+        return sum(w.events_held for w in self._run_writers if not w.finished)
+
+    def stored_events(self) -> dict[str, int]:
+        """Run uid -> events of it the server acknowledged, for the runs still open."""
+        return {w.run_uid: w.events_stored for w in self._run_writers if w.run_uid}
 
     def _factory(self, name, doc):
         # TiledWriter._factory, building the run writer above (and no backups)
         writer = _DimsKeepingRunWriter(self.client, batch_size=self._batch_size,
                                        max_array_size=self._max_array_size,
                                        validate=self._validate, ignore_errors=self.ignore_errors)
+        self._run_writers = [w for w in self._run_writers if not w.finished] + [writer]
         if not self._normalizer:
             return [writer], []
         normalizer = self._normalizer(patches=self.patches, spec_to_mimetype=self.spec_to_mimetype)
