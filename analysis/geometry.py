@@ -159,7 +159,7 @@ class SimsMapGeometry(_PixelModel):
                        incidence_deg: float | None = None) -> SimsMapGeometry:
         """The geometry recorded in a SIMS map run's ``map`` block.
 
-        The block (``temsims.callbacks.maps.map_block``) holds ``pixels`` [nx, ny],
+        The block (``temsims.analysis.maps.map_block``) holds ``pixels`` [nx, ny],
         ``fov_um``, ``centre_um`` [x, y] (the stage readback), ``scan_rotation_deg``
         and ``incidence_deg``: nothing else is looked up.
 

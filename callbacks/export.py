@@ -14,7 +14,7 @@ Input
 
     Arrays have the events first (``(n_events, ...)``). The SIMS maps of a
     :func:`temsims.plans.sims.sims_map` run are assembled from the line events
-    (``<imager>_line``, ``<imager>_<species>``) by :func:`temsims.callbacks.maps.assemble`
+    (``<imager>_line``, ``<imager>_<species>``) by :func:`temsims.analysis.maps.assemble`
     into ``(ny, nx)`` per species (``(frames, ny, nx)`` for several frames), in the
     dtype recorded (int32); the map of an aborted run is float, NaN where it stopped. Other arrays of two or more dimensions per event
     (``camera_image``) are images.
@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from temsims.analysis.maps import MapLayout, assemble
 from temsims.callbacks.live import sims_affine, tem_affine
-from temsims.callbacks.maps import MapLayout, assemble
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ class RunData:
 
     def maps(self, *, partial: bool = False) -> dict[str, np.ndarray]:
         """SIMS maps per label: (ny, nx), or (frames, ny, nx), in the recorded dtype
-        (:func:`temsims.callbacks.maps.assemble`; ``partial``: float, NaN where a line
-        is missing, instead of :class:`~temsims.callbacks.maps.IncompleteMapError`)."""
+        (:func:`temsims.analysis.maps.assemble`; ``partial``: float, NaN where a line
+        is missing, instead of :class:`~temsims.analysis.maps.IncompleteMapError`)."""
         keys = self.map_keys()
         if not keys:
             return {}

@@ -1,10 +1,29 @@
-"""The instrument's geometry, as its documentation states it: one place for the numbers
-the IOCs (the simulated hardware), the devices, the plans, the live views and the
-analysis all use. No work on import; nothing here knows Channel Access.
+"""What every layer of the stack shares: the instrument's numbers and names, as its
+documentation states them. One place for what the IOCs (the simulated hardware), the
+devices, the plans, the live views and the analysis all use, so that a plan written
+for another lab's devices needs nothing from ``temsims.devices`` (decision 0024).
+
+Geometry
+    the tilts of the TEM and SIMS geometries and the ion incidence.
+Holder bias
+    the thresholds the interlocks and the mode-change plans share.
+Isotopes
+    species labels ("7Li", "Li-7") and their masses, from ``periodictable`` (imported
+    at first use).
+Documents
+    the ``dtype_numpy`` a reading's value is stored in.
+
+No work on import; nothing here knows Channel Access.
 """
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
+import numpy as np
+
+# ============================================================================ geometry
 #: Alpha tilt of the SIMS geometry (deg): the specimen faces the ion column and the
 #: secondary-ion extraction.
 SIMS_TILT_DEG = -68.0
@@ -16,4 +35,113 @@ TILT_TOLERANCE_DEG = 1.0
 #: raster's y axis is stretched by 1 / cos(incidence) on the specimen.
 SIMS_INCIDENCE_DEG = 45.0
 
-__all__ = ["SIMS_INCIDENCE_DEG", "SIMS_TILT_DEG", "TEM_TILT_DEG", "TILT_TOLERANCE_DEG"]
+# ============================================================================ holder bias
+#: |V| below which the objective lens may come on (the TEM IOC's threshold).
+BIAS_OFF_V = 10.0
+#: SIMS needs |bias| at least this (the spectrometer's SIMS_READY threshold, V).
+MIN_SIMS_BIAS_V = 100.0
+#: Largest |bias| the supply delivers (V).
+MAX_BIAS_V = 4500.0
+
+# ============================================================================ isotopes
+_SPECIES = re.compile(r"^\s*(?:(\d+)\s*-?\s*([A-Z][a-z]?)|([A-Z][a-z]?)\s*-?\s*(\d+))\s*$")
+
+
+def _mass_number_and_symbol(species: str) -> tuple[int, str]:
+    match = _SPECIES.match(str(species))
+    if not match:
+        raise ValueError(f"species {species!r}: expected an isotope such as '7Li' or 'Li-7'")
+    a, sym = (match.group(1), match.group(2)) if match.group(1) else (match.group(4),
+                                                                     match.group(3))
+    return int(a), sym
+
+
+def species_mass(species: str) -> float:
+    """Isotope mass (u) of ``species``: ``"7Li"``, ``"Li7"`` or ``"Li-7"``.
+
+    Raises
+    ------
+    ValueError
+        For anything that is not a known isotope.
+    """
+    import periodictable
+
+    number, sym = _mass_number_and_symbol(species)
+    try:
+        element = periodictable.elements.symbol(sym)
+    except ValueError:
+        raise ValueError(f"species {species!r}: unknown element {sym!r}") from None
+    if number not in element.isotopes:
+        raise ValueError(f"species {species!r}: {sym} has no isotope {number}")
+    return float(element[number].mass)
+
+
+def species_label(species: str) -> str:
+    """Canonical label ``"<A><Symbol>"`` (``"Li-7"`` -> ``"7Li"``).
+
+    Raises
+    ------
+    ValueError
+        For a string that is not an isotope of a known element.
+    """
+    import periodictable
+
+    number, sym = _mass_number_and_symbol(species)
+    periodictable.elements.symbol(sym)
+    return f"{number}{sym}"
+
+
+@lru_cache(maxsize=1)
+def _stable_isotopes() -> tuple[tuple[float, str], ...]:
+    import periodictable
+
+    table = []
+    for el in periodictable.elements:
+        if el.number == 0:
+            continue
+        for a in el.isotopes:
+            iso = el[a]
+            if getattr(iso, "abundance", 0) and iso.abundance > 0:
+                table.append((float(iso.mass), f"{a}{el.symbol}"))
+    return tuple(sorted(table))
+
+
+def species_for_mass(mass: float, tolerance_u: float = 0.02) -> str | None:
+    """The naturally occurring isotope within ``tolerance_u`` of ``mass`` (u), if
+    exactly one."""
+    hits = [label for m, label in _stable_isotopes() if abs(m - mass) <= tolerance_u]
+    return hits[0] if len(hits) == 1 else None
+
+
+# ============================================================================ documents
+#: ``dtype_numpy`` of a string: numpy's unsized unicode, as a string's length varies by
+#: event (what bluesky-tiled-plugins assumes for ``dtype: string`` too).
+STRING_DTYPE = np.dtype(str).str
+
+
+def value_dtype(value) -> str:
+    """The ``dtype_numpy`` of a reading's value: the dtype storage keeps it in.
+
+    Python ints and floats are stored as int64 and float64 (event tables), booleans as
+    ``|b1``, strings as :data:`STRING_DTYPE`, arrays in their own dtype. The devices'
+    signals and the plans' computed streams describe their data with it.
+    """
+    if isinstance(value, str):
+        return STRING_DTYPE
+    return np.asarray(value).dtype.str
+
+
+__all__ = [
+    "BIAS_OFF_V",
+    "MAX_BIAS_V",
+    "MIN_SIMS_BIAS_V",
+    "SIMS_INCIDENCE_DEG",
+    "SIMS_TILT_DEG",
+    "STRING_DTYPE",
+    "TEM_TILT_DEG",
+    "TILT_TOLERANCE_DEG",
+    "species_for_mass",
+    "species_label",
+    "species_mass",
+    "value_dtype",
+]

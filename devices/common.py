@@ -31,22 +31,11 @@ import numpy as np
 from ophyd import EpicsSignal, EpicsSignalRO, Signal
 from ophyd.status import DeviceStatus, StatusBase
 
+# The dtype convention of readings is shared with the plans' computed streams.
+from temsims.constants import value_dtype
+
 #: Default write timeout (s) of setpoint puts with completion (IOC putters answer in ms).
 SETPOINT_WRITE_TIMEOUT_S = 10.0
-#: ``dtype_numpy`` of a string: numpy's unsized unicode, as a string's length varies by
-#: event (what bluesky-tiled-plugins assumes for ``dtype: string`` too).
-STRING_DTYPE = np.dtype(str).str
-
-
-def value_dtype(value) -> str:
-    """The ``dtype_numpy`` of a reading's value: the dtype storage keeps it in.
-
-    Python ints and floats are stored as int64 and float64 (event tables), booleans as
-    ``|b1``, strings as :data:`STRING_DTYPE`, arrays in their own dtype.
-    """
-    if isinstance(value, str):
-        return STRING_DTYPE
-    return np.asarray(value).dtype.str
 
 
 class DescribesDtype:

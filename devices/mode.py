@@ -5,7 +5,8 @@ alpha axis, the objective lens, the bias supply), which it is given, not copies 
 them on the same PVs. Changing the geometry is a procedure, so it is a plan:
 :func:`temsims.plans.to_sims_mode` and :func:`temsims.plans.to_tem_mode` (each step a
 ``bps.mv`` with checkpoints between them, visible to the RunEngine, pausable and
-resumable). This module holds the geometry's numbers, which those plans share.
+resumable). The geometry's numbers, which those plans share, are in
+:mod:`temsims.constants`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device, SignalRO
 
-from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG, TILT_TOLERANCE_DEG
-from temsims.devices.common import STRING_DTYPE, is_state
-
-#: |V| below which the objective lens may come on (the TEM IOC's threshold).
-BIAS_OFF_V = 10.0
-#: SIMS needs the bias above this (the spectrometer's SIMS_READY threshold).
-MIN_SIMS_BIAS_V = 100.0
-MAX_BIAS_V = 4500.0
+# The geometry's numbers (tilts, bias thresholds) are shared with the mode-change plans.
+from temsims.constants import (
+    BIAS_OFF_V,
+    MIN_SIMS_BIAS_V,
+    SIMS_TILT_DEG,
+    STRING_DTYPE,
+    TEM_TILT_DEG,
+    TILT_TOLERANCE_DEG,
+)
+from temsims.devices.common import is_state
 
 
 class ModeState(SignalRO):

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
-from functools import lru_cache
 
 import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device
 from ophyd import DynamicDeviceComponent as DDC
 
+# Isotope names and masses are shared with the plans, which must not import devices.
+from temsims.constants import species_for_mass, species_label, species_mass
 from temsims.devices.common import (
     Readback,
     Reading,
@@ -39,65 +39,6 @@ FIELD_WRITE_TIMEOUT_S = 30.0
 #: Magnet settling per step of a mass scan (s), as the IOC documents it.
 SCAN_STEP_SETTLE_S = 1e-3
 MAX_SCAN_POINTS = 20000
-
-_SPECIES = re.compile(r"^\s*(?:(\d+)\s*-?\s*([A-Z][a-z]?)|([A-Z][a-z]?)\s*-?\s*(\d+))\s*$")
-
-
-def species_mass(species: str) -> float:
-    """Isotope mass (u) of ``species``: ``"7Li"``, ``"Li7"`` or ``"Li-7"``.
-
-    Raises ``ValueError`` for anything that is not a known isotope.
-    """
-    import periodictable
-
-    match = _SPECIES.match(str(species))
-    if not match:
-        raise ValueError(f"species {species!r}: expected an isotope such as '7Li' or 'Li-7'")
-    a, sym = (match.group(1), match.group(2)) if match.group(1) else (match.group(4),
-                                                                     match.group(3))
-    try:
-        element = periodictable.elements.symbol(sym)
-    except ValueError:
-        raise ValueError(f"species {species!r}: unknown element {sym!r}") from None
-    number = int(a)
-    if number not in element.isotopes:
-        raise ValueError(f"species {species!r}: {sym} has no isotope {number}")
-    return float(element[number].mass)
-
-
-def species_label(species: str) -> str:
-    """Canonical label ``"<A><Symbol>"`` (``"Li-7"`` -> ``"7Li"``)."""
-    import periodictable
-
-    match = _SPECIES.match(str(species))
-    if not match:
-        raise ValueError(f"species {species!r}: expected an isotope such as '7Li'")
-    a, sym = (match.group(1), match.group(2)) if match.group(1) else (match.group(4),
-                                                                     match.group(3))
-    periodictable.elements.symbol(sym)
-    return f"{int(a)}{sym}"
-
-
-@lru_cache(maxsize=1)
-def _stable_isotopes() -> tuple[tuple[float, str], ...]:
-    import periodictable
-
-    table = []
-    for el in periodictable.elements:
-        if el.number == 0:
-            continue
-        for a in el.isotopes:
-            iso = el[a]
-            if getattr(iso, "abundance", 0) and iso.abundance > 0:
-                table.append((float(iso.mass), f"{a}{el.symbol}"))
-    return tuple(sorted(table))
-
-
-def species_for_mass(mass: float, tolerance_u: float = 0.02) -> str | None:
-    """The naturally occurring isotope within ``tolerance_u`` of ``mass``, if exactly one."""
-    hits = [label for m, label in _stable_isotopes() if abs(m - mass) <= tolerance_u]
-    return hits[0] if len(hits) == 1 else None
-
 
 def mass_label(mass: float) -> str:
     """A data-key-friendly name for a collector at ``mass``: its species or ``m<mass>``."""

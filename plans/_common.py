@@ -35,6 +35,8 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
+from temsims.constants import species_for_mass, species_label, species_mass, value_dtype
+
 #: Messages that move or trigger hardware (what argument checks must precede).
 HARDWARE_COMMANDS = frozenset({"set", "trigger", "kickoff", "complete", "collect", "stage",
                                "open_run"})
@@ -138,8 +140,6 @@ def microscope_parts(microscope: Any, *names: str) -> tuple:
 def check_species(name: str, species: Any, *, max_n: int = N_COLLECTORS,
                   min_n: int = 1) -> tuple[str, ...]:
     """Canonical isotope labels (``"7Li"``) of a sequence of species, unique."""
-    from temsims.devices.spectrometer import species_label, species_mass
-
     if isinstance(species, str) or not isinstance(species, Sequence):
         raise TypeError(f"{name} must be a list or tuple of species such as ('6Li', '7Li'), "
                         f"got {species!r}")
@@ -261,8 +261,6 @@ def sims_md(spectrometer, column, bias):
     ``dead_time_s`` the counting chain's dead time (DEAD_TIME, if the spectrometer has
     it), which the analysis needs to correct high count rates.
     """
-    from temsims.devices.spectrometer import species_for_mass
-
     out: dict[str, Any] = {}
     collectors = []
     for n, col in enumerate(spectrometer.collector_list(), start=1):
@@ -365,8 +363,6 @@ class Values:
     def describe(self) -> dict:
         if self._describe_fn is not None:
             return self._describe_fn()
-        from temsims.devices.common import value_dtype
-
         desc = {}
         for k, v in self._values.items():
             key = f"{self.name}_{k}"

@@ -33,7 +33,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.geometry import SimsMapGeometry
-from temsims.constants import SIMS_INCIDENCE_DEG
+from temsims.constants import SIMS_INCIDENCE_DEG, species_mass
 from temsims.plans._common import (
     _num,
     check_int,
@@ -287,8 +287,6 @@ def edx_sims_calibration(microscope: Microscope, *,
                          f"in [{MIN_SIMS_BIAS_V:g}, {MAX_BIAS_V:g}] V")
     a_label, m_label = check_species("(analyte_species, matrix_species)",
                                      (analyte_species, matrix_species), min_n=2, max_n=2)
-    from temsims.devices.spectrometer import species_mass
-
     masses = sorted((species_mass(a_label), species_mass(m_label)))
     if masses[1] / masses[0] > MAX_MASS_RATIO:
         raise ValueError(f"{a_label} and {m_label}: the heavier may be at most "

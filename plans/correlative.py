@@ -9,7 +9,7 @@ and one ``tem_image`` zoom per region, all sharing one ``correlation_id`` (from
 fov_um}, "rois": [[x_um, y_um, fov_um], ...]}``
 
 and where its pixels lie on the specimen is in the run's own ``map`` block (SIMS,
-:func:`temsims.callbacks.maps.map_block`) or ``image`` block (TEM,
+:func:`temsims.analysis.maps.map_block`) or ``image`` block (TEM,
 :func:`temsims.plans.tem.image_md`), the one record of each geometry.
 
 Regions of interest are given (``rois``: list of ``(x_um, y_um, fov_um)``), then the

@@ -28,8 +28,14 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 
-from temsims.constants import SIMS_TILT_DEG, TEM_TILT_DEG, TILT_TOLERANCE_DEG
-from temsims.devices.mode import BIAS_OFF_V, MAX_BIAS_V, MIN_SIMS_BIAS_V
+from temsims.constants import (
+    BIAS_OFF_V,
+    MAX_BIAS_V,
+    MIN_SIMS_BIAS_V,
+    SIMS_TILT_DEG,
+    TEM_TILT_DEG,
+    TILT_TOLERANCE_DEG,
+)
 from temsims.plans._common import check_device, check_number, check_within, with_safe_state
 from temsims.plans.types import ModeDevice, Plan
 

@@ -28,8 +28,8 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import short_uid
 
-from temsims.callbacks.maps import MapLayout, SimsMapAccumulator, map_block
-from temsims.constants import SIMS_INCIDENCE_DEG
+from temsims.analysis.maps import MapLayout, SimsMapAccumulator, map_block
+from temsims.constants import SIMS_INCIDENCE_DEG, species_mass
 from temsims.plans._common import (
     Values,
     _num,
@@ -113,8 +113,6 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
                            unit="s")
     frames = check_int(name["frames"], frames, low=1, high=MAX_FRAMES)
     md = check_md(md)
-    from temsims.devices.spectrometer import species_mass
-
     masses = [species_mass(s) for s in labels]
     if max(masses) / min(masses) > MAX_MASS_RATIO:
         raise ValueError(f"{name['species']} {list(labels)}: the heaviest may be at most "
@@ -132,8 +130,6 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
 
 def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, labels, fov_um,
             pixels, dwell_s, frames, md, extra, incidence_deg=SIMS_INCIDENCE_DEG):
-    from temsims.devices.spectrometer import species_mass
-
     region = yield from region_md(stage, fov_um=fov_um)
     sims = yield from sims_md(spectrometer, column, bias)
     for n, label in enumerate(labels):  # the species this plan puts on collectors 1..
@@ -178,8 +174,6 @@ def ensure_focal_plane(spectrometer, masses):
 
 
 def _configure(imager, spectrometer, column, labels, fov_um, pixels, dwell_s, scan_mode):
-    from temsims.devices.spectrometer import species_mass
-
     yield from ensure_focal_plane(spectrometer, [species_mass(s) for s in labels])
     cols = spectrometer.collector_list()
     args = []
@@ -300,8 +294,8 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
     after_map : callable, optional
         ``after_map(maps, layout)``: a plan run inside this run once every frame is
         taken, with the maps assembled from this run's own events
-        (:class:`temsims.callbacks.maps.SimsMapAccumulator`: {species: (ny, nx) or
-        (frames, ny, nx) counts}) and the :class:`~temsims.callbacks.maps.MapLayout`
+        (:class:`temsims.analysis.maps.SimsMapAccumulator`: {species: (ny, nx) or
+        (frames, ny, nx) counts}) and the :class:`~temsims.analysis.maps.MapLayout`
         of its start document (``layout.geometry()``: where the pixels lie); the
         readings it takes go into this run's streams (e.g. the particle table of
         :func:`temsims.plans.find_labelled_particles`). Both are None in a simulation
@@ -315,9 +309,9 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         One run. ``primary``: ``ny * frames`` events of ``imager_line`` and
         ``imager_<species>`` ((1, nx) int32 counts) for the four collectors.
         Step mode adds ``pixels`` (one event per pixel). The start document's
-        ``map`` block (:func:`temsims.callbacks.maps.map_block`: pixels, fov_um,
+        ``map`` block (:func:`temsims.analysis.maps.map_block`: pixels, fov_um,
         dwell_s, centre_um, scan_rotation_deg, incidence_deg, pixel_to_specimen) is
-        what :class:`temsims.callbacks.maps.MapLayout` and
+        what :class:`temsims.analysis.maps.MapLayout` and
         :meth:`temsims.analysis.geometry.SimsMapGeometry.from_metadata` read.
 
     Returns

@@ -15,6 +15,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
+from temsims.constants import species_mass
 from temsims.plans._common import (
     Values,
     check_bool,
@@ -290,8 +291,6 @@ def calibrate_masses(spectrometer: SpectrometerDevice, *, peaks: tuple = ("69Ga"
         If a peak is not found in its window, or the fit is not sane; nothing is
         written then.
     """
-    from temsims.devices.spectrometer import species_mass
-
     check_device("spectrometer", spectrometer, SpectrometerDevice)
     labels = check_species("peaks", peaks, min_n=2, max_n=8)
     window_u = check_number("window_u", window_u, low=0.1, high=10.0, unit="u")

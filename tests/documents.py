@@ -37,7 +37,7 @@ class DocumentCollector:
 
     def run(self, uid: str | None = None):
         """One run (default the last) as :class:`temsims.callbacks.export.RunData`: what
-        the catalog would hold, its maps assembled by temsims.callbacks.maps."""
+        the catalog would hold, its maps assembled by temsims.analysis.maps."""
         from temsims.callbacks.export import documents_to_run
 
         start = self.start() if uid is None else next(

@@ -329,7 +329,7 @@ def _edx_keys(start: Mapping) -> dict[str, str]:
 
 
 def _sims_keys(start: Mapping) -> dict[str, str]:
-    from temsims.callbacks.maps import MapLayout
+    from temsims.analysis.maps import MapLayout
 
     species = (start["calibration"].get("sims") or {}).get("species") or {}
     try:
@@ -360,7 +360,7 @@ def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> C
     else:
         axis = edx_analysis.EnergyAxis(int(e["nchan"]), float(e["ev_per_chan"]),
                                        float(e.get("offset_ev", 0.0)))
-    from temsims.callbacks.maps import IncompleteMapError, MapLayout, assemble
+    from temsims.analysis.maps import IncompleteMapError, MapLayout, assemble
 
     layout = MapLayout.from_start(sims_start)
     try:

@@ -29,7 +29,7 @@ Its methods fuse a map with the overview or the region's zoom
 :meth:`~CorrelativeExperiment.atom_fraction`, :mod:`temsims.analysis.isotopes`).
 
 Map assembly from the line events (``<imager>_line``, ``<imager>_<species>``) is
-:func:`temsims.callbacks.maps.assemble`, the one line assembler.
+:func:`temsims.analysis.maps.assemble`, the one line assembler.
 Coordinates are in um; pixel ``(row, col)`` 0 is the -y, -x corner.
 
 Example
@@ -504,7 +504,7 @@ READ_THREADS = 4
 def _wanted_keys(start: Mapping, stream: str, keys: Sequence[str]) -> list[str]:
     """The keys of ``stream`` the loader needs: a SIMS map's line index and collector
     lines, a TEM run's image, every column of a table stream; and ``time``."""
-    from temsims.callbacks.maps import MapLayout
+    from temsims.analysis.maps import MapLayout
 
     data = [k for k in keys if not k.startswith("ts_") and k not in ("seq_num", "uid")]
     if stream != "primary":
@@ -704,8 +704,8 @@ def load_correlative(catalog, correlation_id: str, *, register: bool = True,
     import xarray as xr
 
     from temsims.analysis.geometry import SimsMapGeometry
+    from temsims.analysis.maps import IncompleteMapError
     from temsims.analysis.registration import register_sims_to_tem, warp_sims_to_tem
-    from temsims.callbacks.maps import IncompleteMapError
     found = _runs_of(catalog, correlation_id)
     if roles is not None:
         found = [r for r in found if _role(_start_of(r)) in set(roles)]

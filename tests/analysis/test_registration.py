@@ -105,7 +105,7 @@ def test_tem_geometry_reproduces_the_simulator_convention():
 
 
 def test_from_metadata_of_plan_start_documents():
-    from temsims.callbacks.maps import map_block
+    from temsims.analysis.maps import map_block
 
     block = map_block(imager="imager", species=["6Li"], pixels=(64, 45), fov_um=2.0,
                       dwell_s=1e-3, frames=1, centre_um=(0.5, -0.25), scan_rotation_deg=5.0)

@@ -24,7 +24,7 @@ def sims_start(*, nx: int, ny: int, species=SPECIES, fov_um: float = 4.0, frames
                x_um: float = 10.0, y_um: float = -5.0, rotation_deg: float = 0.0,
                correlative: dict | None = None, **extra) -> dict:
     """Start metadata of a sims_map run (as plans/sims.py _map_md builds it)."""
-    from temsims.callbacks.maps import map_block
+    from temsims.analysis.maps import map_block
 
     labels = list(species)
     md = {

@@ -48,7 +48,7 @@ def test_documents_to_run_assembles_the_map(sims):
 
 
 def test_assemble_frames_and_gaps(make):
-    from temsims.callbacks.maps import IncompleteMapError, MapLayout, assemble
+    from temsims.analysis.maps import IncompleteMapError, MapLayout, assemble
 
     layout = MapLayout.from_start(make.sims_start(nx=3, ny=3, frames=2))
     lines = np.array([0, 2, 0, 1])

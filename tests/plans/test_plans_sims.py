@@ -14,7 +14,7 @@ import pytest
 from faults import raise_at
 
 from temsims.catalog import check_start_metadata
-from temsims.devices.spectrometer import species_mass
+from temsims.constants import species_mass
 from temsims.plans import (
     calibrate_masses,
     depth_profile,
@@ -290,7 +290,7 @@ def test_a_raster_stopped_mid_map_fails_the_run_and_keeps_its_lines(RE, sims):
     from bluesky.utils import FailedStatus
     from instrument_support import TEST_TIME_SCALE
 
-    from temsims.callbacks.maps import IncompleteMapError
+    from temsims.analysis.maps import IncompleteMapError
 
     d = sims
     # 41 s of beam, 2 s of wall time at S = 20: the stop lands well inside the frame.
