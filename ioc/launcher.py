@@ -52,6 +52,9 @@ class InstrumentProcesses:
         "0"]}``).
     time_scale
         Simulated seconds per wall second.
+    part_prefixes
+        Full PV prefix of a part instead of ``instrument_prefix`` + its suffix
+        (``{"stage": "LAB2:GONIO:"}``; :mod:`temsims.ioc.server`'s ``--part-prefix``).
     """
 
     layout: CALayout = field(default_factory=CALayout)
@@ -62,10 +65,12 @@ class InstrumentProcesses:
     log_dir: Path | None = None
     extra_args: dict[str, list[str]] = field(default_factory=dict)
     time_scale: float = 1.0
+    part_prefixes: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
 
     def prefix(self, ioc: str) -> str:
-        return self.instrument_prefix + PART_SUFFIXES[ioc]
+        """The PV prefix part ``ioc`` is served under."""
+        return self.part_prefixes.get(ioc, self.instrument_prefix + PART_SUFFIXES[ioc])
 
     @property
     def sim_prefix(self) -> str:
@@ -82,6 +87,8 @@ class InstrumentProcesses:
             "--parts", ",".join(self.iocs),
             "--time-scale", repr(float(self.time_scale)),
         ]
+        for ioc, prefix in sorted(self.part_prefixes.items()):
+            cmd += ["--part-prefix", f"{ioc}={prefix}"]
         for ioc in self.iocs:
             cmd += list(self.extra_args.get(ioc, []))
         return cmd

@@ -24,6 +24,11 @@ SIM:RESET (enum Idle/Reset)
     specimen. Completes when done; parts that are not up are brought up first.
 SIM:NOW (float, s, read-only)
     The instrument's nominal clock (epoch s).
+
+Each part's PVs are ``<instrument prefix><suffix>`` (``channel_access.PART_SUFFIXES``:
+``STAGE:``, ``TEM:``, ``FIB:``, ``BIAS:``, ``MS:``) unless ``--part-prefix PART=PREFIX``
+(``Instrument(part_prefixes=...)``) names the part otherwise: the same instrument
+served as another lab names its PVs (``docs/plans-across-labs.md``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
@@ -268,18 +273,24 @@ class Instrument:
     part_options
         Extra keyword arguments of each part's PVGroup (e.g. the spectrometer's
         ``drift_nm_per_min``).
+    part_prefixes
+        Full PV prefix of a part, replacing ``instrument_prefix + PART_SUFFIXES[part]``
+        (e.g. ``{"stage": "LAB2:GONIO:"}``): the instrument as another lab names it.
+        The simulation control stays ``<instrument_prefix>SIM:``.
     """
 
     def __init__(self, layout: CALayout | None = None, *,
                  instrument_prefix: str = DEFAULT_INSTRUMENT_PREFIX,
                  specimen: str = "li2co3-particles", seed: int = 1,
                  parts: Sequence[str] = ALL_PARTS, time_scale: float = 1.0,
-                 part_options: dict[str, dict[str, Any]] | None = None) -> None:
+                 part_options: dict[str, dict[str, Any]] | None = None,
+                 part_prefixes: Mapping[str, str] | None = None) -> None:
         unknown = set(parts) - set(ALL_PARTS)
         if unknown:
             raise ValueError(f"unknown part(s) {sorted(unknown)}; expected {ALL_PARTS}")
         self.layout = layout or CALayout()
         self.instrument_prefix = instrument_prefix
+        self.part_prefixes = check_part_prefixes(part_prefixes)
         self.world = World(Clock(time_scale), specimen=specimen, seed=seed)
         self.part_options = part_options or {}
         self.parts: dict[str, PartServer] = {
@@ -289,12 +300,16 @@ class Instrument:
         }
         self.control: PartServer | None = None
 
+    def part_prefix(self, part: str) -> str:
+        """The PV prefix ``part`` is served under."""
+        return self.part_prefixes.get(part, self.instrument_prefix + PART_SUFFIXES[part])
+
     def _factory(self, part: str) -> Callable[[], Any]:
         cls = part_group_class(part)
         options = dict(self.part_options.get(part, {}))
 
         def make() -> Any:
-            return cls(prefix=self.instrument_prefix + PART_SUFFIXES[part],
+            return cls(prefix=self.part_prefix(part),
                        instrument_prefix=self.instrument_prefix, world=self.world,
                        **options)
 
@@ -345,6 +360,39 @@ class Instrument:
             self.world.holder.restore()
 
 
+def check_part_prefixes(part_prefixes: Mapping[str, str] | None) -> dict[str, str]:
+    """``{part: PV prefix}`` checked: known parts, non-empty prefixes, no two alike.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown part or the bad prefix.
+    """
+    out = dict(part_prefixes or {})
+    unknown = set(out) - set(ALL_PARTS)
+    if unknown:
+        raise ValueError(f"part prefix of unknown part(s) {sorted(unknown)}; "
+                         f"expected some of {ALL_PARTS}")
+    for part, prefix in out.items():
+        if not isinstance(prefix, str) or not prefix.strip() or prefix != prefix.strip():
+            raise ValueError(f"part prefix of {part}: expected a PV prefix such as "
+                             f"'LAB2:GONIO:', got {prefix!r}")
+    if len(set(out.values())) != len(out):
+        raise ValueError(f"two parts would share a PV prefix: {out}")
+    return out
+
+
+def parse_part_prefixes(items: Sequence[str]) -> dict[str, str]:
+    """``["stage=LAB2:GONIO:", ...]`` (``--part-prefix``) -> ``{"stage": "LAB2:GONIO:"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        part, sep, prefix = item.partition("=")
+        if not sep:
+            raise ValueError(f"--part-prefix {item!r}: expected PART=PREFIX")
+        out[part.strip()] = prefix
+    return check_part_prefixes(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m temsims.ioc.server",
@@ -363,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the specimen")
     parser.add_argument("--parts", default=",".join(ALL_PARTS),
                         help="comma-separated parts to serve")
+    parser.add_argument("--part-prefix", action="append", default=[], metavar="PART=PREFIX",
+                        help="serve PART under PV prefix PREFIX instead of --prefix plus "
+                        "its suffix (STAGE:, TEM:, FIB:, BIAS:, MS:); repeat per part")
     add_simulation_arguments(parser)
     parser.add_argument("--list-pvs", action="store_true", help="log the PV names served")
     return parser
@@ -387,6 +438,10 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--parts: {sorted(unknown) or 'none given'}; choose from "
                      f"{','.join(ALL_PARTS)}")
     args.parts = parts
+    try:
+        args.part_prefixes = parse_part_prefixes(args.part_prefix)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not (args.time_scale > 0 and args.time_scale <= 1000):
         parser.error(f"--time-scale must be in (0, 1000], got {args.time_scale}")
     if args.drift_nm_per_min is not None and not 0 <= args.drift_nm_per_min <= 1000:
@@ -412,7 +467,8 @@ def serve(args: argparse.Namespace, *, announce: Callable[[Instrument], None] | 
     ensure_loopback_repeater(layout.host, layout.repeater_port)
     instrument = Instrument(layout, instrument_prefix=args.prefix, specimen=args.specimen,
                             seed=args.seed, parts=args.parts, time_scale=args.time_scale,
-                            part_options=part_options)
+                            part_options=part_options,
+                            part_prefixes=args.part_prefixes)
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:

@@ -167,22 +167,25 @@ def start_instrument(
 ) -> Iterator[Callable[..., InstrumentProcesses]]:
     """Factory: ``start_instrument(iocs=..., specimen=..., seed=...)`` -> running IOCs.
 
-    Everything started through it is stopped by PID when the session ends, or
-    earlier with :func:`stop_instrument`.
+    ``instrument_prefix`` (default a random ``T<hex>:``) and ``part_prefixes``
+    (``{part: PV prefix}``) serve it under other PV names. Everything started through it
+    is stopped by PID when the session ends, or earlier with :func:`stop_instrument`.
     """
     started: list[tuple[int, InstrumentProcesses]] = []
 
     def _start(
         iocs=ALL_IOCS, specimen: str = "li2co3-particles", seed: int = 1,
         extra_args: dict[str, list[str]] | None = None,
-        time_scale: float = TEST_TIME_SCALE,
+        time_scale: float = TEST_TIME_SCALE, instrument_prefix: str | None = None,
+        part_prefixes: dict[str, str] | None = None,
     ) -> InstrumentProcesses:
         slot, layout = slot_pool.take()
-        prefix = _random_prefix()
+        prefix = instrument_prefix or _random_prefix()
         procs = InstrumentProcesses(
             layout=layout, instrument_prefix=prefix, specimen=specimen, seed=seed,
             iocs=tuple(iocs), log_dir=ioc_log_dir / prefix.rstrip(":"),
             extra_args=extra_args or {}, time_scale=time_scale,
+            part_prefixes=dict(part_prefixes or {}),
         )
         try:
             procs.start(timeout=60)
