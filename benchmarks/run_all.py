@@ -230,6 +230,20 @@ def zmq_stream_figures(r: Mapping[str, Any]) -> list[Figure]:
     ]
 
 
+def queue_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``queue.json``: the queue server's environment_open, queue_start -> first event,
+    and a queued correlative_tem_sims against the same plan in a session."""
+    return [
+        Figure("environment_open", "environment_open (first)", r["environment_open_s"], "s"),
+        Figure("environment_open", "environment_open (again)", r["environment_reopen_s"], "s"),
+        Figure("first_event", "queue_start -> first event (median)",
+               r["first_event_s"]["median"], "s"),
+        Figure("queued_plan", "correlative_tem_sims queued, queue_start -> idle (median)",
+               r["queued_client_s"]["median"], "s", "in a session",
+               r["in_session_s"]["median"]),
+    ]
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A script in ``benchmarks/`` and how the runner drives and reads it.
@@ -277,6 +291,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",
               ("--n", "256", "--repeat", "3"), quantification_figures),
+    Benchmark("queue_benchmark", "queue.json", "--output", ("--repeat", "1"), queue_figures),
     Benchmark("zmq_stream_benchmark", "zmq_stream.json", "--output",
               ("--events", "300", "--ny", "64", "--repeat", "1"), zmq_stream_figures),
 )
