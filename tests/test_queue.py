@@ -159,6 +159,7 @@ CORRELATIVE_KWARGS = {"overview_fov_um": 4.0, "max_rois": 1, "sims_pixels": [16,
                       "sims_dwell_s": 1e-4, "exposure_s": 0.01}
 
 
+@pytest.mark.slow  # two environment_opens: 5-22 s each with the machine loaded
 @needs_redis
 def test_queue_runs_correlative_into_the_catalog(instruments, tmp_path):
     from bluesky_queueserver_api import BPlan
