@@ -13,6 +13,15 @@ holding it has arrived: the spectrometer marks pixels not acquired yet with -1, 
 ``LINES_DONE`` update that overtakes (or outlives a coalesced) map update waits for the
 next one instead of yielding a line of zeros.
 
+Interruptions (a pause, or a suspension when a part dies or hangs: decision 0022):
+the RunEngine calls ``pause()``, which stops the raster, hands the lines taken so far to
+the next ``collect()``, abandons the frame's statuses (a failed one would end the run) and
+sets :attr:`SIMSImager.interrupted`.
+It raises bluesky's ``NoReplayAllowed``: replaying the frame's kickoff and collects
+would emit its first lines twice. The plan re-acquires the frame with
+``kickoff(first_line=k)``: the whole frame is rastered again and only lines ``k..NY-1``
+are emitted, so a map's line indices never repeat (``callbacks/maps.py``).
+
 Events: one per ``lines_per_event`` map lines (default 1), in stream ``stream_name``
 (``"primary"``), with one ``(lines_per_event, NX)`` int32 array per collector named
 by its species (``imager_7Li``) and the index of the first line (``imager_line``).
@@ -28,6 +37,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from bluesky.utils import NoReplayAllowed
 from ophyd import Component as Cpt
 from ophyd import Device
 from ophyd import FormattedComponent as FCpt
@@ -120,6 +130,10 @@ class SIMSImager(Device):
         self._frame_start = 0.0
         self._frame_ended = False
         self._pending: list = []
+        self._first_line = 0
+        self._config_snapshot: tuple[dict, dict] | None = None
+        #: True once ``pause()`` interrupted the frame in flight (reset by ``kickoff``).
+        self.interrupted = False
 
     # ---- configuration ------------------------------------------------------------
     def _map_signals(self):
@@ -203,7 +217,8 @@ class SIMSImager(Device):
                 line.append(values)
             # Acquired (on the IOC's clock) when the raster finished this line.
             t_line = self._frame_start + (row + 1) * self._line_period
-            self._pending.append((row, t_line, line))
+            if row >= self._first_line:  # lines before it were collected before a pause
+                self._pending.append((row, t_line, line))
             self._lines_seen = row + 1
         self._emit(final=False)
         if self._frame_ended:
@@ -278,8 +293,13 @@ class SIMSImager(Device):
                 st.set_exception(exc)
 
     # ---- flyer interface ------------------------------------------------------------
-    def kickoff(self) -> DeviceStatus:
-        """Start one raster frame; the status finishes when its map has begun."""
+    def kickoff(self, first_line: int = 0) -> DeviceStatus:
+        """Start one raster frame; the status finishes when its map has begun.
+
+        ``first_line``: emit lines from this index on (a frame re-acquired after an
+        interruption; the lines before it were collected already). The whole frame is
+        rastered: the column has no partial raster.
+        """
         if self._active:
             raise RuntimeError(f"{self.name}: already flying; complete() first")
         if str(self.acquire_rbv.get()) == "Start":
@@ -288,8 +308,15 @@ class SIMSImager(Device):
         lpe = int(self.lines_per_event.get())
         if lpe < 1 or ny % lpe:
             raise ValueError(f"{self.name}: lines_per_event ({lpe}) must divide NY ({ny})")
+        first_line = int(first_line)
+        if not 0 <= first_line < ny:
+            raise ValueError(f"{self.name}: first_line {first_line} outside 0..{ny - 1}")
         labels = self.collector_labels()
         self._ensure_subscriptions()
+        # The frame's configuration as it is now: what bluesky records with its lines
+        # (read at the first collect), never read from a part that died meanwhile.
+        self._config_snapshot = None
+        self._config_snapshot = (self.read_configuration(), self.describe_configuration())
         frame_time = float(self.frame_time.get())
         with self._lock:
             self._labels = labels
@@ -300,6 +327,8 @@ class SIMSImager(Device):
             self._events = []
             self._lines_seen = 0
             self._lines_target = 0
+            self._first_line = first_line
+            self.interrupted = False
             self._line_period = frame_time / max(ny, 1)
             self._frame_ended = False
             self._armed = False
@@ -313,11 +342,15 @@ class SIMSImager(Device):
         kickoff_status = self._kickoff_status
         put = self.acquire.set("Start", timeout=frame_time + FRAME_SLACK_S + KICKOFF_TIMEOUT_S)
 
+        # This frame's statuses: a late completion of an interrupted frame's put must
+        # not fail the frame that re-acquires it.
+        frame_statuses = (self._kickoff_status, self._complete_status)
+
         def put_done(s) -> None:
             if not s.success:
                 exc = RuntimeError(f"{self.name}: the raster frame did not run to its end "
                                    f"({s.exception()!r})")
-                for st in (self._kickoff_status, self._complete_status):
+                for st in frame_statuses:
                     if st is not None and not st.done:
                         st.set_exception(exc)
 
@@ -326,7 +359,7 @@ class SIMSImager(Device):
         def kickoff_done(s) -> None:
             # A failed kickoff (timeout, refused raster) must not leave the flyer armed:
             # the next kickoff would refuse with "already flying".
-            if s.success:
+            if s.success or self.interrupted:  # pause() has cleaned up already
                 return
             with self._lock:
                 self._active = False
@@ -344,6 +377,17 @@ class SIMSImager(Device):
         if self._complete_status is None:
             raise RuntimeError(f"{self.name}: complete() before kickoff()")
         return self._complete_status
+
+    def read_configuration(self) -> dict:
+        """The configuration read at the last kickoff (live before the first one)."""
+        if self._config_snapshot is not None:
+            return dict(self._config_snapshot[0])
+        return super().read_configuration()
+
+    def describe_configuration(self) -> dict:
+        if self._config_snapshot is not None:
+            return dict(self._config_snapshot[1])
+        return super().describe_configuration()
 
     def describe_collect(self) -> dict:
         with self._lock:
@@ -363,6 +407,37 @@ class SIMSImager(Device):
         with self._lock:
             events, self._events = self._events, []
         yield from events
+
+    def pause(self) -> None:
+        """The RunEngine pauses or suspends: interrupt the frame in flight.
+
+        The raster is stopped (if the column answers), the lines taken so far go to
+        the next ``collect()``, :attr:`interrupted` is set (the frame's statuses never
+        finish)
+        and ``NoReplayAllowed`` tells the RunEngine not to replay the frame's
+        messages: the plan re-acquires from the first line it did not collect.
+        Nothing happens when no frame is in flight.
+        """
+        with self._lock:
+            if not self._active:
+                return
+            self._emit(final=True)
+            self._active = False
+            self.interrupted = True
+            lines = self._lines_seen
+            statuses = (self._kickoff_status, self._complete_status)
+        try:
+            self.acquire.put("Stop", use_complete=False)
+        except Exception:  # noqa: BLE001 - a dead column rasters nothing anyway
+            pass
+        # The frame's statuses are left unfinished, not failed: the RunEngine throws a
+        # failed status into whatever plan runs next, which during a suspension is its
+        # own helper (it would end the run). The plan reads ``interrupted`` instead.
+        del statuses, lines
+        raise NoReplayAllowed()
+
+    def resume(self) -> None:
+        """Nothing to do: the plan kicks the interrupted frame off again."""
 
     def stop(self, *, success: bool = False) -> None:
         """Abort the frame (the complete status then fails)."""

@@ -26,7 +26,7 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
-from bluesky.utils import short_uid
+from bluesky.utils import FailedStatus, short_uid
 
 from temsims.analysis.maps import MapLayout, SimsMapAccumulator, map_block
 from temsims.constants import SIMS_INCIDENCE_DEG, species_mass
@@ -186,29 +186,83 @@ def _configure(imager, spectrometer, column, labels, fov_um, pixels, dwell_s, sc
                       column.scan.dwell, dwell_s, imager.lines_per_event, 1)
 
 
-def _fly_frame(imager):
+def _fly_frame(imager, restore: Callable[[], Plan[Any]] | None = None):
     """One raster frame through the imager flyer; returns the collected events.
 
     The lines are collected every :data:`FLUSH_PERIOD_S` while the raster runs
     (bluesky's ``collect_while_completing`` pattern), so their documents reach the
     live views and the catalog during the frame, not all at its end.
+
+    A pause or a suspension (a part died or hung, the bias arced; decision 0022)
+    interrupts the frame: the imager hands over the lines it took, abandons the frame's
+    statuses and sets ``interrupted``. When the RunEngine goes on, ``restore()`` (a
+    plan putting back what the map needs: settings, bias, beam) runs and the frame is rastered again from a
+    checkpoint, emitting only the lines from the first one not collected: every line
+    index is stored once. The frame's completion is read from its status, never from
+    the ``wait`` message, which an interruption answers with "done".
     """
-    yield from bps.kickoff(imager, wait=True)
-    group = short_uid("complete")
-    yield from bps.complete(imager, group=group)
     events: list = []
-    done = False
-    try:
+    next_line = 0
+    line_key = f"{imager.name}_line"
+    while True:
+        if next_line:  # a retry: the RunEngine rewinds to here if interrupted again
+            yield from bps.checkpoint()
+            if restore is not None:
+                yield from restore()
+            yield from bps.kickoff(imager, wait=True, first_line=next_line)
+        else:
+            yield from bps.kickoff(imager, wait=True)
+        group = short_uid("complete")
+        status = yield from bps.complete(imager, group=group)
+        done = False
+        failure: FailedStatus | None = None
         while not done:
-            done = yield from bps.wait(group=group, timeout=FLUSH_PERIOD_S,
-                                       error_on_timeout=False)
-            events.extend((yield from bps.collect(imager)) or [])
-            done = done is None or done  # None: a simulation (summarize_plan), no status
-    except Exception:
-        # A frame that failed (the raster stopped): the lines taken before are the run's.
-        yield from bps.collect(imager)
-        raise
-    return events
+            try:
+                done = yield from bps.wait(group=group, timeout=FLUSH_PERIOD_S,
+                                           error_on_timeout=False)
+            except FailedStatus as exc:  # a failed frame; the lines taken go out first
+                failure, done = exc, True
+            new = (yield from bps.collect(imager)) or []
+            events.extend(new)
+            for ev in new:  # each event holds complete lines, in order
+                block = next((v for k, v in ev.get("data", {}).items() if k != line_key), None)
+                n = int(np.shape(block)[0]) if block is not None and np.ndim(block) == 2 else 1
+                next_line = max(next_line, int(ev["data"][line_key]) + n)
+            # None: a simulation (summarize_plan), no status; "done" after an
+            # interruption means only that the wait was cut short.
+            interrupted = bool(getattr(imager, "interrupted", False))
+            done = done is None or done or status is None or status.done or interrupted
+        if interrupted:  # its statuses never finish: re-acquire from next_line
+            continue
+        if status is None or (status.done and status.success):
+            return events
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"{imager.name}: frame failed ({status.exception()!r})")
+
+
+def _map_conditions(column, bias, configure: Callable[[], Plan[Any]]):
+    """Plan stub: read the bias the map is taken at; return a plan that puts back what
+    a frame needs after an interruption made the instrument safe.
+
+    That plan runs ``configure()`` again (a part that died comes back with its
+    start-up settings: collector masses, magnet field, raster), switches the bias
+    output on and ramps it back if it was on, and unblanks the beam.
+    """
+    volts = _num((yield from bps.rd(bias.readback, default_value=0.0)))
+    output = yield from bps.rd(bias.enable, default_value="Off")
+    bias_on = str(output) in ("On", "1") and abs(volts) > 1.0
+
+    def restore():
+        yield from configure()
+        if bias_on:
+            now = yield from bps.rd(bias.enable, default_value="Off")
+            if str(now) not in ("On", "1"):
+                yield from bps.mv(bias.enable, "On")
+            yield from bps.mv(bias, round(volts, 1))
+        yield from _unblank(column)
+
+    return restore
 
 
 def _frame_totals(events, imager, labels) -> dict[str, float]:
@@ -346,12 +400,16 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
     @bpp.run_decorator(md=_md)
     def inner():
         if fly:
-            yield from _configure(imager, spectrometer, column, labels, fov_um, pixels,
-                                  dwell_s, "Raster")
+            def configure():
+                return (yield from _configure(imager, spectrometer, column, labels, fov_um,
+                                              pixels, dwell_s, "Raster"))
+
+            yield from configure()
+            restore = yield from _map_conditions(column, bias, configure)
             yield from _unblank(column)
             for _ in range(frames):
                 yield from bps.checkpoint()
-                yield from _fly_frame(imager)
+                yield from _fly_frame(imager, restore)
         else:
             yield from _configure(imager, spectrometer, column, labels, fov_um, pixels,
                                   dwell_s, "Spot")
@@ -473,8 +531,12 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
 
     @bpp.run_decorator(md=_md)
     def inner():
-        yield from _configure(imager, spectrometer, column, labels, fov_um, pixels, dwell_s,
-                              "Raster")
+        def configure():
+            return (yield from _configure(imager, spectrometer, column, labels, fov_um, pixels,
+                                          dwell_s, "Raster"))
+
+        yield from configure()
+        restore = yield from _map_conditions(column, bias, configure)
         yield from _unblank(column)
         depth = 0.0
         stream = Values("depth", units={"dose_ions_nm2": "ions/nm^2", "depth_nm": "nm",
@@ -482,7 +544,7 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
                                         **{f"total_{s}": "counts" for s in labels}})
         for frame in range(frames):
             yield from bps.checkpoint()
-            events = yield from _fly_frame(imager)
+            events = yield from _fly_frame(imager, restore)
             current = yield from bps.rd(column.current, default_value=0.0)
             dose, d = sputter_depth_nm(float(current or 0.0), frame_time, fov_um, pixels,
                                        sputter_yield=sputter_yield,

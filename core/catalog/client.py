@@ -394,8 +394,11 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
         the server's CPU time stays out of the RunEngine's interpreter), or serve it
         from a thread of this process (imports the server stack here: ~5-10 s).
     """
+    from temsims.catalog.locations import check_location
+
     if location is None:
         location = default_catalog_dir()
+    location = check_location(location)  # refused at once, naming it (catalog.locations)
     if _is_uri(location):
         from tiled.client import from_uri
 

@@ -1,0 +1,231 @@
+"""Fault injections on a real instrument, shared by tests/faults and
+benchmarks/fault_benchmark.py (imported by name).
+
+A part is killed or hung through the instrument's simulation control (``SIM:<PART>``
+Dead / Hung, decision 0013: to a CA client exactly a SIGKILLed or SIGSTOPped IOC; a
+real signal would stop all five parts, which share one process). Each scenario runs
+a plan under :func:`temsims.plans.faults.install_suspenders` into a real catalog,
+injects the fault from another thread when the plan reaches a given point, brings
+the part back, and returns the figures: detection time, whether the instrument was
+safe while suspended, lines stored, lost and duplicated.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: A hung part is declared after this much heartbeat silence in these tests (s, wall).
+HUNG_AFTER_S = 2.0
+MD = {"sample": "li2co3-particles seed 1", "specimen": "li2co3-particles",
+      "operator": "pytest"}
+
+
+@dataclass
+class Bench:
+    """A connected instrument, a RunEngine with suspenders, a catalog and its docs."""
+
+    procs: Any
+    d: Any
+    RE: Any
+    guard: Any
+    cat: Any
+    docs: Any
+    out: list = field(default_factory=list)
+
+    def close(self) -> None:
+        self.guard.remove()
+        self.cat.close(timeout=60)
+
+
+def make_bench(procs: Any, d: Any, catalog_dir: Path, *,
+               hung_after_s: float = HUNG_AFTER_S) -> Bench:
+    from bluesky import RunEngine
+    from documents import DocumentCollector
+
+    from temsims.catalog import open_catalog, require_metadata
+    from temsims.plans.faults import install_suspenders
+
+    RE = RunEngine(dict(MD), call_returns_result=True)
+    require_metadata(RE)
+    docs = DocumentCollector()
+    RE.subscribe(docs)
+    cat = open_catalog(catalog_dir)
+    RE.subscribe(cat.writer())
+    guard = install_suspenders(RE, d, hung_after_s=hung_after_s, resume_sleep_s=0.2)
+    return Bench(procs=procs, d=d, RE=RE, guard=guard, cat=cat, docs=docs)
+
+
+def wait_for(predicate, timeout: float, poll: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except Exception:  # noqa: BLE001 - a PV of a part coming back
+            pass
+        time.sleep(poll)
+    return False
+
+
+def instrument_safe(d: Any) -> bool:
+    """Beam blanked and bias output at 0 V (within 1 V), as the client reads them."""
+    return str(d.column.blank.get()) == "Blanked" and abs(float(d.bias.readback.get())) < 1.0
+
+
+@dataclass
+class Injection:
+    """One fault, injected from a thread when ``trigger`` fires."""
+
+    bench: Bench
+    part: str
+    kind: str  # "Dead" or "Hung"
+    down_s: float = 1.0
+    check_safe: bool = True
+    figures: dict = field(default_factory=dict)
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def fire(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            b, dog = self.bench, self.bench.guard.watchdogs[self.part]
+            n0 = len(dog.history)
+            t0 = time.monotonic()
+            b.procs.set_part(self.part, self.kind)
+            detected = wait_for(lambda: len(dog.history) > n0 and dog.down.get(),
+                                HUNG_AFTER_S + 10)
+            went_down = next((h for h in dog.history[n0:] if h["state"] != "up"), None)
+            self.figures.update(
+                detected=detected, state=went_down and went_down["state"],
+                detect_s=(went_down["at"] - t0) if went_down else None)
+            if self.check_safe:
+                self.figures["safe_while_suspended"] = wait_for(
+                    lambda: instrument_safe(b.d), 10)
+            time.sleep(self.down_s)
+            b.procs.set_part(self.part, "Up")
+            self.figures["back_after_s"] = time.monotonic() - t0
+        except BaseException as exc:  # noqa: BLE001 - reported by join()
+            self.error = exc
+
+    def join(self, timeout: float = 60) -> dict:
+        if self.thread is not None:
+            self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.figures
+
+
+def on_line(imager: Any, at_line: int, action) -> int:
+    """Subscribe: call ``action()`` once LINES_DONE reaches ``at_line``."""
+    fired: list = []
+
+    def cb(value, **kwargs) -> None:
+        if int(value) >= at_line and not fired:
+            fired.append(True)
+            action()
+
+    return imager.lines_done.subscribe(cb, run=False)
+
+
+def stored_lines(bench: Bench, uid: str) -> dict:
+    """Read the run back from the catalog: its lines, maps and stop document."""
+    from temsims.callbacks.export import load_run
+    from temsims.callbacks.maps import IncompleteMapError
+
+    assert bench.cat.flush(60)
+    run = load_run(bench.cat.runs[uid] if hasattr(bench.cat, "runs") else bench.cat[uid])
+    lines = np.asarray(run.primary["imager_line"]).astype(int).ravel()
+    counts = Counter(lines.tolist())
+    ny = int(run.start["map"]["pixels"][1]) * int(run.start["map"].get("frames", 1))
+    out = {"events": len(lines), "expected": ny,
+           "duplicated": sum(c - 1 for c in counts.values() if c > 1),
+           "exit_status": (run.stop or {}).get("exit_status"),
+           "reason": (run.stop or {}).get("reason", "")}
+    try:
+        maps = run.maps()
+        out["complete"] = True
+        out["lost"] = 0
+        out["maps"] = maps
+    except IncompleteMapError:
+        partial = run.maps(partial=True)
+        first = next(iter(partial.values()))
+        out["complete"] = False
+        out["lost"] = int(np.isnan(first).any(axis=-1).sum())
+    return out
+
+
+def fly_map_with_part_fault(bench: Bench, part: str, kind: str, *,
+                            pixels=(16, 64), dwell_s: float = 0.02, at_line: int = 32,
+                            down_s: float = 1.0) -> dict:
+    """A fly map; ``part`` is killed or hung at line ``at_line`` and brought back."""
+    from temsims.plans import sims_map
+
+    d = bench.d
+    inj = Injection(bench, part, kind, down_s=down_s, check_safe=True)
+    token = on_line(d.imager, at_line, inj.fire)
+    t0 = time.monotonic()
+    try:
+        uid = bench.RE(sims_map(d.imager, d.spectrometer, d.column, d.stage, d.bias,
+                                species=("6Li", "7Li"), fov_um=1.0, pixels=pixels,
+                                dwell_s=dwell_s, md={"purpose": f"fault {part} {kind}"})
+                       ).plan_result
+    finally:
+        d.imager.lines_done.unsubscribe(token)
+    figures = dict(inj.join())
+    figures["wall_s"] = time.monotonic() - t0
+    figures.update(stored_lines(bench, uid))
+    figures.update(part=part, kind=kind, plan="sims_map fly", uid=uid)
+    return figures
+
+
+def mosaic_with_stage_fault(bench: Bench, kind: str, *, n_tiles=(3, 2), at_tile: int = 2,
+                            down_s: float = 1.0) -> dict:
+    """A TEM mosaic (a step scan of the stage); the stage is killed or hung when tile
+    ``at_tile`` is being read, and brought back."""
+    from temsims.plans import tem_mosaic
+
+    d = bench.d
+    inj = Injection(bench, "stage", kind, down_s=down_s, check_safe=False)
+    seen: list = []
+
+    def on_doc(name, doc):
+        if name == "event":
+            seen.append(doc)
+            if len(seen) == at_tile:
+                inj.fire()
+
+    token = bench.RE.subscribe(on_doc, "event")
+    t0 = time.monotonic()
+    try:
+        uid = bench.RE(tem_mosaic(d.stage, d.tem, d.camera, center=(0.0, 0.0),
+                                  n_tiles=n_tiles, fov_um=2.0, exposure_s=0.01,
+                                  md={"purpose": f"fault stage {kind}"})).plan_result
+    finally:
+        bench.RE.unsubscribe(token)
+    figures = dict(inj.join())
+    figures["wall_s"] = time.monotonic() - t0
+    assert bench.cat.flush(60)
+    from temsims.callbacks.export import load_run
+
+    run = load_run(bench.cat.runs[uid] if hasattr(bench.cat, "runs") else bench.cat[uid])
+    xs = np.round(np.asarray(run.primary["stage_x"], float), 2)
+    ys = np.round(np.asarray(run.primary["stage_y"], float), 2)
+    tiles = Counter(zip(xs.tolist(), ys.tolist(), strict=True))
+    expected = n_tiles[0] * n_tiles[1]
+    figures.update(part="stage", kind=kind, plan="tem_mosaic", uid=uid,
+                   events=len(xs), expected=expected,
+                   duplicated=sum(c - 1 for c in tiles.values() if c > 1),
+                   lost=expected - len(tiles), complete=len(tiles) == expected,
+                   exit_status=(run.stop or {}).get("exit_status"))
+    return figures
