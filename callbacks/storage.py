@@ -208,6 +208,10 @@ class BufferedWriter:
         How long the interpreter waits at exit for the queue to drain.
     name
         Name of the writer thread.
+    check_start
+        Called before a start document is taken (in the caller's thread); what it
+        raises refuses the run before any data is taken (a catalog directory that is
+        read-only or full: :func:`temsims.catalog.writer.check_writable`).
 
     Notes
     -----
@@ -227,11 +231,13 @@ class BufferedWriter:
         maxsize: int = 0,
         exit_timeout_s: float = 120.0,
         name: str = "temsims-storage",
+        check_start: Callable[[], None] | None = None,
     ) -> None:
         self.callback = callback
         self.validate = validate
         self.thread_validation = thread_validation
         self.exit_timeout_s = exit_timeout_s
+        self.check_start = check_start
         self.stats = WriterStats()
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._errors: collections.deque[BaseException] = collections.deque()
@@ -261,6 +267,12 @@ class BufferedWriter:
         except InvalidDocument:
             self._refuse(name, doc)
             raise
+        if name == "start" and self.check_start is not None:
+            try:
+                self.check_start()
+            except Exception:
+                self._refuse(name, doc)
+                raise
         if self._is_orphan(name, doc):
             self.stats.documents += 1
             return

@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Commands whose options and work live in a module of their own (``add_arguments``,
 #: ``main(args) -> exit code`` and ``DESCRIPTION``): name -> (module, one-line help).
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+    "catalog": ("temsims.app.catalog_command", "replay a writer's spool; list incomplete runs"),
     "queue": ("temsims.app.queue", "the queue server (Redis, RE Manager) for the running instrument"),
     "view": ("temsims.app.view", "live SIMS views and a catalog writer fed from the 0MQ document stream"),
 }

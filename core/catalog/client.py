@@ -267,7 +267,8 @@ class Catalog(Runs):
 
     def writer(self, *, buffered: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
                validate: bool = True, patches: Mapping[str, Callable] | None = None,
-               process: bool = False, **buffer_options):
+               process: bool = False, spool_dir: str | Path | bool | None = None,
+               **buffer_options):
         """The RunEngine callback that stores documents here: ``RE.subscribe(cat.writer())``.
 
         Parameters
@@ -288,11 +289,34 @@ class Catalog(Runs):
             instead of a thread of this one: the RunEngine's interpreter then only checks
             and pickles each document (``docs/decisions/0009-writer-process.md``). The
             child needs the catalog's URI: patches must be importable functions.
+        spool_dir
+            Process writers only: where every document is spooled before it is sent
+            (None: ``$TEMSIMS_SPOOL`` or the user state directory; False: no spool).
+            With a spool, a storage process or server that dies mid-run is not an
+            error: the documents wait in the spool and the writer delivers the runs
+            again when storage is back (``temsims catalog replay`` by hand;
+            ``docs/decisions/0025-spool-and-replay.md``).
         buffer_options
             Passed to ``BufferedWriter`` (``maxsize``, ``exit_timeout_s``).
+
+        Raises
+        ------
+        StorageError
+            A catalog directory that cannot be written or is (nearly) full
+            (:func:`~temsims.catalog.writer.check_writable`), here and again before
+            every run starts.
         """
         from temsims.callbacks.storage import BufferedWriter, validate_document
         from temsims.callbacks.writer_process import ProcessWriter
+        from temsims.catalog.writer import check_writable
+
+        check = None
+        if isinstance(self.server, DirectoryServer | EmbeddedServer):
+            directory = self.server.directory
+            check_writable(directory)
+
+            def check() -> None:
+                check_writable(directory)
 
         if process:
             if not buffered:
@@ -301,10 +325,21 @@ class Catalog(Runs):
                 raise ValueError("this catalog has no URI a writer process could reach")
             lease_directory = (str(self.server.directory)
                                if isinstance(self.server, DirectoryServer) else None)
-            factory = functools.partial(tiled_writer_chain, self.uri, self._api_key,
+            own_key = (lease_directory is not None
+                        and self._api_key == _directory_api_key(Path(lease_directory)))
+            factory = functools.partial(tiled_writer_chain, self.uri,
+                                        None if own_key else self._api_key,
                                         batch_size=batch_size, patches=dict(patches or {}),
-                                        lease_directory=lease_directory)
-            writer = ProcessWriter(factory, validate=validate, **buffer_options)
+                                        lease_directory=lease_directory, reopen=own_key)
+            spool = None
+            if spool_dir is not False:
+                from temsims.callbacks.spool import Spool, default_spool_dir
+
+                spool = Spool(default_spool_dir() if spool_dir in (None, True) else spool_dir,
+                              catalog=str(self.location if lease_directory is None
+                                          else lease_directory))
+            writer = ProcessWriter(factory, validate=validate, spool=spool, check_start=check,
+                                   **buffer_options)
             self._writers.append(writer)
             return writer
 
@@ -313,12 +348,14 @@ class Catalog(Runs):
             # TiledWriter's RunNormalizer validates every document against
             # event-model's schemas before it is stored: no second check in the thread.
             writer = BufferedWriter(chain, validate=validate, thread_validation=False,
-                                    **buffer_options)
+                                    check_start=check, **buffer_options)
             self._writers.append(writer)
             return writer
 
         def synchronous(name, doc):
             name = getattr(name, "value", name)
+            if name == "start" and check is not None:
+                check()
             if validate:
                 validate_document(name, doc)
             return chain(name, doc)

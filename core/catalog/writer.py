@@ -4,6 +4,7 @@ or in a writer process of its own), and the ``runs`` container it writes into.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,17 +40,75 @@ def storing_chain(runs, *, batch_size: int = DEFAULT_BATCH_SIZE,
                                   patches=dict(patches or {}))
 
 
+#: The least free space a catalog directory must have for a run to start (MB);
+#: ``$TEMSIMS_CATALOG_MIN_FREE_MB`` overrides it.
+MIN_FREE_MB = 64.0
+MIN_FREE_ENV = "TEMSIMS_CATALOG_MIN_FREE_MB"
+
+
+def check_writable(directory: str | Path, min_free_mb: float | None = None) -> None:
+    """Refuse, with a message naming the directory, a catalog directory that a run
+    could not be stored in: one that cannot be written (a file is created, written,
+    fsynced and removed in it and in its ``data/``: ``os.access`` says yes to root
+    even on an immutable directory) or that has less than ``min_free_mb`` free.
+
+    Called when a writer is made and before every run starts (the start document),
+    so a read-only or full disk stops the run before any data is taken.
+
+    Raises
+    ------
+    temsims.callbacks.storage.StorageError
+    """
+    from temsims.callbacks.storage import StorageError
+
+    directory = Path(directory)
+    if min_free_mb is None:
+        min_free_mb = float(os.environ.get(MIN_FREE_ENV, MIN_FREE_MB))
+    for where in (directory, directory / "data"):
+        if not where.is_dir():
+            continue
+        probe = where / f".temsims-probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+        except OSError as err:
+            raise StorageError(f"catalog directory {where} cannot be written "
+                               f"({err.strerror or err}): no run can be stored there") from None
+    st = os.statvfs(directory)
+    free_mb = st.f_bavail * st.f_frsize / 1e6
+    if free_mb < min_free_mb:
+        raise StorageError(f"catalog directory {directory} has {free_mb:.1f} MB free, less than "
+                           f"the {min_free_mb:g} MB a run needs (${MIN_FREE_ENV}): free space "
+                           "first")
+
+
 def tiled_writer_chain(uri: str, api_key: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,
                        patches: Mapping[str, Callable] | None = None,
-                       lease_directory: str | None = None):
+                       lease_directory: str | None = None, reopen: bool = False):
     """:func:`storing_chain` on a client of its own, built from the server's URI: what a
     :class:`~temsims.callbacks.writer_process.ProcessWriter` child runs.
 
     ``lease_directory``: the catalog directory that server serves; the chain then holds
     a lease on it, so the server keeps serving until this writer is done, even if the
-    process that opened the catalog ends first.
+    process that opened the catalog ends first. ``reopen``: connect to the directory's
+    server as :func:`~temsims.catalog.open_catalog` does, starting one if it is gone
+    (``uri`` is then unused; ``api_key`` None means the directory's key), which is how
+    a writer process started again after a server died reaches the new one.
     """
-    lease = _Lease(Path(lease_directory)) if lease_directory else None
+    if lease_directory and reopen:
+        # the directory's server as any opener finds it: started again if it died
+        from temsims.catalog.client import _open_directory_server
+
+        server = _open_directory_server(Path(lease_directory), api_key)
+        uri, lease = server.uri, server
+        api_key = server.api_key
+    else:
+        lease = _Lease(Path(lease_directory)) if lease_directory else None
     from tiled.client import from_uri
 
     chain = storing_chain(_runs_node(from_uri(uri, api_key=api_key)), batch_size=batch_size,

@@ -11,7 +11,8 @@ which a test kills or starves mid-run.
   keeps it), and every document as a pickle to ``OUT_DIR/documents.pkl`` (the
   reference a stored run is compared with);
 - prints ``READY <writer pid> <first run uid>``, then ``RUN <uid>`` when the long run
-  starts, then every 20 ms ``ACK <events the writer acknowledged>`` when it changed.
+  starts, then every 20 ms ``ACK <run uid>=<events the writer acknowledged> ...`` when
+  it changed and ``OUTAGE <n>`` when the writer found storage gone for the n-th time.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def main() -> int:
 
     def report() -> None:
         last = None
+        outages = 0
         while True:
+            if len(writer.outages) != outages:
+                outages = len(writer.outages)
+                print(f"OUTAGE {outages}", flush=True)
             acked = dict(writer.acknowledged)
             if acked != last:
                 last = acked
