@@ -257,7 +257,7 @@ class BiasIOC(InstrumentIOC):
                 reason = self.geometry_blocker()
             if reason is not None:
                 await self.status.write(status_text("Refused", reason), verify_value=False)
-                raise PermissionError(f"bias enable refused: {reason}")
+                raise PermissionError(f"{instance.pvname}: On refused by the SIMS interlock: {reason}")
             await self.status.write("OK", verify_value=False)
         await instance.write(value, verify_value=False)
         await self.enable_rbv.write(value, verify_value=False)

@@ -379,7 +379,8 @@ class ColumnIOC(InstrumentIOC):
             reason = self.geometry_blocker()
             if reason is not None:
                 await self.status.write(status_text("Refused", reason), verify_value=False)
-                raise PermissionError(f"unblank refused by the SIMS interlock: {reason}")
+                raise PermissionError(f"{instance.pvname}: Unblanked refused by the SIMS interlock: "
+                                      f"{reason}")
             await self.status.write("OK", verify_value=False)
         await self.blank_rbv.write(value, verify_value=False)
         await clear_alarm(instance)

@@ -78,6 +78,119 @@ def install_server_fixes() -> None:
     with _fixes_lock:
         install_monitor_batching()
         install_read_fast_path()
+        install_client_put_guard()
+
+
+_put_guard_installed = False
+
+
+def check_client_put(channel: Any, data: Any, data_type: Any) -> None:
+    """Refuse a client's put that no putter should ever see (``ValueError``: put error).
+
+    - more than one element put to a scalar PV (caproto would keep the first one);
+    - NaN or an infinity put to a floating-point PV (as a number or as a string such
+      as ``"nan"``), including motor-record fields that have no putter (``TWV``);
+    - a non-integral number put to an integer PV (caproto would truncate 2.5 to 2).
+    """
+    from caproto import ChannelType
+    from caproto._backend import backend
+    from caproto._dbr import native_type
+    from caproto._utils import ConversionDirection
+
+    if data_type in (ChannelType.PUT_ACKS, ChannelType.PUT_ACKT):
+        return  # alarm acknowledgements, not values
+    name = getattr(channel, "pvname", None) or type(channel).__name__
+    native = native_type(data_type)
+    if channel.max_length == 1 and native != ChannelType.CHAR and len(data) > 1:
+        raise ValueError(f"{name}: {len(data)} values put to a scalar PV (one value expected)")
+    target = channel.data_type
+    if target not in (ChannelType.DOUBLE, ChannelType.FLOAT, ChannelType.LONG,
+                      ChannelType.INT):
+        return
+    try:
+        values = backend.convert_values(
+            values=data, from_dtype=native, to_dtype=target,
+            string_encoding=channel.string_encoding,
+            direction=ConversionDirection.FROM_WIRE)
+    except Exception:  # noqa: BLE001 - caproto's own conversion refuses it with its message
+        return
+    if target in (ChannelType.DOUBLE, ChannelType.FLOAT):
+        bad = [float(v) for v in values if not math.isfinite(float(v))]
+        if bad:
+            raise ValueError(f"{name}: {bad[0]!r} is not a finite number{_limits_text(channel)}")
+    elif native in (ChannelType.DOUBLE, ChannelType.FLOAT, ChannelType.STRING):
+        for raw in data:
+            try:
+                number = float(raw.decode() if isinstance(raw, bytes) else raw)
+            except ValueError:
+                return
+            if not (math.isfinite(number) and number == int(number)):
+                raise ValueError(f"{name}: {number!r} is not an integer{_limits_text(channel)}")
+
+
+async def _alarm_refused(channel: Any) -> None:
+    """The WRITE/MAJOR alarm caproto raises on a put its putter refused."""
+    await channel.alarm.write(status=AlarmStatus.WRITE, severity=AlarmSeverity.MAJOR_ALARM)
+
+
+def _put_repr(data: Any) -> str:
+    values = [v.decode(errors="replace") if isinstance(v, bytes)
+              else v.item() if hasattr(v, "item") else v for v in data]
+    return repr(values[0] if len(values) == 1 else values)
+
+
+def _allowed_form(channel: Any) -> str:
+    """What ``channel`` takes, for a refusal: its states, or a number and its range."""
+    strings = getattr(channel, "enum_strings", None)
+    if strings:
+        return f"one of {list(strings)}"
+    return f"a number{_limits_text(channel)}"
+
+
+def _limits_text(channel: Any) -> str:
+    """`` (allowed: [low, high])`` from the PV's ctrl limits, or nothing without any."""
+    low = getattr(channel, "lower_ctrl_limit", 0)
+    high = getattr(channel, "upper_ctrl_limit", 0)
+    return f" (allowed: [{low:g}, {high:g}])" if low < high else ""
+
+
+def install_client_put_guard() -> None:
+    """Run :func:`check_client_put` on every client put, before caproto converts it.
+
+    Why: caproto silently keeps the first element of an array put to a scalar PV,
+    truncates 2.5 to 2 for an integer PV, and stores NaN in a float PV that has no
+    putter (motor-record fields such as ``TWV``): each a silent accept of bad input
+    (``docs/pv-reference.md``: a put that is out of range, NaN or malformed is
+    refused with a put error). Only client puts pass here (``auth_write``); the
+    IOCs' own writes do not.
+    """
+    global _put_guard_installed
+    if _put_guard_installed:
+        return
+    from caproto import CaprotoConversionError
+    from caproto._data import CannotExceedLimits, ChannelData
+
+    auth_write = ChannelData.auth_write
+
+    async def guarded_auth_write(self, hostname, username, data, data_type, metadata,
+                                 **kwargs):
+        try:
+            check_client_put(self, data, data_type)
+        except ValueError:
+            await _alarm_refused(self)  # visible as caproto's own refusals are
+            raise
+        try:
+            return await auth_write(self, hostname, username, data, data_type, metadata,
+                                    **kwargs)
+        except CannotExceedLimits as err:  # caproto's message does not name the PV
+            raise ValueError(f"{self.pvname}: {err}") from None
+        except CaprotoConversionError:  # caproto's message is empty, and no alarm
+            await _alarm_refused(self)
+            raise ValueError(f"{self.pvname}: {_put_repr(data)} is not "
+                             f"{_allowed_form(self)}") from None
+
+    ChannelData.auth_write = guarded_auth_write
+    _put_guard_installed = True
 
 
 def install_read_fast_path() -> None:

@@ -350,7 +350,7 @@ class TEMIOC(InstrumentIOC):
                 await instance.alarm.write(status=AlarmStatus.STATE,
                                            severity=AlarmSeverity.MAJOR_ALARM)
                 logger.warning("objective lens On %s", reason)
-                raise ValueError(f"objective lens On {reason}")
+                raise ValueError(f"{instance.pvname}: objective lens On {reason}")
         await self.obj_rbv.write(value)
         await self.obj_status.write("OK")
         await clear_alarm(instance)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -258,9 +259,44 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: An instrument PV prefix: CA name characters, no '.' (it starts a record's field).
+_PREFIX = re.compile(r"^[A-Za-z0-9_:\-]{1,40}$")
+_READER = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2, the option named with what it allows) what argparse's types let
+    through but would fail later, after the IOCs or a server were started: a prefix
+    with blanks or a '.', a negative seed (numpy's generators refuse it), a port
+    beyond 0..65535, a reader name that cannot be a key file's, a catalog URI of a
+    scheme no catalog is served on."""
+    prefix = getattr(args, "prefix", None)
+    if prefix is not None and not _PREFIX.match(prefix):
+        parser.error(f"--prefix must be 1-40 characters of A-Z a-z 0-9 _ : - (no blank, "
+                     f"no '.'), got {prefix!r}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {seed}")
+    if args.command == "serve":
+        if not 0 <= args.port <= 65535:
+            parser.error(f"--port must be in [0, 65535] (0: a free one), got {args.port}")
+        for name in args.reader or ():
+            if not _READER.match(name):
+                parser.error(f"--reader must be a name of 1-40 characters of A-Z a-z 0-9 "
+                             f"_ -, got {name!r}")
+    catalog = getattr(args, "catalog", None)
+    if args.command in ("demo", "shell") and catalog:
+        from temsims.catalog.locations import LOCATION_FORMS
+
+        scheme = catalog.split("://", 1)[0] if "://" in catalog else None
+        if scheme is not None and scheme.lower() not in ("http", "https"):
+            parser.error(f"--catalog must be {LOCATION_FORMS}, got {catalog!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
+    check_arguments(parser, args)
     if args.command == "shell":
         return cmd_shell(args, passthrough)
     if passthrough:

@@ -4,6 +4,7 @@ hold, checked before a run starts (:func:`require_metadata`) and by the validato
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
@@ -35,7 +36,9 @@ def new_correlation_id() -> str:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, Real) and not isinstance(x, bool)
+    """A finite real number: NaN or an infinity in the region or the beam would make
+    the run unfindable by range queries and wrong in every figure drawn from it."""
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _nonempty_str(x) -> bool:
@@ -76,7 +79,7 @@ def check_start_metadata(doc: Mapping[str, Any]) -> list[str]:
                 if key not in region:
                     problems.append(f"'region' misses {key!r}")
                 elif not _is_number(region[key]):
-                    problems.append(f"'region.{key}' must be a number, got {region[key]!r}")
+                    problems.append(f"'region.{key}' must be a finite number, got {region[key]!r}")
             if _is_number(region.get("fov_um")) and region["fov_um"] <= 0:
                 problems.append(f"'region.fov_um' must be > 0, got {region['fov_um']!r}")
     if mode == "SIMS":
@@ -112,7 +115,7 @@ def _check_sims(doc: Mapping[str, Any]) -> list[str]:
         problems.append(f"'polarity' must be one of {POLARITIES}, got {polarity!r}")
     for key in ("bias_kV", "beam_energy_keV", "beam_current_pA"):
         if key in doc and not _is_number(doc[key]):
-            problems.append(f"{key!r} must be a number, got {doc[key]!r}")
+            problems.append(f"{key!r} must be a finite number, got {doc[key]!r}")
     for key in ("beam_energy_keV", "beam_current_pA"):
         if _is_number(doc.get(key)) and doc[key] <= 0:
             problems.append(f"{key!r} must be > 0, got {doc[key]!r}")
