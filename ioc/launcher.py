@@ -108,9 +108,13 @@ class InstrumentProcesses:
             out = open(self.log_dir / f"{INSTRUMENT}.log", "ab")  # noqa: SIM115 - owned by Popen
         else:
             out = subprocess.DEVNULL
+        from temsims.app.lifecycle import die_with_parent
+
         self.processes[INSTRUMENT] = subprocess.Popen(
             self.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL,
+            # never outlive this process, even killed with SIGKILL (it stops on SIGTERM)
+            preexec_fn=die_with_parent())
         if out is not subprocess.DEVNULL:
             out.close()
         try:

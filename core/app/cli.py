@@ -117,10 +117,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job (:func:`temsims.app.demo.run_demo`): correlative TEM-SIMS and the
     labelled-particle search, a catalog of the runs and a PNG report."""
     from temsims.app.demo import run_demo
+    from temsims.app.lifecycle import sigterm_as_interrupt
 
-    run_demo(prefix=args.prefix, base_port=args.base_port, host=args.host,
-             specimen=args.specimen, seed=args.seed, catalog=args.catalog,
-             api_key=args.api_key, out=args.out, quick=args.quick, log_dir=args.log_dir, time_scale=args.time_scale)
+    try:
+        with sigterm_as_interrupt():  # SIGTERM stops the IOCs and the catalog as Ctrl-C does
+            run_demo(prefix=args.prefix, base_port=args.base_port, host=args.host,
+                     specimen=args.specimen, seed=args.seed, catalog=args.catalog,
+                     api_key=args.api_key, out=args.out, quick=args.quick,
+                     log_dir=args.log_dir, time_scale=args.time_scale)
+    except KeyboardInterrupt:
+        print("temsims demo: interrupted; IOCs stopped, catalog closed", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -137,7 +137,7 @@ class DimsKeepingTiledWriter(TiledWriter):
     def flush_events(self) -> None:
         """Append the events every open run's writer holds, now (a writer process calls
         it every ``flush_period_s`` and when its session is gone, which bounds what a
-        killed writer loses: decision 0022)."""
+        killed writer loses: decision 0025)."""
         for writer in self._run_writers:
             if writer.root_node is not None and not writer.finished:
                 writer.flush_events()
