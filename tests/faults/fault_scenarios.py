@@ -229,3 +229,57 @@ def mosaic_with_stage_fault(bench: Bench, kind: str, *, n_tiles=(3, 2), at_tile:
                    lost=expected - len(tiles), complete=len(tiles) == expected,
                    exit_status=(run.stop or {}).get("exit_status"))
     return figures
+
+
+def fly_map_with_arcs(bench: Bench, arcs: int, *, pixels=(16, 64), dwell_s: float = 0.02,
+                      at_line: int = 32) -> dict:
+    """A fly map; the bias arcs ``arcs`` times (the first at line ``at_line``, each next
+    one once the supply is back at its voltage); after each arc the fault is reset.
+
+    Returns the figures; ``raised`` holds the exception of ``RE(...)`` if any."""
+    from temsims.plans import sims_map
+
+    d, guard = bench.d, bench.guard
+    figures: dict = {"arcs_injected": 0, "safe_after_arc": []}
+    errors: list = []
+
+    def inject() -> None:
+        try:
+            for _ in range(arcs):
+                d.bias.fault.set("Arc").wait(10)
+                figures["arcs_injected"] += 1
+                wait_for(lambda: guard.arc.tripped, 10)
+                figures["safe_after_arc"].append(wait_for(lambda: instrument_safe(d), 10))
+                d.bias.reset.set("Reset").wait(10)
+                # The next arc once the map goes on at its voltage, or the run ended.
+                wait_for(lambda: abs(float(d.bias.readback.get())) > 4000.0
+                         and str(d.column.blank.get()) == "Unblanked"
+                         or bench.RE.state == "idle", 30)
+                if bench.RE.state == "idle":
+                    break
+                time.sleep(0.1)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=inject, daemon=True)
+    token = on_line(d.imager, at_line, thread.start)
+    t0 = time.monotonic()
+    uid = None
+    try:
+        uid = bench.RE(sims_map(d.imager, d.spectrometer, d.column, d.stage, d.bias,
+                                species=("6Li", "7Li"), fov_um=1.0, pixels=pixels,
+                                dwell_s=dwell_s, md={"purpose": f"{arcs} arcs"})
+                       ).plan_result
+    except Exception as exc:  # noqa: BLE001 - the caller asserts on it
+        figures["raised"] = exc
+    finally:
+        d.imager.lines_done.unsubscribe(token)
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    figures["wall_s"] = time.monotonic() - t0
+    figures["safe_at_end"] = instrument_safe(d)
+    uid = uid or bench.docs.docs["start"][-1]["uid"]
+    figures.update(stored_lines(bench, uid))
+    figures.update(part="bias", kind="arc", plan="sims_map fly", uid=uid)
+    return figures
