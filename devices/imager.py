@@ -13,7 +13,7 @@ holding it has arrived: the spectrometer marks pixels not acquired yet with -1, 
 ``LINES_DONE`` update that overtakes (or outlives a coalesced) map update waits for the
 next one instead of yielding a line of zeros.
 
-Interruptions (a pause, or a suspension when a part dies or hangs: decision 0025):
+Interruptions (a pause, or a suspension when a part dies or hangs: decision 0026):
 the RunEngine calls ``pause()``, which stops the raster, hands the lines taken so far to
 the next ``collect()``, abandons the frame's statuses (a failed one would end the run) and
 sets :attr:`SIMSImager.interrupted`.

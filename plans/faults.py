@@ -19,7 +19,7 @@ waits until every device is connected again and lets the plan go on. Putting bac
 what the plan needs (bias voltage, beam) is the plan's job: it knows what its data
 needs (:func:`temsims.plans.sims.sims_map` re-acquires an interrupted frame from its
 first missing line; step plans are rewound to their last checkpoint by the
-RunEngine). Nothing here is specific to one plan (decision 0025).
+RunEngine). Nothing here is specific to one plan (decision 0026).
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def _fly_frame(imager, restore: Callable[[], Plan[Any]] | None = None):
     (bluesky's ``collect_while_completing`` pattern), so their documents reach the
     live views and the catalog during the frame, not all at its end.
 
-    A pause or a suspension (a part died or hung, the bias arced; decision 0025)
+    A pause or a suspension (a part died or hung, the bias arced; decision 0026)
     interrupts the frame: the imager hands over the lines it took, abandons the frame's
     statuses and sets ``interrupted``. When the RunEngine goes on, ``restore()`` (a
     plan putting back what the map needs: settings, bias, beam) runs and the frame is rastered again from a
