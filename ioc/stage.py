@@ -1,8 +1,10 @@
 """Stage IOC: five EPICS motor records (X, Y, Z, alpha and beta tilt) moving in real time.
 
 Served with the other parts by :mod:`temsims.ioc.server` (``temsims ioc all``), or
-alone with ``python -m temsims.ioc.stage [--prefix TEMSIMS:]``. Each axis's user
-readback is the world's ``stage.<AXIS>`` quantity (decision 0013).
+alone with ``python -m temsims.ioc.stage [--prefix TEMSIMS:]``. Each axis's physical
+position (its dial less any redefinition of the dial) is the world's ``stage.<AXIS>``
+quantity (decision 0013): with the default calibration (OFF = 0, DIR = Pos) it is the
+user readback, and a calibration (SET, OFF, DIR) moves nothing in the world.
 
 Every axis is a caproto ``record='motor'`` pvproperty with the semantics ophyd's
 ``EpicsMotor`` relies on. The motion and calibration logic lives once, in
@@ -13,9 +15,11 @@ Coordinates, as in the EPICS motor record::
 
     user = dial * (+1 if DIR == Pos else -1) + OFF
 
-The *dial* is the stage's absolute encoder (it cannot be redefined); hard limits
-(the limit switches) are fixed in dial coordinates, soft limits are kept as dial
-limits DHLM/DLLM and shown in user coordinates as HLM/LLM.
+The *dial* is the controller's position register: a SET-mode put to DVAL (or to VAL
+with FOFF = Frozen) loads a new value into it without moving the stage. The hard
+limits (the limit switches) are fixed on the stage, so in dial coordinates they move
+with such a redefinition; soft limits are kept as dial limits DHLM/DLLM (their numbers
+unchanged by it) and shown in user coordinates as HLM/LLM.
 
 Motion is a trapezoidal velocity profile (ramp to VELO in ACCL seconds, cruise,
 ramp down; :class:`temsims.ioc.physics.actuators.Ramp`), evaluated against the
@@ -29,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from caproto import AlarmSeverity, AlarmStatus
+from caproto import AlarmSeverity, AlarmStatus, SkipWrite
 from caproto.server import PvpropertyDouble, pvproperty
 from caproto.server.records import MotorFields
 
@@ -50,6 +56,10 @@ TICK_S = 0.02
 #: Shortest wait worth a trip through the event loop: epoll rounds timeouts up to
 #: 1 ms, so a move with less than this left is published at its end at once.
 MIN_WAIT_S = 1e-3
+
+#: Wall time a SET-mode put waits after publishing, before it answers (s); see
+#: :meth:`MotorAxis.put_setpoint`.
+CALIBRATION_SETTLE_S = 0.025
 
 # MSTA bits (motor record "motor status"), the ones this simulation drives.
 MSTA_DIRECTION = 1 << 0
@@ -166,7 +176,15 @@ class MotorAxis:
         # pvproperty(record=<class>) reports the class as the record type; CA wants text.
         record.reported_record_type = "motor"
         self.spec = spec
-        self.dial = 0.0  # present dial (encoder) position
+        self.dial = 0.0  # present dial position (the controller's position register)
+        # The dial reading minus the physical position: 0 until a SET-mode put
+        # redefines the dial (FOFF Frozen, or DVAL). The limit switches are physical.
+        self.dial_shift = 0.0
+        #: Called with (physical position, nominal time) before RBV goes out when the
+        #: physical position changed: the world's stage quantity (a calibration
+        #: moves nothing, so the specimen does not move either).
+        self.on_position: Callable[[float, float], None] | None = None
+        self._published_physical: float | None = None
         self.velocity_now = 0.0  # present signed dial speed
         self.target_dial = 0.0
         self.offset = 0.0
@@ -201,6 +219,11 @@ class MotorAxis:
         """(LLM, HLM) from the dial limits, DIR and OFF."""
         a, b = self.user(self.dial_low), self.user(self.dial_high)
         return (a, b) if self.sign > 0 else (b, a)
+
+    def hard_limits(self) -> tuple[float, float]:
+        """The limit switches in dial coordinates (they move with a redefined dial)."""
+        low, high = self.spec.hard_limits
+        return low + self.dial_shift, high + self.dial_shift
 
     def soft_limits_active(self) -> bool:
         # Motor record: DHLM == DLLM == 0 disables the soft limits.
@@ -250,6 +273,7 @@ class MotorAxis:
         spec = self.spec
         self._task = None
         self.dial = self.target_dial = self.velocity_now = 0.0
+        self.dial_shift = 0.0
         self.offset, self.sign = 0.0, 1
         self.dial_low, self.dial_high = spec.soft_limits
         self.velo, self.vmax, self.accl = spec.velocity, spec.max_velocity, spec.acceleration_s
@@ -279,11 +303,15 @@ class MotorAxis:
         await write_if_changed(self.record, self.user(self.target_dial))
         await write_if_changed(f.dial_desired_value, self.target_dial)
         await self._write(f.user_offset, self.offset)
+        # The readbacks go out before the limits: ophyd's EpicsMotor answers an HLM/LLM
+        # update with a blocking read of VAL's ctrl limits on its one monitor thread,
+        # and an RBV update queued behind two of them reached `position` 1-9 ms after
+        # `set_current_position` returned (ophyd's test_calibration reads it at once).
+        await self._publish_position(self.dial, self.velocity_now)
         await self._write(f.dial_low_limit, self.dial_low)
         await self._write(f.dial_high_limit, self.dial_high)
         await self._write(f.user_low_limit, low)
         await self._write(f.user_high_limit, high)
-        await self._publish_position(self.dial, self.velocity_now)
 
     async def _publish_position(self, dial: float, velocity: float,
                                 timestamp: float | None = None) -> None:
@@ -295,7 +323,12 @@ class MotorAxis:
         self.dial, self.velocity_now = dial, velocity
         stamp = self.clock.now() if timestamp is None else timestamp
         self._position_stamp = stamp
-        low, high = spec.hard_limits
+        low, high = self.hard_limits()
+        physical = dial - self.dial_shift
+        if self.on_position is not None and physical != self._published_physical:
+            # Before RBV's monitor: a client that saw RBV finds the world there too.
+            self.on_position(physical, stamp)
+            self._published_physical = physical
         self.at_high_switch = dial >= high
         self.at_low_switch = dial <= low
         user_high = self.at_high_switch if self.sign > 0 else self.at_low_switch
@@ -443,7 +476,7 @@ class MotorAxis:
         """Publish ``ramp``, begun at ``start`` (nominal; default now), on the simulated
         clock; "done", "interrupted" or "switch"."""
         clock = self.clock
-        low, high = self.spec.hard_limits
+        low, high = self.hard_limits()
         t0 = clock.now() if start is None else min(start, clock.now())
         self._interrupt.clear()
         tick = TICK_S * clock.scale
@@ -470,32 +503,74 @@ class MotorAxis:
 
     # ---- field puts --------------------------------------------------------------------
     async def put_setpoint(self, value: Any) -> float:
-        """VAL: a move (SET = Use) or a calibration of OFF (SET = Set)."""
+        """VAL: a move (SET = Use) or a calibration (SET = Set).
+
+        A calibration answers the put ``CALIBRATION_SETTLE_S`` after its monitors went
+        out. ophyd hands monitor updates to its own thread while a put's reply wakes
+        the caller directly, so ``set_current_position`` (this put and SET = Use)
+        could return before ``position`` saw the new RBV: measured at load ~10 on 2
+        cores, 20 of 80 calls read the old position at once (lag up to 115 ms); with
+        10 ms, 0 of 80 spaced calls and 2 of 120 back-to-back ones; so 25 ms. A
+        calibration is rare; 25 ms is not noticed.
+        """
         value = require_finite(_scalar(value), self.record.pvname)
         if self.fields.set_use_switch.value == "Set":
-            value = await self.calibrate(value)
-        else:
-            value = await self.move_to(value)
+            await self.calibrate(value)  # VAL written there, ahead of HLM/LLM
+            await _clear_put_alarm(self.record)
+            await asyncio.sleep(CALIBRATION_SETTLE_S)
+            # No second VAL update after HLM/LLM: ophyd's VAL monitor carries the
+            # ctrl limits its client cached when it arrived, and one processed after
+            # ophyd's re-read of them (on the HLM/LLM change) put the old limits back
+            # for good (measured: `limits` stale after 20 of 20 back-to-back
+            # set_current_position calls).
+            return SkipWrite
+        value = await self.move_to(value)
         await _clear_put_alarm(self.record)
         return value
 
     async def calibrate(self, user: float) -> float:
-        """SET mode: make the present position read ``user`` by changing OFF."""
+        """SET mode, a VAL put: make the present position read ``user``, moving nothing.
+
+        FOFF = Variable changes OFF (``OFF = VAL - DIR * DVAL``); FOFF = Frozen keeps
+        OFF and redefines the dial instead (``DVAL = (VAL - OFF) * DIR``, the
+        controller's position register loaded), as the motor record does.
+        """
+        self._refuse_while_moving()
         if self.fields.offset_freeze_switch.value == "Frozen":
-            raise ValueError(
-                f"{self.record.pvname}: FOFF is Frozen and the dial is an absolute "
-                "encoder; set FOFF to Variable to calibrate")
-        if self.moving:
-            raise ValueError(f"{self.record.pvname}: cannot calibrate while moving")
-        self.offset = user - self.sign * self.dial
-        self.target_dial = self.dial
-        await self._publish_calibration()
+            await self._redefine_dial(self.to_dial(user))
+        else:
+            self.offset = user - self.sign * self.dial
+            self.target_dial = self.dial
+            await self._publish_calibration()
         return user
 
+    def _refuse_while_moving(self) -> None:
+        if self.moving:
+            raise ValueError(f"{self.record.pvname}: cannot calibrate while moving")
+
+    async def _redefine_dial(self, dial: float) -> None:
+        """Load ``dial`` into the position register at rest (the motor record's
+        LOAD_POS): the stage stays where it is, its limit switches with it, and the
+        dial limits DHLM/DLLM keep their numbers."""
+        shift = dial - self.dial
+        self.dial_shift += shift
+        self.dial = self.target_dial = dial
+        await self._publish_calibration()
+
     async def put_dial_setpoint(self, value: Any) -> float:
+        """DVAL: a move (SET = Use) or a redefinition of the dial (SET = Set).
+
+        In SET mode, as the motor record's ``load_pos``: with FOFF = Variable OFF
+        changes so that VAL and RBV keep their values; with FOFF = Frozen OFF stays
+        and VAL/RBV follow the new dial.
+        """
         dial = require_finite(_scalar(value), f"{self.record.pvname}.DVAL")
         if self.fields.set_use_switch.value == "Set":
-            raise ValueError("the dial is an absolute encoder: DVAL cannot be set")
+            self._refuse_while_moving()
+            if self.fields.offset_freeze_switch.value != "Frozen":
+                self.offset = self.user(self.dial) - self.sign * dial
+            await self._redefine_dial(dial)
+            return dial
         await self.move_to(self.user(dial))
         await self._write(self.record, self.user(dial))
         return dial
@@ -733,12 +808,16 @@ class StageIOC(InstrumentIOC):
         Direction of the last move in user coordinates (1 = towards HLM).
     OFF, DIR, FOFF, SET
         Calibration ``user = dial * (DIR Pos ? 1 : -1) + OFF``; changing OFF or DIR
-        moves nothing and shifts VAL, RBV, HLM, LLM. With SET = Set and FOFF =
-        Variable a put to VAL changes OFF so that RBV reads the value
-        (``EpicsMotor.set_current_position``); refused while moving or with FOFF =
-        Frozen (the dial is an absolute encoder and cannot be redefined).
+        moves nothing and shifts VAL, RBV, HLM, LLM. SET = Set: a put to VAL moves
+        nothing and makes RBV read the value (``EpicsMotor.set_current_position``):
+        FOFF = Variable changes OFF (``OFF = VAL - DIR * DRBV``), FOFF = Frozen keeps
+        OFF and redefines the dial (``DVAL = DRBV = (VAL - OFF) * DIR``). Refused
+        while moving. The world's stage position never changes with a calibration.
     DVAL
-        Dial setpoint: a put moves like VAL (refused in SET mode).
+        Dial setpoint: with SET = Use a put moves like VAL. With SET = Set it loads
+        the dial (no motion; the limit switches stay where they are on the stage):
+        FOFF = Variable changes OFF so that VAL/RBV keep their values, FOFF = Frozen
+        keeps OFF and VAL/RBV follow. Refused while moving.
     RLV, TWV, TWF, TWR
         Relative move by RLV; tweak by +-TWV.
     HOMF, HOMR
@@ -769,8 +848,11 @@ class StageIOC(InstrumentIOC):
     async def startup_hook(self, async_lib) -> None:
         """Called once by the server when it starts: defaults, then the world link."""
         for name, axis in self.axes.items():
+            # The world follows the physical position, not RBV: a calibration moves
+            # nothing (published before RBV's monitor, as mirror() would).
+            axis.on_position = functools.partial(self.world.publish, self.part,
+                                                 f"stage.{name}")
             await axis.initialize()
-            self.mirror(f"stage.{name}", axis.fields.user_readback_value)
 
     async def reset_state(self) -> None:
         """Every axis at rest at dial 0 with its default speed, limits and calibration."""

@@ -90,12 +90,19 @@ def ophyd_motor(stage_prefix):
         ophyd.set_cl("caproto")
     from ophyd import EpicsMotor
 
+    made: list[EpicsMotor] = []
+
     def _make(axis: str, cls: type = EpicsMotor) -> EpicsMotor:
         motor = cls(stage_prefix + axis, name=f"stage_{axis.lower()}")
         motor.wait_for_connection(timeout=5)
+        made.append(motor)
         return motor
 
-    return _make
+    yield _make
+    # Their subscriptions would otherwise outlive the module and share the process
+    # with later EpicsMotors on the same PVs (test_motor_record_calibration.py).
+    for motor in made:
+        motor.destroy()
 
 
 # ------------------------------------------------------------------------------------
@@ -444,11 +451,13 @@ def test_ophyd_epics_motor_moves_and_calibrates(stage_prefix, ophyd_motor):
     x.set(12.5).wait(timeout=2)  # a move to where it is finishes too
 
     x.set_current_position(50.0)
-    # The put returns when the IOC has acted; caproto posts the monitors from a
-    # separate queue, so ophyd's cached values follow a few ms later.
-    wait_for(lambda: x.position == pytest.approx(50.0), 1.0, "ophyd's X position")
+    # The calibration's own updates are in ophyd's cache when it returns (the IOC
+    # answers a SET-mode put after a settle; test_motor_record_calibration.py); the
+    # last put's (SET = Use) monitor follows its reply by a few ms.
+    assert x.position == pytest.approx(50.0)
     assert x.user_offset.get() == pytest.approx(37.5)
-    assert x.offset_freeze_switch.get() == 0 and x.set_use_switch.get() == 0
+    wait_for(lambda: x.set_use_switch.get() == 0, 1.0, "SET back to Use")
+    assert x.offset_freeze_switch.get() == 0
     assert get(stage_prefix + "X.DRBV") == pytest.approx(12.5)
 
     with pytest.raises(LimitError):
