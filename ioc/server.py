@@ -420,13 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--time-scale`` and ``--drift-nm-per-min`` (shared with ``temsims ioc``)."""
+    """``--time-scale``, ``--drift-nm-per-min`` and the ion raster's calibration errors
+    ``--fov-error-pct``, ``--raster-rotation-deg`` (shared with ``temsims ioc``)."""
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="simulated seconds per wall second (moves, ramps, exposures "
                         "and maps run this much faster; every PV keeps nominal values)")
     parser.add_argument("--drift-nm-per-min", type=float, default=None,
                         help="specimen drift relative to the ion beam, nm/min (0..1000; "
                         "default: the spectrometer's own)")
+    parser.add_argument("--fov-error-pct", type=float, default=0.0,
+                        help="ion raster's field-of-view calibration error, %% (-10..10; "
+                        "default 0): the true field is FOV * (1 + e/100), the PVs and "
+                        "the plans keep the nominal one")
+    parser.add_argument("--raster-rotation-deg", type=float, default=0.0,
+                        help="ion raster's rotation error, deg (-10..10; default 0), "
+                        "added to the nominal scan rotation, published nowhere")
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -446,6 +454,10 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--time-scale must be in (0, 1000], got {args.time_scale}")
     if args.drift_nm_per_min is not None and not 0 <= args.drift_nm_per_min <= 1000:
         parser.error("--drift-nm-per-min must be within 0..1000")
+    for name in ("fov_error_pct", "raster_rotation_deg"):
+        value = getattr(args, name)
+        if not -10.0 <= value <= 10.0:  # also refuses NaN
+            parser.error(f"--{name.replace('_', '-')} must be within -10..10, got {value}")
     try:
         CALayout(base_port=args.base_port, host=args.host)
     except ValueError as exc:
@@ -464,6 +476,9 @@ def serve(args: argparse.Namespace, *, announce: Callable[[Instrument], None] | 
     part_options: dict[str, dict[str, Any]] = {}
     if args.drift_nm_per_min is not None:
         part_options["spectrometer"] = {"drift_nm_per_min": args.drift_nm_per_min}
+    if args.fov_error_pct or args.raster_rotation_deg:
+        part_options.setdefault("spectrometer", {}).update(
+            fov_error_pct=args.fov_error_pct, raster_rotation_deg=args.raster_rotation_deg)
     ensure_loopback_repeater(layout.host, layout.repeater_port)
     instrument = Instrument(layout, instrument_prefix=args.prefix, specimen=args.specimen,
                             seed=args.seed, parts=args.parts, time_scale=args.time_scale,

@@ -73,6 +73,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
 from temsims.ioc.common import InstrumentIOC, require_range, serve_part
+from temsims.ioc.physics import ion_optics
 from temsims.ioc.physics import sims as sp
 from temsims.ioc.world import WorldLink
 
@@ -226,8 +227,13 @@ class SpectrometerIOC(InstrumentIOC):
                         read_only=True)
 
     def __init__(self, *args: Any, drift_nm_per_min: float | None = None,
-                 params: sp.SimsParameters | None = None, **kwargs: Any) -> None:
+                 params: sp.SimsParameters | None = None, fov_error_pct: float = 0.0,
+                 raster_rotation_deg: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The ion raster's calibration errors (ion_optics.true_raster): the simulator's
+        # truth, published nowhere; the map PVs keep the nominal field and rotation.
+        self.fov_error_pct = float(fov_error_pct)
+        self.raster_rotation_deg = float(raster_rotation_deg)
         self.params = params or sp.SimsParameters()
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
@@ -312,9 +318,12 @@ class SpectrometerIOC(InstrumentIOC):
         return self.params.with_(drift_start_nm=self.drift_displacement_nm(t))
 
     def geometry(self, snap: dict) -> sp.ScanGeometry:
+        fov_um, rotation_deg = ion_optics.true_raster(
+            float(snap["fov"]), float(snap["rotation"]), fov_error_pct=self.fov_error_pct,
+            rotation_error_deg=self.raster_rotation_deg)
         return sp.ScanGeometry(
-            nx=int(snap["nx"]), ny=int(snap["ny"]), fov_um=float(snap["fov"]),
-            rotation_deg=float(snap["rotation"]), centre_x_nm=1000.0 * float(snap["x"]),
+            nx=int(snap["nx"]), ny=int(snap["ny"]), fov_um=fov_um,
+            rotation_deg=rotation_deg, centre_x_nm=1000.0 * float(snap["x"]),
             centre_y_nm=1000.0 * float(snap["y"]), incidence_deg=self.params.incidence_deg)
 
     def snapshot(self) -> dict:

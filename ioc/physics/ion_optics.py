@@ -4,7 +4,8 @@ The column of an FEI Magnum-class FIB (numbers: ``../shared/reference/instrument
 ten beam-defining apertures from 1 pA to 20 nA (:data:`APERTURES`), a probe whose
 diameter follows the current and the energy (:func:`probe_diameter_nm`), the landing
 energy of an ion on a biased holder (:func:`landing_energy_kev`) and the regulated
-emission of the liquid-metal ion source (:func:`source_emission_ua`). The column IOC
+emission of the liquid-metal ion source (:func:`source_emission_ua`) and the raster
+the deflectors really write for a nominal field and rotation (:func:`true_raster`). The column IOC
 (:mod:`temsims.ioc.column`) publishes these; the mass spectrometer counts with them.
 """
 
@@ -62,6 +63,28 @@ def landing_energy_kev(column_kv: float, bias_v: float, charge: int = 1) -> floa
     return charge * (column_kv - bias_v / 1000.0)
 
 
+def true_raster(fov_um: float, rotation_deg: float, *, fov_error_pct: float = 0.0,
+                rotation_error_deg: float = 0.0) -> tuple[float, float]:
+    """The raster the column writes for its nominal settings: (field um, rotation deg).
+
+    A real column's field-of-view calibration is good to a few % and its scan
+    rotation to a degree or two (issue 15): the deflectors' gain and the raster's
+    angle to the stage drift with the lens excitations and are calibrated against a
+    grating now and then. The error is the simulator's alone: the IOCs publish, and
+    the plans record, the nominal ``fov_um`` and ``rotation_deg``.
+
+    Parameters
+    ----------
+    fov_um, rotation_deg
+        Nominal raster width (um, beam-normal plane) and scan rotation (deg).
+    fov_error_pct
+        Relative error of the field (%): the true width is ``fov * (1 + e / 100)``.
+    rotation_error_deg
+        Error of the raster's rotation (deg), added to the nominal one.
+    """
+    return fov_um * (1.0 + fov_error_pct / 100.0), rotation_deg + rotation_error_deg
+
+
 def source_emission_ua(rng: random.Random) -> float:
     """One reading of the source's emission current (uA): regulated, with jitter."""
     return EMISSION_UA * (1 + EMISSION_JITTER * rng.gauss(0.0, 1.0))
@@ -74,4 +97,5 @@ __all__ = [
     "landing_energy_kev",
     "probe_diameter_nm",
     "source_emission_ua",
+    "true_raster",
 ]
