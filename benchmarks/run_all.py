@@ -230,6 +230,14 @@ def zmq_stream_figures(r: Mapping[str, Any]) -> list[Figure]:
     ]
 
 
+def interlock_fuzz_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``interlock_fuzz.json``: random steps against the IOCs and interlock violations."""
+    return [Figure("steps", "random steps (tilts, lens, bias, beam, rasters, restarts)",
+                   r["steps"], "steps"),
+            Figure("violations", "interlock invariant violations", r["violations"], "count"),
+            Figure("steps_per_s", "steps per second", r["steps_per_s"], "steps/s")]
+
+
 def queue_figures(r: Mapping[str, Any]) -> list[Figure]:
     """``queue.json``: the queue server's environment_open, queue_start -> first event,
     and a queued correlative_tem_sims against the same plan in a session."""
@@ -294,6 +302,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("queue_benchmark", "queue.json", "--output", ("--repeat", "1"), queue_figures),
     Benchmark("zmq_stream_benchmark", "zmq_stream.json", "--output",
               ("--events", "300", "--ny", "64", "--repeat", "1"), zmq_stream_figures),
+    Benchmark("interlock_fuzz_benchmark", "interlock_fuzz.json", "--output",
+              ("--steps", "1000"), interlock_fuzz_figures),
 )
 
 
