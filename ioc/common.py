@@ -129,7 +129,16 @@ def check_client_put(channel: Any, data: Any, data_type: Any) -> None:
 
 
 async def _alarm_refused(channel: Any) -> None:
-    """The WRITE/MAJOR alarm caproto raises on a put its putter refused."""
+    """The WRITE/MAJOR alarm caproto raises on a put its putter refused.
+
+    Not on a PV whose alarm a read-only PV shares (a motor-record field without an
+    alarm of its own, such as TWV, shares the record's with RBV): ophyd judges every
+    move by RBV's alarm, so one refused TWV put would fail every later move.
+    """
+    shared_with = getattr(channel.alarm, "_channels", ())  # caproto keeps no public list
+    if any(getattr(getattr(other, "pvspec", None), "read_only", False)
+           for other in shared_with if other is not channel):
+        return
     await channel.alarm.write(status=AlarmStatus.WRITE, severity=AlarmSeverity.MAJOR_ALARM)
 
 

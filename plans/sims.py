@@ -204,8 +204,9 @@ def _fly_frame(imager, restore: Callable[[], Plan[Any]] | None = None):
     events: list = []
     next_line = 0
     line_key = f"{imager.name}_line"
+    retry = False
     while True:
-        if next_line:  # a retry: the RunEngine rewinds to here if interrupted again
+        if retry:  # the RunEngine rewinds to here if interrupted again
             yield from bps.checkpoint()
             if restore is not None:
                 yield from restore()
@@ -222,6 +223,10 @@ def _fly_frame(imager, restore: Callable[[], Plan[Any]] | None = None):
                                            error_on_timeout=False)
             except FailedStatus as exc:  # a failed frame; the lines taken go out first
                 failure, done = exc, True
+            # Read before the collect: a frame that ends (or is interrupted) after it
+            # would otherwise end the loop with its last lines left uncollected.
+            interrupted = bool(getattr(imager, "interrupted", False))
+            ended = status is None or status.done
             new = (yield from bps.collect(imager)) or []
             events.extend(new)
             for ev in new:  # each event holds complete lines, in order
@@ -230,9 +235,9 @@ def _fly_frame(imager, restore: Callable[[], Plan[Any]] | None = None):
                 next_line = max(next_line, int(ev["data"][line_key]) + n)
             # None: a simulation (summarize_plan), no status; "done" after an
             # interruption means only that the wait was cut short.
-            interrupted = bool(getattr(imager, "interrupted", False))
-            done = done is None or done or status is None or status.done or interrupted
+            done = done is None or done or ended or interrupted
         if interrupted:  # its statuses never finish: re-acquire from next_line
+            retry = True  # (also when no line was collected: restore() must run)
             continue
         if status is None or (status.done and status.success):
             return events

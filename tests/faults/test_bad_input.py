@@ -81,6 +81,11 @@ class Bench:
         for part in PARTS:
             assert catools.get(self.pv(part, "UPTIME"), timeout=5) >= 0.0, part
         assert catools.get(self.pv("sim", "NOW"), timeout=5) > 0.0
+        # ophyd fails every move of an axis whose RBV is in alarm: a refused put to a
+        # field (TWV) once left RBV at WRITE/MAJOR and broke later tests' moves.
+        for axis in "XYZAB":
+            rbv = self.pv("stage", f"{axis}.RBV")
+            assert catools.severity(rbv) == 0, f"{rbv} left in alarm"
 
     def assert_stored_run_intact(self) -> None:
         assert read_run(self.catalog, self.stored_uid) == self.stored
