@@ -16,6 +16,7 @@ import time
 
 from ophyd import Component as Cpt
 from ophyd import EpicsMotor, EpicsSignalRO, MotorBundle
+from ophyd.positioner import PositionerBase
 from ophyd.status import wait as status_wait
 from ophyd.utils.errors import LimitError
 
@@ -139,6 +140,19 @@ class StageMotor(EpicsMotor):
                 self.stop()
                 raise
         return status
+
+    def stop(self, *, success: bool = False):
+        """Stop the motion; the move's status finishes even when the part is down.
+
+        ophyd's ``EpicsMotor.stop`` finishes the status only after its STOP put: on a
+        dead part that put raises, the status stays open and fails when the part is
+        back, and bluesky throws the failure into the plan it rewound after a
+        suspension (decision 0026), ending a run that would have resumed.
+        """
+        try:
+            self.motor_stop.put(1, wait=False)
+        finally:
+            PositionerBase.stop(self, success=success)
 
     def _done_moving(self, success=True, timestamp=None, value=None, **kwargs):
         with self._move_lock:

@@ -26,6 +26,7 @@ class Session:
     instrument: Any = None
     bec: Any = None
     publisher: Any = None
+    fault_guard: Any = None
     namespace: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -35,6 +36,9 @@ class Session:
         after ``close`` that write is detached, so a session closed before its metadata
         directory goes away (a test's temporary directory) does not write into nothing.
         """
+        if self.fault_guard is not None:
+            self.fault_guard.remove()
+            self.fault_guard = None
         md = getattr(self.RE, "md", None)
         if hasattr(md, "flush"):
             md.flush()
@@ -73,6 +77,7 @@ def configure_session(
     require_metadata: bool = True,
     writer_process: bool = True,
     publish: str | None = None,
+    suspenders: bool = True,
 ) -> Session:
     """Build the RunEngine, callbacks, catalog, devices and plans into ``user_ns``.
 
@@ -105,6 +110,11 @@ def configure_session(
         Default ``TEMSIMS_ZMQ_PUBLISH``; unset, empty or ``"none"``: off. A proxy that
         does not answer is a warning, not an error (the publisher connects once it
         does).
+    suspenders
+        With the devices connected: suspend a run while a part is dead or hung or the
+        bias arcs, the instrument made safe meanwhile
+        (:func:`temsims.app.faults.install_suspenders`, decision 0026); the guard is
+        ``session.fault_guard``.
 
     Returns
     -------
@@ -177,6 +187,10 @@ def configure_session(
         session.instrument = instrument
         ns["instrument"] = instrument
         ns.update(instrument.all_devices())
+        if suspenders:
+            from temsims.app.faults import install_suspenders
+
+            session.fault_guard = install_suspenders(RE, instrument)
 
     ns.update(_plans())
     ns.update(_analysis_tools())

@@ -4,7 +4,7 @@ benchmarks/fault_benchmark.py (imported by name).
 A part is killed or hung through the instrument's simulation control (``SIM:<PART>``
 Dead / Hung, decision 0013: to a CA client exactly a SIGKILLed or SIGSTOPped IOC; a
 real signal would stop all five parts, which share one process). Each scenario runs
-a plan under :func:`temsims.plans.faults.install_suspenders` into a real catalog,
+a plan under :func:`temsims.app.faults.install_suspenders` into a real catalog,
 injects the fault from another thread when the plan reaches a given point, brings
 the part back, and returns the figures: detection time, whether the instrument was
 safe while suspended, lines stored, lost and duplicated.
@@ -49,8 +49,8 @@ def make_bench(procs: Any, d: Any, catalog_dir: Path, *,
     from bluesky import RunEngine
     from documents import DocumentCollector
 
+    from temsims.app.faults import install_suspenders
     from temsims.catalog import open_catalog, require_metadata
-    from temsims.plans.faults import install_suspenders
 
     RE = RunEngine(dict(MD), call_returns_result=True)
     require_metadata(RE)

@@ -1,0 +1,137 @@
+"""Install the fault suspenders on a RunEngine: the session's side of decision 0026.
+
+The suspenders and the safe-state plan live in :mod:`temsims.plans.faults` (plans
+import no devices, decision 0024); this module connects them to the parts' heartbeat
+watchdogs (:class:`temsims.devices.heartbeat.PartWatchdog`). The session factory and
+the queue server's worker call :func:`install_suspenders`; so do the fault tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bluesky.suspenders import SuspenderBase
+
+from temsims.devices.heartbeat import HUNG_AFTER_S, PartWatchdog
+from temsims.plans.faults import (
+    MAX_ARCS,
+    RESUME_SLEEP_S,
+    WATCHED_PARTS,
+    BiasArcSuspender,
+    PartDownSuspender,
+    make_safe,
+    wait_connected_plan,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FaultGuard:
+    """What :func:`install_suspenders` installed; :meth:`remove` takes it all off."""
+
+    RE: Any
+    watchdogs: dict[str, Any] = field(default_factory=dict)
+    suspenders: dict[str, SuspenderBase] = field(default_factory=dict)
+    arc: BiasArcSuspender | None = None
+    _token: int | None = None
+
+    def is_down(self, part: str) -> bool:
+        dog = self.watchdogs.get(part)
+        return bool(dog is not None and dog.down.get())
+
+    def remove(self) -> None:
+        """Uninstall the suspenders and stop the watchdogs."""
+        for suspender in self.suspenders.values():
+            self.RE.remove_suspender(suspender)
+        if self._token is not None:
+            self.RE.unsubscribe(self._token)
+            self._token = None
+        for dog in self.watchdogs.values():
+            dog.stop()
+        self.suspenders.clear()
+        self.watchdogs.clear()
+
+
+def install_suspenders(RE: Any, microscope: Any, *, parts: Iterable[str] = WATCHED_PARTS,
+                       hung_after_s: float | None = None, max_arcs: int = MAX_ARCS,
+                       resume_sleep_s: float = RESUME_SLEEP_S,
+                       prefixes: Mapping[str, str] | None = None) -> FaultGuard:
+    """Suspend ``RE``'s runs while a part is dead or hung, or the bias has arced.
+
+    Parameters
+    ----------
+    RE : bluesky.RunEngine
+    microscope
+        The connected devices (:func:`temsims.devices.connect`): ``column`` and
+        ``bias`` are made safe on a suspension, every device is waited for before a
+        run resumes, and ``prefixes`` (part -> PV prefix) locate the heartbeats.
+    parts
+        The parts whose heartbeat is watched (default all five).
+    hung_after_s
+        Heartbeat silence after which a part counts as hung (s, wall; default
+        :data:`temsims.devices.heartbeat.HUNG_AFTER_S`).
+    max_arcs
+        Arcs a run survives (:class:`BiasArcSuspender`).
+    resume_sleep_s
+        Wait after a condition clears before the plan goes on (s).
+    prefixes
+        PV prefix per part, overriding ``microscope.prefixes``.
+
+    Returns
+    -------
+    FaultGuard
+        The watchdogs (``guard.watchdogs[part].history`` holds the detection times)
+        and suspenders; ``guard.remove()`` uninstalls them.
+    """
+    known = dict(getattr(microscope, "prefixes", {}) or {})
+    known.update(prefixes or {})
+    parts = tuple(parts)
+    unknown = [p for p in parts if p not in WATCHED_PARTS]
+    if unknown:
+        raise ValueError(f"parts {unknown}: expected some of {WATCHED_PARTS}")
+    missing = [p for p in parts if p not in known]
+    if missing:
+        raise ValueError(f"no PV prefix for part(s) {missing}: pass microscope "
+                         "(temsims.devices.connect()) or prefixes={part: prefix}")
+    column = getattr(microscope, "column", None)
+    bias = getattr(microscope, "bias", None)
+    all_devices = getattr(microscope, "all_devices", None)
+    devices = list(all_devices().values()) if callable(all_devices) else []
+    guard = FaultGuard(RE=RE)
+
+    def pre_plan():
+        return (yield from make_safe(column, bias, is_down=guard.is_down))
+
+    def post_plan():
+        ok = yield from wait_connected_plan(devices)
+        if not ok:
+            logger.warning("resuming although some devices are not connected yet")
+
+    after = HUNG_AFTER_S if hung_after_s is None else hung_after_s
+    for part in parts:
+        guard.watchdogs[part] = PartWatchdog(part, known[part], hung_after_s=after).start()
+    for part, dog in guard.watchdogs.items():
+        suspender = PartDownSuspender(dog, sleep=resume_sleep_s, pre_plan=pre_plan,
+                                      post_plan=post_plan)
+        RE.install_suspender(suspender)
+        guard.suspenders[part] = suspender
+    if bias is not None and hasattr(bias, "fault"):
+        guard.arc = BiasArcSuspender(bias.fault, max_arcs=max_arcs, sleep=resume_sleep_s,
+                                     pre_plan=pre_plan, post_plan=post_plan)
+        RE.install_suspender(guard.arc)
+        guard.suspenders["bias_arc"] = guard.arc
+
+        def on_document(name: str, doc: Mapping) -> None:
+            if name == "start" and guard.arc is not None:
+                guard.arc.new_run()
+
+        guard._token = RE.subscribe(on_document, "start")
+    return guard
+
+
+
+__all__ = ["FaultGuard", "install_suspenders"]
