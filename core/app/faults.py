@@ -28,6 +28,13 @@ from temsims.plans.faults import (
 
 logger = logging.getLogger(__name__)
 
+#: A message that met a disconnected part is sent again after this wait (s): the same
+#: circuit drop that made it fail tells the part's watchdog, whose suspension then runs
+#: during the wait (and rewinds the plan) instead of the error ending the run.
+RETRY_WAIT_S = 0.5
+#: Sends of such a message before its error goes to the plan.
+RETRIES = 4
+
 
 @dataclass
 class FaultGuard:
@@ -38,6 +45,7 @@ class FaultGuard:
     suspenders: dict[str, SuspenderBase] = field(default_factory=dict)
     arc: BiasArcSuspender | None = None
     _token: int | None = None
+    _preprocessor: Any = None
 
     def is_down(self, part: str) -> bool:
         dog = self.watchdogs.get(part)
@@ -50,6 +58,8 @@ class FaultGuard:
         if self._token is not None:
             self.RE.unsubscribe(self._token)
             self._token = None
+        if self._preprocessor in self.RE.preprocessors:
+            self.RE.preprocessors.remove(self._preprocessor)
         for dog in self.watchdogs.values():
             dog.stop()
         self.suspenders.clear()
@@ -130,8 +140,52 @@ def install_suspenders(RE: Any, microscope: Any, *, parts: Iterable[str] = WATCH
                 guard.arc.new_run()
 
         guard._token = RE.subscribe(on_document, "start")
+    guard._preprocessor = retry_on_disconnect
+    RE.preprocessors.append(retry_on_disconnect)
     return guard
 
 
+def retry_on_disconnect(plan: Any) -> Any:
+    """Plan preprocessor: a message that fails on a disconnected part is sent again.
 
-__all__ = ["FaultGuard", "install_suspenders"]
+    A part that dies while a plan reads or moves it fails that message before the
+    suspension its watchdog raises has reached the RunEngine (both learn it from the
+    same circuit drop, milliseconds apart). Waiting :data:`RETRY_WAIT_S` lets the
+    suspension run (the RunEngine rewinds the plan to its checkpoint and replays it
+    when the part is back); the message is then sent again. Without a suspension (a
+    part that stays away) the error reaches the plan after :data:`RETRIES` waits.
+    """
+    import bluesky.plan_stubs as bps
+    from ophyd.signal import ConnectionTimeoutError
+    from ophyd.utils.errors import DisconnectedError
+
+    gen = iter(plan)
+    response: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            msg = gen.throw(error) if error is not None else gen.send(response)
+        except StopIteration as stop:
+            return stop.value
+        error, response = None, None
+        for attempt in range(RETRIES + 1):
+            try:
+                try:
+                    response = yield msg
+                    break
+                except (DisconnectedError, ConnectionTimeoutError) as exc:
+                    if attempt == RETRIES or msg.obj is None:
+                        raise
+                    logger.info("%s on %s: %s; sent again in %.1f s", msg.command,
+                                getattr(msg.obj, "name", msg.obj), exc, RETRY_WAIT_S)
+                    yield from bps.sleep(RETRY_WAIT_S)
+            except GeneratorExit:
+                gen.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the plan's own to handle
+                error = exc
+                break
+
+
+
+__all__ = ["FaultGuard", "install_suspenders", "retry_on_disconnect"]
