@@ -109,6 +109,12 @@ class PartWatchdog:
             else:
                 state, reason = "up", ""
             was_down = bool(self.down.get())
+            last = self.history[-1]["state"] if self.history else "up"
+            if was_down and state in ("dead", "hung") and state != last:
+                # Down already, now for another reason (a part seen hung on a loaded
+                # machine whose circuit then drops): recorded, ``down`` stays 1.
+                self.reason = reason
+                self.history.append({"state": state, "at": now, "silent_s": silent})
             if state == "held" or (state == "up") == (not was_down):
                 repeat = was_down and now - self._asserted_at >= REASSERT_S
                 if repeat:

@@ -113,6 +113,12 @@ class Injection:
                 self.figures["safe_while_suspended"] = wait_for(
                     lambda: instrument_safe(b.d), 10)
             time.sleep(self.down_s)
+            # Every reason it was down for: on a loaded machine a killed part can be
+            # seen hung (no heartbeat for hung_after_s) before its circuit drops.
+            self.figures["states"] = [h["state"] for h in dog.history[n0:]
+                                      if h["state"] != "up"]
+            seen_dead = next((h for h in dog.history[n0:] if h["state"] == "dead"), None)
+            self.figures["dead_detect_s"] = (seen_dead["at"] - t0) if seen_dead else None
             b.procs.set_part(self.part, "Up")
             self.figures["back_after_s"] = time.monotonic() - t0
         except BaseException as exc:  # noqa: BLE001 - reported by join()

@@ -60,9 +60,9 @@ def _report(fig: dict) -> None:
 def test_spectrometer_fault_mid_fly_map_suspends_and_resumes_complete(sims_bench, kind):
     fig = fly_map_with_part_fault(sims_bench, "spectrometer", kind)
     _report(fig)
-    assert fig["detected"] and fig["state"] == kind.lower()
+    assert fig["detected"] and kind.lower() in fig["states"], fig["states"]
     if kind == "Dead":
-        assert fig["detect_s"] < 1.0  # the circuit drops at once
+        assert fig["dead_detect_s"] < 1.0  # the circuit drops at once
     else:  # no heartbeat for HUNG_AFTER_S; beats come once a second
         assert fig["detect_s"] < HUNG_AFTER_S + 1.5
     assert fig["safe_while_suspended"]
@@ -78,7 +78,7 @@ def test_stage_fault_mid_mosaic_suspends_and_resumes_complete(bench, kind):
     print(f"\nstage {kind} during tem_mosaic: detected in {fig['detect_s']:.3f} s, "
           f"{fig['events']}/{fig['expected']} tiles, lost {fig['lost']}, duplicated "
           f"{fig['duplicated']}, {fig['wall_s']:.1f} s")
-    assert fig["detected"] and fig["state"] == kind.lower()
+    assert fig["detected"] and kind.lower() in fig["states"], fig["states"]
     assert fig["exit_status"] == "success"
     assert fig["complete"] and fig["lost"] == 0 and fig["duplicated"] == 0
     assert fig["events"] == fig["expected"]
