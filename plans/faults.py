@@ -183,10 +183,22 @@ class BiasArcSuspender(SuspenderBase):
                 f"{self.max_arcs} are waited out); the run is stopped with the beam "
                 "blanked and the bias at 0 V")
 
+    def __repr__(self) -> str:
+        # SuspenderBase's repr shows pre_plan, here a bound method whose repr is this
+        # one: endless recursion. bluesky formats it when the fault clears, in the
+        # event-loop callback that releases the suspension, which then never ran and
+        # the run waited forever (the arc tests "hung").
+        return (f"{type(self).__name__}({getattr(self._sig, 'name', self._sig)!r}, "
+                f"max_arcs={self.max_arcs}, arcs={self.arcs}, sleep={self._sleep})")
+
     def _get_justification(self) -> str:
         if not self.tripped:
             return ""
-        return f"bias arc {self.arcs + 1} of at most {self.max_arcs} waited out in this run"
+        arc = self.arcs + 1  # the pre-plan counts it once the suspension runs
+        if arc > self.max_arcs:
+            return (f"bias arc {arc} in this run, more than the {self.max_arcs} waited "
+                    "out: the run stops")
+        return f"bias arc {arc} of at most {self.max_arcs} waited out in this run"
 
 
 __all__ = ["ArcLimitExceeded", "BiasArcSuspender", "MAX_ARCS", "PartDownSuspender",

@@ -1,0 +1,94 @@
+"""The bias arcs mid fly map (issue 14, item 2), on a real instrument with the
+suspenders installed (:class:`temsims.plans.faults.BiasArcSuspender`).
+
+An arc (``BIAS:FAULT`` = Arc) trips the supply to 0 V at once and suspends the run;
+the beam is blanked. Once the fault is reset the plan ramps the bias back and
+re-acquires its frame from the first missing line: the stored map is complete. The
+``max_arcs + 1``-th arc of a run stops it, exit status "fail" with the reason, the
+lines taken before it kept, the instrument safe. Figures are printed (``-s``);
+benchmarks/fault_benchmark.py repeats them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fault_scenarios import fly_map_with_arcs, instrument_safe, make_bench
+
+
+@pytest.fixture(scope="module")
+def fault_instrument(instruments):
+    return instruments.get(specimen="li2co3-particles", seed=1, purpose="faults")
+
+
+@pytest.fixture(scope="module")
+def module_bench(fault_instrument, tmp_path_factory):
+    from instrument_support import connect_fast
+
+    # One RunEngine and catalog for the module: each costs 1.5-5 s to open.
+    b = make_bench(fault_instrument, connect_fast(fault_instrument, camera_size=64),
+                   tmp_path_factory.mktemp("arcs") / "catalog")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def sims_bench(module_bench, fault_instrument):
+    from instrument_support import connect_fast
+
+    from temsims.plans import to_sims_mode
+
+    b = module_bench
+    connect_fast(fault_instrument, camera_size=64)  # a reset restores the slow ramps
+    b.RE(to_sims_mode(b.d.mode, voltage_v=4500.0))
+    yield b
+    fault_instrument.reset()
+
+
+def _report(fig: dict) -> None:
+    def secs(values):
+        return "[" + ", ".join(f"{v:.3f}" for v in values) + "] s"
+
+    print(f"\n{fig['arcs_injected']} arc(s) during {fig['plan']}: tripped after "
+          f"{secs(fig['detect_s'])}, safe after {secs(fig['safe_s'])}, resumed "
+          f"{secs(fig['resume_s'])} after the reset, {fig['events']}/{fig['expected']} "
+          f"lines, lost "
+          f"{fig['lost']}, duplicated {fig['duplicated']}, exit {fig['exit_status']} "
+          f"{fig['reason']!r}, {fig['wall_s']:.1f} s")
+
+
+def test_suspender_repr_is_finite():
+    """bluesky prints the suspender when the fault clears, in the callback that
+    releases the suspension: a recursive repr left every arc suspended for good."""
+    from ophyd import Signal
+
+    from temsims.plans.faults import BiasArcSuspender
+
+    text = repr(BiasArcSuspender(Signal(name="bias_fault", value="OK"), max_arcs=2))
+    assert text == "BiasArcSuspender('bias_fault', max_arcs=2, arcs=0, sleep=0)"
+
+
+def test_an_arc_mid_fly_map_suspends_and_the_map_resumes_complete(sims_bench):
+    fig = fly_map_with_arcs(sims_bench, 1)
+    _report(fig)
+    assert "raised" not in fig, fig.get("raised")
+    assert fig["arcs_injected"] == 1 and fig["safe_after_arc"] == [True]
+    assert fig["resumed_at_voltage"] == [True]  # bias back at 4500 V, beam on
+    assert fig["exit_status"] == "success"
+    assert fig["complete"] and fig["lost"] == 0 and fig["duplicated"] == 0
+    assert fig["events"] == fig["expected"] == 64
+
+
+def test_arcs_past_the_limit_stop_the_run_cleanly(sims_bench):
+    from temsims.plans.faults import MAX_ARCS, ArcLimitExceeded
+
+    fig = fly_map_with_arcs(sims_bench, MAX_ARCS + 1)
+    _report(fig)
+    assert fig["arcs_injected"] == MAX_ARCS + 1
+    assert all(fig["safe_after_arc"])
+    assert isinstance(fig.get("raised"), ArcLimitExceeded)
+    assert fig["exit_status"] == "fail"
+    assert f"arced {MAX_ARCS + 1} times" in fig["reason"] and "blanked" in fig["reason"]
+    # Stopped safe: beam blanked, bias output at 0 V; the lines taken are kept, once.
+    assert fig["safe_at_end"] and instrument_safe(sims_bench.d)
+    assert fig["duplicated"] == 0 and 0 < fig["events"] < fig["expected"]
+    assert fig["events"] + fig["lost"] == fig["expected"]
