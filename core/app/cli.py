@@ -13,6 +13,7 @@ import argparse
 import importlib
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
@@ -24,7 +25,8 @@ its main job and its IPython session.
 
   temsims ioc all       serve the instrument (every part, loopback) until Ctrl-C or SIGTERM
   temsims ioc <part>    serve one part alone
-  temsims demo          the main job: the correlative demo on the embedded catalog
+  temsims demo          the main job: a correlative case study (--case) on the embedded
+                        catalog
   temsims shell         an IPython session with the temsims profile
   temsims serve         serve a catalog (directory or PostgreSQL) to other processes and
                         machines, with API keys: a write key, read-only keys
@@ -116,15 +118,15 @@ def cmd_ioc(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job (:func:`temsims.app.demo.run_demo`): correlative TEM-SIMS and the
-    labelled-particle search, a catalog of the runs and a PNG report."""
+    """The main job (:func:`temsims.app.demo.run_demo`): the case study ``--case``
+    (default the Li2CO3 particles), a catalog of the runs and its report."""
     from temsims.app.demo import run_demo
     from temsims.app.lifecycle import sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():  # SIGTERM stops the IOCs and the catalog as Ctrl-C does
-            run_demo(prefix=args.prefix, base_port=args.base_port, host=args.host,
-                     specimen=args.specimen, seed=args.seed, catalog=args.catalog,
+            run_demo(case=args.case, prefix=args.prefix, base_port=args.base_port,
+                     host=args.host, specimen=getattr(args, "specimen", None), seed=args.seed, catalog=args.catalog,
                      api_key=args.api_key, out=args.out, quick=args.quick,
                      log_dir=args.log_dir, time_scale=args.time_scale)
     except KeyboardInterrupt:
@@ -171,6 +173,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+class _DemoHelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                         argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the description's list of cases kept one per line."""
+
+
 API_KEY_HELP = ("API key for a tiled server's URI (temsims serve's write key); unset: "
                 "$TILED_API_KEY")
 
@@ -180,15 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def instrument_options(p: argparse.ArgumentParser) -> None:
+    def instrument_options(p: argparse.ArgumentParser, *,
+                           specimen_default: str = "li2co3-particles",
+                           specimen_help: str = "virtual specimen in the holder") -> None:
         p.add_argument("--prefix", default="TEMSIMS:", help="instrument PV prefix")
         p.add_argument("--base-port", type=int,
                        default=CALayout.from_environment().base_port,
                        help="CA server port of the first IOC (others follow)")
         p.add_argument("--host", default="127.0.0.1", help="interface to serve on")
-        p.add_argument("--specimen", default="li2co3-particles",
+        p.add_argument("--specimen", default=specimen_default,
                        choices=("li2co3-particles", "livo-cathode", "diffusion-couple",
-                                "solar-cell"), help="virtual specimen in the holder")
+                                "solar-cell"), help=specimen_help)
         p.add_argument("--seed", type=int, default=1, help="seed of the specimen")
         p.add_argument("--log-dir", default=None, help="write the instrument's log here")
 
@@ -203,11 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulation_arguments(p_ioc)
 
-    p_demo = sub.add_parser("demo", help="run the main job",
-                            description="The correlative TEM-SIMS demo, its runs stored in a "
-                            "catalog (a directory, or a server's URI), with a PNG report.",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    instrument_options(p_demo)
+    from temsims.app.cases import DEFAULT_CASE, available_cases
+
+    cases = available_cases()
+    p_demo = sub.add_parser(
+        "demo", help="run the main job (a case study)",
+        description=textwrap.fill(
+            "A correlative TEM-SIMS case study on the simulated instrument, its runs "
+            "stored in a catalog (a directory, or a server's URI) and linked by one "
+            "correlation id, with a report (PNG, report.json) read back from the "
+            "catalog.", 80) + "\n\ncases (--case):\n" + "\n".join(
+            textwrap.fill(f"{c.name:<14} {c.title} (specimen {c.specimen})", 80,
+                          initial_indent="  ", subsequent_indent=" " * 17)
+            for c in cases.values()),
+        formatter_class=_DemoHelpFormatter)
+    p_demo.add_argument("--case", default=DEFAULT_CASE, choices=tuple(cases),
+                        help="which case study to run (listed above)")
+    # No default: the case decides which specimen the IOCs it starts hold.
+    instrument_options(p_demo, specimen_default=argparse.SUPPRESS,
+                       specimen_help="specimen of the IOCs the demo starts; unset: the "
+                       "case's (" + ", ".join(f"{c.name}: {c.specimen}"
+                                              for c in cases.values()) + "); another is "
+                       "refused")
     p_demo.add_argument("--catalog", default=None,
                         help="catalog directory or the URI of a tiled server (temsims serve); "
                         "unset: $TEMSIMS_CATALOG or the user data directory")
@@ -310,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_shell(args, passthrough)
     if passthrough:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+    if args.command == "demo" and getattr(args, "specimen", None) is not None:
+        from temsims.app.cases import get_case
+
+        wanted = get_case(args.case).specimen
+        if args.specimen != wanted:
+            parser.error(f"--specimen {args.specimen} does not fit --case {args.case}: it "
+                         f"runs on {wanted} (leave --specimen out)")
     if args.command in ("ioc", "demo") and not 0 < args.time_scale <= 1000:
         parser.error(f"--time-scale must be in (0, 1000], got {args.time_scale}")
     if args.command == "ioc":

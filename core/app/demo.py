@@ -1,21 +1,26 @@
-"""``temsims demo``: the correlative TEM-SIMS job on the simulated instrument.
+"""``temsims demo``: a correlative TEM-SIMS case study on the simulated instrument.
 
-:func:`run_demo` starts the IOCs on loopback unless some already answer at the
-prefix (the stage's ``UPTIME``), connects the devices, opens the catalog, builds a
-RunEngine that writes into it and enforces the metadata contract, runs
+:func:`run_demo` starts the IOCs on loopback with the case's specimen unless some
+already answer at the prefix (the stage's ``UPTIME``), connects the devices, opens
+the catalog, builds a RunEngine that writes into it and enforces the metadata
+contract, runs the case's measurement and its report (read back from the catalog),
+and prints where everything is. IOCs it started are stopped at the end. The cases
+are modules of :mod:`temsims.app.cases` (decision 0027); the default, ``particles``,
+is the Li2CO3 particle job whose measurement and report are in this module:
 :func:`temsims.plans.correlative_tem_sims` and
-:func:`temsims.plans.find_labelled_particles` and writes a PNG report. IOCs it
-started are stopped at the end. The demo knows no ground truth: it reports what
-it found.
+:func:`temsims.plans.find_labelled_particles`, then a PNG report. The demo knows no
+ground truth: it reports what it found.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from temsims.app.cases import DEFAULT_CASE
 
 #: Sizes of the full and the ``--quick`` demo.
 FULL = {"camera_size": 128, "overview_fov_um": 4.0, "max_rois": 3, "sims_pixels": (32, 23),
@@ -33,12 +38,18 @@ SIMS_APERTURE = "100 pA"
 
 @dataclass
 class DemoResult:
+    """What :func:`run_demo` did: where the catalog and the report are, the
+    experiments' correlation ids, the case's figures (``summary``; the particle case's
+    labelled ``particles`` and segmented ``candidates`` also as attributes)."""
+
     catalog: str
     report: list[Path]
     correlation_ids: list[str]
     particles: list[dict]
     candidates: list[dict]
     wall_s: float
+    case: str = DEFAULT_CASE
+    summary: dict = field(default_factory=dict)
 
 
 def _say(msg: str) -> None:
@@ -61,17 +72,34 @@ def iocs_running(layout, prefix: str, timeout: float = 1.5) -> bool:
     return True
 
 
-def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
-             host: str = "127.0.0.1", specimen: str = "li2co3-particles", seed: int = 1,
+def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
+             base_port: int | None = None, host: str = "127.0.0.1",
+             specimen: str | None = None, seed: int = 1,
              catalog: str | None = None, api_key: str | None = None,
              out: str | Path = "temsims-report",
              quick: bool = False, log_dir: str | None = None,
              time_scale: float = 1.0) -> DemoResult:
-    """Run the demo (see the module docstring); returns what it found and wrote."""
+    """Run one case study (see the module docstring); returns what it found and wrote.
+
+    Parameters
+    ----------
+    case : str
+        A case of :mod:`temsims.app.cases` (``particles``, ``cathode``, ...).
+    specimen : str, optional
+        The specimen the IOCs the demo starts hold; default the case's own. Another
+        one is refused: the case's analysis only makes sense on its specimen.
+    (the others as ``temsims demo --help`` says)
+    """
+    from temsims.app.cases import get_case
     from temsims.channel_access import CALayout, apply_client_environment
 
     t0 = time.monotonic()
-    sizes = QUICK if quick else FULL
+    the_case = get_case(case)
+    if specimen is not None and specimen != the_case.specimen:
+        raise ValueError(f"case {case!r} runs on the specimen {the_case.specimen!r}, "
+                         f"not {specimen!r}")
+    specimen = the_case.specimen
+    sizes = the_case.sizes(quick)
     layout = CALayout(base_port=base_port, host=host) if base_port else \
         CALayout.from_environment()
     layout = CALayout(base_port=layout.base_port, host=host)
@@ -116,35 +144,20 @@ def run_demo(*, prefix: str = "TEMSIMS:", base_port: int | None = None,
         cat = open_catalog(catalog, api_key=api_key)
         _say(f"catalog open at {cat.location}")
         RE = _run_engine(cat, specimen, seed, require_metadata)
-        result = _measure(RE, d, sizes)
+        measured = the_case.measure(RE, d, sizes, _say)
         cat.flush()
-        t = time.monotonic()
-        experiment, search = read_back(cat, result)
-        _say(f"runs read back from the catalog (temsims.app.loaders.load_correlative) and "
-             f"registered in {time.monotonic() - t:.1f} s")
-        out = Path(out)
-        t = time.monotonic()
-        files = write_report(out, experiment, search, sizes)
-        _say(f"report written in {time.monotonic() - t:.1f} s")
+        report = the_case.report(cat, measured, Path(out), sizes, _say)
         wall = time.monotonic() - t0
-        cands = [dict(p) for p in search.particles]
-        particles = [p for p in cands if p.get("labelled")]
-        _say(f"{len(experiment.rois)} regions mapped by SIMS and TEM; "
-             f"{len(cands)} particles segmented on the SIMS map, {len(particles)} with 6Li/7Li "
-             "significantly above natural:")
-        for p in particles:
-            _say(f"  particle at ({p['x_um']:+.3f}, {p['y_um']:+.3f}) um: N6 {p['n6']:.0f}, "
-                 f"N7 {p['n7']:.0f}, 6Li/7Li {p['ratio']:.3f}, z {p['z']:.1f} sigma")
         _say(f"catalog: {cat.location} (correlation ids "
-             f"{result['correlative']['correlation_id']}, "
-             f"{result['particles']['correlation_id']})")
-        for f in files:
+             f"{', '.join(report.correlation_ids)})")
+        for f in report.files:
             _say(f"report: {f}")
         _say(f"done in {wall:.1f} s")
-        return DemoResult(catalog=str(cat.location), report=files,
-                          correlation_ids=[result["correlative"]["correlation_id"],
-                                           result["particles"]["correlation_id"]],
-                          particles=particles, candidates=cands, wall_s=wall)
+        return DemoResult(catalog=str(cat.location), report=report.files,
+                          correlation_ids=list(report.correlation_ids),
+                          particles=report.summary.get("particles", []),
+                          candidates=report.summary.get("candidates", []), wall_s=wall,
+                          case=the_case.name, summary=report.summary)
     finally:
         if cat is not None:
             cat.close()
