@@ -51,6 +51,10 @@ FRAME_SLACK_S = 30.0
 KICKOFF_TIMEOUT_S = 30.0
 #: After the frame is counted, how long the last lines' map updates may take to arrive.
 LAST_LINES_TIMEOUT_S = 5.0
+#: A raster seen stopped fails the frame only if no pause() came within this (s): the
+#: RunEngine stops the objects a plan moved before it pauses the others, so the Stop
+#: of a suspension can arrive just before its pause().
+STOP_GRACE_S = 1.0
 
 
 class SIMSImager(Device):
@@ -134,6 +138,11 @@ class SIMSImager(Device):
         self._config_snapshot: tuple[dict, dict] | None = None
         #: True once ``pause()`` interrupted the frame in flight (reset by ``kickoff``).
         self.interrupted = False
+        # A frame was kicked off (cleared by unstage()): the plan may not have collected
+        # all of it, and a replay from a checkpoint before its kickoff would store it
+        # twice (a suspension just after a frame's last line: 18 lines duplicated).
+        # Without a replay the plan goes on from where it was paused.
+        self._flown = False
 
     # ---- configuration ------------------------------------------------------------
     def _map_signals(self):
@@ -283,6 +292,15 @@ class SIMSImager(Device):
             # A Stop before this frame's Start is the previous frame's, arriving late.
             if not self._raster_started or int(self.column_frame.get()) > self._column_frame0:
                 return
+            frame = self._complete_status
+        timer = threading.Timer(STOP_GRACE_S, self._raster_stopped, args=(frame,))
+        timer.daemon = True
+        timer.start()
+
+    def _raster_stopped(self, frame) -> None:
+        with self._lock:
+            if not self._active or self._complete_status is not frame:
+                return  # pause() took the frame, or it ended, meanwhile
             self._emit(final=True)
             self._active = False
             lines = self._lines_seen
@@ -339,6 +357,7 @@ class SIMSImager(Device):
             self._kickoff_status = DeviceStatus(self, timeout=KICKOFF_TIMEOUT_S)
             self._complete_status = DeviceStatus(self)
             self._active = True
+            self._flown = True
         kickoff_status = self._kickoff_status
         put = self.acquire.set("Start", timeout=frame_time + FRAME_SLACK_S + KICKOFF_TIMEOUT_S)
 
@@ -420,6 +439,8 @@ class SIMSImager(Device):
         """
         with self._lock:
             if not self._active:
+                if self._flown:  # ended, maybe not all collected: no replay
+                    raise NoReplayAllowed()
                 return
             self._emit(final=True)
             self._active = False
@@ -438,6 +459,10 @@ class SIMSImager(Device):
 
     def resume(self) -> None:
         """Nothing to do: the plan kicks the interrupted frame off again."""
+
+    def unstage(self):
+        self._flown = False
+        return super().unstage()
 
     def stop(self, *, success: bool = False) -> None:
         """Abort the frame (the complete status then fails)."""

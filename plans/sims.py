@@ -210,7 +210,24 @@ def _fly_frame(imager, restore: Callable[[], Plan[Any]] | None = None):
     checkpoint, emitting only the lines from the first one not collected: every line
     index is stored once. The frame's completion is read from its status, never from
     the ``wait`` message, which an interruption answers with "done".
+
+    A frame that ends the run (an abort while paused, a failure, the arc limit) hands
+    the lines taken before it to the run first: :meth:`pause` buffers them for the
+    next collect, and bluesky collects a flyer at the run's end only if it was never
+    collected, so they would be dropped.
     """
+    try:
+        return (yield from _fly_frame_lines(imager, restore))
+    except Exception:  # RequestAbort too; not GeneratorExit (halt): nothing may run
+        try:
+            yield from bps.collect(imager)
+        except Exception:  # noqa: BLE001 - the run's own error is the one to report
+            pass
+        raise
+
+
+def _fly_frame_lines(imager, restore: Callable[[], Plan[Any]] | None = None):
+    """:func:`_fly_frame` without the last collect of a frame that ends the run."""
     events: list = []
     next_line = 0
     line_key = f"{imager.name}_line"

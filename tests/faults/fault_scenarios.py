@@ -88,6 +88,8 @@ class Injection:
     kind: str  # "Dead" or "Hung"
     down_s: float = 1.0
     check_safe: bool = True
+    #: What "safe" means while the part is down (a dead bias or column cannot be read).
+    safe: Any = instrument_safe
     figures: dict = field(default_factory=dict)
     thread: threading.Thread | None = None
     error: BaseException | None = None
@@ -110,9 +112,11 @@ class Injection:
                 detected=detected, state=went_down and went_down["state"],
                 detect_s=(went_down["at"] - t0) if went_down else None)
             if self.check_safe:
-                self.figures["safe_while_suspended"] = wait_for(
-                    lambda: instrument_safe(b.d), 10)
+                self.figures["safe_while_suspended"] = wait_for(lambda: self.safe(b.d), 10)
+            emitted = _data_documents(b)
             time.sleep(self.down_s)
+            # The suspension holds: no data while the part is down.
+            self.figures["held"] = _data_documents(b) == emitted
             # Every reason it was down for: on a loaded machine a killed part can be
             # seen hung (no heartbeat for hung_after_s) before its circuit drops.
             self.figures["states"] = [h["state"] for h in dog.history[n0:]
@@ -130,6 +134,10 @@ class Injection:
         if self.error is not None:
             raise self.error
         return self.figures
+
+
+def _data_documents(bench: Bench) -> int:
+    return len(bench.docs.docs["event"]) + len(bench.docs.docs["event_page"])
 
 
 def on_line(imager: Any, at_line: int, action) -> int:
@@ -175,12 +183,13 @@ def stored_lines(bench: Bench, uid: str) -> dict:
 
 def fly_map_with_part_fault(bench: Bench, part: str, kind: str, *,
                             pixels=(16, 64), dwell_s: float = 0.02, at_line: int = 32,
-                            down_s: float = 1.0) -> dict:
-    """A fly map; ``part`` is killed or hung at line ``at_line`` and brought back."""
+                            down_s: float = 1.0, safe=instrument_safe) -> dict:
+    """A fly map; ``part`` is killed or hung at line ``at_line`` and brought back;
+    ``safe(devices)`` is what must hold while it is down."""
     from temsims.plans import sims_map
 
     d = bench.d
-    inj = Injection(bench, part, kind, down_s=down_s, check_safe=True)
+    inj = Injection(bench, part, kind, down_s=down_s, check_safe=True, safe=safe)
     token = on_line(d.imager, at_line, inj.fire)
     t0 = time.monotonic()
     try:

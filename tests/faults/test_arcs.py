@@ -14,6 +14,11 @@ from __future__ import annotations
 import pytest
 from fault_scenarios import fly_map_with_arcs, instrument_safe, make_bench
 
+#: 16 x 64 px at 20 ms: 1 s of raster at time scale 20; the first arc at line 16, so
+#: that it lands in the frame even when the lines come in bursts (a loaded machine).
+PIXELS = (16, 64)
+AT_LINE = 16
+
 
 @pytest.fixture(scope="module")
 def fault_instrument(instruments):
@@ -68,20 +73,20 @@ def test_suspender_repr_is_finite():
 
 
 def test_an_arc_mid_fly_map_suspends_and_the_map_resumes_complete(sims_bench):
-    fig = fly_map_with_arcs(sims_bench, 1)
+    fig = fly_map_with_arcs(sims_bench, 1, pixels=PIXELS, at_line=AT_LINE)
     _report(fig)
     assert "raised" not in fig, fig.get("raised")
     assert fig["arcs_injected"] == 1 and fig["safe_after_arc"] == [True]
     assert fig["resumed_at_voltage"] == [True]  # bias back at 4500 V, beam on
     assert fig["exit_status"] == "success"
     assert fig["complete"] and fig["lost"] == 0 and fig["duplicated"] == 0
-    assert fig["events"] == fig["expected"] == 64
+    assert fig["events"] == fig["expected"] == PIXELS[1]
 
 
 def test_arcs_past_the_limit_stop_the_run_cleanly(sims_bench):
     from temsims.plans.faults import MAX_ARCS, ArcLimitExceeded
 
-    fig = fly_map_with_arcs(sims_bench, MAX_ARCS + 1)
+    fig = fly_map_with_arcs(sims_bench, MAX_ARCS + 1, pixels=PIXELS, at_line=AT_LINE)
     _report(fig)
     assert fig["arcs_injected"] == MAX_ARCS + 1
     assert all(fig["safe_after_arc"])

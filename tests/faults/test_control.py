@@ -1,12 +1,43 @@
 """RunEngine control mid-map (issue 14, item 5), on a real instrument with the
-suspenders installed: a pause mid-frame and a resume store a complete map."""
+suspenders installed.
+
+- A pause mid-frame and a resume store a complete map.
+- A pause, then an abort: exit status "abort", beam blanked, bias at 0 V, the lines
+  taken before the pause stored once.
+- Ctrl-C twice: a real SIGINT sent twice to a session process running a fly map in
+  a RunEngine with bluesky's own handler (a deferred pause, then a pause now); the
+  operator then aborts at the prompt: exit status "abort", beam blanked, bias 0 V.
+- The bias part dead mid-map: the suspension holds while it is down; ``make_safe``
+  blanks the beam through the column and names the bias as not made safe; when the
+  bias is back (output off, 0 V: its start-up state) the plan switches it on, ramps
+  it back and the map resumes complete.
+
+The column part dead mid-map is in benchmarks/fault_benchmark.py, not here: the
+same holds (suspended, bias 0 V, the column named) but its resumption still fails
+now and then (docs/reliability.md, "Still open").
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
-from fault_scenarios import make_bench, on_line, stored_lines
+from fault_scenarios import (
+    fly_map_with_part_fault,
+    instrument_safe,
+    make_bench,
+    on_line,
+    stored_lines,
+)
+
+SIGINT_SESSION = Path(__file__).with_name("map_for_sigint.py")
 
 
 @pytest.fixture(scope="module")
@@ -15,24 +46,45 @@ def fault_instrument(instruments):
 
 
 @pytest.fixture(scope="module")
-def fdev(fault_instrument):
+def module_bench(fault_instrument, tmp_path_factory):
+    from caproto.client import common as client_common
     from instrument_support import connect_fast
 
-    return connect_fast(fault_instrument, camera_size=64)
+    # One RunEngine and catalog for the module: each costs 1.5-5 s to open.
+    b = make_bench(fault_instrument, connect_fast(fault_instrument, camera_size=64),
+                   tmp_path_factory.mktemp("control") / "catalog")
+    # caproto's client searches for a lost PV ever less often, up to every 5 s: a
+    # part back after 1 s was found again 6-7 s later. Searching every 0.25 s at most
+    # finds it within a second; the benchmark keeps caproto's default.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(client_common, "MAX_RETRY_SEARCHES_INTERVAL", 0.25)
+        yield b
+    b.close()
 
 
 @pytest.fixture
-def sims_bench(fault_instrument, fdev, tmp_path):
+def sims_bench(module_bench, fault_instrument):
+    from instrument_support import connect_fast
+
     from temsims.plans import to_sims_mode
 
-    b = make_bench(fault_instrument, fdev, tmp_path / "catalog")
+    b = module_bench
+    connect_fast(fault_instrument, camera_size=64)  # a reset restores the slow ramps
     b.RE(to_sims_mode(b.d.mode, voltage_v=4500.0))
     yield b
-    b.close()
+    if b.RE.state != "idle":  # a failed test must not leave the next one paused
+        b.RE.abort("test teardown")
     fault_instrument.reset()
 
 
-def _map(b, pixels=(16, 64), dwell_s=0.02):
+#: The maps here: 16 x 64 px at 20 ms, 1 s of raster at time scale 20, interrupted at
+#: line AT_LINE. With 32 lines the interruption landed after the frame's end 1 run in
+#: 3 on a loaded machine (lines come in bursts).
+PIXELS = (16, 64)
+AT_LINE = 16
+
+
+def _map(b, pixels=PIXELS, dwell_s=0.02):
     from temsims.plans import sims_map
 
     d = b.d
@@ -45,19 +97,101 @@ def _pause_at(b, line: int):
         target=b.RE.request_pause, kwargs={"defer": False}, daemon=True).start())
 
 
-def test_pause_mid_map_then_resume_stores_a_complete_map(sims_bench):
+def _run_until_paused(b, line: int = AT_LINE) -> None:
     from bluesky.utils import RunEngineInterrupted
 
-    b = sims_bench
-    token = _pause_at(b, 32)
+    token = _pause_at(b, line)
     try:
         with pytest.raises(RunEngineInterrupted):
             b.RE(_map(b))
     finally:
         b.d.imager.lines_done.unsubscribe(token)
     assert b.RE.state == "paused"
+
+
+def test_pause_mid_map_then_resume_stores_a_complete_map(sims_bench):
+    b = sims_bench
+    _run_until_paused(b)
     uid = b.RE.resume().plan_result
     fig = stored_lines(b, uid)
     print(f"\npause + resume: {fig['events']}/{fig['expected']} lines, duplicated "
           f"{fig['duplicated']}")
     assert fig["exit_status"] == "success" and fig["complete"] and fig["duplicated"] == 0
+
+
+def test_pause_then_abort_leaves_the_instrument_safe_and_keeps_the_lines(sims_bench):
+    b = sims_bench
+    _run_until_paused(b)
+    b.RE.abort("operator: abort after pause")
+    assert b.RE.state == "idle"
+    assert instrument_safe(b.d)  # beam blanked, bias output at 0 V
+    fig = stored_lines(b, b.docs.start()["uid"])
+    print(f"\npause + abort: exit {fig['exit_status']}, {fig['events']}/{fig['expected']}"
+          f" lines kept, duplicated {fig['duplicated']}")
+    assert fig["exit_status"] == "abort"  # bluesky's reason for an abort is ""
+    assert AT_LINE <= fig["events"] < fig["expected"] and fig["duplicated"] == 0
+    assert fig["events"] + fig["lost"] == fig["expected"]
+
+
+def _expect(proc, word: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(word):
+            return line.strip()
+    raise AssertionError(f"no {word!r} from the session (exit {proc.poll()})")
+
+
+def test_ctrl_c_twice_pauses_at_once_and_an_abort_leaves_the_instrument_safe(
+        sims_bench, fault_instrument):
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(SIGINT_SESSION), fault_instrument.instrument_prefix],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=dict(os.environ))
+    try:
+        _expect(proc, "READY")
+        # A few lines into the map (16 x 64 at 40 ms: 2 s of beam at time scale 20).
+        while int(_expect(proc, "LINE").split()[1]) < 8:
+            pass
+        proc.send_signal(signal.SIGINT)  # a deferred pause: the frame has no checkpoint
+        time.sleep(0.3)                  # bluesky counts SIGINTs >= 0.1 s apart
+        proc.send_signal(signal.SIGINT)  # a pause now
+        assert _expect(proc, "INTERRUPTED") == "INTERRUPTED paused"
+        proc.stdin.write("abort\n")
+        proc.stdin.flush()
+        stop = _expect(proc, "STOP").split()
+        safe = _expect(proc, "SAFE").split()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    print(f"\nCtrl-C twice + abort: exit {stop[1]}, {stop[2]} lines kept, beam {safe[1]}, "
+          f"bias {safe[2]} V")
+    assert stop[1] == "abort" and 0 < int(stop[2]) < 64
+    assert safe[1] == "Blanked" and abs(float(safe[2])) < 1.0
+    assert instrument_safe(sims_bench.d)
+
+
+def _column_blanked(d) -> bool:
+    return str(d.column.blank.get()) == "Blanked"
+
+
+def test_a_dead_bias_mid_map_holds_the_suspension_and_is_named(sims_bench, caplog):
+    part = "bias"
+    caplog.set_level(logging.WARNING, logger="temsims.plans.faults")
+    fig = fly_map_with_part_fault(sims_bench, part, "Dead", safe=_column_blanked,
+                                  pixels=PIXELS, at_line=AT_LINE, down_s=0.5)
+    named = [r.getMessage() for r in caplog.records if "make_safe" in r.getMessage()]
+    print(f"\n{part} dead during {fig['plan']}: detected in {fig['dead_detect_s']:.3f} s, "
+          f"the other part safe: {fig['safe_while_suspended']}, held: {fig['held']}, "
+          f"{named}, {fig['events']}/{fig['expected']} lines, lost {fig['lost']}, "
+          f"duplicated {fig['duplicated']}, exit {fig['exit_status']}, {fig['wall_s']:.1f} s")
+    assert fig["detected"] and "dead" in fig["states"] and fig["dead_detect_s"] < 1.0
+    assert fig["safe_while_suspended"] and fig["held"]
+    assert any(f"{part}: down, not made safe by the plan" in m for m in named), named
+    assert fig["exit_status"] == "success"
+    assert fig["complete"] and fig["lost"] == 0 and fig["duplicated"] == 0
+    assert fig["events"] == fig["expected"]
