@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -205,44 +205,75 @@ def map_profile(image: np.ndarray, transform: np.ndarray, positions_nm: ArrayLik
 # ======================================================================================
 # Calibration
 # ======================================================================================
-def _q(r: np.ndarray, scale: float) -> np.ndarray:
-    sr = scale * r
-    return sr / (1.0 + sr)
+#: Degrees :func:`calibrate_rsf` chooses from with ``degree="auto"``.
+AUTO_DEGREES = (0, 1, 2, 3)
+#: Largest degree accepted.
+MAX_DEGREE = 4
+#: Newton iterations of the implicit solve in :func:`quantify_map` (it converges in
+#: 3-5 on calibrations whose r -> C is monotonic, which :func:`calibrate_rsf` checks).
+_NEWTON_ITERATIONS = 30
+_NEWTON_TOL = 1e-10
 
 
-def _vander(q: np.ndarray, degree: int) -> np.ndarray:
-    return np.stack([q**k for k in range(degree + 1)], axis=-1)
+def _vander(c: np.ndarray, degree: int) -> np.ndarray:
+    return np.stack([c**k for k in range(degree + 1)], axis=-1)
+
+
+def _rho(c, binary: bool):
+    return c / (1.0 - c) if binary else c
+
+
+def _monotonic(coef: np.ndarray, binary: bool, c_max: float, n: int = 401) -> bool:
+    """``ln rho - P(C)`` increases with C, i.e. r -> C is one-to-one: on [0, 1) for a
+    binary, on [0, min(1, 2 c_max)] for a dilute analyte (``rho = C`` is a model of
+    the dilute side; its ``d ln rho / dC = 1 / C`` falls toward C = 1).
+
+    ``d ln r / dC = d ln rho / dC - P'(C)``; ``d ln rho / dC = 1 / (C (1 - C))``
+    (binary) or ``1 / C``.
+    """
+    hi = 1.0 - 1e-6 if binary else min(1.0, 2.0 * c_max)
+    c = np.linspace(1e-6, hi, n)
+    dp = np.polynomial.polynomial.polyval(c, np.polynomial.polynomial.polyder(coef)) \
+        if coef.size > 1 else np.zeros_like(c)
+    dlnrho = 1.0 / (c * (1.0 - c)) if binary else 1.0 / c
+    return bool(np.all(dlnrho - dp > 0))
 
 
 @dataclass(frozen=True)
 class RSFCalibration:
-    """``ln(rho / r) = sum_k coefficients[k] q^k`` with ``q = s r / (1 + s r)``.
+    """``ln(rho / r) = sum_k coefficients[k] C^k``, ``r = I_A / I_M``.
 
     Attributes
     ----------
     coefficients, covariance
-        Polynomial coefficients (lowest order first) and their covariance.
+        Polynomial coefficients in the analyte fraction C (lowest order first) and
+        their covariance.
     binary
         ``rho = C / (1 - C)`` (True) or ``rho = C`` (False).
-    ratio_scale
-        ``s`` in ``q``.
-    q_range, c_range
-        Range of ``q`` and of ``C_EDX`` covered by the calibration points.
+    c_range
+        Range of ``C_EDX`` covered by the calibration points.
+    r_range
+        Range of the SIMS ratio ``r`` at the calibration points: a pixel outside it
+        is an extrapolation.
     reduced_chi2
         Of the weighted fit (the covariance is scaled by it when above 1).
     points
         The calibration points: ``c``, ``c_sigma``, ``r``, ``r_sigma``, ``rsf``
         (``rho / r``, i.e. ``C I_M / I_A`` for a dilute analyte), ``rsf_sigma``.
+    degree_selection
+        How the degree was chosen: ``"given"`` or ``"loo-cv"``, and for the latter
+        ``press`` (weighted leave-one-out residual sum of squares) per candidate
+        degree (``None``: not monotonic or too few points).
     """
 
     coefficients: np.ndarray
     covariance: np.ndarray
     binary: bool
-    ratio_scale: float
-    q_range: tuple[float, float]
     c_range: tuple[float, float]
+    r_range: tuple[float, float]
     reduced_chi2: float
     points: dict[str, np.ndarray]
+    degree_selection: dict = field(default_factory=dict)
 
     @property
     def degree(self) -> int:
@@ -250,27 +281,41 @@ class RSFCalibration:
 
     @property
     def dilute_rsf(self) -> float:
-        """RSF in the dilute limit (``q -> 0``): ``exp(a0)``."""
+        """RSF in the dilute limit (``C -> 0``): ``exp(a0)``."""
         return float(math.exp(self.coefficients[0]))
 
-    def ln_rsf(self, r: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """``ln RSF`` at ratios ``r`` and its 1-sigma from the fit covariance."""
-        rr = np.asarray(r, dtype=float)
-        v = _vander(_q(rr, self.ratio_scale), self.degree)
+    def ln_rsf(self, c: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """``ln RSF`` at analyte fractions ``c`` and its 1-sigma from the fit covariance."""
+        v = _vander(np.asarray(c, dtype=float), self.degree)
         value = v @ self.coefficients
         var = np.einsum("...i,ij,...j->...", v, self.covariance, v)
         return value, np.sqrt(np.maximum(var, 0.0))
 
-    def rsf(self, r: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """RSF (``rho / r``) at ratios ``r`` and its 1-sigma (fit only)."""
-        value, sigma = self.ln_rsf(r)
+    def rsf(self, c: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """RSF (``rho / r``) at analyte fractions ``c`` and its 1-sigma (fit only)."""
+        value, sigma = self.ln_rsf(c)
         rsf = np.exp(value)
         return rsf, rsf * sigma
 
 
+def _weighted_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, degree: int):
+    """Weighted least squares ``y ~ P(x)``: coefficients, unscaled covariance, chi^2,
+    and the weighted leave-one-out residual sum of squares (PRESS, from the hat
+    matrix: residual / (1 - h_ii), exact for linear least squares)."""
+    a = _vander(x, degree) * w[:, None]
+    b = y * w
+    coef, *_ = np.linalg.lstsq(a, b, rcond=None)
+    cov = np.linalg.pinv(a.T @ a)
+    res = b - a @ coef
+    h = np.einsum("ij,jk,ik->i", a, cov, a)
+    loo = (res / np.maximum(1.0 - h, 1e-9)) ** 2
+    return coef, cov, float(np.sum(res**2)), loo
+
+
 def calibrate_rsf(c_edx: ArrayLike, c_edx_sigma: ArrayLike, i_analyte: ArrayLike,
-                  i_matrix: ArrayLike, *, mask: ArrayLike | None = None, degree: int = 3,
-                  binary: bool = True, i_analyte_sigma: ArrayLike | None = None,
+                  i_matrix: ArrayLike, *, mask: ArrayLike | None = None,
+                  degree: int | str = "auto", binary: bool = True,
+                  i_analyte_sigma: ArrayLike | None = None,
                   i_matrix_sigma: ArrayLike | None = None) -> RSFCalibration:
     """Fit the SIMS relative sensitivity where EDX is quantitative.
 
@@ -286,7 +331,10 @@ def calibrate_rsf(c_edx: ArrayLike, c_edx_sigma: ArrayLike, i_analyte: ArrayLike
         binary, for the matrix element too). Positions with ``C <= 0``, ``C >= 1``
         (binary), or no counts are dropped in any case.
     degree
-        Degree of the polynomial in ``q`` (0..4; 3 by default).
+        Degree of the polynomial in C, 0..4, or ``"auto"`` (default): the degree of
+        :data:`AUTO_DEGREES` with the smallest weighted leave-one-out
+        cross-validation error (PRESS) among the fits whose ``r -> C`` is
+        monotonic (see the module's notes).
     binary
         ``rho = C / (1 - C)`` (the reference is the other element of a binary) or
         ``rho = C``.
@@ -300,11 +348,15 @@ def calibrate_rsf(c_edx: ArrayLike, c_edx_sigma: ArrayLike, i_analyte: ArrayLike
     Raises
     ------
     ValueError
-        Shapes differ, bad degree, non-finite values, or fewer usable points than
-        ``degree + 2``.
+        Shapes differ, bad degree, non-finite values, fewer usable points than
+        ``degree + 2``, or a given degree whose fit makes ``r -> C`` non-monotonic.
     """
-    if not (isinstance(degree, int) and 0 <= degree <= 4):
-        raise ValueError(f"degree must be an integer 0..4, got {degree!r}")
+    auto = isinstance(degree, str)
+    if auto and degree != "auto":
+        raise ValueError(f"degree must be an integer 0..{MAX_DEGREE} or 'auto', got {degree!r}")
+    if not auto and not (isinstance(degree, int) and not isinstance(degree, bool)
+                         and 0 <= degree <= MAX_DEGREE):
+        raise ValueError(f"degree must be an integer 0..{MAX_DEGREE} or 'auto', got {degree!r}")
     arrays = [np.asarray(a, dtype=float).ravel() for a in (c_edx, c_edx_sigma, i_analyte, i_matrix)]
     n = arrays[0].size
     if any(a.size != n for a in arrays) or n == 0:
@@ -329,36 +381,61 @@ def calibrate_rsf(c_edx: ArrayLike, c_edx_sigma: ArrayLike, i_analyte: ArrayLike
     use = m & finite & (c > 0) & (ia > 0) & (im > 0)
     if binary:
         use &= c < 1
-    if use.sum() < degree + 2:
+    need = (min(AUTO_DEGREES) if auto else degree) + 2
+    if use.sum() < need:
         raise ValueError(f"{int(use.sum())} usable calibration points, need at least "
-                         f"{degree + 2} for degree {degree}")
+                         f"{need} for degree {min(AUTO_DEGREES) if auto else degree}")
     c, cs, ia, im, sa, sm = (a[use] for a in (c, cs, ia, im, sa, sm))
     r = ia / im
     rel_r = np.sqrt((sa / ia) ** 2 + (sm / im) ** 2)
-    if binary:
-        rho = c / (1.0 - c)
-        rel_rho = cs / (c * (1.0 - c))
-    else:
-        rho = c
-        rel_rho = cs / c
+    rho = _rho(c, binary)
+    rel_rho = cs / (c * (1.0 - c)) if binary else cs / c
     y = np.log(rho / r)
-    sy = np.sqrt(rel_rho**2 + rel_r**2)
-    sy = np.maximum(sy, 1e-12)
+    # The abscissa C is the EDX value: its error enters through y (ln rho), where it
+    # matters; through P(C) it is multiplied by the RSF's slope (~1 per unit C on the
+    # Cu-Ni couple), i.e. 1e-3 relative at the EDX noise of 1e-3 in C.
+    sy = np.maximum(np.sqrt(rel_rho**2 + rel_r**2), 1e-12)
     w = 1.0 / sy
-    # Scale of q: the constant-RSF (degree 0) fit, so that q ~ C for a binary.
-    scale = float(math.exp(np.sum(y * w**2) / np.sum(w**2)))
-    q = _q(r, scale)
-    v = _vander(q, degree)
-    coef, *_ = np.linalg.lstsq(v * w[:, None], y * w, rcond=None)
-    cov = np.linalg.pinv((v * (w**2)[:, None]).T @ v)
-    dof = max(len(y) - (degree + 1), 1)
-    chi2 = float(np.sum(((y - v @ coef) * w) ** 2) / dof)
+    selection: dict = {"method": "given"}
+    if auto:
+        fits = {}
+        for d in AUTO_DEGREES:
+            if len(y) < d + 2:
+                continue
+            fit = _weighted_fit(c, y, w, d)
+            if _monotonic(fit[0], binary, float(c.max())):
+                fits[d] = fit
+        if not fits:
+            raise ValueError("no candidate degree gives a monotonic r -> C calibration")
+        press = {d: float(np.sum(f[3])) for d, f in fits.items()}
+        best = min(press, key=press.get)
+        # One-standard-error rule (Breiman et al. 1984): the lowest degree whose PRESS
+        # exceeds the minimum by less than the standard error of that difference
+        # (from the per-point leave-one-out errors). The minimum itself follows the
+        # noise: on the couple it took degree 3 where degree 1 extrapolated better.
+        deg = best
+        for d in sorted(fits):
+            diff = fits[d][3] - fits[best][3]
+            if d >= best or float(np.sum(diff)) <= math.sqrt(diff.size) * float(np.std(diff)):
+                deg = d
+                break
+        coef, cov, chi2_sum, _ = fits[deg]
+        selection = {"method": "loo-cv-1se",
+                     "press": {d: press.get(d) for d in AUTO_DEGREES}}
+    else:
+        deg = degree
+        coef, cov, chi2_sum, _ = _weighted_fit(c, y, w, deg)
+        if not _monotonic(coef, binary, float(c.max())):
+            raise ValueError(f"the degree-{deg} fit makes r -> C non-monotonic (one ratio, "
+                             "several concentrations): use a lower degree or 'auto'")
+    dof = max(len(y) - (deg + 1), 1)
+    chi2 = chi2_sum / dof
     cov = cov * max(chi2, 1.0)
     rsf = rho / r
     points = {"c": c, "c_sigma": cs, "r": r, "r_sigma": r * rel_r, "rsf": rsf,
               "rsf_sigma": rsf * sy}
-    return RSFCalibration(coef, cov, bool(binary), scale, (float(q.min()), float(q.max())),
-                          (float(c.min()), float(c.max())), chi2, points)
+    return RSFCalibration(coef, cov, bool(binary), (float(c.min()), float(c.max())),
+                          (float(r.min()), float(r.max())), chi2, points, selection)
 
 
 # ======================================================================================
@@ -388,10 +465,54 @@ def _check_counts(name: str, a) -> np.ndarray:
     return arr
 
 
+def _solve_concentration(ln_r: np.ndarray, coef: np.ndarray, binary: bool):
+    """C with ``ln rho(C) - P(C) = ln r``, and ``P``, ``P'`` and ``dC/du`` there.
+
+    Newton in ``u = ln rho`` (``C = 1 / (1 + e^-u)`` for a binary, ``e^u`` otherwise),
+    started at the dilute limit ``u = ln r + a0``; the calibration is monotonic, so
+    ``g(u) = u - P(C(u)) - ln r`` is increasing and behaves like ``u`` far out.
+    """
+    deg = coef.size - 1
+    u = ln_r + coef[0]
+    for _ in range(_NEWTON_ITERATIONS):
+        if binary:
+            cc = 0.5 * (1.0 + np.tanh(0.5 * u))  # logistic, without overflow
+            dc_du = cc * (1.0 - cc)
+        else:
+            cc = np.exp(np.minimum(u, 0.0))  # C <= 1 for a dilute analyte
+            dc_du = cc
+        p = np.full_like(cc, coef[deg])
+        dp = np.zeros_like(cc)
+        for k in range(deg - 1, -1, -1):
+            dp = dp * cc + p
+            p = p * cc + coef[k]
+        g = u - p - ln_r
+        gp = 1.0 - dp * dc_du
+        step = g / np.maximum(gp, 1e-6)
+        u = u - step
+        if not np.any(np.abs(step) > _NEWTON_TOL):  # NaN pixels do not hold the loop
+            break
+    if binary:
+        cc = 0.5 * (1.0 + np.tanh(0.5 * u))
+        dc_du = cc * (1.0 - cc)
+    else:
+        cc = np.exp(np.minimum(u, 0.0))
+        dc_du = cc
+    p = np.full_like(cc, coef[deg])
+    dp = np.zeros_like(cc)
+    for k in range(deg - 1, -1, -1):
+        dp = dp * cc + p
+        p = p * cc + coef[k]
+    return cc, dp, dc_du
+
+
 def quantify_map(i_analyte: np.ndarray, i_matrix: np.ndarray, calibration: RSFCalibration, *,
                  dwell_s: float | None = None, dead_time_s: float = 0.0,
                  dark_counts: float = 0.0) -> QuantifiedMap:
     """Absolute concentration map from SIMS counts of analyte and matrix reference.
+
+    Solves ``ln rho(C) - P(C) = ln r`` for C at each pixel (Newton; ``P`` is the
+    calibration's ``ln RSF`` polynomial in C).
 
     Parameters
     ----------
@@ -409,7 +530,8 @@ def quantify_map(i_analyte: np.ndarray, i_matrix: np.ndarray, calibration: RSFCa
     Returns
     -------
     QuantifiedMap
-        NaN where the matrix reference has no counts (ratio undefined).
+        NaN where the matrix reference has no counts (ratio undefined); 0 where the
+        analyte has none (its sigma then from one count).
 
     Raises
     ------
@@ -442,43 +564,38 @@ def quantify_map(i_analyte: np.ndarray, i_matrix: np.ndarray, calibration: RSFCa
         r = a * inv_m
         # Poisson: var(r) = (var_A + r^2 var_M) / M^2, with var(N) = max(N, 1).
         var_r = (np.maximum(a, 1.0) + r * r * np.maximum(m, 1.0)) * inv_m * inv_m
+        ln_r = np.log(r)  # -inf where a = 0: C = 0 there
     coef = calibration.coefficients
-    deg = calibration.degree
-    sr = calibration.ratio_scale * r
-    q = sr / (1.0 + sr)
-    # Horner for the polynomial and its derivative in q.
-    p = np.full_like(q, coef[deg])
-    dp = np.zeros_like(q)
-    for k in range(deg - 1, -1, -1):
-        dp = dp * q + p
-        p = p * q + coef[k]
-    # Fit variance of ln RSF: v^T Cov v with v = (1, q, q^2, ...).
-    cov = calibration.covariance
-    powers = [np.ones_like(q)]
-    for _ in range(deg):
-        powers.append(powers[-1] * q)
-    var_fit = np.zeros_like(q)
-    for i in range(deg + 1):
-        for j in range(deg + 1):
-            var_fit += cov[i, j] * powers[i] * powers[j]
-    rsf = np.exp(p)
-    rho = r * rsf
-    # d rho / d r = RSF (1 + r dp/dq dq/dr),  dq/dr = s / (1 + s r)^2
-    dq_dr = calibration.ratio_scale / np.square(1.0 + sr)
-    drho_dr = rsf * (1.0 + r * dp * dq_dr)
-    if calibration.binary:
-        conc = rho / (1.0 + rho)
-        dc_drho = 1.0 / np.square(1.0 + rho)
-    else:
-        conc = rho
-        dc_drho = np.ones_like(rho)
-    var_c = np.square(dc_drho) * (np.square(drho_dr) * var_r + np.square(rho) * np.maximum(var_fit, 0.0))
-    q_lo, q_hi = calibration.q_range
-    extrapolated = (q < q_lo) | (q > q_hi)
-    return QuantifiedMap(conc, np.sqrt(var_c), r, extrapolated)
+    binary = calibration.binary
+    finite = np.isfinite(ln_r)
+    conc = np.where(np.isnan(r), np.nan, 0.0)
+    sigma = np.full(r.shape, np.nan)
+    if np.any(finite):
+        lr = ln_r[finite]
+        cc, dp, dc_du = _solve_concentration(lr, coef, binary)
+        # du = (d ln r + dP_fit) / g'(u): counting and fit errors through the implicit
+        # equation; dC = dC/du du.
+        gp = np.maximum(1.0 - dp * dc_du, 1e-6)
+        v = _vander(cc, calibration.degree)
+        var_fit = np.einsum("...i,ij,...j->...", v, calibration.covariance, v)
+        var_lnr = var_r[finite] / np.square(r[finite])
+        var_u = (var_lnr + np.maximum(var_fit, 0.0)) / np.square(gp)
+        conc[finite] = cc
+        sigma[finite] = dc_du * np.sqrt(var_u)
+    zero = (r == 0)
+    if np.any(zero):
+        # No analyte counts: C = 0, 1-sigma of one count at the dilute-limit RSF.
+        rho1 = np.sqrt(var_r[zero]) * math.exp(coef[0])
+        sigma[zero] = rho1 / (1.0 + rho1) if binary else rho1
+    r_lo, r_hi = calibration.r_range
+    with np.errstate(invalid="ignore"):
+        extrapolated = (r < r_lo) | (r > r_hi)
+    return QuantifiedMap(conc, sigma, r, extrapolated)
 
 
 __all__ = [
+    "AUTO_DEGREES",
+    "MAX_DEGREE",
     "MapProfile",
     "QuantifiedMap",
     "RSFCalibration",

@@ -8,7 +8,22 @@ diffusion couple (127 spectra, 1 nA x 1 s each) and a 512 x 512 SIMS map of 63Cu
 :func:`temsims.analysis.quantification.quantify_map` on the whole map (with dead-time
 correction); writes ``benchmarks/results/quantification.json``.
 
-Run: ``.venv/bin/python benchmarks/quantification_benchmark.py [--n 512 --repeat 5]``
+Then the accuracy over fresh seed pairs (``--pairs``, issue 15: no score rests on one
+chosen seed): for each pair (EDX noise seed, SIMS noise seed), drawn at random and
+recorded, the worst relative error of the quantified profile against the specimen's
+true C(x) over 0.1-10 at.%, in two geometries:
+
+- ``analysis``: the one of ``tests/analysis/test_quantification.py`` (127 EDX points
+  20 nm apart, 1 nA x 1 s; 512 x 256 px over 2.56 um at 300 pA, 1 ms, 30 nm probe),
+  through :func:`calibrate_rsf` and :func:`quantify_map` as that test calls them;
+- ``plan``: the sizes of ``tests/plans/test_calibration.py`` (50 points 40 nm apart,
+  10 nA x 0.1 s; 200 x 64 px over 2 um at 1 nA, 1 ms, dead time and dark counts)
+  through the pipeline, :func:`temsims.app.calibration_data.quantify`.
+
+Median, 90th percentile and maximum over the pairs, and the degrees chosen.
+
+Run: ``.venv/bin/python benchmarks/quantification_benchmark.py [--n 512 --repeat 5
+--pairs 100]``
 """
 
 from __future__ import annotations
@@ -21,10 +36,119 @@ import time
 from pathlib import Path
 
 import numpy as np
-from targets import QUANTIFY_S
+from targets import QUANTIFY_P90, QUANTIFY_S
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantification.json"
 TARGET_S = QUANTIFY_S.limit
+#: Target of issue 15: 90th percentile of the worst error over 0.1-10 at.% below 10 %.
+TARGET_P90 = QUANTIFY_P90.limit
+BAND = (1e-3, 0.1)
+GEOMETRIES = {
+    "analysis": {"edx_step_nm": 20.0, "edx_nc": 1.0, "nx": 512, "ny": 256, "fov_um": 2.56,
+                 "centre_x_nm": 700.0, "current_pa": 300.0, "probe_nm": 30.0},
+    "plan": {"line_um": (-0.28, 1.68), "points": 50, "edx_nc": 1.0, "nx": 200, "ny": 64,
+             "fov_um": 2.0, "centre_x_nm": 700.0, "current_pa": 1000.0, "probe_nm": None},
+}
+
+
+class Accuracy:
+    """One geometry's simulator set-up, scored on seed pairs."""
+
+    def __init__(self, name: str):
+        from temsims.analysis import edx
+        from temsims.analysis import quantification as qn
+        from temsims.ioc.physics import sims as sp
+        from temsims.ioc.physics.edx import EDXModel
+        from temsims.ioc.physics.ion_optics import probe_diameter_nm
+        from temsims.ioc.physics.materials import ELEMENTARY_CHARGE_C, isotope_mass_u
+        from temsims.ioc.physics.specimen import build_specimen
+
+        g = GEOMETRIES[name]
+        self.name, self.qn = name, qn
+        self.spec = spec = build_specimen("diffusion-couple", 1)
+        geo = sp.ScanGeometry(g["nx"], g["ny"], g["fov_um"], centre_x_nm=g["centre_x_nm"])
+        if "line_um" in g:
+            self.positions = 1000.0 * np.linspace(*g["line_um"], g["points"])
+        else:
+            half = geo.nx * geo.pixel_nm / 2
+            step = g["edx_step_nm"]
+            self.positions = np.arange(g["centre_x_nm"] - half + step,
+                                       g["centre_x_nm"] + half - step / 2, step)
+        self.model = EDXModel(["Cu", "Ni"], ht_kv=200.0)
+        self.electrons = g["edx_nc"] * 1e-9 / ELEMENTARY_CHARGE_C
+        self.dens = []
+        for x in self.positions:
+            row, col = (int(np.rint(v)) for v in spec.to_index(np.array(x), np.array(0.0)))
+            window = (slice(row, row + 1), slice(col, col + 1))
+            self.dens.append({el: float(spec.areal_density_per_nm2(el, window).ravel()[0])
+                              for el in ("Cu", "Ni")})
+        self.k = {"Cu": self.model.k_factor("Cu", "Ni"), "Ni": 1.0}
+        self.axis = edx.EnergyAxis.from_centres(self.model.axis.centres)
+        probe = g["probe_nm"] or probe_diameter_nm(g["current_pa"], 30.0)
+        self.params = sp.SimsParameters()
+        self.frame = sp.FramePlan(spec, geo, (isotope_mass_u("63Cu"), isotope_mass_u("58Ni")),
+                                  g["current_pa"], 1e-3, probe, 25.5, 1, True,
+                                  np.zeros(spec.shape, np.float32), params=self.params)
+        p = geo.pixel_nm
+        self.transform = qn.pixel_transform(
+            p, pixel_nm_y=p * geo.stretch,
+            origin_nm=(geo.centre_x_nm - (geo.nx - 1) / 2 * p,
+                       geo.centre_y_nm - (geo.ny - 1) / 2 * p * geo.stretch))
+        self.truth = np.interp(self.positions, spec.truth["x_nm"], spec.truth["solute_fraction"])
+        self.band = (self.truth >= BAND[0]) & (self.truth <= BAND[1])
+
+    def score(self, edx_seed: int, sims_seed: int) -> tuple[float, int]:
+        """Worst |relative error| over the band, and the degree chosen."""
+        from temsims.analysis import edx
+
+        rng = np.random.default_rng(edx_seed)
+        spectra = np.array([self.model.acquire(d, self.electrons, rng) for d in self.dens])
+        cu, ni = self.frame.render(np.random.default_rng(sims_seed))
+        if self.name == "plan":
+            from temsims.app import calibration_data as cd
+
+            data = cd.CalibrationData(
+                calibration_id="bench", edx_uid="edx", sims_uid="sims", analyte="Cu",
+                matrix="Ni", analyte_species="63Cu", matrix_species="58Ni", binary=True,
+                points_um=np.column_stack([self.positions / 1000.0,
+                                           np.zeros_like(self.positions)]),
+                direction=(1.0, 0.0), spectra=spectra, axis=self.axis, beam_kev=200.0,
+                fwhm_mn_ka_ev=130.0, k_factors=self.k, k_factor_source="simulator",
+                analyte_map=cu, matrix_map=ni, affine_nm=self.transform, dwell_s=1e-3,
+                dead_time_s=self.params.dead_time_s,
+                dark_rate_per_s=self.params.dark_rate_per_s)
+            res = cd.quantify(data)
+            conc, cal = res.profile.concentration, res.calibration
+        else:
+            qn = self.qn
+            prof = edx.quantify_line_scan(spectra, self.axis, self.k, beam_kev=200.0)
+            a = qn.map_profile(cu, self.transform, self.positions)
+            m = qn.map_profile(ni, self.transform, self.positions)
+            cal = qn.calibrate_rsf(prof.fractions["Cu"], prof.sigma["Cu"], a.total, m.total,
+                                   mask=prof.detected["Cu"] & prof.detected["Ni"])
+            conc = qn.quantify_map(a.total, m.total, cal).concentration
+        rel = conc[self.band] / self.truth[self.band] - 1.0
+        return float(np.max(np.abs(rel))), cal.degree
+
+
+def accuracy(pairs: int, entropy: int) -> dict:
+    """Worst errors over ``pairs`` seed pairs drawn from ``entropy``, per geometry."""
+    rng = np.random.default_rng(entropy)
+    seeds = [tuple(int(v) for v in rng.integers(0, 2**31, 2)) for _ in range(pairs)]
+    out = {"entropy": entropy, "pairs": pairs, "band": list(BAND), "geometries": {}}
+    for name in GEOMETRIES:
+        t0 = time.perf_counter()
+        acc = Accuracy(name)
+        worst, degrees = zip(*(acc.score(e, s) for e, s in seeds), strict=True)
+        w = np.array(worst)
+        out["geometries"][name] = {
+            "band_points": int(acc.band.sum()),
+            "worst_median": float(np.median(w)), "worst_p90": float(np.percentile(w, 90)),
+            "worst_max": float(w.max()), "over_10pc": int(np.sum(w > 0.10)),
+            "degrees": {int(d): int(np.sum(np.array(degrees) == d)) for d in sorted(set(degrees))},
+            "worst": [round(float(v), 5) for v in w], "seed_pairs": seeds,
+            "seconds": time.perf_counter() - t0}
+    return out
 
 
 def simulate(n: int):
@@ -67,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="map size (n x n pixels)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=100,
+                        help="fresh (EDX, SIMS) seed pairs for the accuracy (0: skip)")
+    parser.add_argument("--entropy", type=int, default=None,
+                        help="seed of the pairs (default: fresh, printed)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -104,6 +232,21 @@ def main(argv: list[str] | None = None) -> int:
         "numpy": np.__version__,
         "cpus": os.cpu_count(),
     }
+    ok = t_map <= TARGET_S
+    if args.pairs > 0:
+        entropy = (int(np.random.SeedSequence().entropy) if args.entropy is None
+                   else args.entropy)
+        result["accuracy"] = acc = accuracy(args.pairs, entropy)
+        result["worst_p90"] = max(g["worst_p90"] for g in acc["geometries"].values())
+        result["target_p90"] = TARGET_P90
+        print(f"accuracy over {args.pairs} fresh seed pairs (entropy {entropy}): worst "
+              f"|rel. error| over {BAND[0] * 100:g}-{BAND[1] * 100:g} at.%")
+        for name, g in acc["geometries"].items():
+            print(f"  {name:8s} ({g['band_points']} points): median "
+                  f"{g['worst_median'] * 100:.1f} %, p90 {g['worst_p90'] * 100:.1f} %, max "
+                  f"{g['worst_max'] * 100:.1f} %, {g['over_10pc']} pairs > 10 %; degrees "
+                  f"{g['degrees']}; {g['seconds']:.1f} s")
+        ok &= result["worst_p90"] < TARGET_P90
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"quantify_map {cu.shape[0]}x{cu.shape[1]}: best {t_map * 1000:.1f} ms "
@@ -112,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"EDX line scan ({spectra.shape[0]} spectra): {t_edx * 1000:.1f} ms; two map "
           f"profiles: {t_prof * 1000:.1f} ms; calibration: {t_cal * 1000:.2f} ms")
     print(f"written {args.output}")
-    return 0 if t_map <= TARGET_S else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

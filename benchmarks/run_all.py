@@ -185,11 +185,33 @@ def analysis_figures(r: Mapping[str, Any]) -> list[Figure]:
 
 
 def quantification_figures(r: Mapping[str, Any]) -> list[Figure]:
-    """``quantification.json``: ``quantify_map`` on the whole map (best of the runs)."""
+    """``quantification.json``: ``quantify_map`` on the whole map (best of the runs), and
+    the accuracy over fresh seed pairs (90th percentile and median of the worst error
+    over 0.1-10 at.%) per geometry."""
     ny, nx = r["map_shape"]
     runs = len(r["quantify_map_s"])
-    return [Figure("quantify_map", f"quantify_map {ny}x{nx} (best of {runs})",
-                   r["quantify_map_best_s"], "s")]
+    figures = [Figure("quantify_map", f"quantify_map {ny}x{nx} (best of {runs})",
+                      r["quantify_map_best_s"], "s")]
+    acc = r.get("accuracy")
+    if acc:
+        for name, g in acc["geometries"].items():
+            figures.append(Figure("worst_p90", f"worst error 0.1-10 at.%, p90 of {acc['pairs']} "
+                                  f"pairs, {name} geometry", g["worst_p90"], "", "median",
+                                  g["worst_median"]))
+    return figures
+
+
+def particles_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``particles.json``: labelled particles per particle by centroid, per map size."""
+    n = len(r["seeds"])
+    figures = []
+    for g in r["sizes"].values():
+        px = "x".join(str(v) for v in g["pixels"])
+        figures.append(Figure("miss_rate", f"labelled missed, {px} map, {n} seeds",
+                              1.0 - g["recall"], ""))
+        figures.append(Figure("false_rate", f"labelled false, {px} map, {n} seeds",
+                              1.0 - g["precision"], ""))
+    return figures
 
 
 def catalog_backends_figures(r: Mapping[str, Any]) -> list[Figure]:
@@ -298,7 +320,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("analysis_benchmark", "analysis_benchmark.json", "--output",
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",
-              ("--n", "256", "--repeat", "3"), quantification_figures),
+              ("--n", "256", "--repeat", "3", "--pairs", "20"), quantification_figures),
+    Benchmark("particles_benchmark", "particles.json", "--output", ("--seeds", "10"),
+              particles_figures),
     Benchmark("queue_benchmark", "queue.json", "--output", ("--repeat", "1"), queue_figures),
     Benchmark("zmq_stream_benchmark", "zmq_stream.json", "--output",
               ("--events", "300", "--ny", "64", "--repeat", "1"), zmq_stream_figures),

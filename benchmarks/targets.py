@@ -108,6 +108,16 @@ CATALOG_OPEN_S = Target(
 QUANTIFY_S = Target(
     "quantification_benchmark", "quantify_map", "quantify_map 512 x 512", 0.5, unit="s",
     at={"map_shape": [512, 512]}, source="quantification_benchmark.py")
+QUANTIFY_P90 = Target(
+    "quantification_benchmark", "worst_p90", "quantification: 90th percentile over fresh seed "
+    "pairs of the worst |rel. error| over 0.1-10 at.%", 0.10, unit="",
+    source="issue 15 (Done when)")
+PARTICLES_MISS = Target(
+    "particles_benchmark", "miss_rate", "labelled particles missed (1 - recall, per particle "
+    "by centroid)", 0.05, unit="", source="issue 15 (Done when)")
+PARTICLES_FALSE = Target(
+    "particles_benchmark", "false_rate", "false labelled reports (1 - precision, per particle "
+    "by centroid)", 0.05, unit="", source="issue 15 (Done when)")
 STREAM_PAGE_LATENCY_MS = Target(
     "zmq_stream_benchmark", "page_latency_max", "map page -> viewer's views done", 200.0,
     unit="ms", source="docs/remote.md: the views keep up with the flyer's collect period "
@@ -116,7 +126,8 @@ STREAM_PAGE_LATENCY_MS = Target(
 TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, MAP_PATH_RATIO,
                                MAP_PATH_STORED_S, CATALOG_CALL_MS, CATALOG_BLOCKED_S,
                                FUSION_S, REGISTRATION_S, QUANTIFY_S, CATALOG_READ_MAP_S,
-                               CATALOG_VISIBLE_S, CATALOG_OPEN_S, STREAM_PAGE_LATENCY_MS)
+                               CATALOG_VISIBLE_S, CATALOG_OPEN_S, STREAM_PAGE_LATENCY_MS,
+                               QUANTIFY_P90, PARTICLES_MISS, PARTICLES_FALSE)
 
 
 def targets_for(benchmark: str) -> list[Target]:

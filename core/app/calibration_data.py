@@ -169,12 +169,16 @@ class CalibrationResult:
                 "analyte": self.data.analyte, "matrix_reference": self.data.matrix,
                 "analyte_species": self.data.analyte_species,
                 "matrix_species": self.data.matrix_species,
-                "model": "ln(rho / r) = sum_k a_k q^k, q = s r / (1 + s r), r = I_A / I_M, "
+                "model": "ln(rho / r) = sum_k a_k C^k, solved for C at each r = I_A / I_M, "
                          + ("rho = C / (1 - C)" if cal.binary else "rho = C"),
                 "coefficients": [float(c) for c in cal.coefficients],
                 "covariance": np.asarray(cal.covariance, dtype=float).tolist(),
-                "ratio_scale": float(cal.ratio_scale), "binary": bool(cal.binary),
-                "q_range": list(cal.q_range), "c_range": list(cal.c_range),
+                "binary": bool(cal.binary), "degree": cal.degree,
+                "degree_selection": {
+                    "method": cal.degree_selection.get("method"),
+                    "press": {str(d): v for d, v in
+                              cal.degree_selection.get("press", {}).items()}},
+                "r_range": list(cal.r_range), "c_range": list(cal.c_range),
                 "reduced_chi2": float(cal.reduced_chi2), "n_points": int(self.mask.sum()),
                 "k_factors": dict(self.k_factors),
                 "edx_detection_limit": self.detection_limit,
@@ -409,7 +413,7 @@ def corrected_counts(counts: np.ndarray, *, dwell_s: float, dead_time_s: float,
 
 
 def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = None,
-             k_sigma: Mapping[str, float] | None = None, degree: int = 2,
+             k_sigma: Mapping[str, float] | None = None, degree: int | str = "auto",
              half_width_nm: float | None = None,
              min_detected_sigma: float | None = None) -> CalibrationResult:
     """EDX-guided SIMS quantification of one calibration.
@@ -424,11 +428,9 @@ def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = N
     k_sigma
         Their 1-sigma uncertainties (default 0).
     degree
-        Degree of the RSF polynomial in ``q`` (:func:`~temsims.analysis.quantification.calibrate_rsf`).
-        2 by default: over a calibration range of up to ~70 at.% it leaves no
-        measurable bias, while degree 3 follows the EDX noise near the detection
-        limit and extrapolates it (measured on the simulated Cu-Ni couple,
-        ``tests/plans/test_calibration.py``); use 3 when the range reaches ~100 %.
+        Degree of the ``ln RSF`` polynomial in C, or ``"auto"`` (default, as
+        :func:`~temsims.analysis.quantification.calibrate_rsf`): chosen by weighted
+        leave-one-out cross-validation among 0..3 (decision 0027).
     half_width_nm
         Use only SIMS pixels within this distance of the EDX line (default: the whole
         map, averaged across the gradient).

@@ -6,6 +6,12 @@ instrument parameters: drift, dead time, dark counts and the unresolved 62NiH on
 included) are made with the simulator, without IOCs. The RSF is calibrated where EDX
 is above its detection limit and applied to the SIMS counts; the result is scored
 against the true C(x) of the specimen, also well below the EDX limit.
+
+Seeds (issue 15): the module's experiment uses a fresh (EDX, SIMS) seed pair, and the
+accuracy is scored over 30 more fresh pairs (median and 90th percentile), all drawn at
+run time and printed with their entropy (``TEMSIMS_TEST_ENTROPY`` reproduces a run).
+The sweep over 100 pairs and the plan's geometry is
+``benchmarks/quantification_benchmark.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+from scoring import fresh_rng
 
 from temsims.analysis import edx
 from temsims.analysis import quantification as qn
@@ -34,46 +41,85 @@ SIMS = {"nx": 512, "ny": 256, "fov_um": 2.56, "centre_x_nm": 700.0,
         "current_pa": 300.0, "dwell_s": 1e-3, "probe_nm": 30.0}
 
 
+#: Pairs of the scored sweep (about 75 ms each).
+PAIRS = 30
+BAND = (1e-3, 0.1)
+
+
+class Experiment:
+    """The simulated couple, EDX line and SIMS raster of this module; :meth:`run` makes
+    one noise realisation and the analysis up to the calibration (what a user would
+    run on the catalog data)."""
+
+    def __init__(self):
+        self.spec = spec = build_specimen("diffusion-couple", 1)
+        self.geo = geo = sp.ScanGeometry(SIMS["nx"], SIMS["ny"], SIMS["fov_um"],
+                                         centre_x_nm=SIMS["centre_x_nm"])
+        half = geo.nx * geo.pixel_nm / 2
+        self.positions = np.arange(SIMS["centre_x_nm"] - half + EDX_STEP_NM,
+                                   SIMS["centre_x_nm"] + half - EDX_STEP_NM / 2, EDX_STEP_NM)
+        # EDX line along x at y = 0.
+        self.model = EDXModel(["Cu", "Ni"], ht_kv=BEAM_KV)
+        self.dens = []
+        for x in self.positions:
+            row, col = (int(np.rint(v)) for v in spec.to_index(np.array(x), np.array(0.0)))
+            window = (slice(row, row + 1), slice(col, col + 1))
+            self.dens.append({el: float(spec.areal_density_per_nm2(el, window).ravel()[0])
+                              for el in ("Cu", "Ni")})
+        self.k_factors = {"Cu": self.model.k_factor("Cu", "Ni"), "Ni": 1.0}
+        self.axis = edx.EnergyAxis.from_centres(self.model.axis.centres)
+        # SIMS map of the same zone: 63Cu (analyte) and 58Ni (matrix reference).
+        self.plan = sp.FramePlan(spec, geo, (isotope_mass_u("63Cu"), isotope_mass_u("58Ni")),
+                                 SIMS["current_pa"], SIMS["dwell_s"], SIMS["probe_nm"], 25.5, 1,
+                                 True, np.zeros(spec.shape, np.float32))
+        p = geo.pixel_nm
+        self.transform = qn.pixel_transform(
+            p, pixel_nm_y=p * geo.stretch,
+            origin_nm=(geo.centre_x_nm - (geo.nx - 1) / 2 * p,
+                       geo.centre_y_nm - (geo.ny - 1) / 2 * p * geo.stretch))
+        self.truth = np.interp(self.positions, spec.truth["x_nm"], spec.truth["solute_fraction"])
+
+    def run(self, edx_seed: int, sims_seed: int) -> dict:
+        rng = np.random.default_rng(edx_seed)
+        spectra = np.array([self.model.acquire(d, EDX_ELECTRONS, rng) for d in self.dens])
+        profile = edx.quantify_line_scan(spectra, self.axis, self.k_factors, beam_kev=BEAM_KV)
+        cu_map, ni_map = self.plan.render(np.random.default_rng(sims_seed))
+        cu_prof = qn.map_profile(cu_map, self.transform, self.positions)
+        ni_prof = qn.map_profile(ni_map, self.transform, self.positions)
+        mask = profile.detected["Cu"] & profile.detected["Ni"]
+        calibration = qn.calibrate_rsf(profile.fractions["Cu"], profile.sigma["Cu"],
+                                       cu_prof.total, ni_prof.total, mask=mask)
+        return {"spec": self.spec, "geo": self.geo, "positions": self.positions,
+                "edx": profile, "cu_map": cu_map, "ni_map": ni_map,
+                "transform": self.transform, "cu": cu_prof, "ni": ni_prof,
+                "calibration": calibration, "truth": self.truth, "plan": self.plan,
+                "seeds": (edx_seed, sims_seed)}
+
+    def worst_error(self, edx_seed: int, sims_seed: int) -> tuple[float, int]:
+        """Worst |relative error| of the quantified profile over 0.1-10 at.%, and the
+        degree the calibration chose."""
+        e = self.run(edx_seed, sims_seed)
+        res = qn.quantify_map(e["cu"].total, e["ni"].total, e["calibration"])
+        band = (self.truth >= BAND[0]) & (self.truth <= BAND[1])
+        return (float(np.max(np.abs(res.concentration[band] / self.truth[band] - 1))),
+                e["calibration"].degree)
+
+
+def _pairs(rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in rng.integers(0, 2**31, 2)) for _ in range(n)]
+
+
 @pytest.fixture(scope="module")
-def experiment():
-    """Simulated EDX line scan + SIMS map of the couple, and the analysis up to the
-    calibration (what a user would run on the catalog data)."""
-    spec = build_specimen("diffusion-couple", 1)
-    geo = sp.ScanGeometry(SIMS["nx"], SIMS["ny"], SIMS["fov_um"], centre_x_nm=SIMS["centre_x_nm"])
-    half = geo.nx * geo.pixel_nm / 2
-    positions = np.arange(SIMS["centre_x_nm"] - half + EDX_STEP_NM,
-                          SIMS["centre_x_nm"] + half - EDX_STEP_NM / 2, EDX_STEP_NM)
-    # EDX line along x at y = 0.
-    model = EDXModel(["Cu", "Ni"], ht_kv=BEAM_KV)
-    rng = np.random.default_rng(2024)
-    spectra = []
-    for x in positions:
-        row, col = (int(np.rint(v)) for v in spec.to_index(np.array(x), np.array(0.0)))
-        window = (slice(row, row + 1), slice(col, col + 1))
-        dens = {el: float(spec.areal_density_per_nm2(el, window).ravel()[0]) for el in ("Cu", "Ni")}
-        spectra.append(model.acquire(dens, EDX_ELECTRONS, rng))
-    k_factors = {"Cu": model.k_factor("Cu", "Ni"), "Ni": 1.0}
-    axis = edx.EnergyAxis.from_centres(model.axis.centres)
-    profile = edx.quantify_line_scan(np.array(spectra), axis, k_factors, beam_kev=BEAM_KV)
-    # SIMS map of the same zone: 63Cu (analyte) and 58Ni (matrix reference).
-    plan = sp.FramePlan(spec, geo, (isotope_mass_u("63Cu"), isotope_mass_u("58Ni")),
-                        SIMS["current_pa"], SIMS["dwell_s"], SIMS["probe_nm"], 25.5, 1, True,
-                        np.zeros(spec.shape, np.float32))
-    cu_map, ni_map = plan.render(np.random.default_rng(7))
-    p = geo.pixel_nm
-    transform = qn.pixel_transform(
-        p, pixel_nm_y=p * geo.stretch,
-        origin_nm=(geo.centre_x_nm - (geo.nx - 1) / 2 * p,
-                   geo.centre_y_nm - (geo.ny - 1) / 2 * p * geo.stretch))
-    cu_prof = qn.map_profile(cu_map, transform, positions)
-    ni_prof = qn.map_profile(ni_map, transform, positions)
-    mask = profile.detected["Cu"] & profile.detected["Ni"]
-    calibration = qn.calibrate_rsf(profile.fractions["Cu"], profile.sigma["Cu"], cu_prof.total,
-                                   ni_prof.total, mask=mask)
-    truth = np.interp(positions, spec.truth["x_nm"], spec.truth["solute_fraction"])
-    return {"spec": spec, "geo": geo, "positions": positions, "edx": profile,
-            "cu_map": cu_map, "ni_map": ni_map, "transform": transform, "cu": cu_prof,
-            "ni": ni_prof, "calibration": calibration, "truth": truth, "plan": plan}
+def simulation():
+    return Experiment()
+
+
+@pytest.fixture(scope="module")
+def experiment(simulation):
+    """One fresh (EDX, SIMS) seed pair, printed."""
+    (pair,) = _pairs(fresh_rng("test_quantification experiment"), 1)
+    print(f"EDX seed {pair[0]}, SIMS seed {pair[1]}")
+    return simulation.run(*pair)
 
 
 def _near(truth: np.ndarray, target: float, n: int = 2) -> slice:
@@ -123,7 +169,8 @@ def test_edx_detection_limit_and_calibration_range(experiment):
           f"reduced chi2 {cal.reduced_chi2:.2f}")
     assert 5e-4 < dl < 1e-2
     assert cal.c_range[0] < 0.01 and cal.c_range[1] > 0.5
-    assert cal.reduced_chi2 < 3.0
+    # Not 3: over 300 fresh pairs one reached 3.9 (a point of EDX noise near its limit).
+    assert cal.reduced_chi2 < 5.0
 
 
 def test_rsf_depends_on_concentration_and_its_dilute_limit_is_the_truth(experiment):
@@ -145,7 +192,8 @@ def test_rsf_depends_on_concentration_and_its_dilute_limit_is_the_truth(experime
 
 # ---- quantification -----------------------------------------------------------------------
 def test_quantified_sims_profile_against_the_true_concentration(experiment):
-    """Relative error < 10 % from 10 at.% down to 0.1 at.%, i.e. below the EDX limit;
+    """Relative error < 12 % from 10 at.% down to 0.1 at.%, i.e. below the EDX limit,
+    on this fresh pair (the 90th percentile over pairs is the sweep's, < 10 %);
     reported (not asserted) down to ~10 ppm."""
     cal, truth = experiment["calibration"], experiment["truth"]
     res = qn.quantify_map(experiment["cu"].total, experiment["ni"].total, cal)
@@ -162,18 +210,43 @@ def test_quantified_sims_profile_against_the_true_concentration(experiment):
     assert band.sum() > 20
     assert np.any(band & (truth < dl))  # part of the asserted range is below EDX
     print(f"   max |rel. error| for 0.1-10 at.%: {np.max(np.abs(rel[band])) * 100:.1f} %")
-    assert np.max(np.abs(rel[band])) < 0.10
+    # One pair's sanity bound; the scored figure is the sweep of
+    # test_worst_error_over_fresh_seed_pairs (10 % was exceeded by 1 pair in 300).
+    assert np.max(np.abs(rel[band])) < 0.12
     # Error bars tell the truth where counting dominates (>= 100 ppm).
     ok = truth >= 1e-4
     z = rel[ok] / rel_sigma[ok]
     print(f"   z (>= 100 ppm): mean {z.mean():+.2f}, std {z.std():.2f}")
-    assert 0.5 < z.std() < 2.0 and abs(z.mean()) < 1.5
-    assert np.all(res.extrapolated[truth < cal.c_range[0] / 2])
+    assert 0.5 < z.std() < 2.3 and abs(z.mean()) < 1.5  # 2.0 was reached in 1 of 400 pairs
+    # Flagged: pixels well below the calibration, i.e. below half the true C of its
+    # most dilute point (not of its lowest C_EDX, which EDX noise near the detection
+    # limit can put well above the truth there).
+    used = experiment["edx"].detected["Cu"] & experiment["edx"].detected["Ni"]
+    assert np.all(res.extrapolated[truth < truth[used].min() / 2])
+
+
+def test_worst_error_over_fresh_seed_pairs(simulation):
+    """The scored figure (issue 15): over 30 fresh seed pairs, the worst relative error
+    over 0.1-10 at.% has a 90th percentile below 10 % (measured over 100 pairs: median
+    4.2 %, p90 5.5 %, max 7.4 %, ``docs/calibration.md``)."""
+    pairs = _pairs(fresh_rng("test_worst_error_over_fresh_seed_pairs"), PAIRS)
+    worst, degrees = zip(*(simulation.worst_error(*p) for p in pairs), strict=True)
+    w = np.array(worst)
+    order = np.argsort(w)[::-1]
+    print(f"worst |rel. error| over 0.1-10 at.%, {PAIRS} pairs: median "
+          f"{np.median(w) * 100:.1f} %, p90 {np.percentile(w, 90) * 100:.1f} %, max "
+          f"{w.max() * 100:.1f} % (pair {pairs[order[0]]}); degrees chosen "
+          f"{ {d: degrees.count(d) for d in sorted(set(degrees))} }")
+    assert np.percentile(w, 90) < 0.10
+    assert np.median(w) < 0.07
 
 
 def test_quantified_map_pixel_by_pixel(experiment):
-    """The whole map, pixel by pixel: columns averaged agree with the truth, and the
-    per-pixel uncertainty matches the scatter where counts are plentiful."""
+    """The whole map, pixel by pixel: columns averaged agree with the truth within their
+    quoted errors, and the per-pixel uncertainty matches the scatter where counts are
+    plentiful. (Not "every column within 5 %": a maximum over 178 columns of 1-2 %
+    noise each, which 11-26 % of fresh seed pairs exceed, before and after decision
+    0027.)"""
     cal, geo, spec = experiment["calibration"], experiment["geo"], experiment["spec"]
     res = qn.quantify_map(experiment["cu_map"], experiment["ni_map"], cal,
                           dwell_s=SIMS["dwell_s"], dead_time_s=sp.SimsParameters().dead_time_s)
@@ -183,9 +256,18 @@ def test_quantified_map_pixel_by_pixel(experiment):
     col_mean = np.nanmean(res.concentration, axis=0)
     rich = (truth > 0.01) & (truth < 0.3)
     rel = col_mean[rich] / truth[rich] - 1
+    # A column mean's 1-sigma: counting averages down over the column, the
+    # calibration's error (common to its pixels) does not.
+    _, sigma_ln_rsf = cal.ln_rsf(truth[rich])
+    fit = truth[rich] * (1 - truth[rich]) * sigma_ln_rsf
+    pixel = np.nanmean(res.sigma[:, rich], axis=0)
+    col_sigma = np.sqrt(np.maximum(pixel**2 - fit**2, 0.0) / geo.ny + fit**2)
+    z = rel * truth[rich] / col_sigma
     print(f"map columns at 1-30 at.%: mean rel. error {rel.mean() * 100:+.2f} %, "
-          f"max {np.max(np.abs(rel)) * 100:.1f} %")
-    assert np.max(np.abs(rel)) < 0.05
+          f"max {np.max(np.abs(rel)) * 100:.1f} %; z of the column means: std {z.std():.2f}, "
+          f"max {np.max(np.abs(z)):.1f}")
+    assert abs(rel.mean()) < 0.025
+    assert 0.5 < z.std() < 1.6 and np.max(np.abs(z)) < 5.0
     scatter = np.nanstd(res.concentration[:, rich], axis=0)
     quoted = np.nanmean(res.sigma[:, rich], axis=0)
     assert np.median(scatter / quoted) == pytest.approx(1.0, abs=0.25)
@@ -200,6 +282,58 @@ def test_quantify_map_is_fast():
     best = min(_timed(qn.quantify_map, ia, im, cal) for _ in range(3))
     print(f"quantify_map 512 x 512: {best * 1000:.1f} ms")
     assert best < 0.5
+
+
+def _synthetic(coef, n=60, noise=0.0, seed=0):
+    """Calibration points of a binary whose ln RSF is the polynomial ``coef`` in C,
+    with a relative error ``noise`` on C (quoted as its 1-sigma) and 1e9 counts."""
+    c = np.geomspace(0.003, 0.7, n)
+    ln_r = np.log(c / (1 - c)) - np.polynomial.polynomial.polyval(c, coef)
+    ln_r = ln_r + np.random.default_rng(seed).normal(0.0, noise, n)
+    return c, np.maximum(noise, 1e-9) * c * (1 - c), np.exp(ln_r) * 1e9, np.full(n, 1e9)
+
+
+def test_implicit_solve_inverts_the_calibration():
+    """quantify_map solves ln rho(C) - P(C) = ln r: the calibration's own curve comes
+    back, inside and outside its range, for a binary and for a dilute analyte."""
+    coef = np.array([-1.4, 1.1, -0.4])
+    c, cs, ia, im = _synthetic(coef)
+    cal = qn.calibrate_rsf(c, cs, ia, im, degree=2)
+    np.testing.assert_allclose(cal.coefficients, coef, atol=1e-6)
+    grid = np.array([1e-6, 1e-4, 1e-2, 0.3, 0.9, 0.999])
+    r = grid / (1 - grid) / np.exp(np.polynomial.polynomial.polyval(grid, coef))
+    res = qn.quantify_map(r * 1e12, np.full(grid.size, 1e12), cal)
+    np.testing.assert_allclose(res.concentration, grid, rtol=1e-8)
+    assert list(res.extrapolated) == [True, True, False, False, True, True]
+    c = c[c < 0.2]  # a dilute analyte: rho = C
+    dilute = qn.calibrate_rsf(c, c * 1e-3, c / np.exp(coef[0] + coef[1] * c) * 1e9,
+                              np.full(c.size, 1e9), binary=False, degree=1)
+    grid = grid[:4]
+    r = grid / np.exp(coef[0] + coef[1] * grid)
+    np.testing.assert_allclose(qn.quantify_map(r * 1e12, np.full(grid.size, 1e12),
+                                               dilute).concentration, grid, rtol=1e-8)
+    # No analyte counts: zero, with the 1-sigma of one count; no matrix counts: NaN.
+    res = qn.quantify_map(np.array([0.0, 5.0]), np.array([1e4, 0.0]), cal)
+    assert res.concentration[0] == 0 and res.sigma[0] > 0 and np.isnan(res.concentration[1])
+
+
+def test_degree_is_chosen_by_cross_validation():
+    """'auto' takes the lowest degree whose leave-one-out error (PRESS) is within one
+    standard error of the smallest: over 20 noise realisations, mostly 1 (never 0) for
+    a linear ln RSF(C) and always at least 2 for a curved one; a given degree whose
+    curve makes r -> C ambiguous is refused."""
+    linear = [qn.calibrate_rsf(*_synthetic([-1.4, 1.1], noise=0.02, seed=s)) for s in range(20)]
+    degrees = [c.degree for c in linear]
+    assert degrees.count(1) >= 16 and 0 not in degrees, degrees
+    assert all(c.degree_selection["method"] == "loo-cv-1se" for c in linear)
+    assert np.median([c.dilute_rsf for c in linear]) == pytest.approx(np.exp(-1.4), rel=0.01)
+    for s in range(20):
+        curved = qn.calibrate_rsf(*_synthetic([-1.4, 3.0, -4.0], noise=0.02, seed=s))
+        assert curved.degree >= 2
+        press = curved.degree_selection["press"]
+        assert press[curved.degree] <= 1.5 * min(v for v in press.values() if v is not None)
+    with pytest.raises(ValueError, match="non-monotonic"):
+        qn.calibrate_rsf(*_synthetic([0.0, 40.0, -30.0]), degree=2)
 
 
 def _timed(f, *args) -> float:
@@ -225,6 +359,8 @@ def test_bad_input_is_refused_with_clear_errors(experiment):
         lambda: qn.map_profile(np.ones((5, 5)), t, [1.0, 2.0], half_width_nm=1.0),
         lambda: qn.calibrate_rsf(ones, ones, ones, ones[:-1]),
         lambda: qn.calibrate_rsf(ones * 0.1, ones * 0.01, ones, ones, degree=9),
+        lambda: qn.calibrate_rsf(ones * 0.1, ones * 0.01, ones, ones, degree="cubic"),
+        lambda: qn.calibrate_rsf(ones * 0.1, ones * 0.01, ones, ones, degree=True),
         lambda: qn.calibrate_rsf(ones * 0.1, ones * 0.01, ones, ones, mask=np.zeros(10, bool)),
         lambda: qn.calibrate_rsf(ones * np.nan, ones, ones, ones),
         lambda: qn.quantify_map(np.ones((4, 4)), np.ones((4, 5)), cal),

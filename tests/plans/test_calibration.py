@@ -1,5 +1,6 @@
 """EDX-guided SIMS quantification end to end: ``edx_sims_calibration`` on the real IOCs
-(diffusion-couple, seed 1), then ``temsims.app.calibration_data`` on its documents and on
+(diffusion-couple, a fresh instrument seed drawn at run time and printed: the seed of
+its EDX and SIMS noise), then ``temsims.app.calibration_data`` on its documents and on
 the catalog, scored against the specimen's true C(x).
 
 The module gets the session's diffusion-couple instrument, reset at its start (the
@@ -21,12 +22,12 @@ import time
 
 import numpy as np
 import pytest
+from scoring import fresh_rng
 
 from temsims.catalog import check_start_metadata
 from temsims.plans import edx_sims_calibration
 from temsims.plans._common import HARDWARE_COMMANDS
 
-SEED = 1
 LINE = {"start_um": (-0.28, 0.0), "stop_um": (1.68, 0.0), "points": 50}
 EDX = {"edx_live_time_s": 0.1, "edx_current_na": 10.0}
 SIMS = {"sims_pixels": (200, 64), "sims_dwell_s": 1e-3, "sims_aperture": "1 nA"}
@@ -35,12 +36,22 @@ NO_DRIFT = {"spectrometer": ["--drift-nm-per-min", "0"]}
 
 
 @pytest.fixture(scope="module")
-def cdev(instruments):
-    """Connected devices on the shared diffusion-couple instrument (no drift), reset for
-    this module."""
+def seed():
+    """The instrument's seed, fresh (issue 15: no score rests on one chosen seed); only
+    this module starts a diffusion-couple instrument with these arguments, so a fresh
+    seed costs no extra start."""
+    s = int(fresh_rng("test_calibration instrument").integers(2, 1_000_000))
+    print(f"diffusion-couple seed {s}")
+    return s
+
+
+@pytest.fixture(scope="module")
+def cdev(instruments, seed):
+    """Connected devices on the diffusion-couple instrument (no drift), reset for this
+    module."""
     from instrument_support import connect_fast
 
-    return connect_fast(instruments.get(specimen="diffusion-couple", seed=SEED,
+    return connect_fast(instruments.get(specimen="diffusion-couple", seed=seed,
                                         extra_args=NO_DRIFT))
 
 
@@ -52,7 +63,7 @@ def _true_k_factors(ht_kv: float) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def calibration_run(cdev, tmp_path_factory):
+def calibration_run(cdev, seed, tmp_path_factory):
     """The plan, once, into a document collector and an embedded catalog (8-19 s with
     the catalog's start and close: the tests that use it are marked slow)."""
     from bluesky import RunEngine
@@ -64,7 +75,7 @@ def calibration_run(cdev, tmp_path_factory):
     before = {"tem_current": float(d.tem.beam_current.get()),
               "aperture": str(d.column.aperture.get())}
     k = _true_k_factors(float(d.tem.ht.get()))
-    RE = RunEngine({"sample": "Cu-Ni couple seed 1", "specimen": "diffusion-couple",
+    RE = RunEngine({"sample": f"Cu-Ni couple seed {seed}", "specimen": "diffusion-couple",
                     "operator": "pytest"}, call_returns_result=True)
     require_metadata(RE)
     docs = DocumentCollector()
@@ -85,10 +96,10 @@ def calibration_run(cdev, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def truth():
+def truth(seed):
     from temsims.ioc.physics.specimen import build_specimen
 
-    spec = build_specimen("diffusion-couple", SEED)
+    spec = build_specimen("diffusion-couple", seed)
     x, c = spec.truth["x_nm"], spec.truth["solute_fraction"]
     return lambda x_nm: np.interp(x_nm, x, c)
 
@@ -238,7 +249,10 @@ def _score(result, truth) -> dict:
 
 @pytest.mark.slow
 def test_quantified_sims_concentration_against_the_truth(calibration_run, truth):
-    """< 10 % relative error from 10 at.% down to 0.1 at.%, below the EDX detection limit."""
+    """< 12 % relative error from 10 at.% down to 0.1 at.%, below the EDX detection limit,
+    on this fresh seed. The scored figure is the 90th percentile over 100 fresh seed
+    pairs of this geometry (benchmarks/quantification_benchmark.py, ``plan``: 7.2-7.4 %,
+    max 9.4-11.8 %); 12 % bounds one pair without flaking."""
     from temsims.app import calibration_data as cd
 
     t0 = time.monotonic()
@@ -272,9 +286,11 @@ def test_quantified_sims_concentration_against_the_truth(calibration_run, truth)
     assert dl > 1e-3, "the EDX detection limit should be above 0.1 at.% (else no extrapolation)"
     assert band.sum() >= 15
     assert np.any(band & (s["c_true"] < dl))  # part of the asserted range is below EDX
-    assert worst < 0.10
+    assert worst < 0.12
     # Below the calibration range the concentrations are extrapolated, and flagged so.
-    assert np.all(result.profile.extrapolated[s["c_true"] < cal.c_range[0] / 2])
+    # (below half the true C of the most dilute calibration point: its C_EDX, noisy near
+    # the detection limit, can lie well above the truth there)
+    assert np.all(result.profile.extrapolated[s["c_true"] < s["c_true"][result.mask].min() / 2])
     # Error bars: the scatter is consistent with the quoted 1-sigma (within 3x).
     assert np.sqrt(np.mean(z**2)) < 3.0
     # The map, pixel by pixel: column means agree with the truth where Cu is 1-30 at.%.
