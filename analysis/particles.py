@@ -6,8 +6,11 @@ Pure numpy/scipy/scikit-image on arrays. The SIMS route (:func:`find_particles`)
 2. segment on the total Li counts: Gaussian smoothing, a detection threshold set
    by the Poisson noise of the film background (not by the bright particles: an
    Otsu or percentile threshold drops the small ones), markers from the h-maxima
-   of the variance-stabilised (Anscombe) map, watershed to split touching
-   particles, minimum area and counts;
+   of the variance-stabilised (Anscombe) maps, the smoothed total and, unsmoothed,
+   the total, the 6Li and the 7Li map each (a labelled particle beside a natural
+   one is a maximum of its own isotope; particles a pixel or two apart are separate
+   maxima before smoothing: decision 0028), watershed to split touching particles,
+   minimum area and counts;
 3. cut labelled Li out of the segments it shares with natural Li
    (:func:`split_labelled_segments`): a small 6Li-labelled particle within a pixel
    or so of a large natural one falls in the same segment (its total counts are a
@@ -233,11 +236,35 @@ def estimate_background(total_counts, valid=None) -> float:
     return float(np.median(vals[vals <= med]))
 
 
+def _sum_w2(sigma: float) -> float:
+    """Sum of the squared weights of the discrete Gaussian kernel (the noise variance
+    factor of a smoothed map; ``1 / (4 pi sigma^2)`` only for sigma >~ 1 px)."""
+    if sigma == 0:
+        return 1.0
+    n = 2 * math.ceil(4 * sigma) + 1
+    delta = np.zeros((n, n))
+    delta[n // 2, n // 2] = 1.0
+    return float(np.sum(ndimage.gaussian_filter(delta, sigma, mode="constant") ** 2))
+
+
+def _anscombe_peaks(image: np.ndarray, valid: np.ndarray, fg: np.ndarray, sigma: float,
+                    h_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(h-maxima, Anscombe map) of a Gaussian-smoothed count map inside ``fg``: maxima
+    ``h_sigma`` times the smoothed unit noise of ``2 sqrt(c + 3/8)`` above their
+    surroundings."""
+    sm = _smooth(image, valid, sigma)
+    w2 = _sum_w2(sigma)
+    ans = 2.0 * np.sqrt(np.clip(sm, 0.0, None) + 0.375)
+    peaks = morphology.h_maxima(np.where(fg, ans, 0.0), h_sigma * math.sqrt(w2)).astype(bool)
+    return peaks & fg, ans
+
+
 def segment_sims_particles(total_counts, *, smooth_sigma_px: float = 1.0,
                            detection_sigma: float = 5.0,
                            background_counts: float | None = None,
                            h_sigma: float = 4.0, min_area_px: int = 1,
-                           min_counts: float = 20.0) -> np.ndarray:
+                           min_counts: float = 20.0, channels=None,
+                           marker_sigma_px: float = 0.0) -> np.ndarray:
     """Label image of the particles of a total-counts SIMS map.
 
     Parameters
@@ -263,6 +290,16 @@ def segment_sims_particles(total_counts, *, smooth_sigma_px: float = 1.0,
         Smaller segments are dropped, >= 1.
     min_counts : float
         Segments with fewer summed counts are dropped, >= 0.
+    channels : sequence of array_like, optional
+        The isotope maps whose sum is ``total_counts`` (e.g. 6Li and 7Li). Markers
+        then also come from each map on its own, smoothed by ``marker_sigma_px``:
+        a labelled particle beside a natural one is a shoulder of the total but a
+        maximum of the 6Li map, and particles a pixel or two apart, which the
+        detection smoothing merges, are separate maxima at the finer smoothing.
+        Maxima in adjacent pixels (one particle seen in two maps) are one marker.
+    marker_sigma_px : float
+        Smoothing of the marker maps and of the watershed surface when
+        ``channels`` are given (pixels), >= 0.
 
     Returns
     -------
@@ -288,9 +325,16 @@ def segment_sims_particles(total_counts, *, smooth_sigma_px: float = 1.0,
     fg = valid & (sm > bkg + det * math.sqrt(max(bkg, 1.0) * w2))
     if not fg.any():
         return np.zeros(t.shape, np.int32)
-    ans = 2.0 * np.sqrt(np.clip(sm, 0.0, None) + 0.375)
-    h = h_sigma * math.sqrt(w2)
-    peaks = morphology.h_maxima(np.where(fg, ans, 0.0), h).astype(bool) & fg
+    peaks, ans = _anscombe_peaks(t, valid, fg, s, h_sigma)
+    if channels is not None:
+        ms = _check_sigma("marker_sigma_px", marker_sigma_px)
+        fine, ans = _anscombe_peaks(t, valid, fg, ms, h_sigma)
+        peaks = peaks | fine
+        for ch in channels:
+            c = np.asarray(ch, dtype=float)
+            if c.shape != t.shape:
+                raise ValueError(f"channels must have the map's shape {t.shape}, got {c.shape}")
+            peaks |= _anscombe_peaks(np.where(valid, c, 0.0), valid, fg, ms, h_sigma)[0]
     markers = measure.label(peaks, connectivity=2)
     labels = segmentation.watershed(-ans, markers, mask=fg, connectivity=2)
     # Foreground pieces without a marker (flat plateaux) become their own segments.
@@ -655,7 +699,9 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     if labels is None:
         labels = segment_sims_particles(total, smooth_sigma_px=smooth_sigma_px,
                                         detection_sigma=detection_sigma, h_sigma=h_sigma,
-                                        min_area_px=min_area_px, min_counts=min_counts)
+                                        min_area_px=min_area_px, min_counts=min_counts,
+                                        channels=(np.where(valid, c6, 0.0),
+                                                  np.where(valid, c7, 0.0)))
         if split_labelled:
             labels, split_from = split_labelled_segments(
                 labels, np.where(valid, c6, np.nan), np.where(valid, c7, np.nan), v6, v7,

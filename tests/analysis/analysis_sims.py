@@ -46,12 +46,22 @@ def match_truth(table, affine, truth):
 
 
 def score(table, affine, truth) -> dict:
-    """Labelled-particle precision and recall, and the ratio errors (in units of the
-    Poisson bound) of segments that hold exactly one particle and were not cut out
-    of a neighbour's segment (``table.split_from``: their sums hold that unresolved
-    neighbour's tail, the ratio is diluted by design; they are still classified and
-    scored for precision and recall, and ``natural_classes`` keeps them)."""
+    """Segment scoring (labelled precision and recall by segment membership, kept for
+    comparison: ``tests/scoring.py`` scores per particle), and the ratio errors (in
+    units of the Poisson bound) of isolated particles: segments that hold exactly one
+    particle, whose edge is more than two pixels (the larger pitch) from any other
+    particle's, and were not cut out of a neighbour's segment (``table.split_from``).
+    A particle nearer a neighbour shares counts with it (the beam blur and the pixel
+    are larger than the gap), so its ratio is diluted by design; such particles are
+    scored for precision and recall only. ``natural_classes``: the classes of the
+    isolated natural particles."""
     seg = match_truth(table, affine, truth)
+    pitch_nm = 1000.0 * max(np.hypot(*affine[:2, 0]), np.hypot(*affine[:2, 1]))
+    xy = np.array([[p["x_nm"], p["y_nm"]] for p in truth])
+    r = np.array([p["radius_nm"] for p in truth])
+    gap = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1)) - r[:, None] - r
+    np.fill_diagonal(gap, np.inf)
+    crowded = {p["id"] for p, g in zip(truth, gap, strict=True) if g.min() < 2 * pitch_nm}
     by_label = {p.label: p for p in table}
     members: dict[int, list] = {}
     for p, lab in zip(truth, seg, strict=True):
@@ -66,10 +76,12 @@ def score(table, affine, truth) -> dict:
     for lab, ms in members.items():
         if len(ms) == 1:
             q = by_label[lab]
-            if lab not in table.split_from:
-                errors.append((q.ratio - ms[0]["li6_li7_ratio"]) / q.sigma)
+            if lab in table.split_from or ms[0]["id"] in crowded:
+                continue
+            errors.append((q.ratio - ms[0]["li6_li7_ratio"]) / q.sigma)
             if not ms[0]["labelled"]:
                 natural_classes.append(q.classification)
     return {"tp": tp, "flagged": len(flagged), "found": found, "n_labelled": n_true,
             "errors": errors, "natural_classes": natural_classes,
             "detected": sum(1 for s in seg if s), "n_particles": len(truth)}
+

@@ -1,4 +1,10 @@
-"""Particles of simulated 6Li/7Li maps, scored against the specimen's hidden truth."""
+"""Particles of simulated 6Li/7Li maps, scored against the specimen's hidden truth.
+
+The scored maps are five fresh specimen seeds per map size, drawn at run time and
+printed (``TEMSIMS_TEST_ENTROPY`` reproduces a run); labelled particles are scored per
+particle by the reported centroid (``tests/scoring.py``). The sweep over 30+ seeds is
+``benchmarks/particles_benchmark.py``.
+"""
 
 import json
 import math
@@ -14,6 +20,7 @@ from analysis_sims import (
     particle_maps,
     score,
 )
+from scoring import TOLERANCE_NM, fresh_rng, score_centroids
 
 from temsims.analysis.geometry import SimsMapGeometry
 from temsims.analysis.particles import (
@@ -25,7 +32,8 @@ from temsims.analysis.particles import (
 )
 from temsims.ioc.physics import sims as sp
 
-SEEDS = (1, 2, 3, 4, 5)
+#: Fresh specimen seeds per map size (about 0.4 s each at the full size).
+N_SEEDS = 5
 
 
 def _run(seed, pixels, **kw):
@@ -34,67 +42,92 @@ def _run(seed, pixels, **kw):
                              centre_y_um=0.0).affine_to_specimen()
     table = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
                            dead_time_s=DEAD_TIME_S, **kw)
-    return spec, table, affine, score(table, affine, spec.truth["particles"])
+    sc = score(table, affine, spec.truth["particles"])
+    sc["centroids"] = score_centroids(table.labelled(), spec.truth["particles"])
+    return spec, table, affine, sc
 
 
 @pytest.fixture(scope="module", params=[DEMO_FULL_PIXELS, DEMO_QUICK_PIXELS],
                 ids=["demo-full-96x68", "demo-quick-64x45"])
 def scores(request):
-    return request.param, {seed: _run(seed, request.param)[3] for seed in SEEDS}
+    rng = fresh_rng(f"test_particles {request.param[0]}x{request.param[1]}")
+    seeds = [int(s) for s in rng.choice(np.arange(10, 1_000_000), N_SEEDS, replace=False)]
+    print(f"specimen seeds {seeds}")
+    return request.param, {seed: _run(seed, request.param)[3] for seed in seeds}
+
+
+#: Pooled over the fresh seeds (60 labelled particles). Over 60 seeds the benchmark
+#: measured recall 0.993 (full) and 0.976 (quick); resampling five of those seeds,
+#: these bounds fail in 0.03 % (full) and 0.2 % (quick) of runs. Precision 0.99-1.00.
+RECALL_MIN = {DEMO_FULL_PIXELS: 0.95, DEMO_QUICK_PIXELS: 0.90}
 
 
 def test_labelled_precision_and_recall_at_the_demo_dose(scores):
-    """Per seed, not only in aggregate: labelled precision and recall >= 0.95 (with
-    12 labelled particles a seed, no miss and no false label). The misses were
-    10-13 nm labelled particles within a pixel or so of ~90 nm natural ones: one
-    segment, "uncertain"; split_labelled_segments cuts them out on their 6Li."""
-    _, per_seed = scores
-    report = {seed: (s["tp"], s["flagged"], s["found"], s["n_labelled"])
-              for seed, s in per_seed.items()}
-    for s in per_seed.values():
-        assert s["tp"] >= 0.95 * s["flagged"], report
-        assert s["found"] >= 0.95 * s["n_labelled"], report
+    """Per particle by the reported centroid (a labelled truth particle is found when a
+    reported labelled centroid lies within its radius + 60 nm; each report finds at
+    most one; a report finding none is false): recall and precision pooled over
+    the fresh seeds. Merged segments count once, not for every particle under them."""
+    pixels, per_seed = scores
+    c = {seed: s["centroids"] for seed, s in per_seed.items()}
+    found, n, tp, rep = (sum(v[k] for v in c.values())
+                         for k in ("found", "n_labelled", "tp", "reported"))
+    report = {seed: (v["found"], v["n_labelled"], v["tp"], v["reported"], v["missed"])
+              for seed, v in c.items()}
+    print(f"{pixels[0]}x{pixels[1]}: recall {found / n:.3f} ({found}/{n}), precision "
+          f"{tp / max(rep, 1):.3f} ({tp}/{rep}), tolerance radius + {TOLERANCE_NM:g} nm; "
+          f"per seed (found, labelled, true, reported, missed ids): {report}")
+    assert found / n >= RECALL_MIN[pixels], report
+    assert tp / max(rep, 1) >= 0.95, report
+    for s in per_seed.values():  # every particle is in some segment
         assert s["detected"] == s["n_particles"], report
-    tp, flagged = (sum(s[k] for s in per_seed.values()) for k in ("tp", "flagged"))
-    assert tp == flagged, report  # precision 1.00 over all seeds
 
 
-def test_labelled_particle_merged_with_a_natural_one_is_cut_out():
-    """Seed 1, full map: two 10-11 nm labelled particles share a segment with a
-    ~90 nm natural one ("uncertain" at z ~ 4-5 without the split). Split, each is a
-    labelled segment of its own, and the natural remainder is natural."""
-    spec, table, affine, _ = _run(1, DEMO_FULL_PIXELS)
-    _, merged, _, _ = _run(1, DEMO_FULL_PIXELS, split_labelled=False)
-    truth = spec.truth["particles"]
-    seg = match_truth(table, affine, truth)
-    seg0 = match_truth(merged, affine, truth)
+def test_labelled_particle_beside_a_natural_one_is_its_own_segment():
+    """Seed 1, full map: two 10-11 nm labelled particles (ids 3 and 30) 130-200 nm
+    from ~90 nm natural ones (8 and 1). On the total counts they are shoulders of
+    their neighbours (one segment, "uncertain" at z ~ 4-5); the 6Li map's own maxima
+    (segment_sims_particles' channels) give each a segment: labelled, its centroid
+    on it, and the natural neighbour's segment natural. The segments of the total
+    counts alone (the segmentation before issue 15) miss both."""
+    spec, table, affine, sc = _run(1, DEMO_FULL_PIXELS)
+    truth = {t["id"]: t for t in spec.truth["particles"]}
+    assert {3, 30}.isdisjoint(sc["centroids"]["missed"])
+    seg = dict(zip([t["id"] for t in spec.truth["particles"]],
+                   match_truth(table, affine, spec.truth["particles"]), strict=True))
     by_label = {p.label: p for p in table}
-    by_label0 = {p.label: p for p in merged}
-    cut = [k for k, t in enumerate(truth) if t["labelled"] and seg[k] in table.split_from]
-    assert len(cut) >= 2
-    for k in cut:
-        assert by_label0[seg0[k]].classification == "uncertain"
-        assert by_label[seg[k]].classification == "labelled"
-        rest = table.split_from[seg[k]]
-        assert by_label[rest].classification == "natural"
-        assert not any(t["labelled"] for t, lab in zip(truth, seg, strict=True)
-                       if lab == rest)
-    assert merged.split_from == {}
-    assert table.parameters["split_labelled"] and not merged.parameters["split_labelled"]
+    for small, big in ((3, 8), (30, 1)):
+        p = min(table.labelled(), key=lambda q: math.hypot(
+            q.x_um * 1e3 - truth[small]["x_nm"], q.y_um * 1e3 - truth[small]["y_nm"]))
+        assert math.hypot(p.x_um * 1e3 - truth[small]["x_nm"],
+                          p.y_um * 1e3 - truth[small]["y_nm"]) < truth[small]["radius_nm"] + 60
+        assert by_label[seg[big]].classification == "natural"
+        assert seg[big] != p.label
+    # The segmentation of the total counts alone merges them; the split recovers them.
+    _, _, n6, n7 = particle_maps(1, DEMO_FULL_PIXELS)
+    total = (n6 + n7).astype(float)
+    merged = segment_sims_particles(total, min_counts=20.0)
+    cut = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
+                         dead_time_s=DEAD_TIME_S, labels=merged)
+    assert {3, 30} <= set(score_centroids(cut.labelled(), spec.truth["particles"])["missed"])
 
 
 def test_ratio_errors_are_within_1_2_poisson_bounds(scores):
-    """(R_est - R_true) / sigma_Poisson over every isolated particle of every seed:
-    standard deviation <= 1.2 and at most 1 % beyond 4 sigma."""
+    """(R_est - R_true) / sigma_Poisson over every isolated particle (more than two
+    pixels from any other: ``analysis_sims.score``) of every seed: standard deviation
+    <= 1.2 and at most 1 % beyond 4 sigma."""
     _, per_seed = scores
     err = np.concatenate([s["errors"] for s in per_seed.values()])
-    assert len(err) > 80
+    print(f"{len(err)} isolated particles: pull mean {np.mean(err):+.2f}, std {np.std(err):.2f}")
+    assert len(err) > 60
     assert np.std(err) <= 1.2, np.sort(err)
     assert abs(np.mean(err)) <= 3 * 1.2 / math.sqrt(len(err))
     assert np.mean(np.abs(err) > 4) <= 0.01
 
 
 def test_no_natural_particle_is_called_labelled(scores):
+    """Isolated natural particles (as for the ratio errors) are natural; a natural
+    particle beside a labelled one is scored through precision (a labelled report
+    that finds no labelled particle is false)."""
     _, per_seed = scores
     classes = [c for s in per_seed.values() for c in s["natural_classes"]]
     assert "labelled" not in classes
