@@ -184,6 +184,23 @@ def analysis_figures(r: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
+def registration_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``registration.json``: the registration's error (raster model, the default) per
+    calibration-error setting (median and 90th percentile over the seeds, SIMS px),
+    beside the translation-only refinement's on the same scenes (decision 0029)."""
+    figures = []
+    for name, setting in r["settings"].items():
+        s = setting["summary"]
+        words = f"{name}, {s['raster']['n']} seeds"
+        figures.append(Figure("registration_error", f"error median, {words}",
+                              s["raster"]["median"], "SIMS px", "translation only",
+                              s["translation"]["median"]))
+        figures.append(Figure("registration_error_p90", f"error p90, {words}",
+                              s["raster"]["p90"], "SIMS px", "translation only",
+                              s["translation"]["p90"]))
+    return figures
+
+
 def quantification_figures(r: Mapping[str, Any]) -> list[Figure]:
     """``quantification.json``: ``quantify_map`` on the whole map (best of the runs), and
     the accuracy over fresh seed pairs (90th percentile and median of the worst error
@@ -260,6 +277,23 @@ def interlock_fuzz_figures(r: Mapping[str, Any]) -> list[Figure]:
             Figure("steps_per_s", "steps per second", r["steps_per_s"], "steps/s")]
 
 
+def fault_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``fault.json``: fault scenarios repeated (dead/hung parts, an arc): runs that
+    failed, lines lost or duplicated (target 0), detection and resumption medians."""
+    figures = [Figure("fault_failures", "fault scenario runs that failed",
+                      r["failures_total"], "runs"),
+               Figure("fault_lost", "lines/tiles lost over all fault runs", r["lost_total"],
+                      "lines"),
+               Figure("fault_duplicated", "lines/tiles duplicated over all fault runs",
+                      r["duplicated_total"], "lines")]
+    for name, s in r["scenarios"].items():
+        for key, words in (("detect_s", "detected"), ("resume_s", "resumed after")):
+            if s.get(key):
+                figures.append(Figure(f"fault_{key}", f"{name}: {words} (median, "
+                                      f"{s[key]['n']} runs)", s[key]["median"], "s"))
+    return figures
+
+
 def queue_figures(r: Mapping[str, Any]) -> list[Figure]:
     """``queue.json``: the queue server's environment_open, queue_start -> first event,
     and a queued correlative_tem_sims against the same plan in a session."""
@@ -271,6 +305,22 @@ def queue_figures(r: Mapping[str, Any]) -> list[Figure]:
         Figure("queued_plan", "correlative_tem_sims queued, queue_start -> idle (median)",
                r["queued_client_s"]["median"], "s", "in a session",
                r["in_session_s"]["median"]),
+    ]
+
+
+def cathode_case_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``cathode_case.json``: the cathode case against the twin's truth over seeds."""
+    n = len(r["seeds"])
+    return [
+        Figure("decay_recovered", f"V decay length within its 95 % interval ({n} seeds)",
+               100 * r["decay_recovered_fraction"], "% seeds"),
+        Figure("level_recovered", f"V level in LiPON within its 95 % interval ({n} seeds)",
+               100 * r["level_recovered_fraction"], "% seeds"),
+        Figure("interfaces", "interfaces SIMS vs TEM within one SIMS pixel",
+               100 * r["interfaces_within_pixel_fraction"], "% seeds"),
+        Figure("max_offset", "max |SIMS - TEM| interface position",
+               r["max_abs_sims_minus_tem_nm"], "nm", "SIMS pixel", r["pixel_nm"]),
+        Figure("wall", "case wall time (mean)", r["wall_s"]["mean"], "s"),
     ]
 
 
@@ -319,6 +369,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               catalog_backends_figures),
     Benchmark("analysis_benchmark", "analysis_benchmark.json", "--output",
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
+    Benchmark("registration_benchmark", "registration.json", "--output", ("--quick",),
+              registration_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",
               ("--n", "256", "--repeat", "3", "--pairs", "20"), quantification_figures),
     Benchmark("particles_benchmark", "particles.json", "--output", ("--seeds", "10"),
@@ -328,6 +380,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--events", "300", "--ny", "64", "--repeat", "1"), zmq_stream_figures),
     Benchmark("interlock_fuzz_benchmark", "interlock_fuzz.json", "--output",
               ("--steps", "1000"), interlock_fuzz_figures),
+    Benchmark("fault_benchmark", "fault.json", "--output", ("--repeat", "1"),
+              fault_figures),
+    Benchmark("cathode_case_benchmark", "cathode_case.json", "--output",
+              ("--seeds", "3", "--quick"), cathode_case_figures),
 )
 
 
