@@ -12,10 +12,20 @@ Model (instrument.md, "Image correlation and fusion")
        lightly smoothed, standardised over the pixels both cover and compared by
        cross-correlation with sub-pixel upsampling
        (:func:`skimage.registration.phase_cross_correlation`). The translation
-       found, in SIMS pixels, is composed with the initial affine. Only a
-       translation is refined (decision 0011: on sparse particle maps a fitted
-       rotation/scale made the typical case worse); ``residual_sims_px`` flags a
-       recorded rotation or field of view that is wrong.
+       found, in SIMS pixels, is composed with the initial affine.
+    3. Linear refinement (decision 0029, superseding 0011's translation only): each
+       feature of the map (a local maximum) is located on the TEM image by template
+       matching of a window around it, within a few px of where the transform so far
+       puts it; a model of what a raster calibration changes (field, scan rotation,
+       stretch along y: ``model="raster"``) or a general affine is fitted to these
+       positions, robustly, and the passes repeat until the fit stops moving. A
+       position is insensitive to the shape differences of the two contrasts, which
+       biased every intensity-based affine tried (decision 0011's table). The fit is
+       kept only if it is constrained (>= 4 features, a predicted corner error
+       <= 0.5 px) and moves the corners by more than its noise; otherwise the
+       translation stays and ``quality["affine"]["why"]`` says why.
+       ``linear_error_sims_px`` reports how far the recorded linear geometry was off;
+       ``residual_sims_px`` flags what neither refinement absorbed.
 
 Contrast
     Bright-field TEM is dark where there is mass, HAADF bright; a SIMS map of a
@@ -37,6 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
+from skimage.feature import match_template, peak_local_max
 from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform, warp
@@ -66,11 +77,17 @@ class RegistrationResult:
         (SIMS pixels compared / all), ``tem_inverted`` (bool), ``quadrant_shifts_px``
         (residual (d_row, d_col) of each map quadrant after refinement).
     residual_sims_px : float
-        Estimated residual misregistration (SIMS px): RMS of the quadrant shifts,
-        which also picks up rotation or scale errors a translation cannot absorb.
+        Estimated residual misregistration (SIMS px): root of the median squared
+        shift of the four map quadrants, which picks up rotation or scale errors the
+        refinement did not absorb.
     refined : bool
         False if no refinement was asked for or its shift was rejected (larger than
         ``max_shift_px``; ``transform`` is then the initial one).
+    linear_error_sims_px : float
+        How far the refined rotation, scale and shear move the map corners and centre
+        from where the recorded ones put them, the translation taken out (RMS, SIMS
+        px): 0 for a translation-only result; above ~0.5 px the recorded raster
+        calibration (field, scan rotation, incidence) is off and should be measured.
     """
 
     transform: AffineTransform
@@ -79,6 +96,7 @@ class RegistrationResult:
     quality: dict[str, Any] = field(default_factory=dict)
     residual_sims_px: float = float("nan")
     refined: bool = False
+    linear_error_sims_px: float = 0.0
 
     def sims_to_tem_px(self, rows: Any, cols: Any) -> tuple[np.ndarray, np.ndarray]:
         """TEM ``(rows, cols)`` of SIMS pixel coordinates (refined transform)."""
@@ -144,7 +162,7 @@ def normalised_cross_correlation(a: np.ndarray, b: np.ndarray,
 
 def tem_on_sims_grid(tem_image: np.ndarray, sims_to_tem: np.ndarray,
                      sims_shape: tuple[int, int], *, footprint_sigma_sims_px: float = 0.5,
-                     cval: float = np.nan) -> np.ndarray:
+                     cval: float = np.nan, cache: dict | None = None) -> np.ndarray:
     """Resample a TEM image on a SIMS map's pixel grid without aliasing.
 
     Parameters
@@ -161,6 +179,11 @@ def tem_on_sims_grid(tem_image: np.ndarray, sims_to_tem: np.ndarray,
         grid (its axis-aligned part) before sampling.
     cval : float
         Value of SIMS pixels outside the TEM image.
+    cache : dict, optional
+        Keeps the block-averaged, smoothed TEM image between calls on the same
+        ``tem_image`` whose affine differs only by a translation or slightly (the
+        smoothing rounded to 0.02 TEM px): the refinement's iterations reuse it.
+        Pass a new dict per TEM image.
 
     Returns
     -------
@@ -181,8 +204,6 @@ def tem_on_sims_grid(tem_image: np.ndarray, sims_to_tem: np.ndarray,
     f = max(1, int(smallest // 2))
     f = min(f, min(tem.shape))
     if f > 1:
-        h, w = (tem.shape[0] // f) * f, (tem.shape[1] // f) * f
-        tem = tem[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
         to_reduced = np.array([[1.0 / f, 0, -(f - 1) / (2.0 * f)],
                                [0, 1.0 / f, -(f - 1) / (2.0 * f)], [0, 0, 1]])
         matrix = to_reduced @ matrix
@@ -191,8 +212,19 @@ def tem_on_sims_grid(tem_image: np.ndarray, sims_to_tem: np.ndarray,
     box_var = 1.0 / 12.0 if f > 1 else 0.0  # the block mean already averaged one pixel
     sigma_cols = math.sqrt(max(cov[0, 0] - box_var, 0.0))
     sigma_rows = math.sqrt(max(cov[1, 1] - box_var, 0.0))
-    if sigma_cols > 0.05 or sigma_rows > 0.05:
-        tem = ndimage.gaussian_filter(tem, (sigma_rows, sigma_cols), mode="nearest")
+    key = (f, round(sigma_rows / 0.02), round(sigma_cols / 0.02))
+    if cache is not None and key in cache:
+        tem = cache[key]
+    else:
+        if f > 1:
+            h, w = (tem.shape[0] // f) * f, (tem.shape[1] // f) * f
+            tem = tem[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3),
+                                                                  dtype=np.float32)
+        if sigma_cols > 0.05 or sigma_rows > 0.05:
+            tem = ndimage.gaussian_filter(tem, (sigma_rows, sigma_cols), mode="nearest")
+        if cache is not None:
+            cache.clear()  # one entry: the refinement moves on, it does not come back
+            cache[key] = tem
     return warp(tem, AffineTransform(matrix=matrix), output_shape=tuple(sims_shape), order=1,
                 mode="constant", cval=cval, preserve_range=True).astype(np.float32)
 
@@ -222,6 +254,242 @@ def _quadrant_shifts(sims_z: np.ndarray, tem_z: np.ndarray, mask: np.ndarray,
     return out
 
 
+def _corner_rms_px(matrix: np.ndarray, shape: tuple[int, int]) -> float:
+    """RMS displacement (px) of a map's four corners and centre under ``matrix``."""
+    ny, nx = shape
+    pts = np.array([[0, 0, 1], [nx - 1, 0, 1], [nx - 1, ny - 1, 1], [0, ny - 1, 1],
+                    [(nx - 1) / 2, (ny - 1) / 2, 1]], float)
+    d = (pts @ np.asarray(matrix, float).T)[:, :2] - pts[:, :2]
+    return math.sqrt(float((d ** 2).sum(axis=1).mean()))
+
+
+def _peak_subpixel(cc: np.ndarray, r0: int, c0: int) -> tuple[float, float]:
+    """Sub-pixel peak of a correlation surface: a parabola through 3 samples per axis."""
+    def vertex(m1: float, z: float, p1: float) -> float:
+        den = m1 - 2.0 * z + p1
+        return 0.0 if den >= 0 else float(np.clip(0.5 * (m1 - p1) / den, -0.5, 0.5))
+    dr = vertex(cc[r0 - 1, c0], cc[r0, c0], cc[r0 + 1, c0]) if 0 < r0 < cc.shape[0] - 1 else 0.0
+    dc = vertex(cc[r0, c0 - 1], cc[r0, c0], cc[r0, c0 + 1]) if 0 < c0 < cc.shape[1] - 1 else 0.0
+    return r0 + dr, c0 + dc
+
+
+def feature_shifts(sims_z: np.ndarray, tem_z: np.ndarray, mask: np.ndarray, *,
+                   half_window_px: int = 12, search_px: int = 8, min_ncc: float = 0.5,
+                   max_features: int = 80) -> np.ndarray:
+    """Local shifts of the SIMS map's features against the TEM image on its grid.
+
+    Parameters
+    ----------
+    sims_z, tem_z : (ny, nx) arrays
+        Standardised SIMS map and TEM image on the SIMS grid (:func:`tem_on_sims_grid`),
+        with the TEM sign already chosen so that features are bright in both.
+    mask : (ny, nx) bool array
+        Pixels both images cover.
+    half_window_px : int
+        Half side of the window around each feature (SIMS px).
+    search_px : int
+        Largest shift searched (SIMS px): the window is matched against the TEM image
+        only within this distance, so it cannot lock onto a neighbour further away.
+    min_ncc : float
+        Features whose best normalised cross-correlation is lower are left out.
+    max_features : int
+        At most this many features, the brightest.
+
+    Returns
+    -------
+    (n, 5) array
+        ``col, row`` of each feature, its shift ``d_col, d_row`` (the TEM image shows
+        it at ``(col + d_col, row + d_row)``) and the peak correlation.
+
+    Notes
+    -----
+    Features are local maxima of the lightly smoothed SIMS map at least one window
+    half-side inside the mask; each window is located by template matching
+    (:func:`skimage.feature.match_template`, normalised, so the two contrasts need
+    only be alike, not equal) with a parabolic sub-pixel peak. A shift is a position,
+    insensitive to the blob's shape: a particle that looks wider on the map than on
+    the image (probe halo, surface vs mass thickness) moves nothing.
+    """
+    half, search = int(half_window_px), int(search_px)
+    inner = ndimage.binary_erosion(mask, iterations=half, border_value=0)
+    if not inner.any():
+        return np.zeros((0, 5))
+    smooth = ndimage.gaussian_filter(sims_z, 1.5)
+    peaks = peak_local_max(np.where(inner, smooth, -np.inf), min_distance=4, threshold_abs=1.0,
+                           exclude_border=False, num_peaks=max_features)
+    padded = np.pad(np.where(mask, tem_z, 0.0), half + search)
+    out = []
+    for r, c in peaks:
+        template = sims_z[r - half:r + half + 1, c - half:c + half + 1]
+        if float(template.std()) == 0.0:
+            continue
+        region = padded[r:r + 2 * (half + search) + 1, c:c + 2 * (half + search) + 1]
+        cc = match_template(region, template)
+        r0, c0 = np.unravel_index(int(np.argmax(cc)), cc.shape)
+        if cc[r0, c0] < min_ncc:
+            continue
+        pr, pc = _peak_subpixel(cc, int(r0), int(c0))
+        out.append((float(c), float(r), pc - search, pr - search, float(cc[r0, c0])))
+    return np.array(out, float).reshape(-1, 5)
+
+
+def _design(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Design matrix (2n, 6) of an affine displacement about ``centre`` at ``points``
+    (n, 2): rows x then y of each point; columns the linear part's entries
+    (row-major) and the two translations."""
+    d = points - centre
+    n = len(points)
+    zero = np.zeros(n)
+    columns = [np.column_stack([d[:, 0], zero]), np.column_stack([d[:, 1], zero]),
+               np.column_stack([zero, d[:, 0]]), np.column_stack([zero, d[:, 1]])]
+    out = [c.reshape(-1) for c in columns]
+    out.append(np.tile([1.0, 0.0], n))
+    out.append(np.tile([0.0, 1.0], n))
+    return np.column_stack(out)
+
+
+def _raster_linear(x: np.ndarray, theta: float) -> np.ndarray:
+    """Linear part of the raster model: ``R(-theta) diag(1, k) R(theta) s R(delta)`` with
+    ``x = (ln s, delta rad, ln k)``, in beam-plane pixels (see :func:`_fit_model`)."""
+    c, s_ = math.cos(theta), math.sin(theta)
+    rot = np.array([[c, -s_], [s_, c]])
+    cd, sd = math.cos(x[1]), math.sin(x[1])
+    stretch = rot.T @ np.diag([1.0, math.exp(x[2])]) @ rot
+    return stretch @ (math.exp(x[0]) * np.array([[cd, -sd], [sd, cd]]))
+
+
+def _fit_model(p: np.ndarray, q: np.ndarray, centre: np.ndarray, theta: float | None,
+               corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares map ``p -> q`` (points (n, 2)) about ``centre``: an affine
+    (``theta`` None), or the raster model (``theta`` the recorded scan rotation, rad):
+    a field scale ``s``, a rotation ``delta`` and a stretch ``k`` along the specimen's
+    y (the incidence), as they enter
+    :class:`~temsims.analysis.geometry.SimsMapGeometry`, and a translation: 5
+    parameters instead of 6, so that 4-5 features constrain it better.
+
+    Returns the 3x3 matrix and the Jacobians of the displacements with respect to
+    the parameters at ``p`` (2n, k) and at ``corners`` (2m, k), for the prediction
+    variance."""
+    if theta is None:
+        design = _design(p, centre)
+        coef, *_ = np.linalg.lstsq(design, (q - p).reshape(-1), rcond=None)
+        matrix = np.eye(3)
+        matrix[:2, :2] = np.eye(2) + coef[:4].reshape(2, 2)
+        matrix[:2, 2] = centre + coef[4:] - matrix[:2, :2] @ centre
+        return matrix, design, _design(corners, centre)
+
+    def displaced(x: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        return centre + (pts - centre) @ _raster_linear(x, theta).T + x[3:]
+
+    def jacobian(x: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        out = np.empty((2 * len(pts), 5))
+        for j in range(5):
+            h = np.zeros(5)
+            h[j] = 1e-6
+            out[:, j] = ((displaced(x + h, pts) - displaced(x - h, pts)) / 2e-6).reshape(-1)
+        return out
+
+    x = np.zeros(5)
+    for _ in range(20):  # Gauss-Newton: smooth, and it starts near its optimum
+        jac = jacobian(x, p)
+        step, *_ = np.linalg.lstsq(jac, (q - displaced(x, p)).reshape(-1), rcond=None)
+        x = x + step
+        if float(np.abs(step).max()) < 1e-9:
+            break
+    matrix = np.eye(3)
+    matrix[:2, :2] = _raster_linear(x, theta)
+    matrix[:2, 2] = centre + x[3:] - matrix[:2, :2] @ centre
+    return matrix, jacobian(x, p), jacobian(x, corners)
+
+
+def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: float, *,
+                   smooth_px: float, footprint_sigma_sims_px: float, half_window_px: int,
+                   search_px: int, min_features: int, max_iterations: int,
+                   tolerance_px: float, max_predicted_error_px: float,
+                   theta: float | None = None, sigma_floor_px: float = 0.1,
+                   cache: dict | None = None) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Correction ``D`` (SIMS px -> SIMS px; an affine, or the raster model if
+    ``theta`` is given, see :func:`_fit_model`) such that ``start @ D`` maps the map's
+    features onto the TEM image's; None (and why) if it is not constrained.
+
+    Each pass measures the features' shifts against the TEM image resampled through
+    the correction so far and refits the whole correction to where they are in the
+    starting frame; the passes stop when the correction moves the corners by less
+    than ``tolerance_px``. A fit is refitted without the features further than 3
+    robust sigmas (1.4826 MAD, at least 0.15 px) from it."""
+    info: dict[str, Any] = {"features": 0, "feature_rms_px": float("nan"), "iterations": 0}
+    ny, nx = sims.shape
+    corners = np.array([[0, 0], [nx - 1, 0], [nx - 1, ny - 1], [0, ny - 1],
+                        [(nx - 1) / 2, (ny - 1) / 2]], float)
+    centre = corners[-1]
+    total = np.eye(3)
+    predicted = float("inf")
+    for step in range(1, max_iterations + 1):
+        on_grid = tem_on_sims_grid(tem, start @ total, sims.shape,
+                                   footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
+        sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_px)
+        # The first pass searches widely (the linear error of the recorded geometry
+        # moves the corners by several px); later ones only around the fit, which
+        # keeps a window off its neighbours once the fit is close.
+        found = feature_shifts(sims_z, sign * tem_z, mask, half_window_px=half_window_px,
+                               search_px=search_px if step == 1 else min(search_px, 3))
+        info.update(features=len(found), iterations=step)
+        if len(found) < min_features:
+            return None, dict(info, why=f"{len(found)} features (< {min_features})")
+        p = found[:, :2]
+        q = (np.column_stack([p + found[:, 2:4], np.ones(len(p))]) @ total.T)[:, :2]
+        keep = np.ones(len(p), bool)
+        for _ in range(6):
+            fitted, jac, at_corners = _fit_model(p[keep], q[keep], centre, theta, corners)
+            moved = (np.column_stack([p, np.ones(len(p))]) @ fitted.T)[:, :2]
+            residual = np.hypot(*(moved - q).T)
+            scale = max(1.4826 * float(np.median(residual[keep])), 0.15)
+            new = residual < 3.0 * scale
+            if new.sum() < min_features or (new == keep).all():
+                break
+            keep = new
+        n = int(keep.sum())
+        rms = float(np.sqrt(np.mean(residual[keep] ** 2)))
+        # Standard error of the fit at the corners and centre (least-squares
+        # prediction variance) for the features' scatter per coordinate, at least
+        # sigma_floor_px: features few or bunched in a line extrapolate badly.
+        dof = max(2 * n - jac.shape[1], 1)
+        sigma = max(rms * math.sqrt(n / dof), sigma_floor_px)
+        try:
+            cov = np.linalg.inv(jac.T @ jac)
+            variance = np.einsum("ij,jk,ik->i", at_corners, cov, at_corners)
+            predicted = sigma * math.sqrt(2.0 * float(variance.mean()))
+        except np.linalg.LinAlgError:
+            predicted = float("inf")
+        info.update(features=n, feature_rms_px=rms, predicted_error_px=predicted)
+        if n < min_features or not math.isfinite(predicted):
+            return None, dict(info, why=f"{n} consistent features (< {min_features}, or in "
+                                        "a line)")
+        change = _corner_rms_px(np.linalg.inv(total) @ fitted, sims.shape)
+        total = fitted
+        if change <= tolerance_px:
+            break
+    # Judged once converged: the first passes measure shifts of several px, less
+    # precisely than the last one measures what is left.
+    if not predicted <= max_predicted_error_px:
+        return None, dict(info, why=f"{info['features']} consistent features: predicted "
+                                    f"corner error {predicted:.2f} px > "
+                                    f"{max_predicted_error_px} px")
+    return total, info
+
+
+def linear_decomposition(correction: np.ndarray) -> dict[str, float]:
+    """Rotation (deg), scales (along the two principal axes) and shear of the linear
+    part of an affine correction in SIMS pixels (polar decomposition ``R S``)."""
+    linear = np.asarray(correction, float)[:2, :2]
+    u, s, vt = np.linalg.svd(linear)
+    rotation = u @ vt
+    stretch = vt.T @ np.diag(s) @ vt
+    return {"rotation_deg": math.degrees(math.atan2(rotation[1, 0], rotation[0, 0])),
+            "scale_max": float(s[0]), "scale_min": float(s[1]),
+            "shear": float(stretch[0, 1] / math.sqrt(stretch[0, 0] * stretch[1, 1]))}
+
+
 # ============================================================================ API
 def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                          sims_geometry: SimsMapGeometry, tem_geometry: TemImageGeometry, *,
@@ -230,7 +498,13 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                          footprint_sigma_sims_px: float = 0.5,
                          max_shift_px: float | None = None, taper_fraction: float = 0.0,
                          max_iterations: int = 5, tolerance_px: float = 0.05,
-                         normalization: Literal["phase"] | None = None) -> RegistrationResult:
+                         normalization: Literal["phase"] | None = None,
+                         model: Literal["raster", "affine", "translation"] = "raster",
+                         half_window_px: int | None = None, search_px: int = 8,
+                         min_features: int = 4, affine_min_change_px: float = 0.3,
+                         max_predicted_error_px: float = 0.5,
+                         max_rotation_change_deg: float = 6.0,
+                         max_scale_change: float = 0.2) -> RegistrationResult:
     """Register a SIMS map onto a TEM image of the same specimen area.
 
     Parameters
@@ -269,6 +543,36 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
     normalization : "phase" or None
         Passed to :func:`~skimage.registration.phase_cross_correlation`: None (plain
         cross-correlation, robust to counting noise) or "phase" (whitened).
+    model : "raster", "affine" or "translation"
+        What the refinement may change after the translation, fitted to the local
+        shifts of the map's features (:func:`feature_shifts`, decision 0029):
+        "raster" the field (a scale), the scan rotation and the stretch along the
+        specimen's y (the incidence: a bias-bent beam), exactly as they enter
+        :class:`~temsims.analysis.geometry.SimsMapGeometry`; "affine" any linear
+        change (scale, rotation and shear along any axes); "translation" keeps the
+        recorded linear geometry (decision 0011).
+    half_window_px : int, optional
+        Half side (SIMS px) of the window around each feature; default
+        ``min(12, min(ny, nx) // 6)``.
+    search_px : int
+        Largest local shift searched in the first affine pass (SIMS px).
+    min_features : int
+        Fewest consistent features (not in a line) for an affine; with fewer the
+        translation is kept and ``quality["affine"]["why"]`` says so.
+    max_predicted_error_px : float
+        The affine is refused (the translation kept) if its standard error at the map
+        corners and centre, predicted from the features' positions and scatter, is
+        larger (SIMS px); below it, the affine is kept only if it moves the corners
+        by more than twice that error.
+    affine_min_change_px : float
+        The affine is kept only if it moves the map corners and centre by more than
+        this (RMS, SIMS px) from the translation's result: below it, the difference is
+        the features' measurement noise (0.1-0.2 px) and the translation is the more
+        precise (decision 0029).
+    max_rotation_change_deg, max_scale_change : float
+        An affine correction rotating by more than this, or scaling an axis by more
+        than this fraction, is refused (the translation kept): it would be a mismatch,
+        not a calibration error.
 
     Returns
     -------
@@ -289,13 +593,18 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                          f"{tem_geometry.shape}")
     if invert_tem not in (True, False, "auto"):
         raise ValueError(f"invert_tem must be True, False or 'auto', got {invert_tem!r}")
+    if model not in ("raster", "affine", "translation"):
+        raise ValueError(f"model must be 'raster', 'affine' or 'translation', got {model!r}")
+    if half_window_px is None:
+        half_window_px = max(3, min(12, min(sims.shape) // 6))
     if max_shift_px is None:
         max_shift_px = 0.25 * min(sims.shape)
 
     m0 = pixel_transform_matrix(sims_geometry, tem_geometry)
     initial = AffineTransform(matrix=m0)
+    cache: dict = {}
     on_grid = tem_on_sims_grid(tem, m0, sims.shape,
-                               footprint_sigma_sims_px=footprint_sigma_sims_px)
+                               footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
     sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
     if mask.sum() < 16:
         raise ValueError("the SIMS map and the TEM image do not overlap (according to the "
@@ -325,7 +634,8 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                 break
             matrix = m0 @ _translation(total[1], total[0])
             on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
-                                       footprint_sigma_sims_px=footprint_sigma_sims_px)
+                                       footprint_sigma_sims_px=footprint_sigma_sims_px,
+                                       cache=cache)
             sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
             if math.hypot(*found) <= tolerance_px:
                 break
@@ -334,21 +644,79 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
         else:
             matrix = m0
             on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
-                                       footprint_sigma_sims_px=footprint_sigma_sims_px)
+                                       footprint_sigma_sims_px=footprint_sigma_sims_px,
+                                       cache=cache)
             sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
     ncc = normalised_cross_correlation(sims_z, tem_z, mask)
     inverted = bool(ncc < 0) if invert_tem == "auto" else bool(invert_tem)
     sign = -1.0 if inverted else 1.0
+    affine: dict[str, Any] = {"applied": False}
+    if model != "translation" and not refined:
+        affine["why"] = ("no refinement asked for" if not refine else
+                         f"the translation was refused (beyond max_shift_px = {max_shift_px})")
+    if refined and model in ("affine", "raster"):
+        # The raster model: what a raster calibration and the bias-bent beam change
+        # (field, scan rotation, stretch along the specimen's y), about the recorded
+        # scan rotation; "affine": any linear change.
+        theta = math.radians(sims_geometry.rotation_deg) if model == "raster" else None
+        options = dict(smooth_px=smooth_sims_px, theta=theta, footprint_sigma_sims_px=footprint_sigma_sims_px,
+                       search_px=search_px, min_features=min_features,
+                       max_iterations=max_iterations + 1, tolerance_px=2 * tolerance_px,
+                       max_predicted_error_px=max_predicted_error_px, cache=cache)
+        correction, info = _refine_linear(sims, tem, matrix, sign,
+                                          half_window_px=half_window_px, **options)
+        if correction is None and info["features"] < min_features and half_window_px > 6:
+            # Features must lie a window half-side inside the map: on a sparse map,
+            # halving the window admits those nearer the edges (less precise each).
+            correction, info = _refine_linear(sims, tem, matrix, sign,
+                                              half_window_px=max(6, half_window_px // 2),
+                                              **options)
+        affine.update(info)
+        if correction is not None:
+            parts = linear_decomposition(correction)
+            change = _corner_rms_px(correction, sims.shape)
+            affine.update(parts, change_px=change)
+            if (abs(parts["rotation_deg"]) > max_rotation_change_deg
+                    or max(parts["scale_max"] - 1, 1 - parts["scale_min"]) > max_scale_change):
+                affine["why"] = "correction beyond the allowed rotation/scale change"
+            elif change <= max(affine_min_change_px, 2.0 * info["predicted_error_px"]):
+                # The translation's error is about ``change`` and the affine's about its
+                # predicted error: keep the one expected to be closer.
+                affine["why"] = (f"moves the corners by {change:.2f} px, within the "
+                                 f"noise (<= {affine_min_change_px} px or twice the "
+                                 f"predicted {info['predicted_error_px']:.2f} px): "
+                                 "translation kept")
+            else:
+                affine["applied"] = True
+                matrix = matrix @ correction
+                on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
+                                           footprint_sigma_sims_px=footprint_sigma_sims_px,
+                                           cache=cache)
+                sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
+                ncc = normalised_cross_correlation(sims_z, tem_z, mask)
+    # How far the refined rotation/scale/shear put the corners from the recorded ones
+    # (the translation taken out): a recorded calibration that is off shows here even
+    # when the affine has absorbed it.
+    relative = np.linalg.inv(m0) @ matrix
+    ny, nx = sims.shape
+    centre = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
+    relative[:2, 2] = centre - relative[:2, :2] @ centre
+    linear_error = _corner_rms_px(relative, sims.shape)
     quadrants = _quadrant_shifts(sims_z, tem_z, mask, upsample_factor, normalization)
-    residual = (math.sqrt(float(np.mean([r * r + c * c for r, c in quadrants])))
+    # The median over the quadrants, not the mean: a quadrant holding no feature can
+    # lock its cross-correlation onto noise tens of px away (1 map in 20 on the
+    # particle specimen), while a wrong rotation or field moves every quadrant.
+    residual = (math.sqrt(float(np.median([r * r + c * c for r, c in quadrants])))
                 if quadrants else float("nan"))
     quality = {"ncc": sign * ncc, "ncc_initial": sign * ncc_initial,
                "phase_error": float(phase_error), "overlap_fraction": float(mask.mean()),
                "tem_inverted": inverted, "quadrant_shifts_px": quadrants,
-               "iterations": iterations}
+               "iterations": iterations, "model": model if affine["applied"] else
+               "translation", "affine": affine}
     return RegistrationResult(transform=AffineTransform(matrix=matrix),
                               initial_transform=initial, shift_px=shift, quality=quality,
-                              residual_sims_px=residual, refined=refined)
+                              residual_sims_px=residual, refined=refined,
+                              linear_error_sims_px=linear_error)
 
 
 def _transform_of(result: RegistrationResult | AffineTransform | np.ndarray) -> AffineTransform:
@@ -418,6 +786,8 @@ def warp_tem_to_sims(tem_image: np.ndarray,
 
 __all__ = [
     "RegistrationResult",
+    "feature_shifts",
+    "linear_decomposition",
     "normalised_cross_correlation",
     "register_sims_to_tem",
     "tem_on_sims_grid",

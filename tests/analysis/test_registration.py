@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+from scoring import fresh_rng
 from skimage.transform import AffineTransform
 
 from temsims.analysis.geometry import SimsMapGeometry, TemImageGeometry, pixel_transform_matrix
@@ -26,6 +27,7 @@ from temsims.analysis.registration import (
     warp_tem_to_sims,
 )
 from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.ion_optics import true_raster
 from temsims.ioc.physics.materials import isotope_mass_u
 from temsims.ioc.physics.specimen import build_specimen
 from temsims.ioc.physics.tem_optics import ImageGeometry, ImageRenderer
@@ -36,25 +38,44 @@ TOLERANCE_SIMS_PX = 0.5
 
 
 def render_scene(seed: int, *, mode: str = "TEM", tem_size: int = 1024, nx: int = 128,
-                 ny: int = 96, rotation_deg: float = 12.0):
-    """TEM image and Li maps (6Li, 7Li) of one specimen, with their true geometries."""
+                 ny: int = 96, rotation_deg: float = 12.0, fov_error_pct: float = 0.0,
+                 rotation_error_deg: float = 0.0, incidence_deg: float = 45.0):
+    """TEM image and Li maps (6Li, 7Li) of one specimen, with their true geometries.
+
+    The map is written with the true raster
+    (:func:`temsims.ioc.physics.ion_optics.true_raster`: field and rotation off by
+    ``fov_error_pct`` and ``rotation_error_deg``) at ``incidence_deg`` (50 deg: the
+    beam bent by +4.5 kV of bias); the nominal geometry is :func:`nominal`.
+    """
     specimen = build_specimen("li2co3-particles", seed=seed)
     rng = np.random.default_rng(100 + seed)
     tem_truth = ImageGeometry(centre_x_um=0.1, centre_y_um=-0.05, fov_um=3.2, size=tem_size)
     tem = ImageRenderer(specimen).acquire(tem_truth, 200.0, rng, mode=mode)
-    scan = sp.ScanGeometry(nx, ny, 1.6, rotation_deg=rotation_deg, centre_x_nm=250.0,
-                           centre_y_nm=-200.0)
+    fov_um, true_rotation_deg = true_raster(1.6, rotation_deg, fov_error_pct=fov_error_pct,
+                                            rotation_error_deg=rotation_error_deg)
+    scan = sp.ScanGeometry(nx, ny, fov_um, rotation_deg=true_rotation_deg, centre_x_nm=250.0,
+                           centre_y_nm=-200.0, incidence_deg=incidence_deg)
     params = sp.SimsParameters(drift_nm_per_min=0.0)  # truth without drift
     plan = sp.FramePlan(specimen, scan, (isotope_mass_u("6Li"), isotope_mass_u("7Li")),
                         5.0, 1e-3, 20.0, 25.5, 1, True, np.zeros(specimen.shape, np.float32),
                         params=params)
     li6, li7 = plan.render(rng)
     sims_truth = SimsMapGeometry(nx, ny, scan.fov_um, scan.centre_x_nm / 1000.0,
-                                 scan.centre_y_nm / 1000.0, rotation_deg, scan.incidence_deg)
+                                 scan.centre_y_nm / 1000.0, true_rotation_deg,
+                                 scan.incidence_deg)
     tem_geometry = TemImageGeometry(tem_size, tem_truth.fov_um, tem_truth.centre_x_um,
                                     tem_truth.centre_y_um)
     return tem, np.stack([li6, li7]).astype(np.float32), sims_truth, tem_geometry, scan, \
         tem_truth
+
+
+def nominal(truth: SimsMapGeometry, fov_error_pct: float, rotation_error_deg: float
+            ) -> SimsMapGeometry:
+    """The geometry the plans record for a map written with a raster off by these
+    errors (and at another incidence): the nominal field, rotation and 45 deg."""
+    return dataclasses.replace(truth, fov_um=truth.fov_um / (1 + fov_error_pct / 100),
+                               rotation_deg=truth.rotation_deg - rotation_error_deg,
+                               incidence_deg=45.0)
 
 
 def with_stage_error(geometry: SimsMapGeometry, error_px=STAGE_ERROR_PX) -> SimsMapGeometry:
@@ -211,6 +232,9 @@ def test_bad_input_is_refused_with_clear_errors():
     with pytest.raises(ValueError, match="invert_tem"):
         register_sims_to_tem(np.zeros((12, 16)), np.zeros((64, 64)), sims_geo, tem_geo,
                              invert_tem="yes")
+    with pytest.raises(ValueError, match="model"):
+        register_sims_to_tem(np.zeros((12, 16)), np.zeros((64, 64)), sims_geo, tem_geo,
+                             model="similarity")
     far = dataclasses.replace(sims_geo, centre_x_um=50.0)
     with pytest.raises(ValueError, match="overlap"):
         register_sims_to_tem(np.ones((12, 16)), np.ones((64, 64)), far, tem_geo)
@@ -220,20 +244,78 @@ def test_bad_input_is_refused_with_clear_errors():
         TemImageGeometry(64, -1.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", [1, 3])
 def test_a_wrong_scan_rotation_or_field_is_flagged_not_hidden(seed):
-    """The refinement corrects a translation; a recorded rotation or field of view that
-    is wrong (decision 0011) leaves local misfits that ``residual_sims_px`` reports."""
+    """A translation-only refinement (decision 0011) leaves the local misfits of a wrong
+    recorded rotation or field, which ``residual_sims_px`` reports; the raster-model one
+    (the default, decision 0029) corrects them and reports how far off the recorded
+    geometry was (``linear_error_sims_px``)."""
     tem, li, sims_truth, tem_geo, _, _ = render_scene(seed)
     shifted = with_stage_error(sims_truth)
     good = register_sims_to_tem(li.sum(axis=0), tem, shifted, tem_geo)
     assert good.residual_sims_px < 0.3
-    for rotation_error_deg, fov_scale in [(2.0, 1.03), (-3.0, 0.97), (0.0, 1.04)]:
+    assert good.quality["model"] == "translation"  # nothing for an affine to correct
+    assert good.linear_error_sims_px < 1e-9
+    for rotation_error_deg, fov_scale in [(2.0, 1.03), (-3.0, 0.97)]:
         wrong = dataclasses.replace(shifted, rotation_deg=shifted.rotation_deg
                                     + rotation_error_deg, fov_um=shifted.fov_um * fov_scale)
-        result = register_sims_to_tem(li.sum(axis=0), tem, wrong, tem_geo)
+        result = register_sims_to_tem(li.sum(axis=0), tem, wrong, tem_geo,
+                                      model="translation")
         error = rms_error_sims_px(result.transform, sims_truth, tem_geo)
         print(f"seed {seed}: rotation error {rotation_error_deg:+.0f} deg, field x{fov_scale}: "
-              f"error {error:.2f} SIMS px, residual estimate {result.residual_sims_px:.2f} px")
+              f"translation only {error:.2f} SIMS px, residual estimate "
+              f"{result.residual_sims_px:.2f} px")
         assert error > 2.0  # a translation cannot absorb it ...
         assert result.residual_sims_px > 0.9  # ... and the result says so
+        assert result.linear_error_sims_px < 1e-9
+        if (rotation_error_deg > 0) == (seed == 1):  # one case each, for the test's time
+            affine = register_sims_to_tem(li.sum(axis=0), tem, wrong, tem_geo)
+            error = rms_error_sims_px(affine.transform, sims_truth, tem_geo)
+            print(f"  affine: {error:.2f} SIMS px, recorded linear geometry off by "
+                  f"{affine.linear_error_sims_px:.2f} px, {affine.quality['affine']}")
+            assert affine.quality["model"] == "raster"
+            assert error < TOLERANCE_SIMS_PX and affine.residual_sims_px < 0.3
+            assert affine.linear_error_sims_px > 2.0  # flagged, not hidden
+
+
+def test_raster_fit_recovers_field_rotation_and_bias_stretch_on_fresh_seeds():
+    """Issue 15: maps written with a raster 2-4 % off in field and 1-2 deg in rotation
+    (a fresh specimen), and one at the 50 deg incidence of a bias-bent beam
+    (stretch 1.556, the geometry records 45 deg: 1.414) with such errors too; the
+    recorded geometry also carries a stage readback error. Every accepted raster fit
+    is within 0.75 SIMS px of the truth (the median 0.5 px target is scored over 30
+    seeds per setting by the benchmark) and reports the recorded geometry as off; a map
+    whose features cannot constrain it keeps the translation and is flagged by
+    ``residual_sims_px``. The figures over 30 seeds
+    per setting are ``benchmarks/registration_benchmark.py``'s (decision 0029)."""
+    rng = fresh_rng("registration under raster calibration errors")
+    applied = 0
+    for incidence_deg in (45.0, 50.0):
+        seed = int(rng.integers(10, 100_000))
+        fov_error = float(rng.uniform(2, 4) * rng.choice([-1, 1]))
+        rotation_error = float(rng.uniform(1, 2) * rng.choice([-1, 1]))
+        tem, li, truth, tem_geo, _, _ = render_scene(
+            seed, fov_error_pct=fov_error, rotation_error_deg=rotation_error,
+            incidence_deg=incidence_deg)
+        recorded = with_stage_error(nominal(truth, fov_error, rotation_error))
+        result = register_sims_to_tem(li.sum(axis=0), tem, recorded, tem_geo)
+        initial = rms_error_sims_px(result.initial_transform, truth, tem_geo)
+        error = rms_error_sims_px(result.transform, truth, tem_geo)
+        print(f"seed {seed}: field {fov_error:+.2f} %, rotation {rotation_error:+.2f} deg, "
+              f"incidence {incidence_deg:.0f} deg: recorded geometry {initial:.2f} -> "
+              f"{error:.3f} SIMS px ({result.quality['model']}; residual "
+              f"{result.residual_sims_px:.2f} px, linear error {result.linear_error_sims_px:.2f}"
+              f" px; {result.quality['affine']})")
+        assert initial > 2.0
+        if result.quality["model"] == "raster":
+            applied += 1
+            # 0.75, not 0.5: of 162 accepted raster fits in the benchmark (decision
+            # 0029) the largest error was 0.58 px; the 0.5 px target is on the median
+            # and 90th percentile there (0.10-0.17 and 0.19-0.52 px).
+            assert error < 0.75
+            assert result.residual_sims_px < TOLERANCE_SIMS_PX
+            assert result.linear_error_sims_px > 1.0
+        else:
+            assert result.quality["affine"]["why"]
+            assert result.residual_sims_px > TOLERANCE_SIMS_PX
+    assert applied >= 1
