@@ -484,9 +484,20 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
             def fixed(dd, plateau, amplitude, decay):
                 return model(dd, b0, s0, plateau, amplitude, decay, background)
 
-            f = _fit(fixed, ("plateau", "amplitude", "decay"),
-                     (plateau, max(amp, 1e-3), decay0),
-                     (0.0, 0.0, 1.0), (big, big, decay_max), d, m, profile.n)
+            # A faint tail under a bright edge has a second minimum (a short, high tail
+            # that reshapes the edge): start from several decay lengths, keep the best.
+            fits = []
+            for start in (decay0, 2 * decay0, 4 * decay0):
+                try:
+                    fits.append(_fit(fixed, ("plateau", "amplitude", "decay"),
+                                     (plateau, 1e-3 * plateau, min(start, decay_max)),
+                                     (0.0, 0.0, 1.0), (big, big, decay_max), d, m,
+                                     profile.n))
+                except (RuntimeError, ValueError):
+                    continue
+            if not fits:
+                raise RuntimeError("no start of the tail fit converged")
+            f = min(fits, key=lambda r: r.chi2_red)
             extra_p, extra_e = {"background": float(background)}, {"background": 0.0}
         names = ("b", "s", *f.names, *extra_p)
         cov = np.zeros((6, 6))
