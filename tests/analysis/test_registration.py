@@ -290,7 +290,11 @@ def test_raster_fit_recovers_field_rotation_and_bias_stretch_on_fresh_seeds():
     per setting are ``benchmarks/registration_benchmark.py``'s (decision 0029)."""
     rng = fresh_rng("registration under raster calibration errors")
     applied = 0
-    for incidence_deg in (45.0, 50.0):
+    # Two scenes; two more only if neither fit was accepted (3-6 maps in 30 are
+    # refused in the benchmark, so that the test is not vacuous in 1 run of 25-100).
+    for index, incidence_deg in enumerate((45.0, 50.0, 45.0, 50.0)):
+        if index >= 2 and applied:
+            break
         seed = int(rng.integers(10, 100_000))
         fov_error = float(rng.uniform(2, 4) * rng.choice([-1, 1]))
         rotation_error = float(rng.uniform(1, 2) * rng.choice([-1, 1]))
