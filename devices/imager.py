@@ -54,7 +54,7 @@ LAST_LINES_TIMEOUT_S = 5.0
 #: A raster seen stopped fails the frame only if no pause() came within this (s): the
 #: RunEngine stops the objects a plan moved before it pauses the others, so the Stop
 #: of a suspension can arrive just before its pause().
-STOP_GRACE_S = 1.0
+STOP_GRACE_S = 3.0
 
 
 class SIMSImager(Device):
@@ -381,6 +381,11 @@ class SIMSImager(Device):
             if s.success or self.interrupted:  # pause() has cleaned up already
                 return
             with self._lock:
+                # An interrupted frame's abandoned status times out KICKOFF_TIMEOUT_S
+                # later, during whatever frame runs then: it stopped that raster
+                # (a fault scenario 30 s after a dead column failed 'raster stopped').
+                if self._kickoff_status is not s:
+                    return
                 self._active = False
                 st = self._complete_status
             if st is not None and not st.done:

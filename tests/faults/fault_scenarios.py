@@ -124,7 +124,13 @@ class Injection:
             seen_dead = next((h for h in dog.history[n0:] if h["state"] == "dead"), None)
             self.figures["dead_detect_s"] = (seen_dead["at"] - t0) if seen_dead else None
             b.procs.set_part(self.part, "Up")
-            self.figures["back_after_s"] = time.monotonic() - t0
+            t_up = time.monotonic()
+            self.figures["back_after_s"] = t_up - t0
+            # Suspension to resumption: the part back to the run's next data.
+            n_up = _data_documents(b)
+            if wait_for(lambda: _data_documents(b) > n_up or b.RE.state == "idle", 60) \
+                    and _data_documents(b) > n_up:
+                self.figures["resume_s"] = time.monotonic() - t_up
         except BaseException as exc:  # noqa: BLE001 - reported by join()
             self.error = exc
 
