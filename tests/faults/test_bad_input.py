@@ -16,7 +16,7 @@ metadata that break the contract. Each case must
 
 One shared instrument (``instruments.get``), one RunEngine and one catalog for the
 module; the PV cases use caproto's sync client, the only one that reports a put error.
-Sizes in docs/reliability-inputs.md.
+Sizes in docs/reliability.md (Bad input).
 """
 
 from __future__ import annotations
