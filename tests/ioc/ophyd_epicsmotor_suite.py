@@ -3,7 +3,8 @@
 Run by ``test_motor_record_calibration.py::test_ophyd_epicsmotor_tests_pass_on_every_linear_axis``
 in a pytest process of its own (``--noconftest``: the session's conftest would
 reserve other CA ports), against the running instrument whose stage prefix is in
-``$TEMSIMS_TEST_STAGE_PREFIX``. The test functions are ophyd's
+``$TEMSIMS_TEST_STAGE_PREFIX``, on the axes named in ``$TEMSIMS_TEST_STAGE_AXES``
+(default ``XYZ``). The test functions are ophyd's
 (``ophyd/tests/test_epicsmotor.py``), unchanged; the ``motor`` fixture is built as
 ophyd's conftest builds it (its ``TestEpicsMotor``, LLM/HLM -100..100, ``set(0)``).
 """
@@ -39,7 +40,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture(params=("X", "Y", "Z"))
+@pytest.fixture(params=tuple(os.environ.get("TEMSIMS_TEST_STAGE_AXES", "XYZ")))
 def motor(request):
     """ophyd's ``motor`` fixture (ophyd/tests/conftest.py) on one of our axes."""
     import ophyd
