@@ -465,44 +465,40 @@ def _check_counts(name: str, a) -> np.ndarray:
     return arr
 
 
+def _polynomial_at(u: np.ndarray, coef: np.ndarray, binary: bool):
+    """``C(u)``, ``P(C)``, ``P'(C)`` (Horner) and ``dC/du`` at ``u = ln rho``."""
+    if binary:
+        cc = 0.5 * (1.0 + np.tanh(0.5 * u))  # logistic, without overflow
+        dc_du = cc * (1.0 - cc)
+    else:
+        cc = np.exp(np.minimum(u, 0.0))  # C <= 1 for a dilute analyte
+        dc_du = cc
+    deg = coef.size - 1
+    p = np.full_like(cc, coef[deg])
+    dp = np.zeros_like(cc)
+    for k in range(deg - 1, -1, -1):
+        dp = dp * cc + p
+        p = p * cc + coef[k]
+    return cc, p, dp, dc_du
+
+
 def _solve_concentration(ln_r: np.ndarray, coef: np.ndarray, binary: bool):
-    """C with ``ln rho(C) - P(C) = ln r``, and ``P``, ``P'`` and ``dC/du`` there.
+    """C with ``ln rho(C) - P(C) = ln r``, and ``P'`` and ``dC/du`` there.
 
     Newton in ``u = ln rho`` (``C = 1 / (1 + e^-u)`` for a binary, ``e^u`` otherwise),
     started at the dilute limit ``u = ln r + a0``; the calibration is monotonic, so
     ``g(u) = u - P(C(u)) - ln r`` is increasing and behaves like ``u`` far out.
     """
-    deg = coef.size - 1
     u = ln_r + coef[0]
     for _ in range(_NEWTON_ITERATIONS):
-        if binary:
-            cc = 0.5 * (1.0 + np.tanh(0.5 * u))  # logistic, without overflow
-            dc_du = cc * (1.0 - cc)
-        else:
-            cc = np.exp(np.minimum(u, 0.0))  # C <= 1 for a dilute analyte
-            dc_du = cc
-        p = np.full_like(cc, coef[deg])
-        dp = np.zeros_like(cc)
-        for k in range(deg - 1, -1, -1):
-            dp = dp * cc + p
-            p = p * cc + coef[k]
+        _, p, dp, dc_du = _polynomial_at(u, coef, binary)
         g = u - p - ln_r
         gp = 1.0 - dp * dc_du
         step = g / np.maximum(gp, 1e-6)
         u = u - step
         if not np.any(np.abs(step) > _NEWTON_TOL):  # NaN pixels do not hold the loop
             break
-    if binary:
-        cc = 0.5 * (1.0 + np.tanh(0.5 * u))
-        dc_du = cc * (1.0 - cc)
-    else:
-        cc = np.exp(np.minimum(u, 0.0))
-        dc_du = cc
-    p = np.full_like(cc, coef[deg])
-    dp = np.zeros_like(cc)
-    for k in range(deg - 1, -1, -1):
-        dp = dp * cc + p
-        p = p * cc + coef[k]
+    cc, _, dp, dc_du = _polynomial_at(u, coef, binary)
     return cc, dp, dc_du
 
 
