@@ -101,6 +101,36 @@ def use_caproto_control_layer() -> None:
 
     if getattr(ophyd, "cl", None) is None or ophyd.cl.name != "caproto":
         ophyd.set_cl("caproto")
+    _skip_metadata_of_lost_pvs()
+
+
+def _skip_metadata_of_lost_pvs() -> None:
+    """Let ophyd's first metadata read of a PV skip a PV that is gone by then.
+
+    A signal's first connection queues a metadata read on one of ophyd's four
+    utility threads; the read waits up to 10 s for a PV that has disconnected
+    meanwhile. Devices connected to a part (or instrument) that goes away while
+    those reads are queued (a part killed just after it connected, an instrument
+    stopped) thus held the four threads for 10 s per PV: in CI every PV of the next
+    instrument the process connected waited behind them, and 228 of 228 missed a
+    15 s connection timeout. A skipped read is not lost: ophyd asks again at the
+    PV's next connection, as it does until a first read succeeds.
+    """
+    from ophyd import _caproto_shim
+
+    pv_class = _caproto_shim.PV
+    if getattr(pv_class, "_temsims_skips_lost_pvs", False):
+        return
+
+    def get_all_metadata_callback(self, callback, *, timeout):
+        def read_unless_lost(pvname):
+            if self.connected:
+                callback(pvname, self.get_all_metadata_blocking(timeout=timeout))
+
+        _caproto_shim._dispatcher.schedule_utility_task(read_unless_lost, pvname=self.pvname)
+
+    pv_class.get_all_metadata_callback = get_all_metadata_callback
+    pv_class._temsims_skips_lost_pvs = True
 
 
 class ValidatedSignal(DescribesDtype, OneMonitorCallback, EpicsSignal):

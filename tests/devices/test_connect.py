@@ -58,3 +58,39 @@ def test_connect_with_the_bias_ioc_down_fails_fast_naming_the_pvs(fresh_instrume
     # The parts that do not need the bias IOC still connect.
     inst = connect(procs.instrument_prefix, parts=["stage", "camera", "imager"], timeout=5.0)
     assert inst.imager.connected
+
+
+def test_metadata_reads_of_lost_pvs_do_not_hold_ophyds_threads(fresh_instrument):
+    """Regression (CI: 228 of 228 PVs of an instrument missed a 15 s connect): ophyd
+    reads a PV's metadata once, on one of four utility threads, 10 s timeout. Reads
+    queued for PVs that are gone by then (their part killed just after connecting)
+    held the threads 10 s each, and every later connection in the process with them.
+    Eight such reads are queued here; a task queued after them must run at once."""
+    import threading
+
+    from ophyd import _caproto_shim
+
+    from temsims.devices.common import use_caproto_control_layer
+
+    use_caproto_control_layer()
+    procs = fresh_instrument(iocs=("bias",))
+    names = ["VOLTAGE", "VOLTAGE_RBV", "RAMP_RATE", "ENABLE", "ENABLE_RBV", "RAMPING",
+             "STATUS", "UPTIME"]
+    pvs = [_caproto_shim.get_pv(procs.prefix("bias") + name) for name in names]
+    for pv in pvs:
+        assert pv.wait_for_connection(timeout=10), pv.pvname
+    procs.set_part("bias", "Dead")
+    deadline = time.monotonic() + 10
+    while any(pv.connected for pv in pvs):
+        assert time.monotonic() < deadline, "the dead part's PVs stayed connected"
+        time.sleep(0.02)
+    answered = []
+    for pv in pvs:
+        pv.get_all_metadata_callback(lambda pvname, md: answered.append(pvname), timeout=10)
+    ran = threading.Event()
+    t0 = time.monotonic()
+    _caproto_shim._dispatcher.schedule_utility_task(lambda: ran.set())
+    assert ran.wait(5), "ophyd's utility threads are held by reads of lost PVs"
+    print(f"a task queued behind 8 reads of lost PVs ran after "
+          f"{time.monotonic() - t0:.3f} s")
+    assert answered == []  # read at the PVs' next connection, not with stale values
