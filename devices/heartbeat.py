@@ -35,6 +35,10 @@ POLL_S = 0.05
 #: While a part is down, ``down`` is put again this often (s), for subscribers that
 #: missed it.
 REASSERT_S = 0.25
+#: While a part's circuit is down, the client's searches for lost PVs are sent again
+#: this often (s): caproto backs off to one search every 5 s, so a part back after a
+#: second was found again only 6-7 s later.
+SEARCH_AGAIN_S = 0.5
 
 
 class PartWatchdog:
@@ -141,8 +145,22 @@ class PartWatchdog:
         self.down.put(0 if state == "up" else 1)
 
     def _run(self) -> None:
+        searched_at = 0.0
         while not self._stop.wait(POLL_S):
             self._evaluate()
+            now = time.monotonic()
+            if not self._connected and now - searched_at >= SEARCH_AGAIN_S:
+                searched_at = now
+                self._search_again()
+
+    def _search_again(self) -> None:
+        """Have caproto's client resend its unanswered searches now, from its
+        shortest interval (what it does by itself when a new PV is asked for)."""
+        pv = getattr(getattr(self.heartbeat, "_read_pv", None), "_caproto_pv", None)
+        broadcaster = getattr(getattr(pv, "context", None), "broadcaster", None)
+        search_now = getattr(broadcaster, "_search_now", None)
+        if search_now is not None:  # another control layer: its own back-off applies
+            search_now.set()
 
     def start(self, timeout: float = 5.0) -> PartWatchdog:
         """Subscribe to the heartbeat and start the watchdog thread."""
