@@ -128,7 +128,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             run_demo(case=args.case, prefix=args.prefix, base_port=args.base_port,
                      host=args.host, specimen=getattr(args, "specimen", None), seed=args.seed, catalog=args.catalog,
                      api_key=args.api_key, out=args.out, quick=args.quick,
-                     log_dir=args.log_dir, time_scale=args.time_scale)
+                     log_dir=args.log_dir, time_scale=args.time_scale,
+                     drift_nm_per_min=args.drift_nm_per_min)
     except KeyboardInterrupt:
         print("temsims demo: interrupted; IOCs stopped, catalog closed", file=sys.stderr)
         return 130
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulation_arguments(p_ioc)
 
-    from temsims.app.cases import DEFAULT_CASE, available_cases
+    from temsims.app.cases import ALL_CASES, DEFAULT_CASE, available_cases
 
     cases = available_cases()
     p_demo = sub.add_parser(
@@ -224,9 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
             "catalog.", 80) + "\n\ncases (--case):\n" + "\n".join(
             textwrap.fill(f"{c.name:<14} {c.title} (specimen {c.specimen})", 80,
                           initial_indent="  ", subsequent_indent=" " * 17)
-            for c in cases.values()),
+            for c in cases.values()) + "\n" + textwrap.fill(
+                f"{ALL_CASES:<14} every case above, one after another (each on IOCs "
+                "with its own specimen), into one catalog; reports in OUT/<case>/ and "
+                "an HTML index OUT/index.html", 80, initial_indent="  ",
+                subsequent_indent=" " * 17),
         formatter_class=_DemoHelpFormatter)
-    p_demo.add_argument("--case", default=DEFAULT_CASE, choices=tuple(cases),
+    p_demo.add_argument("--case", default=DEFAULT_CASE, choices=(*cases, ALL_CASES),
                         help="which case study to run (listed above)")
     # No default: the case decides which specimen the IOCs it starts hold.
     instrument_options(p_demo, specimen_default=argparse.SUPPRESS,
@@ -243,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--time-scale", type=float, default=1.0,
                         help="simulated seconds per wall second of the instrument the demo "
                         "starts (ignored when one already answers)")
+    p_demo.add_argument("--drift-nm-per-min", type=float, default=None,
+                        help="specimen drift relative to the ion beam of the instrument the "
+                        "demo starts, nm/min (0..1000; unset: the spectrometer's own, 3)")
 
     p_shell = sub.add_parser("shell", help="IPython session with the temsims profile",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -336,8 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_shell(args, passthrough)
     if passthrough:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+    if args.command == "demo" and args.drift_nm_per_min is not None \
+            and not 0 <= args.drift_nm_per_min <= 1000:
+        parser.error(f"--drift-nm-per-min must be within 0..1000, got {args.drift_nm_per_min}")
     if args.command == "demo" and getattr(args, "specimen", None) is not None:
-        from temsims.app.cases import get_case
+        from temsims.app.cases import ALL_CASES, get_case
+
+        if args.case == ALL_CASES:
+            parser.error("--specimen does not fit --case all: each case runs on its own "
+                         "(leave --specimen out)")
 
         wanted = get_case(args.case).specimen
         if args.specimen != wanted:

@@ -78,34 +78,130 @@ def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
              catalog: str | None = None, api_key: str | None = None,
              out: str | Path = "temsims-report",
              quick: bool = False, log_dir: str | None = None,
-             time_scale: float = 1.0) -> DemoResult:
-    """Run one case study (see the module docstring); returns what it found and wrote.
+             time_scale: float = 1.0, drift_nm_per_min: float | None = None) -> DemoResult:
+    """Run one case study (see the module docstring), or every one (``case="all"``);
+    returns what it found and wrote.
 
     Parameters
     ----------
     case : str
-        A case of :mod:`temsims.app.cases` (``particles``, ``cathode``, ...).
+        A case of :mod:`temsims.app.cases` (``particles``, ``cathode``, ...), or
+        ``"all"``: every case, one after another, into one catalog, each case's report
+        in ``out/<case>/`` and an HTML index of them in ``out/index.html``
+        (:mod:`temsims.app.report_index`). Each case needs IOCs holding its own
+        specimen: ``all`` starts them for each case (PV prefix ``prefix<CASE>:``) and
+        stops them after it.
     specimen : str, optional
         The specimen the IOCs the demo starts hold; default the case's own. Another
-        one is refused: the case's analysis only makes sense on its specimen.
+        one is refused: the case's analysis only makes sense on its specimen (with
+        ``all``, any is refused).
+    drift_nm_per_min : float, optional
+        Specimen drift of the IOCs the demo starts (default theirs, 3 nm/min). At a
+        time scale S every wall second before a map drifts S seconds' worth: the
+        tests use 3 / S to drift per wall second as at time scale 1.
     (the others as ``temsims demo --help`` says)
+
+    Returns
+    -------
+    DemoResult
+        With ``all``: the correlation ids and files of every case, ``summary`` the
+        figures by case name, ``report`` ending with the index.
     """
-    from temsims.app.cases import get_case
+    from temsims.app.cases import ALL_CASES, CaseReport, available_cases, get_case
     from temsims.channel_access import CALayout, apply_client_environment
 
     t0 = time.monotonic()
-    the_case = get_case(case)
-    if specimen is not None and specimen != the_case.specimen:
-        raise ValueError(f"case {case!r} runs on the specimen {the_case.specimen!r}, "
-                         f"not {specimen!r}")
-    specimen = the_case.specimen
-    sizes = the_case.sizes(quick)
+    if case == ALL_CASES:
+        if specimen is not None:
+            raise ValueError(f"--case all runs every case on its own specimen, not {specimen!r}")
+        cases = list(available_cases().values())
+    else:
+        cases = [get_case(case)]
+        if specimen is not None and specimen != cases[0].specimen:
+            raise ValueError(f"case {case!r} runs on the specimen {cases[0].specimen!r}, "
+                             f"not {specimen!r}")
     layout = CALayout(base_port=base_port, host=host) if base_port else \
         CALayout.from_environment()
     layout = CALayout(base_port=layout.base_port, host=host)
     apply_client_environment(layout)  # before any CA context of this process
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+    many = len(cases) > 1 or case == ALL_CASES
+    if many and iocs_running(layout, prefix):
+        raise RuntimeError(f"--case all starts IOCs with each case's specimen, but IOCs "
+                           f"already answer at {prefix!r} (CA ports from "
+                           f"{layout.base_port}): stop them or choose another --base-port")
+    opened: dict[str, Any] = {}
+    results: list[tuple[Any, Any, Path, list[str]]] = []
+    failed: dict[str, str] = {}
+    try:
+        for the_case in cases:
+            if many:
+                _say(f"==== case {the_case.name}: {the_case.title}")
+            # One prefix per case: the PVs of the previous case's IOCs (same names)
+            # would otherwise wait for caproto's search back-off to find the new ones.
+            case_prefix = f"{prefix}{the_case.name.upper().replace('-', '')}:" if many \
+                else prefix
+            case_out = Path(out) / the_case.name if many else Path(out)
+            try:
+                report, said = _run_case(
+                    the_case, layout=layout, prefix=case_prefix, host=host, seed=seed,
+                    opened=opened, catalog=catalog, api_key=api_key, out=case_out,
+                    quick=quick, log_dir=str(Path(log_dir) / the_case.name)
+                    if log_dir and many else log_dir, time_scale=time_scale, t0=t0,
+                    drift_nm_per_min=drift_nm_per_min)
+            except Exception as err:
+                if not many:
+                    raise
+                # One case failing does not cost the others: it is in the index, and
+                # the demo fails at the end.
+                _say(f"case {the_case.name} FAILED: {type(err).__name__}: {err}")
+                failed[the_case.name] = f"{type(err).__name__}: {err}"
+                report, said = CaseReport(files=[], correlation_ids=[]), []
+            results.append((the_case, report, case_out, said))
+        cat = opened["catalog"]
+        files = [f for _, r, _, _ in results for f in r.files]
+        if many:
+            from temsims.app.report_index import IndexEntry, write_index
 
+            index = write_index(Path(out), [
+                IndexEntry(name=c.name, title=c.title, specimen=c.specimen,
+                           correlation_ids=list(r.correlation_ids), files=list(r.files),
+                           lines=said, out=o, error=failed.get(c.name))
+                for c, r, o, said in results],
+                catalog=str(cat.location), wall_s=time.monotonic() - t0)
+            files.append(index)
+            _say(f"report index: {index}")
+        cids = [c for _, r, _, _ in results for c in r.correlation_ids]
+        wall = time.monotonic() - t0
+        _say(f"catalog: {cat.location} (correlation ids {', '.join(cids)})")
+        for f in files:
+            _say(f"report: {f}")
+        _say(f"done in {wall:.1f} s")
+        if failed:
+            raise RuntimeError(f"--case all: {len(failed)} of {len(cases)} cases failed: "
+                               + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        first = results[0][1]
+        summary = {c.name: r.summary for c, r, _, _ in results} if many else first.summary
+        return DemoResult(catalog=str(cat.location), report=files, correlation_ids=cids,
+                          particles=[] if many else first.summary.get("particles", []),
+                          candidates=[] if many else first.summary.get("candidates", []),
+                          wall_s=wall, case=case, summary=summary)
+    finally:
+        if opened.get("catalog") is not None:
+            opened["catalog"].close()
+
+
+def _run_case(the_case, *, layout, prefix: str, host: str, seed: int, opened: dict,
+              catalog, api_key, out: Path, quick: bool, log_dir, time_scale: float,
+              t0: float, drift_nm_per_min: float | None = None):
+    """One case: its IOCs (started unless some answer; stopped after), devices, the
+    catalog (opened once, kept in ``opened``), RunEngine, measurement, report.
+
+    Returns the case's :class:`~temsims.app.cases.CaseReport` and the lines its
+    report step printed (its figures, for the index of ``all``).
+    """
+    specimen = the_case.specimen
+    sizes = the_case.sizes(quick)
     procs = None
     if iocs_running(layout, prefix):
         _say(f"using the IOCs already answering at {prefix!r} "
@@ -117,10 +213,12 @@ def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
              f"{layout.base_port}, specimen {specimen} seed {seed}) ...")
         procs = InstrumentProcesses(layout=layout, instrument_prefix=prefix,
                                     specimen=specimen, seed=seed, time_scale=time_scale,
-                                    log_dir=Path(log_dir) if log_dir else None)
+                                    log_dir=Path(log_dir) if log_dir else None,
+                                    extra_args={} if drift_nm_per_min is None else
+                                    {"spectrometer": ["--drift-nm-per-min",
+                                                      f"{drift_nm_per_min:g}"]})
         procs.start(timeout=60)
         _say(f"IOCs up after {time.monotonic() - t0:.1f} s")
-    cat = None
     try:
         from temsims.devices import connect
 
@@ -141,26 +239,21 @@ def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
 
         from temsims.catalog import open_catalog, require_metadata
 
-        cat = open_catalog(catalog, api_key=api_key)
-        _say(f"catalog open at {cat.location}")
+        if opened.get("catalog") is None:
+            opened["catalog"] = open_catalog(catalog, api_key=api_key)
+            _say(f"catalog open at {opened['catalog'].location}")
+        cat = opened["catalog"]
         RE = _run_engine(cat, specimen, seed, require_metadata)
         measured = the_case.measure(RE, d, sizes, _say)
         cat.flush()
-        report = the_case.report(cat, measured, Path(out), sizes, _say)
-        wall = time.monotonic() - t0
-        _say(f"catalog: {cat.location} (correlation ids "
-             f"{', '.join(report.correlation_ids)})")
-        for f in report.files:
-            _say(f"report: {f}")
-        _say(f"done in {wall:.1f} s")
-        return DemoResult(catalog=str(cat.location), report=report.files,
-                          correlation_ids=list(report.correlation_ids),
-                          particles=report.summary.get("particles", []),
-                          candidates=report.summary.get("candidates", []), wall_s=wall,
-                          case=the_case.name, summary=report.summary)
+        said: list[str] = []
+
+        def say(msg: str) -> None:
+            said.append(msg)
+            _say(msg)
+
+        return the_case.report(cat, measured, Path(out), sizes, say), said
     finally:
-        if cat is not None:
-            cat.close()
         if procs is not None:
             procs.stop()
             _say("IOCs stopped")

@@ -24,6 +24,8 @@ from typing import Any
 
 #: The case ``temsims demo`` runs without ``--case``.
 DEFAULT_CASE = "particles"
+#: ``--case`` value that runs every case into one catalog, with an HTML index.
+ALL_CASES = "all"
 
 
 @dataclass
@@ -108,4 +110,4 @@ def get_case(name: str) -> Case:
     return cases[name]
 
 
-__all__ = ["DEFAULT_CASE", "Case", "CaseReport", "available_cases", "get_case"]
+__all__ = ["ALL_CASES", "DEFAULT_CASE", "Case", "CaseReport", "available_cases", "get_case"]
