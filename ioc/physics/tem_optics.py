@@ -16,7 +16,9 @@ Signal per electron (per specimen pixel, 2 nm)
     - TEM bright field: ``T = exp(-(rho t) / (rho t)_0)``, the mass-thickness
       contrast of an objective aperture; ``(rho t)_0`` (ug/cm^2) is the contrast
       parameter, given at 200 kV and scaled with the electron's ``p v``
-      (:func:`contrast_mass_thickness`). Vacuum transmits 1.
+      (:func:`contrast_mass_thickness`). Vacuum transmits 1. A crystalline
+      specimen adds its diffraction contrast to ``rho t`` as an equivalent
+      mass-thickness (:attr:`Specimen.bf_diffraction_ug_cm2`, 0 by default).
     - STEM HAADF: ``1 - exp(-sum_el n_el sigma_1 Z_el^1.7)`` (Z-contrast, Rutherford
       scattering to high angles); vacuum gives 0.
 
@@ -186,7 +188,9 @@ class ImageRenderer:
             value = (-np.expm1(-self.z_weighted_density() * (sigma * path_factor)), 0.0)
         else:
             mt0 = contrast_mass_thickness(contrast_mt0, ht_kv)
-            value = (np.exp(-self.mass_thickness() * (path_factor / mt0)), 1.0)
+            # Diffraction contrast is not a path length: it does not grow with the tilt.
+            extra = np.asarray(self.specimen.bf_diffraction_ug_cm2, np.float32)
+            value = (np.exp(-(self.mass_thickness() * path_factor + extra) / mt0), 1.0)
         value = (value[0].astype(np.float32), value[1])
         return self._remember(self._signal_cache, key, value)
 
