@@ -69,3 +69,47 @@ def score_centroids(reported, truth, tolerance_nm: float = TOLERANCE_NM) -> dict
             "reported": len(reported),
             "missed": sorted(t["id"] for t in lab if t["id"] not in used_t),
             "false": sorted(set(range(len(reported))) - used_r)}
+
+
+#: The band of Cu atom fractions the quantification is scored over (issue 15: 0.1-10 at.%).
+QUANT_BAND = (1e-3, 0.1)
+
+
+def score_quantified_profile(profile: dict, seed: int, band=QUANT_BAND) -> dict:
+    """A quantified Cu profile against the ``diffusion-couple`` truth.
+
+    Parameters
+    ----------
+    profile
+        ``x_nm`` (positions along the gradient, here specimen x), ``concentration``
+        and ``sigma`` (atom fractions), as in the quantification case's
+        ``report.json`` (``quantified_profile``, ``calibration_profile``).
+    seed
+        The specimen's seed (its profile is deterministic; the seed names it).
+    band
+        Atom fractions scored (inclusive).
+
+    Returns
+    -------
+    dict
+        ``worst`` (max |C / C_true - 1| over the band), ``mean`` (signed mean),
+        ``n`` (points in the band), ``rms_z`` (RMS of the errors over the stated
+        1-sigma), ``worst_x_nm`` (where the worst error is).
+    """
+    from temsims.ioc.physics.specimen import build_specimen
+
+    spec = build_specimen("diffusion-couple", seed)
+    x = np.asarray(profile["x_nm"], float)
+    c = np.asarray([np.nan if v is None else v for v in profile["concentration"]], float)
+    s = np.asarray([np.nan if v is None else v for v in profile["sigma"]], float)
+    truth = np.interp(x, spec.truth["x_nm"], spec.truth["solute_fraction"])
+    sel = (truth >= band[0]) & (truth <= band[1])
+    rel = c[sel] / truth[sel] - 1.0
+    z = (c[sel] - truth[sel]) / s[sel]
+    i = int(np.nanargmax(np.abs(rel))) if sel.any() else None
+    return {"worst": float(np.nanmax(np.abs(rel))) if sel.any() else float("nan"),
+            "mean": float(np.nanmean(rel)) if sel.any() else float("nan"),
+            "n": int(sel.sum()), "rms_z": float(np.sqrt(np.nanmean(z ** 2)))
+            if sel.any() else float("nan"),
+            "worst_x_nm": float(x[sel][i]) if i is not None else None,
+            "nan": int(np.sum(~np.isfinite(rel)))}

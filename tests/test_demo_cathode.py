@@ -14,13 +14,10 @@ from __future__ import annotations
 import inspect
 import json
 import random
-import subprocess
-import sys
-import time
-import uuid
 
 import numpy as np
 import pytest
+from demo_support import run_demo, starts_of
 
 FILES = ("cathode_published.png", "cathode_sims_maps.png", "cathode_profiles.png")
 
@@ -41,41 +38,21 @@ def _truth(seed: int, x_lo_um: float, x_hi_um: float) -> dict:
 def test_demo_cathode_quick_recovers_the_twins_truth(slot_pool, tmp_path):
     seed = random.randrange(1, 10**6)
     print(f"\nlivo-cathode seed {seed}")
-    slot, layout = slot_pool.take()
-    prefix = f"C{uuid.uuid4().hex[:6].upper()}:"
-    out = tmp_path / "report"
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "temsims.app.cli", "demo", "--case", "cathode", "--quick",
-             "--seed", str(seed), "--prefix", prefix, "--base-port", str(layout.base_port),
-             "--catalog", str(tmp_path / "catalog"), "--out", str(out),
-             "--log-dir", str(tmp_path / "logs"), "--time-scale", "20"],
-            capture_output=True, text=True, timeout=240)
-    finally:
-        slot_pool.give_back(slot)
-    wall = time.monotonic() - t0
-    print(f"demo --case cathode --quick wall time {wall:.1f} s\n{proc.stdout[-2500:]}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert wall < 180
-    assert "IOCs stopped" in proc.stdout and "specimen livo-cathode" in proc.stdout
+    run = run_demo(slot_pool, tmp_path, "--case", "cathode", "--quick", "--seed", str(seed))
+    out = run.out
+    assert run.proc.returncode == 0, run.failure()
+    assert run.wall_s < 180
+    assert "IOCs stopped" in run.stdout and "specimen livo-cathode" in run.stdout
     import matplotlib.image as mpimg
 
     for name in FILES:
         img = mpimg.imread(out / name)
         assert img.ndim == 3 and float(np.std(img)) > 0.0, name
-        assert str(out / name) in proc.stdout, name
+        assert str(out / name) in run.stdout, name
 
     report = json.loads((out / "report.json").read_text())
     assert report["source"] == "catalog" and report["specimen"] == "livo-cathode"
-    cid = report["correlation_ids"]["cathode"]
-    from temsims.catalog import open_catalog
-
-    cat = open_catalog(tmp_path / "catalog")
-    try:
-        starts = [run.metadata["start"] for run in cat.by_correlation_id(cid).values()]
-    finally:
-        cat.close()
+    starts = starts_of(run.catalog, report["correlation_ids"]["cathode"])
     roles = sorted(s["correlative"]["role"] for s in starts)
     assert roles == ["overview", "sims_map", "sims_map", "tem_zoom"], roles
     assert {s["specimen"] for s in starts} == {"livo-cathode"}
