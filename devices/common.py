@@ -102,6 +102,43 @@ def use_caproto_control_layer() -> None:
     if getattr(ophyd, "cl", None) is None or ophyd.cl.name != "caproto":
         ophyd.set_cl("caproto")
     _skip_metadata_of_lost_pvs()
+    _patient_circuits()
+
+
+#: How long caproto's threading client waits for a server's answer when it opens a
+#: circuit (its default: 2 s).
+CIRCUIT_HANDSHAKE_S = 10.0
+
+
+def _patient_circuits() -> None:
+    """Give caproto's client more time to open a circuit, and a second try.
+
+    The client opens a circuit in the one thread that turns search answers into
+    connections; a failure there (no answer to its version request within 2 s, or
+    the server gone between its search answer and the connection) ends that thread,
+    and no PV of the process connects again. At a load of 20 on 2 cores a full test
+    run saw it: "Circuit with server at 127.0.0.1:30404 did not connect within
+    2.0-second timeout", then 110 PVs that never connected.
+    """
+    from caproto.threading import client
+
+    if getattr(client.Context, "_temsims_patient_circuits", False):
+        return
+    client.VirtualCircuitManager.__init__.__defaults__ = (CIRCUIT_HANDSHAKE_S,)
+    open_circuit = client.Context.get_circuit_manager
+
+    def get_circuit_manager(self, address, priority):
+        for attempt in range(3):
+            try:
+                return open_circuit(self, address, priority)
+            except OSError:  # CaprotoTimeoutError is a TimeoutError, an OSError
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+
+    get_circuit_manager.__doc__ = open_circuit.__doc__
+    client.Context.get_circuit_manager = get_circuit_manager
+    client.Context._temsims_patient_circuits = True
 
 
 def _skip_metadata_of_lost_pvs() -> None:

@@ -94,3 +94,42 @@ def test_metadata_reads_of_lost_pvs_do_not_hold_ophyds_threads(fresh_instrument)
     print(f"a task queued behind 8 reads of lost PVs ran after "
           f"{time.monotonic() - t0:.3f} s")
     assert answered == []  # read at the PVs' next connection, not with stale values
+
+
+def test_a_circuit_answered_after_3_s_still_connects():
+    """Regression (a full run at load 20): caproto's client gave a server 2 s to
+    answer when opening a circuit, and the failure ended the thread that connects
+    every PV of the process. A server that answers after 3 s is connected to now."""
+    import socket
+    import threading
+
+    import caproto as ca
+    from caproto.threading import client
+
+    from temsims.devices.common import use_caproto_control_layer
+
+    use_caproto_control_layer()
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    accepted = []
+
+    def slow_server():
+        conn, _ = listener.accept()
+        accepted.append(conn)
+        time.sleep(3.0)
+        conn.sendall(bytes(ca.VersionResponse(version=13)))
+
+    threading.Thread(target=slow_server, daemon=True).start()
+    context = client.Context()
+    try:
+        context.broadcaster.server_protocol_versions[address] = 13
+        t0 = time.monotonic()
+        manager = context.get_circuit_manager(address, 0)
+        waited = time.monotonic() - t0
+        print(f"circuit answered after 3 s: connected after {waited:.2f} s")
+        assert manager.connected and 2.9 < waited < 9.0
+    finally:
+        context.disconnect()
+        for conn in accepted:
+            conn.close()
+        listener.close()
