@@ -148,6 +148,12 @@ class BiasIOC(InstrumentIOC):
             self.world.get(self._alpha_key), self.world.get(self._objective_key)
         )
 
+    def _enable_blocker(self) -> str | None:
+        """Why the output may not be switched on now, or None."""
+        if self._fault_latched:
+            return "fault latched, RESET first"
+        return self.geometry_blocker()
+
     async def _check_geometry(self) -> None:
         reason = self.geometry_blocker()
         await write_if_changed(self.interlock_rbv, "Blocked" if reason else "Permit")
@@ -251,16 +257,23 @@ class BiasIOC(InstrumentIOC):
     async def enable(self, instance, value):
         value = enum_value(instance, value)
         if value == "On":
-            if self._fault_latched:
-                reason = "fault latched, RESET first"
-            else:
-                reason = self.geometry_blocker()
+            # Judged and committed with no await in between (as the column's unblank):
+            # a trip condition landing later finds ENABLE_RBV On and trips it.
+            reason = self._enable_blocker()
+            if reason is None:
+                await self.enable_rbv.write(value, verify_value=False)
+                await instance.write(value, verify_value=False)
+                # The writes await: an arc or the geometry may have come meanwhile.
+                reason = self._enable_blocker()
+                if reason is not None:
+                    await self._trip(status_text("Tripped", reason))
             if reason is not None:
                 await self.status.write(status_text("Refused", reason), verify_value=False)
                 raise PermissionError(f"{instance.pvname}: On refused by the SIMS interlock: {reason}")
             await self.status.write("OK", verify_value=False)
-        await instance.write(value, verify_value=False)
-        await self.enable_rbv.write(value, verify_value=False)
+        else:
+            await instance.write(value, verify_value=False)
+            await self.enable_rbv.write(value, verify_value=False)
         await clear_alarm(instance)
         self._retarget(float(self.voltage.value) if value == "On" else 0.0,
                        instance.timestamp)

@@ -376,13 +376,24 @@ class ColumnIOC(InstrumentIOC):
     async def blank(self, instance, value):
         value = enum_value(instance, value)
         if value == "Unblanked":
+            # Judged and committed with no await in between: a world update that lands
+            # after this check finds BLANK_RBV already Unblanked and blanks the beam
+            # (_check_geometry); one landing inside an await would find it still
+            # Blanked, and the beam would stay on until the 10 Hz re-check.
             reason = self.geometry_blocker()
+            if reason is None:
+                await self.blank_rbv.write(value, verify_value=False)
+                # The writes await: the geometry may have gone meanwhile.
+                reason = self.geometry_blocker()
+                if reason is not None:
+                    await self._check_geometry()
             if reason is not None:
                 await self.status.write(status_text("Refused", reason), verify_value=False)
                 raise PermissionError(f"{instance.pvname}: Unblanked refused by the SIMS interlock: "
                                       f"{reason}")
             await self.status.write("OK", verify_value=False)
-        await self.blank_rbv.write(value, verify_value=False)
+        else:
+            await self.blank_rbv.write(value, verify_value=False)
         await clear_alarm(instance)
         await self._update_optics()
         return value

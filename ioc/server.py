@@ -108,14 +108,17 @@ class PartServer:
         """Build the group and serve it; returns once the port answers."""
         if self.state != "Dead":
             return
+        self.world.part_up(self.part)
         ready = threading.Event()
         failure: list[BaseException] = []
         self._thread = threading.Thread(target=self._main, args=(ready, failure),
                                         name=f"part-{self.part}", daemon=True)
         self._thread.start()
-        if not ready.wait(timeout):
-            raise PartStartError(f"{self.part}: its server did not start in {timeout} s")
-        if failure:
+        if not ready.wait(timeout) or failure:
+            # Whatever a group that never came up published must not pass for current.
+            self.world.part_down(self.part)
+            if not failure:
+                raise PartStartError(f"{self.part}: its server did not start in {timeout} s")
             self._thread.join(5)
             raise PartStartError(f"{self.part}: {failure[0]}") from failure[0]
         self.state = "Up"
@@ -174,6 +177,10 @@ class PartServer:
         """Stop serving, as a killed IOC: sockets closed, tasks gone, quantities None."""
         if self.state == "Dead":
             return
+        # Down for its peers before it stops answering, not after: while it is being
+        # stopped (the thread join can take long under load) its last values would
+        # still pass for current, e.g. a tilt that let the beam be unblanked.
+        self.world.part_down(self.part)
         if self.state == "Hung":
             self.resume()
         loop = self._loop
@@ -187,7 +194,6 @@ class PartServer:
             self._thread.join(timeout)
         self.state = "Dead"
         self.group = None
-        self.world.part_down(self.part)
 
     async def _shutdown(self) -> None:
         context = self._context

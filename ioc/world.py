@@ -139,6 +139,7 @@ class World:
         self._timestamps: dict[str, float] = {}
         self._owner: dict[str, str] = {}
         self._subscribers: list[_Subscriber] = []
+        self._down: set[str] = set()
         self._lock = threading.RLock()
         self._shared: dict[str, Any] = {}
 
@@ -152,11 +153,19 @@ class World:
 
     # ---- quantities ---------------------------------------------------------------
     def publish(self, part: str, key: str, value: Any, timestamp: float | None = None) -> None:
-        """Set ``key`` (owned by ``part``) and notify its subscribers."""
+        """Set ``key`` (owned by ``part``) and notify its subscribers.
+
+        Ignored while ``part`` is down (:meth:`part_down` until :meth:`part_up`).
+        """
         with self._lock:
             owner = self._owner.setdefault(key, part)
             if owner != part:
                 raise ValueError(f"{key!r} is owned by {owner!r}, not {part!r}")
+            if part in self._down:
+                # A part being stopped still runs its cancelled tasks' cleanup (a
+                # stage's move publishes where it stopped): that must not bring its
+                # quantities back while its peers take it as down.
+                return
             self._values[key] = value
             self._timestamps[key] = self.clock.now() if timestamp is None else timestamp
             subscribers = [s for s in self._subscribers if key in s.keys]
@@ -207,12 +216,25 @@ class World:
 
     # ---- parts ----------------------------------------------------------------------
     def part_down(self, part: str) -> None:
-        """Every quantity of ``part`` reads None, and its subscribers hear it."""
+        """Every quantity of ``part`` reads None, and its subscribers hear it; what
+        ``part`` publishes from now on is ignored until :meth:`part_up`."""
         with self._lock:
+            self._down.add(part)
             keys = [k for k, owner in self._owner.items() if owner == part]
             self._subscribers = [s for s in self._subscribers if s.loop.is_running()]
-        for key in keys:
-            self.publish(part, key, None)
+            now = self.clock.now()
+            for key in keys:
+                self._values[key] = None
+                self._timestamps[key] = now
+            subscribers = [(s, k) for k in keys for s in self._subscribers if k in s.keys]
+        for sub, key in subscribers:
+            self._dispatch(sub, key, None)
+
+    def part_up(self, part: str) -> None:
+        """``part`` is starting: what it publishes counts again (its quantities read
+        None until it does)."""
+        with self._lock:
+            self._down.discard(part)
 
 
 def _log_failure(task: asyncio.Task) -> None:
