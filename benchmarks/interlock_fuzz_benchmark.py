@@ -55,6 +55,7 @@ def run(steps: int, time_scale: float, seed: int, examples_steps: int) -> dict:
         procs.stop()
     return {
         "steps": figures.steps, "checks": figures.checks, "rechecks": figures.rechecks,
+        "straddles": figures.straddles,
         "restarts": figures.restarts, "violations": len(figures.violations),
         "violations_first": figures.violations[:10], "wall_s": round(wall, 1),
         "steps_per_s": round(figures.steps / wall, 1), "time_scale": time_scale,

@@ -18,12 +18,17 @@ whole instrument):
    ``BIAS:ENABLE_RBV`` On or ``|BIAS:VOLTAGE_RBV|`` > 10 V);
 3. ``|BIAS:VOLTAGE_RBV|`` never exceeds 4.5 kV.
 
-Five reads are not one instant: a state seen broken is judged by the timestamps (the
-output that came on after its condition was already broken is a violation at once)
-and otherwise read again after ``GRACE_S`` (a reaction in flight, such as a blank
-on a tilt that is leaving the window, has landed by then; what is still broken is a
-violation). Every violation is kept in :data:`VIOLATIONS`; the test fails on the
-first.
+Five reads are not one instant, so they are made twice (:func:`read_state`, then
+again). An output that came on (its timestamp) while its condition was broken is a
+violation at once; the condition is judged as it stood at the output's timestamp,
+which the two readings of the condition give when the output came after the second
+one's timestamp or the condition did not change between them (:func:`held_at`). An
+output that came on between two different readings of its condition (a tilt ending
+between the reads) cannot be judged so, and is counted (``Figures.straddles``). A
+state broken in the second readings is read again after ``GRACE_S`` (a reaction in
+flight, such as a blank on a tilt that is leaving the window, has landed by then;
+what is still broken is a violation). Every violation is kept in
+:data:`VIOLATIONS`; the test fails on the first.
 
 Used by ``tests/faults/test_interlock_fuzz.py`` (a few hundred steps, derandomised)
 and ``benchmarks/interlock_fuzz_benchmark.py`` (>= 10,000 steps). No work on import
@@ -64,6 +69,8 @@ class Figures:
     steps: int = 0
     checks: int = 0
     rechecks: int = 0
+    #: Outputs that came on between two different readings of their condition.
+    straddles: int = 0
     restarts: int = 0
     violations: list[str] = field(default_factory=list)
     by_rule: dict[str, int] = field(default_factory=dict)
@@ -142,26 +149,74 @@ def read_state(ca: CA) -> dict[str, tuple[float, Any]]:
     }
 
 
-def broken(state: dict[str, tuple[float, Any]]) -> list[tuple[str, bool]]:
-    """Invariants broken in ``state``: (description, whether the timestamps show the
-    output came on after its condition was already broken)."""
-    out = []
-    (t_alpha, alpha), (t_obj, obj) = state["alpha"], state["objective"]
-    (t_blank, blank), (t_en, enable) = state["blank"], state["enable"]
-    t_v, volts = state["volts"]
-    if abs(volts) > BIAS_LIMIT_V + 1e-6:
-        out.append((f"|bias| {volts:.1f} V > {BIAS_LIMIT_V:.0f} V", True))
-    if blank == "Unblanked" and not _in_geometry(alpha, obj):
-        # Unblanked after the tilt or lens last changed: accepted outside the geometry.
-        late = t_blank > max(t_alpha if not _alpha_ok(alpha) else -1.0,
-                             t_obj if obj != "Off" else -1.0) + ORDER_EPS_S
-        out.append((f"beam unblanked at alpha {alpha:.3f} deg, objective {obj}", late))
-    bias_on = enable == "On" or abs(volts) > BIAS_SAFE_V
-    if obj == "On" and bias_on:
-        t_bias = t_en if enable == "On" else t_v
-        late = abs(t_bias - t_obj) > ORDER_EPS_S and (
-            (t_bias > t_obj and enable == "On") or t_obj > t_bias)
-        out.append((f"objective On with bias {enable} at {volts:.1f} V", late))
+def held_at(first: dict[str, tuple[float, Any]], second: dict[str, tuple[float, Any]],
+            name: str, t: float) -> Any:
+    """Value of ``name`` at nominal time ``t`` (an output's timestamp from ``first``,
+    read before ``second``), or None when the readings do not tell.
+
+    The value read second held from its timestamp until it was read, after ``t``'s
+    output was read; so it held at ``t`` if ``t`` is later than its timestamp. Before
+    that (a change between the readings, or a ``t`` older than both) it is unknown.
+    """
+    t_second, value = second[name]
+    return value if t > t_second + ORDER_EPS_S else None
+
+
+def broken(first: dict[str, tuple[float, Any]],
+           second: dict[str, tuple[float, Any]] | None = None
+           ) -> list[tuple[str, bool | None]]:
+    """Invariants broken in the readings ``first`` then ``second`` (default: the same
+    instant): (description, whether the output came on while its condition was
+    already broken: True, not: False, the readings cannot tell: None).
+
+    Broken means broken in ``second``; an output's acceptance is judged from its
+    timestamp in ``first`` against the condition at that time (:func:`held_at`).
+    """
+    second = first if second is None else second
+    out: list[tuple[str, bool | None]] = []
+    for state in (first, second):
+        volts = state["volts"][1]
+        if abs(volts) > BIAS_LIMIT_V + 1e-6:
+            out.append((f"|bias| {volts:.1f} V > {BIAS_LIMIT_V:.0f} V", True))
+            break
+    beam_judged = False
+    (t_blank, blank) = first["blank"]
+    if blank == "Unblanked":
+        # Unblanked while the tilt or lens was already wrong: accepted outside the geometry.
+        alpha = held_at(first, second, "alpha", t_blank)
+        obj = held_at(first, second, "objective", t_blank)
+        late = ((alpha is not None and not _alpha_ok(alpha))
+                or (obj is not None and obj != "Off"))
+        if late or not _in_geometry(first["alpha"][1], first["objective"][1]):
+            straddled = (first["alpha"] != second["alpha"]
+                         or first["objective"] != second["objective"])
+            out.append((f"beam unblanked at alpha {first['alpha'][1]:.3f} deg, objective "
+                        f"{first['objective'][1]}", True if late else None if straddled
+                        else False))
+            beam_judged = not straddled or late
+    if not beam_judged and second["blank"][1] == "Unblanked" and not _in_geometry(
+            second["alpha"][1], second["objective"][1]):
+        out.append((f"beam unblanked at alpha {second['alpha'][1]:.3f} deg, objective "
+                    f"{second['objective'][1]}", False))
+    lens_judged = False
+    (t_obj, obj), (t_en, enable) = first["objective"], first["enable"]
+    volts = first["volts"][1]
+    if enable == "On" and held_at(first, second, "objective", t_en) == "On":
+        # the output came on while the lens was on
+        out.append((f"bias enabled (at {volts:.1f} V) with the objective On", True))
+        lens_judged = True
+    if obj == "On":  # the lens came on while the output was on
+        enable_then = held_at(first, second, "enable", t_obj)
+        volts_then = held_at(first, second, "volts", t_obj)
+        if enable_then == "On" or (volts_then is not None and abs(volts_then) > BIAS_SAFE_V):
+            out.append((f"objective On with bias {enable_then} at {volts_then:.1f} V"
+                        if volts_then is not None else
+                        f"objective On with bias {enable_then}", True))
+            lens_judged = True
+    (obj2, enable2, volts2) = (second["objective"][1], second["enable"][1],
+                               second["volts"][1])
+    if not lens_judged and obj2 == "On" and (enable2 == "On" or abs(volts2) > BIAS_SAFE_V):
+        out.append((f"objective On with bias {enable2} at {volts2:.1f} V", False))
     return out
 
 
@@ -170,20 +225,21 @@ def _alpha_ok(alpha: float) -> bool:
 
 
 def check_invariants(ca: CA, figures: Figures, where: str) -> list[str]:
-    """Read the state and judge it (module docstring); the violations found."""
+    """Read the state twice and judge it (module docstring); the violations found."""
     figures.checks += 1
-    state = read_state(ca)
-    problems = broken(state)
+    first, second = read_state(ca), read_state(ca)
+    problems = broken(first, second)
     if not problems:
         return []
-    found = [f"{where}: {text} (accepted while broken; {state})" for text, late in problems
-             if late]
-    if not found:
+    figures.straddles += sum(1 for _, late in problems if late is None)
+    found = [f"{where}: {text} (accepted while broken; {first}, then {second})"
+             for text, late in problems if late]
+    if not found and any(late is False for _, late in problems):
         figures.rechecks += 1
         time.sleep(GRACE_S)
-        state = read_state(ca)
-        found = [f"{where}: {text} still {GRACE_S} s later ({state})"
-                 for text, _ in broken(state)]
+        first, second = read_state(ca), read_state(ca)
+        found = [f"{where}: {text} still {GRACE_S} s later ({first}, then {second})"
+                 for text, late in broken(first, second) if late is not None]
     figures.violations.extend(found)
     return found
 

@@ -49,7 +49,8 @@ def test_random_sequences_never_break_an_interlock(fuzzed):
                           phases=(Phase.explicit, Phase.generate)))
     wall = time.monotonic() - t0
     print(f"interlock fuzz: {figures.steps} steps, {figures.checks} checks "
-          f"({figures.rechecks} re-read), {figures.restarts} restarts, "
+          f"({figures.rechecks} re-read, {figures.straddles} straddled), "
+          f"{figures.restarts} restarts, "
           f"{len(figures.violations)} violations, {wall:.1f} s; {figures.by_rule}")
     assert figures.steps >= 200
     assert figures.violations == [], figures.violations[:5]
@@ -89,3 +90,45 @@ def _put_and_see(ca, part: str, pv: str, value: str, readback: str) -> None:
             f"{part} {pv} {value} not taken: {ca.read('bias', 'STATUS', string=True)}, "
             f"{ca.read('column', 'STATUS', string=True)}, alpha {ca.read('stage', 'A.RBV')}")
         time.sleep(0.02)
+
+
+def _readings(alpha, objective="Off", blank="Unblanked", enable="Off", volts=0.0):
+    """A read_state result: each argument (nominal timestamp, value)."""
+    return {"alpha": alpha, "objective": objective, "blank": blank, "enable": enable,
+            "volts": volts}
+
+
+def test_an_unblank_is_judged_against_the_tilt_at_its_own_timestamp():
+    """Regression (no IOC): a CI run under load reported "beam unblanked at alpha
+    29.994 deg, accepted while broken" after step 142 (tilt to -67.2 from 30 with no
+    wait, then an unblank): alpha was read as the move began, the move ended and the
+    column took the unblank at -67.2 before BLANK_RBV was read. The second reading
+    shows the tilt changed after the first, so the unblank is not judged against
+    29.994 deg; the IOC-side checks of that window are tests/ioc/test_interlock_races.py."""
+    judge = interlock_machine.broken
+    t = 1000.0
+    moving = _readings(alpha=(t, 29.994), objective=(t - 50, "Off"),
+                       blank=(t + 11.0, "Unblanked"), enable=(t - 50, "Off"),
+                       volts=(t - 50, 0.0))
+    arrived = dict(moving, alpha=(t + 3.7, -67.2))
+    assert [late for _, late in judge(moving, arrived)] == [None]  # cannot tell: straddle
+    # What a single reading concluded, and what still counts as accepted while broken:
+    assert [late for _, late in judge(moving)] == [True]
+    assert [late for _, late in judge(moving, moving)] == [True]
+    left = dict(moving, alpha=(t + 2.0, 15.0))  # still outside at the unblank's time
+    assert True in [late for _, late in judge(moving, left)]
+    lens_on = dict(arrived, objective=(t + 5.0, "On"))  # lens on before the unblank
+    assert True in [late for _, late in judge(dict(moving, objective=(t - 50, "Off")),
+                                              lens_on)]
+    # Unblanked first, the tilt left later: the auto-blank is in flight (re-read).
+    leaving = _readings(alpha=(t + 12.0, 29.994), objective=(t - 50, "Off"),
+                        blank=(t + 11.0, "Unblanked"), enable=(t - 50, "Off"),
+                        volts=(t - 50, 0.0))
+    assert {late for _, late in judge(leaving, leaving)} == {False}
+    # The bias enabled while the lens was on, and the lens switched on over the bias.
+    bias_on = _readings(alpha=(t, -68.0), objective=(t, "On"), blank=(t, "Blanked"),
+                        enable=(t + 1.0, "On"), volts=(t + 1.0, 0.0))
+    assert True in [late for _, late in judge(bias_on, bias_on)]
+    lens_after = dict(bias_on, objective=(t + 2.0, "On"))
+    assert True in [late for _, late in judge(lens_after, lens_after)]
+
