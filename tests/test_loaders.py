@@ -29,9 +29,11 @@ from temsims.app.loaders import CorrelativeExperiment, load_correlative
 pytestmark = pytest.mark.slow
 
 #: The drift that displaces the specimen before the plan (nm/min; the IOC's direction:
-#: 30 deg from +x), for DRIFT_S nominal seconds: 75 nm, 2 SIMS pixels of the maps.
+#: 30 deg from +x), for DRIFT_S nominal seconds: 56 nm, 1.5 SIMS pixels of the maps.
+#: The drift stops when a put reaches the IOC: at load 20 it ran 1.5 times longer (2.98
+#: px), beyond the registration's 2.75 px search; 1.5 px leaves room for that.
 DRIFT_NM_PER_MIN = 600.0
-DRIFT_S = 7.5
+DRIFT_S = 5.6
 DRIFT_DIRECTION_DEG = 30.0
 SIMS_PIXELS = (16, 11)
 CAMERA_SIZE = 128
