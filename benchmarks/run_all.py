@@ -324,6 +324,20 @@ def cathode_case_figures(r: Mapping[str, Any]) -> list[Figure]:
     ]
 
 
+def quantification_case_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``quantification_case.json``: the quantification case against the couple's truth
+    over seeds (worst error over 0.1-10 at.%: p90 beside the median)."""
+    n = len(r["seeds"])
+    w, c = r["worst"], r["calibration_worst"]
+    return [
+        Figure("worst_p90", f"quantified map, worst error 0.1-10 at.%, p90 of {n} seeds",
+               w.get("p90"), "", "median", w.get("median")),
+        Figure("calibration_p90", f"calibration map at the EDX points, same, p90 of {n} seeds",
+               c.get("p90"), "", "median", c.get("median")),
+        Figure("wall", "case wall time (median)", r["wall_s"].get("median"), "s"),
+    ]
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A script in ``benchmarks/`` and how the runner drives and reads it.
@@ -384,6 +398,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               fault_figures),
     Benchmark("cathode_case_benchmark", "cathode_case.json", "--output",
               ("--seeds", "3", "--quick"), cathode_case_figures),
+    Benchmark("quantification_case_benchmark", "quantification_case.json", "--output",
+              ("--seeds", "3", "--quick"), quantification_case_figures),
 )
 
 
