@@ -281,7 +281,9 @@ def _figures_of(res, binned, centres, qm, sizes: dict[str, Any]) -> dict[str, An
                       if edx_stop >= 0 else None},
         "sims_continues_to": {"x_nm": float(centres[last]) if last is not None else None,
                               "concentration": float(conc[last]) if last is not None
-                              else None, "detection_sigma": DETECTION_SIGMA},
+                              else None, "detection_sigma": DETECTION_SIGMA,
+                              # Detected up to the map's last bin: the map, not SIMS, ends.
+                              "at_map_edge": last is not None and last == centres.size - 1},
         "calibration_profile": profile(x_edx, res.profile),
         "quantified_profile": profile(centres, binned),
         "quantified_below_edx_limit": {
@@ -345,7 +347,8 @@ def summary_lines(fig: dict[str, Any]) -> list[str]:
            f"({cal['degree_selection']['method']}), reduced chi2 {cal['reduced_chi2']:.2f}, "
            f"dilute-limit RSF {2.718281828459045 ** cal['coefficients'][0]:.3f}"]
     if sc["x_nm"] is not None:
-        out.append(f"SIMS continues to x = {sc['x_nm']:.0f} nm ({_conc(sc['concentration'])}, "
+        edge = " (the map's edge: SIMS still detects Cu there)" if sc.get("at_map_edge") else ""
+        out.append(f"SIMS continues to x = {sc['x_nm']:.0f} nm{edge} ({_conc(sc['concentration'])}, "
                    f"> {sc['detection_sigma']:g} sigma); {below['bins']} bins of the quantified "
                    "map below the EDX limit" + (f", median 1-sigma {100 * below['median_rel_sigma']:.1f} %"
                                                 if below["median_rel_sigma"] is not None else ""))
@@ -463,8 +466,8 @@ def _figures(out: Path, result: dict[str, Any]) -> list[Path]:
     save(fig, "quantification_profile.png")
 
     # ---- 3. the quantified map and its relative error
-    # One row per panel: the map is 3.5 times wider than high (across the couple).
-    fig, axes = plt.subplots(3, 1, figsize=(12, 10.5))
+    # One row per panel: the map is 1.8 times wider than high (across the couple).
+    fig, axes = plt.subplots(3, 1, figsize=(8.5, 11.5))
     conc = np.asarray(m["concentration"], float)
     sig = np.asarray(m["sigma"], float)
     x_um, y_um = m["x_um"], m["y_um"]
@@ -496,8 +499,9 @@ def _figures(out: Path, result: dict[str, Any]) -> list[Path]:
             ax.axvline(sims_x / 1e3, color="white", ls=":", lw=1.0)
         ax.set_xlabel("x (um)")
         ax.set_ylabel("y (um)")
-    fig.suptitle("red: where EDX stops; white: where SIMS stops detecting Cu (3 sigma per "
-                 f"{fig_['map']['bin_nm']:g} nm bin)", fontsize=9)
+    fig.suptitle("red: where EDX stops; white: the last bin where SIMS detects Cu (3 sigma "
+                 f"per {fig_['map']['bin_nm']:g} nm bin; white pixels hold no Cu count)",
+                 fontsize=9)
     save(fig, "quantification_map.png")
     return files
 
