@@ -155,6 +155,8 @@ class InstrumentProcesses:
         self._with_client_environment(wait_all)
 
     def _wait_pv(self, pv: str, read, deadline: float, timeout: float) -> None:
+        from caproto import CaprotoError
+
         while True:
             proc = self.process
             if proc is not None and proc.poll() is not None:
@@ -165,9 +167,11 @@ class InstrumentProcesses:
             try:
                 read(pv, timeout=0.5, repeater=False)
                 return
-            except TimeoutError:
+            except (TimeoutError, CaprotoError) as exc:
+                # A server still starting can also drop the circuit of a first read
+                # ("Disconnected during initialization", seen at load 10).
                 if time.monotonic() > deadline:
-                    raise IOCStartError(f"{pv} did not answer in {timeout} s") from None
+                    raise IOCStartError(f"{pv} did not answer in {timeout} s ({exc})") from None
 
     def _put_sim(self, suffix: str, value: str, timeout: float) -> None:
         from caproto import CaprotoTimeoutError

@@ -89,7 +89,9 @@ class SlotPool:
         return slot, self.layouts[slot]
 
     def give_back(self, slot: int) -> None:
-        self.free.insert(0, slot)
+        # Last in line: a new instrument gets the ports that rested longest (the
+        # client may still be dropping its circuits to the stopped one).
+        self.free.append(slot)
 
 
 _POOL: SlotPool | None = None
@@ -203,12 +205,30 @@ def start_instrument(
         stop_instrument(procs, slot_pool)
 
 
-class InstrumentPool:
-    """The session's shared instruments, one per configuration, reset on every get."""
+#: Instruments a worker keeps running for later modules besides those the current
+#: module uses: an idle instrument costs 7.5 % of a core (its parts' update loops), and
+#: a full run used ~10 configurations per worker, kept to the end.
+MAX_IDLE_INSTRUMENTS = 2
+#: ``InstrumentPool.get()``'s key with no arguments.
+_DEFAULT_KEY = ("li2co3-particles", 1, tuple(ALL_IOCS), (), float(TEST_TIME_SCALE), "shared")
+#: The test module being set up or run (node id of its file).
+_CURRENT_MODULE = ""
 
-    def __init__(self, start: Callable[..., InstrumentProcesses]) -> None:
+
+class InstrumentPool:
+    """The session's shared instruments, one per configuration, reset on every get.
+
+    At most :data:`MAX_IDLE_INSTRUMENTS` not used by the current test module stay
+    running; the least recently used others are stopped (by PID) when a new one
+    starts, and started again if a later module asks for them.
+    """
+
+    def __init__(self, start: Callable[..., InstrumentProcesses],
+                 stop: Callable[[InstrumentProcesses], None]) -> None:
         self._start = start
+        self._stop = stop
         self._running: dict[tuple, InstrumentProcesses] = {}
+        self._last_module: dict[tuple, str] = {}
 
     def get(self, *, specimen: str = "li2co3-particles", seed: int = 1, iocs=ALL_IOCS,
             extra_args: dict[str, list[str]] | None = None,
@@ -224,18 +244,38 @@ class InstrumentPool:
         key = (specimen, seed, tuple(iocs), extra, float(time_scale), purpose)
         procs = self._running.get(key)
         if procs is None or procs.process is None or procs.process.poll() is not None:
+            self._stop_idle(keep=key)
             procs = self._start(iocs=iocs, specimen=specimen, seed=seed,
                                 extra_args=extra_args, time_scale=time_scale)
             self._running[key] = procs
         else:
             procs.reset()
+        self._last_module.pop(key, None)
+        self._last_module[key] = _CURRENT_MODULE  # (dicts keep insertion order)
         return procs
+
+    def _stop_idle(self, keep: tuple) -> None:
+        # The default one is the session's ``instrument`` fixture's: never stopped.
+        idle = [key for key, module in self._last_module.items()
+                if module != _CURRENT_MODULE and key not in (keep, _DEFAULT_KEY)]
+        for key in idle[:max(0, len(idle) - MAX_IDLE_INSTRUMENTS + 1)]:
+            self._last_module.pop(key)
+            procs = self._running.pop(key, None)
+            if procs is not None:
+                self._stop(procs)
 
 
 @pytest.fixture(scope="session")
-def instruments(start_instrument) -> InstrumentPool:
+def instruments(start_instrument, slot_pool) -> InstrumentPool:
     """``instruments.get(specimen=..., seed=..., ...)``: a shared instrument, reset."""
-    return InstrumentPool(start_instrument)
+    return InstrumentPool(start_instrument, lambda procs: stop_instrument(procs, slot_pool))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Which module asks: the pool stops only instruments other modules used last.
+    global _CURRENT_MODULE
+    _CURRENT_MODULE = item.nodeid.split("::", 1)[0]
 
 
 @pytest.fixture(scope="session")
