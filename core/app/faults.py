@@ -8,6 +8,7 @@ the queue server's worker call :func:`install_suspenders`; so do the fault tests
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -140,12 +141,17 @@ def install_suspenders(RE: Any, microscope: Any, *, parts: Iterable[str] = WATCH
                 guard.arc.new_run()
 
         guard._token = RE.subscribe(on_document, "start")
-    guard._preprocessor = retry_on_disconnect
-    RE.preprocessors.append(retry_on_disconnect)
+    guard._preprocessor = make_retry_on_disconnect(RE)
+    RE.preprocessors.append(guard._preprocessor)
     return guard
 
 
-def retry_on_disconnect(plan: Any) -> Any:
+def make_retry_on_disconnect(RE: Any) -> Any:
+    """:func:`retry_on_disconnect` for ``RE``: a preprocessor (``RE.preprocessors``)."""
+    return functools.partial(retry_on_disconnect, run_engine=RE)
+
+
+def retry_on_disconnect(plan: Any, *, run_engine: Any = None) -> Any:
     """Plan preprocessor: a message that fails on a disconnected part is sent again.
 
     A part that dies while a plan reads or moves it fails that message before the
@@ -154,6 +160,10 @@ def retry_on_disconnect(plan: Any) -> Any:
     suspension run (the RunEngine rewinds the plan to its checkpoint and replays it
     when the part is back); the message is then sent again. Without a suspension (a
     part that stays away) the error reaches the plan after :data:`RETRIES` waits.
+
+    A ``read`` the rewind has already replayed into the open event (``run_engine``
+    given) is not sent again: its reading is handed to the plan from that event (a
+    second read of the same object into one event is refused by bluesky).
     """
     import bluesky.plan_stubs as bps
     from ophyd.signal import ConnectionTimeoutError
@@ -171,6 +181,11 @@ def retry_on_disconnect(plan: Any) -> Any:
         for attempt in range(RETRIES + 1):
             try:
                 try:
+                    if attempt and msg.command == "read":
+                        replayed = _reading_in_open_event(run_engine, msg)
+                        if replayed is not None:
+                            response = replayed
+                            break
                     response = yield msg
                     break
                 except (DisconnectedError, ConnectionTimeoutError) as exc:
@@ -187,5 +202,23 @@ def retry_on_disconnect(plan: Any) -> Any:
                 break
 
 
+def _reading_in_open_event(run_engine: Any, msg: Any) -> dict | None:
+    """The reading of ``msg.obj`` in the event ``run_engine`` is bundling for
+    ``msg.run``, or None (no such event, or the object not read into it yet).
 
-__all__ = ["FaultGuard", "install_suspenders", "retry_on_disconnect"]
+    Reads bluesky's bundler (1.15) by its private names: if they change, None (the
+    read is sent again, as before this check).
+    """
+    bundlers = getattr(run_engine, "_run_bundlers", None) or {}
+    bundler = bundlers.get(msg.run)
+    if bundler is None or not getattr(bundler, "bundling", False):
+        return None
+    read_objects = list(getattr(bundler, "_objs_read", ()))
+    cache = getattr(getattr(bundler, "_current_stream_cache", None), "read_cache", None)
+    if msg.obj not in read_objects or cache is None or len(cache) != len(read_objects):
+        return None
+    return cache[read_objects.index(msg.obj)]
+
+
+__all__ = ["FaultGuard", "install_suspenders", "make_retry_on_disconnect",
+           "retry_on_disconnect"]
