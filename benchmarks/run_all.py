@@ -324,6 +324,28 @@ def cathode_case_figures(r: Mapping[str, Any]) -> list[Figure]:
     ]
 
 
+def solar_cell_case_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``solar_cell_case.json``: the solar-cell case against the twin's truth over seeds
+    (Na boundary/interior ratio, target within 20 %; Ga/(In+Ga) per grain with the
+    implanted Ga separated, beside the error with it left in)."""
+    n = len(r["seeds"])
+    na, ga = r["na_abs_rel_error"], r["ga_abs_error_median"]
+    return [
+        Figure("na_within_20pct", f"Na band/interior within 20 % of the truth ({n} seeds)",
+               100 * r["na_within_20pct_fraction"], "% seeds"),
+        Figure("na_error", "Na band/interior |error| (median over seeds)",
+               None if na.get("median") is None else 100 * na["median"], "%", "max",
+               None if na.get("max") is None else 100 * na["max"]),
+        Figure("ga_error", "Ga/(In+Ga) |error| per grain (median of the seeds' medians)",
+               ga.get("median"), "", "implant left in",
+               r["ga_naive_error_median"].get("median")),
+        Figure("ga_within_u95", "Ga/(In+Ga) grains within their 95 % bound (mean)",
+               None if r["ga_within_u95"].get("mean") is None
+               else 100 * r["ga_within_u95"]["mean"], "% grains"),
+        Figure("wall", "case wall time (median)", r["wall_s"].get("median"), "s"),
+    ]
+
+
 def quantification_case_figures(r: Mapping[str, Any]) -> list[Figure]:
     """``quantification_case.json``: the quantification case against the couple's truth
     over seeds (worst error over 0.1-10 at.%: p90 beside the median)."""
@@ -398,6 +420,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               fault_figures),
     Benchmark("cathode_case_benchmark", "cathode_case.json", "--output",
               ("--seeds", "3", "--quick"), cathode_case_figures),
+    Benchmark("solar_cell_case_benchmark", "solar_cell_case.json", "--output",
+              ("--seeds", "3", "--quick"), solar_cell_case_figures),
     Benchmark("quantification_case_benchmark", "quantification_case.json", "--output",
               ("--seeds", "3", "--quick"), quantification_case_figures),
 )

@@ -530,7 +530,7 @@ def _figures(out: Path, experiment, result: dict[str, Any]) -> list[Path]:
     ax.axvspan(na.interior_nm, na.profile_nm[ok].max(), color="tab:blue", alpha=0.1,
                label="interior")
     ax.axhline(na.interior_level, color="tab:blue", ls="--", lw=1,
-               label="interior level")
+               label="interior level (grains holding a boundary the TEM missed left out)")
     ax.set_yscale("log")
     ax.set_xlabel("distance of the SIMS pixel to the nearest TEM grain boundary (nm)")
     ax.set_ylabel("Na+ counts per pixel (absorber frames)")
