@@ -1,31 +1,86 @@
-"""``temsims demo --case all --quick`` in a subprocess: every case into one catalog, one
-HTML index whose links all resolve.
+"""``temsims demo --case all --quick`` once, in a subprocess: every case into one
+catalog and one HTML index whose links all resolve; then each case's figures scored
+against its twin.
 
-Every case :func:`temsims.app.cases.available_cases` finds runs (on IOCs with its own
-specimen, started and stopped by the demo for each), stores its runs in the one
-catalog, and gets a section of ``index.html`` linking its PNGs and ``report.json``.
-The index is parsed with :mod:`html.parser` (every ``img`` and link a file that exists)
-and, where a Chromium is installed (Debian's ``chromium-headless-shell``), loaded in it
-headless: every image loaded and decoded. The cases' figures are their own tests'.
+One run for all of it (a case alone costs an interpreter, an instrument and a catalog
+server: the cases' separate end-to-end tests took ~1.5 times as long in all). The run
+uses one fresh seed (``tests/scoring.py``'s :func:`fresh_rng`, printed) for every
+specimen, at time scale 20 with the drift at 3 / 20 nm/min (decision 0031: the
+specimen then drifts per wall second as at time scale 1).
+
+- The index (every case :func:`temsims.app.cases.available_cases` finds, on IOCs with
+  its own specimen, started and stopped by the demo for each): parsed with
+  :mod:`html.parser` (every ``img`` and link a file that exists) and, where a Chromium
+  is installed (Debian's ``chromium-headless-shell``), loaded in it headless: every
+  image loaded and decoded. Each case well under the three minutes allowed.
+- cathode: the runs under one correlation id, a report that is not blank, the twin's
+  truth (``livo-cathode``'s recipe) recovered: the V decay length in the LiPON and
+  the V level at its interface within 1.5 x their stated 95 % intervals (3 sigma: one
+  seed), each interface's SIMS position within one SIMS pixel of the TEM one and the
+  TEM one within a TEM pixel of the truth. Over >= 10 seeds (the issue's ">= 90 % of
+  seeds"): ``benchmarks/cathode_case_benchmark.py``.
+- quantification: the EDX line, the calibration map and the quantified map under one
+  correlation id; the quantified Cu profile, an absolute concentration from the
+  EDX-calibrated RSF, matches the ``diffusion-couple`` truth from 10 at.% down to
+  0.1 at.%, below the EDX detection limit; one seed held to 12 % (the p90 over seeds,
+  < 10 %, is ``benchmarks/quantification_case_benchmark.py``'s).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
-from demo_support import check_in_chromium, index_links, run_demo, starts_of
+from demo_support import TIME_SCALE, check_in_chromium, index_links, run_demo, starts_of
+from scoring import fresh_rng, score_quantified_profile
 
 from temsims.app.cases import available_cases
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
-def test_demo_all_quick_writes_one_index_linking_every_case(slot_pool, tmp_path):
-    cases = available_cases()
-    run = run_demo(slot_pool, tmp_path, "--case", "all", "--quick", timeout_s=900.0,
-                   tail=1500)
+CATHODE_FILES = ("cathode_published.png", "cathode_sims_maps.png", "cathode_profiles.png")
+QUANT_FILES = ("quantification_calibration.png", "quantification_profile.png",
+               "quantification_map.png")
+#: Drift per nominal minute that drifts per wall second as the default does at scale 1.
+DRIFT_NM_PER_MIN = 3.0 / TIME_SCALE
+#: One seed's worst error over 0.1-10 at.% (the p90 over seeds is the benchmark's).
+SINGLE_SEED_WORST = 0.12
+#: What a case may take (the particle case's allowance).
+CASE_LIMIT_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def all_run(slot_pool, tmp_path_factory):
+    seed = int(fresh_rng("demo --case all").integers(1, 10**6))
+    print(f"\nseed {seed} for every specimen")
+    run = run_demo(slot_pool, tmp_path_factory.mktemp("all"), "--case", "all", "--quick",
+                   "--seed", str(seed), "--drift-nm-per-min", f"{DRIFT_NM_PER_MIN:g}",
+                   timeout_s=900.0, tail=1500)
+    run.seed = seed
+    return run
+
+
+def _finished(run):
     assert run.proc.returncode == 0, run.failure()
+    return run
+
+
+def _pictures(run, out: Path, names) -> None:
+    import matplotlib.image as mpimg
+
+    for name in names:
+        img = mpimg.imread(out / name)
+        assert img.ndim == 3 and float(np.std(img)) > 0.0, name
+        assert str(out / name) in run.stdout, name
+
+
+def test_demo_all_quick_writes_one_index_linking_every_case(all_run):
+    run = _finished(all_run)
+    cases = available_cases()
     index = run.out / "index.html"
     assert index.is_file() and f"report index: {index}" in run.stdout
     assert run.stdout.count("IOCs stopped") == len(cases)
@@ -57,3 +112,102 @@ def test_demo_all_quick_writes_one_index_linking_every_case(slot_pool, tmp_path)
     assert all(i["ok"] for i in seen["images"]), [i for i in seen["images"] if not i["ok"]]
     assert {Path(h).name for h in seen["links"] if not h.startswith("#")} == \
         {Path(h).name for h in links["href"]}
+
+
+def test_each_case_takes_well_under_three_minutes(all_run):
+    run = _finished(all_run)
+    took = {name: float(s) for name, s in re.findall(r"case (\S+) took ([0-9.]+) s", run.stdout)}
+    print(took)
+    assert set(took) == set(available_cases()), took
+    assert all(s < CASE_LIMIT_S for s in took.values()), took
+
+
+def _truth(seed: int, x_lo_um: float, x_hi_um: float) -> dict:
+    from temsims.ioc.physics.specimen import build_specimen, livo_cathode
+
+    defaults = {k: p.default for k, p in inspect.signature(livo_cathode).parameters.items()}
+    spec = build_specimen("livo-cathode", seed)
+    x = spec.x_nm() / 1e3
+    cols = (x >= x_lo_um) & (x <= x_hi_um)
+    return {"decay_nm": defaults["v_in_lipon_decay_nm"], "level": defaults["v_in_lipon"],
+            "y_um": {k: float(np.mean(np.asarray(v)[cols])) / 1e3
+                     for k, v in spec.truth["interfaces_y_nm"].items()}}
+
+
+def test_cathode_recovers_the_twins_truth(all_run):
+    run, seed = _finished(all_run), all_run.seed
+    assert "specimen livo-cathode" in run.stdout
+    out = run.out / "cathode"
+    _pictures(run, out, CATHODE_FILES)
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["source"] == "catalog" and report["specimen"] == "livo-cathode"
+    starts = starts_of(run.catalog, report["correlation_ids"]["cathode"])
+    roles = sorted(s["correlative"]["role"] for s in starts)
+    assert roles == ["overview", "sims_map", "sims_map", "tem_zoom"], roles
+    assert {s["specimen"] for s in starts} == {"livo-cathode"}
+
+    fov = report["sizes"]["map_fov_um"]
+    cx = report["sizes"]["center_um"][0]
+    truth = _truth(seed, cx - fov / 2, cx + fov / 2)
+    # One seed: within 1.5 x the stated 95 % interval (3 sigma), so that the test fails
+    # on a broken analysis and not in 1 run of 20; the 95 % coverage over seeds is
+    # benchmarks/cathode_case_benchmark.py's (10 of 10 seeds).
+    decay, level = report["v_decay_length_nm"], report["v_level_lipon_atom_fraction"]
+    print(f"decay {decay['value']:.1f} +- {decay['u95']:.1f} nm (truth {truth['decay_nm']}), "
+          f"level {level['value']:.4f} +- {level['u95']:.4f} (truth {truth['level']})")
+    assert abs(decay["value"] - truth["decay_nm"]) <= 1.5 * decay["u95"], (decay, truth)
+    assert abs(level["value"] - truth["level"]) <= 1.5 * level["u95"], (level, truth)
+    pixel = report["sims_pixel_nm"]["along_normal"]
+    tem_pixel_um = report["sizes"]["overview_fov_um"] / report["sizes"]["camera_size"]
+    for name, e in report["interfaces"].items():
+        assert e["within_one_pixel"], (name, e)
+        assert abs(e["offset_nm"]) <= pixel
+        assert abs(e["tem_y_um"] - truth["y_um"][name]) <= tem_pixel_um, (name, e, truth)
+        sims_y = e["sims"][e["sims_edge"]]["y_um"]
+        assert abs(sims_y - truth["y_um"][name]) <= 1e-3 * pixel, (name, sims_y, truth)
+
+
+def test_quantification_matches_the_couple_below_the_edx_limit(all_run):
+    run, seed = _finished(all_run), all_run.seed
+    assert "specimen diffusion-couple" in run.stdout
+    out = run.out / "quantification"
+    _pictures(run, out, QUANT_FILES)
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["source"] == "catalog" and report["specimen"] == "diffusion-couple"
+    cid = report["correlation_ids"]["quantification"]
+    starts = starts_of(run.catalog, cid)
+    roles = sorted((s.get("calibration") or s.get("quantification") or {}).get("role", "")
+                   for s in starts)
+    assert roles == ["edx_line", "quantified_map", "sims_map"], roles
+    assert {s["correlation_id"] for s in starts} == {cid}
+    assert {s["specimen"] for s in starts} == {"diffusion-couple"}
+    q = next(s for s in starts if "quantification" in s)
+    assert q["quantification"]["calibration_id"] == report["calibration"]["calibration_id"]
+
+    # Where EDX stops and SIMS continues: EDX quantitative down to a few tenths of an
+    # at.%, the quantified map's bins detected far beyond it.
+    dl = report["edx_detection_limit_fraction"]
+    stop, cont = report["edx_stops"], report["sims_continues_to"]
+    assert 1e-3 < dl < 1e-2, dl
+    assert stop["x_nm"] is not None and cont["x_nm"] is not None
+    assert cont["x_nm"] > stop["x_nm"] + 300.0 and cont["concentration"] < dl / 10
+
+    worst = {}
+    for key in ("quantified_profile", "calibration_profile"):
+        s = score_quantified_profile(report[key], seed)
+        worst[key] = s
+        print(f"{key}: worst |C/C_true - 1| over 0.1-10 at.% {100 * s['worst']:.1f} % at "
+              f"x = {s['worst_x_nm']:.0f} nm ({s['n']} bins, mean {100 * s['mean']:+.1f} %, "
+              f"rms z {s['rms_z']:.2f})")
+        assert s["n"] >= 20 and s["nan"] == 0, s
+        assert s["worst"] < SINGLE_SEED_WORST, (key, s)
+        # The stated errors describe the scatter (bias included) within a factor 3.
+        assert s["rms_z"] < 3.0, (key, s)
+    # Part of the scored band is below the EDX limit (~0.2 at.%: 0.1-0.2 at.% is ~130 nm
+    # of the couple, three 40 nm bins), and the map quantifies far below it.
+    qp = report["quantified_profile"]
+    c = np.array([np.nan if v is None else v for v in qp["concentration"]], float)
+    assert np.sum((c > 1e-3) & (c < dl)) >= 2
+    assert report["quantified_below_edx_limit"]["bins"] >= 10

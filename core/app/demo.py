@@ -142,6 +142,7 @@ def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
             case_prefix = f"{prefix}{the_case.name.upper().replace('-', '')}:" if many \
                 else prefix
             case_out = Path(out) / the_case.name if many else Path(out)
+            case_t0 = time.monotonic()
             try:
                 report, said = _run_case(
                     the_case, layout=layout, prefix=case_prefix, host=host, seed=seed,
@@ -158,6 +159,8 @@ def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
                 failed[the_case.name] = f"{type(err).__name__}: {err}"
                 report, said = CaseReport(files=[], correlation_ids=[]), []
             results.append((the_case, report, case_out, said))
+            if many:
+                _say(f"case {the_case.name} took {time.monotonic() - case_t0:.1f} s")
         cat = opened["catalog"]
         files = [f for _, r, _, _ in results for f in r.files]
         if many:
