@@ -13,6 +13,8 @@ specimen then drifts per wall second as at time scale 1).
   :mod:`html.parser` (every ``img`` and link a file that exists) and, where a Chromium
   is installed (Debian's ``chromium-headless-shell``), loaded in it headless: every
   image loaded and decoded. Each case well under the three minutes allowed.
+- particles (the default case): the report read back from the catalog, not blank,
+  every region registered and fused, labelled particles found.
 - cathode: the runs under one correlation id, a report that is not blank, the twin's
   truth (``livo-cathode``'s recipe) recovered: the V decay length in the LiPON and
   the V level at its interface within 1.5 x their stated 95 % intervals (3 sigma: one
@@ -120,6 +122,32 @@ def test_each_case_takes_well_under_three_minutes(all_run):
     print(took)
     assert set(took) == set(available_cases()), took
     assert all(s < CASE_LIMIT_S for s in took.values()), took
+
+
+def test_particles_report_is_read_back_and_not_blank(all_run):
+    """The particle case (the default ``temsims demo``: ``tests/catalog/
+    test_demo_on_postgres.py`` runs it without ``--case``)."""
+    run = _finished(all_run)
+    out = run.out / "particles"
+    names = ("correlative.png", "fusion.png", "sims_ratio.png", "particles.png",
+             "quantified.png")
+    _pictures(run, out, names)
+    assert (run.catalog / "catalog.db").exists()
+    # report.json: the figures, per region registration and fusion metrics, particles.
+    report = json.loads((out / "report.json").read_text())
+    assert report["source"] == "catalog"  # read back by temsims.app.loaders
+    assert report["regions"]
+    for region in report["regions"]:
+        reg = region["registration"]
+        assert reg["refined"] and reg["ncc"] > 0.5, reg
+        for method in ("ihs", "laplacian"):
+            metrics = region["fusion"][method]
+            assert all(metrics[k] is not None for k in ("q", "ssim", "sam_deg", "ergas",
+                                                        "spatial_cc")), metrics
+        assert 0.0 <= region["x6Li"]["map"] <= 1.0 and region["x6Li"]["sigma"] > 0
+    parts = report["particles"]
+    assert parts["segmented"] == len(parts["table"]) and parts["labelled"] >= 1
+    assert set(report["figures"]) == {str(out / n) for n in names}
 
 
 def _truth(seed: int, x_lo_um: float, x_hi_um: float) -> dict:
