@@ -81,14 +81,15 @@ COVERAGE_K = 2.0
 EDGE_PX = 3
 
 #: Sizes. 30 pA: a ~25 nm probe. 128 x 90 pixels over 2 um (15.6 nm) at 0.25 ms: each
-#: frame removes ~8 nm of absorber (~12 nm of CdS), so the buffer ends within the
-#: first 4 frames and the lamella is through after ~23.
+#: frame (136 ions/nm^2) removes 11 nm of absorber (17 nm of CdS), so the buffer ends
+#: in the third frame and the lamella is through after ~16 (5 frames kept beyond).
 FULL = {"camera_size": 256, "overview_fov_um": 2.4, "center_um": (0.0, 0.0),
         "map_fov_um": 2.0, "sims_pixels": (128, 90), "sims_dwell_s": 2.5e-4,
-        "frames": 27, "aperture": "30 pA", "exposure_s": 0.05, "zoom_fov_um": 0.6,
+        "frames": 21, "aperture": "30 pA", "exposure_s": 0.05, "zoom_fov_um": 0.6,
         "tem_smooth_px": 1.5, "calibration_spot_um": (1.6, -1.6)}
 #: --quick: a smaller map of larger pixels (the dwell doubled keeps ~10 nm of absorber
-#: per frame), the same TEM overview (the grains' boundaries need its 9.4 nm pixels).
+#: per frame: through after ~18), the same TEM overview (the grains' boundaries need
+#: its 9.4 nm pixels: at 128 px, 19 nm, the boundary recall fell to 0.65-0.83).
 QUICK = {**FULL, "map_fov_um": 1.5, "sims_pixels": (64, 45), "sims_dwell_s": 5e-4,
          "frames": 22}
 
