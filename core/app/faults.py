@@ -47,10 +47,23 @@ class FaultGuard:
     arc: BiasArcSuspender | None = None
     _token: int | None = None
     _preprocessor: Any = None
+    _imager: Any = None
 
     def is_down(self, part: str) -> bool:
         dog = self.watchdogs.get(part)
         return bool(dog is not None and dog.down.get())
+
+    def interruption_pending(self) -> bool:
+        """Whether the run is being suspended or paused: a suspender has tripped (its
+        suspension is requested or running) or the RunEngine is pausing.
+
+        The imager asks when it sees its raster stopped: the suspension stops the
+        objects a plan moved before it calls the imager's pause(), and that Stop is the
+        suspension's, not a failed frame.
+        """
+        if any(s.tripped for s in list(self.suspenders.values())):
+            return True
+        return str(getattr(self.RE, "state", "")) in ("pausing", "paused", "suspending")
 
     def remove(self) -> None:
         """Uninstall the suspenders and stop the watchdogs."""
@@ -61,6 +74,10 @@ class FaultGuard:
             self._token = None
         if self._preprocessor in self.RE.preprocessors:
             self.RE.preprocessors.remove(self._preprocessor)
+        if self._imager is not None and \
+                getattr(self._imager, "interruption_pending", None) == self.interruption_pending:
+            self._imager.interruption_pending = None
+        self._imager = None
         for dog in self.watchdogs.values():
             dog.stop()
         self.suspenders.clear()
@@ -141,6 +158,10 @@ def install_suspenders(RE: Any, microscope: Any, *, parts: Iterable[str] = WATCH
                 guard.arc.new_run()
 
         guard._token = RE.subscribe(on_document, "start")
+    imager = getattr(microscope, "imager", None)
+    if imager is not None and hasattr(imager, "interruption_pending"):
+        imager.interruption_pending = guard.interruption_pending
+        guard._imager = imager
     guard._preprocessor = make_retry_on_disconnect(RE)
     RE.preprocessors.append(guard._preprocessor)
     return guard
