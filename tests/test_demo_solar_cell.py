@@ -1,5 +1,9 @@
 """``temsims demo --case solar-cell --quick`` in a subprocess, scored against the twin.
 
+:func:`check_solar_cell` is also what :mod:`test_demo_all` asserts on the solar-cell
+case of its ``--case all`` run; the test here runs the case alone (``-k solar_cell``
+while working on it).
+
 One end-to-end run on a fresh seed (``tests/scoring.py``'s :func:`fresh_rng`, its
 entropy printed): the runs are stored under one correlation id, the report is
 written from the catalog and is not blank, and the figures recover the twin's truth
@@ -20,10 +24,6 @@ written from the catalog and is not blank, and the figures recover the twin's tr
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import uuid
 
 import numpy as np
 import pytest
@@ -82,45 +82,22 @@ def score(report: dict, seed: int) -> dict:
             "na_rel_error": na["value"] / na_true - 1.0, "grains": grains}
 
 
-@pytest.mark.slow
-def test_demo_solar_cell_quick_recovers_the_twins_truth(slot_pool, tmp_path):
-    seed = int(fresh_rng("solar-cell demo").integers(1, 10**6))
-    print(f"solar-cell seed {seed}")
-    slot, layout = slot_pool.take()
-    prefix = f"S{uuid.uuid4().hex[:6].upper()}:"
-    out = tmp_path / "report"
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "temsims.app.cli", "demo", "--case", "solar-cell",
-             "--quick", "--seed", str(seed), "--prefix", prefix, "--base-port",
-             str(layout.base_port), "--catalog", str(tmp_path / "catalog"), "--out",
-             str(out), "--log-dir", str(tmp_path / "logs"), "--time-scale", "20"],
-            capture_output=True, text=True, timeout=300)
-    finally:
-        slot_pool.give_back(slot)
-    wall = time.monotonic() - t0
-    print(f"demo --case solar-cell --quick wall time {wall:.1f} s\n{proc.stdout[-2500:]}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert wall < 180
-    assert "IOCs stopped" in proc.stdout and "specimen solar-cell" in proc.stdout
+def check_solar_cell(stdout: str, out, catalog, seed: int) -> dict:
+    """Everything a solar-cell run must show: its runs, its report, its figures against
+    the twin's truth (also :mod:`test_demo_all`'s check of the ``--case all`` run)."""
+    from demo_support import starts_of
+
+    assert "specimen solar-cell" in stdout
     import matplotlib.image as mpimg
 
     for name in FILES:
         img = mpimg.imread(out / name)
         assert img.ndim == 3 and float(np.std(img)) > 0.0, name
-        assert str(out / name) in proc.stdout, name
+        assert str(out / name) in stdout, name
 
     report = json.loads((out / "report.json").read_text())
     assert report["source"] == "catalog" and report["specimen"] == "solar-cell"
-    cid = report["correlation_ids"]["solar-cell"]
-    from temsims.catalog import open_catalog
-
-    cat = open_catalog(tmp_path / "catalog")
-    try:
-        starts = [run.metadata["start"] for run in cat.by_correlation_id(cid).values()]
-    finally:
-        cat.close()
+    starts = starts_of(catalog, report["correlation_ids"]["solar-cell"])
     plans = sorted((s["plan_name"], s["correlative"]["role"]) for s in starts)
     assert plans == [("calibrate_masses", "calibration"), ("depth_profile", "sims_map"),
                      ("sims_map", "calibration"), ("sims_map", "sims_map"),
@@ -132,8 +109,8 @@ def test_demo_solar_cell_quick_recovers_the_twins_truth(slot_pool, tmp_path):
           f"({100 * s['na_rel_error']:+.1f} %)")
     for g in s["grains"]:
         print(f"grain {g['grain']}: Ga/(In+Ga) {g['value']:.3f} +- {g['u95']:.3f}, truth "
-              f"{g['truth']:.3f} (without the implant separated {g['value'] + g['naive_error'] - g['error']:.3f}), "
-              f"purity {g['purity']:.2f}")
+              f"{g['truth']:.3f} (implant left in "
+              f"{g['value'] + g['naive_error'] - g['error']:.3f}), purity {g['purity']:.2f}")
     assert abs(s["na_rel_error"]) <= 0.20, s
     fitted = [g for g in s["grains"] if g["on_line"]]
     assert len(fitted) >= 5, s["grains"]
@@ -144,3 +121,18 @@ def test_demo_solar_cell_quick_recovers_the_twins_truth(slot_pool, tmp_path):
     assert all(abs(g["naive_error"]) > 2 * g["u95"] for g in fitted)
     # The segmentation: most grains the Ga figure uses are one true grain.
     assert np.mean([g["purity"] >= 0.9 for g in fitted]) >= 0.8
+    return s
+
+
+@pytest.mark.slow
+def test_demo_solar_cell_quick_recovers_the_twins_truth(slot_pool, tmp_path):
+    from demo_support import run_demo
+
+    seed = int(fresh_rng("solar-cell demo").integers(1, 10**6))
+    print(f"solar-cell seed {seed}")
+    run = run_demo(slot_pool, tmp_path, "--case", "solar-cell", "--quick", "--seed",
+                   str(seed), timeout_s=300.0)
+    assert run.proc.returncode == 0, run.failure()
+    assert run.wall_s < 180
+    assert "IOCs stopped" in run.stdout
+    check_solar_cell(run.stdout, run.out, run.catalog, seed)
