@@ -3,7 +3,7 @@
 ``temsims demo --case solar-cell`` runs once per seed in its own process (its own
 IOCs, catalog and report); its ``report.json`` (written from the catalog only) is
 compared with the truth of ``solar-cell`` built here from the same seed, by the
-scoring of ``tests/test_demo_solar_cell.py`` (one definition of the truth):
+scoring of ``tests/solar_cell_scoring.py`` (one definition of the truth):
 
 - the Na boundary/interior ratio against the truth's over the same band
   (target: within 20 %);
@@ -62,7 +62,7 @@ def _spread(vals: list[float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from test_demo_solar_cell import score
+    from solar_cell_scoring import score
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -26,7 +26,7 @@ specimen then drifts per wall second as at time scale 1).
   EDX-calibrated RSF, matches the ``diffusion-couple`` truth from 10 at.% down to
   0.1 at.%, below the EDX detection limit; one seed held to 12 % (the p90 over seeds,
   < 10 %, is ``benchmarks/quantification_case_benchmark.py``'s).
-- solar-cell: ``test_demo_solar_cell.check_solar_cell`` (the runs, the report, the Na
+- solar-cell: ``solar_cell_scoring.check_solar_cell`` (the runs, the report, the Na
   boundary/interior ratio within 20 % of the truth, Ga/(In+Ga) per grain within its
   stated bound); over seeds: ``benchmarks/solar_cell_case_benchmark.py``.
 """
@@ -245,7 +245,7 @@ def test_quantification_matches_the_couple_below_the_edx_limit(all_run):
 
 
 def test_solar_cell_recovers_the_twins_truth(all_run):
-    from test_demo_solar_cell import check_solar_cell
+    from solar_cell_scoring import check_solar_cell
 
     run = _finished(all_run)
     check_solar_cell(run.stdout, run.out / "solar-cell", run.catalog, all_run.seed)

@@ -1,11 +1,7 @@
-"""``temsims demo --case solar-cell --quick`` in a subprocess, scored against the twin.
-
-:func:`check_solar_cell` is also what :mod:`test_demo_all` asserts on the solar-cell
-case of its ``--case all`` run; the test here runs the case alone (``-k solar_cell``
-while working on it).
-
-One end-to-end run on a fresh seed (``tests/scoring.py``'s :func:`fresh_rng`, its
-entropy printed): the runs are stored under one correlation id, the report is
+"""The solar-cell case's report scored against the twin: :func:`check_solar_cell` is
+what ``tests/test_demo_all.py`` asserts on the solar-cell case of its ``--case all``
+run (a fresh seed), :func:`score` what ``benchmarks/solar_cell_case_benchmark.py``
+reports over seeds. The runs are stored under one correlation id, the report is
 written from the catalog and is not blank, and the figures recover the twin's truth
 (``solar-cell``'s recipe, read here only):
 
@@ -26,8 +22,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-from scoring import fresh_rng
 
 FILES = ("solar_cell_grains.png", "solar_cell_depth_profile.png",
          "solar_cell_sims_maps.png", "solar_cell_na_ga.png")
@@ -123,16 +117,3 @@ def check_solar_cell(stdout: str, out, catalog, seed: int) -> dict:
     assert np.mean([g["purity"] >= 0.9 for g in fitted]) >= 0.8
     return s
 
-
-@pytest.mark.slow
-def test_demo_solar_cell_quick_recovers_the_twins_truth(slot_pool, tmp_path):
-    from demo_support import run_demo
-
-    seed = int(fresh_rng("solar-cell demo").integers(1, 10**6))
-    print(f"solar-cell seed {seed}")
-    run = run_demo(slot_pool, tmp_path, "--case", "solar-cell", "--quick", "--seed",
-                   str(seed), timeout_s=300.0)
-    assert run.proc.returncode == 0, run.failure()
-    assert run.wall_s < 180
-    assert "IOCs stopped" in run.stdout
-    check_solar_cell(run.stdout, run.out, run.catalog, seed)
