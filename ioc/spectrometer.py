@@ -88,6 +88,8 @@ PUBLISH_RATE_HZ = 25.0
 MAX_SETTLE_S = 30.0
 #: A Stop from the column this close to the frame's end is its normal end, not an abort.
 END_TOLERANCE_S = 0.05
+#: Longest wait (wall s) of a parameter put for a stopped frame to wind down.
+STOPPING_FRAME_WAIT_S = 5.0
 #: Settling of the magnet between the (small) steps of a mass scan.
 SCAN_STEP_SETTLE_S = 1e-3
 #: Default collector masses (u) with the axial mass at 7 u: 6Li, 7Li, 12C, 13C.
@@ -448,9 +450,17 @@ class SpectrometerIOC(InstrumentIOC):
             await self.settled.write(settled)
         await self._update_masses()
 
-    def _refuse_if_busy(self, what: str) -> None:
+    async def _refuse_if_busy(self, what: str) -> None:
         # Lines still to acquire, not the frame's bookkeeping after it is announced (its
         # sputter, which a client that saw IMG:FRAME cannot know is still going on).
+        if self._mapping and self.frame_abort.is_set() and self.frame_task is not None:
+            # A stopped frame still winding down (its plan is built before it can see
+            # the stop: over 0.5 s at load 8): the put waits for it, as a controller
+            # finishes an abort before it takes new settings. Refused, the restore's
+            # COL:MASS puts after an arc failed the run on a 10 s put timeout (the
+            # refusal does not reach a threading client).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.frame_task), STOPPING_FRAME_WAIT_S)
         if self._mapping:
             raise ValueError(f"{what}: refused while a map is being acquired")
         if self._busy:
@@ -476,7 +486,7 @@ class SpectrometerIOC(InstrumentIOC):
         """The put completes when the magnet has settled (SETTLED = Yes), as a motor's
         completes at the end of its move: a client's ``set()`` status means "there"."""
         value = require_range(value, 0.0, 2.0, "FIELD")
-        self._refuse_if_busy("FIELD")
+        await self._refuse_if_busy("FIELD")
         await self._set_field(value)
         magnet = self.magnet
         wait_s = magnet.time_to_settle(self.clock.now())
@@ -501,7 +511,7 @@ class SpectrometerIOC(InstrumentIOC):
     @cal_a.putter
     async def cal_a(self, instance, value):
         value = require_range(value, 1.0, 1e5, "CAL:A")
-        self._refuse_if_busy("CAL:A")
+        await self._refuse_if_busy("CAL:A")
         self.cal_a_ref = sp.reference_cal_a(value, self.voltage())
         self.magnet_changed_cal()
         return value
@@ -509,7 +519,7 @@ class SpectrometerIOC(InstrumentIOC):
     @cal_b0.putter
     async def cal_b0(self, instance, value):
         value = require_range(value, -0.5, 0.5, "CAL:B0")
-        self._refuse_if_busy("CAL:B0")
+        await self._refuse_if_busy("CAL:B0")
         self.cal_b0_value = value
         self.magnet_changed_cal()
         return value
@@ -522,7 +532,7 @@ class SpectrometerIOC(InstrumentIOC):
 
     async def put_collector_mass(self, index: int, value: float) -> float:
         value = require_range(value, 0.5, 400.0, f"COL{index + 1}:MASS")
-        self._refuse_if_busy(f"COL{index + 1}:MASS")
+        await self._refuse_if_busy(f"COL{index + 1}:MASS")
         lo, hi = self.params.focal_plane_mass_ratio
         hall_final = self.magnet.final_gap_field() + self.params.hall_offset_t
         m_ax = self.axial_cal_mass(hall_final)
@@ -542,21 +552,21 @@ class SpectrometerIOC(InstrumentIOC):
     @dead_time.putter
     async def dead_time(self, instance, value):
         value = require_range(value, 20e-9, 50e-9, "DEAD_TIME")
-        self._refuse_if_busy("DEAD_TIME")
+        await self._refuse_if_busy("DEAD_TIME")
         self.params = self.params.with_(dead_time_s=value)
         return value
 
     @dark_rate.putter
     async def dark_rate(self, instance, value):
         value = require_range(value, 0.0, 1000.0, "DARK_RATE")
-        self._refuse_if_busy("DARK_RATE")
+        await self._refuse_if_busy("DARK_RATE")
         self.params = self.params.with_(dark_rate_per_s=value)
         return value
 
     @transmission.putter
     async def transmission(self, instance, value):
         value = require_range(value, 0.05, 1.0, "TRANSMISSION")
-        self._refuse_if_busy("TRANSMISSION")
+        await self._refuse_if_busy("TRANSMISSION")
         self.params = self.params.with_(transmission=value)
         return value
 
@@ -570,7 +580,7 @@ class SpectrometerIOC(InstrumentIOC):
     @drift_rate.putter
     async def drift_rate(self, instance, value):
         value = require_range(value, 0.0, 1000.0, "DRIFT_NM_PER_MIN")
-        self._refuse_if_busy("DRIFT_NM_PER_MIN")
+        await self._refuse_if_busy("DRIFT_NM_PER_MIN")
         now = self.clock.now()
         self._drift_ref = (now, self.drift_displacement_nm(now))
         self.params = self.params.with_(drift_nm_per_min=value)
@@ -606,7 +616,7 @@ class SpectrometerIOC(InstrumentIOC):
         if mode == "Imaging":
             await self._wait_for_frame()
             return "Done"
-        self._refuse_if_busy("ACQUIRE")
+        await self._refuse_if_busy("ACQUIRE")
         self._busy = True
         await self.busy.write("Busy")
         try:
