@@ -12,9 +12,10 @@ written from the catalog and is not blank, and the figures recover the twin's tr
   truth averaged over the very SIMS pixels the grain's figure used (a TEM grain that
   is two true grains is scored against their mixture: the segmentation is scored
   apart, by the share of grains that are one true grain). One seed: every grain
-  within 1.5 x its bound, 90 % within 1 x (a shift of the In/Ga line moves them all
-  together, so the grains of one seed are not independent draws); the spread over
-  seeds is ``benchmarks/solar_cell_case_benchmark.py``'s.
+  within 1.5 x its bound (a shift of the In/Ga line moves them all together, so the
+  grains of one seed are not independent draws and their 95 % coverage is one draw
+  per seed); the coverage and spread over seeds are
+  ``benchmarks/solar_cell_case_benchmark.py``'s.
 """
 
 from __future__ import annotations
@@ -108,9 +109,13 @@ def check_solar_cell(stdout: str, out, catalog, seed: int) -> dict:
     assert abs(s["na_rel_error"]) <= 0.20, s
     fitted = [g for g in s["grains"] if g["on_line"]]
     assert len(fitted) >= 5, s["grains"]
-    within = [abs(g["error"]) <= g["u95"] for g in fitted]
+    # One seed: every grain within 1.5 x its bound (3 sigma), not "90 % within 1 x":
+    # the bound is mostly the In/Ga line's and the yield's, common to every grain, so
+    # the grains of one seed fall in or out together and "within 1 x" is one 95 % draw
+    # per run (it failed 1 run in ~17: seed 870233, every grain 0.029-0.042 low with the
+    # line's intercept 1.2 x its u95 off). The 95 % coverage is scored over seeds by
+    # benchmarks/solar_cell_case_benchmark.py (244 of 244 grains, 10 seeds).
     assert all(abs(g["error"]) <= 1.5 * g["u95"] for g in fitted), fitted
-    assert np.mean(within) >= 0.9, fitted
     # The bound means something: it is tighter than what the implant does.
     assert all(abs(g["naive_error"]) > 2 * g["u95"] for g in fitted)
     # The segmentation: most grains the Ga figure uses are one true grain.
