@@ -39,10 +39,11 @@ from fault_scenarios import (
 SIGINT_SESSION = Path(__file__).with_name("map_for_sigint.py")
 
 
-#: The maps here: 16 x 64 px at 20 ms, 1 s of raster at time scale 20, interrupted at
-#: line AT_LINE. With 32 lines the interruption landed after the frame's end 1 run in
-#: 3 on a loaded machine (lines come in bursts).
-PIXELS = (16, 64)
+#: The maps here: 16 x 128 px at 20 ms, 2 s of raster at time scale 20, interrupted at
+#: line AT_LINE. The interruption landed after the frame's end 1 run in 3 on a loaded
+#: machine with 32 lines (lines come in bursts), and once in a full run with 64 (the
+#: pause acted more than 0.75 s after line 16).
+PIXELS = (16, 128)
 AT_LINE = 16
 
 
