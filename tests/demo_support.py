@@ -8,6 +8,7 @@ time scale, and the output printed for the log.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -126,7 +127,10 @@ def check_in_chromium(index: Path, timeout_s: float = 60.0) -> dict | None:
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            # its own process group: Debian's launcher is a script, and the browser it
+            # starts outlived a terminated launcher (orphans after every run)
+            start_new_session=True)
         try:
             deadline = time.monotonic() + timeout_s
             port = None
@@ -174,9 +178,24 @@ def check_in_chromium(index: Path, timeout_s: float = 60.0) -> dict | None:
                 out["browser"] = exe
                 return out
         finally:
-            proc.terminate()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to ``proc``'s process group, SIGKILL after 10 s; returns when every
+    process of the group is gone (the profile directory is removed after it)."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
