@@ -397,6 +397,23 @@ def _json_ready(obj):
 
 
 # ============================================================================ report
+class ReportFigures:
+    """A report's PNG figures in ``out``: :meth:`save` lays a figure out, writes it at
+    90 dpi and closes it; ``files`` lists what was written, in order."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.files: list[Path] = []
+
+    def save(self, fig, name: str) -> None:
+        import matplotlib.pyplot as plt
+
+        fig.tight_layout()
+        fig.savefig(self.out / name, dpi=90)
+        plt.close(fig)
+        self.files.append(self.out / name)
+
+
 def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[Path]:
     """The demo's report in ``out``: PNG figures and ``report.json``, all from the
     catalog (the two experiments of :func:`read_back`).
@@ -418,13 +435,8 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
     from matplotlib.patches import Polygon
 
     out.mkdir(parents=True, exist_ok=True)
-    files = []
-
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        files.append(out / name)
+    figures = ReportFigures(out)
+    save, files = figures.save, figures.files
 
     report: dict[str, Any] = {
         "correlation_ids": {"correlative": experiment.correlation_id,
@@ -624,5 +636,5 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
     return files
 
 
-__all__ = ["FULL", "QUICK", "DemoResult", "iocs_running", "read_back", "run_demo",
+__all__ = ["FULL", "QUICK", "DemoResult", "ReportFigures", "iocs_running", "read_back", "run_demo",
            "write_report"]

@@ -362,13 +362,10 @@ def _figures(out: Path, result: dict[str, Any]) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    files: list[Path] = []
+    from temsims.app.demo import ReportFigures
 
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        files.append(out / name)
+    figures = ReportFigures(out)
+    save, files = figures.save, figures.files
 
     res = result["calibration"]
     fig_ = result["figures"]

@@ -416,15 +416,10 @@ def _figures(out: Path, experiment, result: dict[str, Any]) -> list[Path]:
     import numpy as np
     from matplotlib.patches import Polygon
 
-    from temsims.app.demo import _extent
+    from temsims.app.demo import ReportFigures, _extent
 
-    files: list[Path] = []
-
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        files.append(out / name)
+    figures = ReportFigures(out)
+    save, files = figures.save, figures.files
 
     ov = experiment.overview
     ext = _extent(ov)
