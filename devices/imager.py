@@ -51,6 +51,9 @@ FRAME_SLACK_S = 30.0
 KICKOFF_TIMEOUT_S = 30.0
 #: After the frame is counted, how long the last lines' map updates may take to arrive.
 LAST_LINES_TIMEOUT_S = 5.0
+#: After the column has rastered the frame, how long the spectrometer may take to count
+#: it (its lines can trail the raster by the frame's preparation on a loaded machine).
+FRAME_COUNT_TIMEOUT_S = 30.0
 #: A raster seen stopped while an interruption is on its way (a suspender tripped, the
 #: RunEngine pausing, the column's SIMS interlock blocked) fails the frame only if no
 #: pause() came within this (s): the RunEngine stops the objects a plan moved before it
@@ -260,7 +263,8 @@ class SIMSImager(Device):
             self._frame_ended = True
             self._advance()
             if self._active:  # lines still in flight: give their map updates a moment
-                timer = threading.Timer(LAST_LINES_TIMEOUT_S, self._give_up)
+                timer = threading.Timer(LAST_LINES_TIMEOUT_S, self._give_up,
+                                        args=(self._complete_status,))
                 timer.daemon = True
                 timer.start()
 
@@ -276,9 +280,26 @@ class SIMSImager(Device):
         if st is not None and not st.done:
             st.set_finished()
 
-    def _give_up(self) -> None:
+    def _frame_not_counted(self, frame) -> None:
+        """The column ended the frame FRAME_COUNT_TIMEOUT_S ago and the spectrometer
+        has not counted it (a map it aborted or failed): the frame fails, naming what
+        the spectrometer says, instead of the plan waiting for it for ever."""
         with self._lock:
-            if not self._active:
+            if not self._active or self._complete_status is not frame or self._frame_ended:
+                return
+            self._emit(final=True)
+            self._active = False
+            lines = self._lines_seen
+        if frame is not None and not frame.done:
+            frame.set_exception(RuntimeError(
+                f"{self.name}: the ion column ended the frame {FRAME_COUNT_TIMEOUT_S:g} s "
+                f"ago but the spectrometer has not counted it ({lines} of {self._ny} lines "
+                f"collected, IMG:FRAME = {self.img_frame.get()})"))
+
+    def _give_up(self, frame) -> None:
+        with self._lock:
+            # This frame's timer only: a frame kicked off meanwhile is not failed by it.
+            if not self._active or self._complete_status is not frame:
                 return
             self._emit(final=True)
             self._active = False
@@ -403,12 +424,18 @@ class SIMSImager(Device):
         frame_statuses = (self._kickoff_status, self._complete_status)
 
         def put_done(s) -> None:
-            if not s.success:
-                exc = RuntimeError(f"{self.name}: the raster frame did not run to its end "
-                                   f"({s.exception()!r})")
-                for st in frame_statuses:
-                    if st is not None and not st.done:
-                        st.set_exception(exc)
+            if s.success:
+                # The column has rastered the frame: the spectrometer must count it.
+                timer = threading.Timer(FRAME_COUNT_TIMEOUT_S, self._frame_not_counted,
+                                        args=(frame_statuses[1],))
+                timer.daemon = True
+                timer.start()
+                return
+            exc = RuntimeError(f"{self.name}: the raster frame did not run to its end "
+                               f"({s.exception()!r})")
+            for st in frame_statuses:
+                if st is not None and not st.done:
+                    st.set_exception(exc)
 
         put.add_callback(put_done)
 
