@@ -461,7 +461,12 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         yield from bps.mv(column.blank, "Blanked")
         yield from bps.mv(column.scan.mode, "Raster")
 
-    plan = inner() if fly else bpp.finalize_wrapper(inner(), restore_raster())
+    # Staged for the run: the imager refuses replays while a frame it flew may be
+    # rewound to (between its stage and unstage); unstaged, a pause later in the same
+    # RunEngine call rewinds to its own checkpoint (unstage clears the RunEngine's
+    # message cache, so no checkpoint before the frame can be replayed).
+    plan = (bpp.stage_wrapper(inner(), [imager]) if fly
+            else bpp.finalize_wrapper(inner(), restore_raster()))
     if maps is not None:  # fed this run's documents as the RunEngine emits them
         plan = bpp.subs_wrapper(plan, maps)
     return (yield from with_safe_state(plan, column, bias))
@@ -591,7 +596,8 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
             yield from bps.trigger_and_read([stream], name="depth")
         yield from bps.mv(column.blank, "Blanked")
 
-    return (yield from with_safe_state(inner(), column, bias))
+    # Staged for the run, as in sims_map: later pauses rewind to their own checkpoint.
+    return (yield from with_safe_state(bpp.stage_wrapper(inner(), [imager]), column, bias))
 
 
 __all__ = ["depth_profile", "sims_map", "sputter_depth_nm"]

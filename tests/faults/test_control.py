@@ -158,3 +158,40 @@ def test_a_dead_bias_mid_map_holds_the_suspension_and_is_named(sims_bench, caplo
     assert fig["exit_status"] == "success"
     assert fig["complete"] and fig["lost"] == 0 and fig["duplicated"] == 0
     assert fig["events"] == fig["expected"]
+
+
+def test_a_pause_after_a_fly_map_rewinds_to_its_own_checkpoint(sims_bench):
+    """The imager refuses replays only while the map that flew it runs: a pause later
+    in the same RunEngine call rewinds to the checkpoint before it (the interrupted
+    sleep is sent again), and the map stays stored once."""
+    import bluesky.plan_stubs as bps
+    from bluesky.utils import RunEngineInterrupted
+
+    b = sims_bench
+    sleeps: list = []
+
+    def hook(msg) -> None:
+        if msg.command == "sleep" and msg.args and msg.args[0] == 1.0:
+            sleeps.append(time.monotonic())
+            if len(sleeps) == 1:
+                threading.Timer(0.3, b.RE.request_pause, kwargs={"defer": False}).start()
+
+    def plan():
+        uid = yield from _map(b, pixels=(16, 32))
+        yield from bps.checkpoint()
+        yield from bps.sleep(1.0)
+        return uid
+
+    b.RE.msg_hook = hook
+    try:
+        with pytest.raises(RunEngineInterrupted):
+            b.RE(plan())
+        assert b.RE.state == "paused"
+        uid = b.RE.resume().plan_result
+    finally:
+        b.RE.msg_hook = None
+    fig = stored_lines(b, uid)
+    print(f"\npause after the map: sleep sent {len(sleeps)} times, map {fig['events']}/"
+          f"{fig['expected']} lines, duplicated {fig['duplicated']}")
+    assert len(sleeps) == 2  # rewound: the interrupted sleep is sent again
+    assert fig["exit_status"] == "success" and fig["complete"] and fig["duplicated"] == 0
