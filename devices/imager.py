@@ -18,9 +18,9 @@ the RunEngine calls ``pause()``, which stops the raster, hands the lines taken s
 the next ``collect()``, abandons the frame's statuses (a failed one would end the run) and
 sets :attr:`SIMSImager.interrupted`.
 It raises bluesky's ``NoReplayAllowed``: replaying the frame's kickoff and collects
-would emit its first lines twice. The plan re-acquires the frame with
-``kickoff(first_line=k)``: the whole frame is rastered again and only lines ``k..NY-1``
-are emitted, so a map's line indices never repeat (``callbacks/maps.py``).
+would emit its first lines twice. The plan re-acquires the frame by setting
+:attr:`SIMSImager.first_line` to ``k`` and kicking off: the whole frame is rastered
+again and only lines ``k..NY-1`` are emitted, so a map's line indices never repeat (``callbacks/maps.py``).
 
 Events: one per ``lines_per_event`` map lines (default 1), in stream ``stream_name``
 (``"primary"``), with one ``(lines_per_event, NX)`` int32 array per collector named
@@ -115,6 +115,9 @@ class SIMSImager(Device):
     sims_ready = FCpt(Reading, "{self.spectrometer_prefix}SIMS_READY", string=True,
                       kind="config")
     lines_per_event = Cpt(SoftSignal, value=1, kind="config", doc="Map lines per event")
+    first_line = Cpt(SoftSignal, value=0, kind="omitted",
+                     doc="First line the next kickoff emits (a frame re-acquired after an "
+                         "interruption); the kickoff puts it back to 0")
     species = Cpt(SoftSignal, value="", kind="config", doc="Collector labels, comma-separated")
 
     stream_name = "primary"
@@ -369,12 +372,13 @@ class SIMSImager(Device):
                 st.set_exception(exc)
 
     # ---- flyer interface ------------------------------------------------------------
-    def kickoff(self, first_line: int = 0) -> DeviceStatus:
+    def kickoff(self, first_line: int | None = None) -> DeviceStatus:
         """Start one raster frame; the status finishes when its map has begun.
 
-        ``first_line``: emit lines from this index on (a frame re-acquired after an
-        interruption; the lines before it were collected already). The whole frame is
-        rastered: the column has no partial raster.
+        ``first_line`` (default: :attr:`first_line`, which a plan sets before the
+        kickoff, and which this puts back to 0): emit lines from this index on (a frame
+        re-acquired after an interruption; the lines before it were collected already).
+        The whole frame is rastered: the column has no partial raster.
         """
         if self._active:
             raise RuntimeError(f"{self.name}: already flying; complete() first")
@@ -384,7 +388,10 @@ class SIMSImager(Device):
         lpe = int(self.lines_per_event.get())
         if lpe < 1 or ny % lpe:
             raise ValueError(f"{self.name}: lines_per_event ({lpe}) must divide NY ({ny})")
+        if first_line is None:
+            first_line = self.first_line.get()
         first_line = int(first_line)
+        self.first_line.put(0)  # for this kickoff only
         if not 0 <= first_line < ny:
             raise ValueError(f"{self.name}: first_line {first_line} outside 0..{ny - 1}")
         labels = self.collector_labels()

@@ -237,7 +237,10 @@ def _fly_frame_lines(imager, restore: Callable[[], Plan[Any]] | None = None):
             yield from bps.checkpoint()
             if restore is not None:
                 yield from restore()
-            yield from bps.kickoff(imager, wait=True, first_line=next_line)
+            # The kickoff's own argument, not a Msg kwarg (bluesky warns that passing
+            # those down to hardware may be deprecated).
+            yield from bps.mv(imager.first_line, next_line)
+            yield from bps.kickoff(imager, wait=True)
         else:
             yield from bps.kickoff(imager, wait=True)
         group = short_uid("complete")
@@ -277,21 +280,22 @@ def _map_conditions(column, bias, configure: Callable[[], Plan[Any]]):
     """Plan stub: read the bias the map is taken at; return a plan that puts back what
     a frame needs after an interruption made the instrument safe.
 
-    That plan runs ``configure()`` again (a part that died comes back with its
-    start-up settings: collector masses, magnet field, raster), switches the bias
-    output on and ramps it back if it was on, and unblanks the beam.
+    That plan switches the bias output on and ramps it back if it was on, runs
+    ``configure()`` again (a part that died comes back with its start-up settings:
+    collector masses, magnet field, raster) and unblanks the beam. The bias goes
+    first: the extraction voltage sets the mass scale the focal plane is checked on.
     """
     volts = _num((yield from bps.rd(bias.readback, default_value=0.0)))
     output = yield from bps.rd(bias.enable, default_value="Off")
     bias_on = str(output) in ("On", "1") and abs(volts) > 1.0
 
     def restore():
-        yield from configure()
         if bias_on:
             now = yield from bps.rd(bias.enable, default_value="Off")
             if str(now) not in ("On", "1"):
                 yield from bps.mv(bias.enable, "On")
             yield from bps.mv(bias, round(volts, 1))
+        yield from configure()
         yield from _unblank(column)
 
     return restore

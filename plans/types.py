@@ -95,10 +95,13 @@ class ModeDevice(Readable, Protocol):
 
 @runtime_checkable
 class ImagerDevice(Flyable, Protocol):
-    """SIMS imager: a Flyable collecting map lines (``collect()``), ``lines_per_event``
-    and ``collector_labels()``."""
+    """SIMS imager: a Flyable collecting map lines (``collect()``), ``lines_per_event``,
+    ``first_line`` (a settable signal: the first line the next kickoff emits, for a
+    frame re-acquired after an interruption; the kickoff puts it back to 0) and
+    ``collector_labels()``."""
 
     lines_per_event: Any
+    first_line: Any
 
     def collect(self) -> Any: ...
 
