@@ -112,7 +112,12 @@ class Injection:
                 detected=detected, state=went_down and went_down["state"],
                 detect_s=(went_down["at"] - t0) if went_down else None)
             if self.check_safe:
-                self.figures["safe_while_suspended"] = wait_for(lambda: self.safe(b.d), 10)
+                t_safe = time.monotonic()
+                safe = wait_for(lambda: self.safe(b.d), 10)
+                self.figures["safe_while_suspended"] = safe
+                self.figures["safe_after_s"] = time.monotonic() - t_safe if safe else None
+                if not safe:  # what was not safe, for the failure's message
+                    self.figures["unsafe_state"] = _state_of(b.d, b.RE)
             emitted = _data_documents(b)
             time.sleep(self.down_s)
             # The suspension holds: no data while the part is down.
@@ -140,6 +145,20 @@ class Injection:
         if self.error is not None:
             raise self.error
         return self.figures
+
+
+def _state_of(d: Any, RE: Any) -> dict:
+    """The beam, the bias and the RunEngine as the client sees them now."""
+    state: dict = {"RE": str(RE.state)}
+    for key, read in (("blank", lambda: d.column.blank.get()),
+                      ("bias_v", lambda: d.bias.readback.get()),
+                      ("bias_enable", lambda: d.bias.enable.get()),
+                      ("raster", lambda: d.column.scan.acquire_rbv.get())):
+        try:
+            state[key] = read()
+        except Exception as exc:  # noqa: BLE001 - a part that is down
+            state[key] = f"unreadable: {exc!r}"
+    return state
 
 
 def _data_documents(bench: Bench) -> int:
