@@ -38,8 +38,10 @@ case "$command" in
         setup
         "$VENV/bin/ruff" check .
         # One worker per core (at most 4; TEMSIMS_TEST_WORKERS=0 runs in this process),
-        # a test module per worker: its module-scoped fixtures are built once.
-        workers=(-n "${TEMSIMS_TEST_WORKERS:-auto}" --maxprocesses=4 --dist loadfile)
+        # a test module per worker: its module-scoped fixtures are built once. Modules go
+        # out in collection order, the longest first (tests/conftest.py, MODULE_SECONDS).
+        workers=(-n "${TEMSIMS_TEST_WORKERS:-auto}" --maxprocesses=4 --dist loadfile
+                 --no-loadscope-reorder)
         if [ "${1:-}" = fast ]; then
             shift
             exec "$VENV/bin/python" -m pytest "${workers[@]}" -m "not slow" "$@"

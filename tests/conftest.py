@@ -271,6 +271,52 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
     return InstrumentPool(start_instrument, lambda procs: stop_instrument(procs, slot_pool))
 
 
+#: Seconds each of the long test modules took (setup, calls and teardown, summed from
+#: ``--durations=0`` of a 2-worker run; others ~0-10 s). run.sh hands modules to the
+#: xdist workers in collection order (``--no-loadscope-reorder``: xdist's default orders
+#: them by their number of tests, which put the 1-test, 144 s
+#: catalog/test_demo_on_postgres.py last, one worker running it alone at the end), and
+#: :func:`pytest_collection_modifyitems` collects the longest first: the short ones then
+#: fill in at the end, so that both workers finish together.
+MODULE_SECONDS = {
+    "test_demo_all.py": 200, "catalog/test_demo_on_postgres.py": 144,
+    "catalog/test_serve.py": 100, "faults/test_storage_faults.py": 92,
+    "faults/test_part_faults.py": 90, "test_queue.py": 86, "catalog/test_open.py": 82,
+    "faults/test_interlock_fuzz.py": 78, "catalog/test_writer.py": 71,
+    "catalog/test_databroker_habits.py": 67, "test_loaders.py": 62, "test_session.py": 48,
+    "catalog/test_instrument_readback.py": 44, "plans/test_other_instrument.py": 41,
+    "ioc/test_time_scale.py": 38, "plans/test_correlative.py": 38,
+    "faults/test_control.py": 37, "test_lifecycle.py": 34,
+    "ioc/test_motor_record_calibration.py": 33, "devices/test_plans.py": 32,
+    "test_document_stream.py": 25, "devices/test_connect.py": 23,
+    "catalog/test_roundtrip_and_queries.py": 23, "faults/test_bad_input.py": 22,
+    "test_cli.py": 22, "devices/test_describe.py": 20, "ioc/test_tem.py": 18,
+    "analysis/test_particles.py": 17, "plans/test_plans_sims.py": 16,
+    "analysis/test_registration.py": 15, "faults/test_arcs.py": 14,
+    "analysis/test_quantification.py": 14, "ioc/test_column.py": 11,
+    "plans/test_plans_without_an_ioc.py": 11, "plans/test_calibration.py": 11,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest modules first (:data:`MODULE_SECONDS`), each module's tests together
+    and in their order."""
+    tests = Path(__file__).parent
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::", 1)[0], i)
+
+    def key(item: pytest.Item) -> tuple[float, int]:
+        module = item.nodeid.split("::", 1)[0]
+        try:
+            name = Path(item.path).relative_to(tests).as_posix()
+        except ValueError:
+            name = module
+        return -MODULE_SECONDS.get(name, 0), first[module]
+
+    items.sort(key=key)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Which module asks: the pool stops only instruments other modules used last.
