@@ -51,8 +51,8 @@ FRAME_SLACK_S = 30.0
 KICKOFF_TIMEOUT_S = 30.0
 #: After the frame is counted, how long the last lines' map updates may take to arrive.
 LAST_LINES_TIMEOUT_S = 5.0
-#: After the column has rastered the frame, how long the spectrometer may take to count
-#: it (its lines can trail the raster by the frame's preparation on a loaded machine).
+#: After the column has rastered the frame, how long the spectrometer may go without
+#: counting it or publishing a line (its lines can trail the raster on a loaded machine).
 FRAME_COUNT_TIMEOUT_S = 30.0
 #: A raster seen stopped while an interruption is on its way (a suspender tripped, the
 #: RunEngine pausing, the column's SIMS interlock blocked) fails the frame only if no
@@ -283,10 +283,21 @@ class SIMSImager(Device):
         if st is not None and not st.done:
             st.set_finished()
 
-    def _frame_not_counted(self, frame) -> None:
-        """The column ended the frame FRAME_COUNT_TIMEOUT_S ago and the spectrometer
-        has not counted it (a map it aborted or failed): the frame fails, naming what
-        the spectrometer says, instead of the plan waiting for it for ever."""
+    def _watch_frame_count(self, frame, lines_before: int) -> None:
+        """After the column has rastered ``frame``: fail it if the spectrometer neither
+        counts it nor publishes a line for FRAME_COUNT_TIMEOUT_S (a map it aborted or
+        failed), instead of the plan waiting for it for ever. Lines still arriving (a
+        spectrometer trailing the raster on a loaded machine) keep it going."""
+        with self._lock:
+            if not self._active or self._complete_status is not frame or self._frame_ended:
+                return
+            lines = self._lines_seen
+        if lines > lines_before:
+            timer = threading.Timer(FRAME_COUNT_TIMEOUT_S, self._watch_frame_count,
+                                    args=(frame, lines))
+            timer.daemon = True
+            timer.start()
+            return
         with self._lock:
             if not self._active or self._complete_status is not frame or self._frame_ended:
                 return
@@ -295,9 +306,10 @@ class SIMSImager(Device):
             lines = self._lines_seen
         if frame is not None and not frame.done:
             frame.set_exception(RuntimeError(
-                f"{self.name}: the ion column ended the frame {FRAME_COUNT_TIMEOUT_S:g} s "
-                f"ago but the spectrometer has not counted it ({lines} of {self._ny} lines "
-                f"collected, IMG:FRAME = {self.img_frame.get()})"))
+                f"{self.name}: the ion column has rastered the frame but the spectrometer "
+                f"has neither counted it nor sent a line for {FRAME_COUNT_TIMEOUT_S:g} s "
+                f"({lines} of {self._ny} lines collected, IMG:FRAME = "
+                f"{self.img_frame.get()})"))
 
     def _give_up(self, frame) -> None:
         with self._lock:
@@ -433,10 +445,7 @@ class SIMSImager(Device):
         def put_done(s) -> None:
             if s.success:
                 # The column has rastered the frame: the spectrometer must count it.
-                timer = threading.Timer(FRAME_COUNT_TIMEOUT_S, self._frame_not_counted,
-                                        args=(frame_statuses[1],))
-                timer.daemon = True
-                timer.start()
+                self._watch_frame_count(frame_statuses[1], -1)
                 return
             exc = RuntimeError(f"{self.name}: the raster frame did not run to its end "
                                f"({s.exception()!r})")

@@ -86,3 +86,45 @@ def test_stage_fault_mid_mosaic_suspends_and_resumes_complete(bench, kind):
 
 def test_instrument_safe_helper_reads_the_devices(bench):
     assert instrument_safe(bench.d)  # a reset instrument: beam blanked, bias off
+
+
+def test_without_suspenders_a_hung_spectrometer_fails_the_map_in_bounded_time(
+        fault_instrument, fdev, monkeypatch):
+    """No suspenders (a bare RunEngine): the spectrometer hangs mid-frame, the column
+    rasters the frame to its end (4 s: a hang asked for at line 8 of a shorter frame
+    landed after its last line 1 run in 5), and the frame fails once the spectrometer has
+    neither counted it nor sent a line for FRAME_COUNT_TIMEOUT_S, naming that; the
+    plan used to collect every 0.2 s for ever."""
+    import threading
+    import time
+
+    from bluesky import RunEngine
+    from fault_scenarios import on_line
+
+    from temsims.devices import imager as imager_module
+    from temsims.plans import sims_map, to_sims_mode
+
+    monkeypatch.setattr(imager_module, "FRAME_COUNT_TIMEOUT_S", 2.0)
+    d = fdev
+    RE = RunEngine({}, call_returns_result=True)
+    RE(to_sims_mode(d.mode, voltage_v=4500.0))
+    token = on_line(d.imager, 8, lambda: threading.Thread(
+        target=fault_instrument.set_part, args=("spectrometer", "Hung"), daemon=True).start())
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(Exception) as info:  # noqa: PT011 - the message is asserted
+            RE(sims_map(d.imager, d.spectrometer, d.column, d.stage, d.bias,
+                        species=("6Li", "7Li"), fov_um=1.0, pixels=(16, 128), dwell_s=0.04))
+        elapsed = time.monotonic() - t0
+    finally:
+        d.imager.lines_done.unsubscribe(token)
+        fault_instrument.set_part("spectrometer", "Up")
+        fault_instrument.reset()
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    print(f"\nhung spectrometer, no suspenders: failed after {elapsed:.1f} s: {chain[-1]}")
+    assert any("has neither counted it nor sent a line for 2 s" in m for m in chain), chain
+    assert elapsed < 25.0  # a 4 s frame, 2 s without lines, the safe state
+    assert str(d.column.blank.get()) == "Blanked"  # the plan's safe state ran
