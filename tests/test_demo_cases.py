@@ -52,3 +52,18 @@ def test_demo_hands_the_case_on_and_refuses_a_specimen_that_does_not_fit(monkeyp
     # The function refuses it too, before it starts anything.
     with pytest.raises(ValueError, match="runs on the specimen 'livo-cathode'"):
         real_run_demo(case="cathode", specimen="solar-cell")
+
+
+def test_demo_all_on_running_iocs_says_what_to_do_without_a_traceback(monkeypatch, capsys):
+    """``--case all`` starts IOCs for each case's specimen: IOCs already answering at
+    the prefix are refused in one line naming the ways on, exit status 2, nothing
+    started (the instrument probe monkeypatched: no IOC here)."""
+    import temsims.app.demo as demo
+
+    monkeypatch.setattr(demo, "iocs_running", lambda layout, prefix: True)
+    code = cli.main(["demo", "--case", "all", "--base-port", "5064"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert "IOCs already answer at 'TEMSIMS:'" in err
+    assert "--base-port" in err and "--prefix" in err and "one --case" in err

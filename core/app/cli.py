@@ -120,7 +120,7 @@ def cmd_ioc(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job (:func:`temsims.app.demo.run_demo`): the case study ``--case``
     (default the Li2CO3 particles), a catalog of the runs and its report."""
-    from temsims.app.demo import run_demo
+    from temsims.app.demo import DemoCannotStart, run_demo
     from temsims.app.lifecycle import sigterm_as_interrupt
 
     try:
@@ -133,6 +133,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("temsims demo: interrupted; IOCs stopped, catalog closed", file=sys.stderr)
         return 130
+    except DemoCannotStart as err:  # refused before anything started: say what to do
+        print(f"temsims demo: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

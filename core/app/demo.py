@@ -36,6 +36,11 @@ BIAS_RAMP_V_S = 10000.0
 SIMS_APERTURE = "100 pA"
 
 
+class DemoCannotStart(ValueError):
+    """The demo refuses before it starts anything: a case and specimen that do not
+    fit, or IOCs already answering where ``--case all`` would start its own."""
+
+
 @dataclass
 class DemoResult:
     """What :func:`run_demo` did: where the catalog and the report are, the
@@ -113,13 +118,15 @@ def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
     t0 = time.monotonic()
     if case == ALL_CASES:
         if specimen is not None:
-            raise ValueError(f"--case all runs every case on its own specimen, not {specimen!r}")
+            raise DemoCannotStart(
+                f"--case all runs every case on its own specimen, not {specimen!r}: "
+                "leave out --specimen")
         cases = list(available_cases().values())
     else:
         cases = [get_case(case)]
         if specimen is not None and specimen != cases[0].specimen:
-            raise ValueError(f"case {case!r} runs on the specimen {cases[0].specimen!r}, "
-                             f"not {specimen!r}")
+            raise DemoCannotStart(f"case {case!r} runs on the specimen "
+                                  f"{cases[0].specimen!r}, not {specimen!r}")
     layout = CALayout(base_port=base_port, host=host) if base_port else \
         CALayout.from_environment()
     layout = CALayout(base_port=layout.base_port, host=host)
@@ -127,9 +134,10 @@ def run_demo(*, case: str = DEFAULT_CASE, prefix: str = "TEMSIMS:",
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
     many = len(cases) > 1 or case == ALL_CASES
     if many and iocs_running(layout, prefix):
-        raise RuntimeError(f"--case all starts IOCs with each case's specimen, but IOCs "
-                           f"already answer at {prefix!r} (CA ports from "
-                           f"{layout.base_port}): stop them or choose another --base-port")
+        raise DemoCannotStart(
+            f"--case all starts IOCs with each case's specimen, but IOCs already answer "
+            f"at {prefix!r} (CA ports from {layout.base_port}): stop them, or give another "
+            "--base-port or --prefix, or run one --case on them")
     opened: dict[str, Any] = {}
     results: list[tuple[Any, Any, Path, list[str]]] = []
     failed: dict[str, str] = {}
@@ -636,5 +644,5 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
     return files
 
 
-__all__ = ["FULL", "QUICK", "DemoResult", "ReportFigures", "iocs_running", "read_back", "run_demo",
+__all__ = ["FULL", "QUICK", "DemoCannotStart", "DemoResult", "ReportFigures", "iocs_running", "read_back", "run_demo",
            "write_report"]
