@@ -60,6 +60,8 @@ def _report(fig: dict) -> None:
 def test_spectrometer_fault_mid_fly_map_suspends_and_resumes_complete(sims_bench, kind):
     fig = fly_map_with_part_fault(sims_bench, "spectrometer", kind)
     _report(fig)
+    # Detected while the map ran (a fault after the run's end suspends nothing).
+    assert fig["run_state_at_detection"] in ("running", "suspending"), fig
     assert fig["detected"] and kind.lower() in fig["states"], fig["states"]
     if kind == "Dead":
         assert fig["dead_detect_s"] < 1.0  # the circuit drops at once
