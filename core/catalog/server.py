@@ -134,13 +134,24 @@ def directory_storage(directory: Path) -> tuple[str, list]:
 
 def catalog_adapter(catalog_uri: str, writable_storage: list):
     """tiled's SQL catalog adapter over ``catalog_uri`` (``sqlite:///...`` or
-    ``postgresql://...``) writing to ``writable_storage``, with an in-memory streaming
-    cache; the database must exist (:func:`_init_database`)."""
-    from tiled.catalog import from_uri as catalog_from_uri
-    from tiled.config import StreamingCacheConfig
+    ``postgresql://...``) writing to ``writable_storage``; the database must exist
+    (:func:`_init_database`).
 
-    return catalog_from_uri(catalog_uri, writable_storage=writable_storage,
-                            cache_config=StreamingCacheConfig(uri="memory").model_dump())
+    No streaming cache (:data:`SERVES_STREAMS` False): nothing of temsims subscribes
+    to tiled's websockets (readers poll), and with one every write was also copied
+    into an in-memory cache and every node written needed a ``DELETE /stream/close``
+    request, 4 of a step-scan run's 11 requests. The writers skip those requests on
+    servers that say they are temsims' (:func:`temsims.catalog.writer.storing_chain`).
+    """
+    from tiled.catalog import from_uri as catalog_from_uri
+
+    return catalog_from_uri(catalog_uri, writable_storage=writable_storage, cache_config=None)
+
+
+#: Whether temsims' catalog servers (directory servers, ``temsims serve``) keep tiled's
+#: streaming cache, i.e. whether a websocket subscriber could be waiting for a node's
+#: ``close_stream``. They do not (:func:`catalog_adapter`).
+SERVES_STREAMS = False
 
 
 def file_log_config(path: Path) -> dict:

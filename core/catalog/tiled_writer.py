@@ -83,8 +83,9 @@ class _DimsNamingNode:
 
 
 class _DimsKeepingRunWriter(_RunWriter):
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, close_streams: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._close_streams = close_streams
         self._stream_dims: dict[str, dict[str, tuple[str, ...]]] = {}
         self.run_uid: str | None = None
         #: Events whose append the server answered (the writer's acknowledgement).
@@ -98,6 +99,12 @@ class _DimsKeepingRunWriter(_RunWriter):
     def stop(self, doc):
         super().stop(doc)
         self.finished = True
+
+    def _close_stream_tree(self) -> None:
+        # One DELETE /stream/close per node written (4 of a step scan's 11 requests),
+        # which only websocket subscribers of a server's streaming cache hear.
+        if self._close_streams:
+            super()._close_stream_tree()
 
     def flush_events(self) -> None:
         """Append every event this writer holds (TiledWriter waits for ``batch_size``)."""
@@ -125,13 +132,16 @@ class _DimsKeepingRunWriter(_RunWriter):
 class DimsKeepingTiledWriter(TiledWriter):
     """``TiledWriter`` whose stored arrays have the axis names of their data keys'
     ``dims`` (see the module notes). Takes ``TiledWriter``'s arguments except the
-    backups, which temsims does not use."""
+    backups, which temsims does not use, and ``close_streams``: False skips the
+    ``close_stream`` request TiledWriter sends for every node of a run at its stop
+    (for a server without a streaming cache, where nobody hears it)."""
 
-    def __init__(self, client, **kwargs) -> None:
+    def __init__(self, client, *, close_streams: bool = True, **kwargs) -> None:
         for option in ("backup_directory", "backup_dictionary"):
             if kwargs.get(option) is not None:
                 raise TypeError(f"DimsKeepingTiledWriter does not take {option}")
         super().__init__(client, **kwargs)
+        self.close_streams = close_streams
         self._run_writers: list[_DimsKeepingRunWriter] = []
 
     def flush_events(self) -> None:
@@ -155,7 +165,8 @@ class DimsKeepingTiledWriter(TiledWriter):
         # TiledWriter._factory, building the run writer above (and no backups)
         writer = _DimsKeepingRunWriter(self.client, batch_size=self._batch_size,
                                        max_array_size=self._max_array_size,
-                                       validate=self._validate, ignore_errors=self.ignore_errors)
+                                       validate=self._validate, ignore_errors=self.ignore_errors,
+                                       close_streams=self.close_streams)
         self._run_writers = [w for w in self._run_writers if not w.finished] + [writer]
         if not self._normalizer:
             return [writer], []

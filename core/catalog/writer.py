@@ -32,12 +32,35 @@ def storing_chain(runs, *, batch_size: int = DEFAULT_BATCH_SIZE,
     ``dtype_numpy`` (and ``shape`` and ``dims`` of an array) themselves
     (``docs/decisions/0016-devices-describe-their-data.md``). ``max_array_size=0``:
     every array (image, map line, spectrum, even a short one) is a zarr array with
-    that dtype, never a list in the event table.
+    that dtype, never a list in the event table. On a temsims server
+    (:func:`is_temsims_server`: no streaming cache) the run's nodes' streams are not
+    closed at its stop: 7 requests per step-scan run instead of 11.
     """
     from temsims.catalog.tiled_writer import DimsKeepingTiledWriter
 
     return DimsKeepingTiledWriter(runs, batch_size=batch_size, max_array_size=0,
-                                  patches=dict(patches or {}))
+                                  patches=dict(patches or {}),
+                                  close_streams=not is_temsims_server(runs))
+
+
+def is_temsims_server(node) -> bool:
+    """Whether the server of a tiled client ``node`` is one of temsims' catalog
+    servers (a directory's, or ``temsims serve``): they export a ``BlueskyEventStream``
+    as :data:`~temsims.catalog.exporters.STREAM_NPZ`, which no other server does, and
+    run without tiled's streaming cache (``SERVES_STREAMS`` in
+    :mod:`temsims.catalog.server`), so no websocket subscriber waits for a
+    ``close_stream``. Any other server (another lab's tiled) is written to as
+    TiledWriter does."""
+    from temsims.catalog.exporters import STREAM_NPZ
+    from temsims.catalog.server import SERVES_STREAMS
+
+    try:
+        info = node.context.server_info
+        formats = info.get("formats") if isinstance(info, Mapping) else info.formats
+        ours = STREAM_NPZ in (formats or {}).get("BlueskyEventStream", ())
+    except Exception:  # noqa: BLE001 - an unknown server: write as TiledWriter does
+        return False
+    return ours and not SERVES_STREAMS
 
 
 #: The least free space a catalog directory must have for a run to start (MB);

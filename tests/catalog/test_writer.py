@@ -230,6 +230,43 @@ def test_close_right_after_the_run_stores_everything(catalog, RE):
     assert run.metadata["stop"]["num_events"] == {"primary": 30}
 
 
+def test_a_run_is_stored_in_seven_requests_on_a_temsims_server(catalog):
+    """temsims' servers run without tiled's streaming cache, so the writer sends no
+    ``close_stream`` (TiledWriter's one per node written, which only websocket
+    subscribers hear): a run of one stream with a table and an array is stored in 7
+    requests, and stored whole."""
+    requests = []
+    writer = catalog.writer(buffered=False)  # synchronous: stored when the call returns
+    http = catalog.runs.context.http_client
+    http.event_hooks["request"].append(lambda r: requests.append((r.method, r.url.path)))
+    docs = _compose_run(n_events=3)
+    for name, doc in docs:
+        writer(name, doc)
+    paths = [p for _, p in requests]
+    assert not [p for p in paths if "/stream/close/" in p], paths
+    assert len(requests) == 7, requests  # run, stream, table, array, array data, rows, stop
+    run = catalog.runs[docs[0][1]["uid"]]
+    np.testing.assert_array_equal(run["primary"]["seq_num"].read(), [1, 2, 3])
+    np.testing.assert_array_equal(run["primary"]["img"].read()[:, 0, 0], [0, 1, 2])
+    assert run.metadata["stop"]["exit_status"] == "success"
+
+
+def test_streams_are_closed_on_a_server_that_is_not_temsims():
+    """Another lab's tiled server may have websocket subscribers: the writer closes
+    every node's stream there, as TiledWriter does."""
+    from types import SimpleNamespace
+
+    from temsims.catalog.exporters import STREAM_NPZ
+    from temsims.catalog.writer import is_temsims_server
+
+    def node(formats):
+        return SimpleNamespace(context=SimpleNamespace(server_info={"formats": formats}))
+
+    assert is_temsims_server(node({"BlueskyEventStream": [STREAM_NPZ]}))
+    assert not is_temsims_server(node({"BlueskyRun": ["application/json-seq"]}))
+    assert not is_temsims_server(SimpleNamespace())  # no server_info at all
+
+
 @pytest.mark.slow
 def test_documents_queued_at_interpreter_exit_are_stored(tmp_path):
     """A session that exits without flushing or closing: atexit drains the queue."""
