@@ -185,20 +185,34 @@ def retry_on_disconnect(plan: Any, *, run_engine: Any = None) -> Any:
     A ``read`` the rewind has already replayed into the open event (``run_engine``
     given) is not sent again: its reading is handed to the plan from that event (a
     second read of the same object into one event is refused by bluesky).
+
+    A move whose status fails later because its part's connection was lost (bluesky
+    throws the ``FailedStatus`` at the ``set`` or at the ``wait`` of its group) is sent
+    again the same way: every ``set`` of that group, under a new group that the
+    plan's ``wait`` is then pointed at (the failed status stays in the old one).
     """
     import bluesky.plan_stubs as bps
+    from bluesky.utils import FailedStatus
     from ophyd.signal import ConnectionTimeoutError
     from ophyd.utils.errors import DisconnectedError
 
     gen = iter(plan)
     response: Any = None
     error: BaseException | None = None
+    #: Moves sent with a group and not waited for yet, by group (sent again on a lost
+    #: connection), and the groups they were sent again under.
+    sets: dict[Any, list] = {}
+    statuses: dict[Any, list] = {}
+    renamed: dict[Any, str] = {}
     while True:
         try:
             msg = gen.throw(error) if error is not None else gen.send(response)
         except StopIteration as stop:
             return stop.value
         error, response = None, None
+        group = _group_of(msg)
+        if msg.command == "set" and group is not None:
+            sets.setdefault(group, []).append(msg)
         for attempt in range(RETRIES + 1):
             try:
                 try:
@@ -207,7 +221,12 @@ def retry_on_disconnect(plan: Any, *, run_engine: Any = None) -> Any:
                         if replayed is not None:
                             response = replayed
                             break
-                    response = yield msg
+                    response = yield _in_group(msg, renamed.get(group))
+                    if msg.command == "set" and group is not None:
+                        statuses.setdefault(group, []).append(response)
+                    if msg.command == "wait":
+                        for book in (sets, statuses, renamed):
+                            book.pop(group, None)
                     break
                 except (DisconnectedError, ConnectionTimeoutError) as exc:
                     if attempt == RETRIES or msg.obj is None:
@@ -215,12 +234,88 @@ def retry_on_disconnect(plan: Any, *, run_engine: Any = None) -> Any:
                     logger.info("%s on %s: %s; sent again in %.1f s", msg.command,
                                 getattr(msg.obj, "name", msg.obj), exc, RETRY_WAIT_S)
                     yield from bps.sleep(RETRY_WAIT_S)
+                except FailedStatus as exc:
+                    if (attempt == RETRIES or msg.command not in ("set", "wait")
+                            or group not in sets or not _lost_connection(exc)
+                            or not _failed_in(exc, msg, group, statuses)):
+                        raise
+                    logger.info("%s of group %s failed on a lost connection (%s); its "
+                                "moves sent again in %.1f s", msg.command, group, exc,
+                                RETRY_WAIT_S)
+                    yield from bps.sleep(RETRY_WAIT_S)
+                    renamed[group] = new_group = f"{group}-again-{attempt + 1}"
+                    statuses[group] = []
+                    for move in sets[group]:
+                        status = yield _in_group(move, new_group)
+                        statuses[group].append(status)
+                        if move is msg:
+                            response = status
+                    if msg.command == "set":
+                        break  # this move was sent again: its new status is the answer
             except GeneratorExit:
                 gen.close()
                 raise
             except BaseException as exc:  # noqa: BLE001 - the plan's own to handle
                 error = exc
                 break
+
+
+def _group_of(msg: Any) -> Any:
+    """The group of a ``set`` or ``wait`` message (None: none, or another command)."""
+    if msg.command not in ("set", "wait"):
+        return None
+    group = msg.kwargs.get("group")
+    if group is None and msg.command == "wait" and msg.args:
+        group = msg.args[0]
+    return group
+
+
+def _in_group(msg: Any, group: str | None) -> Any:
+    """``msg`` with its group replaced by ``group`` (``msg`` itself for None)."""
+    if group is None:
+        return msg
+    args = msg.args[1:] if msg.command == "wait" and "group" not in msg.kwargs else msg.args
+    return msg._replace(args=args, kwargs={**msg.kwargs, "group": group})
+
+
+def _failed_in(exc: BaseException, msg: Any, group: Any, statuses: dict) -> bool:
+    """Whether the status ``exc`` reports is one of ``group``'s moves: a status sent
+    back for one of them, or (thrown at the ``set`` before its status was sent back)
+    the status of ``msg``'s own object. A failure of another group's move thrown at
+    this message is not sent again here: its own ``wait`` would pass over it."""
+    failed = exc.args[0] if exc.args else None
+    if any(st is failed for st in statuses.get(group, ())):
+        return True
+    if any(st is failed for g, sts in statuses.items() if g != group for st in sts):
+        return False
+    return msg.command == "set" and getattr(failed, "device", None) is msg.obj
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether a failed status failed because its part's connection was lost."""
+    from ophyd.signal import ConnectionTimeoutError
+    from ophyd.utils.errors import DisconnectedError
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, (DisconnectedError, ConnectionTimeoutError)):
+            return True
+        if isinstance(err, TimeoutError) and "could not connect" in str(err):
+            return True  # caproto's CaprotoTimeoutError for a PV searched for again
+        todo += [err.__cause__, err.__context__]
+        status = err.args[0] if err.args else None
+        inner = getattr(status, "exception", None)
+        if callable(inner):
+            try:
+                todo.append(inner())
+            except Exception:  # noqa: BLE001 - not a status after all
+                pass
+    return False
 
 
 def _reading_in_open_event(run_engine: Any, msg: Any) -> dict | None:

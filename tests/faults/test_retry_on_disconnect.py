@@ -80,3 +80,77 @@ def test_a_read_without_a_suspension_is_sent_again():
     result, events, dying = _run(down_s=None)
     assert result.exit_status == "success"
     assert len(events) == 2 and dying.reads == 3
+
+
+class DyingPositioner(Device):
+    """A positioner whose first ``set`` fails its status as a put to a part that died:
+    caproto cannot connect the PV again (``delay_s`` after the set, or at once), and
+    the watchdog's ``down`` is raised for ``down_s``."""
+
+    position_signal = Component(Signal, value=0.0, kind="hinted")
+
+    def __init__(self, *args, down: Signal, down_s: float, delay_s: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._down, self._down_s, self._delay_s = down, down_s, delay_s
+        self.sets = 0
+
+    @property
+    def position(self):
+        return self.position_signal.get()
+
+    def set(self, value):
+        from ophyd.signal import ConnectionTimeoutError
+        from ophyd.status import DeviceStatus
+
+        self.sets += 1
+        status = DeviceStatus(self)
+        if self.sets == 1:
+            self._down.put(1)
+            threading.Timer(self._down_s, self._down.put, args=(0,)).start()
+            exc = ConnectionTimeoutError(f"{self.name}: could not connect within 1.0 s")
+            if self._delay_s:
+                threading.Timer(self._delay_s, status.set_exception, args=(exc,)).start()
+            else:
+                status.set_exception(exc)
+            return status
+        self.position_signal.put(value)
+        status.set_finished()
+        return status
+
+
+def _run_move(delay_s: float, *, retry: bool = True):
+    from temsims.app.faults import make_retry_on_disconnect
+
+    down = Signal(name="part_down", value=0)
+    blanker = DyingPositioner(name="blanker", down=down, down_s=0.2, delay_s=delay_s)
+    other = SynAxis(name="other")
+    RE = RunEngine({}, call_returns_result=True)
+    RE.install_suspender(SuspendBoolHigh(down, sleep=0.05))
+    if retry:
+        RE.preprocessors.append(make_retry_on_disconnect(RE))
+
+    @bpp.run_decorator()
+    def plan():
+        yield from bps.checkpoint()
+        yield from bps.mv(other, 1.0, blanker, 2.0)  # one group, two moves
+        yield from bps.trigger_and_read([other, blanker])
+
+    return RE(plan()), blanker, other
+
+
+def test_a_move_failed_by_a_lost_connection_is_sent_again():
+    # The status fails 50 ms later (thrown at the wait) or at once (at the set).
+    for delay_s in (0.05, 0.0):
+        result, blanker, other = _run_move(delay_s)
+        assert result.exit_status == "success", delay_s
+        # Sent again by the preprocessor, and maybe also replayed by the suspension's
+        # rewind to the checkpoint (an absolute move: the same either way).
+        assert blanker.sets >= 2 and blanker.position == 2.0 and other.position == 1.0
+
+
+def test_without_the_preprocessor_that_move_fails_the_run():
+    import pytest
+    from bluesky.utils import FailedStatus
+
+    with pytest.raises(FailedStatus):
+        _run_move(0.05, retry=False)
