@@ -23,15 +23,11 @@ import argparse
 import inspect
 import json
 import os
-import random
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from case_seeds import add_seed_options, seed_reports, seeds_of, spread
 
 
 def truth(seed: int, x_lo_um: float, x_hi_um: float) -> dict:
@@ -72,54 +68,23 @@ def score(report: dict, t: dict) -> dict:
     return out
 
 
-def run_seed(seed: int, *, quick: bool, time_scale: float, base_port: int,
-             workdir: Path) -> dict:
-    """``temsims demo --case cathode`` for one seed; its report and wall time."""
-    out = workdir / f"seed{seed}"
-    cmd = [sys.executable, "-m", "temsims.app.cli", "demo", "--case", "cathode",
-           "--seed", str(seed), "--prefix", f"CB{seed % 100000}:", "--base-port",
-           str(base_port), "--catalog", str(out / "catalog"), "--out", str(out / "report"),
-           "--time-scale", str(time_scale)] + (["--quick"] if quick else [])
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        return {"seed": seed, "wall_s": wall, "error": (proc.stdout + proc.stderr)[-2000:]}
-    report = json.loads((out / "report" / "report.json").read_text())
-    return {"seed": seed, "wall_s": wall, "report": report}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seeds", type=int, default=10, help="how many seeds")
-    p.add_argument("--first-seed", type=int, default=None,
-                   help="seeds first..first+N-1; unset: drawn at run time (printed)")
-    p.add_argument("--quick", action="store_true", help="the demo's --quick sizes")
-    p.add_argument("--time-scale", type=float, default=20.0, help="instrument time scale")
-    p.add_argument("--base-port", type=int, default=18064, help="CA ports from here")
-    p.add_argument("--output", default=str(HERE / "results" / "cathode_case.json"),
-                   help="JSON result")
+    add_seed_options(p, base_port=18064, output="cathode_case.json")
     args = p.parse_args(argv)
-    first = args.first_seed if args.first_seed is not None else random.randrange(1, 10**6)
-    seeds = list(range(first, first + args.seeds))
+    seeds = seeds_of(args)
     print(f"cathode case over seeds {seeds} (quick={args.quick}, time scale "
           f"{args.time_scale:g})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cathode-bench-") as tmp:
-        for seed in seeds:
-            r = run_seed(seed, quick=args.quick, time_scale=args.time_scale,
-                         base_port=args.base_port, workdir=Path(tmp))
-            if "error" in r:
-                print(f"seed {seed}: FAILED after {r['wall_s']:.1f} s\n{r['error']}", flush=True)
-                rows.append({"seed": seed, "wall_s": r["wall_s"], "failed": True})
-                continue
-            rep = r["report"]
+        for seed, rep, wall_s in seed_reports("cathode", seeds, args, prefix="CB", rows=rows,
+                                              workdir=Path(tmp)):
             fov = rep["sizes"]["map_fov_um"]
             cx = rep["sizes"]["center_um"][0]
             t = truth(seed, cx - fov / 2, cx + fov / 2)
             s = score(rep, t)
-            s.update(seed=seed, wall_s=r["wall_s"], failed=False)
+            s.update(seed=seed, wall_s=wall_s, failed=False)
             rows.append(s)
             ints = "; ".join(f"{n}: SIMS-TEM {v['sims_minus_tem_nm']:+.1f}, TEM-truth "
                              f"{v['tem_minus_truth_nm']:+.1f} nm"
@@ -128,18 +93,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"(truth {t['decay_nm']:g}, {'ok' if s['decay_recovered'] else 'MISSED'}); "
                   f"level {100 * s['level']:.2f} +- {100 * s['level_u95']:.2f} at.% (truth "
                   f"{100 * t['level']:g}, {'ok' if s['level_recovered'] else 'MISSED'}); "
-                  f"{ints} (pixel {s['pixel_nm']:.1f} nm); {r['wall_s']:.1f} s", flush=True)
+                  f"{ints} (pixel {s['pixel_nm']:.1f} nm); {wall_s:.1f} s", flush=True)
     good = [r for r in rows if not r["failed"]]
     n = len(rows)
 
     def frac(key):
         return sum(bool(r.get(key)) for r in good) / n if n else 0.0
 
-    def spread(key):
-        vals = [r[key] for r in good if r.get(key) is not None]
-        return {"mean": statistics.fmean(vals) if vals else None,
-                "sd": statistics.stdev(vals) if len(vals) > 1 else None,
-                "min": min(vals) if vals else None, "max": max(vals) if vals else None}
+    def over_seeds(key):
+        return spread([r.get(key) for r in good])
 
     offsets = [abs(v["sims_minus_tem_nm"]) for r in good for v in r["interfaces"].values()]
     result = {
@@ -148,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         "decay_recovered_fraction": frac("decay_recovered"),
         "level_recovered_fraction": frac("level_recovered"),
         "interfaces_within_pixel_fraction": frac("interfaces_ok"),
-        "decay_nm": spread("decay_nm"), "decay_u95_nm": spread("decay_u95_nm"),
-        "level": spread("level"), "level_u95": spread("level_u95"),
+        "decay_nm": over_seeds("decay_nm"), "decay_u95_nm": over_seeds("decay_u95_nm"),
+        "level": over_seeds("level"), "level_u95": over_seeds("level_u95"),
         "max_abs_sims_minus_tem_nm": max(offsets) if offsets else None,
         "pixel_nm": good[0]["pixel_nm"] if good else None,
-        "wall_s": spread("wall_s"), "rows": rows,
+        "wall_s": over_seeds("wall_s"), "rows": rows,
         "target_fraction": 0.9,
     }
     print(f"decay recovered in {100 * result['decay_recovered_fraction']:.0f} % of "

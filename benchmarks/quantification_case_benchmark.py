@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from case_seeds import add_seed_options, seed_reports, seeds_of, spread
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -37,68 +35,25 @@ from scoring import QUANT_BAND, score_quantified_profile  # noqa: E402  (the tes
 TARGET_P90 = 0.10
 
 
-def run_seed(seed: int, *, quick: bool, time_scale: float, drift: float, base_port: int,
-             workdir: Path) -> dict:
-    """``temsims demo --case quantification`` for one seed; its report and wall time."""
-    out = workdir / f"seed{seed}"
-    cmd = [sys.executable, "-m", "temsims.app.cli", "demo", "--case", "quantification",
-           "--seed", str(seed), "--prefix", f"QB{seed % 100000}:", "--base-port",
-           str(base_port), "--catalog", str(out / "catalog"), "--out", str(out / "report"),
-           "--time-scale", f"{time_scale:g}", "--drift-nm-per-min", f"{drift:g}"] \
-        + (["--quick"] if quick else [])
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        return {"seed": seed, "wall_s": wall, "error": (proc.stdout + proc.stderr)[-2000:]}
-    report = json.loads((out / "report" / "report.json").read_text())
-    return {"seed": seed, "wall_s": wall, "report": report}
-
-
-def spread(values: list[float]) -> dict:
-    """Median, 90th percentile, mean, sd, min, max of ``values``."""
-    import numpy as np
-
-    v = [x for x in values if x is not None]
-    if not v:
-        return {"n": 0}
-    return {"n": len(v), "median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
-            "mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else None,
-            "min": min(v), "max": max(v)}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seeds", type=int, default=10, help="how many seeds")
-    p.add_argument("--first-seed", type=int, default=None,
-                   help="seeds first..first+N-1; unset: drawn at run time (printed)")
-    p.add_argument("--quick", action="store_true", help="the demo's --quick sizes")
-    p.add_argument("--time-scale", type=float, default=20.0, help="instrument time scale")
+    add_seed_options(p, base_port=18264, output="quantification_case.json")
     p.add_argument("--drift-nm-per-min", type=float, default=None,
                    help="specimen drift, nm/min; unset: 3 / time scale")
-    p.add_argument("--base-port", type=int, default=18264, help="CA ports from here")
-    p.add_argument("--output", default=str(HERE / "results" / "quantification_case.json"),
-                   help="JSON result")
     args = p.parse_args(argv)
     drift = 3.0 / args.time_scale if args.drift_nm_per_min is None else args.drift_nm_per_min
-    first = args.first_seed if args.first_seed is not None else random.randrange(1, 10**6)
-    seeds = list(range(first, first + args.seeds))
+    seeds = seeds_of(args)
     print(f"quantification case over seeds {seeds} (quick={args.quick}, time scale "
           f"{args.time_scale:g}, drift {drift:g} nm/min)", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
-        for seed in seeds:
-            r = run_seed(seed, quick=args.quick, time_scale=args.time_scale, drift=drift,
-                         base_port=args.base_port, workdir=Path(tmp))
-            if "error" in r:
-                print(f"seed {seed}: FAILED after {r['wall_s']:.1f} s\n{r['error']}", flush=True)
-                rows.append({"seed": seed, "wall_s": r["wall_s"], "failed": True})
-                continue
-            rep = r["report"]
+        for seed, rep, wall_s in seed_reports(
+                "quantification", seeds, args, prefix="QB", rows=rows, workdir=Path(tmp),
+                extra=("--drift-nm-per-min", f"{drift:g}")):
             qs = score_quantified_profile(rep["quantified_profile"], seed)
             cs = score_quantified_profile(rep["calibration_profile"], seed)
-            row = {"seed": seed, "wall_s": r["wall_s"], "failed": False,
+            row = {"seed": seed, "wall_s": wall_s, "failed": False,
                    "worst": qs["worst"], "worst_x_nm": qs["worst_x_nm"], "mean": qs["mean"],
                    "rms_z": qs["rms_z"], "bins": qs["n"],
                    "calibration_worst": cs["worst"], "calibration_mean": cs["mean"],
@@ -116,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"at.%, EDX stops at {row['edx_stops_nm']:.0f} nm, SIMS detects to "
                   f"{row['sims_continues_to_nm']:.0f} nm "
                   f"({1e6 * row['sims_continues_to_fraction']:.0f} ppm); degree "
-                  f"{row['degree']}; {r['wall_s']:.1f} s", flush=True)
+                  f"{row['degree']}; {wall_s:.1f} s", flush=True)
     good = [r for r in rows if not r["failed"]]
 
     def col(key):

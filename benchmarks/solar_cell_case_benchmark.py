@@ -22,43 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from case_seeds import add_seed_options, seed_reports, seeds_of, spread
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-
-
-def run_seed(seed: int, *, quick: bool, time_scale: float, base_port: int,
-             workdir: Path) -> dict:
-    """``temsims demo --case solar-cell`` for one seed; its report and wall time."""
-    out = workdir / f"seed{seed}"
-    cmd = [sys.executable, "-m", "temsims.app.cli", "demo", "--case", "solar-cell",
-           "--seed", str(seed), "--prefix", f"SB{seed % 100000}:", "--base-port",
-           str(base_port), "--catalog", str(out / "catalog"), "--out", str(out / "report"),
-           "--time-scale", str(time_scale)] + (["--quick"] if quick else [])
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        return {"seed": seed, "wall_s": wall, "error": (proc.stdout + proc.stderr)[-2000:]}
-    report = json.loads((out / "report" / "report.json").read_text())
-    return {"seed": seed, "wall_s": wall, "report": report}
-
-
-def _spread(vals: list[float]) -> dict:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return {"n": 0}
-    s = sorted(vals)
-    return {"n": len(s), "median": statistics.median(s), "mean": statistics.fmean(s),
-            "sd": statistics.stdev(s) if len(s) > 1 else None, "min": s[0], "max": s[-1],
-            "p90": s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,33 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seeds", type=int, default=10, help="how many seeds")
-    p.add_argument("--first-seed", type=int, default=None,
-                   help="seeds first..first+N-1; unset: drawn at run time (printed)")
-    p.add_argument("--quick", action="store_true", help="the demo's --quick sizes")
-    p.add_argument("--time-scale", type=float, default=20.0, help="instrument time scale")
-    p.add_argument("--base-port", type=int, default=18164, help="CA ports from here")
-    p.add_argument("--output", default=str(HERE / "results" / "solar_cell_case.json"),
-                   help="JSON result")
+    add_seed_options(p, base_port=18164, output="solar_cell_case.json")
     args = p.parse_args(argv)
-    first = args.first_seed if args.first_seed is not None else random.randrange(1, 10**6)
-    seeds = list(range(first, first + args.seeds))
+    seeds = seeds_of(args)
     print(f"solar-cell case over seeds {seeds} (quick={args.quick}, time scale "
           f"{args.time_scale:g})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="solar-bench-") as tmp:
-        for seed in seeds:
-            r = run_seed(seed, quick=args.quick, time_scale=args.time_scale,
-                         base_port=args.base_port, workdir=Path(tmp))
-            if "error" in r:
-                print(f"seed {seed}: FAILED after {r['wall_s']:.1f} s\n{r['error']}", flush=True)
-                rows.append({"seed": seed, "wall_s": r["wall_s"], "failed": True})
-                continue
-            rep = r["report"]
+        for seed, rep, wall_s in seed_reports("solar-cell", seeds, args, prefix="SB",
+                                              rows=rows, workdir=Path(tmp), timeout=900):
             s = score(rep, seed)
             fitted = [g for g in s["grains"] if g["on_line"]]
             errs = [abs(g["error"]) for g in fitted]
-            row = {"seed": seed, "wall_s": r["wall_s"], "failed": False,
+            row = {"seed": seed, "wall_s": wall_s, "failed": False,
                    "na": s["na"], "na_u95": s["na_u95"], "na_truth": s["na_truth"],
                    "na_rel_error": s["na_rel_error"],
                    "na_within_20pct": abs(s["na_rel_error"]) <= 0.2,
@@ -120,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['ga_mean_error']:+.4f}, within u95 {100 * row['ga_within_u95']:.0f} % "
                   f"(u95 median {row['ga_u95_median']:.3f}; without the implant separated "
                   f"{row['ga_naive_error_median']:.3f}); Y {row['cigs_yield']:.2f}; "
-                  f"{r['wall_s']:.1f} s", flush=True)
+                  f"{wall_s:.1f} s", flush=True)
     good = [r for r in rows if not r["failed"]]
     n = len(rows)
 
@@ -130,19 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "seeds": seeds, "quick": args.quick, "time_scale": args.time_scale,
         "ncpu": os.cpu_count(), "failed": n - len(good),
-        "na_rel_error": _spread(col("na_rel_error")),
-        "na_abs_rel_error": _spread([abs(v) for v in col("na_rel_error")]),
+        "na_rel_error": spread(col("na_rel_error")),
+        "na_abs_rel_error": spread([abs(v) for v in col("na_rel_error")]),
         "na_within_20pct_fraction": sum(col("na_within_20pct")) / n if n else 0.0,
         "na_within_u95_fraction": sum(col("na_within_u95")) / n if n else 0.0,
-        "ga_abs_error_median": _spread(col("ga_abs_error_median")),
-        "ga_abs_error_max": _spread(col("ga_abs_error_max")),
-        "ga_mean_error": _spread(col("ga_mean_error")),
-        "ga_u95_median": _spread(col("ga_u95_median")),
-        "ga_within_u95": _spread(col("ga_within_u95")),
-        "ga_naive_error_median": _spread(col("ga_naive_error_median")),
-        "cigs_yield": _spread(col("cigs_yield")),
-        "grains": _spread(col("grains")),
-        "wall_s": _spread(col("wall_s")), "rows": rows,
+        "ga_abs_error_median": spread(col("ga_abs_error_median")),
+        "ga_abs_error_max": spread(col("ga_abs_error_max")),
+        "ga_mean_error": spread(col("ga_mean_error")),
+        "ga_u95_median": spread(col("ga_u95_median")),
+        "ga_within_u95": spread(col("ga_within_u95")),
+        "ga_naive_error_median": spread(col("ga_naive_error_median")),
+        "cigs_yield": spread(col("cigs_yield")),
+        "grains": spread(col("grains")),
+        "wall_s": spread(col("wall_s")), "rows": rows,
         "target_na_rel_error": 0.2,
     }
     print(f"Na ratio: |error| median {result['na_abs_rel_error'].get('median')}, max "
