@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
           f"interfaces within one SIMS pixel in "
           f"{100 * result['interfaces_within_pixel_fraction']:.0f} % (max |SIMS - TEM| "
           f"{result['max_abs_sims_minus_tem_nm']} nm); case wall "
-          f"{result['wall_s']['mean']} s mean", flush=True)
+          f"{result['wall_s'].get('mean')} s mean", flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
     return 0 if n and len(good) == n else 1

@@ -320,7 +320,7 @@ def cathode_case_figures(r: Mapping[str, Any]) -> list[Figure]:
                100 * r["interfaces_within_pixel_fraction"], "% seeds"),
         Figure("max_offset", "max |SIMS - TEM| interface position",
                r["max_abs_sims_minus_tem_nm"], "nm", "SIMS pixel", r["pixel_nm"]),
-        Figure("wall", "case wall time (mean)", r["wall_s"]["mean"], "s"),
+        Figure("wall", "case wall time (mean)", r["wall_s"].get("mean"), "s"),
     ]
 
 
