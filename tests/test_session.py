@@ -115,30 +115,3 @@ def test_temsims_shell_opens_the_profile(instrument, tmp_path):
     assert "RESULT from-shell 1" in proc.stdout, out[-3000:]
     assert (tmp_path / "ipython" / "profile_temsims" / "startup").is_dir()
     assert (tmp_path / "cat").is_dir()
-
-
-def test_the_catalog_opened_alongside_the_session_raises_or_is_let_go(tmp_path):
-    """The catalog is opened on a thread while the RunEngine is built: a location it
-    refuses is still raised by configure_session, and a session that fails after the
-    catalog opened lets go of it (no lease left on the directory's server)."""
-    import fcntl
-
-    from temsims.catalog.locations import CatalogLocationError
-
-    not_a_dir = tmp_path / "file"
-    not_a_dir.write_text("x")
-    with pytest.raises(CatalogLocationError):
-        configure_session({}, catalog=not_a_dir, connect_devices=False, bec=False,
-                          magics=False, pbar=False, md_dir=tmp_path / "md")
-
-    directory = tmp_path / "catalog"
-    bad_md = tmp_path / "md-file"
-    bad_md.write_text("x")  # RE.md cannot be made there: the session fails after the open
-    with pytest.raises(FileExistsError):
-        configure_session({}, catalog=directory, connect_devices=False, bec=False,
-                          magics=False, pbar=False, md_dir=bad_md)
-    fd = os.open(directory / ".lease", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while a lease is held
-    finally:
-        os.close(fd)

@@ -9,7 +9,6 @@ happens on import; the IPython profile's startup file is a few lines calling
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,53 +129,44 @@ def configure_session(
     if id(user_ns) in _CONFIGURED:
         raise RuntimeError("configure_session already ran for this namespace")
 
+    from bluesky import RunEngine
+    from bluesky import plan_stubs as bps
+    from bluesky import plans as bp
+    from bluesky import preprocessors as bpp
+    from bluesky.utils import PersistentDict, ProgressBarManager
+
+    from temsims.channel_access import apply_client_environment
+
+    if "EPICS_CA_ADDR_LIST" not in os.environ:  # `temsims shell` or the site sets it
+        apply_client_environment()
+    os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+
+    RE = RunEngine({})
+    md_path = Path(md_dir) if md_dir is not None else default_metadata_dir()
+    md_path.mkdir(parents=True, exist_ok=True)
+    RE.md = PersistentDict(str(md_path))
+    RE.md.setdefault("operator", os.environ.get("USER", "unknown"))
+
+    session = Session(RE=RE)
+    ns: dict[str, Any] = {"RE": RE, "bp": bp, "bps": bps, "bpp": bpp, "session": session}
+
+    if bec:
+        from bluesky.callbacks.best_effort import BestEffortCallback
+
+        session.bec = BestEffortCallback()
+        if not plots:
+            session.bec.disable_plots()
+        RE.subscribe(session.bec)
+        ns["bec"] = session.bec
+    if pbar:
+        RE.waiting_hook = ProgressBarManager()
+
     location = catalog if catalog is not None else os.environ.get("TEMSIMS_CATALOG")
-    # Opened on a thread of its own while the RunEngine and its callbacks are imported
-    # and built: a directory whose server is not running waits ~0.3-2 s for one to be
-    # forked in another process (decision 0014), which overlaps those imports here.
-    opening = _open_catalog_soon(location) if str(location).lower() != "none" else None
-    try:
-        from bluesky import RunEngine
-        from bluesky import plan_stubs as bps
-        from bluesky import plans as bp
-        from bluesky import preprocessors as bpp
-        from bluesky.utils import PersistentDict, ProgressBarManager
-
-        from temsims.channel_access import apply_client_environment
-
-        if "EPICS_CA_ADDR_LIST" not in os.environ:  # `temsims shell` or the site sets it
-            apply_client_environment()
-        os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
-
-        RE = RunEngine({})
-        md_path = Path(md_dir) if md_dir is not None else default_metadata_dir()
-        md_path.mkdir(parents=True, exist_ok=True)
-        RE.md = PersistentDict(str(md_path))
-        RE.md.setdefault("operator", os.environ.get("USER", "unknown"))
-
-        session = Session(RE=RE)
-        ns: dict[str, Any] = {"RE": RE, "bp": bp, "bps": bps, "bpp": bpp, "session": session}
-
-        if bec:
-            from bluesky.callbacks.best_effort import BestEffortCallback
-
-            session.bec = BestEffortCallback()
-            if not plots:
-                session.bec.disable_plots()
-            RE.subscribe(session.bec)
-            ns["bec"] = session.bec
-        if pbar:
-            RE.waiting_hook = ProgressBarManager()
-    except BaseException:
-        if opening is not None:  # what failed is not the catalog: let go of it
-            with contextlib.suppress(Exception):
-                opening.result().close()
-        raise
-
-    if opening is not None:
+    if str(location).lower() != "none":
+        from temsims.catalog import open_catalog
         from temsims.catalog import require_metadata as install_metadata_check
 
-        session.catalog = opening.result()  # its errors are raised here
+        session.catalog = open_catalog(location)
         RE.subscribe(session.catalog.writer(process=writer_process))
         if require_metadata:
             install_metadata_check(RE)
@@ -224,19 +214,6 @@ def configure_session(
     user_ns.update(ns)
     _CONFIGURED.add(id(user_ns))
     return session
-
-
-def _open_catalog_soon(location):
-    """``open_catalog(location)`` started on a thread now: a future of the catalog."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from temsims.catalog import open_catalog
-
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="temsims-catalog-open")
-    try:
-        return executor.submit(open_catalog, location)
-    finally:
-        executor.shutdown(wait=False)  # the thread ends once the catalog is open
 
 
 def _analysis_tools() -> dict[str, Any]:
