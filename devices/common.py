@@ -105,6 +105,24 @@ def use_caproto_control_layer() -> None:
     _patient_circuits()
 
 
+def close_control_layer() -> None:
+    """Disconnect caproto's shared client context of this process (its circuits, search
+    and selector threads), if one was made.
+
+    For a process about to exit: Python shuts the thread pools down before it runs
+    ``atexit`` handlers, and caproto's selector thread, still receiving monitor updates
+    (the parts' 1 Hz heartbeats), then printed "cannot schedule new futures after
+    shutdown" with a traceback per circuit at every ``temsims shell`` exit.
+    """
+    from caproto.threading import pyepics_compat
+
+    if pyepics_compat._make_context.cache_info().currsize == 0:
+        return  # no PV was ever made: nothing to close (and nothing made here)
+    context = pyepics_compat.PV.default_context()
+    context.disconnect()
+    context.broadcaster.disconnect()
+
+
 #: How long caproto's threading client waits for a server's answer when it opens a
 #: circuit (its default: 2 s).
 CIRCUIT_HANDSHAKE_S = 10.0

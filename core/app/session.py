@@ -9,6 +9,7 @@ happens on import; the IPython profile's startup file is a few lines calling
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,18 @@ class Session:
     publisher: Any = None
     fault_guard: Any = None
     namespace: dict[str, Any] = field(default_factory=dict)
+    closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
-        """Write ``RE.md`` to disk and close the catalog.
+        """Write ``RE.md`` to disk and close the catalog (a second call does nothing).
 
         bluesky's ``PersistentDict`` also writes itself when it is garbage collected;
         after ``close`` that write is detached, so a session closed before its metadata
         directory goes away (a test's temporary directory) does not write into nothing.
         """
+        if self.closed:
+            return
+        self.closed = True
         if self.fault_guard is not None:
             self.fault_guard.remove()
             self.fault_guard = None
@@ -50,6 +55,27 @@ class Session:
         if self.publisher is not None:
             self.publisher.close()
             self.publisher = None
+        if self in _OPEN_SESSIONS:
+            _OPEN_SESSIONS.remove(self)
+
+
+#: Sessions made by :func:`configure_session` and not closed yet, oldest first.
+_OPEN_SESSIONS: list[Session] = []
+
+
+def close_open_sessions() -> None:
+    """Close every session of this process and disconnect its Channel Access client:
+    what ``temsims shell`` does when IPython returns, before the interpreter shuts
+    its thread pools down (caproto's client would otherwise keep receiving into
+    them and print a traceback per circuit)."""
+    for session in reversed(list(_OPEN_SESSIONS)):
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - the next one is still closed
+            logging.getLogger(__name__).exception("closing a session failed")
+    from temsims.devices.common import close_control_layer
+
+    close_control_layer()
 
 
 def default_metadata_dir() -> Path:
@@ -148,6 +174,7 @@ def configure_session(
     RE.md.setdefault("operator", os.environ.get("USER", "unknown"))
 
     session = Session(RE=RE)
+    _OPEN_SESSIONS.append(session)
     ns: dict[str, Any] = {"RE": RE, "bp": bp, "bps": bps, "bpp": bpp, "session": session}
 
     if bec:
