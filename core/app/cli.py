@@ -157,12 +157,7 @@ def cmd_shell(args: argparse.Namespace, passthrough: list[str]) -> int:
     if args.ipython_dir:
         argv.append(f"--ipython-dir={args.ipython_dir}")
     install_profile(args.ipython_dir)
-    try:
-        start_ipython(argv=argv + passthrough)
-    finally:
-        from temsims.app.session import close_open_sessions
-
-        close_open_sessions()  # before the interpreter shuts its thread pools down
+    start_ipython(argv=argv + passthrough)  # the session closes itself at exit
     return 0
 
 

@@ -61,13 +61,16 @@ class Session:
 
 #: Sessions made by :func:`configure_session` and not closed yet, oldest first.
 _OPEN_SESSIONS: list[Session] = []
+_CLOSE_AT_EXIT_ARMED = False
 
 
 def close_open_sessions() -> None:
-    """Close every session of this process and disconnect its Channel Access client:
-    what ``temsims shell`` does when IPython returns, before the interpreter shuts
-    its thread pools down (caproto's client would otherwise keep receiving into
-    them and print a traceback per circuit)."""
+    """Close every session of this process and disconnect its Channel Access client.
+
+    Run when the interpreter exits (:func:`_arm_close_at_exit`); it disconnects the
+    process's one caproto client context, after which no PV of the process connects
+    again: not for a process that goes on.
+    """
     for session in reversed(list(_OPEN_SESSIONS)):
         try:
             session.close()
@@ -76,6 +79,34 @@ def close_open_sessions() -> None:
     from temsims.devices.common import close_control_layer
 
     close_control_layer()
+
+
+def _arm_close_at_exit() -> None:
+    """Have :func:`close_open_sessions` run when the interpreter exits, before it shuts
+    its thread pools down.
+
+    Python shuts ``concurrent.futures`` pools down before it runs ``atexit`` handlers;
+    caproto's client, still receiving the parts' heartbeats, then printed "cannot
+    schedule new futures after shutdown" with a traceback per circuit at every
+    ``temsims shell`` exit. Handlers registered with ``threading._register_atexit`` run
+    before those pools' (latest first): the one private call of CPython 3.9+ that
+    orders it, with ``atexit`` as the fallback.
+    """
+    global _CLOSE_AT_EXIT_ARMED
+    if _CLOSE_AT_EXIT_ARMED:
+        return
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading._register_atexit")
+        register(close_open_sessions)
+    except RuntimeError:
+        import atexit
+
+        atexit.register(close_open_sessions)
+    _CLOSE_AT_EXIT_ARMED = True
 
 
 def default_metadata_dir() -> Path:
@@ -175,6 +206,7 @@ def configure_session(
 
     session = Session(RE=RE)
     _OPEN_SESSIONS.append(session)
+    _arm_close_at_exit()
     ns: dict[str, Any] = {"RE": RE, "bp": bp, "bps": bps, "bpp": bpp, "session": session}
 
     if bec:
