@@ -298,31 +298,37 @@ class SIMSImager(Device):
             timer.daemon = True
             timer.start()
             return
-        with self._lock:
-            if not self._active or self._complete_status is not frame or self._frame_ended:
-                return
-            self._emit(final=True)
-            self._active = False
-            lines = self._lines_seen
-        if frame is not None and not frame.done:
-            frame.set_exception(RuntimeError(
-                f"{self.name}: the ion column has rastered the frame but the spectrometer "
-                f"has neither counted it nor sent a line for {FRAME_COUNT_TIMEOUT_S:g} s "
-                f"({lines} of {self._ny} lines collected, IMG:FRAME = "
-                f"{self.img_frame.get()})"))
+        self._fail_frame(frame, lambda lines: (
+            f"{self.name}: the ion column has rastered the frame but the spectrometer has "
+            f"neither counted it nor sent a line for {FRAME_COUNT_TIMEOUT_S:g} s ({lines} "
+            f"of {self._ny} lines collected, IMG:FRAME = {self.img_frame.get()})"),
+            unless_counted=True)
 
     def _give_up(self, frame) -> None:
+        # This frame's timer only: a frame kicked off meanwhile is not failed by it.
+        self._fail_frame(frame, lambda lines: (
+            f"{self.name}: frame ended with {lines} of {self._ny} lines collected"))
+
+    def _fail_frame(self, frame, reason, *, kickoff_too: bool = False,
+                    unless_counted: bool = False) -> None:
+        """End ``frame`` (its complete status; ``kickoff_too``: its kickoff's as well)
+        with ``RuntimeError(reason(lines taken))``, the lines taken going to the next
+        collect and the flyer freed. Nothing when it is no longer the frame in flight
+        (pause() took it, it ended, another was kicked off) or, ``unless_counted``, once
+        the spectrometer has counted it.
+        """
         with self._lock:
-            # This frame's timer only: a frame kicked off meanwhile is not failed by it.
-            if not self._active or self._complete_status is not frame:
+            if not self._active or self._complete_status is not frame or (
+                    unless_counted and self._frame_ended):
                 return
             self._emit(final=True)
             self._active = False
             lines = self._lines_seen
-            st = self._complete_status
-        if st is not None and not st.done:
-            st.set_exception(RuntimeError(
-                f"{self.name}: frame ended with {lines} of {self._ny} lines collected"))
+            statuses = (self._kickoff_status, frame) if kickoff_too else (frame,)
+        exc = RuntimeError(reason(lines))
+        for st in statuses:
+            if st is not None and not st.done:
+                st.set_exception(exc)
 
     def _on_acquire_rbv(self, *, value, old_value=None, **kwargs) -> None:
         """The column's raster went back to Stop without counting a frame: stopped
@@ -371,17 +377,10 @@ class SIMSImager(Device):
             return True
 
     def _raster_stopped(self, frame) -> None:
-        with self._lock:
-            if not self._active or self._complete_status is not frame:
-                return  # pause() took the frame, or it ended, meanwhile
-            self._emit(final=True)
-            self._active = False
-            lines = self._lines_seen
-            statuses = (self._kickoff_status, self._complete_status)
-        exc = RuntimeError(f"{self.name}: raster stopped after {lines} of {self._ny} lines")
-        for st in statuses:
-            if st is not None and not st.done:
-                st.set_exception(exc)
+        # Nothing if pause() took the frame, or it ended, meanwhile.
+        self._fail_frame(frame, lambda lines: (
+            f"{self.name}: raster stopped after {lines} of {self._ny} lines"),
+            kickoff_too=True)
 
     # ---- flyer interface ------------------------------------------------------------
     def kickoff(self, first_line: int | None = None) -> DeviceStatus:
