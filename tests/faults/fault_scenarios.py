@@ -113,10 +113,8 @@ class Injection:
                 detected=detected, state=went_down and went_down["state"],
                 detect_s=(went_down["at"] - t0) if went_down else None)
             if self.check_safe:
-                t_safe = time.monotonic()
                 safe = wait_for(lambda: self.safe(b.d), 10)
                 self.figures["safe_while_suspended"] = safe
-                self.figures["safe_after_s"] = time.monotonic() - t_safe if safe else None
                 if not safe:  # what was not safe, for the failure's message
                     self.figures["unsafe_state"] = _state_of(b.d, b.RE)
             emitted = _data_documents(b)
