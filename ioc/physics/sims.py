@@ -773,23 +773,24 @@ class SurfaceEmitter:
         """Sputtered depth (nm) that ``dose`` ions/nm^2 add, the Ga build-up integrated.
 
         With ``f(d) = f_ss (1 - exp(-d / d_b))`` and ``(1 + Y) f_ss = 1`` the rate is
-        ``dd/dD = (Y + exp(-d / d_b)) / n``, which integrates to ``Y D / n + d_b
-        ln(1 + (1 - exp(-B)) exp(-d0 / d_b) / Y)``, ``B = Y D / (n d_b)``: a frame's
-        dose on a fresh surface is not all removed at the fresh surface's rate
-        (``(1 + Y) D / n`` for small doses, ``Y D / n + d_b ln(1 + 1/Y)`` for large).
+        ``dd/dD = (Y + exp(-d / d_b)) / n``, which integrates to ``d = d_b ln(((Y
+        exp(d0 / d_b) + 1) exp(Y D / (n d_b)) - 1) / Y)`` (computed in logs): a frame's
+        dose on a fresh surface is not all removed at the fresh surface's rate.
         Yield, density and build-up length are the surface's at the start.
         """
-        n = self.density()
-        y = np.maximum(self.yield_, np.float32(1e-9))
-        db = np.maximum(self.buildup, np.float32(1e-6))
-        dose = np.asarray(dose, np.float32)
+        n = self.density().astype(np.float64)
+        y = np.maximum(self.yield_.astype(np.float64), 1e-9)
+        db = np.maximum(self.buildup.astype(np.float64), 1e-6)
+        d0 = self.depth.astype(np.float64)
+        dose = np.broadcast_to(np.asarray(dose, np.float64), self.shape)
         if self.dose_factor is not None:
             dose = dose * self.dose_factor
         ok = (n > 0) & self.present
-        steady = np.divide(y * dose, n, out=np.zeros(self.shape, np.float32), where=ok)
-        b = steady / db
-        extra = db * np.log1p(-np.expm1(-b) * np.exp(-self.depth / db) / y)
-        return np.where(ok, steady + extra, np.float32(0.0))
+        b = np.divide(y * dose, n * db, out=np.zeros(self.shape), where=ok)
+        a = np.logaddexp(np.log(y) + d0 / db, 0.0)
+        ab = np.maximum(a + b, 1e-300)
+        d = db * (ab + np.log(-np.expm1(-ab)) - np.log(y))
+        return np.where(ok, np.maximum(d - d0, 0.0), 0.0)
 
 
 def footprint_sigma_nm(geometry: ScanGeometry, probe_fwhm_nm: float,
