@@ -346,20 +346,6 @@ def solar_cell_case_figures(r: Mapping[str, Any]) -> list[Figure]:
     ]
 
 
-def depth_resolution_figures(r: Mapping[str, Any]) -> list[Figure]:
-    """``depth_resolution.json``: the depth resolution recovered from labelled-layer
-    depth profiles against the twin's MRI response, over seeds (target: within 20 %)."""
-    n = r["n"]
-    e, a = r["error"], r["abs_error"]
-    return [
-        Figure("abs_error_p90", f"depth resolution |error|, p90 of {n} seeds "
-               f"(model {r['model_nm']:.1f} nm)", a.get("p90"), "", "median", a.get("median")),
-        Figure("error_sd", "depth resolution error, sd over seeds", e.get("sd"), ""),
-        Figure("within_bound", "depth resolution within 20 % of the model",
-               100 * r["within_bound"] / max(n, 1), "% seeds"),
-    ]
-
-
 def quantification_case_figures(r: Mapping[str, Any]) -> list[Figure]:
     """``quantification_case.json``: the quantification case against the couple's truth
     over seeds (worst error over 0.1-10 at.%: p90 beside the median)."""
@@ -434,8 +420,6 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               fault_figures),
     Benchmark("cathode_case_benchmark", "cathode_case.json", "--output",
               ("--seeds", "3", "--quick"), cathode_case_figures),
-    Benchmark("depth_resolution_benchmark", "depth_resolution.json", "--output",
-              ("--seeds", "10"), depth_resolution_figures),
     Benchmark("solar_cell_case_benchmark", "solar_cell_case.json", "--output",
               ("--seeds", "3", "--quick"), solar_cell_case_figures),
     Benchmark("quantification_case_benchmark", "quantification_case.json", "--output",

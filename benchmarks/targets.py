@@ -122,10 +122,6 @@ PARTICLES_MISS = Target(
 PARTICLES_FALSE = Target(
     "particles_benchmark", "false_rate", "false labelled reports (1 - precision, per particle "
     "by centroid)", 0.05, unit="", source="issue 15 (Done when)")
-DEPTH_RESOLUTION = Target(
-    "depth_resolution_benchmark", "abs_error_p90", "depth resolution recovered from a "
-    "labelled layer's depth profile: 90th percentile over fresh seeds of |rel. error| vs the "
-    "twin's MRI response", 0.20, unit="", source="issue 15 (Done when)")
 STREAM_PAGE_LATENCY_MS = Target(
     "zmq_stream_benchmark", "page_latency_max", "map page -> viewer's views done", 200.0,
     unit="ms", source="docs/remote.md: the views keep up with the flyer's collect period "
@@ -136,7 +132,7 @@ TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, MAP_PATH_RATIO,
                                FUSION_S, REGISTRATION_S, QUANTIFY_S, CATALOG_READ_MAP_S,
                                CATALOG_VISIBLE_S, CATALOG_OPEN_S, STREAM_PAGE_LATENCY_MS,
                                QUANTIFY_P90, QUANT_CASE_P90, PARTICLES_MISS,
-                               PARTICLES_FALSE, DEPTH_RESOLUTION)
+                               PARTICLES_FALSE)
 
 
 def targets_for(benchmark: str) -> list[Target]:
