@@ -67,7 +67,6 @@ from temsims.ioc.physics.materials import (
     isotope_mass_u,
     natural_abundances,
     parse_species,
-    yamamura_angular,
 )
 from temsims.ioc.physics.specimen import Specimen, _crop
 
@@ -118,12 +117,6 @@ class SimsParameters:
         Mixing length ``w = k R_p cos(incidence)`` (Hofmann's ``w``), ``k``.
     roughness_nm, information_depth_nm
         MRI roughness ``sigma`` (nm, Gaussian) and information depth ``lambda`` (nm).
-    shading
-        Opt-in: the specimen's relief (its layers' remaining thickness) shades the
-        beam: each grid pixel's share of the ions from the running maximum of ``y + z
-        tan(incidence)`` along the beam (shadows behind particles, more dose on flanks
-        facing the beam) and its yield at the local incidence (Yamamura). Off by default
-        (docs/physics-sputtering.md, section 2).
     drift_nm_per_min, drift_direction_deg, drift_start_nm
         Slow drift of the specimen relative to the beam (zero allowed), and the
         displacement already accumulated at elapsed time zero.
@@ -162,7 +155,6 @@ class SimsParameters:
     mixing_range_fraction: float = MIXING_RANGE_FRACTION
     roughness_nm: float = 2.0
     information_depth_nm: float = 1.0
-    shading: bool = False
     drift_nm_per_min: float = 3.0
     drift_direction_deg: float = 30.0
     drift_start_nm: float = 0.0
@@ -638,37 +630,6 @@ def layer_weights(specimen: Specimen, depth: np.ndarray, window, landing_kev: fl
     return out
 
 
-def beam_shading(specimen: Specimen, depth: np.ndarray, window, incidence_deg: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per grid pixel, the share of a flat surface's ions it receives and the local
-    incidence (deg), from the relief ``z`` = the layers' thickness left above the
-    specimen's base (``thickness - depth``, >= 0).
-
-    The beam travels along +y (the stretched axis) and down at ``incidence_deg`` from
-    the normal. A ray crosses the base plane at ``s = y + z tan(theta)`` of the point it
-    would hit; going along +y a point is lit where ``s`` reaches a new maximum, and its
-    ions per unit area are that maximum's increase per pixel: shadows behind particles
-    (``s`` does not increase), more dose on flanks facing the beam, ions conserved
-    along each column. The local incidence comes from the relief's gradient. Crater
-    walls are part of ``z`` too (a deep crater shades its upstream edge); the
-    window's first row is taken as lit.
-    """
-    thick = np.asarray(specimen.thickness_nm(window), dtype=np.float64)
-    z = np.maximum(thick - np.asarray(depth, dtype=np.float64), 0.0)
-    p = specimen.pixel_nm
-    th = math.radians(incidence_deg)
-    y = (np.arange(z.shape[0], dtype=np.float64) * p)[:, None]
-    s = y + z * math.tan(th)
-    top = np.maximum.accumulate(s, axis=0)
-    factor = np.empty_like(s)
-    factor[0] = 1.0
-    factor[1:] = np.diff(top, axis=0) / p
-    gy, gx = np.gradient(z, p)
-    cos_local = (math.cos(th) + gy * math.sin(th)) / np.sqrt(1.0 + gx * gx + gy * gy)
-    theta = np.degrees(np.arccos(np.clip(cos_local, 0.0, 1.0)))
-    return factor.astype(np.float32), theta.astype(np.float32)
-
-
 class SurfaceEmitter:
     """Per-grid-pixel emission ``(1 + Y) x alpha x C`` of each species on one window, at
     the depth map given (sputtered depth), with the implanted Ga folded in.
@@ -697,12 +658,6 @@ class SurfaceEmitter:
                               0.0).astype(np.float32)
         inc = params.incidence_deg
         self.yield_ = self._mean(lambda layer: layer.sputter_yield(window, landing_kev, inc))
-        self.dose_factor = None
-        if params.shading:
-            self.dose_factor, theta = beam_shading(specimen, depth, window, inc)
-            self.yield_ = self.yield_ * self._mean(lambda layer: layer._mix(
-                window, lambda m: yamamura_angular(theta, landing_kev, m)
-                / float(yamamura_angular(inc, landing_kev, m)))).astype(np.float32)
         f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
         if params.ga_buildup_nm is not None:
             buildup = np.float32(max(params.ga_buildup_nm, 1e-6))
@@ -710,9 +665,7 @@ class SurfaceEmitter:
             buildup = np.maximum(0.5 * self._mean(
                 lambda layer: layer._mix(window, lambda m: m.projected_range_nm(landing_kev))),
                 np.float32(1e-3))
-        self.depth = depth.astype(np.float32)
-        self.buildup = np.broadcast_to(np.asarray(buildup, np.float32), self.shape)
-        ga = f_ss * (1.0 - np.exp(-self.depth / buildup))
+        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / buildup))
         self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
         self._ion: dict[str, np.ndarray] = {}
 
@@ -755,42 +708,13 @@ class SurfaceEmitter:
             symbol, _ = parse_species(iso)
             total += np.float32(w) * self.ionisation(symbol) * self.fraction(iso)
         total *= np.float32(1.0) + self.yield_
-        if self.dose_factor is not None:
-            total *= self.dose_factor
         return total
-
-    def density(self) -> np.ndarray:
-        """Atoms per nm^3 of the material present (0 in holes)."""
-        return self._mean(lambda layer: layer.atomic_density_per_nm3(self.window))
 
     def matrix_rate(self) -> np.ndarray:
         """Sputtered depth per ion/nm^2 (nm): ``(1 + Y)(1 - f_Ga) / n`` (0 in holes)."""
-        n = self.density()
+        n = self._mean(lambda layer: layer.atomic_density_per_nm3(self.window))
         rate = (1.0 + self.yield_) * (1.0 - self.ga_implanted)
         return np.divide(rate, n, out=np.zeros_like(rate), where=n > 0)
-
-    def depth_step(self, dose) -> np.ndarray:
-        """Sputtered depth (nm) that ``dose`` ions/nm^2 add, the Ga build-up integrated.
-
-        With ``f(d) = f_ss (1 - exp(-d / d_b))`` and ``(1 + Y) f_ss = 1`` the rate is
-        ``dd/dD = (Y + exp(-d / d_b)) / n``, which integrates to ``d = d_b ln(((Y
-        exp(d0 / d_b) + 1) exp(Y D / (n d_b)) - 1) / Y)`` (computed in logs): a frame's
-        dose on a fresh surface is not all removed at the fresh surface's rate.
-        Yield, density and build-up length are the surface's at the start.
-        """
-        n = self.density().astype(np.float64)
-        y = np.maximum(self.yield_.astype(np.float64), 1e-9)
-        db = np.maximum(self.buildup.astype(np.float64), 1e-6)
-        d0 = self.depth.astype(np.float64)
-        dose = np.broadcast_to(np.asarray(dose, np.float64), self.shape)
-        if self.dose_factor is not None:
-            dose = dose * self.dose_factor
-        ok = (n > 0) & self.present
-        b = np.divide(y * dose, n * db, out=np.zeros(self.shape), where=ok)
-        a = np.logaddexp(np.log(y) + d0 / db, 0.0)
-        ab = np.maximum(a + b, 1e-300)
-        d = db * (ab + np.log(-np.expm1(-ab)) - np.log(y))
-        return np.where(ok, np.maximum(d - d0, 0.0), 0.0)
 
 
 def footprint_sigma_nm(geometry: ScanGeometry, probe_fwhm_nm: float,
@@ -1024,11 +948,10 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
     """Advance ``depth_nm`` (in place) by the dose of a (partial) raster.
 
     The dose is uniform over the rastered footprint (ions per pixel over the pixel's
-    area on the specimen); the depth advances at ``(1 + Y)(1 - f_Ga) / n`` per ion/nm^2,
-    the Ga build-up integrated over the dose (:meth:`SurfaceEmitter.depth_step`), with
-    the yield (at ``landing_kev`` and the incidence), atomic density and build-up length
-    of the surface (MRI-weighted layers) at the start of the raster: ``Y / n`` at
-    steady state.
+    area on the specimen); depth += dose x (1 + Y)(1 - f_Ga) / n with the yield (at
+    ``landing_kev`` and the incidence), implanted Ga fraction and atomic density of the
+    surface (MRI-weighted layers) at the start of the raster: ``Y / n`` per ion/nm^2 at
+    steady state (:class:`SurfaceEmitter`).
     """
     ny = geometry.ny if rows_done is None else int(rows_done)
     if ny <= 0 or ions_per_pixel <= 0:
@@ -1046,7 +969,7 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
     dose = ions_per_pixel / geometry.pixel_area_nm2  # ions / nm^2
     local = depth_nm[window]
     emitter = SurfaceEmitter(specimen, depth_nm, window, 1, landing_kev, params)
-    step = emitter.depth_step(dose)
+    step = dose * emitter.matrix_rate()
     # Below the last layer nothing is left to sputter (step stays 0 there).
     local += np.where(inside, step, 0.0).astype(local.dtype)
 
@@ -1190,7 +1113,6 @@ __all__ = [
     "mass_for_gap_field",
     "mass_scan_expectation",
     "mass_scan_fields",
-    "beam_shading",
     "layer_weights",
     "mri_cdf",
     "mri_resolution_nm",

@@ -144,45 +144,14 @@ def test_depth_resolution_recovered_on_fresh_seeds():
         err = r.resolution_nm / t["resolution_nm"] - 1
         errors.append(err)
         # The fresh surface recedes faster while Ga is retained: the dose scale puts the
-        # top interface that much shallower than the true depth, d_b ln(1 + 1/Y) (4.8
-        # nm); the twin's frames read the depth at their start, the fit averages each
-        # frame: half a frame (1 nm) deeper.
+        # top interface that much shallower than the true depth (frames sample their start).
         extra = p["depth_start"][-1] - p["dose_start"][-1] * t["nm_per_dose"]
-        expected_z1 = t["top_nm"] - extra + 1.0
         print(f"seed {seed}: dz {r.resolution_nm:.2f} +- {r.resolution_sd_nm:.2f} nm, model "
               f"{t['resolution_nm']:.2f} ({100 * err:+.1f} %); nm/dose {r.nm_per_dose:.5f} vs "
-              f"{t['nm_per_dose']:.5f}; z1 {r.z1_nm:.1f} vs {expected_z1:.1f}; extra "
-              f"{extra:.2f} nm; chi2/dof {r.fit.chi2_dof:.2f}")
+              f"{t['nm_per_dose']:.5f}; z1 {r.z1_nm:.1f} vs {t['top_nm'] - extra:.1f}; "
+              f"chi2/dof {r.fit.chi2_dof:.2f}")
         assert abs(err) < 0.20
         assert r.nm_per_dose == pytest.approx(t["nm_per_dose"], rel=0.03)
-        # z1 carries the depth scale's error (~1-2 % of ~100 nm).
-        assert abs(r.z1_nm - expected_z1) < 1.0 + 0.03 * expected_z1
-        d_b = sp.ga_buildup_nm(LANDING, material="Li2CO3")
-        assert extra == pytest.approx(d_b * np.log(1 + 1 / t["sputter_yield"]), rel=0.1)
+        assert abs(r.z1_nm - (t["top_nm"] - extra)) < 2.5
+        assert 2.5 < extra < 6.0  # ~ f_ss x d_b = 0.29 x 14 nm
     print(f"median error {100 * np.median(errors):+.1f} %, sd {100 * np.std(errors):.1f} %")
-
-
-def test_opt_in_shading_behind_a_particle():
-    """SimsParameters(shading=True): a particle of the chord profile z = 2 sqrt(r^2 - d^2)
-    at 45 deg leaves its back flank from 0.447 r and the film up to 2.236 r behind its
-    centre without ions (where y + z tan45 peaks), its front flank takes them, and the
-    ions per column are conserved; off by default."""
-    n, p, r = 128, 2.0, 50.0
-    spec = Specimen("particle", 0, [], pixel_nm=p, shape=(n, n))
-    y, x = spec.y_nm()[:, None], spec.x_nm()[None, :]
-    chord = (2 * np.sqrt(np.clip(r * r - x * x - y * y, 0, None))).astype(np.float32)
-    spec.layers = [Layer("particles", chord, {"Li2CO3": 1.0}),
-                   Layer("film", 20.0, {"C-film": 1.0})]
-    depth = np.zeros(spec.shape, np.float32)
-    factor, theta = sp.beam_shading(spec, depth, None, 45.0)
-    np.testing.assert_allclose(factor.sum(axis=0), n, rtol=1e-5)  # ions conserved
-    c = n // 2
-    dark = spec.y_nm()[factor[:, c] < 1e-6]
-    assert dark.min() == pytest.approx(r / np.sqrt(5), abs=2 * p)
-    assert dark.max() == pytest.approx(r * (1 / np.sqrt(5) + 2 * np.sqrt(0.8)), abs=2 * p)
-    assert factor[:, c][spec.y_nm() < 0].max() > 2  # the flank facing the beam
-    assert theta[c, c] == pytest.approx(45.0, abs=3.0)  # the top (1 nm off: slope 0.04)
-    shaded = sp.SurfaceEmitter(spec, depth, None, 1, LANDING, sp.SimsParameters(shading=True))
-    flat = sp.SurfaceEmitter(spec, depth, None, 1, LANDING)
-    assert flat.dose_factor is None
-    assert float(shaded.emission({"12C": 1.0})[factor < 1e-6].max()) == 0.0
