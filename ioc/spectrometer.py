@@ -648,8 +648,7 @@ class SpectrometerIOC(InstrumentIOC):
             return
         geo, spot = self._footprint(snap)
         sp.sputter_dose(self.specimen, self.depth, geo, snap["current"], seconds, spot=spot,
-                        probe_fwhm_nm=snap["probe"], params=self.params,
-                        landing_kev=snap["landing"])
+                        probe_fwhm_nm=snap["probe"], params=self.params)
         self.depth_version += 1
 
     def _raster_running(self) -> bool:
@@ -911,8 +910,7 @@ class SpectrometerIOC(InstrumentIOC):
                 await loop.run_in_executor(
                     self.executor, lambda: sp.sputter(
                         self.specimen, self.depth, self.geometry(snap), plan.ions_per_pixel,
-                        rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0),
-                        landing_kev=snap["landing"]))
+                        rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0)))
         self._schedule_prepare()
 
     def _seed_generators(self) -> None:

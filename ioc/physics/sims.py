@@ -22,23 +22,10 @@ surface at 45 deg, so a map is foreshortened by 0.707 along y), convolved with t
 ion-solid interaction spread. It is applied once per collector to the sum of the
 species it accepts, on the grid window under the raster.
 
-Sputtering and depth (docs/physics-sputtering.md): ``Y`` is the matrix's partial
-yield at steady state (matrix atoms per Ga+ ion), scaled from the material's value at
-30 keV and 45 deg by Yamamura's energy and angular formulas at the landing energy and
-incidence. Implanted Ga grows with the sputtered depth ``d`` toward the steady state
-``f_ss = 1 / (1 + Y)``: ``f_Ga = f_ss (1 - exp(-d / d_b))`` with ``d_b`` half the
-projected range of the exposed material. Sputtering is non-preferential with a total
-yield ``1 + Y`` per ion: the partial yields are ``(1 + Y) x`` the surface fractions, so
-at steady state 1 Ga and ``Y`` matrix atoms leave per ion (the Ga mass balance), and
-the matrix recedes by ``dose x (1 + Y)(1 - f_Ga) / n`` (``Y / n`` at steady state,
-``(1 + Y) / n`` on a fresh surface, where the Ga is still being retained).
-
-The surface does not read one layer: atomic mixing, roughness and the information
-depth (Hofmann's MRI model) give each layer a weight ``W_i(d) = C(B_i - d) -
-C(B_(i-1) - d)``, ``C`` the cumulative of the depth response ``u = w - E_w + E_l +
-N(0, s)`` (exponentials of the mixing length ``w = k R_p cos(theta)`` and the information
-depth ``l``, a Gaussian of the roughness ``s``), ``B_i`` the layer's bottom. Composition,
-yield, density and (log-linearly) ionisation are mixed with those weights.
+Implanted Ga grows with the sputtered depth ``d`` toward the steady state
+``1 / (1 + Y)``: ``f_Ga = f_ss (1 - exp(-d / d_b))`` with ``d_b`` about half the
+projected range. Sputtering advances a per-grid-pixel depth map by
+``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3).
 
 Detection: a non-paralyzable dead time ``tau`` turns a true count rate ``N`` into
 ``M = N / (1 + N tau)``; dark counts add; the counts are Poisson.
@@ -62,13 +49,12 @@ from temsims.constants import SIMS_INCIDENCE_DEG, SIMS_TILT_DEG, TILT_TOLERANCE_
 from temsims.ioc.physics.materials import (
     ATOMIC_MASS_UNIT_KG,
     ELEMENTARY_CHARGE_C,
-    MIXING_RANGE_FRACTION,
     ion_range_nm,
     isotope_mass_u,
     natural_abundances,
     parse_species,
 )
-from temsims.ioc.physics.specimen import Specimen, _crop
+from temsims.ioc.physics.specimen import Specimen
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 HYDROGEN_MASS_U = 1.00782503207
@@ -108,15 +94,7 @@ class SimsParameters:
         Lateral spread of the ion-solid interaction (the resolution floor).
     ga_buildup_nm
         Sputtered depth over which implanted Ga approaches its steady state
-        (``None``: half the projected range of the exposed material at the landing
-        energy).
-    mixing
-        Atomic mixing, roughness and information depth (MRI) blur the layers; False
-        reads the layer at the sputtered depth alone (sharp layers).
-    mixing_range_fraction
-        Mixing length ``w = k R_p cos(incidence)`` (Hofmann's ``w``), ``k``.
-    roughness_nm, information_depth_nm
-        MRI roughness ``sigma`` (nm, Gaussian) and information depth ``lambda`` (nm).
+        (``None``: half the projected range at the landing energy).
     drift_nm_per_min, drift_direction_deg, drift_start_nm
         Slow drift of the specimen relative to the beam (zero allowed), and the
         displacement already accumulated at elapsed time zero.
@@ -151,10 +129,6 @@ class SimsParameters:
     incidence_deg: float = SIMS_INCIDENCE_DEG
     interaction_fwhm_nm: float = 8.0
     ga_buildup_nm: float | None = None
-    mixing: bool = True
-    mixing_range_fraction: float = MIXING_RANGE_FRACTION
-    roughness_nm: float = 2.0
-    information_depth_nm: float = 1.0
     drift_nm_per_min: float = 3.0
     drift_direction_deg: float = 30.0
     drift_start_nm: float = 0.0
@@ -517,128 +491,15 @@ class ScanGeometry:
 # ======================================================================================
 # Surface: what each grid pixel emits
 # ======================================================================================
-def ga_buildup_nm(landing_kev: float, params: SimsParameters = SimsParameters(),
-                  material=None) -> float:
-    """Sputtered depth (nm) over which implanted Ga approaches its steady state: half the
-    projected range of ``material`` (Si-like 27 nm at 30 keV without one)."""
+def ga_buildup_nm(landing_kev: float, params: SimsParameters = SimsParameters()) -> float:
     if params.ga_buildup_nm is not None:
         return params.ga_buildup_nm
-    return 0.5 * ion_range_nm(landing_kev, material)
-
-
-# ---- Hofmann's MRI depth response -------------------------------------------------------
-def _log_emg_tail(y, sigma: float, tau: float):
-    """log of ``exp(-y/tau + s^2/(2 tau^2)) Phi(y/s - s/tau)`` (stable)."""
-    return -y / tau + sigma * sigma / (2 * tau * tau) + special.log_ndtr(y / sigma - sigma / tau)
-
-
-def mri_cdf(x, w: float, sigma: float, lam: float):
-    """Cumulative ``P(u <= x)`` of the MRI depth response (nm): the depth below the
-    surface from which a sputtered atom comes, ``u = w - E_w + E_l + N(0, sigma)``.
-
-    ``E_w``, ``E_l`` exponential (means ``w``, the mixing length, and ``lam``, the
-    information depth), the Gaussian the roughness (Hofmann, Surf. Interface Anal. 21
-    (1994) 673). ``E_l - E_w`` is a mixture of +Exp(lam) (weight lam/(lam+w)) and
-    -Exp(w) (weight w/(lam+w)), so the cumulative is a mixture of exponentially
-    modified Gaussians.
-    """
-    y = np.asarray(x, dtype=np.float64) - w
-    s = max(float(sigma), 1e-3)
-    phi = special.ndtr(y / s)
-    if w <= 0 and lam <= 0:
-        return phi
-    total = max(w, 0.0) + max(lam, 0.0)
-    out = np.zeros_like(y)
-    if lam > 0:  # + Exp(lam): F = Phi(y/s) - tail(y)
-        out += lam / total * (phi - np.exp(_log_emg_tail(y, s, lam)))
-    if w > 0:  # - Exp(w): P(N - E <= y) = 1 - P(E - N < -y) = 1 - F_emg(-y)
-        f_neg = special.ndtr(-y / s) - np.exp(_log_emg_tail(-y, s, w))
-        out += w / total * (1.0 - f_neg)
-    return np.clip(out, 0.0, 1.0)
-
-
-@lru_cache(maxsize=256)
-def _mri_table(w: float, sigma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    s = max(sigma, 1e-3)
-    lo = w - 30.0 * max(w, 0.1) - 8.0 * s
-    hi = w + 30.0 * max(lam, 0.05) + 8.0 * s
-    step = max(min(0.05, s / 8.0, max(lam, w, 0.1) / 20.0), 0.002)
-    x = np.arange(lo, hi + step, step)
-    return x, mri_cdf(x, w, s, lam)
-
-
-def mri_cdf_fast(x, w: float, sigma: float, lam: float) -> np.ndarray:
-    """:func:`mri_cdf` interpolated on a cached table (float32)."""
-    xs, cs = _mri_table(round(float(w), 4), round(float(sigma), 4), round(float(lam), 4))
-    return np.interp(np.asarray(x, dtype=np.float32), xs.astype(np.float32),
-                     cs.astype(np.float32), left=0.0, right=1.0).astype(np.float32)
-
-
-def mri_resolution_nm(w: float, sigma: float, lam: float) -> float:
-    """Depth resolution of the MRI response: the 16-84 % width of :func:`mri_cdf`."""
-    xs, cs = _mri_table(round(float(w), 4), round(float(sigma), 4), round(float(lam), 4))
-    return float(np.interp(0.84, cs, xs) - np.interp(0.16, cs, xs))
-
-
-def _layer_scalar(layer, window, prop) -> float:
-    """A layer's property averaged over its phases and the window (one number)."""
-    return float(np.mean(layer._mix(window, prop)))
-
-
-def layer_mri_kernels(specimen: Specimen, window, landing_kev: float,
-                      params: SimsParameters = SimsParameters()) -> list[tuple[float, float, float]]:
-    """(w, sigma, lambda) at the bottom of each layer: the mean of the mixing lengths of
-    the layers on either side (the last one's own below it)."""
-    inc = params.incidence_deg
-    k = params.mixing_range_fraction
-    ws = [_layer_scalar(layer, window, lambda m: m.mixing_length_nm(landing_kev, inc, k))
-          for layer in specimen.layers]
-    out = []
-    for i, w in enumerate(ws):
-        below = ws[i + 1] if i + 1 < len(ws) else w
-        out.append((0.5 * (w + below), params.roughness_nm, params.information_depth_nm))
-    return out
-
-
-def layer_weights(specimen: Specimen, depth: np.ndarray, window, landing_kev: float,
-                  params: SimsParameters = SimsParameters()) -> list[np.ndarray]:
-    """Per layer, the weight (float32, the window's shape) with which the surface at
-    sputtered depth ``depth`` reads it (MRI, or the layer at the depth when
-    ``params.mixing`` is off). Weights sum to <= 1: what is missing has been
-    sputtered through (the lamella's back)."""
-    depth = np.asarray(depth, dtype=np.float32)
-    shape = np.broadcast_shapes(depth.shape, specimen.window_shape(window))
-    kernels = layer_mri_kernels(specimen, window, landing_kev, params) if params.mixing else None
-    bottom = np.zeros(shape, np.float32)
-    c_prev = np.zeros(shape, np.float32)
-    out = []
-    for i, layer in enumerate(specimen.layers):
-        t = np.asarray(_crop(layer.thickness_nm, window), dtype=np.float32)
-        bottom = bottom + t
-        x = bottom - depth
-        if kernels is None:
-            c = (x > 0).astype(np.float32)
-        else:
-            c = mri_cdf_fast(x, *kernels[i])
-            # Nothing lies above the original surface: what the response puts there
-            # belongs to the first layer present (at a fresh surface the mixed zone is
-            # that layer).
-            c = np.where(bottom > 0, c, np.float32(0.0))
-        c = np.where(np.broadcast_to(t, shape) > 0, c, c_prev).astype(np.float32)
-        out.append(np.maximum(c - c_prev, np.float32(0.0)))
-        c_prev = c
-    return out
+    return 0.5 * ion_range_nm(landing_kev)
 
 
 class SurfaceEmitter:
-    """Per-grid-pixel emission ``(1 + Y) x alpha x C`` of each species on one window, at
-    the depth map given (sputtered depth), with the implanted Ga folded in.
-
-    ``1 + Y`` is the total sputter yield (``Y`` matrix atoms and, at steady state, the
-    one Ga atom each ion brings); ``C`` the surface fractions, ``alpha`` the
-    ionisation probability. Layers are read with their MRI weights
-    (:func:`layer_weights`).
-    """
+    """Per-grid-pixel emission ``Y x alpha x C`` of each species on one window, at the
+    depth map given (sputtered depth), with the implanted Ga folded in."""
 
     def __init__(self, specimen: Specimen, depth_nm: np.ndarray, window, polarity: int,
                  landing_kev: float, params: SimsParameters = SimsParameters()) -> None:
@@ -646,75 +507,54 @@ class SurfaceEmitter:
         self.window = window
         self.polarity = 1 if polarity >= 0 else -1
         depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
-        weights = layer_weights(specimen, depth, window, landing_kev, params)
-        self.shape = weights[0].shape if weights else depth.shape
-        self.masks = [(layer, w) for layer, w in zip(specimen.layers, weights, strict=True)
-                      if w.any()]
-        self.total = np.zeros(self.shape, np.float32)
-        for _layer, w in self.masks:
-            self.total += w
-        self.present = self.total > 1e-6
-        self._norm = np.where(self.present, 1.0 / np.maximum(self.total, 1e-6),
-                              0.0).astype(np.float32)
-        inc = params.incidence_deg
-        self.yield_ = self._mean(lambda layer: layer.sputter_yield(window, landing_kev, inc))
+        index = specimen.layer_at_depth(depth, window)
+        self.shape = index.shape
+        self.masks = [(layer, index == i) for i, layer in enumerate(specimen.layers)]
+        self.masks = [(layer, m) for layer, m in self.masks if m.any()]
+        self.present = index >= 0
+        self.yield_ = self._select(lambda layer: layer.sputter_yield(window))
         f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
-        if params.ga_buildup_nm is not None:
-            buildup = np.float32(max(params.ga_buildup_nm, 1e-6))
-        else:
-            buildup = np.maximum(0.5 * self._mean(
-                lambda layer: layer._mix(window, lambda m: m.projected_range_nm(landing_kev))),
-                np.float32(1e-3))
-        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / buildup))
+        buildup = max(ga_buildup_nm(landing_kev, params), 1e-6)
+        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / np.float32(buildup)))
         self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
         self._ion: dict[str, np.ndarray] = {}
 
-    def _sum(self, getter) -> np.ndarray:
-        """``sum_i W_i getter(layer_i)`` (float32)."""
-        out = np.zeros(self.shape, np.float32)
-        for layer, w in self.masks:
-            value = np.asarray(getter(layer), dtype=np.float32)
-            out += w * value
-        return out
+    def _select(self, getter) -> np.ndarray:
+        """Per-pixel value of ``getter(layer)`` for the layer exposed there (0 in holes).
 
-    def _mean(self, getter) -> np.ndarray:
-        """The weight-averaged value over the material present (0 in holes)."""
-        return self._sum(getter) * self._norm
+        (Like :meth:`Specimen.surface` but float32 with the layer masks computed once:
+        this is the per-frame cost of a map.)
+        """
+        out = np.zeros(self.shape, np.float32)
+        for layer, mask in self.masks:
+            value = np.asarray(getter(layer), dtype=np.float32)
+            np.copyto(out, np.broadcast_to(value, self.shape), where=mask)
+        return out
 
     def ionisation(self, symbol: str) -> np.ndarray:
         if symbol not in self._ion:
             pol, win = self.polarity, self.window
-            log_mean = self._mean(lambda layer: np.log(layer.ionisation(symbol, pol, win)))
-            self._ion[symbol] = np.where(self.present, np.exp(log_mean),
-                                         np.float32(0.0)).astype(np.float32)
+            self._ion[symbol] = self._select(lambda layer: layer.ionisation(symbol, pol, win))
         return self._ion[symbol]
 
     def fraction(self, isotope: str) -> np.ndarray:
-        """Atomic fraction of an isotope at the surface, implanted Ga included (the
-        fractions sum to the material left, 1 until the back is reached)."""
+        """Atomic fraction of an isotope at the surface, implanted Ga included."""
         symbol, _ = parse_species(isotope)
         win = self.window
-        native = self._sum(lambda layer: layer.species_fraction(isotope, win))
+        native = self._select(lambda layer: layer.species_fraction(isotope, win))
         native *= 1.0 - self.ga_implanted
         if symbol == "Ga":
-            native += (self.ga_implanted * self.total
-                       * np.float32(natural_abundances("Ga")[isotope]))
+            native += self.ga_implanted * np.float32(natural_abundances("Ga")[isotope])
         return native
 
     def emission(self, weights: dict[str, float]) -> np.ndarray:
-        """Sum over isotopes of weight x (1 + Y) x alpha x C (per grid pixel, float32)."""
+        """Sum over isotopes of weight x Y x alpha x C (per grid pixel, float32)."""
         total = np.zeros(self.shape, np.float32)
         for iso, w in weights.items():
             symbol, _ = parse_species(iso)
             total += np.float32(w) * self.ionisation(symbol) * self.fraction(iso)
-        total *= np.float32(1.0) + self.yield_
+        total *= self.yield_
         return total
-
-    def matrix_rate(self) -> np.ndarray:
-        """Sputtered depth per ion/nm^2 (nm): ``(1 + Y)(1 - f_Ga) / n`` (0 in holes)."""
-        n = self._mean(lambda layer: layer.atomic_density_per_nm3(self.window))
-        rate = (1.0 + self.yield_) * (1.0 - self.ga_implanted)
-        return np.divide(rate, n, out=np.zeros_like(rate), where=n > 0)
 
 
 def footprint_sigma_nm(geometry: ScanGeometry, probe_fwhm_nm: float,
@@ -948,10 +788,8 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
     """Advance ``depth_nm`` (in place) by the dose of a (partial) raster.
 
     The dose is uniform over the rastered footprint (ions per pixel over the pixel's
-    area on the specimen); depth += dose x (1 + Y)(1 - f_Ga) / n with the yield (at
-    ``landing_kev`` and the incidence), implanted Ga fraction and atomic density of the
-    surface (MRI-weighted layers) at the start of the raster: ``Y / n`` per ion/nm^2 at
-    steady state (:class:`SurfaceEmitter`).
+    area on the specimen); depth += dose x Y / n with the local yield and atomic
+    density of the layer exposed at the start of the raster.
     """
     ny = geometry.ny if rows_done is None else int(rows_done)
     if ny <= 0 or ions_per_pixel <= 0:
@@ -968,15 +806,17 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         return
     dose = ions_per_pixel / geometry.pixel_area_nm2  # ions / nm^2
     local = depth_nm[window]
-    emitter = SurfaceEmitter(specimen, depth_nm, window, 1, landing_kev, params)
-    step = dose * emitter.matrix_rate()
+    surf = specimen.surface(local, window)
+    y = surf.sputter_yield()
+    n = surf.atomic_density_per_nm3()
+    step = np.divide(dose * y, n, out=np.zeros_like(y), where=n > 0)
     # Below the last layer nothing is left to sputter (step stays 0 there).
     local += np.where(inside, step, 0.0).astype(local.dtype)
 
 
 def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
                  current_pa: float, seconds: float, *, spot: bool, probe_fwhm_nm: float,
-                 params: SimsParameters = SimsParameters(), landing_kev: float = 25.5) -> None:
+                 params: SimsParameters = SimsParameters()) -> None:
     """Advance ``depth_nm`` (in place) by ``seconds`` of beam on a counting footprint.
 
     A parked beam (``spot``, ``geometry`` centred on it) digs a hole of about the probe
@@ -986,10 +826,10 @@ def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometr
     if spot:
         size_um = max(probe_fwhm_nm, 1.0) / 1000.0
         geometry = replace(geometry, nx=1, ny=1, fov_um=size_um)
-        sputter(specimen, depth_nm, geometry, ions, params=params, landing_kev=landing_kev)
+        sputter(specimen, depth_nm, geometry, ions, params=params)
     else:
         sputter(specimen, depth_nm, geometry, ions / (geometry.nx * geometry.ny),
-                params=params, landing_kev=landing_kev)
+                params=params)
 
 
 # ======================================================================================
@@ -1113,9 +953,6 @@ __all__ = [
     "mass_for_gap_field",
     "mass_scan_expectation",
     "mass_scan_fields",
-    "layer_weights",
-    "mri_cdf",
-    "mri_resolution_nm",
     "primary_ion_rate",
     "published_cal_a",
     "reference_cal_a",

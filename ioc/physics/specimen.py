@@ -132,16 +132,8 @@ class Layer:
     def atomic_density_per_nm3(self, window: Window = None) -> ArrayLike:
         return self._mix(window, lambda m: m.atomic_density_per_nm3)
 
-    def sputter_yield(self, window: Window = None, landing_kev: float | None = None,
-                      incidence_deg: float | None = None) -> ArrayLike:
-        """Matrix sputter yield (atoms/ion, steady state): the phases' at 30 keV and 45
-        deg, or at ``landing_kev`` and ``incidence_deg`` (Yamamura's energy and angle
-        factors, :meth:`Material.yield_factor`)."""
-        if landing_kev is None and incidence_deg is None:
-            return self._mix(window, lambda m: m.sputter_yield)
-        e = 30.0 if landing_kev is None else landing_kev
-        inc = 45.0 if incidence_deg is None else incidence_deg
-        return self._mix(window, lambda m: m.sputter_yield * m.yield_factor(e, inc))
+    def sputter_yield(self, window: Window = None) -> ArrayLike:
+        return self._mix(window, lambda m: m.sputter_yield)
 
     def ionisation(self, symbol: str, polarity: int, window: Window = None) -> ArrayLike:
         """Ionisation probability, mixed log-linearly between phases (matrix effect)."""
