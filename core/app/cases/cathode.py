@@ -79,7 +79,9 @@ FULL = {"camera_size": 256, "overview_fov_um": 2.4, "center_um": (0.0, -0.1),
 #: (29.5 nm along the normal, ~3 rows across the 100 nm LiPON) recovered the decay
 #: length in only 8 of 10 seeds. It keeps the 256 px TEM camera too: with 128 px the
 #: decay came out short with an interval too narrow for it (outside 1.5 x its u95 in
-#: 2 of 10 fresh seeds, 30.7-37.4 nm for 40; at 256 px 0 of 6, 33.6-39.0 nm), and the
+#: 2 of 10 fresh seeds, 30.7-37.4 nm for 40; at 256 px 0 of 6, 33.6-39.0 nm; measured
+#: with a sputtering physics since reverted, 24ee9b7; with the present one 1 of 6 at
+#: 128 px, and the full case 20 of 20 seeds within their intervals), and the
 #: camera's cost (and the 0.05 s exposure's) is a fraction of a second: --quick is the
 #: full case.
 QUICK = dict(FULL)
