@@ -491,6 +491,46 @@ def linear_decomposition(correction: np.ndarray) -> dict[str, float]:
 
 
 # ============================================================================ API
+#: Tukey taper of the second translation estimate, made when the first is refused.
+RETRY_TAPER_FRACTION = 0.25
+
+
+def _refine_translation(sims: np.ndarray, tem: np.ndarray, m0: np.ndarray,
+                        taper_fraction: float, *, cache: dict, smooth_px: float,
+                        upsample_factor: int, normalization, max_shift_px: float,
+                        max_iterations: int, tolerance_px: float,
+                        footprint_sigma_sims_px: float):
+    """The iterated translation from ``m0``: (accepted, total shift (row, col), phase
+    error, iterations, (matrix, sims_z, tem_z, mask) at the last accepted position)."""
+    on_grid = tem_on_sims_grid(tem, m0, sims.shape,
+                               footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
+    sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_px)
+    taper = window(("tukey", taper_fraction), sims.shape).astype(np.float32)
+    total = np.zeros(2)
+    matrix = m0
+    phase_error = float("nan")
+    iterations = 0
+    # Iterate: content cut by the map's edge biases one estimate toward zero shift by
+    # a fraction of the remaining offset; re-sampling the TEM at the refined position
+    # and estimating again removes it (fixed point: the truth).
+    for step in range(1, max_iterations + 1):
+        iterations = step
+        found, phase_error, _ = phase_cross_correlation(
+            tem_z * taper, sims_z * taper, upsample_factor=upsample_factor,
+            normalization=normalization)
+        total = total + found
+        if math.hypot(*total) > max_shift_px:
+            return False, total, float(phase_error), iterations, (m0, sims_z, tem_z, mask)
+        matrix = m0 @ _translation(total[1], total[0])
+        on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
+                                   footprint_sigma_sims_px=footprint_sigma_sims_px,
+                                   cache=cache)
+        sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_px)
+        if math.hypot(*found) <= tolerance_px:
+            break
+    return True, total, float(phase_error), iterations, (matrix, sims_z, tem_z, mask)
+
+
 def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                          sims_geometry: SimsMapGeometry, tem_geometry: TemImageGeometry, *,
                          refine: bool = True, invert_tem: bool | Literal["auto"] = "auto",
@@ -536,7 +576,9 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
         map's smaller side.
     taper_fraction : float
         Tukey window (fraction of the map tapered) applied to both images before the
-        cross-correlation (:func:`skimage.filters.window`), 0 for none.
+        cross-correlation (:func:`skimage.filters.window`), 0 for none. A translation
+        beyond ``max_shift_px`` is estimated again with 0.25 (``RETRY_TAPER_FRACTION``)
+        before it is refused; ``quality["taper_fraction"]`` says which was kept.
     max_iterations, tolerance_px : int, float
         The translation is re-estimated after re-sampling the TEM image at the
         refined position until a step is below ``tolerance_px`` (SIMS px).
@@ -616,32 +658,25 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
     refined = False
     matrix = m0
     iterations = 0
+    taper_used = None
     if refine:
-        taper = window(("tukey", taper_fraction), sims.shape).astype(np.float32)
-        total = np.zeros(2)
-        refined = True
-        # Iterate: content cut by the map's edge biases one estimate toward zero
-        # shift by a fraction of the remaining offset; re-sampling the TEM at the
-        # refined position and estimating again removes it (fixed point: the truth).
-        for step in range(1, max_iterations + 1):
-            iterations = step
-            found, phase_error, _ = phase_cross_correlation(
-                tem_z * taper, sims_z * taper, upsample_factor=upsample_factor,
-                normalization=normalization)
-            total = total + found
-            if math.hypot(*total) > max_shift_px:
-                refined = False
+        # With no taper, a map whose few features sit on its edges can lock the
+        # circular cross-correlation onto the wrapped-around copy of another (a shift
+        # of tens of px: a CI scene of seed 93521, three particles all on edges); such a
+        # translation is refused, and estimated again with the edges tapered.
+        tapers = [taper_fraction] + ([RETRY_TAPER_FRACTION]
+                                     if taper_fraction < RETRY_TAPER_FRACTION else [])
+        for taper_used in tapers:
+            refined, total, phase_error, iterations, (matrix, sims_z, tem_z, mask) = \
+                _refine_translation(sims, tem, m0, taper_used, cache=cache,
+                                    smooth_px=smooth_sims_px, upsample_factor=upsample_factor,
+                                    normalization=normalization, max_shift_px=max_shift_px,
+                                    max_iterations=max_iterations, tolerance_px=tolerance_px,
+                                    footprint_sigma_sims_px=footprint_sigma_sims_px)
+            if refined:
+                shift = (float(total[0]), float(total[1]))
                 break
-            matrix = m0 @ _translation(total[1], total[0])
-            on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
-                                       footprint_sigma_sims_px=footprint_sigma_sims_px,
-                                       cache=cache)
-            sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
-            if math.hypot(*found) <= tolerance_px:
-                break
-        if refined:
-            shift = (float(total[0]), float(total[1]))
-        else:
+        if not refined:
             matrix = m0
             on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
                                        footprint_sigma_sims_px=footprint_sigma_sims_px,
@@ -711,8 +746,8 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
     quality = {"ncc": sign * ncc, "ncc_initial": sign * ncc_initial,
                "phase_error": float(phase_error), "overlap_fraction": float(mask.mean()),
                "tem_inverted": inverted, "quadrant_shifts_px": quadrants,
-               "iterations": iterations, "model": model if affine["applied"] else
-               "translation", "affine": affine}
+               "iterations": iterations, "taper_fraction": taper_used,
+               "model": model if affine["applied"] else "translation", "affine": affine}
     return RegistrationResult(transform=AffineTransform(matrix=matrix),
                               initial_transform=initial, shift_px=shift, quality=quality,
                               residual_sims_px=residual, refined=refined,

@@ -571,7 +571,7 @@ def concurrent_case(location: str, write_key: str, read_key: str,
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--runs", type=int, default=1000, help="runs per backend")
     p.add_argument("--events-per-run", type=int, default=100, help="events per run")

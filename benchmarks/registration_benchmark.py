@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-seed", type=int, default=None,
                         help="first specimen seed (default: drawn from the clock)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"8 seeds, settings {', '.join(QUICK)}")
+                        help=f"8 seeds, settings {', '.join(QUICK)}".replace("%", "%%"))
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from temsims.analysis.registration import register_sims_to_tem
