@@ -32,8 +32,10 @@ from temsims.analysis.particles import (
 )
 from temsims.ioc.physics import sims as sp
 
-#: Fresh specimen seeds per map size (about 0.4 s each at the full size).
-N_SEEDS = 5
+#: Fresh specimen seeds per map size (about 0.4 s each at the full size). 8, not 5:
+#: resampling 300 seeds per size, the ratio test below failed in 1.0 % of runs of 5
+#: quick seeds (two 4-sigma pulls in ~110) and 0.4 % of 8.
+N_SEEDS = 8
 
 
 def _run(seed, pixels, **kw):
@@ -56,8 +58,8 @@ def scores(request):
     return request.param, {seed: _run(seed, request.param)[3] for seed in seeds}
 
 
-#: Pooled over the fresh seeds (60 labelled particles). Over 60 seeds the benchmark
-#: measured recall 0.993 (full) and 0.976 (quick); resampling five of those seeds,
+#: Pooled over the fresh seeds (~12 labelled particles each). Over 60 seeds the benchmark
+#: measured recall 0.993 (full) and 0.976 (quick); resampling five of those seeds (now eight),
 #: these bounds fail in 0.03 % (full) and 0.2 % (quick) of runs. Precision 0.99-1.00.
 RECALL_MIN = {DEMO_FULL_PIXELS: 0.95, DEMO_QUICK_PIXELS: 0.90}
 
@@ -111,16 +113,23 @@ def test_labelled_particle_beside_a_natural_one_is_its_own_segment():
     assert {3, 30} <= set(score_centroids(cut.labelled(), spec.truth["particles"])["missed"])
 
 
+#: Bound on the pulls' systematic mean (measured -0.04 to -0.07 over 300 seeds).
+SYSTEMATIC_PULL_BOUND = 0.1
+
+
 def test_ratio_errors_are_within_1_2_poisson_bounds(scores):
     """(R_est - R_true) / sigma_Poisson over every isolated particle (more than two
     pixels from any other: ``analysis_sims.score``) of every seed: standard deviation
-    <= 1.2 and at most 1 % beyond 4 sigma."""
+    <= 1.2 and at most 1 % beyond 4 sigma; the mean within 3 standard errors of the
+    systematic measured over 300 seeds per size (8856 and 6538 pulls: mean -0.04 to
+    -0.07, std 1.00; a small labelled particle's ratio is diluted by a natural
+    neighbour's beam tail more than a pixel away), bounded here by 0.1."""
     _, per_seed = scores
     err = np.concatenate([s["errors"] for s in per_seed.values()])
     print(f"{len(err)} isolated particles: pull mean {np.mean(err):+.2f}, std {np.std(err):.2f}")
     assert len(err) > 60
     assert np.std(err) <= 1.2, np.sort(err)
-    assert abs(np.mean(err)) <= 3 * 1.2 / math.sqrt(len(err))
+    assert abs(np.mean(err)) <= 3 * 1.2 / math.sqrt(len(err)) + SYSTEMATIC_PULL_BOUND
     assert np.mean(np.abs(err) > 4) <= 0.01
 
 
