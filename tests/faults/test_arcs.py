@@ -17,6 +17,10 @@ from fault_scenarios import fly_map_with_arcs, instrument_safe
 #: that it lands in the frame even when the lines come in bursts (a loaded machine).
 PIXELS = (16, 64)
 AT_LINE = 16
+#: The limit test's map: 2.5 s of raster, room for three arcs. With the 1 s map the
+#: frame finished between the first arc's resume and the second arc (3 test workers
+#: on 2 cores: the remaining 48 lines ran before the injector saw the bias back).
+LIMIT_PIXELS = (16, 160)
 
 
 def _report(fig: dict) -> None:
@@ -99,7 +103,7 @@ def test_an_arc_mid_fly_map_suspends_and_the_map_resumes_complete(sims_bench):
 def test_arcs_past_the_limit_stop_the_run_cleanly(sims_bench):
     from temsims.plans.faults import MAX_ARCS, ArcLimitExceeded
 
-    fig = fly_map_with_arcs(sims_bench, MAX_ARCS + 1, pixels=PIXELS, at_line=AT_LINE)
+    fig = fly_map_with_arcs(sims_bench, MAX_ARCS + 1, pixels=LIMIT_PIXELS, at_line=AT_LINE)
     _report(fig)
     assert fig["arcs_injected"] == MAX_ARCS + 1
     assert all(fig["safe_after_arc"])
