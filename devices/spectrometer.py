@@ -179,6 +179,8 @@ class MassSpectrometer(Device):
     transmission = Cpt(ValidatedSignal, "TRANSMISSION", kind="config")
     drift = Cpt(ValidatedSignal, "DRIFT_NM_PER_MIN", kind="config",
                 doc="Specimen drift (nm/min)")
+    collector_window = Cpt(Readback, "COL:WINDOW", kind="config",
+                           doc="Mass window each collector counts (u, full width)")
     mode = Cpt(ValidatedSignal, "MODE", string=True, kind="config",
                doc="Counting/Scan/Imaging")
     count_time = Cpt(ValidatedSignal, "COUNT_TIME", kind="config", doc="Count time (s)")

@@ -26,6 +26,10 @@ DEAD_TIME (float, s, 20e-9..50e-9), DARK_RATE (float, 1/s, 0..1000)
 TRANSMISSION (float, 0.05..1) [added]
 DRIFT_NM_PER_MIN (float, nm/min, 0..1000) [added]
     Drift of the specimen relative to the beam (also ``--drift-nm-per-min``).
+COL:WINDOW (float, u, read-only) [added]
+    Full width of the mass window each collector counts (its exit slit): an ion
+    closer than half of it to a collector's mass is counted there. The plans check
+    a map's species for known interferences at this window before they map.
 COL{n}:MASS, COL{n}:MASS_RBV (float, u), n = 1..4
     Collector masses (calibrated scale). A put outside the focal plane at the present
     field (radius 0.6..1.4 of the axial radius, i.e. 0.36..1.96 of the axial mass)
@@ -181,6 +185,8 @@ class SpectrometerIOC(InstrumentIOC):
                               lower_ctrl_limit=0.05, upper_ctrl_limit=1.0)
     drift_rate = pvproperty(name="DRIFT_NM_PER_MIN", alarm_group="DRIFT_NM_PER_MIN", value=3.0, units="nm/min", precision=2,
                             lower_ctrl_limit=0.0, upper_ctrl_limit=1000.0)
+    collector_window = pvproperty(name="COL:WINDOW", alarm_group="COL:WINDOW", value=0.8, units="u",
+                                  precision=3, read_only=True)
 
     col1 = SubGroup(CollectorGroup, prefix="COL1:")
     col2 = SubGroup(CollectorGroup, prefix="COL2:")
@@ -573,6 +579,7 @@ class SpectrometerIOC(InstrumentIOC):
     @drift_rate.startup
     async def drift_rate(self, instance, async_lib):
         await instance.write(self.params.drift_nm_per_min, verify_value=False)
+        await self.collector_window.write(self.params.collector_window_u, verify_value=False)
         await self.dead_time.write(self.params.dead_time_s, verify_value=False)
         await self.dark_rate.write(self.params.dark_rate_per_s, verify_value=False)
         await self.transmission.write(self.params.transmission, verify_value=False)

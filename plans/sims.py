@@ -19,6 +19,7 @@ stopped, the beam blanked and the bias ramped to 0 V.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,6 +29,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import FailedStatus, short_uid
 
+from temsims.analysis.interferences import unresolved_interferences
 from temsims.analysis.maps import MapLayout, SimsMapAccumulator, map_block
 from temsims.constants import SIMS_INCIDENCE_DEG, species_mass
 from temsims.plans._common import (
@@ -58,7 +60,13 @@ from temsims.plans.types import (
     StageDevice,
 )
 
+logger = logging.getLogger(__name__)
+
 MAX_PIXELS_PER_SIDE = 1024
+#: What a map does about ions its collectors cannot tell from its species.
+INTERFERENCE_POLICIES = ("warn", "refuse", "ignore")
+#: Collector mass window assumed when the spectrometer does not publish one (u).
+DEFAULT_COLLECTOR_WINDOW_U = 0.8
 #: While a frame rasters, its lines are collected (emitted) this often (s).
 FLUSH_PERIOD_S = 0.2
 MAX_STEP_PIXELS = 4096
@@ -126,6 +134,45 @@ def check_sims_map_args(imager, spectrometer, column, stage, bias, species, fov_
             raise ValueError(f"{name['dwell_s']} = {dwell_s!r} s: step mode counts at least "
                              f"{STEP_MIN_DWELL_S:g} s per pixel (the spectrometer's COUNT_TIME)")
     return labels, fov_um, (nx, ny), dwell_s, frames, md
+
+
+def check_interference_policy(interferences: Any) -> str:
+    """``interferences`` of a map plan: one of :data:`INTERFERENCE_POLICIES`."""
+    if interferences not in INTERFERENCE_POLICIES:
+        raise ValueError(f"interferences must be one of {', '.join(INTERFERENCE_POLICIES)}, "
+                         f"got {interferences!r}")
+    return interferences
+
+
+def interference_check(spectrometer, labels, policy: str):
+    """Plan stub: the ions each species' collector would count with it, at the
+    spectrometer's present window (``COL:WINDOW``), read before anything moves.
+
+    Returns the start document's ``interferences`` block (``policy``, ``window_u``,
+    ``window_assumed``, ``unresolved``: :meth:`Interference.as_dict` of each); logs a
+    warning naming them ("warn"), or refuses the map ("refuse"). "ignore" checks
+    nothing.
+    """
+    if policy == "ignore":
+        return {"policy": policy}
+    window = None
+    signal = getattr(spectrometer, "collector_window", None)
+    if signal is not None:
+        window = yield from bps.rd(signal, default_value=None)
+    assumed = window is None or not _num(window) > 0
+    window_u = DEFAULT_COLLECTOR_WINDOW_U if assumed else _num(window)
+    found = unresolved_interferences(labels, window_u)
+    if found:
+        text = "; ".join(f.describe() for f in found)
+        if policy == "refuse":
+            raise ValueError(
+                f"species {list(labels)}: the collectors' {window_u:g} u window counts "
+                f"these ions with them: {text}. Map other species, or pass "
+                "interferences='warn' to map them and record the interferences")
+        logger.warning("SIMS map of %s: unresolved at the collectors' %g u window: %s",
+                       list(labels), window_u, text)
+    return {"policy": policy, "window_u": window_u, "window_assumed": assumed,
+            "unresolved": [f.as_dict() for f in found]}
 
 
 def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, labels, fov_um,
@@ -346,7 +393,7 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
              fov_um: float, pixels: tuple = (64, 64), dwell_s: float, frames: int = 1,
              fly: bool = True, settle_s: float = 0.0,
              after_map: Callable[[dict[str, np.ndarray], MapLayout], Plan[Any]] | None = None,
-             md: dict | None = None) -> Plan[str]:
+             interferences: str = "warn", md: dict | None = None) -> Plan[str]:
     """SIMS map of up to four species at the present stage position.
 
     Parameters
@@ -390,6 +437,13 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         readings it takes go into this run's streams (e.g. the particle table of
         :func:`temsims.plans.find_labelled_particles`). Both are None in a simulation
         such as ``summarize_plan``, where no document is emitted.
+    interferences : {"warn", "refuse", "ignore"}
+        Known ions (isobars, hydrides, oxides, dimers of the species' elements, the
+        beam's Ga and the surface's H, C, O) that the collectors' mass window
+        (``COL:WINDOW``) counts with a species
+        (:func:`temsims.analysis.interferences.unresolved_interferences`): "warn"
+        logs them and maps, "refuse" raises before anything moves, "ignore" does
+        not look. Recorded in the start document's ``interferences``.
     md : dict, optional
         Extra start metadata.
 
@@ -416,7 +470,9 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         imager, spectrometer, column, stage, bias, species, fov_um, pixels, dwell_s, frames, md,
         fly=fly)
     settle_s = check_number("settle_s", settle_s, low=0.0, high=1.0, unit="s")
+    interferences = check_interference_policy(interferences)
     nx, ny = pixels
+    interference_md = yield from interference_check(spectrometer, labels, interferences)
     if not fly:  # read through the RunEngine, before anything moves
         rotation = _num((yield from bps.rd(column.scan.rotation, default_value=0.0)))
         if rotation != 0.0:
@@ -427,9 +483,10 @@ def sims_map(imager: ImagerDevice, spectrometer: SpectrometerDevice, column: Ion
         "sims_map",
         plan_args_md(imager=imager, spectrometer=spectrometer, column=column, stage=stage,
                      bias=bias, species=list(labels), fov_um=fov_um, pixels=pixels,
-                     dwell_s=dwell_s, frames=frames, fly=fly, settle_s=settle_s),
+                     dwell_s=dwell_s, frames=frames, fly=fly, settle_s=settle_s,
+                     interferences=interferences),
         imager, spectrometer, column, stage, bias, labels, fov_um, pixels, dwell_s, frames, md,
-        {"acquisition": "fly" if fly else "step"})
+        {"acquisition": "fly" if fly else "step", "interferences": interference_md})
 
     maps = SimsMapAccumulator(frames="all") if after_map is not None else None
 
@@ -497,8 +554,8 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
                   fov_um: float, pixels: tuple = (32, 32), dwell_s: float, frames: int = 10,
                   sputter_yield: float = DEFAULT_SPUTTER_YIELD,
                   atomic_density_nm3: float = DEFAULT_ATOMIC_DENSITY_NM3,
-                  incidence_deg: float = SIMS_INCIDENCE_DEG, md: dict | None = None
-) -> Plan[str]:
+                  incidence_deg: float = SIMS_INCIDENCE_DEG, interferences: str = "warn",
+                  md: dict | None = None) -> Plan[str]:
     """Depth profile: ``frames`` maps of the same area, with the sputtered depth per frame.
 
     The depth is estimated, not measured: each frame's dose ``D = I t_frame / (e A)``
@@ -527,6 +584,8 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
         Assumed atomic density of the matrix (atoms/nm^3), 1..500.
     incidence_deg : float
         Angle between the ion beam and the specimen normal (deg), 0..85.
+    interferences : {"warn", "refuse", "ignore"}
+        As in :func:`sims_map`.
     md : dict, optional
         Extra start metadata.
 
@@ -552,17 +611,20 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
     atomic_density_nm3 = check_number("atomic_density_nm3", atomic_density_nm3, low=1.0,
                                       high=500.0, unit="atoms/nm^3")
     incidence_deg = check_number("incidence_deg", incidence_deg, low=0.0, high=85.0, unit="deg")
+    interferences = check_interference_policy(interferences)
     nx, ny = pixels
     frame_time = nx * ny * dwell_s
+    interference_md = yield from interference_check(spectrometer, labels, interferences)
 
     _md = yield from _map_md(
         "depth_profile",
         plan_args_md(imager=imager, spectrometer=spectrometer, column=column, stage=stage,
                      bias=bias, species=list(labels), fov_um=fov_um, pixels=pixels,
                      dwell_s=dwell_s, frames=frames, sputter_yield=sputter_yield,
-                     atomic_density_nm3=atomic_density_nm3, incidence_deg=incidence_deg),
+                     atomic_density_nm3=atomic_density_nm3, incidence_deg=incidence_deg,
+                     interferences=interferences),
         imager, spectrometer, column, stage, bias, labels, fov_um, pixels, dwell_s, frames, md,
-        {"acquisition": "fly",
+        {"acquisition": "fly", "interferences": interference_md,
          "depth_model": {"formula": "depth = dose x sputter_yield / atomic_density",
                          "sputter_yield_atoms_per_ion": sputter_yield,
                          "atomic_density_per_nm3": atomic_density_nm3,

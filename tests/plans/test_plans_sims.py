@@ -173,6 +173,13 @@ def test_sims_map_fly_and_step(RE, sims, map_particle, fly):
     assert uid == start["uid"]
     assert check_start_metadata(start) == []
     assert start["acquisition"] == ("fly" if fly else "step")
+    # The collectors' window read from COL:WINDOW; 6LiH+ on 7Li+ and 6Li2+ on 12C+ are
+    # inside it (0.007 u and 0.030 u from them), recorded and mapped ("warn").
+    found = start["interferences"]
+    assert found["policy"] == "warn" and found["window_u"] == pytest.approx(0.8)
+    assert not found["window_assumed"]
+    assert {(i["ion"], i["target"]) for i in found["unresolved"]} >= {
+        ("6LiH+", "7Li"), ("6Li2+", "12C")}
     assert [c.get("species") for c in start["collectors"][:3]] == ["6Li", "7Li", "12C"]
     assert start["region"]["x_um"] == pytest.approx(p["x_nm"] / 1000.0, abs=1e-3)
     assert start["region"]["fov_um"] == fov
