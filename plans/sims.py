@@ -67,6 +67,7 @@ MAX_PIXELS_PER_SIDE = 1024
 INTERFERENCE_POLICIES = ("warn", "refuse", "ignore")
 #: Collector mass window assumed when the spectrometer does not publish one (u).
 DEFAULT_COLLECTOR_WINDOW_U = 0.8
+_INTERFERENCES_WARNED: set[str] = set()
 #: While a frame rasters, its lines are collected (emitted) this often (s).
 FLUSH_PERIOD_S = 0.2
 MAX_STEP_PIXELS = 4096
@@ -150,8 +151,8 @@ def interference_check(spectrometer, labels, policy: str):
 
     Returns the start document's ``interferences`` block (``policy``, ``window_u``,
     ``window_assumed``, ``unresolved``: :meth:`Interference.as_dict` of each); logs a
-    warning naming them ("warn"), or refuses the map ("refuse"). "ignore" checks
-    nothing.
+    warning naming them, once per process for the same set ("warn"), or refuses the
+    map ("refuse"). "ignore" checks nothing.
     """
     if policy == "ignore":
         return {"policy": policy}
@@ -169,8 +170,11 @@ def interference_check(spectrometer, labels, policy: str):
                 f"species {list(labels)}: the collectors' {window_u:g} u window counts "
                 f"these ions with them: {text}. Map other species, or pass "
                 "interferences='warn' to map them and record the interferences")
-        logger.warning("SIMS map of %s: unresolved at the collectors' %g u window: %s",
-                       list(labels), window_u, text)
+        message = (f"SIMS map of {list(labels)}: unresolved at the collectors' {window_u:g} u "
+                   f"window: {text} (recorded in each run's 'interferences')")
+        if message not in _INTERFERENCES_WARNED:  # once per process: a mosaic maps many
+            _INTERFERENCES_WARNED.add(message)
+            logger.warning(message)
     return {"policy": policy, "window_u": window_u, "window_assumed": assumed,
             "unresolved": [f.as_dict() for f in found]}
 

@@ -63,3 +63,4 @@ def test_pool_and_refusals():
         unresolved_interferences(("7Li",), 0.0)
     with pytest.raises(ValueError, match="Xx"):
         unresolved_interferences(("7Li",), 0.8, elements_present=("Xx",))
+
