@@ -272,29 +272,27 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 
 
 #: Seconds each of the long test modules took (setup, calls and teardown, summed from
-#: ``--durations=0`` of a 2-worker run; others ~0-10 s). run.sh hands modules to the
-#: xdist workers in collection order (``--no-loadscope-reorder``: xdist's default orders
-#: them by their number of tests, which put the 1-test, 144 s
-#: catalog/test_demo_on_postgres.py last, one worker running it alone at the end), and
+#: ``--durations=0`` of a 2-worker run on a quiet machine, 2026-12-04; others < 10 s).
+#: run.sh hands modules to the xdist workers in collection order
+#: (``--no-loadscope-reorder``: xdist's default orders them by their number of tests,
+#: which put the 1-test catalog/test_demo_on_postgres.py last, one worker running it
+#: alone at the end), and
 #: :func:`pytest_collection_modifyitems` collects the longest first: the short ones then
 #: fill in at the end, so that both workers finish together.
 MODULE_SECONDS = {
-    "test_demo_all.py": 200, "catalog/test_demo_on_postgres.py": 144,
-    "catalog/test_serve.py": 100, "faults/test_storage_faults.py": 92,
-    "faults/test_part_faults.py": 90, "test_queue.py": 86, "catalog/test_open.py": 82,
-    "faults/test_interlock_fuzz.py": 78, "catalog/test_writer.py": 71,
-    "catalog/test_databroker_habits.py": 67, "test_session.py": 48,
-    "catalog/test_instrument_readback.py": 44, "plans/test_other_instrument.py": 41,
-    "ioc/test_time_scale.py": 38, "plans/test_correlative.py": 38,
-    "faults/test_control.py": 37, "test_lifecycle.py": 34,
-    "ioc/test_motor_record_calibration.py": 33, "devices/test_plans.py": 32,
-    "test_document_stream.py": 25, "devices/test_connect.py": 23,
-    "catalog/test_roundtrip_and_queries.py": 23, "faults/test_bad_input.py": 22,
-    "test_cli.py": 22, "devices/test_describe.py": 20, "ioc/test_tem.py": 18,
-    "test_loaders.py": 25, "analysis/test_particles.py": 17, "plans/test_plans_sims.py": 16,
-    "analysis/test_registration.py": 15, "faults/test_arcs.py": 14,
-    "analysis/test_quantification.py": 14, "ioc/test_column.py": 11,
-    "plans/test_plans_without_an_ioc.py": 11, "plans/test_calibration.py": 11,
+    "test_demo_all.py": 77, "faults/test_interlock_fuzz.py": 58,
+    "faults/test_part_faults.py": 46, "catalog/test_serve.py": 44,
+    "catalog/test_demo_on_postgres.py": 40, "faults/test_storage_faults.py": 34,
+    "faults/test_control.py": 31, "catalog/test_databroker_habits.py": 29,
+    "test_queue.py": 28, "ioc/test_motor_record_calibration.py": 26,
+    "test_lifecycle.py": 25, "test_session.py": 25, "catalog/test_writer.py": 25,
+    "ioc/test_time_scale.py": 21, "catalog/test_open.py": 18,
+    "faults/test_bad_input.py": 17, "test_loaders.py": 17,
+    "catalog/test_instrument_readback.py": 17, "devices/test_plans.py": 16,
+    "catalog/test_roundtrip_and_queries.py": 16, "plans/test_correlative.py": 15,
+    "faults/test_arcs.py": 15, "devices/test_connect.py": 14, "ioc/test_column.py": 11,
+    "plans/test_calibration.py": 10, "ioc/test_launcher.py": 10,
+    "analysis/test_particles.py": 10, "ioc/test_tem.py": 10,
 }
 
 
