@@ -113,8 +113,20 @@ class CA:
             (channel,) = self.context.get_pvs(name, timeout=5)
             self._pvs[name] = channel
         channel = self._pvs[name]
-        channel.wait_for_connection(timeout=10)
-        return channel
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                channel.wait_for_connection(timeout=min(0.5, max(deadline - time.monotonic(),
+                                                                 0.01)))
+                return channel
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                # A restarted part: resend the searches now, as a session's watchdog does
+                # (decision 0032); caproto's back-off found it again only 7-8 s later.
+                search_now = getattr(self.context.broadcaster, "_search_now", None)
+                if search_now is not None:
+                    search_now.set()
 
     def put(self, part: str, pv: str, value: Any, wait: bool = False,
             timeout: float = 30.0) -> None:
