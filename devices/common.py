@@ -103,6 +103,7 @@ def use_caproto_control_layer() -> None:
         ophyd.set_cl("caproto")
     _skip_metadata_of_lost_pvs()
     _patient_circuits()
+    _callbacks_copied_whole()
 
 
 def close_control_layer() -> None:
@@ -126,6 +127,48 @@ def close_control_layer() -> None:
 #: How long caproto's threading client waits for a server's answer when it opens a
 #: circuit (its default: 2 s).
 CIRCUIT_HANDSHAKE_S = 10.0
+
+
+def _callbacks_copied_whole() -> None:
+    """Let caproto's callback handlers snapshot their callbacks without a garbage
+    collection changing them mid-snapshot.
+
+    ``CallbackHandler.process`` lists ``callbacks.items()`` under a re-entrant lock; an
+    allocation of that list can start a collection that finalises a dead callback,
+    whose weakref hook removes it from the same dict in the same thread: "dictionary
+    changed size during iteration" (CI: ophyd's EpicsMotor suite, connecting
+    ``Z.HOMR``). ``dict.copy()`` creates no container object while it copies, so no
+    collection runs in the middle; the rest is caproto's ``process`` as it is.
+    """
+    from caproto.threading import client
+
+    handler = client.CallbackHandler
+    if getattr(handler, "_temsims_copied_whole", False):
+        return
+
+    def process(self, *args, **kwargs):
+        to_remove = []
+        with self.callback_lock:
+            callbacks = self.callbacks.copy()
+            self._last_call_values = (args, kwargs)
+        for cb_id, ref in callbacks.items():
+            callback = ref()
+            if callback is None:
+                to_remove.append(cb_id)
+                continue
+            try:
+                self.pv.circuit_manager.user_callback_executor.submit(callback, *args, **kwargs)
+            except RuntimeError:
+                if self.pv.circuit_manager.dead.is_set():
+                    return  # a dead circuit's executor is shut down with it (caproto's)
+                raise
+        with self.callback_lock:
+            for remove_id in to_remove:
+                self.callbacks.pop(remove_id, None)
+
+    process.__doc__ = handler.process.__doc__
+    handler.process = process
+    handler._temsims_copied_whole = True
 
 
 def _patient_circuits() -> None:

@@ -76,7 +76,12 @@ def _fly_twice(flyer):
                                       sample="s2", purpose="raster alignment"))
     def plan():
         yield from bps.kickoff(flyer, wait=True)
-        yield from bps.sleep(0.25)
+        # Until its first point (not a fixed 0.25 s: under load the flyer's thread had
+        # none yet, and the run held one page of 20, not two).
+        for _ in range(500):
+            if flyer._data:
+                break
+            yield from bps.sleep(0.01)
         yield from bps.collect(flyer)
         yield from bps.complete(flyer, wait=True)
         yield from bps.collect(flyer)

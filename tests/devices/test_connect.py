@@ -133,3 +133,54 @@ def test_a_circuit_answered_after_3_s_still_connects():
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def test_a_collection_inside_the_callback_snapshot_loses_no_callback():
+    """Regression (decision 0032, fourth change): caproto listed a PV's callbacks while a
+    garbage collection could finalise a dead one and remove it from the same dict
+    ("dictionary changed size during iteration" in CI, connecting ophyd's EpicsMotor).
+    Forced here: 50 live callbacks and 50 bound to objects only a collection frees,
+    collections at every allocation. caproto's own ``process`` raised in 200 of 200
+    tries; the control layer's submits the 50 live ones and drops the dead."""
+    import gc
+    import threading
+    from types import SimpleNamespace
+
+    from caproto.threading import client
+
+    from temsims.devices.common import use_caproto_control_layer
+
+    use_caproto_control_layer()
+
+    class Cyclic:
+        def __init__(self) -> None:
+            self.me = self  # freed by a collection only
+
+        def callback(self, *args) -> None:
+            pass
+
+    def live(*args) -> None:
+        pass
+
+    submitted: list = []
+    pv = SimpleNamespace(circuit_manager=SimpleNamespace(
+        user_callback_executor=SimpleNamespace(submit=lambda fn, *a, **k: submitted.append(fn)),
+        dead=threading.Event()))
+    handler = client.CallbackHandler(pv)
+    for _ in range(50):
+        handler.add_callback(live)
+    doomed = [Cyclic() for _ in range(50)]
+    for obj in doomed:
+        handler.add_callback(obj.callback)
+    del doomed, obj
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        handler.process("connected")
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    assert submitted.count(live) == 50
+    assert all(fn is live for fn in submitted)
+    handler.process("connected")  # the dead ones are gone from the handler
+    assert len(handler.callbacks) == 50

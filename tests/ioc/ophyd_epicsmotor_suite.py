@@ -43,9 +43,11 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 @pytest.fixture(params=tuple(os.environ.get("TEMSIMS_TEST_STAGE_AXES", "XYZ")))
 def motor(request):
     """ophyd's ``motor`` fixture (ophyd/tests/conftest.py) on one of our axes."""
-    import ophyd
+    from temsims.devices.common import use_caproto_control_layer
 
-    ophyd.set_cl("caproto")
+    # The control layer a session uses (ophyd's caproto layer with the client fixes of
+    # decision 0032: a snapshot of callbacks raced a garbage collection here in CI).
+    use_caproto_control_layer()
     from ophyd.signal import DEFAULT_EPICSSIGNAL_VALUE
     from ophyd.tests.conftest import TestEpicsMotor
 
