@@ -313,9 +313,10 @@ def test_raster_fit_recovers_field_rotation_and_bias_stretch_on_fresh_seeds():
         assert initial > 2.0
         if result.quality["model"] == "raster":
             applied += 1
-            # 0.75, not 0.5: of 162 accepted raster fits in the benchmark (decision
-            # 0029) the largest error was 0.58 px; the 0.5 px target is on the median
-            # and 90th percentile there (0.10-0.17 and 0.19-0.52 px).
+            # 0.75, not 0.5: of 253 accepted raster fits over 360 maps in the
+            # benchmark (decision 0029, 95 % bound amendment) the largest error was
+            # 0.57 px; the 0.5 px target is on the median and 90th percentile there
+            # (0.094 and 0.255 px).
             assert error < 0.75
             assert result.residual_sims_px < TOLERANCE_SIMS_PX
             assert result.linear_error_sims_px > 1.0
