@@ -423,7 +423,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
                         [(nx - 1) / 2, (ny - 1) / 2]], float)
     centre = corners[-1]
     total = np.eye(3)
-    predicted = float("inf")
+    predicted = predicted_95 = float("inf")
     for step in range(1, max_iterations + 1):
         on_grid = tem_on_sims_grid(tem, start @ total, sims.shape,
                                    footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
@@ -479,11 +479,10 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
             break
     # Judged once converged: the first passes measure shifts of several px, less
     # precisely than the last one measures what is left.
-    if not info.get("predicted_error_95_px", predicted) <= max_predicted_error_px:
+    if not predicted_95 <= max_predicted_error_px:
         return None, dict(info, why=f"{info['features']} consistent features: predicted "
                                     f"corner error {predicted:.2f} px, its 95 % bound "
-                                    f"{info.get('predicted_error_95_px', predicted):.2f} px "
-                                    f"> {max_predicted_error_px} px")
+                                    f"{predicted_95:.2f} px > {max_predicted_error_px} px")
     return total, info
 
 
@@ -505,15 +504,15 @@ RETRY_TAPER_FRACTION = 0.25
 
 
 def _refine_translation(sims: np.ndarray, tem: np.ndarray, m0: np.ndarray,
+                        at_m0: tuple[np.ndarray, np.ndarray, np.ndarray],
                         taper_fraction: float, *, cache: dict, smooth_px: float,
                         upsample_factor: int, normalization, max_shift_px: float,
                         max_iterations: int, tolerance_px: float,
                         footprint_sigma_sims_px: float):
-    """The iterated translation from ``m0``: (accepted, total shift (row, col), phase
-    error, iterations, (matrix, sims_z, tem_z, mask) at the last accepted position)."""
-    on_grid = tem_on_sims_grid(tem, m0, sims.shape,
-                               footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
-    sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_px)
+    """The iterated translation from ``m0``, whose prepared pair is ``at_m0`` (sims_z,
+    tem_z, mask): (accepted, total shift (row, col), phase error, iterations, (matrix,
+    sims_z, tem_z, mask) at the refined position, or at ``m0`` if refused)."""
+    sims_z, tem_z, mask = at_m0
     taper = window(("tukey", taper_fraction), sims.shape).astype(np.float32)
     total = np.zeros(2)
     matrix = m0
@@ -529,7 +528,7 @@ def _refine_translation(sims: np.ndarray, tem: np.ndarray, m0: np.ndarray,
             normalization=normalization)
         total = total + found
         if math.hypot(*total) > max_shift_px:
-            return False, total, float(phase_error), iterations, (m0, sims_z, tem_z, mask)
+            return False, total, float(phase_error), iterations, (m0, *at_m0)
         matrix = m0 @ _translation(total[1], total[0])
         on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
                                    footprint_sigma_sims_px=footprint_sigma_sims_px,
@@ -675,9 +674,10 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
         # translation is refused, and estimated again with the edges tapered.
         tapers = [taper_fraction] + ([RETRY_TAPER_FRACTION]
                                      if taper_fraction < RETRY_TAPER_FRACTION else [])
+        at_m0 = (sims_z, tem_z, mask)
         for taper_used in tapers:
             refined, total, phase_error, iterations, (matrix, sims_z, tem_z, mask) = \
-                _refine_translation(sims, tem, m0, taper_used, cache=cache,
+                _refine_translation(sims, tem, m0, at_m0, taper_used, cache=cache,
                                     smooth_px=smooth_sims_px, upsample_factor=upsample_factor,
                                     normalization=normalization, max_shift_px=max_shift_px,
                                     max_iterations=max_iterations, tolerance_px=tolerance_px,
@@ -685,12 +685,6 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
             if refined:
                 shift = (float(total[0]), float(total[1]))
                 break
-        if not refined:
-            matrix = m0
-            on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
-                                       footprint_sigma_sims_px=footprint_sigma_sims_px,
-                                       cache=cache)
-            sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
     ncc = normalised_cross_correlation(sims_z, tem_z, mask)
     inverted = bool(ncc < 0) if invert_tem == "auto" else bool(invert_tem)
     sign = -1.0 if inverted else 1.0
