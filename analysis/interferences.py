@@ -17,9 +17,10 @@ which ones the instrument cannot tell apart, and what mass resolving power would
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+
+from temsims.constants import mass_number_and_symbol, species_mass
 
 #: Atoms on every surface in a SIMS vacuum (adsorbed water, hydrocarbons, oxides).
 SURFACE_ATOMS = ("1H", "12C", "16O")
@@ -27,9 +28,6 @@ SURFACE_ATOMS = ("1H", "12C", "16O")
 BEAM_ATOMS = ("69Ga", "71Ga")
 #: Isotopes rarer than this (natural abundance, %) are left out of the pool.
 MIN_ABUNDANCE_PCT = 0.1
-
-_LABEL = re.compile(r"^(\d+)([A-Z][a-z]?)$")
-
 
 @dataclass(frozen=True)
 class Interference:
@@ -64,22 +62,9 @@ class Interference:
                 f"({self.target_mass_u:.4f} u): needs M/dM {self.required_resolving_power:.0f}")
 
 
-def _split(label: str) -> tuple[int, str]:
-    match = _LABEL.match(label)
-    if match is None:
-        raise ValueError(f"{label!r} is not an isotope label such as '7Li'")
-    return int(match.group(1)), match.group(2)
-
-
 @lru_cache(maxsize=256)
 def _mass(label: str) -> float:
-    import periodictable
-
-    number, symbol = _split(label)
-    element = periodictable.elements.symbol(symbol)
-    if number not in element.isotopes:
-        raise ValueError(f"{symbol} has no isotope {number}")
-    return float(element[number].mass)
+    return species_mass(label)  # cached: the candidates ask for the same atoms often
 
 
 @lru_cache(maxsize=64)
@@ -96,7 +81,7 @@ def atom_pool(species, elements_present=()) -> tuple[str, ...]:
     their elements (a map of 7Li says the specimen holds 6Li), the isotopes of
     ``elements_present`` (symbols), the beam's Ga and the surface's H, C and O."""
     pool = list(species) + list(SURFACE_ATOMS) + list(BEAM_ATOMS)
-    symbols = [_split(str(s))[1] for s in species] + [str(e) for e in elements_present]
+    symbols = [mass_number_and_symbol(str(s))[1] for s in species] + [str(e) for e in elements_present]
     for symbol in dict.fromkeys(symbols):
         pool.extend(_isotopes_of(symbol))
     for atom in pool:
@@ -108,7 +93,7 @@ def _candidates(pool: tuple[str, ...]):
     """(ion label, kind, mass number, mass) of every candidate ion of the pool."""
     h, o = "1H", "16O"
     for atom in pool:
-        a, _ = _split(atom)
+        a, _ = mass_number_and_symbol(atom)
         yield f"{atom}+", "isobar", a, _mass(atom)
         if atom != h:
             yield f"{atom}H+", "hydride", a + 1, _mass(atom) + _mass(h)
@@ -119,7 +104,7 @@ def _candidates(pool: tuple[str, ...]):
         if "1H" in (first, second) or "16O" in (first, second):
             continue  # hydrides and oxides above
         label = f"{first}2+" if first == second else f"{first}{second}+"
-        yield label, "dimer", _split(first)[0] + _split(second)[0], _mass(first) + _mass(second)
+        yield label, "dimer", mass_number_and_symbol(first)[0] + mass_number_and_symbol(second)[0], _mass(first) + _mass(second)
 
 
 def unresolved_interferences(species, window_u: float, *, elements_present=()
@@ -148,7 +133,7 @@ def unresolved_interferences(species, window_u: float, *, elements_present=()
     pool = atom_pool(targets, elements_present)
     found: dict[tuple[str, str], Interference] = {}
     for target in targets:
-        number, _ = _split(target)
+        number, _ = mass_number_and_symbol(target)
         mass = _mass(target)
         for ion, kind, ion_number, ion_mass in _candidates(pool):
             if ion_number != number or ion == f"{target}+":

@@ -47,7 +47,8 @@ MAX_BIAS_V = 4500.0
 _SPECIES = re.compile(r"^\s*(?:(\d+)\s*-?\s*([A-Z][a-z]?)|([A-Z][a-z]?)\s*-?\s*(\d+))\s*$")
 
 
-def _mass_number_and_symbol(species: str) -> tuple[int, str]:
+def mass_number_and_symbol(species: str) -> tuple[int, str]:
+    """(mass number, element symbol) of an isotope label: ``"7Li"`` -> ``(7, "Li")``."""
     match = _SPECIES.match(str(species))
     if not match:
         raise ValueError(f"species {species!r}: expected an isotope such as '7Li' or 'Li-7'")
@@ -66,7 +67,7 @@ def species_mass(species: str) -> float:
     """
     import periodictable
 
-    number, sym = _mass_number_and_symbol(species)
+    number, sym = mass_number_and_symbol(species)
     try:
         element = periodictable.elements.symbol(sym)
     except ValueError:
@@ -86,7 +87,7 @@ def species_label(species: str) -> str:
     """
     import periodictable
 
-    number, sym = _mass_number_and_symbol(species)
+    number, sym = mass_number_and_symbol(species)
     periodictable.elements.symbol(sym)
     return f"{number}{sym}"
 
