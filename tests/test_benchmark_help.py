@@ -17,7 +17,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py")
-                 if "argparse" in p.read_text() and "__main__" in p.read_text())
+                 if "argparse" in (text := p.read_text()) and "__main__" in text)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
