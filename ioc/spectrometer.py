@@ -236,12 +236,18 @@ class SpectrometerIOC(InstrumentIOC):
 
     def __init__(self, *args: Any, drift_nm_per_min: float | None = None,
                  params: sp.SimsParameters | None = None, fov_error_pct: float = 0.0,
-                 raster_rotation_deg: float = 0.0, **kwargs: Any) -> None:
+                 raster_rotation_deg: float = 0.0,
+                 extraction_field_factor: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The ion raster's calibration errors (ion_optics.true_raster): the simulator's
         # truth, published nowhere; the map PVs keep the nominal field and rotation.
         self.fov_error_pct = float(fov_error_pct)
         self.raster_rotation_deg = float(raster_rotation_deg)
+        # How much of the bias the beam's normal motion really sees (a uniform gap's
+        # field would be 1): drawn per instrument, published nowhere.
+        self.extraction_field_factor = (
+            ion_optics.draw_extraction_field_factor(self.seed)
+            if extraction_field_factor is None else float(extraction_field_factor))
         self.params = params or sp.SimsParameters()
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
@@ -332,7 +338,14 @@ class SpectrometerIOC(InstrumentIOC):
         return sp.ScanGeometry(
             nx=int(snap["nx"]), ny=int(snap["ny"]), fov_um=fov_um,
             rotation_deg=rotation_deg, centre_x_nm=1000.0 * float(snap["x"]),
-            centre_y_nm=1000.0 * float(snap["y"]), incidence_deg=self.params.incidence_deg)
+            centre_y_nm=1000.0 * float(snap["y"]), incidence_deg=snap["incidence"])
+
+    def incidence_deg(self, landing_kev: float, bias_v: float) -> float | None:
+        """The beam's true angle to the specimen normal, bent by the extraction field
+        (None: the field turns it back before it lands)."""
+        return ion_optics.landing_incidence_deg(
+            landing_kev, bias_v, nominal_deg=self.params.incidence_deg,
+            field_factor=self.extraction_field_factor)
 
     def snapshot(self) -> dict:
         """The column, stage and detector state a frame (or a count) is computed from."""
@@ -349,6 +362,7 @@ class SpectrometerIOC(InstrumentIOC):
             "current": _float(self.peer("current"), 0.0),
             "probe": _float(self.peer("probe"), 10.0),
             "landing": _float(self.peer("landing"), 25.5),
+            "bias_v": _float(self.peer("bias_v"), 0.0),
             "x": _float(self.peer("x"), 0.0),
             "y": _float(self.peer("y"), 0.0),
             "ready": cond.ready(self.params),
@@ -356,6 +370,9 @@ class SpectrometerIOC(InstrumentIOC):
             "polarity": cond.polarity,
             "masses": self.collector_true_masses(),
         }
+        incidence = self.incidence_deg(snap["landing"], snap["bias_v"])
+        snap["incidence"] = self.params.incidence_deg if incidence is None else incidence
+        snap["ready"] = snap["ready"] and incidence is not None
         snap["nx"] = max(1, min(snap["nx"], 1024))
         snap["ny"] = max(1, min(snap["ny"], 1024))
         return snap
@@ -363,7 +380,7 @@ class SpectrometerIOC(InstrumentIOC):
     def _plan_key(self, snap: dict) -> tuple:
         return (snap["nx"], snap["ny"], round(snap["fov"], 9), round(snap["rotation"], 6),
                 round(snap["x"], 7), round(snap["y"], 7), round(snap["probe"], 4),
-                round(snap["landing"], 3), snap["polarity"],
+                round(snap["landing"], 3), snap["polarity"], round(snap["incidence"], 5),
                 tuple(round(m, 5) for m in snap["masses"]), self.depth_version,
                 self.params.drift_nm_per_min, self.params.interaction_fwhm_nm)
 

@@ -33,7 +33,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.geometry import SimsMapGeometry
-from temsims.constants import SIMS_INCIDENCE_DEG, species_mass
+from temsims.constants import SIMS_COLUMN_KV, extraction_incidence_deg, species_mass
 from temsims.plans._common import (
     _num,
     check_int,
@@ -54,6 +54,7 @@ from temsims.plans.sims import (
     DWELL_RANGE_S,
     MAX_MASS_RATIO,
     MAX_PIXELS_PER_SIDE,
+    beam_incidence_deg,
     sims_map,
     sputter_depth_nm,
 )
@@ -268,9 +269,13 @@ def edx_sims_calibration(microscope: Microscope, *,
     step_um = length / (npts - 1)
     nx, ny = check_pair("sims_pixels", sims_pixels, integer=True, low=1,
                         high=MAX_PIXELS_PER_SIDE)
+    volts = check_number("sims_voltage_v", sims_voltage_v, low=-MAX_BIAS_V, high=MAX_BIAS_V,
+                         unit="V")
+    # The extraction field bends the beam: 50 deg at +4.5 kV, 41 deg at -4.5 kV.
+    incidence_deg = extraction_incidence_deg(SIMS_COLUMN_KV, volts)
     if sims_fov_um is None:  # the smallest field holding the line and its bins
         sims_fov_um = max(abs(dx) + step_um, (abs(dy) + step_um) * nx / ny
-                          * math.cos(math.radians(SIMS_INCIDENCE_DEG)))
+                          * math.cos(math.radians(incidence_deg)))
     fov = check_number("sims_fov_um", sims_fov_um, low=0.0, low_open=True, unit="um")
     check_within("sims_fov_um", fov, device_limits(column.scan.fov), "um")
     dwell = check_number("sims_dwell_s", sims_dwell_s, low=DWELL_RANGE_S[0],
@@ -280,8 +285,6 @@ def edx_sims_calibration(microscope: Microscope, *,
                                                            unit="um")
     check_within("sims_center_um[0]", centre[0], device_limits(stage.x), "um")
     check_within("sims_center_um[1]", centre[1], device_limits(stage.y), "um")
-    volts = check_number("sims_voltage_v", sims_voltage_v, low=-MAX_BIAS_V, high=MAX_BIAS_V,
-                         unit="V")
     if abs(volts) < MIN_SIMS_BIAS_V:
         raise ValueError(f"sims_voltage_v = {sims_voltage_v!r} V: SIMS needs |sims_voltage_v| "
                          f"in [{MIN_SIMS_BIAS_V:g}, {MAX_BIAS_V:g}] V")
@@ -303,7 +306,8 @@ def edx_sims_calibration(microscope: Microscope, *,
     # through the RunEngine before anything moves).
     rotation = _num((yield from bps.rd(column.scan.rotation, default_value=0.0)))
     nominal = SimsMapGeometry(nx=nx, ny=ny, fov_um=fov, centre_x_um=centre[0],
-                              centre_y_um=centre[1], rotation_deg=rotation)
+                              centre_y_um=centre[1], rotation_deg=rotation,
+                              incidence_deg=incidence_deg)
     if not line_in_field(line_with_bins(start, stop, npts), nominal):
         raise ValueError(f"the EDX line {list(start)} -> {list(stop)} um is not inside the SIMS "
                          f"field ({fov:g} um x {nx}x{ny} px at {list(centre)} um, rotation "
@@ -378,8 +382,11 @@ def edx_sims_calibration(microscope: Microscope, *,
             x = float((yield from bps.rd(stage.x, default_value=centre[0])))
             y = float((yield from bps.rd(stage.y, default_value=centre[1])))
             rot = float((yield from bps.rd(column.scan.rotation, default_value=0.0)))
-            geometry = SimsMapGeometry(nx=nx, ny=ny, fov_um=fov, centre_x_um=x, centre_y_um=y,
-                                       rotation_deg=rot)
+            landing = float((yield from bps.rd(column.landing, default_value=0.0)) or 0.0)
+            geometry = SimsMapGeometry(
+                nx=nx, ny=ny, fov_um=fov, centre_x_um=x, centre_y_um=y, rotation_deg=rot,
+                incidence_deg=beam_incidence_deg({"beam_energy_keV": landing,
+                                                  "bias_kV": volts / 1000.0}))
             current = float((yield from bps.rd(column.current, default_value=0.0)) or 0.0)
             probe = float((yield from bps.rd(column.probe, default_value=0.0)) or 0.0)
             ap = yield from bps.rd(column.aperture, default_value="")

@@ -31,7 +31,7 @@ from bluesky.utils import FailedStatus, short_uid
 
 from temsims.analysis.interferences import unresolved_interferences
 from temsims.analysis.maps import MapLayout, SimsMapAccumulator, map_block
-from temsims.constants import SIMS_INCIDENCE_DEG, species_mass
+from temsims.constants import SIMS_INCIDENCE_DEG, extraction_incidence_deg, species_mass
 from temsims.plans._common import (
     Values,
     _num,
@@ -179,10 +179,26 @@ def interference_check(spectrometer, labels, policy: str):
             "unresolved": [f.as_dict() for f in found]}
 
 
+def beam_incidence_deg(sims: dict) -> float:
+    """The ion beam's angle to the specimen normal for a map (deg): the column's 45 deg
+    bent by the extraction field (:func:`temsims.constants.extraction_incidence_deg`,
+    the uniform-field model) at the landing energy and bias of ``sims`` (the block of
+    :func:`temsims.plans._common.sims_md`); 45 deg if either is not known."""
+    landing, bias_kv = sims.get("beam_energy_keV"), sims.get("bias_kV")
+    if not landing or bias_kv is None:  # no column or no bias given (a simulation)
+        return SIMS_INCIDENCE_DEG
+    try:
+        return round(extraction_incidence_deg(landing + bias_kv, 1000.0 * bias_kv), 4)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: raise the column's HV or lower the bias") from None
+
+
 def _map_md(plan_name, plan_args, imager, spectrometer, column, stage, bias, labels, fov_um,
-            pixels, dwell_s, frames, md, extra, incidence_deg=SIMS_INCIDENCE_DEG):
+            pixels, dwell_s, frames, md, extra, incidence_deg=None):
     region = yield from region_md(stage, fov_um=fov_um)
     sims = yield from sims_md(spectrometer, column, bias)
+    if incidence_deg is None:
+        incidence_deg = beam_incidence_deg(sims)
     for n, label in enumerate(labels):  # the species this plan puts on collectors 1..
         sims["collectors"][n] = {"name": f"col{n + 1}", "species": label,
                                  "mass_u": round(species_mass(label), 5)}
@@ -558,7 +574,7 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
                   fov_um: float, pixels: tuple = (32, 32), dwell_s: float, frames: int = 10,
                   sputter_yield: float = DEFAULT_SPUTTER_YIELD,
                   atomic_density_nm3: float = DEFAULT_ATOMIC_DENSITY_NM3,
-                  incidence_deg: float = SIMS_INCIDENCE_DEG, interferences: str = "warn",
+                  incidence_deg: float | None = None, interferences: str = "warn",
                   md: dict | None = None) -> Plan[str]:
     """Depth profile: ``frames`` maps of the same area, with the sputtered depth per frame.
 
@@ -566,7 +582,8 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
     (ion current I from CURRENT_RBV, ``t_frame = nx ny dwell``, A the rastered
     area on the specimen) removes ``D x sputter_yield / atomic_density_nm3``.
     The defaults assume Li2CO3: yield 2.5 atoms/ion (uncertain within a factor of
-    two), 103.3 atoms/nm^3 (2.11 g/cm^3, 12.3 u per atom), 45 deg incidence.
+    two), 103.3 atoms/nm^3 (2.11 g/cm^3, 12.3 u per atom); the incidence is the
+    column's 45 deg bent by the extraction field at the map's bias (50 deg at +4.5 kV).
 
     Parameters
     ----------
@@ -586,8 +603,11 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
         Assumed sputter yield (atoms/ion), 0.01..100.
     atomic_density_nm3 : float
         Assumed atomic density of the matrix (atoms/nm^3), 1..500.
-    incidence_deg : float
-        Angle between the ion beam and the specimen normal (deg), 0..85.
+    incidence_deg : float, optional
+        Angle between the ion beam and the specimen normal (deg), 0..85; default the
+        extraction-field model at the map's landing energy and bias
+        (:func:`beam_incidence_deg`). Recorded in the ``map`` block and used for the
+        rastered area.
     interferences : {"warn", "refuse", "ignore"}
         As in :func:`sims_map`.
     md : dict, optional
@@ -614,7 +634,9 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
                                  unit="atoms/ion")
     atomic_density_nm3 = check_number("atomic_density_nm3", atomic_density_nm3, low=1.0,
                                       high=500.0, unit="atoms/nm^3")
-    incidence_deg = check_number("incidence_deg", incidence_deg, low=0.0, high=85.0, unit="deg")
+    if incidence_deg is not None:
+        incidence_deg = check_number("incidence_deg", incidence_deg, low=0.0, high=85.0,
+                                     unit="deg")
     interferences = check_interference_policy(interferences)
     nx, ny = pixels
     frame_time = nx * ny * dwell_s
@@ -632,9 +654,10 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
          "depth_model": {"formula": "depth = dose x sputter_yield / atomic_density",
                          "sputter_yield_atoms_per_ion": sputter_yield,
                          "atomic_density_per_nm3": atomic_density_nm3,
-                         "incidence_deg": incidence_deg,
                          "assumed_matrix": "Li2CO3 (defaults)"}},
         incidence_deg=incidence_deg)
+    incidence_deg = _md["map"]["incidence_deg"]
+    _md["depth_model"]["incidence_deg"] = incidence_deg
 
     @bpp.run_decorator(md=_md)
     def inner():
@@ -670,4 +693,4 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
     return (yield from with_safe_state(bpp.stage_wrapper(inner(), [imager]), column, bias))
 
 
-__all__ = ["depth_profile", "sims_map", "sputter_depth_nm"]
+__all__ = ["beam_incidence_deg", "depth_profile", "sims_map", "sputter_depth_nm"]

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
+from temsims.constants import SIMS_INCIDENCE_DEG, extraction_incidence_deg
+
 #: Aperture label -> nominal beam current (pA) at the sample, FEI Magnum-class strip.
 APERTURES: dict[str, float] = {
     "1 pA": 1.0,
@@ -85,6 +89,39 @@ def true_raster(fov_um: float, rotation_deg: float, *, fov_error_pct: float = 0.
     return fov_um * (1.0 + fov_error_pct / 100.0), rotation_deg + rotation_error_deg
 
 
+#: Spread (1 sigma) of the extraction field's effective strength from one instrument to
+#: the next: the gap is not a plane capacitor (fringe fields at the holder's edge and
+#: the electrode's bore), so the beam's normal motion sees only roughly the bias.
+EXTRACTION_FIELD_FACTOR_SIGMA = 0.03
+
+
+def draw_extraction_field_factor(seed: int) -> float:
+    """An instrument's extraction-field factor (see :func:`landing_incidence_deg`),
+    from its seed: 1 +- :data:`EXTRACTION_FIELD_FACTOR_SIGMA`, clipped to +-3 sigma."""
+    rng = np.random.default_rng(int(seed) + 4000)
+    spread = EXTRACTION_FIELD_FACTOR_SIGMA
+    return float(1.0 + np.clip(rng.normal(0.0, spread), -3 * spread, 3 * spread))
+
+
+def landing_incidence_deg(landing_kev: float, bias_v: float, *,
+                          nominal_deg: float = SIMS_INCIDENCE_DEG,
+                          field_factor: float = 1.0, charge: int = 1) -> float | None:
+    """The Ga+ beam's angle to the specimen normal where it lands on a holder at
+    ``bias_v`` (deg; None if the field turns it back first).
+
+    The column's voltage is the landing energy plus the bias (:func:`landing_energy_kev`);
+    the extraction field bends the beam as :func:`temsims.constants.extraction_incidence_deg`
+    says, with ``field_factor`` the fraction of the bias the beam's normal motion
+    really sees (the instrument's truth; the lab's model takes 1).
+    """
+    column_kv = landing_kev / charge + bias_v / 1000.0
+    try:
+        return extraction_incidence_deg(column_kv, bias_v, nominal_deg=nominal_deg,
+                                        field_factor=field_factor)
+    except ValueError:
+        return None
+
+
 def source_emission_ua(rng: random.Random) -> float:
     """One reading of the source's emission current (uA): regulated, with jitter."""
     return EMISSION_UA * (1 + EMISSION_JITTER * rng.gauss(0.0, 1.0))
@@ -92,9 +129,12 @@ def source_emission_ua(rng: random.Random) -> float:
 
 __all__ = [
     "APERTURES",
+    "EXTRACTION_FIELD_FACTOR_SIGMA",
     "EMISSION_JITTER",
     "EMISSION_UA",
+    "draw_extraction_field_factor",
     "landing_energy_kev",
+    "landing_incidence_deg",
     "probe_diameter_nm",
     "source_emission_ua",
     "true_raster",

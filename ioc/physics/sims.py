@@ -17,8 +17,9 @@ sputter yield, ``alpha_s`` the matrix-dependent ionisation probability of the
 element, ``eta`` the transmission and ``C_s`` the atomic fraction of the isotope
 at the present sputtered depth. ``blur`` is the beam footprint on the specimen: a
 Gaussian of the probe FWHM plus the pixel-area average in the beam-normal plane,
-stretched by ``1 / cos(incidence)`` along the specimen's y axis (the FIB hits the
-surface at 45 deg, so a map is foreshortened by 0.707 along y), convolved with the
+stretched by ``1 / cos(incidence)`` along the specimen's y axis (the FIB column is at
+45 deg to the surface, bent to ~50 deg by a +4.5 kV extraction field: a map is
+foreshortened by ~0.64 along y), convolved with the
 ion-solid interaction spread. It is applied once per collector to the sum of the
 species it accepts, on the grid window under the raster.
 
@@ -89,7 +90,9 @@ class SimsParameters:
         Intensity of MH+ relative to M+ (e.g. 6LiH+ on 7Li+, unresolved: M/dM
         ~1000 would be needed).
     incidence_deg
-        Angle between the ion beam and the specimen normal in SIMS geometry.
+        Angle between the ion beam and the specimen normal in SIMS geometry without
+        an extraction field (the column's angle); the spectrometer bends it with the
+        bias (``ion_optics.landing_incidence_deg``, decision 0036).
     interaction_fwhm_nm
         Lateral spread of the ion-solid interaction (the resolution floor).
     ga_buildup_nm

@@ -1,4 +1,5 @@
-"""The ion raster's opt-in calibration errors (issue 15): field of view and rotation.
+"""The ion raster's opt-in calibration errors (issue 15): field of view and rotation;
+and the extraction field's bend of the beam (always on, decision 0036).
 
 The simulator's truth only: the spectrometer maps through the true raster while every
 PV (and so every plan's metadata) keeps the nominal field and rotation. Off by default.
@@ -16,14 +17,15 @@ from temsims.ioc.physics import sims as sp
 from temsims.ioc.server import parse_options
 from temsims.ioc.spectrometer import SpectrometerIOC
 
-SNAP = {"nx": 64, "ny": 48, "fov": 8.0, "rotation": 10.0, "x": 1.0, "y": -2.0}
+SNAP = {"nx": 64, "ny": 48, "fov": 8.0, "rotation": 10.0, "x": 1.0, "y": -2.0,
+        "incidence": 45.0}
 
 
-def _geometry(**errors: float) -> sp.ScanGeometry:
+def _geometry(incidence: float = 45.0, **errors: float) -> sp.ScanGeometry:
     """SpectrometerIOC.geometry on a stand-in carrying only what it reads."""
     ioc = SimpleNamespace(params=sp.SimsParameters(),
                           **{"fov_error_pct": 0.0, "raster_rotation_deg": 0.0, **errors})
-    return SpectrometerIOC.geometry(ioc, SNAP)
+    return SpectrometerIOC.geometry(ioc, {**SNAP, "incidence": incidence})
 
 
 def test_off_by_default_the_raster_is_the_nominal_one():
@@ -54,3 +56,29 @@ def test_the_map_is_written_with_the_true_raster():
 def test_out_of_range_errors_are_refused(argv):
     with pytest.raises(SystemExit):
         parse_options(argv)
+
+
+def test_the_extraction_field_bends_the_beam():
+    """tan t = sqrt(E sin^2 45 / (E cos^2 45 - V)) with E the column's 30 kV: the
+    landing angle the issue quotes (about 50 deg on +4.5 kV, 41 deg on -4.5 kV)."""
+    ioc = SimpleNamespace(params=sp.SimsParameters(), extraction_field_factor=1.0)
+    bent = SpectrometerIOC.incidence_deg(ioc, 25.5, 4500.0)
+    assert bent == pytest.approx(50.08, abs=0.01)
+    assert 1 / math.cos(math.radians(bent)) == pytest.approx(1.558, abs=0.001)
+    assert SpectrometerIOC.incidence_deg(ioc, 34.5, -4500.0) == pytest.approx(41.25, abs=0.01)
+    assert SpectrometerIOC.incidence_deg(ioc, 30.0, 0.0) == pytest.approx(45.0)
+    # A 5 kV column cannot reach a +4.5 kV holder at 45 deg (normal energy 2.5 keV).
+    assert SpectrometerIOC.incidence_deg(ioc, 0.5, 4500.0) is None
+    ioc.extraction_field_factor = 1.03  # a gap whose field the beam sees 3 % stronger
+    assert SpectrometerIOC.incidence_deg(ioc, 25.5, 4500.0) == pytest.approx(50.26, abs=0.01)
+    g = _geometry(incidence=50.08)
+    assert g.stretch == pytest.approx(1.558, abs=0.001)
+
+
+def test_each_instrument_has_its_own_extraction_field():
+    factors = [ion_optics.draw_extraction_field_factor(seed) for seed in range(2000)]
+    mean = sum(factors) / len(factors)
+    sd = math.sqrt(sum((f - mean) ** 2 for f in factors) / (len(factors) - 1))
+    assert abs(mean - 1.0) < 0.003 and sd == pytest.approx(0.03, rel=0.1)
+    assert max(abs(f - 1.0) for f in factors) <= 0.09 + 1e-12
+    assert ion_optics.draw_extraction_field_factor(7) == ion_optics.draw_extraction_field_factor(7)

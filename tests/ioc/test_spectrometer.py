@@ -19,6 +19,7 @@ import pytest
 from catools import Monitor, get, put, refused, wait_for
 
 from temsims.ioc.physics import sims as sp
+from temsims.ioc.physics.ion_optics import draw_extraction_field_factor, landing_incidence_deg
 from temsims.ioc.physics.materials import isotope_mass_u
 from temsims.ioc.physics.specimen import build_specimen
 
@@ -185,9 +186,15 @@ def test_imaging_takes_pixels_times_dwell_and_equals_the_physics(ms, specimen):
     assert (int(ms.get("MS:IMG:NX")), int(ms.get("MS:IMG:NY"))) == (nx, ny)
     n6 = ms.get("MS:COL1:MAP").reshape(ny, nx)
     n7 = ms.get("MS:COL2:MAP").reshape(ny, nx)
-    # The same frame from the physics module (no drift, pristine specimen).
+    # The same frame from the physics module (no drift, pristine specimen), the beam
+    # bent by the extraction field as this instrument's (seeded) field bends it.
+    incidence = landing_incidence_deg(float(ms.get("FIB:LANDING_RBV")),
+                                      float(ms.get("BIAS:VOLTAGE_RBV")),
+                                      field_factor=draw_extraction_field_factor(SEED))
+    assert incidence == pytest.approx(50.1, abs=0.6)  # +4.5 kV: not the column's 45 deg
     geo = sp.ScanGeometry(nx, ny, fov, centre_x_nm=float(ms.get("STAGE:X.RBV")) * 1000,
-                          centre_y_nm=float(ms.get("STAGE:Y.RBV")) * 1000)
+                          centre_y_nm=float(ms.get("STAGE:Y.RBV")) * 1000,
+                          incidence_deg=incidence)
     plan = sp.FramePlan(specimen, geo, (isotope_mass_u("6Li"), LI7),
                         float(ms.get("FIB:CURRENT_RBV")), dwell, float(ms.get("FIB:PROBE_RBV")),
                         float(ms.get("FIB:LANDING_RBV")), 1, True,

@@ -214,7 +214,8 @@ def _geometry(RE, start):
         assert [geo.nx, geo.ny] == start["map"]["pixels"]
         assert [geo.centre_x_um, geo.centre_y_um] == [start["region"]["x_um"],
                                                       start["region"]["y_um"]]
-        assert geo.incidence_deg == 45.0
+        # The column's 45 deg bent by the +4.5 kV extraction field (decision 0036).
+        assert geo.incidence_deg == pytest.approx(50.08, abs=0.01)
     plain_geo = type(geo).from_metadata(plain)
     np.testing.assert_allclose(geo.affine_to_specimen(), recorded, atol=1e-9)
     np.testing.assert_allclose(plain_geo.affine_to_specimen(), recorded, atol=1e-9)
@@ -256,9 +257,9 @@ def test_correlative_links_runs_and_regions(RE, pdev):
         assert t["region"]["tilt_deg"] == pytest.approx(0.0, abs=0.1)
         assert s["region"]["fov_um"] == pytest.approx(r["fov_um"])
         geo = SimsMapGeometry.from_metadata(s)
-        assert geo.shape == (11, 16) and geo.incidence_deg == 45.0
+        assert geo.shape == (11, 16) and geo.incidence_deg == pytest.approx(50.08, abs=0.01)
         assert geo.extent_um[1] == pytest.approx(
-            r["fov_um"] * 11 / 16 / math.cos(math.radians(45)), rel=1e-4)
+            r["fov_um"] * 11 / 16 / math.cos(math.radians(50.08)), rel=1e-4)
         assert s["correlative"]["rois"][i][:2] == [r["x_um"], r["y_um"]]
     # The SIMS map's brightest 7Li pixel of the first region lies on a truth particle.
     from temsims.ioc.physics.specimen import build_specimen

@@ -50,12 +50,12 @@ def _clear_field(particles, field_um: float) -> dict:
     particles the other tests here and in test_plans_tem image: the Ga calibration
     sputters over 100 nm at 1 nA over its field (too much of the 200 nm-thick map particle
     to compare maps on it), and a 2 um field round its neighbour reached it."""
-    from temsims.ioc.physics.sims import SimsParameters
-
     labelled, natural = particles
     others = [labelled[0], labelled[1], natural[0]]
     half_x = 500.0 * field_um
-    half_y = half_x / np.cos(np.radians(SimsParameters().incidence_deg))  # raster stretch
+    # The raster's stretch on the specimen: the beam lands at ~50 deg on +4.5 kV; 51 deg
+    # keeps the check on the safe side of any instrument's extraction field.
+    half_y = half_x / np.cos(np.radians(51.0))
     for p in natural:
         if all(abs(p["x_nm"] - o["x_nm"]) > half_x + 2 * o["radius_nm"]
                or abs(p["y_nm"] - o["y_nm"]) > half_y + 2 * o["radius_nm"] for o in others):
@@ -184,6 +184,10 @@ def test_sims_map_fly_and_step(RE, sims, map_particle, fly):
     assert start["region"]["x_um"] == pytest.approx(p["x_nm"] / 1000.0, abs=1e-3)
     assert start["region"]["fov_um"] == fov
     assert start["region"]["tilt_deg"] == pytest.approx(-68.0, abs=0.05)
+    # The extraction field bends the 30 kV beam from 45 deg to 50.1 deg at +4.5 kV
+    # (the landing energy 25.5 keV): the map is recorded 1.558 x longer along y.
+    assert start["beam_energy_keV"] == pytest.approx(25.5, abs=0.01)
+    assert start["map"]["incidence_deg"] == pytest.approx(50.08, abs=0.01)
     desc = RE.docs.descriptor()
     for label in ("6Li", "7Li", "12C"):  # the same description in both modes
         assert desc["data_keys"][f"imager_{label}"]["shape"] == [1, 8]
@@ -252,6 +256,9 @@ def test_depth_profile_depth_increases(RE, sims, particles):
     start = RE.docs.start()
     assert check_start_metadata(start) == []
     assert start["depth_model"]["sputter_yield_atoms_per_ion"] == 2.5
+    # The rastered area on the specimen, and so the depth, at the bent beam's 50.1 deg.
+    assert start["depth_model"]["incidence_deg"] == start["map"]["incidence_deg"]
+    assert start["map"]["incidence_deg"] == pytest.approx(50.08, abs=0.01)
     events = RE.docs.events("depth")
     depths = [e["data"]["depth_depth_nm"] for e in events]
     print(f"depth profile: depth per frame {np.round(depths, 2).tolist()} nm, 6Li totals "
