@@ -674,6 +674,7 @@ class SpectrometerIOC(InstrumentIOC):
         sp.sputter_dose(self.specimen, self.depth, geo, snap["current"], seconds, spot=spot,
                         probe_fwhm_nm=snap["probe"], params=self.params)
         self.depth_version += 1
+        self.world.holder.changed()
 
     def _raster_running(self) -> bool:
         return self.frame_task is not None and not self.frame_task.done()
@@ -935,6 +936,7 @@ class SpectrometerIOC(InstrumentIOC):
                     self.executor, lambda: sp.sputter(
                         self.specimen, self.depth, self.geometry(snap), plan.ions_per_pixel,
                         rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0)))
+                self.world.holder.changed()
         self._schedule_prepare()
 
     def _seed_generators(self) -> None:

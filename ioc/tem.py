@@ -256,7 +256,7 @@ class TEMIOC(InstrumentIOC):
         self.specimen = self.world.holder.specimen
         self.renderer = self.world.shared(
             ("tem-renderer", self.optics),
-            lambda: ImageRenderer(self.specimen, self.optics))
+            lambda: ImageRenderer(self.specimen, self.optics, holder=self.world.holder))
         self._edx_models: dict[tuple, EDXModel] = {}
         self._stage_keys = {axis: f"stage.{axis}" for axis in "XYAB"}
         self._bias_enable_key = "bias.enable"
@@ -429,6 +429,8 @@ class TEMIOC(InstrumentIOC):
                 objective_on=self.obj_rbv.value == "On",
             )
             image = await asyncio.get_running_loop().run_in_executor(None, render)
+            # The exposure's electrons stay in the specimen: later images show the damage.
+            self.renderer.expose(geometry, dose)
             ready = self.clock.now()
             remaining = exposure - (ready - start)
             if remaining > 0:

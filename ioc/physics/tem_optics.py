@@ -13,10 +13,13 @@ Geometry (:class:`ImageGeometry`)
     ``1 / (cos alpha cos beta)``. Specimen coordinates outside the grid are vacuum.
 
 Signal per electron (per specimen pixel, 2 nm)
-    - TEM bright field: ``T = exp(-(rho t) / (rho t)_0)``, the mass-thickness
+    - TEM bright field: ``T = exp(-(rho t)_s / (rho t)_0)``, the mass-thickness
       contrast of an objective aperture; ``(rho t)_0`` (ug/cm^2) is the contrast
-      parameter, given at 200 kV and scaled with the electron's ``p v``
-      (:func:`contrast_mass_thickness`). Vacuum transmits 1. A crystalline
+      parameter (carbon's), given at 200 kV and scaled with the electron's ``p v``
+      (:func:`contrast_mass_thickness`). ``(rho t)_s`` weighs each element's mass by
+      how much more than carbon it scatters (``materials.scattering_weight``, as
+      Z^(4/3) / A): a ug/cm^2 of Cu is 1.55 times darker than one of carbon. Vacuum
+      transmits 1. A crystalline
       specimen adds its diffraction contrast to ``rho t`` as an equivalent
       mass-thickness (:attr:`Specimen.bf_diffraction_ug_cm2`, 0 by default).
     - STEM HAADF: ``1 - exp(-sum_el n_el sigma_1 Z_el^1.7)`` (Z-contrast, Rutherford
@@ -35,6 +38,14 @@ Dose and noise
     Electrons per pixel ``= I t / e / N^2``; the detected counts are
     ``gain * Poisson(electrons * signal)`` (gain 1 count per electron by default, so
     variance / mean = 1).
+
+What the beams did (:func:`beam_effects_ug_cm2`, from the holder's depth and dose)
+    A TEM image shows what the instrument did to the specimen: the ion beam's
+    craters (the sputtered depth removed from the top layers) and the Ga it
+    implanted (``n / Y x d_b (1 - exp(-d / d_b))`` atoms/nm^2 at sputtered depth
+    ``d``: every ion kept at first, saturating at the steady state; none where the
+    beam went through), and the electron beam's radiolysis of beam-sensitive
+    matrices (``materials.Material.damage_loss`` of the dose received).
 """
 
 from __future__ import annotations
@@ -43,12 +54,23 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
-from temsims.ioc.physics.materials import ELEMENTARY_CHARGE_C, atomic_number
-from temsims.ioc.physics.specimen import Specimen
+from temsims.ioc.physics.materials import (
+    ATOMIC_MASS_UNIT_KG,
+    ELEMENTARY_CHARGE_C,
+    atomic_number,
+    ion_range_nm,
+    isotope_mass_u,
+    scattering_weight,
+)
+from temsims.ioc.physics.specimen import Specimen, Window, _crop
+
+if TYPE_CHECKING:
+    from temsims.ioc.physics.holder import Holder
 
 ELECTRON_REST_ENERGY_KEV = 510.99895
 
@@ -126,6 +148,54 @@ class ImageGeometry:
                 (self.centre_y_um + dy_um / self.cos_a) * 1000.0)
 
 
+#: Landing energy (keV) of the SIMS geometry's Ga+ (30 kV column, +4.5 kV holder): sets
+#: the implanted Ga's build-up depth in a TEM image after SIMS.
+SIMS_LANDING_KEV = 25.5
+#: ug/cm^2 of one Ga atom per nm^2.
+GA_UG_CM2_PER_NM2 = isotope_mass_u("Ga") * ATOMIC_MASS_UNIT_KG * 1e3 * 1e6 / 1e-14
+
+
+def scattering_mass_thickness(specimen: Specimen, window: Window = None) -> np.ndarray:
+    """``(rho t)_s`` (ug/cm^2, carbon-equivalent): each layer's mass-thickness times its
+    phases' scattering weight (see the module docstring)."""
+    total = 0.0
+    for layer in specimen.layers:
+        density = layer._mix(window, lambda m: m.density_g_cm3 * m.scattering_weight)
+        total = total + density * _crop(layer.thickness_nm, window) * 0.1
+    return np.array(specimen._full(total, window), np.float32)
+
+
+def beam_effects_ug_cm2(specimen: Specimen, depth_nm: np.ndarray, dose_e_nm2: np.ndarray,
+                        window: Window, landing_kev: float = SIMS_LANDING_KEV) -> np.ndarray:
+    """Change of ``(rho t)_s`` (ug/cm^2) on ``window`` from a sputtered depth, the Ga
+    implanted with it and an electron dose (``depth_nm`` and ``dose_e_nm2`` on the
+    window): the craters' mass removed from the top, radiolysis of what remains, the
+    implanted Ga added."""
+    shape = specimen.window_shape(window)
+    depth = np.broadcast_to(np.asarray(depth_nm, np.float32), shape)
+    dose = np.broadcast_to(np.asarray(dose_e_nm2, np.float32), shape)
+    delta = np.zeros(shape, np.float32)
+    top = np.zeros(shape, np.float32)
+    for layer in specimen.layers:
+        thickness = np.broadcast_to(np.asarray(_crop(layer.thickness_nm, window), np.float32),
+                                    shape)
+        removed = np.clip(depth - top, 0.0, thickness)
+        density = layer._mix(window, lambda m: m.density_g_cm3 * m.scattering_weight)
+        lost = layer._mix(window, lambda m: m.density_g_cm3 * m.scattering_weight
+                          * m.damage_loss(dose))
+        delta -= 0.1 * (density * removed + lost * (thickness - removed))
+        top = top + thickness
+    if np.any(depth > 0):
+        surface = specimen.surface(depth, window)
+        density = surface.atomic_density_per_nm3()
+        yield_ = np.maximum(surface.sputter_yield(), 1e-3)
+        buildup = 0.5 * ion_range_nm(landing_kev)
+        ga = density / yield_ * buildup * -np.expm1(-depth / buildup)
+        ga = np.where(depth < top, ga, 0.0)  # sputtered through: nothing holds it
+        delta += (ga * GA_UG_CM2_PER_NM2 * scattering_weight("Ga")).astype(np.float32)
+    return delta
+
+
 def electrons_per_pixel(beam_current_na: float, exposure_s: float, size: int) -> float:
     """Dose: beam current x exposure / e / pixels."""
     return beam_current_na * 1e-9 * exposure_s / ELEMENTARY_CHARGE_C / (size * size)
@@ -142,21 +212,70 @@ class ImageRenderer:
         Image-formation constants.
     """
 
-    def __init__(self, specimen: Specimen, params: OpticsParameters | None = None) -> None:
+    def __init__(self, specimen: Specimen, params: OpticsParameters | None = None,
+                 holder: Holder | None = None) -> None:
         self.specimen = specimen
         self.params = params or OpticsParameters()
+        #: Where the sputtered depth and the electron dose are kept (None: a pristine
+        #: specimen that no beam changes).
+        self.holder = holder
         self._lock = threading.Lock()
+        self._mt_lock = threading.Lock()
+        self._pristine: np.ndarray | None = None
         self._mt: np.ndarray | None = None
+        self._mt_version = -1
         self._zsum: np.ndarray | None = None
         self._signal_cache: OrderedDict = OrderedDict()
         self._level_cache: OrderedDict = OrderedDict()
 
     # ---- specimen maps (full grid) ---------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The holder's version (0 without one): what the maps were made for."""
+        return 0 if self.holder is None else self.holder.version
+
     def mass_thickness(self) -> np.ndarray:
-        """Untilted rho*t (ug/cm^2) on the specimen grid."""
-        if self._mt is None:
-            self._mt = self.specimen.mass_thickness_ug_cm2().astype(np.float32)
-        return self._mt
+        """Untilted ``(rho t)_s`` (ug/cm^2, carbon-equivalent) on the specimen grid, as
+        the beams have left the specimen."""
+        with self._mt_lock:
+            version = self.version
+            if self._mt is not None and self._mt_version == version:
+                return self._mt
+            if self._pristine is None:
+                self._pristine = scattering_mass_thickness(self.specimen)
+            mt = self._pristine
+            if self.holder is not None and version > 0:
+                depth, dose = self.holder.depth, self.holder.electron_dose
+                rows, cols = np.nonzero(np.any(depth > 0, axis=1))[0], np.nonzero(
+                    np.any(depth > 0, axis=0))[0]
+                drows, dcols = np.nonzero(np.any(dose > 0, axis=1))[0], np.nonzero(
+                    np.any(dose > 0, axis=0))[0]
+                rows, cols = np.concatenate([rows, drows]), np.concatenate([cols, dcols])
+                if rows.size and cols.size:
+                    window = (slice(int(rows.min()), int(rows.max()) + 1),
+                              slice(int(cols.min()), int(cols.max()) + 1))
+                    mt = mt.copy()
+                    mt[window] = np.maximum(mt[window] + beam_effects_ug_cm2(
+                        self.specimen, depth[window], dose[window], window), 0.0)
+            self._mt, self._mt_version = mt, version
+            return mt
+
+    def expose(self, geometry: ImageGeometry, electrons_per_px: float) -> None:
+        """Record an image's electron dose on the specimen under it (holder's map)."""
+        if self.holder is None or electrons_per_px <= 0:
+            return
+        x_nm, y_nm = geometry.pixel_coordinates_nm()
+        half_x = geometry.pixel_nm / geometry.cos_b / 2
+        half_y = geometry.pixel_nm / geometry.cos_a / 2
+        r0, c0 = self.specimen.to_index(x_nm.min() - half_x, y_nm.min() - half_y)
+        r1, c1 = self.specimen.to_index(x_nm.max() + half_x, y_nm.max() + half_y)
+        ny, nx = self.specimen.shape  # grid pixels whose centres the image covers
+        rows = slice(max(0, math.ceil(r0)), min(ny, math.floor(r1) + 1))
+        cols = slice(max(0, math.ceil(c0)), min(nx, math.floor(c1) + 1))
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            return
+        area_nm2 = (geometry.pixel_nm / geometry.cos_a) * (geometry.pixel_nm / geometry.cos_b)
+        self.holder.expose(rows, cols, electrons_per_px / area_nm2)
 
     def z_weighted_density(self) -> np.ndarray:
         """sum_el n_el Z^1.7 (per nm^2) on the specimen grid (HAADF)."""
@@ -179,7 +298,8 @@ class ImageRenderer:
     def signal_map(self, mode: str, ht_kv: float, contrast_mt0: float,
                    path_factor: float) -> tuple[np.ndarray, float]:
         """Signal per electron on the specimen grid and its value in vacuum."""
-        key = (mode, round(ht_kv, 6), round(contrast_mt0, 9), round(path_factor, 9))
+        key = (mode, round(ht_kv, 6), round(contrast_mt0, 9), round(path_factor, 9),
+               self.version)
         if key in self._signal_cache:
             self._signal_cache.move_to_end(key)
             return self._signal_cache[key]
@@ -219,7 +339,8 @@ class ImageRenderer:
         mt0 = p.contrast_mt0_ug_cm2 if contrast_mt0 is None else contrast_mt0
         with self._lock:
             signal, vacuum = self.signal_map(mode, ht_kv, mt0, geometry.path_factor)
-            signal_key = (mode, round(ht_kv, 6), round(mt0, 9), round(geometry.path_factor, 9))
+            signal_key = (mode, round(ht_kv, 6), round(mt0, 9), round(geometry.path_factor, 9),
+                          self.version)
             grid_pix = self.specimen.pixel_nm
             blur = 0.0 if objective_on else p.defocus_blur_nm
             # Footprint of an image pixel on the specimen, and the blur, set the level.
@@ -262,10 +383,14 @@ class ImageRenderer:
 
 
 __all__ = [
+    "GA_UG_CM2_PER_NM2",
+    "SIMS_LANDING_KEV",
     "ImageGeometry",
     "ImageRenderer",
     "OpticsParameters",
+    "beam_effects_ug_cm2",
     "contrast_mass_thickness",
     "electrons_per_pixel",
     "pv_product_kev",
+    "scattering_mass_thickness",
 ]
