@@ -263,8 +263,6 @@ class SpectrometerIOC(InstrumentIOC):
         # The counting chain's own dead time, from the seed: published nowhere.
         self.params = params or sp.SimsParameters(
             dead_time_s=sp.true_dead_time_s(self.seed))
-        # The probe current's fluctuation: a function of the instrument's time alone.
-        self.beam_noise = sp.BeamCurrentNoise(self.seed)
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
         self.initial_params = self.params
@@ -275,6 +273,9 @@ class SpectrometerIOC(InstrumentIOC):
         self._seed_generators()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sims")
         self.t_start = self.clock.now()
+        # The probe current's fluctuation, a function of the instrument's time (from
+        # this part's start: a restarted part draws the same process from a new origin).
+        self.beam_noise = sp.BeamCurrentNoise(self.seed, origin_s=self.t_start)
         self._drift_ref = (self.t_start, 0.0)  # (time, displacement nm) at the last rate change
         # Magnet and calibration (a stored at the reference voltage).
         self.cal_a_ref = sp.starting_cal_a(self.params)

@@ -442,7 +442,7 @@ def _sub_poisson(mean: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> n
 
 
 #: Step (instrument s) at which a map samples the probe current along a line.
-CURRENT_SAMPLE_S = 0.01
+CURRENT_SAMPLE_S = 0.03
 
 
 class BeamCurrentNoise:
@@ -460,11 +460,13 @@ class BeamCurrentNoise:
     work is split, and nothing needs to be stored).
 
     ``factor(t)`` is ``1 + g(t)`` at instrument times ``t`` (s, any shape);
-    ``mean_factor(t0, t1)`` its average over an interval (a count).
+    ``mean_factor(t0, t1)`` its average over an interval (a count). ``origin_s`` is
+    subtracted from the times first: cosines of epoch-sized arguments are three times
+    slower (argument reduction) and lose digits.
     """
 
     def __init__(self, seed: int, *, rms_fast: float = 0.01, tau_fast_s: float = 0.3,
-                 rms_slow: float = 0.01, tau_slow_s: float = 1800.0, n_modes: int = 48,
+                 rms_slow: float = 0.01, tau_slow_s: float = 1800.0, n_modes: int = 32,
                  origin_s: float = 0.0) -> None:
         rng = np.random.default_rng([int(seed), 0x6A])
         self.origin_s = float(origin_s)
