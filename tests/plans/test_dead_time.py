@@ -135,3 +135,18 @@ def test_invalid_arguments_refused_before_any_hardware_message(ddev, bad, exc):
 def test_center_without_stage_refused(ddev):
     with pytest.raises(ValueError, match="needs the stage"):
         next(calibrate_dead_time(ddev.spectrometer, ddev.column, center_um=(0.0, 0.0)))
+
+
+def test_a_dead_time_put_is_marked_manual(ddev, dead_time_run):
+    """Last in the module: a put is a claim about the calibration, marked "manual"; the
+    counts keep the instrument's own dead time (scored above: the fit finds the seed's
+    truth, not the 30 ns DEAD_TIME held while it counted)."""
+    sp = ddev.spectrometer
+    sp.dead_time.set(50e-9).wait(10)
+    assert float(sp.dead_time.get()) == pytest.approx(50e-9)
+    deadline = time.monotonic() + 5
+    while str(sp.dead_time_source.get()) != "manual":
+        assert time.monotonic() < deadline, sp.dead_time_source.get()
+        time.sleep(0.05)
+    with pytest.raises(Exception):  # noqa: B017 - the IOC refuses it (caproto's error)
+        sp.dead_time.set(1e-6).wait(10)
