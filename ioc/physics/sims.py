@@ -375,6 +375,10 @@ def true_dead_time_s(seed: int) -> float:
 #: Below this loss fraction ``N tau`` a count is drawn as Poisson (its variance differs
 #: from the sub-Poissonian one by under 1 %).
 SUB_POISSON_MIN_X = 5e-3
+#: Below this mean count a count is drawn as Poisson whatever ``N tau``: its variance
+#: deficit ``~2 N tau M T`` is a small fraction of a count, and counts over a few dead
+#: times are not a renewal process's asymptotic law anyway.
+SUB_POISSON_MIN_COUNTS = 1.0
 #: From this mean count on, a sub-Poissonian count is drawn from a rounded normal (as
 #: fast as a Poisson draw); below it from a binomial of the same two moments (exact
 #: integers, but 2-3 times slower: only the few dim pixels at tiny dwells need it).
@@ -389,7 +393,8 @@ def detect(expected_counts, time_s: float, params: SimsParameters,
     ``T >> tau`` its counts have mean ``M T = N T / (1 + N tau)`` and variance
     ``M T / (1 + N tau)^2`` (Mueller 1973, Nucl. Instrum. Methods 112, 47; Knoll,
     Radiation Detection and Measurement, ch. 4): sub-Poissonian. Drawn with those two
-    moments: as Poisson where ``N tau`` < :data:`SUB_POISSON_MIN_X`, else as a normal
+    moments: as Poisson where ``N tau`` < :data:`SUB_POISSON_MIN_X` or the mean is
+    below :data:`SUB_POISSON_MIN_COUNTS`, else as a normal
     rounded to an integer (its variance less the rounding's 1/12) from
     :data:`NORMAL_MIN_COUNTS` counts on, else as ``Binomial(n, p)`` with
     ``p = 1 - 1 / (1 + N tau)^2`` and ``n`` one of the two integers around
@@ -408,11 +413,11 @@ def detect(expected_counts, time_s: float, params: SimsParameters,
         lam = lam / (1.0 + x)
     if rng is None:
         return lam
-    if x is None:
+    if x is None or not x.size or x.max() < SUB_POISSON_MIN_X:
         return rng.poisson(lam).astype(np.int32)
     scalar = lam.ndim == 0
     lam, x = np.atleast_1d(lam), np.atleast_1d(x)
-    sub = x >= SUB_POISSON_MIN_X
+    sub = (x >= SUB_POISSON_MIN_X) & (lam >= SUB_POISSON_MIN_COUNTS)
     if sub.all():
         out = _sub_poisson(lam, x, rng)
     elif not sub.any():
