@@ -137,10 +137,12 @@ def test_center_without_stage_refused(ddev):
         next(calibrate_dead_time(ddev.spectrometer, ddev.column, center_um=(0.0, 0.0)))
 
 
-def test_a_dead_time_put_is_marked_manual(ddev, dead_time_run):
+def test_a_dead_time_put_is_marked_manual_and_a_reset_restores_nominal(
+        ddev, dead_time_run, instruments, seed):
     """Last in the module: a put is a claim about the calibration, marked "manual"; the
     counts keep the instrument's own dead time (scored above: the fit finds the seed's
-    truth, not the 30 ns DEAD_TIME held while it counted)."""
+    truth, not the 30 ns DEAD_TIME held while it counted). SIM:RESET puts back the
+    nominal value."""
     sp = ddev.spectrometer
     sp.dead_time.set(50e-9).wait(10)
     assert float(sp.dead_time.get()) == pytest.approx(50e-9)
@@ -150,3 +152,9 @@ def test_a_dead_time_put_is_marked_manual(ddev, dead_time_run):
         time.sleep(0.05)
     with pytest.raises(Exception):  # noqa: B017 - the IOC refuses it (caproto's error)
         sp.dead_time.set(1e-6).wait(10)
+    instruments.get(specimen="diffusion-couple", seed=seed)
+    deadline = time.monotonic() + 5
+    while str(sp.dead_time_source.get()) != "nominal":
+        assert time.monotonic() < deadline, sp.dead_time_source.get()
+        time.sleep(0.05)
+    assert float(sp.dead_time.get()) == pytest.approx(30e-9)
