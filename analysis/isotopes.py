@@ -96,7 +96,13 @@ def _counts_array(name: str, counts, ndim: int | None = None) -> np.ndarray:
 # Dead time
 # ======================================================================================
 def _dead_time(counts: np.ndarray, dwell_s: float, tau_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Corrected counts and their variance (Poisson on the measured counts, propagated)."""
+    """Corrected counts and their variance.
+
+    Counts behind a non-paralyzable dead time are sub-Poissonian: ``Var(M) = M / (1 + N
+    tau)^2 = M (1 - M tau)^2`` per interval (a renewal process; Mueller 1973, Knoll ch.
+    4), and ``dN/dM = 1 / (1 - M tau)^2``, so ``Var(N) = M / (1 - M tau)^2 = N / (1 -
+    M tau)``: the correction inflates the variance by ``1 / (1 - M tau)``, not by its
+    fourth power as it would for Poisson counts (decision 0034)."""
     if tau_s == 0.0:
         return counts.copy(), counts.copy()
     loss = counts * (tau_s / dwell_s)  # measured rate x tau
@@ -109,7 +115,7 @@ def _dead_time(counts: np.ndarray, dwell_s: float, tau_s: float) -> tuple[np.nda
             f"rate up to {worst:.4g} /s >= 1/tau = {1.0 / tau_s:.4g} /s (tau = {tau_s:g} s, "
             f"dwell {dwell_s:g} s); the true rate cannot be recovered")
     factor = 1.0 / (1.0 - loss)
-    return counts * factor, counts * factor**4  # dN/dM = 1 / (1 - M tau)^2
+    return counts * factor, counts * factor**2
 
 
 def dead_time_correct(counts, dwell_s: float, tau_s: float) -> np.ndarray:
@@ -127,7 +133,8 @@ def dead_time_correct(counts, dwell_s: float, tau_s: float) -> np.ndarray:
         Counting time of each value (s), > 0.
     tau_s : float
         Dead time (s), >= 0 (10-50 ns for the electron multipliers; the simulated
-        spectrometer's DEAD_TIME PV, 30 ns by default).
+        spectrometer's DEAD_TIME PV, its calibrated value: nominal 30 ns until
+        ``calibrate_dead_time`` measures it).
 
     Returns
     -------

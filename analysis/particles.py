@@ -648,9 +648,10 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     dwell_s : float, optional
         Dwell per pixel (s); required when ``dead_time_s > 0``.
     dead_time_s : float
-        Detector dead time (s), >= 0 (the spectrometer's DEAD_TIME; 30 ns in the
-        simulator). 0 skips the correction: at the MHz rates of bright particles
-        the 7Li losses then bias natural ratios high by several per cent.
+        Detector dead time (s), >= 0 (the spectrometer's DEAD_TIME: nominal 30 ns
+        until ``calibrate_dead_time`` measured it). 0 skips the correction: at the
+        MHz rates of bright particles the 7Li losses then bias natural ratios high by
+        several per cent.
     reference_ratio : float
         Natural 6Li/7Li (LSVEC 0.08215).
     systematic_rel : float

@@ -174,7 +174,10 @@ class MassSpectrometer(Device):
                  doc="Mass calibration B0 (T)")
     field_rbv = Cpt(Readback, "FIELD_RBV", kind="omitted")
     polarity = Cpt(Readback, "POLARITY_RBV", string=True, kind="config")
-    dead_time = Cpt(ValidatedSignal, "DEAD_TIME", kind="config", doc="Dead time (s)")
+    dead_time = Cpt(ValidatedSignal, "DEAD_TIME", kind="config",
+                    doc="Calibrated dead time (s) counts are corrected with")
+    dead_time_source = Cpt(ValidatedSignal, "DEAD_TIME:SOURCE", string=True, kind="config",
+                           doc="Where DEAD_TIME came from (nominal, manual, calibrated ...)")
     dark_rate = Cpt(ValidatedSignal, "DARK_RATE", kind="config", doc="Dark rate (1/s)")
     transmission = Cpt(ValidatedSignal, "TRANSMISSION", kind="config")
     drift = Cpt(ValidatedSignal, "DRIFT_NM_PER_MIN", kind="config",

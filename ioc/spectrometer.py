@@ -22,7 +22,17 @@ CAL:A (u/T^2), CAL:B0 (T)
     the 69Ga/71Ga peaks of the primary beam (mass scan).
 POLARITY_RBV (enum Positive/Negative)
     Follows the sign of the bias output.
-DEAD_TIME (float, s, 20e-9..50e-9), DARK_RATE (float, 1/s, 0..1000)
+DEAD_TIME (float, s, 10e-9..100e-9)
+    The *calibrated* dead time of the counting chain: what the control side corrects
+    counts with. It starts at the maker's nominal 30 ns; a put stores a new value (a
+    calibration, ``plans.counting.calibrate_dead_time``) and does not change the
+    counting, whose dead time is the instrument's own (drawn from its seed, 22-45 ns,
+    published nowhere: decision 0034). A put sets DEAD_TIME:SOURCE to "manual".
+DEAD_TIME:SOURCE (string) [added]
+    Where DEAD_TIME came from: "nominal" (start-up and SIM:RESET), "manual" (a put to
+    DEAD_TIME), or what a calibration writes after its DEAD_TIME put ("calibrated
+    <run uid prefix> <UTC date>").
+DARK_RATE (float, 1/s, 0..1000)
 TRANSMISSION (float, 0.05..1) [added]
 DRIFT_NM_PER_MIN (float, nm/min, 0..1000) [added]
     Drift of the specimen relative to the beam (also ``--drift-nm-per-min``).
@@ -36,7 +46,8 @@ COL{n}:MASS, COL{n}:MASS_RBV (float, u), n = 1..4
     is refused. When the field changes the collectors are moved to keep their
     masses where the focal plane allows (else parked at its edge: MASS_RBV differs).
 COL{n}:COUNTS (long), COL{n}:RATE (float, 1/s)
-    Counting-mode results (measured, i.e. after dead time).
+    Counting-mode results (measured, i.e. after dead time; sub-Poissonian, and
+    carrying the probe current's fluctuation, ``sims.BeamCurrentNoise``).
 COL{n}:MAP (long waveform)
     Imaging: NY x NX counts, row-major (row 0 = -y edge), filled line by line.
 MODE (enum Counting/Scan/Imaging)
@@ -96,6 +107,8 @@ END_TOLERANCE_S = 0.05
 STOPPING_FRAME_WAIT_S = 5.0
 #: Settling of the magnet between the (small) steps of a mass scan.
 SCAN_STEP_SETTLE_S = 1e-3
+#: Values DEAD_TIME (the calibrated dead time, s) accepts.
+DEAD_TIME_RANGE_S = (10e-9, 100e-9)
 #: Default collector masses (u) with the axial mass at 7 u: 6Li, 7Li, 12C, 13C.
 DEFAULT_MASSES = (6.015122887, 7.01600344, 12.0, 13.00335484)
 
@@ -177,8 +190,13 @@ class SpectrometerIOC(InstrumentIOC):
     polarity_rbv = pvproperty(name="POLARITY_RBV", alarm_group="POLARITY_RBV", value="Positive",
                               enum_strings=("Positive", "Negative"), dtype=ChannelType.ENUM,
                               read_only=True)
-    dead_time = pvproperty(name="DEAD_TIME", alarm_group="DEAD_TIME", value=30e-9, units="s", precision=10,
-                           lower_ctrl_limit=20e-9, upper_ctrl_limit=50e-9)
+    dead_time = pvproperty(name="DEAD_TIME", alarm_group="DEAD_TIME", value=sp.NOMINAL_DEAD_TIME_S,
+                           units="s", precision=12, lower_ctrl_limit=DEAD_TIME_RANGE_S[0],
+                           upper_ctrl_limit=DEAD_TIME_RANGE_S[1],
+                           doc="Calibrated dead time (s) the control side corrects with")
+    dead_time_source = pvproperty(name="DEAD_TIME:SOURCE", alarm_group="DEAD_TIME:SOURCE",
+                                  value="nominal", dtype=ChannelType.STRING,
+                                  doc="Where DEAD_TIME came from")
     dark_rate = pvproperty(name="DARK_RATE", alarm_group="DARK_RATE", value=0.2, units="1/s", precision=3,
                            lower_ctrl_limit=0.0, upper_ctrl_limit=1000.0)
     transmission = pvproperty(name="TRANSMISSION", alarm_group="TRANSMISSION", value=0.45, precision=3,
@@ -248,7 +266,9 @@ class SpectrometerIOC(InstrumentIOC):
         self.extraction_field_factor = (
             ion_optics.draw_extraction_field_factor(self.seed)
             if extraction_field_factor is None else float(extraction_field_factor))
-        self.params = params or sp.SimsParameters()
+        # The counting chain's own dead time, from the seed: published nowhere.
+        self.params = params or sp.SimsParameters(
+            dead_time_s=sp.true_dead_time_s(self.seed))
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
         self.initial_params = self.params
@@ -259,6 +279,9 @@ class SpectrometerIOC(InstrumentIOC):
         self._seed_generators()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sims")
         self.t_start = self.clock.now()
+        # The probe current's fluctuation, a function of the instrument's time (from
+        # this part's start: a restarted part draws the same process from a new origin).
+        self.beam_noise = sp.BeamCurrentNoise(self.seed, origin_s=self.t_start)
         self._drift_ref = (self.t_start, 0.0)  # (time, displacement nm) at the last rate change
         # Magnet and calibration (a stored at the reference voltage).
         self.cal_a_ref = sp.starting_cal_a(self.params)
@@ -574,10 +597,19 @@ class SpectrometerIOC(InstrumentIOC):
     # ---- detector parameters ----------------------------------------------------------
     @dead_time.putter
     async def dead_time(self, instance, value):
-        value = require_range(value, 20e-9, 50e-9, "DEAD_TIME")
+        # The calibrated value, for the control side's corrections: the counts keep the
+        # instrument's own dead time (self.params).
+        value = require_range(value, *DEAD_TIME_RANGE_S, "DEAD_TIME")
         await self._refuse_if_busy("DEAD_TIME")
-        self.params = self.params.with_(dead_time_s=value)
+        await self.dead_time_source.write("manual")
         return value
+
+    @dead_time_source.putter
+    async def dead_time_source(self, instance, value):
+        text = str(value).strip()
+        if not text:
+            raise ValueError("DEAD_TIME:SOURCE must not be empty")
+        return text[:39]
 
     @dark_rate.putter
     async def dark_rate(self, instance, value):
@@ -597,7 +629,8 @@ class SpectrometerIOC(InstrumentIOC):
     async def drift_rate(self, instance, async_lib):
         await instance.write(self.params.drift_nm_per_min, verify_value=False)
         await self.collector_window.write(self.params.collector_window_u, verify_value=False)
-        await self.dead_time.write(self.params.dead_time_s, verify_value=False)
+        await self.dead_time.write(sp.NOMINAL_DEAD_TIME_S, verify_value=False)
+        await self.dead_time_source.write("nominal", verify_value=False)
         await self.dark_rate.write(self.params.dark_rate_per_s, verify_value=False)
         await self.transmission.write(self.params.transmission, verify_value=False)
 
@@ -687,6 +720,8 @@ class SpectrometerIOC(InstrumentIOC):
         emission = await loop.run_in_executor(self.executor, self._emission, snap, t0)
         await self.clock.sleep(t0 + count_time - self.clock.now())
         ions_per_s = sp.primary_ion_rate(snap["current"]) if snap["ready"] else 0.0
+        # The source's current over this count, common to the four collectors.
+        ions_per_s *= self.beam_noise.mean_factor(t0, t0 + count_time)
         expected = sp.collector_expectation(snap["masses"], emission, ions_per_s, count_time,
                                             self.params)
         counts = sp.detect(expected, count_time, self.params, self.rng)
@@ -730,6 +765,7 @@ class SpectrometerIOC(InstrumentIOC):
             await loop.run_in_executor(self.executor, self._sputter_time, snap, total)
         e1 = await loop.run_in_executor(self.executor, self._emission, snap, t0 + total)
         expected = sp.mass_scan_expectation(true_mass, e0, e1, ions_per_s, dwell, self.params)
+        expected *= self.beam_noise.factor(t0 + (np.arange(npts) + 0.5) * step_time)
         spectrum = sp.detect(expected, dwell, self.params, self.rng).astype(np.float64)
         published = 0
         while published < npts:
@@ -866,6 +902,7 @@ class SpectrometerIOC(InstrumentIOC):
                 plan = await loop.run_in_executor(self.executor, self._make_plan, snap, t0,
                                                   0.0)
         self.prepared = None
+        plan = plan.retarget(beam_noise=self.beam_noise, frame_start_s=t0)
         clock = self.clock
         # Lines go out at most PUBLISH_RATE_HZ in wall time, whatever the time scale.
         if clock.wall(line_time) >= 0.02:
@@ -973,7 +1010,8 @@ class SpectrometerIOC(InstrumentIOC):
         await self.cal_b0.write(self.cal_b0_value, verify_value=False)
         await self.cal_a.write(self.cal()[0], verify_value=False)
         await self.drift_rate.write(self.params.drift_nm_per_min, verify_value=False)
-        await self.dead_time.write(self.params.dead_time_s, verify_value=False)
+        await self.dead_time.write(sp.NOMINAL_DEAD_TIME_S, verify_value=False)
+        await self.dead_time_source.write("nominal", verify_value=False)
         await self.dark_rate.write(self.params.dark_rate_per_s, verify_value=False)
         await self.transmission.write(self.params.transmission, verify_value=False)
         self._last_status = ""

@@ -258,8 +258,10 @@ def sims_md(spectrometer, column, bias):
     known isotope), mass_u}; ``polarity`` from the spectrometer; ``bias_kV`` from
     the bias readback (omitted without ``bias``); ``beam_energy_keV`` the landing
     energy and ``beam_current_pA`` the ion-beam current (omitted without ``column``);
-    ``dead_time_s`` the counting chain's dead time (DEAD_TIME, if the spectrometer has
-    it), which the analysis needs to correct high count rates.
+    ``dead_time_s`` the counting chain's calibrated dead time (DEAD_TIME, if the
+    spectrometer has it), which the analysis needs to correct high count rates, and
+    ``dead_time_source`` where it came from (DEAD_TIME:SOURCE: "nominal", "manual",
+    "calibrated <run> <date>"; :func:`read_dead_time`).
     """
     out: dict[str, Any] = {}
     collectors = []
@@ -278,10 +280,10 @@ def sims_md(spectrometer, column, bias):
     out["collectors"] = collectors
     polarity = yield from bps.rd(spectrometer.polarity, default_value="Positive")
     out["polarity"] = "negative" if str(polarity).lower().startswith("neg") else "positive"
-    if getattr(spectrometer, "dead_time", None) is not None:
-        dead = (yield from bps.rd(spectrometer.dead_time, default_value=None))
-        if dead is not None:
-            out["dead_time_s"] = _num(dead)
+    dead, source = yield from read_dead_time(spectrometer, None)
+    if dead is not None:
+        out["dead_time_s"] = dead
+        out["dead_time_source"] = source
     if bias is not None:
         volts = _num((yield from bps.rd(bias.readback, default_value=0.0)))
         out["bias_kV"] = round(volts / 1000.0, 4)
@@ -289,6 +291,22 @@ def sims_md(spectrometer, column, bias):
         out["beam_energy_keV"] = _num((yield from bps.rd(column.landing, default_value=0.0)))
         out["beam_current_pA"] = _num((yield from bps.rd(column.current, default_value=0.0)))
     return out
+
+
+def read_dead_time(spectrometer, default: float | None):
+    """Plan stub: ``(dead_time_s, source)``, the spectrometer's calibrated dead time
+    (DEAD_TIME) and where it came from (DEAD_TIME:SOURCE; "unknown" if it has none);
+    ``(default, "default")`` without a DEAD_TIME (or in a simulation)."""
+    if getattr(spectrometer, "dead_time", None) is None:
+        return default, "default"
+    dead = yield from bps.rd(spectrometer.dead_time, default_value=None)
+    if dead is None:
+        return default, "default"
+    source = "unknown"
+    if getattr(spectrometer, "dead_time_source", None) is not None:
+        source = str((yield from bps.rd(spectrometer.dead_time_source,
+                                        default_value="unknown")) or "unknown")
+    return _num(dead), source
 
 
 def start_metadata(*, plan_name: str, plan_args: dict, mode: str, region: dict | None,
@@ -462,6 +480,7 @@ __all__ = [
     "clip_within",
     "device_limits",
     "plan_args_md",
+    "read_dead_time",
     "region_md",
     "safe_state",
     "sims_md",

@@ -45,6 +45,7 @@ from temsims.plans._common import (
     device_limits,
     microscope_parts,
     plan_args_md,
+    read_dead_time,
     with_safe_state,
 )
 from temsims.plans.correlative import ensure_tem_mode
@@ -390,7 +391,8 @@ def edx_sims_calibration(microscope: Microscope, *,
             current = float((yield from bps.rd(column.current, default_value=0.0)) or 0.0)
             probe = float((yield from bps.rd(column.probe, default_value=0.0)) or 0.0)
             ap = yield from bps.rd(column.aperture, default_value="")
-            dead = float((yield from bps.rd(spectrometer.dead_time, default_value=0.0)) or 0.0)
+            dead, dead_source = yield from read_dead_time(spectrometer, 0.0)
+            dead = float(dead or 0.0)
             dark = float((yield from bps.rd(spectrometer.dark_rate, default_value=0.0)) or 0.0)
             dose, depth = sputter_depth_nm(current, nx * ny * dwell, fov, (nx, ny),
                                            incidence_deg=geometry.incidence_deg)
@@ -398,7 +400,8 @@ def edx_sims_calibration(microscope: Microscope, *,
             # The map's geometry, data keys and dwell are in the run's map block.
             block["sims"] = {
                 "species": {"analyte": a_label, "matrix": m_label},
-                "dead_time_s": dead, "dark_rate_per_s": dark,
+                "dead_time_s": dead, "dead_time_source": dead_source,
+                "dark_rate_per_s": dark,
                 "beam_current_pa": current, "probe_fwhm_nm": probe, "aperture": str(ap),
                 "polarity": "positive" if volts > 0 else "negative",
                 "bias_kV": round(volts / 1000.0, 4), "frame_index": 0, "frames": 1,

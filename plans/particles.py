@@ -33,6 +33,7 @@ from temsims.plans._common import (
     clip_within,
     device_limits,
     microscope_parts,
+    read_dead_time,
     with_safe_state,
 )
 from temsims.plans.correlative import PARTS, check_sims_voltage, role_md
@@ -171,10 +172,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                               "imaged": []}
 
     def body():
-        tau = DEFAULT_DEAD_TIME_S
-        if getattr(spectrometer, "dead_time", None) is not None:
-            tau = yield from bps.rd(spectrometer.dead_time, default_value=DEFAULT_DEAD_TIME_S)
-            tau = DEFAULT_DEAD_TIME_S if tau is None else float(tau)
+        tau, tau_source = yield from read_dead_time(spectrometer, DEFAULT_DEAD_TIME_S)
         analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
                     "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7}
         # The parameters as find_particles records them, known before the run starts.
@@ -198,7 +196,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         run_md = {**base_md, "correlative": role_md(
             role="particle_search", roi_index=None,
             roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
-            particle_analysis=dict(parameters), image_uncertain=image_uncertain)}
+            particle_analysis=dict(parameters, dead_time_source=tau_source),
+            image_uncertain=image_uncertain)}
         result["uids"]["sims"].append((yield from sims_map(
             imager, spectrometer, column, stage, bias, species=labels, fov_um=fov_um,
             pixels=pixels, dwell_s=dwell_s, fly=True, after_map=analyse, md=run_md)))

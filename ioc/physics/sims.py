@@ -29,7 +29,11 @@ projected range. Sputtering advances a per-grid-pixel depth map by
 ``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3).
 
 Detection: a non-paralyzable dead time ``tau`` turns a true count rate ``N`` into
-``M = N / (1 + N tau)``; dark counts add; the counts are Poisson.
+``M = N / (1 + N tau)``; dark counts add; the counts are sub-Poissonian, variance
+``M T / (1 + N tau)^2`` (:func:`detect`). ``tau`` is the instrument's own, drawn from
+its seed (:func:`true_dead_time_s`) and published nowhere (decision 0034). The Ga
+ion source's current fluctuates (:class:`BeamCurrentNoise`): a factor common to all
+collectors on the true counts.
 
 Mass selection: ``m/q = B^2 r^2 / (2 U)``. The Hall probe reads the gap field
 plus a fixed zero offset; the gap field lags the setpoint by a hysteresis that
@@ -73,7 +77,8 @@ class SimsParameters:
     transmission
         Fraction of the secondary ions that reach a collector (> 40 %).
     dead_time_s
-        Non-paralyzable dead time of each electron multiplier (20-50 ns).
+        Non-paralyzable dead time of each electron multiplier (the truth the counts
+        are drawn with; the spectrometer IOC sets it from its seed, 22-45 ns).
     dark_rate_per_s
         Dark count rate of each detector (< 1 /s).
     sector_radius_m
@@ -354,20 +359,153 @@ def dead_time_correct(measured_rate, tau_s: float):
     return m / (1.0 - m * tau_s)
 
 
+#: The counting chain's dead time the maker states (s): what DEAD_TIME publishes until a
+#: calibration (``plans.counting.calibrate_dead_time``) measures the chain's own.
+NOMINAL_DEAD_TIME_S = 30e-9
+#: Spread of the true dead time between instruments (s): electron multipliers and
+#: their discriminators of one make differ by tens of per cent (instrument.md: 10-50 ns).
+DEAD_TIME_SPREAD_S = (22e-9, 45e-9)
+
+
+def true_dead_time_s(seed: int) -> float:
+    """The hidden dead time of the instrument of ``seed`` (s), drawn uniformly from
+    :data:`DEAD_TIME_SPREAD_S`. Published nowhere: the spectrometer counts with it, the
+    control side must measure it; only tests read it (to score a calibration)."""
+    rng = np.random.default_rng([int(seed), 0xDEAD])
+    return float(rng.uniform(*DEAD_TIME_SPREAD_S))
+
+
+#: Below this loss fraction ``N tau`` a count is drawn as Poisson (its variance differs
+#: from the sub-Poissonian one by under 1 %).
+SUB_POISSON_MIN_X = 5e-3
+#: Below this mean count a count is drawn as Poisson whatever ``N tau``: its variance
+#: deficit ``~2 N tau M T`` is a small fraction of a count, and counts over a few dead
+#: times are not a renewal process's asymptotic law anyway.
+SUB_POISSON_MIN_COUNTS = 1.0
+#: From this mean count on, a sub-Poissonian count is drawn from a rounded normal (as
+#: fast as a Poisson draw); below it from a binomial of the same two moments (exact
+#: integers, but 2-3 times slower: only the few dim pixels at tiny dwells need it).
+NORMAL_MIN_COUNTS = 20.0
+
+
 def detect(expected_counts, time_s: float, params: SimsParameters,
            rng: np.random.Generator | None, dark: bool = True) -> np.ndarray:
-    """Counts from expected true counts over ``time_s``: dark counts, dead time, Poisson.
+    """Counts from expected true counts over ``time_s``: dark counts, dead time, noise.
 
-    ``rng=None`` returns the expectation (float) instead of a draw.
+    A non-paralyzable counter with true rate ``N`` registers a renewal process: over
+    ``T >> tau`` its counts have mean ``M T = N T / (1 + N tau)`` and variance
+    ``M T / (1 + N tau)^2`` (Mueller 1973, Nucl. Instrum. Methods 112, 47; Knoll,
+    Radiation Detection and Measurement, ch. 4): sub-Poissonian. Drawn with those two
+    moments: as Poisson where ``N tau`` < :data:`SUB_POISSON_MIN_X` or the mean is
+    below :data:`SUB_POISSON_MIN_COUNTS`, else as a normal
+    rounded to an integer (its variance less the rounding's 1/12) from
+    :data:`NORMAL_MIN_COUNTS` counts on, else as ``Binomial(n, p)`` with
+    ``p = 1 - 1 / (1 + N tau)^2`` and ``n`` one of the two integers around
+    ``M T / p`` (picked at random so that the mean is exact).
+
+    ``rng=None`` returns the expectation (float) instead of a draw. The draws of an
+    array depend only on its values, in order: a map drawn row by row is the same
+    however its rows are grouped into calls.
     """
     lam = np.asarray(expected_counts, dtype=np.float64)
     if dark:
         lam = lam + params.dark_rate_per_s * time_s
+    x = None
     if params.dead_time_s > 0 and time_s > 0:
-        lam = lam / (1.0 + lam * (params.dead_time_s / time_s))
+        x = lam * (params.dead_time_s / time_s)  # N tau
+        lam = lam / (1.0 + x)
     if rng is None:
         return lam
-    return rng.poisson(lam).astype(np.int32)
+    if x is None or not x.size or x.max() < SUB_POISSON_MIN_X:
+        return rng.poisson(lam).astype(np.int32)
+    scalar = lam.ndim == 0
+    lam, x = np.atleast_1d(lam), np.atleast_1d(x)
+    sub = (x >= SUB_POISSON_MIN_X) & (lam >= SUB_POISSON_MIN_COUNTS)
+    if sub.all():
+        out = _sub_poisson(lam, x, rng)
+    elif not sub.any():
+        out = rng.poisson(lam).astype(np.int32)
+    else:
+        out = np.empty(lam.shape, np.int32)
+        out[~sub] = rng.poisson(lam[~sub])
+        out[sub] = _sub_poisson(lam[sub], x[sub], rng)
+    return out[0] if scalar else out
+
+
+def _sub_poisson(mean: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integers with mean ``mean`` and variance ``mean / (1 + x)^2``."""
+    var = mean / np.square(1.0 + x)
+    out = np.floor(mean + np.sqrt(np.maximum(var - 1.0 / 12.0, 0.0))
+                   * rng.standard_normal(mean.shape) + 0.5)
+    np.maximum(out, 0.0, out=out)
+    dim = mean < NORMAL_MIN_COUNTS
+    if dim.any():
+        m, xd = mean[dim], x[dim]
+        p = 1.0 - 1.0 / np.square(1.0 + xd)
+        n_real = m / p
+        n = np.floor(n_real)
+        n += rng.random(n.shape) < (n_real - n)
+        out[dim] = rng.binomial(n.astype(np.int64), p)
+    return out.astype(np.int32)
+
+
+#: Step (instrument s) at which a map samples the probe current along a line.
+CURRENT_SAMPLE_S = 0.03
+
+
+class BeamCurrentNoise:
+    """Relative fluctuation of the Ga+ probe current, a seeded function of time.
+
+    A liquid-metal ion source regulated on its extraction current still lets the probe
+    current through an aperture fluctuate: about 1 % rms short-term noise with most
+    power below ~10 Hz, and a drift of 1-2 % per hour (Orloff, Utlaut and Swanson,
+    High Resolution Focused Ion Beams, 2003, ch. 3; Swanson, Nucl. Instrum. Methods
+    218, 347 (1983)). Modelled as two stationary Gaussian processes with exponential
+    correlation, ``rms_fast`` over ``tau_fast_s`` and ``rms_slow`` over ``tau_slow_s``,
+    each a sum of ``n_modes`` cosines whose angular frequencies are drawn from the
+    Lorentzian (Cauchy) spectrum of that correlation (spectral synthesis: a function of
+    time alone, so a line, a count or a scan step reads the same factor however the
+    work is split, and nothing needs to be stored).
+
+    ``factor(t)`` is ``1 + g(t)`` at instrument times ``t`` (s, any shape);
+    ``mean_factor(t0, t1)`` its average over an interval (a count). ``origin_s`` is
+    subtracted from the times first: cosines of epoch-sized arguments are three times
+    slower (argument reduction) and lose digits.
+    """
+
+    def __init__(self, seed: int, *, rms_fast: float = 0.01, tau_fast_s: float = 0.3,
+                 rms_slow: float = 0.01, tau_slow_s: float = 1800.0, n_modes: int = 32,
+                 origin_s: float = 0.0) -> None:
+        rng = np.random.default_rng([int(seed), 0x6A])
+        self.origin_s = float(origin_s)
+        omegas, phases, amps = [], [], []
+        for rms, tau in ((rms_fast, tau_fast_s), (rms_slow, tau_slow_s)):
+            if rms <= 0:
+                continue
+            # |omega| ~ Cauchy(0, 1/tau): E[cos(omega dt)] = exp(-|dt| / tau).
+            omegas.append(np.abs(rng.standard_cauchy(n_modes)) / tau)
+            phases.append(rng.uniform(0.0, 2.0 * np.pi, n_modes))
+            amps.append(np.full(n_modes, rms * math.sqrt(2.0 / n_modes)))
+        self.omega = np.concatenate(omegas) if omegas else np.zeros(0)
+        self.phase = np.concatenate(phases) if phases else np.zeros(0)
+        self.amp = np.concatenate(amps) if amps else np.zeros(0)
+
+    def factor(self, t_s) -> np.ndarray:
+        t = np.asarray(t_s, dtype=np.float64) - self.origin_s
+        if not self.omega.size:
+            return np.ones_like(t)
+        arg = t[..., None] * self.omega + self.phase
+        return 1.0 + np.cos(arg) @ self.amp
+
+    def mean_factor(self, t0_s: float, t1_s: float) -> float:
+        if not self.omega.size:
+            return 1.0
+        a, b = float(t0_s) - self.origin_s, float(t1_s) - self.origin_s
+        if b - a <= 0:
+            return float(self.factor(a))
+        w = np.maximum(self.omega, 1e-300)
+        mean = (np.sin(w * b + self.phase) - np.sin(w * a + self.phase)) / (w * (b - a))
+        return float(1.0 + mean @ self.amp)
 
 
 # ======================================================================================
@@ -644,6 +782,10 @@ class FramePlan:
     drift_slack_s
         The grid window covers the drift of this much longer than the frame, so that
         a plan prepared ahead of time stays valid for a while (see :meth:`retarget`).
+    beam_noise, frame_start_s
+        The probe current's fluctuation (:class:`BeamCurrentNoise`, ``None``: a steady
+        current) and the instrument time (s) of the frame's first pixel: each pixel's
+        true counts are scaled by the current factor at its time.
     """
 
     specimen: Specimen
@@ -667,6 +809,8 @@ class FramePlan:
     # keeps them: a plan that lost them read its coarse maps as the full grid.
     block: int = 1
     blurred_shape: tuple[int, ...] | None = None
+    beam_noise: BeamCurrentNoise | None = None
+    frame_start_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.species is None:
@@ -745,6 +889,7 @@ class FramePlan:
             coords = np.clip((coords - (k - 1) / 2.0) / k, 0.0, nodes - 1)
         out = []
         scale = self.ions_per_pixel * self.params.transmission
+        current = self.current_factor(r0, r1)
         done: dict[int, np.ndarray] = {}
         for b in self.blurred:
             if b is None:
@@ -755,8 +900,26 @@ class FramePlan:
                     b, coords, order=1, mode="constant", cval=0.0, prefilter=False)
                 if inside is not None:
                     done[id(b)] *= inside
+                if current is not None:
+                    done[id(b)] *= current
             out.append(done[id(b)])
         return out
+
+    def current_factor(self, r0: int, r1: int) -> np.ndarray | None:
+        """The probe current's factor at each pixel of rows r0..r1-1 (``None`` without
+        :attr:`beam_noise`): sampled every :data:`CURRENT_SAMPLE_S` along each line and
+        interpolated (its fast part is correlated over ~0.3 s)."""
+        if self.beam_noise is None:
+            return None
+        nx, dwell = self.geometry.nx, self.dwell_s
+        n = min(nx, int(math.ceil(nx * dwell / CURRENT_SAMPLE_S)) + 1)
+        cols = np.linspace(0.0, nx - 1.0, max(n, 2))
+        rows = np.arange(r0, r1, dtype=np.float64)[:, None]
+        coarse = self.beam_noise.factor(self.frame_start_s + (rows * nx + cols) * dwell)
+        if n >= nx:
+            return coarse if coarse.shape[1] == nx else coarse[:, :nx]
+        every = np.arange(nx, dtype=np.float64)
+        return np.stack([np.interp(every, cols, line) for line in coarse])
 
     def render_lines(self, r0: int, r1: int, rng: np.random.Generator | None) -> list[np.ndarray]:
         """Detected counts (int32; float expectation if ``rng`` is None) for rows r0..r1-1.
@@ -931,6 +1094,9 @@ def collector_expectation(true_masses_u, emission: dict[str, float], ions_per_s:
 
 
 __all__ = [
+    "DEAD_TIME_SPREAD_S",
+    "NOMINAL_DEAD_TIME_S",
+    "BeamCurrentNoise",
     "FramePlan",
     "Magnet",
     "ScanGeometry",
@@ -965,4 +1131,5 @@ __all__ = [
     "species_weights",
     "starting_cal_a",
     "true_cal_a",
+    "true_dead_time_s",
 ]

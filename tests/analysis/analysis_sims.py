@@ -16,7 +16,14 @@ LI_MASSES = (isotope_mass_u("6Li"), isotope_mass_u("7Li"))
 DEMO = {"fov_um": 4.0, "dwell_s": 1e-3, "current_pa": 100.0, "column_kv": 30.0}
 DEMO_FULL_PIXELS = (96, 68)
 DEMO_QUICK_PIXELS = (64, 45)
-DEAD_TIME_S = sp.SimsParameters().dead_time_s
+#: The counting chain's nominal dead time (what DEAD_TIME publishes uncalibrated).
+DEAD_TIME_S = sp.NOMINAL_DEAD_TIME_S
+
+
+def dead_time_of(seed: int) -> float:
+    """The dead time the maps of ``seed`` are counted with: the instrument's own, drawn
+    from the seed as the spectrometer IOC draws it (the simulator's truth)."""
+    return sp.true_dead_time_s(seed)
 
 
 def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
@@ -28,7 +35,7 @@ def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
     plan = sp.FramePlan(spec, geo, LI_MASSES, current_pa, dwell_s,
                         probe_diameter_nm(current_pa, DEMO["column_kv"]), 25.5, 1, True,
                         np.zeros(spec.shape, np.float32),
-                        params=params or sp.SimsParameters())
+                        params=params or sp.SimsParameters(dead_time_s=dead_time_of(seed)))
     n6, n7 = plan.render(np.random.default_rng(1000 + seed))
     return spec, geo, n6, n7
 

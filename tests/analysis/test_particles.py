@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 from analysis_sims import (
-    DEAD_TIME_S,
     DEMO,
     DEMO_FULL_PIXELS,
     DEMO_QUICK_PIXELS,
+    dead_time_of,
     match_truth,
     particle_maps,
     score,
@@ -43,7 +43,7 @@ def _run(seed, pixels, **kw):
     affine = SimsMapGeometry(nx=pixels[0], ny=pixels[1], fov_um=geo.fov_um, centre_x_um=0.0,
                              centre_y_um=0.0).affine_to_specimen()
     table = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
-                           dead_time_s=DEAD_TIME_S, **kw)
+                           dead_time_s=dead_time_of(seed), **kw)
     sc = score(table, affine, spec.truth["particles"])
     sc["centroids"] = score_centroids(table.labelled(), spec.truth["particles"])
     return spec, table, affine, sc
@@ -109,7 +109,7 @@ def test_labelled_particle_beside_a_natural_one_is_its_own_segment():
     total = (n6 + n7).astype(float)
     merged = segment_sims_particles(total, min_counts=20.0)
     cut = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
-                         dead_time_s=DEAD_TIME_S, labels=merged)
+                         dead_time_s=dead_time_of(1), labels=merged)
     assert {3, 30} <= set(score_centroids(cut.labelled(), spec.truth["particles"])["missed"])
 
 
@@ -207,10 +207,10 @@ def test_affine_matches_the_scan_geometry():
 
 def test_unacquired_pixels_are_masked_not_zero():
     _, geo, n6, n7 = particle_maps(3, DEMO_QUICK_PIXELS)
-    full = find_particles(n6, n7, dwell_s=1e-3, dead_time_s=DEAD_TIME_S)
+    full = find_particles(n6, n7, dwell_s=1e-3, dead_time_s=dead_time_of(3))
     n6p, n7p = n6.astype(float), n7.astype(float)
     n6p[-5:], n7p[-5:] = np.nan, np.nan  # last lines not acquired (an aborted run)
-    part = find_particles(n6p, n7p, dwell_s=1e-3, dead_time_s=DEAD_TIME_S)
+    part = find_particles(n6p, n7p, dwell_s=1e-3, dead_time_s=dead_time_of(3))
     assert (part.labels[-5:] == 0).all()
     assert 0 < len(part) <= len(full)
     assert all(p.n6 + p.n7 > 0 for p in part)

@@ -114,6 +114,78 @@ def test_dead_time_losses_follow_non_paralyzable_law(rate, tau, loss):
     assert sp.dead_time_rate(1e12, tau) == pytest.approx(1 / tau, rel=1e-3)
 
 
+@pytest.mark.parametrize("x", [0.3, 0.05])
+def test_counts_after_dead_time_are_sub_poissonian(x):
+    """Renewal-process result (Mueller 1973; Knoll ch. 4): over T >> tau the registered
+    counts have variance M T / (1 + N tau)^2, here at N tau = 0.3 and 0.05. The sample
+    variance of 40000 counts has a relative standard error of sqrt(2 / 40000) = 0.7 %
+    (near-Gaussian counts): the bound is 4 of those."""
+    tau, t = 30e-9, 1e-3
+    rate = x / tau
+    params = sp.SimsParameters(dead_time_s=tau, dark_rate_per_s=0.0)
+    counts = sp.detect(np.full(40000, rate * t), t, params, np.random.default_rng(7))
+    assert counts.dtype == np.int32
+    mean = rate * t / (1 + x)
+    assert counts.mean() == pytest.approx(mean, rel=4 * math.sqrt(1 / (1 + x) ** 2 / mean
+                                                                  / 40000) / 1)
+    assert counts.var(ddof=1) / (mean / (1 + x) ** 2) == pytest.approx(
+        1.0, abs=4 * math.sqrt(2 / 40000))
+
+
+def test_dim_sub_poissonian_counts_are_integers_with_both_moments():
+    """Few counts with a large N tau (a short dwell): the binomial branch."""
+    tau, t = 30e-9, 2e-5
+    lam = np.full(40000, 10.0)  # N = 5e5 /s... scaled up: N tau = lam tau / t
+    params = sp.SimsParameters(dead_time_s=tau, dark_rate_per_s=0.0)
+    x = 10.0 * tau / t
+    counts = sp.detect(lam, t, params, np.random.default_rng(3))
+    assert counts.min() >= 0
+    assert counts.mean() == pytest.approx(10.0 / (1 + x), rel=0.01)
+    assert counts.var() / (10.0 / (1 + x) ** 3) == pytest.approx(1.0, abs=0.03)
+
+
+def test_true_dead_time_is_drawn_per_instrument():
+    taus = [sp.true_dead_time_s(s) for s in range(200)]
+    assert sp.true_dead_time_s(5) == sp.true_dead_time_s(5)
+    assert min(taus) >= 22e-9 and max(taus) <= 45e-9
+    assert np.std(taus) > 5e-9  # a spread that matters against the nominal 30 ns
+
+
+def test_beam_current_noise_rms_and_correlation():
+    """About 1 % rms on 0.3 s, plus 1 % drifting over half an hour; a count's factor is
+    the mean over it; the same time gives the same factor."""
+    ratios, fast = [], []
+    for seed in range(30):
+        noise = sp.BeamCurrentNoise(seed)
+        t = 1e9 + np.arange(0.0, 20.0, 0.01)
+        f = noise.factor(t)
+        fast.append(np.std(f))
+        ratios.append(np.std(f[1:] - f[:-1]) / np.std(f[100:] - f[:-100]))
+        assert noise.mean_factor(t[0], t[0] + 1.0) == pytest.approx(
+            noise.factor(np.linspace(t[0], t[0] + 1.0, 2001)).mean(), abs=1e-5)
+        assert noise.factor(t[:5]) == pytest.approx(noise.factor(t[:5]))
+    assert 0.004 < np.median(fast) < 0.015
+    assert np.median(ratios) < 0.5  # 10 ms apart far closer than 1 s apart
+
+
+def test_map_with_beam_noise_is_the_same_however_rows_are_grouped(particles):
+    geo = sp.ScanGeometry(64, 32, 1.0)
+    plan = _plan(particles, geo, current_pa=1000.0).retarget(
+        beam_noise=sp.BeamCurrentNoise(4), frame_start_s=1.7e9)
+    whole = plan.render_lines(0, 32, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    parts = [plan.render_lines(r, r + 5 if r + 5 < 32 else 32, rng) for r in range(0, 32, 5)]
+    for c in range(2):
+        assert np.array_equal(whole[c], np.concatenate([p[c] for p in parts]))
+    # The current's factor is common to the collectors: their ratio does not carry it.
+    steady = _plan(particles, geo, current_pa=1000.0).expected_lines(0, 32)
+    noisy = plan.expected_lines(0, 32)
+    inside = steady[1] > 0
+    g6, g7 = noisy[0][inside] / steady[0][inside], noisy[1][inside] / steady[1][inside]
+    assert np.allclose(g6, g7)
+    assert 0.001 < np.std(g7) < 0.05
+
+
 def test_dark_counts_only_when_not_ready(particles):
     geo = sp.ScanGeometry(64, 64, 1.0)
     depth = np.zeros(particles.shape, np.float32)

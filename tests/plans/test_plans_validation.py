@@ -8,6 +8,7 @@ import pytest
 from bluesky.simulators import summarize_plan
 
 from temsims.plans import (
+    calibrate_dead_time,
     calibrate_masses,
     depth_profile,
     edx_line,
@@ -59,6 +60,11 @@ def _cases(d):
                             {"peaks": ("69Ga", "Xx71")}, {"peaks": "69Ga,71Ga"},
                             {"window_u": 0.0}, {"window_u": 50.0}, {"step_u": 1.0},
                             {"dwell_s": 0.0}, {"write": "yes"}, {"bias": 3}]),
+        calibrate_dead_time: ((d.spectrometer, d.column), dict(),
+                              [{"apertures": ("1 nA",)}, {"apertures": "1 nA"},
+                               {"species": ()}, {"repeats": 0}, {"count_time_s": 0.0},
+                               {"fov_um": 0.0}, {"center_um": (0.0, 0.0)},
+                               {"scale_rms": 1.0}, {"apply": "yes"}, {"bias": 3}]),
         sims_map: (sims_devs, dict(sims_ok),
                    [{"species": ()}, {"species": ("6Li", "7Li", "12C", "13C", "16O")},
                     {"species": ("6Li", "6Li")}, {"species": ("Li",)}, {"species": "6Li"},
