@@ -273,9 +273,17 @@ def test_a_wrong_scan_rotation_or_field_is_flagged_not_hidden(seed):
             error = rms_error_sims_px(affine.transform, sims_truth, tem_geo)
             print(f"  affine: {error:.2f} SIMS px, recorded linear geometry off by "
                   f"{affine.linear_error_sims_px:.2f} px, {affine.quality['affine']}")
-            assert affine.quality["model"] == "raster"
-            assert error < TOLERANCE_SIMS_PX and affine.residual_sims_px < 0.3
-            assert affine.linear_error_sims_px > 2.0  # flagged, not hidden
+            fit = affine.quality["affine"]
+            if affine.quality["model"] == "raster":
+                assert error < TOLERANCE_SIMS_PX and affine.residual_sims_px < 0.3
+                assert affine.linear_error_sims_px > 2.0  # flagged, not hidden
+            else:
+                # Refused on its own 95 % bound, possible with 4-5 features (seed 3 has
+                # 4: predicted 0.35 px, bound 0.53 px once the TEM weighed Li2CO3's
+                # elements and the counts became sub-Poissonian): still flagged.
+                assert fit["features"] <= 5 and not fit["applied"]
+                assert fit["predicted_error_95_px"] > TOLERANCE_SIMS_PX
+                assert affine.residual_sims_px > 0.9
 
 
 def test_raster_fit_recovers_field_rotation_and_bias_stretch_on_fresh_seeds():
