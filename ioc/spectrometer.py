@@ -242,7 +242,10 @@ class SpectrometerIOC(InstrumentIOC):
         # truth, published nowhere; the map PVs keep the nominal field and rotation.
         self.fov_error_pct = float(fov_error_pct)
         self.raster_rotation_deg = float(raster_rotation_deg)
-        self.params = params or sp.SimsParameters()
+        # The harder twin (decision 0035): this instrument's IMF and collector yields,
+        # drawn from its seed; truth, published nowhere (tests redraw it from the seed).
+        self.params = params or sp.SimsParameters().with_(
+            **sp.mass_bias_parameters(self.seed, N_COLLECTORS))
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
         self.initial_params = self.params
@@ -322,8 +325,10 @@ class SpectrometerIOC(InstrumentIOC):
         return d_ref + self.params.drift_nm_per_min * (t - t_ref) / 60.0
 
     def physics_params(self, t: float) -> sp.SimsParameters:
-        """Present detector/drift parameters, with the drift clock starting at ``t``."""
-        return self.params.with_(drift_start_nm=self.drift_displacement_nm(t))
+        """Present detector/drift parameters, with the drift and gain clocks starting at
+        ``t``."""
+        return self.params.with_(drift_start_nm=self.drift_displacement_nm(t),
+                                 gain_clock_s=t - self.t_start)
 
     def geometry(self, snap: dict) -> sp.ScanGeometry:
         fov_um, rotation_deg = ion_optics.true_raster(
@@ -670,7 +675,7 @@ class SpectrometerIOC(InstrumentIOC):
         await self.clock.sleep(t0 + count_time - self.clock.now())
         ions_per_s = sp.primary_ion_rate(snap["current"]) if snap["ready"] else 0.0
         expected = sp.collector_expectation(snap["masses"], emission, ions_per_s, count_time,
-                                            self.params)
+                                            self.physics_params(t0))
         counts = sp.detect(expected, count_time, self.params, self.rng)
         for col, n in zip(self.collectors(), counts, strict=True):
             await col.counts.write(int(n))
@@ -941,6 +946,7 @@ class SpectrometerIOC(InstrumentIOC):
         self.mass_ratio = [m / 7.0 for m in DEFAULT_MASSES]
         self.mass_setpoints = list(DEFAULT_MASSES)
         self._drift_ref = (self.clock.now(), 0.0)
+        self.t_start = self.clock.now()  # the collectors' yields restart their course too
         self._seed_generators()
         async with self.depth_lock:
             self.world.holder.restore()
