@@ -8,6 +8,7 @@ blanked, bias ramped to 0 V) on failure or abort (:func:`safe_state`).
 """
 
 from temsims.plans._common import safe_state
+from temsims.plans.bracketing import bracketed_sims_maps
 from temsims.plans.calibration import edx_sims_calibration
 from temsims.plans.correlative import correlative_tem_sims
 from temsims.plans.edx import edx_line, edx_point
@@ -18,6 +19,7 @@ from temsims.plans.spectra import calibrate_masses, mass_spectrum
 from temsims.plans.tem import tem_image, tem_mosaic
 
 __all__ = [
+    "bracketed_sims_maps",
     "calibrate_masses",
     "correlative_tem_sims",
     "depth_profile",

@@ -20,7 +20,7 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import numpy as np
 
-from temsims.analysis.isotopes import NATURAL_LI6_LI7
+from temsims.analysis.isotopes import NATURAL_LI6_LI7, check_correction
 from temsims.analysis.particles import Particle, find_particles
 from temsims.plans._common import (
     Values,
@@ -80,7 +80,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                             significance: float = 5.0, min_counts: float = 50.0,
                             zoom_fov_um: float = 0.4, exposure_s: float = 0.05,
                             max_particles: int = 20, sims_voltage_v: float = 4500.0,
-                            image_uncertain: bool = False, md: dict | None = None) -> Plan[dict]:
+                            image_uncertain: bool = False, correction: tuple | None = None,
+                            md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
     Parameters
@@ -112,6 +113,13 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     image_uncertain : bool
         Also image the ``uncertain`` particles (after the labelled ones, within
         ``max_particles``).
+    correction : (float, float), optional
+        ``(K, sigma_K)``: the 6Li/7Li correction of standard bracketing (IMF and
+        collector yields; :func:`temsims.plans.bracketed_sims_maps` measures it,
+        :func:`temsims.plans.bracketing.correction_of` picks it out), applied to
+        every ratio and test of the analysis and recorded in
+        ``particle_analysis``. None: the ratios as measured, biased by the
+        instrument's mass fractionation (a few per cent).
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
@@ -163,6 +171,10 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     max_particles = check_int("max_particles", max_particles, low=0, high=200)
     sims_voltage_v = check_sims_voltage(sims_voltage_v)
     image_uncertain = check_bool("image_uncertain", image_uncertain)
+    try:
+        correction = check_correction(correction)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"correction: {exc}") from None
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
@@ -176,7 +188,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             tau = yield from bps.rd(spectrometer.dead_time, default_value=DEFAULT_DEAD_TIME_S)
             tau = DEFAULT_DEAD_TIME_S if tau is None else float(tau)
         analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
-                    "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7}
+                    "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7,
+                    "correction": correction}
         # The parameters as find_particles records them, known before the run starts.
         parameters = find_particles(np.zeros((1, 1)), np.zeros((1, 1)), **analysis).parameters
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
