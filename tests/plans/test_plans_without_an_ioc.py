@@ -16,8 +16,8 @@ from bluesky.simulators import summarize_plan
 from test_plans_validation import _cases
 
 from temsims.plans import (
-    correlative_tem_sims,
     bracketed_sims_maps,
+    correlative_tem_sims,
     edx_sims_calibration,
     find_labelled_particles,
 )
