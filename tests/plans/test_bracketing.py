@@ -146,3 +146,46 @@ def test_correction_of_refuses_a_result_without_factors():
         correction_of({"factors": None})
     with pytest.raises(ValueError):
         correction_of({"factors": [{"uid": "a", "k": 1.0, "sigma_k": 0.01}]}, 3)
+
+
+def test_particle_search_bracketed_by_the_pad(RE, pdev, particles):
+    """find_labelled_particles(reference=...): pad, search, pad; the search's table
+    corrected with the first pad's K (recorded in its particle_analysis), the three
+    runs under one bracketing_id, the search keeping its own correlation_id; the
+    largest natural particle's corrected ratio is natural within its error, and K is
+    this instrument's truth."""
+    from temsims.plans import find_labelled_particles
+
+    pdev.column.aperture.set("100 pA").wait(10)  # the demo's (core/app/demo.py)
+    res = RE(find_labelled_particles(pdev, fov_um=4.0, pixels=(64, 45), dwell_s=1e-3,
+                                     max_particles=0, reference="li2co3-particles")
+             ).plan_result
+    b = res["bracketing"]
+    starts = RE.docs.docs["start"]
+    assert [s["uid"] for s in starts] == [b["uids"]["reference_before"],
+                                          res["uids"]["sims"][0], b["uids"]["reference_after"]]
+    assert {s["bracketing"]["bracketing_id"] for s in starts} == {b["bracketing_id"]}
+    assert starts[1]["correlation_id"] == res["correlation_id"] != b["bracketing_id"]
+    assert starts[0]["correlation_id"] == starts[2]["correlation_id"] == b["bracketing_id"]
+    params = starts[1]["correlative"]["particle_analysis"]
+    assert (params["correction_factor"], params["correction_sigma"]) == pytest.approx(
+        b["provisional"])
+    k, sk = b["factor"]
+    assert k == pytest.approx(1.0 / _bias(0.0), abs=4 * sk + 0.002)
+    table = [e["data"] for e in RE.docs.docs["event"]
+             if e["descriptor"] in {d["uid"] for d in RE.docs.docs["descriptor"]
+                                    if d["name"] == "particles"}]
+    from event_model import unpack_event_page
+    for page in RE.docs.docs["event_page"]:
+        if page["descriptor"] in {d["uid"] for d in RE.docs.docs["descriptor"]
+                                  if d["name"] == "particles"}:
+            table.extend(e["data"] for e in unpack_event_page(page))
+    nat = particles[1][0]
+    mine = min(table, key=lambda p: math.hypot(p["particle_x_um"] * 1e3 - nat["x_nm"],
+                                               p["particle_y_um"] * 1e3 - nat["y_nm"]))
+    print(f"largest natural particle: corrected {mine['particle_ratio']:.4f} +- "
+          f"{mine['particle_sigma']:.4f} ({mine['particle_classification']}), truth "
+          f"{nat['li6_li7_ratio']:.4f}; K {k:.4f} +- {sk:.4f}")
+    assert mine["particle_classification"] == "natural"
+    assert mine["particle_ratio"] == pytest.approx(nat["li6_li7_ratio"],
+                                                   abs=4 * mine["particle_sigma"])
