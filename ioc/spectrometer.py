@@ -59,7 +59,8 @@ SIMS_READY (enum No/Yes)
 STATUS (string)
     "OK", why SIMS is not ready, or the last refusal.
 
-Ground truth (the specimen) stays inside this process.
+Ground truth (the specimen, and this instrument's mass fractionation and collector
+yields, drawn from its seed: decision 0035) stays inside this process.
 """
 
 from __future__ import annotations

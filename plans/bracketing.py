@@ -87,6 +87,45 @@ def check_reference(reference: Any, stage) -> dict:
     return ref
 
 
+def reference_run(parts: tuple, ref: dict, *, labels: tuple, fov_um: float, pixels: tuple,
+                  dwell_s: float, dead_time_s: float, min_counts: float, block: dict,
+                  md: dict, on_measured) -> Plan[str]:
+    """One ``sims_map`` run of the standard (stage moved to it first); its maps become
+    a :class:`~temsims.analysis.bracketing.ReferenceMeasurement` handed to
+    ``on_measured(measurement)`` (a plan: it may read into the run's streams).
+    ``parts``: (stage, imager, spectrometer, column, bias)."""
+    stage, imager, spectrometer, column, bias = parts
+    t0 = time.time()
+
+    def analyse(maps, layout):
+        if maps is None:  # a simulation: nothing was mapped
+            return
+        # Wall time: the interpolation uses ratios of intervals, which the instrument's
+        # clock (the wall clock times a constant scale) keeps.
+        m = reference_measurement(maps[labels[0]], maps[labels[1]],
+                                  time_s=0.5 * (t0 + time.time()), dwell_s=dwell_s,
+                                  dead_time_s=dead_time_s, min_counts=min_counts)
+        yield from on_measured(m)
+
+    yield from bps.mv(stage.x, ref["x_um"], stage.y, ref["y_um"])
+    return (yield from sims_map(imager, spectrometer, column, stage, bias, species=labels,
+                                fov_um=fov_um, pixels=pixels, dwell_s=dwell_s,
+                                after_map=analyse, md={**md, "bracketing": block}))
+
+
+def bracket_values(corr, uids: list, times: list) -> Plan[list]:
+    """The ``bracketing`` stream of an after-reference run: ``K`` and ``sigma_K`` of
+    each unknown (run uid, time); returns them as dicts."""
+    out = []
+    buf = Values("bracketing", units=BRACKET_UNITS)
+    for uid, t in zip(uids, times, strict=True):
+        k, sk = corr.factor(t)
+        out.append({"uid": uid, "time_s": t, "k": k, "sigma_k": sk})
+        buf.set_values(unknown_uid=uid, time_s=t, k=k, sigma_k=sk)
+        yield from bps.trigger_and_read([buf], name="bracketing")
+    return out
+
+
 def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
                         pixels: tuple = (64, 45), dwell_s: float = 1e-3,
                         species: tuple = ("6Li", "7Li"),
@@ -234,15 +273,7 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
         yield from to_sims_mode(mode, voltage_v=volts)
 
         def reference_map(position: str):
-            t0 = time.time()
-
-            def analyse(maps, layout):
-                if maps is None:  # a simulation: nothing was mapped
-                    return
-                t_mid = 0.5 * (t0 + time.time())
-                m = reference_measurement(maps[labels[0]], maps[labels[1]], time_s=t_mid,
-                                          dwell_s=dwell_s, dead_time_s=tau,
-                                          min_counts=min_counts)
+            def measured(m):
                 if position == "before":
                     state["before"] = m
                     return
@@ -250,21 +281,15 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
                                              certified_ratio=ref["value"],
                                              certified_sigma=ref["sigma"])
                 result["correction"] = corr.to_dict()
-                result["factors"] = []
-                buf = Values("bracketing", units=BRACKET_UNITS)
-                for uid, t in zip(result["uids"]["unknowns"], state["times"], strict=True):
-                    k, sk = corr.factor(t)
-                    result["factors"].append({"uid": uid, "time_s": t, "k": k, "sigma_k": sk})
-                    buf.set_values(unknown_uid=uid, time_s=t, k=k, sigma_k=sk)
-                    yield from bps.trigger_and_read([buf], name="bracketing")
+                result["factors"] = yield from bracket_values(
+                    corr, result["uids"]["unknowns"], state["times"])
 
-            yield from bps.mv(stage.x, ref["x_um"], stage.y, ref["y_um"])
             block = dict(common, role="reference", position=position, index=None,
                          dead_time_s=tau)
-            uid = yield from sims_map(imager, spectrometer, column, stage, bias,
-                                      species=labels, fov_um=ref_fov, pixels=ref_pixels,
-                                      dwell_s=dwell_s, after_map=analyse,
-                                      md={**base_md, "bracketing": block})
+            uid = yield from reference_run(
+                (stage, imager, spectrometer, column, bias), ref, labels=labels,
+                fov_um=ref_fov, pixels=ref_pixels, dwell_s=dwell_s, dead_time_s=tau,
+                min_counts=min_counts, block=block, md=base_md, on_measured=measured)
             result["uids"][f"reference_{position}"] = uid
 
         yield from reference_map("before")
@@ -301,4 +326,5 @@ def correction_of(result: dict, unknown: int | str = 0) -> tuple[float, float]:
     raise ValueError(f"unknown {unknown!r} is not among the bracket's {len(factors)} unknowns")
 
 
-__all__ = ["bracketed_sims_maps", "check_reference", "correction_of"]
+__all__ = ["bracketed_sims_maps", "bracket_values", "check_reference", "correction_of",
+           "reference_run"]

@@ -1,6 +1,8 @@
 """Particles of simulated 6Li/7Li maps, scored against the specimen's hidden truth.
 
-The scored maps are five fresh specimen seeds per map size, drawn at run time and
+The scored maps are eight fresh specimen seeds per map size, each on a fresh
+instrument of the harder twin (instrumental mass fractionation and collector yields,
+decision 0035) and bracketed by the specimen's natural-Li pad, drawn at run time and
 printed (``TEMSIMS_TEST_ENTROPY`` reproduces a run); labelled particles are scored per
 particle by the reported centroid (``tests/scoring.py``). The sweep over 30+ seeds is
 ``benchmarks/particles_benchmark.py``.
