@@ -40,6 +40,8 @@ from scipy import special
 #: Phys. 12, 265), the delta-zero of Li isotope ratios adopted by IUPAC/CIAAW. Not
 #: the 4.85 % 6Li midpoint that periodictable/mendeleev ship (IUPAC's interval).
 NATURAL_LI6_LI7 = 0.08215
+#: Its uncertainty (1 sigma, the certificate's).
+NATURAL_LI6_LI7_SIGMA = 0.00023
 #: Default relative systematic error of a SIMS 6Li/7Li ratio (fraction of the ratio):
 #: instrumental mass fractionation of Li in SIMS and its matrix dependence are a
 #: few per cent, plus a dead-time residual at MHz count rates (estimate).
@@ -211,6 +213,28 @@ def _z_fraction(n_eff, a_eff, ratio: float, systematic_rel: float):
         return (q - q0) / np.sqrt(var)
 
 
+def check_correction(correction) -> tuple[float, float] | None:
+    """A checked ``(K, sigma_K)`` mass-bias correction of a ratio, or None."""
+    if correction is None:
+        return None
+    try:
+        k, sk = (float(v) for v in correction)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"correction must be a pair (K, sigma_K) of numbers, got "
+                        f"{correction!r}") from exc
+    if not (math.isfinite(k) and k > 0 and math.isfinite(sk) and sk >= 0):
+        raise ValueError(f"correction = ({k:g}, {sk:g}): K must be finite and > 0, "
+                         f"sigma_K finite and >= 0")
+    return k, sk
+
+
+def corrected_systematic(systematic_rel: float, correction) -> float:
+    """The relative systematic of a corrected ratio: ``systematic_rel`` and the
+    correction's own ``sigma_K / K`` in quadrature."""
+    return systematic_rel if correction is None else math.hypot(
+        systematic_rel, correction[1] / correction[0])
+
+
 def _poisson_sigma(n6, n7, var6, var7):
     """sigma_R = sqrt(var6 + R^2 var7) / N7 (= R sqrt(1/N6 + 1/N7) for raw counts);
     var6 floored at one count so that N6 = 0 still has an error."""
@@ -276,7 +300,7 @@ def _bin(arr: np.ndarray, b: int) -> np.ndarray:
 
 def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
               min_counts: float = 10.0, dwell_s: float | None = None,
-              dead_time_s: float = 0.0) -> RatioMap:
+              dead_time_s: float = 0.0, correction=None) -> RatioMap:
     """Per-pixel ratio ``N_num / N_den`` (e.g. 6Li/7Li) with its Poisson error.
 
     Counts are first dead-time corrected per pixel (when ``dead_time_s > 0``),
@@ -295,6 +319,11 @@ def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
         Dwell per pixel (s); required when ``dead_time_s > 0``.
     dead_time_s : float
         Detector dead time (s), >= 0; 0 skips the correction.
+    correction : (float, float), optional
+        ``(K, sigma_K)``: the ratio's mass-bias correction factor and its error
+        (standard bracketing, :func:`temsims.analysis.bracketing.bracketing_correction`).
+        The numerator counts (and variances) are scaled by K, and ``sigma`` holds
+        ``R sigma_K / K`` in quadrature with the Poisson error.
 
     Returns
     -------
@@ -317,12 +346,17 @@ def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
                          f"(map shape {num.shape})")
     min_counts = _positive("min_counts", min_counts, allow_zero=True)
     dead_time_s, dwell_s = _dead_time_args(dead_time_s, dwell_s)
+    correction = check_correction(correction)
     n6, v6 = _dead_time(num, dwell_s, dead_time_s)
     n7, v7 = _dead_time(den, dwell_s, dead_time_s)
     n6, v6, n7, v7 = (_bin(a, int(binning)) for a in (n6, v6, n7, v7))
     acquired = np.isfinite(n6) & np.isfinite(n7)
     valid = acquired & (n6 + n7 >= min_counts) & (n7 > 0)
+    if correction is not None:
+        n6, v6 = n6 * correction[0], v6 * correction[0] ** 2
     r, s = _poisson_sigma(n6, n7, v6, v7)
+    if correction is not None:
+        s = np.hypot(s, r * correction[1] / correction[0])
     return RatioMap(numerator=n6, denominator=n7, numerator_var=v6, denominator_var=v7,
                     ratio=np.where(valid, r, np.nan), sigma=np.where(valid, s, np.nan),
                     valid=valid, acquired=acquired, binning=int(binning),
@@ -397,6 +431,11 @@ class RegionRatio:
         p-value of a ratio at most this high if the region had ``label_ratio_min``.
     reference_ratio, systematic_rel, label_ratio_min : float
         The hypotheses tested.
+    correction : tuple of float or None
+        ``(K, sigma_K)`` applied (mass bias and collector yields, from standard
+        bracketing: :mod:`temsims.analysis.bracketing`): ``n6``, ``var6`` and ``ratio``
+        are corrected, ``sigma`` holds ``R sigma_K / K`` in quadrature and the tests
+        ``sigma_K / K`` in the systematic term. None: the ratio as measured.
     """
 
     n6: float
@@ -413,6 +452,7 @@ class RegionRatio:
     reference_ratio: float
     systematic_rel: float
     label_ratio_min: float
+    correction: tuple[float, float] | None = None
 
     @property
     def counts(self) -> float:
@@ -468,7 +508,8 @@ def ratio_test(n6, n7, var6=None, var7=None, *, reference_ratio: float = NATURAL
 def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: float = 0.0,
                     reference_ratio: float = NATURAL_LI6_LI7,
                     systematic_rel: float = DEFAULT_SYSTEMATIC_REL,
-                    label_ratio_min: float = DEFAULT_LABEL_RATIO_MIN) -> RegionRatio:
+                    label_ratio_min: float = DEFAULT_LABEL_RATIO_MIN,
+                    correction=None) -> RegionRatio:
     """Isotope ratio of a region: sum the counts, then divide.
 
     Summing before dividing is the right estimator: the mean of per-pixel ratios
@@ -488,6 +529,8 @@ def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: 
         Dead time (s), >= 0: counts are corrected per pixel before summing.
     reference_ratio, systematic_rel, label_ratio_min
         As in :func:`ratio_test`.
+    correction : (float, float), optional
+        ``(K, sigma_K)`` of standard bracketing (see :class:`RegionRatio`).
 
     Returns
     -------
@@ -498,6 +541,7 @@ def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: 
     ValueError, TypeError
         On mismatched shapes, a non-boolean mask, or bad counts/parameters.
     """
+    correction = check_correction(correction)
     m = ratio_map(n6, n7, dwell_s=dwell_s, dead_time_s=dead_time_s, min_counts=0.0)
     mask = np.asarray(mask)
     if mask.dtype != bool:
@@ -509,21 +553,31 @@ def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: 
     v6, v7 = float(m.numerator_var[sel].sum()), float(m.denominator_var[sel].sum())
     return region_from_sums(s6, s7, v6, v7, n_pixels=int(sel.sum()),
                             reference_ratio=reference_ratio, systematic_rel=systematic_rel,
-                            label_ratio_min=label_ratio_min)
+                            label_ratio_min=label_ratio_min, correction=correction)
 
 
 def region_from_sums(n6: float, n7: float, var6: float | None = None,
                      var7: float | None = None, *, n_pixels: int = 0,
                      reference_ratio: float = NATURAL_LI6_LI7,
                      systematic_rel: float = DEFAULT_SYSTEMATIC_REL,
-                     label_ratio_min: float = DEFAULT_LABEL_RATIO_MIN) -> RegionRatio:
-    """A :class:`RegionRatio` from summed counts (and variances; default Poisson)."""
+                     label_ratio_min: float = DEFAULT_LABEL_RATIO_MIN,
+                     correction=None, corrected: bool = False) -> RegionRatio:
+    """A :class:`RegionRatio` from summed counts (and variances; default Poisson).
+
+    ``correction`` ``(K, sigma_K)`` scales ``n6`` and ``var6`` by K (unless
+    ``corrected``: they already are) and adds its error (see :class:`RegionRatio`)."""
+    correction = check_correction(correction)
     var6 = n6 if var6 is None else var6
     var7 = n7 if var7 is None else var7
+    if correction is not None and not corrected:
+        n6, var6 = n6 * correction[0], var6 * correction[0] ** 2
+    f = corrected_systematic(systematic_rel, correction)
     z, p_nat, p_lab = ratio_test(n6, n7, var6, var7, reference_ratio=reference_ratio,
-                                 systematic_rel=systematic_rel, label_ratio_min=label_ratio_min)
+                                 systematic_rel=f, label_ratio_min=label_ratio_min)
     if n7 > 0:
         r, s = (float(v) for v in _poisson_sigma(n6, n7, var6, var7))
+        if correction is not None:
+            s = math.hypot(s, r * correction[1] / correction[0])
     else:
         r, s = (math.inf if n6 > 0 else math.nan), math.nan
     return RegionRatio(n6=float(n6), n7=float(n7), var6=float(var6), var7=float(var7),
@@ -532,7 +586,7 @@ def region_from_sums(n6: float, n7: float, var6: float | None = None,
                        z=float(z), p_natural=float(p_nat), p_label=float(p_lab),
                        reference_ratio=float(reference_ratio),
                        systematic_rel=float(systematic_rel),
-                       label_ratio_min=float(label_ratio_min))
+                       label_ratio_min=float(label_ratio_min), correction=correction)
 
 
 def p_to_sigma(p) -> np.ndarray:
@@ -546,8 +600,11 @@ __all__ = [
     "DEFAULT_LABEL_RATIO_MIN",
     "DEFAULT_SYSTEMATIC_REL",
     "NATURAL_LI6_LI7",
+    "NATURAL_LI6_LI7_SIGMA",
     "RatioMap",
     "RegionRatio",
+    "check_correction",
+    "corrected_systematic",
     "dead_time_correct",
     "p_to_sigma",
     "ratio_map",

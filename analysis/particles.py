@@ -53,6 +53,8 @@ from temsims.analysis.isotopes import (
     _dead_time,
     _dead_time_args,
     _positive,
+    check_correction,
+    corrected_systematic,
     ratio_test,
     region_from_sums,
 )
@@ -635,7 +637,8 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                    smooth_sigma_px: float = 1.0, detection_sigma: float = 5.0,
                    h_sigma: float = 4.0, min_area_px: int = 1,
                    min_counts: float = 20.0, exclude_contacts: bool = True,
-                   labels=None, split_labelled: bool = True) -> ParticleTable:
+                   labels=None, split_labelled: bool = True,
+                   correction=None) -> ParticleTable:
     """Segment the particles of a 6Li/7Li map pair and test each one's ratio.
 
     Parameters
@@ -677,6 +680,14 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         Li (:func:`split_labelled_segments`; the cuts are
         :attr:`ParticleTable.split_from`). Without it a small labelled particle
         merged with a large natural neighbour comes out ``uncertain``.
+    correction : (float, float), optional
+        ``(K, sigma_K)``: the 6Li/7Li mass-bias correction of standard bracketing
+        (instrumental mass fractionation and collector yields,
+        :func:`temsims.analysis.bracketing.bracketing_correction`). The 6Li counts
+        are scaled by K before anything else (segments, cuts, ratios and tests all
+        see corrected ratios), each ratio's ``sigma`` holds ``R sigma_K / K`` in
+        quadrature, and the tests add ``sigma_K / K`` to ``systematic_rel``. Without
+        it the ratios are as measured (biased by the IMF, a few per cent).
 
     Returns
     -------
@@ -691,8 +702,13 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     significance = _positive("significance", significance)
     natural_sigma = _positive("natural_sigma", natural_sigma)
     affine = _check_affine(pixel_to_specimen)
+    correction = check_correction(correction)
     c6, v6 = _dead_time(n6, dwell, dead_time_s)
     c7, v7 = _dead_time(n7, dwell, dead_time_s)
+    measured_systematic = systematic_rel
+    if correction is not None:
+        c6, v6 = c6 * correction[0], v6 * correction[0] ** 2
+        systematic_rel = corrected_systematic(systematic_rel, correction)
     valid = np.isfinite(c6) & np.isfinite(c7)
     total = np.where(valid, c6 + c7, np.nan)
     split_from: dict[int, int] = {}
@@ -715,7 +731,9 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         labels = np.asarray(labels)
         if labels.shape != n6.shape or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError("labels must be an integer image of the maps' shape")
-    params = {"reference_ratio": reference_ratio, "systematic_rel": systematic_rel,
+    params = {"reference_ratio": reference_ratio, "systematic_rel": measured_systematic,
+              "correction_factor": None if correction is None else correction[0],
+              "correction_sigma": None if correction is None else correction[1],
               "label_ratio_min": label_ratio_min, "significance_sigma": significance,
               "natural_sigma": natural_sigma, "dead_time_s": dead_time_s,
               "dwell_s": dwell_s, "smooth_sigma_px": smooth_sigma_px,
@@ -743,9 +761,13 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     out = []
     for k, lab_k in enumerate(idx):
         s6, s7, w6, w7 = (float(a[k]) for a in sums)
+        # The sums are corrected already; the correction adds its error (and the
+        # systematic it was folded into above is the measured one again).
         reg = region_from_sums(s6, s7, w6, w7, n_pixels=int(area[k]),
                                reference_ratio=reference_ratio,
-                               systematic_rel=systematic_rel, label_ratio_min=label_ratio_min)
+                               systematic_rel=measured_systematic,
+                               label_ratio_min=label_ratio_min, correction=correction,
+                               corrected=True)
         cls, conf = classify(reg.p_natural, reg.p_label, significance=significance,
                              natural_sigma=natural_sigma)
         use_excess = cls == "labelled" and excess_sums[k] > 0

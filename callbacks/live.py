@@ -456,6 +456,12 @@ class LiveRatioMap(_MapView):
     min_counts : float
         Blocks with fewer (corrected) counts, numerator + denominator, are NaN, >= 0
         (default 0: every block with denominator counts is shown).
+    correction : (float, float) or "recorded" or None
+        ``(K, sigma_K)`` of standard bracketing (decision 0035): ratios scaled by K,
+        its error propagated and added to the significance's systematic term. Default
+        ``"recorded"``: the one the run's start document records
+        (``correlative.particle_analysis.correction_factor``/``correction_sigma``, a
+        bracketed particle search), else none. None: the ratios as measured.
     ratio_range : (float, float), optional
         Colour limits of the ratio (default: 0 .. 2 x reference, else the data's 99th
         percentile).
@@ -482,6 +488,7 @@ class LiveRatioMap(_MapView):
                  binning: int = 1, reference_ratio: float | str | None = "natural",
                  significance: bool = False, systematic_rel: float | None = None,
                  dead_time_s: float | None = None, min_counts: float = 0.0,
+                 correction: tuple | str | None = "recorded",
                  ratio_range: tuple | None = None,
                  sigma_range: float = 5.0, ax=None, fig=None, cmap: str = "viridis",
                  headless: bool = False, png_path: str | Path | None = None,
@@ -512,6 +519,14 @@ class LiveRatioMap(_MapView):
         self._dead_time_given = dead_time_s is not None
         self.dead_time_s = 0.0 if dead_time_s is None else _real("dead_time_s", dead_time_s)
         self.min_counts = _real("min_counts", min_counts)
+        if isinstance(correction, str):
+            if correction != "recorded":
+                raise ValueError(f"correction must be (K, sigma_K), 'recorded' or None, "
+                                 f"got {correction!r}")
+            self._correction_given, self.correction = False, None
+        else:
+            self._correction_given = True
+            self.correction = isotopes.check_correction(correction)
         self.show_significance = bool(significance)
         self.ratio_range = ratio_range
         self.sigma_range = float(sigma_range)
@@ -531,6 +546,12 @@ class LiveRatioMap(_MapView):
             recorded = _get(self._start_doc() or {}, "dead_time_s")
             self.dead_time_s = 0.0 if recorded is None else _real("start dead_time_s",
                                                                   recorded)
+        if not self._correction_given:
+            analysis = _get(self._start_doc() or {}, "correlative", "particle_analysis")
+            k = _get(analysis, "correction_factor")
+            if k is not None:
+                self.correction = self._isotopes.check_correction(
+                    (k, _get(analysis, "correction_sigma", default=0.0) or 0.0))
         if self.dead_time_s > 0 and not (self.dwell_s and self.dwell_s > 0):
             raise ValueError(f"LiveRatioMap: dead_time_s = {self.dead_time_s:g} s needs the "
                              f"dwell per pixel, which the start document does not give "
@@ -602,12 +623,13 @@ class LiveRatioMap(_MapView):
         iso = self._isotopes
         result = iso.ratio_map(num, den, binning=b, min_counts=self.min_counts,
                                dwell_s=None if self.dwell_s is None else self.dwell_s * frames,
-                               dead_time_s=self.dead_time_s)
+                               dead_time_s=self.dead_time_s, correction=self.correction)
         self.ratio[b0:b1] = result.ratio
         self.sigma[b0:b1] = result.sigma
         if self.significance is not None:
-            self.significance[b0:b1] = iso.significance_map(result, self.reference_ratio,
-                                                            self.systematic_rel)
+            self.significance[b0:b1] = iso.significance_map(
+                result, self.reference_ratio,
+                iso.corrected_systematic(self.systematic_rel, self.correction))
 
     def _render(self) -> None:
         self._images[0].set_data(np.ma.masked_invalid(self.ratio))

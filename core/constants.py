@@ -10,6 +10,8 @@ Holder bias
 Isotopes
     species labels ("7Li", "Li-7") and their masses, from ``periodictable`` (imported
     at first use).
+Reference materials
+    where a specimen's isotope standard sits (what a lab knows of its own mount).
 Documents
     the ``dtype_numpy`` a reading's value is stored in.
 
@@ -156,6 +158,30 @@ def species_for_mass(mass: float, tolerance_u: float = 0.02) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+# ============================================================================ references
+#: n(6Li)/n(7Li) of natural lithium: LSVEC (NIST RM 8545), 0.08215 +- 0.00023 (Flesch,
+#: Anderson & Svec 1973), the delta-zero of Li isotope ratios (IUPAC/CIAAW).
+NATURAL_LI6_LI7 = 0.08215
+NATURAL_LI6_LI7_SIGMA = 0.00023
+#: Isotope standards mounted on a specimen, by the specimen's name: a natural-Li
+#: Li2CO3 pad beside the particle field of ``li2co3-particles`` (decision 0035), in
+#: the same matrix as the particles, for standard bracketing of 6Li/7Li. Position and
+#: size on the specimen (um, stage coordinates), its material and certified ratio.
+REFERENCE_REGIONS: dict[str, dict] = {
+    "li2co3-particles": {
+        "name": "natural Li2CO3 pad", "material": "Li2CO3", "x_um": 1.92, "y_um": 1.92,
+        "width_um": 0.24, "thickness_nm": 100.0, "ratio": "6Li/7Li",
+        "value": NATURAL_LI6_LI7, "sigma": NATURAL_LI6_LI7_SIGMA,
+    },
+}
+
+
+def reference_region(specimen: str) -> dict | None:
+    """The isotope standard on the specimen called ``specimen`` (a copy), or None."""
+    ref = REFERENCE_REGIONS.get(specimen)
+    return None if ref is None else dict(ref)
+
+
 # ============================================================================ documents
 #: ``dtype_numpy`` of a string: numpy's unsized unicode, as a string's length varies by
 #: event (what bluesky-tiled-plugins assumes for ``dtype: string`` too).
@@ -179,12 +205,16 @@ __all__ = [
     "MAX_BIAS_V",
     "MIN_SIMS_BIAS_V",
     "SIMS_COLUMN_KV",
+    "NATURAL_LI6_LI7",
+    "NATURAL_LI6_LI7_SIGMA",
+    "REFERENCE_REGIONS",
     "SIMS_INCIDENCE_DEG",
     "SIMS_TILT_DEG",
     "STRING_DTYPE",
     "TEM_TILT_DEG",
     "TILT_TOLERANCE_DEG",
     "extraction_incidence_deg",
+    "reference_region",
     "species_for_mass",
     "species_label",
     "species_mass",

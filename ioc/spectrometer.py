@@ -70,7 +70,8 @@ SIMS_READY (enum No/Yes)
 STATUS (string)
     "OK", why SIMS is not ready, or the last refusal.
 
-Ground truth (the specimen) stays inside this process.
+Ground truth (the specimen, and this instrument's mass fractionation and collector
+yields, drawn from its seed: decision 0035) stays inside this process.
 """
 
 from __future__ import annotations
@@ -266,9 +267,12 @@ class SpectrometerIOC(InstrumentIOC):
         self.extraction_field_factor = (
             ion_optics.draw_extraction_field_factor(self.seed)
             if extraction_field_factor is None else float(extraction_field_factor))
-        # The counting chain's own dead time, from the seed: published nowhere.
+        # The counting chain's own dead time (decision 0034) and this instrument's IMF
+        # and collector yields (decision 0035), drawn from its seed: truth, published
+        # nowhere (tests redraw them from the seed).
         self.params = params or sp.SimsParameters(
-            dead_time_s=sp.true_dead_time_s(self.seed))
+            dead_time_s=sp.true_dead_time_s(self.seed)).with_(
+            **sp.mass_bias_parameters(self.seed, N_COLLECTORS))
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
         self.initial_params = self.params
@@ -351,8 +355,10 @@ class SpectrometerIOC(InstrumentIOC):
         return d_ref + self.params.drift_nm_per_min * (t - t_ref) / 60.0
 
     def physics_params(self, t: float) -> sp.SimsParameters:
-        """Present detector/drift parameters, with the drift clock starting at ``t``."""
-        return self.params.with_(drift_start_nm=self.drift_displacement_nm(t))
+        """Present detector/drift parameters, with the drift and gain clocks starting at
+        ``t``."""
+        return self.params.with_(drift_start_nm=self.drift_displacement_nm(t),
+                                 gain_clock_s=t - self.t_start)
 
     def geometry(self, snap: dict) -> sp.ScanGeometry:
         fov_um, rotation_deg = ion_optics.true_raster(
@@ -723,7 +729,7 @@ class SpectrometerIOC(InstrumentIOC):
         # The source's current over this count, common to the four collectors.
         ions_per_s *= self.beam_noise.mean_factor(t0, t0 + count_time)
         expected = sp.collector_expectation(snap["masses"], emission, ions_per_s, count_time,
-                                            self.params)
+                                            self.physics_params(t0))
         counts = sp.detect(expected, count_time, self.params, self.rng)
         for col, n in zip(self.collectors(), counts, strict=True):
             await col.counts.write(int(n))
@@ -997,6 +1003,7 @@ class SpectrometerIOC(InstrumentIOC):
         self.mass_ratio = [m / 7.0 for m in DEFAULT_MASSES]
         self.mass_setpoints = list(DEFAULT_MASSES)
         self._drift_ref = (self.clock.now(), 0.0)
+        self.t_start = self.clock.now()  # the collectors' yields restart their course too
         self._seed_generators()
         async with self.depth_lock:
             self.world.holder.restore()

@@ -14,13 +14,15 @@ is an event of the SIMS run's ``particles`` stream; all runs share one
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from typing import Any
 
 import bluesky.plan_stubs as bps
 import numpy as np
 
-from temsims.analysis.isotopes import NATURAL_LI6_LI7
+from temsims.analysis.bracketing import bracketing_correction
+from temsims.analysis.isotopes import NATURAL_LI6_LI7, check_correction
 from temsims.analysis.particles import Particle, find_particles
 from temsims.plans._common import (
     Values,
@@ -36,6 +38,7 @@ from temsims.plans._common import (
     read_dead_time,
     with_safe_state,
 )
+from temsims.plans.bracketing import bracket_values, check_reference, reference_run
 from temsims.plans.correlative import PARTS, check_sims_voltage, role_md
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
@@ -81,7 +84,11 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                             significance: float = 5.0, min_counts: float = 50.0,
                             zoom_fov_um: float = 0.4, exposure_s: float = 0.05,
                             max_particles: int = 20, sims_voltage_v: float = 4500.0,
-                            image_uncertain: bool = False, md: dict | None = None) -> Plan[dict]:
+                            image_uncertain: bool = False, correction: tuple | None = None,
+                            reference: str | dict | None = None,
+                            reference_fov_um: float = 0.2,
+                            reference_pixels: tuple = (16, 16),
+                            md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
     Parameters
@@ -113,6 +120,27 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     image_uncertain : bool
         Also image the ``uncertain`` particles (after the labelled ones, within
         ``max_particles``).
+    correction : (float, float), optional
+        ``(K, sigma_K)``: the 6Li/7Li correction of standard bracketing (IMF and
+        collector yields; :func:`temsims.plans.bracketed_sims_maps` measures it,
+        :func:`temsims.plans.bracketing.correction_of` picks it out), applied to
+        every ratio and test of the analysis and recorded in
+        ``particle_analysis``. None: the ratios as measured, biased by the
+        instrument's mass fractionation (a few per cent).
+    reference : str or dict, optional
+        Bracket the search with the specimen's isotope standard (a specimen name of
+        :data:`temsims.constants.REFERENCE_REGIONS` or a dict, see
+        :func:`temsims.plans.bracketing.check_reference`): a map of it before the
+        search (its K corrects the search's table as it is analysed, inside the
+        search's run) and one after it (before the TEM zooms): both ``sims_map``
+        runs carry the ``bracketing`` block with the search's ``bracketing_id``
+        (the search's SIMS run too), under a ``correlation_id`` of their own (the
+        bracketing id) so that the search's experiment stays its SIMS map and its
+        zooms. The after-reference run's ``bracketing`` stream and the result's
+        ``bracketing`` give K interpolated to the search's time. Not with
+        ``correction``.
+    reference_fov_um, reference_pixels : float, (int, int)
+        The reference maps' raster (inside the standard: its 0.24 um pad).
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
@@ -131,7 +159,10 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     dict
         ``correlation_id``, ``uids`` {"sims": [uid], "tem": [...]} and ``imaged``
         (``[{"label", "classification", "tem_uid"}]``, the particles imaged, in
-        order). The maps and the particle table are in the SIMS run
+        order); with a ``reference``, ``bracketing``: ``bracketing_id``, ``uids``
+        {"reference_before", "reference_after"}, ``provisional`` (the (K, sigma_K)
+        the table was corrected with), ``factor`` (K interpolated to the search)
+        and ``correction`` (:meth:`BracketCorrection.to_dict`). The maps and the particle table are in the SIMS run
         (:func:`temsims.app.loaders.load_correlative` reads them back).
 
     Notes
@@ -164,20 +195,79 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     max_particles = check_int("max_particles", max_particles, low=0, high=200)
     sims_voltage_v = check_sims_voltage(sims_voltage_v)
     image_uncertain = check_bool("image_uncertain", image_uncertain)
+    try:
+        correction = check_correction(correction)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"correction: {exc}") from None
+    ref = None
+    if reference is not None:
+        if correction is not None:
+            raise ValueError("reference and correction: give one (the bracket measures "
+                             "the correction)")
+        ref = check_reference(reference, stage)
+        ref_fov = check_number("reference_fov_um", reference_fov_um, low=0.0,
+                               low_open=True, unit="um")
+        check_within("reference_fov_um", ref_fov, device_limits(column.scan.fov), "um")
+        if "width_um" in ref and ref_fov > ref["width_um"]:
+            raise ValueError(f"reference_fov_um = {ref_fov:g} um is wider than the "
+                             f"standard ({ref['width_um']:g} um)")
+        ref_pixels = check_pair("reference_pixels", reference_pixels, integer=True, low=1,
+                                high=MAX_PIXELS_PER_SIDE)
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
     labels = ("6Li", "7Li")
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"sims": [], "tem": []},
                               "imaged": []}
+    bid = str(uuid.uuid4())
+    if ref is not None:
+        result["bracketing"] = {"bracketing_id": bid, "uids": {}, "correction": None,
+                                "provisional": None, "factor": None}
+        common = {"bracketing_id": bid, "parent_plan": "find_labelled_particles",
+                  "species": ["6Li", "7Li"], "ratio": "6Li/7Li",
+                  "reference": {k: ref[k] for k in sorted(ref)}}
+        state: dict[str, Any] = {}
 
     def body():
         tau, tau_source = yield from read_dead_time(spectrometer, DEFAULT_DEAD_TIME_S)
         analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
-                    "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7}
+                    "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7,
+                    "correction": correction}
+        yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
+        parts = (stage, imager, spectrometer, column, bias)
+        ref_md = {**md, "correlation_id": bid}
+
+        def reference(position):
+            def measured(m):
+                if position == "before":
+                    state["before"] = m
+                    # Until the second reference: K of the first (no drift term yet).
+                    state["provisional"] = bracketing_correction(
+                        m, m, certified_ratio=ref["value"],
+                        certified_sigma=ref["sigma"]).factor(m.time_s)
+                    return
+                corr = bracketing_correction(state["before"], m,
+                                             certified_ratio=ref["value"],
+                                             certified_sigma=ref["sigma"])
+                values = yield from bracket_values(corr, result["uids"]["sims"],
+                                                   [state["t_search"]])
+                result["bracketing"]["correction"] = corr.to_dict()
+                result["bracketing"]["factor"] = (values[0]["k"], values[0]["sigma_k"])
+
+            block = dict(common, role="reference", position=position, index=None,
+                         dead_time_s=tau)
+            result["bracketing"]["uids"][f"reference_{position}"] = yield from reference_run(
+                parts, ref, labels=("6Li", "7Li"), fov_um=ref_fov, pixels=ref_pixels,
+                dwell_s=dwell_s, dead_time_s=tau, min_counts=1000.0, block=block,
+                md=ref_md, on_measured=measured)
+
+        if ref is not None:
+            yield from reference("before")
+            if state.get("provisional") is not None:
+                analysis["correction"] = state["provisional"]
+                result["bracketing"]["provisional"] = state["provisional"]
         # The parameters as find_particles records them, known before the run starts.
         parameters = find_particles(np.zeros((1, 1)), np.zeros((1, 1)), **analysis).parameters
-        yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         yield from bps.mv(stage.x, center[0], stage.y, center[1])
         candidates: list[dict[str, Any]] = []
 
@@ -198,9 +288,16 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
             particle_analysis=dict(parameters, dead_time_source=tau_source),
             image_uncertain=image_uncertain)}
+        if ref is not None:
+            run_md["bracketing"] = dict(common, role="unknown", position=None, index=0,
+                                        dead_time_s=tau)
+        t_search = time.time()
         result["uids"]["sims"].append((yield from sims_map(
             imager, spectrometer, column, stage, bias, species=labels, fov_um=fov_um,
             pixels=pixels, dwell_s=dwell_s, fly=True, after_map=analyse, md=run_md)))
+        if ref is not None:
+            state["t_search"] = 0.5 * (t_search + time.time())
+            yield from reference("after")
         wanted = ("labelled", "uncertain") if image_uncertain else ("labelled",)
         # Labelled first, then the uncertain ones; each in the table's order.
         to_image = sorted((p for p in candidates if p["classification"] in wanted),

@@ -35,7 +35,8 @@ needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
 GUEST_PLANS = {"tem_image", "tem_mosaic", "edx_point", "edx_line", "to_tem_mode", "safe_state"}
 ION_BEAM_OR_BIAS_PLANS = {"sims_map", "depth_profile", "mass_spectrum", "calibrate_masses",
                           "to_sims_mode", "correlative_tem_sims", "find_labelled_particles",
-                          "edx_sims_calibration", "calibrate_dead_time"}
+                          "edx_sims_calibration", "calibrate_dead_time",
+                          "bracketed_sims_maps"}
 #: Parameters the queue lists without a type: callables (they cannot travel in a queue
 #: item) and safe_state's, which the plan leaves untyped.
 UNTYPED = {("sims_map", "after_map"), ("tem_image", "after_image"),

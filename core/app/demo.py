@@ -306,7 +306,12 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
         d, fov_um=sizes["search_fov_um"], pixels=sizes["search_pixels"],
         dwell_s=sizes["search_dwell_s"], zoom_fov_um=sizes["zoom_fov_um"],
         exposure_s=sizes["exposure_s"], max_particles=sizes["max_particles"],
-        md={"purpose": "temsims demo"})).plan_result
+        reference="li2co3-particles", md={"purpose": "temsims demo"})).plan_result
+    bracket = parts.get("bracketing") or {}
+    if bracket.get("factor"):
+        k, sk = bracket["factor"]
+        _say(f"  6Li/7Li bracketed by the natural-Li pad: K = {k:.4f} +- {sk:.4f} "
+             "(mass fractionation and collector yields)")
     _say(f"  {len(parts['imaged'])} labelled particles imaged in "
          f"{time.monotonic() - t:.1f} s")
     return {"correlative": corr, "particles": parts, "sizes": dict(sizes)}
@@ -558,14 +563,17 @@ def write_report(out: Path, experiment, search, sizes: dict[str, Any]) -> list[P
             fig.colorbar(im, ax=axes[k], label="counts")
             axes[k].set_title(f"SIMS {label} (specimen coordinates)")
         n6, n7 = (np.asarray(data[s].values, float) for s in ("6Li", "7Li"))
-        ratio = np.where(n7 + n6 >= 10, n6 / np.maximum(n7, 1), np.nan)
+        # Corrected as the particle table is (standard bracketing, decision 0035).
+        params = (search.sims[0].start.get("correlative") or {}).get("particle_analysis", {})
+        k = params.get("correction_factor") or 1.0
+        ratio = np.where(n7 + n6 >= 10, k * n6 / np.maximum(n7, 1), np.nan)
         im = axes[2].imshow(ratio, origin="lower", extent=ext, cmap="magma", aspect="auto",
                             norm=matplotlib.colors.LogNorm(0.03, 30))
         fig.colorbar(im, ax=axes[2], label="6Li/7Li")
     for p in table:
         axes[2].plot(p["x_um"], p["y_um"], "o", mfc="none",
                      mec="cyan" if p.get("labelled") else "white", ms=9)
-    axes[2].set_title("6Li/7Li ratio; cyan: significantly labelled")
+    axes[2].set_title("6Li/7Li ratio (bracketed); cyan: significantly labelled")
     for ax in axes:
         ax.set_xlabel("x (um)")
         ax.set_ylabel("y (um)")

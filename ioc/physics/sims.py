@@ -28,6 +28,14 @@ Implanted Ga grows with the sputtered depth ``d`` toward the steady state
 projected range. Sputtering advances a per-grid-pixel depth map by
 ``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3).
 
+Instrumental mass fractionation (decision 0035): the light isotope is emitted and
+transmitted preferentially, by ``(m_ref / m)^beta`` with ``m_ref`` the element's mean
+natural mass and ``beta`` a property of the matrix (mixed linearly between phases),
+so two matrices bias a ratio differently. Each multicollector counts with its own
+yield ("gain"), a few per cent from 1, drifting linearly plus a slow random walk in
+instrument time; it scales what that collector counts (maps, COUNT), not the axial
+mass scan. Both are drawn per instrument seed (:func:`mass_bias_parameters`).
+
 Detection: a non-paralyzable dead time ``tau`` turns a true count rate ``N`` into
 ``M = N / (1 + N tau)``; dark counts add; the counts are sub-Poissonian, variance
 ``M T / (1 + N tau)^2`` (:func:`detect`). ``tau`` is the instrument's own, drawn from
@@ -123,6 +131,18 @@ class SimsParameters:
         SIMS geometry conditions: holder alpha and minimum |bias|.
     focal_plane_radius_ratio
         Radius range of the focal plane relative to the axial radius.
+    imf_beta, imf_beta_default
+        Instrumental mass fractionation exponent ``beta`` per matrix (material name,
+        beta) and for the matrices not listed: each isotope's emission is scaled by
+        ``(m_ref / m)^beta``. 0 (the default): no fractionation.
+    collector_gain, collector_gain_drift_per_s
+        Per multicollector (in the order of the collector masses): its counting yield
+        at instrument time 0 and its relative linear drift per second (missing: 1, 0).
+    gain_walk_rel_per_sqrt_s, gain_walk_seed
+        Random walk of each collector's yield on top of the drift (relative, per
+        square root of a second, nodes every :data:`GAIN_WALK_STEP_S`), seeded.
+    gain_clock_s
+        Instrument time (s) at elapsed time 0 of a frame or count (the gain's clock).
     """
 
     transmission: float = 0.45
@@ -152,6 +172,13 @@ class SimsParameters:
     sims_alpha_tolerance_deg: float = TILT_TOLERANCE_DEG
     min_bias_v: float = 100.0
     focal_plane_radius_ratio: tuple[float, float] = (0.6, 1.4)
+    imf_beta: tuple[tuple[str, float], ...] = ()
+    imf_beta_default: float = 0.0
+    collector_gain: tuple[float, ...] = ()
+    collector_gain_drift_per_s: tuple[float, ...] = ()
+    gain_walk_rel_per_sqrt_s: float = 0.0
+    gain_walk_seed: int = 0
+    gain_clock_s: float = 0.0
 
     @property
     def focal_plane_mass_ratio(self) -> tuple[float, float]:
@@ -342,6 +369,93 @@ def species_weights(true_mass_u: float, species: tuple[str, ...], *, axial: bool
         if w > min_weight:
             out[parent] = out.get(parent, 0.0) + w
     return out
+
+
+# ======================================================================================
+# Mass fractionation and collector yields (decision 0035)
+# ======================================================================================
+#: Nominal IMF exponent ``beta`` per matrix: 6Li/7Li is measured high by
+#: ``(m7/m6)^beta - 1``: +26 per mil in Li2CO3 (beta 0.165), +17 in LiPON, +37 in
+#: LiV3O8. Li SIMS IMF is tens of per mil and matrix dependent (Bell et al. 2009,
+#: Chem. Geol. 258, 5: olivine; Li et al. 2023, JAAS 38, 1962: up to 19 per mil
+#: between silicate glasses; Kasemann et al. 2005, Anal. Chem. 77, 5251).
+IMF_BETA_NOMINAL = (("Li2CO3", 0.165), ("LiPON", 0.11), ("LiV3O8", 0.235))
+IMF_BETA_DEFAULT = 0.15
+#: Per-instrument spread of beta (relative, 1 sigma): the tuning of the secondary
+#: column and energy window changes the IMF from one instrument to the next.
+IMF_BETA_SPREAD = 0.15
+#: Per-collector yield at start-up (1 sigma from 1), drift per 10 min (1 sigma) and
+#: random walk per sqrt(10 min): electron multipliers in a multicollector differ by a
+#: few per cent and age at high count rates (estimate, decision 0035).
+GAIN_SPREAD = 0.02
+GAIN_DRIFT_PER_10MIN = 0.005
+GAIN_WALK_PER_SQRT_10MIN = 0.001
+#: Node spacing (s) of the collectors' yield random walk (linear in between).
+GAIN_WALK_STEP_S = 60.0
+_GAIN_WALK_CHUNK = 1024
+
+
+def mass_bias_parameters(seed: int, n_collectors: int = 4) -> dict:
+    """The harder twin's IMF and collector yields for an instrument seeded ``seed``:
+    keyword changes of :class:`SimsParameters` (``params.with_(**...)``). Only the
+    simulator and the tests that score against it use this (the truth)."""
+    rng = np.random.default_rng([int(seed), 35])
+    scale = 1.0 + IMF_BETA_SPREAD * rng.standard_normal()
+    return {
+        "imf_beta": tuple((name, float(beta * scale)) for name, beta in IMF_BETA_NOMINAL),
+        "imf_beta_default": float(IMF_BETA_DEFAULT * scale),
+        "collector_gain": tuple(
+            float(g) for g in 1.0 + GAIN_SPREAD * rng.standard_normal(n_collectors)),
+        "collector_gain_drift_per_s": tuple(
+            float(r) for r in GAIN_DRIFT_PER_10MIN / 600.0 * rng.standard_normal(n_collectors)),
+        "gain_walk_rel_per_sqrt_s": GAIN_WALK_PER_SQRT_10MIN / math.sqrt(600.0),
+        "gain_walk_seed": int(rng.integers(2**31)),
+    }
+
+
+def imf_beta(material: str, params: SimsParameters) -> float:
+    """IMF exponent of a matrix (by material name)."""
+    return dict(params.imf_beta).get(material, params.imf_beta_default)
+
+
+def imf_factor(isotope: str, beta):
+    """``(m_ref / m)^beta`` of an isotope, ``m_ref`` its element's mean natural mass."""
+    symbol, _ = parse_species(isotope)
+    abund = natural_abundances(symbol)
+    m_ref = sum(a * isotope_mass_u(i) for i, a in abund.items()) / max(sum(abund.values()),
+                                                                      1e-12)
+    return np.exp(np.asarray(beta) * math.log(m_ref / isotope_mass_u(isotope)))
+
+
+@lru_cache(maxsize=64)
+def _walk_chunk(seed: int, index: int, chunk: int) -> np.ndarray:
+    """Walk nodes ``chunk * C .. (chunk + 1) * C`` (unit steps), continuing the last."""
+    start = 0.0 if chunk == 0 else float(_walk_chunk(seed, index, chunk - 1)[-1])
+    steps = np.random.default_rng([seed, index, chunk]).standard_normal(_GAIN_WALK_CHUNK)
+    return start + np.cumsum(steps)
+
+
+def collector_gain(index: int, t_s, params: SimsParameters):
+    """Counting yield of collector ``index`` at instrument time ``t_s`` (s, >= 0)."""
+    t = np.maximum(np.asarray(t_s, dtype=float), 0.0)
+    g0 = params.collector_gain[index] if index < len(params.collector_gain) else 1.0
+    rates = params.collector_gain_drift_per_s
+    g = g0 * (1.0 + (rates[index] if index < len(rates) else 0.0) * t)
+    if params.gain_walk_rel_per_sqrt_s > 0:
+        x = t / GAIN_WALK_STEP_S
+        k = np.floor(x).astype(int)
+        hi = int(k.max()) + 1 if k.size else 1
+        nodes = np.concatenate([[0.0]] + [
+            _walk_chunk(params.gain_walk_seed, index, c)
+            for c in range(hi // _GAIN_WALK_CHUNK + 1)])
+        walk = nodes[k] + (nodes[k + 1] - nodes[k]) * (x - k)
+        g = g * (1.0 + params.gain_walk_rel_per_sqrt_s * math.sqrt(GAIN_WALK_STEP_S) * walk)
+    return g
+
+
+def has_collector_gain(params: SimsParameters) -> bool:
+    return bool(params.collector_gain or params.collector_gain_drift_per_s
+                or params.gain_walk_rel_per_sqrt_s > 0)
 
 
 # ======================================================================================
@@ -646,6 +760,7 @@ class SurfaceEmitter:
                  landing_kev: float, params: SimsParameters = SimsParameters()) -> None:
         self.specimen = specimen
         self.window = window
+        self.params = params
         self.polarity = 1 if polarity >= 0 else -1
         depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
         index = specimen.layer_at_depth(depth, window)
@@ -688,12 +803,23 @@ class SurfaceEmitter:
             native += self.ga_implanted * np.float32(natural_abundances("Ga")[isotope])
         return native
 
+    def mass_bias(self, isotope: str) -> np.ndarray | None:
+        """Per-pixel IMF factor of an isotope in the exposed matrix (None: none)."""
+        p = self.params
+        if not p.imf_beta and p.imf_beta_default == 0.0:
+            return None
+        win = self.window
+        return self._select(lambda layer: imf_factor(
+            isotope, layer._mix(win, lambda m: imf_beta(m.name, p))))
+
     def emission(self, weights: dict[str, float]) -> np.ndarray:
-        """Sum over isotopes of weight x Y x alpha x C (per grid pixel, float32)."""
+        """Sum over isotopes of weight x Y x alpha x C x IMF (per grid pixel, float32)."""
         total = np.zeros(self.shape, np.float32)
         for iso, w in weights.items():
             symbol, _ = parse_species(iso)
-            total += np.float32(w) * self.ionisation(symbol) * self.fraction(iso)
+            term = np.float32(w) * self.ionisation(symbol) * self.fraction(iso)
+            bias = self.mass_bias(iso)
+            total += term if bias is None else term * bias
         total *= self.yield_
         return total
 
@@ -903,6 +1029,11 @@ class FramePlan:
                 if current is not None:
                     done[id(b)] *= current
             out.append(done[id(b)])
+        if has_collector_gain(self.params):
+            # One yield per line and collector (it drifts over minutes, a line takes ms).
+            t = (self.params.gain_clock_s + self.elapsed_s
+                 + self.line_times(np.arange(r0, r1)))[:, None]
+            out = [e * collector_gain(i, t, self.params) for i, e in enumerate(out)]
         return out
 
     def current_factor(self, r0: int, r1: int) -> np.ndarray | None:
@@ -1084,12 +1215,15 @@ def mass_scan_expectation(true_masses_u: np.ndarray, emission_start: dict[str, f
 
 def collector_expectation(true_masses_u, emission: dict[str, float], ions_per_s: float,
                           time_s: float, params: SimsParameters = SimsParameters()) -> np.ndarray:
-    """Expected true counts on each collector (true masses) in ``time_s``."""
+    """Expected true counts on each collector (true masses) in ``time_s``, with each
+    collector's yield at the middle of the count (``params.gain_clock_s`` at its start)."""
     out = []
     scale = ions_per_s * time_s * params.transmission
-    for m in np.atleast_1d(true_masses_u):
+    t_mid = params.gain_clock_s + 0.5 * time_s
+    for i, m in enumerate(np.atleast_1d(true_masses_u)):
         w = species_weights(float(m), tuple(emission), params=params)
-        out.append(scale * sum(emission[k] * v for k, v in w.items()))
+        out.append(scale * sum(emission[k] * v for k, v in w.items())
+                   * float(collector_gain(i, t_mid, params)))
     return np.array(out)
 
 
@@ -1108,6 +1242,7 @@ __all__ = [
     "candidate_species",
     "collector_acceptance",
     "collector_expectation",
+    "collector_gain",
     "dead_time_correct",
     "dead_time_rate",
     "detect",
@@ -1119,6 +1254,9 @@ __all__ = [
     "footprint_emission",
     "footprint_sigma_nm",
     "gap_field_for_mass",
+    "imf_beta",
+    "imf_factor",
+    "mass_bias_parameters",
     "mass_for_gap_field",
     "mass_scan_expectation",
     "mass_scan_fields",

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, special
 
+from temsims.constants import reference_region
 from temsims.ioc.physics.materials import (
     AVOGADRO,
     MATERIALS,
@@ -155,6 +156,9 @@ class Specimen:
     #: outside the objective aperture, darker than its mass-thickness alone. 0 for an
     #: amorphous specimen (only the polycrystalline recipes set it).
     bf_diffraction_ug_cm2: ArrayLike = 0.0
+    #: The isotope standard mounted on it (public: a lab knows where its standard
+    #: sits), from :data:`temsims.constants.REFERENCE_REGIONS`; None without one.
+    reference: dict[str, Any] | None = None
 
     # ---- geometry -------------------------------------------------------------------
     @property
@@ -284,6 +288,7 @@ class Specimen:
             "shape": list(self.shape),
             "layers": [layer.name for layer in self.layers],
             "elements": self.elements(),
+            "reference": None if self.reference is None else dict(self.reference),
         }
 
 
@@ -331,13 +336,17 @@ def li2co3_particles(
     field_nm: float = 3400.0,
     pixel_nm: float = DEFAULT_PIXEL_NM,
     grid: int = DEFAULT_GRID,
+    with_reference: bool = True,
 ) -> Specimen:
     """Li2CO3 nanoparticles on a thin carbon film, some labelled with 6Li.
 
     Spherical particles (diameters log-uniform in ``diameter_range_nm``) placed without
     overlap in the central ``field_nm`` square; a fraction ``labelled_fraction`` of
     them (rounded, at least one) carry ``label_li6_abundance`` 6Li, the rest natural
-    Li (LSVEC). The particle layer's thickness is the sphere's chord.
+    Li (LSVEC). The particle layer's thickness is the sphere's chord. With
+    ``with_reference``, the natural-Li Li2CO3 pad of
+    :data:`temsims.constants.REFERENCE_REGIONS` sits beside the field (outside it:
+    particles keep ``field_nm`` <= 3400 nm clear of it).
     """
     rng = np.random.default_rng(seed)
     radii_lo, radii_hi = np.log(diameter_range_nm[0] / 2), np.log(diameter_range_nm[1] / 2)
@@ -375,6 +384,17 @@ def li2co3_particles(
         thickness[win] = np.where(inside, chord, thickness[win])
         li6[win] = np.where(inside, p["li6_abundance"], li6[win])
     li6 = np.where(np.isnan(li6), natural_li6, li6).astype(np.float32)
+    # The natural-Li standard beside the field (temsims.constants.REFERENCE_REGIONS):
+    # a flat Li2CO3 pad in the particles' matrix, natural Li (decision 0035).
+    ref = reference_region(spec.name) if with_reference else None
+    if ref is not None:
+        half = 500.0 * ref["width_um"]
+        cx, cy = 1000.0 * ref["x_um"], 1000.0 * ref["y_um"]
+        yy, xx = spec.y_nm()[:, None], spec.x_nm()[None, :]
+        pad = (np.abs(xx - cx) <= half) & (np.abs(yy - cy) <= half)
+        thickness[pad] = ref["thickness_nm"]
+        li6[pad] = natural_li6
+        spec.reference = ref
 
     spec.layers = [
         Layer("particles", thickness, {"Li2CO3": 1.0}, isotope_abundance={"6Li": li6}),

@@ -26,18 +26,73 @@ def dead_time_of(seed: int) -> float:
     return sp.true_dead_time_s(seed)
 
 
+#: The bracketing plan's reference map (plans/bracketing.py defaults): 16 x 16 pixels
+#: over 0.2 um at the pad's centre, at the demo's dwell and current.
+REFERENCE_MAP = {"fov_um": 0.2, "pixels": (16, 16)}
+#: Instrument time (s) of the three maps of a bracket: reference, unknown, reference
+#: (a 10 min bracket: long enough for the collectors' drift to matter).
+BRACKET_TIMES_S = (0.0, 300.0, 600.0)
+
+
+def harder_twin(instrument_seed: int) -> sp.SimsParameters:
+    """The spectrometer's parameters with the dead time, IMF and collector yields of an
+    instrument seeded ``instrument_seed`` (what SpectrometerIOC draws)."""
+    return sp.SimsParameters(dead_time_s=dead_time_of(instrument_seed)).with_(
+        **sp.mass_bias_parameters(instrument_seed))
+
+
 def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
                   dwell_s=DEMO["dwell_s"], current_pa=DEMO["current_pa"],
-                  params: sp.SimsParameters | None = None):
+                  params: sp.SimsParameters | None = None, centre_nm=(0.0, 0.0),
+                  spec=None, rng_seed: int | None = None):
     """(specimen, geometry, n6, n7) of one li2co3-particles map at the demo's dose."""
-    spec = build_specimen("li2co3-particles", seed=seed)
-    geo = sp.ScanGeometry(pixels[0], pixels[1], fov_um)
+    spec = build_specimen("li2co3-particles", seed=seed) if spec is None else spec
+    geo = sp.ScanGeometry(pixels[0], pixels[1], fov_um, centre_x_nm=centre_nm[0],
+                          centre_y_nm=centre_nm[1])
     plan = sp.FramePlan(spec, geo, LI_MASSES, current_pa, dwell_s,
                         probe_diameter_nm(current_pa, DEMO["column_kv"]), 25.5, 1, True,
                         np.zeros(spec.shape, np.float32),
                         params=params or sp.SimsParameters(dead_time_s=dead_time_of(seed)))
-    n6, n7 = plan.render(np.random.default_rng(1000 + seed))
+    n6, n7 = plan.render(np.random.default_rng(1000 + seed if rng_seed is None else rng_seed))
     return spec, geo, n6, n7
+
+
+def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_seed: int,
+                            times_s=BRACKET_TIMES_S):
+    """A bracket on the harder twin: the natural-Li pad mapped before and after the
+    particle map, at the instrument times ``times_s``, rendered like the map.
+
+    Returns (specimen, geometry, n6, n7, correction, params): ``correction`` the
+    bracketing analysis' :class:`~temsims.analysis.bracketing.BracketCorrection`."""
+    from temsims.analysis.bracketing import bracketing_correction, reference_measurement
+
+    spec = build_specimen("li2co3-particles", seed=seed)
+    base = harder_twin(instrument_seed)
+    ref = spec.reference
+    centre = (1000.0 * ref["x_um"], 1000.0 * ref["y_um"])
+    measured = []
+    maps = {}
+    for k, t in enumerate(times_s):
+        params = base.with_(gain_clock_s=float(t))
+        if k == 1:
+            maps["unknown"] = particle_maps(seed, pixels, params=params, spec=spec)
+            continue
+        _, _, r6, r7 = particle_maps(seed, REFERENCE_MAP["pixels"],
+                                     fov_um=REFERENCE_MAP["fov_um"], params=params,
+                                     centre_nm=centre, spec=spec,
+                                     rng_seed=5000 + seed + k)
+        frame = REFERENCE_MAP["pixels"][0] * REFERENCE_MAP["pixels"][1] * DEMO["dwell_s"]
+        measured.append(reference_measurement(r6, r7, time_s=t + frame / 2,
+                                              dwell_s=DEMO["dwell_s"],
+                                              dead_time_s=dead_time_of(instrument_seed)))
+    correction = bracketing_correction(*measured)
+    _, geo, n6, n7 = maps["unknown"]
+    return spec, geo, n6, n7, correction, base
+
+
+def map_time_s(geo, times_s=BRACKET_TIMES_S, dwell_s=DEMO["dwell_s"]) -> float:
+    """Middle of the unknown map of a bracket (instrument time, s)."""
+    return times_s[1] + 0.5 * geo.nx * geo.ny * dwell_s
 
 
 def match_truth(table, affine, truth):

@@ -1,6 +1,8 @@
 """Particles of simulated 6Li/7Li maps, scored against the specimen's hidden truth.
 
-The scored maps are five fresh specimen seeds per map size, drawn at run time and
+The scored maps are eight fresh specimen seeds per map size, each on a fresh
+instrument of the harder twin (instrumental mass fractionation and collector yields,
+decision 0035) and bracketed by the specimen's natural-Li pad, drawn at run time and
 printed (``TEMSIMS_TEST_ENTROPY`` reproduces a run); labelled particles are scored per
 particle by the reported centroid (``tests/scoring.py``). The sweep over 30+ seeds is
 ``benchmarks/particles_benchmark.py``.
@@ -15,7 +17,9 @@ from analysis_sims import (
     DEMO,
     DEMO_FULL_PIXELS,
     DEMO_QUICK_PIXELS,
+    bracketed_particle_maps,
     dead_time_of,
+    map_time_s,
     match_truth,
     particle_maps,
     score,
@@ -38,24 +42,45 @@ from temsims.ioc.physics import sims as sp
 N_SEEDS = 8
 
 
-def _run(seed, pixels, **kw):
-    spec, geo, n6, n7 = particle_maps(seed, pixels)
+def _run(seed, pixels, *, instrument_seed=None, **kw):
+    """Segment and score one map: on the plain twin, or (``instrument_seed``) on the
+    harder twin (IMF and collector yields of that instrument) with the map bracketed
+    by the natural-Li pad and corrected (``sc["uncorrected"]``: the same map's
+    scores without the correction)."""
+    if instrument_seed is None:
+        spec, geo, n6, n7 = particle_maps(seed, pixels)
+        corr = None
+    else:
+        spec, geo, n6, n7, bracket, _ = bracketed_particle_maps(
+            seed, pixels, instrument_seed=instrument_seed)
+        corr = bracket.factor(map_time_s(geo))
     affine = SimsMapGeometry(nx=pixels[0], ny=pixels[1], fov_um=geo.fov_um, centre_x_um=0.0,
                              centre_y_um=0.0).affine_to_specimen()
+    # The instrument's own dead time, as a calibration would give it (decision 0034).
+    tau = dead_time_of(seed if instrument_seed is None else instrument_seed)
     table = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
-                           dead_time_s=dead_time_of(seed), **kw)
+                           dead_time_s=tau, correction=corr, **kw)
     sc = score(table, affine, spec.truth["particles"])
     sc["centroids"] = score_centroids(table.labelled(), spec.truth["particles"])
+    if corr is not None:
+        raw = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
+                             dead_time_s=tau, **kw)
+        sc["uncorrected"] = score(raw, affine, spec.truth["particles"])
+        sc["correction"] = corr
     return spec, table, affine, sc
 
 
 @pytest.fixture(scope="module", params=[DEMO_FULL_PIXELS, DEMO_QUICK_PIXELS],
                 ids=["demo-full-96x68", "demo-quick-64x45"])
 def scores(request):
+    """Fresh specimens on fresh instruments of the harder twin (IMF and collector
+    yields, decision 0035), each map bracketed by the natural-Li pad."""
     rng = fresh_rng(f"test_particles {request.param[0]}x{request.param[1]}")
     seeds = [int(s) for s in rng.choice(np.arange(10, 1_000_000), N_SEEDS, replace=False)]
-    print(f"specimen seeds {seeds}")
-    return request.param, {seed: _run(seed, request.param)[3] for seed in seeds}
+    instruments = [int(s) for s in rng.integers(1, 1_000_000, N_SEEDS)]
+    print(f"specimen seeds {seeds}, instrument seeds {instruments}")
+    return request.param, {seed: _run(seed, request.param, instrument_seed=inst)[3]
+                           for seed, inst in zip(seeds, instruments, strict=True)}
 
 
 #: Pooled over the fresh seeds (~12 labelled particles each). Over 60 seeds the benchmark
@@ -131,6 +156,25 @@ def test_ratio_errors_are_within_1_2_poisson_bounds(scores):
     assert np.std(err) <= 1.2, np.sort(err)
     assert abs(np.mean(err)) <= 3 * 1.2 / math.sqrt(len(err)) + SYSTEMATIC_PULL_BOUND
     assert np.mean(np.abs(err) > 4) <= 0.01
+
+
+def test_uncorrected_ratios_carry_the_instrument_bias(scores):
+    """The harder twin is on: without the bracketing correction the isolated
+    particles' ratios are off by the instrument's bias (IMF x collector yields, ~3-8 %
+    from 1 here: the pulls' mean moves with 1/K - 1 over the seeds), with it they are
+    not (the test above). Per seed, the mean uncorrected pull minus the corrected one
+    has the sign of 1/K - 1 wherever the bias is well above the correction's error."""
+    _, per_seed = scores
+    shifts = []
+    for s in per_seed.values():
+        k, sk = s["correction"]
+        raw, fixed = np.mean(s["uncorrected"]["errors"]), np.mean(s["errors"])
+        shifts.append((1 / k - 1, raw - fixed, sk / k))
+        print(f"1/K - 1 = {1 / k - 1:+.4f} +- {sk / k:.4f}: mean pull {raw:+.2f} "
+              f"uncorrected, {fixed:+.2f} corrected")
+    strong = [(b, d) for b, d, rel in shifts if abs(b) > 4 * rel]
+    assert strong, shifts
+    assert all(np.sign(b) == np.sign(d) for b, d in strong), shifts
 
 
 def test_no_natural_particle_is_called_labelled(scores):

@@ -287,6 +287,31 @@ def test_live_ratio_map_takes_the_dead_time_the_run_recorded(make, debug_callbac
     assert np.median(off.ratio / recorded.ratio) > 1.1
 
 
+def test_live_ratio_map_takes_the_recorded_bracketing_correction(make, debug_callbacks):
+    """A bracketed particle search records its (K, sigma_K) in
+    ``correlative.particle_analysis`` (decision 0035): by default the live map shows
+    K x the ratio with K's error propagated; an explicit None shows it as measured."""
+    ny, nx = 4, 5
+    n7 = np.full((ny, nx), 400, np.int32)
+    n6 = np.full((ny, nx), 36, np.int32)
+    docs = make.sims_documents({"6Li": n6, "7Li": n7})
+    docs[0][1]["correlative"] = {"particle_analysis": {"correction_factor": 0.95,
+                                                       "correction_sigma": 0.005}}
+    recorded, raw = LiveRatioMap(headless=True), LiveRatioMap(correction=None, headless=True)
+    given = LiveRatioMap(correction=(0.95, 0.005), headless=True)
+    for cb in (recorded, raw, given):
+        feed(cb, docs)
+    assert recorded.correction == (0.95, 0.005) and raw.correction is None
+    np.testing.assert_allclose(recorded.ratio, 0.95 * raw.ratio, rtol=1e-12)
+    np.testing.assert_array_equal(recorded.ratio, given.ratio)
+    np.testing.assert_allclose(recorded.sigma, np.hypot(0.95 * raw.sigma,
+                                                        recorded.ratio * 0.005 / 0.95))
+    with pytest.raises(ValueError):
+        LiveRatioMap(correction="yes", headless=True)
+    with pytest.raises(ValueError):
+        LiveRatioMap(correction=(0.0, 0.1), headless=True)
+
+
 def test_live_ratio_map_dead_time_over_summed_frames(make, debug_callbacks):
     """Frames added up: counts of k frames are corrected over k dwells; while frame 2
     crosses a 2x2 block, the block keeps its frame-1 value."""

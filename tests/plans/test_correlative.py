@@ -60,12 +60,20 @@ def _search(engine, start) -> dict:
                            dead_time_s=params["dead_time_s"],
                            significance=params["significance_sigma"],
                            min_counts=params["min_counts"],
-                           reference_ratio=params["reference_ratio"])
+                           reference_ratio=params["reference_ratio"],
+                           correction=None if params["correction_factor"] is None else
+                           (params["correction_factor"], params["correction_sigma"]))
     assert [p.label for p in again] == [c["label"] for c in table]
     assert [p.classification for p in again] == [c["classification"] for c in table]
     return {"maps": maps, "candidates": table, "labels": again.labels,
             "particles": [c for c in table if c["labelled"]],
             "uncertain": [c for c in table if c["classification"] == "uncertain"]}
+
+
+def _search_start(engine) -> dict:
+    """The particle search's SIMS run (the bracket's reference maps come before it)."""
+    return next(s for s in engine.docs.docs["start"]
+                if (s.get("correlative") or {}).get("role") == "particle_search")
 
 
 def _events(RE, run_uid, stream):
@@ -264,7 +272,11 @@ def test_correlative_links_runs_and_regions(RE, pdev):
     # The SIMS map's brightest 7Li pixel of the first region lies on a truth particle.
     from temsims.ioc.physics.specimen import build_specimen
 
-    truth = build_specimen("li2co3-particles", 1).truth["particles"]
+    spec = build_specimen("li2co3-particles", 1)
+    # The natural-Li pad (the specimen's isotope standard) is a Li feature too.
+    pad = spec.reference
+    truth = spec.truth["particles"] + [{"x_nm": 1e3 * pad["x_um"], "y_nm": 1e3 * pad["y_um"],
+                                        "radius_nm": 500 * pad["width_um"] * math.sqrt(2)}]
     m7 = _run(RE, sims[0]["uid"]).maps()["7Li"]
     assert m7.shape == (11, 16) and m7.dtype == np.int32
     row, col = np.unravel_index(np.argmax(m7), m7.shape)
@@ -364,7 +376,8 @@ def searches(instruments):
             res = engine(find_labelled_particles(
                 d, fov_um=SEARCH["fov_um"], pixels=SEARCH["pixels"],
                 dwell_s=SEARCH["dwell_s"], significance=5.0, min_counts=50,
-                zoom_fov_um=0.4, exposure_s=0.01, image_uncertain=seed == 1)).plan_result
+                zoom_fov_um=0.4, exposure_s=0.01, image_uncertain=seed == 1,
+                reference="li2co3-particles")).plan_result
             TIMINGS[f"particles seed {seed}"] = time.monotonic() - t0
             engine.dead_time_s = d.spectrometer.dead_time.get()
             assert d.mode.infer() == "TEM"
@@ -384,8 +397,8 @@ def test_find_labelled_particles_matches_truth(searches):
     the bound allows 2 misses in 36."""
     totals = {"found": 0, "n_labelled": 0, "tp": 0, "reported": 0}
     for seed, (res, engine, truth) in searches.items():
-        res = _search(engine, engine.docs.docs["start"][0])
-        sc = _segment_score(res, engine.docs.docs["start"][0], truth)
+        res = _search(engine, _search_start(engine))
+        sc = _segment_score(res, _search_start(engine), truth)
         cs = score_centroids(res["particles"], truth)
         for k in totals:
             totals[k] += cs[k]
@@ -423,8 +436,8 @@ def test_bright_natural_particles_are_not_flagged(searches):
     test_find_labelled_particles_matches_truth.)"""
     bright = 0
     for seed, (res, engine, truth) in searches.items():
-        res = _search(engine, engine.docs.docs["start"][0])
-        sc = _segment_score(res, engine.docs.docs["start"][0], truth)
+        res = _search(engine, _search_start(engine))
+        sc = _segment_score(res, _search_start(engine), truth)
         by_label = {c["label"]: c for c in res["candidates"]}
         for lab, members in sc["members"].items():
             cand = by_label[lab]
@@ -443,8 +456,15 @@ def test_bright_natural_particles_are_not_flagged(searches):
 @pytest.mark.slow
 def test_particle_search_documents(searches):
     result, engine, _ = searches[1]
-    starts = engine.docs.docs["start"]
+    every = engine.docs.docs["start"]
+    # The bracket's two reference maps have a correlation_id (the bracketing id) of
+    # their own; the search's SIMS run carries the same bracketing id.
+    refs = [s for s in every if s["correlation_id"] != result["correlation_id"]]
+    assert [s["bracketing"]["position"] for s in refs] == ["before", "after"]
+    starts = [s for s in every if s["correlation_id"] == result["correlation_id"]]
     sims = starts[0]
+    assert {s["bracketing"]["bracketing_id"] for s in refs + [sims]} == {
+        result["bracketing"]["bracketing_id"]}
     res = _search(engine, sims)  # the maps, table and analysis as stored
     found = res["particles"]
     imaged = found + res["uncertain"]  # image_uncertain=True

@@ -16,6 +16,7 @@ from bluesky.simulators import summarize_plan
 from test_plans_validation import _cases
 
 from temsims.plans import (
+    bracketed_sims_maps,
     correlative_tem_sims,
     edx_sims_calibration,
     find_labelled_particles,
@@ -48,6 +49,8 @@ def summaries_without_an_ioc() -> dict[str, str]:
         sims_pixels=(4, 3), sims_dwell_s=1e-3))
     summaries["find_labelled_particles"] = _summary(find_labelled_particles(
         d, fov_um=2.0, pixels=(4, 3), dwell_s=1e-3))
+    summaries["bracketed_sims_maps"] = _summary(bracketed_sims_maps(
+        d, centers=[(0.0, 0.0), (0.5, 0.5)], fov_um=1.0, pixels=(4, 3), dwell_s=1e-3))
     summaries["edx_sims_calibration"] = _summary(edx_sims_calibration(
         d, start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
         edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"))

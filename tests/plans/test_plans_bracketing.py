@@ -1,0 +1,191 @@
+"""Standard bracketing on the real IOCs (li2co3-particles, seed 1, the module's reset
+instrument): the natural-Li pad mapped before and after two unknown fields (the
+largest labelled and the largest natural particle), all runs under one
+``bracketing_id``; the correction K scored against this instrument's hidden IMF and
+collector yields (``sims.mass_bias_parameters(seed)``), and the corrected ratios of
+both particles against the specimen's truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from temsims.analysis.isotopes import NATURAL_LI6_LI7, ratio_of_region
+from temsims.constants import reference_region
+from temsims.ioc.physics import sims as sp
+from temsims.plans import bracketed_sims_maps
+from temsims.plans._common import HARDWARE_COMMANDS
+from temsims.plans.bracketing import correction_of
+
+SEED = 1  # the plan tests' instrument (tests/plans/conftest.py)
+UNKNOWN = {"fov_um": 0.4, "pixels": (24, 24), "dwell_s": 1e-3, "aperture": "100 pA"}
+
+
+@pytest.fixture(scope="module")
+def bracket(pdev, particles):
+    """One bracket: pad, largest labelled particle, largest natural one, pad."""
+    from bluesky import RunEngine
+    from documents import DocumentCollector
+
+    from temsims.catalog import require_metadata
+
+    engine = RunEngine({"sample": "li2co3-particles seed 1", "specimen": "li2co3-particles",
+                        "operator": "pytest"}, call_returns_result=True)
+    require_metadata(engine)
+    engine.docs = DocumentCollector()
+    engine.subscribe(engine.docs)
+    lab, nat = particles[0][0], particles[1][0]
+    centers = [(lab["x_nm"] / 1e3, lab["y_nm"] / 1e3), (nat["x_nm"] / 1e3, nat["y_nm"] / 1e3)]
+    res = engine(bracketed_sims_maps(pdev, centers=centers, **UNKNOWN)).plan_result
+    return engine, res, (lab, nat)
+
+
+def _bias(t_s: float) -> float:
+    """This instrument's 6Li/7Li bias at instrument time ``t_s`` (the truth)."""
+    twin = sp.SimsParameters().with_(**sp.mass_bias_parameters(SEED))
+    beta = dict(twin.imf_beta)["Li2CO3"]
+    g6, g7 = (float(sp.collector_gain(i, t_s, twin)) for i in range(2))
+    return float(sp.imf_factor("6Li", beta) / sp.imf_factor("7Li", beta)) * g6 / g7
+
+
+def test_runs_share_the_bracketing_id_and_record_their_roles(bracket):
+    engine, res, _ = bracket
+    starts = engine.docs.docs["start"]
+    assert [s["uid"] for s in starts] == ([res["uids"]["reference_before"]]
+                                          + res["uids"]["unknowns"]
+                                          + [res["uids"]["reference_after"]])
+    blocks = [s["bracketing"] for s in starts]
+    assert {b["bracketing_id"] for b in blocks} == {res["bracketing_id"]}
+    assert {s["correlation_id"] for s in starts} == {res["bracketing_id"]}
+    assert [(b["role"], b["position"], b["index"]) for b in blocks] == [
+        ("reference", "before", None), ("unknown", None, 0), ("unknown", None, 1),
+        ("reference", "after", None)]
+    ref = reference_region("li2co3-particles")
+    assert blocks[0]["reference"]["x_um"] == ref["x_um"]
+    assert blocks[0]["reference"]["value"] == NATURAL_LI6_LI7
+    assert all(b["parent_plan"] == "bracketed_sims_maps" for b in blocks)
+    assert starts[0]["region"]["x_um"] == pytest.approx(ref["x_um"], abs=2e-3)
+    # The after-reference run's bracketing stream: one event per unknown.
+    descs = [d for d in engine.docs.docs["descriptor"]
+             if d["run_start"] == res["uids"]["reference_after"] and d["name"] == "bracketing"]
+    assert len(descs) == 1
+    evs = [e for e in engine.docs.docs["event"] if e["descriptor"] == descs[0]["uid"]]
+    for page in engine.docs.docs["event_page"]:
+        if page["descriptor"] == descs[0]["uid"]:
+            from event_model import unpack_event_page
+            evs.extend(unpack_event_page(page))
+    assert [e["data"]["bracketing_unknown_uid"] for e in evs] == res["uids"]["unknowns"]
+    assert [e["data"]["bracketing_k"] for e in evs] == [f["k"] for f in res["factors"]]
+
+
+def test_correction_undoes_the_instruments_mass_bias(bracket):
+    """K against the hidden truth (IMF of Li2CO3 x collector yields: a reset
+    instrument's yields have drifted by < 0.1 % in the module's minutes), then the
+    corrected ratios of a labelled and a natural particle against the specimen."""
+    engine, res, (lab, nat) = bracket
+    c = res["correction"]
+    k, sk = correction_of(res, 0)
+    truth_k = 1.0 / _bias(0.0)
+    print(f"K before {c['k_before']:.4f} +- {c['sigma_before']:.4f}, after "
+          f"{c['k_after']:.4f}; K(map 0) {k:.4f} +- {sk:.4f}; truth {truth_k:.4f}")
+    assert abs(truth_k - 1) > 0.01  # this instrument is biased: the physics is on
+    assert k == pytest.approx(truth_k, abs=4 * sk + 0.002)
+    for i, p in enumerate((lab, nat)):
+        run = engine.docs.run(res["uids"]["unknowns"][i])
+        maps = run.maps()
+        n6, n7 = maps["6Li"].astype(float), maps["7Li"].astype(float)
+        ny, nx = n6.shape
+        pitch = UNKNOWN["fov_um"] * 1e3 / nx
+        rows, cols = np.mgrid[:ny, :nx]
+        r = np.hypot((cols - (nx - 1) / 2) * pitch,
+                     (rows - (ny - 1) / 2) * pitch / math.cos(math.radians(45)))
+        inside = r < 0.6 * p["radius_nm"]
+        kw = {"dwell_s": UNKNOWN["dwell_s"], "dead_time_s": _dead_time(engine, res)}
+        raw = ratio_of_region(n6, n7, inside, **kw)
+        fixed = ratio_of_region(n6, n7, inside, correction=correction_of(res, i), **kw)
+        print(f"{'labelled' if p['labelled'] else 'natural'} particle {p['id']}: raw "
+              f"{raw.ratio:.4f} +- {raw.sigma:.4f}, corrected {fixed.ratio:.4f} +- "
+              f"{fixed.sigma:.4f}, truth {p['li6_li7_ratio']:.4f}")
+        assert fixed.ratio == pytest.approx(p["li6_li7_ratio"], abs=4 * fixed.sigma)
+        assert fixed.ratio == pytest.approx(correction_of(res, i)[0] * raw.ratio)
+
+
+def _dead_time(engine, res) -> float:
+    start = next(s for s in engine.docs.docs["start"]
+                 if s["uid"] == res["uids"]["reference_after"])
+    return float(start["bracketing"]["dead_time_s"])
+
+
+def _bad():
+    ok = {"centers": [(0.0, 0.0)], "fov_um": 0.4, "pixels": (8, 6), "dwell_s": 1e-3}
+    bad = [{"centers": []}, {"centers": "0,0"}, {"centers": [(0.0, 1e5)]},
+           {"centers": [(0.0,)]}, {"fov_um": 0.0}, {"pixels": (0, 4)}, {"dwell_s": 1.0},
+           {"species": ("6Li",)}, {"species": ("6Li", "6Li")}, {"reference": "no-such"},
+           {"reference": 5}, {"reference": {"x_um": 0.0, "y_um": 0.0}},
+           {"reference": {"x_um": 1e5, "y_um": 0.0, "value": 0.08}},
+           {"reference_fov_um": 0.5}, {"reference_pixels": (0, 1)},
+           {"sims_voltage_v": 10.0}, {"aperture": 5}, {"aperture": "7 pA"}, {"min_reference_counts": -1.0}, {"md": 5},
+           {"md": {"bracketing_id": ""}}]
+    return [(ok, b) for b in bad]
+
+
+@pytest.mark.parametrize("ok,bad", _bad(), ids=lambda v: str(v)[:40])
+def test_invalid_arguments_refused_before_any_hardware_message(pdev, ok, bad):
+    msgs = []
+    gen = bracketed_sims_maps(pdev, **{**ok, **bad})
+    with pytest.raises((TypeError, ValueError)) as info:
+        msgs.append(next(gen))
+    assert not [m for m in msgs if m.command in HARDWARE_COMMANDS]
+    assert any(name in str(info.value) for name in bad), info.value
+
+
+def test_correction_of_refuses_a_result_without_factors():
+    with pytest.raises(ValueError):
+        correction_of({"factors": None})
+    with pytest.raises(ValueError):
+        correction_of({"factors": [{"uid": "a", "k": 1.0, "sigma_k": 0.01}]}, 3)
+
+
+def test_particle_search_bracketed_by_the_pad(RE, pdev, particles):
+    """find_labelled_particles(reference=...): pad, search, pad; the search's table
+    corrected with the first pad's K (recorded in its particle_analysis), the three
+    runs under one bracketing_id, the search keeping its own correlation_id; the
+    largest natural particle's corrected ratio is natural within its error, and K is
+    this instrument's truth."""
+    from temsims.plans import find_labelled_particles
+
+    pdev.column.aperture.set("100 pA").wait(10)  # the demo's (core/app/demo.py)
+    res = RE(find_labelled_particles(pdev, fov_um=4.0, pixels=(64, 45), dwell_s=1e-3,
+                                     max_particles=0, reference="li2co3-particles")
+             ).plan_result
+    b = res["bracketing"]
+    starts = RE.docs.docs["start"]
+    assert [s["uid"] for s in starts] == [b["uids"]["reference_before"],
+                                          res["uids"]["sims"][0], b["uids"]["reference_after"]]
+    assert {s["bracketing"]["bracketing_id"] for s in starts} == {b["bracketing_id"]}
+    assert starts[1]["correlation_id"] == res["correlation_id"] != b["bracketing_id"]
+    assert starts[0]["correlation_id"] == starts[2]["correlation_id"] == b["bracketing_id"]
+    params = starts[1]["correlative"]["particle_analysis"]
+    assert (params["correction_factor"], params["correction_sigma"]) == pytest.approx(
+        b["provisional"])
+    k, sk = b["factor"]
+    assert k == pytest.approx(1.0 / _bias(0.0), abs=4 * sk + 0.002)
+    table = [e["data"] for e in RE.docs.docs["event"]
+             if e["descriptor"] in {d["uid"] for d in RE.docs.docs["descriptor"]
+                                    if d["name"] == "particles"}]
+    from event_model import unpack_event_page
+    for page in RE.docs.docs["event_page"]:
+        if page["descriptor"] in {d["uid"] for d in RE.docs.docs["descriptor"]
+                                  if d["name"] == "particles"}:
+            table.extend(e["data"] for e in unpack_event_page(page))
+    nat = particles[1][0]
+    mine = min(table, key=lambda p: math.hypot(p["particle_x_um"] * 1e3 - nat["x_nm"],
+                                               p["particle_y_um"] * 1e3 - nat["y_nm"]))
+    print(f"largest natural particle: corrected {mine['particle_ratio']:.4f} +- "
+          f"{mine['particle_sigma']:.4f} ({mine['particle_classification']}), truth "
+          f"{nat['li6_li7_ratio']:.4f}; K {k:.4f} +- {sk:.4f}")
+    assert mine["particle_classification"] == "natural"
+    assert mine["particle_ratio"] == pytest.approx(nat["li6_li7_ratio"],
+                                                   abs=4 * mine["particle_sigma"])
