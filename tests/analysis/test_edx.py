@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import xraydb
+from scoring import fresh_rng
 
 from temsims.analysis import edx
 from temsims.ioc.physics.edx import EDXModel
@@ -32,7 +33,9 @@ def couple():
 
 @pytest.fixture(scope="module")
 def model():
-    return EDXModel(["Cu", "Ni"], ht_kv=BEAM_KV, axis=SimAxis(2048, 10.0, -20.0))
+    """Escape peaks and absorption on; no system peaks (their correction is tested
+    below with a reference) and no pile-up (no live time given)."""
+    return EDXModel(["Cu", "Ni"], ht_kv=BEAM_KV, axis=SimAxis(2048, 10.0, -20.0), system=None)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def test_peak_areas_match_the_true_family_counts_within_poisson_errors(couple, m
     rng = np.random.default_rng(11)
     for x_nm in (-300.0, 600.0, 1100.0):
         dens = densities_at(couple, x_nm)
-        true = {el: dens[el] * ELECTRONS * model.family_template(el, "K").sum() for el in dens}
+        true = {el: model.family_counts(dens, el, "K", ELECTRONS) for el in dens}
         z = {el: [] for el in dens}
         for _ in range(40):
             areas = edx.peak_areas(model.acquire(dens, ELECTRONS, rng), setup)
@@ -156,7 +159,7 @@ def test_line_scan_profile_detection_limit_and_mask(couple, model, k_factors):
     """A line scan across the couple: fractions follow the truth within their errors, the
     Cu detection limit is in the 0.05-1 at.% range, and the mask says where."""
     axis = edx.EnergyAxis.from_centres(model.axis.centres)
-    rng = np.random.default_rng(21)
+    rng = fresh_rng("test_line_scan_profile_detection_limit_and_mask")
     xs = np.linspace(-1500.0, 1900.0, 69)
     spectra = np.array([model.acquire(densities_at(couple, x), ELECTRONS, rng) for x in xs])
     result = edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV)
@@ -171,7 +174,9 @@ def test_line_scan_profile_detection_limit_and_mask(couple, model, k_factors):
     assert 5e-4 < np.median(dl) < 1e-2
     detected = result.detected["Cu"]
     assert np.all(detected[truth > 3 * dl])
-    assert not np.any(detected[truth < dl / 10])
+    # Five points hold < dl / 10: a 3-sigma false detection happens to one of them in
+    # ~0.7 % of runs, to two in ~2e-5.
+    assert np.sum(detected[truth < dl / 10]) <= 1
     assert np.all(result.quantitative["Cu"] <= detected)
     np.testing.assert_allclose(result.fractions["Cu"] + result.fractions["Ni"], 1.0)
 

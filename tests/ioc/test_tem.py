@@ -398,7 +398,8 @@ def test_edx_peaks_of_the_cathode_layers_at_their_energies(livo):
     sel = (energy > 380) & (energy < 700)
     measured = spectra["LiV3O8"][sel].sum()
     with_vl = model.expected(density, electrons)[sel].sum()
-    o_only = model.expected({"O": density["O"]}, electrons)[sel].sum()
+    # O K alone: the same foil (absorbing as it does) without the V L lines.
+    o_only = with_vl - model.family_counts(density, "V", "L", electrons)
     sigma = math.sqrt(with_vl)
     print(f"380-700 eV in LiV3O8: {measured:.0f} counts; O K + V L {with_vl:.0f}, "
           f"O K alone {o_only:.0f} (+- {sigma:.0f})")
