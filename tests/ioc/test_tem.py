@@ -454,6 +454,28 @@ def test_edx_cu_ni_area_ratio_follows_concentration_and_k_factor(couple):
             assert abs(shift) < step / 2
 
 
+def test_edx_system_peaks_beyond_the_couple_scale_with_dose(couple):
+    """Beyond the lamella's edge (y = 3 um; the grid ends at 2.05 um) the spectrum holds
+    only the column's system peaks, Cu K and Fe K, as the model says, in proportion to
+    the dose; no Ni. The pulse-pair time the analysis needs is published."""
+    model = EDXModel(["Cu", "Ni"], ht_kv=couple.get("HT_RBV"), axis=EnergyAxis())
+    assert couple.get("EDX:PULSE_PAIR_NS") == pytest.approx(
+        model.detector.pulse_pair_time_s * 1e9)
+    couple.put("BEAM_CURRENT", 100.0)
+    energy = couple.energy()
+    windows = {"Cu": (7950, 8150), "Fe": (6300, 6500), "Ni": (7380, 7560)}
+    for live in (1.0, 2.0):
+        counts = couple.spectrum_at(0.0, 3.0, live)
+        electrons = 100e-9 * live / ELEMENTARY_CHARGE
+        expected = model.expected({}, electrons)
+        for el, (lo, hi) in windows.items():
+            sel = (energy >= lo) & (energy < hi)
+            got, want = counts[sel].sum(), expected[sel].sum()
+            print(f"hole, 100 nA x {live:g} s: {el} K window {got:.0f} counts, model {want:.1f}")
+            assert abs(got - want) < 4 * math.sqrt(want + 1) + 1
+        assert counts[(energy >= 7950) & (energy < 8150)].sum() > 50
+
+
 def test_edx_line_scan_gives_a_monotonic_cu_profile(couple):
     specimen = build_specimen("diffusion-couple", 1)
     model = EDXModel(["Cu", "Ni"], ht_kv=couple.get("HT_RBV"), axis=EnergyAxis())
