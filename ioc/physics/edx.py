@@ -94,6 +94,12 @@ SI_KA_EV = float(xraydb.xray_lines("Si")["Ka1"].energy)
 B90_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(10.0))
 
 
+@cache
+def _atomic_mass(symbol: str) -> float:
+    """Standard atomic weight (u); cached: ``xraydb.atomic_mass`` scans its table."""
+    return float(xraydb.atomic_mass(symbol))
+
+
 def escape_fraction(energy_ev: np.ndarray | float) -> np.ndarray:
     """Fraction of photons of ``energy_ev`` recorded in the Si escape peak.
 
@@ -137,10 +143,10 @@ def pileup(spectrum: np.ndarray, axis: EnergyAxis, live_time_s: float,
     for offset, weight in ((whole, 1.0 - frac), (whole + 1, frac)):
         if weight <= 0:
             continue
-        src = np.arange(conv.size)
-        dst = src + offset
-        ok = (dst >= 0) & (dst < n.size)
-        np.add.at(summed, dst[ok], weight * conv[src[ok]])
+        # convolution index j lands on channel j + offset
+        lo, hi = max(offset, 0), min(conv.size + offset, n.size)
+        if hi > lo:
+            summed[lo:hi] += weight * conv[lo - offset:hi - offset]
     return n * max(1.0 - 2.0 * rate * pulse_pair_time_s, 0.0) + summed
 
 
@@ -451,7 +457,7 @@ class EDXModel:
     @staticmethod
     def mass_thickness_ug_cm2(areal_density_per_nm2: dict[str, float]) -> float:
         """rho t (ug/cm^2) of the given areal densities."""
-        return sum(max(n, 0.0) * NM2_PER_CM2 * float(xraydb.atomic_mass(el)) / AVOGADRO
+        return sum(max(n, 0.0) * NM2_PER_CM2 * _atomic_mass(el) / AVOGADRO
                    for el, n in areal_density_per_nm2.items()) * 1e6
 
     def absorption_factors(self, areal_density_per_nm2: dict[str, float],
@@ -465,7 +471,7 @@ class EDXModel:
         rho_t_g = self.mass_thickness_ug_cm2(densities) * 1e-6
         if not self.absorption or rho_t_g <= 0 or size == 0:
             return np.ones(size)
-        masses = {el: max(n, 0.0) * float(xraydb.atomic_mass(el))
+        masses = {el: max(n, 0.0) * _atomic_mass(el)
                   for el, n in densities.items() if el in self._mu_channels}
         total = sum(masses.values())
         if total <= 0:
@@ -590,7 +596,7 @@ def probe_spread_nm(specimen: Specimen, densities: dict[str, float], window,
     if total <= 0 or t_nm <= 0:
         return 0.0
     z = sum(n * atomic_number(el) for el, n in atoms.items()) / total
-    a = sum(n * float(xraydb.atomic_mass(el)) for el, n in atoms.items()) / total
+    a = sum(n * _atomic_mass(el) for el, n in atoms.items()) / total
     rho = float(specimen.mass_thickness_ug_cm2(window).ravel()[0]) * 10.0 / t_nm
     b = broadening_nm(t_nm * path_factor, z, a, rho, ht_kv * 1000.0)
     return b / B90_PER_SIGMA / 2.0
