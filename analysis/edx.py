@@ -883,12 +883,28 @@ def _fit_all(s: np.ndarray, setup: FitSetup, live_time_s, pulse_pair_time_s):
     return out
 
 
+#: A reference with more continuum per electron than this fraction of the line's was
+#: taken on the specimen (a hole has next to none).
+MAX_REFERENCE_CONTINUUM = 0.1
+
+
+def _check_off_specimen(ref: dict, fits: dict, element: str, ref_electrons: float,
+                        electrons: np.ndarray) -> None:
+    line = float(np.median(fits["bg"][element] / electrons))
+    here = float(ref["bg"][element][0]) / ref_electrons
+    if line > 0 and here > MAX_REFERENCE_CONTINUUM * line:
+        raise ValueError(f"the system reference holds {100 * here / line:.0f} % of the line's "
+                         "continuum per electron: it was not taken off the specimen (a hole, "
+                         "beyond the lamella's edge)")
+
+
 def _system_correction(fits: dict, elements: list[str], setup: FitSetup,
                        reference: SystemReference, electrons: np.ndarray, indicator: str,
                        pulse_pair_time_s: float) -> tuple[SystemCorrection, dict, dict]:
     """System counts per point and their variance for each quantified element."""
     ref = _fit_all(_as_spectrum(reference.counts, setup.axis)[None, :], setup,
                    reference.live_time_s, pulse_pair_time_s)
+    _check_off_specimen(ref, fits, indicator, reference.electrons, electrons)
     a_ind, s_ind = float(ref["area"][indicator][0]), float(ref["sigma"][indicator][0])
     if not a_ind > 3.0 * s_ind:
         raise ValueError(f"the system reference shows no {indicator} peak above 3 sigma "
@@ -1010,6 +1026,7 @@ def quantify_line_scan(spectra: np.ndarray, axis: EnergyAxis, k_factors: Mapping
         if indicator is None:
             ref = _fit_all(_as_spectrum(system_reference.counts, axis)[None, :], setup,
                            system_reference.live_time_s, pulse_pair_time_s)
+            _check_off_specimen(ref, fits, elements[0], system_reference.electrons, dose)
             scale = dose / system_reference.electrons
             sub = {el: float(ref["area"][el][0]) * scale for el in elements}
             sub_var = {el: (float(ref["sigma"][el][0]) * scale) ** 2 for el in elements}

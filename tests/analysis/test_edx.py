@@ -277,6 +277,12 @@ def test_line_scan_with_every_effect_on_recovers_the_couple(couple, full_model, 
           f"{np.median(system.subtracted['Cu']):.1f} counts/point")
     assert abs(z_on.mean()) < 0.5 and 0.6 < z_on.std() < 1.5
     assert shift.mean() > 0.08
+    # A "reference" taken on the couple is refused (its continuum gives it away).
+    on_specimen = edx.SystemReference(spectra[-1], electrons, live)
+    with pytest.raises(ValueError, match="not taken off the specimen"):
+        edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                               system_elements=("Fe",), system_reference=on_specimen,
+                               electrons=electrons)
     assert system.ratios["Cu"] == pytest.approx(
         full_model.system_family_counts("Cu", electrons=1.0)
         / full_model.system_family_counts("Fe", electrons=1.0), rel=0.3)
