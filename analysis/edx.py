@@ -35,11 +35,35 @@ Uncertainties and detection limit
     see the element; between 3 and 10 ``sigma`` (the quantification limit) it sees it
     but the fraction is uncertain by more than 10 %.
 
+Detector artefacts
+    *Escape peaks*: every line's shape carries its Si escape peak, 1.74 keV low, with
+    the Reed & Ware (1972) fraction (:func:`escape_fraction`), so a family's fitted
+    area is the parent's whole count. *Sum peaks*: with the live time and the
+    detector's pulse-pair resolving time ``tau`` the pile-up spectrum is estimated
+    from the measured spectrum itself, ``tau / T (N * N)`` (:func:`sum_spectrum`), and
+    subtracted before the fit (its counts stay in the variance). The loss of the
+    parents (``2 R tau`` of every peak) is common to all lines: k-factors absorb it.
+
+System peaks
+    Cu K (grid, holder) and Fe K (pole piece) excited by scattered electrons appear in
+    every spectrum, in a hole too. With ``system_elements`` (e.g. ``("Fe",)``) those
+    families are fitted as components; with a *reference* spectrum taken in a hole
+    (:class:`SystemReference`) the system part of each quantified element is
+    subtracted: the reference gives the system spectrum's element ratios
+    ``R_el = A_el / A_Fe`` and its hole level per electron; at each point the Fe
+    (absent from the specimen) measures the system's size, pooled over the line as
+    ``dose x hole level + s x continuum`` (the specimen-scattered part grows with the
+    mass thickness, which the continuum follows). :func:`quantify_line_scan`.
+
 Cliff-Lorimer (:func:`cliff_lorimer`)
     ``C_A / C_B = k_AB I_A / I_B`` in a thin film, so ``C_i = k_i I_i / sum_j k_j I_j``
     with ``k_i`` relative to a reference element (``k_ref = 1``). The k-factors are
     parameters (measured on standards, or computed); first-order error propagation.
-    Absorption and fluorescence in the specimen are neglected (thin-film criterion).
+    Absorption and fluorescence in the specimen are neglected (thin-film criterion):
+    for Cu and Ni K lines in 100-200 nm of Cu-Ni the foil absorbs < 1 %, nearly alike
+    for both, and a k-factor measured on a standard of similar thickness absorbs it
+    (:func:`absorption_factor`; :func:`quantify_line_scan` with ``absorption=ThinFilm(rho_t)``
+    corrects where it matters, e.g. O K in LiV3O8).
 """
 
 from __future__ import annotations
@@ -51,7 +75,7 @@ from functools import cache
 
 import numpy as np
 import xraydb
-from scipy import special
+from scipy import signal, special
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 FAMILIES = ("K", "L", "M")
@@ -132,15 +156,17 @@ class EnergyAxis:
 
 @dataclass(frozen=True)
 class DetectorResolution:
-    """Fano-limited energy resolution of a silicon detector.
+    """Fano-limited energy resolution of a silicon detector, and its escape peaks.
 
     ``FWHM(E) = sqrt(noise^2 + 2.355^2 F w E)``, with the electronic noise set so that
     the FWHM at Mn Ka (from ``xraydb``) is ``fwhm_mn_ka_ev`` (the usual specification).
+    ``escape_peaks``: line shapes include the Si escape peak (:func:`escape_fraction`).
     """
 
     fwhm_mn_ka_ev: float = 130.0
     fano_factor: float = 0.115
     pair_energy_ev: float = 3.64
+    escape_peaks: bool = True
 
     def __post_init__(self) -> None:
         if not (self.fwhm_mn_ka_ev > 0 and self.fano_factor > 0 and self.pair_energy_ev > 0):
@@ -156,6 +182,85 @@ class DetectorResolution:
 @cache
 def _mn_ka_ev() -> float:
     return float(xraydb.xray_lines("Mn")["Ka1"].energy)
+
+
+@cache
+def _si_ka_ev() -> float:
+    return float(xraydb.xray_lines("Si")["Ka1"].energy)
+
+
+def escape_fraction(energy_ev: float | np.ndarray) -> np.ndarray:
+    """Fraction of photons of ``energy_ev`` in a Si detector's escape peak (Reed & Ware 1972).
+
+    ``f = omega_K / 2 (1 - 1/r) [1 - (mu_K / mu_I) ln(1 + mu_I / mu_K)]``: Si K
+    fluorescence yield, jump ratio, and Si photo-absorption of the photon (``mu_I``)
+    and of Si Ka (``mu_K``) from ``xraydb``; 0 below the Si K edge (1.84 keV). About
+    1.4 % at 1.9 keV, 0.6 % at 4.5 keV, 0.15 % at Cu Ka.
+    """
+    e = np.atleast_1d(np.asarray(energy_ev, dtype=float))
+    edge = xraydb.xray_edge("Si", "K")
+    out = np.zeros_like(e)
+    above = e > edge.energy
+    if above.any():
+        mu_i = np.asarray(xraydb.mu_elam("Si", e[above], kind="photo"), dtype=float)
+        mu_k = float(xraydb.mu_elam("Si", _si_ka_ev(), kind="photo"))
+        out[above] = (0.5 * edge.fyield * (1.0 - 1.0 / edge.jump_ratio)
+                      * (1.0 - (mu_k / mu_i) * np.log1p(mu_i / mu_k)))
+    return out
+
+
+def sum_spectrum(counts: np.ndarray, axis: EnergyAxis, *, live_time_s: float,
+                 pulse_pair_time_s: float) -> np.ndarray:
+    """Pile-up (sum) counts per channel expected in a spectrum of ``counts``.
+
+    First order: pairs of photons closer than ``pulse_pair_time_s`` are one count at
+    their summed energy, ``tau / T (N * N)`` (the self-convolution of the spectrum;
+    channel centres ``c_i + c_j`` fall ``0.5 + offset / gain`` channels past ``i + j``,
+    shared linearly). Estimated from the measured counts themselves. ``counts`` may
+    be one spectrum or ``(n, nchan)`` spectra (each its own).
+
+    Raises
+    ------
+    ValueError
+        Non-positive live time or negative pulse-pair time.
+    """
+    if not (math.isfinite(live_time_s) and live_time_s > 0):
+        raise ValueError(f"live_time_s must be positive, got {live_time_s!r}")
+    if not (math.isfinite(pulse_pair_time_s) and pulse_pair_time_s >= 0):
+        raise ValueError(f"pulse_pair_time_s must be >= 0, got {pulse_pair_time_s!r}")
+    n = np.asarray(counts, dtype=float)
+    two_d = np.atleast_2d(n)
+    out = np.zeros_like(two_d)
+    if pulse_pair_time_s == 0:
+        return out.reshape(n.shape)
+    nchan = two_d.shape[1]
+    conv = np.clip(signal.fftconvolve(two_d, two_d, axes=1), 0.0, None)
+    conv *= pulse_pair_time_s / live_time_s
+    shift = 0.5 + axis.offset_ev / axis.ev_per_chan
+    whole = math.floor(shift)
+    frac = shift - whole
+    for offset, weight in ((whole, 1.0 - frac), (whole + 1, frac)):
+        if weight <= 0:
+            continue
+        # conv index j lands on channel j + offset
+        lo, hi = max(offset, 0), min(conv.shape[1] + offset, nchan)
+        if hi > lo:
+            out[:, lo:hi] += weight * conv[:, lo - offset:hi - offset]
+    return out.reshape(n.shape)
+
+
+def absorption_factor(mu_rho_cm2_g: float | np.ndarray, mass_thickness_ug_cm2: float,
+                      takeoff_deg: float = 20.0) -> np.ndarray:
+    """Thin-film absorption ``A = (1 - exp(-chi rho t)) / (chi rho t)`` of a line whose
+    mass attenuation in the specimen is ``mu_rho_cm2_g`` (e.g. ``xraydb.material_mu``
+    / density), ``chi = mu/rho cosec(takeoff)``. Divide a measured area by ``A``
+    (equivalently, multiply the k-factor ratio ``k_AB`` by ``A_B / A_A``)."""
+    if not (mass_thickness_ug_cm2 >= 0 and 0 < takeoff_deg <= 90):
+        raise ValueError("mass_thickness_ug_cm2 must be >= 0 and takeoff_deg in (0, 90]")
+    x = (np.asarray(mu_rho_cm2_g, dtype=float) / math.sin(math.radians(takeoff_deg))
+         * mass_thickness_ug_cm2 * 1e-6)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 1e-9, -np.expm1(-x) / x, 1.0)
 
 
 # ======================================================================================
@@ -203,11 +308,17 @@ class LineFamily:
               ) -> np.ndarray:
         """Counts per channel of a unit-area family (Gaussians integrated per channel)."""
         edges = axis.edges
+
+        def gaussian(energy: float) -> np.ndarray:
+            sigma = float(resolution.fwhm_ev(energy)) / FWHM_PER_SIGMA
+            return np.diff(0.5 * special.erfc(-(edges - energy) / (sigma * math.sqrt(2.0))))
+
         out = np.zeros(axis.nchan)
         for _, energy, weight in self.lines:
-            sigma = float(resolution.fwhm_ev(energy)) / FWHM_PER_SIGMA
-            cdf = 0.5 * special.erfc(-(edges - energy) / (sigma * math.sqrt(2.0)))
-            out += weight * np.diff(cdf)
+            f = float(escape_fraction(energy)[0]) if resolution.escape_peaks else 0.0
+            out += weight * (1.0 - f) * gaussian(energy)
+            if f > 0:
+                out += weight * f * gaussian(energy - _si_ka_ev())
         return out
 
 
@@ -300,6 +411,8 @@ class PeakArea:
     sigma: float
     blank_sigma: float
     region_ev: tuple[float, float]
+    #: Fitted continuum counts in the fit region (a measure of the mass thickness).
+    background: float = 0.0
 
     @property
     def detection_limit(self) -> float:
@@ -327,12 +440,15 @@ class FitSetup:
     families: dict[str, str]
     regions: tuple[_Region, ...]
     resolution: DetectorResolution = field(default_factory=DetectorResolution)
+    #: Element -> family fitted as system peaks (not quantified), e.g. {"Fe": "K"}.
+    system: dict[str, str] = field(default_factory=dict)
 
 
 def fit_setup(axis: EnergyAxis, elements: Sequence[str], *, beam_kev: float,
               families: Mapping[str, str] | None = None,
               resolution: DetectorResolution | None = None,
-              background_degree: int = 1, margin_ev: float = 300.0) -> FitSetup:
+              background_degree: int = 1, margin_ev: float = 300.0,
+              system_elements: Sequence[str] = ()) -> FitSetup:
     """Fit regions and basis functions for quantifying ``elements`` on ``axis``.
 
     Parameters
@@ -351,8 +467,18 @@ def fit_setup(axis: EnergyAxis, elements: Sequence[str], *, beam_kev: float,
         Degree of the polynomial multiplying ``E_ref / E`` in the background (0..3).
     margin_ev
         Background-only margin added on each side of a region (eV).
+    system_elements
+        Elements of the column's system peaks absent from the specimen (e.g.
+        ``("Fe",)`` for the pole piece): their family is fitted as a component
+        (its window joins the regions) and reported by :func:`peak_areas`, not
+        quantified.
     """
     elements = [_check_element(el) for el in elements]
+    if isinstance(system_elements, str):
+        raise ValueError(f"system_elements must be a sequence of symbols, got {system_elements!r}")
+    system_elements = [_check_element(el) for el in system_elements]
+    if set(system_elements) & set(elements):
+        raise ValueError(f"system_elements {system_elements} must not be quantified elements")
     if not elements:
         raise ValueError("elements must name at least one element")
     if len(set(elements)) != len(elements):
@@ -370,8 +496,11 @@ def fit_setup(axis: EnergyAxis, elements: Sequence[str], *, beam_kev: float,
     for el in elements:
         if el not in families:
             families[el] = choose_family(el, beam_kev=beam_kev, energy_range_ev=axis.range_ev)
-    # Windows of the quantified families, merged where they overlap.
-    windows = sorted((line_family(el, fam).window_ev(resolution), el) for el, fam in families.items())
+    system = {el: choose_family(el, beam_kev=beam_kev, energy_range_ev=axis.range_ev)
+              for el in system_elements}
+    # Windows of the quantified and system families, merged where they overlap.
+    windows = sorted((line_family(el, fam).window_ev(resolution), el)
+                     for el, fam in {**families, **system}.items())
     merged: list[list] = []
     for (lo, hi), el in windows:
         lo, hi = lo - margin_ev, hi + margin_ev
@@ -388,7 +517,7 @@ def fit_setup(axis: EnergyAxis, elements: Sequence[str], *, beam_kev: float,
         # Every excited family of the given elements with a significant line here is a
         # component (the quantified ones and interfering ones, e.g. V L under O K).
         comps = []
-        for el in elements:
+        for el in [*elements, *system_elements]:
             for fam in FAMILIES:
                 try:
                     lf = line_family(el, fam)
@@ -409,17 +538,21 @@ def fit_setup(axis: EnergyAxis, elements: Sequence[str], *, beam_kev: float,
         if channels.size <= basis.shape[1]:
             raise ValueError(f"fit region {lo:.0f}..{hi:.0f} eV has too few channels")
         regions.append(_Region(lo, hi, channels, tuple(comps), basis))
-    return FitSetup(axis, families, tuple(regions), resolution)
+    return FitSetup(axis, families, tuple(regions), resolution, system)
 
 
-def _weighted_fit(basis: np.ndarray, counts: np.ndarray, iterations: int = 3):
-    """Poisson-weighted linear least squares; returns coefficients, covariance, model."""
-    var = np.maximum(counts, 1.0)
+def _weighted_fit(basis: np.ndarray, counts: np.ndarray, iterations: int = 3,
+                  extra_var: np.ndarray | float = 0.0):
+    """Poisson-weighted linear least squares; returns coefficients, covariance, model.
+
+    ``extra_var``: counts subtracted from the data beforehand (e.g. estimated sum
+    peaks) that are still in its Poisson variance."""
+    var = np.maximum(counts + extra_var, 1.0)
     for _ in range(iterations):
         w = 1.0 / np.sqrt(var)
         coef, *_ = np.linalg.lstsq(basis * w[:, None], counts * w, rcond=None)
         model = basis @ coef
-        var = np.maximum(model, 1.0)
+        var = np.maximum(model + extra_var, 1.0)
     cov = np.linalg.pinv((basis / var[:, None]).T @ basis)
     return coef, cov, model
 
@@ -433,8 +566,9 @@ def _as_spectrum(counts, axis: EnergyAxis) -> np.ndarray:
     return c
 
 
-def peak_areas(counts: np.ndarray, setup: FitSetup) -> dict[str, PeakArea]:
-    """Background-subtracted areas of the quantified families of one spectrum.
+def peak_areas(counts: np.ndarray, setup: FitSetup, *,
+               sum_counts: np.ndarray | None = None) -> dict[str, PeakArea]:
+    """Background-subtracted areas of the quantified (and system) families of one spectrum.
 
     Parameters
     ----------
@@ -442,27 +576,38 @@ def peak_areas(counts: np.ndarray, setup: FitSetup) -> dict[str, PeakArea]:
         Counts per channel (1-D, ``setup.axis.nchan`` channels).
     setup
         From :func:`fit_setup`.
+    sum_counts
+        Estimated pile-up counts per channel (:func:`sum_spectrum`), subtracted
+        before the fit and kept in the variance.
 
     Returns
     -------
     dict
-        Element -> :class:`PeakArea` of its chosen family. Areas can be slightly
-        negative where the element is absent (unbiased estimates, not clipped).
+        Element -> :class:`PeakArea` of its chosen family (system elements too).
+        Areas can be slightly negative where the element is absent (unbiased
+        estimates, not clipped).
     """
     c = _as_spectrum(counts, setup.axis)
+    piled = np.zeros_like(c) if sum_counts is None else np.asarray(sum_counts, dtype=float)
+    if piled.shape != c.shape:
+        raise ValueError(f"sum_counts must have the spectrum's shape {c.shape}")
+    wanted = {**setup.families, **setup.system}
     out: dict[str, PeakArea] = {}
     for region in setup.regions:
-        y = c[region.channels]
-        coef, cov, model = _weighted_fit(region.basis, y)
+        extra = piled[region.channels]
+        y = c[region.channels] - extra
+        coef, cov, model = _weighted_fit(region.basis, y, extra_var=extra)
+        n_comp = len(region.components)
+        background = float(np.sum(region.basis[:, n_comp:] @ coef[n_comp:]))
         for j, (el, fam) in enumerate(region.components):
-            if setup.families.get(el) != fam:
+            if wanted.get(el) != fam:
                 continue
             # Uncertainty of this area on a spectrum without the element.
-            blank_var = np.maximum(model - coef[j] * region.basis[:, j], 1.0)
+            blank_var = np.maximum(model + extra - coef[j] * region.basis[:, j], 1.0)
             blank_cov = np.linalg.pinv((region.basis / blank_var[:, None]).T @ region.basis)
             out[el] = PeakArea(el, fam, float(coef[j]), float(math.sqrt(max(cov[j, j], 0.0))),
                                float(math.sqrt(max(blank_cov[j, j], 0.0))),
-                               (region.lo_ev, region.hi_ev))
+                               (region.lo_ev, region.hi_ev), background)
     return out
 
 
@@ -587,6 +732,8 @@ class EDXQuantification:
         Fitted family areas (counts) and their uncertainties.
     families
         Element -> line family used.
+    system
+        The system-peak subtraction, if a reference was given.
     """
 
     fractions: dict[str, np.ndarray]
@@ -597,6 +744,7 @@ class EDXQuantification:
     areas: dict[str, np.ndarray]
     area_sigma: dict[str, np.ndarray]
     families: dict[str, str]
+    system: SystemCorrection | None = None
 
     @property
     def quantitative(self) -> dict[str, np.ndarray]:
@@ -615,11 +763,194 @@ def _limit_fraction(el: str, limit_area: np.ndarray, k: dict[str, float],
     return np.divide(x, total, out=np.ones_like(x), where=total > 0)
 
 
+@dataclass(frozen=True)
+class ThinFilm:
+    """What the thin-film absorption correction needs: the foil's mass thickness along
+    the beam (ug/cm^2; one value, or one per point) and the detector's take-off angle.
+
+    The correction divides each family's area by
+    ``A = sum_lines w (1 - exp(-chi rho t)) / (chi rho t)``,
+    ``chi = (mu/rho)_specimen(E_line) cosec(takeoff)``, the specimen's mass attenuation
+    from ``xraydb.mu_elam`` of the quantified elements at their fitted mass fractions
+    (iterated: the composition sets the absorption). Elements not quantified (e.g. Li)
+    are left out of ``mu/rho``.
+    """
+
+    mass_thickness_ug_cm2: float | Sequence[float]
+    takeoff_deg: float = 20.0
+
+    def __post_init__(self) -> None:
+        rho_t = np.asarray(self.mass_thickness_ug_cm2, dtype=float)
+        if not (np.all(np.isfinite(rho_t)) and np.all(rho_t >= 0)):
+            raise ValueError("mass_thickness_ug_cm2 must be finite and >= 0")
+        if not (0 < self.takeoff_deg <= 90):
+            raise ValueError(f"takeoff_deg must be in (0, 90], got {self.takeoff_deg!r}")
+
+
+def _absorption_corrected(areas: dict[str, np.ndarray], k: dict[str, float],
+                          families: Mapping[str, str], film: ThinFilm,
+                          iterations: int = 4) -> dict[str, np.ndarray]:
+    """Per element, the factor ``A`` (n,) its family's area is divided by."""
+    elements = list(areas)
+    n = next(iter(areas.values())).shape[0]
+    rho_t = np.broadcast_to(np.asarray(film.mass_thickness_ug_cm2, dtype=float), (n,)) * 1e-6
+    cosec = 1.0 / math.sin(math.radians(film.takeoff_deg))
+    mass = {el: float(xraydb.atomic_mass(el)) for el in elements}
+    fams = {el: line_family(el, families[el]) for el in elements}
+    # mu/rho of each absorber at each emitter's lines: (n_lines,)
+    mu = {(ab, em): np.asarray(xraydb.mu_elam(ab, fams[em].energies_ev), dtype=float)
+          for ab in elements for em in elements}
+    factors = {el: np.ones(n) for el in elements}
+    for _ in range(iterations):
+        corrected = {el: np.maximum(areas[el], 0.0) / factors[el] for el in elements}
+        x = {el: k[el] * corrected[el] for el in elements}  # ~ atom fractions
+        total_mass = sum(x[el] * mass[el] for el in elements)
+        safe = np.where(total_mass > 0, total_mass, 1.0)
+        w = {el: x[el] * mass[el] / safe for el in elements}  # mass fractions (n,)
+        for em in elements:
+            mix = sum(w[ab][:, None] * mu[(ab, em)][None, :] for ab in elements)
+            chi = mix * cosec * rho_t[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                a = np.where(chi > 1e-9, -np.expm1(-chi) / chi, 1.0)
+            factors[em] = a @ fams[em].weights
+    return factors
+
+
+@dataclass(frozen=True)
+class SystemReference:
+    """A spectrum of the column's system peaks alone, taken where there is no specimen
+    (a hole, beyond the lamella's edge) with the beam of the analysis.
+
+    Parameters
+    ----------
+    counts
+        The spectrum (1-D counts per channel, the axis of the spectra it corrects).
+    electrons
+        Its dose (beam current x live time / e).
+    live_time_s
+        Its live time (for its own sum peaks; tiny in a hole).
+    """
+
+    counts: np.ndarray
+    electrons: float
+    live_time_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.electrons) and self.electrons > 0):
+            raise ValueError(f"SystemReference.electrons must be positive, got {self.electrons!r}")
+
+
+@dataclass(frozen=True)
+class SystemCorrection:
+    """What :func:`quantify_line_scan` subtracted as system peaks (JSON-able by ``record``).
+
+    ``ratios``: element -> system area per unit of the indicator's area (from the
+    reference); ``hole_per_electron``: the indicator's area per electron in the hole;
+    ``per_background``: its specimen-scattered part per count of continuum (pooled
+    over the line); ``subtracted``: element -> counts removed per point.
+    """
+
+    indicator: str
+    ratios: dict[str, float]
+    ratio_sigma: dict[str, float]
+    hole_per_electron: float
+    per_background: float
+    subtracted: dict[str, np.ndarray]
+
+    def record(self) -> dict:
+        return {"indicator": self.indicator, "ratios": dict(self.ratios),
+                "ratio_sigma": dict(self.ratio_sigma),
+                "hole_per_electron": self.hole_per_electron,
+                "per_background": self.per_background,
+                "subtracted_median": {el: float(np.median(v)) for el, v in self.subtracted.items()}}
+
+
+def _fit_all(s: np.ndarray, setup: FitSetup, live_time_s, pulse_pair_time_s):
+    n = s.shape[0]
+    names = [*setup.families, *setup.system]
+    out = {key: {el: np.zeros(n) for el in names} for key in ("area", "sigma", "blank", "bg")}
+    piled = None
+    if live_time_s is not None and pulse_pair_time_s:
+        piled = sum_spectrum(s, setup.axis, live_time_s=live_time_s,
+                             pulse_pair_time_s=pulse_pair_time_s)
+    for i in range(n):
+        fitted = peak_areas(s[i], setup, sum_counts=None if piled is None else piled[i])
+        for el in names:
+            out["area"][el][i] = fitted[el].area
+            out["sigma"][el][i] = fitted[el].sigma
+            out["blank"][el][i] = fitted[el].blank_sigma
+            out["bg"][el][i] = fitted[el].background
+    return out
+
+
+#: A reference with more continuum per electron than this fraction of the line's was
+#: taken on the specimen (a hole has next to none).
+MAX_REFERENCE_CONTINUUM = 0.1
+
+
+def _check_off_specimen(ref: dict, fits: dict, element: str, ref_electrons: float,
+                        electrons: np.ndarray) -> None:
+    line = float(np.median(fits["bg"][element] / electrons))
+    here = float(ref["bg"][element][0]) / ref_electrons
+    if line > 0 and here > MAX_REFERENCE_CONTINUUM * line:
+        raise ValueError(f"the system reference holds {100 * here / line:.0f} % of the line's "
+                         "continuum per electron: it was not taken off the specimen (a hole, "
+                         "beyond the lamella's edge)")
+
+
+def _system_correction(fits: dict, elements: list[str], setup: FitSetup,
+                       reference: SystemReference, electrons: np.ndarray, indicator: str,
+                       pulse_pair_time_s: float) -> tuple[SystemCorrection, dict, dict]:
+    """System counts per point and their variance for each quantified element."""
+    ref = _fit_all(_as_spectrum(reference.counts, setup.axis)[None, :], setup,
+                   reference.live_time_s, pulse_pair_time_s)
+    _check_off_specimen(ref, fits, indicator, reference.electrons, electrons)
+    a_ind, s_ind = float(ref["area"][indicator][0]), float(ref["sigma"][indicator][0])
+    if not a_ind > 3.0 * s_ind:
+        raise ValueError(f"the system reference shows no {indicator} peak above 3 sigma "
+                         f"({a_ind:.1f} +- {s_ind:.1f} counts): no system correction possible")
+    ratios = {el: float(ref["area"][el][0]) / a_ind for el in elements}
+    ratio_sigma = {el: abs(ratios[el]) * math.hypot(float(ref["sigma"][el][0])
+                                                    / max(abs(float(ref["area"][el][0])), 1e-12),
+                                                    s_ind / a_ind)
+                   for el in elements}
+    # The ratio's own error where the element's reference area is ~0 (not relative).
+    ratio_sigma = {el: max(ratio_sigma[el], float(ref["sigma"][el][0]) / a_ind)
+                   for el in elements}
+    hole = a_ind / reference.electrons
+    hole_var = (s_ind / reference.electrons) ** 2
+    fe, bg = fits["area"][indicator], fits["bg"][indicator]
+    # The specimen-scattered part: the indicator beyond the hole's share, proportional
+    # to the continuum (mass thickness), pooled over the points. Weighted by 1 / the
+    # continuum (the indicator's variance is the counts under it): the fit's own sigma
+    # grows with the fitted area, which favoured the points whose indicator fluctuated
+    # low (a few counts per point: -20 % on the system Cu).
+    w = 1.0 / np.maximum(bg, 1.0)
+    excess = fe - electrons * hole
+    denom = float(np.sum(w * bg**2))
+    slope = float(np.sum(w * excess * bg) / denom) if denom > 0 else 0.0
+    slope_var = float(1.0 / denom) if denom > 0 else 0.0
+    predicted = electrons * hole + slope * bg
+    predicted_var = electrons**2 * hole_var + bg**2 * slope_var
+    counts, var = {}, {}
+    for el in elements:
+        counts[el] = ratios[el] * predicted
+        var[el] = (predicted * ratio_sigma[el]) ** 2 + ratios[el] ** 2 * predicted_var
+    corr = SystemCorrection(indicator, ratios, ratio_sigma, hole, slope, counts)
+    return corr, counts, var
+
+
 def quantify_line_scan(spectra: np.ndarray, axis: EnergyAxis, k_factors: Mapping[str, float],
                        *, beam_kev: float, families: Mapping[str, str] | None = None,
                        resolution: DetectorResolution | None = None,
                        background_degree: int = 1,
-                       k_sigma: Mapping[str, float] | None = None) -> EDXQuantification:
+                       k_sigma: Mapping[str, float] | None = None,
+                       live_time_s: float | None = None, pulse_pair_time_s: float = 0.0,
+                       system_elements: Sequence[str] = (),
+                       system_reference: SystemReference | None = None,
+                       electrons: float | Sequence[float] | None = None,
+                       system_indicator: str | None = None,
+                       absorption: ThinFilm | None = None) -> EDXQuantification:
     """Cliff-Lorimer composition of each spectrum of a line scan.
 
     Parameters
@@ -634,15 +965,33 @@ def quantify_line_scan(spectra: np.ndarray, axis: EnergyAxis, k_factors: Mapping
         fractions are normalised to 1 over them).
     beam_kev
         Beam energy (kV).
-    families, resolution, background_degree
+    families, resolution, background_degree, system_elements
         See :func:`fit_setup`.
     k_sigma
         Element -> uncertainty of its k-factor.
+    live_time_s, pulse_pair_time_s
+        Live time per spectrum (s) and the detector's pulse-pair resolving time (s):
+        the estimated sum peaks (:func:`sum_spectrum`) are subtracted. Either
+        missing or 0: no pile-up correction.
+    system_reference
+        A spectrum of the system peaks alone (:class:`SystemReference`): the
+        quantified elements' system counts are subtracted (needs ``electrons``).
+    electrons
+        Dose of each spectrum (one number for all, or one per point).
+    system_indicator
+        System element absent from the specimen that measures the system's size at
+        each point (default the first of ``system_elements``; none: the reference is
+        only scaled by dose).
+    absorption
+        Correct the areas for absorption in a foil of this mass thickness
+        (:class:`ThinFilm`): needed for soft lines (O K in 80 nm of LiV3O8: 30 %);
+        for Cu and Ni K in 100-200 nm < 1 %, which k-factors from a standard of similar
+        thickness absorb. The k-factors are then those of a thin (absorption-free) film.
 
     Returns
     -------
     EDXQuantification
-        Arrays of length ``n_points`` per element.
+        Arrays of length ``n_points`` per element; ``system`` says what was subtracted.
     """
     s = np.asarray(spectra, dtype=float)
     if s.ndim == 1:
@@ -651,18 +1000,53 @@ def quantify_line_scan(spectra: np.ndarray, axis: EnergyAxis, k_factors: Mapping
         raise ValueError(f"spectra must be (n_points, {axis.nchan}), got shape {np.shape(spectra)}")
     elements = list(k_factors) if isinstance(k_factors, Mapping) else []
     k = _check_k_factors(elements, k_factors)
+    if live_time_s is not None and not (math.isfinite(live_time_s) and live_time_s > 0):
+        raise ValueError(f"live_time_s must be positive, got {live_time_s!r}")
+    if not (math.isfinite(pulse_pair_time_s) and pulse_pair_time_s >= 0):
+        raise ValueError(f"pulse_pair_time_s must be >= 0, got {pulse_pair_time_s!r}")
     setup = fit_setup(axis, elements, beam_kev=beam_kev, families=families,
-                      resolution=resolution, background_degree=background_degree)
+                      resolution=resolution, background_degree=background_degree,
+                      system_elements=system_elements)
     n = s.shape[0]
-    areas = {el: np.zeros(n) for el in elements}
-    area_sigma = {el: np.zeros(n) for el in elements}
-    blank = {el: np.zeros(n) for el in elements}
-    for i in range(n):
-        fitted = peak_areas(s[i], setup)
+    fits = _fit_all(s, setup, live_time_s, pulse_pair_time_s)
+    areas = {el: fits["area"][el] for el in elements}
+    area_sigma = {el: fits["sigma"][el] for el in elements}
+    blank = {el: fits["blank"][el] for el in elements}
+    correction = None
+    if system_reference is not None:
+        if electrons is None:
+            raise ValueError("a system_reference needs the electrons (dose) of the spectra")
+        dose = np.broadcast_to(np.asarray(electrons, dtype=float), (n,)).copy()
+        if not np.all(np.isfinite(dose) & (dose > 0)):
+            raise ValueError("electrons must be positive")
+        indicator = system_indicator or (setup.system and next(iter(setup.system))) or None
+        if indicator is not None and indicator not in setup.system:
+            raise ValueError(f"system_indicator {indicator!r} is not among system_elements "
+                             f"{list(setup.system)}")
+        if indicator is None:
+            ref = _fit_all(_as_spectrum(system_reference.counts, axis)[None, :], setup,
+                           system_reference.live_time_s, pulse_pair_time_s)
+            _check_off_specimen(ref, fits, elements[0], system_reference.electrons, dose)
+            scale = dose / system_reference.electrons
+            sub = {el: float(ref["area"][el][0]) * scale for el in elements}
+            sub_var = {el: (float(ref["sigma"][el][0]) * scale) ** 2 for el in elements}
+            correction = SystemCorrection("dose", {}, {}, 0.0, 0.0, sub)
+        else:
+            correction, sub, sub_var = _system_correction(
+                fits, elements, setup, system_reference, dose, indicator, pulse_pair_time_s)
         for el in elements:
-            areas[el][i] = fitted[el].area
-            area_sigma[el][i] = fitted[el].sigma
-            blank[el][i] = fitted[el].blank_sigma
+            areas[el] = areas[el] - sub[el]
+            area_sigma[el] = np.sqrt(area_sigma[el] ** 2 + sub_var[el])
+            blank[el] = np.sqrt(blank[el] ** 2 + sub_var[el])
+    if absorption is not None:
+        shape = np.shape(absorption.mass_thickness_ug_cm2)
+        if shape not in ((), (n,)):
+            raise ValueError(f"absorption.mass_thickness_ug_cm2 must be one value or {n}, "
+                             f"got shape {shape}")
+        factors = _absorption_corrected(areas, k, setup.families, absorption)
+        areas = {el: areas[el] / factors[el] for el in elements}
+        area_sigma = {el: area_sigma[el] / factors[el] for el in elements}
+        blank = {el: blank[el] / factors[el] for el in elements}
     comp = cliff_lorimer(areas, k, sigma=area_sigma, k_sigma=k_sigma)
     dl = {el: _limit_fraction(el, DETECTION_SIGMA * blank[el], k, areas) for el in elements}
     ql = {el: _limit_fraction(el, QUANTIFICATION_SIGMA * blank[el], k, areas) for el in elements}
@@ -671,7 +1055,8 @@ def quantify_line_scan(spectra: np.ndarray, axis: EnergyAxis, k_factors: Mapping
         fractions={el: np.asarray(v) for el, v in comp.fractions.items()},
         sigma={el: np.asarray(v) for el, v in comp.sigma.items()},
         detection_limit=dl, quantification_limit=ql, detected=detected,
-        areas=areas, area_sigma=area_sigma, families=dict(setup.families))
+        areas=areas, area_sigma=area_sigma, families=dict(setup.families),
+        system=correction)
 
 
 def quantify_spectrum(counts: np.ndarray, axis: EnergyAxis, k_factors: Mapping[str, float],
@@ -691,11 +1076,17 @@ __all__ = [
     "FitSetup",
     "LineFamily",
     "PeakArea",
+    "SystemCorrection",
+    "SystemReference",
+    "ThinFilm",
+    "absorption_factor",
     "choose_family",
     "cliff_lorimer",
+    "escape_fraction",
     "fit_setup",
     "line_family",
     "peak_areas",
     "quantify_line_scan",
     "quantify_spectrum",
+    "sum_spectrum",
 ]

@@ -52,6 +52,8 @@ class EDXDetector(Device):
     point = Cpt(Reading, "EDX:POINT", kind="omitted")
     counter = Cpt(Reading, "EDX:COUNTER", kind="normal", doc="Acquisitions completed")
     rate = Cpt(Reading, "EDX:RATE", kind="hinted", doc="Total count rate (1/s)")
+    pulse_pair_ns = Cpt(Reading, "EDX:PULSE_PAIR_NS", kind="config",
+                        doc="Pulse-pair resolving time (ns): sum peaks")
 
     def _apply_mode_kinds(self) -> str:
         mode = str(self.mode.get())

@@ -34,7 +34,13 @@ from temsims.ioc.common import (
     require_range,
     serve_part,
 )
-from temsims.ioc.physics.edx import EDXModel, EnergyAxis, areal_densities_at, beam_electrons
+from temsims.ioc.physics.edx import (
+    DetectorParameters,
+    EDXModel,
+    EnergyAxis,
+    areal_densities_at,
+    beam_electrons,
+)
 from temsims.ioc.physics.tem_optics import (
     ImageGeometry,
     ImageRenderer,
@@ -148,6 +154,14 @@ class TEMIOC(InstrumentIOC):
         Acquisitions completed.
     EDX:RATE (float, counts/s, read-only)
         Total count rate of the last spectrum.
+    EDX:PULSE_PAIR_NS (float, ns, read-only)
+        Pulse-pair resolving time of the pulse processor: two photons closer than this
+        are recorded as one at their summed energy (sum peaks; a detector constant).
+
+    The spectra hold what a silicon-drift detector records (:mod:`temsims.ioc.physics.edx`):
+    the specimen's lines and continuum, absorbed in the foil, from the probe spread
+    through it; Si escape peaks; pile-up at the count rate; and the column's system
+    peaks (Cu K of grid and holder, Fe K of the pole piece), in a hole too.
     """
 
     part = "tem"
@@ -249,6 +263,9 @@ class TEMIOC(InstrumentIOC):
     edx_counter = pvproperty(name="EDX:COUNTER", alarm_group="EDX:COUNTER", value=0, dtype=ChannelType.LONG, read_only=True)
     edx_rate = pvproperty(name="EDX:RATE", alarm_group="EDX:RATE", value=0.0, units="counts/s", precision=1,
                           read_only=True)
+    edx_pulse_pair_ns = pvproperty(name="EDX:PULSE_PAIR_NS", alarm_group="EDX:PULSE_PAIR_NS",
+                                   value=DetectorParameters().pulse_pair_time_s * 1e9, units="ns",
+                                   precision=1, read_only=True)
 
     def __init__(self, *args: Any, optics: OpticsParameters | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -578,8 +595,8 @@ class TEMIOC(InstrumentIOC):
 
                 def compute(x_nm=x_nm, y_nm=y_nm, rng=rng):
                     densities = areal_densities_at(self.specimen, x_nm, y_nm,
-                                                   geometry.path_factor)
-                    return model.acquire(densities, electrons, rng)
+                                                   geometry.path_factor, ht_kv=ht_kv)
+                    return model.acquire(densities, electrons, rng, live_time_s=live)
 
                 spectrum = await loop.run_in_executor(None, compute)
                 ready = self.clock.now()

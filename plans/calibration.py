@@ -49,7 +49,13 @@ from temsims.plans._common import (
     with_safe_state,
 )
 from temsims.plans.correlative import ensure_tem_mode
-from temsims.plans.edx import LIVE_TIME_RANGE_S, NPTS_RANGE, PROBE_RANGE_UM, edx_line
+from temsims.plans.edx import (
+    LIVE_TIME_RANGE_S,
+    NPTS_RANGE,
+    PROBE_RANGE_UM,
+    edx_line,
+    edx_point,
+)
 from temsims.plans.mode import MAX_BIAS_V, MIN_SIMS_BIAS_V, to_sims_mode, to_tem_mode
 from temsims.plans.sims import (
     DWELL_RANGE_S,
@@ -65,6 +71,10 @@ PLAN_NAME = "edx_sims_calibration"
 #: The parts of the microscope the calibration uses, in the order it unpacks them.
 PARTS = ("stage", "tem", "edx", "mode", "imager", "spectrometer", "column", "bias")
 ROLES = ("edx_line", "sims_map")
+#: The optional EDX run off the specimen that measures the column's system peaks.
+REFERENCE_ROLE = "edx_system_reference"
+#: Elements of the system peaks that the specimen does not hold (the pole piece's Fe).
+DEFAULT_SYSTEM_ELEMENTS = ("Fe",)
 #: TEM BEAM_CURRENT range (nA).
 EDX_CURRENT_RANGE_NA = (1e-5, 100.0)
 #: Plausible FWHM at Mn Ka of an EDX detector (eV).
@@ -150,6 +160,10 @@ def edx_sims_calibration(microscope: Microscope, *,
                          analyte_species: str = "63Cu", matrix_species: str = "58Ni",
                          k_factors: dict[str, float] | None = None,
                          k_factor_source: str | None = None, fwhm_mn_ka_ev: float = 130.0,
+                         edx_reference_um: tuple[float, float] | None = None,
+                         edx_reference_live_time_s: float = 10.0,
+                         edx_reference_current_na: float | None = None,
+                         system_elements: tuple[str, ...] = DEFAULT_SYSTEM_ELEMENTS,
                          md: dict | None = None) -> Plan[dict]:
     """EDX line across a concentration gradient, then a SIMS map of the same zone.
 
@@ -211,6 +225,19 @@ def edx_sims_calibration(microscope: Microscope, *,
     fwhm_mn_ka_ev : float
         EDX detector resolution at Mn Ka (eV), 30..300: the detector's specification,
         recorded for the peak fit.
+    edx_reference_um : (float, float), optional
+        A stage position where the beam meets no specimen (a hole, beyond the
+        lamella's edge): an ``edx_point`` spectrum there, before the line, records the
+        column's system peaks (Cu K of grid and holder, Fe K of the pole piece) for
+        the analysis to subtract (``docs/calibration.md``). ``None``: none taken.
+    edx_reference_live_time_s : float
+        Live time of the reference (s), 0.001..600; the system peaks are weak in a
+        hole, so it is long (default 10 s).
+    edx_reference_current_na : float, optional
+        Beam current of the reference (nA), 1e-5..100 (default: ``edx_current_na``).
+    system_elements : tuple of str
+        System-peak elements absent from the specimen (default ``("Fe",)``), fitted
+        and used to scale the system spectrum at each point; recorded.
     md : dict, optional
         Extra start metadata of both runs; ``correlation_id`` here links the runs
         (else a new uuid4). ``sample``, ``specimen``, ``operator`` come from here or
@@ -221,13 +248,15 @@ def edx_sims_calibration(microscope: Microscope, *,
     msg : Msg
         Two runs: ``edx_line`` (one event of ``edx_line_spectra`` and ``edx_energy``)
         and ``sims_map`` (one event per map line, ``imager_<species>``), both with
-        the ``calibration`` start block.
+        the ``calibration`` start block; with ``edx_reference_um`` first an
+        ``edx_point`` run (role ``"edx_system_reference"``).
 
     Returns
     -------
     dict
-        ``calibration_id`` and ``uids`` {"edx_line": uid, "sims_map": uid}; the data
-        are in the runs (:func:`temsims.app.calibration_data.from_catalog`).
+        ``calibration_id`` and ``uids`` {"edx_line": uid, "sims_map": uid, and
+        "edx_system_reference": uid with a reference}; the data are in the runs
+        (:func:`temsims.app.calibration_data.from_catalog`).
 
     Raises
     ------
@@ -302,6 +331,28 @@ def edx_sims_calibration(microscope: Microscope, *,
         raise TypeError(f"k_factor_source must be a string or None, got {k_factor_source!r}")
     fwhm = check_number("fwhm_mn_ka_ev", fwhm_mn_ka_ev, low=FWHM_RANGE_EV[0],
                         high=FWHM_RANGE_EV[1], unit="eV")
+    reference = None
+    if edx_reference_um is not None:
+        reference = check_pair("edx_reference_um", edx_reference_um, unit="um")
+        check_within("edx_reference_um[0]", reference[0], device_limits(stage.x), "um")
+        check_within("edx_reference_um[1]", reference[1], device_limits(stage.y), "um")
+    ref_live = check_number("edx_reference_live_time_s", edx_reference_live_time_s,
+                            low=LIVE_TIME_RANGE_S[0], high=LIVE_TIME_RANGE_S[1], unit="s")
+    ref_current = edx_reference_current_na
+    if ref_current is not None:
+        ref_current = check_number("edx_reference_current_na", ref_current,
+                                   low=EDX_CURRENT_RANGE_NA[0], high=EDX_CURRENT_RANGE_NA[1],
+                                   unit="nA")
+    if isinstance(system_elements, str) or not isinstance(system_elements, Sequence):
+        raise TypeError(f"system_elements must be a tuple of element symbols, got "
+                        f"{system_elements!r}")
+    system = tuple(system_elements)
+    for el in system:
+        if not isinstance(el, str) or not el.isalpha():
+            raise TypeError(f"system_elements must hold element symbols, got {el!r}")
+        if el in (analyte, matrix):
+            raise ValueError(f"system element {el!r} is an element of the specimen: it cannot "
+                             "measure the system peaks")
     md = check_md(md)
     # The EDX line inside the SIMS field (with the column's present scan rotation, read
     # through the RunEngine before anything moves).
@@ -323,7 +374,9 @@ def edx_sims_calibration(microscope: Microscope, *,
         sims_pixels=(nx, ny), sims_dwell_s=dwell, sims_aperture=aperture,
         sims_center_um=centre, sims_voltage_v=volts, analyte=analyte,
         analyte_species=a_label, matrix_species=m_label, k_factors=k,
-        k_factor_source=k_factor_source, fwhm_mn_ka_ev=fwhm)
+        k_factor_source=k_factor_source, fwhm_mn_ka_ev=fwhm, edx_reference_um=reference,
+        edx_reference_live_time_s=ref_live, edx_reference_current_na=ref_current,
+        system_elements=system)
     common = {"calibration_id": cid, "parent_plan": PLAN_NAME, "parent_plan_args": plan_args,
               "analyte": analyte, "matrix_reference": matrix, "elements": elements,
               "analyte_species": a_label, "matrix_species": m_label, "binary": True,
@@ -334,6 +387,8 @@ def edx_sims_calibration(microscope: Microscope, *,
     base_md = {**md, "correlation_id": cid, "calibration_id": cid}
     result: dict[str, Any] = {"calibration_id": cid, "uids": {"edx_line": None,
                                                               "sims_map": None}}
+    if reference is not None:
+        result["uids"][REFERENCE_ROLE] = None
 
     def edx_part():
         old_current = None
@@ -341,9 +396,33 @@ def edx_sims_calibration(microscope: Microscope, *,
             old_current = yield from bps.rd(tem.beam_current, default_value=None)
             yield from bps.mv(tem.beam_current, edx_current_na)
 
+        def system_reference():
+            line_current = yield from bps.rd(tem.beam_current, default_value=None)
+            if ref_current is not None:
+                yield from bps.mv(tem.beam_current, ref_current)
+            current = yield from bps.rd(tem.beam_current, default_value=0.0)
+            block = dict(common, role=REFERENCE_ROLE)
+            block["reference"] = {
+                "point_um": list(reference), "live_time_s": ref_live,
+                "beam_current_na": float(current or 0.0),
+                "data_key": f"{edx.name}_spectrum", "system_elements": list(system),
+                "note": "EDX spectrum where the beam meets no specimen: the column's "
+                        "system peaks alone"}
+            result["uids"][REFERENCE_ROLE] = yield from edx_point(
+                stage, tem, edx, x_um=reference[0], y_um=reference[1], live_time_s=ref_live,
+                md={**base_md, "calibration": block})
+            if ref_current is not None and line_current is not None:
+                yield from bps.mv(tem.beam_current, float(line_current))
+
         def measure():
+            if reference is not None:
+                yield from system_reference()
             ht = yield from bps.rd(tem.ht, default_value=0.0)
             current = yield from bps.rd(tem.beam_current, default_value=0.0)
+            # A detector constant; an EDX device without it records 0 (no sum-peak model).
+            pulse_pair = 0.0
+            if getattr(edx, "pulse_pair_ns", None) is not None:
+                pulse_pair = yield from bps.rd(edx.pulse_pair_ns, default_value=0.0)
             nchan = yield from bps.rd(edx.nchan, default_value=0)
             gain = yield from bps.rd(edx.ev_per_chan, default_value=0.0)
             offset = yield from bps.rd(edx.offset_ev, default_value=0.0)
@@ -360,7 +439,10 @@ def edx_sims_calibration(microscope: Microscope, *,
                 else K_FACTOR_TBD,
                 "data_keys": {"spectra": f"{edx.name}_line_spectra",
                               "energy": f"{edx.name}_energy"},
-                "points_key": "edx.points_um"}
+                "points_key": "edx.points_um",
+                "pulse_pair_time_s": float(pulse_pair or 0.0) * 1e-9,
+                "system_elements": list(system),
+                "system_reference_run": result["uids"].get(REFERENCE_ROLE)}
             result["uids"]["edx_line"] = yield from edx_line(
                 stage, tem, edx, start=start, stop=stop, npts=npts, live_time_s=live,
                 md={**base_md, "calibration": block})
@@ -429,4 +511,4 @@ def edx_sims_calibration(microscope: Microscope, *,
     return (yield from with_safe_state(body(), column, bias, ramp_bias_on_success=True))
 
 
-__all__ = ["edx_sims_calibration", "line_in_field", "line_with_bins"]
+__all__ = ["REFERENCE_ROLE", "edx_sims_calibration", "line_in_field", "line_with_bins"]

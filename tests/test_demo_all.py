@@ -211,7 +211,11 @@ def test_quantification_matches_the_couple_below_the_edx_limit(all_run):
     starts = starts_of(run.catalog, cid)
     roles = sorted((s.get("calibration") or s.get("quantification") or {}).get("role", "")
                    for s in starts)
-    assert roles == ["edx_line", "quantified_map", "sims_map"], roles
+    assert roles == ["edx_line", "edx_system_reference", "quantified_map", "sims_map"], roles
+    corrections = report["calibration"]["edx_corrections"]
+    print(f"EDX corrections: {corrections}")
+    assert corrections["sum_peaks"]["pulse_pair_time_s"] > 0
+    assert corrections["system_peaks"]["subtracted_median"]["Cu"] > 3.0
     assert {s["correlation_id"] for s in starts} == {cid}
     assert {s["specimen"] for s in starts} == {"diffusion-couple"}
     q = next(s for s in starts if "quantification" in s)

@@ -36,6 +36,9 @@ from temsims.analysis import edx as edx_analysis
 from temsims.analysis import quantification as qn
 
 ROLES = ("edx_line", "sims_map")
+#: Optional third run: the EDX system-peak reference taken off the specimen.
+REFERENCE_ROLE = "edx_system_reference"
+ELEMENTARY_CHARGE_C = 1.602176634e-19
 
 
 class CalibrationDataError(ValueError):
@@ -95,6 +98,22 @@ class CalibrationData:
     dead_time_s: float
     dark_rate_per_s: float
     start: dict[str, dict] = field(default_factory=dict)
+    #: EDX dose per point and pulse processing (0 / None where not recorded).
+    edx_live_time_s: float | None = None
+    edx_current_na: float | None = None
+    pulse_pair_time_s: float = 0.0
+    #: System-peak elements absent from the specimen (e.g. ("Fe",)) and the
+    #: reference spectrum off the specimen, if the plan took one.
+    system_elements: tuple[str, ...] = ()
+    system_reference: edx_analysis.SystemReference | None = None
+    reference_uid: str | None = None
+
+    @property
+    def edx_electrons(self) -> float | None:
+        """Electrons per EDX point (beam current x live time / e), if recorded."""
+        if not (self.edx_live_time_s and self.edx_current_na):
+            return None
+        return self.edx_current_na * 1e-9 * self.edx_live_time_s / ELEMENTARY_CHARGE_C
 
     @property
     def positions_nm(self) -> np.ndarray:
@@ -160,6 +179,7 @@ class CalibrationResult:
     detection_limit: float
     quantification_limit: float
     k_factors: dict[str, float]
+    corrections: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """The calibration as a JSON-able derived record pointing at both runs."""
@@ -182,7 +202,8 @@ class CalibrationResult:
                 "reduced_chi2": float(cal.reduced_chi2), "n_points": int(self.mask.sum()),
                 "k_factors": dict(self.k_factors),
                 "edx_detection_limit": self.detection_limit,
-                "edx_quantification_limit": self.quantification_limit}
+                "edx_quantification_limit": self.quantification_limit,
+                "edx_corrections": dict(self.corrections)}
 
 
 # ======================================================================================
@@ -205,7 +226,7 @@ def _iter_documents(documents) -> Iterable[tuple[str, dict]]:
 
 def _calibration_block(start: Mapping) -> dict | None:
     block = start.get("calibration")
-    if isinstance(block, Mapping) and block.get("role") in ROLES:
+    if isinstance(block, Mapping) and block.get("role") in (*ROLES, REFERENCE_ROLE):
         return dict(block)
     return None
 
@@ -281,8 +302,13 @@ def from_documents(documents, calibration_id: str | None = None) -> CalibrationD
     edx_start, sims_start = runs["edx_line"], runs["sims_map"]
     edx_events = primary(edx_start["uid"])
     sims_events = primary(sims_start["uid"])
+    ref_start = runs.get(REFERENCE_ROLE)
+    ref_column = None
+    if ref_start is not None:
+        ref_events = primary(ref_start["uid"])
+        ref_column = lambda key: column(ref_events, key)  # noqa: E731
     return _read(edx_start, sims_start, lambda key: column(edx_events, key),
-                 lambda key: column(sims_events, key))
+                 lambda key: column(sims_events, key), ref_start, ref_column)
 
 
 def from_runs(runs: Iterable[Any], calibration_id: str | None = None) -> CalibrationData:
@@ -301,11 +327,17 @@ def from_runs(runs: Iterable[Any], calibration_id: str | None = None) -> Calibra
             raise CalibrationDataError(f"no {key!r} in run {run.metadata['start']['uid']}")
         return np.asarray(stream[key].read())
 
+    ref_start = picked.get(REFERENCE_ROLE)
+    ref_column = None
+    if ref_start is not None:
+        ref_run = by_uid[ref_start["uid"]]
+        ref_column = lambda key: read(ref_run, key)  # noqa: E731
     return _read(edx_start, sims_start, lambda key: read(edx_run, key),
-                 lambda key: read(sims_run, key))
+                 lambda key: read(sims_run, key), ref_start, ref_column)
 
 
-def _read(edx_start: Mapping, sims_start: Mapping, edx_column, sims_column) -> CalibrationData:
+def _read(edx_start: Mapping, sims_start: Mapping, edx_column, sims_column,
+          ref_start: Mapping | None = None, ref_column=None) -> CalibrationData:
     """The calibration from each run's columns (``*_column(key)``: events first)."""
     keys = _edx_keys(edx_start)
     skeys = _sims_keys(sims_start)
@@ -316,7 +348,10 @@ def _read(edx_start: Mapping, sims_start: Mapping, edx_column, sims_column) -> C
         arrays["energy"] = None
     for label in ("analyte", "matrix"):
         arrays[label] = sims_column(skeys[label])
-    return _assemble(edx_start, sims_start, arrays, sims_column(skeys["line"]))
+    if ref_start is not None:
+        ref = (ref_start["calibration"].get("reference") or {})
+        arrays["reference"] = ref_column(ref.get("data_key", "edx_spectrum"))
+    return _assemble(edx_start, sims_start, arrays, sims_column(skeys["line"]), ref_start)
 
 
 def from_catalog(catalog, calibration_id: str) -> CalibrationData:
@@ -346,7 +381,8 @@ def _sims_keys(start: Mapping) -> dict[str, str]:
         raise CalibrationDataError(f"the SIMS run's start document: {exc}") from None
 
 
-def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> CalibrationData:
+def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines,
+              ref_start: Mapping | None = None) -> CalibrationData:
     eb = edx_start["calibration"]
     sb = sims_start["calibration"]
     e = eb.get("edx") or {}
@@ -381,6 +417,17 @@ def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> C
     direction = tuple(float(v) for v in eb["gradient_direction"])
     norm = math.hypot(*direction)
     k = e.get("k_factors")
+    reference = None
+    if ref_start is not None:
+        rb = ref_start["calibration"].get("reference") or {}
+        counts = np.asarray(arrays["reference"], dtype=float)
+        counts = counts.reshape(-1, counts.shape[-1])[-1]
+        electrons = (float(rb["beam_current_na"]) * 1e-9 * float(rb["live_time_s"])
+                     / ELEMENTARY_CHARGE_C)
+        if counts.size != spectra.shape[1]:
+            raise CalibrationDataError(f"the system reference has {counts.size} channels, the "
+                                       f"line spectra {spectra.shape[1]}")
+        reference = edx_analysis.SystemReference(counts, electrons, float(rb["live_time_s"]))
     return CalibrationData(
         calibration_id=str(eb["calibration_id"]), edx_uid=edx_start["uid"],
         sims_uid=sims_start["uid"], analyte=eb["analyte"], matrix=eb["matrix_reference"],
@@ -393,7 +440,14 @@ def _assemble(edx_start: Mapping, sims_start: Mapping, arrays: dict, lines) -> C
         analyte_map=maps["analyte"].astype(float), matrix_map=maps["matrix"].astype(float),
         affine_nm=affine_nm, dwell_s=layout.dwell_s, dead_time_s=float(s.get("dead_time_s", 0.0)),
         dark_rate_per_s=float(s.get("dark_rate_per_s", 0.0)),
-        start={"edx_line": dict(edx_start), "sims_map": dict(sims_start)})
+        start={"edx_line": dict(edx_start), "sims_map": dict(sims_start),
+               **({REFERENCE_ROLE: dict(ref_start)} if ref_start is not None else {})},
+        edx_live_time_s=float(e["live_time_s"]) if e.get("live_time_s") else None,
+        edx_current_na=float(e["beam_current_na"]) if e.get("beam_current_na") else None,
+        pulse_pair_time_s=float(e.get("pulse_pair_time_s") or 0.0),
+        system_elements=tuple(e.get("system_elements") or ()),
+        system_reference=reference,
+        reference_uid=None if ref_start is None else ref_start["uid"])
 
 
 # ======================================================================================
@@ -415,7 +469,8 @@ def corrected_counts(counts: np.ndarray, *, dwell_s: float, dead_time_s: float,
 def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = None,
              k_sigma: Mapping[str, float] | None = None, degree: int | str = "auto",
              half_width_nm: float | None = None,
-             min_detected_sigma: float | None = None) -> CalibrationResult:
+             min_detected_sigma: float | None = None,
+             edx_corrections: bool = True) -> CalibrationResult:
     """EDX-guided SIMS quantification of one calibration.
 
     Parameters
@@ -437,6 +492,11 @@ def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = N
     min_detected_sigma
         Fit only points whose analyte fraction exceeds this many sigma of the blank
         (default: the EDX detection limit, 3 sigma).
+    edx_corrections
+        Subtract the EDX sum peaks (recorded live time and pulse-pair time) and the
+        system peaks (the recorded reference off the specimen, ``system_elements``
+        fitted) where the runs recorded what they need (default). ``False``: the
+        plain fit, for comparison.
 
     Returns
     -------
@@ -457,9 +517,23 @@ def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = N
                              f"got {sorted(k)}")
     k = {el: float(k[el]) for el in (data.analyte, data.matrix)}
     resolution = edx_analysis.DetectorResolution(fwhm_mn_ka_ev=data.fwhm_mn_ka_ev)
+    extra: dict[str, Any] = {}
+    corrections: dict[str, Any] = {"sum_peaks": None, "system_peaks": None}
+    if edx_corrections and data.edx_live_time_s and data.pulse_pair_time_s > 0:
+        extra.update(live_time_s=data.edx_live_time_s, pulse_pair_time_s=data.pulse_pair_time_s)
+        corrections["sum_peaks"] = {"live_time_s": data.edx_live_time_s,
+                                    "pulse_pair_time_s": data.pulse_pair_time_s}
+    if edx_corrections and data.system_reference is not None and data.edx_electrons:
+        extra.update(system_elements=data.system_elements,
+                     system_reference=data.system_reference, electrons=data.edx_electrons)
     profile_edx = edx_analysis.quantify_line_scan(data.spectra, data.axis, k,
                                                   beam_kev=data.beam_kev,
-                                                  resolution=resolution, k_sigma=k_sigma)
+                                                  resolution=resolution, k_sigma=k_sigma,
+                                                  **extra)
+    if profile_edx.system is not None:
+        corrections["system_peaks"] = {"reference_run": data.reference_uid,
+                                       "reference_electrons": data.system_reference.electrons,
+                                       **profile_edx.system.record()}
     dark = data.dark_rate_per_s * data.dwell_s
     a_map = corrected_counts(data.analyte_map, dwell_s=data.dwell_s,
                              dead_time_s=data.dead_time_s, dark_counts=dark)
@@ -493,7 +567,7 @@ def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = N
         profile=at_points, map=per_pixel,
         detection_limit=float(np.median(profile_edx.detection_limit[data.analyte])),
         quantification_limit=float(np.median(profile_edx.quantification_limit[data.analyte])),
-        k_factors=k)
+        k_factors=k, corrections=corrections)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import xraydb
+from scoring import fresh_rng
 
 from temsims.analysis import edx
 from temsims.ioc.physics.edx import EDXModel
@@ -32,7 +33,9 @@ def couple():
 
 @pytest.fixture(scope="module")
 def model():
-    return EDXModel(["Cu", "Ni"], ht_kv=BEAM_KV, axis=SimAxis(2048, 10.0, -20.0))
+    """Escape peaks and absorption on; no system peaks (their correction is tested
+    below with a reference) and no pile-up (no live time given)."""
+    return EDXModel(["Cu", "Ni"], ht_kv=BEAM_KV, axis=SimAxis(2048, 10.0, -20.0), system=None)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def test_peak_areas_match_the_true_family_counts_within_poisson_errors(couple, m
     rng = np.random.default_rng(11)
     for x_nm in (-300.0, 600.0, 1100.0):
         dens = densities_at(couple, x_nm)
-        true = {el: dens[el] * ELECTRONS * model.family_template(el, "K").sum() for el in dens}
+        true = {el: model.family_counts(dens, el, "K", ELECTRONS) for el in dens}
         z = {el: [] for el in dens}
         for _ in range(40):
             areas = edx.peak_areas(model.acquire(dens, ELECTRONS, rng), setup)
@@ -156,7 +159,7 @@ def test_line_scan_profile_detection_limit_and_mask(couple, model, k_factors):
     """A line scan across the couple: fractions follow the truth within their errors, the
     Cu detection limit is in the 0.05-1 at.% range, and the mask says where."""
     axis = edx.EnergyAxis.from_centres(model.axis.centres)
-    rng = np.random.default_rng(21)
+    rng = fresh_rng("test_line_scan_profile_detection_limit_and_mask")
     xs = np.linspace(-1500.0, 1900.0, 69)
     spectra = np.array([model.acquire(densities_at(couple, x), ELECTRONS, rng) for x in xs])
     result = edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV)
@@ -171,7 +174,9 @@ def test_line_scan_profile_detection_limit_and_mask(couple, model, k_factors):
     assert 5e-4 < np.median(dl) < 1e-2
     detected = result.detected["Cu"]
     assert np.all(detected[truth > 3 * dl])
-    assert not np.any(detected[truth < dl / 10])
+    # Five points hold < dl / 10: a 3-sigma false detection happens to one of them in
+    # ~0.7 % of runs, to two in ~2e-5.
+    assert np.sum(detected[truth < dl / 10]) <= 1
     assert np.all(result.quantitative["Cu"] <= detected)
     np.testing.assert_allclose(result.fractions["Cu"] + result.fractions["Ni"], 1.0)
 
@@ -204,3 +209,152 @@ def test_bad_input_is_refused_with_clear_errors(model, k_factors):
     for case in cases:
         with pytest.raises(ValueError):
             case()
+
+
+# ---- detector and column effects (decision 0037) --------------------------------------------
+@pytest.fixture(scope="module")
+def full_model():
+    """Every effect on: escape, absorption, system peaks, pile-up with a live time."""
+    return EDXModel(["Cu", "Ni"], ht_kv=BEAM_KV)
+
+
+def test_sum_spectrum_estimate_matches_the_twins_pile_up(full_model):
+    """The analysis' tau / T (N * N), from the counts, is the pile-up the detector adds
+    (on the noise-free spectrum: exactly; the parents' loss is common to all lines)."""
+    from temsims.ioc.physics.edx import beam_electrons
+
+    axis = edx.EnergyAxis.from_centres(full_model.axis.centres)
+    dens = {"Cu": 1000.0, "Ni": 8000.0}
+    electrons, live = beam_electrons(10.0, 0.1), 0.1
+    single = full_model.expected(dens, electrons)
+    piled = full_model.expected(dens, electrons, live_time_s=live)
+    tau = full_model.detector.pulse_pair_time_s
+    estimate = edx.sum_spectrum(single, axis, live_time_s=live, pulse_pair_time_s=tau)
+    rate = single.sum() / live
+    np.testing.assert_allclose(piled - single * (1 - 2 * rate * tau), estimate, atol=1e-9)
+    # Two spectra at once, each its own.
+    both = edx.sum_spectrum(np.stack([single, 2 * single]), axis, live_time_s=live,
+                            pulse_pair_time_s=tau)
+    np.testing.assert_allclose(both[1], 4 * both[0])
+
+
+def test_line_scan_with_every_effect_on_recovers_the_couple(couple, full_model, k_factors):
+    """10 nA x 0.1 s per point (the plan's dose; sum peaks ~8 x the Cu K of 0.1 at.% near
+    Cu Ka, system Cu ~1 x): with the sum peaks and the hole reference subtracted the
+    Cu fractions between 0.3 and 10 at.% are unbiased within their errors; without,
+    biased high where Cu is dilute."""
+    from temsims.ioc.physics.edx import areal_densities_at, beam_electrons
+
+    axis = edx.EnergyAxis.from_centres(full_model.axis.centres)
+    rng = fresh_rng("test_line_scan_with_every_effect_on_recovers_the_couple")
+    xs = np.linspace(-280.0, 1680.0, 50)
+    electrons, live = beam_electrons(10.0, 0.1), 0.1
+    ref_electrons = beam_electrons(100.0, 10.0)
+    truth = np.array([truth_at(couple, x) for x in xs])
+    band = (truth > 3e-3) & (truth < 0.1)
+    z_on, shift = [], []
+    dilute = (truth > 3e-3) & (truth < 0.01)
+    for _ in range(4):
+        spectra = np.array([full_model.acquire(areal_densities_at(couple, x, 0.0, 1.0,
+                                                                  ht_kv=BEAM_KV),
+                                               electrons, rng, live_time_s=live)
+                            for x in xs])
+        reference = edx.SystemReference(full_model.acquire({}, ref_electrons, rng,
+                                                           live_time_s=10.0),
+                                        ref_electrons, 10.0)
+        on = edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                                    live_time_s=live, pulse_pair_time_s=1e-7,
+                                    system_elements=("Fe",), system_reference=reference,
+                                    electrons=electrons)
+        off = edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV)
+        z_on.append(((on.fractions["Cu"] - truth) / on.sigma["Cu"])[band])
+        shift.append(((off.fractions["Cu"] - on.fractions["Cu"]) / truth)[dilute])
+        system = on.system
+    z_on, shift = np.concatenate(z_on), np.concatenate(shift)
+    print(f"0.3-10 at.% ({band.sum()} points x 4 lines): z with the corrections mean "
+          f"{z_on.mean():+.2f} sd {z_on.std():.2f}; without them C is {100 * shift.mean():+.0f} "
+          f"% higher at 0.3-1 at.%; system Cu/Fe {system.ratios['Cu']:.2f}, Cu subtracted "
+          f"{np.median(system.subtracted['Cu']):.1f} counts/point")
+    assert abs(z_on.mean()) < 0.5 and 0.6 < z_on.std() < 1.5
+    assert shift.mean() > 0.08
+    # A "reference" taken on the couple is refused (its continuum gives it away).
+    on_specimen = edx.SystemReference(spectra[-1], electrons, live)
+    with pytest.raises(ValueError, match="not taken off the specimen"):
+        edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                               system_elements=("Fe",), system_reference=on_specimen,
+                               electrons=electrons)
+    assert system.ratios["Cu"] == pytest.approx(
+        full_model.system_family_counts("Cu", electrons=1.0)
+        / full_model.system_family_counts("Fe", electrons=1.0), rel=0.3)
+
+
+def test_bad_system_and_pile_up_arguments_are_refused(model, k_factors):
+    axis = edx.EnergyAxis.from_centres(model.axis.centres)
+    spectra = np.ones((2, axis.nchan))
+    ref = edx.SystemReference(np.ones(axis.nchan), 1e12)
+    cases = [
+        lambda: edx.SystemReference(np.ones(axis.nchan), 0.0),
+        lambda: edx.fit_setup(axis, ["Cu", "Ni"], beam_kev=BEAM_KV, system_elements=("Cu",)),
+        lambda: edx.fit_setup(axis, ["Cu", "Ni"], beam_kev=BEAM_KV, system_elements="Fe"),
+        lambda: edx.fit_setup(axis, ["Cu", "Ni"], beam_kev=BEAM_KV, system_elements=("Xx",)),
+        lambda: edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                                       system_elements=("Fe",), system_reference=ref),
+        lambda: edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                                       system_elements=("Fe",), system_reference=ref,
+                                       electrons=-1.0),
+        lambda: edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                                       system_elements=("Fe",), system_reference=ref,
+                                       electrons=1e9, system_indicator="Co"),
+        lambda: edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                                       live_time_s=0.0, pulse_pair_time_s=1e-7),
+        lambda: edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                                       live_time_s=1.0, pulse_pair_time_s=-1e-7),
+        lambda: edx.sum_spectrum(spectra[0], axis, live_time_s=math.nan, pulse_pair_time_s=1e-7),
+        lambda: edx.peak_areas(spectra[0], edx.fit_setup(axis, ["Cu"], beam_kev=BEAM_KV),
+                               sum_counts=np.ones(3)),
+        lambda: edx.absorption_factor(100.0, -1.0),
+    ]
+    for case in cases:
+        with pytest.raises(ValueError):
+            case()
+    # A reference without the indicator's peak (here: flat counts) cannot scale anything.
+    with pytest.raises(ValueError, match="no Fe peak"):
+        edx.quantify_line_scan(spectra, axis, k_factors, beam_kev=BEAM_KV,
+                               system_elements=("Fe",), system_reference=ref, electrons=1e9)
+
+
+@pytest.mark.parametrize("thickness_nm", [80.0, 200.0])
+def test_thin_film_absorption_correction_on_liv3o8(thickness_nm):
+    """O K (525 eV) is absorbed by V in LiV3O8 (30 % at 80 nm, 55 % at 200 nm): uncorrected,
+    O/(O + V) is far low; with ``ThinFilm(rho t)`` it is the truth within its errors
+    (Li, not quantified, is left out of the attenuation; a fresh seed)."""
+    from temsims.ioc.physics.edx import beam_electrons
+
+    density = 3.3
+    per_nm3 = density / (xraydb.atomic_mass("Li") + 3 * xraydb.atomic_mass("V")
+                         + 8 * xraydb.atomic_mass("O")) * 6.02214076e23 * 1e-21
+    dens = {"Li": per_nm3 * thickness_nm, "V": 3 * per_nm3 * thickness_nm,
+            "O": 8 * per_nm3 * thickness_nm}
+    sim = EDXModel(["Li", "V", "O"], ht_kv=BEAM_KV, system=None)
+    axis = edx.EnergyAxis.from_centres(sim.axis.centres)
+    k = {"O": sim.sensitivity("V") / sim.sensitivity("O"), "V": 1.0}
+    rng = fresh_rng(f"test_thin_film_absorption_correction_on_liv3o8 {thickness_nm}")
+    spectra = np.array([sim.acquire(dens, beam_electrons(1.0, 1.0), rng) for _ in range(3)])
+    plain = edx.quantify_line_scan(spectra, axis, k, beam_kev=BEAM_KV)
+    film = edx.ThinFilm(sim.mass_thickness_ug_cm2(dens))
+    fixed = edx.quantify_line_scan(spectra, axis, k, beam_kev=BEAM_KV, absorption=film)
+    truth = 8.0 / 11.0
+    c0, c1, s1 = plain.fractions["O"], fixed.fractions["O"], fixed.sigma["O"]
+    print(f"{thickness_nm:.0f} nm ({film.mass_thickness_ug_cm2:.0f} ug/cm^2): O/(O+V) "
+          f"{np.round(c0, 3)} uncorrected, {np.round(c1, 3)} +- {s1[0]:.3f} corrected, "
+          f"truth {truth:.3f}")
+    # Uncorrected: -0.07 at 80 nm, -0.18 at 200 nm (the mean of three: sigma 0.009).
+    assert c0.mean() < truth - 0.03
+    assert np.all(np.abs(c1 - truth) < 4 * s1 + 0.01)
+    with pytest.raises(ValueError):
+        edx.ThinFilm(-1.0)
+    with pytest.raises(ValueError):
+        edx.ThinFilm(10.0, takeoff_deg=0.0)
+    with pytest.raises(ValueError):
+        edx.quantify_line_scan(spectra, axis, k, beam_kev=BEAM_KV,
+                               absorption=edx.ThinFilm([1.0, 2.0]))

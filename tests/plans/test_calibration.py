@@ -12,7 +12,9 @@ seconds of it (at S = 20 and the default 3 nm/min the worst error between 0.1 an
 is 4.4 % at S = 1 and at S = 20). Sizes are small so that the plan takes well under a minute: an EDX
 line of 50 points, 40 nm apart (10 nA x 0.1 s = 1 nC per point), and a 200 x 64 px
 SIMS map of 2 um (10 nm pixels) at 1 nA, 1 ms dwell (12.8 s). The k-factors are the
-simulator's (``EDXModel.k_factor``), as if measured on a standard.
+simulator's (``EDXModel.k_factor``), as if measured on a standard. Before the line the
+plan records the column's system peaks beyond the couple's edge (100 nA x 10 s), which
+the analysis subtracts with the sum peaks (decision 0037).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from temsims.plans._common import HARDWARE_COMMANDS
 LINE = {"start_um": (-0.28, 0.0), "stop_um": (1.68, 0.0), "points": 50}
 EDX = {"edx_live_time_s": 0.1, "edx_current_na": 10.0}
 SIMS = {"sims_pixels": (200, 64), "sims_dwell_s": 1e-3, "sims_aperture": "1 nA"}
+#: The system-peak reference beyond the couple's edge (its grid ends at y = 2.05 um).
+REFERENCE = {"edx_reference_um": (0.0, 3.0), "edx_reference_current_na": 100.0,
+             "edx_reference_live_time_s": 10.0}
 FIGURES: dict[str, object] = {}
 NO_DRIFT = {"spectrometer": ["--drift-nm-per-min", "0"]}
 
@@ -85,7 +90,7 @@ def calibration_run(cdev, seed, tmp_path_factory):
     RE.subscribe(writer)
     t0 = time.monotonic()
     result = RE(edx_sims_calibration(
-        d, **LINE, **EDX, **SIMS, k_factors=k,
+        d, **LINE, **EDX, **SIMS, **REFERENCE, k_factors=k,
         k_factor_source="simulator (EDXModel.k_factor), standing in for a standard")).plan_result
     FIGURES["plan_wall_s"] = time.monotonic() - t0
     t1 = time.monotonic()
@@ -126,6 +131,12 @@ def _bad_cases():
             ({"k_factors": {"Cu": 1.3}}, ValueError), ({"k_factors": [1.3, 1.0]}, TypeError),
             ({"k_factors": {"Cu": -1.0, "Ni": 1.0}}, ValueError),
             ({"k_factor_source": 3}, TypeError), ({"fwhm_mn_ka_ev": 5.0}, ValueError),
+            ({"edx_reference_um": (0.0, 5000.0)}, ValueError),
+            ({"edx_reference_um": "hole"}, TypeError),
+            ({"edx_reference_live_time_s": 0.0}, ValueError),
+            ({"edx_reference_current_na": 500.0}, ValueError),
+            ({"system_elements": "Fe"}, TypeError), ({"system_elements": ("Cu",)}, ValueError),
+            ({"system_elements": (26,)}, TypeError),
             ({"md": {"correlation_id": ""}}, ValueError), ({"md": 5}, TypeError)]
 
 
@@ -168,12 +179,19 @@ def test_message_order_edx_first_then_sims_then_safe(cdev):
 def test_runs_linked_and_metadata_recorded(calibration_run):
     res, docs = calibration_run["result"], calibration_run["docs"]
     starts = docs.docs["start"]
-    assert [s["uid"] for s in starts] == [res["uids"]["edx_line"], res["uids"]["sims_map"]]
+    assert [s["uid"] for s in starts] == [res["uids"]["edx_system_reference"],
+                                          res["uids"]["edx_line"], res["uids"]["sims_map"]]
     assert {s["correlation_id"] for s in starts} == {res["calibration_id"]}
     assert {s["calibration_id"] for s in starts} == {res["calibration_id"]}
-    assert [s["calibration"]["role"] for s in starts] == ["edx_line", "sims_map"]
-    assert [s["mode"] for s in starts] == ["TEM", "SIMS"]
-    assert [s["plan_name"] for s in starts] == ["edx_line", "sims_map"]
+    assert [s["calibration"]["role"] for s in starts] == ["edx_system_reference", "edx_line",
+                                                          "sims_map"]
+    assert [s["mode"] for s in starts] == ["TEM", "TEM", "SIMS"]
+    assert [s["plan_name"] for s in starts] == ["edx_point", "edx_line", "sims_map"]
+    ref_start, starts = starts[0], starts[1:]
+    ref = ref_start["calibration"]["reference"]
+    assert ref["point_um"] == list(REFERENCE["edx_reference_um"])
+    assert ref["beam_current_na"] == pytest.approx(100.0)
+    assert ref["live_time_s"] == REFERENCE["edx_reference_live_time_s"]
     for s in starts:
         assert check_start_metadata(s) == [], s["plan_name"]
         block = s["calibration"]
@@ -195,6 +213,9 @@ def test_runs_linked_and_metadata_recorded(calibration_run):
     assert e["beam_current_na"] == pytest.approx(EDX["edx_current_na"])
     assert abs(e["tilt_deg"]) < 1.0
     assert e["k_factors"] == pytest.approx(calibration_run["k"])
+    assert e["pulse_pair_time_s"] == pytest.approx(100e-9)
+    assert e["system_elements"] == ["Fe"]
+    assert e["system_reference_run"] == ref_start["uid"]
     s = sims_start["calibration"]["sims"]
     for key in ("species", "dead_time_s", "dark_rate_per_s", "beam_current_pa", "polarity",
                 "bias_kV", "frame_index", "dose_ions_nm2"):
@@ -306,6 +327,18 @@ def test_quantified_sims_concentration_against_the_truth(calibration_run, truth)
     record = result.record()
     assert record["runs"] == {"edx_line": data.edx_uid, "sims_map": data.sims_uid}
     assert len(record["coefficients"]) == cal.degree + 1
+    # The EDX corrections, and what they did: the system spectrum in the hole holds Cu
+    # and Fe, not Ni; its Cu at each point is of the order of 0.1 at.% Cu.
+    corr = record["edx_corrections"]
+    assert corr["sum_peaks"]["pulse_pair_time_s"] == pytest.approx(100e-9)
+    system = corr["system_peaks"]
+    assert system["reference_run"] == data.reference_uid
+    print(f"system peaks: Cu/Fe {system['ratios']['Cu']:.2f} +- "
+          f"{system['ratio_sigma']['Cu']:.2f}, Ni/Fe {system['ratios']['Ni']:+.3f}; Cu "
+          f"subtracted per point {system['subtracted_median']['Cu']:.1f} counts")
+    assert system["ratios"]["Cu"] > 5 * system["ratio_sigma"]["Cu"]
+    assert abs(system["ratios"]["Ni"]) < 4 * system["ratio_sigma"]["Ni"] + 0.05
+    assert system["subtracted_median"]["Cu"] > 3.0
 
 
 @pytest.mark.slow
@@ -321,6 +354,9 @@ def test_same_result_from_the_catalog(calibration_run):
     print(f"\ncatalog: drain after the plan {FIGURES['catalog_drain_s']:.2f} s, read both runs "
           f"{read_s:.2f} s")
     assert (from_cat.edx_uid, from_cat.sims_uid) == (from_docs.edx_uid, from_docs.sims_uid)
+    assert from_cat.reference_uid == from_docs.reference_uid is not None
+    np.testing.assert_array_equal(from_cat.system_reference.counts,
+                                  from_docs.system_reference.counts)
     np.testing.assert_array_equal(from_cat.spectra, from_docs.spectra)
     np.testing.assert_array_equal(from_cat.analyte_map, from_docs.analyte_map)
     np.testing.assert_array_equal(from_cat.matrix_map, from_docs.matrix_map)

@@ -8,9 +8,11 @@ the lamella plane, so EDX (through the thickness) and SIMS (the top nanometres) 
 same concentration at the same x.
 
 Measurement (one plan, :func:`quantification_plan`; every run under one ``correlation_id``)
-    1. :func:`temsims.plans.edx_sims_calibration`: an EDX line across the gradient,
-       then a SIMS map of 63Cu and 58Ni around it (runs ``edx_line`` and ``sims_map``,
-       their ``calibration`` blocks as the plan writes them);
+    1. :func:`temsims.plans.edx_sims_calibration`: an EDX spectrum beyond the
+       couple's edge (the column's system peaks, Cu and Fe K, at 100 nA x 10 s), an
+       EDX line across the gradient, then a SIMS map of 63Cu and 58Ni around it (runs
+       ``edx_system_reference``, ``edx_line`` and ``sims_map``, their ``calibration``
+       blocks as the plan writes them);
     2. the quantified SIMS map (:func:`temsims.plans.sims_map`, the same ion-beam
        conditions, so the calibration holds for it): a fresh stripe of the couple
        beside the calibration map (the gradient is along x only), wider, out to where
@@ -61,12 +63,14 @@ DETECTION_SIGMA = 3.0
 #: ~10 ppm (x = -0.4..2.0 um; the couple's grid ends at 2.05 um); its 96 rows give
 #: each 40 nm bin ~2.5 % counting error at 0.1 at.% (48 rows: 3.5 %).
 #: ``profile_bin_nm``: the map's bins along the gradient, the EDX step, about the
-#: 93 nm probe at 1 nA.
+#: 93 nm probe at 1 nA. ``edx_reference_um``: the system-peak reference, beyond the
+#: grid's edge at y = 2.05 um (decision 0037).
 FULL = {"camera_size": 128, "line_start_um": (-0.28, 0.0), "line_stop_um": (1.68, 0.0),
         "edx_points": 50, "edx_live_time_s": 0.1, "edx_current_na": 10.0,
         "calibration_pixels": (200, 64), "dwell_s": 1e-3, "aperture": "1 nA",
         "map_center_um": (0.8, 1.2), "map_fov_um": 2.4, "map_pixels": (240, 96),
-        "profile_bin_nm": 40.0}
+        "profile_bin_nm": 40.0, "edx_reference_um": (0.0, 3.0),
+        "edx_reference_current_na": 100.0, "edx_reference_live_time_s": 10.0}
 #: --quick keeps the sizes: at time scale 20 the EDX line and both maps take ~1.5 s of
 #: the ~25 s the case takes (IOC start, catalog, read-back and figures are the rest),
 #: and fewer EDX points or pixels would make the RSF fit, which the scores rest on,
@@ -82,7 +86,7 @@ def measure(RE, devices, sizes: dict[str, Any], say) -> dict[str, Any]:
         f"SIMS map of {ANALYTE_SPECIES} and {MATRIX_SPECIES} around it (calibration), "
         f"then a SIMS map of a fresh stripe out to ppm Cu (quantified) ...")
     result = RE(quantification_plan(devices, sizes)).plan_result
-    say(f"  3 runs in {time.monotonic() - t:.1f} s")
+    say(f"  {len(result['uids'])} runs in {time.monotonic() - t:.1f} s")
     return {"correlation_ids": [result["correlation_id"]], **result}
 
 
@@ -110,8 +114,8 @@ def quantification_plan(microscope, sizes: dict[str, Any]):
     Returns
     -------
     dict
-        ``correlation_id``, ``calibration_id`` (the same), ``uids`` {"edx_line",
-        "sims_map", "quantified_map"}.
+        ``correlation_id``, ``calibration_id`` (the same), ``uids``
+        {"edx_system_reference", "edx_line", "sims_map", "quantified_map"}.
     """
     import bluesky.plan_stubs as bps
 
@@ -131,7 +135,10 @@ def quantification_plan(microscope, sizes: dict[str, Any]):
         sims_dwell_s=sizes["dwell_s"], sims_aperture=sizes["aperture"],
         sims_voltage_v=SIMS_VOLTAGE_V, analyte=ANALYTE, analyte_species=ANALYTE_SPECIES,
         matrix_species=MATRIX_SPECIES, k_factors=k,
-        k_factor_source="simulator (EDXModel.k_factor), standing in for a standard", md=md)
+        k_factor_source="simulator (EDXModel.k_factor), standing in for a standard",
+        edx_reference_um=tuple(sizes["edx_reference_um"]),
+        edx_reference_current_na=sizes["edx_reference_current_na"],
+        edx_reference_live_time_s=sizes["edx_reference_live_time_s"], md=md)
     cx, cy = sizes["map_center_um"]
     fov = sizes["map_fov_um"]
     result = {"correlation_id": cid, "calibration_id": cal["calibration_id"],
@@ -346,6 +353,14 @@ def summary_lines(fig: dict[str, Any]) -> list[str]:
            f"{_conc(cal['c_range'][1])}: ln RSF polynomial in C of degree {cal['degree']} "
            f"({cal['degree_selection']['method']}), reduced chi2 {cal['reduced_chi2']:.2f}, "
            f"dilute-limit RSF {2.718281828459045 ** cal['coefficients'][0]:.3f}"]
+    corrections = cal.get("edx_corrections") or {}
+    system = corrections.get("system_peaks")
+    if system:
+        out.append(f"EDX system peaks (reference off the couple): Cu/Fe "
+                   f"{system['ratios'].get(ANALYTE, float('nan')):.2f}, "
+                   f"{system['subtracted_median'].get(ANALYTE, float('nan')):.1f} Cu counts "
+                   "subtracted per point"
+                   + ("; sum peaks subtracted" if corrections.get("sum_peaks") else ""))
     if sc["x_nm"] is not None:
         edge = " (the map's edge: SIMS still detects Cu there)" if sc.get("at_map_edge") else ""
         out.append(f"SIMS continues to x = {sc['x_nm']:.0f} nm{edge} ({_conc(sc['concentration'])}, "
