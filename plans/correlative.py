@@ -120,6 +120,15 @@ def find_dark_blobs(image, *, fov_um: float, x_um: float = 0.0, y_um: float = 0.
 
 
 # ============================================================================ checks
+def _on_reference(roi: dict, reference: dict | None) -> bool:
+    """Whether an automatic region's centre lies on the isotope standard."""
+    if reference is None:
+        return False
+    reach = reference["width_um"] / 2.0 + roi["fov_um"] / 4.0
+    return (abs(roi["x_um"] - reference["x_um"]) <= reach
+            and abs(roi["y_um"] - reference["y_um"]) <= reach)
+
+
 def check_rois(rois, stage, column=None) -> list[dict] | None:
     """``rois``: None or a list of (x_um, y_um, fov_um), within the stage limits."""
     if rois is None:
@@ -170,7 +179,8 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
                          species: tuple = ("6Li", "7Li"), sims_pixels: tuple = (32, 23),
                          sims_dwell_s: float = 1e-3, zoom_fov_um: float | None = None,
                          exposure_s: float = 0.05, sims_voltage_v: float = 4500.0,
-                         fly: bool = True, md: dict | None = None) -> Plan[dict]:
+                         fly: bool = True, reference: str | dict | None = None,
+                         md: dict | None = None) -> Plan[dict]:
     """TEM overview -> regions of interest -> SIMS maps of them -> TEM zooms of them.
 
     Parameters
@@ -203,6 +213,13 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
         Holder bias in SIMS (V), 100..4500 in magnitude.
     fly : bool
         SIMS maps in fly (True) or step mode.
+    reference : str or dict, optional
+        The specimen's isotope standard (a specimen name of
+        :data:`temsims.constants.REFERENCE_REGIONS`, or a dict with ``x_um``, ``y_um``,
+        ``value`` and ``width_um``): automatic regions whose centre lies on it (within
+        half its width and a quarter of the region's field) are left out, so that the
+        standard is not mapped as an unknown. Recorded in the overview's
+        ``correlative`` block (``excluded``).
     md : dict, optional
         Extra start metadata of every run; ``correlation_id`` here links the runs
         (else a new uuid4).
@@ -245,6 +262,13 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
     exposure_s = check_number("exposure_s", exposure_s, low=EXPOSURE_RANGE_S[0],
                               high=EXPOSURE_RANGE_S[1], unit="s")
     sims_voltage_v = check_sims_voltage(sims_voltage_v)
+    if reference is not None:
+        from temsims.plans.bracketing import check_reference  # it imports this module
+
+        reference = check_reference(reference, stage)
+        reference["width_um"] = check_number("reference['width_um']",
+                                             reference.get("width_um", 0.0), low=0.0,
+                                             unit="um")
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
@@ -259,8 +283,11 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
         def add_rois(image):
             if rois is None and image is not None:
                 blobs = find_dark_blobs(image, fov_um=overview_fov_um, x_um=center[0],
-                                        y_um=center[1], max_rois=max_rois)
-                found.extend(r for r in blobs if _within(stage, r["x_um"], r["y_um"]))
+                                        y_um=center[1], max_rois=max_rois
+                                        + (1 if reference is not None else 0))
+                found.extend(r for r in blobs if _within(stage, r["x_um"], r["y_um"])
+                             and not _on_reference(r, reference))
+                del found[max_rois:]
             elif rois is not None:
                 found.extend(dict(r) for r in rois)
             buf = _roi_values(found)
@@ -271,7 +298,10 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
 
         ov_md = {**base_md, "correlative": role_md(
             role="overview", roi_index=None, roi=None, rois=rois,
-            roi_source="given" if rois is not None else "auto", max_rois=max_rois)}
+            roi_source="given" if rois is not None else "auto", max_rois=max_rois,
+            **({} if reference is None else {"excluded": {
+                "reason": "isotope standard", "x_um": reference["x_um"],
+                "y_um": reference["y_um"], "width_um": reference["width_um"]}}))}
         result["uids"]["overview"] = yield from tem_image(
             stage, tem, camera, x_um=center[0], y_um=center[1], fov_um=overview_fov_um,
             exposure_s=exposure_s, after_image=add_rois, md=ov_md)

@@ -82,7 +82,7 @@ def experiment(instruments, tmp_path_factory):
         t1 = time.monotonic()
         res = RE(correlative_tem_sims(
             d, overview_fov_um=4.0, max_rois=2, sims_pixels=SIMS_PIXELS, sims_dwell_s=1e-3,
-            exposure_s=0.01)).plan_result
+            exposure_s=0.01, reference="li2co3-particles")).plan_result
         plan_s = time.monotonic() - t1
         assert cat.flush(60)
         t1 = time.monotonic()
@@ -100,9 +100,19 @@ def _true_affine(m, shift_um: float) -> np.ndarray:
     readback as the centre, minus the specimen's displacement ``shift_um``."""
     from dataclasses import replace
 
+    from temsims.ioc.physics.ion_optics import (
+        draw_extraction_field_factor,
+        landing_incidence_deg,
+    )
+
     start = m.start
+    # The beam as this instrument's extraction field really bent it (seed 1's field
+    # factor; the start document records the uniform-field model's angle).
+    incidence = landing_incidence_deg(float(start["beam_energy_keV"]),
+                                      1000.0 * float(start["bias_kV"]),
+                                      field_factor=draw_extraction_field_factor(1))
     geo = replace(m.geometry, centre_x_um=float(start["region"]["x_um"]),
-                  centre_y_um=float(start["region"]["y_um"]))
+                  centre_y_um=float(start["region"]["y_um"]), incidence_deg=incidence)
     matrix = geo.affine_to_specimen()
     ang = math.radians(DRIFT_DIRECTION_DEG)
     matrix[0, 2] -= shift_um * math.cos(ang)
@@ -163,9 +173,11 @@ def test_coordinates_are_specimen_um(experiment):
         assert float(y.mean()) == pytest.approx(r["y_um"], abs=2e-3)
         p = r["fov_um"] / SIMS_PIXELS[0]
         assert float(x[0, 1] - x[0, 0]) == pytest.approx(p, rel=1e-6)
-        # Foreshortening: the map's rows are 1/cos 45 deg apart on the specimen.
-        assert float(y[1, 0] - y[0, 0]) == pytest.approx(p / math.cos(math.radians(45)),
-                                                         rel=1e-6)
+        # Foreshortening: the map's rows are 1/cos(incidence) apart on the specimen, the
+        # column's 45 deg bent to 50.08 deg by the +4.5 kV extraction field.
+        assert m.start["map"]["incidence_deg"] == pytest.approx(50.08, abs=0.01)
+        assert float(y[1, 0] - y[0, 0]) == pytest.approx(p / math.cos(math.radians(50.0821)),
+                                                         rel=1e-5)
         assert m.data.x_um.attrs["units"] == "um"
     for z, r in zip(exp.zooms, res["rois"], strict=True):
         assert float(z.x_um.mean()) == pytest.approx(r["x_um"], abs=2e-3)

@@ -308,7 +308,7 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
         d, overview_fov_um=sizes["overview_fov_um"], max_rois=sizes["max_rois"],
         species=("6Li", "7Li"), sims_pixels=sizes["sims_pixels"],
         sims_dwell_s=sizes["sims_dwell_s"], exposure_s=sizes["exposure_s"],
-        md={"purpose": "temsims demo"})).plan_result
+        reference="li2co3-particles", md={"purpose": "temsims demo"})).plan_result
     _say(f"  {len(corr['rois'])} regions, {1 + len(corr['uids']['sims']) + len(corr['uids']['tem'])}"
          f" runs in {time.monotonic() - t:.1f} s")
     t = time.monotonic()

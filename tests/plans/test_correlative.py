@@ -497,3 +497,16 @@ def test_particle_search_documents(searches):
                         "tem_uid": s["uid"]}
         (ev,) = _events(engine, s["uid"], "primary")
         assert np.asarray(ev["data"]["camera_image"]).shape == (64, 64)
+
+
+def test_automatic_regions_leave_out_the_isotope_standard():
+    """An automatic region centred on the standard (within half its width and a quarter
+    of the region's field) is not mapped as an unknown."""
+    from temsims.constants import reference_region
+    from temsims.plans.correlative import _on_reference
+
+    pad = dict(reference_region("li2co3-particles"))
+    on = {"x_um": pad["x_um"] + 0.1, "y_um": pad["y_um"] - 0.05, "fov_um": 0.6}
+    beside = {"x_um": pad["x_um"] + 0.3, "y_um": pad["y_um"], "fov_um": 0.6}
+    assert _on_reference(on, pad) and not _on_reference(beside, pad)
+    assert not _on_reference(on, None)
