@@ -104,6 +104,7 @@ def use_caproto_control_layer() -> None:
     _skip_metadata_of_lost_pvs()
     _patient_circuits()
     _callbacks_copied_whole()
+    _searches_stopped_before_the_socket_closes()
 
 
 def close_control_layer() -> None:
@@ -169,6 +170,37 @@ def _callbacks_copied_whole() -> None:
     process.__doc__ = handler.process.__doc__
     handler.process = process
     handler._temsims_copied_whole = True
+
+
+def _searches_stopped_before_the_socket_closes() -> None:
+    """Stop caproto's search-retry thread before its broadcaster closes the UDP socket.
+
+    ``SharedBroadcaster.disconnect`` closes the socket first and sets the event that
+    ends the retry thread after: a retry in between sends on the closed socket, and the
+    thread dies printing "Bad file descriptor" (the last context of every test worker
+    going at exit, and of a ``temsims shell`` closing). Set the event and wake and join
+    the thread first; then caproto's ``disconnect`` as it is.
+    """
+    import threading
+
+    from caproto.threading import client
+
+    broadcaster = client.SharedBroadcaster
+    if getattr(broadcaster, "_temsims_stops_searches_first", False):
+        return
+    original = broadcaster.disconnect
+
+    def disconnect(self, *, wait=True):
+        self._close_event.set()
+        self._search_now.set()
+        thread = self._retry_unanswered_searches_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        original(self, wait=wait)
+
+    disconnect.__doc__ = original.__doc__
+    broadcaster.disconnect = disconnect
+    broadcaster._temsims_stops_searches_first = True
 
 
 def _patient_circuits() -> None:

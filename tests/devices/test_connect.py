@@ -199,3 +199,35 @@ def test_a_collection_inside_the_callback_snapshot_loses_no_callback(layer):
         assert result["raised"] == 50, result  # the race, reproduced
     else:
         assert result == {"raised": 0, "missed": 0}
+
+
+def test_the_search_retry_thread_stops_before_the_socket_closes():
+    """caproto's broadcaster closed its UDP socket, then told the search-retry thread to
+    stop: a retry in between died on the closed socket ("Bad file descriptor", printed
+    at every test worker's exit). With the control layer's fix the thread has ended
+    when the socket closes."""
+    from caproto.threading import client
+
+    from temsims.devices.common import use_caproto_control_layer
+
+    use_caproto_control_layer()
+    context = client.Context()
+    context.get_pvs("TEMSIMS:NO:SUCH:PV", timeout=None)  # searched for, never answered
+    broadcaster = context.broadcaster
+    thread = broadcaster._retry_unanswered_searches_thread
+    assert thread is not None and thread.is_alive()
+    sock = broadcaster.udp_sock
+    alive_at_close = []
+
+    class Watched:
+        def __getattr__(self, name):
+            return getattr(sock, name)
+
+        def close(self):
+            alive_at_close.append(thread.is_alive())
+            sock.close()
+
+    broadcaster.udp_sock = Watched()
+    context.disconnect()
+    assert alive_at_close == [False]
+    assert not thread.is_alive()
