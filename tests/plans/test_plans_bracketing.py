@@ -21,9 +21,10 @@ from temsims.plans.bracketing import correction_of
 
 SEED = 1  # the plan tests' instrument (tests/plans/conftest.py)
 UNKNOWN = {"fov_um": 0.4, "pixels": (24, 24), "dwell_s": 1e-3, "aperture": "100 pA"}
-#: Apertures of the dead-time calibration on the pad: its 7Li loses ~1 % at 10 pA and
-#: ~25 % at 300 pA to a 30 ns dead time.
-PAD_APERTURES = ("10 pA", "30 pA", "100 pA", "300 pA")
+#: Apertures of the dead-time calibration on the pad (the demo's,
+#: temsims.app.demo.PAD_DEAD_TIME_APERTURES): 7Li loses ~5 % at 30 pA and 45-65 % at
+#: 1 nA for dead times of 22-45 ns.
+PAD_APERTURES = ("30 pA", "100 pA", "300 pA", "1 nA")
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,8 @@ def bracket(pdev, particles):
 
 
 def test_the_dead_time_is_calibrated_on_the_pad(bracket, pdev):
-    """Count rate against current on the pad's natural Li2CO3 (7Li ~4e5 /s at 10 pA to
-    ~1e7 /s at 300 pA): the hidden dead time within 3 of its standard errors."""
+    """Count rate against current on the pad's natural Li2CO3 (7Li ~1e6 /s at 30 pA to
+    ~4e7 /s at 1 nA): the hidden dead time within 3 of its standard errors."""
     engine, _, _ = bracket
     (desc,) = [x for x in engine.docs.docs["descriptor"] if x["name"] == "dead_time"]
     (ev,) = [e for e in engine.docs.docs["event"] if e["descriptor"] == desc["uid"]]
