@@ -46,6 +46,11 @@ def _map(procs, repeats: int = 1) -> tuple[list[np.ndarray], Frame, float]:
     return maps, frame, min(walls)
 
 
+#: Relative rms of a short map's total from the ion source's current noise (1 % fast
+#: and 1 % slow, decision 0034).
+CURRENT_NOISE_REL = 0.015
+
+
 @pytest.mark.slow
 def test_a_map_at_time_scale_20_has_the_counts_of_real_time_in_a_20th_of_the_time(
         instruments):
@@ -61,11 +66,15 @@ def test_a_map_at_time_scale_20_has_the_counts_of_real_time_in_a_20th_of_the_tim
         var = m1 + m20
         ok = var > 0
         chi2 = float(((m1 - m20)[ok] ** 2 / var[ok]).mean())
-        sigmas = (n1 - n20) / np.sqrt(n1 + n20)
+        # Counting noise, and the ion source's current noise (decision 0034: ~1 % rms
+        # over 0.3 s of instrument time, common to the collectors): each map's total
+        # carries ~1 % of its own (483409 vs 478187 counts: 1.1 %, 5.3 Poisson sigma).
+        sigmas = (n1 - n20) / np.sqrt(n1 + n20 + (CURRENT_NOISE_REL * n1) ** 2
+                                      + (CURRENT_NOISE_REL * n20) ** 2)
         print(f"{name}: {n1:.0f} counts at time scale 1, {n20:.0f} at 20 "
               f"({sigmas:+.2f} sigma); chi2/px {chi2:.3f} over {int(ok.sum())} px")
         assert n1 > 1000, f"{name}: too few counts to compare ({n1})"
-        # Same expectation, independent Poisson draws.
+        # Same expectation, independent draws.
         assert abs(sigmas) < 4, (name, n1, n20)
         assert chi2 < 1.3, (name, chi2)
     # The raster and the map keep their nominal duration on the IOCs' clock at both.
