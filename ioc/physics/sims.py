@@ -77,23 +77,22 @@ GA_ISOTOPES = ("69Ga", "71Ga")
 
 #: Molecular secondary ions (decision 0039). MH+/M+ per element, surfaces in a SIMS
 #: vacuum of 1e-8 to 1e-9 mbar: hydride ions of metals are 1e-4 to 1e-2 of the atomic
-#: ion (Wilson, Stevie & Magee 1989, *SIMS: A Practical Handbook*, sec. 2.4 and the
-#: mass-interference tables; Benninghoven, Rudenauer & Werner 1987, *SIMS*, ch. 3.4):
+#: ion (Wilson, Stevie & Magee 1989, *SIMS: A Practical Handbook*, its
+#: mass-interference tables; Benninghoven, Rudenauer & Werner 1987, *SIMS*):
 #: LiH+/Li+ ~1e-3 from Li compounds, CH+/C+ 0.1-0.3 from carbon with adsorbed
 #: hydrocarbons. Elements not listed take ``hydride_fraction``.
 HYDRIDE_RATIO_NOMINAL: tuple[tuple[str, float], ...] = (
     ("Li", 1e-3), ("C", 0.2), ("N", 0.05), ("O", 0.05), ("Na", 5e-4), ("Al", 2e-3),
     ("V", 5e-3),
 )
-#: Dimer formation yield ``k`` of I(M2+) = k Y alpha f^2: Li2+/Li+ is ~1e-3 to 1e-2 of
-#: Li+ from Li metal and ~1e-4 to 1e-3 from Li salts (Benninghoven et al. 1987 ch. 3.4
-#: on cluster emission; Li-ion battery SIMS, e.g. Lu et al. 2014 and Otto et al. 2021
-#: (ToF-SIMS of Li2CO3 / SEI films) list Li2+ and Li2O+ among the main positive
-#: clusters): k 1e-3 gives Li2+/Li+ ~3e-4 in Li2CO3 (f_Li 1/3).
+#: Dimer formation yield ``k`` of I(M2+) = k Y alpha f^2 (Benninghoven et al. 1987
+#: on cluster emission: dimers fall with the atom's fraction squared; ToF-SIMS
+#: studies of Li2CO3 and SEI films report Li2+, Li2O+ and LiH+ among the positive
+#: clusters). k 1e-3 (an estimate of that order) gives Li2+/Li+ ~3e-4 in Li2CO3.
 DIMER_YIELD_NOMINAL: tuple[tuple[str, float], ...] = (("Li", 1e-3),)
 #: Oxide formation yield ``k`` of I(MO+) = k Y alpha_M f_M f_O: MO+/M+ is ~1e-3 for
 #: alkalis, ~1e-2 for Al, 0.1-1 for V and the refractory metals from oxides (Wilson et
-#: al. 1989, sec. 2.4: oxide ion ratios grow with the M-O bond energy).
+#: al. 1989: oxide ion ratios grow with the M-O bond energy).
 OXIDE_YIELD_NOMINAL: tuple[tuple[str, float], ...] = (
     ("Li", 2e-3), ("Al", 0.02), ("V", 0.5),
 )
