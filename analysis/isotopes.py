@@ -235,6 +235,74 @@ def corrected_systematic(systematic_rel: float, correction) -> float:
         systematic_rel, correction[1] / correction[0])
 
 
+# ======================================================================================
+# The numerator's hydride on the denominator (6LiH+ on 7Li+, decision 0039)
+# ======================================================================================
+def check_hydride(hydride) -> tuple[float, float] | None:
+    """A checked ``(h, sigma_h)`` hydride ratio MH+/M+ of the numerator, or None."""
+    if hydride is None:
+        return None
+    try:
+        h, sh = (float(v) for v in hydride)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"hydride must be a pair (h, sigma_h) of numbers, got "
+                        f"{hydride!r}") from exc
+    if not (math.isfinite(h) and 0.0 <= h < 0.1 and math.isfinite(sh) and sh >= 0):
+        raise ValueError(f"hydride = ({h:g}, {sh:g}): h = MH+/M+ must be finite and in "
+                         f"[0, 0.1), sigma_h finite and >= 0")
+    return h, sh
+
+
+def hydride_ratio(n_hydride, n_parent, *, dwell_s: float | None = None,
+                  dead_time_s: float = 0.0) -> tuple[float, float]:
+    """MH+/M+ measured as a lab does: counts at M + 1 where nothing else lands (mass
+    8: 7LiH+ alone, no stable isotope) over counts at M (7Li+), e.g. on the natural
+    pad, where 6LiH+ on 7Li is 1e-4 of it.
+
+    Parameters
+    ----------
+    n_hydride, n_parent : array_like
+        Counts (scalars, or maps summed over their finite pixels) at M + 1 and M.
+    dwell_s : float, optional
+        Counting time of each value (s); required with ``dead_time_s > 0``.
+    dead_time_s : float
+        Detector dead time (s), >= 0: both counts are corrected.
+
+    Returns
+    -------
+    (float, float)
+        ``h`` and its Poisson error (the hydride's counts dominate it; at least one
+        count's worth, so that zero counts still carry an error).
+    """
+    dead_time_s, dwell = _dead_time_args(dead_time_s, dwell_s)
+    nh = _counts_array("n_hydride", np.atleast_1d(np.asarray(n_hydride, dtype=float)))
+    n0 = _counts_array("n_parent", np.atleast_1d(np.asarray(n_parent, dtype=float)))
+    ch, vh = _dead_time(nh, dwell, dead_time_s)
+    c0, v0 = _dead_time(n0, dwell, dead_time_s)
+    sh, s0 = float(np.nansum(ch)), float(np.nansum(c0))
+    wh, w0 = float(np.nansum(vh)), float(np.nansum(v0))
+    if not s0 > 0:
+        raise ValueError("no counts at the parent's mass: the hydride ratio is undefined")
+    h = sh / s0
+    return h, math.sqrt(max(wh, 1.0) + h * h * w0) / s0
+
+
+def subtract_hydride(c6, v6, c7, v7, hydride):
+    """``N7 - h N6`` and its variance ``V7 + h^2 V6`` per value (floored at 0 counts;
+    ``sigma_h`` is common to every value and is added on sums, see
+    :func:`hydride_sum_variance`). ``hydride``: checked ``(h, sigma_h)`` or None."""
+    if hydride is None:
+        return c7, v7
+    h = hydride[0]
+    return np.maximum(c7 - h * c6, 0.0), v7 + h * h * v6
+
+
+def hydride_sum_variance(n6_sum: float, hydride) -> float:
+    """Variance a summed ``N7`` gains from ``sigma_h``: ``(N6 sigma_h)^2`` (one ratio
+    subtracted from every pixel: correlated, so it adds on the sum, not per pixel)."""
+    return 0.0 if hydride is None else (n6_sum * hydride[1]) ** 2
+
+
 def _poisson_sigma(n6, n7, var6, var7):
     """sigma_R = sqrt(var6 + R^2 var7) / N7 (= R sqrt(1/N6 + 1/N7) for raw counts);
     var6 floored at one count so that N6 = 0 still has an error."""
@@ -604,12 +672,16 @@ __all__ = [
     "RatioMap",
     "RegionRatio",
     "check_correction",
+    "check_hydride",
     "corrected_systematic",
     "dead_time_correct",
+    "hydride_ratio",
+    "hydride_sum_variance",
     "p_to_sigma",
     "ratio_map",
     "ratio_of_region",
     "ratio_test",
     "region_from_sums",
     "significance_map",
+    "subtract_hydride",
 ]

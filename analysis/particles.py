@@ -54,9 +54,12 @@ from temsims.analysis.isotopes import (
     _dead_time_args,
     _positive,
     check_correction,
+    check_hydride,
     corrected_systematic,
+    hydride_sum_variance,
     ratio_test,
     region_from_sums,
+    subtract_hydride,
 )
 
 CLASSES = ("labelled", "natural", "uncertain")
@@ -638,7 +641,7 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                    h_sigma: float = 4.0, min_area_px: int = 1,
                    min_counts: float = 20.0, exclude_contacts: bool = True,
                    labels=None, split_labelled: bool = True,
-                   correction=None) -> ParticleTable:
+                   correction=None, hydride=None) -> ParticleTable:
     """Segment the particles of a 6Li/7Li map pair and test each one's ratio.
 
     Parameters
@@ -688,6 +691,13 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         see corrected ratios), each ratio's ``sigma`` holds ``R sigma_K / K`` in
         quadrature, and the tests add ``sigma_K / K`` to ``systematic_rel``. Without
         it the ratios are as measured (biased by the IMF, a few per cent).
+    hydride : (float, float), optional
+        ``(h, sigma_h)``: the numerator's hydride ratio MH+/M+ (6LiH+/6Li+, measured at
+        mass 8 against 7 on the natural pad: :func:`temsims.analysis.isotopes.hydride_ratio`).
+        ``h N6`` is subtracted from N7 per pixel before anything else (variance
+        ``h^2 V6``; ``(N6 sigma_h)^2`` on each particle's sum). Without it a labelled
+        particle's 7Li holds its 6LiH+: its ratio is low by ``h R`` (2 % at R 19 and
+        h 1e-3; decision 0039).
 
     Returns
     -------
@@ -703,8 +713,10 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     natural_sigma = _positive("natural_sigma", natural_sigma)
     affine = _check_affine(pixel_to_specimen)
     correction = check_correction(correction)
+    hydride = check_hydride(hydride)
     c6, v6 = _dead_time(n6, dwell, dead_time_s)
     c7, v7 = _dead_time(n7, dwell, dead_time_s)
+    c7, v7 = subtract_hydride(c6, v6, c7, v7, hydride)
     measured_systematic = systematic_rel
     if correction is not None:
         c6, v6 = c6 * correction[0], v6 * correction[0] ** 2
@@ -734,6 +746,8 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     params = {"reference_ratio": reference_ratio, "systematic_rel": measured_systematic,
               "correction_factor": None if correction is None else correction[0],
               "correction_sigma": None if correction is None else correction[1],
+              "hydride_ratio": None if hydride is None else hydride[0],
+              "hydride_sigma": None if hydride is None else hydride[1],
               "label_ratio_min": label_ratio_min, "significance_sigma": significance,
               "natural_sigma": natural_sigma, "dead_time_s": dead_time_s,
               "dwell_s": dwell_s, "smooth_sigma_px": smooth_sigma_px,
@@ -761,6 +775,8 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     out = []
     for k, lab_k in enumerate(idx):
         s6, s7, w6, w7 = (float(a[k]) for a in sums)
+        # The 6Li subtracted was measured (before K): sigma_h weighs on it as counted.
+        w7 += hydride_sum_variance(s6 / (correction[0] if correction else 1.0), hydride)
         # The sums are corrected already; the correction adds its error (and the
         # systematic it was folded into above is the measured one again).
         reg = region_from_sums(s6, s7, w6, w7, n_pixels=int(area[k]),

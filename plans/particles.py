@@ -19,11 +19,18 @@ import uuid
 from typing import Any
 
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.bracketing import bracketing_correction
-from temsims.analysis.isotopes import NATURAL_LI6_LI7, check_correction
+from temsims.analysis.isotopes import (
+    NATURAL_LI6_LI7,
+    check_correction,
+    check_hydride,
+    hydride_ratio,
+)
 from temsims.analysis.particles import Particle, find_particles
+from temsims.constants import species_mass
 from temsims.plans._common import (
     Values,
     check_bool,
@@ -41,7 +48,8 @@ from temsims.plans._common import (
 from temsims.plans.bracketing import bracket_values, check_reference, reference_run
 from temsims.plans.correlative import PARTS, check_sims_voltage, role_md
 from temsims.plans.mode import to_sims_mode, to_tem_mode
-from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, sims_map
+from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, ensure_focal_plane, sims_map
+from temsims.plans.spectra import _unblank
 from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
 from temsims.plans.types import Microscope, Plan
 
@@ -51,6 +59,15 @@ DEFAULT_DEAD_TIME_S = 30e-9
 PARTICLE_UNITS = {"x_um": "um", "y_um": "um", "row": "px", "col": "px", "area_px": "px",
                   "radius_px": "px", "radius_nm": "nm", "n6": "counts", "n7": "counts",
                   "z": "sigma"}
+#: 7LiH+ (u): mass 8 holds it alone (no stable isotope of mass 8), so LiH+/Li+ is
+#: counted there against 7Li (decision 0039).
+LIH7_MASS_U = species_mass("7Li") + species_mass("1H")
+#: Counting times (s) of the pad's hydride count.
+HYDRIDE_COUNT_RANGE_S = (0.01, 10.0)
+#: Fewest 7LiH+ counts for a hydride ratio worth subtracting (~22 % error).
+MIN_HYDRIDE_COUNTS = 20.0
+#: Fields of the ``hydride`` stream.
+HYDRIDE_UNITS = {"n7": "counts", "n8": "counts", "count_time_s": "s", "h": "", "sigma_h": ""}
 #: Particle fields summarised in each TEM zoom's ``correlative.particle``.
 ZOOM_FIELDS = ("label", "n6", "n7", "ratio", "z", "p_natural", "classification",
                "confidence", "area_px", "radius_nm")
@@ -79,6 +96,54 @@ def _event_values(index: int, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def count_pad_hydride(spectrometer, column, *, fov_um: float, count_time_s: float,
+                      dead_time_s: float) -> Plan[tuple | None]:
+    """Plan stub, inside an open run with the stage on the natural-Li pad: count 7Li
+    and 7LiH+ (mass 8, nothing else there) on two collectors over a raster of
+    ``fov_um`` for ``count_time_s``, and return LiH+/Li+ ``(h, sigma_h)``
+    (:func:`temsims.analysis.isotopes.hydride_ratio`, dead time corrected) after a
+    ``hydride`` event (None in a simulation). COUNT_TIME, the raster's field and mode
+    are put back; the beam is left blanked."""
+    cols = spectrometer.collector_list()[:2]
+    old = {}
+    sigs = (("fov", column.scan.fov), ("mode", column.scan.mode),
+            ("count_time", spectrometer.count_time))
+    for key, sig in sigs:
+        old[key] = yield from bps.rd(sig, default_value=None)
+
+    def count():
+        yield from ensure_focal_plane(spectrometer, [species_mass("7Li"), LIH7_MASS_U])
+        yield from bps.mv(cols[0], "7Li", cols[1], LIH7_MASS_U)
+        yield from bps.mv(column.scan.mode, "Raster", column.scan.fov, fov_um,
+                          spectrometer.count_time, count_time_s)
+        yield from _unblank(column)
+        reading = yield from bps.trigger_and_read([spectrometer], name="hydride_count")
+        yield from bps.mv(column.blank, "Blanked")
+        if not reading:  # not in a live RunEngine (simulation)
+            return None
+        n7 = float(reading[cols[0].counts.name]["value"])
+        n8 = float(reading[cols[1].counts.name]["value"])
+        if n8 < MIN_HYDRIDE_COUNTS:
+            raise RuntimeError(
+                f"the pad's hydride count gave {n8:.0f} 7LiH+ and {n7:.0f} 7Li+ counts in "
+                f"{count_time_s:g} s (at least {MIN_HYDRIDE_COUNTS:g} 7LiH+ needed): is the "
+                "beam on the pad, is the pad used up? Count longer or pass hydride=(h, "
+                "sigma_h)")
+        h, sh = hydride_ratio(n8, n7, dwell_s=count_time_s, dead_time_s=dead_time_s)
+        buf = Values("hydride", units=HYDRIDE_UNITS)
+        buf.set_values(n7=n7, n8=n8, count_time_s=count_time_s, h=h, sigma_h=sh)
+        yield from bps.trigger_and_read([buf], name="hydride")
+        return h, sh
+
+    def restore():
+        yield from bps.mv(column.blank, "Blanked")
+        for key, sig in sigs:
+            if old[key] is not None:
+                yield from bps.mv(sig, old[key])
+
+    return (yield from bpp.finalize_wrapper(count(), restore()))
+
+
 def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tuple = (64, 45),
                             dwell_s: float = 1e-3, center: tuple = (0.0, 0.0),
                             significance: float = 5.0, min_counts: float = 50.0,
@@ -88,6 +153,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                             reference: str | dict | None = None,
                             reference_fov_um: float = 0.2,
                             reference_pixels: tuple = (16, 16),
+                            hydride: tuple | str | None = None,
+                            hydride_count_s: float = 0.05,
                             md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
@@ -141,6 +208,22 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         ``correction``.
     reference_fov_um, reference_pixels : float, (int, int)
         The reference maps' raster (inside the standard: its 0.24 um pad).
+    hydride : (float, float) or "measure", optional
+        The unresolved 6LiH+ on 7Li+ (decision 0039): ``(h, sigma_h)``, a LiH+/Li+
+        ratio, or ``"measure"`` (needs ``reference``): after the first reference map,
+        in its run, 7Li and 7LiH+ (mass 8, alone there) are counted on the pad for
+        ``hydride_count_s`` (a ``hydride_count`` and a ``hydride`` stream). ``h N6``
+        is subtracted from every pixel's N7 before the ratios
+        (``find_particles(hydride=...)``; recorded in ``particle_analysis`` as
+        ``hydride_ratio``, ``hydride_sigma``). None: left in, a labelled particle's
+        ratio (~19) is low by ``h R`` (~2 % at h 1e-3), which the natural pad's
+        bracket does not remove.
+    hydride_count_s : float
+        The pad's hydride count (s), 0.01..10 and within COUNT_TIME's limits: at the
+        demo's 100 pA the pad gives ~2e6 7Li+/s, so 0.05 s counts ~100 7LiH+ (h to
+        ~10 %, the labelled ratios to ~0.2 %) and sputters a fifth of what a 16 x 16
+        reference map does (~13 nm of the 100 nm pad). Fewer than 20 7LiH+ counts
+        fail the plan (the beam is not on the pad, or the pad is used up).
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
@@ -159,7 +242,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     dict
         ``correlation_id``, ``uids`` {"sims": [uid], "tem": [...]} and ``imaged``
         (``[{"label", "classification", "tem_uid"}]``, the particles imaged, in
-        order); with a ``reference``, ``bracketing``: ``bracketing_id``, ``uids``
+        order); ``hydride``: the (h, sigma_h) subtracted (None: none); with a
+        ``reference``, ``bracketing``: ``bracketing_id``, ``uids``
         {"reference_before", "reference_after"}, ``provisional`` (the (K, sigma_K)
         the table was corrected with), ``factor`` (K interpolated to the search)
         and ``correction`` (:meth:`BracketCorrection.to_dict`). The maps and the particle table are in the SIMS run
@@ -213,12 +297,32 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                              f"standard ({ref['width_um']:g} um)")
         ref_pixels = check_pair("reference_pixels", reference_pixels, integer=True, low=1,
                                 high=MAX_PIXELS_PER_SIDE)
+    measure_hydride = isinstance(hydride, str)
+    if measure_hydride:
+        if hydride != "measure":
+            raise ValueError(f"hydride must be (h, sigma_h), 'measure' or None, got "
+                             f"{hydride!r}")
+        if ref is None:
+            raise ValueError("hydride='measure' counts LiH+ on the isotope standard: give "
+                             "reference= too (or hydride=(h, sigma_h))")
+        hydride = None
+    else:
+        try:
+            hydride = check_hydride(hydride)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"hydride: {exc}") from None
+    hydride_count_s = check_number("hydride_count_s", hydride_count_s,
+                                   low=HYDRIDE_COUNT_RANGE_S[0],
+                                   high=HYDRIDE_COUNT_RANGE_S[1], unit="s")
+    if measure_hydride:
+        check_within("hydride_count_s", hydride_count_s,
+                     device_limits(spectrometer.count_time), "s")
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
     labels = ("6Li", "7Li")
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"sims": [], "tem": []},
-                              "imaged": []}
+                              "imaged": [], "hydride": hydride}
     bid = str(uuid.uuid4())
     if ref is not None:
         result["bracketing"] = {"bracketing_id": bid, "uids": {}, "correction": None,
@@ -232,7 +336,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         tau, tau_source = yield from read_dead_time(spectrometer, DEFAULT_DEAD_TIME_S)
         analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
                     "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7,
-                    "correction": correction}
+                    "correction": correction, "hydride": hydride}
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         parts = (stage, imager, spectrometer, column, bias)
         ref_md = {**md, "correlation_id": bid}
@@ -241,6 +345,10 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             def measured(m):
                 if position == "before":
                     state["before"] = m
+                    if measure_hydride:
+                        state["hydride"] = yield from count_pad_hydride(
+                            spectrometer, column, fov_um=ref_fov,
+                            count_time_s=hydride_count_s, dead_time_s=tau)
                     # Until the second reference: K of the first (no drift term yet).
                     state["provisional"] = bracketing_correction(
                         m, m, certified_ratio=ref["value"],
@@ -266,6 +374,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             if state.get("provisional") is not None:
                 analysis["correction"] = state["provisional"]
                 result["bracketing"]["provisional"] = state["provisional"]
+            if state.get("hydride") is not None:
+                analysis["hydride"] = result["hydride"] = state["hydride"]
         # The parameters as find_particles records them, known before the run starts.
         parameters = find_particles(np.zeros((1, 1)), np.zeros((1, 1)), **analysis).parameters
         yield from bps.mv(stage.x, center[0], stage.y, center[1])
@@ -323,4 +433,5 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     return (yield from with_safe_state(body(), column, bias))
 
 
-__all__ = ["NATURAL_LI6_LI7", "find_labelled_particles", "particle_record"]
+__all__ = ["NATURAL_LI6_LI7", "count_pad_hydride", "find_labelled_particles",
+           "particle_record"]

@@ -75,6 +75,28 @@ HYDROGEN_MASS_U = 1.00782503207
 REFERENCE_VOLTAGE_V = 4500.0
 GA_ISOTOPES = ("69Ga", "71Ga")
 
+#: Molecular secondary ions (decision 0039). MH+/M+ per element, surfaces in a SIMS
+#: vacuum of 1e-8 to 1e-9 mbar: hydride ions of metals are 1e-4 to 1e-2 of the atomic
+#: ion (Wilson, Stevie & Magee 1989, *SIMS: A Practical Handbook*, its
+#: mass-interference tables; Benninghoven, Rudenauer & Werner 1987, *SIMS*):
+#: LiH+/Li+ ~1e-3 from Li compounds, CH+/C+ 0.1-0.3 from carbon with adsorbed
+#: hydrocarbons. Elements not listed take ``hydride_fraction``.
+HYDRIDE_RATIO_NOMINAL: tuple[tuple[str, float], ...] = (
+    ("Li", 1e-3), ("C", 0.2), ("N", 0.05), ("O", 0.05), ("Na", 5e-4), ("Al", 2e-3),
+    ("V", 5e-3),
+)
+#: Dimer formation yield ``k`` of I(M2+) = k Y alpha f^2 (Benninghoven et al. 1987
+#: on cluster emission: dimers fall with the atom's fraction squared; ToF-SIMS
+#: studies of Li2CO3 and SEI films report Li2+, Li2O+ and LiH+ among the positive
+#: clusters). k 1e-3 (an estimate of that order) gives Li2+/Li+ ~3e-4 in Li2CO3.
+DIMER_YIELD_NOMINAL: tuple[tuple[str, float], ...] = (("Li", 1e-3),)
+#: Oxide formation yield ``k`` of I(MO+) = k Y alpha_M f_M f_O: MO+/M+ is ~1e-3 for
+#: alkalis, ~1e-2 for Al, 0.1-1 for V and the refractory metals from oxides (Wilson et
+#: al. 1989: oxide ion ratios grow with the M-O bond energy).
+OXIDE_YIELD_NOMINAL: tuple[tuple[str, float], ...] = (
+    ("Li", 2e-3), ("Al", 0.02), ("V", 0.5),
+)
+
 
 @dataclass(frozen=True)
 class SimsParameters:
@@ -99,9 +121,14 @@ class SimsParameters:
         Full width of a multicollector's flat-topped acceptance (u) and the sigma of
         its edges: a collector counts every species within about +-0.4 u of its
         mass (a wide exit slit), isotopes one unit apart never overlap.
-    hydride_fraction
-        Intensity of MH+ relative to M+ (e.g. 6LiH+ on 7Li+, unresolved: M/dM
-        ~1000 would be needed).
+    hydride_fraction, hydride_ratios
+        Intensity of MH+ relative to M+ per element (element, ratio), e.g. 6LiH+ on
+        7Li+ (unresolved: M/dM ~1000 would be needed), and for the elements not
+        listed (decision 0039).
+    dimer_yields, oxide_yields
+        Formation yield of the dimers M2+ and oxides MO+ per element (element,
+        yield): ``I(ab+) = k Y alpha_M f_a f_b`` (x 2 for a != b), relative to the
+        atomic ``I(M+) = Y alpha_M f_M`` (decision 0039).
     incidence_deg
         Angle between the ion beam and the specimen normal in SIMS geometry without
         an extraction field (the column's angle); the spectrometer bends it with the
@@ -154,6 +181,9 @@ class SimsParameters:
     collector_window_u: float = 0.8
     collector_edge_u: float = 0.02
     hydride_fraction: float = 2e-4
+    hydride_ratios: tuple[tuple[str, float], ...] = HYDRIDE_RATIO_NOMINAL
+    dimer_yields: tuple[tuple[str, float], ...] = DIMER_YIELD_NOMINAL
+    oxide_yields: tuple[tuple[str, float], ...] = OXIDE_YIELD_NOMINAL
     incidence_deg: float = SIMS_INCIDENCE_DEG
     interaction_fwhm_nm: float = 8.0
     ga_buildup_nm: float | None = None
@@ -334,15 +364,72 @@ def collector_acceptance(mass_u, centre_u, params: SimsParameters = SimsParamete
     return flat_top(mass_u, centre_u, params.collector_window_u, params.collector_edge_u)
 
 
+#: Separator of the atoms in a molecular ion's emission key ("6Li*7Li", "51V*16O").
+MOLECULE_SEP = "*"
+OXYGEN_ISOTOPE = "16O"
+
+
+def _key_rows(key: str, hydrides: tuple, default_h: float, dimers: tuple,
+              oxides: tuple) -> list[tuple[str, str, float, float]]:
+    """(ion label, emission key, mass, factor) of the ions of one emission key: an
+    isotope gives M+ and MH+ (factor: the element's MH+/M+), a molecule key its ion."""
+    if MOLECULE_SEP not in key:
+        symbol, _ = parse_species(key)
+        m = isotope_mass_u(key)
+        h = dict(hydrides).get(symbol, default_h)
+        return [(key + "+", key, m, 1.0), (key + "H+", key, m + HYDROGEN_MASS_U, h)]
+    a, b = key.split(MOLECULE_SEP)
+    symbol, _ = parse_species(a)
+    mass = isotope_mass_u(a) + isotope_mass_u(b)
+    if b == OXYGEN_ISOTOPE and parse_species(b)[0] != symbol:
+        return [(f"{a}O+", key, mass, dict(oxides).get(symbol, 0.0))]
+    label = f"{a}2+" if a == b else f"{a}{b}+"
+    # Random pairing: a hetero-dimer forms both ways round.
+    return [(label, key, mass, dict(dimers).get(symbol, 0.0) * (1.0 if a == b else 2.0))]
+
+
 @lru_cache(maxsize=64)
-def _species_table(species: tuple[str, ...]) -> tuple[tuple[str, str, float, float], ...]:
-    """(label, parent isotope, mass, weight factor) for isotopes and their hydrides."""
+def molecule_keys(species: tuple[str, ...], dimers: tuple = DIMER_YIELD_NOMINAL,
+                  oxides: tuple = OXIDE_YIELD_NOMINAL) -> tuple[str, ...]:
+    """Emission keys of the dimers and oxides the isotopes ``species`` form: pairs of
+    isotopes of an element with a dimer yield (lighter first), and isotope-16O for an
+    element with an oxide yield when 16O is among ``species``."""
+    d, o = dict(dimers), dict(oxides)
+    isotopes = sorted((s for s in species if MOLECULE_SEP not in s), key=isotope_mass_u)
+    keys = []
+    for i, a in enumerate(isotopes):
+        symbol, _ = parse_species(a)
+        if d.get(symbol, 0.0) > 0:
+            keys.extend(f"{a}{MOLECULE_SEP}{b}" for b in isotopes[i:]
+                        if parse_species(b)[0] == symbol)
+        if o.get(symbol, 0.0) > 0 and OXYGEN_ISOTOPE in isotopes and symbol != "O":
+            keys.append(f"{a}{MOLECULE_SEP}{OXYGEN_ISOTOPE}")
+    return tuple(keys)
+
+
+@lru_cache(maxsize=128)
+def _species_table(keys: tuple[str, ...], hydrides: tuple = HYDRIDE_RATIO_NOMINAL,
+                   default_h: float = 2e-4, dimers: tuple = DIMER_YIELD_NOMINAL,
+                   oxides: tuple = OXIDE_YIELD_NOMINAL
+                   ) -> tuple[tuple[str, str, float, float], ...]:
+    """(ion label, emission key, mass, factor) of every ion of the emission keys."""
     rows = []
-    for iso in species:
-        m = isotope_mass_u(iso)
-        rows.append((iso, iso, m, 1.0))
-        rows.append((iso + "H", iso, m + HYDROGEN_MASS_U, -1.0))  # -1: hydride marker
+    for key in keys:
+        rows.extend(r for r in _key_rows(key, hydrides, default_h, dimers, oxides) if r[3] > 0)
     return tuple(rows)
+
+
+def ion_table(species, params: SimsParameters = SimsParameters(), *, molecules: bool = True
+              ) -> tuple[tuple[str, str, float, float], ...]:
+    """Every secondary ion of the isotopes ``species`` (emission keys, molecular keys
+    allowed): (label, emission key, mass u, factor on the key's emission). With
+    ``molecules``, the dimers and oxides the isotopes form are added."""
+    keys = tuple(species)
+    if molecules:
+        keys = keys + tuple(k for k in molecule_keys(keys, params.dimer_yields,
+                                                     params.oxide_yields) if k not in keys)
+    return _species_table(keys, params.hydride_ratios, params.hydride_fraction,
+                          params.dimer_yields, params.oxide_yields)
 
 
 def candidate_species(specimen: Specimen) -> tuple[str, ...]:
@@ -353,21 +440,22 @@ def candidate_species(specimen: Specimen) -> tuple[str, ...]:
 def species_weights(true_mass_u: float, species: tuple[str, ...], *, axial: bool = False,
                     params: SimsParameters = SimsParameters(),
                     min_weight: float = 1e-6) -> dict[str, float]:
-    """Parent isotope -> weight of its signal seen at ``true_mass_u`` (hydrides folded in
-    with ``hydride_fraction``). Collector mode uses the wide collector window, axial
-    mode the narrow scanning peak."""
+    """Emission key -> weight of its signal seen at ``true_mass_u``: isotopes (their
+    hydrides folded in with the element's MH+/M+) and the dimers and oxides the
+    isotopes form (keys "6Li*7Li", "7Li*16O", see :meth:`SurfaceEmitter.emission`).
+    Collector mode uses the wide collector window, axial mode the narrow scanning
+    peak."""
     out: dict[str, float] = {}
-    for _label, parent, mass, kind in _species_table(tuple(species)):
+    for _label, key, mass, factor in ion_table(tuple(species), params):
         if abs(mass - true_mass_u) > 2.0:
             continue
         if axial:
             w = float(axial_peak(true_mass_u, mass, params))
         else:
             w = float(collector_acceptance(true_mass_u, mass, params))
-        if kind < 0:
-            w *= params.hydride_fraction
+        w *= factor
         if w > min_weight:
-            out[parent] = out.get(parent, 0.0) + w
+            out[key] = out.get(key, 0.0) + w
     return out
 
 
@@ -813,12 +901,27 @@ class SurfaceEmitter:
             isotope, layer._mix(win, lambda m: imf_beta(m.name, p))))
 
     def emission(self, weights: dict[str, float]) -> np.ndarray:
-        """Sum over isotopes of weight x Y x alpha x C x IMF (per grid pixel, float32)."""
+        """Sum over emission keys of weight x Y x alpha x C x IMF (per grid pixel,
+        float32). A molecular key ("6Li*7Li", "51V*16O") emits in proportion to the
+        product of its atoms' surface fractions, ionised like its first atom (its
+        formation yield is in the weight; decision 0039)."""
         total = np.zeros(self.shape, np.float32)
-        for iso, w in weights.items():
-            symbol, _ = parse_species(iso)
-            term = np.float32(w) * self.ionisation(symbol) * self.fraction(iso)
-            bias = self.mass_bias(iso)
+        fractions: dict[str, np.ndarray] = {}
+
+        def frac(iso: str) -> np.ndarray:
+            if iso not in fractions:
+                fractions[iso] = self.fraction(iso)
+            return fractions[iso]
+
+        for key, w in weights.items():
+            if MOLECULE_SEP in key:
+                a, b = key.split(MOLECULE_SEP)
+                symbol, _ = parse_species(a)
+                total += np.float32(w) * self.ionisation(symbol) * frac(a) * frac(b)
+                continue
+            symbol, _ = parse_species(key)
+            term = np.float32(w) * self.ionisation(symbol) * frac(key)
+            bias = self.mass_bias(key)
             total += term if bias is None else term * bias
         total *= self.yield_
         return total
@@ -1137,8 +1240,9 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
                        params: SimsParameters = SimsParameters(),
                        spot: bool = False, probe_fwhm_nm: float = 10.0,
                        elapsed_s: float = 0.0) -> dict[str, float]:
-    """Mean emission (Y x alpha x C) of each isotope over the rastered area (or under
-    the spot at the geometry's centre): multiply by ions x transmission for counts."""
+    """Mean emission (Y x alpha x C) of each isotope, and of each dimer and oxide they
+    form (:func:`molecule_keys`), over the rastered area (or under the spot at the
+    geometry's centre): multiply by ions x transmission for counts."""
     dx, dy = drift_offset_nm(elapsed_s, params)
     if spot:
         sy, sx = footprint_sigma_nm(replace(geometry, nx=1, fov_um=1e-6), probe_fwhm_nm,
@@ -1160,11 +1264,15 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
         weight = ((np.abs(u) <= hu) & (np.abs(v) <= hv)).astype(np.float64)
     total = weight.sum()
     if total <= 0:
-        return dict.fromkeys(species, 0.0)
+        return dict.fromkeys(tuple(species) + molecule_keys(
+            tuple(species), params.dimer_yields, params.oxide_yields), 0.0)
     emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params)
     out = {}
-    for iso in species:
-        out[iso] = float((emitter.emission({iso: 1.0}) * weight).sum() / total)
+    keys = tuple(species) + molecule_keys(tuple(species), params.dimer_yields,
+                                          params.oxide_yields)
+    for key in keys:
+        # Per pixel, then averaged: a molecule's emission is a product of fractions.
+        out[key] = float((emitter.emission({key: 1.0}) * weight).sum() / total)
     return out
 
 
@@ -1175,12 +1283,10 @@ def spectrum_expectation(true_masses_u: np.ndarray, emission: dict[str, float],
     masses = np.asarray(true_masses_u, dtype=float)
     counts = np.zeros_like(masses)
     scale = ions_per_s * dwell_s * params.transmission
-    for _label, parent, mass, kind in _species_table(tuple(emission)):
-        e = emission[parent]
+    for _label, key, mass, factor in ion_table(tuple(emission), params, molecules=False):
+        e = emission[key] * factor
         if e <= 0:
             continue
-        if kind < 0:
-            e = e * params.hydride_fraction
         near = np.abs(masses - mass) < 1.0
         if near.any():
             counts[near] += scale * e * axial_peak(masses[near], mass, params)
@@ -1220,8 +1326,11 @@ def collector_expectation(true_masses_u, emission: dict[str, float], ions_per_s:
     out = []
     scale = ions_per_s * time_s * params.transmission
     t_mid = params.gain_clock_s + 0.5 * time_s
+    isotopes = tuple(k for k in emission if MOLECULE_SEP not in k)
     for i, m in enumerate(np.atleast_1d(true_masses_u)):
-        w = species_weights(float(m), tuple(emission), params=params)
+        # The molecules' emissions are in ``emission`` (footprint_emission) or absent.
+        w = species_weights(float(m), isotopes, params=params)
+        w = {k: v for k, v in w.items() if k in emission}
         out.append(scale * sum(emission[k] * v for k, v in w.items())
                    * float(collector_gain(i, t_mid, params)))
     return np.array(out)
@@ -1256,10 +1365,12 @@ __all__ = [
     "gap_field_for_mass",
     "imf_beta",
     "imf_factor",
+    "ion_table",
     "mass_bias_parameters",
     "mass_for_gap_field",
     "mass_scan_expectation",
     "mass_scan_fields",
+    "molecule_keys",
     "primary_ion_rate",
     "published_cal_a",
     "reference_cal_a",

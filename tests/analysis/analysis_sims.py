@@ -90,6 +90,32 @@ def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_se
     return spec, geo, n6, n7, correction, base
 
 
+#: 7LiH+ (7.01600 + 1.00783 u): mass 8 holds it alone (no stable isotope of mass 8).
+LIH7_MASS = isotope_mass_u("7Li") + sp.HYDROGEN_MASS_U
+#: The hydride count on the pad: a raster of the reference map's field, counting
+#: 7Li and 7LiH+ for this long at the demo's current (plans.particles' default).
+HYDRIDE_COUNT_S = 0.05
+
+
+def pad_hydride_counts(seed: int, *, instrument_seed: int, count_s=HYDRIDE_COUNT_S):
+    """(N8, N7) of a count on the natural-Li pad (collectors at 7LiH+ and 7Li, the
+    reference map's field, the demo's current) on the harder twin, as a lab measures
+    LiH+/Li+ (decision 0039)."""
+    spec = build_specimen("li2co3-particles", seed=seed)
+    params = harder_twin(instrument_seed)
+    ref = spec.reference
+    geo = sp.ScanGeometry(*REFERENCE_MAP["pixels"], REFERENCE_MAP["fov_um"],
+                          centre_x_nm=1000.0 * ref["x_um"], centre_y_nm=1000.0 * ref["y_um"])
+    species = sp.candidate_species(spec)
+    e = sp.footprint_emission(spec, np.zeros(spec.shape, np.float32), geo, species, 1, 25.5,
+                              params)
+    expected = sp.collector_expectation([isotope_mass_u("7Li"), LIH7_MASS], e,
+                                        sp.primary_ion_rate(DEMO["current_pa"]), count_s,
+                                        params)
+    n7, n8 = sp.detect(expected, count_s, params, np.random.default_rng(7000 + seed))
+    return float(n8), float(n7)
+
+
 def map_time_s(geo, times_s=BRACKET_TIMES_S, dwell_s=DEMO["dwell_s"]) -> float:
     """Middle of the unknown map of a bracket (instrument time, s)."""
     return times_s[1] + 0.5 * geo.nx * geo.ny * dwell_s
@@ -152,7 +178,7 @@ def score(table, affine, truth) -> dict:
     n_true = sum(p["labelled"] for p in truth)
     found = sum(1 for p, lab in zip(truth, seg, strict=True)
                 if p["labelled"] and lab and by_label[lab].labelled)
-    errors, natural_classes = [], []
+    errors, natural_classes, labelled_errors = [], [], []
     for lab, ms in members.items():
         if len(ms) == 1:
             q = by_label[lab]
@@ -161,9 +187,12 @@ def score(table, affine, truth) -> dict:
                                         pitch_nm)):
                 continue
             errors.append((q.ratio - ms[0]["li6_li7_ratio"]) / q.sigma)
-            if not ms[0]["labelled"]:
+            if ms[0]["labelled"]:
+                labelled_errors.append(errors[-1])
+            else:
                 natural_classes.append(q.classification)
     return {"tp": tp, "flagged": len(flagged), "found": found, "n_labelled": n_true,
             "errors": errors, "natural_classes": natural_classes,
+            "labelled_errors": labelled_errors,
             "detected": sum(1 for s in seg if s), "n_particles": len(truth)}
 

@@ -17,16 +17,19 @@ from analysis_sims import (
     DEMO,
     DEMO_FULL_PIXELS,
     DEMO_QUICK_PIXELS,
+    HYDRIDE_COUNT_S,
     bracketed_particle_maps,
     dead_time_of,
     map_time_s,
     match_truth,
+    pad_hydride_counts,
     particle_maps,
     score,
 )
 from scoring import TOLERANCE_NM, fresh_rng, score_centroids
 
 from temsims.analysis.geometry import SimsMapGeometry
+from temsims.analysis.isotopes import hydride_ratio
 from temsims.analysis.particles import (
     classify,
     find_particles,
@@ -45,8 +48,10 @@ N_SEEDS = 8
 def _run(seed, pixels, *, instrument_seed=None, **kw):
     """Segment and score one map: on the plain twin, or (``instrument_seed``) on the
     harder twin (IMF and collector yields of that instrument) with the map bracketed
-    by the natural-Li pad and corrected (``sc["uncorrected"]``: the same map's
-    scores without the correction)."""
+    by the natural-Li pad and corrected, 6LiH+ subtracted from 7Li with LiH+/Li+
+    counted on the pad (``sc["uncorrected"]``: the same map's scores without either,
+    ``sc["no_hydride"]``: bracketed, the hydride left in)."""
+    hydride = None
     if instrument_seed is None:
         spec, geo, n6, n7 = particle_maps(seed, pixels)
         corr = None
@@ -54,12 +59,15 @@ def _run(seed, pixels, *, instrument_seed=None, **kw):
         spec, geo, n6, n7, bracket, _ = bracketed_particle_maps(
             seed, pixels, instrument_seed=instrument_seed)
         corr = bracket.factor(map_time_s(geo))
+        n8_pad, n7_pad = pad_hydride_counts(seed, instrument_seed=instrument_seed)
+        hydride = hydride_ratio(n8_pad, n7_pad, dwell_s=HYDRIDE_COUNT_S,
+                                dead_time_s=dead_time_of(instrument_seed))
     affine = SimsMapGeometry(nx=pixels[0], ny=pixels[1], fov_um=geo.fov_um, centre_x_um=0.0,
                              centre_y_um=0.0).affine_to_specimen()
     # The instrument's own dead time, as a calibration would give it (decision 0034).
     tau = dead_time_of(seed if instrument_seed is None else instrument_seed)
     table = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
-                           dead_time_s=tau, correction=corr, **kw)
+                           dead_time_s=tau, correction=corr, hydride=hydride, **kw)
     sc = score(table, affine, spec.truth["particles"])
     sc["centroids"] = score_centroids(table.labelled(), spec.truth["particles"])
     if corr is not None:
@@ -67,6 +75,10 @@ def _run(seed, pixels, *, instrument_seed=None, **kw):
                              dead_time_s=tau, **kw)
         sc["uncorrected"] = score(raw, affine, spec.truth["particles"])
         sc["correction"] = corr
+        left_in = find_particles(n6, n7, pixel_to_specimen=affine, dwell_s=DEMO["dwell_s"],
+                                 dead_time_s=tau, correction=corr, **kw)
+        sc["no_hydride"] = score(left_in, affine, spec.truth["particles"])
+        sc["hydride"] = hydride
     return spec, table, affine, sc
 
 
@@ -175,6 +187,29 @@ def test_uncorrected_ratios_carry_the_instrument_bias(scores):
     strong = [(b, d) for b, d, rel in shifts if abs(b) > 4 * rel]
     assert strong, shifts
     assert all(np.sign(b) == np.sign(d) for b, d in strong), shifts
+
+
+def test_the_pads_hydride_count_removes_the_labelled_particles_6lih_bias(scores):
+    """6LiH+ lands on 7Li (LiH+/Li+ 1e-3 on the twin, decision 0039): a labelled
+    particle's ratio (~19) is low by h R ~ 2 %, which the natural pad's bracket does
+    not see (its 6LiH+ is 1e-4 of its 7Li). LiH+/Li+ counted at mass 8 against 7 on
+    the pad and ``h N6`` subtracted from N7 removes it: the isolated labelled
+    particles' pulls move up by about h R / (sigma_R / R), and the corrected pulls
+    are the ones the test above scores."""
+    _, per_seed = scores
+    with_h = np.concatenate([s["labelled_errors"] for s in per_seed.values()])
+    without = np.concatenate([s["no_hydride"]["labelled_errors"] for s in per_seed.values()])
+    hs = [s["hydride"] for s in per_seed.values()]
+    print(f"LiH+/Li+ counted on the pad: {np.mean([h for h, _ in hs]):.2e} "
+          f"(+- {np.mean([sh for _, sh in hs]):.1e} per count, spread "
+          f"{np.std([h for h, _ in hs]):.1e}); labelled pulls: mean {np.mean(without):+.2f} "
+          f"with the hydride left in, {np.mean(with_h):+.2f} subtracted "
+          f"({len(with_h)} particles)")
+    truth = dict(sp.SimsParameters().hydride_ratios)["Li"]
+    for h, sh in hs:
+        assert abs(h - truth) < 4 * sh + 0.05 * truth, (h, sh, truth)
+    assert len(with_h) > 20
+    assert np.mean(with_h) - np.mean(without) > 0.05
 
 
 def test_no_natural_particle_is_called_labelled(scores):
@@ -350,10 +385,38 @@ def test_tem_dark_blobs():
     ({"n6_counts": np.zeros((4, 4)), "n7_counts": np.zeros((4, 4)), "significance": "5"},
      TypeError),
     ({"n6_counts": [["a"]], "n7_counts": [[1]]}, TypeError),
+    ({"n6_counts": np.zeros((4, 4)), "n7_counts": np.zeros((4, 4)), "hydride": (0.5, 0.0)},
+     ValueError),
+    ({"n6_counts": np.zeros((4, 4)), "n7_counts": np.zeros((4, 4)), "hydride": "1e-3"},
+     TypeError),
+    ({"n6_counts": np.zeros((4, 4)), "n7_counts": np.zeros((4, 4)),
+      "hydride": (1e-3, -1.0)}, ValueError),
 ])
 def test_bad_input(kwargs, exc):
     with pytest.raises(exc):
         find_particles(**kwargs)
+
+
+def test_hydride_ratio_and_its_subtraction():
+    """LiH+/Li+ from counts at mass 8 and 7 (both dead time corrected), and
+    N7 - h N6 with its variance; bad counts refused."""
+    h, sh = hydride_ratio(100.0, 1e5)
+    assert h == pytest.approx(1e-3) and sh == pytest.approx(1e-3 * math.sqrt(1e-2 + 1e-5))
+    h_dt, _ = hydride_ratio(100.0, 1e5, dwell_s=0.1, dead_time_s=40e-9)
+    loss = 40e-9 / 0.1  # tau / dwell: both counts are corrected
+    assert h_dt == pytest.approx((100.0 / (1 - 100 * loss)) / (1e5 / (1 - 1e5 * loss)),
+                                 rel=1e-6)
+    with pytest.raises(ValueError):
+        hydride_ratio(10.0, 0.0)
+    with pytest.raises(ValueError):
+        hydride_ratio(-1.0, 10.0)
+    n6 = np.array([[1900.0, 0.0]])
+    n7 = np.array([[102.0, 0.0]])
+    plain = find_particles(n6, n7, labels=np.array([[1, 0]]))
+    fixed = find_particles(n6, n7, labels=np.array([[1, 0]]), hydride=(1e-3, 1e-4))
+    assert fixed.particles[0].n7 == pytest.approx(102.0 - 1.9)
+    assert fixed.particles[0].ratio / plain.particles[0].ratio == pytest.approx(102 / 100.1)
+    assert fixed.parameters["hydride_ratio"] == 1e-3
 
 
 def test_segment_bad_input_and_empty_map():

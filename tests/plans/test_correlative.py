@@ -106,7 +106,11 @@ def _bad_cases():
     part_bad = [{"fov_um": 0.0}, {"fov_um": 1e6}, {"pixels": (2000, 4)}, {"dwell_s": 0.0},
                 {"significance": 0.0}, {"significance": "5"}, {"min_counts": -1.0},
                 {"zoom_fov_um": 0.0}, {"exposure_s": 100.0}, {"max_particles": -1},
-                {"center": (0.0, 1e5)}, {"image_uncertain": "yes"}, {"md": []}]
+                {"center": (0.0, 1e5)}, {"image_uncertain": "yes"}, {"md": []},
+                # the hydride correction (decision 0039)
+                {"hydride": "measure"}, {"hydride": "guess"}, {"hydride": (0.5, 0.0)},
+                {"hydride": (1e-3,)}, {"hydride": (math.nan, 1e-4)},
+                {"hydride_count_s": 0.0}, {"hydride_count_s": "2"}]
     return [(correlative_tem_sims, corr_ok, b) for b in corr_bad] + \
         [(find_labelled_particles, part_ok, b) for b in part_bad]
 
@@ -377,7 +381,7 @@ def searches(instruments):
                 d, fov_um=SEARCH["fov_um"], pixels=SEARCH["pixels"],
                 dwell_s=SEARCH["dwell_s"], significance=5.0, min_counts=50,
                 zoom_fov_um=0.4, exposure_s=0.01, image_uncertain=seed == 1,
-                reference="li2co3-particles")).plan_result
+                reference="li2co3-particles", hydride="measure")).plan_result
             TIMINGS[f"particles seed {seed}"] = time.monotonic() - t0
             engine.dead_time_s = d.spectrometer.dead_time.get()
             assert d.mode.infer() == "TEM"
@@ -424,6 +428,27 @@ def test_find_labelled_particles_matches_truth(searches):
           f"({totals['found']}/{totals['n_labelled']})")
     assert precision >= 0.95
     assert recall >= 0.94
+
+
+@pytest.mark.slow
+def test_the_pads_lih_count_is_the_twins_and_corrects_the_search(searches):
+    """hydride="measure": LiH+/Li+ counted at mass 8 against 7 on each fresh pad
+    (0.05 s at the search's current, after the first reference map, in its run) is
+    the twin's 1e-3 within its counting error, and the search's table subtracted
+    it (particle_analysis records it; decision 0039)."""
+    from temsims.ioc.physics import sims as sp
+
+    truth = dict(sp.SimsParameters().hydride_ratios)["Li"]
+    for seed, (res, engine, _truth) in searches.items():
+        h, sh = res["hydride"]
+        ref_uid = res["bracketing"]["uids"]["reference_before"]
+        names = {d["name"] for d in engine.docs.docs["descriptor"] if d["run_start"] == ref_uid}
+        params = _search_start(engine)["correlative"]["particle_analysis"]
+        print(f"seed {seed}: LiH+/Li+ on the pad {h:.2e} +- {sh:.1e} (twin {truth:.1e})")
+        assert {"hydride", "hydride_count"} <= names
+        assert (params["hydride_ratio"], params["hydride_sigma"]) == pytest.approx((h, sh))
+        assert h == pytest.approx(truth, abs=4 * sh + 0.05 * truth)
+        assert sh < 0.25 * h
 
 
 @pytest.mark.slow

@@ -178,17 +178,19 @@ def test_correction_of_refuses_a_result_without_factors():
 
 
 def test_particle_search_bracketed_by_the_pad(RE, pdev, particles):
-    """find_labelled_particles(reference=...): pad, search, pad; the search's table
-    corrected with the first pad's K (recorded in its particle_analysis), the three
-    runs under one bracketing_id, the search keeping its own correlation_id; the
-    largest natural particle's corrected ratio is natural within its error, and K is
-    this instrument's truth."""
+    """find_labelled_particles(reference=..., hydride=(h, sigma_h)): pad, search, pad;
+    the search's table corrected with the first pad's K and the hydride given
+    (recorded in its particle_analysis), the three runs under one bracketing_id, the
+    search keeping its own correlation_id; the largest natural particle's corrected
+    ratio is natural within its error, and K is this instrument's truth. (The pad is
+    used up by this module's earlier maps: hydride="measure" is scored on fresh pads
+    in test_correlative's searches.)"""
     from temsims.plans import find_labelled_particles
 
     pdev.column.aperture.set("100 pA").wait(10)  # the demo's (core/app/demo.py)
     res = RE(find_labelled_particles(pdev, fov_um=4.0, pixels=(64, 45), dwell_s=1e-3,
-                                     max_particles=0, reference="li2co3-particles")
-             ).plan_result
+                                     max_particles=0, reference="li2co3-particles",
+                                     hydride=(1e-3, 1e-4))).plan_result
     b = res["bracketing"]
     starts = RE.docs.docs["start"]
     assert [s["uid"] for s in starts] == [b["uids"]["reference_before"],
@@ -199,6 +201,8 @@ def test_particle_search_bracketed_by_the_pad(RE, pdev, particles):
     params = starts[1]["correlative"]["particle_analysis"]
     assert (params["correction_factor"], params["correction_sigma"]) == pytest.approx(
         b["provisional"])
+    assert res["hydride"] == (1e-3, 1e-4)
+    assert (params["hydride_ratio"], params["hydride_sigma"]) == pytest.approx((1e-3, 1e-4))
     k, sk = b["factor"]
     assert k == pytest.approx(1.0 / _bias(0.0), abs=4 * sk + 0.002)
     table = [e["data"] for e in RE.docs.docs["event"]
