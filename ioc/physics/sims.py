@@ -57,6 +57,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage, special
+from scipy.optimize import brentq
 
 from temsims.constants import SIMS_INCIDENCE_DEG, SIMS_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.ioc.physics.materials import (
@@ -66,8 +67,9 @@ from temsims.ioc.physics.materials import (
     isotope_mass_u,
     natural_abundances,
     parse_species,
+    projected_range_nm,
 )
-from temsims.ioc.physics.specimen import Specimen
+from temsims.ioc.physics.specimen import Specimen, _crop
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 HYDROGEN_MASS_U = 1.00782503207
@@ -110,7 +112,15 @@ class SimsParameters:
         Lateral spread of the ion-solid interaction (the resolution floor).
     ga_buildup_nm
         Sputtered depth over which implanted Ga approaches its steady state
-        (``None``: half the projected range at the landing energy).
+        (``None``: half the projected range at the landing energy; with
+        ``depth_mixing`` the range of the matrix exposed, per material).
+    depth_mixing
+        Depth resolution of the mixing-roughness-information model (decision 0038):
+        the composition seen at a sputtered depth is the layers' weighted by the MRI
+        function (:func:`mri_cdf`). False (the default, not yet on): sharp layers.
+    mri_mixing_nm, mri_roughness_nm, mri_information_nm
+        The MRI model's atomic-mixing length ``w`` (``None``: the exposed matrix's
+        projected range x cos(incidence)), roughness sigma and information depth.
     drift_nm_per_min, drift_direction_deg, drift_start_nm
         Slow drift of the specimen relative to the beam (zero allowed), and the
         displacement already accumulated at elapsed time zero.
@@ -157,6 +167,10 @@ class SimsParameters:
     incidence_deg: float = SIMS_INCIDENCE_DEG
     interaction_fwhm_nm: float = 8.0
     ga_buildup_nm: float | None = None
+    depth_mixing: bool = False
+    mri_mixing_nm: float | None = None
+    mri_roughness_nm: float = 2.0
+    mri_information_nm: float = 1.0
     drift_nm_per_min: float = 3.0
     drift_direction_deg: float = 30.0
     drift_start_nm: float = 0.0
@@ -752,36 +766,173 @@ def ga_buildup_nm(landing_kev: float, params: SimsParameters = SimsParameters())
     return 0.5 * ion_range_nm(landing_kev)
 
 
+# ---- depth resolution: Hofmann's mixing-roughness-information model (decision 0038) ----
+#: Below this many decay lengths or sigmas the MRI function's CDF is taken as 0 or 1.
+_MRI_TAIL = 14.0
+_MRI_MIN_NM = 0.05
+
+
+def mri_cdf(x, w, sigma: float, lam: float) -> np.ndarray:
+    """CDF of ``V + N``: ``V = X_lam - X_w`` (two exponentials, information depth and
+    atomic mixing) and ``N`` Gaussian roughness, in closed form (exponentially
+    modified Gaussians, via ``log_ndtr`` so that neither tail overflows).
+
+    An atom at original depth ``z`` is seen at sputtered depth ``d`` with density
+    ``g(z - d)`` where ``z - d = w + V + N``; a layer ``[top, bottom]`` weighs
+    ``mri_cdf(bottom - d - w) - mri_cdf(top - d - w)``. ``w`` may be an array.
+    """
+    x = np.asarray(x, np.float64)
+    w = np.maximum(np.asarray(w, np.float64), _MRI_MIN_NM)
+    s = max(float(sigma), _MRI_MIN_NM)
+    lam = max(float(lam), _MRI_MIN_NM)
+    lo = x < -_MRI_TAIL * (w + s)
+    hi = x > _MRI_TAIL * (lam + s)
+    out = np.where(hi, 1.0, 0.0)
+    mid = ~(lo | hi)
+    if not mid.any():
+        return out
+    xm = x[mid] if x.ndim else x
+    wm = np.broadcast_to(w, x.shape)[mid] if x.ndim else w
+    a = lam / (lam + wm)
+    up = np.exp(-xm / lam + s * s / (2 * lam * lam) + special.log_ndtr((xm - s * s / lam) / s))
+    down = np.exp(xm / wm + s * s / (2 * wm * wm) + special.log_ndtr(-(xm + s * s / wm) / s))
+    val = np.clip(special.ndtr(xm / s) - a * up + (1.0 - a) * down, 0.0, 1.0)
+    if x.ndim:
+        out[mid] = val
+        return out
+    return np.asarray(val)
+
+
+def mixing_length_nm(range_nm, incidence_deg: float, params: SimsParameters) -> np.ndarray:
+    """The MRI mixing length ``w``: the projected range along the surface normal."""
+    if params.mri_mixing_nm is not None:
+        return np.asarray(params.mri_mixing_nm, np.float64)
+    return np.asarray(range_nm, np.float64) * math.cos(math.radians(incidence_deg))
+
+
+def mri_quantile_width_nm(w: float, sigma: float, lam: float,
+                          lo: float = 0.16, hi: float = 0.84) -> float:
+    """Depth resolution of the MRI function: the ``lo``-``hi`` width of a sharp
+    interface's profile (16-84 %: 2 sigma of an error-function step)."""
+    span = _MRI_TAIL * (w + lam + sigma) + 1.0
+
+    def q(p):
+        return brentq(lambda x: float(mri_cdf(x, w, sigma, lam)) - p, -span, span, xtol=1e-6)
+
+    return q(hi) - q(lo)
+
+
+def layer_bounds(specimen: Specimen, window) -> list[tuple[object, object]]:
+    """(top, bottom) of each layer, per pixel (broadcastable), in nm from the surface."""
+    out = []
+    top = 0.0
+    for layer in specimen.layers:
+        bottom = top + _crop(layer.thickness_nm, window)
+        out.append((top, bottom))
+        top = bottom
+    return out
+
+
+def depth_weights(specimen: Specimen, depth_nm: np.ndarray, window, landing_kev: float,
+                  incidence_deg: float, params: SimsParameters = SimsParameters()
+                  ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-layer weights of the MRI function at sputtered depth ``depth_nm`` (one array
+    per layer, float32), the per-pixel mixing length and the projected range used.
+
+    ``w`` is that of the matrix exposed at ``depth_nm`` (its projected range at the
+    landing energy x cos(incidence)); the top layer extends above the surface (the
+    already-mixed top is still top-layer material) and beyond the last layer is
+    nothing: the weights sum to 1 inside the specimen, less near its bottom, and are
+    0 where it is sputtered through.
+    """
+    depth = np.asarray(depth_nm, np.float64)
+    index = specimen.layer_at_depth(depth, window)
+    rng_nm = np.zeros(index.shape)
+    for i, layer in enumerate(specimen.layers):
+        m = index == i
+        if m.any():
+            r = layer._mix(window, lambda mat: projected_range_nm(mat, landing_kev))
+            np.copyto(rng_nm, np.broadcast_to(np.asarray(r, np.float64), index.shape), where=m)
+    rng_nm[index < 0] = ion_range_nm(landing_kev)
+    w = np.broadcast_to(mixing_length_nm(rng_nm, incidence_deg, params), index.shape)
+    s, lam = params.mri_roughness_nm, params.mri_information_nm
+    bounds = layer_bounds(specimen, window)
+    through = index < 0
+    weights = []
+    below = np.zeros(index.shape)  # CDF at the top of the first layer: -inf
+    for _top, bottom in bounds:
+        x = np.broadcast_to(np.asarray(bottom, np.float64), index.shape) - depth - w
+        cdf = mri_cdf(x, w, s, lam)
+        wt = np.where(through, 0.0, cdf - below)
+        weights.append(np.maximum(wt, 0.0).astype(np.float32))
+        below = cdf
+    return weights, w, rng_nm
+
+
 class SurfaceEmitter:
     """Per-grid-pixel emission ``Y x alpha x C`` of each species on one window, at the
-    depth map given (sputtered depth), with the implanted Ga folded in."""
+    depth map given (sputtered depth), with the implanted Ga folded in.
+
+    With ``params.depth_mixing`` the composition is the layers' weighted by the MRI
+    depth-resolution function (:func:`depth_weights`; yield, ionisation and mass bias
+    are the weighted means, the atomic fractions the weighted sums) and the Ga
+    build-up length is half the exposed matrix's own projected range.
+    """
 
     def __init__(self, specimen: Specimen, depth_nm: np.ndarray, window, polarity: int,
-                 landing_kev: float, params: SimsParameters = SimsParameters()) -> None:
+                 landing_kev: float, params: SimsParameters = SimsParameters(),
+                 incidence_deg: float | None = None) -> None:
         self.specimen = specimen
         self.window = window
         self.params = params
         self.polarity = 1 if polarity >= 0 else -1
         depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
-        index = specimen.layer_at_depth(depth, window)
-        self.shape = index.shape
-        self.masks = [(layer, index == i) for i, layer in enumerate(specimen.layers)]
-        self.masks = [(layer, m) for layer, m in self.masks if m.any()]
-        self.present = index >= 0
+        self.mixed: list[tuple[object, np.ndarray]] | None = None
+        if params.depth_mixing:
+            inc = params.incidence_deg if incidence_deg is None else incidence_deg
+            weights, _, rng_nm = depth_weights(specimen, depth, window, landing_kev, inc,
+                                               params)
+            self.shape = weights[0].shape
+            self.mixed = [(layer, wt) for layer, wt in zip(specimen.layers, weights, strict=True)
+                          if wt.max() > 1e-7]
+            total = np.sum([wt for _, wt in self.mixed], axis=0) if self.mixed else \
+                np.zeros(self.shape, np.float32)
+            self.present = total > 1e-6
+            self._norm = np.where(self.present, 1.0 / np.maximum(total, 1e-6), 0.0
+                                  ).astype(np.float32)
+            buildup = (0.5 * rng_nm if params.ga_buildup_nm is None
+                       else np.full(self.shape, params.ga_buildup_nm))
+            buildup = np.maximum(buildup, 1e-6).astype(np.float32)
+        else:
+            index = specimen.layer_at_depth(depth, window)
+            self.shape = index.shape
+            self.masks = [(layer, index == i) for i, layer in enumerate(specimen.layers)]
+            self.masks = [(layer, m) for layer, m in self.masks if m.any()]
+            self.present = index >= 0
+            buildup = np.float32(max(ga_buildup_nm(landing_kev, params), 1e-6))
         self.yield_ = self._select(lambda layer: layer.sputter_yield(window))
         f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
-        buildup = max(ga_buildup_nm(landing_kev, params), 1e-6)
-        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / np.float32(buildup)))
+        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / buildup))
         self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
         self._ion: dict[str, np.ndarray] = {}
 
-    def _select(self, getter) -> np.ndarray:
+    def _select(self, getter, *, mean: bool = True, log: bool = False) -> np.ndarray:
         """Per-pixel value of ``getter(layer)`` for the layer exposed there (0 in holes).
 
         (Like :meth:`Specimen.surface` but float32 with the layer masks computed once:
-        this is the per-frame cost of a map.)
+        this is the per-frame cost of a map.) With depth mixing: the MRI-weighted mean
+        (``mean``; log-linear with ``log``) or sum of the layers' values.
         """
         out = np.zeros(self.shape, np.float32)
+        if self.mixed is not None:
+            for layer, wt in self.mixed:
+                value = np.asarray(getter(layer), dtype=np.float32)
+                out += wt * (np.log(np.maximum(value, 1e-30)) if log else value)
+            if mean:
+                out *= self._norm
+            if log:
+                out = np.where(self.present, np.exp(out), 0.0).astype(np.float32)
+            return out
         for layer, mask in self.masks:
             value = np.asarray(getter(layer), dtype=np.float32)
             np.copyto(out, np.broadcast_to(value, self.shape), where=mask)
@@ -790,14 +941,15 @@ class SurfaceEmitter:
     def ionisation(self, symbol: str) -> np.ndarray:
         if symbol not in self._ion:
             pol, win = self.polarity, self.window
-            self._ion[symbol] = self._select(lambda layer: layer.ionisation(symbol, pol, win))
+            self._ion[symbol] = self._select(
+                lambda layer: layer.ionisation(symbol, pol, win), log=True)
         return self._ion[symbol]
 
     def fraction(self, isotope: str) -> np.ndarray:
         """Atomic fraction of an isotope at the surface, implanted Ga included."""
         symbol, _ = parse_species(isotope)
         win = self.window
-        native = self._select(lambda layer: layer.species_fraction(isotope, win))
+        native = self._select(lambda layer: layer.species_fraction(isotope, win), mean=False)
         native *= 1.0 - self.ga_implanted
         if symbol == "Ga":
             native += self.ga_implanted * np.float32(natural_abundances("Ga")[isotope])
@@ -966,7 +1118,7 @@ class FramePlan:
         ys = np.concatenate([ys - drift_total[1][0], ys - drift_total[1][1]])
         self.window = spec.window_for(xs, ys, margin_px=2)
         emitter = SurfaceEmitter(spec, self.depth_nm, self.window, self.polarity,
-                                 self.landing_kev, self.params)
+                                 self.landing_kev, self.params, geo.incidence_deg)
         self.blurred = []
         sy_px, sx_px = sy / spec.pixel_nm, sx / spec.pixel_nm
         self.block = block_size(sy_px, sx_px)
@@ -1086,7 +1238,8 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
 
     The dose is uniform over the rastered footprint (ions per pixel over the pixel's
     area on the specimen); depth += dose x Y / n with the local yield and atomic
-    density of the layer exposed at the start of the raster.
+    density of the layer exposed at the start of the raster (with
+    ``params.depth_mixing``: their MRI-weighted means, :func:`depth_weights`).
     """
     ny = geometry.ny if rows_done is None else int(rows_done)
     if ny <= 0 or ions_per_pixel <= 0:
@@ -1103,9 +1256,23 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         return
     dose = ions_per_pixel / geometry.pixel_area_nm2  # ions / nm^2
     local = depth_nm[window]
-    surf = specimen.surface(local, window)
-    y = surf.sputter_yield()
-    n = surf.atomic_density_per_nm3()
+    if params.depth_mixing:
+        weights, _, _ = depth_weights(specimen, local, window, landing_kev,
+                                      geometry.incidence_deg, params)
+        y = np.zeros(local.shape)
+        n = np.zeros(local.shape)
+        total = np.zeros(local.shape)
+        for layer, wt in zip(specimen.layers, weights, strict=True):
+            y += wt * np.asarray(layer.sputter_yield(window), float)
+            n += wt * np.asarray(layer.atomic_density_per_nm3(window), float)
+            total += wt
+        # Mean over the mixed matrix; 0 where sputtered through (total 0).
+        y = np.divide(y, total, out=np.zeros_like(y), where=total > 1e-6)
+        n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
+    else:
+        surf = specimen.surface(local, window)
+        y = surf.sputter_yield()
+        n = surf.atomic_density_per_nm3()
     step = np.divide(dose * y, n, out=np.zeros_like(y), where=n > 0)
     # Below the last layer nothing is left to sputter (step stays 0 there).
     local += np.where(inside, step, 0.0).astype(local.dtype)
@@ -1113,7 +1280,7 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
 
 def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
                  current_pa: float, seconds: float, *, spot: bool, probe_fwhm_nm: float,
-                 params: SimsParameters = SimsParameters()) -> None:
+                 params: SimsParameters = SimsParameters(), landing_kev: float = 25.5) -> None:
     """Advance ``depth_nm`` (in place) by ``seconds`` of beam on a counting footprint.
 
     A parked beam (``spot``, ``geometry`` centred on it) digs a hole of about the probe
@@ -1123,10 +1290,10 @@ def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometr
     if spot:
         size_um = max(probe_fwhm_nm, 1.0) / 1000.0
         geometry = replace(geometry, nx=1, ny=1, fov_um=size_um)
-        sputter(specimen, depth_nm, geometry, ions, params=params)
+        sputter(specimen, depth_nm, geometry, ions, params=params, landing_kev=landing_kev)
     else:
         sputter(specimen, depth_nm, geometry, ions / (geometry.nx * geometry.ny),
-                params=params)
+                params=params, landing_kev=landing_kev)
 
 
 # ======================================================================================
@@ -1161,7 +1328,8 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
     total = weight.sum()
     if total <= 0:
         return dict.fromkeys(species, 0.0)
-    emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params)
+    emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params,
+                             geometry.incidence_deg)
     out = {}
     for iso in species:
         out[iso] = float((emitter.emission({iso: 1.0}) * weight).sum() / total)
