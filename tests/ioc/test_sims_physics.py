@@ -371,12 +371,16 @@ def test_mri_weights_sum_to_one_inside_and_fall_off_below():
     for d in (0.0, 20.0, 75.0, 80.0, 85.0, 150.0):
         w, _, _ = sp.depth_weights(spec, np.full(spec.shape, d), None, 25.5, 45.0, MIXING)
         assert sum(x for x in w).min() == pytest.approx(1.0, abs=1e-5), d
+    # At the surface the mixed zone has not built up: the top layer only.
+    w, _, _ = sp.depth_weights(spec, np.zeros(spec.shape), None, 25.5, 45.0, MIXING)
+    assert float(w[0].min()) == pytest.approx(1.0, abs=1e-6)
     w, _, _ = sp.depth_weights(spec, np.full(spec.shape, 195.0), None, 25.5, 45.0, MIXING)
     assert 0.0 < float(w[1].mean()) < 0.9 and float(w[0].mean()) < 1e-3  # nothing below
     w, _, _ = sp.depth_weights(spec, np.full(spec.shape, 200.0), None, 25.5, 45.0, MIXING)
     assert sum(x for x in w).max() == 0  # sputtered through
     # Sharp layers without the model.
-    em = sp.SurfaceEmitter(spec, np.full(spec.shape, 79.0, np.float32), None, 1, 25.5)
+    em = sp.SurfaceEmitter(spec, np.full(spec.shape, 79.0, np.float32), None, 1, 25.5,
+                           sp.SimsParameters(depth_mixing=False))
     assert float(em.fraction("114Cd").mean()) > 0 and float(em.fraction("63Cu").max()) == 0
 
 
