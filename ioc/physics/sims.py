@@ -967,6 +967,8 @@ class SurfaceEmitter:
         self.yield_ = self._select(lambda layer: layer.sputter_yield(window))
         f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
         ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / buildup))
+        if self.mixed is not None:
+            ga = ga * np.minimum(total, 1.0)  # the implant is in the mixed zone's atoms too
         self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
         self._ion: dict[str, np.ndarray] = {}
 
