@@ -26,7 +26,9 @@ species it accepts, on the grid window under the raster.
 Implanted Ga grows with the sputtered depth ``d`` toward the steady state
 ``1 / (1 + Y)``: ``f_Ga = f_ss (1 - exp(-d / d_b))`` with ``d_b`` about half the
 projected range. Sputtering advances a per-grid-pixel depth map by
-``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3).
+``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3). The composition at ``d`` is
+the layers' weighted by Hofmann's mixing-roughness-information function
+(:func:`depth_weights`, decision 0038): the depth resolution of a real profile.
 
 Instrumental mass fractionation (decision 0035): the light isotope is emitted and
 transmitted preferentially, by ``(m_ref / m)^beta`` with ``m_ref`` the element's mean
