@@ -711,7 +711,8 @@ class SpectrometerIOC(InstrumentIOC):
             return
         geo, spot = self._footprint(snap)
         sp.sputter_dose(self.specimen, self.depth, geo, snap["current"], seconds, spot=spot,
-                        probe_fwhm_nm=snap["probe"], params=self.params)
+                        probe_fwhm_nm=snap["probe"], params=self.params,
+                        landing_kev=snap["landing"])
         self.depth_version += 1
         self.world.holder.changed()
 
@@ -978,7 +979,8 @@ class SpectrometerIOC(InstrumentIOC):
                 await loop.run_in_executor(
                     self.executor, lambda: sp.sputter(
                         self.specimen, self.depth, self.geometry(snap), plan.ions_per_pixel,
-                        rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0)))
+                        rows_done=rows_done, elapsed_s=0.0, params=self.physics_params(t0),
+                        landing_kev=snap["landing"]))
                 self.world.holder.changed()
         self._schedule_prepare()
 

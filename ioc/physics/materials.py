@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 import numpy as np
@@ -123,6 +123,9 @@ class Material:
         (the matrix effect: oxygen-rich matrices enhance positive yields).
     ionisation_override
         ``(element, polarity) -> probability`` replacing the product above.
+    ga_range_nm
+        Projected range of 30 keV Ga+ at normal incidence (nm; SRIM-class estimate,
+        :data:`GA_RANGE_NM_30KEV`); None: the generic :func:`ion_range_nm`.
     damage_dose_e_nm2, damage_mass_loss
         Radiolysis under the 200 kV electron beam: the fraction of the mass lost
         approaches ``damage_mass_loss`` as ``1 - exp(-D / damage_dose_e_nm2)`` with
@@ -138,6 +141,7 @@ class Material:
     ionisation_override: dict[tuple[str, int], float] = field(default_factory=dict)
     damage_dose_e_nm2: float | None = None
     damage_mass_loss: float = 0.0
+    ga_range_nm: float | None = None
 
     def damage_loss(self, dose_e_nm2):
         """Fraction of this material's mass lost after an electron dose (e/nm^2)."""
@@ -190,10 +194,22 @@ def scattering_weight(symbol: str) -> float:
 #: (10^2 - 10^3 e/A^2 for visible change); a knob, not a measured value.
 LI2CO3_DAMAGE_DOSE_E_NM2 = 1.0e5
 
+#: Projected range (nm) of 30 keV Ga+ at normal incidence per matrix (decision 0038):
+#: SRIM-class values (Ziegler, Ziegler & Biersack, Nucl. Instrum. Meth. B 268 (2010)
+#: 1818): ~27 nm in Si (the generic :func:`ion_range_nm`), ~10 nm in Cu and Ni (the
+#: ~10-11 nm quoted for Cu in Giannuzzi & Stevie, *Introduction to Focused Ion Beams*,
+#: Springer 2005), 30-35 nm in the light, low-density Li2CO3 and carbon; the others
+#: interpolated by density and mean atomic mass. Uncertain by ~15 %.
+GA_RANGE_NM_30KEV: dict[str, float] = {
+    "Li2CO3": 33.0, "C-film": 32.0, "LiPON": 28.0, "LiV3O8": 20.0, "Al": 26.0,
+    "Pt-C": 11.0, "CdS": 15.0, "CIGS-lowGa": 13.0, "CIGS-highGa": 13.0,
+    "Cu": 10.0, "Ni": 10.0,
+}
+
 # Sputter yields of 30 keV Ga+ (atoms/ion); Al from the milling rate in instrument.md,
 # the others estimates within the stated factor-of-two uncertainty.
 MATERIALS: dict[str, Material] = {
-    m.name: m
+    m.name: replace(m, ga_range_nm=GA_RANGE_NM_30KEV.get(m.name))
     for m in [
         # Li2CO3 -> Li2O + CO2 under the beam (the CO2 is 60 % of the mass).
         Material("Li2CO3", {"Li": 2, "C": 1, "O": 3}, 2.11, 2.5,
@@ -233,3 +249,11 @@ def ions_per_second(current_a: float) -> float:
 def ion_range_nm(energy_kev: float) -> float:
     """Projected range of Ga+ (nm), ~ 27 nm at 30 keV in Si-like matrices (estimate)."""
     return 27.0 * math.sqrt(max(energy_kev, 0.1) / 30.0)
+
+
+def projected_range_nm(material: Material, energy_kev: float) -> float:
+    """Projected range of Ga+ (nm) in ``material`` at ``energy_kev``, normal incidence:
+    its 30 keV range scaled as :func:`ion_range_nm` scales with energy."""
+    if material.ga_range_nm is None:
+        return ion_range_nm(energy_kev)
+    return material.ga_range_nm * math.sqrt(max(energy_kev, 0.1) / 30.0)

@@ -26,7 +26,9 @@ species it accepts, on the grid window under the raster.
 Implanted Ga grows with the sputtered depth ``d`` toward the steady state
 ``1 / (1 + Y)``: ``f_Ga = f_ss (1 - exp(-d / d_b))`` with ``d_b`` about half the
 projected range. Sputtering advances a per-grid-pixel depth map by
-``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3).
+``dose x Y / n`` (ions/nm^2 x atoms/ion / atoms/nm^3). The composition at ``d`` is
+the layers' weighted by Hofmann's mixing-roughness-information function
+(:func:`depth_weights`, decision 0038): the depth resolution of a real profile.
 
 Instrumental mass fractionation (decision 0035): the light isotope is emitted and
 transmitted preferentially, by ``(m_ref / m)^beta`` with ``m_ref`` the element's mean
@@ -57,6 +59,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage, special
+from scipy.optimize import brentq
 
 from temsims.constants import SIMS_INCIDENCE_DEG, SIMS_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.ioc.physics.materials import (
@@ -66,8 +69,9 @@ from temsims.ioc.physics.materials import (
     isotope_mass_u,
     natural_abundances,
     parse_species,
+    projected_range_nm,
 )
-from temsims.ioc.physics.specimen import Specimen
+from temsims.ioc.physics.specimen import Specimen, _crop
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 HYDROGEN_MASS_U = 1.00782503207
@@ -137,7 +141,16 @@ class SimsParameters:
         Lateral spread of the ion-solid interaction (the resolution floor).
     ga_buildup_nm
         Sputtered depth over which implanted Ga approaches its steady state
-        (``None``: half the projected range at the landing energy).
+        (``None``: half the projected range at the landing energy; with
+        ``depth_mixing`` the range of the matrix exposed, per material).
+    depth_mixing
+        Depth resolution of the mixing-roughness-information model (decision 0038):
+        the composition seen at a sputtered depth is the layers' weighted by the MRI
+        function (:func:`mri_cdf`). False (the default, not yet on): sharp layers.
+    mri_mixing_nm, mri_roughness_nm, mri_information_nm
+        The MRI model's steady-state atomic-mixing length ``w`` (``None``: the exposed
+        matrix's projected range x cos(incidence); it builds up over the first half
+        range sputtered), roughness sigma and information depth.
     drift_nm_per_min, drift_direction_deg, drift_start_nm
         Slow drift of the specimen relative to the beam (zero allowed), and the
         displacement already accumulated at elapsed time zero.
@@ -187,6 +200,10 @@ class SimsParameters:
     incidence_deg: float = SIMS_INCIDENCE_DEG
     interaction_fwhm_nm: float = 8.0
     ga_buildup_nm: float | None = None
+    depth_mixing: bool = True
+    mri_mixing_nm: float | None = None
+    mri_roughness_nm: float = 2.0
+    mri_information_nm: float = 1.0
     drift_nm_per_min: float = 3.0
     drift_direction_deg: float = 30.0
     drift_start_nm: float = 0.0
@@ -840,36 +857,228 @@ def ga_buildup_nm(landing_kev: float, params: SimsParameters = SimsParameters())
     return 0.5 * ion_range_nm(landing_kev)
 
 
+# ---- depth resolution: Hofmann's mixing-roughness-information model (decision 0038) ----
+#: Below this many decay lengths or sigmas the MRI function's CDF is taken as 0 or 1.
+_MRI_TAIL = 14.0
+_MRI_MIN_NM = 0.05
+
+
+def mri_cdf(x, w, sigma: float, lam: float) -> np.ndarray:
+    """CDF of ``V + N``: ``V = X_lam - X_w`` (two exponentials, information depth and
+    atomic mixing) and ``N`` Gaussian roughness, in closed form (exponentially
+    modified Gaussians, via ``log_ndtr`` so that neither tail overflows).
+
+    An atom at original depth ``z`` is seen at sputtered depth ``d`` with density
+    ``g(z - d)`` where ``z - d = w + V + N``; a layer ``[top, bottom]`` weighs
+    ``mri_cdf(bottom - d - w) - mri_cdf(top - d - w)``. ``w`` may be an array.
+    """
+    x = np.asarray(x, np.float64)
+    w = np.maximum(np.asarray(w, np.float64), _MRI_MIN_NM)
+    s = max(float(sigma), _MRI_MIN_NM)
+    lam = max(float(lam), _MRI_MIN_NM)
+    lo = x < -_MRI_TAIL * (w + s)
+    hi = x > _MRI_TAIL * (lam + s)
+    out = np.where(hi, 1.0, 0.0)
+    mid = ~(lo | hi)
+    if not mid.any():
+        return out
+    xm = x[mid] if x.ndim else x
+    wm = np.broadcast_to(w, x.shape)[mid] if x.ndim else w
+    a = lam / (lam + wm)
+    up = np.exp(-xm / lam + s * s / (2 * lam * lam) + special.log_ndtr((xm - s * s / lam) / s))
+    down = np.exp(xm / wm + s * s / (2 * wm * wm) + special.log_ndtr(-(xm + s * s / wm) / s))
+    val = np.clip(special.ndtr(xm / s) - a * up + (1.0 - a) * down, 0.0, 1.0)
+    if x.ndim:
+        out[mid] = val
+        return out
+    return np.asarray(val)
+
+
+#: Lookup table of :func:`mri_cdf` (steps in x and in sqrt(w), nm and nm^0.5):
+#: evaluated once per (sigma, lambda), then bilinear on the pixels off the tails
+#: (several times cheaper than the closed form on a map's full window; error < 1e-3).
+_MRI_DX, _MRI_DSW, _MRI_W_MAX = 0.1, 0.02, 40.0
+
+
+@lru_cache(maxsize=4)
+def _mri_table(sigma: float, lam: float) -> tuple[np.ndarray, float]:
+    x0 = -(14.0 * _MRI_W_MAX + 8.0 * sigma)
+    x = np.arange(x0, 14.0 * lam + 8.0 * sigma + sigma * sigma / lam + _MRI_DX, _MRI_DX)
+    sw = np.arange(0.0, math.sqrt(_MRI_W_MAX) + 2 * _MRI_DSW, _MRI_DSW)
+    xx, ww = np.meshgrid(x, sw * sw)
+    return mri_cdf(xx, ww, sigma, lam).astype(np.float32), float(x0)
+
+
+def _mri_cdf_fast(x: np.ndarray, w: np.ndarray, sigma: float, lam: float) -> np.ndarray:
+    """:func:`mri_cdf` by bilinear lookup (``w`` clipped to 40 nm): 0 and 1 in the
+    tails (below ``-(6 sigma + 14 w)``, above ``6 sigma`` and
+    ``lam (14 + sigma^2 / (2 lam^2))``), the table between."""
+    sigma, lam = max(float(sigma), _MRI_MIN_NM), max(float(lam), _MRI_MIN_NM)
+    table, x0 = _mri_table(sigma, lam)
+    x = np.asarray(x, np.float32)
+    w = np.broadcast_to(np.asarray(w, np.float32), x.shape)
+    hi_x = max(6.0 * sigma, lam * (14.0 + sigma * sigma / (2.0 * lam * lam)))
+    out = (x > hi_x).astype(np.float32)
+    mid = (x >= -(6.0 * sigma + 14.0 * w)) & (x <= hi_x)
+    if not mid.any():
+        return out
+    nw, nx = table.shape
+    fx = (x[mid] - np.float32(x0)) * np.float32(1.0 / _MRI_DX)
+    fw = np.sqrt(w[mid]) * np.float32(1.0 / _MRI_DSW)
+    np.clip(fx, 0.0, nx - 1.001, out=fx)
+    np.clip(fw, 0.0, nw - 1.001, out=fw)
+    ix, iw = fx.astype(np.int32), fw.astype(np.int32)
+    tx, tw = fx - ix, fw - iw
+    flat = table.ravel()
+    k = iw * nx + ix
+    lo = flat[k] * (1 - tx) + flat[k + 1] * tx
+    hi = flat[k + nx] * (1 - tx) + flat[k + nx + 1] * tx
+    out[mid] = lo * (1 - tw) + hi * tw
+    return out
+
+
+def mixing_length_nm(range_nm, incidence_deg: float, params: SimsParameters) -> np.ndarray:
+    """The MRI mixing length ``w``: the projected range along the surface normal."""
+    if params.mri_mixing_nm is not None:
+        return np.asarray(params.mri_mixing_nm, np.float64)
+    return np.asarray(range_nm, np.float64) * math.cos(math.radians(incidence_deg))
+
+
+def mri_quantile_width_nm(w: float, sigma: float, lam: float,
+                          lo: float = 0.16, hi: float = 0.84) -> float:
+    """Depth resolution of the MRI function: the ``lo``-``hi`` width of a sharp
+    interface's profile (16-84 %: 2 sigma of an error-function step)."""
+    span = _MRI_TAIL * (w + lam + sigma) + 1.0
+
+    def q(p):
+        return brentq(lambda x: float(mri_cdf(x, w, sigma, lam)) - p, -span, span, xtol=1e-6)
+
+    return q(hi) - q(lo)
+
+
+def layer_bounds(specimen: Specimen, window) -> list[tuple[object, object]]:
+    """(top, bottom) of each layer, per pixel (broadcastable), in nm from the surface."""
+    out = []
+    top = 0.0
+    for layer in specimen.layers:
+        bottom = top + _crop(layer.thickness_nm, window)
+        out.append((top, bottom))
+        top = bottom
+    return out
+
+
+def depth_weights(specimen: Specimen, depth_nm: np.ndarray, window, landing_kev: float,
+                  incidence_deg: float, params: SimsParameters = SimsParameters()
+                  ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-layer weights of the MRI function at sputtered depth ``depth_nm`` (one array
+    per layer, float32), the per-pixel mixing length and the projected range used.
+
+    ``w`` is that of the matrix exposed at ``depth_nm`` (its projected range at the
+    landing energy x cos(incidence)), grown from 0 at the surface as
+    ``1 - exp(-d / (Rp / 2))`` (the Ga build-up's length); the model's share from above the original
+    surface goes to the matrix exposed at ``d`` (a layer of no thickness at a pixel
+    weighs nothing there) and beyond the last layer is nothing: the weights sum to 1
+    inside the specimen, less near its bottom, and are 0 where it is sputtered
+    through.
+    """
+    depth = np.asarray(depth_nm, np.float32)
+    index = specimen.layer_at_depth(depth, window)
+    rng_nm = np.zeros(index.shape, np.float32)
+    for i, layer in enumerate(specimen.layers):
+        m = index == i
+        if m.any():
+            r = layer._mix(window, lambda mat: projected_range_nm(mat, landing_kev))
+            np.copyto(rng_nm, np.broadcast_to(np.asarray(r, np.float32), index.shape), where=m)
+    rng_nm[index < 0] = ion_range_nm(landing_kev)
+    # The mixed zone builds up with the dose as the implanted Ga does (steady state
+    # after ~ a range sputtered; the MRI model describes the steady state): a
+    # surface map at d ~ 0 still sees the top monolayers.
+    w = np.broadcast_to(mixing_length_nm(rng_nm, incidence_deg, params), index.shape)
+    w = (w * -np.expm1(-np.maximum(depth, 0.0) / np.maximum(0.5 * rng_nm, 1e-6))
+         ).astype(np.float32)
+    s, lam = params.mri_roughness_nm, params.mri_information_nm
+    bounds = layer_bounds(specimen, window)
+    through = index < 0
+    weights = []
+    # What the model would take from above the original surface (gone, and absent
+    # from a pixel where the top layer has no thickness) is the matrix exposed at d.
+    above = _mri_cdf_fast(-depth - w, w, s, lam)
+    below = above
+    for i, (_top, bottom) in enumerate(bounds):
+        x = np.broadcast_to(np.asarray(bottom, np.float32), index.shape) - depth - w
+        cdf = _mri_cdf_fast(x, w, s, lam)
+        wt = cdf - below + np.where(index == i, above, 0.0)
+        weights.append(np.where(through, 0.0, np.maximum(wt, 0.0)).astype(np.float32))
+        below = cdf
+    return weights, w, rng_nm
+
+
 class SurfaceEmitter:
     """Per-grid-pixel emission ``Y x alpha x C`` of each species on one window, at the
-    depth map given (sputtered depth), with the implanted Ga folded in."""
+    depth map given (sputtered depth), with the implanted Ga folded in.
+
+    With ``params.depth_mixing`` the composition is the layers' weighted by the MRI
+    depth-resolution function (:func:`depth_weights`; yield, ionisation and mass bias
+    are the weighted means, the atomic fractions the weighted sums) and the Ga
+    build-up length is half the exposed matrix's own projected range.
+    """
 
     def __init__(self, specimen: Specimen, depth_nm: np.ndarray, window, polarity: int,
-                 landing_kev: float, params: SimsParameters = SimsParameters()) -> None:
+                 landing_kev: float, params: SimsParameters = SimsParameters(),
+                 incidence_deg: float | None = None) -> None:
         self.specimen = specimen
         self.window = window
         self.params = params
         self.polarity = 1 if polarity >= 0 else -1
         depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
-        index = specimen.layer_at_depth(depth, window)
-        self.shape = index.shape
-        self.masks = [(layer, index == i) for i, layer in enumerate(specimen.layers)]
-        self.masks = [(layer, m) for layer, m in self.masks if m.any()]
-        self.present = index >= 0
+        self.mixed: list[tuple[object, np.ndarray]] | None = None
+        if params.depth_mixing:
+            inc = params.incidence_deg if incidence_deg is None else incidence_deg
+            weights, _, rng_nm = depth_weights(specimen, depth, window, landing_kev, inc,
+                                               params)
+            self.shape = weights[0].shape
+            self.mixed = [(layer, wt) for layer, wt in zip(specimen.layers, weights, strict=True)
+                          if wt.max() > 1e-7]
+            total = np.sum([wt for _, wt in self.mixed], axis=0) if self.mixed else \
+                np.zeros(self.shape, np.float32)
+            self.present = total > 1e-6
+            self._norm = np.where(self.present, 1.0 / np.maximum(total, 1e-6), 0.0
+                                  ).astype(np.float32)
+            buildup = (0.5 * rng_nm if params.ga_buildup_nm is None
+                       else np.full(self.shape, params.ga_buildup_nm))
+            buildup = np.maximum(buildup, 1e-6).astype(np.float32)
+        else:
+            index = specimen.layer_at_depth(depth, window)
+            self.shape = index.shape
+            self.masks = [(layer, index == i) for i, layer in enumerate(specimen.layers)]
+            self.masks = [(layer, m) for layer, m in self.masks if m.any()]
+            self.present = index >= 0
+            buildup = np.float32(max(ga_buildup_nm(landing_kev, params), 1e-6))
         self.yield_ = self._select(lambda layer: layer.sputter_yield(window))
         f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
-        buildup = max(ga_buildup_nm(landing_kev, params), 1e-6)
-        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / np.float32(buildup)))
+        ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / buildup))
+        if self.mixed is not None:
+            ga = ga * np.minimum(total, 1.0)  # the implant is in the mixed zone's atoms too
         self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
         self._ion: dict[str, np.ndarray] = {}
 
-    def _select(self, getter) -> np.ndarray:
+    def _select(self, getter, *, mean: bool = True, log: bool = False) -> np.ndarray:
         """Per-pixel value of ``getter(layer)`` for the layer exposed there (0 in holes).
 
         (Like :meth:`Specimen.surface` but float32 with the layer masks computed once:
-        this is the per-frame cost of a map.)
+        this is the per-frame cost of a map.) With depth mixing: the MRI-weighted mean
+        (``mean``; log-linear with ``log``) or sum of the layers' values.
         """
         out = np.zeros(self.shape, np.float32)
+        if self.mixed is not None:
+            for layer, wt in self.mixed:
+                value = np.asarray(getter(layer), dtype=np.float32)
+                out += wt * (np.log(np.maximum(value, 1e-30)) if log else value)
+            if mean:
+                out *= self._norm
+            if log:
+                out = np.where(self.present, np.exp(out), 0.0).astype(np.float32)
+            return out
         for layer, mask in self.masks:
             value = np.asarray(getter(layer), dtype=np.float32)
             np.copyto(out, np.broadcast_to(value, self.shape), where=mask)
@@ -878,14 +1087,15 @@ class SurfaceEmitter:
     def ionisation(self, symbol: str) -> np.ndarray:
         if symbol not in self._ion:
             pol, win = self.polarity, self.window
-            self._ion[symbol] = self._select(lambda layer: layer.ionisation(symbol, pol, win))
+            self._ion[symbol] = self._select(
+                lambda layer: layer.ionisation(symbol, pol, win), log=True)
         return self._ion[symbol]
 
     def fraction(self, isotope: str) -> np.ndarray:
         """Atomic fraction of an isotope at the surface, implanted Ga included."""
         symbol, _ = parse_species(isotope)
         win = self.window
-        native = self._select(lambda layer: layer.species_fraction(isotope, win))
+        native = self._select(lambda layer: layer.species_fraction(isotope, win), mean=False)
         native *= 1.0 - self.ga_implanted
         if symbol == "Ga":
             native += self.ga_implanted * np.float32(natural_abundances("Ga")[isotope])
@@ -1069,7 +1279,7 @@ class FramePlan:
         ys = np.concatenate([ys - drift_total[1][0], ys - drift_total[1][1]])
         self.window = spec.window_for(xs, ys, margin_px=2)
         emitter = SurfaceEmitter(spec, self.depth_nm, self.window, self.polarity,
-                                 self.landing_kev, self.params)
+                                 self.landing_kev, self.params, geo.incidence_deg)
         self.blurred = []
         sy_px, sx_px = sy / spec.pixel_nm, sx / spec.pixel_nm
         self.block = block_size(sy_px, sx_px)
@@ -1189,7 +1399,8 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
 
     The dose is uniform over the rastered footprint (ions per pixel over the pixel's
     area on the specimen); depth += dose x Y / n with the local yield and atomic
-    density of the layer exposed at the start of the raster.
+    density of the layer exposed at the start of the raster (with
+    ``params.depth_mixing``: their MRI-weighted means, :func:`depth_weights`).
     """
     ny = geometry.ny if rows_done is None else int(rows_done)
     if ny <= 0 or ions_per_pixel <= 0:
@@ -1206,9 +1417,23 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         return
     dose = ions_per_pixel / geometry.pixel_area_nm2  # ions / nm^2
     local = depth_nm[window]
-    surf = specimen.surface(local, window)
-    y = surf.sputter_yield()
-    n = surf.atomic_density_per_nm3()
+    if params.depth_mixing:
+        weights, _, _ = depth_weights(specimen, local, window, landing_kev,
+                                      geometry.incidence_deg, params)
+        y = np.zeros(local.shape)
+        n = np.zeros(local.shape)
+        total = np.zeros(local.shape)
+        for layer, wt in zip(specimen.layers, weights, strict=True):
+            y += wt * np.asarray(layer.sputter_yield(window), float)
+            n += wt * np.asarray(layer.atomic_density_per_nm3(window), float)
+            total += wt
+        # Mean over the mixed matrix; 0 where sputtered through (total 0).
+        y = np.divide(y, total, out=np.zeros_like(y), where=total > 1e-6)
+        n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
+    else:
+        surf = specimen.surface(local, window)
+        y = surf.sputter_yield()
+        n = surf.atomic_density_per_nm3()
     step = np.divide(dose * y, n, out=np.zeros_like(y), where=n > 0)
     # Below the last layer nothing is left to sputter (step stays 0 there).
     local += np.where(inside, step, 0.0).astype(local.dtype)
@@ -1216,7 +1441,7 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
 
 def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
                  current_pa: float, seconds: float, *, spot: bool, probe_fwhm_nm: float,
-                 params: SimsParameters = SimsParameters()) -> None:
+                 params: SimsParameters = SimsParameters(), landing_kev: float = 25.5) -> None:
     """Advance ``depth_nm`` (in place) by ``seconds`` of beam on a counting footprint.
 
     A parked beam (``spot``, ``geometry`` centred on it) digs a hole of about the probe
@@ -1226,10 +1451,10 @@ def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometr
     if spot:
         size_um = max(probe_fwhm_nm, 1.0) / 1000.0
         geometry = replace(geometry, nx=1, ny=1, fov_um=size_um)
-        sputter(specimen, depth_nm, geometry, ions, params=params)
+        sputter(specimen, depth_nm, geometry, ions, params=params, landing_kev=landing_kev)
     else:
         sputter(specimen, depth_nm, geometry, ions / (geometry.nx * geometry.ny),
-                params=params)
+                params=params, landing_kev=landing_kev)
 
 
 # ======================================================================================
@@ -1266,7 +1491,8 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
     if total <= 0:
         return dict.fromkeys(tuple(species) + molecule_keys(
             tuple(species), params.dimer_yields, params.oxide_yields), 0.0)
-    emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params)
+    emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params,
+                             geometry.incidence_deg)
     out = {}
     keys = tuple(species) + molecule_keys(tuple(species), params.dimer_yields,
                                           params.oxide_yields)

@@ -3,15 +3,19 @@
 import numpy as np
 import pytest
 from analysis_sims import LI_MASSES
+from scoring import fresh_rng
 
 from temsims.analysis.depth import (
     align_frames,
     depth_profile,
     estimate_drift,
+    interface_width,
     sputtered_depth_nm,
 )
+from temsims.analysis.grains import sputter_yield_from_profile
 from temsims.ioc.physics import sims as sp
-from temsims.ioc.physics.specimen import build_specimen
+from temsims.ioc.physics.materials import MATERIALS, isotope_mass_u, projected_range_nm
+from temsims.ioc.physics.specimen import Layer, Specimen, build_specimen
 
 DWELL_S = 2e-4
 CURRENT_PA = 10.0
@@ -109,3 +113,67 @@ def test_bad_input():
         sputtered_depth_nm([-1.0], 2.5, 100.0)
     with pytest.raises(ValueError):
         align_frames(np.zeros((2, 4, 4)), np.zeros((3, 2)))
+
+
+# ---- depth resolution (decision 0038) -----------------------------------------------------
+BILAYER_NM = (80.0, 120.0)  # Ga-poor over Ga-rich CIGS: one sputter rate, In+ steps 0.8 -> 0.6
+
+
+def _bilayer_profile(seed, incidence_deg=45.0):
+    """In+ per frame through CIGS-lowGa / CIGS-highGa with the MRI model on, 1.5 nm a
+    frame, on a 1 um raster (the central 48 x 48 pixels counted: off the crater walls)."""
+    top, bottom = BILAYER_NM
+    spec = Specimen("bilayer", seed, [Layer("lowGa", top, {"CIGS-lowGa": 1.0}),
+                                      Layer("highGa", bottom, {"CIGS-highGa": 1.0})],
+                    shape=(256, 256), pixel_nm=8.0)
+    params = sp.SimsParameters(depth_mixing=True, drift_nm_per_min=0.0)
+    geo = sp.ScanGeometry(64, 64, 1.0, incidence_deg=incidence_deg)
+    depth = np.zeros(spec.shape, np.float32)
+    rng = np.random.default_rng(seed)
+    signal, dose = [], []
+    for _ in range(140):
+        plan = sp.FramePlan(spec, geo, (isotope_mass_u("115In"),), 100.0, 1e-5, 10.0, 25.5,
+                            1, True, depth, params=params)
+        (counts,) = plan.render(rng)
+        signal.append(counts[8:56, 8:56].sum())
+        dose.append(plan.ions_per_pixel / geo.pixel_area_nm2)
+        sp.sputter(spec, depth, geo, plan.ions_per_pixel, params=params)
+    return np.array(signal, float), np.array(dose)
+
+
+def test_interface_width_recovers_the_mri_depth_resolution():
+    """Issue 15: the depth resolution measured on a profile (depth axis from the sputter
+    yield the profile itself gives) within 20 % of the model's 16-84 % width."""
+    rng = fresh_rng("depth resolution")
+    n = MATERIALS["CIGS-lowGa"].atomic_density_per_nm3
+    w = projected_range_nm(MATERIALS["CIGS-lowGa"], 25.5) * np.cos(np.radians(45.0))
+    model = sp.mri_quantile_width_nm(w, 2.0, 1.0)
+    for seed in rng.integers(1, 2**31, size=2):
+        signal, dose = _bilayer_profile(int(seed))
+        start = np.concatenate([[0.0], np.cumsum(dose)[:-1]])
+        y = sputter_yield_from_profile(start, signal, sum(BILAYER_NM), n)
+        z = (start + 0.5 * dose) * y["yield"] / n
+        sel = (z > 35.0) & (z < 140.0)
+        r = interface_width(z[sel], signal[sel], depth_rel_sd=y["sd"] / y["yield"])
+        print(f"seed {seed}: depth resolution {r.width_nm:.2f} +- {r.sd_nm:.2f} nm, model "
+              f"{model:.2f} nm (ratio {r.width_nm / model:.3f}); interface at "
+              f"{r.centre_nm:.1f} nm; yield {y['yield']:.3f} +- {y['sd']:.3f}")
+        assert r.falling
+        assert abs(r.width_nm / model - 1.0) < 0.20
+        assert abs(r.width_nm - model) < 4.0 * r.sd_nm + 0.05 * model  # its error is honest
+
+
+def test_interface_width_of_a_rising_erf_step_and_bad_input():
+    from scipy.special import erf
+
+    z = np.arange(0.0, 100.0, 1.0)
+    s = 1000.0 + 3000.0 * 0.5 * (1 + erf((z - 50.0) / (np.sqrt(2) * 4.0)))
+    r = interface_width(z, s)
+    assert not r.falling and r.width_nm == pytest.approx(8.0, rel=0.05)  # 2 sigma
+    assert r.centre_nm == pytest.approx(50.0, abs=0.5)
+    with pytest.raises(ValueError, match="no interface"):
+        interface_width(z, np.full(z.size, 1000.0))
+    with pytest.raises(ValueError, match="increase"):
+        interface_width(z[::-1], s)
+    with pytest.raises(ValueError, match="levels"):
+        interface_width(z, s, levels=(0.6, 0.9))

@@ -1,13 +1,19 @@
 """Physics of the simulated SIMS (no Channel Access): signal, maps, detection, magnet."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from skimage.registration import phase_cross_correlation
 
 from temsims.ioc.physics import sims as sp
-from temsims.ioc.physics.materials import MATERIALS, isotope_mass_u
+from temsims.ioc.physics.materials import (
+    MATERIALS,
+    ion_range_nm,
+    isotope_mass_u,
+    projected_range_nm,
+)
 from temsims.ioc.physics.specimen import Layer, Specimen, build_specimen
 
 LI6, LI7 = isotope_mass_u("6Li"), isotope_mass_u("7Li")
@@ -337,6 +343,86 @@ def test_implanted_ga_grows_with_dose_toward_steady_state(particles):
     em = sp.SurfaceEmitter(film, np.full(film.shape, 300.0, np.float32), None, 1, 25.5)
     assert float((em.fraction("69Ga") / em.fraction("71Ga")).mean()) == pytest.approx(1.507,
                                                                                         rel=2e-3)
+
+
+# ---- depth resolution (MRI model, decision 0038) ----------------------------------------
+MIXING = sp.SimsParameters(depth_mixing=True)
+
+
+def _bilayer(top_nm=80.0, bottom_nm=120.0, shape=(8, 8)):
+    return Specimen("bilayer", 0, [Layer("top", top_nm, {"CdS": 1.0}),
+                                   Layer("bottom", bottom_nm, {"CIGS-lowGa": 1.0})],
+                    shape=shape)
+
+
+def test_per_material_projected_ranges():
+    rp = {name: projected_range_nm(m, 30.0) for name, m in MATERIALS.items()}
+    assert 9.0 <= rp["Cu"] <= 11.5 and 9.0 <= rp["Ni"] <= 11.5
+    assert 30.0 <= rp["Li2CO3"] <= 35.0 and 30.0 <= rp["C-film"] <= 35.0
+    assert rp["Li2CO3"] > rp["LiPON"] > rp["LiV3O8"] > rp["CdS"] > rp["Cu"]
+    # Energy scaling as the generic range; a matrix without a value takes that one.
+    assert projected_range_nm(MATERIALS["Cu"], 7.5) == pytest.approx(rp["Cu"] / 2)
+    assert projected_range_nm(replace(MATERIALS["Cu"], ga_range_nm=None), 25.5) == \
+        pytest.approx(ion_range_nm(25.5))
+
+
+def test_mri_weights_sum_to_one_inside_and_fall_off_below():
+    spec = _bilayer()
+    for d in (0.0, 20.0, 75.0, 80.0, 85.0, 150.0):
+        w, _, _ = sp.depth_weights(spec, np.full(spec.shape, d), None, 25.5, 45.0, MIXING)
+        assert sum(x for x in w).min() == pytest.approx(1.0, abs=1e-5), d
+    # At the surface the mixed zone has not built up: the top layer only.
+    w, _, _ = sp.depth_weights(spec, np.zeros(spec.shape), None, 25.5, 45.0, MIXING)
+    assert float(w[0].min()) == pytest.approx(1.0, abs=1e-6)
+    w, _, _ = sp.depth_weights(spec, np.full(spec.shape, 195.0), None, 25.5, 45.0, MIXING)
+    assert 0.0 < float(w[1].mean()) < 0.9 and float(w[0].mean()) < 1e-3  # nothing below
+    w, _, _ = sp.depth_weights(spec, np.full(spec.shape, 200.0), None, 25.5, 45.0, MIXING)
+    assert sum(x for x in w).max() == 0  # sputtered through
+    # Sharp layers without the model.
+    em = sp.SurfaceEmitter(spec, np.full(spec.shape, 79.0, np.float32), None, 1, 25.5,
+                           sp.SimsParameters(depth_mixing=False))
+    assert float(em.fraction("114Cd").mean()) > 0 and float(em.fraction("63Cu").max()) == 0
+
+
+def test_mri_cdf_is_the_convolution_of_its_three_parts():
+    w, s, lam = 8.0, 2.0, 1.0
+    rng = np.random.default_rng(0)
+    v = rng.exponential(lam, 400_000) - rng.exponential(w, 400_000) + rng.normal(0, s, 400_000)
+    x = np.linspace(-40, 10, 26)
+    emp = (v[:, None] <= x[None, :]).mean(axis=0)
+    np.testing.assert_allclose(sp.mri_cdf(x, w, s, lam), emp, atol=3e-3)
+    # Mixing dominated: the 16-84 % width tends to w ln(0.84 / 0.16) = 1.66 w.
+    assert sp.mri_quantile_width_nm(20.0, 0.05, 0.05) == pytest.approx(
+        20.0 * math.log(0.84 / 0.16), rel=0.01)
+
+
+def test_sharp_step_becomes_the_mri_profile_with_its_width():
+    """A CdS/CIGS step seen through the model: the Cd fraction against the sputtered
+    depth falls with the 16-84 % width of the MRI function (w of each side)."""
+    depths = np.arange(30.0, 140.0, 0.1)
+    spec = _bilayer(shape=(1, depths.size))  # one depth per pixel
+    cd = sp.SurfaceEmitter(spec, depths[None, :].astype(np.float32), None, 1, 25.5, MIXING,
+                           45.0).fraction("114Cd")[0].astype(float)
+    f = cd / cd[0]
+    d84, d16 = np.interp(-0.84, -f, depths), np.interp(-0.16, -f, depths)
+    cos45 = math.cos(math.radians(45.0))
+    w_cds = projected_range_nm(MATERIALS["CdS"], 25.5) * cos45
+    w_cigs = projected_range_nm(MATERIALS["CIGS-lowGa"], 25.5) * cos45
+    lo = sp.mri_quantile_width_nm(min(w_cds, w_cigs), 2.0, 1.0)
+    hi = sp.mri_quantile_width_nm(max(w_cds, w_cigs), 2.0, 1.0)
+    print(f"CdS/CIGS: 16-84 % width {d16 - d84:.2f} nm, MRI of each side {lo:.2f}-{hi:.2f} nm")
+    assert 14.0 <= lo <= d16 - d84 <= hi <= 20.0  # issue 15: ~15-20 nm at 25 keV, 45 deg
+    # Where the top layer's atoms are seen from: the sharp model steps at 80 nm.
+    assert 70.0 < np.interp(-0.5, -f, depths) < 80.0
+
+
+def test_depth_mixing_keeps_the_sputter_rate_of_a_uniform_layer():
+    spec = Specimen("film", 0, [Layer("film", 500.0, {"Li2CO3": 1.0})], shape=(256, 256))
+    sharp, mixed = (np.full(spec.shape, 50.0, np.float32) for _ in range(2))
+    geo = sp.ScanGeometry(64, 64, 0.2)
+    sp.sputter(spec, sharp, geo, 5000.0)
+    sp.sputter(spec, mixed, geo, 5000.0, params=MIXING)
+    np.testing.assert_allclose(mixed, sharp, rtol=1e-5)
 
 
 # ---- magnet and mass spectrum ------------------------------------------------------------
