@@ -62,7 +62,9 @@ def _search(engine, start) -> dict:
                            min_counts=params["min_counts"],
                            reference_ratio=params["reference_ratio"],
                            correction=None if params["correction_factor"] is None else
-                           (params["correction_factor"], params["correction_sigma"]))
+                           (params["correction_factor"], params["correction_sigma"]),
+                           hydride=None if params.get("hydride_ratio") is None else
+                           (params["hydride_ratio"], params["hydride_sigma"]))
     assert [p.label for p in again] == [c["label"] for c in table]
     assert [p.classification for p in again] == [c["classification"] for c in table]
     return {"maps": maps, "candidates": table, "labels": again.labels,
