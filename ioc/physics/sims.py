@@ -108,6 +108,11 @@ class SimsParameters:
         bias (``ion_optics.landing_incidence_deg``, decision 0036).
     interaction_fwhm_nm
         Lateral spread of the ion-solid interaction (the resolution floor).
+    halo_fraction, halo_fwhm_nm
+        The probe's halo (decision 0040): this fraction of the beam current lands in
+        a broad Gaussian of this FWHM around the core (the aberration and
+        column-scattering tails of a liquid-metal-ion-source probe); the core carries
+        the rest. 0: no halo.
     ga_buildup_nm
         Sputtered depth over which implanted Ga approaches its steady state
         (``None``: half the projected range at the landing energy).
@@ -156,6 +161,8 @@ class SimsParameters:
     hydride_fraction: float = 2e-4
     incidence_deg: float = SIMS_INCIDENCE_DEG
     interaction_fwhm_nm: float = 8.0
+    halo_fraction: float = 0.03
+    halo_fwhm_nm: float = 300.0
     ga_buildup_nm: float | None = None
     drift_nm_per_min: float = 3.0
     drift_direction_deg: float = 30.0
@@ -838,8 +845,53 @@ def footprint_sigma_nm(geometry: ScanGeometry, probe_fwhm_nm: float,
     return (math.sqrt(s_beam2 * geometry.stretch**2 + s_iv2), math.sqrt(s_beam2 + s_iv2))
 
 
-def _blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float) -> np.ndarray:
-    return ndimage.gaussian_filter(image, (sigma_rows_px, sigma_cols_px), mode="constant",
+def halo_sigma_nm(geometry: ScanGeometry,
+                  params: SimsParameters = SimsParameters()) -> tuple[float, float] | None:
+    """(sigma_y, sigma_x) in nm of the probe halo's footprint on the specimen (``None``
+    without a halo): the halo's Gaussian through :func:`footprint_sigma_nm`."""
+    if params.halo_fraction <= 0.0 or params.halo_fwhm_nm <= 0.0:
+        return None
+    return footprint_sigma_nm(geometry, params.halo_fwhm_nm, params)
+
+
+def _linear_resampler(n_out: int, k_out: int, n_in: int, k_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix of linear interpolation from nodes of a grid coarsened by
+    ``k_in`` to nodes of one coarsened by ``k_out`` (both of the same fine grid; node
+    i of a k-grid sits at fine pixel i k + (k - 1) / 2, held at the edge nodes)."""
+    pos = (np.arange(n_out) * k_out + (k_out - 1) / 2.0 - (k_in - 1) / 2.0) / k_in
+    pos = np.clip(pos, 0.0, n_in - 1.0)
+    lo = np.minimum(np.floor(pos).astype(int), max(n_in - 2, 0))
+    frac = (pos - lo).astype(np.float32)
+    m = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    m[rows, lo] = 1.0 - frac
+    if n_in > 1:
+        m[rows, lo + 1] += frac
+    else:
+        m[rows, lo] = 1.0
+    return m
+
+
+def _halo_blur(image: np.ndarray, core: np.ndarray, k: int, sigma_rows_px: float,
+               sigma_cols_px: float, fraction: float) -> np.ndarray:
+    """``(1 - fraction) core + fraction halo``: the halo blur of ``image`` on a grid
+    coarse for its own width (4 blocks per sigma, like the core), brought back to the
+    core's grid of blocks ``k`` by two small interpolation matrices (a few ms where a
+    full-grid blur of hundreds of taps would cost seconds). The emission beyond the
+    window (the core's margin) is taken as its mirror image: widening the window by the
+    halo's reach made a small field's frame plan 2-3 times as costly."""
+    kh = max(k, block_size(sigma_rows_px, sigma_cols_px))
+    halo = _block_blur(image, sigma_rows_px, sigma_cols_px, kh, mode="reflect")
+    ry = _linear_resampler(core.shape[0], k, halo.shape[0], kh)
+    rx = _linear_resampler(core.shape[1], k, halo.shape[1], kh)
+    out = (ry @ halo.astype(np.float32) @ rx.T) * np.float32(fraction)
+    out += core * np.float32(1.0 - fraction)
+    return out
+
+
+def _blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
+          mode: str = "constant") -> np.ndarray:
+    return ndimage.gaussian_filter(image, (sigma_rows_px, sigma_cols_px), mode=mode,
                                    cval=0.0, truncate=3.5)
 
 
@@ -856,7 +908,7 @@ def block_size(sigma_rows_px: float, sigma_cols_px: float) -> int:
 
 
 def _block_blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
-                k: int) -> np.ndarray:
+                k: int, mode: str = "constant") -> np.ndarray:
     """Gaussian blur of ``image`` on a grid ``k`` times coarser (k = 1: the plain blur).
 
     Why: a map's footprint is often tens of grid pixels wide, and the blur of the whole
@@ -865,7 +917,7 @@ def _block_blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
     block mean of grid pixels [i k, (i+1) k) x [j k, (j+1) k).
     """
     if k <= 1:
-        return _blur(image, sigma_rows_px, sigma_cols_px)
+        return _blur(image, sigma_rows_px, sigma_cols_px, mode)
     ny, nx = image.shape
     pad = ((0, (-ny) % k), (0, (-nx) % k))
     shape = ((ny + pad[0][1]) // k, k, (nx + pad[1][1]) // k, k)
@@ -877,7 +929,7 @@ def _block_blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
     coarse /= np.outer(rows, cols).astype(np.float32)
     box = (k * k - 1) / 12.0
     return _blur(coarse, math.sqrt(max(sigma_rows_px**2 - box, 0.0)) / k,
-                 math.sqrt(max(sigma_cols_px**2 - box, 0.0)) / k)
+                 math.sqrt(max(sigma_cols_px**2 - box, 0.0)) / k, mode)
 
 
 # ======================================================================================
@@ -957,6 +1009,7 @@ class FramePlan:
     def _prepare(self) -> None:
         spec, geo = self.specimen, self.geometry
         sy, sx = footprint_sigma_nm(geo, self.probe_fwhm_nm, self.params)
+        halo = halo_sigma_nm(geo, self.params)
         drift_total = drift_offset_nm(
             [self.elapsed_s, self.elapsed_s + self.frame_time_s + self.drift_slack_s + 1.0],
             self.params)
@@ -978,7 +1031,13 @@ class FramePlan:
                 if not w:
                     cache[key] = None
                 else:
-                    cache[key] = _block_blur(emitter.emission(w), sy_px, sx_px, self.block)
+                    e = emitter.emission(w)
+                    cache[key] = _block_blur(e, sy_px, sx_px, self.block)
+                    if halo is not None:
+                        cache[key] = _halo_blur(e, cache[key], self.block,
+                                                halo[0] / spec.pixel_nm,
+                                                halo[1] / spec.pixel_nm,
+                                                self.params.halo_fraction)
                     self.blurred_shape = cache[key].shape
             self.blurred.append(cache[key])
 
@@ -1117,10 +1176,13 @@ def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometr
     """Advance ``depth_nm`` (in place) by ``seconds`` of beam on a counting footprint.
 
     A parked beam (``spot``, ``geometry`` centred on it) digs a hole of about the probe
-    size; a raster spreads the dose uniformly over its pixels.
+    size with the core's share of the current (the halo's few % spread over ~10^2 times
+    the area dig ~10^-4 of the hole's depth: left out); a raster spreads the dose
+    uniformly over its pixels (the halo's spill over the raster's edge is left out).
     """
     ions = current_pa * 1e-12 * seconds / ELEMENTARY_CHARGE_C
     if spot:
+        ions *= 1.0 - max(params.halo_fraction, 0.0)
         size_um = max(probe_fwhm_nm, 1.0) / 1000.0
         geometry = replace(geometry, nx=1, ny=1, fov_um=size_um)
         sputter(specimen, depth_nm, geometry, ions, params=params)
@@ -1253,6 +1315,7 @@ __all__ = [
     "flat_top",
     "footprint_emission",
     "footprint_sigma_nm",
+    "halo_sigma_nm",
     "gap_field_for_mass",
     "imf_beta",
     "imf_factor",
