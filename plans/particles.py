@@ -22,6 +22,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 
 from temsims.analysis.bracketing import bracketing_correction
+from temsims.analysis.halo import halo_sigma_px
 from temsims.analysis.isotopes import NATURAL_LI6_LI7, check_correction
 from temsims.analysis.particles import Particle, find_particles
 from temsims.plans._common import (
@@ -88,6 +89,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                             reference: str | dict | None = None,
                             reference_fov_um: float = 0.2,
                             reference_pixels: tuple = (16, 16),
+                            halo: tuple | None = None,
                             md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
@@ -141,6 +143,14 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         ``correction``.
     reference_fov_um, reference_pixels : float, (int, int)
         The reference maps' raster (inside the standard: its 0.24 um pad).
+    halo : (float, float), optional
+        ``(fraction, fwhm_nm)``: the ion probe's halo as measured on a sharp edge
+        (:func:`temsims.analysis.halo.measure_probe_halo`;
+        :data:`temsims.constants.PROBE_HALO`), fraction in [0, 0.5), FWHM (nm) > 0.
+        Its share is subtracted from both maps before the particles are segmented
+        (``halo`` of :func:`~temsims.analysis.particles.find_particles`, its sigma in
+        the map's pixels), and recorded in ``particle_analysis``. None: a particle
+        near a bright labelled one keeps a few per cent of its 6Li.
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
@@ -213,6 +223,12 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                              f"standard ({ref['width_um']:g} um)")
         ref_pixels = check_pair("reference_pixels", reference_pixels, integer=True, low=1,
                                 high=MAX_PIXELS_PER_SIDE)
+    halo_px = None
+    if halo is not None:
+        halo = check_pair("halo", halo)
+        check_number("halo[0]", halo[0], low=0.0, high=0.5, high_open=True)
+        check_number("halo[1]", halo[1], low=0.0, low_open=True, unit="nm")
+        halo_px = (float(halo[0]), halo_sigma_px(halo[1], 1000.0 * fov_um / pixels[0]))
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
@@ -232,7 +248,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         tau, tau_source = yield from read_dead_time(spectrometer, DEFAULT_DEAD_TIME_S)
         analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
                     "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7,
-                    "correction": correction}
+                    "correction": correction, "halo": halo_px}
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         parts = (stage, imager, spectrometer, column, bias)
         ref_md = {**md, "correlation_id": bid}
@@ -286,7 +302,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         run_md = {**base_md, "correlative": role_md(
             role="particle_search", roi_index=None,
             roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
-            particle_analysis=dict(parameters, dead_time_source=tau_source),
+            particle_analysis=dict(parameters, dead_time_source=tau_source,
+                                   halo_fwhm_nm=None if halo is None else float(halo[1])),
             image_uncertain=image_uncertain)}
         if ref is not None:
             run_md["bracketing"] = dict(common, role="unknown", position=None, index=0,
