@@ -445,15 +445,18 @@ def test_halo_costs_little_in_a_512x512x4_frame(particles):
     masses = (LI6, LI7, GA69, GA71)
 
     def cost(params):
-        best = math.inf
-        for _ in range(3):
-            t0 = time.perf_counter()
-            _plan(particles, geo, masses=masses, current_pa=100.0, probe_nm=40.0,
-                  params=params).render_lines(0, 512, np.random.default_rng(0))
-            best = min(best, time.perf_counter() - t0)
-        return best
+        t0 = time.perf_counter()
+        _plan(particles, geo, masses=masses, current_pa=100.0, probe_nm=40.0,
+              params=params).render_lines(0, 512, np.random.default_rng(0))
+        return time.perf_counter() - t0
 
-    assert cost(DEFAULT_PARAMS) <= 1.6 * cost(DEFAULT_PARAMS.with_(halo_fraction=0.0)) + 0.02
+    # Interleaved, the best of three each: the machine's load drifts between runs.
+    on, off = math.inf, math.inf
+    for _ in range(3):
+        on = min(on, cost(DEFAULT_PARAMS))
+        off = min(off, cost(DEFAULT_PARAMS.with_(halo_fraction=0.0)))
+    print(f"512 x 512 x 4 frame: {on:.3f} s with the halo, {off:.3f} s without")
+    assert on <= 1.6 * off + 0.02
 
 
 def test_a_parked_spot_digs_with_the_core_current():
