@@ -854,39 +854,49 @@ def halo_sigma_nm(geometry: ScanGeometry,
     return footprint_sigma_nm(geometry, params.halo_fwhm_nm, params)
 
 
-def _linear_resampler(n_out: int, k_out: int, n_in: int, k_in: int) -> np.ndarray:
-    """(n_out, n_in) matrix of linear interpolation from nodes of a grid coarsened by
-    ``k_in`` to nodes of one coarsened by ``k_out`` (both of the same fine grid; node
-    i of a k-grid sits at fine pixel i k + (k - 1) / 2, held at the edge nodes)."""
-    pos = (np.arange(n_out) * k_out + (k_out - 1) / 2.0 - (k_in - 1) / 2.0) / k_in
-    pos = np.clip(pos, 0.0, n_in - 1.0)
-    lo = np.minimum(np.floor(pos).astype(int), max(n_in - 2, 0))
-    frac = (pos - lo).astype(np.float32)
-    m = np.zeros((n_out, n_in), np.float32)
-    rows = np.arange(n_out)
-    m[rows, lo] = 1.0 - frac
-    if n_in > 1:
-        m[rows, lo + 1] += frac
-    else:
-        m[rows, lo] = 1.0
-    return m
+def _linear_nodes(n_out: int, n_in: int, k_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lower node, weight of the upper one) of linear interpolation from the nodes of a
+    grid coarsened by ``k_in`` to the ``n_out`` pixels of the grid it coarsens (node i
+    sits at pixel i k + (k - 1) / 2; held at the edge nodes)."""
+    pos = np.clip((np.arange(n_out) - (k_in - 1) / 2.0) / k_in, 0.0, n_in - 1.0)
+    lo = np.minimum(np.floor(pos).astype(np.intp), max(n_in - 2, 0))
+    return lo, (pos - lo).astype(np.float32)
 
 
-def _halo_blur(image: np.ndarray, core: np.ndarray, k: int, sigma_rows_px: float,
-               sigma_cols_px: float, fraction: float) -> np.ndarray:
-    """``(1 - fraction) core + fraction halo``: the halo blur of ``image`` on a grid
-    coarse for its own width (4 blocks per sigma, like the core), brought back to the
-    core's grid of blocks ``k`` by two small interpolation matrices (a few ms where a
-    full-grid blur of hundreds of taps would cost seconds). The emission beyond the
-    window (the core's margin) is taken as its mirror image: widening the window by the
-    halo's reach made a small field's frame plan 2-3 times as costly."""
-    kh = max(k, block_size(sigma_rows_px, sigma_cols_px))
-    halo = _block_blur(image, sigma_rows_px, sigma_cols_px, kh, mode="reflect")
-    ry = _linear_resampler(core.shape[0], k, halo.shape[0], kh)
-    rx = _linear_resampler(core.shape[1], k, halo.shape[1], kh)
-    out = (ry @ halo.astype(np.float32) @ rx.T) * np.float32(fraction)
-    out += core * np.float32(1.0 - fraction)
+def _upsample(coarse: np.ndarray, shape: tuple[int, int], k: int) -> np.ndarray:
+    """Bilinear interpolation of a grid coarsened by ``k`` back onto ``shape``, by
+    gathers (a BLAS product's threads spun on and slowed the rest of the frame on a
+    busy two-core machine)."""
+    out = coarse.astype(np.float32, copy=False)
+    for axis, n in enumerate(shape):
+        m = out.shape[axis]
+        lo, w = _linear_nodes(n, m, k)
+        hi = np.minimum(lo + 1, m - 1)
+        w = w[:, None] if axis == 0 else w[None, :]
+        a, b = np.take(out, lo, axis=axis), np.take(out, hi, axis=axis)
+        out = a + (b - a) * w
     return out
+
+
+def _halo_blur(core: np.ndarray, k: int, core_sigma_px: tuple[float, float],
+               halo_sigma_px: tuple[float, float], fraction: float) -> np.ndarray:
+    """``(1 - fraction) core + fraction halo`` on the core's grid of blocks ``k``.
+
+    The halo is Gaussian, so ``halo * emission = G(sqrt(h^2 - c^2)) * (core * emission)``:
+    it is blurred from the core's blurred map, on a grid coarsened once more for its
+    own width (4 blocks per sigma), and interpolated back: no second pass over the fine
+    grid (a few ms where a full-grid blur of hundreds of taps would cost seconds; a
+    frame 4-8 % dearer than without a halo). Beyond the plan's window (the core's margin)
+    the emission is taken as its mirror image: widening the window by the halo's reach
+    made a small field's frame plan 2-3 times as costly.
+    """
+    rest = [math.sqrt(max(h * h - c * c, 0.0)) / k
+            for h, c in zip(halo_sigma_px, core_sigma_px, strict=True)]
+    m = block_size(*rest)
+    halo = _upsample(_block_blur(core, rest[0], rest[1], m, mode="reflect"), core.shape, m)
+    halo *= np.float32(fraction)
+    halo += core * np.float32(1.0 - fraction)
+    return halo
 
 
 def _blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
@@ -1031,13 +1041,12 @@ class FramePlan:
                 if not w:
                     cache[key] = None
                 else:
-                    e = emitter.emission(w)
-                    cache[key] = _block_blur(e, sy_px, sx_px, self.block)
+                    cache[key] = _block_blur(emitter.emission(w), sy_px, sx_px, self.block)
                     if halo is not None:
-                        cache[key] = _halo_blur(e, cache[key], self.block,
-                                                halo[0] / spec.pixel_nm,
-                                                halo[1] / spec.pixel_nm,
-                                                self.params.halo_fraction)
+                        cache[key] = _halo_blur(
+                            cache[key], self.block, (sy_px, sx_px),
+                            (halo[0] / spec.pixel_nm, halo[1] / spec.pixel_nm),
+                            self.params.halo_fraction)
                     self.blurred_shape = cache[key].shape
             self.blurred.append(cache[key])
 
