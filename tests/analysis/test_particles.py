@@ -194,8 +194,8 @@ def test_the_probe_halo_is_measured_and_subtracted(scores):
     is measured on an edge with each instrument and subtracted: without it the
     isolated particles' pulls widen (a natural particle near a bright labelled one
     picks up its 6Li, a labelled one is diluted by its natural neighbours; measured
-    std 1.40 / 1.51 full, 1.21-2.46 quick over 8-seed runs, against 1.01-1.17
-    with it) and precision falls (0.95-0.97 full)."""
+    std 1.36-1.71 full, 1.11-2.93 quick over 8-seed runs, against 0.95-1.17 with it)
+    and precision falls (0.92-0.97 full)."""
     pixels, per_seed = scores
     fits = [s["halo"] for s in per_seed.values()]
     for fit in fits:
