@@ -227,6 +227,43 @@ def _smooth(image: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
         return np.where(den > 1e-6, num / den, 0.0)
 
 
+def check_halo(halo) -> tuple[float, float] | None:
+    """``(fraction, sigma_px)`` of a probe halo, validated (``None``: no halo)."""
+    if halo is None:
+        return None
+    try:
+        fraction, sigma = (float(v) for v in halo)
+    except (TypeError, ValueError):
+        raise TypeError(f"halo must be (fraction, sigma_px), got {halo!r}") from None
+    if not (math.isfinite(fraction) and 0.0 <= fraction < 0.5):
+        raise ValueError(f"halo fraction must be in [0, 0.5), got {fraction}")
+    if not (math.isfinite(sigma) and sigma > 0.0):
+        raise ValueError(f"halo sigma_px must be finite and > 0, got {sigma}")
+    return fraction, sigma
+
+
+def subtract_halo(counts, variance, valid, halo) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and variance with the probe halo's share taken out (decision 0040).
+
+    A map is the emission blurred by ``(1 - f) core + f halo``; the halo being far
+    wider than the core, ``halo * map`` is ``halo * emission`` to first order, so
+    ``map - f halo * map`` is ``(1 - f) core * emission`` up to ``f^2`` (a first-order
+    deconvolution): what a neighbour's halo put into a particle's pixels is gone, and
+    every ratio sees its own core's counts. Beyond the map's edge the halo sees the
+    mean of the nearby acquired pixels (normalised smoothing). The subtracted map's
+    noise (``f^2 sum w^2`` times the smoothed variance) is added to the variance.
+    Pixels may go slightly negative (Poisson dips under a bright neighbour's halo).
+    """
+    fraction, sigma = halo
+    if fraction == 0.0:
+        return counts, variance
+    c = np.where(valid, counts, 0.0)
+    spill = fraction * _smooth(c, valid, sigma)
+    noise = fraction**2 * _sum_w2(sigma) * _smooth(np.where(valid, variance, 0.0), valid, sigma)
+    return (np.where(valid, counts - spill, np.nan),
+            np.where(valid, variance + noise, np.nan))
+
+
 def estimate_background(total_counts, valid=None) -> float:
     """Background (film) counts per pixel: the median of the lower half of the map.
 
@@ -641,7 +678,7 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                    h_sigma: float = 4.0, min_area_px: int = 1,
                    min_counts: float = 20.0, exclude_contacts: bool = True,
                    labels=None, split_labelled: bool = True,
-                   correction=None, hydride=None) -> ParticleTable:
+                   correction=None, hydride=None, halo=None) -> ParticleTable:
     """Segment the particles of a 6Li/7Li map pair and test each one's ratio.
 
     Parameters
@@ -698,6 +735,14 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         ``h^2 V6``; ``(N6 sigma_h)^2`` on each particle's sum). Without it a labelled
         particle's 7Li holds its 6LiH+: its ratio is low by ``h R`` (2 % at R 19 and
         h 1e-3; decision 0039).
+    halo : (float, float), optional
+        ``(fraction, sigma_px)``: the probe's halo, the fraction of the current in a
+        broad Gaussian of this sigma (map pixels; e.g. measured on the natural-Li
+        pad's edge by ``measure_probe_halo``). Its share is subtracted from both
+        dead-time corrected maps before anything else (:func:`subtract_halo`): a
+        natural particle near a bright labelled one no longer picks up its 6Li, and
+        a labelled one's ratio is no longer diluted by its natural neighbours.
+        Without it each pixel holds a few per cent of its neighbourhood's counts.
 
     Returns
     -------
@@ -714,8 +759,13 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     affine = _check_affine(pixel_to_specimen)
     correction = check_correction(correction)
     hydride = check_hydride(hydride)
+    halo = check_halo(halo)
     c6, v6 = _dead_time(n6, dwell, dead_time_s)
     c7, v7 = _dead_time(n7, dwell, dead_time_s)
+    if halo is not None:
+        acquired = np.isfinite(c6) & np.isfinite(c7)
+        c6, v6 = subtract_halo(c6, v6, acquired, halo)
+        c7, v7 = subtract_halo(c7, v7, acquired, halo)
     c7, v7 = subtract_hydride(c6, v6, c7, v7, hydride)
     measured_systematic = systematic_rel
     if correction is not None:
@@ -726,14 +776,17 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     split_from: dict[int, int] = {}
     user_labels = labels is not None
     if labels is None:
-        labels = segment_sims_particles(total, smooth_sigma_px=smooth_sigma_px,
+        # The halo's subtraction leaves small negative dips; segmentation wants counts.
+        labels = segment_sims_particles(np.clip(total, 0.0, None),
+                                        smooth_sigma_px=smooth_sigma_px,
                                         detection_sigma=detection_sigma, h_sigma=h_sigma,
                                         min_area_px=min_area_px, min_counts=min_counts,
-                                        channels=(np.where(valid, c6, 0.0),
-                                                  np.where(valid, c7, 0.0)))
+                                        channels=(np.where(valid, np.clip(c6, 0, None), 0.0),
+                                                  np.where(valid, np.clip(c7, 0, None), 0.0)))
         if split_labelled:
             labels, split_from = split_labelled_segments(
-                labels, np.where(valid, c6, np.nan), np.where(valid, c7, np.nan), v6, v7,
+                labels, np.where(valid, np.clip(c6, 0.0, None), np.nan),
+                np.where(valid, np.clip(c7, 0.0, None), np.nan), v6, v7,
                 reference_ratio=reference_ratio, systematic_rel=systematic_rel,
                 label_ratio_min=label_ratio_min, significance=significance,
                 natural_sigma=natural_sigma, detection_sigma=detection_sigma,
@@ -754,7 +807,9 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
               "detection_sigma": detection_sigma, "h_sigma": h_sigma,
               "min_area_px": min_area_px, "min_counts": min_counts,
               "exclude_contacts": bool(exclude_contacts),
-              "split_labelled": bool(split_labelled) and not user_labels}
+              "split_labelled": bool(split_labelled) and not user_labels,
+              "halo_fraction": None if halo is None else halo[0],
+              "halo_sigma_px": None if halo is None else halo[1]}
     idx = np.unique(labels[labels > 0])
     if idx.size == 0:
         return ParticleTable((), labels, params)
@@ -774,7 +829,8 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     px_area_um2 = abs(float(np.linalg.det(affine[:2, :2]))) if affine is not None else None
     out = []
     for k, lab_k in enumerate(idx):
-        s6, s7, w6, w7 = (float(a[k]) for a in sums)
+        # (a faint segment's halo-subtracted sum can dip below 0: then it is 0)
+        s6, s7, w6, w7 = (max(float(a[k]), 0.0) for a in sums)
         # The 6Li subtracted was measured (before K): sigma_h weighs on it as counted.
         w7 += hydride_sum_variance(s6 / (correction[0] if correction else 1.0), hydride)
         # The sums are corrected already; the correction adds its error (and the
@@ -813,6 +869,8 @@ __all__ = [
     "segment_sims_particles",
     "segment_tem_particles",
     "split_labelled_segments",
+    "subtract_halo",
+    "check_halo",
 ]
 
 

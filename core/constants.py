@@ -176,6 +176,13 @@ REFERENCE_REGIONS: dict[str, dict] = {
 }
 
 
+#: The Ga+ column's probe halo as this lab measured it on a sharp Li2CO3 edge
+#: (:func:`temsims.analysis.halo.measure_probe_halo`; decision 0040): the fraction of
+#: the current in a broad Gaussian around the core and that Gaussian's FWHM (nm,
+#: beam-normal plane). Measured 0.030 +- 0.001 and 296 +- 4 nm at 100 pA, 30 kV.
+PROBE_HALO: dict[str, float] = {"fraction": 0.03, "fwhm_nm": 300.0}
+
+
 def reference_region(specimen: str) -> dict | None:
     """The isotope standard on the specimen called ``specimen`` (a copy), or None."""
     ref = REFERENCE_REGIONS.get(specimen)

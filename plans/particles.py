@@ -23,6 +23,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.analysis.bracketing import bracketing_correction
+from temsims.analysis.halo import halo_sigma_px
 from temsims.analysis.isotopes import (
     NATURAL_LI6_LI7,
     check_correction,
@@ -155,6 +156,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                             reference_pixels: tuple = (16, 16),
                             hydride: tuple | str | None = None,
                             hydride_count_s: float = 0.05,
+                            halo: tuple | None = None,
                             md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
@@ -224,6 +226,14 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         ~10 %, the labelled ratios to ~0.2 %) and sputters a fifth of what a 16 x 16
         reference map does (~13 nm of the 100 nm pad). Fewer than 20 7LiH+ counts
         fail the plan (the beam is not on the pad, or the pad is used up).
+    halo : (float, float), optional
+        ``(fraction, fwhm_nm)``: the ion probe's halo as measured on a sharp edge
+        (:func:`temsims.analysis.halo.measure_probe_halo`;
+        :data:`temsims.constants.PROBE_HALO`), fraction in [0, 0.5), FWHM (nm) > 0.
+        Its share is subtracted from both maps before the particles are segmented
+        (``halo`` of :func:`~temsims.analysis.particles.find_particles`, its sigma in
+        the map's pixels), and recorded in ``particle_analysis``. None: a particle
+        near a bright labelled one keeps a few per cent of its 6Li.
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
@@ -317,6 +327,12 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     if measure_hydride:
         check_within("hydride_count_s", hydride_count_s,
                      device_limits(spectrometer.count_time), "s")
+    halo_px = None
+    if halo is not None:
+        halo = check_pair("halo", halo)
+        check_number("halo[0]", halo[0], low=0.0, high=0.5, high_open=True)
+        check_number("halo[1]", halo[1], low=0.0, low_open=True, unit="nm")
+        halo_px = (float(halo[0]), halo_sigma_px(halo[1], 1000.0 * fov_um / pixels[0]))
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     base_md = {**md, "correlation_id": cid}
@@ -336,7 +352,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         tau, tau_source = yield from read_dead_time(spectrometer, DEFAULT_DEAD_TIME_S)
         analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
                     "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7,
-                    "correction": correction, "hydride": hydride}
+                    "correction": correction, "hydride": hydride, "halo": halo_px}
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         parts = (stage, imager, spectrometer, column, bias)
         ref_md = {**md, "correlation_id": bid}
@@ -396,7 +412,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         run_md = {**base_md, "correlative": role_md(
             role="particle_search", roi_index=None,
             roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
-            particle_analysis=dict(parameters, dead_time_source=tau_source),
+            particle_analysis=dict(parameters, dead_time_source=tau_source,
+                                   halo_fwhm_nm=None if halo is None else float(halo[1])),
             image_uncertain=image_uncertain)}
         if ref is not None:
             run_md["bracketing"] = dict(common, role="unknown", position=None, index=0,

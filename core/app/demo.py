@@ -295,7 +295,7 @@ def _run_engine(writer, specimen: str, seed: int, require_metadata):
 
 
 def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
-    from temsims.constants import reference_region
+    from temsims.constants import PROBE_HALO, reference_region
     from temsims.plans import (
         calibrate_dead_time,
         correlative_tem_sims,
@@ -334,7 +334,9 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
         d, fov_um=sizes["search_fov_um"], pixels=sizes["search_pixels"],
         dwell_s=sizes["search_dwell_s"], zoom_fov_um=sizes["zoom_fov_um"],
         exposure_s=sizes["exposure_s"], max_particles=sizes["max_particles"],
-        reference="li2co3-particles", md={"purpose": "temsims demo"})).plan_result
+        reference="li2co3-particles",
+        halo=(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"]),
+        md={"purpose": "temsims demo"})).plan_result
     bracket = parts.get("bracketing") or {}
     if bracket.get("factor"):
         k, sk = bracket["factor"]

@@ -8,7 +8,7 @@ import numpy as np
 from temsims.ioc.physics import sims as sp
 from temsims.ioc.physics.ion_optics import probe_diameter_nm
 from temsims.ioc.physics.materials import isotope_mass_u
-from temsims.ioc.physics.specimen import build_specimen
+from temsims.ioc.physics.specimen import Layer, Specimen, build_specimen
 
 LI_MASSES = (isotope_mass_u("6Li"), isotope_mass_u("7Li"))
 #: The demo's particle search (temsims.core.demo): 4 um field, 1 ms dwell, 100 pA
@@ -53,7 +53,11 @@ def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
                         probe_diameter_nm(current_pa, DEMO["column_kv"]), 25.5, 1, True,
                         np.zeros(spec.shape, np.float32),
                         params=params or sp.SimsParameters(dead_time_s=dead_time_of(seed)))
-    n6, n7 = plan.render(np.random.default_rng(1000 + seed if rng_seed is None else rng_seed))
+    if rng_seed == "expected":  # the counts' expectation (dead time included), no draw
+        n6, n7 = plan.render(None)
+    else:
+        n6, n7 = plan.render(np.random.default_rng(1000 + seed if rng_seed is None
+                                                   else rng_seed))
     return spec, geo, n6, n7
 
 
@@ -196,3 +200,46 @@ def score(table, affine, truth) -> dict:
             "labelled_errors": labelled_errors,
             "detected": sum(1 for s in seg if s), "n_particles": len(truth)}
 
+
+
+#: The halo measurement's map (decision 0040): 64 columns over 1 um across a straight
+#: Li2CO3 edge (150 nm of pad, 850 nm of bare film), 16 rows along it, at the demo's
+#: current and dwell.
+HALO_MAP = {"pixels": (64, 16), "fov_um": 1.0, "pad_nm": 150.0}
+
+
+def edge_specimen(grid: int = 1024) -> Specimen:
+    """A flat 100 nm Li2CO3 film (natural Li) over x < 0 on the carbon film: a sharp,
+    straight edge far from any particle, to measure the probe's halo on."""
+    spec = Specimen("li2co3-edge", 0, [], shape=(grid, grid))
+    x = spec.x_nm()[None, :] + 0.0 * spec.y_nm()[:, None]
+    spec.layers = [Layer("pad", np.where(x < 0, 100.0, 0.0).astype(np.float32),
+                         {"Li2CO3": 1.0}),
+                   Layer("support film", 20.0, {"C-film": 1.0})]
+    return spec
+
+
+def halo_maps(instrument_seed: int, rng_seed: int, params: sp.SimsParameters | None = None):
+    """(pitch_nm, n6, n7) of the halo measurement's map across the edge on the
+    instrument ``instrument_seed`` (the pad on the first columns' side)."""
+    nx, ny = HALO_MAP["pixels"]
+    fov = HALO_MAP["fov_um"]
+    geo = sp.ScanGeometry(nx, ny, fov, centre_x_nm=500.0 * fov - HALO_MAP["pad_nm"])
+    spec = edge_specimen()
+    plan = sp.FramePlan(spec, geo, LI_MASSES, DEMO["current_pa"], DEMO["dwell_s"],
+                        probe_diameter_nm(DEMO["current_pa"], DEMO["column_kv"]), 25.5, 1,
+                        True, np.zeros(spec.shape, np.float32),
+                        params=params or harder_twin(instrument_seed))
+    n6, n7 = plan.render(np.random.default_rng(rng_seed))
+    return 1000.0 * fov / nx, n6, n7
+
+
+def measured_halo(instrument_seed: int, rng_seed: int):
+    """The probe halo measured on the edge (:class:`~temsims.analysis.halo.HaloFit`),
+    with the instrument's calibrated dead time, as a lab would before a search."""
+    from temsims.analysis.halo import measure_probe_halo
+
+    pitch, n6, n7 = halo_maps(instrument_seed, rng_seed)
+    return measure_probe_halo([n6, n7], pitch_nm=pitch, pad_width_nm=1e6,
+                              dwell_s=DEMO["dwell_s"],
+                              dead_time_s=dead_time_of(instrument_seed))

@@ -24,6 +24,7 @@ from temsims.analysis.geometry import SimsMapGeometry, TemImageGeometry
 from temsims.analysis.isotopes import NATURAL_LI6_LI7
 from temsims.analysis.particles import find_particles
 from temsims.catalog import check_start_metadata
+from temsims.constants import PROBE_HALO
 from temsims.plans import correlative_tem_sims, find_labelled_particles
 from temsims.plans._common import HARDWARE_COMMANDS
 from temsims.plans.correlative import tem_pixel_to_stage
@@ -64,7 +65,9 @@ def _search(engine, start) -> dict:
                            correction=None if params["correction_factor"] is None else
                            (params["correction_factor"], params["correction_sigma"]),
                            hydride=None if params.get("hydride_ratio") is None else
-                           (params["hydride_ratio"], params["hydride_sigma"]))
+                           (params["hydride_ratio"], params["hydride_sigma"]),
+                           halo=None if params.get("halo_fraction") is None else
+                           (params["halo_fraction"], params["halo_sigma_px"]))
     assert [p.label for p in again] == [c["label"] for c in table]
     assert [p.classification for p in again] == [c["classification"] for c in table]
     return {"maps": maps, "candidates": table, "labels": again.labels,
@@ -112,7 +115,9 @@ def _bad_cases():
                 # the hydride correction (decision 0039)
                 {"hydride": "measure"}, {"hydride": "guess"}, {"hydride": (0.5, 0.0)},
                 {"hydride": (1e-3,)}, {"hydride": (math.nan, 1e-4)},
-                {"hydride_count_s": 0.0}, {"hydride_count_s": "2"}]
+                {"hydride_count_s": 0.0}, {"hydride_count_s": "2"},
+                {"halo": 0.03}, {"halo": (0.5, 300.0)}, {"halo": (0.03, 0.0)},
+                {"halo": (math.nan, 300.0)}]
     return [(correlative_tem_sims, corr_ok, b) for b in corr_bad] + \
         [(find_labelled_particles, part_ok, b) for b in part_bad]
 
@@ -383,7 +388,8 @@ def searches(instruments):
                 d, fov_um=SEARCH["fov_um"], pixels=SEARCH["pixels"],
                 dwell_s=SEARCH["dwell_s"], significance=5.0, min_counts=50,
                 zoom_fov_um=0.4, exposure_s=0.01, image_uncertain=seed == 1,
-                reference="li2co3-particles", hydride="measure")).plan_result
+                reference="li2co3-particles", hydride="measure",
+                halo=(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"]))).plan_result
             TIMINGS[f"particles seed {seed}"] = time.monotonic() - t0
             engine.dead_time_s = d.spectrometer.dead_time.get()
             assert d.mode.infer() == "TEM"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from temsims.analysis.isotopes import NATURAL_LI6_LI7, ratio_of_region
-from temsims.constants import reference_region
+from temsims.constants import PROBE_HALO, reference_region
 from temsims.ioc.physics import sims as sp
 from temsims.plans import bracketed_sims_maps, calibrate_dead_time, to_sims_mode
 from temsims.plans._common import HARDWARE_COMMANDS
@@ -190,7 +190,9 @@ def test_particle_search_bracketed_by_the_pad(RE, pdev, particles):
     pdev.column.aperture.set("100 pA").wait(10)  # the demo's (core/app/demo.py)
     res = RE(find_labelled_particles(pdev, fov_um=4.0, pixels=(64, 45), dwell_s=1e-3,
                                      max_particles=0, reference="li2co3-particles",
-                                     hydride=(1e-3, 1e-4))).plan_result
+                                     hydride=(1e-3, 1e-4),
+                                     halo=(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"]))
+             ).plan_result
     b = res["bracketing"]
     starts = RE.docs.docs["start"]
     assert [s["uid"] for s in starts] == [b["uids"]["reference_before"],
