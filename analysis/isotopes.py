@@ -213,15 +213,21 @@ def _z_fraction(n_eff, a_eff, ratio: float, systematic_rel: float):
         return (q - q0) / np.sqrt(var)
 
 
+def _number_pair(value, name: str, symbols: str) -> tuple[float, float]:
+    """``value`` as two floats, or a TypeError naming ``name`` and its ``symbols``."""
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a pair ({symbols}) of numbers, got "
+                        f"{value!r}") from exc
+    return a, b
+
+
 def check_correction(correction) -> tuple[float, float] | None:
     """A checked ``(K, sigma_K)`` mass-bias correction of a ratio, or None."""
     if correction is None:
         return None
-    try:
-        k, sk = (float(v) for v in correction)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"correction must be a pair (K, sigma_K) of numbers, got "
-                        f"{correction!r}") from exc
+    k, sk = _number_pair(correction, "correction", "K, sigma_K")
     if not (math.isfinite(k) and k > 0 and math.isfinite(sk) and sk >= 0):
         raise ValueError(f"correction = ({k:g}, {sk:g}): K must be finite and > 0, "
                          f"sigma_K finite and >= 0")
@@ -242,11 +248,7 @@ def check_hydride(hydride) -> tuple[float, float] | None:
     """A checked ``(h, sigma_h)`` hydride ratio MH+/M+ of the numerator, or None."""
     if hydride is None:
         return None
-    try:
-        h, sh = (float(v) for v in hydride)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"hydride must be a pair (h, sigma_h) of numbers, got "
-                        f"{hydride!r}") from exc
+    h, sh = _number_pair(hydride, "hydride", "h, sigma_h")
     if not (math.isfinite(h) and 0.0 <= h < 0.1 and math.isfinite(sh) and sh >= 0):
         raise ValueError(f"hydride = ({h:g}, {sh:g}): h = MH+/M+ must be finite and in "
                          f"[0, 0.1), sigma_h finite and >= 0")

@@ -87,6 +87,22 @@ def check_reference(reference: Any, stage) -> dict:
     return ref
 
 
+def check_reference_map(reference: Any, reference_fov_um: float, reference_pixels,
+                        stage, column) -> tuple[dict, float, tuple[int, int]]:
+    """The checked standard (:func:`check_reference`) and the raster of its reference
+    maps: a field inside the standard and within the column's limits, and pixels."""
+    ref = check_reference(reference, stage)
+    ref_fov = check_number("reference_fov_um", reference_fov_um, low=0.0, low_open=True,
+                           unit="um")
+    check_within("reference_fov_um", ref_fov, device_limits(column.scan.fov), "um")
+    if "width_um" in ref and ref_fov > ref["width_um"]:
+        raise ValueError(f"reference_fov_um = {ref_fov:g} um is wider than the standard "
+                         f"({ref['width_um']:g} um): the map would count its surroundings")
+    ref_pixels = check_pair("reference_pixels", reference_pixels, integer=True, low=1,
+                            high=MAX_PIXELS_PER_SIDE)
+    return ref, ref_fov, ref_pixels
+
+
 def reference_run(parts: tuple, ref: dict, *, labels: tuple, fov_um: float, pixels: tuple,
                   dwell_s: float, dead_time_s: float, min_counts: float, block: dict,
                   md: dict, on_measured) -> Plan[str]:
@@ -210,15 +226,8 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
     dwell_s = check_number("dwell_s", dwell_s, low=DWELL_RANGE_S[0], high=DWELL_RANGE_S[1],
                            unit="s")
     labels = check_species("species", species, min_n=2, max_n=2)
-    ref = check_reference(reference, stage)
-    ref_fov = check_number("reference_fov_um", reference_fov_um, low=0.0, low_open=True,
-                           unit="um")
-    check_within("reference_fov_um", ref_fov, device_limits(column.scan.fov), "um")
-    if "width_um" in ref and ref_fov > ref["width_um"]:
-        raise ValueError(f"reference_fov_um = {ref_fov:g} um is wider than the standard "
-                         f"({ref['width_um']:g} um): the map would count its surroundings")
-    ref_pixels = check_pair("reference_pixels", reference_pixels, integer=True, low=1,
-                            high=MAX_PIXELS_PER_SIDE)
+    ref, ref_fov, ref_pixels = check_reference_map(reference, reference_fov_um,
+                                                   reference_pixels, stage, column)
     if aperture is not None:
         if not isinstance(aperture, str):
             raise TypeError(f"aperture must be an aperture name such as '100 pA' or None, "

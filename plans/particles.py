@@ -46,7 +46,7 @@ from temsims.plans._common import (
     read_dead_time,
     with_safe_state,
 )
-from temsims.plans.bracketing import bracket_values, check_reference, reference_run
+from temsims.plans.bracketing import bracket_values, check_reference_map, reference_run
 from temsims.plans.correlative import PARTS, check_sims_voltage, role_md
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.sims import DWELL_RANGE_S, MAX_PIXELS_PER_SIDE, ensure_focal_plane, sims_map
@@ -298,15 +298,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         if correction is not None:
             raise ValueError("reference and correction: give one (the bracket measures "
                              "the correction)")
-        ref = check_reference(reference, stage)
-        ref_fov = check_number("reference_fov_um", reference_fov_um, low=0.0,
-                               low_open=True, unit="um")
-        check_within("reference_fov_um", ref_fov, device_limits(column.scan.fov), "um")
-        if "width_um" in ref and ref_fov > ref["width_um"]:
-            raise ValueError(f"reference_fov_um = {ref_fov:g} um is wider than the "
-                             f"standard ({ref['width_um']:g} um)")
-        ref_pixels = check_pair("reference_pixels", reference_pixels, integer=True, low=1,
-                                high=MAX_PIXELS_PER_SIDE)
+        ref, ref_fov, ref_pixels = check_reference_map(reference, reference_fov_um,
+                                                       reference_pixels, stage, column)
     measure_hydride = isinstance(hydride, str)
     if measure_hydride:
         if hydride != "measure":
