@@ -74,6 +74,11 @@ def _check_apertures(column, apertures: Any) -> tuple[str, ...]:
     return tuple(apertures)
 
 
+class DeadTimeNotMeasured(RuntimeError):
+    """The fit was not good enough to write DEAD_TIME (its run is stored, DEAD_TIME and
+    its source are left as they were)."""
+
+
 def calibrate_dead_time(spectrometer: SpectrometerDevice, column: IonColumnDevice, *,
                         species: tuple = ("63Cu", "65Cu"),
                         apertures: tuple = ("300 pA", "1 nA", "3 nA", "7 nA"),
@@ -269,7 +274,7 @@ def calibrate_dead_time(spectrometer: SpectrometerDevice, column: IonColumnDevic
                            source=source if applied else str(old_source))
             yield from bps.trigger_and_read([out], name="dead_time")
             if apply and not good:
-                raise RuntimeError(
+                raise DeadTimeNotMeasured(
                     f"{PLAN_NAME}: tau = {fit.tau_s * 1e9:.2f} +- {fit.tau_sigma_s * 1e9:.2f} "
                     f"ns with at most {100 * fit.max_loss:.1f} % lost is not good enough "
                     f"(sigma/tau <= {max_sigma_rel:g}, loss >= {100 * MIN_LOSS:g} %, tau in "
@@ -291,4 +296,4 @@ def calibrate_dead_time(spectrometer: SpectrometerDevice, column: IonColumnDevic
     return (yield from with_safe_state(body(), column, bias))
 
 
-__all__ = ["calibrate_dead_time"]
+__all__ = ["DeadTimeNotMeasured", "calibrate_dead_time"]

@@ -302,6 +302,7 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
         find_labelled_particles,
         to_sims_mode,
     )
+    from temsims.plans.counting import DeadTimeNotMeasured
 
     d.column.aperture.set(SIMS_APERTURE).wait(10)
     t = time.monotonic()
@@ -324,7 +325,7 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
             apertures=PAD_DEAD_TIME_APERTURES, fov_um=PAD_DEAD_TIME_FOV_UM, stage=d.stage,
             center_um=(pad["x_um"], pad["y_um"]), bias=d.bias,
             md={"purpose": "temsims demo"})).plan_result
-    except RuntimeError as exc:  # a fit not good enough: the run is stored, DEAD_TIME kept
+    except DeadTimeNotMeasured as exc:  # the run is stored, DEAD_TIME kept
         _say(f"  {exc}")
     _say(f"  DEAD_TIME {1e9 * float(d.spectrometer.dead_time.get()):.1f} ns "
          f"({d.spectrometer.dead_time_source.get()}) in {time.monotonic() - t:.1f} s")
