@@ -108,7 +108,9 @@ def test_ga_fraction_separates_the_implant():
     # The grains share the line's error: the worst of 25 reached 3.7 sd in 150 draws
     # (2.5 sd failed 4 % of them).
     assert np.all(np.abs(err) <= 4.0 * res.sd)
-    assert abs(res.k - 0.601 / 0.957) < 3 * res.k_sd + 1e-3
+    # k's pull over 400 seeds: mean -0.24, std 0.94 (its sd is honest), |pull| > 3 in
+    # 0.5 % of them (a 3 sd bound failed one run in 200), max 3.96.
+    assert abs(res.k - 0.601 / 0.957) < 4.5 * res.k_sd + 1e-3
     assert np.all(res.naive - r > 0.3)  # the implant, left in, doubles the figure
 
 
