@@ -56,6 +56,10 @@ SIMS_VOLTAGE_V = 4500.0
 #: LiV3O8/LiPON (V+): the beam and pixel are the same, each interface's roughness is
 #: its own (8 nm rms over ~40 correlation lengths of the map: ~+-15 %) (estimate).
 BLUR_PRIOR_REL = 0.15
+#: How far from its interfaces the cathode is taken as uniform (the line noise's region):
+#: two of the halo's sigmas along the normal (~200 nm at 45 deg), where what it carries
+#: across an interface is < 0.1 % of the level; ~25 lines of the 1.4 um film remain.
+CATHODE_MARGIN_NM = 400.0
 #: Column blocks of the jackknife that adds the roughness and sampling to the errors.
 JACKKNIFE_BLOCKS = 8
 #: Keywords of temsims.analysis.registration.register_sims_to_tem (see report()).
@@ -152,7 +156,7 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     """
     import numpy as np
 
-    from temsims.analysis.halo import halo_sigma_px
+    from temsims.analysis.halo import halo_along_normal
     from temsims.analysis.interfaces import (
         COVERAGE_K,
         Interface,
@@ -162,8 +166,8 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         fit_edge,
         normal_profile,
         ratio_with_error,
+        row_noise,
     )
-    from temsims.analysis.particles import subtract_halo
     from temsims.constants import PROBE_HALO
 
     ov = experiment.overview
@@ -180,19 +184,29 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     yl = m_li.data["y_um_registered"].values
     counts = {s: np.asarray(m.data[s].values, float).reshape(x.shape) for s in MAP_SPECIES}
     counts["7Li"] = np.asarray(m_li.data["7Li"].values, float).reshape(xl.shape)
-    # The probe's halo (decision 0040) carries ~3 % of the cathode's bright V+ a few
-    # hundred nm into the Al, where the V decay is fitted (seeds 4242-4244: decay
-    # 92-268 nm and level 0.7-1.0 at.% for 40 nm and 2 at.%): its share is taken out
-    # of every map first, as the particle and solar-cell analyses do.
-    for mm, names in ((m, MAP_SPECIES), (m_li, ("7Li",))):
-        block = mm.start["map"]
-        pitch_nm = 1e3 * float(block["fov_um"]) / int(block["pixels"][0])
-        halo = (PROBE_HALO["fraction"], halo_sigma_px(PROBE_HALO["fwhm_nm"], pitch_nm))
-        for name in names:
-            c = counts[name]
-            counts[name], _ = subtract_halo(c, c, np.isfinite(c), halo)
     bin_nm = float(sizes["bin_nm"])
     al, cat, cap = (tem[n] for n in INTERFACES)
+    # The probe's halo (decision 0040) carries ~3 % of the cathode's bright V+ a few
+    # hundred nm across the 100 nm LiPON, where the faint V tail is fitted (left out:
+    # decay 92-268 nm and level 0.7-1.0 at.% for 40 nm and 2 at.%, seeds 4242-4244;
+    # subtracted from the maps to first order: centred, but +-60-100 nm wide). Every
+    # fit has it in its model instead: along the interface normal, through the map's
+    # stretch (both maps share the geometry).
+    def halo(line):
+        return halo_along_normal(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"],
+                                 stretch=m.geometry.stretch, normal=line.normal)
+
+    # The probe current's line-to-line fluctuation (~1 %), measured on each map's
+    # cathode away from its interfaces, is in every fit's weights: the profiles bin
+    # about one scan line per bin, and the bright plateau's bins scatter by it (the V+
+    # fit's chi^2/dof was ~2.7 from them alone, and it scaled every error).
+    def cathode_region(xx, yy):
+        return ((1e3 * cat.distance_um(xx, yy) < -CATHODE_MARGIN_NM)
+                & (1e3 * al.distance_um(xx, yy) > CATHODE_MARGIN_NM))
+
+    noise = {"51V": row_noise(counts["51V"], cathode_region(x, y)),
+             "7Li": row_noise(counts["7Li"], cathode_region(xl, yl))}
+
     # Thickness of the LiPON along the normal of LiV3O8/LiPON (TEM).
     lipon_nm = 1e3 * float(cat.distance_um(cap.x_um, cap.y_um))
     # Into the Al: the same line with its normal reversed, so the source (LiV3O8)
@@ -219,23 +233,30 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         return (f.params["s"], max(f.errors["s"], BLUR_PRIOR_REL * f.params["s"]))
 
     for name, fn in (
-            ("Al+ Al/LiV3O8", lambda p: fit_edge(p)),
+            ("Al+ Al/LiV3O8", lambda p: fit_edge(p, halo=halo(al), rel_noise=noise["51V"])),
             ("V+ LiV3O8/LiPON", lambda p: fit_dissolution(p, thickness_nm=lipon_nm,
-                                                          blur_prior=blur_prior())),
-            ("Li+ LiV3O8/LiPON", lambda p: fit_box(p, b0=0.0, c0=lipon_nm)),
+                                                          blur_prior=blur_prior(),
+                                                          halo=halo(cat),
+                                                          rel_noise=noise["51V"])),
+            ("Li+ LiV3O8/LiPON", lambda p: fit_box(p, b0=0.0, c0=lipon_nm, halo=halo(cat),
+                                                   rel_noise=noise["7Li"])),
             # The Al fills the rest of the profile: the background is V+ in the Pt-C
             # (no V there), from the LiV3O8/LiPON fit.
             ("V+ Al/LiV3O8", lambda p: fit_dissolution(
                 p, decay0=50.0, fix_edge=True, b0=-fits["Al+ Al/LiV3O8"].params["b"],
                 s0=fits["Al+ Al/LiV3O8"].params["s"],
-                background=fits["V+ LiV3O8/LiPON"].params["background"]))):
+                background=fits["V+ LiV3O8/LiPON"].params["background"],
+                halo=halo(al), rel_noise=noise["51V"]))):
         try:
             fits[name] = fn(profiles[name])
         except (RuntimeError, ValueError, KeyError) as err:  # reported, not fatal
             errors[name] = f"{type(err).__name__}: {err}"
 
     k = COVERAGE_K
-    figures: dict[str, Any] = {"coverage_k": k, "fit_errors": errors}
+    figures: dict[str, Any] = {"coverage_k": k, "fit_errors": errors,
+                               "probe_halo": dict(PROBE_HALO),
+                               "line_noise_rel": {"Al+ V+ map": noise["51V"],
+                                                  "Li+ Al+ map": noise["7Li"]}}
     v = fits.get("V+ LiV3O8/LiPON")
     li = fits.get("Li+ LiV3O8/LiPON")
     if v is not None:
@@ -246,7 +267,7 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         # over its columns and the tail at a few pixel rows: a jackknife over column
         # blocks measures what that adds; the larger of the two is stated.
         jk = _jackknife(counts["51V"], x, y, cat, lipon_nm, bin_nm, blur_prior(),
-                        blocks=JACKKNIFE_BLOCKS)
+                        blocks=JACKKNIFE_BLOCKS, halo=halo(cat), rel_noise=noise["51V"])
         decay_sd = max(v.errors["decay"], jk.get("decay", 0.0))
         rel_err = max(rel_err, jk.get("rel", 0.0))
         figures["v_decay_length_nm"] = {"value": v.params["decay"], "u95": k * decay_sd,
@@ -318,7 +339,7 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jackknife(values, x, y, line, lipon_nm: float, bin_nm: float, prior, *,
-               blocks: int) -> dict[str, float]:
+               blocks: int, halo=None, rel_noise: float = 0.0) -> dict[str, float]:
     """Delete-one-block jackknife standard errors of the V+ decay length and of the
     tail-to-plateau ratio, the map's columns cut into ``blocks`` blocks along x."""
     import numpy as np
@@ -334,7 +355,8 @@ def _jackknife(values, x, y, line, lipon_nm: float, bin_nm: float, prior, *,
             f = fit_dissolution(normal_profile(np.where(out, np.nan, values), x, y, line,
                                                before_nm=400.0, bin_nm=bin_nm,
                                                half_length_nm=lipon_nm + 200.0),
-                                thickness_nm=lipon_nm, blur_prior=prior)
+                                thickness_nm=lipon_nm, blur_prior=prior, halo=halo,
+                                rel_noise=rel_noise)
         except (RuntimeError, ValueError):
             return {}
         reps["decay"].append(f.params["decay"])
