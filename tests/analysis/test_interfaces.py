@@ -22,6 +22,7 @@ from temsims.analysis.interfaces import (
     fit_box,
     fit_dissolution,
     fit_edge,
+    line_spread_nm,
     normal_profile,
     row_noise,
 )
@@ -176,6 +177,30 @@ def test_dissolution_fit_through_the_probe_halo_recovers_decay_and_amplitude():
     assert all(v >= 0.8 * len(seeds) for v in hits.values()), hits
     assert np.median(u95) < 20.0, u95
     assert np.median(naive) > 60.0, naive
+
+
+def test_a_line_nearly_parallel_to_the_interface_is_one_bin():
+    """A 2-D map whose lines run 1 nm off parallel over their length: by line, one bin
+    per line at its mean distance, every acquired pixel in it; by distance, lines are
+    cut at bin edges."""
+    rng = np.random.default_rng(random.randrange(10**6))
+    counts, x, y, d = _map_through_the_probe(rng, {"b": 0.0, "s": 20.0, "plateau": 250.0,
+                                                   "amplitude": 18.0, "decay": 40.0,
+                                                   "background": 0.0}, lo=-400.0)
+    tilted = Interface(x_um=0.0, y_um=0.0, normal=(5e-4, 1.0), slope=-5e-4, width_um=0.0,
+                       sign=1)
+    counts[3, :10] = np.nan
+    assert 0.9 < line_spread_nm(counts, x, y, tilted) < 1.1
+    p = normal_profile(counts, x, y, tilted, half_length_nm=300, before_nm=400, bin_nm=8,
+                       by_line=True)
+    inside = (d[:, 0] >= -400) & (d[:, 0] <= 300)
+    assert p.d_nm.size == inside.sum() and np.all(np.diff(p.d_nm) > 0)
+    assert p.n.sum() == np.isfinite(counts[inside]).sum()
+    np.testing.assert_allclose(p.mean, np.nanmean(counts[inside], axis=1)[np.argsort(
+        d[inside, 0])])
+    with pytest.raises(ValueError, match="2-D"):
+        normal_profile(counts.ravel(), x.ravel(), y.ravel(), tilted, half_length_nm=300,
+                       bin_nm=8, by_line=True)
 
 
 def test_fits_refuse_a_bad_halo():
