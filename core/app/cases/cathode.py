@@ -21,7 +21,10 @@ Report (read back only from the catalog, :func:`temsims.app.loaders.load_correla
       fitted with a plateau + blurred exponential tail
       (:func:`temsims.analysis.interfaces.fit_dissolution`; its blur constrained by
       the Al+ edge of the same map, within 15 %): the V decay length in the LiPON,
-      and the V level at its interface;
+      and the V level at its interface. Every fit sees the profile through the
+      probe's core and halo (:data:`temsims.constants.PROBE_HALO`, decision 0040),
+      weighted by Poisson and the probe current's line-to-line noise measured on the
+      cathode;
     - the interface positions from SIMS (V+, Al+ and Li+ edges) beside the TEM ones.
 
 The V level in the LiPON as an atom fraction
@@ -220,18 +223,21 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     # (chi^2/dof 2.5 and 12 on seeds 619829 and 4242, their errors scaled up by it).
     half_line_nm = 0.5e3 * m.geometry.pixel_size_um * m.geometry.stretch
 
-    def profile(values, xx, yy, line, **kw):
+    binned: dict[str, str] = {}
+
+    def profile(name, values, xx, yy, line, **kw):
         by_line = line_spread_nm(values, xx, yy, line) <= half_line_nm
+        binned[name] = "line" if by_line else f"{bin_nm:g} nm"
         return normal_profile(values, xx, yy, line, bin_nm=bin_nm, by_line=by_line, **kw)
 
     profiles = {
-        "V+ LiV3O8/LiPON": profile(counts["51V"], x, y, cat, before_nm=400.0,
+        "V+ LiV3O8/LiPON": profile("V+ LiV3O8/LiPON", counts["51V"], x, y, cat, before_nm=400.0,
                                    half_length_nm=lipon_nm + 200.0),
-        "Li+ LiV3O8/LiPON": profile(counts["7Li"], xl, yl, cat, before_nm=400.0,
+        "Li+ LiV3O8/LiPON": profile("Li+ LiV3O8/LiPON", counts["7Li"], xl, yl, cat, before_nm=400.0,
                                     half_length_nm=lipon_nm + 200.0),
-        "V+ Al/LiV3O8": profile(counts["51V"], x, y, al_down, before_nm=300.0,
+        "V+ Al/LiV3O8": profile("V+ Al/LiV3O8", counts["51V"], x, y, al_down, before_nm=300.0,
                                 half_length_nm=250.0),
-        "Al+ Al/LiV3O8": profile(counts["27Al"], x, y, al, before_nm=250.0,
+        "Al+ Al/LiV3O8": profile("Al+ Al/LiV3O8", counts["27Al"], x, y, al, before_nm=250.0,
                                  half_length_nm=300.0),
     }
     fits: dict[str, Any] = {}
@@ -267,7 +273,8 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     figures: dict[str, Any] = {"coverage_k": k, "fit_errors": errors,
                                "probe_halo": dict(PROBE_HALO),
                                "line_noise_rel": {"Al+ V+ map": noise["51V"],
-                                                  "Li+ Al+ map": noise["7Li"]}}
+                                                  "Li+ Al+ map": noise["7Li"]},
+                               "profile_bins": binned}
     v = fits.get("V+ LiV3O8/LiPON")
     li = fits.get("Li+ LiV3O8/LiPON")
     if v is not None:
