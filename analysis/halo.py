@@ -9,7 +9,9 @@ profile blurred by core and halo; its far tail is the halo.
 
 :func:`measure_probe_halo` fits that profile; :func:`halo_sigma_px` turns the probe's
 halo into the ``(fraction, sigma_px)`` that :func:`temsims.analysis.particles.find_particles`
-subtracts from a map of another pixel size.
+subtracts from a map of another pixel size, :func:`halo_along_normal` into the
+``(fraction, sigma_nm)`` along an interface normal that the profile fits of
+:mod:`temsims.analysis.interfaces` put in their models.
 """
 
 from __future__ import annotations
@@ -67,6 +69,30 @@ def halo_sigma_px(fwhm_nm: float, pitch_nm: float) -> float:
     fwhm_nm = _positive("fwhm_nm", fwhm_nm)
     pitch_nm = _positive("pitch_nm", pitch_nm)
     return math.sqrt((fwhm_nm * FWHM_TO_SIGMA) ** 2 + pitch_nm**2 / 12.0) / pitch_nm
+
+
+def halo_along_normal(fraction: float, fwhm_nm: float, *, stretch: float = 1.0,
+                      normal: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """``(fraction, sigma_nm)`` of the probe's halo along a direction on the specimen,
+    for the profile fits of :mod:`temsims.analysis.interfaces` (``halo=``).
+
+    The halo is a Gaussian of FWHM ``fwhm_nm`` in the beam-normal plane, stretched on
+    the specimen by ``stretch`` (1 / cos(incidence), the map geometry's ``stretch``)
+    along the specimen's y; ``normal`` is the profile's unit direction (x, y) on the
+    specimen. The pixel and the interaction spread are left out: they blur core and
+    halo alike and are in the fitted core blur, to which the fits add this sigma.
+    """
+    fraction = float(fraction)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    sigma = _positive("fwhm_nm", fwhm_nm) * FWHM_TO_SIGMA
+    stretch = _positive("stretch", stretch)
+    nx, ny = (float(v) for v in normal)
+    norm = math.hypot(nx, ny)
+    if not norm > 0.0:
+        raise ValueError(f"normal must be a nonzero (x, y), got {normal!r}")
+    nx, ny = nx / norm, ny / norm
+    return fraction, sigma * math.sqrt(nx**2 + (ny * stretch) ** 2)
 
 
 def _box(x, a, b, s):
@@ -173,4 +199,4 @@ def measure_probe_halo(maps, *, pitch_nm: float, pad_width_nm: float,
                    edge_nm=float(edge), chi2_dof=chi2)
 
 
-__all__ = ["HaloFit", "edge_profile", "halo_sigma_px", "measure_probe_halo"]
+__all__ = ["HaloFit", "edge_profile", "halo_along_normal", "halo_sigma_px", "measure_probe_halo"]

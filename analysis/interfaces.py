@@ -264,7 +264,8 @@ class Profile:
 
 
 def normal_profile(values, x_um, y_um, interface: Interface, *, half_length_nm: float,
-                   bin_nm: float, before_nm: float | None = None) -> Profile:
+                   bin_nm: float, before_nm: float | None = None,
+                   by_line: bool = False) -> Profile:
     """Counts of every SIMS pixel binned by its signed distance from ``interface``.
 
     Parameters
@@ -282,7 +283,17 @@ def normal_profile(values, x_um, y_um, interface: Interface, *, half_length_nm: 
         from a slightly tilted, and in any case not pixel-aligned, line.
     before_nm : float, optional
         ... and ``-before_nm`` against it (default ``half_length_nm``).
+    by_line : bool
+        One bin per scan line (``values``, ``x_um``, ``y_um`` 2-D, the rows the
+        lines), at its pixels' mean distance, for an interface nearly parallel to the
+        lines (:func:`line_spread_nm` below ``bin_nm``). Fixed bins then cut a line
+        whose pixels span a bin edge in two, and the interface's roughness (the two
+        parts' own interface heights, 8 nm rms) showed as misfit (chi^2/dof up to 12)
+        that the blur takes in when the line stays whole.
     """
+    if by_line:
+        return _line_profile(values, x_um, y_um, interface, half_length_nm,
+                             half_length_nm if before_nm is None else before_nm)
     v = np.asarray(values, float).ravel()
     d = 1e3 * interface.distance_um(np.asarray(x_um, float).ravel(),
                                     np.asarray(y_um, float).ravel())
@@ -303,19 +314,89 @@ def normal_profile(values, x_um, y_um, interface: Interface, *, half_length_nm: 
     return Profile(d_nm=d_mean, mean=mean, sem=sem, n=n, total=total)
 
 
+def _line_distances(values, x_um, y_um, interface: Interface):
+    v = np.asarray(values, float)
+    x, y = np.asarray(x_um, float), np.asarray(y_um, float)
+    if v.ndim != 2 or x.shape != v.shape or y.shape != v.shape:
+        raise ValueError("by line: values, x_um and y_um must be 2-D arrays of one shape")
+    d = 1e3 * interface.distance_um(x, y)
+    return v, np.where(np.isfinite(v), d, np.nan)
+
+
+def line_spread_nm(values, x_um, y_um, interface: Interface) -> float:
+    """The largest spread (max - min, nm) of a scan line's distances from ``interface``
+    over the acquired pixels of a 2-D map (rows the lines): below a profile's bin, a
+    line may be one bin (:func:`normal_profile` ``by_line``)."""
+    _, d = _line_distances(values, x_um, y_um, interface)
+    ok = np.isfinite(d).any(axis=1)
+    if not ok.any():
+        return math.inf
+    return float(np.max(np.nanmax(d[ok], axis=1) - np.nanmin(d[ok], axis=1)))
+
+
+def _line_profile(values, x_um, y_um, interface, half_length_nm, before_nm) -> Profile:
+    v, d = _line_distances(values, x_um, y_um, interface)
+    n = np.isfinite(d).sum(axis=1).astype(float)
+    keep = n > 0
+    with np.errstate(invalid="ignore"):
+        dm = np.nanmean(np.where(keep[:, None], d, 0.0), axis=1)
+    keep &= (dm >= -before_nm) & (dm <= half_length_nm)
+    order = np.argsort(dm[keep])
+    n = n[keep][order]
+    total = np.nansum(np.where(np.isfinite(d), v, 0.0), axis=1)[keep][order]
+    mean = total / n
+    return Profile(d_nm=dm[keep][order], mean=mean, sem=np.sqrt(np.maximum(total, 1.0)) / n,
+                   n=n, total=total)
+
+
 # ============================================================================ models
-def step_model(d, b, s, lo, hi):
-    """``lo`` before ``b``, ``hi`` after, a Gaussian-blurred step of sigma ``s``."""
-    return lo + (hi - lo) * special.ndtr((np.asarray(d, float) - b) / s)
+def _through_probe(blurred, s, halo):
+    """``blurred(sigma)`` (the emission profile blurred by a Gaussian of ``sigma``) seen
+    through the probe: ``(1 - f) blurred(s) + f blurred(hypot(s, h))`` with
+    ``halo = (f, h)``, or ``blurred(s)`` without a halo.
+
+    The probe is a Gaussian core plus a fraction ``f`` of the current in a Gaussian
+    halo (decision 0040); ``s`` is the core's blur along the profile (probe, pixel,
+    interaction spread and the interface's roughness), so the halo's share is blurred
+    by ``h`` on top of it (``h^2`` standing for ``h^2 - c^2``, c the core probe's own
+    sigma: 0.4 % for a 300 nm halo and a 25 nm core).
+    """
+    if halo is None:
+        return blurred(s)
+    f, h = halo
+    return (1.0 - f) * blurred(s) + f * blurred(np.hypot(s, h))
 
 
-def box_model(d, b, c, s, before, level, after):
-    """``before`` up to ``b``, ``level`` between ``b`` and ``c``, ``after`` beyond,
-    blurred by a Gaussian of sigma ``s``."""
+def _check_halo(halo) -> tuple[float, float] | None:
+    if halo is None:
+        return None
+    try:
+        f, h = (float(v) for v in halo)
+    except (TypeError, ValueError):
+        raise ValueError(f"halo must be (fraction, sigma_nm), got {halo!r}") from None
+    if not (0.0 <= f < 1.0 and math.isfinite(h) and h > 0.0):
+        raise ValueError(f"halo must have 0 <= fraction < 1 and sigma_nm > 0, got {halo!r}")
+    return None if f == 0.0 else (f, h)
+
+
+def step_model(d, b, s, lo, hi, halo=None):
+    """``lo`` before ``b``, ``hi`` after, a Gaussian-blurred step of sigma ``s``
+    (through the probe's ``halo = (fraction, sigma_nm)`` when given)."""
     d = np.asarray(d, float)
-    return (before * special.ndtr((b - d) / s)
-            + level * (special.ndtr((d - b) / s) - special.ndtr((d - c) / s))
-            + after * special.ndtr((d - c) / s))
+    return lo + (hi - lo) * _through_probe(lambda sig: special.ndtr((d - b) / sig), s, halo)
+
+
+def box_model(d, b, c, s, before, level, after, halo=None):
+    """``before`` up to ``b``, ``level`` between ``b`` and ``c``, ``after`` beyond,
+    blurred by a Gaussian of sigma ``s`` (through the probe's ``halo`` when given)."""
+    d = np.asarray(d, float)
+
+    def blurred(sig):
+        return (before * special.ndtr((b - d) / sig)
+                + level * (special.ndtr((d - b) / sig) - special.ndtr((d - c) / sig))
+                + after * special.ndtr((d - c) / sig))
+
+    return _through_probe(blurred, s, halo)
 
 
 def _tail(d, b, c, s, lam):
@@ -328,17 +409,25 @@ def _tail(d, b, c, s, lam):
     return np.exp(base + a) * -np.expm1(np.minimum(z - a, 0.0))
 
 
-def dissolution_model(d, b, s, plateau, amplitude, decay, background, c=np.inf):
+def dissolution_model(d, b, s, plateau, amplitude, decay, background, c=np.inf,
+                      halo=None):
     """The source layer (``plateau``) up to ``b``, then ``amplitude exp(-(d-b)/decay)``
-    up to ``c``, plus ``background``; everything blurred by a Gaussian of sigma ``s``."""
+    up to ``c``, plus ``background``; everything blurred by a Gaussian of sigma ``s``
+    (and through the probe's ``halo = (fraction, sigma_nm)`` when given)."""
     d = np.asarray(d, float)
-    return (background + plateau * special.ndtr((b - d) / s)
-            + amplitude * _tail(d, b, c, s, decay))
+
+    def blurred(sig):
+        return plateau * special.ndtr((b - d) / sig) + amplitude * _tail(d, b, c, sig, decay)
+
+    return background + _through_probe(blurred, s, halo)
 
 
-def _fit(model, names, p0, lower, upper, d, mean, n, priors=None) -> FitResult:
+def _fit(model, names, p0, lower, upper, d, mean, n, priors=None,
+         rel_noise: float = 0.0) -> FitResult:
     """Least squares with Poisson weights from the model (two passes); ``priors``
-    (name -> (mean, sd)) add a Gaussian constraint on a parameter (an extra residual)."""
+    (name -> (mean, sd)) add a Gaussian constraint on a parameter (an extra residual);
+    ``rel_noise`` adds a relative noise to the Poisson variance (the probe current's
+    row-to-row fluctuation: ``var = model / n + (rel_noise model)^2``)."""
     d = np.asarray(d, float)
     mean = np.asarray(mean, float)
     n = np.asarray(n, float)
@@ -351,7 +440,8 @@ def _fit(model, names, p0, lower, upper, d, mean, n, priors=None) -> FitResult:
                 upper - 1e-9 * (upper - lower))
     prior_idx = [(names.index(k), float(mu), float(sd)) for k, (mu, sd) in
                  (priors or {}).items()]
-    sigma = np.sqrt(np.maximum(mean, 0.5) / n)
+    rel2 = float(rel_noise) ** 2
+    sigma = np.sqrt(np.maximum(mean, 0.5) / n + rel2 * mean**2)
 
     def residuals(q):
         r = (mean - model(d, *q)) / sigma
@@ -365,7 +455,8 @@ def _fit(model, names, p0, lower, upper, d, mean, n, priors=None) -> FitResult:
         if not sol.success:
             raise RuntimeError(f"fit did not converge: {sol.message}")
         p = sol.x
-        sigma = np.sqrt(np.maximum(model(d, *p), 0.5 / n.max()) / n)
+        mu = model(d, *p)
+        sigma = np.sqrt(np.maximum(mu, 0.5 / n.max()) / n + rel2 * mu**2)
     sol = optimize.least_squares(residuals, p, bounds=(lower, upper), x_scale="jac",
                                  max_nfev=20000)
     p = sol.x
@@ -385,20 +476,36 @@ def _fit(model, names, p0, lower, upper, d, mean, n, priors=None) -> FitResult:
                      model=lambda dd, _p=best: model(dd, *_p))
 
 
-def fit_edge(profile: Profile, *, b0: float = 0.0, s0: float = 15.0) -> FitResult:
-    """:func:`step_model` fitted to a profile: ``b`` (nm), ``s`` (nm), ``lo``, ``hi``."""
+def fit_edge(profile: Profile, *, b0: float = 0.0, s0: float = 15.0,
+             halo: tuple[float, float] | None = None,
+             rel_noise: float = 0.0) -> FitResult:
+    """:func:`step_model` fitted to a profile: ``b`` (nm), ``s`` (nm), ``lo``, ``hi``.
+
+    ``halo``: the probe's ``(fraction, sigma_nm)`` along the profile (known, not
+    fitted; :func:`temsims.analysis.halo.halo_along_normal`), in the model.
+    ``rel_noise``: the relative noise of a bin beyond Poisson (:func:`row_noise`).
+    """
+    halo = _check_halo(halo)
     m = profile.mean[profile.valid()]
     k = max(1, len(m) // 5)
     lo, hi = float(np.mean(m[:k])), float(np.mean(m[-k:]))
     big = 10 * max(abs(lo), abs(hi), 1.0)
     dmin, dmax = float(profile.d_nm.min()), float(profile.d_nm.max())
-    return _fit(step_model, ("b", "s", "lo", "hi"), (b0, s0, lo, hi),
+
+    def model(dd, b, s, lo, hi):
+        return step_model(dd, b, s, lo, hi, halo=halo)
+
+    return _fit(model, ("b", "s", "lo", "hi"), (b0, s0, lo, hi),
                 (dmin, 1.0, -big, -big), (dmax, (dmax - dmin) / 2, big, big),
-                profile.d_nm, profile.mean, profile.n)
+                profile.d_nm, profile.mean, profile.n, rel_noise=rel_noise)
 
 
-def fit_box(profile: Profile, *, b0: float, c0: float, s0: float = 15.0) -> FitResult:
-    """:func:`box_model` fitted to a profile: ``b, c, s`` (nm), ``before, level, after``."""
+def fit_box(profile: Profile, *, b0: float, c0: float, s0: float = 15.0,
+            halo: tuple[float, float] | None = None,
+            rel_noise: float = 0.0) -> FitResult:
+    """:func:`box_model` fitted to a profile: ``b, c, s`` (nm), ``before, level, after``
+    (``halo`` and ``rel_noise`` as for :func:`fit_edge`)."""
+    halo = _check_halo(halo)
     d, m = profile.d_nm, profile.mean
     ok = profile.valid()
     before = float(np.nanmean(m[ok & (d < b0 - 2 * s0)])) if (ok & (d < b0 - 2 * s0)).any() \
@@ -409,18 +516,24 @@ def fit_box(profile: Profile, *, b0: float, c0: float, s0: float = 15.0) -> FitR
         else 0.0
     big = 10 * max(float(np.nanmax(m[ok])), 1.0)
     gap = c0 - b0
-    return _fit(box_model, ("b", "c", "s", "before", "level", "after"),
+
+    def model(dd, b, c, s, before, level, after):
+        return box_model(dd, b, c, s, before, level, after, halo=halo)
+
+    return _fit(model, ("b", "c", "s", "before", "level", "after"),
                 (b0, c0, s0, before, level, max(after, 0.0)),
                 (b0 - gap / 2, c0 - gap / 2, 1.0, 0.0, 0.0, 0.0),
                 (b0 + gap / 2, c0 + gap / 2, gap, big, big, big),
-                d, m, profile.n)
+                d, m, profile.n, rel_noise=rel_noise)
 
 
 def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float = 0.0,
                     s0: float = 15.0, decay0: float = 50.0, decay_max: float = 1000.0,
                     fix_edge: bool = False,
                     blur_prior: tuple[float, float] | None = None,
-                    background: float | None = None) -> FitResult:
+                    background: float | None = None,
+                    halo: tuple[float, float] | None = None,
+                    rel_noise: float = 0.0) -> FitResult:
     """:func:`dissolution_model` fitted to a profile whose source layer lies at d < 0.
 
     Parameters
@@ -449,12 +562,25 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
         With ``fix_edge``: the background (counts per pixel) measured elsewhere, kept
         fixed; for a receiving layer that fills the rest of the profile, whose own
         background the tail cannot be told from.
+    halo : (float, float), optional
+        The probe's halo ``(fraction, sigma_nm)`` along the profile (known, e.g.
+        :data:`temsims.constants.PROBE_HALO` through
+        :func:`temsims.analysis.halo.halo_along_normal`), in the model: a few % of
+        the source layer's signal reaches a few hundred nm across the interface, and
+        a thin receiving layer's faint tail is fitted under it, not after subtracting
+        it (which left the tail's fit 6-10 times as uncertain; decision 0040).
+    rel_noise : float
+        Relative noise of a bin beyond Poisson (:func:`row_noise`): the probe
+        current's fluctuation from one scan line to the next, which moves a bright
+        source layer's bins by more than their Poisson error; without it the fit's
+        chi^2 (and with it every error) grew by the plateau's misfit alone.
 
     Returns
     -------
     FitResult
         ``b, s, plateau, amplitude, decay, background``.
     """
+    halo = _check_halo(halo)
     d, m = profile.d_nm, profile.mean
     ok = profile.valid()
     src = ok & (d < b0 - 2 * s0)
@@ -469,7 +595,7 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
     def model(dd, b, s, plateau, amplitude, decay, background):
         # The receiving layer's thickness is TEM's; it moves with the fitted interface.
         return dissolution_model(dd, b, s, plateau, amplitude, decay, background,
-                                 c=b + thickness_nm)
+                                 c=b + thickness_nm, halo=halo)
 
     if fix_edge:
         if background is None:
@@ -478,7 +604,8 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
 
             f = _fit(fixed, ("plateau", "amplitude", "decay", "background"),
                      (plateau, max(amp, 1e-3), decay0, max(bkg, 0.0)),
-                     (0.0, 0.0, 1.0, 0.0), (big, big, decay_max, big), d, m, profile.n)
+                     (0.0, 0.0, 1.0, 0.0), (big, big, decay_max, big), d, m, profile.n,
+                     rel_noise=rel_noise)
             extra_p, extra_e = {}, {}
         else:
             def fixed(dd, plateau, amplitude, decay):
@@ -492,7 +619,7 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
                     fits.append(_fit(fixed, ("plateau", "amplitude", "decay"),
                                      (plateau, 1e-3 * plateau, min(start, decay_max)),
                                      (0.0, 0.0, 1.0), (big, big, decay_max), d, m,
-                                     profile.n))
+                                     profile.n, rel_noise=rel_noise))
                 except (RuntimeError, ValueError):
                     continue
             if not fits:
@@ -511,7 +638,49 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
                  decay0, max(bkg, 0.0)),
                 (float(d.min()) / 2, 1.0, 0.0, 0.0, 1.0, 0.0),
                 (float(d.max()) / 2, 200.0, big, big, decay_max, big),
-                d, m, profile.n, priors={"s": blur_prior} if blur_prior else None)
+                d, m, profile.n, priors={"s": blur_prior} if blur_prior else None,
+                rel_noise=rel_noise)
+
+
+def row_noise(values, region) -> float:
+    """Relative noise of a map's scan lines beyond Poisson, measured on a uniform region.
+
+    The probe current fluctuates (~1 % rms over ~0.1-1 s; the source noise of
+    decision 0034): a scan line's pixels share its factor, and a profile along a nearly
+    horizontal interface bins one or two lines per bin, so a bright layer's bins
+    scatter by that much more than Poisson. Per line, the mean counts of the pixels of
+    ``region`` (a layer of one composition, e.g. the cathode away from its
+    interfaces); a quadratic over the line index (slow drifts, a wedge) is taken out;
+    the lines' scatter about it beyond their Poisson variance, relative to the level.
+
+    Parameters
+    ----------
+    values : array, 2-D
+        Counts per pixel, the rows the scan lines (NaN: not acquired).
+    region : bool array, same shape
+        The uniform region's pixels.
+
+    Returns
+    -------
+    float
+        The relative rms (0 when the lines scatter no more than Poisson, or with
+        fewer than 6 lines of at least 8 pixels in ``region``).
+    """
+    v = np.asarray(values, float)
+    region = np.asarray(region, bool) & np.isfinite(v)
+    if v.ndim != 2 or region.shape != v.shape:
+        raise ValueError("values and region must be 2-D arrays of one shape")
+    n = region.sum(axis=1)
+    rows = np.flatnonzero(n >= 8)
+    if rows.size < 6:
+        return 0.0
+    means = np.array([v[r][region[r]].mean() for r in rows])
+    level = float(np.mean(means))
+    if level <= 0:
+        return 0.0
+    trend = np.polyval(np.polyfit(rows, means, 2), rows)
+    excess = np.sum((means - trend) ** 2) / (rows.size - 3) - np.mean(trend / n[rows])
+    return float(math.sqrt(max(excess, 0.0)) / level)
 
 
 def ratio_with_error(num: float, num_err: float, den: float, den_err: float,
@@ -533,7 +702,9 @@ __all__ = [
     "fit_box",
     "fit_dissolution",
     "fit_edge",
+    "line_spread_nm",
     "normal_profile",
     "ratio_with_error",
+    "row_noise",
     "step_model",
 ]

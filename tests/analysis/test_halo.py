@@ -5,7 +5,12 @@ import pytest
 from analysis_sims import DEMO, dead_time_of, halo_maps
 from scoring import fresh_rng
 
-from temsims.analysis.halo import edge_profile, halo_sigma_px, measure_probe_halo
+from temsims.analysis.halo import (
+    edge_profile,
+    halo_along_normal,
+    halo_sigma_px,
+    measure_probe_halo,
+)
 from temsims.ioc.physics import sims as sp
 
 
@@ -46,6 +51,21 @@ def test_without_a_halo_the_fit_finds_none():
 def test_halo_sigma_px_adds_the_pixel():
     assert halo_sigma_px(300.0, 40.0) == pytest.approx(
         np.sqrt((300.0 / 2.3548) ** 2 + 40.0**2 / 12) / 40.0, rel=1e-4)
+
+
+def test_halo_along_a_normal_is_stretched_along_the_specimens_y():
+    """The twin stretches the halo by 1/cos(incidence) along the specimen's y
+    (ioc.physics.sims.footprint_sigma_nm) and not along x."""
+    sigma = 300.0 / 2.3548
+    assert halo_along_normal(0.03, 300.0, stretch=1.56) == pytest.approx((0.03, 1.56 * sigma),
+                                                                         rel=1e-4)
+    assert halo_along_normal(0.03, 300.0, stretch=1.56, normal=(2.0, 0.0))[1] == \
+        pytest.approx(sigma, rel=1e-4)
+    diag = halo_along_normal(0.03, 300.0, stretch=1.56, normal=(1.0, 1.0))[1]
+    assert diag == pytest.approx(sigma * np.sqrt((1 + 1.56**2) / 2), rel=1e-4)
+    for bad in ({"fraction": 1.0}, {"stretch": 0.0}, {"normal": (0.0, 0.0)}):
+        with pytest.raises(ValueError):
+            halo_along_normal(**{"fraction": 0.03, "fwhm_nm": 300.0, **bad})
 
 
 @pytest.mark.parametrize("kwargs, exc", [

@@ -21,7 +21,10 @@ Report (read back only from the catalog, :func:`temsims.app.loaders.load_correla
       fitted with a plateau + blurred exponential tail
       (:func:`temsims.analysis.interfaces.fit_dissolution`; its blur constrained by
       the Al+ edge of the same map, within 15 %): the V decay length in the LiPON,
-      and the V level at its interface;
+      and the V level at its interface. Every fit sees the profile through the
+      probe's core and halo (:data:`temsims.constants.PROBE_HALO`, decision 0040),
+      weighted by Poisson and the probe current's line-to-line noise measured on the
+      cathode;
     - the interface positions from SIMS (V+, Al+ and Li+ edges) beside the TEM ones.
 
 The V level in the LiPON as an atom fraction
@@ -56,6 +59,10 @@ SIMS_VOLTAGE_V = 4500.0
 #: LiV3O8/LiPON (V+): the beam and pixel are the same, each interface's roughness is
 #: its own (8 nm rms over ~40 correlation lengths of the map: ~+-15 %) (estimate).
 BLUR_PRIOR_REL = 0.15
+#: How far from its interfaces the cathode is taken as uniform (the line noise's region):
+#: two of the halo's sigmas along the normal (~200 nm at 45 deg), where what it carries
+#: across an interface is < 0.1 % of the level; ~25 lines of the 1.4 um film remain.
+CATHODE_MARGIN_NM = 400.0
 #: Column blocks of the jackknife that adds the roughness and sampling to the errors.
 JACKKNIFE_BLOCKS = 8
 #: Keywords of temsims.analysis.registration.register_sims_to_tem (see report()).
@@ -152,7 +159,7 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     """
     import numpy as np
 
-    from temsims.analysis.halo import halo_sigma_px
+    from temsims.analysis.halo import halo_along_normal
     from temsims.analysis.interfaces import (
         COVERAGE_K,
         Interface,
@@ -160,10 +167,11 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         fit_box,
         fit_dissolution,
         fit_edge,
+        line_spread_nm,
         normal_profile,
         ratio_with_error,
+        row_noise,
     )
-    from temsims.analysis.particles import subtract_halo
     from temsims.constants import PROBE_HALO
 
     ov = experiment.overview
@@ -180,34 +188,57 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     yl = m_li.data["y_um_registered"].values
     counts = {s: np.asarray(m.data[s].values, float).reshape(x.shape) for s in MAP_SPECIES}
     counts["7Li"] = np.asarray(m_li.data["7Li"].values, float).reshape(xl.shape)
-    # The probe's halo (decision 0040) carries ~3 % of the cathode's bright V+ a few
-    # hundred nm into the Al, where the V decay is fitted (seeds 4242-4244: decay
-    # 92-268 nm and level 0.7-1.0 at.% for 40 nm and 2 at.%): its share is taken out
-    # of every map first, as the particle and solar-cell analyses do.
-    for mm, names in ((m, MAP_SPECIES), (m_li, ("7Li",))):
-        block = mm.start["map"]
-        pitch_nm = 1e3 * float(block["fov_um"]) / int(block["pixels"][0])
-        halo = (PROBE_HALO["fraction"], halo_sigma_px(PROBE_HALO["fwhm_nm"], pitch_nm))
-        for name in names:
-            c = counts[name]
-            counts[name], _ = subtract_halo(c, c, np.isfinite(c), halo)
     bin_nm = float(sizes["bin_nm"])
     al, cat, cap = (tem[n] for n in INTERFACES)
+    # The probe's halo (decision 0040) carries ~3 % of the cathode's bright V+ a few
+    # hundred nm across the 100 nm LiPON, where the faint V tail is fitted (left out:
+    # decay 92-268 nm and level 0.7-1.0 at.% for 40 nm and 2 at.%, seeds 4242-4244;
+    # subtracted from the maps to first order: centred, but +-60-100 nm wide). Every
+    # fit has it in its model instead: along the interface normal, through the map's
+    # stretch (both maps share the geometry).
+    def halo(line):
+        return halo_along_normal(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"],
+                                 stretch=m.geometry.stretch, normal=line.normal)
+
+    # The probe current's line-to-line fluctuation (~1 %), measured on each map's
+    # cathode away from its interfaces, is in every fit's weights: the profiles bin
+    # about one scan line per bin, and the bright plateau's bins scatter by it (the V+
+    # fit's chi^2/dof was ~2.7 from them alone, and it scaled every error).
+    def cathode_region(xx, yy):
+        return ((1e3 * cat.distance_um(xx, yy) < -CATHODE_MARGIN_NM)
+                & (1e3 * al.distance_um(xx, yy) > CATHODE_MARGIN_NM))
+
+    noise = {"51V": row_noise(counts["51V"], cathode_region(x, y)),
+             "7Li": row_noise(counts["7Li"], cathode_region(xl, yl))}
+
     # Thickness of the LiPON along the normal of LiV3O8/LiPON (TEM).
     lipon_nm = 1e3 * float(cat.distance_um(cap.x_um, cap.y_um))
     # Into the Al: the same line with its normal reversed, so the source (LiV3O8)
     # lies at d < 0 as fit_dissolution expects.
     al_down = Interface(x_um=al.x_um, y_um=al.y_um, normal=(-al.normal[0], -al.normal[1]),
                         slope=al.slope, width_um=al.width_um, sign=-al.sign)
+    # A scan line nearly parallel to the interface is one bin (its pixels span less
+    # than half the lines' spacing along the normal): fixed bins cut such lines in
+    # two at a bin edge, and the parts' own rough interface heights showed as misfit
+    # (chi^2/dof 2.5 and 12 on seeds 619829 and 4242, their errors scaled up by it).
+    half_line_nm = 0.5e3 * m.geometry.pixel_size_um * m.geometry.stretch
+
+    binned: dict[str, str] = {}
+
+    def profile(name, values, xx, yy, line, **kw):
+        by_line = line_spread_nm(values, xx, yy, line) <= half_line_nm
+        binned[name] = "line" if by_line else f"{bin_nm:g} nm"
+        return normal_profile(values, xx, yy, line, bin_nm=bin_nm, by_line=by_line, **kw)
+
     profiles = {
-        "V+ LiV3O8/LiPON": normal_profile(counts["51V"], x, y, cat, before_nm=400.0,
-                                          half_length_nm=lipon_nm + 200.0, bin_nm=bin_nm),
-        "Li+ LiV3O8/LiPON": normal_profile(counts["7Li"], xl, yl, cat, before_nm=400.0,
-                                           half_length_nm=lipon_nm + 200.0, bin_nm=bin_nm),
-        "V+ Al/LiV3O8": normal_profile(counts["51V"], x, y, al_down, before_nm=300.0,
-                                       half_length_nm=250.0, bin_nm=bin_nm),
-        "Al+ Al/LiV3O8": normal_profile(counts["27Al"], x, y, al, before_nm=250.0,
-                                        half_length_nm=300.0, bin_nm=bin_nm),
+        "V+ LiV3O8/LiPON": profile("V+ LiV3O8/LiPON", counts["51V"], x, y, cat, before_nm=400.0,
+                                   half_length_nm=lipon_nm + 200.0),
+        "Li+ LiV3O8/LiPON": profile("Li+ LiV3O8/LiPON", counts["7Li"], xl, yl, cat, before_nm=400.0,
+                                    half_length_nm=lipon_nm + 200.0),
+        "V+ Al/LiV3O8": profile("V+ Al/LiV3O8", counts["51V"], x, y, al_down, before_nm=300.0,
+                                half_length_nm=250.0),
+        "Al+ Al/LiV3O8": profile("Al+ Al/LiV3O8", counts["27Al"], x, y, al, before_nm=250.0,
+                                 half_length_nm=300.0),
     }
     fits: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -219,23 +250,31 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         return (f.params["s"], max(f.errors["s"], BLUR_PRIOR_REL * f.params["s"]))
 
     for name, fn in (
-            ("Al+ Al/LiV3O8", lambda p: fit_edge(p)),
+            ("Al+ Al/LiV3O8", lambda p: fit_edge(p, halo=halo(al), rel_noise=noise["51V"])),
             ("V+ LiV3O8/LiPON", lambda p: fit_dissolution(p, thickness_nm=lipon_nm,
-                                                          blur_prior=blur_prior())),
-            ("Li+ LiV3O8/LiPON", lambda p: fit_box(p, b0=0.0, c0=lipon_nm)),
+                                                          blur_prior=blur_prior(),
+                                                          halo=halo(cat),
+                                                          rel_noise=noise["51V"])),
+            ("Li+ LiV3O8/LiPON", lambda p: fit_box(p, b0=0.0, c0=lipon_nm, halo=halo(cat),
+                                                   rel_noise=noise["7Li"])),
             # The Al fills the rest of the profile: the background is V+ in the Pt-C
             # (no V there), from the LiV3O8/LiPON fit.
             ("V+ Al/LiV3O8", lambda p: fit_dissolution(
                 p, decay0=50.0, fix_edge=True, b0=-fits["Al+ Al/LiV3O8"].params["b"],
                 s0=fits["Al+ Al/LiV3O8"].params["s"],
-                background=fits["V+ LiV3O8/LiPON"].params["background"]))):
+                background=fits["V+ LiV3O8/LiPON"].params["background"],
+                halo=halo(al), rel_noise=noise["51V"]))):
         try:
             fits[name] = fn(profiles[name])
         except (RuntimeError, ValueError, KeyError) as err:  # reported, not fatal
             errors[name] = f"{type(err).__name__}: {err}"
 
     k = COVERAGE_K
-    figures: dict[str, Any] = {"coverage_k": k, "fit_errors": errors}
+    figures: dict[str, Any] = {"coverage_k": k, "fit_errors": errors,
+                               "probe_halo": dict(PROBE_HALO),
+                               "line_noise_rel": {"Al+ V+ map": noise["51V"],
+                                                  "Li+ Al+ map": noise["7Li"]},
+                               "profile_bins": binned}
     v = fits.get("V+ LiV3O8/LiPON")
     li = fits.get("Li+ LiV3O8/LiPON")
     if v is not None:
@@ -246,7 +285,8 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         # over its columns and the tail at a few pixel rows: a jackknife over column
         # blocks measures what that adds; the larger of the two is stated.
         jk = _jackknife(counts["51V"], x, y, cat, lipon_nm, bin_nm, blur_prior(),
-                        blocks=JACKKNIFE_BLOCKS)
+                        blocks=JACKKNIFE_BLOCKS, halo=halo(cat), rel_noise=noise["51V"],
+                        by_line=line_spread_nm(counts["51V"], x, y, cat) <= half_line_nm)
         decay_sd = max(v.errors["decay"], jk.get("decay", 0.0))
         rel_err = max(rel_err, jk.get("rel", 0.0))
         figures["v_decay_length_nm"] = {"value": v.params["decay"], "u95": k * decay_sd,
@@ -318,7 +358,8 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jackknife(values, x, y, line, lipon_nm: float, bin_nm: float, prior, *,
-               blocks: int) -> dict[str, float]:
+               blocks: int, halo=None, rel_noise: float = 0.0,
+               by_line: bool = False) -> dict[str, float]:
     """Delete-one-block jackknife standard errors of the V+ decay length and of the
     tail-to-plateau ratio, the map's columns cut into ``blocks`` blocks along x."""
     import numpy as np
@@ -333,8 +374,10 @@ def _jackknife(values, x, y, line, lipon_nm: float, bin_nm: float, prior, *,
         try:
             f = fit_dissolution(normal_profile(np.where(out, np.nan, values), x, y, line,
                                                before_nm=400.0, bin_nm=bin_nm,
-                                               half_length_nm=lipon_nm + 200.0),
-                                thickness_nm=lipon_nm, blur_prior=prior)
+                                               half_length_nm=lipon_nm + 200.0,
+                                               by_line=by_line),
+                                thickness_nm=lipon_nm, blur_prior=prior, halo=halo,
+                                rel_noise=rel_noise)
         except (RuntimeError, ValueError):
             return {}
         reps["decay"].append(f.params["decay"])
