@@ -70,6 +70,7 @@ from temsims.ioc.physics.materials import (
     natural_abundances,
     parse_species,
     projected_range_nm,
+    total_yield_factor,
 )
 from temsims.ioc.physics.specimen import Specimen, _crop
 
@@ -1039,8 +1040,8 @@ class SurfaceEmitter:
         self.polarity = 1 if polarity >= 0 else -1
         depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
         self.mixed: list[tuple[object, np.ndarray]] | None = None
+        inc = params.incidence_deg if incidence_deg is None else incidence_deg
         if params.depth_mixing:
-            inc = params.incidence_deg if incidence_deg is None else incidence_deg
             weights, _, rng_nm = depth_weights(specimen, depth, window, landing_kev, inc,
                                                params)
             self.shape = weights[0].shape
@@ -1061,12 +1062,18 @@ class SurfaceEmitter:
             self.masks = [(layer, m) for layer, m in self.masks if m.any()]
             self.present = index >= 0
             buildup = np.float32(max(ga_buildup_nm(landing_kev, params), 1e-6))
-        self.yield_ = self._select(lambda layer: layer.sputter_yield(window))
+        # The matrix's partial yield at this landing energy and incidence (decision 0041).
+        self.yield_ = self._select(lambda layer: layer.sputter_yield(window, landing_kev, inc))
         f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
         ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / buildup))
         if self.mixed is not None:
             ga = ga * np.minimum(total, 1.0)  # the implant is in the mixed zone's atoms too
         self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
+        # Atoms sputtered per ion: the matrix leaves at Y whatever Ga the surface holds,
+        # the Ga with it in the surface's proportion, Y / (1 - f) in all (1 + Y at the
+        # steady state: 1 Ga per ion, the mass balance; decision 0041).
+        self.total_yield = (self.yield_ * total_yield_factor(self.ga_implanted)
+                            ).astype(np.float32)
         self._ion: dict[str, np.ndarray] = {}
 
     def _select(self, getter, *, mean: bool = True, log: bool = False) -> np.ndarray:
@@ -1140,7 +1147,7 @@ class SurfaceEmitter:
             term = np.float32(w) * self.ionisation(symbol) * frac(key)
             bias = self.mass_bias(key)
             total += term if bias is None else term * bias
-        total *= self.yield_
+        total *= self.total_yield
         return total
 
 
@@ -1492,7 +1499,8 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         n = np.zeros(local.shape)
         total = np.zeros(local.shape)
         for layer, wt in zip(specimen.layers, weights, strict=True):
-            y += wt * np.asarray(layer.sputter_yield(window), float)
+            y += wt * np.asarray(layer.sputter_yield(window, landing_kev,
+                                                     geometry.incidence_deg), float)
             n += wt * np.asarray(layer.atomic_density_per_nm3(window), float)
             total += wt
         # Mean over the mixed matrix; 0 where sputtered through (total 0).
@@ -1500,7 +1508,7 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
     else:
         surf = specimen.surface(local, window)
-        y = surf.sputter_yield()
+        y = surf.sputter_yield(landing_kev, geometry.incidence_deg)
         n = surf.atomic_density_per_nm3()
     step = np.divide(dose * y, n, out=np.zeros_like(y), where=n > 0)
     # Below the last layer nothing is left to sputter (step stays 0 there).
