@@ -628,3 +628,23 @@ def test_relief_sputters_the_front_and_not_the_back():
     em = sp.SurfaceEmitter(spec, d_flat * 0, None, 1, 25.5, params, 50.0)
     assert em.emission({"7Li": 1.0})[back, col] == 0.0
     assert em.emission({"7Li": 1.0})[front, col] > em.emission({"7Li": 1.0})[col, col]
+
+
+def test_mass_balance_one_ga_and_y_matrix_atoms_per_ion_at_steady_state():
+    """Decision 0041: per ion, Y matrix atoms and (at steady state) one Ga atom leave;
+    the surface holds Ga at 1/(1+Y). On a fresh surface no Ga, the matrix at Y."""
+    film = Specimen("film", 0, [Layer("film", 2000.0, {"Li2CO3": 1.0})], shape=(32, 32))
+    li2co3 = MATERIALS["Li2CO3"]
+    for incidence in (41.25, 50.08):
+        y = li2co3.yield_at(25.5, incidence)
+        for d, ga_per_ion in ((0.0, 0.0), (600.0, 1.0)):
+            em = sp.SurfaceEmitter(film, np.full(film.shape, d, np.float32), None, 1, 25.5,
+                                   sp.SimsParameters(), incidence)
+            # Atoms per ion: emission over the ionisation probability (no IMF here).
+            ga = (em.emission({"69Ga": 1.0, "71Ga": 1.0}) / em.ionisation("Ga")).mean()
+            li = (em.emission({"6Li": 1.0, "7Li": 1.0}) / em.ionisation("Li")).mean()
+            assert ga == pytest.approx(ga_per_ion, abs=1e-4)
+            assert li == pytest.approx(y * li2co3.composition["Li"], rel=1e-4)
+            if d:
+                assert (em.fraction("69Ga") + em.fraction("71Ga")).mean() == pytest.approx(
+                    1 / (1 + y), rel=1e-4)
