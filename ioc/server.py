@@ -426,8 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--time-scale``, ``--drift-nm-per-min`` and the ion raster's calibration errors
-    ``--fov-error-pct``, ``--raster-rotation-deg`` (shared with ``temsims ioc``)."""
+    """``--time-scale``, ``--drift-nm-per-min``, the ion raster's calibration errors
+    ``--fov-error-pct``, ``--raster-rotation-deg`` and ``--relief`` (shared with
+    ``temsims ioc``)."""
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="simulated seconds per wall second (moves, ramps, exposures "
                         "and maps run this much faster; every PV keeps nominal values)")
@@ -441,6 +442,10 @@ def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raster-rotation-deg", type=float, default=0.0,
                         help="ion raster's rotation error, deg (-10..10; default 0), "
                         "added to the nominal scan rotation, published nowhere")
+    parser.add_argument("--relief", action="store_true",
+                        help="the ion beam meets the specimen's relief: local incidence, "
+                        "more dose on flanks facing the beam, none in their shadow "
+                        "(decision 0041; off by default: the maps have no parallax)")
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -485,6 +490,8 @@ def serve(args: argparse.Namespace, *, announce: Callable[[Instrument], None] | 
     if args.fov_error_pct or args.raster_rotation_deg:
         part_options.setdefault("spectrometer", {}).update(
             fov_error_pct=args.fov_error_pct, raster_rotation_deg=args.raster_rotation_deg)
+    if getattr(args, "relief", False):
+        part_options.setdefault("spectrometer", {})["relief"] = True
     ensure_loopback_repeater(layout.host, layout.repeater_port)
     instrument = Instrument(layout, instrument_prefix=args.prefix, specimen=args.specimen,
                             seed=args.seed, parts=args.parts, time_scale=args.time_scale,

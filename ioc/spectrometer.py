@@ -256,7 +256,8 @@ class SpectrometerIOC(InstrumentIOC):
     def __init__(self, *args: Any, drift_nm_per_min: float | None = None,
                  params: sp.SimsParameters | None = None, fov_error_pct: float = 0.0,
                  raster_rotation_deg: float = 0.0,
-                 extraction_field_factor: float | None = None, **kwargs: Any) -> None:
+                 extraction_field_factor: float | None = None, relief: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The ion raster's calibration errors (ion_optics.true_raster): the simulator's
         # truth, published nowhere; the map PVs keep the nominal field and rotation.
@@ -275,6 +276,8 @@ class SpectrometerIOC(InstrumentIOC):
             **sp.mass_bias_parameters(self.seed, N_COLLECTORS))
         if drift_nm_per_min is not None:
             self.params = self.params.with_(drift_nm_per_min=float(drift_nm_per_min))
+        if relief:  # the beam meets the specimen's relief (decision 0041; opt-in)
+            self.params = self.params.with_(relief=True)
         self.initial_params = self.params
         self.specimen = self.world.holder.specimen
         self.species = sp.candidate_species(self.specimen)

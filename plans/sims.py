@@ -584,6 +584,11 @@ def depth_profile(imager: ImagerDevice, spectrometer: SpectrometerDevice, column
     The defaults assume Li2CO3: yield 2.5 atoms/ion (uncertain within a factor of
     two), 103.3 atoms/nm^3 (2.11 g/cm^3, 12.3 u per atom); the incidence is the
     column's 45 deg bent by the extraction field at the map's bias (50 deg at +4.5 kV).
+    The yield is that of +4.5 kV on a 30 kV column (25.5 keV at 50 deg): it changes
+    with the landing energy and, most, the incidence (Yamamura; ~0.83 of it at -4.5 kV,
+    decision 0041). Where the depth matters, measure it on the profile (the dose
+    through a layer of known thickness, ``analysis.grains.sputter_yield_from_profile``)
+    and rescale the depth axis.
 
     Parameters
     ----------

@@ -99,6 +99,8 @@ def cmd_ioc(args: argparse.Namespace) -> int:
         argv += ["--drift-nm-per-min", str(args.drift_nm_per_min)]
     argv += ["--fov-error-pct", str(args.fov_error_pct),
              "--raster-rotation-deg", str(args.raster_rotation_deg)]
+    if getattr(args, "relief", False):
+        argv.append("--relief")
     options = server.parse_options(argv)
     layout = CALayout(base_port=args.base_port, host=args.host)
     if args.log_dir:

@@ -70,6 +70,7 @@ from temsims.ioc.physics.materials import (
     natural_abundances,
     parse_species,
     projected_range_nm,
+    total_yield_factor,
 )
 from temsims.ioc.physics.specimen import Specimen, _crop
 
@@ -188,6 +189,14 @@ class SimsParameters:
         square root of a second, nodes every :data:`GAIN_WALK_STEP_S`), seeded.
     gain_clock_s
         Instrument time (s) at elapsed time 0 of a frame or count (the gain's clock).
+    relief
+        Topography (decision 0041): the beam meets each grid pixel's facet of the
+        specimen's height ``thickness - depth`` at its own incidence (Yamamura's yield
+        there), with the dose per unit area ``1 + tan(theta) dh/dy`` (0 on a facet
+        turned away) and none where relief up-beam casts a shadow
+        (:func:`relief_dose`). False (the default): a flat specimen; on, a
+        particle's back flank and the film behind it get less or no dose, but the map
+        has no parallax (a point at height h is not moved by h tan(theta)).
     """
 
     transmission: float = 0.45
@@ -233,6 +242,7 @@ class SimsParameters:
     gain_walk_rel_per_sqrt_s: float = 0.0
     gain_walk_seed: int = 0
     gain_clock_s: float = 0.0
+    relief: bool = False
 
     @property
     def focal_plane_mass_ratio(self) -> tuple[float, float]:
@@ -963,6 +973,43 @@ def mri_quantile_width_nm(w: float, sigma: float, lam: float,
     return q(hi) - q(lo)
 
 
+#: Height (nm) by which relief up-beam must clear a pixel's ray to shadow it (float32
+#: noise on a flat surface must not).
+_SHADOW_TOL_NM = 0.05
+
+
+def relief_dose(specimen: Specimen, depth_nm: np.ndarray, window, incidence_deg: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(dose factor, local incidence in deg) per grid pixel of ``window`` on a specimen
+    with relief (decision 0041).
+
+    Height ``h = thickness - depth`` (nm above the specimen's back). The beam comes in
+    at ``theta`` from the normal, travelling toward +y (map row 0, the -y edge, is
+    up-beam). A facet of slopes ``(h_x, h_y)`` is met at ``cos(theta_l) =
+    (cos theta + sin theta h_y) / sqrt(1 + h_x^2 + h_y^2)`` and takes, per unit area of
+    the grid (the projected area the dose is counted on), ``1 + tan(theta) h_y`` times
+    the flat dose (0 where that is negative: turned away). A pixel is in the shadow of
+    relief up-beam when some ``h(y') + y' cot(theta)`` before it exceeds its own (one
+    running maximum per column). The shadow takes exactly the ions the flank facing
+    the beam gains: the dose over a column is conserved.
+    """
+    th = math.radians(min(max(float(incidence_deg), 0.0), 89.0))
+    h = specimen.thickness_nm(window).astype(np.float32) - np.asarray(depth_nm, np.float32)
+    h = np.broadcast_to(h, np.asarray(depth_nm).shape)
+    px = np.float32(specimen.pixel_nm)
+    if min(h.shape) < 2:
+        return np.ones(h.shape, np.float32), np.full(h.shape, incidence_deg, np.float32)
+    hy, hx = np.gradient(h, px)
+    k = np.maximum(1.0 + math.tan(th) * hy, 0.0)
+    q = h + (np.arange(h.shape[0], dtype=np.float32) * px / math.tan(max(th, 1e-3)))[:, None]
+    ahead = np.maximum.accumulate(q, axis=0)
+    ahead = np.vstack([np.full((1, h.shape[1]), -np.inf, np.float32), ahead[:-1]])
+    lit = q >= ahead - _SHADOW_TOL_NM
+    cos_l = (math.cos(th) + math.sin(th) * hy) / np.sqrt(1.0 + hx * hx + hy * hy)
+    local = np.degrees(np.arccos(np.clip(cos_l, -1.0, 1.0)))
+    return np.where(lit, k, 0.0).astype(np.float32), local.astype(np.float32)
+
+
 def layer_bounds(specimen: Specimen, window) -> list[tuple[object, object]]:
     """(top, bottom) of each layer, per pixel (broadcastable), in nm from the surface."""
     out = []
@@ -1039,8 +1086,13 @@ class SurfaceEmitter:
         self.polarity = 1 if polarity >= 0 else -1
         depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
         self.mixed: list[tuple[object, np.ndarray]] | None = None
+        inc = params.incidence_deg if incidence_deg is None else incidence_deg
+        #: Dose per grid pixel relative to a flat specimen's (relief: shadows, flanks).
+        self.dose_factor = None
+        local_inc = inc
+        if params.relief:
+            self.dose_factor, local_inc = relief_dose(specimen, depth, window, inc)
         if params.depth_mixing:
-            inc = params.incidence_deg if incidence_deg is None else incidence_deg
             weights, _, rng_nm = depth_weights(specimen, depth, window, landing_kev, inc,
                                                params)
             self.shape = weights[0].shape
@@ -1061,12 +1113,21 @@ class SurfaceEmitter:
             self.masks = [(layer, m) for layer, m in self.masks if m.any()]
             self.present = index >= 0
             buildup = np.float32(max(ga_buildup_nm(landing_kev, params), 1e-6))
-        self.yield_ = self._select(lambda layer: layer.sputter_yield(window))
+        # The matrix's partial yield at this landing energy and incidence (decision 0041).
+        self.yield_ = self._select(
+            lambda layer: layer.sputter_yield(window, landing_kev, local_inc))
         f_ss = 1.0 / (1.0 + np.maximum(self.yield_, 1e-9))
         ga = f_ss * (1.0 - np.exp(-depth.astype(np.float32) / buildup))
         if self.mixed is not None:
             ga = ga * np.minimum(total, 1.0)  # the implant is in the mixed zone's atoms too
         self.ga_implanted = np.where(self.present, ga, np.float32(0.0)).astype(np.float32)
+        # Atoms sputtered per ion: the matrix leaves at Y whatever Ga the surface holds,
+        # the Ga with it in the surface's proportion, Y / (1 - f) in all (1 + Y at the
+        # steady state: 1 Ga per ion, the mass balance; decision 0041).
+        self.total_yield = (self.yield_ * total_yield_factor(self.ga_implanted)
+                            ).astype(np.float32)
+        if self.dose_factor is not None:
+            self.total_yield *= self.dose_factor
         self._ion: dict[str, np.ndarray] = {}
 
     def _select(self, getter, *, mean: bool = True, log: bool = False) -> np.ndarray:
@@ -1140,7 +1201,7 @@ class SurfaceEmitter:
             term = np.float32(w) * self.ionisation(symbol) * frac(key)
             bias = self.mass_bias(key)
             total += term if bias is None else term * bias
-        total *= self.yield_
+        total *= self.total_yield
         return total
 
 
@@ -1485,6 +1546,10 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         return
     dose = ions_per_pixel / geometry.pixel_area_nm2  # ions / nm^2
     local = depth_nm[window]
+    inc = geometry.incidence_deg
+    factor = 1.0
+    if params.relief:
+        factor, inc = relief_dose(specimen, local, window, geometry.incidence_deg)
     if params.depth_mixing:
         weights, _, _ = depth_weights(specimen, local, window, landing_kev,
                                       geometry.incidence_deg, params)
@@ -1492,7 +1557,7 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         n = np.zeros(local.shape)
         total = np.zeros(local.shape)
         for layer, wt in zip(specimen.layers, weights, strict=True):
-            y += wt * np.asarray(layer.sputter_yield(window), float)
+            y += wt * np.asarray(layer.sputter_yield(window, landing_kev, inc), float)
             n += wt * np.asarray(layer.atomic_density_per_nm3(window), float)
             total += wt
         # Mean over the mixed matrix; 0 where sputtered through (total 0).
@@ -1500,9 +1565,9 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
     else:
         surf = specimen.surface(local, window)
-        y = surf.sputter_yield()
+        y = surf.sputter_yield(landing_kev, inc)
         n = surf.atomic_density_per_nm3()
-    step = np.divide(dose * y, n, out=np.zeros_like(y), where=n > 0)
+    step = np.divide(dose * y * factor, n, out=np.zeros_like(y), where=n > 0)
     # Below the last layer nothing is left to sputter (step stays 0 there).
     local += np.where(inside, step, 0.0).astype(local.dtype)
 
@@ -1671,6 +1736,7 @@ __all__ = [
     "molecule_keys",
     "primary_ion_rate",
     "published_cal_a",
+    "relief_dose",
     "reference_cal_a",
     "spectrum_expectation",
     "sputter",

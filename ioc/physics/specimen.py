@@ -133,8 +133,11 @@ class Layer:
     def atomic_density_per_nm3(self, window: Window = None) -> ArrayLike:
         return self._mix(window, lambda m: m.atomic_density_per_nm3)
 
-    def sputter_yield(self, window: Window = None) -> ArrayLike:
-        return self._mix(window, lambda m: m.sputter_yield)
+    def sputter_yield(self, window: Window = None, energy_kev: float | None = None,
+                      incidence_deg=None) -> ArrayLike:
+        """Matrix atoms per ion (:meth:`Material.yield_at`; the angle may be an array
+        broadcastable to the window: the local incidence on a relief)."""
+        return self._mix(window, lambda m: m.yield_at(energy_kev, incidence_deg))
 
     def ionisation(self, symbol: str, polarity: int, window: Window = None) -> ArrayLike:
         """Ionisation probability, mixed log-linearly between phases (matrix effect)."""
@@ -309,8 +312,9 @@ class SurfaceState:
     def atomic_density_per_nm3(self) -> np.ndarray:
         return self._get(lambda layer: layer.atomic_density_per_nm3(self.window))
 
-    def sputter_yield(self) -> np.ndarray:
-        return self._get(lambda layer: layer.sputter_yield(self.window))
+    def sputter_yield(self, energy_kev: float | None = None, incidence_deg=None) -> np.ndarray:
+        return self._get(lambda layer: layer.sputter_yield(self.window, energy_kev,
+                                                           incidence_deg))
 
     def ionisation(self, symbol: str, polarity: int) -> np.ndarray:
         return self._get(lambda layer: layer.ionisation(symbol, polarity, self.window))
