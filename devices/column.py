@@ -68,7 +68,9 @@ class IonColumn(Device):
 
     ``current`` (pA through the aperture) is hinted; probe size, landing energy,
     sample current and the blanker are read with every event; HV and the aperture
-    are configuration, and so is the scan generator setup (``scan``).
+    are configuration, and so are the scan generator setup (``scan``) and the TEM/FIB
+    coincidence correction (``coincidence_x``, ``coincidence_y``, um: a beam shift the
+    coincidence calibration writes; decision 0042).
     Unblanking is only accepted by the IOC in SIMS geometry: ``unblank()`` checks the
     column's interlock state first and raises with its reason.
     """
@@ -88,6 +90,10 @@ class IonColumn(Device):
     interlock = Cpt(Readback, "INTERLOCK_RBV", string=True, kind="omitted")
     interlock_reason = Cpt(Readback, "INTERLOCK_REASON", string=True, kind="omitted")
     scan = Cpt(ScanGenerator, "SCAN:", kind="config")
+    coincidence_x = Cpt(FrameGuardedSignal, "COINCIDENCE:X", kind="config",
+                        doc="TEM/FIB coincidence correction along x (um)")
+    coincidence_y = Cpt(FrameGuardedSignal, "COINCIDENCE:Y", kind="config",
+                        doc="TEM/FIB coincidence correction along y (um)")
 
     def _raster_running(self) -> bool:
         return str(self.scan.acquire_rbv.get()) == "Start"

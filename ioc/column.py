@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 #: Operating range of the column voltage (kV): the limits of HV.
 HV_RANGE_KV = (1.0, 30.0)
+#: Range of the coincidence correction's beam shift (um), each axis.
+COINCIDENCE_RANGE_UM = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,10 +166,17 @@ class ColumnIOC(InstrumentIOC):
         Pixel size FOV / NX.
     UPTIME (float, s, read-only)
         Seconds since the IOC started.
+    COINCIDENCE:X, COINCIDENCE:Y (float, um, -5..5) [added]
+        The lab's TEM/FIB coincidence correction: a beam shift that moves the ion
+        field's centre by (-X, -Y) on the specimen, to where the TEM's is. What a
+        coincidence calibration (``plans.coincidence.calibrate_coincidence``) measures
+        at the working bias and writes; 0 at start-up and after ``SIM:RESET``. The
+        column's own bias-dependent beam shift (the uniform-field model) is applied
+        whatever these say (decision 0042). Refused during a frame.
 
-    Puts to NX, NY, DWELL, FOV, ROTATION, MODE, SPOT_X, SPOT_Y, HV and APERTURE are
-    refused (put error) while a frame runs, so a raster in progress is never
-    corrupted. Every out-of-range, NaN or unknown-enum put is refused.
+    Puts to NX, NY, DWELL, FOV, ROTATION, MODE, SPOT_X, SPOT_Y, HV, APERTURE and
+    COINCIDENCE:X/Y are refused (put error) while a frame runs, so a raster in
+    progress is never corrupted. Every out-of-range, NaN or unknown-enum put is refused.
     """
 
     part = "column"
@@ -231,6 +240,14 @@ class ColumnIOC(InstrumentIOC):
                        doc="Spot-mode beam x from the field centre (um)")
     spot_y = setpoint_pv("SCAN:SPOT_Y", 0.0, units="um", precision=4,
                        doc="Spot-mode beam y from the field centre (um)")
+    coincidence_x = setpoint_pv("COINCIDENCE:X", 0.0, units="um", precision=4,
+                                lower_ctrl_limit=-COINCIDENCE_RANGE_UM,
+                                upper_ctrl_limit=COINCIDENCE_RANGE_UM,
+                                doc="TEM/FIB coincidence correction along x (um)")
+    coincidence_y = setpoint_pv("COINCIDENCE:Y", 0.0, units="um", precision=4,
+                                lower_ctrl_limit=-COINCIDENCE_RANGE_UM,
+                                upper_ctrl_limit=COINCIDENCE_RANGE_UM,
+                                doc="TEM/FIB coincidence correction along y (um)")
     acquire = setpoint_pv("SCAN:ACQUIRE", "Stop", dtype=ChannelType.ENUM,
                         enum_strings=("Stop", "Start"),
                         doc="Start one frame (completion at its end) / Stop aborts")
@@ -277,6 +294,8 @@ class ColumnIOC(InstrumentIOC):
             "column.scan_mode": self.mode, "column.spot_x_um": self.spot_x,
             "column.spot_y_um": self.spot_y, "column.start_time": self.start_time,
             "column.acquire": self.acquire,
+            "column.coincidence_x_um": self.coincidence_x,
+            "column.coincidence_y_um": self.coincidence_y,
         }
 
     # ---- helpers -------------------------------------------------------------------
@@ -410,6 +429,22 @@ class ColumnIOC(InstrumentIOC):
         self._refuse_during_frame(instance)
         value = require_range(value, 0.01, 1000.0, "SCAN:FOV (um)")
         await self._update_derived(fov=value)
+        await clear_alarm(instance)
+        return value
+
+    @coincidence_x.putter
+    async def coincidence_x(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, -COINCIDENCE_RANGE_UM, COINCIDENCE_RANGE_UM,
+                              "COINCIDENCE:X (um)")
+        await clear_alarm(instance)
+        return value
+
+    @coincidence_y.putter
+    async def coincidence_y(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, -COINCIDENCE_RANGE_UM, COINCIDENCE_RANGE_UM,
+                              "COINCIDENCE:Y (um)")
         await clear_alarm(instance)
         return value
 
@@ -558,7 +593,8 @@ class ColumnIOC(InstrumentIOC):
         defaults = {self.hv: 30.0, self.hv_rbv: 30.0, self.aperture: "1 pA",
                     self.blank: "Blanked", self.blank_rbv: "Blanked", self.fov: 4.0,
                     self.nx: 256, self.ny: 256, self.dwell: 1e-4, self.rotation: 0.0,
-                    self.mode: "Raster", self.spot_x: 0.0, self.spot_y: 0.0}
+                    self.mode: "Raster", self.spot_x: 0.0, self.spot_y: 0.0,
+                    self.coincidence_x: 0.0, self.coincidence_y: 0.0}
         for pv, value in defaults.items():
             await clear_alarm(pv)
             await write_if_changed(pv, value)

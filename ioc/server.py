@@ -427,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
     """``--time-scale``, ``--drift-nm-per-min``, the ion raster's calibration errors
-    ``--fov-error-pct``, ``--raster-rotation-deg`` and ``--relief`` (shared with
+    ``--fov-error-pct``, ``--raster-rotation-deg``, ``--relief`` and the TEM/FIB
+    coincidence's ``--landing-error-pct``, ``--eucentric-dz-um``, ``--coincidence-um`` (shared with
     ``temsims ioc``)."""
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="simulated seconds per wall second (moves, ramps, exposures "
@@ -446,6 +447,19 @@ def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the ion beam meets the specimen's relief: local incidence, "
                         "more dose on flanks facing the beam, none in their shadow "
                         "(decision 0041; off by default: the maps have no parallax)")
+    # The TEM/FIB coincidence (decision 0042): the simulator's truth, published nowhere.
+    parser.add_argument("--landing-error-pct", type=float, default=0.0,
+                        help="what the column's bias beam shift leaves of the extraction "
+                        "field's landing shift, %% of it (-2..2; default 0): +0.3 moves "
+                        "the ion field +0.27 um along y on +4.5 kV, -0.20 um on -4.5 kV")
+    parser.add_argument("--eucentric-dz-um", type=float, default=0.0,
+                        help="specimen height above the eucentric point, um (-5..5; "
+                        "default 0): the ion field moves dz sin(alpha) along y (-0.93 dz "
+                        "at -68 deg)")
+    parser.add_argument("--coincidence-um", type=float, nargs=2, default=(0.0, 0.0),
+                        metavar=("X", "Y"),
+                        help="the ion field's offset from the TEM's at 0 V, um (each "
+                        "-2..2; default 0 0)")
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -469,6 +483,14 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if not -10.0 <= value <= 10.0:  # also refuses NaN
             parser.error(f"--{name.replace('_', '-')} must be within -10..10, got {value}")
+    for name, bound in (("landing_error_pct", 2.0), ("eucentric_dz_um", 5.0)):
+        value = getattr(args, name)
+        if not -bound <= value <= bound:
+            parser.error(f"--{name.replace('_', '-')} must be within -{bound:g}..{bound:g}, "
+                         f"got {value}")
+    args.coincidence_um = tuple(float(v) for v in args.coincidence_um)
+    if not all(-2.0 <= v <= 2.0 for v in args.coincidence_um):
+        parser.error(f"--coincidence-um must be within -2..2 each, got {args.coincidence_um}")
     try:
         CALayout(base_port=args.base_port, host=args.host)
     except ValueError as exc:
@@ -492,6 +514,10 @@ def serve(args: argparse.Namespace, *, announce: Callable[[Instrument], None] | 
             fov_error_pct=args.fov_error_pct, raster_rotation_deg=args.raster_rotation_deg)
     if getattr(args, "relief", False):
         part_options.setdefault("spectrometer", {})["relief"] = True
+    if args.landing_error_pct or args.eucentric_dz_um or any(args.coincidence_um):
+        part_options.setdefault("spectrometer", {}).update(
+            landing_error_pct=args.landing_error_pct, eucentric_dz_um=args.eucentric_dz_um,
+            coincidence_um=args.coincidence_um)
     ensure_loopback_repeater(layout.host, layout.repeater_port)
     instrument = Instrument(layout, instrument_prefix=args.prefix, specimen=args.specimen,
                             seed=args.seed, parts=args.parts, time_scale=args.time_scale,

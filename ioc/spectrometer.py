@@ -148,7 +148,8 @@ WORLD_KEYS: dict[str, str] = {
     "current": "column.current_pa", "probe": "column.probe_nm",
     "landing": "column.landing_kev", "blank": "column.blank",
     "bias_enable": "bias.enable", "bias_v": "bias.voltage_v", "x": "stage.X",
-    "y": "stage.Y", "alpha": "stage.A", "objective": "tem.objective",
+    "y": "stage.Y", "alpha": "stage.A", "objective": "tem.objective", "z": "stage.Z",
+    "coincidence_x": "column.coincidence_x_um", "coincidence_y": "column.coincidence_y_um",
 }
 
 #: Value of map pixels not acquired (yet) in the present frame.
@@ -257,12 +258,19 @@ class SpectrometerIOC(InstrumentIOC):
                  params: sp.SimsParameters | None = None, fov_error_pct: float = 0.0,
                  raster_rotation_deg: float = 0.0,
                  extraction_field_factor: float | None = None, relief: bool = False,
-                 **kwargs: Any) -> None:
+                 landing_error_pct: float = 0.0, eucentric_dz_um: float = 0.0,
+                 coincidence_um: tuple[float, float] = (0.0, 0.0), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The ion raster's calibration errors (ion_optics.true_raster): the simulator's
         # truth, published nowhere; the map PVs keep the nominal field and rotation.
         self.fov_error_pct = float(fov_error_pct)
         self.raster_rotation_deg = float(raster_rotation_deg)
+        # The TEM/FIB coincidence (decision 0042): what the column's bias beam shift
+        # leaves of the landing shift (% of it), the specimen's height above the
+        # eucentric point (um) and the beams' offset at 0 V: truth, published nowhere.
+        self.landing_error_pct = float(landing_error_pct)
+        self.eucentric_dz_um = float(eucentric_dz_um)
+        self.coincidence_um = (float(coincidence_um[0]), float(coincidence_um[1]))
         # How much of the bias the beam's normal motion really sees (a uniform gap's
         # field would be 1): drawn per instrument, published nowhere.
         self.extraction_field_factor = (
@@ -367,10 +375,21 @@ class SpectrometerIOC(InstrumentIOC):
         fov_um, rotation_deg = ion_optics.true_raster(
             float(snap["fov"]), float(snap["rotation"]), fov_error_pct=self.fov_error_pct,
             rotation_error_deg=self.raster_rotation_deg)
+        dx, dy = snap.get("offset", (0.0, 0.0))
         return sp.ScanGeometry(
             nx=int(snap["nx"]), ny=int(snap["ny"]), fov_um=fov_um,
-            rotation_deg=rotation_deg, centre_x_nm=1000.0 * float(snap["x"]),
-            centre_y_nm=1000.0 * float(snap["y"]), incidence_deg=snap["incidence"])
+            rotation_deg=rotation_deg, centre_x_nm=1000.0 * (float(snap["x"]) + dx),
+            centre_y_nm=1000.0 * (float(snap["y"]) + dy), incidence_deg=snap["incidence"])
+
+    def coincidence_offset_um(self, snap: dict) -> tuple[float, float]:
+        """Where the ion field's centre lies from the stage's (x, y) (um, specimen):
+        the TEM/FIB coincidence offset at this bias, tilt and height, less the lab's
+        correction (``ion_optics.coincidence_offset_um``)."""
+        return ion_optics.coincidence_offset_um(
+            snap["landing"] + snap["bias_v"] / 1000.0, snap["bias_v"], snap["alpha"],
+            landing_error_pct=self.landing_error_pct,
+            eucentric_dz_um=self.eucentric_dz_um + snap["z"], static_um=self.coincidence_um,
+            correction_um=snap["correction"])
 
     def incidence_deg(self, landing_kev: float, bias_v: float) -> float | None:
         """The beam's true angle to the specimen normal, bent by the extraction field
@@ -401,7 +420,12 @@ class SpectrometerIOC(InstrumentIOC):
             "unblanked": bool(cond.beam_unblanked),
             "polarity": cond.polarity,
             "masses": self.collector_true_masses(),
+            "alpha": _float(self.peer("alpha"), 0.0),
+            "z": _float(self.peer("z"), 0.0),
+            "correction": (_float(self.peer("coincidence_x"), 0.0),
+                           _float(self.peer("coincidence_y"), 0.0)),
         }
+        snap["offset"] = self.coincidence_offset_um(snap)
         incidence = self.incidence_deg(snap["landing"], snap["bias_v"])
         snap["incidence"] = self.params.incidence_deg if incidence is None else incidence
         snap["ready"] = snap["ready"] and incidence is not None
@@ -412,6 +436,7 @@ class SpectrometerIOC(InstrumentIOC):
     def _plan_key(self, snap: dict) -> tuple:
         return (snap["nx"], snap["ny"], round(snap["fov"], 9), round(snap["rotation"], 6),
                 round(snap["x"], 7), round(snap["y"], 7), round(snap["probe"], 4),
+                tuple(round(v, 7) for v in snap["offset"]),
                 round(snap["landing"], 3), snap["polarity"], round(snap["incidence"], 5),
                 tuple(round(m, 5) for m in snap["masses"]), self.depth_version,
                 self.params.drift_nm_per_min, self.params.interaction_fwhm_nm)

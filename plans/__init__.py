@@ -10,6 +10,7 @@ blanked, bias ramped to 0 V) on failure or abort (:func:`safe_state`).
 from temsims.plans._common import safe_state
 from temsims.plans.bracketing import bracketed_sims_maps
 from temsims.plans.calibration import edx_sims_calibration
+from temsims.plans.coincidence import calibrate_coincidence
 from temsims.plans.correlative import correlative_tem_sims
 from temsims.plans.counting import calibrate_dead_time
 from temsims.plans.edx import edx_line, edx_point
@@ -20,6 +21,7 @@ from temsims.plans.spectra import calibrate_masses, mass_spectrum
 from temsims.plans.tem import tem_image, tem_mosaic
 
 __all__ = [
+    "calibrate_coincidence",
     "calibrate_dead_time",
     "bracketed_sims_maps",
     "calibrate_masses",

@@ -261,7 +261,9 @@ def sims_md(spectrometer, column, bias):
     ``dead_time_s`` the counting chain's calibrated dead time (DEAD_TIME, if the
     spectrometer has it), which the analysis needs to correct high count rates, and
     ``dead_time_source`` where it came from (DEAD_TIME:SOURCE: "nominal", "manual",
-    "calibrated <run> <date>"; :func:`read_dead_time`).
+    "calibrated <run> <date>"; :func:`read_dead_time`); ``coincidence_um`` the TEM/FIB
+    coincidence correction the column applies (COINCIDENCE:X/Y, um; a column that has
+    one: decision 0042).
     """
     out: dict[str, Any] = {}
     collectors = []
@@ -290,6 +292,12 @@ def sims_md(spectrometer, column, bias):
     if column is not None:
         out["beam_energy_keV"] = _num((yield from bps.rd(column.landing, default_value=0.0)))
         out["beam_current_pA"] = _num((yield from bps.rd(column.current, default_value=0.0)))
+        shift_x = getattr(column, "coincidence_x", None)
+        shift_y = getattr(column, "coincidence_y", None)
+        if shift_x is not None and shift_y is not None:
+            out["coincidence_um"] = [
+                _num((yield from bps.rd(shift_x, default_value=0.0))),
+                _num((yield from bps.rd(shift_y, default_value=0.0)))]
     return out
 
 

@@ -291,7 +291,7 @@ MODULE_SECONDS = {
     "faults/test_bad_input.py": 17, "test_loaders.py": 17,
     "catalog/test_instrument_readback.py": 17, "devices/test_plans.py": 16,
     "catalog/test_roundtrip_and_queries.py": 16, "plans/test_correlative.py": 15,
-    "faults/test_arcs.py": 15, "devices/test_connect.py": 14, "ioc/test_column.py": 11,
+    "faults/test_arcs.py": 15, "plans/test_coincidence.py": 40, "devices/test_connect.py": 14, "ioc/test_column.py": 11,
     "plans/test_calibration.py": 10, "ioc/test_launcher.py": 10,
     "analysis/test_particles.py": 10, "ioc/test_tem.py": 10,
 }

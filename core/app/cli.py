@@ -98,7 +98,10 @@ def cmd_ioc(args: argparse.Namespace) -> int:
     if args.drift_nm_per_min is not None:
         argv += ["--drift-nm-per-min", str(args.drift_nm_per_min)]
     argv += ["--fov-error-pct", str(args.fov_error_pct),
-             "--raster-rotation-deg", str(args.raster_rotation_deg)]
+             "--raster-rotation-deg", str(args.raster_rotation_deg),
+             "--landing-error-pct", str(args.landing_error_pct),
+             "--eucentric-dz-um", str(args.eucentric_dz_um),
+             "--coincidence-um", *(str(v) for v in args.coincidence_um)]
     if getattr(args, "relief", False):
         argv.append("--relief")
     options = server.parse_options(argv)

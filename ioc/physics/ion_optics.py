@@ -11,6 +11,7 @@ the deflectors really write for a nominal field and rotation (:func:`true_raster
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -122,6 +123,73 @@ def landing_incidence_deg(landing_kev: float, bias_v: float, *,
         return None
 
 
+#: Distance (mm) the Ga+ ions travel through the extraction field, holder to the
+#: extraction electrode's bore, along the specimen normal (estimate: the electrode must
+#: fit in the TEM objective's pole-piece gap with the tilted holder).
+EXTRACTION_GAP_MM = 1.0
+
+
+def landing_shift_um(column_kv: float, bias_v: float, *, gap_mm: float = EXTRACTION_GAP_MM,
+                     nominal_deg: float = SIMS_INCIDENCE_DEG,
+                     field_factor: float = 1.0) -> float | None:
+    """How far (um) the extraction field moves the Ga+ beam's landing point along its
+    in-plane direction (the specimen's +y, the raster's stretched axis), against the
+    straight line it would follow without a field (None: the field turns it back).
+
+    Uniform field across a gap ``d`` (decision 0036's model): the tangential speed
+    ``v_t`` stays, the normal speed goes from ``v_n0`` to ``v_n1`` linearly in time, so
+    the ion crosses in ``2 d / (v_n0 + v_n1)`` instead of ``d / v_n0``:
+
+    ``s = d v_t (2 / (v_n0 + v_n1) - 1 / v_n0)``, ``v ~ sqrt(energy)``.
+
+    A retarding bias (positive, Ga+) slows the normal motion and lengthens the path:
+    30 kV at 45 deg over 1 mm lands 89.0 um further on +4.5 kV and 65.5 um short on
+    -4.5 kV. The column's beam shift compensates this (:func:`coincidence_offset_um`).
+    """
+    t0 = math.radians(nominal_deg)
+    e_n0 = column_kv * math.cos(t0) ** 2
+    e_n1 = e_n0 - field_factor * bias_v / 1000.0
+    if not e_n1 > 0:
+        return None
+    v_t, v_n0, v_n1 = (math.sqrt(column_kv) * math.sin(t0), math.sqrt(e_n0),
+                       math.sqrt(e_n1))
+    return 1000.0 * gap_mm * v_t * (2.0 / (v_n0 + v_n1) - 1.0 / v_n0)
+
+
+def eucentric_shift_um(dz_um: float, tilt_deg: float) -> float:
+    """Lateral shift (um, specimen y, across the alpha axis) of the field a beam sees
+    when the specimen is ``dz_um`` above the eucentric height and tilted to
+    ``tilt_deg``: ``dz sin(tilt)`` (0 at the TEM's 0 deg, -0.927 dz at -68 deg)."""
+    return dz_um * math.sin(math.radians(tilt_deg))
+
+
+def coincidence_offset_um(column_kv: float, bias_v: float, tilt_deg: float, *,
+                          landing_error_pct: float = 0.0, eucentric_dz_um: float = 0.0,
+                          static_um: tuple[float, float] = (0.0, 0.0),
+                          correction_um: tuple[float, float] = (0.0, 0.0)
+                          ) -> tuple[float, float]:
+    """Where (um, specimen x, y) the ion beam's field centre really lies from where the
+    stage puts the TEM's: the TEM/FIB coincidence offset (decision 0042).
+
+    Three parts, minus the lab's ``correction_um`` (the column's COINCIDENCE:X/Y, what
+    a coincidence calibration writes):
+
+    - the landing shift the column's bias-dependent beam shift leaves: it compensates
+      :func:`landing_shift_um` from the uniform-field model and the nominal gap; the
+      instrument's real gap and fringe field differ by ``landing_error_pct`` % of it
+      (the holder's seating changes the gap by um at each load): along y, its sign
+      and size follow the bias (+0.27 um on +4.5 kV, -0.20 um on -4.5 kV at 0.3 %);
+    - the eucentric-height error on the 0 -> -68 deg tilt,
+      :func:`eucentric_shift_um` of ``eucentric_dz_um`` (the specimen's height above
+      the eucentric point plus the stage's Z);
+    - ``static_um``: the beams' coincidence at 0 V as the last alignment left it.
+    """
+    shift = landing_shift_um(column_kv, bias_v)
+    landing = 0.0 if shift is None else landing_error_pct / 100.0 * shift
+    y = landing + eucentric_shift_um(eucentric_dz_um, tilt_deg)
+    return (static_um[0] - correction_um[0], static_um[1] + y - correction_um[1])
+
+
 def source_emission_ua(rng: random.Random) -> float:
     """One reading of the source's emission current (uA): regulated, with jitter."""
     return EMISSION_UA * (1 + EMISSION_JITTER * rng.gauss(0.0, 1.0))
@@ -129,12 +197,16 @@ def source_emission_ua(rng: random.Random) -> float:
 
 __all__ = [
     "APERTURES",
+    "EXTRACTION_GAP_MM",
     "EXTRACTION_FIELD_FACTOR_SIGMA",
     "EMISSION_JITTER",
     "EMISSION_UA",
+    "coincidence_offset_um",
     "draw_extraction_field_factor",
+    "eucentric_shift_um",
     "landing_energy_kev",
     "landing_incidence_deg",
+    "landing_shift_um",
     "probe_diameter_nm",
     "source_emission_ua",
     "true_raster",

@@ -17,6 +17,7 @@ from test_plans_validation import _cases
 
 from temsims.plans import (
     bracketed_sims_maps,
+    calibrate_coincidence,
     correlative_tem_sims,
     edx_sims_calibration,
     find_labelled_particles,
@@ -51,6 +52,9 @@ def summaries_without_an_ioc() -> dict[str, str]:
         d, fov_um=2.0, pixels=(4, 3), dwell_s=1e-3))
     summaries["bracketed_sims_maps"] = _summary(bracketed_sims_maps(
         d, centers=[(0.0, 0.0), (0.5, 0.5)], fov_um=1.0, pixels=(4, 3), dwell_s=1e-3))
+    summaries["calibrate_coincidence"] = _summary(calibrate_coincidence(
+        d, center=(0.0, 0.0), voltage_v=-4500.0, species=("16O",), sims_pixels=(8, 6),
+        passes=2))
     summaries["edx_sims_calibration"] = _summary(edx_sims_calibration(
         d, start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
         edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"))
@@ -72,3 +76,6 @@ def test_every_plan_is_summarised_without_an_ioc():
     assert "stage_alpha -> -68.0" in summaries["to_sims_mode"]
     assert "tem_objective -> On" in summaries["to_tem_mode"]
     assert summaries["correlative_tem_sims"].count("Open Run") == 5
+    # The coincidence calibration: a TEM image and a map per pass, in the SIMS geometry.
+    assert summaries["calibrate_coincidence"].count("Open Run") == 3
+    assert "bias -> -4500.0" in summaries["calibrate_coincidence"]
