@@ -135,6 +135,7 @@ def test_correction_undoes_the_instruments_mass_bias(bracket):
         # column's current (decision 0043): so are the unknowns, before K.
         kw = {"dwell_s": UNKNOWN["dwell_s"], "dead_time_s": _dead_time(engine, res),
               "primary_current_pa": _block(engine, res)["primary_current_pa"]}
+        assert kw["primary_current_pa"] == pytest.approx(100.0)  # the 100 pA aperture
         raw = ratio_of_region(n6, n7, inside, **kw)
         fixed = ratio_of_region(n6, n7, inside, correction=correction_of(res, i), **kw)
         print(f"{'labelled' if p['labelled'] else 'natural'} particle {p['id']}: raw "
