@@ -73,8 +73,8 @@ class ReferenceMeasurement:
 
 
 def reference_measurement(n6, n7, *, time_s: float, mask=None, dwell_s: float | None = None,
-                          dead_time_s: float = 0.0, min_counts: float = 100.0
-                          ) -> ReferenceMeasurement:
+                          dead_time_s: float = 0.0, min_counts: float = 100.0,
+                          primary_current_pa: float | None = None) -> ReferenceMeasurement:
     """Sum a reference's counts (a map, with an optional mask, or spot counts).
 
     Parameters
@@ -92,6 +92,11 @@ def reference_measurement(n6, n7, *, time_s: float, mask=None, dwell_s: float | 
         Detector dead time (s), >= 0.
     min_counts : float
         Fewest numerator counts accepted (a reference must be measured well), >= 0.
+    primary_current_pa : float, optional
+        The primary current (pA): quasi-simultaneous arrival corrected per value after
+        the dead time (:func:`temsims.analysis.isotopes.qsa_correct`; needs
+        ``dwell_s``). The pad's 7Li loses ``K/2`` more than its 6Li; a bracket corrects
+        that only for unknowns of the same K, so correct the unknowns too.
 
     Returns
     -------
@@ -111,7 +116,7 @@ def reference_measurement(n6, n7, *, time_s: float, mask=None, dwell_s: float | 
         a6, a7 = a6.reshape(1, 1), a7.reshape(1, 1)
     m = np.ones(a6.shape, bool) if mask is None else np.asarray(mask)
     reg = ratio_of_region(a6, a7, m, dwell_s=dwell_s, dead_time_s=dead_time_s,
-                          systematic_rel=0.0)
+                          systematic_rel=0.0, primary_current_pa=primary_current_pa)
     if not reg.n6 >= max(min_counts, 1.0) or not reg.n7 > 0:
         raise ValueError(f"the reference has {reg.n6:.0f} numerator and {reg.n7:.0f} "
                          f"denominator counts (at least {max(min_counts, 1.0):g} and 1 "

@@ -120,6 +120,76 @@ def _dead_time(counts: np.ndarray, dwell_s: float, tau_s: float) -> tuple[np.nda
     return counts * factor, counts * factor**2
 
 
+#: Elementary charge (C): primary ions per second of a beam of I amperes are I / e.
+_ELEMENTARY_CHARGE_C = 1.602176634e-19
+
+
+def primary_ions(current_pa: float, time_s: float) -> float:
+    """Primary ions of a beam of ``current_pa`` (pA) in ``time_s`` (s)."""
+    return _positive("current_pa", current_pa) * 1e-12 * _positive("time_s", time_s) \
+        / _ELEMENTARY_CHARGE_C
+
+
+def _primary_ions_arg(primary_current_pa, dwell_s) -> float | None:
+    """Primary ions per counting interval for the QSA correction (None: no correction)."""
+    if primary_current_pa is None:
+        return None
+    if dwell_s is None:
+        raise ValueError("dwell_s is required for the QSA correction (primary_current_pa)")
+    return primary_ions(primary_current_pa, dwell_s)
+
+
+def _qsa(counts: np.ndarray, variance: np.ndarray, ions: float | None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Arrived ions from (dead-time corrected) pulses, and their variance.
+
+    One primary ion gives a pulse with probability ``1 - exp(-K)`` (quasi-simultaneous
+    arrival, decision 0043), so ``K = -ln(1 - P / I)`` with ``P`` the pulses and ``I``
+    the primary ions of the interval: ``N = -I ln(1 - P / I)``, ``P (1 + P / 2I)`` to
+    first order (Slodzian et al. 2004), and ``dN/dP = 1 / (1 - P / I)``."""
+    if ions is None:
+        return counts, variance
+    p = counts / ions
+    with np.errstate(invalid="ignore"):
+        if (p >= 1.0).any():
+            raise ValueError(
+                f"more pulses than primary ions ({float(np.nanmax(counts)):.4g} for "
+                f"{ions:.4g}): the primary current or the dwell is wrong")
+    n = -ions * np.log1p(-p)
+    return n, variance / np.square(1.0 - p)
+
+
+def qsa_correct(counts, dwell_s: float, current_pa: float) -> np.ndarray:
+    """Ions arrived from (dead-time corrected) pulse counts under quasi-simultaneous
+    arrival: the ions of one primary impact on one collector give one pulse.
+
+    ``K = -ln(1 - P / I)`` ions per primary ion from the pulses ``P`` per ``I``
+    primary ions (``current_pa`` for ``dwell_s``); returns ``K I``, ``P (1 + K/2)`` to
+    first order (Slodzian, Hillion, Stadermann and Zinner, Appl. Surf. Sci. 231-232,
+    874 (2004)). Apply it after the dead-time correction and before any ratio: the
+    major isotope loses more (``K/2``), so a ratio is biased by the difference of the
+    isotopes' K, which standard bracketing removes only if the unknown's K equal the
+    reference's (not for a labelled particle against a natural pad).
+
+    Parameters
+    ----------
+    counts : array_like
+        Pulse counts per interval, dead-time corrected, >= 0; NaN where not acquired.
+    dwell_s : float
+        Counting time of each value (s), > 0.
+    current_pa : float
+        Primary beam current (pA), > 0: the column's (aperture's) current.
+
+    Returns
+    -------
+    numpy.ndarray
+        Ions arrived (float), same shape.
+    """
+    ions = _primary_ions_arg(current_pa, _positive("dwell_s", dwell_s))
+    c = _counts_array("counts", counts)
+    return _qsa(c, c, ions)[0]
+
+
 def dead_time_correct(counts, dwell_s: float, tau_s: float) -> np.ndarray:
     """True counts from counts measured by a non-paralyzable detector.
 
@@ -256,7 +326,8 @@ def check_hydride(hydride) -> tuple[float, float] | None:
 
 
 def hydride_ratio(n_hydride, n_parent, *, dwell_s: float | None = None,
-                  dead_time_s: float = 0.0) -> tuple[float, float]:
+                  dead_time_s: float = 0.0, primary_current_pa: float | None = None
+                  ) -> tuple[float, float]:
     """MH+/M+ measured as a lab does: counts at M + 1 where nothing else lands (mass
     8: 7LiH+ alone, no stable isotope) over counts at M (7Li+), e.g. on the natural
     pad, where 6LiH+ on 7Li is 1e-4 of it.
@@ -269,6 +340,9 @@ def hydride_ratio(n_hydride, n_parent, *, dwell_s: float | None = None,
         Counting time of each value (s); required with ``dead_time_s > 0``.
     dead_time_s : float
         Detector dead time (s), >= 0: both counts are corrected.
+    primary_current_pa : float, optional
+        The primary current (pA): both counts are corrected for quasi-simultaneous
+        arrival after the dead time (:func:`qsa_correct`; needs ``dwell_s``).
 
     Returns
     -------
@@ -279,8 +353,9 @@ def hydride_ratio(n_hydride, n_parent, *, dwell_s: float | None = None,
     dead_time_s, dwell = _dead_time_args(dead_time_s, dwell_s)
     nh = _counts_array("n_hydride", np.atleast_1d(np.asarray(n_hydride, dtype=float)))
     n0 = _counts_array("n_parent", np.atleast_1d(np.asarray(n_parent, dtype=float)))
-    ch, vh = _dead_time(nh, dwell, dead_time_s)
-    c0, v0 = _dead_time(n0, dwell, dead_time_s)
+    ions = _primary_ions_arg(primary_current_pa, dwell_s)
+    ch, vh = _qsa(*_dead_time(nh, dwell, dead_time_s), ions)
+    c0, v0 = _qsa(*_dead_time(n0, dwell, dead_time_s), ions)
     sh, s0 = float(np.nansum(ch)), float(np.nansum(c0))
     wh, w0 = float(np.nansum(vh)), float(np.nansum(v0))
     if not s0 > 0:
@@ -370,7 +445,8 @@ def _bin(arr: np.ndarray, b: int) -> np.ndarray:
 
 def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
               min_counts: float = 10.0, dwell_s: float | None = None,
-              dead_time_s: float = 0.0, correction=None) -> RatioMap:
+              dead_time_s: float = 0.0, correction=None,
+              primary_current_pa: float | None = None) -> RatioMap:
     """Per-pixel ratio ``N_num / N_den`` (e.g. 6Li/7Li) with its Poisson error.
 
     Counts are first dead-time corrected per pixel (when ``dead_time_s > 0``),
@@ -394,6 +470,10 @@ def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
         (standard bracketing, :func:`temsims.analysis.bracketing.bracketing_correction`).
         The numerator counts (and variances) are scaled by K, and ``sigma`` holds
         ``R sigma_K / K`` in quadrature with the Poisson error.
+    primary_current_pa : float, optional
+        The primary current (pA): each pixel's counts are corrected for
+        quasi-simultaneous arrival after the dead time (:func:`qsa_correct`; needs
+        ``dwell_s``). Without it the major isotope reads low by ``K/2``.
 
     Returns
     -------
@@ -415,10 +495,11 @@ def ratio_map(numerator_counts, denominator_counts, *, binning: int = 1,
         raise ValueError(f"binning = {binning} must be within 1..{min(num.shape)} "
                          f"(map shape {num.shape})")
     min_counts = _positive("min_counts", min_counts, allow_zero=True)
+    ions = _primary_ions_arg(primary_current_pa, dwell_s)
     dead_time_s, dwell_s = _dead_time_args(dead_time_s, dwell_s)
     correction = check_correction(correction)
-    n6, v6 = _dead_time(num, dwell_s, dead_time_s)
-    n7, v7 = _dead_time(den, dwell_s, dead_time_s)
+    n6, v6 = _qsa(*_dead_time(num, dwell_s, dead_time_s), ions)
+    n7, v7 = _qsa(*_dead_time(den, dwell_s, dead_time_s), ions)
     n6, v6, n7, v7 = (_bin(a, int(binning)) for a in (n6, v6, n7, v7))
     acquired = np.isfinite(n6) & np.isfinite(n7)
     valid = acquired & (n6 + n7 >= min_counts) & (n7 > 0)
@@ -579,7 +660,8 @@ def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: 
                     reference_ratio: float = NATURAL_LI6_LI7,
                     systematic_rel: float = DEFAULT_SYSTEMATIC_REL,
                     label_ratio_min: float = DEFAULT_LABEL_RATIO_MIN,
-                    correction=None) -> RegionRatio:
+                    correction=None, primary_current_pa: float | None = None
+                    ) -> RegionRatio:
     """Isotope ratio of a region: sum the counts, then divide.
 
     Summing before dividing is the right estimator: the mean of per-pixel ratios
@@ -601,6 +683,9 @@ def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: 
         As in :func:`ratio_test`.
     correction : (float, float), optional
         ``(K, sigma_K)`` of standard bracketing (see :class:`RegionRatio`).
+    primary_current_pa : float, optional
+        The primary current (pA): quasi-simultaneous arrival corrected per pixel
+        (:func:`ratio_map`).
 
     Returns
     -------
@@ -612,7 +697,8 @@ def ratio_of_region(n6, n7, mask, *, dwell_s: float | None = None, dead_time_s: 
         On mismatched shapes, a non-boolean mask, or bad counts/parameters.
     """
     correction = check_correction(correction)
-    m = ratio_map(n6, n7, dwell_s=dwell_s, dead_time_s=dead_time_s, min_counts=0.0)
+    m = ratio_map(n6, n7, dwell_s=dwell_s, dead_time_s=dead_time_s, min_counts=0.0,
+                  primary_current_pa=primary_current_pa)
     mask = np.asarray(mask)
     if mask.dtype != bool:
         raise TypeError(f"mask must be a boolean array, got dtype {mask.dtype}")
@@ -680,6 +766,8 @@ __all__ = [
     "hydride_ratio",
     "hydride_sum_variance",
     "p_to_sigma",
+    "primary_ions",
+    "qsa_correct",
     "ratio_map",
     "ratio_of_region",
     "ratio_test",

@@ -35,7 +35,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "particles.json"
 #: The demo's particle search (temsims.core.demo) and the plan's analysis parameters.
 DEMO = {"fov_um": 4.0, "dwell_s": 1e-3, "current_pa": 100.0, "column_kv": 30.0}
 SIZES = {"full": (96, 68), "quick": (64, 45)}
-ANALYSIS = {"significance": 5.0, "min_counts": 50.0}
+#: Quasi-simultaneous arrival corrected from the aperture's current, as the plan does
+#: (decision 0043).
+ANALYSIS = {"significance": 5.0, "min_counts": 50.0, "primary_current_pa": DEMO["current_pa"]}
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from scoring import TOLERANCE_NM, score_centroids  # noqa: E402  (the tests' own scoring)
 

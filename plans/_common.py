@@ -317,6 +317,20 @@ def read_dead_time(spectrometer, default: float | None):
     return _num(dead), source
 
 
+def read_primary_current(column):
+    """Plan stub: the ion column's current (pA, CURRENT_RBV: the aperture's), the
+    primary ions per second of the quasi-simultaneous-arrival correction (decision
+    0043); None without a reading (a simulation) or if it is not a positive number."""
+    if getattr(column, "current", None) is None:
+        return None
+    value = yield from bps.rd(column.current, default_value=None)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def start_metadata(*, plan_name: str, plan_args: dict, mode: str, region: dict | None,
                    md: Mapping | None = None, sims: Mapping | None = None,
                    extra: Mapping | None = None) -> dict:
@@ -489,6 +503,7 @@ __all__ = [
     "device_limits",
     "plan_args_md",
     "read_dead_time",
+    "read_primary_current",
     "region_md",
     "safe_state",
     "sims_md",

@@ -45,6 +45,7 @@ from temsims.plans._common import (
     device_limits,
     microscope_parts,
     plan_args_md,
+    read_primary_current,
     with_safe_state,
 )
 from temsims.plans.correlative import PARTS, check_sims_voltage
@@ -105,11 +106,13 @@ def check_reference_map(reference: Any, reference_fov_um: float, reference_pixel
 
 def reference_run(parts: tuple, ref: dict, *, labels: tuple, fov_um: float, pixels: tuple,
                   dwell_s: float, dead_time_s: float, min_counts: float, block: dict,
-                  md: dict, on_measured) -> Plan[str]:
+                  md: dict, on_measured, primary_current_pa: float | None = None
+                  ) -> Plan[str]:
     """One ``sims_map`` run of the standard (stage moved to it first); its maps become
     a :class:`~temsims.analysis.bracketing.ReferenceMeasurement` handed to
     ``on_measured(measurement)`` (a plan: it may read into the run's streams).
-    ``parts``: (stage, imager, spectrometer, column, bias)."""
+    ``parts``: (stage, imager, spectrometer, column, bias). With ``primary_current_pa``
+    the counts are corrected for quasi-simultaneous arrival (decision 0043)."""
     stage, imager, spectrometer, column, bias = parts
     t0 = time.time()
 
@@ -120,7 +123,8 @@ def reference_run(parts: tuple, ref: dict, *, labels: tuple, fov_um: float, pixe
         # clock (the wall clock times a constant scale) keeps.
         m = reference_measurement(maps[labels[0]], maps[labels[1]],
                                   time_s=0.5 * (t0 + time.time()), dwell_s=dwell_s,
-                                  dead_time_s=dead_time_s, min_counts=min_counts)
+                                  dead_time_s=dead_time_s, min_counts=min_counts,
+                                  primary_current_pa=primary_current_pa)
         yield from on_measured(m)
 
     yield from bps.mv(stage.x, ref["x_um"], stage.y, ref["y_um"])
@@ -201,7 +205,11 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
         ``bracketing_id``, ``uids`` {"reference_before", "unknowns" (list),
         "reference_after"}, ``correction`` (:meth:`BracketCorrection.to_dict`) and
         ``factors``: ``[{"uid", "time_s", "k", "sigma_k"}]`` per unknown. In a
-        simulation (no documents) ``correction`` and ``factors`` are None.
+        simulation (no documents) ``correction`` and ``factors`` are None. The
+        references are corrected for quasi-simultaneous arrival with the column's
+        current (decision 0043; ``primary_current_pa`` in every run's ``bracketing``
+        block): correct the unknowns' counts the same way before applying K
+        (``ratio_of_region(..., primary_current_pa=...)``).
 
     Raises
     ------
@@ -280,6 +288,10 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
             tau = yield from bps.rd(spectrometer.dead_time, default_value=DEFAULT_DEAD_TIME_S)
             tau = DEFAULT_DEAD_TIME_S if tau is None else float(tau)
         yield from to_sims_mode(mode, voltage_v=volts)
+        # The references' quasi-simultaneous arrival is corrected (decision 0043): the
+        # unknowns' ratios take K only after the same correction with this current.
+        current = yield from read_primary_current(column)
+        common["primary_current_pa"] = current
 
         def reference_map(position: str):
             def measured(m):
@@ -298,7 +310,8 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
             uid = yield from reference_run(
                 (stage, imager, spectrometer, column, bias), ref, labels=labels,
                 fov_um=ref_fov, pixels=ref_pixels, dwell_s=dwell_s, dead_time_s=tau,
-                min_counts=min_counts, block=block, md=base_md, on_measured=measured)
+                min_counts=min_counts, block=block, md=base_md, on_measured=measured,
+                primary_current_pa=current)
             result["uids"][f"reference_{position}"] = uid
 
         yield from reference_map("before")

@@ -44,6 +44,7 @@ from temsims.plans._common import (
     device_limits,
     microscope_parts,
     read_dead_time,
+    read_primary_current,
     with_safe_state,
 )
 from temsims.plans.bracketing import bracket_values, check_reference_map, reference_run
@@ -98,11 +99,13 @@ def _event_values(index: int, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def count_pad_hydride(spectrometer, column, *, fov_um: float, count_time_s: float,
-                      dead_time_s: float) -> Plan[tuple | None]:
+                      dead_time_s: float, primary_current_pa: float | None = None
+                      ) -> Plan[tuple | None]:
     """Plan stub, inside an open run with the stage on the natural-Li pad: count 7Li
     and 7LiH+ (mass 8, nothing else there) on two collectors over a raster of
     ``fov_um`` for ``count_time_s``, and return LiH+/Li+ ``(h, sigma_h)``
-    (:func:`temsims.analysis.isotopes.hydride_ratio`, dead time corrected) after a
+    (:func:`temsims.analysis.isotopes.hydride_ratio`, dead time corrected, and for
+    quasi-simultaneous arrival with ``primary_current_pa``) after a
     ``hydride`` event (None in a simulation). COUNT_TIME, the raster's field and mode
     are put back; the beam is left blanked."""
     cols = spectrometer.collector_list()[:2]
@@ -130,7 +133,8 @@ def count_pad_hydride(spectrometer, column, *, fov_um: float, count_time_s: floa
                 f"{count_time_s:g} s (at least {MIN_HYDRIDE_COUNTS:g} 7LiH+ needed): is the "
                 "beam on the pad, is the pad used up? Count longer or pass hydride=(h, "
                 "sigma_h)")
-        h, sh = hydride_ratio(n8, n7, dwell_s=count_time_s, dead_time_s=dead_time_s)
+        h, sh = hydride_ratio(n8, n7, dwell_s=count_time_s, dead_time_s=dead_time_s,
+                              primary_current_pa=primary_current_pa)
         buf = Values("hydride", units=HYDRIDE_UNITS)
         buf.set_values(n7=n7, n8=n8, count_time_s=count_time_s, h=h, sigma_h=sh)
         yield from bps.trigger_and_read([buf], name="hydride")
@@ -343,9 +347,13 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
 
     def body():
         tau, tau_source = yield from read_dead_time(spectrometer, DEFAULT_DEAD_TIME_S)
+        # Quasi-simultaneous arrival (decision 0043) is corrected from the pulses per
+        # primary ion: the column's current, the same for the pad and the search.
+        current = yield from read_primary_current(column)
         analysis = {"dwell_s": dwell_s, "dead_time_s": tau, "significance": significance,
                     "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7,
-                    "correction": correction, "hydride": hydride, "halo": halo_px}
+                    "correction": correction, "hydride": hydride, "halo": halo_px,
+                    "primary_current_pa": current}
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         parts = (stage, imager, spectrometer, column, bias)
         ref_md = {**md, "correlation_id": bid}
@@ -357,7 +365,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                     if measure_hydride:
                         state["hydride"] = yield from count_pad_hydride(
                             spectrometer, column, fov_um=ref_fov,
-                            count_time_s=hydride_count_s, dead_time_s=tau)
+                            count_time_s=hydride_count_s, dead_time_s=tau,
+                            primary_current_pa=current)
                     # Until the second reference: K of the first (no drift term yet).
                     state["provisional"] = bracketing_correction(
                         m, m, certified_ratio=ref["value"],
@@ -376,7 +385,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             result["bracketing"]["uids"][f"reference_{position}"] = yield from reference_run(
                 parts, ref, labels=("6Li", "7Li"), fov_um=ref_fov, pixels=ref_pixels,
                 dwell_s=dwell_s, dead_time_s=tau, min_counts=1000.0, block=block,
-                md=ref_md, on_measured=measured)
+                md=ref_md, on_measured=measured, primary_current_pa=current)
 
         if ref is not None:
             yield from reference("before")

@@ -38,6 +38,10 @@ yield ("gain"), a few per cent from 1, drifting linearly plus a slow random walk
 instrument time; it scales what that collector counts (maps, COUNT), not the axial
 mass scan. Both are drawn per instrument seed (:func:`mass_bias_parameters`).
 
+Quasi-simultaneous arrival (decision 0043, :mod:`temsims.ioc.physics.qsa`): the
+ions one primary impact delivers to one collector, ``K`` on average, give one pulse:
+``1 - exp(-K)`` pulses per primary ion where it lands, before the footprint's blur.
+
 Detection: a non-paralyzable dead time ``tau`` turns a true count rate ``N`` into
 ``M = N / (1 + N tau)``; dark counts add; the counts are sub-Poissonian, variance
 ``M T / (1 + N tau)^2`` (:func:`detect`). ``tau`` is the instrument's own, drawn from
@@ -72,6 +76,7 @@ from temsims.ioc.physics.materials import (
     projected_range_nm,
     total_yield_factor,
 )
+from temsims.ioc.physics.qsa import qsa_thinned_emission
 from temsims.ioc.physics.specimen import Specimen, _crop
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -116,6 +121,10 @@ class SimsParameters:
         are drawn with; the spectrometer IOC sets it from its seed, 22-45 ns).
     dark_rate_per_s
         Dark count rate of each detector (< 1 /s).
+    qsa
+        Quasi-simultaneous arrival (decision 0043, :mod:`.qsa`): the ions of one
+        primary impact on one collector count as one pulse, ``1 - exp(-K)`` pulses per
+        primary ion for ``K`` ions delivered. False: every ion counts.
     sector_radius_m
         Radius of the axial trajectory in the magnet.
     resolving_power
@@ -202,6 +211,7 @@ class SimsParameters:
     transmission: float = 0.45
     dead_time_s: float = 30e-9
     dark_rate_per_s: float = 0.2
+    qsa: bool = True
     sector_radius_m: float = 0.10
     resolving_power: float = 500.0
     peak_edge_fraction: float = 0.08
@@ -1205,6 +1215,12 @@ class SurfaceEmitter:
         return total
 
 
+def _counted(emission: np.ndarray, params: SimsParameters) -> np.ndarray:
+    """What a collector counts of ``emission`` where each primary ion lands: thinned by
+    quasi-simultaneous arrival when ``params.qsa`` (decision 0043)."""
+    return qsa_thinned_emission(emission, params.transmission) if params.qsa else emission
+
+
 def footprint_sigma_nm(geometry: ScanGeometry, probe_fwhm_nm: float,
                        params: SimsParameters = SimsParameters()) -> tuple[float, float]:
     """(sigma_y, sigma_x) in nm of the beam footprint on the specimen.
@@ -1415,7 +1431,8 @@ class FramePlan:
                 if not w:
                     cache[key] = None
                 else:
-                    cache[key] = _block_blur(emitter.emission(w), sy_px, sx_px, self.block)
+                    cache[key] = _block_blur(_counted(emitter.emission(w), self.params),
+                                             sy_px, sx_px, self.block)
                     if halo is not None:
                         cache[key] = _halo_blur(
                             cache[key], self.block, (sy_px, sx_px),
@@ -1596,6 +1613,37 @@ def sputter_dose(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometr
 # ======================================================================================
 # Counting and mass scans: signal from the beam footprint
 # ======================================================================================
+def _footprint_means(specimen: Specimen, depth_nm: np.ndarray, window, weight: np.ndarray,
+                     keys: tuple[str, ...], polarity: int, landing_kev: float,
+                     params: SimsParameters, incidence_deg: float) -> dict[str, float] | None:
+    """Each key's counted emission averaged with ``weight`` over ``window`` (None if the
+    weight is nowhere positive)."""
+    total = weight.sum()
+    if total <= 0:
+        return None
+    emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params,
+                             incidence_deg)
+    # Per pixel, then averaged: a molecule's emission is a product of fractions, and
+    # quasi-simultaneous arrival acts where each primary ion lands.
+    return {key: float((_counted(emitter.emission({key: 1.0}), params) * weight).sum()
+                       / total) for key in keys}
+
+
+def halo_step_px(specimen: Specimen, sigma_nm: float) -> int:
+    """Grid pixels between the samples of the halo's share of a count."""
+    return max(1, int(sigma_nm / (8.0 * specimen.pixel_nm)))
+
+
+def _halo_window(specimen: Specimen, xs: np.ndarray, ys: np.ndarray, sigma_nm: float):
+    """A grid window over ``xs``, ``ys`` sampled every :func:`halo_step_px` pixels (an
+    eighth of the halo's sigma: the halo is ~10^2 times wider than a grid pixel; a sharp
+    edge is seen within half a step, 7 nm at 300 nm FWHM, by the halo's few %)."""
+    step = halo_step_px(specimen, sigma_nm)
+    rows, cols = specimen.window_for(xs, ys, margin_px=2)
+    window = (slice(rows.start, rows.stop, step), slice(cols.start, cols.stop, step))
+    return window, specimen.y_nm()[window[0]][:, None], specimen.x_nm()[window[1]][None, :]
+
+
 def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
                        species: tuple[str, ...], polarity: int, landing_kev: float,
                        params: SimsParameters = SimsParameters(),
@@ -1603,8 +1651,13 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
                        elapsed_s: float = 0.0) -> dict[str, float]:
     """Mean emission (Y x alpha x C) of each isotope, and of each dimer and oxide they
     form (:func:`molecule_keys`), over the rastered area (or under the spot at the
-    geometry's centre): multiply by ions x transmission for counts."""
+    geometry's centre): multiply by ions x transmission for counts. Each is what a
+    collector counts of it (quasi-simultaneous arrival, decision 0043), and the probe's
+    halo (decision 0040) brings its share ``halo_fraction`` from around the spot, or
+    from the raster blurred by the halo's Gaussian."""
     dx, dy = drift_offset_nm(elapsed_s, params)
+    keys = tuple(species) + molecule_keys(tuple(species), params.dimer_yields,
+                                          params.oxide_yields)
     if spot:
         sy, sx = footprint_sigma_nm(replace(geometry, nx=1, fov_um=1e-6), probe_fwhm_nm,
                                     params)
@@ -1623,19 +1676,36 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
         u, v = geometry.from_specimen(cols + dx, rows + dy)
         hu, hv = geometry.nx * geometry.pixel_nm / 2, geometry.ny * geometry.pixel_nm / 2
         weight = ((np.abs(u) <= hu) & (np.abs(v) <= hv)).astype(np.float64)
-    total = weight.sum()
-    if total <= 0:
-        return dict.fromkeys(tuple(species) + molecule_keys(
-            tuple(species), params.dimer_yields, params.oxide_yields), 0.0)
-    emitter = SurfaceEmitter(specimen, depth_nm, window, polarity, landing_kev, params,
-                             geometry.incidence_deg)
-    out = {}
-    keys = tuple(species) + molecule_keys(tuple(species), params.dimer_yields,
-                                          params.oxide_yields)
-    for key in keys:
-        # Per pixel, then averaged: a molecule's emission is a product of fractions.
-        out[key] = float((emitter.emission({key: 1.0}) * weight).sum() / total)
-    return out
+    out = _footprint_means(specimen, depth_nm, window, weight, keys, polarity, landing_kev,
+                           params, geometry.incidence_deg)
+    if out is None:
+        return dict.fromkeys(keys, 0.0)
+    halo = halo_sigma_nm(replace(geometry, nx=1, fov_um=1e-6) if spot else geometry, params)
+    if halo is None:
+        return out
+    hy, hx = halo
+    if spot:
+        xs = np.array([-3 * hx, 3 * hx]) + geometry.centre_x_nm - dx
+        ys = np.array([-3 * hy, 3 * hy]) + geometry.centre_y_nm - dy
+        h_window, rows, cols = _halo_window(specimen, xs, ys, min(hx, hy))
+        h_weight = np.exp(-0.5 * (((cols - geometry.centre_x_nm + dx) / hx) ** 2
+                                  + ((rows - geometry.centre_y_nm + dy) / hy) ** 2))
+    else:
+        # The raster's box convolved with the halo's Gaussian, in the beam-normal plane
+        # (where the halo is round: its sigma there is the specimen's x one).
+        xs, ys = geometry.corners_nm(margin_nm=3 * hx)
+        h_window, rows, cols = _halo_window(specimen, xs - dx, ys - dy, hx)
+        u, v = geometry.from_specimen(cols + dx, rows + dy)
+        hu, hv = geometry.nx * geometry.pixel_nm / 2, geometry.ny * geometry.pixel_nm / 2
+        r2 = math.sqrt(2.0) * hx
+        h_weight = ((special.erf((hu - u) / r2) + special.erf((hu + u) / r2))
+                    * (special.erf((hv - v) / r2) + special.erf((hv + v) / r2)))
+    halo_out = _footprint_means(specimen, depth_nm, h_window, h_weight, keys, polarity,
+                                landing_kev, params, geometry.incidence_deg)
+    if halo_out is None:
+        return out
+    f = params.halo_fraction
+    return {k: (1.0 - f) * out[k] + f * halo_out[k] for k in keys}
 
 
 def spectrum_expectation(true_masses_u: np.ndarray, emission: dict[str, float],

@@ -66,15 +66,18 @@ def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_se
     """A bracket on the harder twin: the natural-Li pad mapped before and after the
     particle map, at the instrument times ``times_s``, rendered like the map.
 
-    Returns (specimen, geometry, n6, n7, correction, params): ``correction`` the
-    bracketing analysis' :class:`~temsims.analysis.bracketing.BracketCorrection`."""
+    Returns (specimen, geometry, n6, n7, correction, extra): ``correction`` the
+    bracketing analysis' :class:`~temsims.analysis.bracketing.BracketCorrection` of the
+    references corrected for quasi-simultaneous arrival (decision 0043); ``extra``
+    holds the twin's ``params`` and ``no_qsa``, the bracket of the same references
+    without that correction."""
     from temsims.analysis.bracketing import bracketing_correction, reference_measurement
 
     spec = build_specimen("li2co3-particles", seed=seed)
     base = harder_twin(instrument_seed)
     ref = spec.reference
     centre = (1000.0 * ref["x_um"], 1000.0 * ref["y_um"])
-    measured = []
+    measured, measured_raw = [], []
     maps = {}
     for k, t in enumerate(times_s):
         params = base.with_(gain_clock_s=float(t))
@@ -86,12 +89,15 @@ def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_se
                                      centre_nm=centre, spec=spec,
                                      rng_seed=5000 + seed + k)
         frame = REFERENCE_MAP["pixels"][0] * REFERENCE_MAP["pixels"][1] * DEMO["dwell_s"]
-        measured.append(reference_measurement(r6, r7, time_s=t + frame / 2,
-                                              dwell_s=DEMO["dwell_s"],
-                                              dead_time_s=dead_time_of(instrument_seed)))
+        for out, current in ((measured, DEMO["current_pa"]), (measured_raw, None)):
+            out.append(reference_measurement(r6, r7, time_s=t + frame / 2,
+                                             dwell_s=DEMO["dwell_s"],
+                                             dead_time_s=dead_time_of(instrument_seed),
+                                             primary_current_pa=current))
     correction = bracketing_correction(*measured)
     _, geo, n6, n7 = maps["unknown"]
-    return spec, geo, n6, n7, correction, base
+    return spec, geo, n6, n7, correction, {"params": base,
+                                           "no_qsa": bracketing_correction(*measured_raw)}
 
 
 #: 7LiH+ (7.01600 + 1.00783 u): mass 8 holds it alone (no stable isotope of mass 8).

@@ -59,7 +59,7 @@ def test_reference_map_of_the_pad_gives_the_instrument_bias():
                                  params=params, spec=spec,
                                  centre_nm=(1000 * ref["x_um"], 1000 * ref["y_um"]))
     m = reference_measurement(r6, r7, time_s=120.0, dwell_s=DEMO["dwell_s"],
-                              dead_time_s=tau_s)
+                              dead_time_s=tau_s, primary_current_pa=DEMO["current_pa"])
     beta = dict(params.imf_beta)["Li2CO3"]
     gains = [float(sp.collector_gain(i, 120.1, params)) for i in range(2)]
     bias = float(sp.imf_factor("6Li", beta) / sp.imf_factor("7Li", beta)) * gains[0] / gains[1]
@@ -86,7 +86,7 @@ def test_reference_map_of_the_pad_gives_the_instrument_bias():
     _, _, w6, w7 = particle_maps(4, (nx, nx), fov_um=fov_um, params=params, spec=spec,
                                  centre_nm=(lab["x_nm"], lab["y_nm"]))
     table = find_particles(w6, w7, dwell_s=DEMO["dwell_s"], dead_time_s=tau_s,
-                           correction=(k, sk),
+                           correction=(k, sk), primary_current_pa=DEMO["current_pa"],
                            halo=(PROBE_HALO["fraction"],
                                  halo_sigma_px(PROBE_HALO["fwhm_nm"], 1e3 * fov_um / nx)))
     own = next(p for p in table if p.label == table.labels[nx // 2, nx // 2])

@@ -7,6 +7,8 @@ from temsims.analysis.isotopes import (
     NATURAL_LI6_LI7,
     RatioMap,
     dead_time_correct,
+    primary_ions,
+    qsa_correct,
     ratio_map,
     ratio_of_region,
     ratio_test,
@@ -130,3 +132,30 @@ def test_region_mask_must_match():
         ratio_of_region(np.ones((2, 2)), np.ones((2, 2)), np.ones((3, 2), bool))
     with pytest.raises(ValueError):
         ratio_test(1, 1, label_ratio_min=0.01)
+
+
+def test_qsa_correction_inverts_one_pulse_per_impact():
+    """Quasi-simultaneous arrival (decision 0043): P pulses of I primary ions are
+    ``I (1 - exp(-K))``; ``qsa_correct`` returns ``K I`` (``P (1 + K/2)`` to first
+    order), ratio maps and regions apply it per pixel before the ratio, and it needs a
+    dwell and fewer pulses than primary ions."""
+    ions = primary_ions(100.0, 1e-3)
+    assert ions == pytest.approx(100e-12 * 1e-3 / 1.602176634e-19)
+    k7, k6 = 6e-3, 5e-4
+    n7, n6 = ions * -np.expm1(-k7), ions * -np.expm1(-k6)
+    assert qsa_correct([n7], 1e-3, 100.0)[0] == pytest.approx(k7 * ions, rel=1e-12)
+    assert qsa_correct([n7], 1e-3, 100.0)[0] == pytest.approx(n7 * (1 + k7 / 2), rel=2e-5)
+    maps = [np.full((4, 4), n) for n in (n6, n7)]
+    plain = ratio_map(*maps, min_counts=0)
+    fixed = ratio_map(*maps, min_counts=0, dwell_s=1e-3, primary_current_pa=100.0)
+    assert fixed.ratio[0, 0] == pytest.approx(k6 / k7, rel=1e-9)
+    assert fixed.ratio[0, 0] / plain.ratio[0, 0] - 1 == pytest.approx((k6 - k7) / 2, rel=0.01)
+    reg = ratio_of_region(*maps, np.ones((4, 4), bool), dwell_s=1e-3,
+                          primary_current_pa=100.0)
+    assert reg.ratio == pytest.approx(k6 / k7, rel=1e-9)
+    with pytest.raises(ValueError, match="dwell_s"):
+        ratio_map(*maps, primary_current_pa=100.0)
+    with pytest.raises(ValueError, match="primary ions"):
+        qsa_correct([2 * ions], 1e-3, 100.0)
+    with pytest.raises(ValueError):
+        qsa_correct([1.0], 1e-3, 0.0)

@@ -67,7 +67,8 @@ def _search(engine, start) -> dict:
                            hydride=None if params.get("hydride_ratio") is None else
                            (params["hydride_ratio"], params["hydride_sigma"]),
                            halo=None if params.get("halo_fraction") is None else
-                           (params["halo_fraction"], params["halo_sigma_px"]))
+                           (params["halo_fraction"], params["halo_sigma_px"]),
+                           primary_current_pa=params.get("primary_current_pa"))
     assert [p.label for p in again] == [c["label"] for c in table]
     assert [p.classification for p in again] == [c["classification"] for c in table]
     return {"maps": maps, "candidates": table, "labels": again.labels,

@@ -131,7 +131,11 @@ def test_correction_undoes_the_instruments_mass_bias(bracket):
         r = np.hypot((cols - (nx - 1) / 2) * pitch,
                      (rows - (ny - 1) / 2) * pitch / math.cos(math.radians(45)))
         inside = r < 0.6 * p["radius_nm"]
-        kw = {"dwell_s": UNKNOWN["dwell_s"], "dead_time_s": _dead_time(engine, res)}
+        # The references were corrected for quasi-simultaneous arrival with the
+        # column's current (decision 0043): so are the unknowns, before K.
+        kw = {"dwell_s": UNKNOWN["dwell_s"], "dead_time_s": _dead_time(engine, res),
+              "primary_current_pa": _block(engine, res)["primary_current_pa"]}
+        assert kw["primary_current_pa"] == pytest.approx(100.0)  # the 100 pA aperture
         raw = ratio_of_region(n6, n7, inside, **kw)
         fixed = ratio_of_region(n6, n7, inside, correction=correction_of(res, i), **kw)
         print(f"{'labelled' if p['labelled'] else 'natural'} particle {p['id']}: raw "
@@ -141,10 +145,14 @@ def test_correction_undoes_the_instruments_mass_bias(bracket):
         assert fixed.ratio == pytest.approx(correction_of(res, i)[0] * raw.ratio)
 
 
-def _dead_time(engine, res) -> float:
+def _block(engine, res) -> dict:
     start = next(s for s in engine.docs.docs["start"]
                  if s["uid"] == res["uids"]["reference_after"])
-    return float(start["bracketing"]["dead_time_s"])
+    return start["bracketing"]
+
+
+def _dead_time(engine, res) -> float:
+    return float(_block(engine, res)["dead_time_s"])
 
 
 def _bad():
