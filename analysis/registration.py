@@ -21,9 +21,19 @@ Model (instrument.md, "Image correlation and fusion")
        positions, robustly, and the passes repeat until the fit stops moving. A
        position is insensitive to the shape differences of the two contrasts, which
        biased every intensity-based affine tried (decision 0011's table). The fit is
-       kept only if it is constrained (>= 4 features, a predicted corner error
-       <= 0.5 px) and moves the corners by more than its noise; otherwise the
-       translation stays and ``quality["affine"]["why"]`` says why.
+       kept only if it is constrained (>= 4 features, the 95 % bound of its
+       predicted corner error <= 0.5 px) and moves the corners by more than its
+       noise.
+    4. Where the features cannot constrain it (too few, or their bound too large:
+       ~15 % of the maps under calibration errors), the same model is fitted to the
+       intensities instead (least squares of the smoothed map against the TEM image
+       resampled through the model, a gain fitted: the maximum of their normalised
+       cross-correlation; decision 0029's 2026-12-05 amendment). From the
+       translation's result, with the shapes of the two contrasts alike up to the
+       smoothing, its bias is ~0.1-0.3 px, not decision 0011's 1.2 px of a
+       6-parameter affine from afar. Kept if it moves the corners by more than the
+       noise and correlates better; otherwise the translation stays and
+       ``quality["affine"]["why"]`` says why.
        ``linear_error_sims_px`` reports how far the recorded linear geometry was off;
        ``residual_sims_px`` flags what neither refinement absorbed.
 
@@ -75,11 +85,15 @@ class RegistrationResult:
         initial transform), ``phase_error`` (translation-invariant error of
         :func:`~skimage.registration.phase_cross_correlation`, 0..1), ``overlap_fraction``
         (SIMS pixels compared / all), ``tem_inverted`` (bool), ``quadrant_shifts_px``
-        (residual (d_row, d_col) of each map quadrant after refinement).
+        (residual (d_row, d_col) of each map quadrant holding a feature, i.e. whose
+        peak correlation is >= 0.5, after refinement), ``model`` (what was applied:
+        "translation", "raster" or "affine") and ``affine`` (the linear fit:
+        ``applied``, ``method`` "features" or "intensity" when applied, ``why`` when
+        refused, ``intensity`` the figures of an intensity fit when one was made).
     residual_sims_px : float
         Estimated residual misregistration (SIMS px): root of the median squared
-        shift of the four map quadrants, which picks up rotation or scale errors the
-        refinement did not absorb.
+        shift of the map quadrants holding a feature, which picks up rotation or
+        scale errors the refinement did not absorb; NaN if no quadrant holds one.
     refined : bool
         False if no refinement was asked for or its shift was rejected (larger than
         ``max_shift_px``; ``transform`` is then the initial one).
@@ -236,6 +250,11 @@ def _prepared_pair(sims: np.ndarray, tem_on_sims: np.ndarray, smooth_px: float):
     return _standardise(sims_s, mask), _standardise(tem_s, mask), mask
 
 
+#: A quadrant whose cross-correlation peak error (1 - peak correlation squared) is
+#: larger holds no feature: its shift is left out of ``residual_sims_px``.
+MAX_QUADRANT_PHASE_ERROR = 0.75
+
+
 def _quadrant_shifts(sims_z: np.ndarray, tem_z: np.ndarray, mask: np.ndarray,
                      upsample_factor: int, normalization) -> list[tuple[float, float]]:
     ny, nx = sims_z.shape
@@ -248,8 +267,16 @@ def _quadrant_shifts(sims_z: np.ndarray, tem_z: np.ndarray, mask: np.ndarray,
             a, b = tem_z[rs, cs], sims_z[rs, cs]
             if float(np.abs(a).max()) == 0 or float(np.abs(b).max()) == 0:
                 continue
-            shift, _, _ = phase_cross_correlation(a, b, upsample_factor=upsample_factor,
-                                                  normalization=normalization)
+            shift, error, _ = phase_cross_correlation(a, b, upsample_factor=upsample_factor,
+                                                      normalization=normalization)
+            # A quadrant without a feature correlates with noise only (peak
+            # correlation ~0.1, error ~0.99) and its shift is anywhere: two such
+            # quadrants made the median 19 px on a map registered to 0.04 px (entropy
+            # 311812389061408148076152598608656942010, seed 26779: its particles all in
+            # the top half). Left out below a peak correlation of 0.5 (features: the
+            # same floor, ``min_ncc``).
+            if normalization is None and not float(error) <= MAX_QUADRANT_PHASE_ERROR:
+                continue
             out.append((float(shift[0]), float(shift[1])))
     return out
 
@@ -480,7 +507,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
     # Judged once converged: the first passes measure shifts of several px, less
     # precisely than the last one measures what is left.
     if not predicted_95 <= max_predicted_error_px:
-        return None, dict(info, why=f"{info['features']} consistent features: predicted "
+        return None, dict(info, correction=total, why=f"{info['features']} consistent features: predicted "
                                     f"corner error {predicted:.2f} px, its 95 % bound "
                                     f"{predicted_95:.2f} px > {max_predicted_error_px} px")
     return total, info
@@ -498,7 +525,154 @@ def linear_decomposition(correction: np.ndarray) -> dict[str, float]:
             "shear": float(stretch[0, 1] / math.sqrt(stretch[0, 0] * stretch[1, 1]))}
 
 
+def _refine_raster_by_intensity(sims: np.ndarray, tem: np.ndarray, start: np.ndarray,
+                                sign: float, theta: float | None, *, smooth_px: float,
+                                footprint_sigma_sims_px: float,
+                                coarse_smooth_px: float = 2.5, blur: bool = False,
+                                max_evaluations: int = 400
+                                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Correction ``D`` (SIMS px -> SIMS px) of the raster model (:func:`_raster_linear`;
+    an affine if ``theta`` is None) such that the TEM image resampled through
+    ``start @ D`` correlates best with the map, fitted by intensity.
+
+    Least squares of the standardised, smoothed map against the TEM image resampled on
+    its grid (cubic spline of the block-averaged, footprint-smoothed TEM, computed once)
+    times a gain fitted in closed form: the minimum is the maximum of their normalised
+    cross-correlation with the sign ``sign``. A coarse pass (``coarse_smooth_px``)
+    widens the capture range before the fine one (``smooth_px``). With ``blur`` a
+    Gaussian of the TEM side is fitted too: a Li map's particles look wider than on the
+    bright-field image (probe halo, surface vs mass thickness), a difference a scale
+    would otherwise absorb (decision 0011's table).
+
+    Returns the correction and ``{"ncc", "evaluations", "blur_px"}``.
+    """
+    from scipy import optimize
+
+    ny, nx = sims.shape
+    linear = start[:2, :2]
+    smallest = float(np.linalg.svd(linear, compute_uv=False).min())
+    f = max(1, min(int(smallest // 2), min(tem.shape)))
+    to_reduced = np.eye(3)
+    reduced = np.asarray(tem, np.float32)
+    if f > 1:
+        to_reduced = np.array([[1.0 / f, 0, -(f - 1) / (2.0 * f)],
+                               [0, 1.0 / f, -(f - 1) / (2.0 * f)], [0, 0, 1]])
+        h, w = (reduced.shape[0] // f) * f, (reduced.shape[1] // f) * f
+        reduced = reduced[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3),
+                                                                      dtype=np.float32)
+    lin = (to_reduced @ start)[:2, :2]
+    cov = footprint_sigma_sims_px ** 2 * (lin @ lin.T)
+    box_var = 1.0 / 12.0 if f > 1 else 0.0
+    sigma = (math.sqrt(max(cov[1, 1] - box_var, 0.0)), math.sqrt(max(cov[0, 0] - box_var, 0.0)))
+    reduced = ndimage.gaussian_filter(reduced, sigma, mode="nearest")
+    coeffs = ndimage.spline_filter(reduced.astype(np.float64), order=3)
+    mask = np.isfinite(sims) & (sims >= 0)
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    points = np.stack([cols.ravel(), rows.ravel(), np.ones(rows.size)])
+    centre = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
+    # Parameters in px of corner displacement: a unit of ln s, rotation or ln k moves
+    # the corners by about one px, so that the steps of every parameter compare.
+    half_diagonal = 0.5 * math.hypot(nx, ny)
+    n_linear = 3 if theta is not None else 4
+
+    def correction_of(x: np.ndarray) -> np.ndarray:
+        d = np.eye(3)
+        if theta is not None:
+            d[:2, :2] = _raster_linear(x[:3] / half_diagonal, theta)
+        else:
+            d[:2, :2] = np.eye(2) + x[:4].reshape(2, 2) / half_diagonal
+        d[:2, 2] = centre + x[n_linear:n_linear + 2] - d[:2, :2] @ centre
+        return d
+
+    def prepared(smooth: float) -> np.ndarray:
+        return _standardise(_masked_gaussian(np.nan_to_num(sims), mask, smooth), mask)[mask]
+
+    def tem_at(x: np.ndarray, smooth: float) -> np.ndarray:
+        xy = (to_reduced @ start @ correction_of(x)) @ points
+        values = ndimage.map_coordinates(coeffs, [xy[1], xy[0]], order=3, prefilter=False,
+                                         mode="nearest").reshape(ny, nx)
+        if blur:
+            smooth = math.hypot(smooth, x[-1])
+        # float64 throughout: the finite-difference steps change values by ~1e-4.
+        t = ndimage.gaussian_filter(np.where(mask, values, 0.0), smooth, mode="constant")
+        t = (t / weight_of(smooth))[mask]
+        t -= t.mean()
+        return t
+
+    weights: dict[float, np.ndarray] = {}
+
+    def weight_of(smooth: float) -> np.ndarray:
+        key = round(smooth, 3)
+        if key not in weights:
+            weights[key] = np.maximum(ndimage.gaussian_filter(mask.astype(float), smooth,
+                                                              mode="constant"), 1e-3)
+        return weights[key]
+
+    evaluations = 0
+
+    def dot(a: np.ndarray, b: np.ndarray) -> float:
+        # Not BLAS: its threads, on a machine whose cores are all busy, made each
+        # 12k-sample product ~40 ms (the registration 5 s instead of 1 s).
+        return float(np.einsum("i,i->", a, b))
+
+    def residuals(x: np.ndarray, s: np.ndarray, smooth: float) -> np.ndarray:
+        nonlocal evaluations
+        evaluations += 1
+        t = tem_at(x, smooth)
+        norm = dot(t, t)
+        # The gain in closed form, of the sign asked for (0 if the sign is wrong).
+        gain = max(sign * dot(s, t), 0.0) / norm if norm > 0 else 0.0
+        return s - sign * gain * t
+
+    x = np.zeros(n_linear + 2 + (1 if blur else 0))
+    if blur:
+        x[-1] = 0.5
+    for smooth in (coarse_smooth_px, smooth_px):
+        s = prepared(smooth).astype(float)
+        s -= s.mean()
+        fit = optimize.least_squares(residuals, x, args=(s, smooth), method="trf",
+                                     diff_step=2e-2, x_scale=1.0, xtol=1e-3,
+                                     max_nfev=max_evaluations)
+        x = fit.x
+    t = tem_at(x, smooth_px)
+    ncc = sign * dot(s, t) / math.sqrt(dot(s, s) * dot(t, t))
+    # Predicted error at the corners and centre: the fit's formal standard error (its
+    # Jacobian; the residuals correlated over a smoothing area, 4 pi sigma^2 px, so
+    # n_eff independent ones) times sqrt(N / n_eff) (~3.5): the residuals are the two
+    # contrasts' shape mismatch more than noise, and the formal error alone read
+    # 0.07-0.27 px where the fits came out 0.08-0.94 px off (decision 0029,
+    # 2026-12-05 amendment): an index calibrated on those maps, not a statistic.
+    predicted = float("inf")
+    try:
+        jac = fit.jac[:, :n_linear + 2]
+        n_eff = max(len(s) / (4.0 * math.pi * max(smooth_px, 0.5) ** 2) - jac.shape[1], 1.0)
+        cov = np.linalg.inv(jac.T @ jac) * dot(fit.fun, fit.fun) / n_eff * (
+            len(s) / n_eff)
+        corners = np.array([[0, 0], [nx - 1, 0], [nx - 1, ny - 1], [0, ny - 1],
+                            [(nx - 1) / 2, (ny - 1) / 2]], float)
+        hom = np.column_stack([corners, np.ones(len(corners))])
+        corner_jac = np.empty((2 * len(corners), n_linear + 2))
+        for j in range(n_linear + 2):
+            h = np.zeros_like(x)
+            h[j] = 1e-4
+            corner_jac[:, j] = ((hom @ correction_of(x + h).T - hom @ correction_of(x - h).T)
+                                [:, :2] / 2e-4).reshape(-1)
+        variance = np.einsum("ij,jk,ik->i", corner_jac, cov, corner_jac)
+        predicted = math.sqrt(2.0 * float(variance.mean()))
+    except np.linalg.LinAlgError:
+        pass
+    return correction_of(x), {"ncc": ncc, "evaluations": evaluations,
+                              "blur_px": float(abs(x[-1])) if blur else 0.0,
+                              "predicted_error_px": predicted}
+
+
 # ============================================================================ API
+#: An intensity fit whose predicted corner error (its Jacobian, one independent
+#: residual per smoothing area) is larger is refused: on 17 maps refused by the
+#: features, those predicted 0.89 and 0.94 px came out 0.75 and 0.94 px off, the 15
+#: others 0.26-0.76 px predicted, 0.08-0.78 px off (decision 0029, 2026-12-05).
+MAX_INTENSITY_PREDICTED_ERROR_PX = 0.8
+
 #: Tukey taper of the second translation estimate, made when the first is refused.
 RETRY_TAPER_FRACTION = 0.25
 
@@ -552,7 +726,8 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                          min_features: int = 4, affine_min_change_px: float = 0.3,
                          max_predicted_error_px: float = 0.5,
                          max_rotation_change_deg: float = 6.0,
-                         max_scale_change: float = 0.2) -> RegistrationResult:
+                         max_scale_change: float = 0.2,
+                         intensity_fallback: bool = True) -> RegistrationResult:
     """Register a SIMS map onto a TEM image of the same specimen area.
 
     Parameters
@@ -623,6 +798,13 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
         An affine correction rotating by more than this, or scaling an axis by more
         than this fraction, is refused (the translation kept): it would be a mismatch,
         not a calibration error.
+    intensity_fallback : bool
+        Where the features cannot constrain the model (too few, or their fit's 95 %
+        bound too large), fit it to the images' intensities instead
+        (:func:`_refine_raster_by_intensity`; ``quality["affine"]["method"]`` is then
+        "intensity"), kept under the same rotation/scale limits if it moves the
+        corners by more than ``affine_min_change_px`` and correlates better than the
+        translation (decision 0029, 2026-12-05 amendment).
 
     Returns
     -------
@@ -709,6 +891,7 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
             correction, info = _refine_linear(sims, tem, matrix, sign,
                                               half_window_px=max(6, half_window_px // 2),
                                               **options)
+        refused_correction = info.pop("correction", None)
         affine.update(info)
         if correction is not None:
             parts = linear_decomposition(correction)
@@ -725,7 +908,45 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                                  f"predicted {info['predicted_error_px']:.2f} px): "
                                  "translation kept")
             else:
-                affine["applied"] = True
+                affine.update(applied=True, method="features")
+                matrix = matrix @ correction
+                on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
+                                           footprint_sigma_sims_px=footprint_sigma_sims_px,
+                                           cache=cache)
+                sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
+                ncc = normalised_cross_correlation(sims_z, tem_z, mask)
+        elif intensity_fallback:
+            # Too few features, or too few for the 95 % bound (14 % of the maps under
+            # calibration errors): the raster model is fitted to the images' intensities
+            # instead (decision 0029, 2026-12-05 amendment), less precise than the
+            # features when they suffice but within 0.5 px on 13 of 14 such maps where
+            # the translation left 2.4-6.2 px.
+            correction, fit = _refine_raster_by_intensity(
+                sims, tem, matrix, sign, theta, smooth_px=smooth_sims_px,
+                footprint_sigma_sims_px=footprint_sigma_sims_px)
+            parts = linear_decomposition(correction)
+            change = _corner_rms_px(correction, sims.shape)
+            intensity = dict(fit, **parts, change_px=change)
+            if refused_correction is not None:
+                # How far the refused feature fit lies from it: the two disagree by
+                # 0.1-0.8 px (RMS at the corners) where both are within 0.5 px.
+                intensity["features_disagree_px"] = _corner_rms_px(
+                    np.linalg.inv(refused_correction) @ correction, sims.shape)
+            affine["intensity"] = intensity
+            if (abs(parts["rotation_deg"]) > max_rotation_change_deg
+                    or max(parts["scale_max"] - 1, 1 - parts["scale_min"]) > max_scale_change):
+                affine["why"] += "; intensity fit beyond the allowed rotation/scale change"
+            elif change <= affine_min_change_px:
+                affine["why"] += (f"; the intensity fit moves the corners by {change:.2f} px "
+                                  f"(<= {affine_min_change_px} px): translation kept")
+            elif not fit["predicted_error_px"] <= MAX_INTENSITY_PREDICTED_ERROR_PX:
+                affine["why"] += (f"; the intensity fit's predicted corner error "
+                                  f"{fit['predicted_error_px']:.2f} px > "
+                                  f"{MAX_INTENSITY_PREDICTED_ERROR_PX} px: translation kept")
+            elif not fit["ncc"] > sign * ncc:
+                affine["why"] += "; the intensity fit correlates no better: translation kept"
+            else:
+                affine.update(applied=True, method="intensity", **parts, change_px=change)
                 matrix = matrix @ correction
                 on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
                                            footprint_sigma_sims_px=footprint_sigma_sims_px,
@@ -741,8 +962,8 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
     relative[:2, 2] = centre - relative[:2, :2] @ centre
     linear_error = _corner_rms_px(relative, sims.shape)
     quadrants = _quadrant_shifts(sims_z, tem_z, mask, upsample_factor, normalization)
-    # The median over the quadrants, not the mean: a quadrant holding no feature can
-    # lock its cross-correlation onto noise tens of px away (1 map in 20 on the
+    # The median over the quadrants, not the mean: a quadrant whose feature is weak
+    # can lock its cross-correlation onto noise tens of px away (1 map in 20 on the
     # particle specimen), while a wrong rotation or field moves every quadrant.
     residual = (math.sqrt(float(np.median([r * r + c * c for r, c in quadrants])))
                 if quadrants else float("nan"))

@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="first specimen seed (default: drawn from the clock)")
     parser.add_argument("--quick", action="store_true",
                         help=f"8 seeds, settings {', '.join(QUICK)}".replace("%", "%%"))
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated refinements to run (default: all)")
+    parser.add_argument("--settings", default=None,
+                        help="setting names separated by ';' (default: all, or --quick's)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from temsims.analysis.registration import register_sims_to_tem
@@ -124,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     n = 8 if args.quick else args.seeds
     base = args.base_seed if args.base_seed is not None else int(time.time()) % 100_000
     names = QUICK if args.quick else tuple(SETTINGS)
+    if args.settings:
+        names = tuple(name.strip() for name in args.settings.split(";"))
+        unknown = set(names) - set(SETTINGS)
+        if unknown:
+            parser.error(f"unknown settings {sorted(unknown)}; known: {list(SETTINGS)}")
+    models = tuple(m.strip() for m in args.models.split(","))
+    if "raster" not in models or set(models) - set(MODELS):
+        parser.error(f"--models must include 'raster' and be among {MODELS}")
     print(f"base seed {base}: specimens {base}..{base + n - 1} per setting")
     out: dict = {"base_seed": base, "seeds": n, "map": [128, 96], "tem": 1024,
                  "stage_error_px": list(STAGE_ERROR_PX), "settings": {}}
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             tem, li, truth, recorded, tem_geo = scene(seed, fov, rot, inc)
             row = {"seed": seed, "fov_error_pct": fov, "rotation_error_deg": rot,
                    "incidence_deg": inc}
-            for model in MODELS:
+            for model in models:
                 t0 = time.perf_counter()
                 r = register_sims_to_tem(li, tem, recorded, tem_geo, model=model)
                 row[model] = {"error_px": error_sims_px(r.transform, truth, tem_geo),
@@ -144,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                               "residual_px": r.residual_sims_px,
                               "linear_error_px": r.linear_error_sims_px,
                               "model": r.quality["model"], "s": time.perf_counter() - t0,
+                              "method": r.quality["affine"].get("method"),
+                              "features": r.quality["affine"].get("features"),
                               "why": r.quality["affine"].get("why")}
             rows.append(row)
-        summary = {model: stats([r[model]["error_px"] for r in rows]) for model in MODELS}
+            print(f"  seed {seed}: {row['raster']['error_px']:.2f} px "
+                  f"({row['raster']['method'] or 'translation kept'}, {row['raster']['s']:.2f} s)",
+                  flush=True)
+        summary = {model: stats([r[model]["error_px"] for r in rows]) for model in models}
         applied = [r for r in rows if r["raster"]["model"] == "raster"]
         kept = [r for r in rows if r["raster"]["model"] != "raster"]
         summary["affine_applied"] = len(applied)
@@ -158,12 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         summary["translation_kept_error_px"] = [r["raster"]["error_px"] for r in kept]
         summary["linear_error_px"] = stats([r["raster"]["linear_error_px"] for r in rows])
         summary["seconds_per_registration"] = {
-            model: float(np.median([r[model]["s"] for r in rows])) for model in MODELS}
+            model: float(np.median([r[model]["s"] for r in rows])) for model in models}
+        summary["seconds_per_registration_max"] = float(max(r["raster"]["s"] for r in rows))
+        summary["by_intensity"] = [r["seed"] for r in applied
+                                   if r["raster"]["method"] == "intensity"]
+        summary["under_0.5px"] = sum(r["raster"]["error_px"] < 0.5 for r in rows)
         out["settings"][name] = {"summary": summary, "rows": rows}
         line = " | ".join(f"{m} median {summary[m]['median']:.2f} p90 {summary[m]['p90']:.2f} "
-                          f"max {summary[m]['max']:.2f}" for m in MODELS)
+                          f"max {summary[m]['max']:.2f}" for m in models)
         print(f"{name:<24} {line} px (raster applied {len(applied)}/{n}, "
-              f"over 0.5 px when applied: {len(summary['applied_over_0.5px'])})")
+              f"{len(summary['by_intensity'])} by intensity; over 0.5 px when applied: "
+              f"{len(summary['applied_over_0.5px'])}; all maps under 0.5 px: "
+              f"{summary['under_0.5px']}/{n}; s per map median "
+              f"{summary['seconds_per_registration']['raster']:.2f}, max "
+              f"{summary['seconds_per_registration_max']:.2f})")
+        for r in applied:
+            if r["raster"]["error_px"] > 0.5:
+                print(f"    seed {r['seed']}: {r['raster']['method']} fit accepted, error "
+                      f"{r['raster']['error_px']:.2f} px ({r['raster']['features']} features)")
         for r in kept:
             if r["raster"]["error_px"] > 0.5:
                 print(f"    seed {r['seed']}: translation kept ({r['raster']['why']}), error "

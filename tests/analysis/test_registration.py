@@ -298,6 +298,9 @@ def test_raster_fit_recovers_field_rotation_and_bias_stretch_on_fresh_seeds():
     per setting are ``benchmarks/registration_benchmark.py``'s (decision 0029)."""
     rng = fresh_rng("registration under raster calibration errors")
     applied = 0
+    # With the intensity fallback (decision 0029, 2026-12-05 amendment) a map whose
+    # features are too few for their bound is fitted by intensity: the loop below
+    # rarely needs its third scene.
     # Two scenes; more, up to eight, only until a fit is accepted: the benchmark
     # accepts 253-257 of 360 maps (decision 0029, 95 % bound amendment), so four
     # scenes all refused came in ~1 run of 100 (entropy
@@ -327,8 +330,11 @@ def test_raster_fit_recovers_field_rotation_and_bias_stretch_on_fresh_seeds():
             # 0.75, not 0.5: of 253 accepted raster fits over 360 maps in the
             # benchmark (decision 0029, 95 % bound amendment) the largest error was
             # 0.57 px; the 0.5 px target is on the median and 90th percentile there
-            # (0.094 and 0.255 px).
-            assert error < 0.75
+            # (0.094 and 0.255 px). A fit by intensity (the features too few for
+            # their bound, ~20 % of the maps) is less precise: 1.0 px (the 2026-12-05
+            # amendment's maps: up to 0.78 px once its predicted error is bounded).
+            assert error < (0.75 if result.quality["affine"]["method"] == "features"
+                            else 1.0)
             assert result.residual_sims_px < TOLERANCE_SIMS_PX
             assert result.linear_error_sims_px > 1.0
         else:
@@ -350,3 +356,60 @@ def test_raster_fit_recovers_field_rotation_and_bias_stretch_on_fresh_seeds():
                 # kept unchanged (CI, seed 93521, before the tapered retry existed).
                 assert error == pytest.approx(initial)
     assert applied >= 1
+
+
+def test_quadrants_without_a_feature_do_not_make_the_residual():
+    """A CI draw (entropy 311812389061408148076152598608656942010, its second scene:
+    seed 26779, field +2.51 %, rotation -1.45 deg, 50 deg) put every particle in the
+    map's top half: the raster fit was 0.04 px off but the two empty quadrants locked
+    their cross-correlations onto noise 27-29 px away and the median residual read
+    19 px. Quadrants whose peak correlation is below 0.5 are now left out."""
+    rng = np.random.default_rng(311812389061408148076152598608656942010)
+    for _ in range(2):  # the test's draws, in its order: the second scene
+        seed = int(rng.integers(10, 100_000))
+        fov_error = float(rng.uniform(2, 4) * rng.choice([-1, 1]))
+        rotation_error = float(rng.uniform(1, 2) * rng.choice([-1, 1]))
+    assert seed == 26779
+    tem, li, truth, tem_geo, _, _ = render_scene(
+        seed, fov_error_pct=fov_error, rotation_error_deg=rotation_error, incidence_deg=50.0)
+    recorded = with_stage_error(nominal(truth, fov_error, rotation_error))
+    result = register_sims_to_tem(li.sum(axis=0), tem, recorded, tem_geo)
+    error = rms_error_sims_px(result.transform, truth, tem_geo)
+    print(f"seed {seed}: {error:.3f} px, quadrants {result.quality['quadrant_shifts_px']}, "
+          f"residual {result.residual_sims_px:.3f} px")
+    assert error < TOLERANCE_SIMS_PX
+    assert len(result.quality["quadrant_shifts_px"]) == 2  # the top two
+    assert result.residual_sims_px < TOLERANCE_SIMS_PX
+
+
+def test_intensity_fit_when_the_features_cannot_constrain_the_raster():
+    """Decision 0029, 2026-12-05 amendment: where the features are too few (forced
+    here: ``min_features`` beyond any map's), the raster model is fitted to the
+    intensities: a fresh map written with calibration errors registers to within
+    1 px (0.08-0.78 px on the amendment's maps), or the fit is refused on its
+    predicted error and the result is flagged."""
+    rng = fresh_rng("registration by intensity")
+    seed = int(rng.integers(10, 100_000))
+    fov_error = float(rng.uniform(2, 4) * rng.choice([-1, 1]))
+    rotation_error = float(rng.uniform(1, 2) * rng.choice([-1, 1]))
+    incidence_deg = float(rng.choice([45.0, 50.0]))
+    tem, li, truth, tem_geo, _, _ = render_scene(
+        seed, fov_error_pct=fov_error, rotation_error_deg=rotation_error,
+        incidence_deg=incidence_deg)
+    recorded = with_stage_error(nominal(truth, fov_error, rotation_error))
+    result = register_sims_to_tem(li.sum(axis=0), tem, recorded, tem_geo, min_features=1000)
+    initial = rms_error_sims_px(result.initial_transform, truth, tem_geo)
+    error = rms_error_sims_px(result.transform, truth, tem_geo)
+    affine = result.quality["affine"]
+    print(f"seed {seed}: field {fov_error:+.2f} %, rotation {rotation_error:+.2f} deg, "
+          f"incidence {incidence_deg:.0f} deg: {initial:.2f} -> {error:.3f} SIMS px "
+          f"({result.quality['model']}, {affine.get('method')}; intensity fit "
+          f"{affine.get('intensity')}; residual {result.residual_sims_px:.2f} px)")
+    assert "intensity" in affine
+    if affine["applied"]:
+        assert affine["method"] == "intensity" and result.quality["model"] == "raster"
+        assert error < 1.0
+        assert result.linear_error_sims_px > 1.0
+    else:
+        assert affine["intensity"]["predicted_error_px"] > 0.8
+        assert result.residual_sims_px > TOLERANCE_SIMS_PX
