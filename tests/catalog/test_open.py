@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -224,21 +226,26 @@ COLD_HOST_ROUND_TRIP = textwrap.dedent("""
 def test_a_server_forked_before_the_hosts_warm_imports_stores_and_replays(tmp_path):
     """A new catalog host forks its first server before it imported pandas, dask and
     the exporters: that server imports them when its first run is stored and read."""
-    runtime = tmp_path / "runtime"  # a private catalog host, started by the child
-    runtime.mkdir(mode=0o700)
+    # A private catalog host, started by the child; short path: its unix socket's
+    # path must fit in 108 bytes, which pytest's tmp_path does not leave room for.
+    runtime = Path(tempfile.mkdtemp(prefix="temsims-rt-"))  # mode 0700
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
     env.pop("TEMSIMS_CATALOG_HOST_IDLE_S", None)
     helpers = str(Path(__file__).resolve().parent)
-    out = subprocess.run([sys.executable, "-c", COLD_HOST_ROUND_TRIP, str(tmp_path / "catalog"),
-                          helpers], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    try:
+        out = subprocess.run([sys.executable, "-c", COLD_HOST_ROUND_TRIP,
+                              str(tmp_path / "catalog"), helpers],
+                             capture_output=True, text=True, timeout=300, env=env)
+        host_log = next(runtime.glob("temsims-*/catalog-host-*/host.log")).read_text()
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:] + host_log[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     image = np.arange(12, dtype=np.int32).reshape(3, 4).tolist()
     assert seen["images"] == [image, image]
     assert seen["det"] == [1.0, 1.0]
     assert seen["documents"] == ["start", "descriptor", "event", "event", "stop"]
     assert seen["found"] == 1
-    host_log = next(runtime.glob("temsims-*/catalog-host-*/host.log")).read_text()
     # forked before the warm imports (which the host may not have finished when stopped)
     assert " serves " in host_log
     warm = host_log.find("warm imports done")
