@@ -27,11 +27,12 @@ the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, til
 - ``open_fresh``: ``open_catalog(DIR)`` timed in a fresh interpreter (imports
   included), for a new directory and again for the same directory (its server then
   running), medians of ``--open-repeat`` (default ``--repeat``); and the floor under both, the import of
-  tiled's client with bluesky-tiled-plugins' run classes (decision 0014).
+  tiled's client with bluesky-tiled-plugins' run classes (decision 0014); with
+  ``--cold``, opens that must first start the catalog host (``cold_s``).
 
 Prints a table and writes ``benchmarks/results/catalog_cost.json``.
 
-Run: ``.venv/bin/python benchmarks/catalog_cost.py [--events 2000 --repeat 3] [--open-only]``
+Run: ``.venv/bin/python benchmarks/catalog_cost.py [--events 2000 --repeat 3] [--open-only [--cold]]``
 """
 
 from __future__ import annotations
@@ -128,10 +129,34 @@ _CLIENT_IMPORTS = ("import time; t = time.perf_counter(); import tiled.client, "
                    "print(time.perf_counter() - t)")
 
 
-def _fresh(code: str, *args: str) -> float:
+def _fresh(code: str, *args: str, env: dict | None = None) -> float:
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         check=True, timeout=300)
+                         check=True, timeout=300, env=env)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+_STOP_HOST = """if True:
+    import time
+    from temsims.catalog.server import _host_dir, stop_catalog_host
+    sock = _host_dir() / "host.sock"
+    stop_catalog_host()
+    deadline = time.monotonic() + 30
+    while sock.exists() and time.monotonic() < deadline:  # removed as the host exits
+        time.sleep(0.05)
+    print(0.0)
+"""
+
+
+def cold_open_times(directory: Path, repeat: int, env: dict | None = None) -> list[float]:
+    """``open_catalog`` of a new directory in a fresh interpreter with this
+    installation's catalog host stopped first: the open starts the host (decision
+    0014's cold case). ``env``: the interpreters' environment (e.g. another
+    checkout's ``PYTHONPATH``, to compare code interleaved)."""
+    times = []
+    for i in range(repeat):
+        _fresh(_STOP_HOST, env=env)
+        times.append(_fresh(_OPEN, str(directory / f"cold-{i}"), env=env))
+    return times
 
 
 def open_times(directory: Path, repeat: int) -> dict:
@@ -216,9 +241,18 @@ def main(argv=None) -> dict:
                              "(default: --repeat)")
     parser.add_argument("--open-only", action="store_true",
                         help="only time open_catalog (prints; writes no results file)")
+    parser.add_argument("--cold", action="store_true",
+                        help="with --open-only: also time opens that must start the catalog "
+                             "host (this installation's host is stopped before each)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.open_repeat = args.open_repeat or args.repeat
+    if args.cold:
+        with tempfile.TemporaryDirectory(prefix="temsims-catalog-cold-") as d:
+            cold = cold_open_times(Path(d), args.open_repeat)
+        print(f"open_catalog starting the catalog host (fresh interpreter, new directory): "
+              f"median {statistics.median(cold):.2f} s, {min(cold):.2f}-{max(cold):.2f} s over "
+              f"{len(cold)} (load average {os.getloadavg()[0]:.1f})")
 
     with tempfile.TemporaryDirectory(prefix="temsims-catalog-open-") as d:
         opens = open_times(Path(d), args.open_repeat)
@@ -228,7 +262,7 @@ def main(argv=None) -> dict:
                  f"(load average {opens['loadavg'][0]:.1f})")
     if args.open_only:
         print(open_line)
-        return {"open_fresh": opens}
+        return {"open_fresh": opens, **({"cold_s": cold} if args.cold else {})}
 
     from temsims.catalog import DEFAULT_BATCH_SIZE, open_catalog
 

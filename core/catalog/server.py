@@ -224,14 +224,25 @@ def _serialization_registry():
     (what ``run.documents()`` asks for; without it every call fails with 406) and
     temsims' export of a whole event stream in one response
     (:mod:`temsims.catalog.exporters`)."""
-    from bluesky_tiled_plugins.exporters import json_seq_exporter
     from tiled.media_type_registration import default_serialization_registry as registry
 
     from temsims.catalog.exporters import STREAM_NPZ, stream_npz_exporter
 
-    registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    registry.register("BlueskyRun", "application/json-seq", _json_seq_exporter)
     registry.register("BlueskyEventStream", STREAM_NPZ, stream_npz_exporter)
     return registry
+
+
+async def _json_seq_exporter(mimetype, adapter, metadata, filter_for_access):
+    """bluesky-tiled-plugins' ``json_seq_exporter``, imported at its first use: its
+    package imports the client's run classes (dask, xarray, pandas: ~1 s), which a
+    server needs for nothing else. The catalog host imports it once it listens."""
+    import inspect
+
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+
+    content = json_seq_exporter(mimetype, adapter, metadata, filter_for_access)
+    return await content if inspect.isawaitable(content) else content  # an async generator
 
 
 def _daemon_threaded_server_class():
@@ -320,9 +331,11 @@ def _directory_lock(directory: Path):
 #   server, read under ``<dir>/.lock`` by openers; removed by the server (holding the
 #   lease exclusively, so no opener is between reading it and leasing) when it exits.
 # - the host: ``python -m temsims.catalog host HOST_DIR`` on a unix socket in a
-#   private (0700) per-user directory named after this installation; it imports the
-#   server stack once (~3-5 s), forks a directory server per request (~0.3-0.5 s)
-#   and exits after HOST_IDLE_S without any.
+#   private (0700) per-user directory named after this installation; it imports what
+#   a server needs to start (~1.5 s on a quiet machine), listens, forks a directory
+#   server per request (~0.3-0.5 s), imports what reading and writing data needs
+#   while idle (pandas, dask, ...: SERVER_WARM_IMPORTS), and exits after HOST_IDLE_S
+#   without any request.
 
 SERVER_FILE = "server.json"
 LEASE_FILE = ".lease"
@@ -602,8 +615,13 @@ class _ServerRequest:
 
 
 def _server_stack() -> None:
-    """Import what a directory server needs, in the host, before it forks servers: the
-    server start-up, and what its first requests would otherwise import."""
+    """Import what a directory server needs to start, in the host, before it listens:
+    tiled's server stack without the libraries its modules need only once data is read
+    or written (:mod:`temsims.catalog.deferred_imports`); :data:`SERVER_WARM_IMPORTS`
+    follow while the host waits for requests (:func:`_warm_import`)."""
+    from temsims.catalog import deferred_imports
+
+    deferred_imports.import_lean()
     import uvicorn  # noqa: F401
     from tiled.catalog import from_uri  # noqa: F401
     from tiled.commandline._catalog import init  # noqa: F401
@@ -613,16 +631,60 @@ def _server_stack() -> None:
     _serialization_registry()
     import importlib
 
-    # What a forked server imported on top of the above while it stored and served
-    # runs (images, map lines, queries, documents()), measured 2026-12.
-    for name in ("alembic.command", "tiled.adapters.zarr", "tiled.adapters.sql",
-                 "tiled.serialization.array", "tiled.serialization.table",
-                 "tiled.serialization.container", "tiled.server.logging_config",
-                 "tiled.catalog.alembic_constants", "adbc_driver_sqlite.dbapi", "obstore.store",
-                 "pydantic.v1", "anyio._backends._asyncio", "uvicorn.loops.asyncio",
-                 "uvicorn.lifespan.on", "uvicorn.protocols.http.httptools_impl"):
+    # What a forked server's start and its first requests imported on top (2026-12).
+    for name in SERVER_START_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+
+
+#: Imported by the host before it listens, after tiled's server stack: what a forked
+#: server's start-up and its openers' first requests would import otherwise.
+SERVER_START_IMPORTS = (
+    "alembic.command", "tiled.catalog.alembic_constants", "tiled.server.logging_config",
+    "tiled.server.principal_log_filter", "pydantic.v1", "anyio._backends._asyncio",
+    "aiosqlite", "sqlite3", "uvicorn.loops.asyncio", "uvicorn.lifespan.on",
+    "uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.websockets.auto",
+)
+#: What a directory server imported on top of :func:`_server_stack` while it stored and
+#: served runs (images, map lines, queries, documents()), measured 2026-12, and the
+#: packages whose import :mod:`temsims.catalog.deferred_imports` deferred. Imported
+#: by the host while idle, one at a time (each 0.1-0.5 s on a quiet machine: a request
+#: waits at most that), so the servers it forks later have them. A server forked
+#: before the host had them all imports what its requests need when they need it (the
+#: first array or table it stores or reads: ~1 s more, once), not in the background,
+#: which would repeat the host's imports on the same two cores.
+SERVER_WARM_IMPORTS = (
+    "numpy", "pyarrow", "pandas", "dask.array", "dask.dataframe", "xarray", "sparse",
+    "awkward", "ragged", "bluesky_tiled_plugins.exporters",
+    "tiled.adapters.array", "tiled.adapters.zarr", "tiled.adapters.sql",
+    "tiled.serialization.array", "tiled.serialization.table", "tiled.serialization.container",
+    "adbc_driver_sqlite.dbapi", "obstore.store",
+)
+_warm = {"next": 0}
+#: The host starts (or goes on with) its warm imports after this long without a request
+#: and while no server it forked is starting (s): the opener that started it connects
+#: ~0.05 s after the listen, and a server starting (0.5-1 s on a quiet machine) is what
+#: its opener waits for, which the imports would slow on two cores.
+_WARM_AFTER_IDLE_S = 0.25
+
+
+def _warm_import(step: bool = True) -> bool:
+    """Import the next of :data:`SERVER_WARM_IMPORTS` (``step``) or all that are left;
+    then bind the deferred packages (:func:`~temsims.catalog.deferred_imports.finish`).
+    True once everything is imported."""
+    import importlib
+
+    from temsims.catalog import deferred_imports
+
+    while _warm["next"] < len(SERVER_WARM_IMPORTS):
+        name = SERVER_WARM_IMPORTS[_warm["next"]]
+        _warm["next"] += 1
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+        if step:
+            return False
+    deferred_imports.finish()
+    return True
 
 
 def _host_main(host_dir: Path, detach: bool = False) -> None:
@@ -654,6 +716,7 @@ def _host_main(host_dir: Path, detach: bool = False) -> None:
     listener.settimeout(0.5)
     say(f"serving {path} (imports took {time.monotonic() - t0:.1f} s; idle exit {idle_s:.0f} s)")
     children: set[int] = set()
+    starting: set[int] = set()  # read ends of the pipes of servers not yet answering
     idle_since = time.monotonic()
 
     def handle(conn) -> bool:
@@ -678,12 +741,16 @@ def _host_main(host_dir: Path, detach: bool = False) -> None:
         if request.get("op") != "serve":
             conn.close()
             return True
+        started_r, started_w = os.pipe()  # closed by the server once it answered
         pid = os.fork()
         if pid == 0:  # the directory server
             code = 1
             try:
                 listener.close()
-                code = _directory_server_main(conn, request)
+                os.close(started_r)
+                for fd in starting:
+                    os.close(fd)
+                code = _directory_server_main(conn, request, started_fd=started_w)
             except BaseException:  # noqa: BLE001 - logged; the opener sees the socket close
                 import traceback
 
@@ -691,6 +758,8 @@ def _host_main(host_dir: Path, detach: bool = False) -> None:
             finally:
                 os._exit(code)
         conn.close()
+        os.close(started_w)
+        starting.add(started_r)
         children.add(pid)
         say(f"pid {pid} serves {request.get('directory')}")
         return True
@@ -705,11 +774,30 @@ def _host_main(host_dir: Path, detach: bool = False) -> None:
                 children.discard(pid)
 
     running = True
+    warm = False
+    last_request = time.monotonic()
     while running:
+        # Until the warm imports are done, one of them between two looks for a request,
+        # once none came for _WARM_AFTER_IDLE_S: the opener that started this host
+        # connects within ~0.05 s of the listen and must not wait for an import.
+        listener.settimeout(0.5 if warm else 0.05)
         try:
             conn, _ = listener.accept()
-        except (TimeoutError, InterruptedError):
+        except (TimeoutError, BlockingIOError, InterruptedError):
             conn = None
+        if conn is not None:
+            last_request = time.monotonic()
+        if starting:
+            import select
+
+            for fd in select.select(list(starting), [], [], 0)[0]:  # EOF: answered or ended
+                os.close(fd)
+                starting.discard(fd)
+        if (conn is None and not warm and not starting
+                and time.monotonic() - last_request > _WARM_AFTER_IDLE_S):
+            warm = _warm_import()
+            if warm:
+                say(f"warm imports done, {time.monotonic() - t0:.1f} s after start")
         if conn is not None:
             conn.settimeout(None)
             try:
@@ -763,7 +851,7 @@ def _host_retire(host_dir: Path, listener, handle) -> bool:
         os.close(fd)
 
 
-def _directory_server_main(conn, request: Mapping[str, Any]) -> int:
+def _directory_server_main(conn, request: Mapping[str, Any], started_fd: int | None = None) -> int:
     """A forked directory server: start, answer the opener on ``conn``, serve while
     any process holds a lease on the directory (and the request's ``linger_s`` longer,
     by default SERVER_LINGER_S of the opener)."""
@@ -802,6 +890,8 @@ def _directory_server_main(conn, request: Mapping[str, Any]) -> int:
     with contextlib.suppress(OSError):
         conn.sendall((json.dumps(info) + "\n").encode())
     conn.close()
+    if started_fd is not None:  # tells the host this server answered (decision 0014)
+        os.close(started_fd)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} catalog server {os.getpid()} at "
           f"{server.base_url}", flush=True)
     idle_since = None
