@@ -89,7 +89,10 @@ def test_killing_the_spectrometer_mid_map_looks_like_a_dead_ioc(instruments, mon
     try:
         lines = ConnectionLog(context, ms + "IMG:LINES_DONE")
         nx = ny = 64
-        _start_map(procs, nx, ny, dwell_s=4.0 * scale / (nx * ny))  # 4 s of wall time
+        # 16 s of wall time (stopped below): the raster must still run after the first
+        # lines, the kill and up to 5 s for the client to see it (4 s had ended under
+        # load before the check: 'Stop' == 'Start').
+        _start_map(procs, nx, ny, dwell_s=16.0 * scale / (nx * ny))
         wait_for(lambda: lines.values and lines.values[-1] >= 4, 10, "the first map lines")
         t_kill = time.monotonic()
         procs.set_part("spectrometer", "Dead")

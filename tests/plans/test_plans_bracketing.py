@@ -141,7 +141,13 @@ def test_correction_undoes_the_instruments_mass_bias(bracket):
         print(f"{'labelled' if p['labelled'] else 'natural'} particle {p['id']}: raw "
               f"{raw.ratio:.4f} +- {raw.sigma:.4f}, corrected {fixed.ratio:.4f} +- "
               f"{fixed.sigma:.4f}, truth {p['li6_li7_ratio']:.4f}")
-        assert fixed.ratio == pytest.approx(p["li6_li7_ratio"], abs=4 * fixed.sigma)
+        # ratio_of_region leaves 6LiH+ on the 7Li collector (decision 0039: the
+        # particle search subtracts it, this check of K does not): the labelled
+        # particle then reads 19 / (1 + 19 h), ~1.9 % low (-2.5 sigma on average in
+        # 4 runs against 19 itself).
+        h = dict(sp.HYDRIDE_RATIO_NOMINAL)["Li"]
+        seen = p["li6_li7_ratio"] / (1 + h * p["li6_li7_ratio"])
+        assert fixed.ratio == pytest.approx(seen, abs=4 * fixed.sigma)
         assert fixed.ratio == pytest.approx(correction_of(res, i)[0] * raw.ratio)
 
 
