@@ -80,7 +80,7 @@ def test_calibrate_raster_takes_out_the_field_and_rotation_errors(instruments):
     raster is the nominal one within 0.3 % and 0.1 deg, and a later map's pixels lie
     where its recorded geometry puts them.
 
-    ~40 s (a new instrument's start, then a TEM image and three maps): slow tier."""
+    ~18-33 s (a new instrument's start, then a TEM image and three maps): slow tier."""
     from bluesky import RunEngine
     from documents import DocumentCollector
     from instrument_support import connect_fast
