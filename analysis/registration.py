@@ -525,6 +525,29 @@ def linear_decomposition(correction: np.ndarray) -> dict[str, float]:
             "shear": float(stretch[0, 1] / math.sqrt(stretch[0, 0] * stretch[1, 1]))}
 
 
+def raster_model_parameters(correction: np.ndarray, rotation_deg: float) -> dict[str, float]:
+    """The raster model's parameters of a correction (SIMS px -> SIMS px, the linear
+    part ``R(-theta) diag(1, k) R(theta) s R(delta)``, :func:`_raster_linear`) about the
+    recorded scan rotation ``theta`` = ``rotation_deg``: ``scale`` (the true field over
+    the recorded one), ``rotation_deg`` (``delta``, the true scan rotation minus the
+    recorded one) and ``stretch`` (``k``, the true stretch along the specimen's y over
+    the recorded one: the incidence).
+
+    ``R(theta) L = diag(1, k) s R(theta + delta)``: its first row gives ``s`` and the
+    angle, its second ``k s`` and the angle again (the two are averaged).
+    """
+    theta = math.radians(rotation_deg)
+    c, s_ = math.cos(theta), math.sin(theta)
+    n = np.array([[c, -s_], [s_, c]]) @ np.asarray(correction, float)[:2, :2]
+    scale = math.hypot(n[0, 0], n[0, 1])
+    # Mean of the two rows' angles on the circle, theta taken out.
+    angle = math.atan2(-n[0, 1], n[0, 0])
+    other = math.atan2(n[1, 0], n[1, 1])
+    mean = angle + 0.5 * math.atan2(math.sin(other - angle), math.cos(other - angle))
+    return {"scale": float(scale), "rotation_deg": math.degrees(mean - theta),
+            "stretch": float(math.hypot(n[1, 0], n[1, 1]) / scale)}
+
+
 def _refine_raster_by_intensity(sims: np.ndarray, tem: np.ndarray, start: np.ndarray,
                                 sign: float, theta: float | None, *, smooth_px: float,
                                 footprint_sigma_sims_px: float,
@@ -894,6 +917,11 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
         refused_correction = info.pop("correction", None)
         affine.update(info)
         if correction is not None:
+            if model == "raster":
+                # Kept even where the fit is refused as within the noise: a raster
+                # calibration wants the model's best estimate either way.
+                affine["raster_model"] = raster_model_parameters(
+                    correction, sims_geometry.rotation_deg)
             parts = linear_decomposition(correction)
             change = _corner_rms_px(correction, sims.shape)
             affine.update(parts, change_px=change)
@@ -927,6 +955,9 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
             parts = linear_decomposition(correction)
             change = _corner_rms_px(correction, sims.shape)
             intensity = dict(fit, **parts, change_px=change)
+            if model == "raster":
+                intensity["raster_model"] = raster_model_parameters(
+                    correction, sims_geometry.rotation_deg)
             if refused_correction is not None:
                 # How far the refused feature fit lies from it: the two disagree by
                 # 0.1-0.8 px (RMS at the corners) where both are within 0.5 px.
@@ -947,6 +978,8 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                 affine["why"] += "; the intensity fit correlates no better: translation kept"
             else:
                 affine.update(applied=True, method="intensity", **parts, change_px=change)
+                if model == "raster":
+                    affine["raster_model"] = intensity["raster_model"]
                 matrix = matrix @ correction
                 on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
                                            footprint_sigma_sims_px=footprint_sigma_sims_px,
@@ -1047,6 +1080,7 @@ __all__ = [
     "RegistrationResult",
     "feature_shifts",
     "linear_decomposition",
+    "raster_model_parameters",
     "normalised_cross_correlation",
     "register_sims_to_tem",
     "tem_on_sims_grid",

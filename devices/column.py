@@ -70,7 +70,9 @@ class IonColumn(Device):
     sample current and the blanker are read with every event; HV and the aperture
     are configuration, and so are the scan generator setup (``scan``) and the TEM/FIB
     coincidence correction (``coincidence_x``, ``coincidence_y``, um: a beam shift the
-    coincidence calibration writes; decision 0042).
+    coincidence calibration writes; decision 0042) and the raster calibration
+    (``fov_cal``, a factor on the field the deflectors write, and ``rot_cal``, deg added
+    to their rotation: what the raster calibration writes; decision 0029).
     Unblanking is only accepted by the IOC in SIMS geometry: ``unblank()`` checks the
     column's interlock state first and raises with its reason.
     """
@@ -94,6 +96,10 @@ class IonColumn(Device):
                         doc="TEM/FIB coincidence correction along x (um)")
     coincidence_y = Cpt(FrameGuardedSignal, "COINCIDENCE:Y", kind="config",
                         doc="TEM/FIB coincidence correction along y (um)")
+    fov_cal = Cpt(FrameGuardedSignal, "SCAN:FOV_CAL", kind="config",
+                  doc="Raster field calibration: factor on the field written")
+    rot_cal = Cpt(FrameGuardedSignal, "SCAN:ROT_CAL", kind="config",
+                  doc="Raster rotation calibration (deg), added to the rotation written")
 
     def _raster_running(self) -> bool:
         return str(self.scan.acquire_rbv.get()) == "Start"

@@ -70,6 +70,10 @@ logger = logging.getLogger(__name__)
 HV_RANGE_KV = (1.0, 30.0)
 #: Range of the coincidence correction's beam shift (um), each axis.
 COINCIDENCE_RANGE_UM = 5.0
+#: Range of the raster's field-of-view calibration factor (SCAN:FOV_CAL) and of its
+#: rotation calibration (SCAN:ROT_CAL, deg): a few times what a column drifts by.
+FOV_CAL_RANGE = (0.8, 1.2)
+ROT_CAL_RANGE_DEG = 10.0
 
 
 @dataclass(frozen=True)
@@ -173,9 +177,20 @@ class ColumnIOC(InstrumentIOC):
         at the working bias and writes; 0 at start-up and after ``SIM:RESET``. The
         column's own bias-dependent beam shift (the uniform-field model) is applied
         whatever these say (decision 0042). Refused during a frame.
+    SCAN:FOV_CAL (float, 0.8..1.2) [added]
+        The lab's raster field calibration: the deflectors' gain, a factor on the
+        field the column writes for SCAN:FOV (the nominal field, which the PVs and
+        every map's metadata keep). What ``plans.raster_calibration.calibrate_raster``
+        measures against a TEM image and writes; 1 at start-up and after
+        ``SIM:RESET`` (decision 0029, 2026-12-05 raster-calibration amendment).
+        Refused during a frame.
+    SCAN:ROT_CAL (float, deg, -10..10) [added]
+        The lab's raster rotation calibration: added to SCAN:ROTATION by the
+        deflectors, written by ``calibrate_raster``; 0 at start-up and after
+        ``SIM:RESET``. Refused during a frame.
 
-    Puts to NX, NY, DWELL, FOV, ROTATION, MODE, SPOT_X, SPOT_Y, HV, APERTURE and
-    COINCIDENCE:X/Y are refused (put error) while a frame runs, so a raster in
+    Puts to NX, NY, DWELL, FOV, ROTATION, MODE, SPOT_X, SPOT_Y, HV, APERTURE,
+    COINCIDENCE:X/Y and SCAN:FOV_CAL/ROT_CAL are refused (put error) while a frame runs, so a raster in
     progress is never corrupted. Every out-of-range, NaN or unknown-enum put is refused.
     """
 
@@ -248,6 +263,12 @@ class ColumnIOC(InstrumentIOC):
                                 lower_ctrl_limit=-COINCIDENCE_RANGE_UM,
                                 upper_ctrl_limit=COINCIDENCE_RANGE_UM,
                                 doc="TEM/FIB coincidence correction along y (um)")
+    fov_cal = setpoint_pv("SCAN:FOV_CAL", 1.0, precision=5,
+                          lower_ctrl_limit=FOV_CAL_RANGE[0], upper_ctrl_limit=FOV_CAL_RANGE[1],
+                          doc="Raster field calibration: factor on the written field")
+    rot_cal = setpoint_pv("SCAN:ROT_CAL", 0.0, units="deg", precision=4,
+                          lower_ctrl_limit=-ROT_CAL_RANGE_DEG, upper_ctrl_limit=ROT_CAL_RANGE_DEG,
+                          doc="Raster rotation calibration: added to the written rotation (deg)")
     acquire = setpoint_pv("SCAN:ACQUIRE", "Stop", dtype=ChannelType.ENUM,
                         enum_strings=("Stop", "Start"),
                         doc="Start one frame (completion at its end) / Stop aborts")
@@ -296,6 +317,7 @@ class ColumnIOC(InstrumentIOC):
             "column.acquire": self.acquire,
             "column.coincidence_x_um": self.coincidence_x,
             "column.coincidence_y_um": self.coincidence_y,
+            "column.fov_cal": self.fov_cal, "column.rot_cal_deg": self.rot_cal,
         }
 
     # ---- helpers -------------------------------------------------------------------
@@ -448,6 +470,20 @@ class ColumnIOC(InstrumentIOC):
         await clear_alarm(instance)
         return value
 
+    @fov_cal.putter
+    async def fov_cal(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, *FOV_CAL_RANGE, "SCAN:FOV_CAL")
+        await clear_alarm(instance)
+        return value
+
+    @rot_cal.putter
+    async def rot_cal(self, instance, value):
+        self._refuse_during_frame(instance)
+        value = require_range(value, -ROT_CAL_RANGE_DEG, ROT_CAL_RANGE_DEG, "SCAN:ROT_CAL (deg)")
+        await clear_alarm(instance)
+        return value
+
     @nx.putter
     async def nx(self, instance, value):
         self._refuse_during_frame(instance)
@@ -594,7 +630,8 @@ class ColumnIOC(InstrumentIOC):
                     self.blank: "Blanked", self.blank_rbv: "Blanked", self.fov: 4.0,
                     self.nx: 256, self.ny: 256, self.dwell: 1e-4, self.rotation: 0.0,
                     self.mode: "Raster", self.spot_x: 0.0, self.spot_y: 0.0,
-                    self.coincidence_x: 0.0, self.coincidence_y: 0.0}
+                    self.coincidence_x: 0.0, self.coincidence_y: 0.0,
+                    self.fov_cal: 1.0, self.rot_cal: 0.0}
         for pv, value in defaults.items():
             await clear_alarm(pv)
             await write_if_changed(pv, value)

@@ -150,6 +150,7 @@ WORLD_KEYS: dict[str, str] = {
     "bias_enable": "bias.enable", "bias_v": "bias.voltage_v", "x": "stage.X",
     "y": "stage.Y", "alpha": "stage.A", "objective": "tem.objective", "z": "stage.Z",
     "coincidence_x": "column.coincidence_x_um", "coincidence_y": "column.coincidence_y_um",
+    "fov_cal": "column.fov_cal", "rot_cal": "column.rot_cal_deg",
 }
 
 #: Value of map pixels not acquired (yet) in the present frame.
@@ -372,9 +373,12 @@ class SpectrometerIOC(InstrumentIOC):
                                  gain_clock_s=t - self.t_start)
 
     def geometry(self, snap: dict) -> sp.ScanGeometry:
+        # The column's raster calibration (SCAN:FOV_CAL, SCAN:ROT_CAL) acts on the
+        # deflectors, before their own error.
         fov_um, rotation_deg = ion_optics.true_raster(
-            float(snap["fov"]), float(snap["rotation"]), fov_error_pct=self.fov_error_pct,
-            rotation_error_deg=self.raster_rotation_deg)
+            float(snap["fov"]) * float(snap.get("fov_cal", 1.0)),
+            float(snap["rotation"]) + float(snap.get("rot_cal", 0.0)),
+            fov_error_pct=self.fov_error_pct, rotation_error_deg=self.raster_rotation_deg)
         dx, dy = snap.get("offset", (0.0, 0.0))
         return sp.ScanGeometry(
             nx=int(snap["nx"]), ny=int(snap["ny"]), fov_um=fov_um,
@@ -422,6 +426,8 @@ class SpectrometerIOC(InstrumentIOC):
             "masses": self.collector_true_masses(),
             "alpha": _float(self.peer("alpha"), 0.0),
             "z": _float(self.peer("z"), 0.0),
+            "fov_cal": _float(self.peer("fov_cal"), 1.0),
+            "rot_cal": _float(self.peer("rot_cal"), 0.0),
             "correction": (_float(self.peer("coincidence_x"), 0.0),
                            _float(self.peer("coincidence_y"), 0.0)),
         }
@@ -435,6 +441,7 @@ class SpectrometerIOC(InstrumentIOC):
 
     def _plan_key(self, snap: dict) -> tuple:
         return (snap["nx"], snap["ny"], round(snap["fov"], 9), round(snap["rotation"], 6),
+                round(snap["fov_cal"], 9), round(snap["rot_cal"], 6),
                 round(snap["x"], 7), round(snap["y"], 7), round(snap["probe"], 4),
                 tuple(round(v, 7) for v in snap["offset"]),
                 round(snap["landing"], 3), snap["polarity"], round(snap["incidence"], 5),

@@ -16,6 +16,7 @@ from temsims.plans.counting import calibrate_dead_time
 from temsims.plans.edx import edx_line, edx_point
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.particles import find_labelled_particles
+from temsims.plans.raster_calibration import calibrate_raster
 from temsims.plans.sims import depth_profile, sims_map
 from temsims.plans.spectra import calibrate_masses, mass_spectrum
 from temsims.plans.tem import tem_image, tem_mosaic
@@ -25,6 +26,7 @@ __all__ = [
     "calibrate_dead_time",
     "bracketed_sims_maps",
     "calibrate_masses",
+    "calibrate_raster",
     "correlative_tem_sims",
     "depth_profile",
     "edx_line",

@@ -263,7 +263,8 @@ def sims_md(spectrometer, column, bias):
     ``dead_time_source`` where it came from (DEAD_TIME:SOURCE: "nominal", "manual",
     "calibrated <run> <date>"; :func:`read_dead_time`); ``coincidence_um`` the TEM/FIB
     coincidence correction the column applies (COINCIDENCE:X/Y, um; a column that has
-    one: decision 0042).
+    one: decision 0042); ``raster_cal`` the raster calibration it applies
+    ({"fov_factor", "rotation_deg"}: SCAN:FOV_CAL, SCAN:ROT_CAL; decision 0029).
     """
     out: dict[str, Any] = {}
     collectors = []
@@ -298,6 +299,12 @@ def sims_md(spectrometer, column, bias):
             out["coincidence_um"] = [
                 _num((yield from bps.rd(shift_x, default_value=0.0))),
                 _num((yield from bps.rd(shift_y, default_value=0.0)))]
+        fov_cal = getattr(column, "fov_cal", None)
+        rot_cal = getattr(column, "rot_cal", None)
+        if fov_cal is not None and rot_cal is not None:
+            out["raster_cal"] = {
+                "fov_factor": _num((yield from bps.rd(fov_cal, default_value=1.0)), 1.0),
+                "rotation_deg": _num((yield from bps.rd(rot_cal, default_value=0.0)))}
     return out
 
 

@@ -36,7 +36,8 @@ GUEST_PLANS = {"tem_image", "tem_mosaic", "edx_point", "edx_line", "to_tem_mode"
 ION_BEAM_OR_BIAS_PLANS = {"sims_map", "depth_profile", "mass_spectrum", "calibrate_masses",
                           "to_sims_mode", "correlative_tem_sims", "find_labelled_particles",
                           "edx_sims_calibration", "calibrate_dead_time",
-                          "bracketed_sims_maps", "calibrate_coincidence"}
+                          "bracketed_sims_maps", "calibrate_coincidence",
+                          "calibrate_raster"}
 #: Parameters the queue lists without a type: callables (they cannot travel in a queue
 #: item) and safe_state's, which the plan leaves untyped.
 UNTYPED = {("sims_map", "after_map"), ("tem_image", "after_image"),

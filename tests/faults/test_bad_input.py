@@ -273,6 +273,11 @@ for label, plan_name, kwargs, says in [
      dict(CAL_OK, start_um=(math.nan, 0.0)), ("start_um", "finite")),
     ("edx_sims_calibration species", "edx_sims_calibration",
      dict(CAL_OK, analyte_species="Unobtainium"), ("analyte_species", "Unobtainium")),
+    ("calibrate_raster passes 0", "calibrate_raster", dict(passes=0), ("passes", r"\[.*\]")),
+    ("calibrate_raster sims_pixels small", "calibrate_raster",
+     dict(sims_pixels=(32, 32)), ("sims_pixels", ">= 64")),
+    ("calibrate_raster voltage_v NaN", "calibrate_raster", dict(voltage_v=math.nan),
+     ("voltage_v", "finite")),
 ]:
     case("plan", label, _plan(plan_name, microscope=True, **kwargs), *says)
 

@@ -222,7 +222,8 @@ def test_parameter_puts_refused_during_a_frame(fib):
     dwell = 1.5 * scale / (nx * ny)  # a frame of 1.5 s of wall time
     set_raster(F, nx, ny, dwell)
     before = {name: caget(F + name) for name in
-              ("SCAN:NX", "SCAN:NY", "SCAN:DWELL", "SCAN:FOV", "SCAN:ROTATION", "HV")}
+              ("SCAN:NX", "SCAN:NY", "SCAN:DWELL", "SCAN:FOV", "SCAN:ROTATION", "HV",
+               "SCAN:FOV_CAL", "SCAN:ROT_CAL")}
     frames = caget(F + "SCAN:FRAME")
     result: dict = {}
     acquire = Monitor(F + "SCAN:ACQUIRE_RBV")
@@ -232,6 +233,7 @@ def test_parameter_puts_refused_during_a_frame(fib):
         for name, value in [("SCAN:NX", 10), ("SCAN:NY", 10), ("SCAN:DWELL", 1e-5),
                             ("SCAN:FOV", 1.0), ("SCAN:ROTATION", 45.0), ("SCAN:MODE", "Spot"),
                             ("SCAN:SPOT_X", 0.1), ("HV", 10.0), ("APERTURE", "1 nA"),
+                            ("SCAN:FOV_CAL", 1.01), ("SCAN:ROT_CAL", 0.5),
                             ("SCAN:ACQUIRE", "Start")]:
             assert_refused(F + name, value)
         # Every refusal came while the frame ran (else this test proves nothing).
@@ -264,6 +266,7 @@ def test_bad_puts_are_refused_and_the_ioc_keeps_answering(fib):
         ("APERTURE", 12), ("APERTURE", "5 pA"), ("BLANK", "Maybe"), ("BLANK", 7),
         ("SCAN:MODE", 3), ("SCAN:ACQUIRE", 9), ("SCAN:ACQUIRE", "Go"),
         ("SCAN:SPOT_X", 1e6), ("SCAN:SPOT_Y", math.nan),
+        ("SCAN:FOV_CAL", 1.5), ("SCAN:FOV_CAL", math.nan), ("SCAN:ROT_CAL", -11.0),
     ]
     before = {name: caget(F + name) for name, _ in bad}
     for name, value in bad:
