@@ -18,6 +18,7 @@ from test_plans_validation import _cases
 from temsims.plans import (
     bracketed_sims_maps,
     calibrate_coincidence,
+    calibrate_raster,
     correlative_tem_sims,
     edx_sims_calibration,
     find_labelled_particles,
@@ -55,6 +56,8 @@ def summaries_without_an_ioc() -> dict[str, str]:
     summaries["calibrate_coincidence"] = _summary(calibrate_coincidence(
         d, center=(0.0, 0.0), voltage_v=-4500.0, species=("16O",), sims_pixels=(8, 6),
         passes=2))
+    summaries["calibrate_raster"] = _summary(calibrate_raster(
+        d, center=(0.0, 0.0), sims_pixels=(64, 64), passes=2))
     summaries["edx_sims_calibration"] = _summary(edx_sims_calibration(
         d, start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
         edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"))
@@ -79,3 +82,6 @@ def test_every_plan_is_summarised_without_an_ioc():
     # The coincidence calibration: a TEM image and a map per pass, in the SIMS geometry.
     assert summaries["calibrate_coincidence"].count("Open Run") == 3
     assert "bias -> -4500.0" in summaries["calibrate_coincidence"]
+    # The raster calibration: the same sequence, at +4.5 kV by default.
+    assert summaries["calibrate_raster"].count("Open Run") == 3
+    assert "bias -> 4500.0" in summaries["calibrate_raster"]
