@@ -26,7 +26,6 @@ holder). The instrument is left in the TEM geometry, beam blanked, bias at 0 V.
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -34,24 +33,10 @@ import numpy as np
 
 from temsims.analysis.geometry import TemImageGeometry
 from temsims.analysis.registration import register_sims_to_tem
-from temsims.constants import SIMS_TILT_DEG
-from temsims.plans._common import (
-    Values,
-    check_int,
-    check_number,
-    check_pair,
-    check_within,
-    device_limits,
-    microscope_parts,
-    with_safe_state,
-)
-from temsims.plans.correlative import check_sims_voltage, ensure_tem_mode
-from temsims.plans.mode import to_sims_mode, to_tem_mode
-from temsims.plans.sims import check_sims_map_args, sims_map
-from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
+from temsims.plans._common import microscope_parts
+from temsims.plans._tem_referenced import PARTS, check_calibration_args, tem_referenced_passes
 from temsims.plans.types import Microscope, Plan
 
-PARTS = ("stage", "tem", "camera", "mode", "imager", "spectrometer", "column", "bias")
 #: Passes of :func:`calibrate_coincidence`: 1..MAX_PASSES maps.
 MAX_PASSES = 4
 #: Largest coincidence correction the plan writes (um, each axis): the column's range.
@@ -172,94 +157,46 @@ def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
         the map: widen ``sims_fov_um``); the correction is left as the last good pass
         wrote it.
     """
-    stage, tem, camera, mode, imager, spectrometer, column, bias = microscope_parts(
-        microscope, *PARTS)
+    parts = microscope_parts(microscope, *PARTS)
+    column = parts[6]
     for attr in ("coincidence_x", "coincidence_y"):
         if getattr(column, attr, None) is None:
             raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
                             "this plan needs a coincidence correction to write")
-    center = check_pair("center", center, unit="um")
-    check_within("center[0]", center[0], device_limits(stage.x), "um")
-    check_within("center[1]", center[1], device_limits(stage.y), "um")
-    voltage_v = check_sims_voltage(voltage_v)
-    labels, sims_fov_um, sims_pixels, sims_dwell_s, _, md = check_sims_map_args(
-        imager, spectrometer, column, stage, bias, species, sims_fov_um, sims_pixels,
-        sims_dwell_s, 1, md, arg_names={"pixels": "sims_pixels", "dwell_s": "sims_dwell_s",
-                                        "fov_um": "sims_fov_um"})
-    if tem_fov_um is None:
-        tem_fov_um = min(FOV_RANGE_UM[1], 2.0 * sims_fov_um)
-    tem_fov_um = check_number("tem_fov_um", tem_fov_um, low=FOV_RANGE_UM[0],
-                              high=FOV_RANGE_UM[1], unit="um")
-    exposure_s = check_number("exposure_s", exposure_s, low=EXPOSURE_RANGE_S[0],
-                              high=EXPOSURE_RANGE_S[1], unit="s")
-    passes = check_int("passes", passes, low=1, high=MAX_PASSES)
-    cid = md.get("correlation_id") or str(uuid.uuid4())
-    block = {"voltage_v": voltage_v, "tilt_deg": SIMS_TILT_DEG, "center_um": list(center),
-             "species": list(labels), "sims_fov_um": sims_fov_um, "tem_fov_um": tem_fov_um,
-             "passes": passes}
-    base_md = {**md, "correlation_id": cid}
-    result: dict[str, Any] = {"correlation_id": cid, "uids": {"tem": None, "sims": []},
-                              "passes": [], "correction_um": None, "residual_um": None,
-                              "bias_v": voltage_v}
-    seen: dict[str, Any] = {}
+    args = check_calibration_args(
+        parts, center=center, voltage_v=voltage_v, species=species, sims_fov_um=sims_fov_um,
+        sims_pixels=sims_pixels, sims_dwell_s=sims_dwell_s, tem_fov_um=tem_fov_um,
+        tem_fov_factor=2.0, exposure_s=exposure_s, passes=passes, max_passes=MAX_PASSES,
+        md=md)
+    result: dict[str, Any] = {"correlation_id": args["correlation_id"],
+                              "uids": {"tem": None, "sims": []}, "passes": [],
+                              "correction_um": None, "residual_um": None,
+                              "bias_v": args["voltage_v"]}
 
-    def keep_image(image):
-        seen["tem"] = image
-        yield from bps.null()
+    def read_setting():
+        cx = float((yield from bps.rd(column.coincidence_x, default_value=0.0)) or 0.0)
+        cy = float((yield from bps.rd(column.coincidence_y, default_value=0.0)) or 0.0)
+        return {"correction_x_um": cx, "correction_y_um": cy}
 
-    def body():
-        yield from ensure_tem_mode(stage, mode)
-        tem_md = {**base_md, "coincidence": dict(block, role="tem")}
-        result["uids"]["tem"] = yield from tem_image(
-            stage, tem, camera, x_um=center[0], y_um=center[1], fov_um=tem_fov_um,
-            exposure_s=exposure_s, after_image=keep_image, md=tem_md)
-        image = seen.get("tem")
-        size = None if image is None else int(np.shape(image)[0])
-        tem_geometry = None if size is None else TemImageGeometry(
-            size=size, fov_um=tem_fov_um, centre_x_um=center[0], centre_y_um=center[1])
-        yield from to_sims_mode(mode, voltage_v=voltage_v)
-        for n in range(passes):
-            yield from bps.checkpoint()
-            cx = float((yield from bps.rd(column.coincidence_x, default_value=0.0)) or 0.0)
-            cy = float((yield from bps.rd(column.coincidence_y, default_value=0.0)) or 0.0)
-            measured: dict[str, Any] = {}
+    def apply_pass(n, measured, setting):
+        if not measured["refined"]:
+            raise RuntimeError(
+                f"coincidence pass {n + 1}: no trustworthy shift between the SIMS map "
+                f"and the TEM image (ncc {measured['ncc']:.2f}); widen sims_fov_um or "
+                "choose a fiducial with more features")
+        result["residual_um"] = [measured["dx_um"], measured["dy_um"]]
+        new = (setting["correction_x_um"] + measured["dx_um"],
+               setting["correction_y_um"] + measured["dy_um"])
+        if not all(math.isfinite(v) and abs(v) <= MAX_CORRECTION_UM for v in new):
+            raise RuntimeError(f"coincidence correction {new} um is beyond the column's "
+                               f"+-{MAX_CORRECTION_UM:g} um: is the fiducial in both "
+                               "fields?")
+        yield from bps.mv(column.coincidence_x, new[0], column.coincidence_y, new[1])
+        result["correction_um"] = [new[0], new[1]]
 
-            def measure(maps, layout, cx=cx, cy=cy, measured=measured):
-                if maps is None or tem_geometry is None:  # a simulation: nothing mapped
-                    return
-                total = sum(np.clip(np.asarray(maps[s], float), 0, None) for s in labels)
-                measured.update(measure_coincidence(total, image, layout.geometry(),
-                                                    tem_geometry))
-                buf = Values("coincidence", units=COINCIDENCE_UNITS)
-                buf.set_values(**{k: float(v) for k, v in measured.items() if k != "refined"},
-                               correction_x_um=cx, correction_y_um=cy)
-                yield from bps.trigger_and_read([buf], name="coincidence")
-
-            run_md = {**base_md, "coincidence": dict(block, role="sims", index=n)}
-            result["uids"]["sims"].append((yield from sims_map(
-                imager, spectrometer, column, stage, bias, species=labels,
-                fov_um=sims_fov_um, pixels=sims_pixels, dwell_s=sims_dwell_s,
-                after_map=measure, md=run_md)))
-            if not measured:  # a simulation
-                continue
-            result["passes"].append(dict(measured, correction_x_um=cx, correction_y_um=cy))
-            if not measured["refined"]:
-                raise RuntimeError(
-                    f"coincidence pass {n + 1}: no trustworthy shift between the SIMS map "
-                    f"and the TEM image (ncc {measured['ncc']:.2f}); widen sims_fov_um or "
-                    "choose a fiducial with more features")
-            result["residual_um"] = [measured["dx_um"], measured["dy_um"]]
-            new = (cx + measured["dx_um"], cy + measured["dy_um"])
-            if not all(math.isfinite(v) and abs(v) <= MAX_CORRECTION_UM for v in new):
-                raise RuntimeError(f"coincidence correction {new} um is beyond the column's "
-                                   f"+-{MAX_CORRECTION_UM:g} um: is the fiducial in both "
-                                   "fields?")
-            yield from bps.mv(column.coincidence_x, new[0], column.coincidence_y, new[1])
-            result["correction_um"] = [new[0], new[1]]
-        yield from to_tem_mode(mode)
-        return result
-
-    return (yield from with_safe_state(body(), column, bias))
-
+    return (yield from tem_referenced_passes(
+        parts, args, key="coincidence", units=COINCIDENCE_UNITS, skip=("refined",),
+        result=result, read_setting=read_setting, measure=measure_coincidence,
+        apply_pass=apply_pass))
 
 __all__ = ["calibrate_coincidence", "measure_coincidence"]

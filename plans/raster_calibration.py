@@ -27,7 +27,6 @@ TEM geometry, beam blanked, bias at 0 V.
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -35,24 +34,10 @@ import numpy as np
 
 from temsims.analysis.geometry import TemImageGeometry
 from temsims.analysis.registration import register_sims_to_tem
-from temsims.constants import SIMS_TILT_DEG
-from temsims.plans._common import (
-    Values,
-    check_int,
-    check_number,
-    check_pair,
-    check_within,
-    device_limits,
-    microscope_parts,
-    with_safe_state,
-)
-from temsims.plans.correlative import check_sims_voltage, ensure_tem_mode
-from temsims.plans.mode import to_sims_mode, to_tem_mode
-from temsims.plans.sims import check_sims_map_args, sims_map
-from temsims.plans.tem import EXPOSURE_RANGE_S, FOV_RANGE_UM, tem_image
+from temsims.plans._common import microscope_parts
+from temsims.plans._tem_referenced import PARTS, check_calibration_args, tem_referenced_passes
 from temsims.plans.types import Microscope, Plan
 
-PARTS = ("stage", "tem", "camera", "mode", "imager", "spectrometer", "column", "bias")
 #: Passes of :func:`calibrate_raster`: 1..MAX_PASSES maps.
 MAX_PASSES = 4
 #: The column's range of SCAN:FOV_CAL and SCAN:ROT_CAL (deg).
@@ -179,104 +164,54 @@ def calibrate_raster(microscope: Microscope, *, center: tuple = (0.0, 0.0),
         widen ``sims_fov_um``) or the calibration would leave the column's range; the
         calibration is left as the last good pass wrote it.
     """
-    stage, tem, camera, mode, imager, spectrometer, column, bias = microscope_parts(
-        microscope, *PARTS)
+    parts = microscope_parts(microscope, *PARTS)
+    column = parts[6]
     for attr in ("fov_cal", "rot_cal"):
         if getattr(column, attr, None) is None:
             raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
                             "this plan needs a raster calibration to write")
-    center = check_pair("center", center, unit="um")
-    check_within("center[0]", center[0], device_limits(stage.x), "um")
-    check_within("center[1]", center[1], device_limits(stage.y), "um")
-    voltage_v = check_sims_voltage(voltage_v)
-    labels, sims_fov_um, sims_pixels, sims_dwell_s, _, md = check_sims_map_args(
-        imager, spectrometer, column, stage, bias, species, sims_fov_um, sims_pixels,
-        sims_dwell_s, 1, md, arg_names={"pixels": "sims_pixels", "dwell_s": "sims_dwell_s",
-                                        "fov_um": "sims_fov_um"})
-    if min(sims_pixels) < MIN_PIXELS:
+    args = check_calibration_args(
+        parts, center=center, voltage_v=voltage_v, species=species, sims_fov_um=sims_fov_um,
+        sims_pixels=sims_pixels, sims_dwell_s=sims_dwell_s, tem_fov_um=tem_fov_um,
+        tem_fov_factor=1.5, exposure_s=exposure_s, passes=passes, max_passes=MAX_PASSES,
+        md=md)
+    if min(args["sims_pixels"]) < MIN_PIXELS:
         raise ValueError(f"sims_pixels must be >= {MIN_PIXELS} each (the raster is read "
                          f"off features across the map), got {tuple(sims_pixels)}")
-    if tem_fov_um is None:
-        tem_fov_um = min(FOV_RANGE_UM[1], 1.5 * sims_fov_um)
-    tem_fov_um = check_number("tem_fov_um", tem_fov_um, low=FOV_RANGE_UM[0],
-                              high=FOV_RANGE_UM[1], unit="um")
-    exposure_s = check_number("exposure_s", exposure_s, low=EXPOSURE_RANGE_S[0],
-                              high=EXPOSURE_RANGE_S[1], unit="s")
-    passes = check_int("passes", passes, low=1, high=MAX_PASSES)
-    cid = md.get("correlation_id") or str(uuid.uuid4())
-    block = {"voltage_v": voltage_v, "tilt_deg": SIMS_TILT_DEG, "center_um": list(center),
-             "species": list(labels), "sims_fov_um": sims_fov_um,
-             "sims_pixels": list(sims_pixels), "tem_fov_um": tem_fov_um, "passes": passes}
-    base_md = {**md, "correlation_id": cid}
-    result: dict[str, Any] = {"correlation_id": cid, "uids": {"tem": None, "sims": []},
-                              "passes": [], "fov_cal": None, "rot_cal_deg": None,
-                              "residual": None, "bias_v": voltage_v}
-    seen: dict[str, Any] = {}
+    result: dict[str, Any] = {"correlation_id": args["correlation_id"],
+                              "uids": {"tem": None, "sims": []}, "passes": [],
+                              "fov_cal": None, "rot_cal_deg": None, "residual": None,
+                              "bias_v": args["voltage_v"]}
 
-    def keep_image(image):
-        seen["tem"] = image
-        yield from bps.null()
+    def read_setting():
+        fov_cal = float((yield from bps.rd(column.fov_cal, default_value=1.0)) or 1.0)
+        rot_cal = float((yield from bps.rd(column.rot_cal, default_value=0.0)) or 0.0)
+        return {"fov_cal": fov_cal, "rot_cal_deg": rot_cal}
 
-    def body():
-        yield from ensure_tem_mode(stage, mode)
-        tem_md = {**base_md, "raster_calibration": dict(block, role="tem")}
-        result["uids"]["tem"] = yield from tem_image(
-            stage, tem, camera, x_um=center[0], y_um=center[1], fov_um=tem_fov_um,
-            exposure_s=exposure_s, after_image=keep_image, md=tem_md)
-        image = seen.get("tem")
-        size = None if image is None else int(np.shape(image)[0])
-        tem_geometry = None if size is None else TemImageGeometry(
-            size=size, fov_um=tem_fov_um, centre_x_um=center[0], centre_y_um=center[1])
-        yield from to_sims_mode(mode, voltage_v=voltage_v)
-        for n in range(passes):
-            yield from bps.checkpoint()
-            fov_cal = float((yield from bps.rd(column.fov_cal, default_value=1.0)) or 1.0)
-            rot_cal = float((yield from bps.rd(column.rot_cal, default_value=0.0)) or 0.0)
-            measured: dict[str, Any] = {}
+    def apply_pass(n, measured, setting):
+        if not measured["measured"]:
+            raise RuntimeError(
+                f"raster calibration pass {n + 1}: the map's features do not constrain "
+                f"the raster (ncc {measured['ncc']:.2f}, residual "
+                f"{measured['residual_px']:.2f} px); choose a busier area or widen "
+                "sims_fov_um")
+        result["residual"] = {"scale": measured["scale"],
+                              "rotation_deg": measured["rotation_deg"]}
+        # The deflectors write fov * FOV_CAL * (their own gain): a field found
+        # ``scale`` times the recorded one is taken out by dividing the factor.
+        new_fov = setting["fov_cal"] / measured["scale"]
+        new_rot = setting["rot_cal_deg"] - measured["rotation_deg"]
+        if not (math.isfinite(new_fov) and FOV_CAL_RANGE[0] <= new_fov <= FOV_CAL_RANGE[1]
+                and math.isfinite(new_rot) and abs(new_rot) <= ROT_CAL_RANGE_DEG):
+            raise RuntimeError(f"raster calibration (field factor {new_fov:.4f}, rotation "
+                               f"{new_rot:+.3f} deg) is beyond the column's range "
+                               f"{FOV_CAL_RANGE}, +-{ROT_CAL_RANGE_DEG:g} deg")
+        yield from bps.mv(column.fov_cal, new_fov, column.rot_cal, new_rot)
+        result["fov_cal"], result["rot_cal_deg"] = new_fov, new_rot
 
-            def measure(maps, layout, fov_cal=fov_cal, rot_cal=rot_cal, measured=measured):
-                if maps is None or tem_geometry is None:  # a simulation: nothing mapped
-                    return
-                total = sum(np.clip(np.asarray(maps[s], float), 0, None) for s in labels)
-                measured.update(measure_raster(total, image, layout.geometry(),
-                                               tem_geometry))
-                buf = Values("raster_calibration", units=RASTER_UNITS)
-                buf.set_values(**{k: float(v) for k, v in measured.items()
-                                  if k not in ("measured", "method")},
-                               fov_cal=fov_cal, rot_cal_deg=rot_cal)
-                yield from bps.trigger_and_read([buf], name="raster_calibration")
-
-            run_md = {**base_md, "raster_calibration": dict(block, role="sims", index=n)}
-            result["uids"]["sims"].append((yield from sims_map(
-                imager, spectrometer, column, stage, bias, species=labels,
-                fov_um=sims_fov_um, pixels=sims_pixels, dwell_s=sims_dwell_s,
-                after_map=measure, md=run_md)))
-            if not measured:  # a simulation
-                continue
-            result["passes"].append(dict(measured, fov_cal=fov_cal, rot_cal_deg=rot_cal))
-            if not measured["measured"]:
-                raise RuntimeError(
-                    f"raster calibration pass {n + 1}: the map's features do not constrain "
-                    f"the raster (ncc {measured['ncc']:.2f}, residual "
-                    f"{measured['residual_px']:.2f} px); choose a busier area or widen "
-                    "sims_fov_um")
-            result["residual"] = {"scale": measured["scale"],
-                                  "rotation_deg": measured["rotation_deg"]}
-            # The deflectors write fov * FOV_CAL * (their own gain): a field found
-            # ``scale`` times the recorded one is taken out by dividing the factor.
-            new_fov = fov_cal / measured["scale"]
-            new_rot = rot_cal - measured["rotation_deg"]
-            if not (math.isfinite(new_fov) and FOV_CAL_RANGE[0] <= new_fov <= FOV_CAL_RANGE[1]
-                    and math.isfinite(new_rot) and abs(new_rot) <= ROT_CAL_RANGE_DEG):
-                raise RuntimeError(f"raster calibration (field factor {new_fov:.4f}, rotation "
-                                   f"{new_rot:+.3f} deg) is beyond the column's range "
-                                   f"{FOV_CAL_RANGE}, +-{ROT_CAL_RANGE_DEG:g} deg")
-            yield from bps.mv(column.fov_cal, new_fov, column.rot_cal, new_rot)
-            result["fov_cal"], result["rot_cal_deg"] = new_fov, new_rot
-        yield from to_tem_mode(mode)
-        return result
-
-    return (yield from with_safe_state(body(), column, bias))
-
+    return (yield from tem_referenced_passes(
+        parts, args, key="raster_calibration", units=RASTER_UNITS,
+        skip=("measured", "method"), result=result, read_setting=read_setting,
+        measure=measure_raster, apply_pass=apply_pass))
 
 __all__ = ["calibrate_raster", "measure_raster"]
