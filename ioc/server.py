@@ -39,7 +39,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ from typing import Any
 
 from temsims.channel_access import IOC_PORT_OFFSETS, PART_SUFFIXES, CALayout
 from temsims.ioc.world import Clock, World, install_clock
+from temsims.stop_signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -523,12 +523,7 @@ def serve(args: argparse.Namespace, *, announce: Callable[[Instrument], None] | 
                             seed=args.seed, parts=args.parts, time_scale=args.time_scale,
                             part_options=part_options,
                             part_prefixes=args.part_prefixes)
-    stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignals()
     try:
         instrument.start()
         if args.list_pvs:
@@ -544,8 +539,7 @@ def serve(args: argparse.Namespace, *, announce: Callable[[Instrument], None] | 
         return 0
     finally:
         instrument.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.restore()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

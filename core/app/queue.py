@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from temsims.channel_access import CALayout
+from temsims.stop_signals import StopSignals
 
 #: What ``temsims queue --help`` says first.
 DESCRIPTION = """Serve a queue of plans for the running instrument: Redis (the queue's store) and
@@ -432,12 +432,7 @@ def _announce(server: QueueServer) -> None:
 def main(args: argparse.Namespace) -> int:
     """Start the queue server, serve until Ctrl-C or SIGTERM, stop it. Exit code 1
     with one line saying what to do when it cannot start."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignals()
     log_dir = Path(args.log_dir) if args.log_dir else None
     server = QueueServer(prefix=args.prefix, base_port=args.base_port, host=args.host,
                          log_dir=log_dir, catalog=args.catalog, api_key=args.api_key,
@@ -460,5 +455,4 @@ def main(args: argparse.Namespace) -> int:
         return 1
     finally:
         server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.restore()

@@ -34,9 +34,7 @@ import json
 import os
 import re
 import secrets
-import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -54,6 +52,7 @@ from temsims.catalog.server import (
     redact_uri,
 )
 from temsims.catalog.writer import RUNS_KEY, RUNS_SPEC_VERSION
+from temsims.stop_signals import StopSignals
 
 WRITE_SCOPES = ("read:metadata", "read:data", "write:metadata", "write:data", "create:node")
 READ_SCOPES = ("read:metadata", "read:data")
@@ -411,12 +410,7 @@ def serve(target: str | Path | None = None, *, data=None, host: str = DEFAULT_HO
     """Serve until SIGINT or SIGTERM (``temsims serve``); the exit code."""
     t0 = time.monotonic()
     service = CatalogService(target, data=data, host=host, port=port, readers=readers)
-    stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignals()
     try:
         service.start()
         print(f"temsims serve: ready in {time.monotonic() - t0:.1f} s\n{service.describe()}",
@@ -428,7 +422,6 @@ def serve(target: str | Path | None = None, *, data=None, host: str = DEFAULT_HO
         print("temsims serve: stopping", flush=True)
     finally:
         service.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stop.restore()
     print("temsims serve: stopped", flush=True)
     return 0
