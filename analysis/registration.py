@@ -858,9 +858,20 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
     m0 = pixel_transform_matrix(sims_geometry, tem_geometry)
     initial = AffineTransform(matrix=m0)
     cache: dict = {}
-    on_grid = tem_on_sims_grid(tem, m0, sims.shape,
-                               footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
-    sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
+
+    def pair_at(matrix_: np.ndarray):
+        """The SIMS map and the TEM image resampled on its grid through ``matrix_``,
+        normalised, and their overlap."""
+        on_grid = tem_on_sims_grid(tem, matrix_, sims.shape,
+                                   footprint_sigma_sims_px=footprint_sigma_sims_px,
+                                   cache=cache)
+        return _prepared_pair(sims, on_grid, smooth_sims_px)
+
+    def beyond_allowed_change(parts: dict) -> bool:
+        return (abs(parts["rotation_deg"]) > max_rotation_change_deg
+                or max(parts["scale_max"] - 1, 1 - parts["scale_min"]) > max_scale_change)
+
+    sims_z, tem_z, mask = pair_at(m0)
     if mask.sum() < 16:
         raise ValueError("the SIMS map and the TEM image do not overlap (according to the "
                          "recorded geometry): nothing to register")
@@ -925,8 +936,7 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
             parts = linear_decomposition(correction)
             change = _corner_rms_px(correction, sims.shape)
             affine.update(parts, change_px=change)
-            if (abs(parts["rotation_deg"]) > max_rotation_change_deg
-                    or max(parts["scale_max"] - 1, 1 - parts["scale_min"]) > max_scale_change):
+            if beyond_allowed_change(parts):
                 affine["why"] = "correction beyond the allowed rotation/scale change"
             elif change <= max(affine_min_change_px, 2.0 * info["predicted_error_px"]):
                 # The translation's error is about ``change`` and the affine's about its
@@ -938,10 +948,7 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
             else:
                 affine.update(applied=True, method="features")
                 matrix = matrix @ correction
-                on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
-                                           footprint_sigma_sims_px=footprint_sigma_sims_px,
-                                           cache=cache)
-                sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
+                sims_z, tem_z, mask = pair_at(matrix)
                 ncc = normalised_cross_correlation(sims_z, tem_z, mask)
         elif intensity_fallback:
             # Too few features, or too few for the 95 % bound (14 % of the maps under
@@ -964,8 +971,7 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                 intensity["features_disagree_px"] = _corner_rms_px(
                     np.linalg.inv(refused_correction) @ correction, sims.shape)
             affine["intensity"] = intensity
-            if (abs(parts["rotation_deg"]) > max_rotation_change_deg
-                    or max(parts["scale_max"] - 1, 1 - parts["scale_min"]) > max_scale_change):
+            if beyond_allowed_change(parts):
                 affine["why"] += "; intensity fit beyond the allowed rotation/scale change"
             elif change <= affine_min_change_px:
                 affine["why"] += (f"; the intensity fit moves the corners by {change:.2f} px "
@@ -981,10 +987,7 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                 if model == "raster":
                     affine["raster_model"] = intensity["raster_model"]
                 matrix = matrix @ correction
-                on_grid = tem_on_sims_grid(tem, matrix, sims.shape,
-                                           footprint_sigma_sims_px=footprint_sigma_sims_px,
-                                           cache=cache)
-                sims_z, tem_z, mask = _prepared_pair(sims, on_grid, smooth_sims_px)
+                sims_z, tem_z, mask = pair_at(matrix)
                 ncc = normalised_cross_correlation(sims_z, tem_z, mask)
     # How far the refined rotation/scale/shear put the corners from the recorded ones
     # (the translation taken out): a recorded calibration that is off shows here even
