@@ -147,12 +147,7 @@ def _load(name: str, roots: frozenset[str]) -> None:
 
     # The module's own import statements only: other modules keep the real import.
     module.__builtins__ = {**vars(builtins), "__import__": deferring_import}
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
+    _execute(name, spec, module)
     module.__builtins__ = builtins
     setattr(parent, child, module)
     for key, value in vars(module).items():
@@ -167,13 +162,19 @@ def _standalone(name: str):
         location = importlib.util.find_spec(package).submodule_search_locations[0]
         spec = importlib.util.spec_from_file_location(name, os.path.join(location, f"{leaf}.py"))
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
+        _execute(name, spec, module)
     return module
+
+
+def _execute(name: str, spec, module) -> None:
+    """Run ``module``'s code as ``sys.modules[name]`` (as an import does), leaving no
+    half-made module there if it fails."""
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
 
 
 def finish() -> None:
