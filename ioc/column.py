@@ -454,35 +454,32 @@ class ColumnIOC(InstrumentIOC):
         await clear_alarm(instance)
         return value
 
-    @coincidence_x.putter
-    async def coincidence_x(self, instance, value):
+    async def _checked_setting(self, instance, value, low, high, what: str):
+        """A correction the raster reads at a frame's start: refused during a frame,
+        else range-checked (``what`` names it in the error)."""
         self._refuse_during_frame(instance)
-        value = require_range(value, -COINCIDENCE_RANGE_UM, COINCIDENCE_RANGE_UM,
-                              "COINCIDENCE:X (um)")
+        value = require_range(value, low, high, what)
         await clear_alarm(instance)
         return value
+
+    @coincidence_x.putter
+    async def coincidence_x(self, instance, value):
+        return await self._checked_setting(instance, value, -COINCIDENCE_RANGE_UM,
+                                           COINCIDENCE_RANGE_UM, "COINCIDENCE:X (um)")
 
     @coincidence_y.putter
     async def coincidence_y(self, instance, value):
-        self._refuse_during_frame(instance)
-        value = require_range(value, -COINCIDENCE_RANGE_UM, COINCIDENCE_RANGE_UM,
-                              "COINCIDENCE:Y (um)")
-        await clear_alarm(instance)
-        return value
+        return await self._checked_setting(instance, value, -COINCIDENCE_RANGE_UM,
+                                           COINCIDENCE_RANGE_UM, "COINCIDENCE:Y (um)")
 
     @fov_cal.putter
     async def fov_cal(self, instance, value):
-        self._refuse_during_frame(instance)
-        value = require_range(value, *FOV_CAL_RANGE, "SCAN:FOV_CAL")
-        await clear_alarm(instance)
-        return value
+        return await self._checked_setting(instance, value, *FOV_CAL_RANGE, "SCAN:FOV_CAL")
 
     @rot_cal.putter
     async def rot_cal(self, instance, value):
-        self._refuse_during_frame(instance)
-        value = require_range(value, -ROT_CAL_RANGE_DEG, ROT_CAL_RANGE_DEG, "SCAN:ROT_CAL (deg)")
-        await clear_alarm(instance)
-        return value
+        return await self._checked_setting(instance, value, -ROT_CAL_RANGE_DEG,
+                                           ROT_CAL_RANGE_DEG, "SCAN:ROT_CAL (deg)")
 
     @nx.putter
     async def nx(self, instance, value):
