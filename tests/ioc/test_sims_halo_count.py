@@ -6,6 +6,8 @@ by the halo's tail, and a count on a uniform film is unchanged."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,20 +16,14 @@ from scipy import special
 from temsims.ioc.physics import sims as sp
 from temsims.ioc.physics.ion_optics import probe_diameter_nm
 from temsims.ioc.physics.materials import isotope_mass_u
-from temsims.ioc.physics.specimen import Layer, Specimen
+
+# The halo measurement's edge (tests/analysis/analysis_sims.py): 100 nm of natural
+# Li2CO3 over x < 0 on a carbon film, 2 nm pixels.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "analysis"))
+from analysis_sims import edge_specimen  # noqa: E402
 
 LI = (isotope_mass_u("6Li"), isotope_mass_u("7Li"))
 PARAMS = sp.SimsParameters()
-
-
-def _edge(grid: int = 1024) -> Specimen:
-    """100 nm natural Li2CO3 over x < 0 on a carbon film (2 nm pixels)."""
-    spec = Specimen("li2co3-edge", 0, [], shape=(grid, grid))
-    x = spec.x_nm()[None, :] + 0.0 * spec.y_nm()[:, None]
-    spec.layers = [Layer("pad", np.where(x < 0, 100.0, 0.0).astype(np.float32),
-                         {"Li2CO3": 1.0}),
-                   Layer("support film", 20.0, {"C-film": 1.0})]
-    return spec
 
 
 def _li7(spec, geo, params, *, spot: bool) -> float:
@@ -41,7 +37,7 @@ def _li7(spec, geo, params, *, spot: bool) -> float:
 def test_a_parked_spot_beside_an_edge_counts_the_halos_share(distance_nm):
     """A spot ``d`` outside the film: the core sees nothing, the halo's Gaussian
     ``f Phi(-d / s_x)`` of the film's emission (s_x its sigma across the edge)."""
-    spec = _edge()
+    spec = edge_specimen()
     geo = sp.ScanGeometry(16, 16, 0.2)
     on = _li7(spec, geo.at_spot(-0.6, 0.0), PARAMS, spot=True)  # well inside the film
     off = _li7(spec, geo.at_spot(distance_nm / 1000.0, 0.0), PARAMS, spot=True)
@@ -62,7 +58,7 @@ def test_a_counting_raster_on_a_uniform_film_is_unchanged_and_beside_an_edge_is_
     """A raster count well inside the film reads the same with or without the halo; a
     raster beside the edge picks up the halo's share of the film (the box convolved
     with the halo's Gaussian)."""
-    spec = _edge()
+    spec = edge_specimen()
     inside = sp.ScanGeometry(16, 16, 0.2, centre_x_nm=-700.0)
     beside = sp.ScanGeometry(16, 16, 0.2, centre_x_nm=250.0)
     a, b = (_li7(spec, inside, p, spot=False)
@@ -79,12 +75,12 @@ def test_a_counting_raster_on_a_uniform_film_is_unchanged_and_beside_an_edge_is_
     assert model[0] <= got <= model[1]
 
 
-def test_count_and_map_agree_across_an_edge():
+def test_count_and_map_agree_across_anedge_specimen():
     """COUNT over a raster and the mean of a map of the same raster (same current,
     probe, halo) agree on a raster across the edge (a quarter of it on the film).
     Beside the edge they do not: a map's halo sees the emission beyond its window
     mirrored (decision 0040), a count the film itself."""
-    spec = _edge()
+    spec = edge_specimen()
     geo = sp.ScanGeometry(16, 16, 0.2, centre_x_nm=50.0)
     probe = probe_diameter_nm(100.0, 30.0)
     e = sp.footprint_emission(spec, np.zeros(spec.shape, np.float32), geo,
