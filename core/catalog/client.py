@@ -459,22 +459,66 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
                    api_key=server.api_key)
 
 
+#: What a reader's first look at the runs imports: tiled's client and
+#: bluesky-tiled-plugins' run classes (the ``runs`` node's spec loads them: ~1 s, mostly
+#: dask, pandas and xarray). An opener imports them on a thread while it waits for the
+#: directory's server (decision 0014).
+READER_IMPORTS = ("tiled.client", "bluesky_tiled_plugins")
+
+
+class _ReaderImports:
+    """:data:`READER_IMPORTS` on a thread of their own, started now.
+
+    The opening thread meanwhile imports only standard-library modules it has imported
+    before starting this (:func:`_open_directory_server`), so the two never wait on
+    each other's module locks; it joins before it touches tiled. An import that fails
+    here fails again, with its own traceback, where the opener imports it."""
+
+    def __init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="temsims-reader-imports",
+                                        daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _run() -> None:
+        import importlib
+
+        for name in READER_IMPORTS:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - raised again at the opener's own import
+                return
+
+    def join(self) -> None:
+        self._thread.join()
+
+
 def _open_directory_server(directory: Path, api_key: str | None) -> DirectoryServer:
     """A lease on the directory's running server, or on one started for it now."""
+    # The standard library the opening path imports, before the reader's imports start
+    # on their thread (see _ReaderImports).
+    import fcntl  # noqa: F401
+    import hashlib  # noqa: F401
+    import http.client  # noqa: F401
+    import json  # noqa: F401
+    import socket  # noqa: F401
+    import subprocess  # noqa: F401
+    import urllib.parse  # noqa: F401
+
+    imports = _ReaderImports()
     directory.mkdir(parents=True, exist_ok=True)
     key = api_key or _directory_api_key(directory)
     lease = _Lease(directory)
     try:
         with _directory_lock(directory):
             info = _running_server(directory, key)
-            request = None if info else _ServerRequest(directory, key, record=api_key is None)
-            # tiled's client while the new server starts in its own process.
-            import tiled.client  # noqa: F401
-            if request is not None:
-                info = request.result()
+            if info is None:
+                info = _ServerRequest(directory, key, record=api_key is None).result()
     except BaseException:
         lease.release()
         raise
+    finally:
+        imports.join()
     return DirectoryServer(directory, info, key, lease)
 
 
