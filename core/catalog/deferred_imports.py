@@ -29,10 +29,13 @@ import threading
 TILED_VERSION = "0.2.20"
 #: tiled module -> the top-level packages whose import statements it may defer: in
 #: these modules (tiled 0.2.20) they appear in annotations, ``Union``/``NewType``
-#: aliases and function bodies only, always as ``package.attribute`` (never a bare
-#: name bound by ``from package import name``, which a reference could not stand for
-#: in ``isinstance``). In dependency order: a module is loaded before its importers.
+#: aliases and function bodies only, as ``package.attribute``, or as a name bound by
+#: ``from package import name`` that the module only calls or takes attributes of
+#: (never one used in ``isinstance``, which a reference could not stand for). In
+#: dependency order: a module is loaded before its importers.
 DEFERRED: tuple[tuple[str, frozenset[str]], ...] = (
+    # blosc2 (a compression codec offered to clients) is used inside its functions only.
+    ("tiled.media_type_registration", frozenset({"blosc2"})),
     ("tiled.structures.awkward", frozenset({"awkward"})),
     ("tiled.structures.ragged", frozenset({"awkward", "ragged"})),
     ("tiled.adapters.utils", frozenset({"dask"})),
@@ -41,6 +44,10 @@ DEFERRED: tuple[tuple[str, frozenset[str]], ...] = (
     ("tiled.serialization.sparse", frozenset({"pandas"})),
     ("tiled.serialization.awkward", frozenset({"awkward"})),
     ("tiled.serialization.ragged", frozenset({"awkward", "ragged"})),
+    # The streaming cache's redis client: used inside functions and in annotations
+    # only, bound by ``from redis import asyncio as redis`` and ``from
+    # redis.asyncio.sentinel import Sentinel`` (a class it only calls).
+    ("tiled.server.streaming", frozenset({"redis"})),
 )
 #: ``from ragged._typing import SupportsDLPack`` in tiled.structures.ragged is used at
 #: import (``runtime_checkable``): that one small module is loaded on its own, without
@@ -69,11 +76,7 @@ class _Deferred:
 
     def _resolve(self):
         finish()
-        root, *attrs = self._path.split(".")
-        obj = sys.modules[root]
-        for attr in attrs:
-            obj = getattr(obj, attr)
-        return obj
+        return _target(self._path)
 
     def __getattr__(self, name: str):
         if name.startswith("__") and name.endswith("__"):
@@ -140,9 +143,11 @@ def _load(name: str, roots: frozenset[str]) -> None:
         if level == 0 and what in _STANDALONE:
             return _standalone(what)
         root = what.partition(".")[0]
-        if level == 0 and root in roots and not fromlist:
+        if level == 0 and root in roots:
             _wanted.add(what)
-            return _Deferred(root)
+            # ``import a.b`` binds the package ``a``; ``from a.b import c`` takes ``c``
+            # from ``a.b`` itself.
+            return _Deferred(what if fromlist else root)
         return real_import(what, globals, locals, fromlist, level)
 
     # The module's own import statements only: other modules keep the real import.
@@ -153,6 +158,15 @@ def _load(name: str, roots: frozenset[str]) -> None:
     for key, value in vars(module).items():
         if isinstance(value, _Deferred):
             _bound.append((name, key))
+
+
+def _target(path: str):
+    """What ``path`` (``package.module.attribute``) names, its package imported."""
+    root, *attrs = path.split(".")
+    obj = sys.modules[root]
+    for attr in attrs:
+        obj = getattr(obj, attr)
+    return obj
 
 
 def _standalone(name: str):
@@ -192,7 +206,7 @@ def finish() -> None:
             module = sys.modules[module_name]
             value = vars(module).get(key)
             if isinstance(value, _Deferred):
-                setattr(module, key, sys.modules[object.__getattribute__(value, "_path")])
+                setattr(module, key, _target(object.__getattribute__(value, "_path")))
         for name in _STANDALONE:  # the parent package imported it as its own
             package, _, leaf = name.rpartition(".")
             if name in sys.modules and package in sys.modules:
