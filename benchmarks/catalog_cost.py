@@ -24,11 +24,12 @@ the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, til
 - ``blocked_s``: time the RunEngine waited on storage (a full queue; target ~0);
 - ``drain_s``: time from the end of the run until the catalog held all of it
   (``flush``), and ``write_ms`` the writer thread's time per event;
-- ``open_fresh``: ``open_catalog(DIR)`` timed in a fresh interpreter (imports
-  included), for a new directory and again for the same directory (its server then
-  running), medians of ``--open-repeat`` (default ``--repeat``); and the floor under both, the import of
-  tiled's client with bluesky-tiled-plugins' run classes (decision 0014); with
-  ``--cold``, opens that must first start the catalog host (``cold_s``).
+- ``open_fresh``: ``open_catalog(DIR)`` and a first look at its runs (``len``) timed
+  in a fresh interpreter (imports included), for a new directory and again for the
+  same directory (its server then running), medians of ``--open-repeat`` (default
+  ``--repeat``); and the floor under both, the import of tiled's client with
+  bluesky-tiled-plugins' run classes (decision 0014); with ``--cold``, opens that must
+  first start the catalog host (``cold_s``).
 
 Prints a table and writes ``benchmarks/results/catalog_cost.json``.
 
@@ -123,7 +124,7 @@ class _DirectWriter:
 
 
 _OPEN = ("import sys, time; t = time.perf_counter(); from temsims.catalog import open_catalog; "
-         "c = open_catalog(sys.argv[1]); print(time.perf_counter() - t)")
+         "c = open_catalog(sys.argv[1]); len(c); print(time.perf_counter() - t)")
 _CLIENT_IMPORTS = ("import time; t = time.perf_counter(); import tiled.client, "
                    "bluesky_tiled_plugins.clients.catalog_of_bluesky_runs; "
                    "print(time.perf_counter() - t)")

@@ -642,6 +642,10 @@ def _server_stack() -> None:
     follow while the host waits for requests (:func:`_warm_import`)."""
     from temsims.catalog import deferred_imports
 
+    if "httpx" not in sys.modules:
+        # httpx imports its command-line client (rich, pygments: ~0.15 s) where those
+        # are installed, and falls back to a stub without it; a host never runs it.
+        sys.modules["httpx._main"] = None
     deferred_imports.import_lean()
     import uvicorn  # noqa: F401
     from tiled.alembic_utils import stamp_head  # noqa: F401
