@@ -100,6 +100,8 @@ class IonColumn(Device):
                         doc="TEM/FIB coincidence correction along y (um)")
     focus = Cpt(FrameGuardedSignal, "FOCUS", kind="config",
                 doc="Objective focus offset toward the specimen (um)")
+    focus_table = Cpt(Reading, "FOCUS_TABLE_RBV", kind="omitted",
+                      doc="Focus move of the column's bias focus table (um)")
     fov_cal = Cpt(FrameGuardedSignal, "SCAN:FOV_CAL", kind="config",
                   doc="Raster field calibration: factor on the field written")
     rot_cal = Cpt(FrameGuardedSignal, "SCAN:ROT_CAL", kind="config",

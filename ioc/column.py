@@ -59,6 +59,7 @@ from temsims.ioc.physics.ion_optics import (
     APERTURES,
     EMISSION_UA,
     FOCUS_RANGE_UM,
+    immersion_focus_shift_um,
     landing_energy_kev,
     probe_diameter_nm,
     source_emission_ua,
@@ -194,6 +195,10 @@ class ColumnIOC(InstrumentIOC):
         column compensates from its model whatever this says). What
         ``plans.focus.focus_probe`` measures through focus on an edge and writes; 0 at
         start-up and after ``SIM:RESET``. Refused during a frame.
+    FOCUS_TABLE_RBV (float, um, read-only) [added]
+        The focus move the column's table applies for the present HV and holder bias
+        (``ion_optics.immersion_focus_shift_um``: +6.71 um on +4.5 kV, +4.94 um on
+        -4.5 kV at 30 kV; 0 at 0 V), whatever FOCUS says; follows the bias.
     SCAN:ROT_CAL (float, deg, -10..10) [added]
         The lab's raster rotation calibration: added to SCAN:ROTATION by the
         deflectors, written by ``calibrate_raster``; 0 at start-up and after
@@ -276,6 +281,8 @@ class ColumnIOC(InstrumentIOC):
     focus = setpoint_pv("FOCUS", 0.0, units="um", precision=3,
                         lower_ctrl_limit=-FOCUS_RANGE_UM, upper_ctrl_limit=FOCUS_RANGE_UM,
                         doc="Objective focus offset toward the specimen (um)")
+    focus_table_rbv = readback_pv("FOCUS_TABLE_RBV", 0.0, units="um", precision=3,
+                                  doc="Focus move of the column's bias focus table (um)")
     fov_cal = setpoint_pv("SCAN:FOV_CAL", 1.0, precision=5,
                           lower_ctrl_limit=FOV_CAL_RANGE[0], upper_ctrl_limit=FOV_CAL_RANGE[1],
                           doc="Raster field calibration: factor on the written field")
@@ -363,6 +370,8 @@ class ColumnIOC(InstrumentIOC):
             self._last_bias_v = float(bias)
         await write_if_changed(
             self.landing_rbv, landing_energy_kev(self.hv_rbv.value, self._last_bias_v or 0.0))
+        table = immersion_focus_shift_um(self.hv_rbv.value, self._last_bias_v or 0.0)
+        await write_if_changed(self.focus_table_rbv, 0.0 if table is None else table)
         alarm = self.landing_rbv.alarm
         if bias is None and alarm.severity != AlarmSeverity.INVALID_ALARM:
             await alarm.write(status=AlarmStatus.LINK, severity=AlarmSeverity.INVALID_ALARM)
