@@ -4,7 +4,9 @@ The column of an FEI Magnum-class FIB (numbers: ``../shared/reference/instrument
 ten beam-defining apertures from 1 pA to 20 nA (:data:`APERTURES`), a probe whose
 diameter follows the current and the energy (:func:`probe_diameter_nm`), the landing
 energy of an ion on a biased holder (:func:`landing_energy_kev`) and the regulated
-emission of the liquid-metal ion source (:func:`source_emission_ua`) and the raster
+emission of the liquid-metal ion source (:func:`source_emission_ua`), the probe's focus
+in the holder bias's immersion lens (:func:`immersion_focus_shift_um`,
+:func:`defocus_um`, :func:`probe_at_specimen_nm`; decision 0044) and the raster
 the deflectors really write for a nominal field and rotation (:func:`true_raster`). The column IOC
 (:mod:`temsims.ioc.column`) publishes these; the mass spectrometer counts with them.
 """
