@@ -1,4 +1,4 @@
-"""The probe's focus in the retarding field (decision 0044): ``focus_probe`` on fresh
+"""The probe's focus in the retarding field (decision 0044): focus_probe on fresh
 instruments at +4.5 kV and -4.5 kV, scored against the twin's truth.
 
 Each instrument: a fresh li2co3-particles seed, the focus table's error scale drawn in
