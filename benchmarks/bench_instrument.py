@@ -12,9 +12,12 @@ from typing import Any
 
 
 def start_instrument(letter: str = "B", *, iocs: Sequence[str] | None = None,
-                     log_dir: Path | None = None, timeout: float = 60.0) -> Any:
+                     log_dir: Path | None = None, timeout: float = 60.0,
+                     **options: Any) -> Any:
     """Start an instrument on free loopback ports and export its CA client environment
-    (before any CA context of this process exists); returns the running
+    (before any CA context of this process exists; one instrument per process);
+    ``options`` go to :class:`~temsims.ioc.launcher.InstrumentProcesses` (``specimen``,
+    ``seed``, ``time_scale``, ``extra_args``); returns the running
     :class:`~temsims.ioc.launcher.InstrumentProcesses` (stop it with ``.stop()``)."""
     from temsims.channel_access import CALayout, find_free_base_port
     from temsims.ioc.launcher import ALL_IOCS, InstrumentProcesses
@@ -23,6 +26,6 @@ def start_instrument(letter: str = "B", *, iocs: Sequence[str] | None = None,
     os.environ.update(layout.client_environment())
     prefix = f"{letter}{uuid.uuid4().hex[:6].upper()}:"
     procs = InstrumentProcesses(layout=layout, instrument_prefix=prefix,
-                                iocs=tuple(iocs or ALL_IOCS), log_dir=log_dir)
+                                iocs=tuple(iocs or ALL_IOCS), log_dir=log_dir, **options)
     procs.start(timeout=timeout)
     return procs

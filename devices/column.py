@@ -72,7 +72,9 @@ class IonColumn(Device):
     coincidence correction (``coincidence_x``, ``coincidence_y``, um: a beam shift the
     coincidence calibration writes; decision 0042) and the raster calibration
     (``fov_cal``, a factor on the field the deflectors write, and ``rot_cal``, deg added
-    to their rotation: what the raster calibration writes; decision 0029).
+    to their rotation: what the raster calibration writes; decision 0029) and the
+    objective focus offset (``focus``, um toward the specimen: what ``focus_probe``
+    writes; decision 0044).
     Unblanking is only accepted by the IOC in SIMS geometry: ``unblank()`` checks the
     column's interlock state first and raises with its reason.
     """
@@ -96,6 +98,10 @@ class IonColumn(Device):
                         doc="TEM/FIB coincidence correction along x (um)")
     coincidence_y = Cpt(FrameGuardedSignal, "COINCIDENCE:Y", kind="config",
                         doc="TEM/FIB coincidence correction along y (um)")
+    focus = Cpt(FrameGuardedSignal, "FOCUS", kind="config",
+                doc="Objective focus offset toward the specimen (um)")
+    focus_table = Cpt(Reading, "FOCUS_TABLE_RBV", kind="omitted",
+                      doc="Focus move of the column's bias focus table (um)")
     fov_cal = Cpt(FrameGuardedSignal, "SCAN:FOV_CAL", kind="config",
                   doc="Raster field calibration: factor on the field written")
     rot_cal = Cpt(FrameGuardedSignal, "SCAN:ROT_CAL", kind="config",

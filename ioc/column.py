@@ -58,6 +58,8 @@ from temsims.ioc.common import (
 from temsims.ioc.physics.ion_optics import (
     APERTURES,
     EMISSION_UA,
+    FOCUS_RANGE_UM,
+    immersion_focus_shift_um,
     landing_energy_kev,
     probe_diameter_nm,
     source_emission_ua,
@@ -113,8 +115,10 @@ class ColumnIOC(InstrumentIOC):
     SAMPLE_CURRENT_RBV (float, pA, read-only)
         Current reaching the sample: CURRENT_RBV when unblanked, 0 when blanked.
     PROBE_RBV (float, nm, read-only)
-        Probe diameter (FWHM), ``probe_diameter_nm`` of current and HV
-        (:mod:`temsims.ioc.physics.ion_optics`).
+        Probe diameter (FWHM) in focus, ``probe_diameter_nm`` of current and HV
+        (:mod:`temsims.ioc.physics.ion_optics`): what the column's optics table says,
+        as a real column reports it. The probe on the specimen is larger when it is
+        out of focus (the bias's immersion lens, FOCUS; decision 0044).
     EMISSION_RBV (float, uA, read-only)
         Source emission current (regulated, ~2.2 uA), updated at 1 Hz.
     LANDING_RBV (float, keV, read-only)
@@ -184,13 +188,24 @@ class ColumnIOC(InstrumentIOC):
         measures against a TEM image and writes; 1 at start-up and after
         ``SIM:RESET`` (decision 0029, 2026-12-05 raster-calibration amendment).
         Refused during a frame.
+    FOCUS (float, um, -50..50) [added]
+        The lab's objective focus offset: moves the probe's crossover toward the
+        specimen by this much (um, column-referred), on top of the column's own focus
+        table for the holder bias (the immersion lens of the extraction gap, which the
+        column compensates from its model whatever this says). What
+        ``plans.focus.focus_probe`` measures through focus on an edge and writes; 0 at
+        start-up and after ``SIM:RESET``. Refused during a frame.
+    FOCUS_TABLE_RBV (float, um, read-only) [added]
+        The focus move the column's table applies for the present HV and holder bias
+        (``ion_optics.immersion_focus_shift_um``: +6.71 um on +4.5 kV, +4.94 um on
+        -4.5 kV at 30 kV; 0 at 0 V), whatever FOCUS says; follows the bias.
     SCAN:ROT_CAL (float, deg, -10..10) [added]
         The lab's raster rotation calibration: added to SCAN:ROTATION by the
         deflectors, written by ``calibrate_raster``; 0 at start-up and after
         ``SIM:RESET``. Refused during a frame.
 
     Puts to NX, NY, DWELL, FOV, ROTATION, MODE, SPOT_X, SPOT_Y, HV, APERTURE,
-    COINCIDENCE:X/Y and SCAN:FOV_CAL/ROT_CAL are refused (put error) while a frame runs, so a raster in
+    COINCIDENCE:X/Y, FOCUS and SCAN:FOV_CAL/ROT_CAL are refused (put error) while a frame runs, so a raster in
     progress is never corrupted. Every out-of-range, NaN or unknown-enum put is refused.
     """
 
@@ -263,6 +278,11 @@ class ColumnIOC(InstrumentIOC):
                                 lower_ctrl_limit=-COINCIDENCE_RANGE_UM,
                                 upper_ctrl_limit=COINCIDENCE_RANGE_UM,
                                 doc="TEM/FIB coincidence correction along y (um)")
+    focus = setpoint_pv("FOCUS", 0.0, units="um", precision=3,
+                        lower_ctrl_limit=-FOCUS_RANGE_UM, upper_ctrl_limit=FOCUS_RANGE_UM,
+                        doc="Objective focus offset toward the specimen (um)")
+    focus_table_rbv = readback_pv("FOCUS_TABLE_RBV", 0.0, units="um", precision=3,
+                                  doc="Focus move of the column's bias focus table (um)")
     fov_cal = setpoint_pv("SCAN:FOV_CAL", 1.0, precision=5,
                           lower_ctrl_limit=FOV_CAL_RANGE[0], upper_ctrl_limit=FOV_CAL_RANGE[1],
                           doc="Raster field calibration: factor on the written field")
@@ -318,6 +338,7 @@ class ColumnIOC(InstrumentIOC):
             "column.coincidence_x_um": self.coincidence_x,
             "column.coincidence_y_um": self.coincidence_y,
             "column.fov_cal": self.fov_cal, "column.rot_cal_deg": self.rot_cal,
+            "column.focus_um": self.focus,
         }
 
     # ---- helpers -------------------------------------------------------------------
@@ -349,6 +370,8 @@ class ColumnIOC(InstrumentIOC):
             self._last_bias_v = float(bias)
         await write_if_changed(
             self.landing_rbv, landing_energy_kev(self.hv_rbv.value, self._last_bias_v or 0.0))
+        table = immersion_focus_shift_um(self.hv_rbv.value, self._last_bias_v or 0.0)
+        await write_if_changed(self.focus_table_rbv, 0.0 if table is None else table)
         alarm = self.landing_rbv.alarm
         if bias is None and alarm.severity != AlarmSeverity.INVALID_ALARM:
             await alarm.write(status=AlarmStatus.LINK, severity=AlarmSeverity.INVALID_ALARM)
@@ -471,6 +494,11 @@ class ColumnIOC(InstrumentIOC):
     async def coincidence_y(self, instance, value):
         return await self._checked_setting(instance, value, -COINCIDENCE_RANGE_UM,
                                            COINCIDENCE_RANGE_UM, "COINCIDENCE:Y (um)")
+
+    @focus.putter
+    async def focus(self, instance, value):
+        return await self._checked_setting(instance, value, -FOCUS_RANGE_UM, FOCUS_RANGE_UM,
+                                           "FOCUS (um)")
 
     @fov_cal.putter
     async def fov_cal(self, instance, value):
@@ -628,7 +656,7 @@ class ColumnIOC(InstrumentIOC):
                     self.nx: 256, self.ny: 256, self.dwell: 1e-4, self.rotation: 0.0,
                     self.mode: "Raster", self.spot_x: 0.0, self.spot_y: 0.0,
                     self.coincidence_x: 0.0, self.coincidence_y: 0.0,
-                    self.fov_cal: 1.0, self.rot_cal: 0.0}
+                    self.fov_cal: 1.0, self.rot_cal: 0.0, self.focus: 0.0}
         for pv, value in defaults.items():
             await clear_alarm(pv)
             await write_if_changed(pv, value)

@@ -428,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
     """``--time-scale``, ``--drift-nm-per-min``, the ion raster's calibration errors
     ``--fov-error-pct``, ``--raster-rotation-deg``, ``--relief`` and the TEM/FIB
-    coincidence's ``--landing-error-pct``, ``--eucentric-dz-um``, ``--coincidence-um`` (shared with
-    ``temsims ioc``)."""
+    coincidence's ``--landing-error-pct``, ``--eucentric-dz-um``, ``--coincidence-um`` and
+    the probe focus's ``--focus-error-um`` (shared with ``temsims ioc``)."""
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="simulated seconds per wall second (moves, ramps, exposures "
                         "and maps run this much faster; every PV keeps nominal values)")
@@ -460,6 +460,11 @@ def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar=("X", "Y"),
                         help="the ion field's offset from the TEM's at 0 V, um (each "
                         "-2..2; default 0 0)")
+    parser.add_argument("--focus-error-um", type=float, default=0.0,
+                        help="what the column's bias focus table leaves at 4.5 kV, um "
+                        "(0..50; default 0: off): each instrument's seed draws 0.5-1 times "
+                        "it, either sign, scaled by bias / 4.5 kV; at 1 mrad 10 um defocus "
+                        "adds 11.8 nm to the probe in quadrature (decision 0044)")
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -488,6 +493,8 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if not -bound <= value <= bound:
             parser.error(f"--{name.replace('_', '-')} must be within -{bound:g}..{bound:g}, "
                          f"got {value}")
+    if not 0.0 <= args.focus_error_um <= 50.0:  # also refuses NaN
+        parser.error(f"--focus-error-um must be within 0..50, got {args.focus_error_um}")
     args.coincidence_um = tuple(float(v) for v in args.coincidence_um)
     if not all(-2.0 <= v <= 2.0 for v in args.coincidence_um):
         parser.error(f"--coincidence-um must be within -2..2 each, got {args.coincidence_um}")
@@ -518,6 +525,8 @@ def serve(args: argparse.Namespace, *, announce: Callable[[Instrument], None] | 
         part_options.setdefault("spectrometer", {}).update(
             landing_error_pct=args.landing_error_pct, eucentric_dz_um=args.eucentric_dz_um,
             coincidence_um=args.coincidence_um)
+    if args.focus_error_um:
+        part_options.setdefault("spectrometer", {})["focus_error_um"] = args.focus_error_um
     ensure_loopback_repeater(layout.host, layout.repeater_port)
     instrument = Instrument(layout, instrument_prefix=args.prefix, specimen=args.specimen,
                             seed=args.seed, parts=args.parts, time_scale=args.time_scale,

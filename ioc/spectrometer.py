@@ -151,6 +151,7 @@ WORLD_KEYS: dict[str, str] = {
     "y": "stage.Y", "alpha": "stage.A", "objective": "tem.objective", "z": "stage.Z",
     "coincidence_x": "column.coincidence_x_um", "coincidence_y": "column.coincidence_y_um",
     "fov_cal": "column.fov_cal", "rot_cal": "column.rot_cal_deg",
+    "focus": "column.focus_um",
 }
 
 #: Value of map pixels not acquired (yet) in the present frame.
@@ -260,7 +261,8 @@ class SpectrometerIOC(InstrumentIOC):
                  raster_rotation_deg: float = 0.0,
                  extraction_field_factor: float | None = None, relief: bool = False,
                  landing_error_pct: float = 0.0, eucentric_dz_um: float = 0.0,
-                 coincidence_um: tuple[float, float] = (0.0, 0.0), **kwargs: Any) -> None:
+                 coincidence_um: tuple[float, float] = (0.0, 0.0),
+                 focus_error_um: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The ion raster's calibration errors (ion_optics.true_raster): the simulator's
         # truth, published nowhere; the map PVs keep the nominal field and rotation.
@@ -272,6 +274,9 @@ class SpectrometerIOC(InstrumentIOC):
         self.landing_error_pct = float(landing_error_pct)
         self.eucentric_dz_um = float(eucentric_dz_um)
         self.coincidence_um = (float(coincidence_um[0]), float(coincidence_um[1]))
+        # The probe's focus (decision 0044): the scale of what the column's focus table
+        # leaves at 4.5 kV (um; its sign and size per instrument from the seed).
+        self.focus_error_um = float(focus_error_um)
         # How much of the bias the beam's normal motion really sees (a uniform gap's
         # field would be 1): drawn per instrument, published nowhere.
         self.extraction_field_factor = (
@@ -395,6 +400,23 @@ class SpectrometerIOC(InstrumentIOC):
             eucentric_dz_um=self.eucentric_dz_um + snap["z"], static_um=self.coincidence_um,
             correction_um=snap["correction"])
 
+    def defocus_um(self, snap: dict) -> float:
+        """How far (um) the probe's crossover lies from the specimen
+        (``ion_optics.defocus_um``): the immersion lens of the extraction gap at the
+        instrument's field strength less the column's focus table, the table's own
+        error, the specimen's height (its height above the eucentric point plus the
+        stage's Z, along the beam) and the lab's FIB:FOCUS."""
+        column_kv = snap["landing"] + snap["bias_v"] / 1000.0
+        height = (self.eucentric_dz_um + snap["z"]) / math.cos(
+            math.radians(snap["incidence"]))
+        defocus = ion_optics.defocus_um(
+            column_kv, snap["bias_v"], snap["focus"],
+            table_error_um=ion_optics.draw_focus_table_error_um(
+                self.seed, self.focus_error_um, snap["bias_v"]),
+            height_um=height, field_factor=self.extraction_field_factor,
+            nominal_deg=self.params.incidence_deg)
+        return 0.0 if defocus is None else defocus
+
     def incidence_deg(self, landing_kev: float, bias_v: float) -> float | None:
         """The beam's true angle to the specimen normal, bent by the extraction field
         (None: the field turns it back before it lands)."""
@@ -430,11 +452,17 @@ class SpectrometerIOC(InstrumentIOC):
             "rot_cal": _float(self.peer("rot_cal"), 0.0),
             "correction": (_float(self.peer("coincidence_x"), 0.0),
                            _float(self.peer("coincidence_y"), 0.0)),
+            "focus": _float(self.peer("focus"), 0.0),
         }
         snap["offset"] = self.coincidence_offset_um(snap)
         incidence = self.incidence_deg(snap["landing"], snap["bias_v"])
         snap["incidence"] = self.params.incidence_deg if incidence is None else incidence
         snap["ready"] = snap["ready"] and incidence is not None
+        # The probe the specimen sees: PROBE_RBV is the column's in-focus figure; the
+        # immersion lens, the focus table's error and the lab's focus defocus it.
+        snap["probe_in_focus"] = snap["probe"]
+        snap["defocus"] = self.defocus_um(snap)
+        snap["probe"] = ion_optics.probe_at_specimen_nm(snap["probe"], snap["defocus"])
         snap["nx"] = max(1, min(snap["nx"], 1024))
         snap["ny"] = max(1, min(snap["ny"], 1024))
         return snap

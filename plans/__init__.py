@@ -14,6 +14,7 @@ from temsims.plans.coincidence import calibrate_coincidence
 from temsims.plans.correlative import correlative_tem_sims
 from temsims.plans.counting import calibrate_dead_time
 from temsims.plans.edx import edx_line, edx_point
+from temsims.plans.focus import focus_probe
 from temsims.plans.mode import to_sims_mode, to_tem_mode
 from temsims.plans.particles import find_labelled_particles
 from temsims.plans.raster_calibration import calibrate_raster
@@ -33,6 +34,7 @@ __all__ = [
     "edx_point",
     "edx_sims_calibration",
     "find_labelled_particles",
+    "focus_probe",
     "mass_spectrum",
     "safe_state",
     "sims_map",

@@ -264,7 +264,10 @@ def sims_md(spectrometer, column, bias):
     "calibrated <run> <date>"; :func:`read_dead_time`); ``coincidence_um`` the TEM/FIB
     coincidence correction the column applies (COINCIDENCE:X/Y, um; a column that has
     one: decision 0042); ``raster_cal`` the raster calibration it applies
-    ({"fov_factor", "rotation_deg"}: SCAN:FOV_CAL, SCAN:ROT_CAL; decision 0029).
+    ({"fov_factor", "rotation_deg"}: SCAN:FOV_CAL, SCAN:ROT_CAL; decision 0029);
+    ``focus_um`` the objective focus offset the column applies (FOCUS, um; a column
+    that has one: decision 0044) and ``focus_table_um`` its bias focus table's move
+    (FOCUS_TABLE_RBV, um).
     """
     out: dict[str, Any] = {}
     collectors = []
@@ -305,6 +308,12 @@ def sims_md(spectrometer, column, bias):
             out["raster_cal"] = {
                 "fov_factor": _num((yield from bps.rd(fov_cal, default_value=1.0)), 1.0),
                 "rotation_deg": _num((yield from bps.rd(rot_cal, default_value=0.0)))}
+        focus = getattr(column, "focus", None)
+        if focus is not None:
+            out["focus_um"] = _num((yield from bps.rd(focus, default_value=0.0)))
+        table = getattr(column, "focus_table", None)
+        if table is not None:
+            out["focus_table_um"] = _num((yield from bps.rd(table, default_value=0.0)))
     return out
 
 

@@ -17,6 +17,13 @@ overview's start document lists them, or found on the overview (dark blobs of ma
 thickness, :func:`find_dark_blobs`): the overview start document then says
 ``roi_source: "auto"`` and the found list is in the overview run's ``rois`` stream
 (one event per region) and in every later run's ``correlative.rois``.
+
+The probe's focus: the column follows the bias with its focus table, and each SIMS
+run records the lab's focus offset it was mapped with (``focus_um``); what the table
+leaves (decision 0044) is the lab's to measure with :func:`temsims.plans.focus_probe`
+at the working bias before this plan (a FOCUS found at another bias or polarity is
+stale). This plan does not refocus: at the demo's 100 pA (a 39 nm probe) 5 um of
+defocus widens the probe by 1 %, at 1 pA by 31 %.
 """
 
 from __future__ import annotations

@@ -71,7 +71,10 @@ def to_sims_mode(mode: ModeDevice, *, voltage_v: float = 4500.0) -> Plan[Any]:
         Gives the alpha axis, objective lens, ion blanker and bias supply to move.
     voltage_v : float
         Holder bias in SIMS (V): 100..4500 in magnitude, positive to extract
-        positive secondary ions, negative for negative ions.
+        positive secondary ions, negative for negative ions. The bias's immersion
+        lens moves the ion probe's focus: the column's focus table follows the bias,
+        and the lab's focus offset (FIB:FOCUS) holds only for the bias it was found
+        at: run :func:`temsims.plans.focus_probe` after changing it (decision 0044).
 
     Yields
     ------

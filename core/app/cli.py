@@ -101,7 +101,8 @@ def cmd_ioc(args: argparse.Namespace) -> int:
              "--raster-rotation-deg", str(args.raster_rotation_deg),
              "--landing-error-pct", str(args.landing_error_pct),
              "--eucentric-dz-um", str(args.eucentric_dz_um),
-             "--coincidence-um", *(str(v) for v in args.coincidence_um)]
+             "--coincidence-um", *(str(v) for v in args.coincidence_um),
+             "--focus-error-um", str(getattr(args, "focus_error_um", 0.0))]
     if getattr(args, "relief", False):
         argv.append("--relief")
     options = server.parse_options(argv)

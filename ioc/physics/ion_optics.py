@@ -4,7 +4,9 @@ The column of an FEI Magnum-class FIB (numbers: ``../shared/reference/instrument
 ten beam-defining apertures from 1 pA to 20 nA (:data:`APERTURES`), a probe whose
 diameter follows the current and the energy (:func:`probe_diameter_nm`), the landing
 energy of an ion on a biased holder (:func:`landing_energy_kev`) and the regulated
-emission of the liquid-metal ion source (:func:`source_emission_ua`) and the raster
+emission of the liquid-metal ion source (:func:`source_emission_ua`), the probe's focus
+in the holder bias's immersion lens (:func:`immersion_focus_shift_um`,
+:func:`defocus_um`, :func:`probe_at_specimen_nm`; decision 0044) and the raster
 the deflectors really write for a nominal field and rotation (:func:`true_raster`). The column IOC
 (:mod:`temsims.ioc.column`) publishes these; the mass spectrometer counts with them.
 """
@@ -55,8 +57,9 @@ def probe_diameter_nm(
     limited probe (energy spread fixed, reduced brightness proportional to E).
     Anchored at the Magnum-class figure of ~7 nm at 30 kV and 1 pA (estimate:
     ``../shared/reference/instrument.md``); 20 nA at 30 kV gives ~290 nm, 1 pA at
-    5 kV ~27 nm. ``energy_kv`` is the column voltage: the retarding field of a
-    biased holder is not modelled.
+    5 kV ~27 nm. ``energy_kv`` is the column voltage: this is the probe in focus;
+    a biased holder's immersion lens moves the focus (:func:`defocus_um`,
+    :func:`probe_at_specimen_nm`, decision 0044).
     """
     return d0_nm * (current_pa / i0_pa) ** current_exponent * (e0_kv / energy_kv) ** (
         energy_exponent
@@ -156,6 +159,123 @@ def landing_shift_um(column_kv: float, bias_v: float, *, gap_mm: float = EXTRACT
     return 1000.0 * gap_mm * v_t * (2.0 / (v_n0 + v_n1) - 1.0 / v_n0)
 
 
+#: Convergence semi-angle (mrad) of the Ga+ probe at the specimen: ~1 mrad for a
+#: liquid-metal-ion-source column at its low-current apertures (estimate: 1 pA from a
+#: source of ~20 uA/sr angular intensity is a ~0.13 mrad cone at the source, ~8x
+#: demagnified; Orloff, Utlaut & Swanson, *High Resolution Focused Ion Beams*, 2003,
+#: ch. 5; ``../shared/reference/instrument.md`` gives no figure). One angle for every
+#: aperture: a real column's angle grows with the aperture.
+CONVERGENCE_SEMI_ANGLE_MRAD = 1.0
+#: A defocused cone's disc of diameter ``2 alpha dz`` as the Gaussian of the same
+#: variance (a uniform disc of diameter D has sigma D / 4 per axis): FWHM = this x
+#: ``alpha dz``.
+DEFOCUS_FWHM_PER_ALPHA_DZ = 2.0 * math.sqrt(2.0 * math.log(2.0)) * 2.0 / 4.0
+#: Range (um) of the column's focus offset FIB:FOCUS.
+FOCUS_RANGE_UM = 50.0
+
+
+def _immersion_terms(column_kv: float, bias_v: float, nominal_deg: float,
+                     field_factor: float) -> tuple[float, float] | None:
+    """(c, g) of :func:`immersion_focus_shift_um` (None: the field turns the beam back)."""
+    e_n0 = column_kv * math.cos(math.radians(nominal_deg)) ** 2
+    x = field_factor * bias_v / 1000.0 / e_n0
+    if not x < 1.0:
+        return None
+    k = 2.0 / (1.0 + math.sqrt(1.0 - x))
+    return 1.0 - (1.0 - x / 4.0) * k, 1.0 + k * x / 4.0
+
+
+def immersion_focus_shift_um(column_kv: float, bias_v: float, *,
+                             gap_mm: float = EXTRACTION_GAP_MM,
+                             nominal_deg: float = SIMS_INCIDENCE_DEG,
+                             field_factor: float = 1.0) -> float | None:
+    """How far (um) the column's focus must move toward the specimen to focus on a
+    holder at ``bias_v`` rather than at 0 V: the immersion lens of the extraction gap
+    (None: the field turns the beam back).
+
+    The gap is the textbook immersion lens of a plane electrode with a bore: a thin
+    aperture lens at the bore (Davisson & Calbick, Phys. Rev. 38, 585 (1931):
+    ``1 / f = (E_after - E_before) / (4 U)``, here the field ``-V / d`` on the
+    specimen's side, a diverging lens for a retarding bias) followed by the uniform
+    field across the gap ``d``, in which the paraxial ray keeps its transverse speed
+    while its normal speed goes from ``v0`` to ``v1`` (Hawkes & Kasper, *Principles of
+    Electron Optics* vol. 1, ch. 2; the kinematics of decisions 0036 and 0042). The
+    energies are the normal ones at the column's incidence (``U cos^2 t0``), as
+    there. A marginal ray aimed at the gap's far side from the bore at angle ``a``
+    lands at ``a (c d + g delta)`` from the axis, ``delta`` the column's focus moved
+    toward the specimen, with ``x = V / (U cos^2 t0)``, ``k = 2 / (1 + sqrt(1 - x))``:
+
+    ``c = 1 - (1 - x / 4) k``, ``g = 1 + k x / 4``; the focus is back on the specimen
+    at ``delta = -c d / g``.
+
+    The two parts cancel to first order in ``x`` (the uniform field's ``+x / 4``
+    against the bore's ``-x / 4``): what is left is of second order, a net converging
+    lens for either polarity (the one beam deceleration shows). 30 kV at 45 deg over
+    1 mm: **+6.71 um on +4.5 kV, +4.94 um on -4.5 kV**, +2.79 um on +3 kV, +2.28 um on
+    -3 kV, 0 at 0 V.
+    The beam's tilt to the field (astigmatism) is not modelled.
+    """
+    terms = _immersion_terms(column_kv, bias_v, nominal_deg, field_factor)
+    if terms is None:
+        return None
+    c, g = terms
+    return -1000.0 * gap_mm * c / g
+
+
+def defocus_um(column_kv: float, bias_v: float, focus_um: float, *,
+               table_error_um: float = 0.0, height_um: float = 0.0,
+               field_factor: float = 1.0, gap_mm: float = EXTRACTION_GAP_MM,
+               nominal_deg: float = SIMS_INCIDENCE_DEG) -> float | None:
+    """How far (um, column-referred: the column's focus move that would take it out) the
+    probe's crossover lies from the specimen (None: the field turns the beam back).
+
+    The column applies its focus table, :func:`immersion_focus_shift_um` of the nominal
+    gap and field; the instrument's lens differs by ``field_factor`` (its true
+    strength, decision 0036) and the table by ``table_error_um`` (what the table leaves
+    at this bias); ``height_um`` is the specimen's height above the focal plane along
+    the beam (a raised specimen meets the beam before its crossover); ``focus_um`` the
+    lab's FIB:FOCUS offset, which moves the column's focus toward the specimen.
+    Positive: the crossover lies above the specimen (the beam focuses short); the
+    focus is right at ``focus_um`` = the value with ``focus_um`` 0. The focus offset's
+    lever on the crossover behind the gap (``g``, 1.04 at +4.5 kV) is taken as 1.
+    """
+    true_shift = immersion_focus_shift_um(column_kv, bias_v, gap_mm=gap_mm,
+                                          nominal_deg=nominal_deg, field_factor=field_factor)
+    table = immersion_focus_shift_um(column_kv, bias_v, gap_mm=gap_mm, nominal_deg=nominal_deg)
+    if true_shift is None or table is None:
+        return None
+    return true_shift - table + table_error_um - height_um - focus_um
+
+
+def probe_at_specimen_nm(in_focus_nm: float, defocus: float, *,
+                         alpha_mrad: float = CONVERGENCE_SEMI_ANGLE_MRAD) -> float:
+    """Probe FWHM (nm) at the specimen: the in-focus probe and the defocused cone's disc
+    (``2 alpha dz`` across, as the Gaussian of its variance) in quadrature.
+
+    ``defocus`` in um (:func:`defocus_um`), ``alpha_mrad`` the convergence
+    semi-angle: 1 mrad and 10 um add 11.8 nm (7 nm in focus -> 13.7 nm).
+    """
+    blur = DEFOCUS_FWHM_PER_ALPHA_DZ * alpha_mrad * defocus  # mrad x um = nm
+    return math.hypot(in_focus_nm, blur)
+
+
+#: Bias (V) at which ``--focus-error-um`` gives the table's error.
+FOCUS_ERROR_REFERENCE_V = 4500.0
+
+
+def draw_focus_table_error_um(seed: int, scale_um: float, bias_v: float) -> float:
+    """What the column's focus table leaves at ``bias_v`` (um) on the instrument
+    ``seed``: ``scale_um`` x u x V / 4.5 kV, u drawn from the seed with |u| in
+    0.5..1 and either sign (a table written at installation, linear in the bias,
+    right at 0 V; the holder's seating and the lens's drift since). 0 if
+    ``scale_um`` is 0 (the default: off)."""
+    if scale_um == 0.0:
+        return 0.0
+    rng = np.random.default_rng(int(seed) + 5000)
+    u = float(rng.uniform(0.5, 1.0)) * float(rng.choice([-1.0, 1.0]))
+    return scale_um * u * bias_v / FOCUS_ERROR_REFERENCE_V
+
+
 def eucentric_shift_um(dz_um: float, tilt_deg: float) -> float:
     """Lateral shift (um, specimen y, across the alpha axis) of the field a beam sees
     when the specimen is ``dz_um`` above the eucentric height and tilted to
@@ -197,16 +317,24 @@ def source_emission_ua(rng: random.Random) -> float:
 
 __all__ = [
     "APERTURES",
+    "CONVERGENCE_SEMI_ANGLE_MRAD",
+    "DEFOCUS_FWHM_PER_ALPHA_DZ",
+    "FOCUS_ERROR_REFERENCE_V",
+    "FOCUS_RANGE_UM",
     "EXTRACTION_GAP_MM",
     "EXTRACTION_FIELD_FACTOR_SIGMA",
     "EMISSION_JITTER",
     "EMISSION_UA",
     "coincidence_offset_um",
+    "defocus_um",
+    "draw_focus_table_error_um",
     "draw_extraction_field_factor",
     "eucentric_shift_um",
+    "immersion_focus_shift_um",
     "landing_energy_kev",
     "landing_incidence_deg",
     "landing_shift_um",
+    "probe_at_specimen_nm",
     "probe_diameter_nm",
     "source_emission_ua",
     "true_raster",

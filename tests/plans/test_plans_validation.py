@@ -13,6 +13,7 @@ from temsims.plans import (
     depth_profile,
     edx_line,
     edx_point,
+    focus_probe,
     mass_spectrum,
     sims_map,
     tem_image,
@@ -81,6 +82,11 @@ def _cases(d):
                        [{"voltage_v": 50.0}, {"voltage_v": 9000.0}, {"voltage_v": math.nan},
                         {"voltage_v": "4.5 kV"}]),
         to_tem_mode: ((d.mode,), dict(), []),
+        focus_probe: ((d,), dict(),
+                      [{"edge": (1.8,)}, {"edge": (5000.0, 0.0)}, {"voltage_v": 50.0},
+                       {"span_um": 0.5}, {"span_um": 60.0}, {"steps": 3}, {"steps": 4.5},
+                       {"step_along_um": -0.1}, {"pixels": (8, 4)}, {"species": ()},
+                       {"dwell_s": 0.0}, {"fov_um": 0.0}, {"md": []}]),
     }
 
 
