@@ -125,6 +125,27 @@ def beam_view(image, height_nm, pixel_nm: float, incidence_deg: float) -> np.nda
     return np.take_along_axis(img, rows, axis=0)
 
 
+def yamamura_weight(height_nm, pixel_nm: float, incidence_deg: float,
+                    yamamura: tuple[float, float]) -> np.ndarray:
+    """Relative sputter yield of each surface pixel at its local incidence (Yamamura,
+    Itikawa & Itoh, IPPJ-AM-26, 1983: ``t^f exp(-f cos(theta_opt) (t - 1))``, ``t = 1 /
+    cos(theta_l)``), ``yamamura = (f, theta_opt_deg)`` of the particles' material; a
+    facet of slopes ``(h_x, h_y)`` meets the beam at ``cos(theta_l) = (cos theta + sin
+    theta h_y) / sqrt(1 + h_x^2 + h_y^2)``. Normalised to the flat surface's."""
+    h = _height_map(height_nm)
+    th = _incidence(incidence_deg)
+    f, opt = (float(v) for v in yamamura)
+    if not (f > 0 and 0 < opt < 90):
+        raise ValueError(f"yamamura must be (f > 0, 0 < theta_opt_deg < 90), got {yamamura!r}")
+    hy, hx = np.gradient(h, pixel_nm)
+    cos_l = (math.cos(th) + math.sin(th) * hy) / np.sqrt(1.0 + hx * hx + hy * hy)
+    # Past grazing (a facet turned away) no ray lands: its weight never counts.
+    t = 1.0 / np.clip(cos_l, math.cos(math.radians(89.0)), 1.0)
+    c = math.cos(math.radians(opt))
+    t0 = 1.0 / math.cos(th)
+    return (t / t0) ** f * np.exp(-f * c * (t - t0))
+
+
 @dataclass(frozen=True)
 class ParallaxOffsets:
     """Per particle of a height map: its TEM centroid and where a SIMS map sees it.
@@ -150,7 +171,8 @@ class ParallaxOffsets:
 
 
 def parallax_offsets(height_nm, pixel_nm: float, incidence_deg: float, *,
-                     min_height_nm: float = MIN_PARTICLE_HEIGHT_NM) -> ParallaxOffsets:
+                     min_height_nm: float = MIN_PARTICLE_HEIGHT_NM,
+                     yamamura: tuple[float, float] | None = None) -> ParallaxOffsets:
     """Each particle's shift between its TEM projection and its SIMS image.
 
     The particles are the connected regions higher than ``min_height_nm``. A SIMS map
@@ -159,15 +181,20 @@ def parallax_offsets(height_nm, pixel_nm: float, incidence_deg: float, *,
     for a sphere (chord profile) at 50 deg that runs from ``-r`` to ``2.59 r`` along
     the beam and its centroid sits ``(g - 1) 4 r / (3 pi)``, ``g = sqrt(1 + 4
     tan^2 theta)`` (0.67 r), down-beam; the twin's yield, higher where the rays graze
-    the top, puts its counts' centroid ~0.1 r further.
+    the top, puts its counts' centroid ~0.1 r further: with ``yamamura`` (the
+    material's ``(f, theta_opt_deg)``, :func:`yamamura_weight`) each beam position
+    weighs by the yield where its ray lands.
     """
     h = _height_map(height_nm)
     labels, n = ndimage.label(h > min_height_nm)
-    seen = beam_view(labels, h, pixel_nm, incidence_deg)
+    rows = landing_rows(h, pixel_nm, incidence_deg)
+    seen = np.take_along_axis(labels, rows, axis=0)
     idx = np.arange(1, n + 1)
     ones = np.ones(h.shape)
+    weight = ones if yamamura is None else np.take_along_axis(
+        yamamura_weight(h, pixel_nm, incidence_deg, yamamura), rows, axis=0)
     tem = ndimage.center_of_mass(ones, labels, idx) if n else []
-    sims = ndimage.center_of_mass(ones, seen, idx) if n else []
+    sims = ndimage.center_of_mass(weight, seen, idx) if n else []
     centroid = {int(k): (float(t[0]), float(t[1])) for k, t in zip(idx, tem, strict=True)}
     offset = {int(k): float(s[0] - t[0]) if np.isfinite(s[0]) else 0.0
               for k, t, s in zip(idx, tem, sims, strict=True)}
@@ -176,7 +203,8 @@ def parallax_offsets(height_nm, pixel_nm: float, incidence_deg: float, *,
 
 def correct_parallax(x_um, y_um, height_nm, height_to_specimen, incidence_deg: float, *,
                      min_height_nm: float = MIN_PARTICLE_HEIGHT_NM,
-                     match_nm: float = 100.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     match_nm: float = 100.0, yamamura: tuple[float, float] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reported SIMS positions moved back to the TEM projection of their particles.
 
     Parameters
@@ -196,6 +224,9 @@ def correct_parallax(x_um, y_um, height_nm, height_to_specimen, incidence_deg: f
     match_nm : float
         A position on no particle's SIMS image is corrected by the particle whose
         image's centroid is nearest, if within this distance; otherwise left as it is.
+    yamamura : (float, float), optional
+        The particles' ``(f, theta_opt_deg)`` of Yamamura's angular yield: the image's
+        centroid weighted by the yield where each ray lands (None: uniform).
 
     Returns
     -------
@@ -212,7 +243,8 @@ def correct_parallax(x_um, y_um, height_nm, height_to_specimen, incidence_deg: f
     pixel_nm = 1000.0 * a[0, 0]
     x = np.atleast_1d(np.asarray(x_um, dtype=float))
     y = np.atleast_1d(np.asarray(y_um, dtype=float))
-    off = parallax_offsets(height_nm, pixel_nm, incidence_deg, min_height_nm=min_height_nm)
+    off = parallax_offsets(height_nm, pixel_nm, incidence_deg, min_height_nm=min_height_nm,
+                           yamamura=yamamura)
     col = (x - a[0, 2]) / a[0, 0]
     row = (y - a[1, 2]) / a[1, 1]
     ny, nx = off.seen.shape
@@ -240,4 +272,5 @@ __all__ = [
     "height_from_mass_thickness",
     "landing_rows",
     "parallax_offsets",
+    "yamamura_weight",
 ]

@@ -26,6 +26,9 @@ from temsims.ioc.physics import sims as sp
 
 #: +4.5 kV on the 30 kV column (decision 0036).
 THETA = 50.08
+#: Yamamura's (f, theta_opt) of Li2CO3 at 25.5 keV (decision 0041's table): what a lab
+#: takes from the published angular formula for the particles' material.
+LI2CO3_YAMAMURA = (1.89, 79.3)
 
 
 def _sphere(r: float, n: int = 400, px: float = 2.0) -> np.ndarray:
@@ -62,6 +65,10 @@ def test_a_spheres_image_is_its_projection_along_the_beam():
     r = 150.0
     h, x = _sphere(r)
     off = parallax_offsets(h, 2.0, THETA)
+    # Weighted by the yield where each ray lands (higher where they graze the top):
+    # further down-beam, as the twin's counts (0.75 r for this sphere at 50 deg).
+    weighted = parallax_offsets(h, 2.0, THETA, yamamura=LI2CO3_YAMAMURA).offset_rows[1]
+    assert 2.0 * weighted / r == pytest.approx(0.75, abs=0.02)
     assert len(off.offset_rows) == 1
     g = math.sqrt(1 + 4 * math.tan(math.radians(THETA)) ** 2)
     assert 2.0 * off.offset_rows[1] == pytest.approx((g - 1) * 4 * r / (3 * math.pi), rel=0.03)
@@ -101,7 +108,7 @@ def relief_searches():
         rep = table.labelled()
         h, h_affine = tem_heights(spec)
         x, y, lab = correct_parallax([p.x_um for p in rep], [p.y_um for p in rep], h,
-                                     h_affine, THETA)
+                                     h_affine, THETA, yamamura=LI2CO3_YAMAMURA)
         # Segments of one particle (a long image split in two) are one report: the
         # most significant (the table's order).
         first = [i for i in range(len(rep)) if not lab[i] or lab[i] not in lab[:i]]
@@ -126,10 +133,13 @@ def _offsets(reports, truth):
 @pytest.mark.slow
 def test_corrected_positions_match_the_tem_projection(relief_searches):
     """A relief map sees each labelled particle ~0.78 r down-beam of its centre (its
-    projection along the beam); taken back with the TEM's heights the reports sit
-    within ~0.2 r of it (what is left: the yield, higher where the rays graze the
-    top, which the analysis' uniform model leaves out), and across the beam nothing
-    moves. Recall and precision per particle are the issue's (0.95)."""
+    projection along the beam, weighted by the yield where the rays land); taken back
+    with the TEM's heights and Yamamura's angular yield the reports sit on it (8
+    seeds: +0.02 r median, IQR 0.00..0.05 r; the uniform model leaves +0.13 r), and
+    across the beam nothing moves. Two segments of one long image are one report.
+    Recall per particle is the issue's 0.95; precision is bounded at 0.9 here (3
+    seeds): a small natural particle inside a labelled one's image (2.6 r down-beam of
+    it) is still called labelled (8 seeds: 0.960, decision 0041's amendment)."""
     raw, fixed = [], []
     totals = np.zeros(4)
     for truth, rep, corrected in relief_searches.values():
@@ -144,6 +154,6 @@ def test_corrected_positions_match_the_tem_projection(relief_searches):
           f"..{np.percentile(fixed[:, 1], 75):+.3f}); across {np.median(fixed[:, 0]):+.3f}; "
           f"corrected recall {recall:.3f}, precision {precision:.3f} ({totals})")
     assert 0.6 < np.median(raw[:, 1]) < 0.95
-    assert abs(np.median(fixed[:, 1])) < 0.25
+    assert abs(np.median(fixed[:, 1])) < 0.1
     assert abs(np.median(fixed[:, 0])) < 0.05
     assert recall >= 0.95 and precision >= 0.9
