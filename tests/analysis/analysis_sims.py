@@ -34,11 +34,12 @@ REFERENCE_MAP = {"fov_um": 0.2, "pixels": (16, 16)}
 BRACKET_TIMES_S = (0.0, 300.0, 600.0)
 
 
-def harder_twin(instrument_seed: int) -> sp.SimsParameters:
+def harder_twin(instrument_seed: int, *, relief: bool = False) -> sp.SimsParameters:
     """The spectrometer's parameters with the dead time, IMF and collector yields of an
-    instrument seeded ``instrument_seed`` (what SpectrometerIOC draws)."""
-    return sp.SimsParameters(dead_time_s=dead_time_of(instrument_seed)).with_(
-        **sp.mass_bias_parameters(instrument_seed))
+    instrument seeded ``instrument_seed`` (what SpectrometerIOC draws); ``relief``: with
+    the specimen's relief (shadows, parallax; decision 0041)."""
+    return sp.SimsParameters(dead_time_s=dead_time_of(instrument_seed),
+                             relief=relief).with_(**sp.mass_bias_parameters(instrument_seed))
 
 
 def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
@@ -63,7 +64,8 @@ def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
 
 
 def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_seed: int,
-                            times_s=BRACKET_TIMES_S):
+                            times_s=BRACKET_TIMES_S, relief: bool = False,
+                            incidence_deg: float = sp.SIMS_INCIDENCE_DEG):
     """A bracket on the harder twin: the natural-Li pad mapped before and after the
     particle map, at the instrument times ``times_s``, rendered like the map.
 
@@ -71,11 +73,12 @@ def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_se
     bracketing analysis' :class:`~temsims.analysis.bracketing.BracketCorrection` of the
     references corrected for quasi-simultaneous arrival (decision 0043); ``extra``
     holds the twin's ``params`` and ``no_qsa``, the bracket of the same references
-    without that correction."""
+    without that correction. ``relief`` and ``incidence_deg``: the twin's relief and
+    the maps' landing angle."""
     from temsims.analysis.bracketing import bracketing_correction, reference_measurement
 
     spec = build_specimen("li2co3-particles", seed=seed)
-    base = harder_twin(instrument_seed)
+    base = harder_twin(instrument_seed, relief=relief)
     ref = spec.reference
     centre = (1000.0 * ref["x_um"], 1000.0 * ref["y_um"])
     measured, measured_raw = [], []
@@ -83,12 +86,14 @@ def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_se
     for k, t in enumerate(times_s):
         params = base.with_(gain_clock_s=float(t))
         if k == 1:
-            maps["unknown"] = particle_maps(seed, pixels, params=params, spec=spec)
+            maps["unknown"] = particle_maps(seed, pixels, params=params, spec=spec,
+                                            geometry_incidence_deg=incidence_deg)
             continue
         _, _, r6, r7 = particle_maps(seed, REFERENCE_MAP["pixels"],
                                      fov_um=REFERENCE_MAP["fov_um"], params=params,
                                      centre_nm=centre, spec=spec,
-                                     rng_seed=5000 + seed + k)
+                                     rng_seed=5000 + seed + k,
+                                     geometry_incidence_deg=incidence_deg)
         frame = REFERENCE_MAP["pixels"][0] * REFERENCE_MAP["pixels"][1] * DEMO["dwell_s"]
         for out, current in ((measured, DEMO["current_pa"]), (measured_raw, None)):
             out.append(reference_measurement(r6, r7, time_s=t + frame / 2,
