@@ -137,9 +137,11 @@ def test_corrected_positions_match_the_tem_projection(relief_searches):
     with the TEM's heights and Yamamura's angular yield the reports sit on it (8
     seeds: +0.02 r median, IQR 0.00..0.05 r; the uniform model leaves +0.13 r), and
     across the beam nothing moves. Two segments of one long image are one report.
-    Recall per particle is the issue's 0.95; precision is bounded at 0.9 here (3
-    seeds): a small natural particle inside a labelled one's image (2.6 r down-beam of
-    it) is still called labelled (8 seeds: 0.960, decision 0041's amendment)."""
+    Recall and precision per particle: the issue's 0.95 is met pooled over 16 seeds
+    (benchmarks/parallax_benchmark.py: 0.97-0.98, decision 0041's amendment); here, 36
+    labelled particles over 3 seeds, the bound is 0.9: at the relief maps' 2-3 % miss
+    rate 4 misses come in ~1 run in 100 (2 in ~1 in 6), and a small natural particle
+    inside a labelled one's image (2.6 r down-beam of it) is still called labelled."""
     raw, fixed = [], []
     totals = np.zeros(4)
     for truth, rep, corrected in relief_searches.values():
@@ -156,4 +158,4 @@ def test_corrected_positions_match_the_tem_projection(relief_searches):
     assert 0.6 < np.median(raw[:, 1]) < 0.95
     assert abs(np.median(fixed[:, 1])) < 0.1
     assert abs(np.median(fixed[:, 0])) < 0.05
-    assert recall >= 0.95 and precision >= 0.9
+    assert recall >= 0.9 and precision >= 0.9
