@@ -445,8 +445,8 @@ def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
                         "added to the nominal scan rotation, published nowhere")
     parser.add_argument("--relief", action="store_true",
                         help="the ion beam meets the specimen's relief: local incidence, "
-                        "more dose on flanks facing the beam, none in their shadow "
-                        "(decision 0041; off by default: the maps have no parallax)")
+                        "more dose on flanks facing the beam, none in their shadow, "
+                        "parallax (decision 0041; off by default)")
     # The TEM/FIB coincidence (decision 0042): the simulator's truth, published nowhere.
     parser.add_argument("--landing-error-pct", type=float, default=0.0,
                         help="what the column's bias beam shift leaves of the extraction "

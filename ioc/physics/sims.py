@@ -203,9 +203,12 @@ class SimsParameters:
         specimen's height ``thickness - depth`` at its own incidence (Yamamura's yield
         there), with the dose per unit area ``1 + tan(theta) dh/dy`` (0 on a facet
         turned away) and none where relief up-beam casts a shadow
-        (:func:`relief_dose`). False (the default): a flat specimen; on, a
-        particle's back flank and the film behind it get less or no dose, but the map
-        has no parallax (a point at height h is not moved by h tan(theta)).
+        (:func:`relief`), and each beam position's ray lands where it first meets the
+        surface: a point ``h`` above the raster's nominal plane (the specimen's median
+        surface) is seen ``h tan(theta)`` down-beam (parallax; decision 0041's
+        amendment). False (the default): a flat specimen; on, a particle's back flank
+        and the film behind it get less or no dose and its image is its projection
+        along the beam.
     """
 
     transmission: float = 0.45
@@ -988,36 +991,128 @@ def mri_quantile_width_nm(w: float, sigma: float, lam: float,
 _SHADOW_TOL_NM = 0.05
 
 
-def relief_dose(specimen: Specimen, depth_nm: np.ndarray, window, incidence_deg: float
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(dose factor, local incidence in deg) per grid pixel of ``window`` on a specimen
-    with relief (decision 0041).
+def reference_height_nm(specimen: Specimen) -> tuple[float, float]:
+    """(reference, highest) height (nm above the specimen's back) of a specimen's
+    relief: the raster's nominal plane, where a beam position lands where the map's
+    geometry says, is the specimen's median surface as made (the plane its height was
+    set on: a particle specimen's film, a lamella's mid-thickness), and the tallest
+    point. Cached on the specimen (a subsampled median: one pass of a few ms)."""
+    cached = getattr(specimen, "_relief_heights", None)
+    if cached is None:
+        step = max(1, min(specimen.shape) // 256)
+        sub = specimen.thickness_nm((slice(None, None, step), slice(None, None, step)))
+        cached = (float(np.median(sub)), float(specimen.thickness_nm().max()))
+        specimen._relief_heights = cached
+    return cached
+
+
+def parallax_margin_nm(specimen: Specimen, incidence_deg: float,
+                       params: SimsParameters) -> float:
+    """How far (nm, along y) from its nominal position a beam position can land on the
+    relief (0 without ``params.relief``): a grid window must reach that far to hold
+    every landing point."""
+    if not params.relief:
+        return 0.0
+    ref, top = reference_height_nm(specimen)
+    th = math.radians(min(max(float(incidence_deg), 0.0), 89.0))
+    return max(top - ref, ref) * math.tan(th) + 2.0 * specimen.pixel_nm
+
+
+@dataclass(frozen=True)
+class Relief:
+    """The beam on a specimen's relief, per grid pixel of one window (decision 0041;
+    parallax: its amendment).
+
+    Attributes
+    ----------
+    dose_factor
+        Ions per unit grid area relative to a flat specimen's: ``1 + tan(theta) h_y``
+        on a lit facet, 0 in the shadow or on a facet turned away.
+    local_incidence_deg
+        The angle between the beam and each facet's normal.
+    nominal_shift_nm
+        How far down-beam (+y) of itself a lit pixel appears in the map: ``(h -
+        h_ref) tan(theta)``, the beam position whose ray lands on it.
+    hit_row
+        Per grid position taken as a beam position (its nominal point on the reference
+        plane), the window row where its ray first meets the surface, in the same
+        column (the beam travels along the columns): the first pixel whose running
+        maximum reaches it.
+    """
+
+    dose_factor: np.ndarray
+    local_incidence_deg: np.ndarray
+    nominal_shift_nm: np.ndarray
+    hit_row: np.ndarray
+
+    def gather(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (per surface pixel) seen from the beam positions: each grid
+        position takes the value where its ray lands."""
+        return np.take_along_axis(image, self.hit_row, axis=0)
+
+
+def relief(specimen: Specimen, depth_nm: np.ndarray, window, incidence_deg: float
+           ) -> Relief:
+    """The beam on the relief of ``window`` (:class:`Relief`).
 
     Height ``h = thickness - depth`` (nm above the specimen's back). The beam comes in
     at ``theta`` from the normal, travelling toward +y (map row 0, the -y edge, is
     up-beam). A facet of slopes ``(h_x, h_y)`` is met at ``cos(theta_l) =
     (cos theta + sin theta h_y) / sqrt(1 + h_x^2 + h_y^2)`` and takes, per unit area of
     the grid (the projected area the dose is counted on), ``1 + tan(theta) h_y`` times
-    the flat dose (0 where that is negative: turned away). A pixel is in the shadow of
-    relief up-beam when some ``h(y') + y' cot(theta)`` before it exceeds its own (one
-    running maximum per column). The shadow takes exactly the ions the flank facing
-    the beam gains: the dose over a column is conserved.
+    the flat dose (0 where that is negative: turned away). A surface point ``(y, h)``
+    lies on the ray of the beam position ``y + (h - h_ref) tan(theta)`` on the
+    reference plane (:func:`reference_height_nm`); a column's running maximum of that
+    position (one cumulative maximum per column) is where its rays have reached: a
+    pixel below it is in the shadow, and the ray of a beam position lands on the
+    first pixel whose running maximum reaches it (one search over the flattened
+    columns). The shadow takes exactly the ions the flank facing the beam gains: the
+    dose over a column is conserved; every ray lands once.
     """
     th = math.radians(min(max(float(incidence_deg), 0.0), 89.0))
+    tan = math.tan(max(th, 1e-3))
     h = specimen.thickness_nm(window).astype(np.float32) - np.asarray(depth_nm, np.float32)
     h = np.broadcast_to(h, np.asarray(depth_nm).shape)
-    px = np.float32(specimen.pixel_nm)
+    step = 1 if window is None else (window[0].step or 1)
+    px = np.float32(specimen.pixel_nm * step)
+    n, m = h.shape
     if min(h.shape) < 2:
-        return np.ones(h.shape, np.float32), np.full(h.shape, incidence_deg, np.float32)
+        ones = np.ones(h.shape, np.float32)
+        return Relief(ones, np.full(h.shape, incidence_deg, np.float32),
+                      np.zeros(h.shape, np.float32),
+                      np.broadcast_to(np.arange(n)[:, None], h.shape))
     hy, hx = np.gradient(h, px)
     k = np.maximum(1.0 + math.tan(th) * hy, 0.0)
-    q = h + (np.arange(h.shape[0], dtype=np.float32) * px / math.tan(max(th, 1e-3)))[:, None]
-    ahead = np.maximum.accumulate(q, axis=0)
-    ahead = np.vstack([np.full((1, h.shape[1]), -np.inf, np.float32), ahead[:-1]])
-    lit = q >= ahead - _SHADOW_TOL_NM
+    ref, _ = reference_height_nm(specimen)
+    shift = (h - np.float32(ref)) * np.float32(tan)
+    # Nominal row of each surface pixel's beam position, and how far the rays reached.
+    s = np.arange(n, dtype=np.float64)[:, None] + shift.astype(np.float64) / float(px)
+    reach = np.maximum.accumulate(s, axis=0)
+    ahead = np.vstack([np.full((1, m), -np.inf), reach[:-1]])
+    lit = s >= ahead - _SHADOW_TOL_NM * tan / float(px)
+    # The first row whose reach attains each beam position r0 (column by column: the
+    # columns laid end to end, each offset beyond the last one's range).
+    span = max(float(reach.max()), n) - min(float(reach.min()), 0.0) + 2.0
+    offset = span * np.arange(m, dtype=np.float64)[None, :]
+    keys = (reach + offset).T.ravel()
+    # (less a hair: a flat surface's rounding must not move a ray to the next row)
+    queries = (np.arange(n, dtype=np.float64)[:, None] - 1e-3 + offset).T.ravel()
+    i = np.searchsorted(keys, queries, side="left") - n * np.repeat(np.arange(m), n)
+    # (on a slope the landing point is held to the grid's pixels, 2 nm; a wall facing
+    # the beam takes every ray that meets it, in the taller column's material)
+    hit = np.ascontiguousarray(np.clip(i, 0, n - 1).reshape(m, n).T)
     cos_l = (math.cos(th) + math.sin(th) * hy) / np.sqrt(1.0 + hx * hx + hy * hy)
     local = np.degrees(np.arccos(np.clip(cos_l, -1.0, 1.0)))
-    return np.where(lit, k, 0.0).astype(np.float32), local.astype(np.float32)
+    return Relief(np.where(lit, k, 0.0).astype(np.float32), local.astype(np.float32),
+                  shift.astype(np.float32), hit)
+
+
+def relief_dose(specimen: Specimen, depth_nm: np.ndarray, window, incidence_deg: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(dose factor, local incidence in deg) per grid pixel of ``window`` on a specimen
+    with relief (:func:`relief`, decision 0041)."""
+    r = relief(specimen, depth_nm, window, incidence_deg)
+    return r.dose_factor, r.local_incidence_deg
 
 
 def layer_bounds(specimen: Specimen, window) -> list[tuple[object, object]]:
@@ -1097,11 +1192,13 @@ class SurfaceEmitter:
         depth = np.asarray(depth_nm[window] if window is not None else depth_nm)
         self.mixed: list[tuple[object, np.ndarray]] | None = None
         inc = params.incidence_deg if incidence_deg is None else incidence_deg
-        #: Dose per grid pixel relative to a flat specimen's (relief: shadows, flanks).
-        self.dose_factor = None
+        #: The beam on the relief (:func:`relief`; None: a flat specimen): emission is
+        #: taken where each beam position's ray lands (parallax, shadows).
+        self.relief = None
         local_inc = inc
         if params.relief:
-            self.dose_factor, local_inc = relief_dose(specimen, depth, window, inc)
+            self.relief = relief(specimen, depth, window, inc)
+            local_inc = self.relief.local_incidence_deg
         if params.depth_mixing:
             weights, _, rng_nm = depth_weights(specimen, depth, window, landing_kev, inc,
                                                params)
@@ -1136,8 +1233,6 @@ class SurfaceEmitter:
         # steady state: 1 Ga per ion, the mass balance; decision 0041).
         self.total_yield = (self.yield_ * total_yield_factor(self.ga_implanted)
                             ).astype(np.float32)
-        if self.dose_factor is not None:
-            self.total_yield *= self.dose_factor
         self._ion: dict[str, np.ndarray] = {}
 
     def _select(self, getter, *, mean: bool = True, log: bool = False) -> np.ndarray:
@@ -1189,10 +1284,13 @@ class SurfaceEmitter:
             isotope, layer._mix(win, lambda m: imf_beta(m.name, p))))
 
     def emission(self, weights: dict[str, float]) -> np.ndarray:
-        """Sum over emission keys of weight x Y x alpha x C x IMF (per grid pixel,
-        float32). A molecular key ("6Li*7Li", "51V*16O") emits in proportion to the
-        product of its atoms' surface fractions, ionised like its first atom (its
-        formation yield is in the weight; decision 0039)."""
+        """Sum over emission keys of weight x Y x alpha x C x IMF per primary ion of the
+        beam position at each grid pixel (float32): on a flat specimen the pixel's own;
+        with relief that of the surface its ray lands on (parallax; every position's
+        ion lands once, none in a shadow: :class:`Relief`). A molecular key ("6Li*7Li",
+        "51V*16O") emits in proportion to the product of its atoms' surface fractions,
+        ionised like its first atom (its formation yield is in the weight; decision
+        0039)."""
         total = np.zeros(self.shape, np.float32)
         fractions: dict[str, np.ndarray] = {}
 
@@ -1212,7 +1310,7 @@ class SurfaceEmitter:
             bias = self.mass_bias(key)
             total += term if bias is None else term * bias
         total *= self.total_yield
-        return total
+        return total if self.relief is None else self.relief.gather(total)
 
 
 def _counted(emission: np.ndarray, params: SimsParameters) -> np.ndarray:
@@ -1417,6 +1515,10 @@ class FramePlan:
         xs, ys = geo.corners_nm(margin_nm=margin)
         xs = np.concatenate([xs - drift_total[0][0], xs - drift_total[0][1]])
         ys = np.concatenate([ys - drift_total[1][0], ys - drift_total[1][1]])
+        # With relief a beam position's ray lands up to this far along y from it.
+        reach = parallax_margin_nm(spec, geo.incidence_deg, self.params)
+        ys = np.concatenate([ys - reach, ys + reach])
+        xs = np.concatenate([xs, xs])
         self.window = spec.window_for(xs, ys, margin_px=2)
         emitter = SurfaceEmitter(spec, self.depth_nm, self.window, self.polarity,
                                  self.landing_kev, self.params, geo.incidence_deg)
@@ -1553,20 +1655,25 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
         return
     dx, dy = drift_offset_nm(elapsed_s, params)
     xs, ys = geometry.corners_nm(margin_nm=2 * specimen.pixel_nm)
-    window = specimen.window_for(xs - dx, ys - dy, margin_px=1)
+    reach = parallax_margin_nm(specimen, geometry.incidence_deg, params)
+    window = specimen.window_for(np.concatenate([xs, xs]) - dx,
+                                 np.concatenate([ys - reach, ys + reach]) - dy, margin_px=1)
     rows = specimen.y_nm()[window[0]][:, None]
     cols = specimen.x_nm()[window[1]][None, :]
+    local = depth_nm[window]
+    inc = geometry.incidence_deg
+    factor = 1.0
+    if params.relief:
+        # A lit pixel takes the ions of the beam position whose ray lands on it.
+        rel = relief(specimen, local, window, geometry.incidence_deg)
+        factor, inc = rel.dose_factor, rel.local_incidence_deg
+        rows = rows + rel.nominal_shift_nm
     u, v = geometry.from_specimen(cols + dx, rows + dy)
     hu, hv = geometry.nx * geometry.pixel_nm / 2, geometry.ny * geometry.pixel_nm / 2
     inside = (np.abs(u) <= hu) & (v >= -hv) & (v <= -hv + ny * geometry.pixel_nm)
     if not inside.any():
         return
     dose = ions_per_pixel / geometry.pixel_area_nm2  # ions / nm^2
-    local = depth_nm[window]
-    inc = geometry.incidence_deg
-    factor = 1.0
-    if params.relief:
-        factor, inc = relief_dose(specimen, local, window, geometry.incidence_deg)
     if params.depth_mixing:
         weights, _, _ = depth_weights(specimen, local, window, landing_kev,
                                       geometry.incidence_deg, params)
@@ -1658,11 +1765,14 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
     dx, dy = drift_offset_nm(elapsed_s, params)
     keys = tuple(species) + molecule_keys(tuple(species), params.dimer_yields,
                                           params.oxide_yields)
+    # With relief the rays land up to this far along y from their beam positions.
+    reach = np.array([-1.0, 1.0]) * parallax_margin_nm(specimen, geometry.incidence_deg,
+                                                       params)
     if spot:
         sy, sx = footprint_sigma_nm(replace(geometry, nx=1, fov_um=1e-6), probe_fwhm_nm,
                                     params)
         xs = np.array([-3 * sx, 3 * sx]) + geometry.centre_x_nm - dx
-        ys = np.array([-3 * sy, 3 * sy]) + geometry.centre_y_nm - dy
+        ys = np.array([-3 * sy, 3 * sy]) + reach + geometry.centre_y_nm - dy
         window = specimen.window_for(xs, ys, margin_px=2)
         rows = specimen.y_nm()[window[0]][:, None]
         cols = specimen.x_nm()[window[1]][None, :]
@@ -1670,7 +1780,9 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
                                 + ((rows - geometry.centre_y_nm + dy) / sy) ** 2))
     else:
         xs, ys = geometry.corners_nm()
-        window = specimen.window_for(xs - dx, ys - dy, margin_px=1)
+        window = specimen.window_for(np.concatenate([xs, xs]) - dx,
+                                     np.concatenate([ys + reach[0], ys + reach[1]]) - dy,
+                                     margin_px=1)
         rows = specimen.y_nm()[window[0]][:, None]
         cols = specimen.x_nm()[window[1]][None, :]
         u, v = geometry.from_specimen(cols + dx, rows + dy)
@@ -1686,7 +1798,7 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
     hy, hx = halo
     if spot:
         xs = np.array([-3 * hx, 3 * hx]) + geometry.centre_x_nm - dx
-        ys = np.array([-3 * hy, 3 * hy]) + geometry.centre_y_nm - dy
+        ys = np.array([-3 * hy, 3 * hy]) + reach + geometry.centre_y_nm - dy
         h_window, rows, cols = _halo_window(specimen, xs, ys, min(hx, hy))
         h_weight = np.exp(-0.5 * (((cols - geometry.centre_x_nm + dx) / hx) ** 2
                                   + ((rows - geometry.centre_y_nm + dy) / hy) ** 2))
@@ -1694,7 +1806,9 @@ def footprint_emission(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanG
         # The raster's box convolved with the halo's Gaussian, in the beam-normal plane
         # (where the halo is round: its sigma there is the specimen's x one).
         xs, ys = geometry.corners_nm(margin_nm=3 * hx)
-        h_window, rows, cols = _halo_window(specimen, xs - dx, ys - dy, hx)
+        h_window, rows, cols = _halo_window(specimen, np.concatenate([xs, xs]) - dx,
+                                            np.concatenate([ys + reach[0], ys + reach[1]])
+                                            - dy, hx)
         u, v = geometry.from_specimen(cols + dx, rows + dy)
         hu, hv = geometry.nx * geometry.pixel_nm / 2, geometry.ny * geometry.pixel_nm / 2
         r2 = math.sqrt(2.0) * hx
@@ -1806,6 +1920,10 @@ __all__ = [
     "molecule_keys",
     "primary_ion_rate",
     "published_cal_a",
+    "Relief",
+    "parallax_margin_nm",
+    "reference_height_nm",
+    "relief",
     "relief_dose",
     "reference_cal_a",
     "spectrum_expectation",

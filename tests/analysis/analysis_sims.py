@@ -34,21 +34,23 @@ REFERENCE_MAP = {"fov_um": 0.2, "pixels": (16, 16)}
 BRACKET_TIMES_S = (0.0, 300.0, 600.0)
 
 
-def harder_twin(instrument_seed: int) -> sp.SimsParameters:
+def harder_twin(instrument_seed: int, *, relief: bool = False) -> sp.SimsParameters:
     """The spectrometer's parameters with the dead time, IMF and collector yields of an
-    instrument seeded ``instrument_seed`` (what SpectrometerIOC draws)."""
-    return sp.SimsParameters(dead_time_s=dead_time_of(instrument_seed)).with_(
-        **sp.mass_bias_parameters(instrument_seed))
+    instrument seeded ``instrument_seed`` (what SpectrometerIOC draws); ``relief``: with
+    the specimen's relief (shadows, parallax; decision 0041)."""
+    return sp.SimsParameters(dead_time_s=dead_time_of(instrument_seed),
+                             relief=relief).with_(**sp.mass_bias_parameters(instrument_seed))
 
 
 def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
                   dwell_s=DEMO["dwell_s"], current_pa=DEMO["current_pa"],
                   params: sp.SimsParameters | None = None, centre_nm=(0.0, 0.0),
-                  spec=None, rng_seed: int | None = None):
+                  spec=None, rng_seed: int | None = None,
+                  geometry_incidence_deg: float = sp.SIMS_INCIDENCE_DEG):
     """(specimen, geometry, n6, n7) of one li2co3-particles map at the demo's dose."""
     spec = build_specimen("li2co3-particles", seed=seed) if spec is None else spec
     geo = sp.ScanGeometry(pixels[0], pixels[1], fov_um, centre_x_nm=centre_nm[0],
-                          centre_y_nm=centre_nm[1])
+                          centre_y_nm=centre_nm[1], incidence_deg=geometry_incidence_deg)
     plan = sp.FramePlan(spec, geo, LI_MASSES, current_pa, dwell_s,
                         probe_diameter_nm(current_pa, DEMO["column_kv"]), 25.5, 1, True,
                         np.zeros(spec.shape, np.float32),
@@ -62,7 +64,8 @@ def particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, fov_um=DEMO["fov_um"],
 
 
 def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_seed: int,
-                            times_s=BRACKET_TIMES_S):
+                            times_s=BRACKET_TIMES_S, relief: bool = False,
+                            incidence_deg: float = sp.SIMS_INCIDENCE_DEG):
     """A bracket on the harder twin: the natural-Li pad mapped before and after the
     particle map, at the instrument times ``times_s``, rendered like the map.
 
@@ -70,11 +73,12 @@ def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_se
     bracketing analysis' :class:`~temsims.analysis.bracketing.BracketCorrection` of the
     references corrected for quasi-simultaneous arrival (decision 0043); ``extra``
     holds the twin's ``params`` and ``no_qsa``, the bracket of the same references
-    without that correction."""
+    without that correction. ``relief`` and ``incidence_deg``: the twin's relief and
+    the maps' landing angle."""
     from temsims.analysis.bracketing import bracketing_correction, reference_measurement
 
     spec = build_specimen("li2co3-particles", seed=seed)
-    base = harder_twin(instrument_seed)
+    base = harder_twin(instrument_seed, relief=relief)
     ref = spec.reference
     centre = (1000.0 * ref["x_um"], 1000.0 * ref["y_um"])
     measured, measured_raw = [], []
@@ -82,12 +86,14 @@ def bracketed_particle_maps(seed: int, pixels=DEMO_FULL_PIXELS, *, instrument_se
     for k, t in enumerate(times_s):
         params = base.with_(gain_clock_s=float(t))
         if k == 1:
-            maps["unknown"] = particle_maps(seed, pixels, params=params, spec=spec)
+            maps["unknown"] = particle_maps(seed, pixels, params=params, spec=spec,
+                                            geometry_incidence_deg=incidence_deg)
             continue
         _, _, r6, r7 = particle_maps(seed, REFERENCE_MAP["pixels"],
                                      fov_um=REFERENCE_MAP["fov_um"], params=params,
                                      centre_nm=centre, spec=spec,
-                                     rng_seed=5000 + seed + k)
+                                     rng_seed=5000 + seed + k,
+                                     geometry_incidence_deg=incidence_deg)
         frame = REFERENCE_MAP["pixels"][0] * REFERENCE_MAP["pixels"][1] * DEMO["dwell_s"]
         for out, current in ((measured, DEMO["current_pa"]), (measured_raw, None)):
             out.append(reference_measurement(r6, r7, time_s=t + frame / 2,
@@ -249,3 +255,24 @@ def measured_halo(instrument_seed: int, rng_seed: int):
     return measure_probe_halo([n6, n7], pitch_nm=pitch, pad_width_nm=1e6,
                               dwell_s=DEMO["dwell_s"],
                               dead_time_s=dead_time_of(instrument_seed))
+
+
+def tem_heights(spec: Specimen, block: int = 2):
+    """(height_nm, affine) of the TEM's view of ``spec``: its bright-field
+    mass-thickness (the twin's scattering mass-thickness, noise-free, binned to
+    ``block`` grid pixels: a 4 nm TEM pixel at 2) turned into heights above the film
+    with Li2CO3's scattering density (:func:`temsims.analysis.parallax.
+    height_from_mass_thickness`), and its axis-aligned pixel -> specimen affine."""
+    from temsims.analysis.parallax import height_from_mass_thickness
+    from temsims.ioc.physics.materials import MATERIALS
+    from temsims.ioc.physics.tem_optics import scattering_mass_thickness
+
+    mt = scattering_mass_thickness(spec).astype(float)
+    n = mt.shape[0] // block
+    mt = mt[:n * block, :n * block].reshape(n, block, n, block).mean(axis=(1, 3))
+    li2co3 = MATERIALS["Li2CO3"]
+    h = height_from_mass_thickness(mt, li2co3.density_g_cm3 * li2co3.scattering_weight)
+    px_um = spec.pixel_nm * block / 1000.0
+    x0 = (spec.x_nm()[0] + (block - 1) / 2 * spec.pixel_nm) / 1000.0
+    y0 = (spec.y_nm()[0] + (block - 1) / 2 * spec.pixel_nm) / 1000.0
+    return h, np.array([[px_um, 0.0, x0], [0.0, px_um, y0], [0.0, 0.0, 1.0]])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from skimage.registration import phase_cross_correlation
 
+from temsims.constants import extraction_incidence_deg
 from temsims.ioc.physics import sims as sp
 from temsims.ioc.physics.materials import (
     MATERIALS,
@@ -625,9 +626,11 @@ def test_relief_sputters_the_front_and_not_the_back():
     assert d_relief[front, col] / d_flat[front, col] == pytest.approx(expected, rel=0.01)
     assert expected > 1.2
     assert d_relief[back, col] == 0.0 and d_flat[back, col] > 0
+    # Seen from the beam positions (parallax), the back flank's position shows the
+    # sphere's top and front, where its ray lands up-beam.
     em = sp.SurfaceEmitter(spec, d_flat * 0, None, 1, 25.5, params, 50.0)
-    assert em.emission({"7Li": 1.0})[back, col] == 0.0
-    assert em.emission({"7Li": 1.0})[front, col] > em.emission({"7Li": 1.0})[col, col]
+    assert em.relief.hit_row[back, col] < np.argmin(np.abs(x - 0.39 * 150.0))
+    assert em.emission({"7Li": 1.0})[back, col] > 0.0
 
 
 def test_mass_balance_one_ga_and_y_matrix_atoms_per_ion_at_steady_state():
@@ -648,3 +651,92 @@ def test_mass_balance_one_ga_and_y_matrix_atoms_per_ion_at_steady_state():
             if d:
                 assert (em.fraction("69Ga") + em.fraction("71Ga")).mean() == pytest.approx(
                     1 / (1 + y), rel=1e-4)
+
+
+def _plateau(height_nm: float, n: int = 512, px: float = 2.0):
+    """A Li2CO3 plateau ``height_nm`` tall over y in [-300, 300] nm on a carbon film
+    (wide: the median surface, the raster's nominal plane, is the film), a 6Li-labelled
+    square on its top."""
+    spec = Specimen("plateau", 0, [], shape=(n, n), pixel_nm=px)
+    y, x = spec.y_nm()[:, None], spec.x_nm()[None, :]
+    top = (np.abs(y) <= 300.0) & (np.abs(x) <= 300.0)
+    label = (np.abs(y) <= 60.0) & (np.abs(x) <= 60.0)
+    li6 = np.where(label, 0.95, 0.0759).astype(np.float32)
+    spec.layers = [Layer("plateau", np.where(top, height_nm, 0.0).astype(np.float32),
+                         {"Li2CO3": 1.0}, isotope_abundance={"6Li": li6}),
+                   Layer("film", 20.0, {"C-film": 1.0})]
+    return spec
+
+
+def _centroid_y(image: np.ndarray, y_nm: np.ndarray) -> float:
+    w = image.sum(axis=1)
+    return float((w * y_nm).sum() / w.sum())
+
+
+@pytest.mark.parametrize("bias_v", [4500.0, -4500.0])
+def test_relief_parallax_shifts_a_raised_feature_by_h_tan_theta(bias_v):
+    """Amendment to decision 0041 (parallax): with relief, a beam position's ray lands
+    where it first meets the surface, so a feature ``h`` above the raster's nominal
+    plane (the film) is seen ``h tan(theta)`` down-beam (+y) of where the TEM projects
+    it: 119.6 nm for 100 nm at +4.5 kV (50.08 deg), 87.7 nm at -4.5 kV (41.25 deg); the
+    polarity changes the angle, not the beam's azimuth, so both shift along +y. The
+    dose is conserved (every beam position's ion lands once) and a flat specimen's map
+    is unchanged."""
+    theta = extraction_incidence_deg(30.0, bias_v)
+    h = 100.0
+    spec = _plateau(h)
+    geo = sp.ScanGeometry(72, 48, 0.9, incidence_deg=theta)
+    flat = sp.SimsParameters(drift_nm_per_min=0.0, halo_fraction=0.0)
+    rows = np.arange(geo.ny)
+    _, y_map = geo.to_specimen(*geo.beam_coords(rows, np.zeros_like(rows)))
+    pol = 1 if bias_v > 0 else -1
+    out = {}
+    for relief in (False, True):
+        plan = sp.FramePlan(spec, geo, (LI6, LI7), 1.0, 1e-3, 10.0, 25.5, pol, True,
+                            np.zeros(spec.shape, np.float32),
+                            params=flat.with_(relief=relief, dead_time_s=0.0))
+        out[relief] = plan.expected_lines(0, geo.ny)
+    # The label's 6Li excess over natural, seen from the beam positions.
+    excess = {k: np.clip(v[0] - 0.0822 * v[1], 0.0, None) for k, v in out.items()}
+    shift = _centroid_y(excess[True], y_map) - _centroid_y(excess[False], y_map)
+    assert shift == pytest.approx(h * math.tan(math.radians(theta)), abs=2.0)
+    # The plateau's far edge (its Li ends) moves by as much; its near edge, the wall
+    # facing the beam, does not (its rays land on the wall).
+    li = {k: v[1].sum(axis=1) for k, v in out.items()}
+
+    def edges(profile):
+        on = y_map[profile > 0.5 * profile.max()]
+        return on.min(), on.max()
+
+    (near0, far0), (near1, far1) = edges(li[False]), edges(li[True])
+    step = geo.pixel_nm * geo.stretch
+    assert far1 - far0 == pytest.approx(h * math.tan(math.radians(theta)), abs=step)
+    assert near1 == pytest.approx(near0, abs=step)
+    # Every beam position's ion lands once: as many ions, the plateau's Li from a
+    # longer stretch of beam positions (its wall and top, the film's shadow gives none).
+    k = sp.relief(spec, np.zeros(spec.shape, np.float32), None, theta).dose_factor
+    assert k.sum(axis=0).mean() == pytest.approx(spec.shape[0], rel=1e-3)
+
+
+def test_relief_parallax_leaves_a_flat_specimen_unchanged():
+    """A flat specimen (the step: no relief, two materials side by side) gives the same
+    map with relief on as off, to float rounding; the sphere's image with relief
+    stretches from its up-beam rim to where the ray grazing its top lands."""
+    spec = _step_specimen(256)
+    geo = sp.ScanGeometry(48, 48, 0.4, incidence_deg=50.08)
+    params = sp.SimsParameters(drift_nm_per_min=0.0)
+    off = _plan(spec, geo, params=params).expected_lines(0, 48)
+    on = _plan(spec, geo, params=params.with_(relief=True)).expected_lines(0, 48)
+    for a, b in zip(off, on, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-9)
+    # A sphere (chord layer) at 50 deg: beam positions from its up-beam rim (-r) to
+    # r sqrt(1 + 4 tan^2 theta) = 2.59 r (the grazing ray over its top) see it.
+    r = 150.0
+    bump, x = _bump(r)
+    em = sp.SurfaceEmitter(bump, np.zeros(bump.shape, np.float32), None, 1, 25.5,
+                           sp.SimsParameters(relief=True, depth_mixing=False), 50.0)
+    col = bump.shape[1] // 2
+    seen = x[em.emission({"7Li": 1.0})[:, col] > 0]
+    t = math.tan(math.radians(50.0))
+    assert seen.min() == pytest.approx(-r, abs=2 * bump.pixel_nm)
+    assert seen.max() == pytest.approx(r * math.sqrt(1 + 4 * t * t), abs=2 * bump.pixel_nm)
