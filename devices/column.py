@@ -96,6 +96,9 @@ class IonColumn(Device):
                         doc="TEM/FIB coincidence correction along x (um)")
     coincidence_y = Cpt(FrameGuardedSignal, "COINCIDENCE:Y", kind="config",
                         doc="TEM/FIB coincidence correction along y (um)")
+    coincidence_bias = Cpt(FrameGuardedSignal, "COINCIDENCE:BIAS", kind="config",
+                           doc="Holder bias (V) the coincidence correction was measured "
+                           "at; 0: never")
     fov_cal = Cpt(FrameGuardedSignal, "SCAN:FOV_CAL", kind="config",
                   doc="Raster field calibration: factor on the field written")
     rot_cal = Cpt(FrameGuardedSignal, "SCAN:ROT_CAL", kind="config",
