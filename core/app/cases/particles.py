@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from temsims.app.cases import Case, CaseReport
-from temsims.app.demo import FULL, QUICK
+from temsims.app.demo import ALIGNMENT, FULL, QUICK
 
 
 def measure(RE, devices, sizes: dict[str, Any], say) -> dict[str, Any]:
@@ -57,4 +57,4 @@ CASE = Case(
     name="particles", specimen="li2co3-particles",
     title="Li2CO3 particles, some 6Li-labelled: correlative 6Li/7Li maps and the "
           "labelled-particle search",
-    full=FULL, quick=QUICK, measure=measure, report=report)
+    full=FULL, quick=QUICK, measure=measure, report=report, alignment=ALIGNMENT)
