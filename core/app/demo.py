@@ -42,13 +42,17 @@ SIMS_VOLTAGE_V = 4500.0
 PAD_DEAD_TIME_APERTURES = ("30 pA", "100 pA", "300 pA", "1 nA")
 PAD_DEAD_TIME_FOV_UM = 0.15
 #: The particle case's session alignment (:func:`temsims.plans.align_ion_beam`) on the
-#: particle field at the working bias. 300 pA at 0.3 ms a pixel: the counts of 100 pA
-#: at 1 ms in a third of the time (the three calibrations map 12288 + 2 x 49152 +
-#: 12288 pixels); the twin's coincidence and raster do not depend on the aperture.
-#: The TEM images at 512 px (the case's camera size is restored after): at the quick
-#: demo's 64 px a 6 um image has 94 nm pixels, too coarse for the raster's features.
+#: particle field at the working bias, before the measurement: it maps the field the
+#: case then measures, so at a tenth of the search's dwell (0.1 ms at 100 pA, 6e4
+#: ions a pixel: ~4 nm of Li2CO3 over the raster map's 16 x 23 nm pixels, ~10 nm over
+#: the three maps; 0.3 ms at 300 pA sputtered ~40 nm a raster pass and used up the
+#: natural-Li pad the dead time and the bracketing need) and one raster pass (a
+#: second only checks the first). The TEM images at 512 px (the case's camera size is
+#: restored after): at the quick demo's 64 px a 6 um image has 94 nm pixels, too
+#: coarse for the raster's features.
 ALIGNMENT = {"center": (0.0, 0.0), "voltage_v": SIMS_VOLTAGE_V, "species": ("6Li", "7Li"),
-             "sims_dwell_s": 3e-4, "aperture": "300 pA", "camera_size": 512}
+             "sims_dwell_s": 1e-4, "raster_passes": 1, "aperture": SIMS_APERTURE,
+             "camera_size": 512}
 
 
 class DemoCannotStart(ValueError):
