@@ -282,7 +282,9 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 
 
 #: Seconds each of the long test modules took (setup, calls and teardown, summed from
-#: ``--durations=0`` of a 2-worker run on a quiet machine, 2026-12-04; others < 10 s).
+#: ``--durations=0`` of a 2-worker run on a quiet machine, 2026-12-04; others < 10 s;
+#: test_demo_all and plans/test_correlative raised by the ion-beam alignment they now
+#: run, 2026-12-05: +20 s and +26 s measured alone).
 #: run.sh hands modules to the xdist workers in collection order
 #: (``--no-loadscope-reorder``: xdist's default orders them by their number of tests,
 #: which put the 1-test catalog/test_demo_on_postgres.py last, one worker running it
@@ -290,7 +292,7 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 #: :func:`pytest_collection_modifyitems` collects the longest first: the short ones then
 #: fill in at the end, so that both workers finish together.
 MODULE_SECONDS = {
-    "test_demo_all.py": 77, "faults/test_interlock_fuzz.py": 58,
+    "test_demo_all.py": 97, "faults/test_interlock_fuzz.py": 58,
     "faults/test_part_faults.py": 46, "catalog/test_serve.py": 44,
     "catalog/test_demo_on_postgres.py": 40, "faults/test_storage_faults.py": 34,
     "faults/test_control.py": 31, "ioc/test_sputtering.py": 31,
@@ -300,7 +302,7 @@ MODULE_SECONDS = {
     "ioc/test_time_scale.py": 21, "catalog/test_open.py": 18,
     "faults/test_bad_input.py": 17, "test_loaders.py": 17,
     "catalog/test_instrument_readback.py": 17, "devices/test_plans.py": 16,
-    "catalog/test_roundtrip_and_queries.py": 16, "plans/test_correlative.py": 15,
+    "catalog/test_roundtrip_and_queries.py": 16, "plans/test_correlative.py": 41,
     "faults/test_arcs.py": 15, "plans/test_coincidence.py": 40, "devices/test_connect.py": 14, "ioc/test_column.py": 11,
     "plans/test_calibration.py": 10, "ioc/test_launcher.py": 10,
     "analysis/test_particles.py": 10, "ioc/test_tem.py": 10,
