@@ -146,6 +146,55 @@ def test_wrong_device_refused(pdev):
         next(find_labelled_particles({"stage": pdev.stage}, fov_um=2.0))
 
 
+def test_the_calibration_in_force_is_checked_before_anything_moves(RE, pdev, caplog):
+    """``calibration=``: the raster never calibrated, the coincidence never measured or
+    measured at another bias is refused before any hardware message (``refuse``),
+    naming the plan to run, or logged (``warn``); a column aligned at the plan's bias
+    passes (decision 0042, 2026-12-05 amendment)."""
+    import logging
+
+    from temsims.plans._common import check_geometry_calibration
+
+    col = pdev.column
+    n_starts = len(RE.docs.docs["start"])
+    try:
+        for plan, kw in ((find_labelled_particles, {"fov_um": 2.0, "pixels": (8, 6)}),
+                         (correlative_tem_sims, {"overview_fov_um": 2.0})):
+            msgs = []
+            gen = plan(pdev, calibration="refuse", **kw)
+            with pytest.raises(RuntimeError) as info:
+                msg = next(gen)
+                while True:  # the check's reads, answered by the IOCs
+                    msgs.append(msg)
+                    msg = gen.send({msg.obj.name: {"value": msg.obj.get()}})
+            assert not [m for m in msgs if m.command in HARDWARE_COMMANDS]
+            assert {m.command for m in msgs} <= {"read"}
+            text = str(info.value)
+            assert "run calibrate_raster" in text
+            assert "calibrate_coincidence(voltage_v=4500)" in text, text
+        col.fov_cal.set(1.01).wait(10)
+        col.rot_cal.set(0.5).wait(10)
+        col.coincidence_bias.set(3000.0).wait(10)
+        with pytest.raises(RuntimeError, match="measured at 3000 V, this plan maps at 4500 V"):
+            RE(check_geometry_calibration(col, 4500.0, "refuse", plan="test"))
+        with caplog.at_level(logging.WARNING, logger="temsims.plans._common"):
+            found = RE(check_geometry_calibration(col, -4500.0, "warn", plan="test")).plan_result
+        assert len(found["problems"]) == 1 and "calibrate_coincidence(voltage_v=-4500)" in \
+            caplog.text
+        assert found["fov_cal"] == pytest.approx(1.01) and found["coincidence_bias_v"] == 3000.0
+        col.coincidence_bias.set(4500.0).wait(10)
+        assert RE(check_geometry_calibration(col, 4500.0, "refuse",
+                                             plan="test")).plan_result["problems"] == []
+        assert RE(check_geometry_calibration(col, 100.0, "ignore", plan="test")).plan_result[
+            "fov_cal"] is None
+        with pytest.raises(ValueError, match="calibration must be one of"):
+            next(correlative_tem_sims(pdev, overview_fov_um=2.0, calibration="check"))
+    finally:
+        for sig, value in ((col.fov_cal, 1.0), (col.rot_cal, 0.0), (col.coincidence_bias, 0.0)):
+            sig.set(value).wait(10)
+    assert len(RE.docs.docs["start"]) == n_starts  # no run started
+
+
 def test_failure_leaves_instrument_safe(RE, pdev):
     """An exception inside the SIMS part: beam blanked, bias ramped to 0 V."""
     import bluesky.preprocessors as bpp
