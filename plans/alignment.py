@@ -119,9 +119,16 @@ def align_ion_beam(microscope: Microscope, *, center: tuple = (0.0, 0.0),
     }
     # Every step's arguments are checked now: a refusal after the first step would
     # leave the column half-aligned.
-    parts, _ = check_coincidence_args(microscope, **steps["coarse"])
-    check_raster_args(microscope, **steps["raster"])
-    check_coincidence_args(microscope, **steps["fine"])
+    checks = (("coarse", "coarse_fov_um", check_coincidence_args),
+              ("raster", "raster_fov_um", check_raster_args),
+              ("fine", "fine_fov_um", check_coincidence_args))
+    for step, fov_name, check in checks:
+        try:
+            parts, _ = check(microscope, **steps[step])
+        except (TypeError, ValueError) as err:
+            # The step's map field is this plan's ``<step>_fov_um``: say so.
+            raise type(err)(f"align_ion_beam, {step} step ({fov_name} = "
+                            f"{steps[step]['sims_fov_um']!r}): {err}") from err
     out: dict[str, Any] = {"alignment_id": aid, "voltage_v": float(voltage_v)}
     out["coarse"] = yield from calibrate_coincidence(microscope, **steps["coarse"])
     out["raster"] = yield from calibrate_raster(microscope, **steps["raster"])

@@ -134,6 +134,21 @@ def test_invalid_arguments_refused_before_any_hardware_message(pdev, plan, ok, b
     assert any(name in str(info.value) for name in bad), info.value  # names the argument
 
 
+@pytest.mark.parametrize("bad", [
+    {"coarse_fov_um": 0.0}, {"fine_fov_um": 1e4}, {"raster_fov_um": "4"},
+    {"raster_passes": 0}, {"voltage_v": 10.0}, {"center": (5000.0, 0.0)},
+    {"species": ("6Li", "6Li")}, {"sims_dwell_s": 0.0}, {"exposure_s": 100.0}, {"md": 5}],
+    ids=str)
+def test_align_ion_beam_refuses_bad_input_before_any_hardware_message(pdev, bad):
+    from temsims.plans import align_ion_beam
+
+    msgs = []
+    with pytest.raises((TypeError, ValueError)) as info:
+        msgs.append(next(align_ion_beam(pdev, **bad)))
+    assert not msgs
+    assert any(name in str(info.value) for name in bad), info.value
+
+
 def test_wrong_device_refused(pdev):
     from dataclasses import replace
 
