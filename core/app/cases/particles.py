@@ -49,8 +49,11 @@ def report(cat, measured: dict[str, Any], out: Path, sizes: dict[str, Any],
     for p in particles:
         say(f"  particle at ({p['x_um']:+.3f}, {p['y_um']:+.3f}) um: N6 {p['n6']:.0f}, "
             f"N7 {p['n7']:.0f}, 6Li/7Li {p['ratio']:.3f}, z {p['z']:.1f} sigma")
+    summary = {"particles": particles, "candidates": cands}
+    if measured.get("alignment"):  # the session alignment the runner did first
+        summary["alignment"] = measured["alignment"]
     return CaseReport(files=files, correlation_ids=list(measured["correlation_ids"]),
-                      summary={"particles": particles, "candidates": cands})
+                      summary=summary)
 
 
 CASE = Case(
