@@ -60,3 +60,18 @@ def test_help_shows_the_choices_and_the_default(capsys):
     assert "--calibration-errors {typical,none}" in text
     assert "(default: typical)" in text
     assert "default: from --calibration-errors" in text
+
+
+def test_a_field_beyond_the_grid_gets_a_window_not_an_empty_one():
+    # An uncorrected offset can push a small map (the 0.2 um pad reference at the
+    # grid's border) wholly beyond the far edge: its window used to be empty and the
+    # frame plan crashed on it (the map hung until its timeout).
+    from temsims.ioc.physics.specimen import build_specimen
+
+    spec = build_specimen("li2co3-particles", 1)
+    ny, nx = spec.shape
+    far = 1e3 * spec.pixel_nm * max(ny, nx)  # well beyond either far edge
+    for xs, ys in (([far, far + 100.0], [0.0, 100.0]), ([0.0, 100.0], [far, far + 100.0]),
+                   ([-far, -far + 100.0], [0.0, 100.0])):
+        rows, cols = spec.window_for(np.array(xs), np.array(ys), margin_px=2)
+        assert spec.window_shape((rows, cols))[0] >= 1 and spec.window_shape((rows, cols))[1] >= 1
