@@ -102,6 +102,9 @@ class IonColumn(Device):
                 doc="Objective focus offset toward the specimen (um)")
     focus_table = Cpt(Reading, "FOCUS_TABLE_RBV", kind="omitted",
                       doc="Focus move of the column's bias focus table (um)")
+    coincidence_bias = Cpt(FrameGuardedSignal, "COINCIDENCE:BIAS", kind="config",
+                           doc="Holder bias (V) the coincidence correction was measured "
+                           "at; 0: never")
     fov_cal = Cpt(FrameGuardedSignal, "SCAN:FOV_CAL", kind="config",
                   doc="Raster field calibration: factor on the field written")
     rot_cal = Cpt(FrameGuardedSignal, "SCAN:ROT_CAL", kind="config",

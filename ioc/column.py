@@ -181,6 +181,11 @@ class ColumnIOC(InstrumentIOC):
         at the working bias and writes; 0 at start-up and after ``SIM:RESET``. The
         column's own bias-dependent beam shift (the uniform-field model) is applied
         whatever these say (decision 0042). Refused during a frame.
+    COINCIDENCE:BIAS (float, V, -5000..5000) [added]
+        The holder bias COINCIDENCE:X/Y were measured at, written with them by
+        ``calibrate_coincidence``; 0 (never measured) at start-up and after
+        ``SIM:RESET``. A record for the plans' check that the correction in force is
+        the working bias's (decision 0042, 2026-12-05 amendment); no effect on the beam.
     SCAN:FOV_CAL (float, 0.8..1.2) [added]
         The lab's raster field calibration: the deflectors' gain, a factor on the
         field the column writes for SCAN:FOV (the nominal field, which the PVs and
@@ -205,7 +210,7 @@ class ColumnIOC(InstrumentIOC):
         ``SIM:RESET``. Refused during a frame.
 
     Puts to NX, NY, DWELL, FOV, ROTATION, MODE, SPOT_X, SPOT_Y, HV, APERTURE,
-    COINCIDENCE:X/Y, FOCUS and SCAN:FOV_CAL/ROT_CAL are refused (put error) while a frame runs, so a raster in
+    COINCIDENCE:X/Y/BIAS, FOCUS and SCAN:FOV_CAL/ROT_CAL are refused (put error) while a frame runs, so a raster in
     progress is never corrupted. Every out-of-range, NaN or unknown-enum put is refused.
     """
 
@@ -283,6 +288,10 @@ class ColumnIOC(InstrumentIOC):
                         doc="Objective focus offset toward the specimen (um)")
     focus_table_rbv = readback_pv("FOCUS_TABLE_RBV", 0.0, units="um", precision=3,
                                   doc="Focus move of the column's bias focus table (um)")
+    coincidence_bias = setpoint_pv("COINCIDENCE:BIAS", 0.0, units="V", precision=1,
+                                   lower_ctrl_limit=-5000.0, upper_ctrl_limit=5000.0,
+                                   doc="Holder bias the coincidence correction was "
+                                   "measured at (V; 0: never)")
     fov_cal = setpoint_pv("SCAN:FOV_CAL", 1.0, precision=5,
                           lower_ctrl_limit=FOV_CAL_RANGE[0], upper_ctrl_limit=FOV_CAL_RANGE[1],
                           doc="Raster field calibration: factor on the written field")
@@ -499,6 +508,10 @@ class ColumnIOC(InstrumentIOC):
     async def focus(self, instance, value):
         return await self._checked_setting(instance, value, -FOCUS_RANGE_UM, FOCUS_RANGE_UM,
                                            "FOCUS (um)")
+    @coincidence_bias.putter
+    async def coincidence_bias(self, instance, value):
+        return await self._checked_setting(instance, value, -5000.0, 5000.0,
+                                           "COINCIDENCE:BIAS (V)")
 
     @fov_cal.putter
     async def fov_cal(self, instance, value):
@@ -656,7 +669,8 @@ class ColumnIOC(InstrumentIOC):
                     self.nx: 256, self.ny: 256, self.dwell: 1e-4, self.rotation: 0.0,
                     self.mode: "Raster", self.spot_x: 0.0, self.spot_y: 0.0,
                     self.coincidence_x: 0.0, self.coincidence_y: 0.0,
-                    self.fov_cal: 1.0, self.rot_cal: 0.0, self.focus: 0.0}
+                    self.coincidence_bias: 0.0, self.fov_cal: 1.0, self.rot_cal: 0.0,
+                    self.focus: 0.0}
         for pv, value in defaults.items():
             await clear_alarm(pv)
             await write_if_changed(pv, value)

@@ -55,6 +55,9 @@ class InstrumentProcesses:
     part_prefixes
         Full PV prefix of a part instead of ``instrument_prefix`` + its suffix
         (``{"stage": "LAB2:GONIO:"}``; :mod:`temsims.ioc.server`'s ``--part-prefix``).
+    calibration_errors
+        ``"typical"`` or ``"none"`` (:mod:`temsims.ioc.server`'s
+        ``--calibration-errors``); default the server's own, ``typical``.
     """
 
     layout: CALayout = field(default_factory=CALayout)
@@ -66,6 +69,7 @@ class InstrumentProcesses:
     extra_args: dict[str, list[str]] = field(default_factory=dict)
     time_scale: float = 1.0
     part_prefixes: dict[str, str] = field(default_factory=dict)
+    calibration_errors: str | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
 
     def prefix(self, ioc: str) -> str:
@@ -87,6 +91,8 @@ class InstrumentProcesses:
             "--parts", ",".join(self.iocs),
             "--time-scale", repr(float(self.time_scale)),
         ]
+        if self.calibration_errors is not None:
+            cmd += ["--calibration-errors", self.calibration_errors]
         for ioc, prefix in sorted(self.part_prefixes.items()):
             cmd += ["--part-prefix", f"{ioc}={prefix}"]
         for ioc in self.iocs:

@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--time-scale``, ``--drift-nm-per-min``, the ion raster's calibration errors
+    """``--time-scale``, ``--drift-nm-per-min``, ``--calibration-errors`` (the geometry
+    errors' default set, decision 0042's 2026-12-05 amendment), the ion raster's errors
     ``--fov-error-pct``, ``--raster-rotation-deg``, ``--relief`` and the TEM/FIB
     coincidence's ``--landing-error-pct``, ``--eucentric-dz-um``, ``--coincidence-um`` and
     the probe focus's ``--focus-error-um`` (shared with ``temsims ioc``)."""
@@ -436,35 +437,56 @@ def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drift-nm-per-min", type=float, default=None,
                         help="specimen drift relative to the ion beam, nm/min (0..1000; "
                         "default: the spectrometer's own)")
-    parser.add_argument("--fov-error-pct", type=float, default=0.0,
+    parser.add_argument("--calibration-errors", choices=("typical", "none"),
+                        default="typical",
+                        help="the ion beam's geometry errors: 'typical' draws a real "
+                        "instrument's from --seed (field 2-4 %%, rotation 1-2 deg, "
+                        "coincidence +-1 um per axis, landing +-0.3 %%, eucentric height "
+                        "+-1 um; calibrate them with calibrate_coincidence and "
+                        "calibrate_raster), 'none' is the exact geometry; each option "
+                        "below overrides its part")
+    parser.add_argument("--fov-error-pct", type=float, default=argparse.SUPPRESS,
                         help="ion raster's field-of-view calibration error, %% (-10..10; "
-                        "default 0): the true field is FOV * (1 + e/100), the PVs and "
-                        "the plans keep the nominal one")
-    parser.add_argument("--raster-rotation-deg", type=float, default=0.0,
-                        help="ion raster's rotation error, deg (-10..10; default 0), "
-                        "added to the nominal scan rotation, published nowhere")
+                        "default: from --calibration-errors): the true field is FOV * "
+                        "(1 + e/100), the PVs and the plans keep the nominal one")
+    parser.add_argument("--raster-rotation-deg", type=float, default=argparse.SUPPRESS,
+                        help="ion raster's rotation error, deg (-10..10; default: "
+                        "--calibration-errors'), added to the nominal scan rotation, "
+                        "published nowhere")
     parser.add_argument("--relief", action="store_true",
                         help="the ion beam meets the specimen's relief: local incidence, "
                         "more dose on flanks facing the beam, none in their shadow, "
                         "parallax (decision 0041; off by default)")
     # The TEM/FIB coincidence (decision 0042): the simulator's truth, published nowhere.
-    parser.add_argument("--landing-error-pct", type=float, default=0.0,
+    parser.add_argument("--landing-error-pct", type=float, default=argparse.SUPPRESS,
                         help="what the column's bias beam shift leaves of the extraction "
-                        "field's landing shift, %% of it (-2..2; default 0): +0.3 moves "
-                        "the ion field +0.27 um along y on +4.5 kV, -0.20 um on -4.5 kV")
-    parser.add_argument("--eucentric-dz-um", type=float, default=0.0,
+                        "field's landing shift, %% of it (-2..2; default: from "
+                        "--calibration-errors): +0.3 moves the ion field +0.27 um along y "
+                        "on +4.5 kV, -0.20 um on -4.5 kV")
+    parser.add_argument("--eucentric-dz-um", type=float, default=argparse.SUPPRESS,
                         help="specimen height above the eucentric point, um (-5..5; "
-                        "default 0): the ion field moves dz sin(alpha) along y (-0.93 dz "
-                        "at -68 deg)")
-    parser.add_argument("--coincidence-um", type=float, nargs=2, default=(0.0, 0.0),
+                        "default: from --calibration-errors): the ion field moves "
+                        "dz sin(alpha) along y (-0.93 dz at -68 deg)")
+    parser.add_argument("--coincidence-um", type=float, nargs=2, default=argparse.SUPPRESS,
                         metavar=("X", "Y"),
                         help="the ion field's offset from the TEM's at 0 V, um (each "
-                        "-2..2; default 0 0)")
+                        "-2..2; default: from --calibration-errors)")
     parser.add_argument("--focus-error-um", type=float, default=0.0,
                         help="what the column's bias focus table leaves at 4.5 kV, um "
                         "(0..50; default 0: off): each instrument's seed draws 0.5-1 times "
                         "it, either sign, scaled by bias / 4.5 kV; at 1 mrad 10 um defocus "
                         "adds 11.8 nm to the probe in quadrature (decision 0044)")
+
+
+def resolve_geometry_errors(args: argparse.Namespace) -> None:
+    """Fill the geometry errors not given explicitly from ``--calibration-errors``
+    (drawn from ``--seed``; :mod:`temsims.ioc.physics.geometry_errors`)."""
+    from temsims.ioc.physics.geometry_errors import draw_geometry_errors
+
+    drawn = draw_geometry_errors(args.seed, getattr(args, "calibration_errors", "typical"))
+    for name, value in drawn.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -484,6 +506,7 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--time-scale must be in (0, 1000], got {args.time_scale}")
     if args.drift_nm_per_min is not None and not 0 <= args.drift_nm_per_min <= 1000:
         parser.error("--drift-nm-per-min must be within 0..1000")
+    resolve_geometry_errors(args)
     for name in ("fov_error_pct", "raster_rotation_deg"):
         value = getattr(args, name)
         if not -10.0 <= value <= 10.0:  # also refuses NaN

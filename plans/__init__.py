@@ -8,6 +8,7 @@ blanked, bias ramped to 0 V) on failure or abort (:func:`safe_state`).
 """
 
 from temsims.plans._common import safe_state
+from temsims.plans.alignment import align_ion_beam
 from temsims.plans.bracketing import bracketed_sims_maps
 from temsims.plans.calibration import edx_sims_calibration
 from temsims.plans.coincidence import calibrate_coincidence
@@ -23,6 +24,7 @@ from temsims.plans.spectra import calibrate_masses, mass_spectrum
 from temsims.plans.tem import tem_image, tem_mosaic
 
 __all__ = [
+    "align_ion_beam",
     "calibrate_coincidence",
     "calibrate_dead_time",
     "bracketed_sims_maps",

@@ -25,6 +25,7 @@ Safe state
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import uuid
@@ -36,6 +37,8 @@ import bluesky.preprocessors as bpp
 import numpy as np
 
 from temsims.constants import species_for_mass, species_label, species_mass, value_dtype
+
+logger = logging.getLogger(__name__)
 
 #: Messages that move or trigger hardware (what argument checks must precede).
 HARDWARE_COMMANDS = frozenset({"set", "trigger", "kickoff", "complete", "collect", "stage",
@@ -235,6 +238,96 @@ def _num(value, default: float = 0.0) -> float:
     except (TypeError, ValueError):
         return default
     return v if math.isfinite(v) else default
+
+
+#: ``calibration=`` of the correlative plans (:func:`check_geometry_calibration`).
+CALIBRATION_POLICIES = ("warn", "refuse", "ignore")
+#: A coincidence correction measured within this many volts of the working bias holds.
+CALIBRATION_BIAS_TOLERANCE_V = 1.0
+
+
+def check_calibration_policy(policy: Any) -> str:
+    """``calibration=`` of a correlative plan: one of :data:`CALIBRATION_POLICIES`."""
+    if not isinstance(policy, str) or policy not in CALIBRATION_POLICIES:
+        raise ValueError(f"calibration must be one of {CALIBRATION_POLICIES}, got {policy!r}")
+    return policy
+
+
+def check_geometry_calibration(column, voltage_v: float, policy: str, *, plan: str):
+    """Plan stub (reads only): is the ion beam's geometry calibrated for a map at the
+    holder bias ``voltage_v``?
+
+    A real column has a raster field and rotation error and a TEM/FIB coincidence
+    offset that follows the bias (decisions 0029, 0042); a lab calibrates them at the
+    start of a session. The raster is taken as never calibrated while SCAN:FOV_CAL is
+    1 and SCAN:ROT_CAL 0 (their start-up values), the coincidence while
+    COINCIDENCE:BIAS (the bias it was measured at) is 0; a coincidence measured at
+    another bias does not hold at this one. A column without these PVs is not checked.
+
+    Parameters
+    ----------
+    column
+        The ion column (``fov_cal``, ``rot_cal``, ``coincidence_x/y``,
+        ``coincidence_bias`` where it has them).
+    voltage_v : float
+        The bias the plan maps at (V).
+    policy : {"warn", "refuse", "ignore"}
+        What to do about a problem: log a warning, raise, or nothing (the column is
+        not read).
+    plan : str
+        The plan's name, for the messages.
+
+    Returns
+    -------
+    dict
+        The start documents' ``geometry_calibration`` block: ``policy``, the values
+        read (``fov_cal``, ``rot_cal_deg``, ``coincidence_um``,
+        ``coincidence_bias_v``; None where the column has none) and ``problems``
+        (list of str, each naming the plan to run).
+
+    Raises
+    ------
+    RuntimeError
+        With ``policy="refuse"`` and a problem, before anything moves.
+    """
+    out: dict[str, Any] = {"policy": policy, "fov_cal": None, "rot_cal_deg": None,
+                           "coincidence_um": None, "coincidence_bias_v": None, "problems": []}
+    if policy == "ignore":
+        return out
+
+    def read(name, default):
+        sig = getattr(column, name, None)
+        if sig is None:
+            return None
+        return _num((yield from bps.rd(sig, default_value=default)), default)
+
+    out["fov_cal"] = yield from read("fov_cal", 1.0)
+    out["rot_cal_deg"] = yield from read("rot_cal", 0.0)
+    cx = yield from read("coincidence_x", 0.0)
+    cy = yield from read("coincidence_y", 0.0)
+    if cx is not None and cy is not None:
+        out["coincidence_um"] = [cx, cy]
+    out["coincidence_bias_v"] = bias_v = yield from read("coincidence_bias", 0.0)
+    if out["fov_cal"] == 1.0 and out["rot_cal_deg"] == 0.0:
+        out["problems"].append(
+            "the ion raster's field and rotation are not calibrated (SCAN:FOV_CAL 1, "
+            "SCAN:ROT_CAL 0, their start-up values): run calibrate_raster first")
+    if bias_v is not None:
+        if bias_v == 0.0:
+            out["problems"].append(
+                "the TEM/FIB coincidence was never measured (COINCIDENCE:BIAS 0): run "
+                f"calibrate_coincidence(voltage_v={voltage_v:g}) first")
+        elif abs(bias_v - voltage_v) > CALIBRATION_BIAS_TOLERANCE_V:
+            out["problems"].append(
+                f"the TEM/FIB coincidence correction in force was measured at {bias_v:g} V, "
+                f"this plan maps at {voltage_v:g} V (the offset follows the bias): run "
+                f"calibrate_coincidence(voltage_v={voltage_v:g}) first")
+    if out["problems"]:
+        text = f"{plan}: " + "; ".join(out["problems"])
+        if policy == "refuse":
+            raise RuntimeError(text + " (or pass calibration='warn' to map anyway)")
+        logger.warning(text)
+    return out
 
 
 def region_md(stage, *, fov_um: float, x_um: float | None = None, y_um: float | None = None):
@@ -505,10 +598,13 @@ def with_safe_state(plan, column=None, bias=None, *, ramp_bias_on_success: bool 
 
 
 __all__ = [
+    "CALIBRATION_POLICIES",
     "HARDWARE_COMMANDS",
     "Values",
     "check_bool",
+    "check_calibration_policy",
     "check_device",
+    "check_geometry_calibration",
     "check_int",
     "check_md",
     "check_number",

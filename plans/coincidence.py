@@ -85,6 +85,19 @@ def measure_coincidence(sims_counts: np.ndarray, tem_image: np.ndarray, sims_geo
             "residual_px": float(reg.residual_sims_px), "refined": ok}
 
 
+def check_coincidence_args(microscope: Microscope, **kwargs: Any) -> tuple[tuple, dict]:
+    """:func:`calibrate_coincidence`'s checks (its keyword arguments, all given):
+    the parts and the checked values; raises before anything moves."""
+    parts = microscope_parts(microscope, *PARTS)
+    column = parts[6]
+    for attr in ("coincidence_x", "coincidence_y"):
+        if getattr(column, attr, None) is None:
+            raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
+                            "this plan needs a coincidence correction to write")
+    return parts, check_calibration_args(parts, tem_fov_factor=2.0, max_passes=MAX_PASSES,
+                                         **kwargs)
+
+
 def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
                           voltage_v: float = 4500.0, species: tuple = ("7Li",),
                           sims_fov_um: float = 2.0, sims_pixels: tuple = (128, 96),
@@ -104,7 +117,8 @@ def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
         ``stage``, ``tem``, ``camera`` (:func:`temsims.plans.tem.tem_image`), ``mode``
         (:func:`to_sims_mode`, :func:`to_tem_mode`), ``imager``, ``spectrometer``,
         ``column`` (with ``coincidence_x``, ``coincidence_y``: the correction
-        written) and ``bias`` (:func:`temsims.plans.sims.sims_map`).
+        written; and ``coincidence_bias``, where it has one: the bias it was measured
+        at, which the correlative plans check) and ``bias`` (:func:`temsims.plans.sims.sims_map`).
     center : (float, float)
         Stage position (um) of a fiducial both see: particles, a grain, an edge (on
         ``li2co3-particles`` the particle field, e.g. (0, 0)).
@@ -157,17 +171,11 @@ def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
         the map: widen ``sims_fov_um``); the correction is left as the last good pass
         wrote it.
     """
-    parts = microscope_parts(microscope, *PARTS)
+    parts, args = check_coincidence_args(
+        microscope, center=center, voltage_v=voltage_v, species=species,
+        sims_fov_um=sims_fov_um, sims_pixels=sims_pixels, sims_dwell_s=sims_dwell_s,
+        tem_fov_um=tem_fov_um, exposure_s=exposure_s, passes=passes, md=md)
     column = parts[6]
-    for attr in ("coincidence_x", "coincidence_y"):
-        if getattr(column, attr, None) is None:
-            raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
-                            "this plan needs a coincidence correction to write")
-    args = check_calibration_args(
-        parts, center=center, voltage_v=voltage_v, species=species, sims_fov_um=sims_fov_um,
-        sims_pixels=sims_pixels, sims_dwell_s=sims_dwell_s, tem_fov_um=tem_fov_um,
-        tem_fov_factor=2.0, exposure_s=exposure_s, passes=passes, max_passes=MAX_PASSES,
-        md=md)
     result: dict[str, Any] = {"correlation_id": args["correlation_id"],
                               "uids": {"tem": None, "sims": []}, "passes": [],
                               "correction_um": None, "residual_um": None,
@@ -192,6 +200,9 @@ def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
                                f"+-{MAX_CORRECTION_UM:g} um: is the fiducial in both "
                                "fields?")
         yield from bps.mv(column.coincidence_x, new[0], column.coincidence_y, new[1])
+        bias_record = getattr(column, "coincidence_bias", None)
+        if bias_record is not None:  # what the correlative plans check it against
+            yield from bps.mv(bias_record, args["voltage_v"])
         result["correction_um"] = [new[0], new[1]]
 
     return (yield from tem_referenced_passes(
@@ -199,4 +210,4 @@ def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
         result=result, read_setting=read_setting, measure=measure_coincidence,
         apply_pass=apply_pass))
 
-__all__ = ["calibrate_coincidence", "measure_coincidence"]
+__all__ = ["calibrate_coincidence", "check_coincidence_args", "measure_coincidence"]

@@ -40,6 +40,8 @@ from temsims.analysis.geometry import TemImageGeometry
 from temsims.constants import TEM_TILT_DEG, TILT_TOLERANCE_DEG
 from temsims.plans._common import (
     Values,
+    check_calibration_policy,
+    check_geometry_calibration,
     check_int,
     check_md,
     check_number,
@@ -187,6 +189,7 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
                          sims_dwell_s: float = 1e-3, zoom_fov_um: float | None = None,
                          exposure_s: float = 0.05, sims_voltage_v: float = 4500.0,
                          fly: bool = True, reference: str | dict | None = None,
+                         calibration: str = "warn",
                          md: dict | None = None) -> Plan[dict]:
     """TEM overview -> regions of interest -> SIMS maps of them -> TEM zooms of them.
 
@@ -227,6 +230,13 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
         half its width and a quarter of the region's field) are left out, so that the
         standard is not mapped as an unknown. Recorded in the overview's
         ``correlative`` block (``excluded``).
+    calibration : {"warn", "refuse", "ignore"}
+        What to do if the ion beam's geometry is not calibrated for ``sims_voltage_v``
+        (:func:`temsims.plans._common.check_geometry_calibration`: the raster never
+        calibrated, the TEM/FIB coincidence never measured or measured at another
+        bias): log a warning naming the plan to run (``calibrate_raster``,
+        ``calibrate_coincidence``), refuse before anything moves, or not check. The
+        check is recorded in every run's ``geometry_calibration``.
     md : dict, optional
         Extra start metadata of every run; ``correlation_id`` here links the runs
         (else a new uuid4).
@@ -269,6 +279,7 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
     exposure_s = check_number("exposure_s", exposure_s, low=EXPOSURE_RANGE_S[0],
                               high=EXPOSURE_RANGE_S[1], unit="s")
     sims_voltage_v = check_sims_voltage(sims_voltage_v)
+    calibration = check_calibration_policy(calibration)
     if reference is not None:
         from temsims.plans.bracketing import check_reference  # it imports this module
 
@@ -278,7 +289,10 @@ def correlative_tem_sims(microscope: Microscope, *, overview_fov_um: float,
                                              unit="um")
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
-    base_md = {**md, "correlation_id": cid}
+    # Reads only: refused here (calibration="refuse") before anything moves.
+    geometry_calibration = yield from check_geometry_calibration(
+        column, sims_voltage_v, calibration, plan="correlative_tem_sims")
+    base_md = {**md, "correlation_id": cid, "geometry_calibration": geometry_calibration}
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"overview": None, "sims": [],
                                                               "tem": []}, "rois": []}
 

@@ -35,6 +35,8 @@ from temsims.constants import species_mass
 from temsims.plans._common import (
     Values,
     check_bool,
+    check_calibration_policy,
+    check_geometry_calibration,
     check_int,
     check_md,
     check_number,
@@ -161,6 +163,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                             hydride: tuple | str | None = None,
                             hydride_count_s: float = 0.05,
                             halo: tuple | None = None,
+                            calibration: str = "warn",
                             md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
@@ -238,6 +241,13 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         (``halo`` of :func:`~temsims.analysis.particles.find_particles`, its sigma in
         the map's pixels), and recorded in ``particle_analysis``. None: a particle
         near a bright labelled one keeps a few per cent of its 6Li.
+    calibration : {"warn", "refuse", "ignore"}
+        What to do if the ion beam's geometry is not calibrated for ``sims_voltage_v``
+        (:func:`temsims.plans._common.check_geometry_calibration`: the raster never
+        calibrated, the TEM/FIB coincidence never measured or measured at another
+        bias): log a warning naming the plan to run (``calibrate_raster``,
+        ``calibrate_coincidence``), refuse before anything moves, or not check. The
+        check is recorded in every run's ``geometry_calibration``.
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
@@ -292,6 +302,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                               high=EXPOSURE_RANGE_S[1], unit="s")
     max_particles = check_int("max_particles", max_particles, low=0, high=200)
     sims_voltage_v = check_sims_voltage(sims_voltage_v)
+    calibration = check_calibration_policy(calibration)
     image_uncertain = check_bool("image_uncertain", image_uncertain)
     try:
         correction = check_correction(correction)
@@ -332,7 +343,10 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         halo_px = (float(halo[0]), halo_sigma_px(halo[1], 1000.0 * fov_um / pixels[0]))
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
-    base_md = {**md, "correlation_id": cid}
+    # Reads only: refused here (calibration="refuse") before anything moves.
+    geometry_calibration = yield from check_geometry_calibration(
+        column, sims_voltage_v, calibration, plan="find_labelled_particles")
+    base_md = {**md, "correlation_id": cid, "geometry_calibration": geometry_calibration}
     labels = ("6Li", "7Li")
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"sims": [], "tem": []},
                               "imaged": [], "hydride": hydride}

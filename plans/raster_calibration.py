@@ -88,6 +88,23 @@ def measure_raster(sims_counts: np.ndarray, tem_image: np.ndarray, sims_geometry
             "method": method if ok else "", "measured": ok}
 
 
+def check_raster_args(microscope: Microscope, **kwargs: Any) -> tuple[tuple, dict]:
+    """:func:`calibrate_raster`'s checks (its keyword arguments, all given): the
+    parts and the checked values; raises before anything moves."""
+    parts = microscope_parts(microscope, *PARTS)
+    column = parts[6]
+    for attr in ("fov_cal", "rot_cal"):
+        if getattr(column, attr, None) is None:
+            raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
+                            "this plan needs a raster calibration to write")
+    args = check_calibration_args(parts, tem_fov_factor=1.5, max_passes=MAX_PASSES,
+                                  **kwargs)
+    if min(args["sims_pixels"]) < MIN_PIXELS:
+        raise ValueError(f"sims_pixels must be >= {MIN_PIXELS} each (the raster is read "
+                         f"off features across the map), got {tuple(args['sims_pixels'])}")
+    return parts, args
+
+
 def calibrate_raster(microscope: Microscope, *, center: tuple = (0.0, 0.0),
                      voltage_v: float = 4500.0, species: tuple = ("7Li",),
                      sims_fov_um: float = 4.0, sims_pixels: tuple = (256, 192),
@@ -164,20 +181,11 @@ def calibrate_raster(microscope: Microscope, *, center: tuple = (0.0, 0.0),
         widen ``sims_fov_um``) or the calibration would leave the column's range; the
         calibration is left as the last good pass wrote it.
     """
-    parts = microscope_parts(microscope, *PARTS)
+    parts, args = check_raster_args(
+        microscope, center=center, voltage_v=voltage_v, species=species,
+        sims_fov_um=sims_fov_um, sims_pixels=sims_pixels, sims_dwell_s=sims_dwell_s,
+        tem_fov_um=tem_fov_um, exposure_s=exposure_s, passes=passes, md=md)
     column = parts[6]
-    for attr in ("fov_cal", "rot_cal"):
-        if getattr(column, attr, None) is None:
-            raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
-                            "this plan needs a raster calibration to write")
-    args = check_calibration_args(
-        parts, center=center, voltage_v=voltage_v, species=species, sims_fov_um=sims_fov_um,
-        sims_pixels=sims_pixels, sims_dwell_s=sims_dwell_s, tem_fov_um=tem_fov_um,
-        tem_fov_factor=1.5, exposure_s=exposure_s, passes=passes, max_passes=MAX_PASSES,
-        md=md)
-    if min(args["sims_pixels"]) < MIN_PIXELS:
-        raise ValueError(f"sims_pixels must be >= {MIN_PIXELS} each (the raster is read "
-                         f"off features across the map), got {tuple(sims_pixels)}")
     result: dict[str, Any] = {"correlation_id": args["correlation_id"],
                               "uids": {"tem": None, "sims": []}, "passes": [],
                               "fov_cal": None, "rot_cal_deg": None, "residual": None,
@@ -214,4 +222,4 @@ def calibrate_raster(microscope: Microscope, *, center: tuple = (0.0, 0.0),
         skip=("measured", "method"), result=result, read_setting=read_setting,
         measure=measure_raster, apply_pass=apply_pass))
 
-__all__ = ["calibrate_raster", "measure_raster"]
+__all__ = ["calibrate_raster", "check_raster_args", "measure_raster"]

@@ -37,7 +37,8 @@ ION_BEAM_OR_BIAS_PLANS = {"sims_map", "depth_profile", "mass_spectrum", "calibra
                           "to_sims_mode", "correlative_tem_sims", "find_labelled_particles",
                           "edx_sims_calibration", "calibrate_dead_time",
                           "bracketed_sims_maps", "calibrate_coincidence",
-                          "calibrate_raster", "focus_probe"}
+                          "calibrate_raster", "focus_probe",
+                          "align_ion_beam"}
 #: Parameters the queue lists without a type: callables (they cannot travel in a queue
 #: item) and safe_state's, which the plan leaves untyped.
 UNTYPED = {("sims_map", "after_map"), ("tem_image", "after_image"),

@@ -97,12 +97,15 @@ def cmd_ioc(args: argparse.Namespace) -> int:
             "--time-scale", str(args.time_scale)]
     if args.drift_nm_per_min is not None:
         argv += ["--drift-nm-per-min", str(args.drift_nm_per_min)]
-    argv += ["--fov-error-pct", str(args.fov_error_pct),
-             "--raster-rotation-deg", str(args.raster_rotation_deg),
-             "--landing-error-pct", str(args.landing_error_pct),
-             "--eucentric-dz-um", str(args.eucentric_dz_um),
-             "--coincidence-um", *(str(v) for v in args.coincidence_um),
-             "--focus-error-um", str(getattr(args, "focus_error_um", 0.0))]
+    argv += ["--calibration-errors", args.calibration_errors]
+    # Only the errors given explicitly: the others follow --calibration-errors.
+    for name in ("fov_error_pct", "raster_rotation_deg", "landing_error_pct",
+                 "eucentric_dz_um", "coincidence_um"):
+        if hasattr(args, name):
+            value = getattr(args, name)
+            argv += [f"--{name.replace('_', '-')}",
+                     *(str(v) for v in (value if name == "coincidence_um" else (value,)))]
+    argv += ["--focus-error-um", str(getattr(args, "focus_error_um", 0.0))]
     if getattr(args, "relief", False):
         argv.append("--relief")
     options = server.parse_options(argv)

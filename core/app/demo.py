@@ -41,6 +41,18 @@ SIMS_VOLTAGE_V = 4500.0
 #: the 16 counts of 1 ms sputter ~25 nm of it.
 PAD_DEAD_TIME_APERTURES = ("30 pA", "100 pA", "300 pA", "1 nA")
 PAD_DEAD_TIME_FOV_UM = 0.15
+#: The particle case's session alignment (:func:`temsims.plans.align_ion_beam`) on the
+#: particle field at the working bias, before the measurement: it maps the field the
+#: case then measures, so at a tenth of the search's dwell (0.1 ms at 100 pA, 6e4
+#: ions a pixel: ~4 nm of Li2CO3 over the raster map's 16 x 23 nm pixels, ~10 nm over
+#: the three maps; 0.3 ms at 300 pA sputtered ~40 nm a raster pass and used up the
+#: natural-Li pad the dead time and the bracketing need) and one raster pass (a
+#: second only checks the first). The TEM images at 512 px (the case's camera size is
+#: restored after): at the quick demo's 64 px a 6 um image has 94 nm pixels, too
+#: coarse for the raster's features.
+ALIGNMENT = {"center": (0.0, 0.0), "voltage_v": SIMS_VOLTAGE_V, "species": ("6Li", "7Li"),
+             "sims_dwell_s": 1e-4, "raster_passes": 1, "aperture": SIMS_APERTURE,
+             "camera_size": 512}
 
 
 class DemoCannotStart(ValueError):
@@ -231,6 +243,8 @@ def _run_case(the_case, *, layout, prefix: str, host: str, seed: int, opened: di
              f"{layout.base_port}, specimen {specimen} seed {seed}) ...")
         procs = InstrumentProcesses(layout=layout, instrument_prefix=prefix,
                                     specimen=specimen, seed=seed, time_scale=time_scale,
+                                    calibration_errors=None if the_case.alignment
+                                    else "none",
                                     log_dir=Path(log_dir) if log_dir else None,
                                     extra_args={} if drift_nm_per_min is None else
                                     {"spectrometer": ["--drift-nm-per-min",
@@ -266,7 +280,10 @@ def _run_case(the_case, *, layout, prefix: str, host: str, seed: int, opened: di
             # interpreter importing tiled and bluesky (~2-3 s of CPU).
             opened["writer"] = cat.writer(process=True)
         RE = _run_engine(opened["writer"], specimen, seed, require_metadata)
+        alignment = _align(RE, d, the_case.alignment) if the_case.alignment else None
         measured = the_case.measure(RE, d, sizes, _say)
+        if alignment is not None:
+            measured["alignment"] = alignment
         cat.flush()
         said: list[str] = []
 
@@ -279,6 +296,37 @@ def _run_case(the_case, *, layout, prefix: str, host: str, seed: int, opened: di
         if procs is not None:
             procs.stop()
             _say("IOCs stopped")
+
+
+def _align(RE, d, alignment: dict[str, Any]) -> dict[str, Any]:
+    """The session alignment (:func:`temsims.plans.align_ion_beam`): the TEM/FIB
+    coincidence and the ion raster's field and rotation, measured on the TEM at the
+    case's working bias and written on the column, as a lab does before handing the
+    instrument over. Its runs go to the catalog with the case's."""
+    from temsims.plans import align_ion_beam
+
+    t = time.monotonic()
+    kwargs = {k: v for k, v in alignment.items() if k not in ("aperture", "camera_size")}
+    _say(f"session alignment at {kwargs['voltage_v']:+g} V: TEM/FIB coincidence (wide), "
+         "raster field and rotation, coincidence (fine) ...")
+    settings = {d.column.aperture: alignment.get("aperture"),
+                d.camera.size: alignment.get("camera_size")}
+    before = {sig: sig.get() for sig, value in settings.items() if value is not None}
+    for sig in before:
+        sig.set(settings[sig]).wait(10)
+    try:
+        result = RE(align_ion_beam(d, md={"purpose": "temsims demo: session alignment"},
+                                   **kwargs)).plan_result
+    finally:
+        for sig, value in before.items():
+            sig.set(value).wait(10)
+    cx, cy = result["correction_um"]
+    _say(f"  coincidence correction ({cx:+.3f}, {cy:+.3f}) um, raster field factor "
+         f"{result['fov_cal']:.4f}, rotation {result['rot_cal_deg']:+.3f} deg, "
+         f"in {time.monotonic() - t:.1f} s")
+    return {"alignment_id": result["alignment_id"], "voltage_v": result["voltage_v"],
+            "correction_um": list(result["correction_um"]), "fov_cal": result["fov_cal"],
+            "rot_cal_deg": result["rot_cal_deg"], "wall_s": time.monotonic() - t}
 
 
 def _run_engine(writer, specimen: str, seed: int, require_metadata):
@@ -311,7 +359,8 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
         d, overview_fov_um=sizes["overview_fov_um"], max_rois=sizes["max_rois"],
         species=("6Li", "7Li"), sims_pixels=sizes["sims_pixels"],
         sims_dwell_s=sizes["sims_dwell_s"], exposure_s=sizes["exposure_s"],
-        reference="li2co3-particles", md={"purpose": "temsims demo"})).plan_result
+        reference="li2co3-particles", calibration="refuse",
+        md={"purpose": "temsims demo"})).plan_result
     _say(f"  {len(corr['rois'])} regions, {1 + len(corr['uids']['sims']) + len(corr['uids']['tem'])}"
          f" runs in {time.monotonic() - t:.1f} s")
     t = time.monotonic()
@@ -336,7 +385,7 @@ def _measure(RE, d, sizes: dict[str, Any]) -> dict[str, Any]:
         dwell_s=sizes["search_dwell_s"], zoom_fov_um=sizes["zoom_fov_um"],
         exposure_s=sizes["exposure_s"], max_particles=sizes["max_particles"],
         reference="li2co3-particles",
-        halo=(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"]),
+        halo=(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"]), calibration="refuse",
         md={"purpose": "temsims demo"})).plan_result
     bracket = parts.get("bracketing") or {}
     if bracket.get("factor"):

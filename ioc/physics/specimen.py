@@ -189,9 +189,12 @@ class Specimen:
         """Grid window (rows, cols) covering the given coordinates plus a margin."""
         rows, cols = self.to_index(x_nm, y_nm)
         ny, nx = self.shape
-        r0 = int(np.clip(np.floor(np.min(rows)) - margin_px, 0, ny))
+        # Never empty: a field wholly beyond the grid's far edges (an uncorrected
+        # coincidence offset near the border) keeps the edge row / column, as one
+        # beyond the near edges does, instead of a zero-size window.
+        r0 = int(np.clip(np.floor(np.min(rows)) - margin_px, 0, ny - 1))
         r1 = int(np.clip(np.ceil(np.max(rows)) + margin_px + 1, 0, ny))
-        c0 = int(np.clip(np.floor(np.min(cols)) - margin_px, 0, nx))
+        c0 = int(np.clip(np.floor(np.min(cols)) - margin_px, 0, nx - 1))
         c1 = int(np.clip(np.ceil(np.max(cols)) + margin_px + 1, 0, nx))
         return (slice(r0, max(r1, r0 + 1)), slice(c0, max(c1, c0 + 1)))
 

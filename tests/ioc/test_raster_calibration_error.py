@@ -28,8 +28,10 @@ def _geometry(incidence: float = 45.0, **errors: float) -> sp.ScanGeometry:
     return SpectrometerIOC.geometry(ioc, {**SNAP, "incidence": incidence})
 
 
-def test_off_by_default_the_raster_is_the_nominal_one():
-    options = parse_options([])
+def test_exact_geometry_on_request_the_raster_is_the_nominal_one():
+    # The default is a real instrument's errors (decision 0042, 2026-12-05 amendment;
+    # tests/ioc/test_geometry_errors.py); --calibration-errors none is the exact one.
+    options = parse_options(["--calibration-errors", "none"])
     assert options.fov_error_pct == 0.0 and options.raster_rotation_deg == 0.0
     g = _geometry()
     assert g.fov_um == 8.0 and g.rotation_deg == 10.0

@@ -80,8 +80,10 @@ def test_the_map_is_written_where_the_offset_puts_it():
         (1000.0 * (1.0 + truth[0]), 1000.0 * (-0.5 + truth[1])))
 
 
-def test_off_by_default_and_out_of_range_refused():
-    options = parse_options([])
+def test_off_on_request_and_out_of_range_refused():
+    # On by default since decision 0042's 2026-12-05 amendment
+    # (tests/ioc/test_geometry_errors.py); --calibration-errors none: the exact geometry.
+    options = parse_options(["--calibration-errors", "none"])
     assert (options.landing_error_pct, options.eucentric_dz_um, options.coincidence_um) \
         == (0.0, 0.0, (0.0, 0.0))
     for argv in (["--landing-error-pct", "3"], ["--eucentric-dz-um", "nan"],

@@ -16,6 +16,7 @@ from bluesky.simulators import summarize_plan
 from test_plans_validation import _cases
 
 from temsims.plans import (
+    align_ion_beam,
     bracketed_sims_maps,
     calibrate_coincidence,
     calibrate_raster,
@@ -58,6 +59,7 @@ def summaries_without_an_ioc() -> dict[str, str]:
         passes=2))
     summaries["calibrate_raster"] = _summary(calibrate_raster(
         d, center=(0.0, 0.0), sims_pixels=(64, 64), passes=2))
+    summaries["align_ion_beam"] = _summary(align_ion_beam(d, center=(0.0, 0.0)))
     summaries["edx_sims_calibration"] = _summary(edx_sims_calibration(
         d, start_um=(-0.28, 0.0), stop_um=(1.68, 0.0), points=5, edx_live_time_s=0.1,
         edx_current_na=10.0, sims_pixels=(20, 8), sims_dwell_s=1e-3, sims_aperture="1 nA"))
@@ -85,3 +87,5 @@ def test_every_plan_is_summarised_without_an_ioc():
     # The raster calibration: the same sequence, at +4.5 kV by default.
     assert summaries["calibrate_raster"].count("Open Run") == 3
     assert "bias -> 4500.0" in summaries["calibrate_raster"]
+    # The session alignment: wide coincidence (one pass), raster (two), fine coincidence.
+    assert summaries["align_ion_beam"].count("Open Run") == 2 + 3 + 2

@@ -70,6 +70,14 @@ class Case:
         ``report(catalog, measured, out, sizes, say) -> CaseReport``: reads the runs
         back from ``catalog`` (the data only from there) and writes the report in
         ``out``; it may ``say`` its figures.
+    alignment : mapping, optional
+        The session alignment the runner does before ``measure``
+        (:func:`temsims.plans.align_ion_beam`'s ``center``, ``voltage_v``,
+        ``species``, ...): a feature-rich area of the specimen both beams see, at the
+        case's working bias. None: the case's specimen has no such area the
+        alignment is proven on; the runner then starts its instrument with exact
+        geometry (``--calibration-errors none``; decision 0042, 2026-12-05
+        amendment).
     """
 
     name: str
@@ -79,6 +87,7 @@ class Case:
     quick: Mapping[str, Any]
     measure: Callable[..., dict]
     report: Callable[..., CaseReport]
+    alignment: Mapping[str, Any] | None = None
 
     def sizes(self, quick: bool) -> dict[str, Any]:
         return dict(self.quick if quick else self.full)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from temsims.app.cases import Case, CaseReport
-from temsims.app.demo import FULL, QUICK
+from temsims.app.demo import ALIGNMENT, FULL, QUICK
 
 
 def measure(RE, devices, sizes: dict[str, Any], say) -> dict[str, Any]:
@@ -49,12 +49,15 @@ def report(cat, measured: dict[str, Any], out: Path, sizes: dict[str, Any],
     for p in particles:
         say(f"  particle at ({p['x_um']:+.3f}, {p['y_um']:+.3f}) um: N6 {p['n6']:.0f}, "
             f"N7 {p['n7']:.0f}, 6Li/7Li {p['ratio']:.3f}, z {p['z']:.1f} sigma")
+    summary = {"particles": particles, "candidates": cands}
+    if measured.get("alignment"):  # the session alignment the runner did first
+        summary["alignment"] = measured["alignment"]
     return CaseReport(files=files, correlation_ids=list(measured["correlation_ids"]),
-                      summary={"particles": particles, "candidates": cands})
+                      summary=summary)
 
 
 CASE = Case(
     name="particles", specimen="li2co3-particles",
     title="Li2CO3 particles, some 6Li-labelled: correlative 6Li/7Li maps and the "
           "labelled-particle search",
-    full=FULL, quick=QUICK, measure=measure, report=report)
+    full=FULL, quick=QUICK, measure=measure, report=report, alignment=ALIGNMENT)
