@@ -6,10 +6,23 @@ to :func:`temsims.app.demo.run_demo` (monkeypatched).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from temsims.app import cli
 from temsims.app.cases import DEFAULT_CASE, Case, available_cases, get_case
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """``run_demo`` exports its instrument's CA environment into this process (it is a
+    command's process), here the test worker's: later modules' CA clients would search
+    the demo's default ports instead of the worker's slots."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_cases_are_found_by_their_modules_default_first():
