@@ -6,13 +6,15 @@ gives the holder a pristine specimen again. Both plans start and end in the TEM 
 particle search runs once (module fixture) at the demo's dose (1 ms, 100 pA) and
 size and is scored against the specimen's ground truth per particle by the
 reported centroid (``tests/scoring.py``; precision and recall, printed) on the module's
-seed 1 and two fresh seeds drawn at run time (printed). Every run's start document must give its pixel -> specimen geometry
+seed 1 and two fresh seeds drawn at run time (printed), these with the beam meeting
+the relief and the positions corrected for its parallax by a TEM survey. Every run's start document must give its pixel -> specimen geometry
 (``temsims.analysis.geometry``) without extra arguments.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -32,10 +34,21 @@ from temsims.plans.correlative import tem_pixel_to_stage
 TIMINGS: dict[str, float] = {}
 #: The particle search at the demo's dose and full size (core/app/demo.py FULL).
 SEARCH = {"fov_um": 4.0, "pixels": (96, 68), "dwell_s": 1e-3, "aperture": "100 pA"}
+if os.environ.get("TEMSIMS_SEARCH_PIXELS"):  # e.g. 64x45: the demo's quick map
+    SEARCH["pixels"] = tuple(int(v) for v in os.environ["TEMSIMS_SEARCH_PIXELS"].split("x"))
 #: Specimen seeds of the particle search: the module's instrument (seed 1) and two
 #: fresh ones, drawn when the search runs (each starts an instrument, as seeds 2 and 3
 #: did before issue 15).
-N_FRESH = 2
+N_FRESH = int(os.environ.get("TEMSIMS_SEARCH_SEEDS", "2"))
+#: The fresh seeds' instruments have the relief (the tilted beam's shadows and parallax,
+#: decision 0041) and their searches correct it with a TEM survey (``parallax``); seed 1
+#: (the module's instrument) is the flat twin. TEMSIMS_SEARCH_RELIEF=1 or 0: all with
+#: or all without (the benchmarks of the 0041 amendment).
+_RELIEF_ENV = os.environ.get("TEMSIMS_SEARCH_RELIEF")
+
+
+def _relief(seed: int) -> bool:
+    return seed != 1 if _RELIEF_ENV is None else _RELIEF_ENV == "1"
 
 
 def _starts(RE):
@@ -71,8 +84,9 @@ def _search(engine, start) -> dict:
                            primary_current_pa=params.get("primary_current_pa"))
     assert [p.label for p in again] == [c["label"] for c in table]
     assert [p.classification for p in again] == [c["classification"] for c in table]
-    return {"maps": maps, "candidates": table, "labels": again.labels,
-            "particles": [c for c in table if c["labelled"]],
+    return {"maps": maps, "candidates": table, "labels": again.labels, "table": again,
+            # A labelled segment of a TEM particle reported by another is part of it.
+            "particles": [c for c in table if c["labelled"] and not c.get("merged_into")],
             "uncertain": [c for c in table if c["classification"] == "uncertain"]}
 
 
@@ -118,7 +132,10 @@ def _bad_cases():
                 {"hydride": (1e-3,)}, {"hydride": (math.nan, 1e-4)},
                 {"hydride_count_s": 0.0}, {"hydride_count_s": "2"},
                 {"halo": 0.03}, {"halo": (0.5, 300.0)}, {"halo": (0.03, 0.0)},
-                {"halo": (math.nan, 300.0)}]
+                {"halo": (math.nan, 300.0)},
+                # the parallax survey (decision 0041)
+                {"parallax": "yes"}, {"parallax_exposure_s": 0.0},
+                {"parallax_exposure_s": math.inf}]
     return [(correlative_tem_sims, corr_ok, b) for b in corr_bad] + \
         [(find_labelled_particles, part_ok, b) for b in part_bad]
 
@@ -374,8 +391,9 @@ def searches(instruments):
     print(f"specimen seeds {seeds}")
     out = {}
     for seed in seeds:
-        d = connect_fast(instruments.get(specimen="li2co3-particles", seed=seed),
-                         camera_size=64)
+        d = connect_fast(instruments.get(specimen="li2co3-particles", seed=seed,
+                                         extra_args={"spectrometer": ["--relief"]}
+                                         if _relief(seed) else None), camera_size=64)
         d.column.aperture.set(SEARCH["aperture"]).wait(10)
         engine = RunEngine({"sample": f"li2co3-particles seed {seed}",
                             "specimen": "li2co3-particles", "operator": "pytest"},
@@ -389,6 +407,7 @@ def searches(instruments):
                 d, fov_um=SEARCH["fov_um"], pixels=SEARCH["pixels"],
                 dwell_s=SEARCH["dwell_s"], significance=5.0, min_counts=50,
                 zoom_fov_um=0.4, exposure_s=0.01, image_uncertain=seed == 1,
+                parallax=_relief(seed),
                 reference="li2co3-particles", hydride="measure",
                 halo=(PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"]))).plan_result
             TIMINGS[f"particles seed {seed}"] = time.monotonic() - t0
@@ -408,9 +427,17 @@ def test_find_labelled_particles_matches_truth(searches):
     seeds; segment scoring printed beside it. The analysis alone, over 60 fresh seeds
     at this size: recall 0.99-1.00, precision 1.00 (benchmarks/particles_benchmark.py);
     the bound allows 2 misses in 36."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+    from analysis_sims import score
+
     totals = {"found": 0, "n_labelled": 0, "tp": 0, "reported": 0}
+    pulls = []
     for seed, (res, engine, truth) in searches.items():
         res = _search(engine, _search_start(engine))
+        pulls.extend(score(res["table"], SimsMapGeometry.from_metadata(
+            _search_start(engine)).affine_to_specimen(), truth)["errors"])
         sc = _segment_score(res, _search_start(engine), truth)
         cs = score_centroids(res["particles"], truth)
         for k in totals:
@@ -434,7 +461,9 @@ def test_find_labelled_particles_matches_truth(searches):
     recall = totals["found"] / totals["n_labelled"]
     print(f"seeds {list(searches)}: per particle precision {precision:.3f} "
           f"({totals['tp']}/{totals['reported']}), recall {recall:.3f} "
-          f"({totals['found']}/{totals['n_labelled']})")
+          f"({totals['found']}/{totals['n_labelled']}); 6Li/7Li pulls of isolated particles: "
+          f"{len(pulls)}, mean {np.mean(pulls):+.2f}, std {np.std(pulls):.2f}; largest "
+          f"{sorted(pulls, key=abs)[-3:]}")
     assert precision >= 0.95
     # 36 labelled particles over the three searches: with the per-particle recall of
     # 0.97-0.99 scored over 30 fresh seeds at the analysis level (the harder twin with
@@ -537,6 +566,39 @@ def test_particle_search_documents(searches):
                         "tem_uid": s["uid"]}
         (ev,) = _events(engine, s["uid"], "primary")
         assert np.asarray(ev["data"]["camera_image"]).shape == (64, 64)
+
+
+def test_the_parallax_survey_is_recorded_and_moves_reports_up_beam(searches):
+    """The relief searches (decision 0041): a 1024 px TEM survey of the search field
+    under its own correlation id before the search, its uid and parameters in the SIMS
+    run's ``correlative.parallax``, every particle's map position and shift in the
+    ``particles`` stream; the labelled ones seen down-beam (+y) of their TEM projection
+    by ~0.75 r (their ``radius_nm`` from the map, blurred: 0.3-1.5 of it), x unmoved."""
+    relief = {seed: v for seed, v in searches.items() if _relief(seed)}
+    if not relief:
+        pytest.skip("no relief search (TEMSIMS_SEARCH_RELIEF=0)")
+    for seed, (result, engine, _truth) in relief.items():
+        info = result["parallax"]
+        survey = next(s for s in engine.docs.docs["start"] if s["uid"] == info["survey_uid"])
+        assert survey["correlation_id"] == info["parallax_id"] != result["correlation_id"]
+        assert survey["correlative"]["role"] == "particle_survey"
+        assert survey["image"]["size"] == 1024 and survey["mode"] == "TEM"
+        sims = _search_start(engine)
+        assert sims["correlative"]["parallax"]["survey_uid"] == info["survey_uid"]
+        table = _search(engine, sims)["candidates"]
+        corr = info["corrections"]
+        assert corr["corrected"] == sum(1 for p in table if p["tem_particle"])
+        merged = {m for g in corr["merges"] for m in g["merged"]}
+        assert merged == {p["label"] for p in table if p["merged_into"]}
+        shifts = [p["parallax_dy_um"] * 1e3 / p["radius_nm"] for p in table
+                  if p["labelled"] and p["tem_particle"] and not p["merged_into"]]
+        print(f"seed {seed}: {corr['tem_particles']} survey particles, {corr['corrected']} "
+              f"reports corrected, labelled shifts / r: median {np.median(shifts):.2f}; "
+              f"merges {corr['merges']}")
+        assert 0.3 < np.median(shifts) < 1.5
+        for p in table:
+            assert p["x_um"] == p["sims_x_um"]
+            assert p["y_um"] == pytest.approx(p["sims_y_um"] - p["parallax_dy_um"])
 
 
 def test_automatic_regions_leave_out_the_isotope_standard():
