@@ -136,7 +136,8 @@ def correct_records(records: list[dict], survey: dict, incidence_deg: float) -> 
     ``parallax_dy_um`` (the shift taken off y), ``tem_particle`` (the survey's particle
     it was corrected by, 0: none) and ``merged_into`` (the ``label`` of the labelled
     record of the same TEM particle with the highest ``z``, which it is a part of; 0:
-    none). Returns the summary recorded in the run: the survey's uid, incidence,
+    none); the kept record's position is the group's, each member's weighed by its
+    ``n6``. Returns the summary recorded in the run: the survey's uid, incidence,
     particles found, records moved, their shifts' median and largest, the merges.
     """
     x = [r["x_um"] for r in records]
@@ -161,6 +162,11 @@ def correct_records(records: list[dict], survey: dict, incidence_deg: float) -> 
         if len(group) < 2:
             continue
         keep = max(group, key=lambda r: r["z"] if math.isfinite(r["z"]) else -math.inf)
+        # The segments of one image each hold part of the particle: the report is
+        # where their 6Li is, on average (each segment's own corrected centroid).
+        w = np.array([max(float(r.get("n6", 1.0)), 0.0) for r in group]) + 1e-9
+        keep["x_um"] = float(np.dot(w, [r["x_um"] for r in group]) / w.sum())
+        keep["y_um"] = float(np.dot(w, [r["y_um"] for r in group]) / w.sum())
         for r in group:
             if r is not keep:
                 r["merged_into"] = int(keep["label"])

@@ -8,6 +8,7 @@ reproduces it). The plan-level figures are ``test_correlative``'s search."""
 import math
 
 import numpy as np
+from pytest import approx
 from scoring import fresh_rng
 
 from temsims.plans._parallax import (
@@ -66,12 +67,18 @@ def test_a_particle_goes_back_to_its_projection_and_its_two_reports_merge():
         h, affine = survey_heights(_image(rng, h_true), fov_um=FOV_UM, center=(0.0, 0.0),
                                    contrast_ug_cm2=CONTRAST)
         assert abs(h.max() - 2 * r_nm) < 0.15 * r_nm  # the chord's top, smoothed
-        # The map sees it ~0.75 r down-beam (Yamamura-weighted); two segments of its
-        # 3.6 r long image, and a natural report far off.
-        seen = [(cx, cy + 0.75 * r_nm), (cx, cy + 1.6 * r_nm), (cx + 1500.0, cy)]
+        # The map sees it ~0.75 r down-beam (Yamamura-weighted) as a whole; here as two
+        # segments of its 3.6 r long image (their 6Li alike, centroids -0.1 r and 1.6
+        # r), and a natural report far off.
+        seen = [(cx, cy - 0.1 * r_nm), (cx, cy + 1.6 * r_nm), (cx + 1500.0, cy)]
         recs = _records([(a / 1e3, b / 1e3) for a, b in seen], z=(12.0, 8.0, 3.0))
+        for rec, n6 in zip(recs, (500.0, 500.0, 20.0), strict=True):
+            rec["n6"] = n6
         recs[2]["labelled"] = False
         summary = correct_records(recs, {"height_nm": h, "affine": affine}, THETA)
+        # Each segment moved by the whole image's shift; the merged report at their mean.
+        assert recs[1]["y_um"] == approx(seen[1][1] / 1e3 - recs[1]["parallax_dy_um"])
+        assert recs[1]["parallax_dy_um"] * 1e3 / r_nm == approx(0.75, abs=0.1)
         err = (recs[0]["y_um"] * 1e3 - cy) / r_nm
         print(f"r {r_nm:.0f} nm: corrected - centre {err:+.3f} r; {summary}")
         assert abs(err) < 0.1 and recs[0]["x_um"] == seen[0][0] / 1e3
