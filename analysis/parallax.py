@@ -194,7 +194,8 @@ def parallax_offsets(height_nm, pixel_nm: float, incidence_deg: float, *,
     weight = ones if yamamura is None else np.take_along_axis(
         yamamura_weight(h, pixel_nm, incidence_deg, yamamura), rows, axis=0)
     tem = ndimage.center_of_mass(ones, labels, idx) if n else []
-    sims = ndimage.center_of_mass(weight, seen, idx) if n else []
+    with np.errstate(invalid="ignore", divide="ignore"):  # a particle no ray lands on
+        sims = ndimage.center_of_mass(weight, seen, idx) if n else []
     centroid = {int(k): (float(t[0]), float(t[1])) for k, t in zip(idx, tem, strict=True)}
     offset = {int(k): float(s[0] - t[0]) if np.isfinite(s[0]) else 0.0
               for k, t, s in zip(idx, tem, sims, strict=True)}

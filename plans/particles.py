@@ -49,6 +49,7 @@ from temsims.plans._common import (
     read_primary_current,
     with_safe_state,
 )
+from temsims.plans._parallax import correct_records, parallax_survey
 from temsims.plans.bracketing import bracket_values, check_reference_map, reference_run
 from temsims.plans.correlative import PARTS, check_sims_voltage, role_md
 from temsims.plans.mode import to_sims_mode, to_tem_mode
@@ -62,7 +63,7 @@ DEFAULT_DEAD_TIME_S = 30e-9
 #: Per-particle fields of the ``particles`` stream and units (besides ``index``).
 PARTICLE_UNITS = {"x_um": "um", "y_um": "um", "row": "px", "col": "px", "area_px": "px",
                   "radius_px": "px", "radius_nm": "nm", "n6": "counts", "n7": "counts",
-                  "z": "sigma"}
+                  "z": "sigma", "sims_x_um": "um", "sims_y_um": "um", "parallax_dy_um": "um"}
 #: 7LiH+ (u): mass 8 holds it alone (no stable isotope of mass 8), so LiH+/Li+ is
 #: counted there against 7Li (decision 0039).
 LIH7_MASS_U = species_mass("7Li") + species_mass("1H")
@@ -89,7 +90,7 @@ def _event_values(index: int, record: dict[str, Any]) -> dict[str, Any]:
     """The ``particles`` event of one record: fixed types (int, float, str, bool)."""
     out: dict[str, Any] = {"index": int(index)}
     for k, v in record.items():
-        if k in ("label", "area_px"):
+        if k in ("label", "area_px", "tem_particle", "merged_into"):
             out[k] = int(v)
         elif k == "classification":
             out[k] = str(v)
@@ -164,6 +165,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                             hydride_count_s: float = 0.05,
                             halo: tuple | None = None,
                             calibration: str = "warn",
+                            parallax: bool = False, parallax_exposure_s: float = 0.5,
                             md: dict | None = None) -> Plan[dict]:
     """Find the 6Li-labelled particles by SIMS and image each of them by TEM.
 
@@ -248,6 +250,21 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         bias): log a warning naming the plan to run (``calibrate_raster``,
         ``calibrate_coincidence``), refuse before anything moves, or not check. The
         check is recorded in every run's ``geometry_calibration``.
+    parallax : bool
+        Correct the reported positions for the tilted beam's parallax (decision 0041):
+        before the search, one bright-field ``tem_image`` run of the search field
+        (``particle_survey``, 1024 px) gives the particles' heights; each particle's
+        ``x_um``, ``y_um`` become its TEM projection's (the map's are kept as
+        ``sims_x_um``, ``sims_y_um``, the shift as ``parallax_dy_um``, the survey's
+        particle as ``tem_particle``) and a labelled particle whose TEM particle has
+        a more significant labelled report is ``merged_into`` that one's ``label``
+        (not imaged). The SIMS run's ``correlative.parallax`` holds the survey's
+        parameters, the result's ``parallax`` the corrections. False (the default,
+        as long as the twin's relief is opt-in: ``temsims ioc --relief``): the map's
+        positions, right for the flat twin; a real instrument's tilted beam needs True.
+    parallax_exposure_s : float
+        The survey's exposure (s), within the TEM's exposures: 0.5 s at 1 nA gives
+        ~3000 electrons per 4 nm pixel (0.2 % of Li2CO3's damage dose).
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them).
 
@@ -341,6 +358,10 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         check_number("halo[0]", halo[0], low=0.0, high=0.5, high_open=True)
         check_number("halo[1]", halo[1], low=0.0, low_open=True, unit="nm")
         halo_px = (float(halo[0]), halo_sigma_px(halo[1], 1000.0 * fov_um / pixels[0]))
+    parallax = check_bool("parallax", parallax)
+    parallax_exposure_s = check_number("parallax_exposure_s", parallax_exposure_s,
+                                       low=EXPOSURE_RANGE_S[0], high=EXPOSURE_RANGE_S[1],
+                                       unit="s")
     md = check_md(md)
     cid = md.get("correlation_id") or str(uuid.uuid4())
     # Reads only: refused here (calibration="refuse") before anything moves.
@@ -368,6 +389,12 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                     "min_counts": min_counts, "reference_ratio": NATURAL_LI6_LI7,
                     "correction": correction, "hydride": hydride, "halo": halo_px,
                     "primary_current_pa": current}
+        survey = None
+        if parallax:
+            survey = yield from parallax_survey(
+                (stage, tem, camera, mode), center=center, fov_um=fov_um, pixels=pixels,
+                sims_voltage_v=sims_voltage_v, exposure_s=parallax_exposure_s,
+                md=base_md, result=result)
         yield from to_sims_mode(mode, voltage_v=sims_voltage_v)
         parts = (stage, imager, spectrometer, column, bias)
         ref_md = {**md, "correlation_id": bid}
@@ -420,6 +447,9 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
                                    pixel_to_specimen=layout.geometry().affine_to_specimen(),
                                    **analysis)
             candidates.extend(particle_record(p) for p in table)
+            if survey is not None:
+                result["parallax"]["corrections"] = correct_records(
+                    candidates, survey, layout.geometry().incidence_deg)
             buf = Values("particle", units=PARTICLE_UNITS)
             for i, rec in enumerate(candidates):
                 buf.set_values(**_event_values(i, rec))
@@ -430,7 +460,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
             particle_analysis=dict(parameters, dead_time_source=tau_source,
                                    halo_fwhm_nm=None if halo is None else float(halo[1])),
-            image_uncertain=image_uncertain)}
+            image_uncertain=image_uncertain, parallax=result.get("parallax"))}
         if ref is not None:
             run_md["bracketing"] = dict(common, role="unknown", position=None, index=0,
                                         dead_time_s=tau)
@@ -443,7 +473,8 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             yield from reference("after")
         wanted = ("labelled", "uncertain") if image_uncertain else ("labelled",)
         # Labelled first, then the uncertain ones; each in the table's order.
-        to_image = sorted((p for p in candidates if p["classification"] in wanted),
+        to_image = sorted((p for p in candidates if p["classification"] in wanted
+                           and not p.get("merged_into")),
                           key=lambda p: wanted.index(p["classification"]))
         yield from to_tem_mode(mode)
         for i, p in enumerate(to_image[:max_particles]):
