@@ -194,6 +194,16 @@ def clip_within(value: float, limits: tuple[float, float] | None) -> float:
     return min(max(value, limits[0]), limits[1])
 
 
+def require_settings(part: Any, role: str, attrs: Sequence[str], purpose: str) -> None:
+    """Refuse ``part`` (TypeError, naming it) unless it has every signal of ``attrs``:
+    what a plan that writes a calibration or a setting needs (``purpose``, as in
+    "this plan needs a raster calibration to write")."""
+    for attr in attrs:
+        if getattr(part, attr, None) is None:
+            raise TypeError(f"{role} {getattr(part, 'name', part)!r} has no {attr}: "
+                            f"this plan needs {purpose}")
+
+
 def check_within(name: str, value: float, limits: tuple[float, float] | None,
                  unit: str = "") -> None:
     """``ValueError`` unless ``value`` is within device limits ``(low, high)`` (if any)."""

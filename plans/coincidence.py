@@ -33,7 +33,7 @@ import numpy as np
 
 from temsims.analysis.geometry import TemImageGeometry
 from temsims.analysis.registration import register_sims_to_tem
-from temsims.plans._common import microscope_parts
+from temsims.plans._common import microscope_parts, require_settings
 from temsims.plans._tem_referenced import PARTS, check_calibration_args, tem_referenced_passes
 from temsims.plans.types import Microscope, Plan
 
@@ -90,10 +90,8 @@ def check_coincidence_args(microscope: Microscope, **kwargs: Any) -> tuple[tuple
     the parts and the checked values; raises before anything moves."""
     parts = microscope_parts(microscope, *PARTS)
     column = parts[6]
-    for attr in ("coincidence_x", "coincidence_y"):
-        if getattr(column, attr, None) is None:
-            raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
-                            "this plan needs a coincidence correction to write")
+    require_settings(column, "column", ("coincidence_x", "coincidence_y"),
+                     "a coincidence correction to write")
     return parts, check_calibration_args(parts, tem_fov_factor=2.0, max_passes=MAX_PASSES,
                                          **kwargs)
 

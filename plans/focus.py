@@ -44,6 +44,7 @@ from temsims.plans._common import (
     device_limits,
     microscope_parts,
     region_md,
+    require_settings,
     sims_md,
     start_metadata,
     with_safe_state,
@@ -148,9 +149,7 @@ def focus_probe(microscope: Microscope, *, edge: tuple = PAD_EDGE_UM,
         (widen ``span_um`` or centre FOCUS nearer): FOCUS is put back as it was.
     """
     stage, mode, imager, spectrometer, column, bias = microscope_parts(microscope, *PARTS)
-    if getattr(column, "focus", None) is None:
-        raise TypeError(f"column {getattr(column, 'name', column)!r} has no focus: this "
-                        "plan needs a focus setting to step and write")
+    require_settings(column, "column", ("focus",), "a focus setting to step and write")
     edge = check_pair("edge", edge, unit="um")
     voltage_v = check_sims_voltage(voltage_v)
     labels, fov_um, pixels, dwell_s, _, md = check_sims_map_args(

@@ -34,7 +34,7 @@ import numpy as np
 
 from temsims.analysis.geometry import TemImageGeometry
 from temsims.analysis.registration import register_sims_to_tem
-from temsims.plans._common import microscope_parts
+from temsims.plans._common import microscope_parts, require_settings
 from temsims.plans._tem_referenced import PARTS, check_calibration_args, tem_referenced_passes
 from temsims.plans.types import Microscope, Plan
 
@@ -93,10 +93,7 @@ def check_raster_args(microscope: Microscope, **kwargs: Any) -> tuple[tuple, dic
     parts and the checked values; raises before anything moves."""
     parts = microscope_parts(microscope, *PARTS)
     column = parts[6]
-    for attr in ("fov_cal", "rot_cal"):
-        if getattr(column, attr, None) is None:
-            raise TypeError(f"column {getattr(column, 'name', column)!r} has no {attr}: "
-                            "this plan needs a raster calibration to write")
+    require_settings(column, "column", ("fov_cal", "rot_cal"), "a raster calibration to write")
     args = check_calibration_args(parts, tem_fov_factor=1.5, max_passes=MAX_PASSES,
                                   **kwargs)
     if min(args["sims_pixels"]) < MIN_PIXELS:
