@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from ophyd import EpicsSignal, EpicsSignalRO, Signal
 from ophyd.status import DeviceStatus, StatusBase
+from ophyd.utils.errors import StatusTimeoutError, WaitTimeoutError
 
 # The dtype convention of readings is shared with the plans' computed streams.
 from temsims.constants import value_dtype
@@ -367,6 +368,24 @@ class SoftSignal(DescribesDtype, Signal):
     """A value kept in the client (no PV), e.g. a setting recorded as configuration."""
 
 
+def _step_failure(exc: BaseException | None, step) -> BaseException:
+    """What fails :func:`chain`'s status when ``step`` failed with ``exc``.
+
+    ophyd refuses its own status timeouts as another status's exception (a step's
+    put-completion timing out is one): ``set_exception`` raised ValueError on the
+    callback thread, the chain's status never completed and the plan waiting on it
+    hung. They are handed on as a plain TimeoutError naming the step.
+    """
+    name = getattr(step, "__name__", step)
+    if exc is None:
+        return RuntimeError(f"step {name} failed")
+    if isinstance(exc, (StatusTimeoutError, WaitTimeoutError)):
+        err = TimeoutError(f"step {name} timed out: {exc}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
 def chain(device, steps: Iterable, *, timeout: float | None = None) -> DeviceStatus:
     """Run ``steps`` one after the other, event-driven; one status for the whole.
 
@@ -388,7 +407,7 @@ def chain(device, steps: Iterable, *, timeout: float | None = None) -> DeviceSta
             try:
                 st = step()
             except Exception as exc:  # noqa: BLE001 - handed to the caller via the status
-                overall.set_exception(exc)
+                overall.set_exception(_step_failure(exc, step))
                 return
             if st is None:
                 overall.step_times.append((getattr(step, "__name__", str(step)),
@@ -398,10 +417,8 @@ def chain(device, steps: Iterable, *, timeout: float | None = None) -> DeviceSta
 
             def on_done(s: StatusBase, i=i, t0=t0, step=step) -> None:
                 if not s.success:
-                    exc = s.exception()
                     if not overall.done:
-                        overall.set_exception(exc if exc is not None else RuntimeError(
-                            f"step {getattr(step, '__name__', step)} failed"))
+                        overall.set_exception(_step_failure(s.exception(), step))
                     return
                 overall.step_times.append((getattr(step, "__name__", str(step)),
                                            time.monotonic() - t0))
