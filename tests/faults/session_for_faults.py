@@ -57,6 +57,16 @@ def main() -> int:
     RE = RunEngine({})
     RE.subscribe(writer)
     emitted = os.open(os.path.join(args.out, "emitted"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    say_lock = threading.Lock()
+
+    def say(line: str) -> None:
+        # One write per line, under a lock: the reporting thread's and the main
+        # thread's prints interleaved once ("ACK uid=2500DONE"; print writes the text
+        # and the newline separately).
+        with say_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     reference = open(os.path.join(args.out, "documents.pkl"), "ab")  # noqa: SIM115
 
     def record(name, doc) -> None:
@@ -68,7 +78,7 @@ def main() -> int:
     RE.subscribe(record)
     (first,) = RE(bp.count([line], num=5))
     writer.wait_for_run(first, timeout=60)
-    print(f"READY {writer.pid} {first}", flush=True)
+    say(f"READY {writer.pid} {first}")
 
     def report() -> None:
         last = None
@@ -76,18 +86,18 @@ def main() -> int:
         while True:
             if len(writer.outages) != outages:
                 outages = len(writer.outages)
-                print(f"OUTAGE {outages}", flush=True)
+                say(f"OUTAGE {outages}")
             acked = dict(writer.acknowledged)
             if acked != last:
                 last = acked
-                print("ACK " + " ".join(f"{k}={v}" for k, v in acked.items()), flush=True)
+                say("ACK " + " ".join(f"{k}={v}" for k, v in acked.items()))
             time.sleep(0.02)
 
     threading.Thread(target=report, daemon=True).start()
-    RE.subscribe(lambda name, doc: name == "start" and print(f"RUN {doc['uid']}", flush=True))
+    RE.subscribe(lambda name, doc: name == "start" and say(f"RUN {doc['uid']}"))
     RE(bp.count([line], num=args.events, delay=args.delay))
     writer.flush(timeout=120)
-    print("DONE", flush=True)
+    say("DONE")
     cat.close()
     return 0
 
