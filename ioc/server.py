@@ -200,19 +200,20 @@ class PartServer:
         link = getattr(self.group, "world_link", None)
         if link is not None:
             link.stop()
-        if self._run_task is not None:
-            self._run_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._run_task
+        # The sockets first, as a killed process's drop: clients see the circuit go
+        # now, not after the server's tasks have been cancelled (which under load took
+        # over a second). caproto would leave them to the garbage collector.
         if context is not None:
-            # caproto cancels the circuits' tasks but leaves their sockets to the
-            # garbage collector: close them, so clients see the circuit drop now.
             for circuit in list(getattr(context, "circuits", ())):
                 with contextlib.suppress(Exception):
                     circuit.client.close()
             for sock in context.tcp_sockets.values():
                 with contextlib.suppress(Exception):
                     sock.close()
+        if self._run_task is not None:
+            self._run_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._run_task
         for task in asyncio.all_tasks():
             if task is not asyncio.current_task():
                 task.cancel()
