@@ -108,6 +108,9 @@ END_TOLERANCE_S = 0.05
 STOPPING_FRAME_WAIT_S = 5.0
 #: Settling of the magnet between the (small) steps of a mass scan.
 SCAN_STEP_SETTLE_S = 1e-3
+#: Wall seconds without a change of what a frame is computed from before the next
+#: frame's plan is prepared ahead (each costs ~0.3-1.5 s of CPU on a 2-6 um field).
+PREPARE_QUIET_S = 0.2
 #: Values DEAD_TIME (the calibrated dead time, s) accepts.
 DEAD_TIME_RANGE_S = (10e-9, 100e-9)
 #: Default collector masses (u) with the axial mass at 7 u: 6Li, 7Li, 12C, 13C.
@@ -880,8 +883,19 @@ class SpectrometerIOC(InstrumentIOC):
         loop = asyncio.get_running_loop()
         while self._prep_pending:
             self._prep_pending = False
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(PREPARE_QUIET_S)
+            if self._prep_pending:
+                # Still changing (a bias ramp moves the landing at every readback): a
+                # plan for this moment would not be the next map's.
+                continue
             if self._raster_running() or self._busy:
+                continue
+            if self.conditions().problems(self.params, beam=False):
+                # Not in the SIMS geometry (bias off or ramping, the stage not at the
+                # SIMS tilt, the objective on): the next map comes after a mode change
+                # that moves the landing and incidence, so a plan made now would never
+                # be used (an alignment made 8 such of its 11, ~1 s of CPU each on a
+                # 4 um field). A blanked beam is no reason: maps start blanked.
                 continue
             snap = self.snapshot()
             key = self._plan_key(snap)

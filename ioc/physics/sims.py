@@ -770,7 +770,10 @@ class SimsConditions:
     bias_v: float | None
     beam_unblanked: bool | None
 
-    def problems(self, params: SimsParameters = SimsParameters()) -> list[str]:
+    def problems(self, params: SimsParameters = SimsParameters(), *,
+                 beam: bool = True) -> list[str]:
+        """What keeps the instrument from SIMS now (``beam=False``: the geometry only,
+        the ion beam's blanking left out)."""
         out = []
         if self.alpha_deg is None or not (
                 abs(self.alpha_deg - params.sims_alpha_deg) <= params.sims_alpha_tolerance_deg):
@@ -780,7 +783,7 @@ class SimsConditions:
             out.append("objective lens on")
         if not self.bias_enabled or self.bias_v is None or abs(self.bias_v) < params.min_bias_v:
             out.append("bias off")
-        if not self.beam_unblanked:
+        if beam and not self.beam_unblanked:
             out.append("ion beam blanked")
         return out
 
