@@ -75,7 +75,7 @@ from functools import cache
 
 import numpy as np
 import xraydb
-from scipy import signal, special
+from scipy import special
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 FAMILIES = ("K", "L", "M")
@@ -234,6 +234,10 @@ def sum_spectrum(counts: np.ndarray, axis: EnergyAxis, *, live_time_s: float,
     if pulse_pair_time_s == 0:
         return out.reshape(n.shape)
     nchan = two_d.shape[1]
+    # Imported here: scipy.signal (with scipy.stats, ~1.6 s) at the top of this module
+    # was paid by every process importing the plan library.
+    from scipy import signal
+
     conv = np.clip(signal.fftconvolve(two_d, two_d, axes=1), 0.0, None)
     conv *= pulse_pair_time_s / live_time_s
     shift = 0.5 + axis.offset_ev / axis.ev_per_chan

@@ -57,8 +57,7 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage, special
-from skimage.feature import match_template, peak_local_max
-from skimage.filters import window
+from skimage.feature import peak_local_max
 from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform, warp
 
@@ -337,6 +336,10 @@ def feature_shifts(sims_z: np.ndarray, tem_z: np.ndarray, mask: np.ndarray, *,
     insensitive to the blob's shape: a particle that looks wider on the map than on
     the image (probe halo, surface vs mass thickness) moves nothing.
     """
+    # Here, not at the top: skimage's template matching imports scipy.signal and with
+    # it scipy.stats (~1.6 s), which every process importing the plan library paid.
+    from skimage.feature import match_template
+
     half, search = int(half_window_px), int(search_px)
     inner = ndimage.binary_erosion(mask, iterations=half, border_value=0)
     if not inner.any():
@@ -709,6 +712,8 @@ def _refine_translation(sims: np.ndarray, tem: np.ndarray, m0: np.ndarray,
     """The iterated translation from ``m0``, whose prepared pair is ``at_m0`` (sims_z,
     tem_z, mask): (accepted, total shift (row, col), phase error, iterations, (matrix,
     sims_z, tem_z, mask) at the refined position, or at ``m0`` if refused)."""
+    from skimage.filters import window  # imports scipy.signal: see feature_shifts
+
     sims_z, tem_z, mask = at_m0
     taper = window(("tukey", taper_fraction), sims.shape).astype(np.float32)
     total = np.zeros(2)
