@@ -281,10 +281,9 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
     return InstrumentPool(start_instrument, lambda procs: stop_instrument(procs, slot_pool))
 
 
-#: Seconds each of the long test modules took (setup, calls and teardown, summed from
-#: ``--durations=0`` of a 2-worker run on a quiet machine, 2026-12-04; others < 10 s;
-#: test_demo_all and plans/test_correlative raised by the ion-beam alignment they now
-#: run, 2026-12-05: +20 s and +26 s measured alone).
+#: Seconds each of the long test modules took (setup, calls and teardown, summed per
+#: module from the JUnit XML of a full 2-worker ``bash run.sh test``, 2026-12-05, load
+#: 3-7; others < 10 s). Only their order matters.
 #: run.sh hands modules to the xdist workers in collection order
 #: (``--no-loadscope-reorder``: xdist's default orders them by their number of tests,
 #: which put the 1-test catalog/test_demo_on_postgres.py last, one worker running it
@@ -292,20 +291,22 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 #: :func:`pytest_collection_modifyitems` collects the longest first: the short ones then
 #: fill in at the end, so that both workers finish together.
 MODULE_SECONDS = {
-    "test_demo_all.py": 97, "faults/test_interlock_fuzz.py": 58,
-    "faults/test_part_faults.py": 46, "catalog/test_serve.py": 44,
-    "catalog/test_demo_on_postgres.py": 40, "faults/test_storage_faults.py": 34,
-    "faults/test_control.py": 31, "ioc/test_sputtering.py": 31,
-    "catalog/test_databroker_habits.py": 29,
-    "test_queue.py": 28, "ioc/test_motor_record_calibration.py": 26,
-    "test_lifecycle.py": 25, "test_session.py": 25, "catalog/test_writer.py": 25,
-    "ioc/test_time_scale.py": 21, "catalog/test_open.py": 18,
-    "faults/test_bad_input.py": 17, "test_loaders.py": 17,
-    "catalog/test_instrument_readback.py": 17, "devices/test_plans.py": 16,
-    "catalog/test_roundtrip_and_queries.py": 16, "plans/test_correlative.py": 41,
-    "faults/test_arcs.py": 15, "plans/test_coincidence.py": 40, "devices/test_connect.py": 14, "ioc/test_column.py": 11,
-    "plans/test_calibration.py": 10, "ioc/test_launcher.py": 10,
-    "analysis/test_particles.py": 10, "ioc/test_tem.py": 10,
+    "test_demo_all.py": 137, "plans/test_correlative.py": 122, "catalog/test_serve.py": 74,
+    "test_queue.py": 61, "faults/test_interlock_fuzz.py": 57,
+    "faults/test_part_faults.py": 54, "faults/test_storage_faults.py": 54,
+    "catalog/test_demo_on_postgres.py": 50, "test_session.py": 50,
+    "catalog/test_writer.py": 45, "analysis/test_particles.py": 45, "test_lifecycle.py": 44,
+    "faults/test_control.py": 39, "catalog/test_databroker_habits.py": 29,
+    "ioc/test_motor_record_calibration.py": 28, "catalog/test_open.py": 28,
+    "catalog/test_instrument_readback.py": 21, "ioc/test_time_scale.py": 20,
+    "faults/test_bad_input.py": 20, "plans/test_dead_time.py": 19,
+    "devices/test_connect.py": 19, "devices/test_plans.py": 18,
+    "plans/test_raster_calibration.py": 18, "faults/test_arcs.py": 17,
+    "ioc/test_spectrometer.py": 16, "plans/test_other_instrument.py": 16,
+    "test_loaders.py": 16, "plans/test_plans_sims.py": 15,
+    "catalog/test_roundtrip_and_queries.py": 15, "ioc/test_tem.py": 14,
+    "plans/test_calibration.py": 13, "test_document_stream.py": 12, "test_cli.py": 11,
+    "ioc/test_sputtering.py": 10,
 }
 
 
