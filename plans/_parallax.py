@@ -23,7 +23,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from scipy import ndimage
 
-from temsims.analysis.parallax import correct_parallax, height_from_mass_thickness
+from temsims.analysis.parallax import beam_view, correct_parallax, height_from_mass_thickness
 from temsims.constants import SIMS_COLUMN_KV, extraction_incidence_deg
 from temsims.plans.mode import to_tem_mode
 from temsims.plans.tem import FOV_RANGE_UM, tem_image
@@ -68,6 +68,24 @@ def survey_heights(image, *, fov_um: float, center: tuple, contrast_ug_cm2: floa
     affine = np.array([[p, 0.0, center[0] - (n - 1) / 2 * p],
                        [0.0, p, center[1] - (n - 1) / 2 * p], [0.0, 0.0, 1.0]])
     return h, affine
+
+
+def beam_view_reference(image, *, fov_um: float, contrast_ug_cm2: float,
+                        incidence_deg: float) -> np.ndarray:
+    """A bright-field TEM image (alpha 0, square, rows along +y) as the tilted ion beam
+    sees the specimen: each pixel, taken as a beam position, gets the image's value
+    where its ray lands (:func:`temsims.analysis.parallax.beam_view` on the image's
+    :func:`survey_heights`, heights under :data:`SURVEY_MIN_HEIGHT_NM` taken as the
+    film so that the counting noise of a short exposure moves no ray). A SIMS map of
+    a raised particle field is compared with this, not with the TEM's projection: a
+    particle of radius ``r`` is seen ~0.75 r down-beam and stretched to ~2.6 r along
+    the beam at 50 deg, so its features' shifts against the projection scatter with
+    the particles' sizes (decision 0042's amendment "Relief")."""
+    img = np.asarray(image, dtype=float)
+    h, _ = survey_heights(img, fov_um=fov_um, center=(0.0, 0.0),
+                          contrast_ug_cm2=contrast_ug_cm2)
+    h = np.where(h > SURVEY_MIN_HEIGHT_NM, h, 0.0)
+    return beam_view(img, h, 1000.0 * fov_um / img.shape[0], incidence_deg)
 
 
 def tem_survey(stage, tem, camera, mode, *, center: tuple, fov_um: float,
@@ -183,6 +201,7 @@ def correct_records(records: list[dict], survey: dict, incidence_deg: float) -> 
             "merges": merges}
 
 
-__all__ = ["LI2CO3_SCATTERING_DENSITY_G_CM3", "LI2CO3_YAMAMURA", "correct_records",
+__all__ = ["LI2CO3_SCATTERING_DENSITY_G_CM3", "LI2CO3_YAMAMURA", "beam_view_reference",
+           "correct_records",
            "parallax_survey",
            "survey_fov_um", "survey_heights", "tem_survey"]

@@ -13,7 +13,11 @@ the ion beam by that much.
 fiducial in the TEM geometry, then in the SIMS geometry at the working bias one
 ``sims_map`` per pass, each registered (translation only,
 :func:`temsims.analysis.registration.register_sims_to_tem`) onto the TEM image
-inside its run. Each pass's measured offset is added to the column's correction
+inside its run, against the TEM image or against it as the tilted beam sees a
+raised specimen, whichever the map's features fit better
+(:func:`temsims.plans._tem_referenced.measure_against_tem`: on relief the projection
+puts the offset ~0.75 r of the particles down-beam, ~50 nm on the particle field;
+decision 0042's amendment "Relief"). Each pass's measured offset is added to the column's correction
 (``COINCIDENCE:X/Y``), so the next pass (and every later map) lands where the TEM
 looked; the last pass measures what remains. All runs share one ``correlation_id``
 and carry a ``coincidence`` block; each SIMS run records the correction it was
@@ -206,6 +210,6 @@ def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
     return (yield from tem_referenced_passes(
         parts, args, key="coincidence", units=COINCIDENCE_UNITS, skip=("refined",),
         result=result, read_setting=read_setting, measure=measure_coincidence,
-        apply_pass=apply_pass))
+        apply_pass=apply_pass, beam_view=True))
 
 __all__ = ["calibrate_coincidence", "check_coincidence_args", "measure_coincidence"]

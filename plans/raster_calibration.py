@@ -19,7 +19,12 @@ geometry whose incidence is the bias-bent one of
 rotation found are folded into the column's SCAN:FOV_CAL (a factor on the field the
 deflectors write) and SCAN:ROT_CAL (deg added to their rotation); the stretch (the
 extraction field's strength, a property of the bias, not of the raster) is reported,
-not corrected. Every SIMS run of every plan records the calibration it was mapped with
+not corrected. Each map is measured against the TEM image and against the TEM image as
+the tilted beam sees the specimen (a raised particle seen ~0.75 r down-beam and
+stretched along the beam), and the one its features fit better is kept
+(:func:`temsims.plans._tem_referenced.measure_against_tem`; decision 0042's amendment
+"Relief": against the projection alone 4 of 11 relief maps could not constrain the
+raster). Every SIMS run of every plan records the calibration it was mapped with
 (``raster_cal``, :func:`temsims.plans._common.sims_md`). The instrument is left in the
 TEM geometry, beam blanked, bias at 0 V.
 """
@@ -47,7 +52,8 @@ ROT_CAL_RANGE_DEG = 10.0
 #: features' positions across the map, so their precision grows with its size in px.
 MIN_PIXELS = 64
 RASTER_UNITS = {"scale": "", "rotation_deg": "deg", "stretch": "", "ncc": "",
-                "residual_px": "px", "features": "", "fov_cal": "", "rot_cal_deg": "deg"}
+                "residual_px": "px", "features": "", "feature_rms_px": "px", "fov_cal": "",
+                "rot_cal_deg": "deg"}
 
 
 def measure_raster(sims_counts: np.ndarray, tem_image: np.ndarray, sims_geometry,
@@ -67,7 +73,9 @@ def measure_raster(sims_counts: np.ndarray, tem_image: np.ndarray, sims_geometry
     dict
         ``scale`` (true field / recorded), ``rotation_deg`` (true minus recorded),
         ``stretch`` (true y stretch / recorded), ``ncc``, ``residual_px`` (SIMS px),
-        ``features`` (consistent features fitted; 0 for an intensity fit), ``method``
+        ``features`` (consistent features fitted; 0 for an intensity fit),
+        ``feature_rms_px`` (their shifts' scatter about the fitted model, SIMS px, even
+        where that fit was refused; NaN if none was made), ``method``
         ("features", "intensity", or "" if none) and ``measured`` (False: the features
         and the images could not constrain the model; the parameters are NaN).
     """
@@ -85,6 +93,7 @@ def measure_raster(sims_counts: np.ndarray, tem_image: np.ndarray, sims_geometry
             "ncc": float(reg.quality.get("ncc", nan)),
             "residual_px": float(reg.residual_sims_px),
             "features": int(affine.get("features", 0) or 0) if method == "features" else 0,
+            "feature_rms_px": float(affine.get("feature_rms_px", nan)),
             "method": method if ok else "", "measured": ok}
 
 
@@ -217,6 +226,6 @@ def calibrate_raster(microscope: Microscope, *, center: tuple = (0.0, 0.0),
     return (yield from tem_referenced_passes(
         parts, args, key="raster_calibration", units=RASTER_UNITS,
         skip=("measured", "method"), result=result, read_setting=read_setting,
-        measure=measure_raster, apply_pass=apply_pass))
+        measure=measure_raster, apply_pass=apply_pass, beam_view=True))
 
 __all__ = ["calibrate_raster", "check_raster_args", "measure_raster"]
