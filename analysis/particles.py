@@ -482,11 +482,14 @@ def contact_pixels(labels) -> np.ndarray:
 
 def _segment_sums(labels: np.ndarray, arrays, idx: np.ndarray, exclude_contacts: bool,
                   contact_labels: np.ndarray | None = None,
-                  aperture: np.ndarray | None = None) -> list[np.ndarray]:
+                  aperture: np.ndarray | None = None,
+                  brighter: np.ndarray | None = None) -> list[np.ndarray]:
     """Per-segment sums of ``arrays`` (zero where unacquired, ``labels`` 0 there),
     leaving out the contact pixels (:func:`contact_pixels` of ``contact_labels``,
     default ``labels``) unless that leaves less than half of a segment's counts
-    (the first two arrays); only over ``aperture`` (bool) if given."""
+    (the first two arrays): then only those of ``brighter`` (bool: contacts with a
+    brighter segment) if that keeps a quarter of them; only over ``aperture`` (bool)
+    if given."""
     contacts = contact_pixels(labels if contact_labels is None else contact_labels) \
         if exclude_contacts else None
     if aperture is not None:
@@ -495,6 +498,13 @@ def _segment_sums(labels: np.ndarray, arrays, idx: np.ndarray, exclude_contacts:
     if exclude_contacts:
         core = np.where(contacts, 0, labels)
         core_sums = [ndimage.sum_labels(a, core, idx) for a in arrays]
+        if brighter is not None:
+            # Beside a brighter neighbour the contacts hold its wing (the probe core's,
+            # not subtracted): those are left out even when the rest are kept.
+            dim = np.where(brighter, 0, labels)
+            dim_sums = [ndimage.sum_labels(a, dim, idx) for a in arrays]
+            use = dim_sums[0] + dim_sums[1] >= 0.25 * (sums[0] + sums[1])
+            sums = [np.where(use, d, s) for d, s in zip(dim_sums, sums, strict=True)]
         keep = core_sums[0] + core_sums[1] >= 0.5 * (sums[0] + sums[1])
         sums = [np.where(keep, c, s) for c, s in zip(core_sums, sums, strict=True)]
     return sums
@@ -776,7 +786,10 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         A small particle's watershed basin can reach far into a bright neighbour's
         wings and halo: there it sums more of the neighbour's (subtracted) 7Li than
         its own, and all of their counting noise (decision 0040, 2026-12-05
-        amendment). ``area_px``, the centroid and the segments are unchanged.
+        amendment). Where a segment's contacts are kept (``exclude_contacts`` would
+        lose more than half of its counts), those touching a brighter segment are
+        still left out while a quarter remains: they hold its unsubtracted core wing.
+        ``area_px``, the centroid and the segments are unchanged.
 
     Returns
     -------
@@ -874,8 +887,19 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         has_inner = ndimage.sum_labels(np.ones(lab.shape), inner, idx) > 0
         peak[idx[has_inner]] = ndimage.maximum(smooth, inner, idx[has_inner])
         aperture = smooth >= trim_fraction * peak[lab]
+        whole = np.zeros(int(lab.max()) + 1)
+        whole[idx] = ndimage.maximum(smooth, lab, idx)
+        own = whole[lab]
+        brighter = np.zeros(lab.shape, bool)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr or dc:
+                    other = ndimage.shift(lab, (dr, dc), order=0, mode="constant", cval=0)
+                    brighter |= (other > 0) & (other != lab) & (whole[other] > own)
+        brighter &= lab > 0
     sums = _segment_sums(lab, [z0(a) for a in (c6, c7, v6, v7, spill7)], idx,
-                         exclude_contacts, labels, aperture)
+                         exclude_contacts, labels, aperture,
+                         None if aperture is None else brighter)
     area = ndimage.sum_labels(np.ones(labels.shape), labels, idx)
     centres = ndimage.center_of_mass(z0(total), lab, idx)
     # A labelled particle sharing its segment with a natural one sits where the 6Li
