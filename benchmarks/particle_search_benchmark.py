@@ -11,16 +11,18 @@ one instrument on free loopback ports, stopped by PID after), at the tests' time
 scale (20).
 
 The isolated labelled particles' 6Li/7Li pulls ``(ratio - truth) / sigma_total`` are
-scored as the test scores them (:func:`isolated_pulls`): the table as the plan stored
-it, and the same maps re-analysed with the first pad's K (what the plan corrected
-with before decision 0035's 2026-12-05 amendment). Prints and writes
-``benchmarks/results/particle_search.json``: per seed and pooled, the pulls' mean,
-std and robust std (1.4826 MAD), and every pull beyond 3 with its particle, its
-nearest neighbours and the share of its 7Li the neighbours' halo put there.
+scored as the test scores them (:func:`isolated_pulls`): the stored maps re-analysed
+with the recorded parameters and the analysis as it stands (``pulls``: the plan's
+table), the table as the search stored it, and the maps re-analysed with the first
+pad's K (the plan's), the bracketed K, and whole segments (``trim_fraction`` 0). The
+maps do not depend on the analysis, so ``--rescore DIR`` scores kept searches again
+after an analysis change. Prints and writes ``benchmarks/results/particle_search.json``:
+per seed and pooled, the pulls' mean, std and robust std (1.4826 MAD), and every pull
+beyond 3 with its particle, its nearest neighbours and ``halo_share``.
 
 Run: ``.venv/bin/python benchmarks/particle_search_benchmark.py [--seeds 12]``
 (seeds drawn from fresh entropy, printed; ``TEMSIMS_TEST_ENTROPY`` reproduces a run;
-~45 s a seed).
+30-100 s a seed on a loaded machine).
 """
 
 from __future__ import annotations
