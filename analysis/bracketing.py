@@ -165,10 +165,16 @@ class BracketCorrection:
 
     def factor(self, time_s: float, *, certificate: bool = True) -> tuple[float, float]:
         """``(K, sigma_K)`` at ``time_s`` (see the module's docstring); without
-        ``certificate`` the reference value's own uncertainty is left out."""
+        ``certificate`` the reference value's own uncertainty is left out. A
+        correction from one measurement (``before`` and ``after`` the same object)
+        has that measurement's counting error."""
         w = self.weight(float(time_s))
         k = self.k_before + w * (self.k_after - self.k_before)
         var = ((1 - w) * self.sigma_before) ** 2 + (w * self.sigma_after) ** 2
+        if self.after is self.before:
+            # One reference (bracketing_correction(m, m): the first pad alone, before
+            # the second is measured): its counting error once, not averaged with itself.
+            var = self.sigma_before**2
         var += (w * (1 - w) * (self.k_after - self.k_before)) ** 2
         if certificate:
             var += (k * self.certified_sigma / self.certified_ratio) ** 2

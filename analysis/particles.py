@@ -65,6 +65,9 @@ from temsims.analysis.isotopes import (
 )
 
 CLASSES = ("labelled", "natural", "uncertain")
+#: ``find_particles``' summing aperture: a segment's pixels whose smoothed total counts
+#: reach this fraction of its peak (decision 0040, 2026-12-05 amendment).
+DEFAULT_TRIM_FRACTION = 0.2
 
 
 
@@ -118,6 +121,11 @@ class Particle:
     confidence : float
         ``1 - p_natural`` if labelled, ``1 - p_label`` if natural; for uncertain
         the larger of the two (how far the better hypothesis is from proven).
+    halo_share : float
+        The 7Li the probe halo's subtraction took out of the summed pixels, over
+        ``n7`` (0 without ``halo``): above ~1 the particle's 7Li rests more on the halo
+        model than on its own counts (a small particle in a bright neighbour's halo;
+        decision 0040, 2026-12-05 amendment): its ratio is as good as that model.
     """
 
     label: int
@@ -138,6 +146,7 @@ class Particle:
     p_label: float
     classification: str
     confidence: float
+    halo_share: float = 0.0
 
     @property
     def labelled(self) -> bool:
@@ -472,16 +481,30 @@ def contact_pixels(labels) -> np.ndarray:
 
 
 def _segment_sums(labels: np.ndarray, arrays, idx: np.ndarray, exclude_contacts: bool,
-                  contact_labels: np.ndarray | None = None) -> list[np.ndarray]:
+                  contact_labels: np.ndarray | None = None,
+                  aperture: np.ndarray | None = None,
+                  brighter: np.ndarray | None = None) -> list[np.ndarray]:
     """Per-segment sums of ``arrays`` (zero where unacquired, ``labels`` 0 there),
     leaving out the contact pixels (:func:`contact_pixels` of ``contact_labels``,
     default ``labels``) unless that leaves less than half of a segment's counts
-    (the first two arrays)."""
+    (the first two arrays): then only those of ``brighter`` (bool: contacts with a
+    brighter segment) if that keeps a quarter of them; only over ``aperture`` (bool)
+    if given."""
+    contacts = contact_pixels(labels if contact_labels is None else contact_labels) \
+        if exclude_contacts else None
+    if aperture is not None:
+        labels = np.where(aperture, labels, 0)
     sums = [ndimage.sum_labels(a, labels, idx) for a in arrays]
     if exclude_contacts:
-        contacts = contact_pixels(labels if contact_labels is None else contact_labels)
         core = np.where(contacts, 0, labels)
         core_sums = [ndimage.sum_labels(a, core, idx) for a in arrays]
+        if brighter is not None:
+            # Beside a brighter neighbour the contacts hold its wing (the probe core's,
+            # not subtracted): those are left out even when the rest are kept.
+            dim = np.where(brighter, 0, labels)
+            dim_sums = [ndimage.sum_labels(a, dim, idx) for a in arrays]
+            use = dim_sums[0] + dim_sums[1] >= 0.25 * (sums[0] + sums[1])
+            sums = [np.where(use, d, s) for d, s in zip(dim_sums, sums, strict=True)]
         keep = core_sums[0] + core_sums[1] >= 0.5 * (sums[0] + sums[1])
         sums = [np.where(keep, c, s) for c, s in zip(core_sums, sums, strict=True)]
     return sums
@@ -681,7 +704,8 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                    min_counts: float = 20.0, exclude_contacts: bool = True,
                    labels=None, split_labelled: bool = True,
                    correction=None, hydride=None, halo=None,
-                   primary_current_pa: float | None = None) -> ParticleTable:
+                   primary_current_pa: float | None = None,
+                   trim_fraction: float = DEFAULT_TRIM_FRACTION) -> ParticleTable:
     """Segment the particles of a 6Li/7Li map pair and test each one's ratio.
 
     Parameters
@@ -755,6 +779,18 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         ``K/2``: a labelled particle's 6Li by ~0.3 % in the twin, which a natural
         pad's bracket does not cancel (its 7Li loses that, not its 6Li).
 
+    trim_fraction : float
+        With the split (``split_labelled``, segmenting here), each particle's counts
+        are summed over the pixels of its segment where the smoothed total counts
+        reach this fraction of the segment's peak, in [0, 1) (0: the whole segment).
+        A small particle's watershed basin can reach far into a bright neighbour's
+        wings and halo: there it sums more of the neighbour's (subtracted) 7Li than
+        its own, and all of their counting noise (decision 0040, 2026-12-05
+        amendment). Where a segment's contacts are kept (``exclude_contacts`` would
+        lose more than half of its counts), those touching a brighter segment are
+        still left out while a quarter remains: they hold its unsubtracted core wing.
+        ``area_px``, the centroid and the segments are unchanged.
+
     Returns
     -------
     ParticleTable
@@ -771,13 +807,20 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     correction = check_correction(correction)
     hydride = check_hydride(hydride)
     halo = check_halo(halo)
+    if isinstance(trim_fraction, bool) or not isinstance(trim_fraction, (int, float)) or \
+            not 0.0 <= trim_fraction < 1.0:
+        raise ValueError(f"trim_fraction must be a number in [0, 1), got {trim_fraction!r}")
+    trim_fraction = float(trim_fraction)
     ions = _primary_ions_arg(primary_current_pa, dwell_s)
     c6, v6 = _qsa(*_dead_time(n6, dwell, dead_time_s), ions)
     c7, v7 = _qsa(*_dead_time(n7, dwell, dead_time_s), ions)
+    spill7 = np.zeros(n7.shape)
     if halo is not None:
         acquired = np.isfinite(c6) & np.isfinite(c7)
         c6, v6 = subtract_halo(c6, v6, acquired, halo)
+        raw7 = c7
         c7, v7 = subtract_halo(c7, v7, acquired, halo)
+        spill7 = raw7 - c7
     c7, v7 = subtract_hydride(c6, v6, c7, v7, hydride)
     measured_systematic = systematic_rel
     if correction is not None:
@@ -822,14 +865,41 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
               "split_labelled": bool(split_labelled) and not user_labels,
               "halo_fraction": None if halo is None else halo[0],
               "halo_sigma_px": None if halo is None else halo[1],
-              "primary_current_pa": primary_current_pa}
+              "primary_current_pa": primary_current_pa, "trim_fraction": trim_fraction}
     idx = np.unique(labels[labels > 0])
     if idx.size == 0:
         return ParticleTable((), labels, params)
     lab = np.where(valid, labels, 0)
     z0 = lambda a: np.where(valid, a, 0.0)  # noqa: E731
-    sums = _segment_sums(lab, [z0(a) for a in (c6, c7, v6, v7)], idx, exclude_contacts,
-                         labels)
+    aperture = None
+    if trim_fraction > 0.0 and params["split_labelled"]:
+        # Each particle's counts where its own footprint is: a small particle's
+        # watershed basin can reach far into a bright neighbour's wings and halo, and
+        # there it sums more of the neighbour's (subtracted) counts, and their noise,
+        # than its own. The peak is the segment's own, away from its contacts (beside
+        # a bright neighbour the wing outshines a small particle). One particle per
+        # segment: labelled Li beside natural Li was cut apart above (without the
+        # cut, or with given labels, whole segments).
+        smooth = _smooth(np.clip(z0(total), 0.0, None), valid, smooth_sigma_px)
+        inner = np.where(contact_pixels(labels), 0, lab)
+        peak = np.zeros(int(lab.max()) + 1)
+        peak[idx] = ndimage.maximum(smooth, lab, idx)
+        has_inner = ndimage.sum_labels(np.ones(lab.shape), inner, idx) > 0
+        peak[idx[has_inner]] = ndimage.maximum(smooth, inner, idx[has_inner])
+        aperture = smooth >= trim_fraction * peak[lab]
+        whole = np.zeros(int(lab.max()) + 1)
+        whole[idx] = ndimage.maximum(smooth, lab, idx)
+        own = whole[lab]
+        brighter = np.zeros(lab.shape, bool)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr or dc:
+                    other = ndimage.shift(lab, (dr, dc), order=0, mode="constant", cval=0)
+                    brighter |= (other > 0) & (other != lab) & (whole[other] > own)
+        brighter &= lab > 0
+    sums = _segment_sums(lab, [z0(a) for a in (c6, c7, v6, v7, spill7)], idx,
+                         exclude_contacts, labels, aperture,
+                         None if aperture is None else brighter)
     area = ndimage.sum_labels(np.ones(labels.shape), labels, idx)
     centres = ndimage.center_of_mass(z0(total), lab, idx)
     # A labelled particle sharing its segment with a natural one sits where the 6Li
@@ -843,7 +913,7 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
     out = []
     for k, lab_k in enumerate(idx):
         # (a faint segment's halo-subtracted sum can dip below 0: then it is 0)
-        s6, s7, w6, w7 = (max(float(a[k]), 0.0) for a in sums)
+        s6, s7, w6, w7, spilled = (max(float(a[k]), 0.0) for a in sums)
         # The 6Li subtracted was measured (before K): sigma_h weighs on it as counted.
         w7 += hydride_sum_variance(s6 / (correction[0] if correction else 1.0), hydride)
         # The sums are corrected already; the correction adds its error (and the
@@ -866,7 +936,9 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                             radius_nm=r_nm, n6=s6, n7=s7, ratio=reg.ratio, sigma=reg.sigma,
                             sigma_total=reg.sigma_total, z=reg.z,
                             p_natural=reg.p_natural, p_label=reg.p_label,
-                            classification=cls, confidence=float(conf)))
+                            classification=cls, confidence=float(conf),
+                            halo_share=spilled / s7 if s7 > 0 else
+                            (math.inf if spilled > 0 else 0.0)))
     out.sort(key=lambda p: -p.z if math.isfinite(p.z) else math.inf)
     return ParticleTable(tuple(out), labels, params, split_from)
 

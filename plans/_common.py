@@ -436,6 +436,40 @@ def read_dead_time(spectrometer, default: float | None):
     return _num(dead), source
 
 
+#: DEAD_TIME:SOURCE values that mean the maker's nominal dead time is in force (the
+#: IOC's start-up and SIM:RESET value; "default": no DEAD_TIME read at all).
+UNCALIBRATED_DEAD_TIME_SOURCES = ("nominal", "default")
+
+
+def check_dead_time_calibration(spectrometer, policy: str, *, plan: str,
+                                default: float | None):
+    """Plan stub (reads only): ``(dead_time_s, source, problems)`` of the spectrometer
+    (:func:`read_dead_time`), with a problem when the dead time in force is only the
+    nominal one (:data:`UNCALIBRATED_DEAD_TIME_SOURCES`).
+
+    An instrument's counting chain has its own dead time (22-45 ns in the twin against
+    the maker's nominal 30 ns; decision 0034): on the nominal one the natural pad's
+    7Li (MHz) is corrected wrongly and its K with it, which biased a bracketed
+    search's labelled 6Li/7Li pulls to a mean of -1.2 (decision 0035, 2026-12-05
+    amendment). ``policy`` as :func:`check_geometry_calibration`'s: "warn" logs the
+    problem, "refuse" raises RuntimeError (before anything moves), "ignore" reports
+    no problem (the dead time is still read).
+    """
+    tau, source = yield from read_dead_time(spectrometer, default)
+    problems = []
+    if policy != "ignore" and source in UNCALIBRATED_DEAD_TIME_SOURCES:
+        shown = "unknown" if tau is None else f"{tau * 1e9:g} ns"
+        problems.append(
+            f"the dead time in force ({shown}, DEAD_TIME:SOURCE {source!r}) is the nominal "
+            "one, not this instrument's (22-45 ns): run calibrate_dead_time first")
+    if problems:
+        text = f"{plan}: " + "; ".join(problems)
+        if policy == "refuse":
+            raise RuntimeError(text + " (or pass calibration='warn' to map anyway)")
+        logger.warning(text)
+    return tau, source, problems
+
+
 def read_primary_current(column):
     """Plan stub: the ion column's current (pA, CURRENT_RBV: the aperture's), the
     primary ions per second of the quasi-simultaneous-arrival correction (decision
@@ -614,6 +648,7 @@ __all__ = [
     "check_bool",
     "check_calibration_policy",
     "check_device",
+    "check_dead_time_calibration",
     "check_geometry_calibration",
     "check_int",
     "check_md",

@@ -36,6 +36,7 @@ from temsims.plans._common import (
     Values,
     check_bool,
     check_calibration_policy,
+    check_dead_time_calibration,
     check_geometry_calibration,
     check_int,
     check_md,
@@ -45,7 +46,6 @@ from temsims.plans._common import (
     clip_within,
     device_limits,
     microscope_parts,
-    read_dead_time,
     read_primary_current,
     with_safe_state,
 )
@@ -63,7 +63,8 @@ DEFAULT_DEAD_TIME_S = 30e-9
 #: Per-particle fields of the ``particles`` stream and units (besides ``index``).
 PARTICLE_UNITS = {"x_um": "um", "y_um": "um", "row": "px", "col": "px", "area_px": "px",
                   "radius_px": "px", "radius_nm": "nm", "n6": "counts", "n7": "counts",
-                  "z": "sigma", "sims_x_um": "um", "sims_y_um": "um", "parallax_dy_um": "um"}
+                  "z": "sigma", "sims_x_um": "um", "sims_y_um": "um", "parallax_dy_um": "um",
+                  "halo_share": ""}
 #: 7LiH+ (u): mass 8 holds it alone (no stable isotope of mass 8), so LiH+/Li+ is
 #: counted there against 7Li (decision 0039).
 LIH7_MASS_U = species_mass("7Li") + species_mass("1H")
@@ -247,9 +248,14 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         What to do if the ion beam's geometry is not calibrated for ``sims_voltage_v``
         (:func:`temsims.plans._common.check_geometry_calibration`: the raster never
         calibrated, the TEM/FIB coincidence never measured or measured at another
-        bias): log a warning naming the plan to run (``calibrate_raster``,
-        ``calibrate_coincidence``), refuse before anything moves, or not check. The
-        check is recorded in every run's ``geometry_calibration``.
+        bias) or the spectrometer counts with the nominal dead time only
+        (DEAD_TIME:SOURCE "nominal": :func:`temsims.plans._common.check_dead_time_calibration`;
+        the pad's K and every labelled ratio then read a few per cent off): log a
+        warning naming the plan to run (``calibrate_raster``, ``calibrate_coincidence``,
+        ``calibrate_dead_time``), refuse before anything moves, or not check. The
+        geometry check is recorded in every run's ``geometry_calibration``, the dead
+        time's in the SIMS run's ``particle_analysis`` (``dead_time_source``,
+        ``dead_time_problems``).
     parallax : bool
         Correct the reported positions for the tilted beam's parallax (decision 0041):
         before the search, one bright-field ``tem_image`` run of the search field
@@ -367,6 +373,9 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
     # Reads only: refused here (calibration="refuse") before anything moves.
     geometry_calibration = yield from check_geometry_calibration(
         column, sims_voltage_v, calibration, plan="find_labelled_particles")
+    tau, tau_source, dead_time_problems = yield from check_dead_time_calibration(
+        spectrometer, calibration, plan="find_labelled_particles",
+        default=DEFAULT_DEAD_TIME_S)
     base_md = {**md, "correlation_id": cid, "geometry_calibration": geometry_calibration}
     labels = ("6Li", "7Li")
     result: dict[str, Any] = {"correlation_id": cid, "uids": {"sims": [], "tem": []},
@@ -381,7 +390,6 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
         state: dict[str, Any] = {}
 
     def body():
-        tau, tau_source = yield from read_dead_time(spectrometer, DEFAULT_DEAD_TIME_S)
         # Quasi-simultaneous arrival (decision 0043) is corrected from the pulses per
         # primary ion: the column's current, the same for the pad and the search.
         current = yield from read_primary_current(column)
@@ -459,6 +467,7 @@ def find_labelled_particles(microscope: Microscope, *, fov_um: float, pixels: tu
             role="particle_search", roi_index=None,
             roi={"x_um": center[0], "y_um": center[1], "fov_um": fov_um},
             particle_analysis=dict(parameters, dead_time_source=tau_source,
+                                   dead_time_problems=dead_time_problems,
                                    halo_fwhm_nm=None if halo is None else float(halo[1])),
             image_uncertain=image_uncertain, parallax=result.get("parallax"))}
         if ref is not None:

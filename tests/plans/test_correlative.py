@@ -90,7 +90,8 @@ def _search(engine, start) -> dict:
                            (params["hydride_ratio"], params["hydride_sigma"]),
                            halo=None if params.get("halo_fraction") is None else
                            (params["halo_fraction"], params["halo_sigma_px"]),
-                           primary_current_pa=params.get("primary_current_pa"))
+                           primary_current_pa=params.get("primary_current_pa"),
+                           trim_fraction=params["trim_fraction"])
     assert [p.label for p in again] == [c["label"] for c in table]
     assert [p.classification for p in again] == [c["classification"] for c in table]
     return {"maps": maps, "candidates": table, "labels": again.labels, "table": again,
@@ -232,6 +233,51 @@ def test_the_calibration_in_force_is_checked_before_anything_moves(RE, pdev, cap
             next(correlative_tem_sims(pdev, overview_fov_um=2.0, calibration="check"))
     finally:
         for sig, value in ((col.fov_cal, 1.0), (col.rot_cal, 0.0), (col.coincidence_bias, 0.0)):
+            sig.set(value).wait(10)
+    assert len(RE.docs.docs["start"]) == n_starts  # no run started
+
+
+def test_the_particle_search_checks_the_dead_time_in_force(RE, pdev, caplog):
+    """The search on the nominal dead time (DEAD_TIME:SOURCE "nominal", the reset's)
+    is refused before any hardware message with ``calibration="refuse"``, naming
+    calibrate_dead_time, and logged with "warn" (on the nominal 30 ns the isolated
+    labelled pulls averaged -1.2; decision 0035, 2026-12-05 amendment); a dead time
+    put by hand ("manual") passes."""
+    import logging
+
+    from temsims.plans._common import check_dead_time_calibration
+
+    col, spec = pdev.column, pdev.spectrometer
+    n_starts = len(RE.docs.docs["start"])
+    nominal = spec.dead_time.get()
+    assert spec.dead_time_source.get() == "nominal"
+    try:
+        # The geometry aligned at the plan's bias: the dead time is what is refused.
+        for sig, value in ((col.fov_cal, 1.01), (col.rot_cal, 0.5), (col.coincidence_bias,
+                                                                       4500.0)):
+            sig.set(value).wait(10)
+        msgs = []
+        gen = find_labelled_particles(pdev, fov_um=2.0, pixels=(8, 6), calibration="refuse")
+        with pytest.raises(RuntimeError, match="run calibrate_dead_time first") as info:
+            msg = next(gen)
+            while True:  # the checks' reads, answered by the IOCs
+                msgs.append(msg)
+                msg = gen.send({msg.obj.name: {"value": msg.obj.get()}})
+        assert {m.command for m in msgs} <= {"read"}
+        assert "DEAD_TIME:SOURCE 'nominal'" in str(info.value)
+        with caplog.at_level(logging.WARNING, logger="temsims.plans._common"):
+            tau, source, problems = RE(check_dead_time_calibration(
+                spec, "warn", plan="test", default=None)).plan_result
+        assert (tau, source, len(problems)) == (pytest.approx(nominal), "nominal", 1)
+        assert "calibrate_dead_time" in caplog.text
+        assert RE(check_dead_time_calibration(spec, "ignore", plan="test", default=None)
+                  ).plan_result[2] == []
+        spec.dead_time.set(nominal).wait(10)  # a put: DEAD_TIME:SOURCE "manual"
+        assert RE(check_dead_time_calibration(spec, "refuse", plan="test", default=None)
+                  ).plan_result[1:] == ("manual", [])
+    finally:
+        for sig, value in ((col.fov_cal, 1.0), (col.rot_cal, 0.0), (col.coincidence_bias, 0.0),
+                           (spec.dead_time, nominal), (spec.dead_time_source, "nominal")):
             sig.set(value).wait(10)
     assert len(RE.docs.docs["start"]) == n_starts  # no run started
 
@@ -553,10 +599,13 @@ def test_find_labelled_particles_matches_truth(searches):
     from temsims.ioc.physics import sims as sp
 
     totals = {"found": 0, "n_labelled": 0, "tp": 0, "reported": 0}
-    pulls = []
+    # The analysis tests' pulls (analysis_sims.score: every isolated particle, natural
+    # too, in units of the Poisson sigma; segments reaching another particle or cut
+    # from one left out), printed beside the plan-level ones asserted below.
+    segment_pulls = []
     for seed, (res, engine, truth) in searches.items():
         res = _search(engine, _search_start(engine))
-        pulls.extend(score(res["table"], SimsMapGeometry.from_metadata(
+        segment_pulls.extend(score(res["table"], SimsMapGeometry.from_metadata(
             _search_start(engine)).affine_to_specimen(), truth)["errors"])
         sc = _segment_score(res, _search_start(engine), truth)
         cs = score_centroids(res["particles"], truth)
@@ -587,7 +636,7 @@ def test_find_labelled_particles_matches_truth(searches):
     # Their 6Li/7Li against the truth, in units of the reported sigma_total, for the
     # isolated ones (every other particle's edge > 2 map pixels away: a neighbour
     # shares counts by design); printed, the ratio's bound is test_particles.py's.
-    offsets, pulls = [], []
+    offsets, pulls, halo_shares = [], [], []
     for seed, (_res, engine, truth) in searches.items():
         # The search on the instrument's calibrated dead time: on the nominal 30 ns
         # (instruments count with 22-45 ns) the pad's K read 2-5 % low and the isolated
@@ -607,17 +656,35 @@ def test_find_labelled_particles_matches_truth(searches):
             if min(dist) < t["radius_nm"] and min(gaps) > 2 * 1e3 * SEARCH["fov_um"] / \
                     SEARCH["pixels"][0] * 1.42 and p["sigma_total"] > 0:
                 pulls.append((p["ratio"] - t["li6_li7_ratio"]) / p["sigma_total"])
-    offsets = np.asarray(offsets)
+                halo_shares.append(p["halo_share"])
+    offsets, pulls, halo_shares = (np.asarray(a) for a in (offsets, pulls, halo_shares))
+    mad_std = 1.4826 * np.median(np.abs(pulls - np.median(pulls)))
     print(f"reported centroids to the nearest labelled particle: median "
           f"{np.median(offsets):.1f} nm, p90 {np.percentile(offsets, 90):.1f} nm, "
-          f"max {offsets.max():.1f} nm over {offsets.size}; isolated labelled pulls "
-          f"mean {np.mean(pulls):+.2f}, std {np.std(pulls, ddof=1):.2f} over {len(pulls)}")
-    assert np.median(offsets) < 30.0
+          f"max {offsets.max():.1f} nm over {offsets.size}")
     print(f"seeds {list(searches)}: per particle precision {precision:.3f} "
           f"({totals['tp']}/{totals['reported']}), recall {recall:.3f} "
-          f"({totals['found']}/{totals['n_labelled']}); 6Li/7Li pulls of isolated particles: "
-          f"{len(pulls)}, mean {np.mean(pulls):+.2f}, std {np.std(pulls):.2f}; largest "
-          f"{sorted(pulls, key=abs)[-3:]}")
+          f"({totals['found']}/{totals['n_labelled']}); 6Li/7Li pulls of isolated labelled "
+          f"particles: {pulls.size}, mean {pulls.mean():+.2f}, std {pulls.std(ddof=1):.2f}, "
+          f"robust std {mad_std:.2f}, mean clipped at +-4 {np.clip(pulls, -4, 4).mean():+.2f}; "
+          f"largest {np.round(sorted(pulls, key=abs)[-3:], 2)} "
+          f"(halo share of 7Li {np.round(halo_shares[np.argsort(np.abs(pulls))[-3:]], 2)}); "
+          f"analysis-test pulls of the same tables {len(segment_pulls)}, mean "
+          f"{np.mean(segment_pulls):+.2f}, std {np.std(segment_pulls):.2f}")
+    assert np.median(offsets) < 30.0
+    # Issue 15's "pull std <= 1.2 after the corrections", at plan level: 30 fresh
+    # searches (benchmarks/particle_search_benchmark.py; decision 0040's 2026-12-05
+    # amendment) gave 267 pulls, mean -0.08, std 0.95, robust std (1.4826 MAD) 0.82,
+    # one beyond 4 (-5.4: a 14 nm labelled particle 190 nm from two small natural
+    # ones). Three searches give ~27 pulls (18-40): resampling three of the 30 searches
+    # 40000 times, the std exceeds 1.6 in 0.4 % of sets (1.2 in 10 %: the outlier's
+    # search), the robust std 1.45 in 0.7 %, |mean| 0.6 in 0.06 %. Whole segments
+    # (before) gave std 1.31 pooled, a pull of -14.6, and the std above 1.6 in 10 % of
+    # sets; the nominal dead time's mean of -1.2 fails the mean bound.
+    assert pulls.size >= 10
+    assert abs(pulls.mean()) <= 0.6, pulls
+    assert pulls.std(ddof=1) <= 1.6, pulls
+    assert mad_std <= 1.45, pulls
     assert precision >= 0.95
     # 36 labelled particles over the three searches: with the per-particle recall of
     # 0.97-0.99 scored over 30 fresh seeds at the analysis level (the harder twin with
