@@ -17,10 +17,11 @@ Two processes use it (decisions 0014 and its amendments):
 A :class:`Deferral` names modules, each with the imports it may defer, read in the
 releases of :attr:`Deferral.versions`. :meth:`Deferral.import_lean` imports what it is
 given while, in those modules only, an ``import`` statement of a deferrable name gives
-a :class:`_Deferred` reference instead of the module. A reference imports its target
-at its first use (an attribute, a call) and binds the real module in place of the
-references to it; :meth:`Deferral.finish` imports all of them at once (the host, once
-it listens; a shell, in the background). A module imported afterwards by any route
+a :class:`_Deferred` reference instead of the module. A reference imports what it
+stands for at its first use (an attribute, a call), and only that, then binds the real
+objects in place of the references whose modules are imported;
+:meth:`Deferral.finish` imports all of them at once (the host, once it listens; a
+shell, in the background). A module imported afterwards by any route
 (tiled's clients import ``tiled.client.array`` when they meet an array) is the plain
 module.
 
@@ -44,10 +45,10 @@ class _Deferred:
 
     While :meth:`Deferral.import_lean` runs, an attribute of it that its importer's own
     code takes is another reference (annotations such as ``dask.dataframe.DataFrame``,
-    ``from a import b``); otherwise any attribute,
-    call, ``isinstance``/``issubclass`` or use as a base class imports the target and
-    forwards to it. ``except`` cannot be made to resolve one: no deferred name may be
-    one an importer catches (each list below was read for that)."""
+    ``from a import b``); otherwise any attribute, call, ``isinstance``/``issubclass``
+    or use as a base class imports the target and forwards to it. ``except`` and
+    ``match`` class patterns cannot be made to resolve one: no deferred name may be one
+    its importer uses there (each list below was read for that)."""
 
     __slots__ = ("_deferral", "_importer", "_path")
 
