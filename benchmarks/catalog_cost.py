@@ -33,6 +33,10 @@ the catalog writer subscribed, into a fresh embedded catalog (SQLite + zarr, til
 
 Prints a table and writes ``benchmarks/results/catalog_cost.json``.
 
+``--against DIR`` compares instead, interleaved, the opens (cold, new and existing
+directory) and a fresh interpreter's first look and reads of a 512x512x4 map with
+another checkout's ``temsims`` package in ``DIR`` (decision 0014's amendments).
+
 Run: ``.venv/bin/python benchmarks/catalog_cost.py [--events 2000 --repeat 3] [--open-only [--cold]]``
 """
 
@@ -183,6 +187,126 @@ def open_times(directory: Path, repeat: int) -> dict:
             "loadavg": os.getloadavg()}
 
 
+_MAP_STORE = """if True:
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from catalog_read_benchmark import _documents
+    from temsims.catalog import open_catalog
+    cat = open_catalog(sys.argv[1])
+    write = cat.writer(buffered=False)
+    bundle, desc, pages = _documents(512, 512, 64)
+    write("start", bundle.start_doc)
+    write("descriptor", desc.descriptor_doc)
+    for page in pages:
+        write("event_page", page)
+    write("stop", bundle.compose_stop())
+    cat.close()
+    print(0.0)
+"""
+#: A fresh interpreter's open and first look at a catalog holding a 512x512x4 map run,
+#: then the map read back (``temsims.app.loaders``, as the analysis does) a first time
+#: and warm, then the run's primary stream through the client's classes
+#: (``run.primary.read()``, an xarray Dataset: what the first look left unimported).
+_OPEN_AND_READ = """if True:
+    import json, sys, time
+    t = time.perf_counter()
+    from temsims.catalog import open_catalog
+    cat = open_catalog(sys.argv[1]); len(cat); run = cat[-1]
+    look = time.perf_counter() - t
+    from temsims.app.loaders import _read_tiled_run
+    reads = []
+    for _ in range(3):
+        t = time.perf_counter()
+        maps = _read_tiled_run(cat[-1]).maps()
+        reads.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    ds = run.primary.read()
+    xr = time.perf_counter() - t
+    t = time.perf_counter()
+    ds = run.primary.read()
+    xr_warm = time.perf_counter() - t
+    assert all(m.shape == (512, 512) for m in maps.values()), maps
+    print(json.dumps({"look_s": look, "first_map_s": reads[0], "warm_map_s": min(reads[1:]),
+                      "first_xarray_s": xr, "warm_xarray_s": xr_warm}))
+"""
+
+
+def _stats(values: list[float]) -> str:
+    return (f"median {statistics.median(values):.3f} s ({min(values):.3f}-{max(values):.3f}, "
+            f"n={len(values)})")
+
+
+_HOST_LOG = ("from temsims.catalog.server import _host_dir; "
+             "print(_host_dir() / 'host.log')")
+
+
+def _wait_warm_host(env: dict, directory: Path, timeout: float = 120.0) -> None:
+    """Open ``directory`` (starting the catalog host if none runs) and wait until the host
+    has done its warm imports (``host.log``): what a host running for a while is."""
+    _fresh(_OPEN, str(directory), env=env)
+    log = Path(subprocess.run([sys.executable, "-c", _HOST_LOG], capture_output=True,
+                              text=True, check=True, env=env).stdout.strip())
+    deadline = time.monotonic() + timeout
+    while "warm imports done" not in log.read_text().rsplit("serving ", 1)[-1]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no warm imports in {log}")
+        time.sleep(0.5)
+
+
+def ab_times(directory: Path, repeat: int, against: str) -> dict:
+    """Old and new code interleaved, each round in alternating order: ``against`` is a
+    directory on ``PYTHONPATH`` holding another checkout's ``temsims`` package (e.g.
+    ``git archive HEAD core`` unpacked and renamed). With both catalog hosts running and
+    warm: per round and code a new directory, that directory again, and a fresh
+    interpreter's open, first look and reads of a stored 512x512x4 map; then, per round
+    and code, the cold open with its first look (every catalog host stopped,
+    :data:`COLD_SETTLE_S` settle)."""
+    envs = {"new": {k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            "old": {**os.environ, "PYTHONPATH": against}}
+    bench = str(Path(__file__).resolve().parent)
+    maps = {}
+    for code, env in envs.items():  # one map run per code, stored by that code
+        maps[code] = directory / f"map-{code}"
+        _fresh(_MAP_STORE, str(maps[code]), bench, env=env)
+        _wait_warm_host(env, directory / f"warm-up-{code}")
+    keys = ("new_s", "existing_s", "look_s", "first_map_s", "warm_map_s",
+            "first_xarray_s", "warm_xarray_s", "cold_s")
+    out = {code: {k: [] for k in keys} for code in envs}
+    loads = {"warm": [], "cold": []}
+
+    def orders():
+        for i in range(repeat):
+            yield i, (list(envs) if i % 2 == 0 else list(reversed(envs)))
+
+    for i, order in orders():
+        loads["warm"].append(os.getloadavg()[0])
+        for code in order:
+            d = str(directory / f"warm-{code}-{i}")
+            out[code]["new_s"].append(_fresh(_OPEN, d, env=envs[code]))
+            out[code]["existing_s"].append(_fresh(_OPEN, d, env=envs[code]))
+        for code in order:
+            proc = subprocess.run([sys.executable, "-c", _OPEN_AND_READ, str(maps[code])],
+                                  capture_output=True, text=True, check=True, timeout=300,
+                                  env=envs[code])
+            for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                out[code][k].append(v)
+    for i, order in orders():
+        for code in order:
+            for env in envs.values():
+                _fresh(_STOP_HOST, env=env)
+            time.sleep(COLD_SETTLE_S)
+            loads["cold"].append(os.getloadavg()[0])
+            out[code]["cold_s"].append(_fresh(_OPEN, str(directory / f"cold-{code}-{i}"),
+                                              env=envs[code]))
+    for code, figures in out.items():
+        print(f"{code}:")
+        for k, v in figures.items():
+            print(f"  {k:<15} {_stats(v)}")
+    for phase, values in loads.items():
+        print(f"load average ({phase}): {min(values):.1f}-{max(values):.1f}")
+    return {**out, "loadavg": loads}
+
+
 def run_case(cat, kind: str, n_events: int, repeat: int, batch_size: int,
              process: bool | str = False) -> dict:
     import bluesky.plans as bp
@@ -253,9 +377,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--cold", action="store_true",
                         help="with --open-only: also time opens that must start the catalog "
                              "host (this installation's host is stopped before each)")
+    parser.add_argument("--against", metavar="PYTHONPATH",
+                        help="only compare this code's opens and reads, interleaved, with the "
+                             "temsims package in this directory (prints; writes no results file)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.open_repeat = args.open_repeat or args.repeat
+    if args.against:
+        with tempfile.TemporaryDirectory(prefix="temsims-catalog-ab-") as d:
+            return ab_times(Path(d), args.open_repeat, args.against)
     if args.cold:
         with tempfile.TemporaryDirectory(prefix="temsims-catalog-cold-") as d:
             cold = cold_open_times(Path(d), args.open_repeat)

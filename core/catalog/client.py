@@ -231,24 +231,33 @@ class Catalog(Runs):
     def runs(self):
         """The ``runs`` container (bluesky-tiled-plugins' ``CatalogOfBlueskyRuns``).
 
-        Resolved at first use, not at open: its client classes import dask, xarray,
-        pandas and numba (1.5-3 s), which opening a catalog to write, or a session
-        reaching its prompt, does not need (``docs/decisions/0021-open-and-read-fast.md``).
+        Resolved at first use, not at open (``docs/decisions/0021-open-and-read-fast.md``),
+        with the client classes imported lean (an opener of a directory did that
+        already, on a thread): a first read imports xarray, pandas and dask
+        (decision 0014's amendments).
         """
         if self._runs is None:
             with self._runs_lock:
                 if self._runs is None:
+                    from temsims.catalog.deferred_imports import READER
+
+                    READER.import_lean(READER_IMPORTS)  # imported already: nothing to do
                     self._runs = _runs_node(self.client)
         return self._runs
 
     def prefetch(self) -> threading.Thread:
         """Resolve :attr:`runs` on a daemon thread now, so the first query does not wait
-        for its imports (what ``temsims shell`` does once its namespace is ready). A
+        for its imports (what ``temsims shell`` does once its namespace is ready), then
+        import what the opener deferred (xarray, pandas, dask's arrays and tables: the
+        first read's, ~1 s; :data:`~temsims.catalog.deferred_imports.READER`). A
         failure is logged; the first use of :attr:`runs` then raises it again."""
 
         def resolve() -> None:
+            from temsims.catalog.deferred_imports import READER
+
             try:
                 self.runs  # noqa: B018 - resolving is the point
+                READER.finish()
             except Exception:  # noqa: BLE001 - raised again at first use
                 # Not when the interpreter left (or this catalog closed) under it.
                 if not self._closed and threading.main_thread().is_alive():
@@ -460,14 +469,16 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
 
 
 #: What a reader's first look at the runs imports: tiled's client and
-#: bluesky-tiled-plugins' run classes (the ``runs`` node's spec loads them: ~1 s, mostly
-#: dask, pandas and xarray). An opener imports them on a thread while it waits for the
-#: directory's server (decision 0014).
+#: bluesky-tiled-plugins' run classes (the ``runs`` node's spec loads them). An opener
+#: imports them on a thread while it waits for the directory's server, without what
+#: only reading data needs (xarray, pandas, dask's arrays and tables, SQLAlchemy:
+#: :data:`~temsims.catalog.deferred_imports.READER`; decision 0014).
 READER_IMPORTS = ("tiled.client", "bluesky_tiled_plugins")
 
 
 class _ReaderImports:
-    """:data:`READER_IMPORTS` on a thread of their own, started now.
+    """:data:`READER_IMPORTS` on a thread of their own, started now, lean
+    (:data:`~temsims.catalog.deferred_imports.READER`: a first read imports the rest).
 
     The opening thread meanwhile imports only standard-library modules it has imported
     before starting this (:func:`_open_directory_server`), so the two never wait on
@@ -481,13 +492,12 @@ class _ReaderImports:
 
     @staticmethod
     def _run() -> None:
-        import importlib
+        from temsims.catalog.deferred_imports import READER
 
-        for name in READER_IMPORTS:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - raised again at the opener's own import
-                return
+        try:
+            READER.import_lean(READER_IMPORTS)
+        except Exception:  # noqa: BLE001 - raised again at the opener's own import
+            return
         # tiled's client scans every installed distribution's entry points once per
         # process, at its first node (~0.04 s): done here too, while the opener waits.
         with contextlib.suppress(Exception):

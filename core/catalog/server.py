@@ -647,7 +647,7 @@ def _server_stack() -> None:
         # httpx imports its command-line client (rich, pygments: ~0.15 s) where those
         # are installed, and falls back to a stub without it; a host never runs it.
         sys.modules["httpx._main"] = None
-    deferred_imports.import_lean()
+    deferred_imports.HOST.import_lean()
     import uvicorn  # noqa: F401
     from tiled.alembic_utils import stamp_head  # noqa: F401
     from tiled.catalog import from_uri  # noqa: F401
@@ -697,7 +697,7 @@ _WARM_AFTER_IDLE_S = 0.25
 
 def _warm_import(step: bool = True) -> bool:
     """Import the next of :data:`SERVER_WARM_IMPORTS` (``step``) or all that are left;
-    then bind the deferred packages (:func:`~temsims.catalog.deferred_imports.finish`).
+    then bind the deferred packages (``deferred_imports.HOST.finish()``).
     True once everything is imported."""
     import importlib
 
@@ -710,7 +710,7 @@ def _warm_import(step: bool = True) -> bool:
             importlib.import_module(name)
         if step:
             return False
-    deferred_imports.finish()
+    deferred_imports.HOST.finish()
     return True
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from catalog_helpers import contract_md
-from ophyd.sim import det
+from ophyd.sim import SynSignal, det
 
 import temsims.catalog.server as catalog_server
 from temsims.catalog import DirectoryServer, EmbeddedServer, open_catalog
@@ -165,7 +165,7 @@ def test_thread_served_catalog(tmp_path):
 LEAN_HOST_IMPORTS = textwrap.dedent("""
     import json, sys
     from temsims.catalog import deferred_imports, server
-    lean = deferred_imports.applies()
+    lean = deferred_imports.HOST.applies()
     server._server_stack()
     data_libraries = ("pandas", "dask.dataframe", "dask.array", "xarray", "sparse", "awkward")
     before = [name for name in data_libraries if name in sys.modules]
@@ -250,3 +250,95 @@ def test_a_server_forked_before_the_hosts_warm_imports_stores_and_replays(tmp_pa
     assert " serves " in host_log
     warm = host_log.find("warm imports done")
     assert warm == -1 or warm > host_log.index(" serves ")
+
+
+#: Imported by bluesky-tiled-plugins' run classes but only for reading data (decision
+#: 0014's amendment "the opener's reader imports, lean").
+READ_ONLY_IMPORTS = ("dask.array", "dask.dataframe", "sparse", "numba", "sqlalchemy", "xarray",
+                     "pandas", "pyarrow", "tiled.client.array", "tiled.client.dataframe",
+                     "bluesky_tiled_plugins.writing.validator", "bluesky_tiled_plugins.streaming")
+
+LEAN_READER = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[2])
+    from temsims.catalog import deferred_imports, open_catalog
+    heavy = json.loads(sys.argv[3])
+    cat = open_catalog(sys.argv[1])
+    seen = {"runs": len(cat), "sample": cat[-1].metadata["start"]["sample"],
+            "deferred": deferred_imports.READER.wanted(),
+            "after_look": [name for name in heavy if name in sys.modules]}
+    run = cat[-1]
+    dataset = run.primary.read()  # xarray, through the stream's deferred reference
+    seen["det"] = dataset["det"].values.tolist()
+    seen["image"] = dataset["image"].values.tolist()
+    seen["image_node"] = run["primary"]["image"].read().tolist()  # tiled's array client
+    seen["documents"] = [name for name, _ in run.documents()]
+    seen["valid"] = run.validate(fix_errors=False, write_notes=False)  # the validator
+    # The writer (TiledWriter: pyarrow, the table client) and a query, in this process.
+    import event_model
+    import numpy as np
+    from catalog_helpers import contract_md
+    write = cat.writer(buffered=False)
+    bundle = event_model.compose_run(metadata=contract_md(sample="written-lean"))
+    write("start", bundle.start_doc)
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "det": {"source": "sim", "dtype": "number", "shape": []},
+        "image": {"source": "sim", "dtype": "array", "shape": [2, 3], "dtype_numpy": "<i4"}})
+    write("descriptor", desc.descriptor_doc)
+    for _ in range(2):
+        data = {"det": 1.0, "image": np.full((2, 3), 7, dtype=np.int32)}
+        write("event", desc.compose_event(data=data, timestamps=dict.fromkeys(data, 0.0)))
+    write("stop", bundle.compose_stop())
+    uid = bundle.start_doc["uid"]
+    seen["written"] = cat.runs[uid].primary.read()["image"].values.tolist()
+    seen["found"] = len(cat.by_sample("written-lean"))
+    import bluesky_tiled_plugins
+    seen["isinstance"] = isinstance(object(), bluesky_tiled_plugins.BlueskyStreamUpdate)
+    deferred_imports.READER.finish()
+    from bluesky_tiled_plugins.clients import bluesky_event_stream, bluesky_run
+    from bluesky_tiled_plugins.writing import tiled_writer
+    seen["bound"] = [bluesky_event_stream.xarray is sys.modules["xarray"],
+                     tiled_writer.DataFrameClient is sys.modules["tiled.client.dataframe"].DataFrameClient,
+                     bluesky_run.ValidationException is sys.modules[
+                         "bluesky_tiled_plugins.writing.validator"].ValidationException,
+                     bluesky_tiled_plugins.subscribe_to_streams is sys.modules[
+                         "bluesky_tiled_plugins.streaming"].subscribe_to_streams]
+    print(json.dumps(seen))
+    cat.close()
+""")
+
+
+def test_the_first_look_leaves_the_data_libraries_unimported(tmp_path):
+    """A fresh interpreter's ``open_catalog`` and first look at the runs import
+    bluesky-tiled-plugins' run classes without xarray, pandas, dask's arrays and tables
+    (sparse, numba), SQLAlchemy or the validator; reading, replaying, validating and
+    writing then import them where they are used, and return the stored data."""
+    directory = tmp_path / "catalog"
+    cat = open_catalog(directory)
+    try:
+        image = SynSignal(func=lambda: np.arange(12, dtype=np.float32).reshape(3, 4), name="image")
+        RE = RunEngine({}, call_returns_result=False)
+        writer = cat.writer()
+        RE.subscribe(writer)
+        RE(bp.count([det, image], num=2), **contract_md(sample="first-look"))
+        writer.close(timeout=60)
+        helpers = str(Path(__file__).resolve().parent)
+        out = subprocess.run([sys.executable, "-c", LEAN_READER, str(directory), helpers,
+                              json.dumps(READ_ONLY_IMPORTS)],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        cat.close()
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["deferred"], "tiled or bluesky-tiled-plugins is not the release READER was read in"
+    assert seen["runs"] == 1 and seen["sample"] == "first-look"
+    assert seen["after_look"] == []
+    image = np.arange(12, dtype=np.float32).reshape(3, 4).tolist()
+    assert seen["image"] == seen["image_node"] == [image, image]
+    assert seen["det"] == [1.0, 1.0]
+    assert seen["documents"] == ["start", "descriptor", "event", "event", "stop"]
+    assert seen["valid"] is True
+    assert seen["written"] == [np.full((2, 3), 7).tolist()] * 2
+    assert seen["found"] == 1
+    assert seen["isinstance"] is False
+    assert seen["bound"] == [True, True, True, True]
