@@ -320,7 +320,10 @@ def test_the_first_look_leaves_the_data_libraries_unimported(tmp_path):
         RE = RunEngine({}, call_returns_result=False)
         writer = cat.writer()
         RE.subscribe(writer)
-        RE(bp.count([det, image], num=2), **contract_md(sample="first-look"))
+        # Not ophyd.sim's det: it reads the shared sim motor, which another test of
+        # this worker may have moved (it read 0.607 once).
+        level = SynSignal(func=lambda: 1.0, name="det")
+        RE(bp.count([level, image], num=2), **contract_md(sample="first-look"))
         writer.close(timeout=60)
         helpers = str(Path(__file__).resolve().parent)
         out = subprocess.run([sys.executable, "-c", LEAN_READER, str(directory), helpers,
