@@ -81,7 +81,9 @@ def test_a_particle_goes_back_to_its_projection_and_its_two_reports_merge():
         assert recs[1]["parallax_dy_um"] * 1e3 / r_nm == approx(0.75, abs=0.1)
         err = (recs[0]["y_um"] * 1e3 - cy) / r_nm
         print(f"r {r_nm:.0f} nm: corrected - centre {err:+.3f} r; {summary}")
-        assert abs(err) < 0.1 and recs[0]["x_um"] == seen[0][0] / 1e3
+        # The merged report's x is the segments' weighted mean of one x: equal to it
+        # within rounding (exact equality failed once by one ulp).
+        assert abs(err) < 0.1 and recs[0]["x_um"] == approx(seen[0][0] / 1e3, abs=1e-12)
         assert recs[0]["tem_particle"] == recs[1]["tem_particle"] > 0
         assert recs[1]["merged_into"] == 1 and recs[0]["merged_into"] == 0
         assert summary["merges"] == [{"tem_particle": recs[0]["tem_particle"], "kept": 1,
