@@ -882,13 +882,12 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         # cut, or with given labels, whole segments).
         smooth = _smooth(np.clip(z0(total), 0.0, None), valid, smooth_sigma_px)
         inner = np.where(contact_pixels(labels), 0, lab)
-        peak = np.zeros(int(lab.max()) + 1)
-        peak[idx] = ndimage.maximum(smooth, lab, idx)
+        whole = np.zeros(int(lab.max()) + 1)
+        whole[idx] = ndimage.maximum(smooth, lab, idx)
+        peak = whole.copy()
         has_inner = ndimage.sum_labels(np.ones(lab.shape), inner, idx) > 0
         peak[idx[has_inner]] = ndimage.maximum(smooth, inner, idx[has_inner])
         aperture = smooth >= trim_fraction * peak[lab]
-        whole = np.zeros(int(lab.max()) + 1)
-        whole[idx] = ndimage.maximum(smooth, lab, idx)
         own = whole[lab]
         brighter = np.zeros(lab.shape, bool)
         for dr in (-1, 0, 1):
