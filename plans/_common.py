@@ -263,6 +263,17 @@ def check_calibration_policy(policy: Any) -> str:
     return policy
 
 
+def _enforce_calibration_policy(problems: list[str], policy: str, plan: str) -> None:
+    """What ``calibration=`` does with a check's ``problems``: "refuse" raises
+    RuntimeError (before anything moves), otherwise each is logged as a warning."""
+    if not problems:
+        return
+    text = f"{plan}: " + "; ".join(problems)
+    if policy == "refuse":
+        raise RuntimeError(text + " (or pass calibration='warn' to map anyway)")
+    logger.warning(text)
+
+
 def check_geometry_calibration(column, voltage_v: float, policy: str, *, plan: str):
     """Plan stub (reads only): is the ion beam's geometry calibrated for a map at the
     holder bias ``voltage_v``?
@@ -332,11 +343,7 @@ def check_geometry_calibration(column, voltage_v: float, policy: str, *, plan: s
                 f"the TEM/FIB coincidence correction in force was measured at {bias_v:g} V, "
                 f"this plan maps at {voltage_v:g} V (the offset follows the bias): run "
                 f"calibrate_coincidence(voltage_v={voltage_v:g}) first")
-    if out["problems"]:
-        text = f"{plan}: " + "; ".join(out["problems"])
-        if policy == "refuse":
-            raise RuntimeError(text + " (or pass calibration='warn' to map anyway)")
-        logger.warning(text)
+    _enforce_calibration_policy(out["problems"], policy, plan)
     return out
 
 
@@ -462,11 +469,7 @@ def check_dead_time_calibration(spectrometer, policy: str, *, plan: str,
         problems.append(
             f"the dead time in force ({shown}, DEAD_TIME:SOURCE {source!r}) is the nominal "
             "one, not this instrument's (22-45 ns): run calibrate_dead_time first")
-    if problems:
-        text = f"{plan}: " + "; ".join(problems)
-        if policy == "refuse":
-            raise RuntimeError(text + " (or pass calibration='warn' to map anyway)")
-        logger.warning(text)
+    _enforce_calibration_policy(problems, policy, plan)
     return tau, source, problems
 
 
