@@ -5,13 +5,13 @@
 ``tem_image`` of a feature-rich area in the TEM geometry, then in the SIMS geometry at
 the working bias one ``sims_map`` per pass, each measured against the TEM image inside
 its run (a stream named after the calibration) and folded into the column's setting
-before the next pass. With ``beam_view`` (both calibrations) each map is
-measured against the TEM image and against the TEM image as the tilted beam sees a
-raised specimen (:func:`temsims.plans._parallax.beam_view_reference`), and the one
-whose features fit the model better is kept (:func:`measure_against_tem`; the
-stream's ``beam_view`` says which): on relief the TEM's projection scatters the
-features' shifts with the particles' sizes and moves them ~0.75 r down-beam on
-average (decision 0042's amendment "Relief"). They differ in what they measure and what they write:
+before the next pass. Each map is measured against the TEM image and against the TEM
+image as the tilted beam sees a raised specimen
+(:func:`temsims.plans._parallax.beam_view_reference`), and the one whose features fit
+the model better is kept (:func:`measure_against_tem`; the stream's ``beam_view`` says
+which): on relief the TEM's projection scatters the features' shifts with the
+particles' sizes and moves them ~0.75 r down-beam on average (decision 0042's
+amendment "Relief"). They differ in what they measure and what they write:
 :func:`check_calibration_args` validates the arguments both take, and
 :func:`tem_referenced_passes` runs the sequence with the calibration's own
 ``read_setting``, ``measure`` and ``apply_pass``.
@@ -151,9 +151,9 @@ def tem_referenced_passes(
         skip: tuple[str, ...], result: dict[str, Any],
         read_setting: Callable[[], Generator[Any, Any, dict[str, float]]],
         measure: Callable[..., dict[str, Any]],
-        apply_pass: Callable[[int, dict, dict], Generator[Any, Any, None]],
-        beam_view: bool = False):
-    """The TEM image, then ``args["passes"]`` SIMS maps each measured against it.
+        apply_pass: Callable[[int, dict, dict], Generator[Any, Any, None]]):
+    """The TEM image, then ``args["passes"]`` SIMS maps each measured against it and
+    against its beam's view (:func:`measure_against_tem`; the stream's ``beam_view``).
 
     Parameters
     ----------
@@ -177,16 +177,12 @@ def tem_referenced_passes(
     apply_pass
         Plan given ``(index, measured, setting)``: refuses a pass that measured
         nothing and writes the new setting (the next pass measures what it left).
-    beam_view
-        Measure each map against the TEM image and its beam's view too, and keep the
-        one it matches (:func:`measure_against_tem`; the stream's ``beam_view``);
-        False: against the TEM image alone.
     """
     stage, tem, camera, mode, imager, spectrometer, column, bias = parts
     block, base_md, labels = args["block"], args["base_md"], args["labels"]
     center, tem_fov_um = args["center"], args["tem_fov_um"]
     seen: dict[str, Any] = {}
-    units = {**units, "beam_view": "", "feature_rms_px": "px"} if beam_view else units
+    units = {**units, "beam_view": "", "feature_rms_px": "px"}
     views: dict = {}
 
     def keep_image(image):
@@ -200,8 +196,7 @@ def tem_referenced_passes(
             exposure_s=args["exposure_s"], after_image=keep_image,
             md={**base_md, key: dict(block, role="tem")})
         image = seen.get("tem")
-        contrast = (yield from bps.rd(tem.contrast, default_value=None)) if beam_view \
-            else None
+        contrast = yield from bps.rd(tem.contrast, default_value=None)
         tem_geometry = None if image is None else TemImageGeometry(
             size=int(np.shape(image)[0]), fov_um=tem_fov_um, centre_x_um=center[0],
             centre_y_um=center[1])
@@ -217,8 +212,7 @@ def tem_referenced_passes(
                 total = sum(np.clip(np.asarray(maps[s], float), 0, None) for s in labels)
                 measured.update(measure_against_tem(
                     measure, total, image, layout.geometry(), tem_geometry,
-                    contrast_ug_cm2=contrast, views=views) if beam_view else
-                    measure(total, image, layout.geometry(), tem_geometry))
+                    contrast_ug_cm2=contrast, views=views))
                 buf = Values(key, units=units)
                 buf.set_values(**{k: float(v) for k, v in measured.items() if k not in skip},
                                **setting)

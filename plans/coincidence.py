@@ -210,6 +210,6 @@ def calibrate_coincidence(microscope: Microscope, *, center: tuple = (0.0, 0.0),
     return (yield from tem_referenced_passes(
         parts, args, key="coincidence", units=COINCIDENCE_UNITS, skip=("refined",),
         result=result, read_setting=read_setting, measure=measure_coincidence,
-        apply_pass=apply_pass, beam_view=True))
+        apply_pass=apply_pass))
 
 __all__ = ["calibrate_coincidence", "check_coincidence_args", "measure_coincidence"]

@@ -226,6 +226,6 @@ def calibrate_raster(microscope: Microscope, *, center: tuple = (0.0, 0.0),
     return (yield from tem_referenced_passes(
         parts, args, key="raster_calibration", units=RASTER_UNITS,
         skip=("measured", "method"), result=result, read_setting=read_setting,
-        measure=measure_raster, apply_pass=apply_pass, beam_view=True))
+        measure=measure_raster, apply_pass=apply_pass))
 
 __all__ = ["calibrate_raster", "check_raster_args", "measure_raster"]
