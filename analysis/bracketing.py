@@ -170,11 +170,12 @@ class BracketCorrection:
         has that measurement's counting error."""
         w = self.weight(float(time_s))
         k = self.k_before + w * (self.k_after - self.k_before)
-        var = ((1 - w) * self.sigma_before) ** 2 + (w * self.sigma_after) ** 2
         if self.after is self.before:
             # One reference (bracketing_correction(m, m): the first pad alone, before
             # the second is measured): its counting error once, not averaged with itself.
             var = self.sigma_before**2
+        else:
+            var = ((1 - w) * self.sigma_before) ** 2 + (w * self.sigma_after) ** 2
         var += (w * (1 - w) * (self.k_after - self.k_before)) ** 2
         if certificate:
             var += (k * self.certified_sigma / self.certified_ratio) ** 2

@@ -891,11 +891,12 @@ class SpectrometerIOC(InstrumentIOC):
             if self._raster_running() or self._busy:
                 continue
             if self.conditions().problems(self.params, beam=False):
-                # Not in the SIMS geometry (bias off or ramping, the stage not at the
-                # SIMS tilt, the objective on): the next map comes after a mode change
-                # that moves the landing and incidence, so a plan made now would never
-                # be used (an alignment made 8 such of its 11, ~1 s of CPU each on a
-                # 4 um field). A blanked beam is no reason: maps start blanked.
+                # Not in the SIMS geometry (bias off, the stage not at the SIMS tilt,
+                # the objective on; a bias ramp is the quiet time's above): the next map
+                # comes after a mode change that moves the landing and incidence, so a
+                # plan made now would never be used (an alignment made 8 such of its 11,
+                # ~1 s of CPU each on a 4 um field). A blanked beam is no reason: maps
+                # start blanked.
                 continue
             snap = self.snapshot()
             key = self._plan_key(snap)
