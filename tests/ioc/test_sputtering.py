@@ -151,9 +151,12 @@ def test_through_dose_follows_the_yield_at_the_landing_energy_and_angle(runs):
           f"{lo / hi:.4f} +- {sd:.4f}; the twin's profile {expected:.4f} (through at "
           f"{twin[4500.0]:.0f} and {twin[500.0]:.0f}); Yamamura x Matsunami {yamamura:.4f}")
     assert lo / hi == pytest.approx(expected, abs=max(3.5 * sd, 0.02))
-    # What the yields' ratio explains: the rest is the MRI's half-fall (the mixing
-    # length Rp cos(theta) differs by ~3 nm), under 3 %.
-    assert expected / yamamura == pytest.approx(1.0, abs=0.03)
+    # What the yields' ratio does not explain is the MRI's half-fall: the mixing
+    # length Rp cos(theta) differs by ~3 nm, so the pad halves ~3 % earlier at the
+    # steeper angle. The twin gives 0.9701-0.9727 over 20 seeds' field factors (it
+    # falls as the +4.5 kV beam bends further); the test once asserted 1 +- 0.03 and
+    # failed on a seed at 0.9699.
+    assert expected / yamamura == pytest.approx(0.9715, abs=0.01)
     assert lo / hi - 1.0 > 4 * sd  # a yield blind to angle and energy: ~1
 
 
