@@ -144,11 +144,13 @@ def test_bright_field_is_dark_on_particles_and_follows_the_dose(tem):
     specimen = build_specimen("li2co3-particles", 1)
     tem.put("FOV", 2.0)
     tem.put("CAM:SIZE", 256)
-    exposure, current = 10.0, 0.005  # 50 pC (the rendering takes < 10 s / time scale)
+    # 50 pC; 30 s is 1.5 s of wall time at the time scale of 20, ~10 x the rendering
+    # (10 s left a 256^2 image 3-4 x, too little on a loaded machine).
+    exposure, current = 30.0, 0.005 / 3.0
     tem.put("CAM:EXPOSURE", exposure)
     tem.put("BEAM_CURRENT", current)
     img, elapsed = tem.image()
-    # On the IOC's clock a 10 s exposure takes 10 s (the image is computed meanwhile).
+    # On the IOC's clock a 30 s exposure takes 30 s (the image is computed meanwhile).
     print(f"{exposure} s exposure: {elapsed:.4f} s on the IOC's clock")
     assert elapsed == pytest.approx(exposure, abs=1e-3)
     cx, cy = tem.get("CAM:CENTER_X"), tem.get("CAM:CENTER_Y")
@@ -555,10 +557,13 @@ def test_bad_puts_are_refused_and_the_ioc_keeps_answering(couple):
     finally:
         states.clear()
     assert couple.get("CAM:COUNTER") == counter  # aborted: no new image
-    couple.put("CAM:EXPOSURE", 10.0)
+    # 30 s of the IOC's clock is 1.5 s of wall time at the tests' time scale of 20: a
+    # 1024^2 image renders in 0.1-0.4 s here, and a 10 s exposure (0.5 s) was once
+    # overrun on a loaded machine (12.1 s).
+    couple.put("CAM:EXPOSURE", 30.0)
     image, elapsed = couple.image()
-    print(f"1024 x 1024, 10 s exposure: {elapsed:.4f} s on the IOC's clock")
-    assert elapsed == pytest.approx(10.0, abs=1e-3)  # computed within the exposure
+    print(f"1024 x 1024, 30 s exposure: {elapsed:.4f} s on the IOC's clock")
+    assert elapsed == pytest.approx(30.0, abs=1e-3)  # computed within the exposure
     assert couple.get("CAM:COUNTER") == counter + 1
     assert image.shape == (1024, 1024)
     couple.put("CAM:SIZE", 256)
