@@ -37,6 +37,8 @@ from temsims.analysis.bracketing import bracketing_correction, reference_measure
 from temsims.constants import reference_region
 from temsims.plans._common import (
     Values,
+    check_calibration_policy,
+    check_dead_time_calibration,
     check_md,
     check_number,
     check_pair,
@@ -153,6 +155,7 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
                         reference_fov_um: float = 0.2, reference_pixels: tuple = (16, 16),
                         aperture: str | None = None, sims_voltage_v: float = 4500.0,
                         min_reference_counts: float = 1000.0,
+                        calibration: str = "warn",
                         md: dict | None = None) -> Plan[dict]:
     """Map the isotope standard, the unknown fields, and the standard again.
 
@@ -190,6 +193,14 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
     min_reference_counts : float
         Fewest numerator counts a reference map must give (else the plan fails
         after it: the beam is not on the standard), >= 0.
+    calibration : {"warn", "refuse", "ignore"}
+        What to do when the spectrometer's dead time is only the maker's nominal one
+        (DEAD_TIME:SOURCE "nominal":
+        :func:`temsims.plans._common.check_dead_time_calibration`): log a warning,
+        refuse before anything moves (run ``calibrate_dead_time`` first), or not
+        check. The standard's 7Li counts at MHz, where a wrong dead time biases K
+        by several per cent. Recorded in every run's ``bracketing`` block
+        (``dead_time_source``, ``dead_time_problems``).
     md : dict, optional
         Extra start metadata of every run (``correlation_id`` links them; it is
         also the ``bracketing_id`` unless ``md["bracketing_id"]`` is given).
@@ -247,6 +258,7 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
     volts = check_sims_voltage(sims_voltage_v)
     min_counts = check_number("min_reference_counts", min_reference_counts, low=0.0,
                               unit="counts")
+    calibration = check_calibration_policy(calibration)
     md = check_md(md)
     bid = md["bracketing_id"] if "bracketing_id" in md else (
         md.get("correlation_id") or str(uuid.uuid4()))
@@ -258,7 +270,7 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
         pixels=pixels, dwell_s=dwell_s, species=labels, reference=ref,
         reference_fov_um=ref_fov, reference_pixels=ref_pixels, aperture=aperture,
         sims_voltage_v=volts,
-        min_reference_counts=min_counts)
+        min_reference_counts=min_counts, calibration=calibration)
     common = {"bracketing_id": bid, "parent_plan": PLAN_NAME, "parent_plan_args": plan_args,
               "species": list(labels), "ratio": f"{labels[0]}/{labels[1]}",
               "reference": {k: ref[k] for k in sorted(ref)}}
@@ -283,10 +295,7 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
         return (yield from bpp.finalize_wrapper(bracket(), restore()))
 
     def bracket():
-        tau = DEFAULT_DEAD_TIME_S
-        if getattr(spectrometer, "dead_time", None) is not None:
-            tau = yield from bps.rd(spectrometer.dead_time, default_value=DEFAULT_DEAD_TIME_S)
-            tau = DEFAULT_DEAD_TIME_S if tau is None else float(tau)
+        tau = common["dead_time_s"]
         yield from to_sims_mode(mode, voltage_v=volts)
         # The references' quasi-simultaneous arrival is corrected (decision 0043): the
         # unknowns' ratios take K only after the same correction with this current.
@@ -305,8 +314,7 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
                 result["factors"] = yield from bracket_values(
                     corr, result["uids"]["unknowns"], state["times"])
 
-            block = dict(common, role="reference", position=position, index=None,
-                         dead_time_s=tau)
+            block = dict(common, role="reference", position=position, index=None)
             uid = yield from reference_run(
                 (stage, imager, spectrometer, column, bias), ref, labels=labels,
                 fov_um=ref_fov, pixels=ref_pixels, dwell_s=dwell_s, dead_time_s=tau,
@@ -319,7 +327,7 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
             yield from bps.checkpoint()
             yield from bps.mv(stage.x, x, stage.y, y)
             t0 = time.time()
-            block = dict(common, role="unknown", position=None, index=i, dead_time_s=tau)
+            block = dict(common, role="unknown", position=None, index=i)
             uid = yield from sims_map(imager, spectrometer, column, stage, bias,
                                       species=labels, fov_um=fov_um, pixels=pixels,
                                       dwell_s=dwell_s, md={**base_md, "bracketing": block})
@@ -329,6 +337,12 @@ def bracketed_sims_maps(microscope: Microscope, *, centers: list, fov_um: float,
         yield from to_tem_mode(mode)
         return result
 
+    # Reads only: refused here (calibration="refuse") before anything moves, and
+    # before the safe state's finaliser would blank the beam and ramp the bias.
+    tau, source, problems = yield from check_dead_time_calibration(
+        spectrometer, calibration, plan=PLAN_NAME, default=DEFAULT_DEAD_TIME_S)
+    common.update(dead_time_s=DEFAULT_DEAD_TIME_S if tau is None else tau,
+                  dead_time_source=source, dead_time_problems=problems)
     return (yield from with_safe_state(body(), column, bias))
 
 

@@ -79,7 +79,7 @@ def _bias(t_s: float) -> float:
     return float(sp.imf_factor("6Li", beta) / sp.imf_factor("7Li", beta)) * g6 / g7
 
 
-def test_runs_share_the_bracketing_id_and_record_their_roles(bracket):
+def test_runs_share_the_bracketing_id_and_record_their_roles(bracket, pdev):
     engine, res, _ = bracket
     starts = [s for s in engine.docs.docs["start"] if s["plan_name"] != "calibrate_dead_time"]
     assert [s["uid"] for s in starts] == ([res["uids"]["reference_before"]]
@@ -95,6 +95,12 @@ def test_runs_share_the_bracketing_id_and_record_their_roles(bracket):
     assert blocks[0]["reference"]["x_um"] == ref["x_um"]
     assert blocks[0]["reference"]["value"] == NATURAL_LI6_LI7
     assert all(b["parent_plan"] == "bracketed_sims_maps" for b in blocks)
+    # The dead time calibrated first on the pad: in force, and no problem recorded.
+    tau = pdev.spectrometer.dead_time.get()
+    assert [b["dead_time_s"] for b in blocks] == [pytest.approx(tau)] * len(blocks)
+    assert all(b["dead_time_source"].startswith("calibrated ") for b in blocks)
+    assert all(b["dead_time_problems"] == [] for b in blocks)
+    assert blocks[0]["parent_plan_args"]["calibration"] == "warn"
     assert starts[0]["region"]["x_um"] == pytest.approx(ref["x_um"], abs=2e-3)
     # The after-reference run's bracketing stream: one event per unknown.
     descs = [d for d in engine.docs.docs["descriptor"]
@@ -169,7 +175,7 @@ def _bad():
            {"reference": 5}, {"reference": {"x_um": 0.0, "y_um": 0.0}},
            {"reference": {"x_um": 1e5, "y_um": 0.0, "value": 0.08}},
            {"reference_fov_um": 0.5}, {"reference_pixels": (0, 1)},
-           {"sims_voltage_v": 10.0}, {"aperture": 5}, {"aperture": "7 pA"}, {"min_reference_counts": -1.0}, {"md": 5},
+           {"sims_voltage_v": 10.0}, {"aperture": 5}, {"aperture": "7 pA"}, {"min_reference_counts": -1.0}, {"calibration": "maybe"}, {"md": 5},
            {"md": {"bracketing_id": ""}}]
     return [(ok, b) for b in bad]
 
@@ -182,6 +188,32 @@ def test_invalid_arguments_refused_before_any_hardware_message(pdev, ok, bad):
         msgs.append(next(gen))
     assert not [m for m in msgs if m.command in HARDWARE_COMMANDS]
     assert any(name in str(info.value) for name in bad), info.value
+
+
+def test_a_nominal_dead_time_is_refused_before_anything_moves(RE, pdev):
+    """On the nominal dead time (DEAD_TIME:SOURCE "nominal") the bracket is refused
+    with ``calibration="refuse"`` after reads only, naming calibrate_dead_time: the
+    standard's 7Li counts at MHz, where the nominal 30 ns biases K."""
+    spec = pdev.spectrometer
+    tau, source = spec.dead_time.get(), spec.dead_time_source.get()
+    n_starts = len(RE.docs.docs["start"])
+    try:
+        spec.dead_time_source.set("nominal").wait(10)
+        msgs = []
+        gen = bracketed_sims_maps(pdev, centers=[(0.0, 0.0)], calibration="refuse", **UNKNOWN)
+        with pytest.raises(RuntimeError, match="run calibrate_dead_time first") as info:
+            msg = next(gen)
+            while True:  # the check's reads, answered by the IOCs
+                msgs.append(msg)
+                reply = {msg.obj.name: {"value": msg.obj.get()}} if msg.command == "read" else None
+                msg = gen.send(reply)
+        assert [m for m in msgs if m.command == "read"]
+        assert not [m for m in msgs if m.command in HARDWARE_COMMANDS], msgs
+        assert "bracketed_sims_maps" in str(info.value)
+    finally:
+        spec.dead_time.set(tau).wait(10)
+        spec.dead_time_source.set(source).wait(10)
+    assert len(RE.docs.docs["start"]) == n_starts  # no run started
 
 
 def test_correction_of_refuses_a_result_without_factors():
