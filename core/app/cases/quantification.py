@@ -222,7 +222,13 @@ def analyse_runs(data, qm, sizes: dict[str, Any]) -> dict[str, Any]:
     # (calibration_data.quantify, match_resolution): the quantified map is freed of it
     # too, with its own recorded probe (on the couple's convex tail the blur alone reads
     # +1 % at 20 at.%, +4 % at 0.1 at.%).
-    blur = cd.probe_blur(qm.start, data.direction) if res.probe_blur is not None else None
+    blur = None
+    if res.probe_blur is not None:
+        # The same aperture as the calibration's map (quantification_plan): its probe
+        # stands in where the quantified map recorded none.
+        blur = cd.probe_blur(qm.start, data.direction) or {
+            "core_fwhm_nm": res.probe_blur["core_fwhm_nm"],
+            "halo": tuple(res.probe_blur["halo"])}
     if blur is not None:
         pixels = {label: c / qn.blur_factor(c, affine_nm, direction=data.direction, **blur)
                   for label, c in pixels.items()}
