@@ -13,7 +13,12 @@ The instrument runs at ``--time-scale`` (default 20) with the drift at 3 / time 
 nm/min (``--drift-nm-per-min``, default that): per wall second, the drift of time
 scale 1 (decision 0031). Seeds are drawn at run time (printed) unless given.
 
-Run: ``python benchmarks/quantification_case_benchmark.py [--seeds 10] [--output F]``.
+Run: ``python benchmarks/quantification_case_benchmark.py [--seeds 10] [--output F]``;
+``--keep DIR`` keeps each seed's catalog and report in ``DIR/seed<N>``, and
+``--rescore DIR`` runs nothing: it re-analyses the runs kept there with the present
+analysis (:func:`temsims.app.cases.quantification.analyse` on each catalog) and scores
+them, a before/after comparison on the same counts (the twin's SIMS counts are not
+reproducible from the seed alone: they depend on the instrument time of each frame).
 """
 
 from __future__ import annotations
@@ -35,22 +40,56 @@ from scoring import QUANT_BAND, score_quantified_profile  # noqa: E402  (the tes
 TARGET_P90 = 0.10
 
 
+def rescored(root: Path, seeds):
+    """``(seed, report figures, analysis wall s)`` of the runs kept in ``root/seed<N>``,
+    analysed afresh from their catalogs."""
+    import time
+
+    from temsims.app.cases import quantification as case
+    from temsims.app.demo import _json_ready
+    from temsims.catalog import open_catalog
+
+    for seed in seeds:
+        run = root / f"seed{seed}"
+        report = json.loads((run / "report" / "report.json").read_text())
+        sizes = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in report["sizes"].items()}
+        cat = open_catalog(run / "catalog", server_process=False)
+        try:
+            t0 = time.monotonic()
+            fig = case.analyse(cat, report["correlation_ids"]["quantification"],
+                               sizes)["figures"]
+            yield seed, _json_ready(fig), time.monotonic() - t0
+        finally:
+            cat.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_seed_options(p, base_port=18264, output="quantification_case.json")
     p.add_argument("--drift-nm-per-min", type=float, default=None,
                    help="specimen drift, nm/min; unset: 3 / time scale")
+    p.add_argument("--keep", default=None, help="keep each seed's runs in KEEP/seed<N>")
+    p.add_argument("--rescore", default=None,
+                   help="run nothing: re-analyse the runs kept in RESCORE/seed<N>")
     args = p.parse_args(argv)
     drift = 3.0 / args.time_scale if args.drift_nm_per_min is None else args.drift_nm_per_min
-    seeds = seeds_of(args)
-    print(f"quantification case over seeds {seeds} (quick={args.quick}, time scale "
-          f"{args.time_scale:g}, drift {drift:g} nm/min)", flush=True)
+    if args.rescore:
+        kept = sorted(Path(args.rescore).glob("seed*/report/report.json"))
+        seeds = [int(r.parent.parent.name[4:]) for r in kept]
+        print(f"quantification case re-analysed on the runs kept in {args.rescore}: "
+              f"seeds {seeds}", flush=True)
+    else:
+        seeds = seeds_of(args)
+        print(f"quantification case over seeds {seeds} (quick={args.quick}, time scale "
+              f"{args.time_scale:g}, drift {drift:g} nm/min)", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
-        for seed, rep, wall_s in seed_reports(
-                "quantification", seeds, args, prefix="QB", rows=rows, workdir=Path(tmp),
-                extra=("--drift-nm-per-min", f"{drift:g}")):
+        reports = rescored(Path(args.rescore), seeds) if args.rescore else seed_reports(
+            "quantification", seeds, args, prefix="QB", rows=rows,
+            workdir=Path(args.keep or tmp), extra=("--drift-nm-per-min", f"{drift:g}"))
+        for seed, rep, wall_s in reports:
             qs = score_quantified_profile(rep["quantified_profile"], seed)
             cs = score_quantified_profile(rep["calibration_profile"], seed)
             row = {"seed": seed, "wall_s": wall_s, "failed": False,

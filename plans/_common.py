@@ -367,7 +367,9 @@ def sims_md(spectrometer, column, bias):
     ``collectors``: one dict per collector {name ('col1'..), species (if the mass is a
     known isotope), mass_u}; ``polarity`` from the spectrometer; ``bias_kV`` from
     the bias readback (omitted without ``bias``); ``beam_energy_keV`` the landing
-    energy and ``beam_current_pA`` the ion-beam current (omitted without ``column``);
+    energy and ``beam_current_pA`` the ion-beam current (omitted without ``column``),
+    ``probe_nm`` its probe's FWHM in focus (PROBE_RBV, nm: the quantification divides
+    its blur out of a gradient's profile);
     ``dead_time_s`` the counting chain's calibrated dead time (DEAD_TIME, if the
     spectrometer has it), which the analysis needs to correct high count rates, and
     ``dead_time_source`` where it came from (DEAD_TIME:SOURCE: "nominal", "manual",
@@ -418,6 +420,9 @@ def sims_md(spectrometer, column, bias):
             out["raster_cal"] = {
                 "fov_factor": _num((yield from bps.rd(fov_cal, default_value=1.0)), 1.0),
                 "rotation_deg": _num((yield from bps.rd(rot_cal, default_value=0.0)))}
+        probe = getattr(column, "probe", None)
+        if probe is not None:
+            out["probe_nm"] = _num((yield from bps.rd(probe, default_value=0.0)))
         focus = getattr(column, "focus", None)
         if focus is not None:
             out["focus_um"] = _num((yield from bps.rd(focus, default_value=0.0)))

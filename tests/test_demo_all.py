@@ -24,8 +24,10 @@ specimen then drifts per wall second as at time scale 1).
 - quantification: the EDX line, the calibration map and the quantified map under one
   correlation id; the quantified Cu profile, an absolute concentration from the
   EDX-calibrated RSF, matches the ``diffusion-couple`` truth from 10 at.% down to
-  0.1 at.%, below the EDX detection limit; one seed held to 12 % (the p90 over seeds,
-  < 10 %, is ``benchmarks/quantification_case_benchmark.py``'s).
+  0.1 at.%, below the EDX detection limit; one seed held to 12 % and its stated errors
+  to an RMS z below 3 (the p90 over seeds, < 10 %, is
+  ``benchmarks/quantification_case_benchmark.py``'s; each bound's measured spread is
+  beside it).
 - solar-cell: ``solar_cell_scoring.check_solar_cell`` (the runs, the report, the Na
   boundary/interior ratio within 20 % of the truth, Ga/(In+Ga) per grain within its
   stated bound); over seeds: ``benchmarks/solar_cell_case_benchmark.py``.
@@ -54,7 +56,16 @@ QUANT_FILES = ("quantification_calibration.png", "quantification_profile.png",
 #: Drift per nominal minute that drifts per wall second as the default does at scale 1.
 DRIFT_NM_PER_MIN = 3.0 / TIME_SCALE
 #: One seed's worst error over 0.1-10 at.% (the p90 over seeds is the benchmark's).
+#: Measured (decision 0045, 48 runs of the case, 23 of them re-analysed and 25 fresh):
+#: quantified map median 3.1 %, p90 4.6 %, max 5.4 %; calibration map 3.4 / 5.0 /
+#: 8.1 %: a lognormal fit puts P(> 12 %) at 1e-6 and 1e-4 per run (before 0045: 6.0 /
+#: 7.7 / 8.7 % and 6.1 / 8.8 / 11.5 %, ~3 % of runs over 12 %).
 SINGLE_SEED_WORST = 0.12
+#: The RMS over 0.1-10 at.% of error / stated 1-sigma, per profile. Measured (same 48
+#: runs): quantified map median 0.80, p90 1.49, max 2.11; calibration map 0.80 / 1.39 /
+#: 1.91: P(> 3) ~1e-3 and 3e-4 per run from a lognormal fit (before 0045: 1.58 / 2.44 /
+#: 2.97 and 1.42 / 2.30 / 2.77, 3-4 % of runs over 3: the CI failure of seed 867712).
+MAX_RMS_Z = 3.0
 #: What a case may take (the particle case's allowance).
 CASE_LIMIT_S = 180.0
 
@@ -225,14 +236,20 @@ def test_quantification_matches_the_couple_below_the_edx_limit(all_run):
     corrections = report["calibration"]["edx_corrections"]
     print(f"EDX corrections: {corrections}")
     assert corrections["sum_peaks"]["pulse_pair_time_s"] > 0
+    # 6.8-15.9 Cu counts per point over 48 runs (mean 10.2, sd 1.8; truth 11.2).
     assert corrections["system_peaks"]["subtracted_median"]["Cu"] > 3.0
+    # SIMS and EDX compared at one resolution (decision 0045): the 1 nA probe recorded.
+    blur = report["calibration"]["sims_probe_blur"]
+    assert blur is not None and 80.0 < blur["core_fwhm_nm"] < 110.0, blur
     assert {s["correlation_id"] for s in starts} == {cid}
     assert {s["specimen"] for s in starts} == {"diffusion-couple"}
     q = next(s for s in starts if "quantification" in s)
     assert q["quantification"]["calibration_id"] == report["calibration"]["calibration_id"]
 
     # Where EDX stops and SIMS continues: EDX quantitative down to a few tenths of an
-    # at.%, the quantified map's bins detected far beyond it.
+    # at.%, the quantified map's bins detected far beyond it. Measured over 48 runs
+    # (decision 0045): DL 0.247-0.265 at.%; SIMS continues 620-820 nm beyond where EDX
+    # stops, to 0.003-0.009 x DL (the map's last bin).
     dl = report["edx_detection_limit_fraction"]
     stop, cont = report["edx_stops"], report["sims_continues_to"]
     assert 1e-3 < dl < 1e-2, dl
@@ -246,12 +263,14 @@ def test_quantification_matches_the_couple_below_the_edx_limit(all_run):
         print(f"{key}: worst |C/C_true - 1| over 0.1-10 at.% {100 * s['worst']:.1f} % at "
               f"x = {s['worst_x_nm']:.0f} nm ({s['n']} bins, mean {100 * s['mean']:+.1f} %, "
               f"rms z {s['rms_z']:.2f})")
+        # 23 bins (quantified) and 22 (calibration) in every one of 48 runs, no NaN.
         assert s["n"] >= 20 and s["nan"] == 0, s
         assert s["worst"] < SINGLE_SEED_WORST, (key, s)
         # The stated errors describe the scatter (bias included) within a factor 3.
-        assert s["rms_z"] < 3.0, (key, s)
-    # Part of the scored band is below the EDX limit (~0.2 at.%: 0.1-0.2 at.% is ~130 nm
-    # of the couple, three 40 nm bins), and the map quantifies far below it.
+        assert s["rms_z"] < MAX_RMS_Z, (key, s)
+    # Part of the scored band is below the EDX limit (~0.25 at.%: 0.1-0.25 at.% is
+    # ~160 nm of the couple; 4 bins in 48 of 48 runs), and the map quantifies far below
+    # it (18 bins below the limit in 48 of 48).
     qp = report["quantified_profile"]
     c = np.array([np.nan if v is None else v for v in qp["concentration"]], float)
     assert np.sum((c > 1e-3) & (c < dl)) >= 2

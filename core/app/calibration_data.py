@@ -14,7 +14,10 @@ on it (``docs/calibration.md``):
    dark counts, summed in bins along the gradient centred on the EDX points
    (:func:`temsims.analysis.quantification.map_profile` with the recorded pixel ->
    specimen affine): the SIMS intensities at the EDX positions, at the EDX step's
-   resolution.
+   resolution; each bin divided by the blur the probe (the run's recorded
+   ``probe_nm`` and the lab's measured halo, ``constants.PROBE_HALO``) and the bin
+   put into it (:func:`temsims.analysis.quantification.blur_factor`), so that SIMS
+   and EDX compare at one resolution.
 3. :func:`~temsims.analysis.quantification.calibrate_rsf` where EDX detects both
    elements; :func:`~temsims.analysis.quantification.quantify_map` of the profile
    (at the EDX positions, also below the EDX limit) and of the map, pixel by pixel.
@@ -34,6 +37,7 @@ import numpy as np
 
 from temsims.analysis import edx as edx_analysis
 from temsims.analysis import quantification as qn
+from temsims.constants import PROBE_HALO
 
 ROLES = ("edx_line", "sims_map")
 #: Optional third run: the EDX system-peak reference taken off the specimen.
@@ -165,6 +169,11 @@ class CalibrationResult:
         EDX limits of the analyte (atomic fraction; median over the line).
     k_factors
         The k-factors used.
+    corrections
+        What the EDX analysis subtracted (sum peaks, system peaks).
+    probe_blur
+        The probe whose blur the SIMS bins were divided by and the factors' range
+        (None: not matched, no probe recorded or ``match_resolution=False``).
     """
 
     data: CalibrationData
@@ -180,6 +189,7 @@ class CalibrationResult:
     quantification_limit: float
     k_factors: dict[str, float]
     corrections: dict[str, Any] = field(default_factory=dict)
+    probe_blur: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The calibration as a JSON-able derived record pointing at both runs."""
@@ -203,7 +213,8 @@ class CalibrationResult:
                 "k_factors": dict(self.k_factors),
                 "edx_detection_limit": self.detection_limit,
                 "edx_quantification_limit": self.quantification_limit,
-                "edx_corrections": dict(self.corrections)}
+                "edx_corrections": dict(self.corrections),
+                "sims_probe_blur": self.probe_blur}
 
 
 # ======================================================================================
@@ -466,11 +477,30 @@ def corrected_counts(counts: np.ndarray, *, dwell_s: float, dead_time_s: float,
     return m - dark_counts
 
 
+def probe_blur(sims_start: Mapping, direction=(1.0, 0.0)) -> dict[str, Any] | None:
+    """The ion probe a SIMS map run recorded (``probe_nm``, its FWHM in the
+    beam-normal plane; or its calibration block's ``probe_fwhm_nm``) with the lab's halo (``constants.PROBE_HALO``, decision 0040),
+    both along ``direction`` on the specimen (stretched by the map's ``stretch``
+    along y), as :func:`~temsims.analysis.quantification.blur_factor`'s keywords;
+    None for a run that recorded no probe."""
+    probe = sims_start.get("probe_nm")
+    if probe is None:  # the calibration plan's own record, older than probe_nm
+        probe = ((sims_start.get("calibration") or {}).get("sims") or {}).get("probe_fwhm_nm")
+    if probe is None or not (math.isfinite(float(probe)) and float(probe) > 0):
+        return None
+    stretch = float((sims_start.get("map") or {}).get("stretch", 1.0) or 1.0)
+    dx, dy = (float(v) for v in direction)
+    along = math.hypot(dx, dy * stretch) / math.hypot(dx, dy)
+    return {"core_fwhm_nm": float(probe) * along,
+            "halo": (float(PROBE_HALO["fraction"]), float(PROBE_HALO["fwhm_nm"]) * along)}
+
+
 def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = None,
              k_sigma: Mapping[str, float] | None = None, degree: int | str = "auto",
              half_width_nm: float | None = None,
              min_detected_sigma: float | None = None,
-             edx_corrections: bool = True) -> CalibrationResult:
+             edx_corrections: bool = True,
+             match_resolution: bool = True) -> CalibrationResult:
     """EDX-guided SIMS quantification of one calibration.
 
     Parameters
@@ -497,6 +527,11 @@ def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = N
         system peaks (the recorded reference off the specimen, ``system_elements``
         fitted) where the runs recorded what they need (default). ``False``: the
         plain fit, for comparison.
+    match_resolution
+        Divide each SIMS bin by the blur of the probe and the bin
+        (:func:`probe_blur`; default): EDX sees a point, the map a 90 nm probe
+        with a halo, which on a curved profile bends the RSF fitted in C. Only where
+        the SIMS run recorded its ``probe_nm``; ``False``: the plain ratios.
 
     Returns
     -------
@@ -551,6 +586,17 @@ def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = N
                          "inside the SIMS field")
     a_tot = np.maximum(a_prof.total, 0.0)
     m_tot = np.maximum(m_prof.total, 0.0)
+    blur = probe_blur(data.start.get("sims_map", {}), data.direction) \
+        if match_resolution else None
+    blur_record = None
+    if blur is not None:
+        # Along the gradient only: across it the bins average the whole map (or the band).
+        fa_, fm_ = (qn.blur_factor(img, data.affine_nm, positions, direction=data.direction,
+                                   **blur) for img in (a_map, m_map))
+        a_tot, m_tot = a_tot / fa_, m_tot / fm_
+        blur_record = {"core_fwhm_nm": blur["core_fwhm_nm"], "halo": list(blur["halo"]),
+                       "analyte_factor_range": [float(fa_.min()), float(fa_.max())],
+                       "matrix_factor_range": [float(fm_.min()), float(fm_.max())]}
     fa = profile_edx.fractions[data.analyte]
     if min_detected_sigma is None:
         mask = profile_edx.detected[data.analyte] & profile_edx.detected[data.matrix]
@@ -560,14 +606,18 @@ def quantify(data: CalibrationData, *, k_factors: Mapping[str, float] | None = N
     calibration = qn.calibrate_rsf(fa, profile_edx.sigma[data.analyte], a_tot, m_tot,
                                    mask=mask, degree=degree, binary=data.binary)
     at_points = qn.quantify_map(a_tot, m_tot, calibration)
-    per_pixel = qn.quantify_map(np.maximum(a_map, 0.0), np.maximum(m_map, 0.0), calibration)
+    a_px, m_px = np.maximum(a_map, 0.0), np.maximum(m_map, 0.0)
+    if blur is not None:
+        a_px, m_px = (img / qn.blur_factor(img, data.affine_nm, direction=data.direction,
+                                           **blur) for img in (a_px, m_px))
+    per_pixel = qn.quantify_map(a_px, m_px, calibration)
     return CalibrationResult(
         data=data, edx=profile_edx, positions_nm=positions, analyte_profile=a_prof,
         matrix_profile=m_prof, mask=np.asarray(mask, bool), calibration=calibration,
         profile=at_points, map=per_pixel,
         detection_limit=float(np.median(profile_edx.detection_limit[data.analyte])),
         quantification_limit=float(np.median(profile_edx.quantification_limit[data.analyte])),
-        k_factors=k, corrections=corrections)
+        k_factors=k, corrections=corrections, probe_blur=blur_record)
 
 
 __all__ = [
@@ -578,5 +628,6 @@ __all__ = [
     "from_catalog",
     "from_documents",
     "from_runs",
+    "probe_blur",
     "quantify",
 ]
