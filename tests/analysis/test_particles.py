@@ -42,7 +42,8 @@ from temsims.ioc.physics import sims as sp
 
 #: Fresh specimen seeds per map size (about 0.4 s each at the full size). 8, not 5:
 #: resampling 300 seeds per size, the ratio test below failed in 1.0 % of runs of 5
-#: quick seeds (two 4-sigma pulls in ~110) and 0.4 % of 8.
+#: quick seeds (two 4-sigma pulls in ~110) and 0.4 % of 8 (its 4-sigma count is now
+#: bounded by :data:`MAX_BEYOND_4`).
 N_SEEDS = 8
 
 
@@ -178,6 +179,13 @@ def test_labelled_particle_beside_a_natural_one_is_its_own_segment():
 
 #: Bound on the pulls' systematic mean (measured -0.04 to -0.07 over 300 seeds).
 SYSTEMATIC_PULL_BOUND = 0.1
+#: Pulls beyond 4 sigma allowed in a run (or 1 % of the pulls, if more). 156 quick and 60
+#: full fresh seeds (3256 and 1734 pulls, std 1.02 / 1.02): 5 beyond 4, all at 4.0-4.2,
+#: 0.1 % of the pulls (a normal std 1.02 gives 0.01 %). "At most 1 %" of a quick run's
+#: ~170 pulls allowed one: two came in ~1.3 % of runs (full, ~230 pulls: three in
+#: ~0.2 %). At 0.1 % per pull four come in < 1e-4 of runs; a tail of a few per cent
+#: still fails.
+MAX_BEYOND_4 = 3
 
 
 def test_ratio_errors_are_within_1_2_poisson_bounds(scores):
@@ -193,7 +201,7 @@ def test_ratio_errors_are_within_1_2_poisson_bounds(scores):
     assert len(err) > 60
     assert np.std(err) <= 1.2, np.sort(err)
     assert abs(np.mean(err)) <= 3 * 1.2 / math.sqrt(len(err)) + SYSTEMATIC_PULL_BOUND
-    assert np.mean(np.abs(err) > 4) <= 0.01
+    assert np.sum(np.abs(err) > 4) <= max(MAX_BEYOND_4, 0.01 * len(err)), np.sort(err)
 
 
 def test_uncorrected_ratios_carry_the_instrument_bias(scores):
@@ -274,7 +282,15 @@ def test_the_probe_halo_is_measured_and_subtracted(scores):
     isolated particles' pulls widen (a natural particle near a bright labelled one
     picks up its 6Li, a labelled one is diluted by its natural neighbours; measured
     std 1.36-1.71 full, 1.11-2.93 quick over 8-seed runs, against 0.95-1.17 with it)
-    and precision falls (0.92-0.97 full)."""
+    and precision falls (0.92-0.97 full).
+
+    Only a third of the seeds have a natural particle near a bright labelled one; on
+    the rest the subtraction moves the pulls' std by noise (-0.34..+0.1 per quick
+    seed). Over 8 seeds, resampled from 156 quick and 60 full fresh seeds, bare minus
+    subtracted std has its 0.1 % quantile at +0.053 full (never <= 0 in 20000 sets) but
+    -0.051 quick, where ``std < bare`` failed 4.3 % of runs: the quick maps are held
+    to "no wider than bare" within 0.1 (their 0.01 % quantile: -0.071), the full maps
+    to the narrowing."""
     pixels, per_seed = scores
     fits = [s["halo"] for s in per_seed.values()]
     for fit in fits:
@@ -290,7 +306,7 @@ def test_the_probe_halo_is_measured_and_subtracted(scores):
           f"subtracted {np.mean(err):+.2f} +- {np.std(err):.2f}, without "
           f"{np.mean(bare):+.2f} +- {np.std(bare):.2f}; without: recall {found / n:.3f}, "
           f"precision {tp / max(rep, 1):.3f}")
-    assert np.std(err) < np.std(bare)
+    assert np.std(err) < np.std(bare) + (0.0 if pixels == DEMO_FULL_PIXELS else 0.1)
 
 
 def test_no_natural_particle_is_called_labelled(scores):
