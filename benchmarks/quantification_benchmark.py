@@ -104,6 +104,7 @@ class Accuracy:
         self.k = {"Cu": self.model.k_factor("Cu", "Ni"), "Ni": 1.0}
         self.axis = edx.EnergyAxis.from_centres(self.model.axis.centres)
         probe = g["probe_nm"] or probe_diameter_nm(g["current_pa"], 30.0)
+        self.probe_nm = probe
         self.params = sp.SimsParameters()
         self.frame = sp.FramePlan(spec, geo, (isotope_mass_u("63Cu"), isotope_mass_u("58Ni")),
                                   g["current_pa"], 1e-3, probe, 25.5, 1, True,
@@ -145,7 +146,10 @@ class Accuracy:
                 pulse_pair_time_s=tau,
                 system_elements=("Fe",),
                 system_reference=edx.SystemReference(reference, self.ref_electrons,
-                                                     REFERENCE_NA_S[1]))
+                                                     REFERENCE_NA_S[1]),
+                # What the plan's SIMS run records (FIB:PROBE_RBV): the pipeline matches
+                # the map's resolution to the EDX points' with it (decision 0045).
+                start={"sims_map": {"probe_nm": self.probe_nm}})
             res = cd.quantify(data, edx_corrections=self.correction == "full")
             conc, cal = res.profile.concentration, res.calibration
         else:
@@ -157,11 +161,17 @@ class Accuracy:
                              system_reference=edx.SystemReference(
                                  reference, self.ref_electrons, REFERENCE_NA_S[1]))
             prof = edx.quantify_line_scan(spectra, self.axis, self.k, beam_kev=200.0, **extra)
-            a = qn.map_profile(cu, self.transform, self.positions)
-            m = qn.map_profile(ni, self.transform, self.positions)
-            cal = qn.calibrate_rsf(prof.fractions["Cu"], prof.sigma["Cu"], a.total, m.total,
+            from temsims.constants import PROBE_HALO
+
+            # At the EDX points' resolution, as the pipeline (decision 0045).
+            blur = {"core_fwhm_nm": self.probe_nm,
+                    "halo": (PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"])}
+            a, m = (qn.map_profile(img, self.transform, self.positions).total
+                    / qn.blur_factor(img, self.transform, self.positions, **blur)
+                    for img in (cu, ni))
+            cal = qn.calibrate_rsf(prof.fractions["Cu"], prof.sigma["Cu"], a, m,
                                    mask=prof.detected["Cu"] & prof.detected["Ni"])
-            conc = qn.quantify_map(a.total, m.total, cal).concentration
+            conc = qn.quantify_map(a, m, cal).concentration
         rel = conc[self.band] / self.truth[self.band] - 1.0
         return float(np.max(np.abs(rel))), cal.degree
 
