@@ -455,6 +455,9 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
     centre = corners[-1]
     total = np.eye(3)
     predicted = predicted_95 = float("inf")
+    # Fewer than ``min_features`` are still fitted down to 4 (a raster model's 5
+    # parameters, 3 degrees of freedom): refused, the fit checks an intensity fit.
+    fit_min = min(min_features, 4)
     for step in range(1, max_iterations + 1):
         on_grid = tem_on_sims_grid(tem, start @ total, sims.shape,
                                    footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
@@ -465,7 +468,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
         found = feature_shifts(sims_z, sign * tem_z, mask, half_window_px=half_window_px,
                                search_px=search_px if step == 1 else min(search_px, 3))
         info.update(features=len(found), iterations=step)
-        if len(found) < min_features:
+        if len(found) < fit_min:
             return None, dict(info, why=f"{len(found)} features (< {min_features})")
         p = found[:, :2]
         q = (np.column_stack([p + found[:, 2:4], np.ones(len(p))]) @ total.T)[:, :2]
@@ -476,7 +479,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
             residual = np.hypot(*(moved - q).T)
             scale = max(1.4826 * float(np.median(residual[keep])), 0.15)
             new = residual < 3.0 * scale
-            if new.sum() < min_features or (new == keep).all():
+            if new.sum() < fit_min or (new == keep).all():
                 break
             keep = new
         n = int(keep.sum())
@@ -501,7 +504,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
             predicted = predicted_95 = float("inf")
         info.update(features=n, feature_rms_px=rms, predicted_error_px=predicted,
                     predicted_error_95_px=predicted_95)
-        if n < min_features or not math.isfinite(predicted):
+        if n < fit_min or not math.isfinite(predicted):
             return None, dict(info, why=f"{n} consistent features (< {min_features}, or in "
                                         "a line)")
         change = _corner_rms_px(np.linalg.inv(total) @ fitted, sims.shape)
@@ -510,6 +513,9 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
             break
     # Judged once converged: the first passes measure shifts of several px, less
     # precisely than the last one measures what is left.
+    if info["features"] < min_features:
+        return None, dict(info, correction=total,
+                          why=f"{info['features']} consistent features (< {min_features})")
     if not predicted_95 <= max_predicted_error_px:
         return None, dict(info, correction=total, why=f"{info['features']} consistent features: predicted "
                                     f"corner error {predicted:.2f} px, its 95 % bound "
@@ -714,7 +720,7 @@ def _refine_raster_by_intensity(sims: np.ndarray, tem: np.ndarray, start: np.nda
 # ============================================================================ API
 #: An intensity fit whose predicted corner error (its Jacobian, one independent
 #: residual per smoothing area) is larger is refused. With the map a quadratic of the
-#: TEM signal the prediction read 0.16-0.44 px on 115 fresh fits (35 where the features
+#: TEM signal the prediction read 0.15-0.58 px on 127 fresh fits (47 where the features
 #: were refused, 80 forced), which came out 0.02-0.58 px off, at most 1.5x their
 #: prediction (14 % over it): at 0.6 px an accepted fit stays under ~0.9 px. (With the
 #: linear gain and 0.8 px, fits predicted 0.5-0.6 px came out 0.75-1.03 px off;
@@ -853,8 +859,10 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
         bound too large), fit it to the images' intensities instead
         (:func:`_refine_raster_by_intensity`; ``quality["affine"]["method"]`` is then
         "intensity"), kept under the same rotation/scale limits if it moves the
-        corners by more than ``affine_min_change_px`` and correlates better than the
-        translation (decision 0029, 2026-12-05 amendment).
+        corners by more than ``affine_min_change_px``, its predicted corner error is
+        at most ``MAX_INTENSITY_PREDICTED_ERROR_PX``, it lies within that plus the 95 %
+        bound of the refused feature fit (if one was made) from it, and it correlates
+        better than the translation (decision 0029, 2026-12-05 amendments).
 
     Returns
     -------
@@ -1007,6 +1015,20 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                 affine["why"] += (f"; the intensity fit's predicted corner error "
                                   f"{fit['predicted_error_px']:.2f} px > "
                                   f"{MAX_INTENSITY_PREDICTED_ERROR_PX} px: translation kept")
+            elif intensity.get("features_disagree_px", 0.0) > (
+                    affine.get("predicted_error_95_px", math.inf)
+                    + MAX_INTENSITY_PREDICTED_ERROR_PX):
+                # Both estimate one correction: beyond the sum of their bounds they
+                # contradict each other, and the intensities have paired the map's few
+                # particles with others of the TEM image (entropy
+                # 326772527469787470230151267987615526837, seed 84188: 4 bunched
+                # features, their fit's bound 7.6 px; the intensity fit 15.4 px from it
+                # and 10.5 px off, predicting 0.46 px, the objective lower there than at
+                # the truth).
+                affine["why"] += (f"; the intensity fit is {intensity['features_disagree_px']:.1f}"
+                                  f" px from the features' fit, beyond their bounds "
+                                  f"({affine['predicted_error_95_px']:.2f} + "
+                                  f"{MAX_INTENSITY_PREDICTED_ERROR_PX} px): translation kept")
             elif not fit["ncc"] > sign * ncc:
                 affine["why"] += "; the intensity fit correlates no better: translation kept"
             else:
