@@ -27,11 +27,12 @@ Model (instrument.md, "Image correlation and fusion")
     4. Where the features cannot constrain it (too few, or their bound too large:
        ~15 % of the maps under calibration errors), the same model is fitted to the
        intensities instead (least squares of the smoothed map against the TEM image
-       resampled through the model, a gain fitted: the maximum of their normalised
-       cross-correlation; decision 0029's 2026-12-05 amendment). From the
-       translation's result, with the shapes of the two contrasts alike up to the
-       smoothing, its bias is ~0.1-0.3 px, not decision 0011's 1.2 px of a
-       6-parameter affine from afar. Kept if it moves the corners by more than the
+       resampled through the model, the map a quadratic of the TEM signal, fitted in
+       closed form; decision 0029's 2026-12-05 amendments). From the translation's
+       result its bias is ~0.1-0.4 px, not decision 0011's 1.2 px of a 6-parameter
+       affine from afar: the quadratic absorbs the contrasts' shape mismatch (bright
+       field dome-shaped over a particle, its Li signal flat-topped) that a linear
+       gain left to the scale and stretch. Kept if it moves the corners by more than the
        noise and correlates better; otherwise the translation stays and
        ``quality["affine"]["why"]`` says why.
        ``linear_error_sims_px`` reports how far the recorded linear geometry was off;
@@ -454,6 +455,9 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
     centre = corners[-1]
     total = np.eye(3)
     predicted = predicted_95 = float("inf")
+    # Fewer than ``min_features`` are still fitted down to 4 (a raster model's 5
+    # parameters, 3 degrees of freedom): refused, the fit checks an intensity fit.
+    fit_min = min(min_features, 4)
     for step in range(1, max_iterations + 1):
         on_grid = tem_on_sims_grid(tem, start @ total, sims.shape,
                                    footprint_sigma_sims_px=footprint_sigma_sims_px, cache=cache)
@@ -464,7 +468,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
         found = feature_shifts(sims_z, sign * tem_z, mask, half_window_px=half_window_px,
                                search_px=search_px if step == 1 else min(search_px, 3))
         info.update(features=len(found), iterations=step)
-        if len(found) < min_features:
+        if len(found) < fit_min:
             return None, dict(info, why=f"{len(found)} features (< {min_features})")
         p = found[:, :2]
         q = (np.column_stack([p + found[:, 2:4], np.ones(len(p))]) @ total.T)[:, :2]
@@ -475,7 +479,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
             residual = np.hypot(*(moved - q).T)
             scale = max(1.4826 * float(np.median(residual[keep])), 0.15)
             new = residual < 3.0 * scale
-            if new.sum() < min_features or (new == keep).all():
+            if new.sum() < fit_min or (new == keep).all():
                 break
             keep = new
         n = int(keep.sum())
@@ -500,7 +504,7 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
             predicted = predicted_95 = float("inf")
         info.update(features=n, feature_rms_px=rms, predicted_error_px=predicted,
                     predicted_error_95_px=predicted_95)
-        if n < min_features or not math.isfinite(predicted):
+        if n < fit_min or not math.isfinite(predicted):
             return None, dict(info, why=f"{n} consistent features (< {min_features}, or in "
                                         "a line)")
         change = _corner_rms_px(np.linalg.inv(total) @ fitted, sims.shape)
@@ -509,6 +513,9 @@ def _refine_linear(sims: np.ndarray, tem: np.ndarray, start: np.ndarray, sign: f
             break
     # Judged once converged: the first passes measure shifts of several px, less
     # precisely than the last one measures what is left.
+    if info["features"] < min_features:
+        return None, dict(info, correction=total,
+                          why=f"{info['features']} consistent features (< {min_features})")
     if not predicted_95 <= max_predicted_error_px:
         return None, dict(info, correction=total, why=f"{info['features']} consistent features: predicted "
                                     f"corner error {predicted:.2f} px, its 95 % bound "
@@ -555,7 +562,7 @@ def _refine_raster_by_intensity(sims: np.ndarray, tem: np.ndarray, start: np.nda
                                 sign: float, theta: float | None, *, smooth_px: float,
                                 footprint_sigma_sims_px: float,
                                 coarse_smooth_px: float = 2.5, blur: bool = False,
-                                max_evaluations: int = 400
+                                quadratic: bool = True, max_evaluations: int = 400
                                 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Correction ``D`` (SIMS px -> SIMS px) of the raster model (:func:`_raster_linear`;
     an affine if ``theta`` is None) such that the TEM image resampled through
@@ -563,14 +570,18 @@ def _refine_raster_by_intensity(sims: np.ndarray, tem: np.ndarray, start: np.nda
 
     Least squares of the standardised, smoothed map against the TEM image resampled on
     its grid (cubic spline of the block-averaged, footprint-smoothed TEM, computed once)
-    times a gain fitted in closed form: the minimum is the maximum of their normalised
-    cross-correlation with the sign ``sign``. A coarse pass (``coarse_smooth_px``)
-    widens the capture range before the fine one (``smooth_px``). With ``blur`` a
-    Gaussian of the TEM side is fitted too: a Li map's particles look wider than on the
-    bright-field image (probe halo, surface vs mass thickness), a difference a scale
-    would otherwise absorb (decision 0011's table).
+    through a contrast relation fitted in closed form: with ``quadratic`` (the default)
+    the map is a quadratic of the TEM signal (bright field is the exponential of the
+    mass thickness, a particle's Li signal flat-topped), otherwise a gain (the minimum
+    is then the maximum of their normalised cross-correlation); where the TEM correlates
+    with the map against the sign ``sign`` nothing is explained. A coarse pass
+    (``coarse_smooth_px``) widens the capture range before the fine one
+    (``smooth_px``). With ``blur`` a Gaussian of the TEM side is fitted too: a Li map's
+    particles look wider than on the bright-field image (probe halo), a difference a
+    scale would otherwise absorb (decision 0011's table).
 
-    Returns the correction and ``{"ncc", "evaluations", "blur_px"}``.
+    Returns the correction and ``{"ncc", "evaluations", "blur_px",
+    "predicted_error_px"}`` (``ncc`` the plain normalised cross-correlation at the fit).
     """
     from scipy import optimize
 
@@ -645,10 +656,24 @@ def _refine_raster_by_intensity(sims: np.ndarray, tem: np.ndarray, start: np.nda
         nonlocal evaluations
         evaluations += 1
         t = tem_at(x, smooth)
-        norm = dot(t, t)
-        # The gain in closed form, of the sign asked for (0 if the sign is wrong).
-        gain = max(sign * dot(s, t), 0.0) / norm if norm > 0 else 0.0
-        return s - sign * gain * t
+        if not sign * dot(s, t) > 0:
+            return s  # anticorrelated (the wrong sign): nothing explained
+        if not quadratic:
+            return s - dot(s, t) / dot(t, t) * t
+        # The map as a quadratic of the TEM signal, both coefficients in closed form
+        # (2 x 2 normal equations). Bright field is exp(-mass thickness): dome-shaped
+        # over a particle whose Li signal is flat-topped, a mismatch that a linear gain
+        # leaves and that the scale and stretch absorbed on maps of 3-8 particles
+        # (1.0-2.0 px off, up to 3x their predicted error: CI entropy
+        # 173026354654654560835066377031215771290, seed 19274; decision 0029).
+        q = t * t
+        q -= q.mean()
+        a11, a12, a22 = dot(t, t), dot(t, q), dot(q, q)
+        b1, b2 = dot(s, t), dot(s, q)
+        det = a11 * a22 - a12 * a12
+        if not det > 1e-9 * a11 * a22:
+            return s - b1 / a11 * t
+        return s - ((a22 * b1 - a12 * b2) * t + (a11 * b2 - a12 * b1) * q) / det
 
     x = np.zeros(n_linear + 2 + (1 if blur else 0))
     if blur:
@@ -694,10 +719,13 @@ def _refine_raster_by_intensity(sims: np.ndarray, tem: np.ndarray, start: np.nda
 
 # ============================================================================ API
 #: An intensity fit whose predicted corner error (its Jacobian, one independent
-#: residual per smoothing area) is larger is refused: on 17 maps refused by the
-#: features, those predicted 0.89 and 0.94 px came out 0.75 and 0.94 px off, the 15
-#: others 0.26-0.76 px predicted, 0.08-0.78 px off (decision 0029, 2026-12-05).
-MAX_INTENSITY_PREDICTED_ERROR_PX = 0.8
+#: residual per smoothing area) is larger is refused. With the map a quadratic of the
+#: TEM signal the prediction read 0.15-0.58 px on 127 fresh fits (47 where the features
+#: were refused, 80 forced), which came out 0.02-0.58 px off, at most 1.5x their
+#: prediction (14 % over it): at 0.6 px an accepted fit stays under ~0.9 px. (With the
+#: linear gain and 0.8 px, fits predicted 0.5-0.6 px came out 0.75-1.03 px off;
+#: decision 0029, 2026-12-05 amendments.)
+MAX_INTENSITY_PREDICTED_ERROR_PX = 0.6
 
 #: Tukey taper of the second translation estimate, made when the first is refused.
 RETRY_TAPER_FRACTION = 0.25
@@ -831,8 +859,10 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
         bound too large), fit it to the images' intensities instead
         (:func:`_refine_raster_by_intensity`; ``quality["affine"]["method"]`` is then
         "intensity"), kept under the same rotation/scale limits if it moves the
-        corners by more than ``affine_min_change_px`` and correlates better than the
-        translation (decision 0029, 2026-12-05 amendment).
+        corners by more than ``affine_min_change_px``, its predicted corner error is
+        at most ``MAX_INTENSITY_PREDICTED_ERROR_PX``, it lies within that plus the 95 %
+        bound of the refused feature fit (if one was made) from it, and it correlates
+        better than the translation (decision 0029, 2026-12-05 amendments).
 
     Returns
     -------
@@ -956,11 +986,11 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                 sims_z, tem_z, mask = pair_at(matrix)
                 ncc = normalised_cross_correlation(sims_z, tem_z, mask)
         elif intensity_fallback:
-            # Too few features, or too few for the 95 % bound (14 % of the maps under
+            # Too few features, or too few for the 95 % bound (~18 % of the maps under
             # calibration errors): the raster model is fitted to the images' intensities
-            # instead (decision 0029, 2026-12-05 amendment), less precise than the
-            # features when they suffice but within 0.5 px on 13 of 14 such maps where
-            # the translation left 2.4-6.2 px.
+            # instead (decision 0029, 2026-12-05 amendments), as precise as the features
+            # on those maps (median 0.09 px, max 0.58 px over 35 fresh ones whose
+            # recorded geometry was 4.5-7.5 px off).
             correction, fit = _refine_raster_by_intensity(
                 sims, tem, matrix, sign, theta, smooth_px=smooth_sims_px,
                 footprint_sigma_sims_px=footprint_sigma_sims_px)
@@ -985,6 +1015,20 @@ def register_sims_to_tem(sims_image: np.ndarray, tem_image: np.ndarray,
                 affine["why"] += (f"; the intensity fit's predicted corner error "
                                   f"{fit['predicted_error_px']:.2f} px > "
                                   f"{MAX_INTENSITY_PREDICTED_ERROR_PX} px: translation kept")
+            elif intensity.get("features_disagree_px", 0.0) > (
+                    affine.get("predicted_error_95_px", math.inf)
+                    + MAX_INTENSITY_PREDICTED_ERROR_PX):
+                # Both estimate one correction: beyond the sum of their bounds they
+                # contradict each other, and the intensities have paired the map's few
+                # particles with others of the TEM image (entropy
+                # 326772527469787470230151267987615526837, seed 84188: 4 bunched
+                # features, their fit's bound 7.6 px; the intensity fit 15.4 px from it
+                # and 10.5 px off, predicting 0.46 px, the objective lower there than at
+                # the truth).
+                affine["why"] += (f"; the intensity fit is {intensity['features_disagree_px']:.1f}"
+                                  f" px from the features' fit, beyond their bounds "
+                                  f"({affine['predicted_error_95_px']:.2f} + "
+                                  f"{MAX_INTENSITY_PREDICTED_ERROR_PX} px): translation kept")
             elif not fit["ncc"] > sign * ncc:
                 affine["why"] += "; the intensity fit correlates no better: translation kept"
             else:

@@ -107,7 +107,49 @@ def errors_of(setting, rng: np.random.Generator) -> tuple[float, float, float]:
 def stats(values) -> dict:
     a = np.asarray(values, float)
     return {"n": int(a.size), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "max": float(a.max()), "min": float(a.min())}
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "min": float(a.min())}
+
+
+def predicted_px(affine: dict) -> float | None:
+    """The corner error the applied fit predicted for itself (SIMS px), or None."""
+    if affine.get("method") == "features":
+        return affine.get("predicted_error_px")
+    if affine.get("method") == "intensity":
+        return affine["intensity"]["predicted_error_px"]
+    return None
+
+
+def by_method(rows: list[dict]) -> dict:
+    """Per method of the applied fits: how many, their errors, and how honest their
+    predicted error was (fraction of fits off by more than predicted, and the spread
+    of actual / predicted)."""
+    out = {}
+    for method in ("features", "intensity", None):
+        chosen = [r["raster"] for r in rows if r["raster"]["method"] == method]
+        if not chosen:
+            continue
+        entry = {"n": len(chosen), "error": stats([r["error_px"] for r in chosen])}
+        pairs = [(r["error_px"], r["predicted_px"]) for r in chosen if r["predicted_px"]]
+        if pairs:
+            ratio = np.array([e / p for e, p in pairs])
+            entry["over_predicted"] = float(np.mean(ratio > 1))
+            entry["ratio"] = {"median": float(np.median(ratio)),
+                              "p10": float(np.percentile(ratio, 10)),
+                              "p90": float(np.percentile(ratio, 90)), "max": float(ratio.max())}
+        out[method or "translation"] = entry
+    return out
+
+
+def describe(name: str, entry: dict) -> str:
+    e = entry["error"]
+    text = (f"    {name:<12} {entry['n']:>4} maps: error median {e['median']:.2f} p90 "
+            f"{e['p90']:.2f} p99 {e['p99']:.2f} max {e['max']:.2f} px")
+    if "ratio" in entry:
+        r = entry["ratio"]
+        text += (f"; actual > predicted in {100 * entry['over_predicted']:.0f} %, actual/"
+                 f"predicted median {r['median']:.2f} (p10 {r['p10']:.2f}, p90 {r['p90']:.2f},"
+                 f" max {r['max']:.2f})")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated refinements to run (default: all)")
     parser.add_argument("--settings", default=None,
                         help="setting names separated by ';' (default: all, or --quick's)")
+    parser.add_argument("--min-features", type=int, default=4,
+                        help="fewest features for a feature fit; 1000 forces every map's "
+                             "raster fit by intensity (its calibration on every map)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from temsims.analysis.registration import register_sims_to_tem
@@ -140,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"base_seed": base, "seeds": n, "map": [128, 96], "tem": 1024,
                  "stage_error_px": list(STAGE_ERROR_PX), "settings": {}}
     t_start = time.perf_counter()
+    all_rows: list[dict] = []
     for name in names:
         rng = np.random.default_rng(base)
         rows = []
@@ -150,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                    "incidence_deg": inc}
             for model in models:
                 t0 = time.perf_counter()
-                r = register_sims_to_tem(li, tem, recorded, tem_geo, model=model)
+                r = register_sims_to_tem(li, tem, recorded, tem_geo, model=model,
+                                         min_features=args.min_features)
                 row[model] = {"error_px": error_sims_px(r.transform, truth, tem_geo),
                               "initial_px": error_sims_px(r.initial_transform, truth, tem_geo),
                               "residual_px": r.residual_sims_px,
                               "linear_error_px": r.linear_error_sims_px,
                               "model": r.quality["model"], "s": time.perf_counter() - t0,
                               "method": r.quality["affine"].get("method"),
+                              "predicted_px": predicted_px(r.quality["affine"]),
                               "features": r.quality["affine"].get("features"),
                               "why": r.quality["affine"].get("why")}
             rows.append(row)
@@ -180,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["by_intensity"] = [r["seed"] for r in applied
                                    if r["raster"]["method"] == "intensity"]
         summary["under_0.5px"] = sum(r["raster"]["error_px"] < 0.5 for r in rows)
+        summary["by_method"] = by_method(rows)
+        all_rows.extend(rows)
         out["settings"][name] = {"summary": summary, "rows": rows}
         line = " | ".join(f"{m} median {summary[m]['median']:.2f} p90 {summary[m]['p90']:.2f} "
                           f"max {summary[m]['max']:.2f}" for m in models)
@@ -189,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['under_0.5px']}/{n}; s per map median "
               f"{summary['seconds_per_registration']['raster']:.2f}, max "
               f"{summary['seconds_per_registration_max']:.2f})")
+        for method, entry in summary["by_method"].items():
+            print(describe(method, entry))
         for r in applied:
             if r["raster"]["error_px"] > 0.5:
                 print(f"    seed {r['seed']}: {r['raster']['method']} fit accepted, error "
@@ -198,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    seed {r['seed']}: translation kept ({r['raster']['why']}), error "
                       f"{r['raster']['error_px']:.2f} px, residual flag "
                       f"{r['raster']['residual_px']:.2f} px")
+    out["by_method"] = by_method(all_rows)
+    seconds = {m: [r["raster"]["s"] for r in all_rows if r["raster"]["method"] == m]
+               for m in ("features", "intensity", None)}
+    out["seconds_per_map"] = {m or "translation": stats(v) for m, v in seconds.items() if v}
+    print(f"all {len(all_rows)} maps (raster model):")
+    for method, entry in out["by_method"].items():
+        print(describe(method, entry) + f"; s per map median "
+              f"{out['seconds_per_map'][method]['median']:.2f}")
     out["seconds"] = time.perf_counter() - t_start
     out.update(python=sys.version.split()[0], numpy=np.__version__, cpus=os.cpu_count())
     args.output.parent.mkdir(parents=True, exist_ok=True)
