@@ -306,7 +306,7 @@ MODULE_SECONDS = {
     "test_loaders.py": 16, "plans/test_plans_sims.py": 15,
     "catalog/test_roundtrip_and_queries.py": 15, "ioc/test_tem.py": 14,
     "plans/test_calibration.py": 13, "test_document_stream.py": 12, "test_cli.py": 11,
-    "ioc/test_sputtering.py": 10,
+    "ioc/test_sputtering.py": 10, "analysis/test_parallax.py": 13,
 }
 
 
