@@ -281,6 +281,12 @@ def _run_case(the_case, *, layout, prefix: str, host: str, seed: int, opened: di
             opened["writer"] = cat.writer(process=True)
         RE = _run_engine(opened["writer"], specimen, seed, require_metadata)
         alignment = _align(RE, d, the_case.alignment) if the_case.alignment else None
+        # A case without a session alignment runs on the exact geometry the runner
+        # started (decision 0042): its plans' check of the raster and coincidence
+        # calibration would only warn falsely that they were never calibrated. On IOCs
+        # already running (their geometry unknown here) the check stays on.
+        sizes = {**sizes, "calibration": "ignore" if procs is not None
+                 and not the_case.alignment else "warn"}
         measured = the_case.measure(RE, d, sizes, _say)
         if alignment is not None:
             measured["alignment"] = alignment

@@ -133,7 +133,8 @@ def cathode_plan(microscope, sizes: dict[str, Any]):
         d, overview_fov_um=sizes["overview_fov_um"], center=(cx, cy),
         rois=[(cx, cy, fov)], species=MAP_SPECIES, sims_pixels=sizes["sims_pixels"],
         sims_dwell_s=sizes["sims_dwell_s"], zoom_fov_um=sizes["zoom_fov_um"],
-        exposure_s=sizes["exposure_s"], md={"purpose": "temsims demo", "case": "cathode"})
+        exposure_s=sizes["exposure_s"], calibration=sizes.get("calibration", "warn"),
+        md={"purpose": "temsims demo", "case": "cathode"})
     roi = {"x_um": cx, "y_um": cy, "fov_um": fov}
 
     def li_map():

@@ -176,7 +176,8 @@ def solar_cell_plan(microscope, sizes: dict[str, Any]):
         d, overview_fov_um=sizes["overview_fov_um"], center=(cx, cy),
         rois=[(cx, cy, fov)], species=SPECIES, sims_pixels=sizes["sims_pixels"],
         sims_dwell_s=sizes["sims_dwell_s"], zoom_fov_um=sizes["zoom_fov_um"],
-        exposure_s=sizes["exposure_s"], sims_voltage_v=SIMS_VOLTAGE_V, md=md)
+        exposure_s=sizes["exposure_s"], calibration=sizes.get("calibration", "warn"),
+        sims_voltage_v=SIMS_VOLTAGE_V, md=md)
     corr["uids"]["calibration"] = cal_uids
     roi = {"x_um": cx, "y_um": cy, "fov_um": fov}
 
