@@ -439,6 +439,19 @@ def test_intensity_fit_when_the_features_cannot_constrain_the_raster():
                 or affine.get("predicted_error_px", 0.0) > TOLERANCE_SIMS_PX)
 
 
+def _first_fresh_scene(entropy: int, expected_seed: int):
+    """The first scene the fresh-seed raster test draws from ``entropy`` (45 deg, 2-4 %
+    field and 1-2 deg rotation errors): (tem, li, truth, tem_geo, recorded)."""
+    rng = np.random.default_rng(entropy)
+    seed = int(rng.integers(10, 100_000))
+    fov_error = float(rng.uniform(2, 4) * rng.choice([-1, 1]))
+    rotation_error = float(rng.uniform(1, 2) * rng.choice([-1, 1]))
+    assert seed == expected_seed
+    tem, li, truth, tem_geo, _, _ = render_scene(
+        seed, fov_error_pct=fov_error, rotation_error_deg=rotation_error, incidence_deg=45.0)
+    return tem, li, truth, tem_geo, with_stage_error(nominal(truth, fov_error, rotation_error))
+
+
 def test_intensity_fit_of_a_sparse_map_and_its_refusal(monkeypatch):
     """A CI draw (entropy 173026354654654560835066377031215771290, its first scene: seed
     19274, field -3.71 %, rotation -1.81 deg, 45 deg) holds 3 features: fitted by
@@ -450,18 +463,12 @@ def test_intensity_fit_of_a_sparse_map_and_its_refusal(monkeypatch):
     translation is kept and flagged."""
     from temsims.analysis import registration
 
-    rng = np.random.default_rng(173026354654654560835066377031215771290)
-    seed = int(rng.integers(10, 100_000))
-    fov_error = float(rng.uniform(2, 4) * rng.choice([-1, 1]))
-    rotation_error = float(rng.uniform(1, 2) * rng.choice([-1, 1]))
-    assert seed == 19274
-    tem, li, truth, tem_geo, _, _ = render_scene(
-        seed, fov_error_pct=fov_error, rotation_error_deg=rotation_error, incidence_deg=45.0)
-    recorded = with_stage_error(nominal(truth, fov_error, rotation_error))
+    tem, li, truth, tem_geo, recorded = _first_fresh_scene(
+        173026354654654560835066377031215771290, 19274)
     result = register_sims_to_tem(li.sum(axis=0), tem, recorded, tem_geo)
     error = rms_error_sims_px(result.transform, truth, tem_geo)
     affine = result.quality["affine"]
-    print(f"seed {seed}: {error:.3f} px ({affine.get('method')}, predicted "
+    print(f"seed 19274: {error:.3f} px ({affine.get('method')}, predicted "
           f"{affine['intensity']['predicted_error_px']:.2f} px)")
     assert affine["features"] < 4 and affine["method"] == "intensity"
     assert error < 0.6  # 0.43 px (1.03 px with a linear gain)
@@ -485,19 +492,13 @@ def test_an_intensity_fit_contradicting_the_features_is_refused():
     objective lower there than at the truth): 10.5 px off, predicting 0.46 px. It lies
     15.4 px from the features' fit, beyond both bounds: refused, the translation kept
     (3.29 px off) and flagged (decision 0029, 2026-12-05 amendments)."""
-    rng = np.random.default_rng(326772527469787470230151267987615526837)
-    seed = int(rng.integers(10, 100_000))
-    fov_error = float(rng.uniform(2, 4) * rng.choice([-1, 1]))
-    rotation_error = float(rng.uniform(1, 2) * rng.choice([-1, 1]))
-    assert seed == 84188
-    tem, li, truth, tem_geo, _, _ = render_scene(
-        seed, fov_error_pct=fov_error, rotation_error_deg=rotation_error, incidence_deg=45.0)
-    recorded = with_stage_error(nominal(truth, fov_error, rotation_error))
+    tem, li, truth, tem_geo, recorded = _first_fresh_scene(
+        326772527469787470230151267987615526837, 84188)
     result = register_sims_to_tem(li.sum(axis=0), tem, recorded, tem_geo)
     initial = rms_error_sims_px(result.initial_transform, truth, tem_geo)
     error = rms_error_sims_px(result.transform, truth, tem_geo)
     affine = result.quality["affine"]
-    print(f"seed {seed}: {initial:.2f} -> {error:.2f} px, residual "
+    print(f"seed 84188: {initial:.2f} -> {error:.2f} px, residual "
           f"{result.residual_sims_px:.2f} px: {affine['why']}")
     assert result.quality["model"] == "translation" and not affine["applied"]
     assert "from the features' fit" in affine["why"]
