@@ -184,6 +184,13 @@ def analysis_figures(r: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
+def twin_render_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``twin_render.json``: the twin's frame with the probe halo beside the frame
+    without it (best of the repeats each)."""
+    return [Figure("halo_frame", f"twin frame {r['n']}^2 x 4 with the halo",
+                   r["with_halo_s"], "s", "without the halo", r["without_halo_s"])]
+
+
 def registration_figures(r: Mapping[str, Any]) -> list[Figure]:
     """``registration.json``: the registration's error (raster model, the default) per
     calibration-error setting (median and 90th percentile over the seeds, SIMS px),
@@ -405,6 +412,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               catalog_backends_figures),
     Benchmark("analysis_benchmark", "analysis_benchmark.json", "--output",
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
+    Benchmark("twin_render_benchmark", "twin_render.json", "--output", ("--repeat", "2"),
+              twin_render_figures),
     Benchmark("registration_benchmark", "registration.json", "--output", ("--quick",),
               registration_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",

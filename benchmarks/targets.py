@@ -127,12 +127,15 @@ STREAM_PAGE_LATENCY_MS = Target(
     unit="ms", source="docs/remote.md: the views keep up with the flyer's collect period "
     "(temsims.plans.sims.FLUSH_PERIOD_S)")
 
+HALO_RENDER_RATIO = Target(
+    "twin_render_benchmark", "halo_frame", "twin frame with the probe halo", 1.6, on="ratio",
+    at={"n": 512}, source="twin_render_benchmark.py; docs/decisions/0040-probe-halo.md")
 TARGETS: tuple[Target, ...] = (STEP_SCAN_RATIO, SIMS_MAP_RATIO, MAP_PATH_RATIO,
                                MAP_PATH_STORED_S, CATALOG_CALL_MS, CATALOG_BLOCKED_S,
                                FUSION_S, REGISTRATION_S, QUANTIFY_S, CATALOG_READ_MAP_S,
                                CATALOG_VISIBLE_S, CATALOG_OPEN_S, STREAM_PAGE_LATENCY_MS,
                                QUANTIFY_P90, QUANT_CASE_P90, PARTICLES_MISS,
-                               PARTICLES_FALSE)
+                               PARTICLES_FALSE, HALO_RENDER_RATIO)
 
 
 def targets_for(benchmark: str) -> list[Target]:
