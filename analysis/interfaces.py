@@ -529,7 +529,7 @@ def fit_box(profile: Profile, *, b0: float, c0: float, s0: float = 15.0,
 
 def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float = 0.0,
                     s0: float = 15.0, decay0: float = 50.0, decay_max: float = 1000.0,
-                    fix_edge: bool = False,
+                    decay_min: float = 1.0, fix_edge: bool = False,
                     blur_prior: tuple[float, float] | None = None,
                     background: float | None = None,
                     halo: tuple[float, float] | None = None,
@@ -545,8 +545,9 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
         interface lies at ``b + thickness_nm``; infinite for a thick receiving layer.
     b0, s0, decay0 : float
         Starting interface position, blur and decay length (nm).
-    decay_max : float
-        Upper bound of the decay length (nm).
+    decay_min, decay_max : float
+        Bounds of the decay length (nm); a narrow range about one value fixes it (a
+        profile likelihood over the decay length: :func:`decay_profile_interval`).
     fix_edge : bool
         Keep ``b = b0`` and ``s = s0`` (an edge measured on another species, e.g.
         Al+ for the Al/LiV3O8 interface, where the matrix change of the V+ yield
@@ -604,7 +605,7 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
 
             f = _fit(fixed, ("plateau", "amplitude", "decay", "background"),
                      (plateau, max(amp, 1e-3), decay0, max(bkg, 0.0)),
-                     (0.0, 0.0, 1.0, 0.0), (big, big, decay_max, big), d, m, profile.n,
+                     (0.0, 0.0, decay_min, 0.0), (big, big, decay_max, big), d, m, profile.n,
                      rel_noise=rel_noise)
             extra_p, extra_e = {}, {}
         else:
@@ -618,7 +619,7 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
                 try:
                     fits.append(_fit(fixed, ("plateau", "amplitude", "decay"),
                                      (plateau, 1e-3 * plateau, min(start, decay_max)),
-                                     (0.0, 0.0, 1.0), (big, big, decay_max), d, m,
+                                     (0.0, 0.0, decay_min), (big, big, decay_max), d, m,
                                      profile.n, rel_noise=rel_noise))
                 except (RuntimeError, ValueError):
                     continue
@@ -636,10 +637,62 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
     return _fit(model, ("b", "s", "plateau", "amplitude", "decay", "background"),
                 (b0, s0 if blur_prior is None else blur_prior[0], plateau, max(amp, 1e-3),
                  decay0, max(bkg, 0.0)),
-                (float(d.min()) / 2, 1.0, 0.0, 0.0, 1.0, 0.0),
+                (float(d.min()) / 2, 1.0, 0.0, 0.0, decay_min, 0.0),
                 (float(d.max()) / 2, 200.0, big, big, decay_max, big),
                 d, m, profile.n, priors={"s": blur_prior} if blur_prior else None,
                 rel_noise=rel_noise)
+
+
+def decay_profile_interval(profile: Profile, best: FitResult, *, k: float = COVERAGE_K,
+                           step: float = 0.05, max_factor: float = 8.0,
+                           **fit_kwargs) -> tuple[float, float]:
+    """``(lo, hi)`` of the decay length (nm) from a profile likelihood: the decay length
+    held at each value, every other parameter of :func:`fit_dissolution` (blur ``s``
+    with its ``blur_prior`` included) refitted, the interval where the chi^2 (with
+    the prior's term) stays within ``k^2 max(1, chi2_red)`` of the best fit's.
+
+    The covariance's interval is linear about the best fit; near the interface the
+    blur, the tail's amplitude and its decay length trade off, and a short estimate's
+    chi^2 rises slowly towards longer decay lengths: the profile follows that valley.
+    ``best`` is the fit of ``profile`` with the same ``fit_kwargs``; the search walks
+    out in steps of ``step`` in ln(decay) and stops ``max_factor`` from the best value
+    (that bound is then returned).
+    """
+    d0 = float(best.params["decay"])
+    prior = fit_kwargs.get("blur_prior")
+    nbins = int(np.sum(np.isfinite(profile.mean) & (profile.n > 0)))
+    dof = max(1, nbins - len(best.names) + (1 if prior else 0))
+
+    def cost(f):
+        c = f.chi2_red * dof
+        if prior:
+            c += ((f.params["s"] - prior[0]) / prior[1]) ** 2
+        return c
+
+    c0 = cost(best)
+    limit = k**2 * max(1.0, best.chi2_red)
+    kw = {key: v for key, v in fit_kwargs.items() if key not in ("decay0", "decay_min",
+                                                                "decay_max")}
+    ends = []
+    for sign in (-1.0, 1.0):
+        prev_x, prev_dc, end = 0.0, 0.0, None
+        x = 0.0
+        while abs(x) < math.log(max_factor):
+            x += sign * step
+            val = d0 * math.exp(x)
+            try:
+                f = fit_dissolution(profile, decay0=val, decay_min=val * (1 - 1e-6),
+                                    decay_max=val * (1 + 1e-6), **kw)
+                dc = cost(f) - c0
+            except (RuntimeError, ValueError):
+                break
+            if dc >= limit:
+                # Linear in ln(decay) between the last point inside and this one.
+                end = prev_x + (x - prev_x) * (limit - prev_dc) / max(dc - prev_dc, 1e-12)
+                break
+            prev_x, prev_dc = x, max(dc, 0.0)
+        ends.append(d0 * math.exp(end if end is not None else sign * math.log(max_factor)))
+    return ends[0], ends[1]
 
 
 def row_noise(values, region) -> float:
@@ -692,6 +745,7 @@ def ratio_with_error(num: float, num_err: float, den: float, den_err: float,
 
 
 __all__ = [
+    "decay_profile_interval",
     "COVERAGE_K",
     "FitResult",
     "Interface",

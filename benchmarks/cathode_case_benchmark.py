@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 import tempfile
@@ -52,7 +53,18 @@ def score(report: dict, t: dict) -> dict:
     dl = report.get("v_decay_length_nm") or {}
     lv = report.get("v_level_lipon_atom_fraction") or {}
     pix = report["sims_pixel_nm"]["along_normal"]
+    pull = width = None
+    if dl:
+        # The pull in ln(decay): the error against the half-width (over k = 2) of the
+        # interval on the truth's side (the interval is asymmetric: decision 0027).
+        lo, hi = dl["interval95"]
+        half = math.log(hi / dl["value"]) if t["decay_nm"] > dl["value"] \
+            else math.log(dl["value"] / lo)
+        pull = 2.0 * math.log(dl["value"] / t["decay_nm"]) / half
+        width = hi - lo
     out = {"decay_nm": dl.get("value"), "decay_u95_nm": dl.get("u95"),
+           "decay_pull_log": pull, "decay_interval95_width_nm": width,
+           "blur_sigma_nm": (report.get("v_blur_sigma_nm") or {}).get("value"),
            "level": lv.get("value"), "level_u95": lv.get("u95"),
            "decay_interval95_nm": dl.get("interval95"),
            # The decay's interval is symmetric in log(decay) (decision 0027's amendment).
@@ -118,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "level_recovered_fraction": frac("level_recovered"),
         "interfaces_within_pixel_fraction": frac("interfaces_ok"),
         "decay_nm": over_seeds("decay_nm"), "decay_u95_nm": over_seeds("decay_u95_nm"),
+        "decay_pull_log": over_seeds("decay_pull_log"),
+        "decay_interval95_width_nm": over_seeds("decay_interval95_width_nm"),
+        "blur_sigma_nm": over_seeds("blur_sigma_nm"),
         "level": over_seeds("level"), "level_u95": over_seeds("level_u95"),
         "max_abs_sims_minus_tem_nm": max(offsets) if offsets else None,
         "pixel_nm": good[0]["pixel_nm"] if good else None,

@@ -205,9 +205,14 @@ def test_cathode_recovers_the_twins_truth(all_run):
     print(f"cathode, {where}: decay {decay['value']:.1f} nm (95 %: {decay['interval95'][0]:.1f}"
           f"-{decay['interval95'][1]:.1f}; +- {decay['u95']:.1f}) (truth {truth['decay_nm']}), "
           f"level {level['value']:.4f} +- {level['u95']:.4f} (truth {truth['level']})")
-    # The decay's interval is symmetric in its logarithm (its error grows with it:
-    # decision 0027's 2026-12-05 amendment): 1.5 x its half-width there.
-    assert abs(math.log(decay["value"] / truth["decay_nm"])) <= 1.5 * decay["u95_log"], \
+    # The decay's interval is a profile likelihood's, asymmetric (decision 0027's
+    # 2026-12-05 amendments): 1.5 x its half-width in ln(decay) on the truth's side,
+    # i.e. |pull| <= 3 in ln; measured over 26 fresh seeds (995127-995152): pulls mean
+    # -0.43, sd 0.88, -2.13..+1.08, the truth inside interval95 in 25 of 26.
+    lo, hi = decay["interval95"]
+    half_log = math.log(hi / decay["value"]) if truth["decay_nm"] > decay["value"] \
+        else math.log(decay["value"] / lo)
+    assert abs(math.log(decay["value"] / truth["decay_nm"])) <= 1.5 * half_log, \
         (where, decay, truth)
     assert abs(level["value"] - truth["level"]) <= 1.5 * level["u95"], (where, level, truth)
     pixel = report["sims_pixel_nm"]["along_normal"]
