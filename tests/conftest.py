@@ -329,6 +329,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=key)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failure's report names the fresh seeds this worker drew (tests/scoring.py), so
+    that it can be reproduced even when the fixture that drew them printed its entropy
+    with an earlier test."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        from scoring import DRAWN, ENTROPY_ENV
+
+        if DRAWN:
+            report.sections.append(("fresh seeds drawn by this worker", "\n".join(
+                f"{what}: {ENTROPY_ENV}={entropy}" for what, entropy in DRAWN)))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Which module asks: the pool stops only instruments other modules used last.

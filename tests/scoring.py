@@ -16,6 +16,10 @@ TOLERANCE_NM = 60.0
 
 #: Set to reproduce a run of the tests that draw fresh seeds (each prints its entropy).
 ENTROPY_ENV = "TEMSIMS_TEST_ENTROPY"
+#: (what, entropy) of every fresh draw in this process, in order: a failure's report
+#: lists them (conftest.py), since a module fixture's printout is shown only with the
+#: test that first set it up, which may have passed.
+DRAWN: list[tuple[str, int]] = []
 
 
 def fresh_rng(what: str) -> np.random.Generator:
@@ -24,6 +28,7 @@ def fresh_rng(what: str) -> np.random.Generator:
     ``TEMSIMS_TEST_ENTROPY=<entropy>``."""
     given = os.environ.get(ENTROPY_ENV)
     entropy = int(given) if given else int(np.random.SeedSequence().entropy)
+    DRAWN.append((what, entropy))
     print(f"\n{what}: seeds drawn from entropy {entropy} (reproduce: {ENTROPY_ENV}={entropy})")
     return np.random.default_rng(entropy)
 
