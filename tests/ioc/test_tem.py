@@ -482,8 +482,11 @@ def test_edx_line_scan_gives_a_monotonic_cu_profile(couple):
     specimen = build_specimen("diffusion-couple", 1)
     model = EDXModel(["Cu", "Ni"], ht_kv=couple.get("HT_RBV"), axis=EnergyAxis())
     k = model.k_factor("Cu", "Ni")
-    live = 0.5
-    couple.put("BEAM_CURRENT", 4.0)  # 2 nC per point
+    # 5 s of the IOC's clock per point is 0.25 s of wall time at the time scale of 20:
+    # at 0.5 s (25 ms of wall time) a 0.1 s stall of a loaded machine stamped a point
+    # 2.5 s long (the point is published when its spectrum is ready, if later).
+    live = 5.0
+    couple.put("BEAM_CURRENT", 0.4)  # 2 nC per point
     couple.put("EDX:MODE", "Line")
     for name, value in (("EDX:X0", -1.2), ("EDX:Y0", 0.0), ("EDX:X1", 1.0), ("EDX:Y1", 0.0),
                         ("EDX:NPTS", 8), ("EDX:LIVE_TIME", live)):
