@@ -161,11 +161,10 @@ class Accuracy:
                              system_reference=edx.SystemReference(
                                  reference, self.ref_electrons, REFERENCE_NA_S[1]))
             prof = edx.quantify_line_scan(spectra, self.axis, self.k, beam_kev=200.0, **extra)
-            from temsims.constants import PROBE_HALO
+            from temsims.app import calibration_data as cd
 
             # At the EDX points' resolution, as the pipeline (decision 0045).
-            blur = {"core_fwhm_nm": self.probe_nm,
-                    "halo": (PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"])}
+            blur = cd.probe_blur({"probe_nm": self.probe_nm})
             a, m = (qn.map_profile(img, self.transform, self.positions).total
                     / qn.blur_factor(img, self.transform, self.positions, **blur)
                     for img in (cu, ni))

@@ -29,7 +29,7 @@ from scoring import fresh_rng
 
 from temsims.analysis import edx
 from temsims.analysis import quantification as qn
-from temsims.constants import PROBE_HALO
+from temsims.app import calibration_data as cd
 from temsims.ioc.physics import sims as sp
 from temsims.ioc.physics.edx import EDXModel, areal_densities_at, beam_electrons
 from temsims.ioc.physics.materials import (
@@ -85,8 +85,7 @@ class Experiment:
         self.truth = np.interp(self.positions, spec.truth["x_nm"], spec.truth["solute_fraction"])
         # The map compared with the EDX points at their resolution, as the pipeline does
         # (decision 0045): the probe the run records and the lab's measured halo.
-        self.blur = {"core_fwhm_nm": SIMS["probe_nm"],
-                     "halo": (PROBE_HALO["fraction"], PROBE_HALO["fwhm_nm"])}
+        self.blur = cd.probe_blur({"probe_nm": SIMS["probe_nm"]})
 
     def run(self, edx_seed: int, sims_seed: int) -> dict:
         rng = np.random.default_rng(edx_seed)
