@@ -27,6 +27,8 @@ from temsims.devices.common import (
     SoftSignal,
     ValidatedSignal,
     chain,
+    is_state,
+    wait_until,
 )
 
 N_COLLECTORS = 4
@@ -34,6 +36,11 @@ N_COLLECTORS = 4
 #: (radius 0.6..1.4 of the axial radius, docs/pv-reference.md).
 FOCAL_PLANE_MASS_RATIO = (0.36, 1.96)
 ACQUIRE_SLACK_S = 30.0
+#: Seconds a trigger waits for BUSY to read Idle before it refuses. The IOC writes Idle
+#: before it completes the previous ACQUIRE put, but the client runs the monitor's
+#: callback and the put's on different threads: on a loaded machine the put's completion
+#: (and the plan's next trigger) came first, and the trigger refused a free spectrometer.
+BUSY_SETTLE_S = 5.0
 #: Seconds a FIELD put may take: it completes when the magnet has settled.
 FIELD_WRITE_TIMEOUT_S = 30.0
 #: Magnet settling per step of a mass scan (s), as the IOC documents it.
@@ -93,6 +100,24 @@ class Collector(Device):
         return str(self.species.get()) or mass_label(float(self.mass.get()))
 
 
+def _idle(busy) -> bool:
+    return not is_state(busy.get(), "Busy", ("Idle", "Busy"))
+
+
+def idle_first(device, busy):
+    """A :func:`chain` step that waits (at most :data:`BUSY_SETTLE_S`) for ``busy`` to
+    read Idle, and fails naming what to do if another acquisition holds the spectrometer."""
+
+    def wait_idle():
+        if _idle(busy):
+            return None
+        return wait_until(busy, lambda v: not is_state(v, "Busy", ("Idle", "Busy")),
+                          timeout=BUSY_SETTLE_S,
+                          what=f"{device.name}: the spectrometer is busy with another "
+                               "acquisition; wait for it to end or stop it (ACQUIRE Done)")
+    return wait_idle
+
+
 def _scan_points(scanner) -> tuple[int]:
     start, stop, step = (float(scanner.first.get()), float(scanner.last.get()),
                          float(scanner.step.get()))
@@ -142,12 +167,10 @@ class MassScanner(Device):
 
     def trigger(self):
         """Switch to Scan mode (if needed) and run one mass scan."""
-        if str(self.busy.get()) == "Busy":
-            raise RuntimeError(f"{self.name}: the spectrometer is busy")
         npts = self._check_range(float(self.first.get()), float(self.last.get()),
                                  float(self.step.get()))
         duration = npts * (float(self.dwell.get()) + SCAN_STEP_SETTLE_S) + 1.0
-        steps = []
+        steps = [idle_first(self, self.busy)]
         if str(self.mode.get()) != "Scan":
             steps.append(lambda: self.mode.set("Scan"))
         steps.append(lambda: self.acquire.set("Acquire", timeout=duration + ACQUIRE_SLACK_S))
@@ -210,7 +233,10 @@ class MassSpectrometer(Device):
         return lo * axial, hi * axial
 
     def is_busy(self) -> bool:
-        return str(self.busy.get()) == "Busy"
+        """An acquisition runs: the BUSY monitor says so and a fresh read confirms it
+        (the monitor can lag the end of the previous acquisition, see BUSY_SETTLE_S)."""
+        return not _idle(self.busy) and not is_state(self.busy.get(use_monitor=False),
+                                                      "Idle", ("Idle", "Busy"))
 
     def set_species(self, targets):
         """Place collectors: ``["6Li", "7Li", 12.0, "13C"]`` or ``{1: "6Li", 3: "12C"}``.
@@ -230,10 +256,8 @@ class MassSpectrometer(Device):
 
     def trigger(self):
         """Count for COUNT_TIME on the four collectors (mode Counting)."""
-        if self.is_busy():
-            raise RuntimeError(f"{self.name}: the spectrometer is busy")
         count_time = float(self.count_time.get())
-        steps = []
+        steps = [idle_first(self, self.busy)]
         if str(self.mode.get()) != "Counting":
             steps.append(lambda: self.mode.set("Counting"))
         steps.append(lambda: self.acquire.set("Acquire", timeout=count_time + ACQUIRE_SLACK_S))
