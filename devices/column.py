@@ -5,7 +5,13 @@ from __future__ import annotations
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from temsims.devices.common import Readback, Reading, SwitchSignal, ValidatedSignal
+from temsims.devices.common import (
+    Readback,
+    Reading,
+    SwitchSignal,
+    ValidatedSignal,
+    reads_now,
+)
 
 #: Slack (s) on top of NX*NY*DWELL for the put-completion of a raster frame.
 FRAME_SLACK_S = 30.0
@@ -52,14 +58,14 @@ class ScanGenerator(Device):
         Raises ``RuntimeError`` if a frame is already being rastered (the IOC would
         refuse the Start and the put would never complete).
         """
-        if str(self.acquire_rbv.get()) == "Start":
+        if reads_now(self.acquire_rbv, "Start"):
             raise RuntimeError(f"{self.name}: a raster frame is already running")
         timeout = float(self.frame_time.get()) + FRAME_SLACK_S
         return self.acquire.set("Start", timeout=timeout)
 
     def stop(self, *, success: bool = False) -> None:
         """Abort the frame being rastered (no-op when idle)."""
-        if str(self.acquire_rbv.get()) == "Start":
+        if reads_now(self.acquire_rbv, "Start"):
             self.acquire.put("Stop", use_complete=False)
 
 
@@ -111,7 +117,7 @@ class IonColumn(Device):
                   doc="Raster rotation calibration (deg), added to the rotation written")
 
     def _raster_running(self) -> bool:
-        return str(self.scan.acquire_rbv.get()) == "Start"
+        return reads_now(self.scan.acquire_rbv, "Start")
 
     def unblank(self):
         """Unblank the ion beam; refused here (ValueError) unless the interlock permits."""

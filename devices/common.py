@@ -552,6 +552,14 @@ def is_state(value, name: str, enum_strs) -> bool:
         return False
 
 
+def reads_now(signal, value: str) -> bool:
+    """``signal`` (a monitored enum PV) reads ``value``, confirmed by a CA read when the
+    monitor says so: the monitor can lag the put completion that ended the state (the
+    spectrometer's BUSY did in 2 of 4 quiet runs), and a check on it alone refused
+    what the IOC would take."""
+    return str(signal.get()) == value and str(signal.get(use_monitor=False)) == value
+
+
 def wait_until(signal, predicate, *, timeout: float, what: str,
                explain: Callable[[], str] | None = None) -> StatusBase:
     """A status that finishes when ``predicate(value)`` holds for ``signal`` (CA monitor).

@@ -43,7 +43,13 @@ from ophyd import Device
 from ophyd import FormattedComponent as FCpt
 from ophyd.status import DeviceStatus
 
-from temsims.devices.common import Readback, Reading, SoftSignal, ValidatedSignal
+from temsims.devices.common import (
+    Readback,
+    Reading,
+    SoftSignal,
+    ValidatedSignal,
+    reads_now,
+)
 
 N_COLLECTORS = 4
 FRAME_SLACK_S = 30.0
@@ -393,7 +399,7 @@ class SIMSImager(Device):
         """
         if self._active:
             raise RuntimeError(f"{self.name}: already flying; complete() first")
-        if str(self.acquire_rbv.get()) == "Start":
+        if reads_now(self.acquire_rbv, "Start"):
             raise RuntimeError(f"{self.name}: the ion column is already rastering a frame")
         nx, ny = int(self.nx.get()), int(self.ny.get())
         lpe = int(self.lines_per_event.get())
@@ -469,6 +475,8 @@ class SIMSImager(Device):
                 st = self._complete_status
             if st is not None and not st.done:
                 st.set_exception(RuntimeError(f"{self.name}: kickoff failed ({s.exception()!r})"))
+            # The monitored value only: this runs in a status callback, where a CA read
+            # would wait on the client's own threads. A stale "Start" costs a no-op Stop.
             if str(self.acquire_rbv.get()) == "Start":
                 self.acquire.put("Stop", use_complete=False)
 
@@ -550,5 +558,5 @@ class SIMSImager(Device):
 
     def stop(self, *, success: bool = False) -> None:
         """Abort the frame (the complete status then fails)."""
-        if str(self.acquire_rbv.get()) == "Start":
+        if reads_now(self.acquire_rbv, "Start"):
             self.acquire.put("Stop", use_complete=False)
