@@ -338,7 +338,7 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 #: Seconds each of the long test modules took (setup, calls and teardown, summed per
 #: module from the JUnit XML of a full 2-worker ``bash run.sh test``, 2026-12-05, load
 #: 3-7; others < 10 s). Only their order matters. Later the same day (decision 0048):
-#: test_correlative and test_part_faults less what their changes saved alone (~6-10 s
+#: test_correlative and test_part_faults less what their changes saved alone (~3-8 s
 #: and ~6 s), and the three unlisted modules over 10 s, measured alone at load ~6
 #: (JUnit of one ``-p no:xdist`` process over the 54 unlisted modules: 204 s in all).
 #: run.sh hands modules to the xdist workers in collection order
@@ -348,7 +348,7 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 #: :func:`pytest_collection_modifyitems` collects the longest first: the short ones then
 #: fill in at the end, so that both workers finish together.
 MODULE_SECONDS = {
-    "test_demo_all.py": 137, "plans/test_correlative.py": 112, "catalog/test_serve.py": 74,
+    "test_demo_all.py": 137, "plans/test_correlative.py": 116, "catalog/test_serve.py": 74,
     "test_queue.py": 61, "faults/test_interlock_fuzz.py": 57,
     "faults/test_part_faults.py": 48, "faults/test_storage_faults.py": 54,
     "catalog/test_demo_on_postgres.py": 50, "test_session.py": 50,
