@@ -338,8 +338,9 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 #: Seconds each of the long test modules took (setup, calls and teardown, summed per
 #: module from the JUnit XML of a full 2-worker ``bash run.sh test``, 2026-12-05, load
 #: 3-7; others < 10 s). Only their order matters. Later the same day (decision 0048):
-#: test_correlative and test_part_faults less what their changes saved alone (~3-8 s
-#: and ~6 s), and the three unlisted modules over 10 s, measured alone at load ~6
+#: test_correlative, test_part_faults and catalog/test_writer less what their changes
+#: saved alone (~3-8, ~6 and ~3 s), and the three unlisted modules over 10 s, measured
+#: alone at load ~6
 #: (JUnit of one ``-p no:xdist`` process over the 54 unlisted modules: 204 s in all).
 #: run.sh hands modules to the xdist workers in collection order
 #: (``--no-loadscope-reorder``: xdist's default orders them by their number of tests,
@@ -352,7 +353,7 @@ MODULE_SECONDS = {
     "test_queue.py": 61, "faults/test_interlock_fuzz.py": 57,
     "faults/test_part_faults.py": 48, "faults/test_storage_faults.py": 54,
     "catalog/test_demo_on_postgres.py": 50, "test_session.py": 50,
-    "catalog/test_writer.py": 45, "analysis/test_particles.py": 45, "test_lifecycle.py": 44,
+    "catalog/test_writer.py": 42, "analysis/test_particles.py": 45, "test_lifecycle.py": 44,
     "faults/test_control.py": 39, "catalog/test_databroker_habits.py": 29,
     "ioc/test_motor_record_calibration.py": 28, "catalog/test_open.py": 28,
     "catalog/test_instrument_readback.py": 21, "ioc/test_time_scale.py": 20,
