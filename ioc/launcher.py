@@ -105,6 +105,22 @@ class InstrumentProcesses:
 
     def start(self, timeout: float = 30.0) -> InstrumentProcesses:
         """Start the instrument's process and wait until every part answers."""
+        self.launch()
+        return self.finish_start(timeout)
+
+    def finish_start(self, timeout: float = 30.0) -> InstrumentProcesses:
+        """Wait until every part of the instrument :meth:`launch` started answers
+        (stopped by PID if it does not)."""
+        try:
+            self.wait_ready(self.iocs, timeout=timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> InstrumentProcesses:
+        """Start the instrument's process without waiting for it to answer
+        (:meth:`finish_start` waits): several instruments then start side by side."""
         unknown = set(self.iocs) - set(ALL_IOCS)
         if unknown:
             raise ValueError(f"unknown IOC(s) {sorted(unknown)}; expected {ALL_IOCS}")
@@ -123,11 +139,6 @@ class InstrumentProcesses:
             preexec_fn=die_with_parent())
         if out is not subprocess.DEVNULL:
             out.close()
-        try:
-            self.wait_ready(self.iocs, timeout=timeout)
-        except Exception:
-            self.stop()
-            raise
         return self
 
     # ---- Channel Access from this process, with this instrument's address list ------

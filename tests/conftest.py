@@ -187,6 +187,7 @@ def start_instrument(
         extra_args: dict[str, list[str]] | None = None,
         time_scale: float = TEST_TIME_SCALE, instrument_prefix: str | None = None,
         part_prefixes: dict[str, str] | None = None, calibration_errors: str = "none",
+        wait: bool = True,
     ) -> InstrumentProcesses:
         slot, layout = slot_pool.take()
         prefix = instrument_prefix or _random_prefix()
@@ -197,16 +198,27 @@ def start_instrument(
             part_prefixes=dict(part_prefixes or {}), calibration_errors=calibration_errors,
         )
         try:
-            procs.start(timeout=60)
+            procs.launch()
         except Exception:
             slot_pool.give_back(slot)
             raise
-        finally:
-            os.environ.update(slot_pool.client_environment())
         procs._slot = slot  # type: ignore[attr-defined]
         started.append((slot, procs))
+        return _finish(procs) if wait else procs
+
+    def _finish(procs: InstrumentProcesses) -> InstrumentProcesses:
+        try:
+            procs.finish_start(timeout=60)
+        except Exception:
+            stop_instrument(procs, slot_pool)  # by PID; the slot goes back
+            raise
+        finally:
+            os.environ.update(slot_pool.client_environment())
         return procs
 
+    # ``start_instrument(..., wait=False)`` returns at once (the process started, not
+    # yet answering): ``start_instrument.finish(procs)`` waits for it.
+    _start.finish = _finish  # type: ignore[attr-defined]
     yield _start
     for _slot, procs in started:
         stop_instrument(procs, slot_pool)
@@ -237,6 +249,41 @@ class InstrumentPool:
         self._stop = stop
         self._running: dict[tuple, InstrumentProcesses] = {}
         self._last_module: dict[tuple, str] = {}
+        #: Instruments :meth:`prestart` launched that no ``get`` has waited for yet.
+        self._starting: set[tuple] = set()
+        #: Wall seconds the last ``get`` of a configuration waited for it to start
+        #: (cold, or launched by :meth:`prestart`); by instrument prefix.
+        self.start_wait_s: dict[str, float] = {}
+
+    @staticmethod
+    def _key(specimen: str = "li2co3-particles", seed: int = 1, iocs=ALL_IOCS,
+             extra_args: dict[str, list[str]] | None = None,
+             time_scale: float = TEST_TIME_SCALE, purpose: str = "shared",
+             calibration_errors: str = "none") -> tuple:
+        extra = tuple(sorted((k, tuple(v)) for k, v in (extra_args or {}).items()))
+        return (specimen, seed, tuple(iocs), extra, float(time_scale), purpose,
+                calibration_errors)
+
+    def _alive(self, key: tuple) -> InstrumentProcesses | None:
+        procs = self._running.get(key)
+        if procs is None or procs.process is None or procs.process.poll() is not None:
+            return None
+        return procs
+
+    def prestart(self, **config) -> None:
+        """Launch the instrument of ``config`` (:meth:`get`'s keywords) without waiting
+        for it, unless it runs: a module that will need several starts them side by
+        side, and their start-up (~2-4 s each, an interpreter and a specimen) runs
+        while it tests on another. :meth:`get` then waits for it to answer."""
+        key = self._key(**config)
+        if self._alive(key) is not None:
+            return
+        self._stop_idle(keep=key)
+        kwargs = {k: v for k, v in config.items() if k != "purpose"}
+        self._running[key] = self._start(**kwargs, wait=False)
+        self._starting.add(key)
+        self._last_module.pop(key, None)
+        self._last_module[key] = _CURRENT_MODULE
 
     def get(self, *, specimen: str = "li2co3-particles", seed: int = 1, iocs=ALL_IOCS,
             extra_args: dict[str, list[str]] | None = None,
@@ -248,16 +295,22 @@ class InstrumentPool:
         tests kill and hang parts of theirs, which would make the devices other
         modules keep connected to the shared one reconnect.
         """
-        extra = tuple(sorted((k, tuple(v)) for k, v in (extra_args or {}).items()))
-        key = (specimen, seed, tuple(iocs), extra, float(time_scale), purpose,
-               calibration_errors)
-        procs = self._running.get(key)
-        if procs is None or procs.process is None or procs.process.poll() is not None:
+        key = self._key(specimen, seed, iocs, extra_args, time_scale, purpose,
+                        calibration_errors)
+        t0 = time.monotonic()
+        if key in self._starting:
+            # Launched by prestart: wait for it to answer (a fresh start: no reset).
+            self._starting.discard(key)
+            procs = self._start.finish(self._running.pop(key))
+            self._running[key] = procs
+            self.start_wait_s[procs.instrument_prefix] = time.monotonic() - t0
+        elif (procs := self._alive(key)) is None:
             self._stop_idle(keep=key)
             procs = self._start(iocs=iocs, specimen=specimen, seed=seed,
                                 extra_args=extra_args, time_scale=time_scale,
                                 calibration_errors=calibration_errors)
             self._running[key] = procs
+            self.start_wait_s[procs.instrument_prefix] = time.monotonic() - t0
         else:
             procs.reset()
         self._last_module.pop(key, None)
@@ -270,6 +323,7 @@ class InstrumentPool:
                 if module != _CURRENT_MODULE and key not in (keep, _DEFAULT_KEY)]
         for key in idle[:max(0, len(idle) - MAX_IDLE_INSTRUMENTS + 1)]:
             self._last_module.pop(key)
+            self._starting.discard(key)
             procs = self._running.pop(key, None)
             if procs is not None:
                 self._stop(procs)
@@ -283,7 +337,11 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 
 #: Seconds each of the long test modules took (setup, calls and teardown, summed per
 #: module from the JUnit XML of a full 2-worker ``bash run.sh test``, 2026-12-05, load
-#: 3-7; others < 10 s). Only their order matters.
+#: 3-7; others < 10 s). Only their order matters. Later the same day (decision 0048):
+#: test_correlative, test_part_faults and catalog/test_writer less what their changes
+#: saved alone (~3-8, ~6 and ~3 s), and the three unlisted modules over 10 s, measured
+#: alone at load ~6
+#: (JUnit of one ``-p no:xdist`` process over the 54 unlisted modules: 204 s in all).
 #: run.sh hands modules to the xdist workers in collection order
 #: (``--no-loadscope-reorder``: xdist's default orders them by their number of tests,
 #: which put the 1-test catalog/test_demo_on_postgres.py last, one worker running it
@@ -291,11 +349,11 @@ def instruments(start_instrument, slot_pool) -> InstrumentPool:
 #: :func:`pytest_collection_modifyitems` collects the longest first: the short ones then
 #: fill in at the end, so that both workers finish together.
 MODULE_SECONDS = {
-    "test_demo_all.py": 137, "plans/test_correlative.py": 122, "catalog/test_serve.py": 74,
+    "test_demo_all.py": 137, "plans/test_correlative.py": 116, "catalog/test_serve.py": 74,
     "test_queue.py": 61, "faults/test_interlock_fuzz.py": 57,
-    "faults/test_part_faults.py": 54, "faults/test_storage_faults.py": 54,
+    "faults/test_part_faults.py": 48, "faults/test_storage_faults.py": 54,
     "catalog/test_demo_on_postgres.py": 50, "test_session.py": 50,
-    "catalog/test_writer.py": 45, "analysis/test_particles.py": 45, "test_lifecycle.py": 44,
+    "catalog/test_writer.py": 42, "analysis/test_particles.py": 45, "test_lifecycle.py": 44,
     "faults/test_control.py": 39, "catalog/test_databroker_habits.py": 29,
     "ioc/test_motor_record_calibration.py": 28, "catalog/test_open.py": 28,
     "catalog/test_instrument_readback.py": 21, "ioc/test_time_scale.py": 20,
@@ -307,6 +365,8 @@ MODULE_SECONDS = {
     "catalog/test_roundtrip_and_queries.py": 15, "ioc/test_tem.py": 14,
     "plans/test_calibration.py": 13, "test_document_stream.py": 12, "test_cli.py": 11,
     "ioc/test_sputtering.py": 10, "analysis/test_parallax.py": 13,
+    "analysis/test_registration.py": 25, "analysis/test_depth.py": 19,
+    "callbacks/test_export.py": 15,
 }
 
 

@@ -215,8 +215,8 @@ def test_a_write_error_surfaces_in_the_runengine_and_on_flush(RE):
 # ----------------------------------------------------------------- flushing
 
 
-def test_close_right_after_the_run_stores_everything(catalog, RE):
-    writer = catalog.writer()
+def test_close_right_after_the_run_stores_everything(module_catalog, RE):
+    writer = module_catalog.writer()
     log = DocumentLog()
     RE.subscribe(log)
     RE.subscribe(writer)
@@ -224,7 +224,7 @@ def test_close_right_after_the_run_stores_everything(catalog, RE):
     (uid,) = RE(bp.count([det, image], num=30), **contract_md(sample="flush"))
     assert writer.pending > 0 or writer.stats.documents == 33
     writer.close(timeout=60)
-    run = catalog.runs[uid]
+    run = module_catalog.runs[uid]
     produced = np.stack([e["data"]["image"] for e in log.events(uid)])
     np.testing.assert_array_equal(run["primary"]["image"].read(), produced)
     assert run.metadata["stop"]["num_events"] == {"primary": 30}
@@ -320,7 +320,8 @@ def _arrays_run(arrays: dict[str, tuple[np.ndarray, list[str] | None]], n_events
     return docs
 
 
-def test_stored_arrays_keep_their_dims_and_dtype_and_read_back_without_warning(catalog):
+def test_stored_arrays_keep_their_dims_and_dtype_and_read_back_without_warning(
+        module_catalog):
     """Arrays are stored as their data keys describe them: axes ``("time", *dims)``
     (TiledWriter alone names them by size, ``dim_int_1`` twice for a square image, and
     xarray warns), dtype ``dtype_numpy``. An array without usable dims gets axis names
@@ -335,10 +336,10 @@ def test_stored_arrays_keep_their_dims_and_dtype_and_read_back_without_warning(c
         "twice": (np.zeros((2, 2), np.int16), ["a", "a"]),  # unusable dims
     }
     docs = _arrays_run(arrays)
-    writer = catalog.writer(buffered=False)
+    writer = module_catalog.writer(buffered=False)
     for name, doc in docs:
         writer(name, doc)
-    stream = catalog.runs[docs[0][1]["uid"]]["primary"]
+    stream = module_catalog.runs[docs[0][1]["uid"]]["primary"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = stream.read()
@@ -354,7 +355,7 @@ def test_stored_arrays_keep_their_dims_and_dtype_and_read_back_without_warning(c
     np.testing.assert_array_equal(ds["image"][1], arrays["image"][0] + 1)
 
 
-def test_a_plans_values_stream_is_described_stored_and_read_back_whole(catalog, RE):
+def test_a_plans_values_stream_is_described_stored_and_read_back_whole(module_catalog, RE):
     """``plans._common.Values`` (the streams plans derive: peaks, particles, a step
     map's lines) describes every value's ``dtype_numpy``, its arrays' ``dims`` and hints
     only its scalars; its runs read back as xarray without a warning."""
@@ -382,13 +383,13 @@ def test_a_plans_values_stream_is_described_stored_and_read_back_whole(catalog, 
     def plan():
         yield from bps.trigger_and_read([peaks], name="peaks")
 
-    writer = catalog.writer()
+    writer = module_catalog.writer()
     RE.subscribe(writer)
     (uid,) = RE(plan())
     assert writer.wait_for_run(uid, timeout=60)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ds = catalog.runs[uid]["peaks"].read()
+        ds = module_catalog.runs[uid]["peaks"].read()
     assert ds["peaks_square"].dims == ("time", "peaks_square_0", "peaks_square_1")
     assert ds["peaks_line"].dims == ("time", "line", "x")
     assert ds["peaks_height"].dtype == np.float32 and ds["peaks_line"].dtype == np.int32
@@ -410,11 +411,12 @@ def test_a_buffered_writer_passes_documents_on_unchanged():
 
 
 @pytest.mark.slow
-def test_process_writer_stores_runs_like_the_thread_and_ends_its_process(catalog, RE):
+def test_process_writer_stores_runs_like_the_thread_and_ends_its_process(module_catalog,
+                                                                          RE):
     """writer(process=True): same documents in the catalog, written by a child process."""
     import os
 
-    writer = catalog.writer(process=True)
+    writer = module_catalog.writer(process=True)
     pid = writer.pid
     assert pid is not None and pid != os.getpid()
     log = DocumentLog()
@@ -423,7 +425,7 @@ def test_process_writer_stores_runs_like_the_thread_and_ends_its_process(catalog
     image = image_detector(seed=7)
     (uid,) = RE(bp.count([det, image], num=20), **contract_md(sample="process"))
     assert writer.wait_for_run(uid, timeout=60)
-    run = catalog.runs[uid]
+    run = module_catalog.runs[uid]
     produced = np.stack([e["data"]["image"] for e in log.events(uid)])
     stored = run["primary"]["image"].read()
     np.testing.assert_array_equal(stored, produced)
@@ -435,10 +437,10 @@ def test_process_writer_stores_runs_like_the_thread_and_ends_its_process(catalog
 
 @pytest.mark.parametrize(
     "process", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["thread", "process"])
-def test_what_tiledwriter_refuses_is_raised_in_the_caller(catalog, process):
+def test_what_tiledwriter_refuses_is_raised_in_the_caller(module_catalog, process):
     """An event that passes the caller's quick check but not TiledWriter's schema check
     is refused where TiledWriter runs and raised in the caller; the run is stored."""
-    writer = catalog.writer(process=process)
+    writer = module_catalog.writer(process=process)
     docs = _compose_run(n_events=2)
     page = event_model.pack_event_page(docs[2][1])
     for name, doc in docs[:3]:
@@ -449,6 +451,6 @@ def test_what_tiledwriter_refuses_is_raised_in_the_caller(catalog, process):
         writer.flush(timeout=60)
     writer(*docs[4])
     writer.close(timeout=60)
-    run = catalog.runs[docs[0][1]["uid"]]
+    run = module_catalog.runs[docs[0][1]["uid"]]
     np.testing.assert_array_equal(run["primary"]["seq_num"].read(), [1, 2])
     assert run.metadata["stop"]["exit_status"] == "success"

@@ -38,14 +38,22 @@ class Bench:
     cat: Any
     docs: Any
     out: list = field(default_factory=list)
+    writer: Any = None
+    #: False: the catalog is its opener's (``make_bench(catalog=...)``), kept open.
+    owns_catalog: bool = True
 
     def close(self) -> None:
         self.guard.remove()
-        self.cat.close(timeout=60)
+        if self.owns_catalog:
+            self.cat.close(timeout=60)
+        else:
+            self.writer.close(timeout=60)
 
 
-def make_bench(procs: Any, d: Any, catalog_dir: Path, *,
-               hung_after_s: float = HUNG_AFTER_S) -> Bench:
+def make_bench(procs: Any, d: Any, catalog_dir: Path | None = None, *,
+               hung_after_s: float = HUNG_AFTER_S, catalog: Any = None) -> Bench:
+    """A bench on a new catalog at ``catalog_dir``, or writing to ``catalog``, an open
+    one that its opener keeps (a new directory's catalog costs ~1.5 s to open)."""
     from bluesky import RunEngine
     from documents import DocumentCollector
 
@@ -56,10 +64,12 @@ def make_bench(procs: Any, d: Any, catalog_dir: Path, *,
     require_metadata(RE)
     docs = DocumentCollector()
     RE.subscribe(docs)
-    cat = open_catalog(catalog_dir)
-    RE.subscribe(cat.writer())
+    cat = open_catalog(catalog_dir) if catalog is None else catalog
+    writer = cat.writer()
+    RE.subscribe(writer)
     guard = install_suspenders(RE, d, hung_after_s=hung_after_s, resume_sleep_s=0.2)
-    return Bench(procs=procs, d=d, RE=RE, guard=guard, cat=cat, docs=docs)
+    return Bench(procs=procs, d=d, RE=RE, guard=guard, cat=cat, docs=docs, writer=writer,
+                 owns_catalog=catalog is None)
 
 
 def wait_for(predicate, timeout: float, poll: float = 0.01) -> bool:

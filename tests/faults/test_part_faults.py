@@ -31,9 +31,21 @@ def fdev(fault_instrument):
     return connect_fast(fault_instrument, camera_size=64)
 
 
+@pytest.fixture(scope="module")
+def fault_catalog(tmp_path_factory):
+    """One catalog for the module's runs (each test reads back its own run by uid): a
+    new directory's catalog costs ~1.5 s to open, the first in a process ~4.5 s."""
+    from temsims.catalog import open_catalog
+
+    cat = open_catalog(tmp_path_factory.mktemp("part_faults") / "catalog")
+    yield cat
+    cat.close(timeout=60)
+
+
 @pytest.fixture
-def bench(fault_instrument, fdev, tmp_path):
-    b = make_bench(fault_instrument, fdev, tmp_path / "catalog")
+def bench(fault_instrument, fdev, fault_catalog):
+    """A RunEngine with the suspenders, and a writer, of the test's own."""
+    b = make_bench(fault_instrument, fdev, catalog=fault_catalog)
     yield b
     b.close()
 

@@ -486,8 +486,44 @@ def _segment_score(res, start, truth) -> dict:
             "members": members}
 
 
+def _search_config(seed: int, relief: bool) -> dict:
+    """The instrument a search on ``seed`` runs on (``instruments.get``'s keywords):
+    seed 1 exact (the module's), the fresh ones with their geometry errors."""
+    return {"specimen": "li2co3-particles", "seed": seed,
+            "calibration_errors": "none" if seed == 1 else "typical",
+            "extra_args": {"spectrometer": ["--relief"]} if relief else None}
+
+
 @pytest.fixture(scope="module")
-def searches(instruments):
+def search_seeds(request, instruments):
+    """The searches' fresh specimen seeds, drawn once per module, and their instruments
+    launched side by side at the module's start (``instruments.prestart``): their
+    start-up (~3 s each) runs while the tests before the searches use seed 1's (the
+    relief search's starts with the last search: an idle instrument costs 7.5 % of a
+    core). Only for the searches this run selected (``-m "not slow"`` runs none)."""
+    wanted = {name for item in request.session.items
+              if item.path == request.path for name in ("searches", "relief_search")
+              if name in item.fixturenames}
+    seeds: dict[str, list[int]] = {}
+    if "searches" in wanted:
+        rng = fresh_rng("test_correlative particle search")
+        seeds["searches"] = [1] + [int(s) for s in rng.choice(np.arange(10, 1_000_000),
+                                                              N_FRESH, replace=False)]
+    if "relief_search" in wanted:
+        rng = fresh_rng("test_correlative relief search")
+        seeds["relief_search"] = [int(rng.integers(10, 1_000_000))]
+    for seed in seeds.get("searches", [])[1:]:
+        instruments.prestart(**_search_config(seed, _relief(seed)))
+    return seeds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _launch_search_instruments(search_seeds):
+    """(Autouse: the search instruments start with the module's first test.)"""
+
+
+@pytest.fixture(scope="module")
+def searches(instruments, search_seeds):
     """The particle search at the demo's dose and size on seed 1 and two fresh seeds,
     each on the session's instrument of that seed, reset (seed 1: this module's,
     exact, imaging the uncertain particles too; the fresh ones with their geometry
@@ -502,18 +538,22 @@ def searches(instruments):
     wall second the tests before spent is S nominal seconds (at S = 20, ~1 nm per wall
     second).
     """
-    rng = fresh_rng("test_correlative particle search")
-    seeds = [1] + [int(s) for s in rng.choice(np.arange(10, 1_000_000), N_FRESH, replace=False)]
+    seeds = search_seeds["searches"]
     print(f"specimen seeds {seeds}")
-    return {seed: _particle_search(instruments, seed, _relief(seed)) for seed in seeds}
+    done = {}
+    for seed in seeds:
+        if seed == seeds[-1]:
+            for relief_seed in search_seeds.get("relief_search", []):
+                instruments.prestart(**_search_config(relief_seed, True))
+        done[seed] = _particle_search(instruments, seed, _relief(seed))
+    return done
 
 
 @pytest.fixture(scope="module")
-def relief_search(instruments):
+def relief_search(instruments, search_seeds):
     """The search on one fresh seed whose beam meets the relief (decision 0041), with
     ``parallax=True``: seed -> (result, RunEngine, truth). ~15 s with its start."""
-    rng = fresh_rng("test_correlative relief search")
-    seed = int(rng.integers(10, 1_000_000))
+    (seed,) = search_seeds["relief_search"]
     print(f"specimen seed {seed}")
     return {seed: _particle_search(instruments, seed, True)}
 
@@ -532,8 +572,11 @@ def _particle_search(instruments, seed: int, relief: bool):
     # 2026-12-05 amendment); seed 1 on the module's exact instrument, the regression
     # anchor the other tests share (an alignment costs ~10-17 s).
     errors = "none" if seed == 1 else "typical"
-    procs = instruments.get(specimen="li2co3-particles", seed=seed, calibration_errors=errors,
-                            extra_args={"spectrometer": ["--relief"]} if relief else None)
+    procs = instruments.get(**_search_config(seed, relief))
+    waited = instruments.start_wait_s.get(procs.instrument_prefix)
+    if waited is not None:
+        print(f"seed {seed}: instrument {'launched ahead, ' if seed != 1 else ''}"
+              f"answering {waited:.1f} s after it was asked for")
     d = connect_fast(procs, camera_size=64)
     settings = aligned(procs, d) if errors == "typical" else None
     e = draw_geometry_errors(seed, errors)
