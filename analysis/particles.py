@@ -179,12 +179,23 @@ class ParticleTable(Sequence):
         cut from}``. Their summed counts hold the tail of that unresolved
         neighbour, so a labelled one's ratio is a lower bound, not a Poisson-
         limited estimate (its classification is sound: the tail only dilutes it).
+    untrimmed : tuple of int
+        Segments whose own footprint (``trim_fraction``, the contacts left out) held
+        no 7Li after the halo's subtraction: their counts are summed over the whole
+        segment instead (a ratio needs a denominator).
+    no_ratio : tuple of int
+        Segments with no 7Li even over the whole segment: no ratio is measured
+        (``ratio`` inf, or NaN without 6Li either; ``sigma`` NaN). Their class comes
+        from the counts' test (a segment of 6Li alone is labelled; one without Li
+        left is uncertain).
     """
 
     particles: tuple[Particle, ...]
     labels: np.ndarray
     parameters: dict[str, Any] = field(default_factory=dict)
     split_from: dict[int, int] = field(default_factory=dict)
+    untrimmed: tuple[int, ...] = ()
+    no_ratio: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -480,18 +491,59 @@ def contact_pixels(labels) -> np.ndarray:
     return (lab > 0) & (((hi != lab) & (hi > 0)) | ((lo != lab) & (lo != big)))
 
 
+def _wing_contacts(labels: np.ndarray, c6: np.ndarray, c7: np.ndarray,
+                   share: float = 0.25) -> np.ndarray:
+    """Contact pixels that can hold another segment's counts: those touching (8-
+    neighbourhood) a pixel of another segment whose 6Li or 7Li reaches ``share`` of
+    what this pixel holds of that isotope (its total counts times its segment's
+    isotope fraction; an unacquired pixel, NaN counts, may hold anything).
+
+    A neighbour's blurred profile falls away from it, so its counts in a pixel are
+    below those in its own pixel beside it: a contact pixel whose every such
+    neighbour holds less than ``share`` of its own expected 6Li and 7Li holds less
+    than that of the neighbour's (a small particle's peak pixel touching the empty
+    far end of a bright neighbour's watershed basin). The pixel's own share of each
+    isotope is its segment's, not its own count's: choosing pixels by their own
+    6Li would bias the ratio.
+    """
+    lab = np.asarray(labels)
+    acquired = np.isfinite(c6) & np.isfinite(c7)
+    p6, p7 = (np.clip(np.where(acquired, c, 0.0), 0.0, None) for c in (c6, c7))
+    idx = np.arange(int(lab.max()) + 1)
+    s6, s7 = (ndimage.sum_labels(p, np.where(acquired, lab, 0), idx) for p in (p6, p7))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f6 = np.where(s6 + s7 > 0, s6 / (s6 + s7), 0.0)
+    total = p6 + p7
+    own6, own7 = share * f6[lab] * total, share * (1.0 - f6[lab]) * total
+    q6, q7 = (np.where(acquired, p, np.inf) for p in (p6, p7))
+    out = np.zeros(lab.shape, bool)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if not (dr or dc):
+                continue
+            other = ndimage.shift(lab, (dr, dc), order=0, mode="constant", cval=0)
+            n6, n7 = (ndimage.shift(q, (dr, dc), order=0, mode="constant", cval=0.0)
+                      for q in (q6, q7))
+            near = (lab > 0) & (other > 0) & (other != lab)
+            out |= near & ((n6 >= own6) | (n7 >= own7))
+    return out
+
+
 def _segment_sums(labels: np.ndarray, arrays, idx: np.ndarray, exclude_contacts: bool,
                   contact_labels: np.ndarray | None = None,
                   aperture: np.ndarray | None = None,
-                  brighter: np.ndarray | None = None) -> list[np.ndarray]:
+                  brighter: np.ndarray | None = None,
+                  wing: np.ndarray | None = None) -> list[np.ndarray]:
     """Per-segment sums of ``arrays`` (zero where unacquired, ``labels`` 0 there),
     leaving out the contact pixels (:func:`contact_pixels` of ``contact_labels``,
-    default ``labels``) unless that leaves less than half of a segment's counts
-    (the first two arrays): then only those of ``brighter`` (bool: contacts with a
-    brighter segment) if that keeps a quarter of them; only over ``aperture`` (bool)
-    if given."""
+    default ``labels``; only those of ``wing`` if given, :func:`_wing_contacts`)
+    unless that leaves less than half of a segment's counts (the first two arrays):
+    then only those of ``brighter`` (bool: contacts with a brighter segment) if that
+    keeps a quarter of them; only over ``aperture`` (bool) if given."""
     contacts = contact_pixels(labels if contact_labels is None else contact_labels) \
         if exclude_contacts else None
+    if contacts is not None and wing is not None:
+        contacts = contacts & wing
     if aperture is not None:
         labels = np.where(aperture, labels, 0)
     sums = [ndimage.sum_labels(a, labels, idx) for a in arrays]
@@ -738,7 +790,10 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         Leave out of a particle's sums the pixels that touch another particle's
         segment (where the blurred neighbours overlap most: a labelled neighbour's
         6Li tail would bias a natural particle high), unless that leaves less than
-        half of its counts.
+        half of its counts. Only contacts where the other segment's pixel beside them
+        holds a quarter of their expected 6Li or 7Li (:func:`_wing_contacts`) are
+        left out: a small particle's peak pixel beside the empty far end of a
+        neighbour's watershed basin is its own.
     labels : array_like of int, optional
         A label image to use instead of segmenting (e.g. from a TEM image mapped
         onto the SIMS grid); used as it is.
@@ -789,7 +844,10 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
         amendment). Where a segment's contacts are kept (``exclude_contacts`` would
         lose more than half of its counts), those touching a brighter segment are
         still left out while a quarter remains: they hold its unsubtracted core wing.
-        ``area_px``, the centroid and the segments are unchanged.
+        ``area_px``, the centroid and the segments are unchanged. A footprint left
+        without 7Li by the halo's subtraction is summed over its whole segment
+        (:attr:`ParticleTable.untrimmed`); a segment without 7Li has no ratio
+        (:attr:`ParticleTable.no_ratio`).
 
     Returns
     -------
@@ -896,9 +954,21 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                     other = ndimage.shift(lab, (dr, dc), order=0, mode="constant", cval=0)
                     brighter |= (other > 0) & (other != lab) & (whole[other] > own)
         brighter &= lab > 0
-    sums = _segment_sums(lab, [z0(a) for a in (c6, c7, v6, v7, spill7)], idx,
-                         exclude_contacts, labels, aperture,
-                         None if aperture is None else brighter)
+    # Only the contacts where a neighbour's counts can be are left out: a small
+    # particle's peak pixel touching the empty far end of a bright neighbour's basin
+    # is its own (left out, it took half of an 11 nm natural particle's counts).
+    wing = _wing_contacts(labels, c6, c7) if exclude_contacts else None
+    if aperture is not None and wing is not None:
+        brighter &= wing
+    arrays = [z0(a) for a in (c6, c7, v6, v7, spill7)]
+    sums = _segment_sums(lab, arrays, idx, exclude_contacts, labels, aperture,
+                         None if aperture is None else brighter, wing)
+    # A ratio needs 7Li: where the footprint's halo-subtracted 7Li is gone, the whole
+    # segment's counts are summed; with none there either, no ratio is measured.
+    whole_sums = [ndimage.sum_labels(a, lab, idx) for a in arrays]
+    untrimmed = (sums[1] <= 0.0) & (whole_sums[1] > 0.0)
+    sums = [np.where(untrimmed, w, t) for w, t in zip(whole_sums, sums, strict=True)]
+    no_ratio = ~(sums[1] > 0.0)
     area = ndimage.sum_labels(np.ones(labels.shape), labels, idx)
     centres = ndimage.center_of_mass(z0(total), lab, idx)
     # A labelled particle sharing its segment with a natural one sits where the 6Li
@@ -939,7 +1009,9 @@ def find_particles(n6_counts, n7_counts, *, pixel_to_specimen=None,
                             halo_share=spilled / s7 if s7 > 0 else
                             (math.inf if spilled > 0 else 0.0)))
     out.sort(key=lambda p: -p.z if math.isfinite(p.z) else math.inf)
-    return ParticleTable(tuple(out), labels, params, split_from)
+    return ParticleTable(tuple(out), labels, params, split_from,
+                         tuple(int(v) for v in idx[untrimmed]),
+                         tuple(int(v) for v in idx[no_ratio]))
 
 
 __all__ = [

@@ -172,7 +172,8 @@ def score(table, affine, truth) -> dict:
     units of the Poisson bound) of isolated particles: segments that hold exactly one
     particle, whose edge is more than two pixels (the larger pitch) from any other
     particle's, that reach no other particle's edge within a pixel, and were not cut
-    out of a neighbour's segment (``table.split_from``).
+    out of a neighbour's segment (``table.split_from``), and have a measured ratio (not
+    ``table.no_ratio``: no 7Li left in the segment after the halo's subtraction).
     A particle nearer a neighbour shares counts with it (the beam blur and the pixel
     are larger than the gap), so its ratio is diluted by design; such particles are
     scored for precision and recall only. ``natural_classes``: the classes of the
@@ -198,7 +199,7 @@ def score(table, affine, truth) -> dict:
     for lab, ms in members.items():
         if len(ms) == 1:
             q = by_label[lab]
-            if (lab in table.split_from or ms[0]["id"] in crowded
+            if (lab in table.split_from or lab in table.no_ratio or ms[0]["id"] in crowded
                     or _reaches_another(table.labels == lab, affine, ms[0], xy, r, truth,
                                         pitch_nm)):
                 continue
@@ -208,7 +209,7 @@ def score(table, affine, truth) -> dict:
             else:
                 natural_classes.append(q.classification)
     return {"tp": tp, "flagged": len(flagged), "found": found, "n_labelled": n_true,
-            "errors": errors, "natural_classes": natural_classes,
+            "errors": errors, "no_ratio": len(table.no_ratio), "natural_classes": natural_classes,
             "labelled_errors": labelled_errors,
             "detected": sum(1 for s in seg if s), "n_particles": len(truth)}
 

@@ -184,7 +184,12 @@ SYSTEMATIC_PULL_BOUND = 0.1
 #: 0.1 % of the pulls (a normal std 1.02 gives 0.01 %). "At most 1 %" of a quick run's
 #: ~170 pulls allowed one: two came in ~1.3 % of runs (full, ~230 pulls: three in
 #: ~0.2 %). At 0.1 % per pull four come in < 1e-4 of runs; a tail of a few per cent
-#: still fails.
+#: still fails. 2026-12-05, 300 quick and 100 full fresh seeds (pool entropy 20261205,
+#: 6351 and 2928 pulls, std 1.02 / 0.99): 5 and 1 beyond 4 (quick -5.7 and -4.06 to
+#: -4.21, full -4.03); the quick tail is small natural particles whose ~10-20 counts of
+#: 6Li dipped (the error is the observed counts': decision 0040, amendment of this
+#: date). Resampling 8 of them, this test failed 0.15 % of quick runs (its std bound),
+#: none of the full ones.
 MAX_BEYOND_4 = 3
 
 
@@ -194,7 +199,9 @@ def test_ratio_errors_are_within_1_2_poisson_bounds(scores):
     <= 1.2 and at most 1 % beyond 4 sigma; the mean within 3 standard errors of the
     systematic measured over 300 seeds per size (8856 and 6538 pulls: mean -0.04 to
     -0.07, std 1.00; a small labelled particle's ratio is diluted by a natural
-    neighbour's beam tail more than a pixel away), bounded here by 0.1."""
+    neighbour's beam tail more than a pixel away; 2026-12-05, 300 quick and 100 full
+    seeds: -0.066 +- 1.018 and -0.044 +- 0.987), bounded here by 0.1. Particles
+    without a measured ratio (``table.no_ratio``: no 7Li left) are not pulls."""
     _, per_seed = scores
     err = np.concatenate([s["errors"] for s in per_seed.values()])
     print(f"{len(err)} isolated particles: pull mean {np.mean(err):+.2f}, std {np.std(err):.2f}")
@@ -423,6 +430,45 @@ def test_small_particles_on_empty_film_are_found():
     assert len(table) == 4
     assert sorted(p.classification for p in table) == ["labelled", "labelled", "natural",
                                                        "natural"]
+
+
+def test_a_segment_without_7li_is_summed_whole_or_has_no_ratio():
+    """A ratio needs 7Li. Segment 1's 7Li is all in its contact pixel (beside segment
+    2's bright 7Li, left out): its sums are taken over the whole segment, not 6Li over
+    nothing (a ratio of inf and a NaN sigma: one NaN pull failed five scored tests).
+    A segment with no 7Li at all has no measured ratio, and says so."""
+    table = find_particles(np.array([[10.0, 0, 0]]), np.array([[0.0, 5, 100]]),
+                           labels=np.array([[1, 1, 2]]))
+    one = next(p for p in table if p.label == 1)
+    assert (one.n6, one.n7) == (10.0, 5.0) and math.isfinite(one.sigma)
+    assert table.untrimmed == (1,) and table.no_ratio == ()
+    table = find_particles(np.array([[10.0, 0, 0]]), np.array([[0.0, 0, 100]]),
+                           labels=np.array([[1, 0, 2]]))
+    one = next(p for p in table if p.label == 1)
+    assert table.no_ratio == (1,) and table.untrimmed == ()
+    assert one.ratio == math.inf and one.classification == "labelled"
+    assert all(math.isfinite(p.sigma) for p in table if p.label not in table.no_ratio)
+
+
+def test_a_particles_own_peak_pixel_is_summed_beside_an_empty_basin():
+    """A contact pixel is left out of a particle's sums only where the other
+    segment's pixel beside it can hold a share of its counts: an 11 nm natural
+    particle (specimen 654557, instrument 798764, quick map) had its second peak pixel
+    (~105 of its ~230 counts of 7Li) touching the empty far end of a bright
+    neighbour's basin, and its sums lost it (pull -6.2 from a 2.7-sigma dip of
+    its 6Li in the pixel kept). Here: segment 1's peak pixels touch segment 2 only
+    where 2 holds nothing, and the counts are all 1's."""
+    n7 = np.zeros((5, 7))
+    n6 = np.zeros((5, 7))
+    n7[2, 1:3] = [100.0, 90.0]
+    n6[2, 1:3] = [8.0, 7.0]
+    n7[2, 5], n6[2, 5] = 3000.0, 250.0
+    labels = np.zeros((5, 7), int)
+    labels[1:4, 0:3] = 1
+    labels[1:4, 3:7] = 2
+    table = find_particles(n6, n7, labels=labels)
+    one = next(p for p in table if p.label == 1)
+    assert (one.n6, one.n7) == (15.0, 190.0)
 
 
 def _blob_scene(particles, shape=(30, 40), sigma=0.6):
