@@ -195,7 +195,7 @@ def score(table, affine, truth) -> dict:
     n_true = sum(p["labelled"] for p in truth)
     found = sum(1 for p, lab in zip(truth, seg, strict=True)
                 if p["labelled"] and lab and by_label[lab].labelled)
-    errors, natural_classes, labelled_errors = [], [], []
+    errors, natural_classes, labelled_errors, labelled_ratios = [], [], [], {}
     for lab, ms in members.items():
         if len(ms) == 1:
             q = by_label[lab]
@@ -206,11 +206,12 @@ def score(table, affine, truth) -> dict:
             errors.append((q.ratio - ms[0]["li6_li7_ratio"]) / q.sigma)
             if ms[0]["labelled"]:
                 labelled_errors.append(errors[-1])
+                labelled_ratios[ms[0]["id"]] = q.ratio
             else:
                 natural_classes.append(q.classification)
     return {"tp": tp, "flagged": len(flagged), "found": found, "n_labelled": n_true,
             "errors": errors, "no_ratio": len(table.no_ratio), "natural_classes": natural_classes,
-            "labelled_errors": labelled_errors,
+            "labelled_errors": labelled_errors, "labelled_ratios": labelled_ratios,
             "detected": sum(1 for s in seg if s), "n_particles": len(truth)}
 
 

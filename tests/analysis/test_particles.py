@@ -269,18 +269,29 @@ def test_the_qsa_correction_raises_the_labelled_particles_ratios(scores):
     what arrives, K the ions per primary ion (6e-3 for 7Li on natural Li2CO3 in the
     twin). The natural pad's 7Li loses K/2, so its bracket lowers every ratio by that;
     a labelled particle's own loss is on 6Li: bracketed but uncorrected, its ratio
-    reads low by ~(K6 + K7_pad)/2 ~ 0.6 %. Corrected from the known primary current in
-    the pad and the map alike, the isolated labelled pulls move up (30 fresh seeds:
-    +0.08 full, +0.05 quick; the pulls this module scores are the corrected ones)."""
+    reads low. Corrected from the known primary current in the pad and the map alike,
+    every isolated labelled particle's ratio goes up by the same few per mil: +0.24 to
+    +0.48 % per particle, run medians +0.27..+0.39 %, over 60 fresh seed pairs (both map
+    sizes, 4-10 particles each; the run that failed the old check, entropy ...952,
+    0.25-0.45 %). The pulls move up
+    with it, by +0.02..+0.05 per run: that mean shift was the old check (> 0.01), and a
+    run of small, few-count particles put it at +0.008 with every ratio corrected as
+    here; it is printed, not bounded."""
     pixels, per_seed = scores
+    changes = np.array([s["labelled_ratios"][i] / s["no_qsa"]["labelled_ratios"][i] - 1
+                        for s in per_seed.values()
+                        for i in set(s["labelled_ratios"]) & set(s["no_qsa"]["labelled_ratios"])])
     fixed = np.concatenate([s["labelled_errors"] for s in per_seed.values()])
     left_in = np.concatenate([s["no_qsa"]["labelled_errors"] for s in per_seed.values()])
     every = np.concatenate([s["no_qsa"]["errors"] for s in per_seed.values()])
-    print(f"{pixels[0]}x{pixels[1]}: labelled pulls mean {np.mean(left_in):+.3f} with QSA "
-          f"left in, {np.mean(fixed):+.3f} corrected ({len(fixed)} particles); all pulls "
-          f"left in: std {np.std(every):.2f}")
-    assert len(fixed) > 20
-    assert np.mean(fixed) - np.mean(left_in) > 0.01
+    print(f"{pixels[0]}x{pixels[1]}: labelled ratios raised by {100 * np.median(changes):.3f} % "
+          f"(median; {100 * changes.min():.3f}..{100 * changes.max():.3f} % over "
+          f"{len(changes)}); labelled pulls mean {np.mean(left_in):+.3f} with QSA left in, "
+          f"{np.mean(fixed):+.3f} corrected; all pulls left in: std {np.std(every):.2f}")
+    assert len(changes) > 20
+    assert 0.002 <= np.median(changes) <= 0.005, changes
+    assert np.all((changes > 0.001) & (changes < 0.008)), np.sort(changes)
+    assert np.mean(fixed) > np.mean(left_in)
 
 
 def test_the_probe_halo_is_measured_and_subtracted(scores):
