@@ -208,10 +208,10 @@ def test_cathode_recovers_the_twins_truth(all_run):
     # The decay's interval is a profile likelihood's, asymmetric (decision 0027's
     # 2026-12-05 amendments): 1.5 x its half-width in ln(decay) on the truth's side,
     # i.e. |pull| <= 3 in ln. With the profiles binned from the interfaces traced on
-    # TEM (the last amendment), over 32 fresh seeds (156641-156672): decay 42.8 nm (sd
-    # 6.3), pulls mean +0.39, sd 0.93, -1.38..+1.93, the truth inside interval95 in 32
-    # of 32 (binned from the lines, the same runs: 38.0 nm, pulls -0.28, sd 0.85,
-    # -1.90..+1.07; CI had failed at pulls -2.8 and -3.5).
+    # TEM (the last amendment), over 64 fresh seeds (156641-156672, 629418-629449):
+    # decay 42.6 nm (sd 5.6), pulls mean +0.35, sd 0.87, -1.85..+1.93, the truth
+    # inside interval95 in 64 of 64 (binned from the lines, the same runs: 38.0 nm,
+    # pulls -0.30, sd 0.83, -2.61..+1.40; CI had failed at pulls -2.8 and -3.5).
     lo, hi = decay["interval95"]
     half_log = math.log(hi / decay["value"]) if truth["decay_nm"] > decay["value"] \
         else math.log(decay["value"] / lo)
