@@ -10,9 +10,11 @@ and it runs on data from anywhere.
    strongest edges of the column-averaged profile are the interfaces; each is then
    located in blocks of columns (an error-function step fitted per block) and a
    straight line fitted through the blocks gives its position and its normal.
+   :func:`trace_interface` then follows one of them column by column (a rough
+   interface's height along it, to ~1 nm on the twin's 9.4 nm pixels).
 2. :func:`normal_profile`: SIMS pixels (their registered specimen coordinates)
-   binned by their signed distance along an interface normal: mean counts per pixel
-   with their Poisson errors.
+   binned by their signed distance along an interface normal (from its line, or with
+   ``local`` from its trace), mean counts per pixel with their Poisson errors.
 3. Fits, all least squares weighted by Poisson errors taken from the model (not the
    data: low bins would otherwise pull the fit down), covariances scaled by the reduced
    chi^2 when it exceeds 1 (the model's misfit becomes part of the error):
@@ -24,8 +26,9 @@ and it runs on data from anywhere.
    - :func:`fit_dissolution`: a plateau (the source layer, level ``B``) that ends at
      ``b``, and beyond it an exponential tail ``A exp(-(d - b) / lambda)`` that stops
      at a far interface ``c`` (the LiPON / Pt-C cap), both blurred by the same
-     Gaussian ``s``. In closed form the tail is
-     ``A exp(-(d-b)/lambda + s^2/(2 lambda^2)) [Phi((d-b)/s - s/lambda) - Phi((d-c)/s - s/lambda)]``,
+     Gaussian ``s``, the far end optionally by ``hypot(s, far)`` (a varying
+     thickness). In closed form the tail is
+     ``A exp(-(d-b)/lambda + s^2/(2 lambda^2)) [Phi((d-b)/s - s/lambda) - Phi((d-c-s^2/lambda)/hypot(s, far))]``,
      evaluated through ``log_ndtr`` so it never overflows.
 
 Uncertainties are returned as standard deviations; the cathode report states 95 %
@@ -35,7 +38,7 @@ intervals (2 sigma).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,17 +78,50 @@ class Interface:
     sign: int
     points: list = field(default_factory=list)
     scatter_um: float = 0.0
+    trace: tuple | None = None
 
     def distance_um(self, x_um, y_um) -> np.ndarray:
         """Signed distance (um) of points from the line along its normal."""
         nx, ny = self.normal
         return (np.asarray(x_um) - self.x_um) * nx + (np.asarray(y_um) - self.y_um) * ny
 
+    def along_um(self, x_um, y_um) -> np.ndarray:
+        """Coordinate (um) of points along the line (its tangent ``(ny, -nx)``)."""
+        nx, ny = self.normal
+        return (np.asarray(x_um) - self.x_um) * ny - (np.asarray(y_um) - self.y_um) * nx
+
+    def offset_nm(self, x_um, y_um) -> np.ndarray:
+        """The traced interface's offset (nm, along the normal) from the line where
+        points project on it (:func:`trace_interface`; 0 without a trace; held at the
+        trace's ends beyond them)."""
+        if self.trace is None:
+            return np.zeros(np.broadcast(np.asarray(x_um), np.asarray(y_um)).shape)
+        u, off = (np.asarray(a, float) for a in self.trace)
+        return np.interp(self.along_um(x_um, y_um), u, off)
+
+    def local_distance_um(self, x_um, y_um) -> np.ndarray:
+        """Signed distance (um) of points from the traced interface (the line moved by
+        its :meth:`offset_nm` where they project on it), along the normal."""
+        return self.distance_um(x_um, y_um) - 1e-3 * self.offset_nm(x_um, y_um)
+
+    def reversed(self) -> Interface:
+        """The same interface with its normal (and its trace's sign) reversed."""
+        trace = None
+        if self.trace is not None:
+            u, off = (np.asarray(a, float) for a in self.trace)
+            trace = (tuple(-u[::-1]), tuple(-off[::-1]))
+        return replace(self, normal=(-self.normal[0], -self.normal[1]), sign=-self.sign,
+                       trace=trace)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"x_um": self.x_um, "y_um": self.y_um, "normal": list(self.normal),
-                "slope": self.slope, "width_um": self.width_um, "sign": self.sign,
-                "scatter_um": self.scatter_um,
-                "points": [[float(a), float(b)] for a, b in self.points]}
+        out = {"x_um": self.x_um, "y_um": self.y_um, "normal": list(self.normal),
+               "slope": self.slope, "width_um": self.width_um, "sign": self.sign,
+               "scatter_um": self.scatter_um,
+               "points": [[float(a), float(b)] for a, b in self.points]}
+        if self.trace is not None:
+            out["trace"] = {"along_um": [float(v) for v in self.trace[0]],
+                            "offset_nm": [float(v) for v in self.trace[1]]}
+        return out
 
 
 @dataclass(frozen=True)
@@ -233,6 +269,109 @@ def find_tem_interfaces(image, x_um, y_um, n: int = 3, *, blocks: int = 8,
     return out
 
 
+def _column_steps(y, img, y0, half_window: float, pitch: float) -> np.ndarray:
+    """Per column c of ``img`` (rows along ``y``, ascending), the position of an
+    error-function step ``a0 + a1 Phi((y - y0[c] - o) / s)`` within ``half_window``
+    of ``y0[c]``: the offsets ``o`` (NaN where the best lies on the window's edge).
+
+    Least squares with the levels ``a0, a1`` solved in closed form for each trial
+    offset (steps of pitch / 40, refined by a parabola) and one width ``s`` for all
+    columns (the best of a few fractions of the pixel: the camera's optics are the
+    same everywhere); vectorised over the columns (curve_fit per column took 3-10 s
+    for an overview's 256)."""
+    ny, nc = img.shape
+    k = int(math.ceil(half_window / pitch)) + 1
+    centre = np.clip(np.rint((y0 - y[0]) / (y[1] - y[0])).astype(int), k, ny - 1 - k)
+    rows = centre[None, :] + np.arange(-k, k + 1)[:, None]            # (K, nc)
+    cols = np.broadcast_to(np.arange(nc), rows.shape)
+    yy = y[rows] - y0[None, :]                                         # (K, nc)
+    pp = np.asarray(img, float)[rows, cols]
+    w = (np.abs(yy) <= half_window).astype(float)
+    trial = np.arange(-half_window, half_window + pitch / 80, pitch / 40)  # (nb,)
+    sw, sp, spp = w.sum(0), (w * pp).sum(0), (w * pp * pp).sum(0)
+    best_total, best = np.inf, None
+    for width in pitch * np.array([0.15, 0.25, 0.35, 0.5, 0.7, 1.0]):
+        phi = special.ndtr((yy[None] - trial[:, None, None]) / width)  # (nb, K, nc)
+        sf = (w * phi).sum(1)
+        sff = (w * phi * phi).sum(1)
+        spf = (w * pp * phi).sum(1)
+        det = sw * sff - sf * sf
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # Residual sum of squares with the two levels solved for.
+            rss = spp - (sff * sp * sp - 2 * sf * sp * spf + sw * spf * spf) / det
+        rss = np.where(det > 1e-12 * np.maximum(sw * sff, 1e-300), rss, np.inf)
+        total = float(np.sum(np.min(rss, axis=0)[np.isfinite(np.min(rss, axis=0))]))
+        if total < best_total:
+            best_total, best = total, rss
+    if best is None:
+        return np.full(nc, np.nan)
+    i = np.argmin(best, axis=0)
+    inner = (i > 0) & (i < trial.size - 1)
+    ic = np.clip(i, 1, trial.size - 2)
+    r0, r1, r2 = (best[ic + j, np.arange(nc)] for j in (-1, 0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shift = np.where(np.isfinite(r0 + r1 + r2) & (r0 - 2 * r1 + r2 > 0),
+                         0.5 * (r0 - r2) / (r0 - 2 * r1 + r2), 0.0)
+    off = trial[ic] + np.clip(shift, -1.0, 1.0) * (trial[1] - trial[0])
+    return np.where(inner & np.isfinite(r1), off, np.nan)
+
+
+def trace_interface(image, x_um, y_um, line: Interface, *, half_window_um: float,
+                    smooth_cols: int = 3) -> Interface:
+    """``line`` with the interface traced column by column on the bright-field image.
+
+    A rough interface is a line only on average: its height varies along it (the
+    ``livo-cathode`` recipe's 8 nm rms over ~100 nm). A SIMS profile binned by the
+    distance from the line sees the interface heights of its columns as one more blur,
+    and that blur is their distribution over the map, which over a few tens of
+    correlation lengths is not Gaussian (skewed by +-0.7 from seed to seed): a
+    Gaussian-blurred model then takes the plateau's skewed edge for part of a faint
+    tail beyond it (decision 0027, 2026-12-05 last amendment). TEM resolves the
+    heights (9.4 nm pixels, each column's step located to ~1 nm): binned by the
+    distance from the traced interface (:meth:`Interface.local_distance_um`,
+    :func:`normal_profile` ``local``), the profile's blur is the probe's alone.
+
+    Per image column an error-function step is fitted to the counts (not their
+    logarithm: the camera's pixel and the blur average the transmission, and across a
+    strong step, LiPON to the dark Pt-C, the logarithm's step sat 2 nm into the dark
+    layer) within ``half_window_um`` of the line (along y); columns whose fit fails or
+    lands > 5 MAD
+    (at least 3 pixels) from the others' median are filled from their neighbours; the
+    offsets are smoothed over ``smooth_cols`` columns.
+
+    Returns
+    -------
+    Interface
+        ``line`` with ``trace = (along_um, offset_nm)``: the traced interface's offset
+        from the line along its normal, at positions along it.
+    """
+    img = np.asarray(image, float)
+    x = np.asarray(x_um, float)
+    y = np.asarray(y_um, float)
+    if img.ndim != 2 or img.shape != (y.size, x.size):
+        raise ValueError(f"image {img.shape} does not match y ({y.size}) x x ({x.size})")
+    pitch = abs(float(np.diff(y).mean()))
+    y_line = line.y_um + line.slope * (x - line.x_um)
+    off = _column_steps(y, img, y_line, half_window_um, pitch)
+    ok = np.isfinite(off)
+    if ok.sum() < max(3, x.size // 4):
+        raise ValueError(f"interface near y = {line.y_um:.3f} um traced in only "
+                         f"{int(ok.sum())} of {x.size} columns")
+    med = float(np.median(off[ok]))
+    mad = 1.4826 * float(np.median(np.abs(off[ok] - med)))
+    ok &= np.abs(off - med) <= max(5.0 * mad, 3.0 * pitch)
+    idx = np.arange(x.size)
+    off = np.interp(idx, idx[ok], off[ok])
+    if smooth_cols > 1:
+        off = ndimage.uniform_filter1d(off, int(smooth_cols), mode="nearest")
+    # Offsets along the normal, at the traced points' positions along the line.
+    ny = line.normal[1]
+    along = line.along_um(x, y_line + off)
+    order = np.argsort(along)
+    return replace(line, trace=(tuple(float(v) for v in along[order]),
+                                tuple(float(v) for v in 1e3 * (off * ny)[order])))
+
+
 # ============================================================================ profiles
 @dataclass(frozen=True)
 class Profile:
@@ -265,7 +404,7 @@ class Profile:
 
 def normal_profile(values, x_um, y_um, interface: Interface, *, half_length_nm: float,
                    bin_nm: float, before_nm: float | None = None,
-                   by_line: bool = False) -> Profile:
+                   by_line: bool = False, local: bool = False) -> Profile:
     """Counts of every SIMS pixel binned by its signed distance from ``interface``.
 
     Parameters
@@ -290,13 +429,17 @@ def normal_profile(values, x_um, y_um, interface: Interface, *, half_length_nm: 
         whose pixels span a bin edge in two, and the interface's roughness (the two
         parts' own interface heights, 8 nm rms) showed as misfit (chi^2/dof up to 12)
         that the blur takes in when the line stays whole.
+    local : bool
+        Distances from the interface traced on TEM (:func:`trace_interface`,
+        :meth:`Interface.local_distance_um`), not from its line: the interface's
+        roughness leaves the profile's blur.
     """
     if by_line:
         return _line_profile(values, x_um, y_um, interface, half_length_nm,
-                             half_length_nm if before_nm is None else before_nm)
+                             half_length_nm if before_nm is None else before_nm, local)
     v = np.asarray(values, float).ravel()
-    d = 1e3 * interface.distance_um(np.asarray(x_um, float).ravel(),
-                                    np.asarray(y_um, float).ravel())
+    dist = interface.local_distance_um if local else interface.distance_um
+    d = 1e3 * dist(np.asarray(x_um, float).ravel(), np.asarray(y_um, float).ravel())
     before = half_length_nm if before_nm is None else before_nm
     edges = np.arange(-before, half_length_nm + bin_nm / 2, bin_nm)
     ok = np.isfinite(v) & np.isfinite(d)
@@ -314,28 +457,29 @@ def normal_profile(values, x_um, y_um, interface: Interface, *, half_length_nm: 
     return Profile(d_nm=d_mean, mean=mean, sem=sem, n=n, total=total)
 
 
-def _line_distances(values, x_um, y_um, interface: Interface):
+def _line_distances(values, x_um, y_um, interface: Interface, local: bool = False):
     v = np.asarray(values, float)
     x, y = np.asarray(x_um, float), np.asarray(y_um, float)
     if v.ndim != 2 or x.shape != v.shape or y.shape != v.shape:
         raise ValueError("by line: values, x_um and y_um must be 2-D arrays of one shape")
-    d = 1e3 * interface.distance_um(x, y)
+    d = 1e3 * (interface.local_distance_um(x, y) if local else interface.distance_um(x, y))
     return v, np.where(np.isfinite(v), d, np.nan)
 
 
-def line_spread_nm(values, x_um, y_um, interface: Interface) -> float:
+def line_spread_nm(values, x_um, y_um, interface: Interface, local: bool = False) -> float:
     """The largest spread (max - min, nm) of a scan line's distances from ``interface``
-    over the acquired pixels of a 2-D map (rows the lines): below a profile's bin, a
-    line may be one bin (:func:`normal_profile` ``by_line``)."""
-    _, d = _line_distances(values, x_um, y_um, interface)
+    (its trace with ``local``) over the acquired pixels of a 2-D map (rows the lines):
+    below a profile's bin, a line may be one bin (:func:`normal_profile` ``by_line``)."""
+    _, d = _line_distances(values, x_um, y_um, interface, local)
     ok = np.isfinite(d).any(axis=1)
     if not ok.any():
         return math.inf
     return float(np.max(np.nanmax(d[ok], axis=1) - np.nanmin(d[ok], axis=1)))
 
 
-def _line_profile(values, x_um, y_um, interface, half_length_nm, before_nm) -> Profile:
-    v, d = _line_distances(values, x_um, y_um, interface)
+def _line_profile(values, x_um, y_um, interface, half_length_nm, before_nm,
+                  local=False) -> Profile:
+    v, d = _line_distances(values, x_um, y_um, interface, local)
     n = np.isfinite(d).sum(axis=1).astype(float)
     keep = n > 0
     with np.errstate(invalid="ignore"):
@@ -399,25 +543,32 @@ def box_model(d, b, c, s, before, level, after, halo=None):
     return _through_probe(blurred, s, halo)
 
 
-def _tail(d, b, c, s, lam):
-    """exp(-(t - b)/lam) on [b, c] convolved with a unit Gaussian of sigma ``s``."""
+def _tail(d, b, c, s, lam, far=0.0):
+    """exp(-(t - b)/lam) on [b, c] convolved with a unit Gaussian of sigma ``s``;
+    ``far``: the far end ``c`` itself spread by a Gaussian of that sigma (its height
+    varying about ``c``), ``E_c[Phi((d - c)/s - s/lam)] = Phi((d - c - s^2/lam) /
+    hypot(s, far))``."""
     d = np.asarray(d, float)
     base = -(d - b) / lam + 0.5 * (s / lam) ** 2
     a = special.log_ndtr((d - b) / s - s / lam)
-    z = special.log_ndtr((d - c) / s - s / lam) if np.isfinite(c) else -np.inf
+    z = special.log_ndtr((d - c - s * s / lam) / math.hypot(s, far)) if np.isfinite(c) \
+        else -np.inf
     # exp(base + a) - exp(base + z) = exp(base + a) (1 - exp(z - a)); z <= a.
     return np.exp(base + a) * -np.expm1(np.minimum(z - a, 0.0))
 
 
 def dissolution_model(d, b, s, plateau, amplitude, decay, background, c=np.inf,
-                      halo=None):
+                      halo=None, far_sigma=0.0):
     """The source layer (``plateau``) up to ``b``, then ``amplitude exp(-(d-b)/decay)``
     up to ``c``, plus ``background``; everything blurred by a Gaussian of sigma ``s``
-    (and through the probe's ``halo = (fraction, sigma_nm)`` when given)."""
+    (and through the probe's ``halo = (fraction, sigma_nm)`` when given);
+    ``far_sigma``: the spread (sigma, nm) of ``c`` about its mean beyond ``s`` (a
+    receiving layer whose thickness varies along the interface)."""
     d = np.asarray(d, float)
 
     def blurred(sig):
-        return plateau * special.ndtr((b - d) / sig) + amplitude * _tail(d, b, c, sig, decay)
+        return plateau * special.ndtr((b - d) / sig) + amplitude * _tail(d, b, c, sig, decay,
+                                                                         far_sigma)
 
     return background + _through_probe(blurred, s, halo)
 
@@ -533,7 +684,7 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
                     blur_prior: tuple[float, float] | None = None,
                     background: float | None = None,
                     halo: tuple[float, float] | None = None,
-                    rel_noise: float = 0.0) -> FitResult:
+                    rel_noise: float = 0.0, far_sigma_nm: float = 0.0) -> FitResult:
     """:func:`dissolution_model` fitted to a profile whose source layer lies at d < 0.
 
     Parameters
@@ -575,6 +726,12 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
         current's fluctuation from one scan line to the next, which moves a bright
         source layer's bins by more than their Poisson error; without it the fit's
         chi^2 (and with it every error) grew by the plateau's misfit alone.
+    far_sigma_nm : float
+        The spread (sigma, nm) of the receiving layer's thickness along the interface
+        (two rough interfaces), beyond ``s``: the far cut's own blur. With the
+        profile's distances taken from the traced source interface
+        (:func:`trace_interface`) the near interface is sharp to ``s`` and the far one
+        varies by the thickness's spread (from the TEM traces of both).
 
     Returns
     -------
@@ -596,7 +753,7 @@ def fit_dissolution(profile: Profile, *, thickness_nm: float = np.inf, b0: float
     def model(dd, b, s, plateau, amplitude, decay, background):
         # The receiving layer's thickness is TEM's; it moves with the fitted interface.
         return dissolution_model(dd, b, s, plateau, amplitude, decay, background,
-                                 c=b + thickness_nm, halo=halo)
+                                 c=b + thickness_nm, halo=halo, far_sigma=far_sigma_nm)
 
     if fix_edge:
         if background is None:
@@ -761,4 +918,5 @@ __all__ = [
     "ratio_with_error",
     "row_noise",
     "step_model",
+    "trace_interface",
 ]

@@ -89,14 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_seed_options(p, base_port=18064, output="cathode_case.json")
+    p.add_argument("--keep", default=None,
+                   help="keep each seed's catalog and report in this folder (default: a "
+                        "temporary one, removed): to analyse the same runs again offline")
     args = p.parse_args(argv)
     seeds = seeds_of(args)
     print(f"cathode case over seeds {seeds} (quick={args.quick}, time scale "
           f"{args.time_scale:g})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cathode-bench-") as tmp:
+        workdir = Path(args.keep) if args.keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for seed, rep, wall_s in seed_reports("cathode", seeds, args, prefix="CB", rows=rows,
-                                              workdir=Path(tmp)):
+                                              workdir=workdir):
             fov = rep["sizes"]["map_fov_um"]
             cx = rep["sizes"]["center_um"][0]
             t = truth(seed, cx - fov / 2, cx + fov / 2)

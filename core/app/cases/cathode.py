@@ -18,7 +18,11 @@ Report (read back only from the catalog, :func:`temsims.app.loaders.load_correla
     - the published view: the bright-field image fused with the registered Al+ and V+
       maps (IHS and Laplacian pyramid);
     - V+ profiles along the interface normals, across LiV3O8/LiPON and Al/LiV3O8,
-      fitted with a plateau + blurred exponential tail
+      each pixel at its distance from its column's interface traced on the overview
+      (:func:`temsims.analysis.interfaces.trace_interface`: the roughness leaves the
+      profile, whose blur is then the probe's; the LiPON's thickness and its spread
+      along the interface from the two traces), fitted with a plateau + blurred
+      exponential tail
       (:func:`temsims.analysis.interfaces.fit_dissolution`; its blur constrained by
       the Al+ edge of the same map, within 15 %): the V decay length in the LiPON,
       and the V level at its interface. Every fit sees the profile through the
@@ -60,8 +64,10 @@ LI_MAP_SPECIES = ("7Li", "27Al")
 SPECIES = ("27Al", "51V", "7Li")
 SIMS_VOLTAGE_V = 4500.0
 #: Relative spread allowed between the blur of the Al/LiV3O8 edge (Al+) and that of
-#: LiV3O8/LiPON (V+): the beam and pixel are the same, each interface's roughness is
-#: its own (8 nm rms over ~40 correlation lengths of the map: ~+-15 %) (estimate).
+#: LiV3O8/LiPON (V+): the beam and pixel are the same; binned from each interface's
+#: trace, what remains of its roughness (the trace's ~1 nm error, the drift between
+#: the overview and the map) is its own (estimate; from the lines, with the whole
+#: 8 nm rms roughness in the blur, the edges differed by ~+-15 %).
 BLUR_PRIOR_REL = 0.15
 #: How far from its interfaces the cathode is taken as uniform (the line noise's region):
 #: two of the halo's sigmas along the normal (~200 nm at 45 deg), where what it carries
@@ -69,6 +75,10 @@ BLUR_PRIOR_REL = 0.15
 CATHODE_MARGIN_NM = 400.0
 #: Column blocks of the jackknife that adds the roughness and sampling to the errors.
 JACKKNIFE_BLOCKS = 8
+#: Half window (um, along y) in which each overview column's interface step is fitted
+#: (temsims.analysis.interfaces.trace_interface): under half the 100 nm LiPON, a few
+#: times the interfaces' roughness (8 nm rms).
+TRACE_HALF_WINDOW_UM = 0.04
 #: Keywords of temsims.analysis.registration.register_sims_to_tem (see report()).
 REGISTRATION = {"refine": False}
 #: The stack from the bottom (growth along +y): what the specimen is, not its truth.
@@ -167,7 +177,6 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     from temsims.analysis.halo import halo_along_normal
     from temsims.analysis.interfaces import (
         COVERAGE_K,
-        Interface,
         decay_profile_interval,
         find_tem_interfaces,
         fit_box,
@@ -177,6 +186,7 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         normal_profile,
         ratio_with_error,
         row_noise,
+        trace_interface,
     )
     from temsims.constants import PROBE_HALO
 
@@ -217,12 +227,34 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     noise = {"51V": row_noise(counts["51V"], cathode_region(x, y)),
              "7Li": row_noise(counts["7Li"], cathode_region(xl, yl))}
 
-    # Thickness of the LiPON along the normal of LiV3O8/LiPON (TEM).
-    lipon_nm = 1e3 * float(cat.distance_um(cap.x_um, cap.y_um))
+    # The interfaces traced column by column on the overview (decision 0027,
+    # 2026-12-05 last amendment): the V+ and Al+ profiles are binned by each pixel's
+    # distance from its column's interface, not from the line. Binned from the line,
+    # the profile's blur held the interface heights' distribution over the map, skewed
+    # (+-0.7) from seed to seed, and the Gaussian-blurred model took a skewed edge's
+    # excess for part of the faint V tail: noiseless twin maps gave decays of 35-40 nm
+    # (mean 38.4 over 13 seeds) for 40; from the traces 40.5-41.1.
+    ov_x, ov_y = ov.x_um.values, ov.y_um.values
+    traced: dict[str, Any] = {}
+    for name, line in tem.items():
+        try:
+            traced[name] = trace_interface(ov.values, ov_x, ov_y, line,
+                                           half_window_um=TRACE_HALF_WINDOW_UM)
+        except ValueError:
+            traced[name] = line  # not traced: its profiles are binned from the line
+    al_t, cat_t, cap_t = (traced[n] for n in INTERFACES)
+    local = {n: traced[n].trace is not None for n in INTERFACES}
+    # Thickness of the LiPON along the normal of LiV3O8/LiPON (TEM): its mean over the
+    # map's pixels from the two traces, and its spread along the interface, the far
+    # end's own blur in the tail's model (the two interfaces' heights are independent).
+    if local["LiV3O8/LiPON"] and local["LiPON/Pt-C"]:
+        t_nm = 1e3 * (cat_t.local_distance_um(x, y) - cap_t.local_distance_um(x, y))
+        lipon_nm, lipon_sd_nm = float(np.mean(t_nm)), float(np.std(t_nm))
+    else:
+        lipon_nm, lipon_sd_nm = 1e3 * float(cat.distance_um(cap.x_um, cap.y_um)), 0.0
     # Into the Al: the same line with its normal reversed, so the source (LiV3O8)
     # lies at d < 0 as fit_dissolution expects.
-    al_down = Interface(x_um=al.x_um, y_um=al.y_um, normal=(-al.normal[0], -al.normal[1]),
-                        slope=al.slope, width_um=al.width_um, sign=-al.sign)
+    al_down = al_t.reversed()
     # A scan line nearly parallel to the interface is one bin (its pixels span less
     # than half the lines' spacing along the normal): fixed bins cut such lines in
     # two at a bin edge, and the parts' own rough interface heights showed as misfit
@@ -232,18 +264,22 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     binned: dict[str, str] = {}
 
     def profile(name, values, xx, yy, line, **kw):
-        by_line = line_spread_nm(values, xx, yy, line) <= half_line_nm
-        binned[name] = "line" if by_line else f"{bin_nm:g} nm"
-        return normal_profile(values, xx, yy, line, bin_nm=bin_nm, by_line=by_line, **kw)
+        loc = line.trace is not None
+        by_line = line_spread_nm(values, xx, yy, line, local=loc) <= half_line_nm
+        binned[name] = ("line" if by_line else f"{bin_nm:g} nm") + (
+            ", from the traced interface" if loc else ", from the line")
+        return normal_profile(values, xx, yy, line, bin_nm=bin_nm, by_line=by_line,
+                              local=loc, **kw)
 
+    # The Li+ box (the matrices' levels) stays binned from the line.
     profiles = {
-        "V+ LiV3O8/LiPON": profile("V+ LiV3O8/LiPON", counts["51V"], x, y, cat, before_nm=400.0,
-                                   half_length_nm=lipon_nm + 200.0),
+        "V+ LiV3O8/LiPON": profile("V+ LiV3O8/LiPON", counts["51V"], x, y, cat_t,
+                                   before_nm=400.0, half_length_nm=lipon_nm + 200.0),
         "Li+ LiV3O8/LiPON": profile("Li+ LiV3O8/LiPON", counts["7Li"], xl, yl, cat, before_nm=400.0,
                                     half_length_nm=lipon_nm + 200.0),
         "V+ Al/LiV3O8": profile("V+ Al/LiV3O8", counts["51V"], x, y, al_down, before_nm=300.0,
                                 half_length_nm=250.0),
-        "Al+ Al/LiV3O8": profile("Al+ Al/LiV3O8", counts["27Al"], x, y, al, before_nm=250.0,
+        "Al+ Al/LiV3O8": profile("Al+ Al/LiV3O8", counts["27Al"], x, y, al_t, before_nm=250.0,
                                  half_length_nm=300.0),
     }
     fits: dict[str, Any] = {}
@@ -255,12 +291,14 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         f = fits["Al+ Al/LiV3O8"]
         return (f.params["s"], max(f.errors["s"], BLUR_PRIOR_REL * f.params["s"]))
 
+    def v_kwargs():
+        """The V+ LiV3O8/LiPON fit's keywords (its fit, profile likelihood, jackknife)."""
+        return {"thickness_nm": lipon_nm, "far_sigma_nm": lipon_sd_nm,
+                "blur_prior": blur_prior(), "halo": halo(cat), "rel_noise": noise["51V"]}
+
     for name, fn in (
             ("Al+ Al/LiV3O8", lambda p: fit_edge(p, halo=halo(al), rel_noise=noise["51V"])),
-            ("V+ LiV3O8/LiPON", lambda p: fit_dissolution(p, thickness_nm=lipon_nm,
-                                                          blur_prior=blur_prior(),
-                                                          halo=halo(cat),
-                                                          rel_noise=noise["51V"])),
+            ("V+ LiV3O8/LiPON", lambda p: fit_dissolution(p, **v_kwargs())),
             ("Li+ LiV3O8/LiPON", lambda p: fit_box(p, b0=0.0, c0=lipon_nm, halo=halo(cat),
                                                    rel_noise=noise["7Li"])),
             # The Al fills the rest of the profile: the background is V+ in the Pt-C
@@ -290,9 +328,9 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         # The fit's errors are Poisson only. The map samples the interface's roughness
         # over its columns and the tail at a few pixel rows: a jackknife over column
         # blocks measures what that adds; the larger of the two is stated.
-        jk = _jackknife(counts["51V"], x, y, cat, lipon_nm, bin_nm, blur_prior(),
-                        blocks=JACKKNIFE_BLOCKS, halo=halo(cat), rel_noise=noise["51V"],
-                        by_line=line_spread_nm(counts["51V"], x, y, cat) <= half_line_nm)
+        jk = _jackknife(counts["51V"], x, y, cat_t, lipon_nm, bin_nm, v_kwargs(),
+                        blocks=JACKKNIFE_BLOCKS,
+                        by_line=binned["V+ LiV3O8/LiPON"].startswith("line"))
         decay_sd = max(v.errors["decay"], jk.get("decay", 0.0))
         rel_err = max(rel_err, jk.get("rel", 0.0))
         # A length's error grows with the length found (sd ~ 0.1-0.25 of it): a
@@ -308,9 +346,7 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
         # the covariance's linear interval cuts short above a short estimate. s and
         # the rest are refitted at each decay length held fixed; the jackknife's
         # excess over the fit's error widens it in ln(decay) by their ratio.
-        lo, hi = decay_profile_interval(profiles["V+ LiV3O8/LiPON"], v, k=k,
-                                        thickness_nm=lipon_nm, blur_prior=blur_prior(),
-                                        halo=halo(cat), rel_noise=noise["51V"])
+        lo, hi = decay_profile_interval(profiles["V+ LiV3O8/LiPON"], v, k=k, **v_kwargs())
         widen = max(1.0, jk.get("decay", 0.0) / max(v.errors["decay"], 1e-12))
         interval = [decay * (lo / decay) ** widen, decay * (hi / decay) ** widen]
         figures["v_decay_length_nm"] = {"value": decay, "u95": k * decay_sd,
@@ -346,19 +382,27 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
     # The first edge of each interface is its SIMS position (the sharpest contrast
     # there: Al+ 100 % -> 0, V+ 25 at.% -> <2 at.%, Li+ in LiPON -> none in Pt-C);
     # Li+ at LiV3O8/LiPON comes from the second map, a check of its registration.
-    sims_edges = {"Al/LiV3O8": [("Al+", fits.get("Al+ Al/LiV3O8"), "b", al, 1.0)],
-                  "LiV3O8/LiPON": [("V+", v, "b", cat, 1.0), ("Li+", li, "b", cat, 1.0)],
-                  "LiPON/Pt-C": [("Li+", li, "c", cat, 1.0)]}
+    # A fit from a traced interface places its edge from the trace: the trace's mean
+    # offset from the line over the map's pixels puts it back on the line.
+    def trace_mean_nm(name):
+        return float(np.mean(traced[name].offset_nm(x, y)))
+
+    sims_edges = {"Al/LiV3O8": [("Al+", fits.get("Al+ Al/LiV3O8"), "b", al, 1.0,
+                                 trace_mean_nm("Al/LiV3O8"))],
+                  "LiV3O8/LiPON": [("V+", v, "b", cat, 1.0, trace_mean_nm("LiV3O8/LiPON")),
+                                   ("Li+", li, "b", cat, 1.0, 0.0)],
+                  "LiPON/Pt-C": [("Li+", li, "c", cat, 1.0, 0.0)]}
     positions = {}
     for name, line in tem.items():
         entry = {"tem_y_um": line.y_um, "tem_x_um": line.x_um, "tem_width_nm":
                  1e3 * line.width_um, "tem_roughness_nm": 1e3 * line.scatter_um,
                  "normal": list(line.normal), "sims": {}}
-        for label, fit, key, ref, sign in sims_edges[name]:
+        for label, fit, key, ref, sign, shift in sims_edges[name]:
             if fit is None:
                 continue
             # Distance of the SIMS edge from TEM's line of this interface, nm.
-            d_ref = sign * fit.params[key] + 1e3 * float(line.distance_um(ref.x_um, ref.y_um))
+            d_ref = (sign * fit.params[key] + shift
+                     + 1e3 * float(line.distance_um(ref.x_um, ref.y_um)))
             entry["sims"][label] = {"offset_nm": d_ref,
                                     "u95_nm": k * fit.errors[key],
                                     "y_um": line.y_um + 1e-3 * d_ref * line.normal[1]}
@@ -379,15 +423,18 @@ def analyse(experiment, sizes: dict[str, Any]) -> dict[str, Any]:
                 "tem_inverted": bool(mm.registration.quality["tem_inverted"])}
         for label, mm in (("Al+ V+ map", m), ("Li+ Al+ map", m_li))}
     figures["lipon_thickness_tem_nm"] = lipon_nm
+    figures["lipon_thickness_sd_tem_nm"] = lipon_sd_nm
+    figures["interfaces_traced"] = local
     return {"tem": tem, "profiles": profiles, "fits": fits, "figures": figures,
             "map": m, "li_map": m_li, "counts": counts}
 
 
-def _jackknife(values, x, y, line, lipon_nm: float, bin_nm: float, prior, *,
-               blocks: int, halo=None, rel_noise: float = 0.0,
-               by_line: bool = False) -> dict[str, float]:
+def _jackknife(values, x, y, line, lipon_nm: float, bin_nm: float, fit_kwargs, *,
+               blocks: int, by_line: bool = False) -> dict[str, float]:
     """Delete-one-block jackknife standard errors of the V+ decay length and of the
-    tail-to-plateau ratio, the map's columns cut into ``blocks`` blocks along x."""
+    tail-to-plateau ratio, the map's columns cut into ``blocks`` blocks along x
+    (``fit_kwargs``: :func:`fit_dissolution`'s; distances from ``line``'s trace when it
+    has one)."""
     import numpy as np
 
     from temsims.analysis.interfaces import fit_dissolution, normal_profile
@@ -401,9 +448,9 @@ def _jackknife(values, x, y, line, lipon_nm: float, bin_nm: float, prior, *,
             f = fit_dissolution(normal_profile(np.where(out, np.nan, values), x, y, line,
                                                before_nm=400.0, bin_nm=bin_nm,
                                                half_length_nm=lipon_nm + 200.0,
-                                               by_line=by_line),
-                                thickness_nm=lipon_nm, blur_prior=prior, halo=halo,
-                                rel_noise=rel_noise)
+                                               by_line=by_line,
+                                               local=line.trace is not None),
+                                **fit_kwargs)
         except (RuntimeError, ValueError):
             return {}
         reps["decay"].append(f.params["decay"])
