@@ -144,11 +144,17 @@ def context() -> Context:
     return _CONTEXT
 
 
+#: Seconds to find and connect a PV: a search whose first datagram an instrument that
+#: has just started missed is repeated with caproto's backoff, and at load 11-14 a fresh
+#: instrument's SIM:NOW was still "searching" after 5 s.
+CONNECT_TIMEOUT_S = 20.0
+
+
 def pv(name: str):
     """A connected PV, cached."""
     if name not in _PVS:
-        (channel,) = context().get_pvs(name, timeout=5)
-        channel.wait_for_connection(timeout=5)
+        (channel,) = context().get_pvs(name, timeout=CONNECT_TIMEOUT_S)
+        channel.wait_for_connection(timeout=CONNECT_TIMEOUT_S)
         _PVS[name] = channel
     return _PVS[name]
 

@@ -222,6 +222,9 @@ def test_arc_drops_the_output_at_once(sims):
     try:
         ca.caput(B + "FAULT", "Arc")
         assert ca.caget(B + "VOLTAGE_RBV") == 0.0
+        # The monitor's thread can deliver the 0 after the read's reply (load 11-14: it
+        # had not when the recording stopped); a ramp would also end at 0, in steps.
+        rbv.wait_for(lambda updates: float(updates[-1][1]) == 0.0, timeout=5.0)
     finally:
         rbv.clear()
     assert [float(v) for v in rbv.values()] == [2000.0, 0.0]  # one step, no ramp
