@@ -968,7 +968,7 @@ def _mri_lookup(table: np.ndarray, x0: float, x: np.ndarray, w: np.ndarray, sigm
     return out
 
 
-#: Side (grid pixels) of the tiles over which :func:`_mri_cdf_fast` looks for constant
+#: Side (grid pixels) of the tiles over which :func:`_tilewise` looks for constant
 #: arguments.
 _MRI_TILE = 16
 
@@ -989,6 +989,39 @@ def _constant_tiles(a: np.ndarray, t: int = _MRI_TILE) -> np.ndarray:
     return same.reshape(ny, nx, t).all(axis=2)
 
 
+def _tilewise(func, arrays: tuple[np.ndarray, ...],
+              constant: tuple[np.ndarray | None, ...] | None = None,
+              t: int = _MRI_TILE) -> np.ndarray:
+    """``func(*arrays)`` for a ``func`` computed pixel by pixel (its value at a pixel
+    depends on that pixel's arguments only) on 2-D arrays of one shape, evaluated once
+    per ``t`` x ``t`` tile where every argument is constant, on every pixel elsewhere:
+    the same values, bit for bit. A frame's arguments are mostly piecewise constant
+    (the unsputtered field, a raster's uniform dose on one matrix, a uniform film).
+    ``constant``: each argument's :func:`_constant_tiles` when known (None: found)."""
+    shape = arrays[0].shape
+    if len(shape) != 2 or min(shape) < 2 * t:
+        return func(*arrays)
+    same = None
+    for i, a in enumerate(arrays):
+        c = constant[i] if constant is not None and constant[i] is not None else \
+            _constant_tiles(a, t)
+        same = c if same is None else same & c
+    views = [_tiles(a, t) for a in arrays]
+    first = func(*(v[:, :, 0, 0] for v in views))
+    out = np.empty(shape, first.dtype)
+    vo = _tiles(out, t)
+    vo[same] = first[same][:, None, None]
+    other = ~same
+    if other.any():
+        vo[other] = func(*(v[other] for v in views))
+    ny, nx = vo.shape[0] * t, vo.shape[1] * t
+    if ny < shape[0]:
+        out[ny:] = func(*(a[ny:] for a in arrays))
+    if nx < shape[1]:
+        out[:ny, nx:] = func(*(a[:ny, nx:] for a in arrays))
+    return out
+
+
 def _mri_cdf_fast(x: np.ndarray, w: np.ndarray, sigma: float, lam: float,
                   w_constant: np.ndarray | None = None) -> np.ndarray:
     """:func:`mri_cdf` by bilinear lookup (``w`` clipped to 40 nm): 0 and 1 in the
@@ -997,43 +1030,21 @@ def _mri_cdf_fast(x: np.ndarray, w: np.ndarray, sigma: float, lam: float,
 
     The lookup is scipy's ``map_coordinates`` (order 1, edges clamped): one pass in C
     over a frame's grid, where numpy's masked gather made ~8 full-size temporaries
-    and was 2.5-3x slower (the frame set-up's largest part; same values).
-
-    Each pixel's value depends on its own ``(x, w)`` only, and a map's arguments are
-    mostly piecewise constant (the unsputtered field, a raster's uniform dose on one
-    matrix, a uniform film): on a 2-D grid the lookup is made once per tile of
-    :data:`_MRI_TILE` pixels whose ``x`` and ``w`` are constant, pixel by pixel on the
-    others, and not at all where every pixel is in the upper tail; the values are
-    those of the lookup on every pixel, bit for bit. ``w_constant``: the
-    :func:`_constant_tiles` of ``w`` when known (several layers share one ``w``).
+    and was 2.5-3x slower (the frame set-up's largest part; same values). It is made
+    once per tile of constant ``(x, w)`` (:func:`_tilewise`), only off the tails, and
+    not at all where every pixel is in the upper tail (a layer's bottom far below):
+    the values of the lookup on every pixel, bit for bit. ``w_constant``: the
+    :func:`_constant_tiles` of ``w`` when known (a frame's layers share one ``w``).
     """
     sigma, lam = max(float(sigma), _MRI_MIN_NM), max(float(lam), _MRI_MIN_NM)
     table, x0 = _mri_table(sigma, lam)
     x = np.asarray(x, np.float32)
     w = np.broadcast_to(np.asarray(w, np.float32), x.shape)
-    t = _MRI_TILE
-    if x.ndim != 2 or min(x.shape) < 2 * t:
-        return _mri_lookup(table, x0, x, w, sigma, lam)
     hi_x = max(6.0 * sigma, lam * (14.0 + sigma * sigma / (2.0 * lam * lam)))
-    if x.min() > hi_x:  # wholly below this layer's bottom: 1 everywhere
+    if x.size and x.min() > hi_x:  # wholly in the upper tail: 1 everywhere
         return np.ones(x.shape, np.float32)
-    out = np.empty(x.shape, np.float32)
-    vx, vw, vo = _tiles(x, t), _tiles(w, t), _tiles(out, t)
-    if w_constant is None:
-        w_constant = _constant_tiles(w, t)
-    same = _constant_tiles(x, t) & w_constant
-    if same.any():
-        vo[same] = _mri_lookup(table, x0, vx[:, :, 0, 0][same], vw[:, :, 0, 0][same],
-                               sigma, lam)[:, None, None]
-    other = ~same
-    if other.any():
-        vo[other] = _mri_lookup(table, x0, vx[other], vw[other], sigma, lam)
-    ny, nx = vo.shape[0] * t, vo.shape[1] * t
-    if ny < x.shape[0]:
-        out[ny:] = _mri_lookup(table, x0, x[ny:], w[ny:], sigma, lam)
-    if nx < x.shape[1]:
-        out[:ny, nx:] = _mri_lookup(table, x0, x[:ny, nx:], w[:ny, nx:], sigma, lam)
-    return out
+    return _tilewise(lambda xs, ws: _mri_lookup(table, x0, xs, ws, sigma, lam), (x, w),
+                     (None, w_constant))
 
 
 def mixing_length_nm(range_nm, incidence_deg: float, params: SimsParameters) -> np.ndarray:
@@ -1210,7 +1221,13 @@ def depth_weights(specimen: Specimen, depth_nm: np.ndarray, window, landing_kev:
     through.
     """
     depth = np.asarray(depth_nm, np.float32)
-    index = specimen.layer_at_depth(depth, window)
+    bounds = layer_bounds(specimen, window)
+    # specimen.layer_at_depth from these bounds: the first layer whose bottom lies
+    # below ``depth`` (assigned from the last layer up), -1 below every layer.
+    index = np.full(np.broadcast_shapes(depth.shape, specimen.window_shape(window)), -1,
+                    np.int8)
+    for i in range(len(bounds) - 1, -1, -1):
+        np.copyto(index, np.int8(i), where=depth < bounds[i][1])
     rng_nm = np.zeros(index.shape, np.float32)
     for i, layer in enumerate(specimen.layers):
         m = index == i
@@ -1221,11 +1238,14 @@ def depth_weights(specimen: Specimen, depth_nm: np.ndarray, window, landing_kev:
     # The mixed zone builds up with the dose as the implanted Ga does (steady state
     # after ~ a range sputtered; the MRI model describes the steady state): a
     # surface map at d ~ 0 still sees the top monolayers.
-    w = np.broadcast_to(mixing_length_nm(rng_nm, incidence_deg, params), index.shape)
-    w = (w * -np.expm1(-np.maximum(depth, 0.0) / np.maximum(0.5 * rng_nm, 1e-6))
-         ).astype(np.float32)
+    # (Per tile of constant depth and range where it can: :func:`_tilewise`.)
+    def mixing(d, r):
+        wm = np.broadcast_to(mixing_length_nm(r, incidence_deg, params), r.shape)
+        return (wm * -np.expm1(-np.maximum(d, 0.0) / np.maximum(0.5 * r, 1e-6))
+                ).astype(np.float32)
+
+    w = _tilewise(mixing, (np.broadcast_to(depth, index.shape), rng_nm))
     s, lam = params.mri_roughness_nm, params.mri_information_nm
-    bounds = layer_bounds(specimen, window)
     through = index < 0
     weights = []
     # The layers' CDFs share ``w``: its constant tiles are found once.
