@@ -1803,20 +1803,39 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
     if params.depth_mixing:
         weights, _, _ = depth_weights(specimen, local, window, landing_kev,
                                       geometry.incidence_deg, params)
-        y = np.zeros(local.shape)
-        n = np.zeros(local.shape)
-        total = np.zeros(local.shape)
-        for layer, wt in zip(specimen.layers, weights, strict=True):
-            y += wt * np.asarray(layer.sputter_yield(window, landing_kev, inc), float)
-            n += wt * np.asarray(layer.atomic_density_per_nm3(window), float)
-            total += wt
-        # Mean over the mixed matrix; 0 where sputtered through (total 0).
-        y = np.divide(y, total, out=np.zeros_like(y), where=total > 1e-6)
-        n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
-    else:
-        surf = specimen.surface(local, window)
-        y = surf.sputter_yield(landing_kev, inc)
-        n = surf.atomic_density_per_nm3()
+        values = [(np.asarray(layer.sputter_yield(window, landing_kev, inc), float),
+                   np.asarray(layer.atomic_density_per_nm3(window), float))
+                  for layer in specimen.layers]
+        # Per pixel (per tile of constant arguments where it can, :func:`_tilewise`):
+        # the per-layer maps are its arguments, the uniform values constants.
+        shape = local.shape
+        maps = [np.broadcast_to(a, shape) for a in weights]
+        maps += [np.broadcast_to(v, shape) for pair in values for v in pair if np.ndim(v)]
+        maps += [inside] + ([np.broadcast_to(factor, shape)] if np.ndim(factor) else [])
+
+        def advance(*args):
+            args = list(args)
+            wts = [args.pop(0) for _ in weights]
+            y = np.zeros(wts[0].shape)
+            n = np.zeros(wts[0].shape)
+            total = np.zeros(wts[0].shape)
+            for wt, (y_l, n_l) in zip(wts, values, strict=True):
+                y += wt * (args.pop(0) if np.ndim(y_l) else y_l)
+                n += wt * (args.pop(0) if np.ndim(n_l) else n_l)
+                total += wt
+            into = args.pop(0)
+            f = args.pop(0) if np.ndim(factor) else factor
+            # Mean over the mixed matrix; 0 where sputtered through (total 0).
+            y = np.divide(y, total, out=np.zeros_like(y), where=total > 1e-6)
+            n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
+            step = np.divide(dose * y * f, n, out=np.zeros_like(y), where=n > 0)
+            return np.where(into, step, 0.0).astype(local.dtype)
+
+        local += _tilewise(advance, tuple(maps))
+        return
+    surf = specimen.surface(local, window)
+    y = surf.sputter_yield(landing_kev, inc)
+    n = surf.atomic_density_per_nm3()
     step = np.divide(dose * y * factor, n, out=np.zeros_like(y), where=n > 0)
     # Below the last layer nothing is left to sputter (step stays 0 there).
     local += np.where(inside, step, 0.0).astype(local.dtype)
