@@ -191,6 +191,14 @@ def twin_render_figures(r: Mapping[str, Any]) -> list[Figure]:
                    r["with_halo_s"], "s", "without the halo", r["without_halo_s"])]
 
 
+def frame_prep_figures(r: Mapping[str, Any]) -> list[Figure]:
+    """``frame_prep.json``: the simulator's frame set-up (prepare + sputter, CPU s, best
+    of the repeats) beside the baseline revision's, per session (decision 0048)."""
+    return [Figure(f"frame_prep_{name}", f"frame set-up, {name.replace('_', ' ')} (CPU)",
+                   s["new_s"], "s", f"baseline {r['baseline']}", s["old_s"])
+            for name, s in r["sessions"].items()]
+
+
 def registration_figures(r: Mapping[str, Any]) -> list[Figure]:
     """``registration.json``: the registration's error (raster model, the default) per
     calibration-error setting (median and 90th percentile over the seeds, SIMS px),
@@ -414,6 +422,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--tem", "2048", "--map", "256", "--repeat", "2"), analysis_figures),
     Benchmark("twin_render_benchmark", "twin_render.json", "--output", ("--repeat", "2"),
               twin_render_figures),
+    Benchmark("frame_prep_benchmark", "frame_prep.json", "--output", ("--repeat", "1"),
+              frame_prep_figures),
     Benchmark("registration_benchmark", "registration.json", "--output", ("--quick",),
               registration_figures),
     Benchmark("quantification_benchmark", "quantification.json", "--output",

@@ -942,29 +942,109 @@ def _mri_table(sigma: float, lam: float) -> tuple[np.ndarray, float]:
     return mri_cdf(xx, ww, sigma, lam).astype(np.float32), float(x0)
 
 
-def _mri_cdf_fast(x: np.ndarray, w: np.ndarray, sigma: float, lam: float) -> np.ndarray:
+def _mri_lookup(table: np.ndarray, x0: float, x: np.ndarray, w: np.ndarray, sigma: float,
+                lam: float) -> np.ndarray:
+    """:func:`_mri_cdf_fast` on arrays of any shape, pixel by pixel (the table's bilinear
+    lookup only off the tails)."""
+    hi_x = max(6.0 * sigma, lam * (14.0 + sigma * sigma / (2.0 * lam * lam)))
+    lo = x < -(6.0 * sigma + 14.0 * w)
+    hi = x > hi_x
+    mid = ~(lo | hi)
+    out = np.where(hi, np.float32(1.0), np.float32(0.0))
+    if not mid.any():
+        return out
+    if not mid.all():
+        x, w = x[mid], w[mid]
+    fx = (x - np.float32(x0)) * np.float32(1.0 / _MRI_DX)
+    fw = np.sqrt(w) * np.float32(1.0 / _MRI_DSW)
+    nw, nx = table.shape
+    np.clip(fx, 0.0, nx - 1.001, out=fx)
+    fw = np.clip(fw, 0.0, nw - 1.001)
+    val = ndimage.map_coordinates(table, [fw.ravel(), fx.ravel()], order=1,
+                                  mode="nearest", prefilter=False)
+    if mid.all():
+        return val.reshape(out.shape)
+    out[mid] = val
+    return out
+
+
+#: Side (grid pixels) of the tiles over which :func:`_tilewise` looks for constant
+#: arguments.
+_MRI_TILE = 16
+
+
+def _tiles(a: np.ndarray, t: int) -> np.ndarray:
+    """The whole ``t`` x ``t`` tiles of a 2-D array as a (rows, cols, t, t) view."""
+    ny, nx = a.shape
+    return a[:ny - ny % t, :nx - nx % t].reshape(ny // t, t, nx // t, t).swapaxes(1, 2)
+
+
+def _constant_tiles(a: np.ndarray, t: int = _MRI_TILE) -> np.ndarray:
+    """Per whole tile of a 2-D array: every pixel equals the tile's first."""
+    ny, nx = a.shape[0] // t, a.shape[1] // t
+    v = a[:ny * t, :nx * t].reshape(ny, t, nx, t)
+    # Two contiguous reductions (over the tile's rows, then its columns): five times
+    # faster than one over both axes.
+    same = (v == v[:, :1, :, :1]).reshape(ny, t, nx * t).all(axis=1)
+    return same.reshape(ny, nx, t).all(axis=2)
+
+
+def _tilewise(func, arrays: tuple[np.ndarray, ...],
+              constant: tuple[np.ndarray | None, ...] | None = None,
+              t: int = _MRI_TILE) -> np.ndarray:
+    """``func(*arrays)`` for a ``func`` computed pixel by pixel (its value at a pixel
+    depends on that pixel's arguments only) on 2-D arrays of one shape, evaluated once
+    per ``t`` x ``t`` tile where every argument is constant, on every pixel elsewhere:
+    the same values, bit for bit. A frame's arguments are mostly piecewise constant
+    (the unsputtered field, a raster's uniform dose on one matrix, a uniform film).
+    ``constant``: each argument's :func:`_constant_tiles` when known (None: found)."""
+    shape = arrays[0].shape
+    if len(shape) != 2 or min(shape) < 2 * t:
+        return func(*arrays)
+    same = None
+    for i, a in enumerate(arrays):
+        c = constant[i] if constant is not None and constant[i] is not None else \
+            _constant_tiles(a, t)
+        same = c if same is None else same & c
+    views = [_tiles(a, t) for a in arrays]
+    first = func(*(v[:, :, 0, 0] for v in views))
+    out = np.empty(shape, first.dtype)
+    vo = _tiles(out, t)
+    vo[same] = first[same][:, None, None]
+    other = ~same
+    if other.any():
+        vo[other] = func(*(v[other] for v in views))
+    ny, nx = vo.shape[0] * t, vo.shape[1] * t
+    if ny < shape[0]:
+        out[ny:] = func(*(a[ny:] for a in arrays))
+    if nx < shape[1]:
+        out[:ny, nx:] = func(*(a[:ny, nx:] for a in arrays))
+    return out
+
+
+def _mri_cdf_fast(x: np.ndarray, w: np.ndarray, sigma: float, lam: float,
+                  w_constant: np.ndarray | None = None) -> np.ndarray:
     """:func:`mri_cdf` by bilinear lookup (``w`` clipped to 40 nm): 0 and 1 in the
     tails (below ``-(6 sigma + 14 w)``, above ``6 sigma`` and
     ``lam (14 + sigma^2 / (2 lam^2))``), the table between.
 
     The lookup is scipy's ``map_coordinates`` (order 1, edges clamped): one pass in C
     over a frame's grid, where numpy's masked gather made ~8 full-size temporaries
-    and was 2.5-3x slower (the frame set-up's largest part; same values)."""
+    and was 2.5-3x slower (the frame set-up's largest part; same values). It is made
+    once per tile of constant ``(x, w)`` (:func:`_tilewise`), only off the tails, and
+    not at all where every pixel is in the upper tail (a layer's bottom far below):
+    the values of the lookup on every pixel, bit for bit. ``w_constant``: the
+    :func:`_constant_tiles` of ``w`` when known (a frame's layers share one ``w``).
+    """
     sigma, lam = max(float(sigma), _MRI_MIN_NM), max(float(lam), _MRI_MIN_NM)
     table, x0 = _mri_table(sigma, lam)
     x = np.asarray(x, np.float32)
     w = np.broadcast_to(np.asarray(w, np.float32), x.shape)
     hi_x = max(6.0 * sigma, lam * (14.0 + sigma * sigma / (2.0 * lam * lam)))
-    fx = (x - np.float32(x0)) * np.float32(1.0 / _MRI_DX)
-    fw = np.sqrt(w) * np.float32(1.0 / _MRI_DSW)
-    nw, nx = table.shape
-    np.clip(fx, 0.0, nx - 1.001, out=fx)
-    fw = np.clip(fw, 0.0, nw - 1.001)
-    out = ndimage.map_coordinates(table, [fw.ravel(), fx.ravel()], order=1,
-                                  mode="nearest", prefilter=False).reshape(x.shape)
-    out[x < -(6.0 * sigma + 14.0 * w)] = 0.0
-    out[x > hi_x] = 1.0
-    return out
+    if x.size and x.min() > hi_x:  # wholly in the upper tail: 1 everywhere
+        return np.ones(x.shape, np.float32)
+    return _tilewise(lambda xs, ws: _mri_lookup(table, x0, xs, ws, sigma, lam), (x, w),
+                     (None, w_constant))
 
 
 def mixing_length_nm(range_nm, incidence_deg: float, params: SimsParameters) -> np.ndarray:
@@ -1141,7 +1221,13 @@ def depth_weights(specimen: Specimen, depth_nm: np.ndarray, window, landing_kev:
     through.
     """
     depth = np.asarray(depth_nm, np.float32)
-    index = specimen.layer_at_depth(depth, window)
+    bounds = layer_bounds(specimen, window)
+    # specimen.layer_at_depth from these bounds: the first layer whose bottom lies
+    # below ``depth`` (assigned from the last layer up), -1 below every layer.
+    index = np.full(np.broadcast_shapes(depth.shape, specimen.window_shape(window)), -1,
+                    np.int8)
+    for i in range(len(bounds) - 1, -1, -1):
+        np.copyto(index, np.int8(i), where=depth < bounds[i][1])
     rng_nm = np.zeros(index.shape, np.float32)
     for i, layer in enumerate(specimen.layers):
         m = index == i
@@ -1152,22 +1238,32 @@ def depth_weights(specimen: Specimen, depth_nm: np.ndarray, window, landing_kev:
     # The mixed zone builds up with the dose as the implanted Ga does (steady state
     # after ~ a range sputtered; the MRI model describes the steady state): a
     # surface map at d ~ 0 still sees the top monolayers.
-    w = np.broadcast_to(mixing_length_nm(rng_nm, incidence_deg, params), index.shape)
-    w = (w * -np.expm1(-np.maximum(depth, 0.0) / np.maximum(0.5 * rng_nm, 1e-6))
-         ).astype(np.float32)
+    # (Per tile of constant depth and range where it can: :func:`_tilewise`.)
+    def mixing(d, r):
+        wm = np.broadcast_to(mixing_length_nm(r, incidence_deg, params), r.shape)
+        return (wm * -np.expm1(-np.maximum(d, 0.0) / np.maximum(0.5 * r, 1e-6))
+                ).astype(np.float32)
+
+    w = _tilewise(mixing, (np.broadcast_to(depth, index.shape), rng_nm))
     s, lam = params.mri_roughness_nm, params.mri_information_nm
-    bounds = layer_bounds(specimen, window)
     through = index < 0
     weights = []
+    # The layers' CDFs share ``w``: its constant tiles are found once.
+    w_constant = _constant_tiles(w) if w.ndim == 2 and min(w.shape) >= _MRI_TILE else None
     # What the model would take from above the original surface (gone, and absent
     # from a pixel where the top layer has no thickness) is the matrix exposed at d.
-    above = _mri_cdf_fast(-depth - w, w, s, lam)
+    above = _mri_cdf_fast(-depth - w, w, s, lam, w_constant)
     below = above
     for i, (_top, bottom) in enumerate(bounds):
         x = np.broadcast_to(np.asarray(bottom, np.float32), index.shape) - depth - w
-        cdf = _mri_cdf_fast(x, w, s, lam)
-        wt = cdf - below + np.where(index == i, above, 0.0)
-        weights.append(np.where(through, 0.0, np.maximum(wt, 0.0)).astype(np.float32))
+        cdf = _mri_cdf_fast(x, w, s, lam, w_constant)
+        # cdf - below, plus ``above`` where layer i is exposed, at least 0, and 0 where
+        # sputtered through (in place: the same values as the expression's temporaries).
+        wt = cdf - below
+        np.add(wt, above, out=wt, where=index == i)
+        np.maximum(wt, 0.0, out=wt)
+        wt[through] = 0.0
+        weights.append(wt)
         below = cdf
     return weights, w, rng_nm
 
@@ -1205,8 +1301,13 @@ class SurfaceEmitter:
             self.shape = weights[0].shape
             self.mixed = [(layer, wt) for layer, wt in zip(specimen.layers, weights, strict=True)
                           if wt.max() > 1e-7]
-            total = np.sum([wt for _, wt in self.mixed], axis=0) if self.mixed else \
-                np.zeros(self.shape, np.float32)
+            # The layers' weights summed in order (what np.sum over the stacked list
+            # does, without stacking them).
+            total = np.zeros(self.shape, np.float32)
+            if self.mixed:
+                total = self.mixed[0][1].copy()
+                for _, wt in self.mixed[1:]:
+                    total += wt
             self.present = total > 1e-6
             self._norm = np.where(self.present, 1.0 / np.maximum(total, 1e-6), 0.0
                                   ).astype(np.float32)
@@ -1234,6 +1335,9 @@ class SurfaceEmitter:
         self.total_yield = (self.yield_ * total_yield_factor(self.ga_implanted)
                             ).astype(np.float32)
         self._ion: dict[str, np.ndarray] = {}
+        # Per isotope, for every emission of this emitter (the collectors share them).
+        self._fractions: dict[str, np.ndarray] = {}
+        self._bias: dict[str, np.ndarray | None] = {}
 
     def _select(self, getter, *, mean: bool = True, log: bool = False) -> np.ndarray:
         """Per-pixel value of ``getter(layer)`` for the layer exposed there (0 in holes).
@@ -1292,7 +1396,7 @@ class SurfaceEmitter:
         ionised like its first atom (its formation yield is in the weight; decision
         0039)."""
         total = np.zeros(self.shape, np.float32)
-        fractions: dict[str, np.ndarray] = {}
+        fractions = self._fractions
 
         def frac(iso: str) -> np.ndarray:
             if iso not in fractions:
@@ -1307,7 +1411,9 @@ class SurfaceEmitter:
                 continue
             symbol, _ = parse_species(key)
             term = np.float32(w) * self.ionisation(symbol) * frac(key)
-            bias = self.mass_bias(key)
+            if key not in self._bias:
+                self._bias[key] = self.mass_bias(key)
+            bias = self._bias[key]
             total += term if bias is None else term * bias
         total *= self.total_yield
         return total if self.relief is None else self.relief.gather(total)
@@ -1405,6 +1511,25 @@ def block_size(sigma_rows_px: float, sigma_cols_px: float) -> int:
     return max(1, int(min(sigma_rows_px, sigma_cols_px) / BLOCK_PER_SIGMA))
 
 
+#: Up to this many terms numpy's float32 sum along a short last axis adds them one by
+#: one, left to right (checked bit for bit; from eight on, its pairwise summation
+#: keeps eight partial sums).
+_SEQUENTIAL_SUM_MAX = 7
+
+
+def _sum_last(blocks: np.ndarray, k: int) -> np.ndarray:
+    """``blocks.sum(axis=-1, dtype=np.float32)`` of a float32 array whose last axis has
+    ``k`` terms: for ``k`` <= :data:`_SEQUENTIAL_SUM_MAX` as ``k - 1`` strided
+    additions in numpy's order (the same values, bit for bit, ~10x faster than the
+    reduction's short inner loops over a full grid), else numpy's own."""
+    if k > _SEQUENTIAL_SUM_MAX or blocks.dtype != np.float32:
+        return blocks.sum(axis=-1, dtype=np.float32)
+    out = blocks[..., 0].copy()
+    for j in range(1, k):
+        out += blocks[..., j]
+    return out
+
+
 def _block_blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
                 k: int, mode: str = "constant") -> np.ndarray:
     """Gaussian blur of ``image`` on a grid ``k`` times coarser (k = 1: the plain blur).
@@ -1419,8 +1544,9 @@ def _block_blur(image: np.ndarray, sigma_rows_px: float, sigma_cols_px: float,
     ny, nx = image.shape
     pad = ((0, (-ny) % k), (0, (-nx) % k))
     shape = ((ny + pad[0][1]) // k, k, (nx + pad[1][1]) // k, k)
+    padded = np.pad(image, pad) if pad[0][1] or pad[1][1] else image
     # Two contiguous reductions are several times faster than one over axes (1, 3).
-    coarse = np.pad(image, pad).reshape(shape).sum(axis=3, dtype=np.float32).sum(axis=1)
+    coarse = _sum_last(padded.reshape(shape), k).sum(axis=1)
     # A partial block at the far edges averages only the grid pixels it holds.
     rows = np.minimum(k, ny - k * np.arange(shape[0]))
     cols = np.minimum(k, nx - k * np.arange(shape[2]))
@@ -1677,20 +1803,39 @@ def sputter(specimen: Specimen, depth_nm: np.ndarray, geometry: ScanGeometry,
     if params.depth_mixing:
         weights, _, _ = depth_weights(specimen, local, window, landing_kev,
                                       geometry.incidence_deg, params)
-        y = np.zeros(local.shape)
-        n = np.zeros(local.shape)
-        total = np.zeros(local.shape)
-        for layer, wt in zip(specimen.layers, weights, strict=True):
-            y += wt * np.asarray(layer.sputter_yield(window, landing_kev, inc), float)
-            n += wt * np.asarray(layer.atomic_density_per_nm3(window), float)
-            total += wt
-        # Mean over the mixed matrix; 0 where sputtered through (total 0).
-        y = np.divide(y, total, out=np.zeros_like(y), where=total > 1e-6)
-        n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
-    else:
-        surf = specimen.surface(local, window)
-        y = surf.sputter_yield(landing_kev, inc)
-        n = surf.atomic_density_per_nm3()
+        values = [(np.asarray(layer.sputter_yield(window, landing_kev, inc), float),
+                   np.asarray(layer.atomic_density_per_nm3(window), float))
+                  for layer in specimen.layers]
+        # Per pixel (per tile of constant arguments where it can, :func:`_tilewise`):
+        # the per-layer maps are its arguments, the uniform values constants.
+        shape = local.shape
+        maps = [np.broadcast_to(a, shape) for a in weights]
+        maps += [np.broadcast_to(v, shape) for pair in values for v in pair if np.ndim(v)]
+        maps += [inside] + ([np.broadcast_to(factor, shape)] if np.ndim(factor) else [])
+
+        def advance(*args):
+            args = list(args)
+            wts = [args.pop(0) for _ in weights]
+            y = np.zeros(wts[0].shape)
+            n = np.zeros(wts[0].shape)
+            total = np.zeros(wts[0].shape)
+            for wt, (y_l, n_l) in zip(wts, values, strict=True):
+                y += wt * (args.pop(0) if np.ndim(y_l) else y_l)
+                n += wt * (args.pop(0) if np.ndim(n_l) else n_l)
+                total += wt
+            into = args.pop(0)
+            f = args.pop(0) if np.ndim(factor) else factor
+            # Mean over the mixed matrix; 0 where sputtered through (total 0).
+            y = np.divide(y, total, out=np.zeros_like(y), where=total > 1e-6)
+            n = np.divide(n, total, out=np.zeros_like(n), where=total > 1e-6)
+            step = np.divide(dose * y * f, n, out=np.zeros_like(y), where=n > 0)
+            return np.where(into, step, 0.0).astype(local.dtype)
+
+        local += _tilewise(advance, tuple(maps))
+        return
+    surf = specimen.surface(local, window)
+    y = surf.sputter_yield(landing_kev, inc)
+    n = surf.atomic_density_per_nm3()
     step = np.divide(dose * y * factor, n, out=np.zeros_like(y), where=n > 0)
     # Below the last layer nothing is left to sputter (step stays 0 there).
     local += np.where(inside, step, 0.0).astype(local.dtype)
