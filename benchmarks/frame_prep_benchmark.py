@@ -76,14 +76,22 @@ def alignment(sp, spec):
     params = sp.SimsParameters(dead_time_s=30e-9)
     depth = np.zeros(spec.shape, np.float32)
     masses = _masses(("6Li", "7Li", "69Ga", "71Ga"))
+    frames = [(sp.ScanGeometry(nx, ny, fov * 1.02, rotation_deg=1.3, centre_x_nm=300.0,
+                               centre_y_nm=-200.0, incidence_deg=50.2),
+               (100.0, 1e-4, 39.0), {"drift_slack_s": 120.0})
+              for fov, nx, ny in ALIGNMENT_MAPS]
+    return _prepare_and_sputter(sp, spec, masses, params, depth, frames)
+
+
+def _prepare_and_sputter(sp, spec, masses, params, depth, frames):
+    """Each frame ``(geometry, (current_pa, dwell_s, probe_fwhm_nm), extra FramePlan
+    keywords)`` prepared, then sputtered into ``depth``: (plans, depth maps after each
+    sputter, prepare CPU s, sputter CPU s)."""
     plans, depths, prep, sput = [], [], 0.0, 0.0
-    for fov, nx, ny in ALIGNMENT_MAPS:
-        geo = sp.ScanGeometry(nx, ny, fov * 1.02, rotation_deg=1.3, centre_x_nm=300.0,
-                              centre_y_nm=-200.0, incidence_deg=50.2)
+    for geo, (current, dwell, probe), extra in frames:
         t0 = time.process_time()
-        plan = sp.FramePlan(spec, geo, masses, 100.0, 1e-4, 39.0, 25.5, 1, True, depth,
-                            params=params, drift_slack_s=120.0,
-                            species=sp.candidate_species(spec))
+        plan = sp.FramePlan(spec, geo, masses, current, dwell, probe, 25.5, 1, True, depth,
+                            params=params, species=sp.candidate_species(spec), **extra)
         t1 = time.process_time()
         sp.sputter(spec, depth, geo, plan.ions_per_pixel, params=params, landing_kev=25.5)
         t2 = time.process_time()
@@ -98,18 +106,8 @@ def depth_profile(sp, spec, frames: int = 22):
     depth = np.zeros(spec.shape, np.float32)
     masses = _masses(("23Na", "69Ga", "114Cd", "115In"))
     geo = sp.ScanGeometry(64, 45, 1.5, rotation_deg=0.7, incidence_deg=50.2)
-    plans, depths, prep, sput = [], [], 0.0, 0.0
-    for _ in range(frames):
-        t0 = time.process_time()
-        plan = sp.FramePlan(spec, geo, masses, 30.0, 5e-4, 25.0, 25.5, 1, True, depth,
-                            params=params, species=sp.candidate_species(spec))
-        t1 = time.process_time()
-        sp.sputter(spec, depth, geo, plan.ions_per_pixel, params=params, landing_kev=25.5)
-        t2 = time.process_time()
-        prep, sput = prep + t1 - t0, sput + t2 - t1
-        plans.append(plan)
-        depths.append(depth.copy())
-    return plans, depths, prep, sput
+    return _prepare_and_sputter(sp, spec, masses, params, depth,
+                                [(geo, (30.0, 5e-4, 25.0), {})] * frames)
 
 
 def single_frames(sp, specs):
