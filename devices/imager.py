@@ -558,5 +558,7 @@ class SIMSImager(Device):
 
     def stop(self, *, success: bool = False) -> None:
         """Abort the frame (the complete status then fails)."""
-        if reads_now(self.acquire_rbv, "Start"):
+        # The monitored value: a stale Start costs a no-op Stop, and an abort does not
+        # wait on a CA read (of a part that may be gone).
+        if str(self.acquire_rbv.get()) == "Start":
             self.acquire.put("Stop", use_complete=False)
