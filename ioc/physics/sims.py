@@ -1222,12 +1222,7 @@ def depth_weights(specimen: Specimen, depth_nm: np.ndarray, window, landing_kev:
     """
     depth = np.asarray(depth_nm, np.float32)
     bounds = layer_bounds(specimen, window)
-    # specimen.layer_at_depth from these bounds: the first layer whose bottom lies
-    # below ``depth`` (assigned from the last layer up), -1 below every layer.
-    index = np.full(np.broadcast_shapes(depth.shape, specimen.window_shape(window)), -1,
-                    np.int8)
-    for i in range(len(bounds) - 1, -1, -1):
-        np.copyto(index, np.int8(i), where=depth < bounds[i][1])
+    index = specimen.layer_at_depth(depth, window, [bottom for _, bottom in bounds])
     rng_nm = np.zeros(index.shape, np.float32)
     for i, layer in enumerate(specimen.layers):
         m = index == i

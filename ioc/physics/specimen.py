@@ -257,16 +257,21 @@ class Specimen:
         return np.divide(z_sum, atoms, out=np.zeros_like(atoms), where=atoms > 0)
 
     # ---- at a sputtered depth (SIMS) ------------------------------------------------
-    def layer_at_depth(self, depth_nm: np.ndarray, window: Window = None) -> np.ndarray:
+    def layer_at_depth(self, depth_nm: np.ndarray, window: Window = None,
+                       bottoms: list | None = None) -> np.ndarray:
         """Index of the layer exposed at ``depth_nm`` (per pixel); -1 where sputtered
-        through every layer."""
+        through every layer. ``bottoms``: each layer's bottom (nm from the surface, per
+        pixel) on ``window`` when the caller has them (``sims.layer_bounds``)."""
         depth = np.asarray(depth_nm)
+        if bottoms is None:
+            bottoms, top = [], 0.0
+            for layer in self.layers:
+                top = top + _crop(layer.thickness_nm, window)
+                bottoms.append(top)
         index = np.full(np.broadcast_shapes(depth.shape, self.window_shape(window)), -1, np.int8)
-        top: ArrayLike = 0.0
-        for i, layer in enumerate(self.layers):
-            bottom = top + _crop(layer.thickness_nm, window)
-            index = np.where((index < 0) & (depth < bottom), np.int8(i), index)
-            top = bottom
+        # The first layer whose bottom lies below the depth: assigned from the last up.
+        for i in range(len(bottoms) - 1, -1, -1):
+            np.copyto(index, np.int8(i), where=depth < bottoms[i])
         return index
 
     def _select(self, index: np.ndarray, getter: Callable[[Layer], ArrayLike],
