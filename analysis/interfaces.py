@@ -300,7 +300,8 @@ def _column_steps(y, img, y0, half_window: float, pitch: float) -> np.ndarray:
             # Residual sum of squares with the two levels solved for.
             rss = spp - (sff * sp * sp - 2 * sf * sp * spf + sw * spf * spf) / det
         rss = np.where(det > 1e-12 * np.maximum(sw * sff, 1e-300), rss, np.inf)
-        total = float(np.sum(np.min(rss, axis=0)[np.isfinite(np.min(rss, axis=0))]))
+        least = np.min(rss, axis=0)
+        total = float(np.sum(least[np.isfinite(least)]))
         if total < best_total:
             best_total, best = total, rss
     if best is None:

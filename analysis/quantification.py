@@ -110,6 +110,24 @@ def _check_transform(transform) -> np.ndarray:
     return t
 
 
+def _check_positions(positions_nm) -> np.ndarray:
+    """Bin centres along a gradient: finite, strictly increasing (a flat array)."""
+    pos = np.asarray(positions_nm, dtype=float).ravel()
+    if pos.size < 1 or not np.all(np.isfinite(pos)):
+        raise ValueError("positions_nm must hold finite positions")
+    if pos.size > 1 and np.any(np.diff(pos) <= 0):
+        raise ValueError("positions_nm must be strictly increasing")
+    return pos
+
+
+def _check_direction(direction) -> np.ndarray:
+    """A gradient direction on the specimen, normalised."""
+    d = np.asarray(direction, dtype=float)
+    if d.shape != (2,) or not np.all(np.isfinite(d)) or np.hypot(*d) == 0:
+        raise ValueError(f"direction must be a non-zero 2-vector, got {direction!r}")
+    return d / np.hypot(*d)
+
+
 def _bin_edges(pos: np.ndarray, bin_width_nm: float | None) -> np.ndarray:
     """The bins around ``pos``: without a width, the ``n + 1`` edges midpoint to
     midpoint (the ends mirrored); with one, ``(n, 2)`` [low, high) of
@@ -184,15 +202,8 @@ def map_profile(image: np.ndarray, transform: np.ndarray, positions_nm: ArrayLik
     if img.ndim != 2 or img.size == 0:
         raise ValueError(f"image must be a non-empty 2-D map, got shape {img.shape}")
     t = _check_transform(transform)
-    pos = np.asarray(positions_nm, dtype=float).ravel()
-    if pos.size < 1 or not np.all(np.isfinite(pos)):
-        raise ValueError("positions_nm must hold finite positions")
-    if pos.size > 1 and np.any(np.diff(pos) <= 0):
-        raise ValueError("positions_nm must be strictly increasing")
-    d = np.asarray(direction, dtype=float)
-    if d.shape != (2,) or not np.all(np.isfinite(d)) or np.hypot(*d) == 0:
-        raise ValueError(f"direction must be a non-zero 2-vector, got {direction!r}")
-    d = d / np.hypot(*d)
+    pos = _check_positions(positions_nm)
+    d = _check_direction(direction)
     edges = _bin_edges(pos, bin_width_nm)
     ny, nx = img.shape
     cols = np.arange(nx, dtype=float)[None, :]
@@ -228,7 +239,8 @@ _BLUR_ITERATIONS = 3
 
 
 def blur_factor(image: np.ndarray, transform: np.ndarray,
-                positions_nm: ArrayLike | None = None, *, core_fwhm_nm: float, halo: tuple[float, float] | None = None,
+                positions_nm: ArrayLike | None = None, *, core_fwhm_nm: float,
+                halo: tuple[float, float] | None = None,
                 direction: tuple[float, float] = (1.0, 0.0),
                 bin_width_nm: float | None = None) -> np.ndarray:
     """How much the probe and the bins raise a map's counts along a gradient.
@@ -239,9 +251,10 @@ def blur_factor(image: np.ndarray, transform: np.ndarray,
     bin's position, so ``MapProfile.total / factor`` is what the bin would hold with
     a point-like probe, at the resolution of an EDX point. ``S`` is a least-squares
     cubic spline (knots two probe widths apart) of the map's own profile along the
-    gradient (one bin per pixel, ``ln`` of the counts, Poisson weights), continued linearly in ``ln`` beyond the map (its
-    edges' factors, within about a halo width, rest on that guess), and deconvolved by
-    a few fixed-point iterations (``S <- S_measured S / (K * S)``).
+    gradient (one bin per pixel, ``ln`` of the counts, Poisson weights), continued
+    linearly in ``ln`` beyond the map (its edges' factors, within about a halo width,
+    rest on that guess), and deconvolved by a few fixed-point iterations
+    (``S <- S_measured S / (K * S)``).
 
     Parameters
     ----------
@@ -281,16 +294,9 @@ def blur_factor(image: np.ndarray, transform: np.ndarray,
     if img.ndim != 2 or img.size == 0:
         raise ValueError(f"image must be a non-empty 2-D map, got shape {img.shape}")
     t = _check_transform(transform)
-    d = np.asarray(direction, dtype=float)
-    if d.shape != (2,) or not np.all(np.isfinite(d)) or np.hypot(*d) == 0:
-        raise ValueError(f"direction must be a non-zero 2-vector, got {direction!r}")
-    d = d / np.hypot(*d)
+    d = _check_direction(direction)
     if positions_nm is not None:
-        pos = np.asarray(positions_nm, dtype=float).ravel()
-        if pos.size < 1 or not np.all(np.isfinite(pos)):
-            raise ValueError("positions_nm must hold finite positions")
-        if pos.size > 1 and np.any(np.diff(pos) <= 0):
-            raise ValueError("positions_nm must be strictly increasing")
+        pos = _check_positions(positions_nm)
         edges = _bin_edges(pos, bin_width_nm)
         lo, hi = (edges[:-1], edges[1:]) if edges.ndim == 1 else (edges[:, 0], edges[:, 1])
     # One fine bin per pixel step along the gradient.

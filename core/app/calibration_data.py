@@ -479,10 +479,11 @@ def corrected_counts(counts: np.ndarray, *, dwell_s: float, dead_time_s: float,
 
 def probe_blur(sims_start: Mapping, direction=(1.0, 0.0)) -> dict[str, Any] | None:
     """The ion probe a SIMS map run recorded (``probe_nm``, its FWHM in the
-    beam-normal plane; or its calibration block's ``probe_fwhm_nm``) with the lab's halo (``constants.PROBE_HALO``, decision 0040),
-    both along ``direction`` on the specimen (stretched by the map's ``stretch``
-    along y), as :func:`~temsims.analysis.quantification.blur_factor`'s keywords;
-    None for a run that recorded no probe."""
+    beam-normal plane; or its calibration block's ``probe_fwhm_nm``) with the lab's
+    halo (``constants.PROBE_HALO``, decision 0040), both along ``direction`` on the
+    specimen (stretched by the map's ``stretch`` along y), as
+    :func:`~temsims.analysis.quantification.blur_factor`'s keywords; None for a run
+    that recorded no probe."""
     probe = sims_start.get("probe_nm")
     if probe is None:  # the calibration plan's own record, older than probe_nm
         probe = ((sims_start.get("calibration") or {}).get("sims") or {}).get("probe_fwhm_nm")
