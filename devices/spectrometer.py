@@ -28,6 +28,7 @@ from temsims.devices.common import (
     ValidatedSignal,
     chain,
     is_state,
+    reads_now,
     wait_until,
 )
 
@@ -100,8 +101,9 @@ class Collector(Device):
         return str(self.species.get()) or mass_label(float(self.mass.get()))
 
 
-def _idle(busy) -> bool:
-    return not is_state(busy.get(), "Busy", ("Idle", "Busy"))
+def _not_busy(value) -> bool:
+    """A BUSY value (enum string or index, as monitors deliver it) that is not Busy."""
+    return not is_state(value, "Busy", ("Idle", "Busy"))
 
 
 def idle_first(device, busy):
@@ -109,9 +111,9 @@ def idle_first(device, busy):
     read Idle, and fails naming what to do if another acquisition holds the spectrometer."""
 
     def wait_idle():
-        if _idle(busy):
+        if _not_busy(busy.get()):
             return None
-        return wait_until(busy, lambda v: not is_state(v, "Busy", ("Idle", "Busy")),
+        return wait_until(busy, _not_busy,
                           timeout=BUSY_SETTLE_S,
                           what=f"{device.name}: the spectrometer is busy with another "
                                "acquisition; wait for it to end or stop it (ACQUIRE Done)")
@@ -235,8 +237,7 @@ class MassSpectrometer(Device):
     def is_busy(self) -> bool:
         """An acquisition runs: the BUSY monitor says so and a fresh read confirms it
         (the monitor can lag the end of the previous acquisition, see BUSY_SETTLE_S)."""
-        return not _idle(self.busy) and not is_state(self.busy.get(use_monitor=False),
-                                                      "Idle", ("Idle", "Busy"))
+        return reads_now(self.busy, "Busy")
 
     def set_species(self, targets):
         """Place collectors: ``["6Li", "7Li", 12.0, "13C"]`` or ``{1: "6Li", 3: "12C"}``.
