@@ -14,6 +14,7 @@ import bluesky.plans as bp
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from catools import wait_for
 
 from temsims.ioc.physics.specimen import build_specimen
 from temsims.plans import to_sims_mode, to_tem_mode
@@ -169,13 +170,6 @@ def test_counting_on_a_natural_particle(sims, particles, RE):
     assert 0.05 < ratio < 0.15
 
 
-def _wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.01)
-
-
 def test_a_trigger_waits_for_a_running_count_and_refuses_one_that_outlasts_it(sims,
                                                                               monkeypatch):
     """A second trigger while a count runs waits for BUSY to read Idle (the monitor can
@@ -189,7 +183,7 @@ def test_a_trigger_waits_for_a_running_count_and_refuses_one_that_outlasts_it(si
     spec.count_time.set(10.0).wait(5)  # 0.5 s of wall time at the tests' time scale
     try:
         first = spec.trigger()
-        _wait_for(lambda: spec.busy.get() == "Busy")
+        wait_for(lambda: spec.busy.get() == "Busy", 5.0, "BUSY = Busy")
         second = spec.trigger()
         second.wait(30)
         assert first.done and first.success
@@ -201,7 +195,7 @@ def test_a_trigger_waits_for_a_running_count_and_refuses_one_that_outlasts_it(si
         monkeypatch.setattr(spectrometer_module, "BUSY_SETTLE_S", 0.1)
         spec.count_time.set(40.0).wait(5)  # 2 s of wall time
         first = spec.trigger()
-        _wait_for(lambda: spec.busy.get() == "Busy")
+        wait_for(lambda: spec.busy.get() == "Busy", 5.0, "BUSY = Busy")
         second = spec.trigger()
         with pytest.raises(TimeoutError, match="busy with another acquisition"):
             second.wait(5)
