@@ -494,11 +494,11 @@ def _search_config(seed: int, relief: bool) -> dict:
             "extra_args": {"spectrometer": ["--relief"]} if relief else None}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def search_seeds(request, instruments):
     """The searches' fresh specimen seeds, drawn once per module, and their instruments
-    launched side by side at the module's start (``instruments.prestart``): their
-    start-up (~3 s each) runs while the tests before the searches use seed 1's (the
+    launched side by side at the module's start (autouse: with its first test;
+    ``instruments.prestart``): their start-up (~3 s each) runs while the tests before the searches use seed 1's (the
     relief search's starts with the last search: an idle instrument costs 7.5 % of a
     core). Only for the searches this run selected (``-m "not slow"`` runs none)."""
     wanted = {name for item in request.session.items
@@ -515,11 +515,6 @@ def search_seeds(request, instruments):
     for seed in seeds.get("searches", [])[1:]:
         instruments.prestart(**_search_config(seed, _relief(seed)))
     return seeds
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _launch_search_instruments(search_seeds):
-    """(Autouse: the search instruments start with the module's first test.)"""
 
 
 @pytest.fixture(scope="module")
