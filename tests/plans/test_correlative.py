@@ -498,9 +498,9 @@ def _search_config(seed: int, relief: bool) -> dict:
 def search_seeds(request, instruments):
     """The searches' fresh specimen seeds, drawn once per module, and their instruments
     launched side by side at the module's start (autouse: with its first test;
-    ``instruments.prestart``): their start-up (~3 s each) runs while the tests before the searches use seed 1's (the
-    relief search's starts with the last search: an idle instrument costs 7.5 % of a
-    core). Only for the searches this run selected (``-m "not slow"`` runs none)."""
+    ``instruments.prestart``): their start-up (~3 s each) runs while the tests before
+    the searches use seed 1's (the relief search's starts with the last search: an
+    idle instrument costs 7.5 % of a core). Only for the searches this run selected (``-m "not slow"`` runs none)."""
     wanted = {name for item in request.session.items
               if item.path == request.path for name in ("searches", "relief_search")
               if name in item.fixturenames}
