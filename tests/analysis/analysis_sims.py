@@ -206,7 +206,7 @@ def score(table, affine, truth) -> dict:
             errors.append((q.ratio - ms[0]["li6_li7_ratio"]) / q.sigma)
             if ms[0]["labelled"]:
                 labelled_errors.append(errors[-1])
-                labelled_ratios[ms[0]["id"]] = q.ratio
+                labelled_ratios[ms[0]["id"]] = (q.ratio, q.area_px)
             else:
                 natural_classes.append(q.classification)
     return {"tp": tp, "flagged": len(flagged), "found": found, "n_labelled": n_true,
